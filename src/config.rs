@@ -1,0 +1,405 @@
+//! Worker configuration: a TOML file over built-in defaults, validated at start with every problem
+//! named by its field path and value.
+//!
+//! ```toml
+//! [kafka]                       # passed to librdkafka as-is
+//! "bootstrap.servers" = "127.0.0.1:9092"
+//! [segments]
+//! file = "examples/segments.yaml"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::segments::SegmentSet;
+use crate::store::StoreOptions;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// librdkafka properties for the consumer and the producer (e.g. security settings).
+    pub kafka: BTreeMap<String, String>,
+    pub topics: Topics,
+    pub consumer: Consumer,
+    pub processing: Processing,
+    pub state: State,
+    pub segments: Segments,
+    pub http: Http,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub storefront: String,
+    pub backoffice: String,
+    pub profile: String,
+    pub audience_changes: String,
+    pub journey_triggers: String,
+    pub dead_letter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Consumer {
+    pub group_id: String,
+    /// Where to start a partition this worker's state has never seen: `earliest` or `latest`.
+    pub start_from: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Processing {
+    /// Most messages applied before state and offsets are committed.
+    pub batch_max_messages: usize,
+    /// Longest a batch stays open waiting for messages, e.g. "100ms".
+    pub batch_max_wait: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct State {
+    pub path: PathBuf,
+    /// Profiles kept decoded in memory (write-merging cache). Bounds the worker's memory.
+    pub cache_profiles: usize,
+    /// RocksDB block cache, e.g. "256MiB".
+    pub block_cache: String,
+    /// RocksDB memtable size, e.g. "64MiB".
+    pub write_buffer: String,
+    /// fsync the write-ahead log on every commit.
+    pub sync_writes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Segments {
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address of /metrics, /healthz, /readyz. Loopback by default.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `tailor=debug,rdkafka=warn`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut kafka = BTreeMap::new();
+        kafka.insert("bootstrap.servers".into(), "127.0.0.1:9092".into());
+        Config {
+            kafka,
+            topics: Topics::default(),
+            consumer: Consumer::default(),
+            processing: Processing::default(),
+            state: State::default(),
+            segments: Segments::default(),
+            http: Http::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            storefront: "commerce.storefront".into(),
+            backoffice: "commerce.backoffice".into(),
+            profile: "commerce.profile".into(),
+            audience_changes: "audience.changes".into(),
+            journey_triggers: "journey.triggers".into(),
+            dead_letter: "tailor.deadletter".into(),
+        }
+    }
+}
+
+impl Default for Consumer {
+    fn default() -> Self {
+        Consumer { group_id: "tailor".into(), start_from: "earliest".into() }
+    }
+}
+
+impl Default for Processing {
+    fn default() -> Self {
+        Processing { batch_max_messages: 5000, batch_max_wait: "100ms".into() }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            path: PathBuf::from(".tailor/state"),
+            cache_profiles: 200_000,
+            block_cache: "256MiB".into(),
+            write_buffer: "64MiB".into(),
+            sync_writes: true,
+        }
+    }
+}
+
+impl Default for Segments {
+    fn default() -> Self {
+        Segments { file: PathBuf::from("examples/segments.yaml") }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: "human".into(), level: "info".into() }
+    }
+}
+
+/// librdkafka properties the worker owns: setting them would break the processing guarantee.
+const RESERVED_KAFKA: &[&str] = &[
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "group.id",
+    "auto.offset.reset",
+    "enable.idempotence",
+    "acks",
+    "transactional.id",
+];
+
+/// The validated, ready-to-use configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub batch_max_wait: Duration,
+    pub store: StoreOptions,
+    pub listen: SocketAddr,
+    pub segments: SegmentSet,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses a size such as `256MiB`, `1GiB`, `512KiB` or a plain byte count.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1 << 10,
+        "MiB" | "MB" | "M" => 1 << 20,
+        "GiB" | "GB" | "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Config {
+    /// Reads a config file; unknown keys and wrong types are errors naming the field.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), e.to_string().trim())]))?;
+        // Relative paths in the file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.state.path, &mut config.segments.file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks everything and builds the runtime settings, or lists every problem.
+    pub fn validate(self) -> Result<Settings, ConfigErrors> {
+        let mut problems = Vec::new();
+        let c = &self;
+        if c.kafka.get("bootstrap.servers").is_none_or(|s| s.trim().is_empty()) {
+            problems.push("kafka.\"bootstrap.servers\" is required".to_string());
+        }
+        for key in c.kafka.keys() {
+            if RESERVED_KAFKA.contains(&key.as_str()) {
+                problems.push(format!(
+                    "kafka.{key:?} = {:?}: set by Tailor itself to keep its processing guarantee; remove it",
+                    c.kafka[key]
+                ));
+            }
+        }
+        let topics = [
+            ("topics.storefront", &c.topics.storefront),
+            ("topics.backoffice", &c.topics.backoffice),
+            ("topics.profile", &c.topics.profile),
+            ("topics.audience_changes", &c.topics.audience_changes),
+            ("topics.journey_triggers", &c.topics.journey_triggers),
+            ("topics.dead_letter", &c.topics.dead_letter),
+        ];
+        for (i, (field, name)) in topics.iter().enumerate() {
+            let valid = !name.is_empty()
+                && name.len() <= 249
+                && name.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+            if !valid {
+                problems.push(format!("{field} = {name:?}: a topic name is 1-249 characters of a-z, A-Z, 0-9, '.', '_', '-'"));
+            }
+            if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
+                problems.push(format!("{field} = {name:?}: same topic as {other}"));
+            }
+        }
+        if c.consumer.group_id.trim().is_empty() {
+            problems.push("consumer.group_id = \"\": must not be empty".into());
+        }
+        if !matches!(c.consumer.start_from.as_str(), "earliest" | "latest") {
+            problems.push(format!("consumer.start_from = {:?}: expected \"earliest\" or \"latest\"", c.consumer.start_from));
+        }
+        if c.processing.batch_max_messages == 0 {
+            problems.push("processing.batch_max_messages = 0: must be at least 1".into());
+        }
+        let wait = humantime::parse_duration(&c.processing.batch_max_wait);
+        if let Err(e) = &wait {
+            problems.push(format!("processing.batch_max_wait = {:?}: {e} (e.g. \"100ms\")", c.processing.batch_max_wait));
+        }
+        if c.state.cache_profiles < c.processing.batch_max_messages {
+            problems.push(format!(
+                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) so a batch fits in memory",
+                c.state.cache_profiles, c.processing.batch_max_messages
+            ));
+        }
+        let block_cache = parse_size(&c.state.block_cache);
+        if block_cache.is_none() {
+            problems.push(format!("state.block_cache = {:?}: expected a size such as \"256MiB\"", c.state.block_cache));
+        }
+        let write_buffer = parse_size(&c.state.write_buffer);
+        if write_buffer.is_none_or(|b| b < 1 << 20) {
+            problems.push(format!("state.write_buffer = {:?}: expected a size of at least \"1MiB\"", c.state.write_buffer));
+        }
+        let listen = c.http.listen.parse::<SocketAddr>();
+        if let Err(e) = &listen {
+            problems.push(format!("http.listen = {:?}: {e} (e.g. \"127.0.0.1:9464\")", c.http.listen));
+        }
+        if !matches!(c.log.format.as_str(), "human" | "json") {
+            problems.push(format!("log.format = {:?}: expected \"human\" or \"json\"", c.log.format));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+            problems.push(format!("log.level = {:?}: {e}", c.log.level));
+        }
+        let segments = match std::fs::read_to_string(&c.segments.file) {
+            Err(e) => {
+                problems.push(format!("segments.file = {:?}: {e}", c.segments.file.display().to_string()));
+                None
+            }
+            Ok(src) => match SegmentSet::parse(&src) {
+                Ok(s) => Some(s),
+                Err(errs) => {
+                    for e in errs.0 {
+                        problems.push(format!("segments.file {}:{e}", c.segments.file.display()));
+                    }
+                    None
+                }
+            },
+        };
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        Ok(Settings {
+            batch_max_wait: wait.expect("checked"),
+            store: StoreOptions {
+                block_cache_bytes: block_cache.expect("checked"),
+                write_buffer_bytes: write_buffer.expect("checked"),
+                sync_writes: self.state.sync_writes,
+            },
+            listen: listen.expect("checked"),
+            segments: segments.expect("checked"),
+            config: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_named_with_its_field_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tailor.toml");
+        std::fs::write(
+            &file,
+            r#"
+[kafka]
+"bootstrap.servers" = "b:9092"
+"enable.auto.commit" = "true"
+[topics]
+dead_letter = "audience.changes"
+[consumer]
+start_from = "middle"
+[processing]
+batch_max_wait = "soon"
+[state]
+block_cache = "lots"
+[http]
+listen = "nowhere"
+[segments]
+file = "missing.yaml"
+"#,
+        )
+        .unwrap();
+        let errs = Config::from_file(&file).unwrap().validate().unwrap_err().0;
+        let all = errs.join("\n");
+        for needle in [
+            "kafka.\"enable.auto.commit\"",
+            "topics.dead_letter = \"audience.changes\": same topic as topics.audience_changes",
+            "consumer.start_from = \"middle\"",
+            "processing.batch_max_wait = \"soon\"",
+            "state.block_cache = \"lots\"",
+            "http.listen = \"nowhere\"",
+            "segments.file",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(errs.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tailor.toml");
+        std::fs::write(&file, "[state]\npaht = \"/tmp\"\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB"), Some(256 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("big"), None);
+    }
+}

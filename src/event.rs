@@ -1,0 +1,514 @@
+//! The core's view of an input event: one shape for all three families, validated.
+//!
+//! [`Event::from_input`] maps the platform's wire shapes ([`crate::wire`]) onto it, resolving the
+//! platform's discrepancies (see the event reference, section 9): SDK and docs names of the same
+//! event, `orderCanceled` / `orderCancelled`, line totals versus unit prices.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::codec::{Family, InputMessage};
+use crate::wire::{self, Identity};
+
+macro_rules! event_types {
+    ($($variant:ident => $family:ident, $name:literal, [$($alias:literal),*];)*) => {
+        /// Every event type Tailor understands. The discriminant is stable: it is stored in state.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[repr(u8)]
+        pub enum EventType { $($variant),* }
+
+        impl EventType {
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant),*];
+
+            /// The platform's documented name, used in rules, metrics and outputs.
+            pub fn name(self) -> &'static str {
+                match self { $(EventType::$variant => $name),* }
+            }
+
+            pub fn family(self) -> Family {
+                match self { $(EventType::$variant => Family::$family),* }
+            }
+
+            /// Parses a documented name or one of its accepted spellings (SDK names, XDM types).
+            pub fn parse(s: &str) -> Option<EventType> {
+                match s {
+                    $($name $(| $alias)* => Some(EventType::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+event_types! {
+    PageView => Storefront, "pageView", ["page-view", "web.webpagedetails.pageViews"];
+    ProductPageView => Storefront, "productPageView", ["productView", "product-page-view", "commerce.productViews"];
+    SearchRequestSent => Storefront, "searchRequestSent", ["search-request-sent", "searchRequest"];
+    SearchResponseReceived => Storefront, "searchResponseReceived", ["search-response-received", "searchResponse"];
+    AddToCart => Storefront, "addToCart", ["add-to-cart", "commerce.productListAdds"];
+    RemoveFromCart => Storefront, "removeFromCart", ["remove-from-cart", "commerce.productListRemovals"];
+    OpenCart => Storefront, "openCart", ["open-cart", "commerce.productListOpens"];
+    ShoppingCartView => Storefront, "shoppingCartView", ["viewCart", "shopping-cart-view", "commerce.productListViews"];
+    StartCheckout => Storefront, "startCheckout", ["initiateCheckout", "initiate-checkout", "commerce.checkouts"];
+    CompleteCheckout => Storefront, "completeCheckout", ["placeOrder", "place-order", "commerce.purchases"];
+    SignIn => Storefront, "signIn", ["sign-in", "userAccount.login"];
+    SignOut => Storefront, "signOut", ["sign-out", "userAccount.logout"];
+    CreateAccount => Storefront, "createAccount", ["create-account", "userAccount.createProfile"];
+    EditAccount => Storefront, "editAccount", ["edit-account", "userAccount.updateProfile"];
+    CreateRequisitionList => Storefront, "createRequisitionList", ["create-requisition-list", "commerce.requisitionListOpens"];
+    AddToRequisitionList => Storefront, "addToRequisitionList", ["add-to-requisition-list", "commerce.requisitionListAdds"];
+    RemoveFromRequisitionList => Storefront, "removeFromRequisitionList", ["remove-from-requisition-list", "commerce.requisitionListRemovals", "commerce.requsitionListRemovals"];
+    DeleteRequisitionList => Storefront, "deleteRequisitionList", ["delete-requisition-list", "commerce.requisitionListDeletes"];
+    OrderPlaced => Backoffice, "orderPlaced", ["commerce.backofficeOrderPlaced"];
+    OrderInvoiced => Backoffice, "orderInvoiced", ["commerce.backofficeOrderInvoiced"];
+    OrderItemsShipped => Backoffice, "orderItemsShipped", ["commerce.backofficeOrderItemsShipped"];
+    OrderCancelled => Backoffice, "orderCancelled", ["orderCanceled", "commerce.backofficeOrderCancelled"];
+    OrderLineItemRefunded => Backoffice, "orderLineItemRefunded", ["commerce.backofficeCreditMemoIssued"];
+    OrderItemsReturnInitiated => Backoffice, "orderItemsReturnInitiated", ["orderItemsReturnsInitiated", "commerce.backofficeOrderItemsReturnInitiated"];
+    OrderItemReturnCompleted => Backoffice, "orderItemReturnCompleted", ["commerce.backofficeOrderItemsReturnCompleted"];
+    OrderShipmentCompleted => Backoffice, "orderShipmentCompleted", ["commerce.backofficeOrderShipmentCompleted", "commerce.backofficeShipmentCompleted"];
+    ProfileRecord => Profile, "profileRecord", ["profile"];
+    AccountCreated => Profile, "accountCreated", ["userAccount.backofficeCreateProfile"];
+    AccountUpdated => Profile, "accountUpdated", ["userAccount.backofficeUpdateProfile"];
+    AccountDeleted => Profile, "accountDeleted", ["userAccount.backofficeDeleteProfile"];
+}
+
+impl EventType {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A product line: a cart item, an order line, a product viewed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub sku: String,
+    pub name: Option<String>,
+    pub quantity: f64,
+    /// Unit price.
+    pub price: Option<f64>,
+    pub image_url: Option<String>,
+    pub url: Option<String>,
+    pub category: Option<String>,
+}
+
+impl Line {
+    pub fn total(&self) -> f64 {
+        self.price.unwrap_or(0.0) * self.quantity
+    }
+}
+
+/// Profile attributes carried by profile events and account contexts. Personal data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attributes {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub gender: Option<String>,
+    pub birth_date: Option<String>,
+    pub country: Option<String>,
+    pub city: Option<String>,
+    pub loyalty_tier: Option<String>,
+    pub loyalty_status: Option<String>,
+    pub loyalty_points: Option<f64>,
+    pub customer_group: Option<String>,
+    pub consent_email: Option<bool>,
+    pub consent_sms: Option<bool>,
+}
+
+/// One validated input event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub kind: EventType,
+    /// Event time, ms since the Unix epoch.
+    pub time: i64,
+    pub identity: Identity,
+    /// Money the event is worth: order total, value added to or removed from the cart, refund.
+    pub value: f64,
+    pub device: Option<String>,
+    pub channel: Option<String>,
+    /// Lines this event is about (changed cart items, order lines, the product viewed).
+    pub lines: Vec<Line>,
+    /// The whole cart after the event, where the event carries it.
+    pub cart: Option<Cart>,
+    pub order_id: Option<String>,
+    pub search_phrase: Option<String>,
+    pub search_results: Option<u32>,
+    pub attributes: Option<Attributes>,
+}
+
+/// The cart as the storefront last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cart {
+    pub id: Option<String>,
+    pub lines: Vec<Line>,
+}
+
+/// Why an event was rejected. Bad input: dead-letter and go on.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum InvalidEvent {
+    #[error("unknown event type {0:?} for the {1} family")]
+    UnknownType(String, &'static str),
+    #[error("event carries no identity (ecid, customerId or email) and no message key")]
+    NoIdentity,
+    #[error("empty eventId")]
+    NoEventId,
+    #[error("event time {0} ms is outside the accepted range")]
+    BadTime(i64),
+    #[error("{0} is missing {1}")]
+    MissingField(&'static str, &'static str),
+    #[error("{0} is not a finite number")]
+    NotFinite(&'static str),
+}
+
+impl InvalidEvent {
+    /// Low-cardinality class for the dead-letter reason code and metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvalidEvent::UnknownType(..) => "unknown_event_type",
+            InvalidEvent::NoIdentity => "no_identity",
+            InvalidEvent::NoEventId => "no_event_id",
+            InvalidEvent::BadTime(_) => "bad_event_time",
+            InvalidEvent::MissingField(..) => "missing_field",
+            InvalidEvent::NotFinite(_) => "not_finite",
+        }
+    }
+}
+
+/// Earliest accepted event time: 2000-01-01T00:00:00Z.
+pub const MIN_EVENT_TIME: i64 = 946_684_800_000;
+/// How far ahead of the processing clock an event time may be.
+pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+fn finite(v: Option<f64>, what: &'static str) -> Result<Option<f64>, InvalidEvent> {
+    match v {
+        Some(x) if !x.is_finite() => Err(InvalidEvent::NotFinite(what)),
+        other => Ok(other),
+    }
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+fn cart_line(item: wire::ShoppingCartItem) -> Result<Line, InvalidEvent> {
+    let price = finite(item.prices.map(|p| p.price.value), "cart item price")?;
+    if !item.quantity.is_finite() {
+        return Err(InvalidEvent::NotFinite("cart item quantity"));
+    }
+    Ok(Line {
+        category: item.product.categories.into_iter().next(),
+        sku: item.product.sku,
+        name: item.product.name,
+        quantity: item.quantity,
+        price,
+        image_url: item.product.main_image_url,
+        url: item.product.canonical_url,
+    })
+}
+
+fn product_line(p: wire::ProductContext) -> Result<Line, InvalidEvent> {
+    let price = finite(
+        p.pricing.as_ref().and_then(|pr| pr.special_price.or(pr.regular_price)),
+        "product price",
+    )?;
+    Ok(Line {
+        category: p.categories.into_iter().next(),
+        sku: p.sku,
+        name: p.name,
+        quantity: 1.0,
+        price,
+        image_url: p.main_image_url,
+        url: p.canonical_url,
+    })
+}
+
+fn list_item_line(item: wire::ProductListItem) -> Result<Line, InvalidEvent> {
+    let quantity = finite(item.quantity, "line quantity")?.unwrap_or(1.0);
+    let total = finite(item.price_total, "line priceTotal")?;
+    // priceTotal is a line total on order items: keep unit prices in Line.
+    let price = total.map(|t| if quantity != 0.0 { t / quantity } else { t });
+    Ok(Line {
+        category: item.categories.into_iter().find_map(|c| c.path.or(c.name).or(c.id)),
+        sku: item.sku,
+        name: item.name,
+        quantity,
+        price,
+        image_url: item.product_image_url,
+        url: None,
+    })
+}
+
+fn address_parts(a: Option<&wire::Address>) -> (Option<String>, Option<String>) {
+    a.map(|a| (non_empty(a.country.clone()), non_empty(a.city.clone()))).unwrap_or((None, None))
+}
+
+fn consent(v: Option<&String>) -> Option<bool> {
+    match v.map(|s| s.to_ascii_lowercase()) {
+        Some(s) if s == "y" || s == "yes" || s == "in" || s == "true" => Some(true),
+        Some(s) if s == "n" || s == "no" || s == "out" || s == "false" => Some(false),
+        _ => None,
+    }
+}
+
+impl Event {
+    /// Maps a decoded message onto the core's event and validates it. `now` is the processing
+    /// clock (wall time), used only to reject absurd future timestamps.
+    pub fn from_input(msg: InputMessage, now: i64) -> Result<Event, InvalidEvent> {
+        let ev = match msg {
+            InputMessage::Storefront(e) => Self::from_storefront(e)?,
+            InputMessage::Backoffice(e) => Self::from_backoffice(e)?,
+            InputMessage::Profile(e) => Self::from_profile(e)?,
+        };
+        if ev.id.trim().is_empty() {
+            return Err(InvalidEvent::NoEventId);
+        }
+        if ev.time < MIN_EVENT_TIME || ev.time > now.saturating_add(MAX_FUTURE_MS) {
+            return Err(InvalidEvent::BadTime(ev.time));
+        }
+        if !ev.value.is_finite() {
+            return Err(InvalidEvent::NotFinite("event value"));
+        }
+        Ok(ev)
+    }
+
+    fn base(id: String, kind: EventType, time: i64, identity: Identity) -> Event {
+        Event {
+            id,
+            kind,
+            time,
+            identity: Identity {
+                ecid: non_empty(identity.ecid),
+                customer_id: non_empty(identity.customer_id),
+                email: non_empty(identity.email).map(|e| e.trim().to_lowercase()),
+            },
+            value: 0.0,
+            device: None,
+            channel: None,
+            lines: Vec::new(),
+            cart: None,
+            order_id: None,
+            search_phrase: None,
+            search_results: None,
+            attributes: None,
+        }
+    }
+
+    fn from_storefront(e: wire::StorefrontEvent) -> Result<Event, InvalidEvent> {
+        let kind = EventType::parse(&e.event_type)
+            .filter(|k| k.family() == Family::Storefront)
+            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "storefront"))?;
+        let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
+        ev.device = e.device_context.and_then(|d| non_empty(d.kind)).map(|d| d.to_lowercase());
+        ev.channel = e
+            .channel_context
+            .and_then(|c| non_empty(c.kind))
+            .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+        if let Some(cart) = e.shopping_cart_context {
+            let lines = cart.items.into_iter().map(cart_line).collect::<Result<Vec<_>, _>>()?;
+            ev.cart = Some(Cart { id: cart.id, lines });
+        }
+        if let Some(changed) = e.changed_products_context {
+            ev.lines = changed.items.into_iter().map(cart_line).collect::<Result<_, _>>()?;
+        }
+        match kind {
+            EventType::ProductPageView => {
+                let p = e.product_context.ok_or(InvalidEvent::MissingField("productPageView", "productContext"))?;
+                let line = product_line(p)?;
+                ev.value = line.price.unwrap_or(0.0);
+                ev.lines = vec![line];
+            }
+            EventType::AddToCart | EventType::RemoveFromCart => {
+                if ev.lines.is_empty() {
+                    if let Some(p) = e.product_context {
+                        ev.lines = vec![product_line(p)?];
+                    }
+                }
+                ev.value = ev.lines.iter().map(Line::total).sum();
+            }
+            EventType::CompleteCheckout => {
+                let order = e.order_context.ok_or(InvalidEvent::MissingField("completeCheckout", "orderContext"))?;
+                ev.value = finite(order.grand_total, "orderContext.grandTotal")?.unwrap_or_else(|| {
+                    ev.cart.as_ref().map(|c| c.lines.iter().map(Line::total).sum()).unwrap_or(0.0)
+                });
+                ev.order_id = non_empty(Some(order.order_id));
+                if let Some(cart) = &ev.cart {
+                    ev.lines = cart.lines.clone();
+                }
+            }
+            EventType::SearchRequestSent => {
+                let units = e.search_input_context.map(|c| c.units).unwrap_or_default();
+                let unit = pick_unit(units, e.search_unit_id.as_deref(), |u| &u.search_unit_id);
+                ev.search_phrase = unit.map(|u| u.phrase);
+            }
+            EventType::SearchResponseReceived => {
+                let units = e.search_results_context.map(|c| c.units).unwrap_or_default();
+                let unit = pick_unit(units, e.search_unit_id.as_deref(), |u| &u.search_unit_id);
+                ev.search_results = unit.map(|u| u.products.len() as u32);
+            }
+            _ => {}
+        }
+        if let Some(acct) = e.account_context {
+            if ev.identity.email.is_none() {
+                ev.identity.email = non_empty(acct.email_address.clone()).map(|s| s.trim().to_lowercase());
+            }
+            if ev.identity.customer_id.is_none() {
+                ev.identity.customer_id = non_empty(acct.account_id.clone());
+            }
+            ev.attributes = Some(Attributes {
+                first_name: non_empty(acct.first_name),
+                last_name: non_empty(acct.last_name),
+                email: non_empty(acct.email_address),
+                phone: non_empty(acct.phone_number),
+                customer_group: non_empty(acct.customer_group),
+                ..Attributes::default()
+            });
+        }
+        Ok(ev)
+    }
+
+    fn from_backoffice(e: wire::BackofficeEvent) -> Result<Event, InvalidEvent> {
+        let kind = EventType::parse(&e.event_type)
+            .filter(|k| k.family() == Family::Backoffice)
+            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "backoffice"))?;
+        let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
+        if ev.identity.email.is_none() {
+            ev.identity.email = e.personal_email.map(|p| p.address.trim().to_lowercase()).filter(|s| !s.is_empty());
+        }
+        ev.channel = e.channel.and_then(|c| non_empty(c.kind)).map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+        ev.lines = e.product_list_items.into_iter().map(list_item_line).collect::<Result<_, _>>()?;
+        let order = e.order.ok_or(InvalidEvent::MissingField("back-office event", "order"))?;
+        ev.order_id = non_empty(Some(order.purchase_id));
+        if ev.order_id.is_none() {
+            return Err(InvalidEvent::MissingField("back-office event", "order.purchaseID"));
+        }
+        let lines_total: f64 = ev.lines.iter().map(Line::total).sum();
+        ev.value = match kind {
+            EventType::OrderLineItemRefunded => {
+                let refunds: f64 = order.refunds.iter().filter_map(|r| r.refund_amount).sum();
+                finite(order.refund_total, "order.refundTotal")?.unwrap_or(if refunds != 0.0 { refunds } else { lines_total })
+            }
+            _ => finite(order.price_total, "order.priceTotal")?.unwrap_or(lines_total),
+        };
+        Ok(ev)
+    }
+
+    fn from_profile(e: wire::ProfileEvent) -> Result<Event, InvalidEvent> {
+        let kind = EventType::parse(&e.event_type)
+            .filter(|k| k.family() == Family::Profile)
+            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "profile"))?;
+        let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
+        let email = e.personal_email.map(|p| p.address);
+        if ev.identity.email.is_none() {
+            ev.identity.email = non_empty(email.clone()).map(|s| s.trim().to_lowercase());
+        }
+        ev.channel = e.channel.and_then(|c| non_empty(c.kind)).map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+        let (country, city) = address_parts(e.billing_address.as_ref().or(e.shipping_address.as_ref()));
+        let person = e.person.unwrap_or_default();
+        let name = person.name.unwrap_or_default();
+        let loyalty = e.loyalty.unwrap_or_default();
+        let consents = e.consents.unwrap_or_default();
+        ev.attributes = Some(Attributes {
+            first_name: non_empty(name.first_name),
+            last_name: non_empty(name.last_name),
+            email: non_empty(email),
+            phone: e
+                .mobile_phone
+                .or(e.billing_address_phone)
+                .or(e.shipping_address_phone)
+                .map(|p| p.number)
+                .filter(|n| !n.trim().is_empty()),
+            gender: non_empty(person.gender).map(|g| g.to_lowercase()),
+            birth_date: non_empty(person.birth_date),
+            country,
+            city,
+            loyalty_tier: non_empty(loyalty.tier).map(|t| t.to_lowercase()),
+            loyalty_status: non_empty(loyalty.status).map(|t| t.to_lowercase()),
+            loyalty_points: finite(loyalty.points, "loyalty.points")?,
+            customer_group: non_empty(e.customer_group),
+            consent_email: consent(consents.marketing_email.as_ref()),
+            consent_sms: consent(consents.marketing_sms.as_ref()),
+        });
+        Ok(ev)
+    }
+
+    /// The key a profile is stored under when a message has no key: customer id, else e-mail,
+    /// else ECID (the producer's own keying rule).
+    pub fn fallback_key(&self) -> Option<&str> {
+        self.identity
+            .customer_id
+            .as_deref()
+            .or(self.identity.email.as_deref())
+            .or(self.identity.ecid.as_deref())
+    }
+}
+
+/// Search contexts hold several units; the event's `searchUnitId` picks one (else the first).
+fn pick_unit<U>(units: Vec<U>, id: Option<&str>, unit_id: impl Fn(&U) -> &String) -> Option<U> {
+    let pos = id.and_then(|id| units.iter().position(|u| unit_id(u) == id)).unwrap_or(0);
+    units.into_iter().nth(pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_parses_by_its_name_and_belongs_to_its_family() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.name()), Some(*t));
+        }
+        assert_eq!(EventType::ALL.len(), 30);
+    }
+
+    #[test]
+    fn accepts_the_platforms_other_spellings() {
+        assert_eq!(EventType::parse("orderCanceled"), Some(EventType::OrderCancelled));
+        assert_eq!(EventType::parse("orderItemsReturnsInitiated"), Some(EventType::OrderItemsReturnInitiated));
+        assert_eq!(EventType::parse("initiateCheckout"), Some(EventType::StartCheckout));
+        assert_eq!(EventType::parse("placeOrder"), Some(EventType::CompleteCheckout));
+        assert_eq!(EventType::parse("commerce.backofficeShipmentCompleted"), Some(EventType::OrderShipmentCompleted));
+        assert_eq!(EventType::parse("orderShipped"), None);
+    }
+
+    fn order_placed(total: Option<f64>) -> wire::BackofficeEvent {
+        wire::BackofficeEvent {
+            event_id: "e1".into(),
+            event_type: "orderPlaced".into(),
+            timestamp: 1_700_000_000_000,
+            identity: Identity { email: Some(" Ann@Example.COM ".into()), ..Default::default() },
+            order: Some(wire::Order { purchase_id: "100".into(), price_total: total, ..Default::default() }),
+            product_list_items: vec![wire::ProductListItem {
+                sku: "A".into(),
+                quantity: Some(2.0),
+                price_total: Some(10.0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn order_value_falls_back_to_line_totals_and_email_is_normalised() {
+        let ev = Event::from_input(InputMessage::Backoffice(order_placed(None)), 1_700_000_000_000).unwrap();
+        assert_eq!(ev.value, 10.0);
+        assert_eq!(ev.lines[0].price, Some(5.0));
+        assert_eq!(ev.identity.email.as_deref(), Some("ann@example.com"));
+        let ev = Event::from_input(InputMessage::Backoffice(order_placed(Some(12.5))), 1_700_000_000_000).unwrap();
+        assert_eq!(ev.value, 12.5);
+    }
+
+    #[test]
+    fn rejects_absurd_times_unknown_types_and_nan() {
+        let mut e = order_placed(None);
+        e.timestamp = 5;
+        assert_eq!(Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000).unwrap_err().code(), "bad_event_time");
+        let mut e = order_placed(None);
+        e.event_type = "addToCart".into();
+        assert_eq!(Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000).unwrap_err().code(), "unknown_event_type");
+        let e = order_placed(Some(f64::NAN));
+        assert_eq!(Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000).unwrap_err().code(), "not_finite");
+    }
+}

@@ -1,0 +1,41 @@
+//! # Tailor
+//!
+//! A stream worker that keeps a rolling profile of every shopper and its segment memberships from
+//! a commerce platform's Kafka topics, and emits audience changes.
+//!
+//! ## Layout: how an event flows
+//!
+//! ```text
+//!  Kafka message ─► codec ─► event ─► profile ─► segments ─► audience ─► Kafka
+//!  (3 input topics) (Avro    (validate, (apply:   (evaluate   (ENTERED /   audience.changes
+//!                   single-  normalise) counters, the rules)  EXITED with  tailor.deadletter
+//!                   object)             cart,                 a stable id)
+//!                                       orders)
+//! ```
+//!
+//! - [`wire`]: serde mirrors of the Avro schemas in `avro/` (the contract with producers).
+//! - [`codec`]: single-object encoding; writer schemas by fingerprint, resolved to reader schemas.
+//! - [`event`]: one validated [`event::Event`] shape for the three families.
+//! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d".
+//! - [`profile`]: the profile and how an event changes it.
+//! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate.
+//! - [`audience`]: membership changes with deterministic ids.
+//!
+//! Those modules are the synchronous core: no I/O, tested and benchmarked without Kafka.
+//! The shell around it:
+//!
+//! - [`store`]: RocksDB — profiles, offsets and segment sizes committed in one atomic batch.
+//! - [`worker`]: consume → apply ([`audience::Core`]) → produce and await delivery → commit
+//!   state + next offsets → store offsets for lag monitoring.
+//! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`), [`replay`] (real
+//!   data sets as platform events).
+
+pub mod audience;
+pub mod codec;
+pub mod config;
+pub mod event;
+pub mod profile;
+pub mod segments;
+pub mod store;
+pub mod window;
+pub mod wire;

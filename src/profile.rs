@@ -1,0 +1,368 @@
+//! The rolling profile of one shopper and how an event changes it.
+//!
+//! Everything here is bounded: identities, cart lines and recent order ids are capped, counters
+//! are [`Series`] with a fixed number of buckets. A profile that receives a million events is no
+//! bigger than one that received a thousand.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Attributes, Cart, Event, EventType, Line};
+use crate::window::Series;
+
+/// Most identities of one kind (ECIDs, e-mails) kept per profile.
+pub const MAX_IDENTITIES: usize = 16;
+/// Most cart lines kept.
+pub const MAX_CART_LINES: usize = 100;
+/// Order ids remembered to recognise the same order arriving twice (storefront
+/// completeCheckout and back-office orderPlaced, or a historical re-sync).
+pub const RECENT_ORDERS: usize = 64;
+
+/// Identities seen for the shopper.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Identities {
+    pub ecids: Vec<String>,
+    pub customer_id: Option<String>,
+    pub emails: Vec<String>,
+}
+
+/// The shopper's current cart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CartState {
+    pub id: Option<String>,
+    pub lines: Vec<Line>,
+    /// Last change, ms.
+    pub updated_at: Option<i64>,
+}
+
+impl CartState {
+    pub fn value(&self) -> f64 {
+        self.lines.iter().map(Line::total).sum()
+    }
+
+    pub fn quantity(&self) -> f64 {
+        self.lines.iter().map(|l| l.quantity).sum()
+    }
+}
+
+/// Order history aggregates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OrderStats {
+    pub count: u64,
+    /// Gross value of orders placed.
+    pub revenue: f64,
+    pub first_at: Option<i64>,
+    pub last_at: Option<i64>,
+    pub cancelled: u64,
+    pub cancelled_value: f64,
+    pub returns: u64,
+    pub refunded: f64,
+    /// Most recent order ids (bounded), oldest first.
+    pub recent_ids: Vec<String>,
+}
+
+impl OrderStats {
+    /// Lifetime value: revenue less cancellations and refunds.
+    pub fn lifetime_value(&self) -> f64 {
+        self.revenue - self.cancelled_value - self.refunded
+    }
+
+    pub fn average_order_value(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.revenue / self.count as f64)
+    }
+}
+
+/// A segment the profile is in, and since when (stream time, ms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    pub segment: String,
+    pub since: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub identities: Identities,
+    /// Latest known value of each attribute (profile events and account contexts).
+    pub attributes: Attributes,
+    /// Per event type: (type, counts and sums over time). Only types seen are present.
+    pub counters: Vec<(EventType, Series)>,
+    pub cart: CartState,
+    pub orders: OrderStats,
+    pub last_device: Option<String>,
+    pub last_channel: Option<String>,
+    pub first_seen: Option<i64>,
+    /// Latest event time seen: the profile's own clock for windows.
+    pub last_seen: Option<i64>,
+    pub events_total: u64,
+    /// Current segment memberships, sorted by segment id.
+    pub segments: Vec<Membership>,
+}
+
+fn remember(list: &mut Vec<String>, value: &str, cap: usize) {
+    if !list.iter().any(|v| v == value) {
+        if list.len() >= cap {
+            list.remove(0);
+        }
+        list.push(value.to_owned());
+    }
+}
+
+fn merge_opt<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
+    if from.is_some() {
+        into.clone_from(from);
+    }
+}
+
+impl Profile {
+    /// Applies one event. Pure: the same profile and event always give the same result.
+    pub fn apply(&mut self, ev: &Event) {
+        self.record_identities(ev);
+        self.events_total += 1;
+        self.first_seen = Some(self.first_seen.map_or(ev.time, |t| t.min(ev.time)));
+        let now = self.last_seen.map_or(ev.time, |t| t.max(ev.time));
+        self.last_seen = Some(now);
+        if ev.device.is_some() {
+            self.last_device.clone_from(&ev.device);
+        }
+        if ev.channel.is_some() {
+            self.last_channel.clone_from(&ev.channel);
+        }
+        self.series_mut(ev.kind).add(ev.time, ev.value, now);
+        if let Some(a) = &ev.attributes {
+            self.merge_attributes(a);
+        }
+        self.apply_cart(ev);
+        self.apply_orders(ev);
+    }
+
+    fn record_identities(&mut self, ev: &Event) {
+        if let Some(e) = &ev.identity.ecid {
+            remember(&mut self.identities.ecids, e, MAX_IDENTITIES);
+        }
+        if let Some(e) = &ev.identity.email {
+            remember(&mut self.identities.emails, e, MAX_IDENTITIES);
+        }
+        merge_opt(&mut self.identities.customer_id, &ev.identity.customer_id);
+    }
+
+    fn merge_attributes(&mut self, a: &Attributes) {
+        let t = &mut self.attributes;
+        merge_opt(&mut t.first_name, &a.first_name);
+        merge_opt(&mut t.last_name, &a.last_name);
+        merge_opt(&mut t.email, &a.email);
+        merge_opt(&mut t.phone, &a.phone);
+        merge_opt(&mut t.gender, &a.gender);
+        merge_opt(&mut t.birth_date, &a.birth_date);
+        merge_opt(&mut t.country, &a.country);
+        merge_opt(&mut t.city, &a.city);
+        merge_opt(&mut t.loyalty_tier, &a.loyalty_tier);
+        merge_opt(&mut t.loyalty_status, &a.loyalty_status);
+        merge_opt(&mut t.loyalty_points, &a.loyalty_points);
+        merge_opt(&mut t.customer_group, &a.customer_group);
+        merge_opt(&mut t.consent_email, &a.consent_email);
+        merge_opt(&mut t.consent_sms, &a.consent_sms);
+    }
+
+    fn apply_cart(&mut self, ev: &Event) {
+        let cart = &mut self.cart;
+        match ev.kind {
+            EventType::CompleteCheckout | EventType::OrderPlaced => {
+                *cart = CartState { id: None, lines: Vec::new(), updated_at: Some(ev.time) };
+                return;
+            }
+            EventType::AddToCart | EventType::RemoveFromCart
+            | EventType::OpenCart
+            | EventType::ShoppingCartView
+            | EventType::StartCheckout => {}
+            _ => return,
+        }
+        // Events older than the cart's last change do not roll it back.
+        if cart.updated_at.is_some_and(|t| t > ev.time) {
+            return;
+        }
+        cart.updated_at = Some(ev.time);
+        if let Some(Cart { id, lines }) = &ev.cart {
+            // The storefront sent the whole cart: it is the truth.
+            cart.id.clone_from(id);
+            cart.lines = lines.iter().take(MAX_CART_LINES).cloned().collect();
+            return;
+        }
+        for line in &ev.lines {
+            let pos = cart.lines.iter().position(|l| l.sku == line.sku);
+            match (ev.kind, pos) {
+                (EventType::AddToCart, Some(i)) => cart.lines[i].quantity += line.quantity,
+                (EventType::AddToCart, None) if cart.lines.len() < MAX_CART_LINES => cart.lines.push(line.clone()),
+                (EventType::RemoveFromCart, Some(i)) => {
+                    cart.lines[i].quantity -= line.quantity;
+                    if cart.lines[i].quantity <= 0.0 {
+                        cart.lines.remove(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn apply_orders(&mut self, ev: &Event) {
+        let o = &mut self.orders;
+        match ev.kind {
+            EventType::OrderPlaced | EventType::CompleteCheckout => {
+                if let Some(id) = &ev.order_id {
+                    if o.recent_ids.iter().any(|r| r == id) {
+                        return; // the same order seen again (other family, or a re-sync)
+                    }
+                    remember(&mut o.recent_ids, id, RECENT_ORDERS);
+                }
+                o.count += 1;
+                o.revenue += ev.value;
+                o.first_at = Some(o.first_at.map_or(ev.time, |t| t.min(ev.time)));
+                o.last_at = Some(o.last_at.map_or(ev.time, |t| t.max(ev.time)));
+            }
+            EventType::OrderCancelled => {
+                o.cancelled += 1;
+                o.cancelled_value += ev.value;
+            }
+            EventType::OrderItemsReturnInitiated => o.returns += 1,
+            EventType::OrderLineItemRefunded => o.refunded += ev.value,
+            _ => {}
+        }
+    }
+
+    fn series_mut(&mut self, kind: EventType) -> &mut Series {
+        let i = match self.counters.binary_search_by_key(&kind, |(k, _)| *k) {
+            Ok(i) => i,
+            Err(i) => {
+                self.counters.insert(i, (kind, Series::default()));
+                i
+            }
+        };
+        &mut self.counters[i].1
+    }
+
+    /// Counts and sums of `kind` in the last `window` ms, as of `now`.
+    pub fn window(&self, kind: EventType, window: i64, now: i64) -> (u64, f64) {
+        self.counters
+            .binary_search_by_key(&kind, |(k, _)| *k)
+            .map(|i| self.counters[i].1.query(window, now))
+            .unwrap_or((0, 0.0))
+    }
+
+    pub fn is_member(&self, segment: &str) -> bool {
+        self.segments.binary_search_by(|m| m.segment.as_str().cmp(segment)).is_ok()
+    }
+
+    /// Identities in the output records' shape.
+    pub fn identity(&self) -> crate::wire::Identity {
+        crate::wire::Identity {
+            ecid: self.identities.ecids.last().cloned(),
+            customer_id: self.identities.customer_id.clone(),
+            email: self.identities.emails.last().cloned(),
+        }
+    }
+}
+
+/// State encoding: one version byte, then postcard. Bump the version when [`Profile`] changes
+/// incompatibly and migrate on read.
+pub const STATE_VERSION: u8 = 1;
+
+pub fn encode(p: &Profile) -> Vec<u8> {
+    let mut out = vec![STATE_VERSION];
+    out.extend(postcard::to_stdvec(p).expect("profile serialises"));
+    out
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
+    match bytes.split_first() {
+        Some((&STATE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown profile state version {v}")),
+        None => Err("empty profile state".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Identity;
+
+    fn ev(kind: EventType, time: i64, value: f64) -> Event {
+        Event {
+            id: format!("e{time}"),
+            kind,
+            time,
+            identity: Identity { ecid: Some("ecid-1".into()), ..Default::default() },
+            value,
+            device: None,
+            channel: None,
+            lines: Vec::new(),
+            cart: None,
+            order_id: None,
+            search_phrase: None,
+            search_results: None,
+            attributes: None,
+        }
+    }
+
+    fn line(sku: &str, qty: f64, price: f64) -> Line {
+        Line { sku: sku.into(), quantity: qty, price: Some(price), ..Default::default() }
+    }
+
+    #[test]
+    fn cart_follows_adds_and_removes_and_empties_on_checkout() {
+        let mut p = Profile::default();
+        let mut add = ev(EventType::AddToCart, 1_000, 20.0);
+        add.lines = vec![line("A", 2.0, 10.0)];
+        p.apply(&add);
+        let mut add2 = ev(EventType::AddToCart, 2_000, 10.0);
+        add2.lines = vec![line("A", 1.0, 10.0), line("B", 1.0, 5.0)];
+        p.apply(&add2);
+        assert_eq!(p.cart.value(), 35.0);
+        let mut rm = ev(EventType::RemoveFromCart, 3_000, 0.0);
+        rm.lines = vec![line("A", 3.0, 10.0)];
+        p.apply(&rm);
+        assert_eq!(p.cart.lines.len(), 1);
+        assert_eq!(p.cart.value(), 5.0);
+        let mut done = ev(EventType::CompleteCheckout, 4_000, 5.0);
+        done.order_id = Some("o1".into());
+        p.apply(&done);
+        assert!(p.cart.lines.is_empty());
+        assert_eq!(p.orders.count, 1);
+    }
+
+    #[test]
+    fn the_same_order_from_storefront_and_back_office_counts_once() {
+        let mut p = Profile::default();
+        for kind in [EventType::CompleteCheckout, EventType::OrderPlaced, EventType::OrderPlaced] {
+            let mut e = ev(kind, 1_000, 50.0);
+            e.order_id = Some("o-7".into());
+            p.apply(&e);
+        }
+        assert_eq!((p.orders.count, p.orders.revenue), (1, 50.0));
+        let mut c = ev(EventType::OrderCancelled, 2_000, 50.0);
+        c.order_id = Some("o-7".into());
+        p.apply(&c);
+        assert_eq!(p.orders.cancelled, 1);
+        assert_eq!(p.orders.lifetime_value(), 0.0);
+    }
+
+    #[test]
+    fn identities_are_bounded() {
+        let mut p = Profile::default();
+        for i in 0..100 {
+            let mut e = ev(EventType::PageView, i, 0.0);
+            e.identity.ecid = Some(format!("ecid-{i}"));
+            p.apply(&e);
+        }
+        assert_eq!(p.identities.ecids.len(), MAX_IDENTITIES);
+        assert_eq!(p.identities.ecids.last().unwrap(), "ecid-99");
+    }
+
+    #[test]
+    fn state_round_trips_and_rejects_unknown_versions() {
+        let mut p = Profile::default();
+        p.apply(&ev(EventType::PageView, 1_000, 0.0));
+        let bytes = encode(&p);
+        assert_eq!(decode(&bytes).unwrap(), p);
+        let mut bad = bytes.clone();
+        bad[0] = 99;
+        assert!(decode(&bad).unwrap_err().contains("version 99"));
+    }
+}

@@ -1,0 +1,375 @@
+//! Type-checked, compiled rules and their evaluation against a profile.
+//!
+//! All failure happens in [`compile`]: unknown attributes, wrong types, windows too long. Evaluation
+//! cannot fail and does not allocate: it walks the plan and borrows strings from the profile.
+//!
+//! Absent values: an attribute the profile does not have (no loyalty tier yet, a division by zero)
+//! is *missing*. Any comparison with a missing value is false, arithmetic with it stays missing, and
+//! a missing boolean attribute counts as false.
+
+use crate::event::EventType;
+use crate::profile::Profile;
+use crate::window::MAX_WINDOW_MS;
+
+use super::expr::{BinOp, Expr, ExprError, ExprKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Num,
+    Str,
+    Bool,
+    Dur,
+}
+
+impl Type {
+    fn name(self) -> &'static str {
+        match self {
+            Type::Num => "number",
+            Type::Str => "string",
+            Type::Bool => "boolean",
+            Type::Dur => "duration",
+        }
+    }
+}
+
+/// Profile attributes a rule can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attr {
+    OrdersCount,
+    OrdersRevenue,
+    OrdersLtv,
+    OrdersAov,
+    OrdersCancelled,
+    OrdersCancelledValue,
+    OrdersReturns,
+    OrdersRefunded,
+    CartItems,
+    CartQuantity,
+    CartValue,
+    EventsTotal,
+    LoyaltyPoints,
+    LoyaltyTier,
+    LoyaltyStatus,
+    Gender,
+    Country,
+    City,
+    CustomerGroup,
+    Device,
+    Channel,
+    IdentityKnown,
+    ConsentEmail,
+    ConsentSms,
+}
+
+/// The attribute catalogue: rule name, attribute, type, one-line doc (also rendered in the README).
+pub const ATTRIBUTES: &[(&str, Attr, Type, &str)] = &[
+    ("orders.count", Attr::OrdersCount, Type::Num, "orders placed (each order id counted once)"),
+    ("orders.revenue", Attr::OrdersRevenue, Type::Num, "gross value of orders placed"),
+    ("orders.ltv", Attr::OrdersLtv, Type::Num, "lifetime value: revenue less cancelled value and refunds"),
+    ("orders.aov", Attr::OrdersAov, Type::Num, "average order value (missing before the first order)"),
+    ("orders.cancelled", Attr::OrdersCancelled, Type::Num, "orderCancelled events"),
+    ("orders.cancelled_value", Attr::OrdersCancelledValue, Type::Num, "value of cancelled orders"),
+    ("orders.returns", Attr::OrdersReturns, Type::Num, "returns initiated"),
+    ("orders.refunded", Attr::OrdersRefunded, Type::Num, "amount refunded"),
+    ("cart.items", Attr::CartItems, Type::Num, "distinct lines in the current cart"),
+    ("cart.quantity", Attr::CartQuantity, Type::Num, "units in the current cart"),
+    ("cart.value", Attr::CartValue, Type::Num, "value of the current cart"),
+    ("events.total", Attr::EventsTotal, Type::Num, "events applied to the profile"),
+    ("loyalty.points", Attr::LoyaltyPoints, Type::Num, "loyalty points (profile events)"),
+    ("loyalty.tier", Attr::LoyaltyTier, Type::Str, "loyalty tier, lower case (e.g. gold)"),
+    ("loyalty.status", Attr::LoyaltyStatus, Type::Str, "loyalty status, lower case"),
+    ("gender", Attr::Gender, Type::Str, "person.gender, lower case"),
+    ("country", Attr::Country, Type::Str, "billing (else shipping) address country"),
+    ("city", Attr::City, Type::Str, "billing (else shipping) address city"),
+    ("customer_group", Attr::CustomerGroup, Type::Str, "customer group"),
+    ("device", Attr::Device, Type::Str, "last device type seen (mobile, tablet, desktop...)"),
+    ("channel", Attr::Channel, Type::Str, "last channel type seen (web, mobile...)"),
+    ("identity.known", Attr::IdentityKnown, Type::Bool, "the shopper has a customer id or e-mail"),
+    ("consent.email", Attr::ConsentEmail, Type::Bool, "opted in to marketing e-mail"),
+    ("consent.sms", Attr::ConsentSms, Type::Bool, "opted in to marketing SMS"),
+];
+
+/// Functions a rule can call (rendered in the README).
+pub const FUNCTIONS: &[(&str, &str)] = &[
+    ("count(EVENT, WINDOW)", "number of EVENT events in the last WINDOW (up to 90d)"),
+    ("sum(EVENT, WINDOW)", "money EVENT events were worth in the last WINDOW (order totals, cart values added...)"),
+    ("in_segment(\"ID\")", "the shopper is in segment ID (evaluated first; cycles are rejected)"),
+    ("exists(ATTRIBUTE)", "the attribute has a value"),
+];
+
+/// A compiled rule node.
+#[derive(Debug, Clone)]
+pub enum Node {
+    Num(f64),
+    Str(String),
+    Bool(bool),
+    Attr(Attr),
+    Count(EventType, i64),
+    Sum(EventType, i64),
+    /// Index into the segment results of this evaluation pass.
+    Segment(usize),
+    Exists(Attr),
+    Not(Box<Node>),
+    Neg(Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Cmp(BinOp, Box<Node>, Box<Node>),
+    Arith(BinOp, Box<Node>, Box<Node>),
+    InList(Box<Node>, Vec<Node>),
+}
+
+/// What a rule may refer to while compiling.
+pub trait Scope {
+    /// Index of segment `id` if it may be referenced from here.
+    fn segment(&mut self, id: &str, at: usize) -> Result<usize, ExprError>;
+}
+
+fn fail<T>(at: usize, message: impl Into<String>) -> Result<T, ExprError> {
+    Err(ExprError { offset: at, message: message.into() })
+}
+
+fn attr(path: &str, at: usize) -> Result<(Attr, Type), ExprError> {
+    ATTRIBUTES
+        .iter()
+        .find(|(name, ..)| *name == path)
+        .map(|(_, a, t, _)| (*a, *t))
+        .ok_or_else(|| {
+            let known: Vec<_> = ATTRIBUTES.iter().map(|(n, ..)| *n).collect();
+            ExprError { offset: at, message: format!("unknown attribute '{path}'; known: {}", known.join(", ")) }
+        })
+}
+
+fn event_type(e: &Expr) -> Result<EventType, ExprError> {
+    match &e.kind {
+        ExprKind::Path(name) | ExprKind::Str(name) => EventType::parse(name).ok_or_else(|| ExprError {
+            offset: e.at,
+            message: format!("unknown event type '{name}'"),
+        }),
+        _ => fail(e.at, "expected an event type such as addToCart"),
+    }
+}
+
+fn window(e: &Expr) -> Result<i64, ExprError> {
+    match e.kind {
+        ExprKind::Dur(d) if d > 0 && d <= MAX_WINDOW_MS => Ok(d),
+        ExprKind::Dur(_) => fail(e.at, "window must be longer than 0 and at most 90d"),
+        _ => fail(e.at, "expected a window such as 24h or 7d"),
+    }
+}
+
+/// Type-checks and compiles an expression.
+pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprError> {
+    Ok(match &e.kind {
+        ExprKind::Num(n) => (Node::Num(*n), Type::Num),
+        ExprKind::Dur(_) => return fail(e.at, "a duration is only allowed as a window argument"),
+        ExprKind::Str(s) => (Node::Str(s.clone()), Type::Str),
+        ExprKind::Bool(b) => (Node::Bool(*b), Type::Bool),
+        ExprKind::Path(p) => {
+            let (a, t) = attr(p, e.at)?;
+            (Node::Attr(a), t)
+        }
+        ExprKind::Call(name, args) => {
+            let arity = |n: usize| -> Result<(), ExprError> {
+                if args.len() == n {
+                    Ok(())
+                } else {
+                    fail(e.at, format!("{name}() takes {n} argument(s), found {}", args.len()))
+                }
+            };
+            match name.as_str() {
+                "count" | "sum" => {
+                    arity(2)?;
+                    let (k, w) = (event_type(&args[0])?, window(&args[1])?);
+                    let node = if name == "count" { Node::Count(k, w) } else { Node::Sum(k, w) };
+                    (node, Type::Num)
+                }
+                "in_segment" => {
+                    arity(1)?;
+                    let ExprKind::Str(id) = &args[0].kind else {
+                        return fail(args[0].at, "in_segment() takes a segment id in quotes");
+                    };
+                    (Node::Segment(scope.segment(id, args[0].at)?), Type::Bool)
+                }
+                "exists" => {
+                    arity(1)?;
+                    let ExprKind::Path(p) = &args[0].kind else {
+                        return fail(args[0].at, "exists() takes an attribute name");
+                    };
+                    (Node::Exists(attr(p, args[0].at)?.0), Type::Bool)
+                }
+                other => {
+                    let known: Vec<_> = FUNCTIONS.iter().map(|(f, _)| *f).collect();
+                    return fail(e.at, format!("unknown function '{other}'; known: {}", known.join(", ")));
+                }
+            }
+        }
+        ExprKind::Not(inner) => (Node::Not(Box::new(expect(inner, Type::Bool, scope)?)), Type::Bool),
+        ExprKind::Neg(inner) => (Node::Neg(Box::new(expect(inner, Type::Num, scope)?)), Type::Num),
+        ExprKind::Bin(op, l, r) => match op {
+            BinOp::And | BinOp::Or => {
+                let (l, r) = (expect(l, Type::Bool, scope)?, expect(r, Type::Bool, scope)?);
+                let node = if *op == BinOp::And {
+                    Node::And(Box::new(l), Box::new(r))
+                } else {
+                    Node::Or(Box::new(l), Box::new(r))
+                };
+                (node, Type::Bool)
+            }
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
+                let (l, r) = (expect(l, Type::Num, scope)?, expect(r, Type::Num, scope)?);
+                (Node::Arith(*op, Box::new(l), Box::new(r)), Type::Num)
+            }
+            _ => {
+                let (ln, lt) = compile(l, scope)?;
+                let (rn, rt) = compile(r, scope)?;
+                if lt != rt {
+                    return fail(e.at, format!("cannot compare {} with {}", lt.name(), rt.name()));
+                }
+                let ordered = matches!(op, BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge);
+                if ordered && lt != Type::Num {
+                    return fail(e.at, format!("'{}' needs numbers, found {}", op.symbol(), lt.name()));
+                }
+                (Node::Cmp(*op, Box::new(ln), Box::new(rn)), Type::Bool)
+            }
+        },
+        ExprKind::In(l, items) => {
+            let (ln, lt) = compile(l, scope)?;
+            let mut list = Vec::with_capacity(items.len());
+            for item in items {
+                list.push(expect(item, lt, scope)?);
+            }
+            (Node::InList(Box::new(ln), list), Type::Bool)
+        }
+    })
+}
+
+fn expect(e: &Expr, want: Type, scope: &mut dyn Scope) -> Result<Node, ExprError> {
+    let (node, got) = compile(e, scope)?;
+    if got != want {
+        return fail(e.at, format!("expected a {}, found a {}", want.name(), got.name()));
+    }
+    Ok(node)
+}
+
+/// A value during evaluation; strings borrow from the profile or the plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Val<'a> {
+    Num(f64),
+    Str(&'a str),
+    Bool(bool),
+    Missing,
+}
+
+/// What a rule is evaluated against.
+pub struct Ctx<'a> {
+    pub profile: &'a Profile,
+    /// Stream time of the evaluation, ms.
+    pub now: i64,
+    /// Results of the segments evaluated before this one in this pass.
+    pub segments: &'a [bool],
+}
+
+fn attr_value<'a>(a: Attr, p: &'a Profile) -> Val<'a> {
+    let o = &p.orders;
+    let num = Val::Num;
+    let s = |v: &'a Option<String>| v.as_deref().map_or(Val::Missing, Val::Str);
+    let b = |v: Option<bool>| v.map_or(Val::Missing, Val::Bool);
+    match a {
+        Attr::OrdersCount => num(o.count as f64),
+        Attr::OrdersRevenue => num(o.revenue),
+        Attr::OrdersLtv => num(o.lifetime_value()),
+        Attr::OrdersAov => o.average_order_value().map_or(Val::Missing, num),
+        Attr::OrdersCancelled => num(o.cancelled as f64),
+        Attr::OrdersCancelledValue => num(o.cancelled_value),
+        Attr::OrdersReturns => num(o.returns as f64),
+        Attr::OrdersRefunded => num(o.refunded),
+        Attr::CartItems => num(p.cart.lines.len() as f64),
+        Attr::CartQuantity => num(p.cart.quantity()),
+        Attr::CartValue => num(p.cart.value()),
+        Attr::EventsTotal => num(p.events_total as f64),
+        Attr::LoyaltyPoints => p.attributes.loyalty_points.map_or(Val::Missing, num),
+        Attr::LoyaltyTier => s(&p.attributes.loyalty_tier),
+        Attr::LoyaltyStatus => s(&p.attributes.loyalty_status),
+        Attr::Gender => s(&p.attributes.gender),
+        Attr::Country => s(&p.attributes.country),
+        Attr::City => s(&p.attributes.city),
+        Attr::CustomerGroup => s(&p.attributes.customer_group),
+        Attr::Device => s(&p.last_device),
+        Attr::Channel => s(&p.last_channel),
+        Attr::IdentityKnown => {
+            Val::Bool(p.identities.customer_id.is_some() || !p.identities.emails.is_empty())
+        }
+        Attr::ConsentEmail => b(p.attributes.consent_email),
+        Attr::ConsentSms => b(p.attributes.consent_sms),
+    }
+}
+
+fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
+    match n {
+        Node::Num(v) => Val::Num(*v),
+        Node::Str(s) => Val::Str(s),
+        Node::Bool(b) => Val::Bool(*b),
+        Node::Attr(a) => attr_value(*a, cx.profile),
+        Node::Count(k, w) => Val::Num(cx.profile.window(*k, *w, cx.now).0 as f64),
+        Node::Sum(k, w) => Val::Num(cx.profile.window(*k, *w, cx.now).1),
+        Node::Segment(i) => Val::Bool(cx.segments[*i]),
+        Node::Exists(a) => Val::Bool(attr_value(*a, cx.profile) != Val::Missing),
+        Node::Not(x) => Val::Bool(!truth(eval(x, cx))),
+        Node::Neg(x) => match eval(x, cx) {
+            Val::Num(v) => Val::Num(-v),
+            _ => Val::Missing,
+        },
+        Node::And(l, r) => Val::Bool(truth(eval(l, cx)) && truth(eval(r, cx))),
+        Node::Or(l, r) => Val::Bool(truth(eval(l, cx)) || truth(eval(r, cx))),
+        Node::Cmp(op, l, r) => Val::Bool(compare(*op, eval(l, cx), eval(r, cx))),
+        Node::Arith(op, l, r) => match (eval(l, cx), eval(r, cx)) {
+            (Val::Num(a), Val::Num(b)) => {
+                let v = match op {
+                    BinOp::Add => a + b,
+                    BinOp::Sub => a - b,
+                    BinOp::Mul => a * b,
+                    _ => a / b,
+                };
+                if v.is_finite() {
+                    Val::Num(v)
+                } else {
+                    Val::Missing
+                }
+            }
+            _ => Val::Missing,
+        },
+        Node::InList(x, list) => {
+            let v = eval(x, cx);
+            Val::Bool(v != Val::Missing && list.iter().any(|item| compare(BinOp::Eq, v, eval(item, cx))))
+        }
+    }
+}
+
+fn truth(v: Val) -> bool {
+    matches!(v, Val::Bool(true))
+}
+
+fn compare(op: BinOp, l: Val, r: Val) -> bool {
+    use std::cmp::Ordering;
+    let ord = match (l, r) {
+        (Val::Num(a), Val::Num(b)) => a.partial_cmp(&b),
+        (Val::Str(a), Val::Str(b)) => Some(a.cmp(b)),
+        (Val::Bool(a), Val::Bool(b)) => Some(a.cmp(&b)),
+        _ => None,
+    };
+    let Some(ord) = ord else { return false };
+    match op {
+        BinOp::Eq => ord == Ordering::Equal,
+        BinOp::Ne => ord != Ordering::Equal,
+        BinOp::Lt => ord == Ordering::Less,
+        BinOp::Le => ord != Ordering::Greater,
+        BinOp::Gt => ord == Ordering::Greater,
+        BinOp::Ge => ord != Ordering::Less,
+        _ => false,
+    }
+}
+
+/// Evaluates a compiled boolean rule.
+pub fn matches(rule: &Node, cx: &Ctx) -> bool {
+    truth(eval(rule, cx))
+}

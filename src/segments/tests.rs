@@ -1,0 +1,152 @@
+//! Table tests of the definitions file and the rule language: valid rules and how they evaluate,
+//! invalid rules and where the error points.
+
+use super::*;
+use crate::event::{Attributes, Event, EventType};
+use crate::wire::Identity;
+
+fn one(rule: &str) -> String {
+    format!("segments:\n  - id: s\n    rule: {rule}\n")
+}
+
+fn profile_with(f: impl FnOnce(&mut Profile)) -> Profile {
+    let mut p = Profile::default();
+    f(&mut p);
+    p
+}
+
+fn event(kind: EventType, time: i64, value: f64) -> Event {
+    Event {
+        id: format!("{time}"),
+        kind,
+        time,
+        identity: Identity { ecid: Some("e".into()), ..Default::default() },
+        value,
+        device: None,
+        channel: None,
+        lines: Vec::new(),
+        cart: None,
+        order_id: Some(format!("o{time}")),
+        search_phrase: None,
+        search_results: None,
+        attributes: None,
+    }
+}
+
+fn eval(rule: &str, p: &Profile, now: i64) -> bool {
+    let set = SegmentSet::parse(&one(rule)).unwrap_or_else(|e| panic!("{rule}: {e}"));
+    let mut out = Vec::new();
+    set.evaluate(p, now, &mut out);
+    out[0]
+}
+
+const H: i64 = 3_600_000;
+const T0: i64 = 1_700_000_000_000;
+
+fn shopper() -> Profile {
+    let mut p = Profile::default();
+    for (i, v) in [100.0, 250.0, 40.0].into_iter().enumerate() {
+        p.apply(&event(EventType::OrderPlaced, T0 + i as i64 * 24 * H, v));
+    }
+    p.apply(&event(EventType::OrderCancelled, T0 + 50 * H, 40.0));
+    let mut pv = event(EventType::ProductPageView, T0 + 60 * H, 10.0);
+    pv.device = Some("mobile".into());
+    pv.attributes = Some(Attributes { loyalty_tier: Some("gold".into()), consent_email: Some(true), ..Default::default() });
+    p.apply(&pv);
+    p
+}
+
+macro_rules! rules_evaluate {
+    ($($name:ident: $rule:expr => $want:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let p = shopper();
+            assert_eq!(eval($rule, &p, T0 + 60 * H), $want, "{}", $rule);
+        }
+    )*};
+}
+
+rules_evaluate! {
+    attr_string_eq: r#"loyalty.tier == "gold""# => true;
+    attr_string_ne: r#"loyalty.tier != "gold""# => false;
+    order_count: "orders.count >= 3" => true;
+    revenue_arith: "orders.revenue - orders.cancelled_value == 350" => true;
+    ltv: "orders.ltv == 350" => true;
+    aov: "orders.aov > 129 and orders.aov < 131" => true;
+    ratio: "orders.cancelled / orders.count >= 0.3" => true;
+    window_count_recent: "count(orderPlaced, 24h) == 1" => true;
+    window_count_none_recent: "count(orderPlaced, 1h) >= 1" => false;
+    window_count_long: "count(orderPlaced, 7d) == 3" => true;
+    window_sum: "sum(orderPlaced, 30d) == 390" => true;
+    in_list: r#"device in ["tablet", "mobile"]"# => true;
+    not_in_list: r#"not (device in ["desktop"])"# => true;
+    bool_attr: "consent.email" => true;
+    bool_attr_missing_is_false: "consent.sms" => false;
+    missing_compare_is_false: r#"gender == "female" or gender != "female""# => false;
+    exists_fn: "exists(loyalty.tier) and not exists(gender)" => true;
+    division_by_zero_is_missing: "orders.returns / orders.returns > 0 or orders.returns / orders.returns <= 0" => false;
+    negation_and_precedence: "-orders.count < 0 and 1 + 2 * 3 == 7" => true;
+    event_type_alias: "count(placeOrder, 90d) == 0" => true;
+}
+
+#[test]
+fn segments_see_the_results_of_the_segments_they_use_in_this_pass() {
+    let src = r#"
+segments:
+  - id: vip
+    rule: in_segment("gold") and orders.count >= 3
+  - id: gold
+    rule: loyalty.tier == "gold"
+"#;
+    let set = SegmentSet::parse(src).unwrap();
+    let ids: Vec<_> = set.segments().iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["gold", "vip"], "dependencies first");
+    let mut out = Vec::new();
+    set.evaluate(&shopper(), T0, &mut out);
+    assert_eq!(out, [true, true]);
+    set.evaluate(&profile_with(|_| {}), T0, &mut out);
+    assert_eq!(out, [false, false]);
+}
+
+/// (file, expected "line:col: message" fragments).
+macro_rules! definition_errors {
+    ($($name:ident: $src:expr => [$($want:expr),*];)*) => {$(
+        #[test]
+        fn $name() {
+            let errs = SegmentSet::parse($src).unwrap_err().to_string();
+            $(assert!(errs.contains($want), "want {:?} in:\n{}", $want, errs);)*
+        }
+    )*};
+}
+
+definition_errors! {
+    unknown_attribute: &one("orders.cnt > 1") => ["3:11: unknown attribute 'orders.cnt'"];
+    type_mismatch: &one("loyalty.tier > 1") => ["3:11: cannot compare string with number"];
+    ordered_strings: &one(r#"loyalty.tier > "a""#) => ["3:11: '>' needs numbers"];
+    not_a_condition: &one("orders.count + 1") => ["3:11: a rule must be a condition"];
+    window_too_long: &one("count(addToCart, 91d) > 0") => ["3:28: window must be longer than 0 and at most 90d"];
+    unknown_event: &one("count(addToBasket, 1d) > 0") => ["3:17: unknown event type 'addToBasket'"];
+    unknown_function: &one("avg(addToCart, 1d) > 0") => ["3:11: unknown function 'avg'"];
+    wrong_arity: &one("count(addToCart) > 0") => ["3:11: count() takes 2 argument(s), found 1"];
+    quoted_rule_column: "segments:\n  - id: s\n    rule: \"orders.count >> 1\"\n" => ["3:26: expected a value, found '>'"];
+    block_rule_line: "segments:\n  - id: s\n    rule: |\n      orders.count > 1\n      and cart.itms > 0\n" => ["5:11: unknown attribute 'cart.itms'"];
+    unknown_segment: &one(r#"in_segment("nope")"#) => ["3:22: unknown segment 'nope'"];
+    cycle: "segments:\n  - id: a\n    rule: in_segment(\"b\")\n  - id: b\n    rule: in_segment(\"a\")\n" => ["depends on itself"];
+    duplicate_and_bad_ids: "segments:\n  - id: a\n    rule: true\n  - id: a\n    rule: true\n  - id: Bad Id\n    rule: true\n" => ["4:9: duplicate segment id 'a'", "6:9: segment id \"Bad Id\""];
+    missing_rule_and_unknown_key: "segments:\n  - id: a\n    rul: true\n" => ["3:5: unknown key 'rul'", "segment 'a' has no 'rule'"];
+    unknown_top_level: "segmets: []\n" => ["1:1: unknown top-level key 'segmets'", "missing 'segments' list"];
+    yaml_syntax: "segments:\n  - id: [unclosed\n" => ["3:1"];
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_not_just_the_first() {
+    let src = "segments:\n  - id: a\n    rule: cart.itms > 0\n  - id: b\n    rule: orders.count >\n";
+    let errs = SegmentSet::parse(src).unwrap_err();
+    assert_eq!(errs.0.len(), 2, "{errs}");
+}
+
+#[test]
+fn the_shipped_example_file_compiles_with_at_least_eight_segments() {
+    let set = SegmentSet::parse(include_str!("../../examples/segments.yaml")).unwrap();
+    assert!(set.len() >= 8);
+}

@@ -1,0 +1,233 @@
+//! Durable state in RocksDB: profiles, the next offset of every input partition, segment sizes.
+//!
+//! Keys carry the input partition first (`u32` big-endian), so each partition's state is one
+//! key range that can be dropped, mirrored or moved as a unit. Everything a batch changed is
+//! written in one atomic [`WriteBatch`] together with the partitions' next offsets: after a crash
+//! the store is exactly as after some whole batch, and the offsets in it say where to resume.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use thiserror::Error;
+
+use crate::profile::{self, Profile};
+
+const CF_PROFILES: &str = "profiles";
+const CF_OFFSETS: &str = "offsets";
+const CF_SEGMENT_SIZES: &str = "segment_sizes";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("opening state at {path}: {source}")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("state store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt state for a profile in partition {partition}: {detail}")]
+    Corrupt { partition: i32, detail: String },
+}
+
+/// Tuning that bounds the store's memory.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub block_cache_bytes: usize,
+    pub write_buffer_bytes: usize,
+    /// fsync the WAL on every commit (survives machine crashes, not only process crashes).
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { block_cache_bytes: 128 << 20, write_buffer_bytes: 64 << 20, sync_writes: true }
+    }
+}
+
+pub struct Store {
+    db: DB,
+    sync_writes: bool,
+}
+
+fn profile_key(partition: i32, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 5);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+fn size_key(partition: i32, segment: &str) -> Vec<u8> {
+    profile_key(partition, segment)
+}
+
+/// Everything one batch changed, committed atomically.
+#[derive(Default)]
+pub struct Commit {
+    /// (partition, profile key, new state).
+    pub profiles: Vec<(i32, String, Vec<u8>)>,
+    /// (topic, partition, next offset to consume).
+    pub offsets: Vec<(String, i32, i64)>,
+    /// (partition, segment id, change in members).
+    pub segment_deltas: Vec<(i32, String, i64)>,
+}
+
+impl Store {
+    pub fn open(path: &Path, o: &StoreOptions) -> Result<Store, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_write_buffer_size(o.write_buffer_bytes);
+        opts.set_max_write_buffer_number(2);
+        let cache = rocksdb::Cache::new_lru_cache(o.block_cache_bytes);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        opts.set_block_based_table_factory(&table);
+        let cfs = [CF_PROFILES, CF_OFFSETS, CF_SEGMENT_SIZES]
+            .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Ok(Store { db, sync_writes: o.sync_writes })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    pub fn profile(&self, partition: i32, key: &str) -> Result<Option<Profile>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(CF_PROFILES), profile_key(partition, key))? {
+            None => Ok(None),
+            Some(bytes) => profile::decode(&bytes)
+                .map(Some)
+                .map_err(|detail| StoreError::Corrupt { partition, detail }),
+        }
+    }
+
+    /// The next offset to consume for a partition, if this store has ever committed one.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_OFFSETS), offset_key(topic, partition))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Members per segment, summed over every partition held in this store.
+    pub fn segment_sizes(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
+        for item in self.db.iterator_cf(self.cf(CF_SEGMENT_SIZES), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            if k.len() < 4 || v.len() != 8 {
+                continue;
+            }
+            let seg = String::from_utf8_lossy(&k[4..]).into_owned();
+            *totals.entry(seg).or_default() += i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        }
+        Ok(totals.into_iter().collect())
+    }
+
+    /// Writes a batch's state, segment sizes and next offsets atomically.
+    pub fn commit(&self, c: &Commit) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let profiles = self.cf(CF_PROFILES);
+        for (partition, key, bytes) in &c.profiles {
+            batch.put_cf(profiles, profile_key(*partition, key), bytes);
+        }
+        let sizes = self.cf(CF_SEGMENT_SIZES);
+        for (partition, segment, delta) in &c.segment_deltas {
+            let k = size_key(*partition, segment);
+            let current = self
+                .db
+                .get_pinned_cf(sizes, &k)?
+                .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+                .map_or(0, i64::from_be_bytes);
+            batch.put_cf(sizes, k, (current + delta).to_be_bytes());
+        }
+        let offsets = self.cf(CF_OFFSETS);
+        for (topic, partition, next) in &c.offsets {
+            batch.put_cf(offsets, offset_key(topic, *partition), next.to_be_bytes());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Number of profile keys held (RocksDB's estimate).
+    pub fn estimated_profiles(&self) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(CF_PROFILES), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Bytes on disk in SST files plus memtables.
+    pub fn estimated_bytes(&self) -> u64 {
+        let p = |name: &str| {
+            self.db.property_int_value_cf(self.cf(CF_PROFILES), name).ok().flatten().unwrap_or(0)
+        };
+        p("rocksdb.total-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
+    }
+
+    /// Every profile key of a partition (tests and tools; not on the hot path).
+    pub fn profile_keys(&self, partition: i32) -> Result<Vec<String>, StoreError> {
+        let prefix = (partition as u32).to_be_bytes();
+        let mut out = Vec::new();
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_PROFILES), mode) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[4..]).into_owned());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventType;
+
+    #[test]
+    fn commit_is_read_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Profile::default();
+        p.events_total = 3;
+        p.counters.push((EventType::PageView, Default::default()));
+        {
+            let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            s.commit(&Commit {
+                profiles: vec![(2, "cust-1".into(), profile::encode(&p))],
+                offsets: vec![("commerce.storefront".into(), 2, 41)],
+                segment_deltas: vec![(2, "vip".into(), 1), (3, "vip".into(), 2)],
+            })
+            .unwrap();
+            s.commit(&Commit { segment_deltas: vec![(2, "vip".into(), -1)], ..Default::default() }).unwrap();
+        }
+        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(s.profile(2, "cust-1").unwrap(), Some(p));
+        assert_eq!(s.profile(1, "cust-1").unwrap(), None, "partitions are separate key ranges");
+        assert_eq!(s.next_offset("commerce.storefront", 2).unwrap(), Some(41));
+        assert_eq!(s.next_offset("commerce.storefront", 3).unwrap(), None);
+        assert_eq!(s.segment_sizes().unwrap(), vec![("vip".to_string(), 2)]);
+        assert_eq!(s.profile_keys(2).unwrap(), vec!["cust-1".to_string()]);
+    }
+
+    #[test]
+    fn a_second_worker_on_the_same_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let err = Store::open(dir.path(), &StoreOptions::default()).err().expect("locked");
+        assert!(err.to_string().contains("opening state at"), "{err}");
+    }
+}

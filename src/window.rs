@@ -1,0 +1,143 @@
+//! Rolling windows with bounded memory: counts and sums in time buckets at three resolutions.
+//!
+//! | level | bucket | kept for | answers windows up to |
+//! |-------|--------|----------|-----------------------|
+//! | 0     | 5 min  | 2 h      | 2 h                   |
+//! | 1     | 1 h    | 48 h     | 48 h                  |
+//! | 2     | 1 day  | 91 days  | 90 days               |
+//!
+//! An event counts in "the last W" while its bucket overlaps the window `(now - W, now]`, so a
+//! window reaches back at most one bucket further than W (5 min for 1 h, 1 h for 24 h, 1 day for
+//! 7/30/90 days). Buckets are sparse: a series holds only buckets that saw an event, at most
+//! 25 + 49 + 91 of them, whatever the event volume.
+
+use serde::{Deserialize, Serialize};
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+/// (bucket width, longest window answered) per level.
+const LEVELS: [(i64, i64); 3] = [(5 * MINUTE, 2 * HOUR), (HOUR, 48 * HOUR), (DAY, 90 * DAY)];
+
+/// The longest window a rule may ask for.
+pub const MAX_WINDOW_MS: i64 = 90 * DAY;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Bucket {
+    /// Bucket start divided by the level's width.
+    start: u32,
+    count: u32,
+    sum: f64,
+}
+
+/// Counts and sums of one kind of event over time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    levels: [Vec<Bucket>; 3],
+}
+
+fn level_for(window: i64) -> usize {
+    LEVELS.iter().position(|(_, max)| window <= *max).unwrap_or(LEVELS.len() - 1)
+}
+
+impl Series {
+    /// Records one event of `value` at `time` (ms), and forgets buckets that fell out of every
+    /// window as seen from `now` (the latest time this profile has seen).
+    pub fn add(&mut self, time: i64, value: f64, now: i64) {
+        for (level, (width, max)) in LEVELS.iter().enumerate() {
+            let buckets = &mut self.levels[level];
+            let start = (time.max(0) / width) as u32;
+            // Sorted by start; events mostly arrive in order, so search from the back.
+            match buckets.iter().rposition(|b| b.start <= start) {
+                Some(i) if buckets[i].start == start => {
+                    buckets[i].count = buckets[i].count.saturating_add(1);
+                    buckets[i].sum += value;
+                }
+                Some(i) => buckets.insert(i + 1, Bucket { start, count: 1, sum: value }),
+                None => buckets.insert(0, Bucket { start, count: 1, sum: value }),
+            }
+            let horizon = now.max(time) - max;
+            let keep_from = buckets.partition_point(|b| (b.start as i64 + 1) * width <= horizon);
+            if keep_from > 0 {
+                buckets.drain(..keep_from);
+            }
+        }
+    }
+
+    /// (count, sum) of the events in the last `window` ms before `now`.
+    pub fn query(&self, window: i64, now: i64) -> (u64, f64) {
+        let level = level_for(window);
+        let width = LEVELS[level].0;
+        let from = now - window;
+        let mut count = 0u64;
+        let mut sum = 0.0;
+        for b in self.levels[level].iter().rev() {
+            let start = b.start as i64 * width;
+            if start > now {
+                continue;
+            }
+            if start + width <= from {
+                break;
+            }
+            count += b.count as u64;
+            sum += b.sum;
+        }
+        (count, sum)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.levels.iter().all(Vec::is_empty)
+    }
+
+    /// Buckets held, for bounds checks and state-size metrics.
+    pub fn bucket_count(&self) -> usize {
+        self.levels.iter().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn counts_fall_out_of_short_windows_but_stay_in_long_ones() {
+        let mut s = Series::default();
+        s.add(T0, 10.0, T0);
+        s.add(T0 + 10 * MINUTE, 5.0, T0 + 10 * MINUTE);
+        let now = T0 + 10 * MINUTE;
+        assert_eq!(s.query(HOUR, now), (2, 15.0));
+        let later = T0 + 3 * HOUR;
+        assert_eq!(s.query(HOUR, later), (0, 0.0));
+        assert_eq!(s.query(24 * HOUR, later), (2, 15.0));
+        let much_later = T0 + 10 * DAY;
+        assert_eq!(s.query(24 * HOUR, much_later), (0, 0.0));
+        assert_eq!(s.query(30 * DAY, much_later), (2, 15.0));
+        assert_eq!(s.query(90 * DAY, T0 + 95 * DAY), (0, 0.0));
+    }
+
+    #[test]
+    fn out_of_order_events_land_in_their_own_bucket() {
+        let mut s = Series::default();
+        s.add(T0 + 2 * DAY, 1.0, T0 + 2 * DAY);
+        s.add(T0, 1.0, T0 + 2 * DAY);
+        assert_eq!(s.query(7 * DAY, T0 + 2 * DAY), (2, 2.0));
+        assert_eq!(s.query(24 * HOUR, T0 + 2 * DAY), (1, 1.0));
+    }
+
+    #[test]
+    fn memory_stays_bounded_whatever_the_volume() {
+        let mut s = Series::default();
+        for i in 0..200_000i64 {
+            let t = T0 + i * 2 * MINUTE;
+            s.add(t, 1.0, t);
+        }
+        assert!(s.bucket_count() <= 25 + 49 + 91, "{} buckets", s.bucket_count());
+        let now = T0 + 199_999 * 2 * MINUTE;
+        // An hour of 2-minute events is 30; the window may reach one 5-minute bucket further back.
+        let (n, _) = s.query(HOUR, now);
+        assert!((30..=33).contains(&n), "{n}");
+    }
+}
