@@ -25,7 +25,11 @@ fn main() {
     collect(&root, &mut files);
     let mut code = String::from("/// Every `.avsc` under `avro/`: (path relative to `avro/`, JSON text).\npub const SCHEMA_FILES: &[(&str, &str)] = &[\n");
     for f in &files {
-        let rel = Path::new(f).strip_prefix(&root).expect("under avro/").to_string_lossy().replace('\\', "/");
+        let rel = Path::new(f)
+            .strip_prefix(&root)
+            .expect("under avro/")
+            .to_string_lossy()
+            .replace('\\', "/");
         println!("cargo:rerun-if-changed={f}");
         code.push_str(&format!("    ({rel:?}, include_str!({f:?})),\n"));
     }

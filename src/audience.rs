@@ -62,10 +62,18 @@ impl Core {
         let now = profile.last_seen.unwrap_or(ev.time);
         self.segments.evaluate(profile, now, &mut self.results);
         for (seg, &member) in self.segments.segments().iter().zip(&self.results) {
-            let pos = profile.segments.binary_search_by(|m| m.segment.as_str().cmp(&seg.id));
+            let pos = profile
+                .segments
+                .binary_search_by(|m| m.segment.as_str().cmp(&seg.id));
             let direction = match (member, pos) {
                 (true, Err(i)) => {
-                    profile.segments.insert(i, Membership { segment: seg.id.clone(), since: ev.time });
+                    profile.segments.insert(
+                        i,
+                        Membership {
+                            segment: seg.id.clone(),
+                            since: ev.time,
+                        },
+                    );
                     Direction::Entered
                 }
                 (false, Ok(i)) => {
@@ -114,11 +122,19 @@ segments:
             id: id.into(),
             kind: EventType::AddToCart,
             time,
-            identity: Identity { ecid: Some("e1".into()), ..Default::default() },
+            identity: Identity {
+                ecid: Some("e1".into()),
+                ..Default::default()
+            },
             value: qty * 60.0,
             device: None,
             channel: None,
-            lines: vec![Line { sku: "S".into(), quantity: qty, price: Some(60.0), ..Default::default() }],
+            lines: vec![Line {
+                sku: "S".into(),
+                quantity: qty,
+                price: Some(60.0),
+                ..Default::default()
+            }],
             cart: None,
             order_id: None,
             search_phrase: None,
@@ -128,7 +144,11 @@ segments:
     }
 
     fn src() -> Source<'static> {
-        Source { topic: "commerce.storefront", partition: 0, offset: 7 }
+        Source {
+            topic: "commerce.storefront",
+            partition: 0,
+            offset: 7,
+        }
     }
 
     #[test]
@@ -138,16 +158,31 @@ segments:
         let mut out = Vec::new();
         core.process("k1", &mut p, &add("a", 1_000, 1.0), src(), &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].segment_id.as_str(), out[0].direction), ("cart-holders", Direction::Entered));
+        assert_eq!(
+            (out[0].segment_id.as_str(), out[0].direction),
+            ("cart-holders", Direction::Entered)
+        );
         core.process("k1", &mut p, &add("b", 2_000, 1.0), src(), &mut out);
         assert_eq!(out.len(), 2, "no second ENTERED for cart-holders");
-        assert_eq!((out[1].segment_id.as_str(), out[1].direction), ("big-cart", Direction::Entered));
+        assert_eq!(
+            (out[1].segment_id.as_str(), out[1].direction),
+            ("big-cart", Direction::Entered)
+        );
         let mut checkout = add("c", 3_000, 0.0);
         checkout.kind = EventType::CompleteCheckout;
         checkout.order_id = Some("o1".into());
         core.process("k1", &mut p, &checkout, src(), &mut out);
-        let exits: Vec<_> = out[2..].iter().map(|c| (c.segment_id.as_str(), c.direction)).collect();
-        assert_eq!(exits, vec![("cart-holders", Direction::Exited), ("big-cart", Direction::Exited)]);
+        let exits: Vec<_> = out[2..]
+            .iter()
+            .map(|c| (c.segment_id.as_str(), c.direction))
+            .collect();
+        assert_eq!(
+            exits,
+            vec![
+                ("cart-holders", Direction::Exited),
+                ("big-cart", Direction::Exited)
+            ]
+        );
         assert_eq!(out[2].cause.event_type.as_deref(), Some("completeCheckout"));
 
         // Same input, fresh state: the same ids.

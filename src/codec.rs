@@ -76,7 +76,10 @@ pub enum DecodeError {
     #[error("unknown writer schema fingerprint {0}: add the producer's schema to avro/compat/")]
     UnknownSchema(String),
     #[error("schema {found} cannot be read as {expected} (wrong topic?)")]
-    WrongRecord { expected: &'static str, found: String },
+    WrongRecord {
+        expected: &'static str,
+        found: String,
+    },
     #[error("Avro body does not match schema {schema}: {detail}")]
     Body { schema: String, detail: String },
     #[error("{0} trailing bytes after the Avro datum")]
@@ -153,7 +156,11 @@ impl SchemaCatalog {
                 let writer = GenericDatumWriter::builder(schema)
                     .build()
                     .map_err(|e| format!("avro/{path}: {e}"))?;
-                let entry = ReaderEntry { schema, fingerprint: fingerprint(schema), writer };
+                let entry = ReaderEntry {
+                    schema,
+                    fingerprint: fingerprint(schema),
+                    writer,
+                };
                 if readers.insert(name.clone(), entry).is_some() {
                     return Err(format!("avro/{path}: second reader schema for {name}"));
                 }
@@ -164,7 +171,11 @@ impl SchemaCatalog {
         for (schema, is_reader) in writers {
             let name = schema.name().map(|n| n.to_string()).unwrap_or_default();
             let direct = if is_reader {
-                Some(GenericDatumReader::builder(schema).build().map_err(|e| format!("{name}: {e}"))?)
+                Some(
+                    GenericDatumReader::builder(schema)
+                        .build()
+                        .map_err(|e| format!("{name}: {e}"))?,
+                )
             } else {
                 None
             };
@@ -176,13 +187,25 @@ impl SchemaCatalog {
                         .map_err(|e| format!("{name}: {e}"))?,
                 ),
                 None if !is_reader => {
-                    return Err(format!("compat schema {name} has no reader schema in avro/"))
+                    return Err(format!(
+                        "compat schema {name} has no reader schema in avro/"
+                    ))
                 }
                 _ => None,
             };
-            by_fingerprint.insert(fingerprint(schema), WriterEntry { name, direct, resolving });
+            by_fingerprint.insert(
+                fingerprint(schema),
+                WriterEntry {
+                    name,
+                    direct,
+                    resolving,
+                },
+            );
         }
-        Ok(SchemaCatalog { by_fingerprint, readers })
+        Ok(SchemaCatalog {
+            by_fingerprint,
+            readers,
+        })
     }
 
     /// The catalog of the schemas compiled into this binary.
@@ -191,7 +214,8 @@ impl SchemaCatalog {
             // Garbage length prefixes must not make the decoder allocate much: no valid message
             // of ours comes near this.
             apache_avro::util::max_allocation_bytes(16 << 20);
-            SchemaCatalog::from_sources(SCHEMA_FILES).expect("schemas compiled in from avro/ are valid")
+            SchemaCatalog::from_sources(SCHEMA_FILES)
+                .expect("schemas compiled in from avro/ are valid")
         });
         &CATALOG
     }
@@ -203,8 +227,11 @@ impl SchemaCatalog {
 
     /// Every schema's fingerprint and full name (for docs and tests).
     pub fn known(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> =
-            self.by_fingerprint.iter().map(|(fp, e)| (e.name.clone(), hex(fp))).collect();
+        let mut v: Vec<_> = self
+            .by_fingerprint
+            .iter()
+            .map(|(fp, e)| (e.name.clone(), hex(fp)))
+            .collect();
         v.sort();
         v
     }
@@ -219,7 +246,9 @@ impl SchemaCatalog {
             return Err(DecodeError::Empty);
         }
         if payload.len() < 2 || payload[..2] != MARKER {
-            return Err(DecodeError::BadMarker(hex(&payload[..payload.len().min(2)])));
+            return Err(DecodeError::BadMarker(
+                hex(&payload[..payload.len().min(2)]),
+            ));
         }
         if payload.len() < HEADER_LEN {
             return Err(DecodeError::TruncatedHeader(payload.len()));
@@ -231,7 +260,10 @@ impl SchemaCatalog {
             .get(&fp)
             .ok_or_else(|| DecodeError::UnknownSchema(hex(&fp)))?;
         if entry.name != expected {
-            return Err(DecodeError::WrongRecord { expected, found: entry.name.clone() });
+            return Err(DecodeError::WrongRecord {
+                expected,
+                found: entry.name.clone(),
+            });
         }
         let body_err = |e: apache_avro::Error| DecodeError::Body {
             schema: entry.name.clone(),
@@ -255,22 +287,35 @@ impl SchemaCatalog {
 
     /// Encodes `value` with the reader schema of `name`, single-object framed.
     pub fn encode<T: Serialize>(&self, name: &str, value: &T) -> Result<Vec<u8>, EncodeError> {
-        let entry = self.readers.get(name).ok_or_else(|| EncodeError(format!("no schema {name}")))?;
+        let entry = self
+            .readers
+            .get(name)
+            .ok_or_else(|| EncodeError(format!("no schema {name}")))?;
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&MARKER);
         out.extend_from_slice(&entry.fingerprint);
-        entry.writer.write_ser(&mut out, value).map_err(|e| EncodeError(format!("{name}: {e}")))?;
+        entry
+            .writer
+            .write_ser(&mut out, value)
+            .map_err(|e| EncodeError(format!("{name}: {e}")))?;
         Ok(out)
     }
 
     /// Encodes `value` with another (compat) writer schema given as JSON; for tests of evolution.
-    pub fn encode_with_schema<T: Serialize>(schema_json: &str, value: &T) -> Result<Vec<u8>, EncodeError> {
+    pub fn encode_with_schema<T: Serialize>(
+        schema_json: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, EncodeError> {
         let schema = Schema::parse_str(schema_json).map_err(|e| EncodeError(e.to_string()))?;
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&MARKER);
         out.extend_from_slice(&fingerprint(&schema));
-        let writer = GenericDatumWriter::builder(&schema).build().map_err(|e| EncodeError(e.to_string()))?;
-        writer.write_ser(&mut out, value).map_err(|e| EncodeError(e.to_string()))?;
+        let writer = GenericDatumWriter::builder(&schema)
+            .build()
+            .map_err(|e| EncodeError(e.to_string()))?;
+        writer
+            .write_ser(&mut out, value)
+            .map_err(|e| EncodeError(e.to_string()))?;
         Ok(out)
     }
 }
@@ -348,5 +393,235 @@ pub mod decode {
     }
     pub fn journey_trigger(payload: &[u8]) -> Result<JourneyTrigger, DecodeError> {
         SchemaCatalog::builtin().decode_as(JOURNEY_TRIGGER, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventType;
+    use crate::samples;
+
+    #[test]
+    fn every_schema_in_avro_parses_and_is_in_the_catalog() {
+        let catalog = SchemaCatalog::builtin();
+        let names: Vec<String> = catalog.known().into_iter().map(|(n, _)| n).collect();
+        for name in [
+            Family::Storefront.record_name(),
+            Family::Backoffice.record_name(),
+            Family::Profile.record_name(),
+            AUDIENCE_CHANGE,
+            DEAD_LETTER,
+            JOURNEY_TRIGGER,
+        ] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} missing from {names:?}"
+            );
+        }
+        assert_eq!(
+            SCHEMA_FILES.len(),
+            catalog.known().len(),
+            "each file one fingerprint"
+        );
+    }
+
+    #[test]
+    fn every_event_type_round_trips_through_its_family_schema() {
+        let d = SingleObjectDecoder::default();
+        for t in EventType::ALL {
+            let id = format!("e-{}", t.name());
+            let (msg, bytes) = match t.family() {
+                Family::Storefront => {
+                    let e = samples::storefront(t.name(), &id, 1_700_000_000_000, "ecid-1");
+                    (
+                        InputMessage::Storefront(e.clone()),
+                        encode::storefront(&e).unwrap(),
+                    )
+                }
+                Family::Backoffice => {
+                    let e =
+                        samples::backoffice(t.name(), &id, 1_700_000_000_000, "a@b.c", "o1", 9.5);
+                    (
+                        InputMessage::Backoffice(e.clone()),
+                        encode::backoffice(&e).unwrap(),
+                    )
+                }
+                Family::Profile => {
+                    let e = samples::profile(
+                        t.name(),
+                        &id,
+                        1_700_000_000_000,
+                        "c1",
+                        "a@b.c",
+                        Some("gold"),
+                    );
+                    (
+                        InputMessage::Profile(e.clone()),
+                        encode::profile(&e).unwrap(),
+                    )
+                }
+            };
+            assert_eq!(&bytes[..2], &MARKER);
+            assert_eq!(d.decode(t.family(), &bytes).unwrap(), msg, "{}", t.name());
+        }
+    }
+
+    #[test]
+    fn output_records_round_trip() {
+        let change = AudienceChange {
+            id: "0123".into(),
+            profile_key: "k".into(),
+            identity: Default::default(),
+            segment_id: "vip".into(),
+            direction: crate::wire::Direction::Exited,
+            event_time: 5,
+            cause: crate::wire::Cause {
+                kind: "event".into(),
+                source_offset: Some(3),
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            decode::audience_change(&encode::audience_change(&change).unwrap()).unwrap(),
+            change
+        );
+        let dl = DeadLetter {
+            source_topic: "t".into(),
+            source_partition: 1,
+            source_offset: 2,
+            source_timestamp: None,
+            reason_code: "bad_framing".into(),
+            reason: "x".into(),
+            key: Some(vec![0, 255]),
+            payload: vec![1, 2, 3],
+        };
+        assert_eq!(
+            decode::dead_letter(&encode::dead_letter(&dl).unwrap()).unwrap(),
+            dl
+        );
+    }
+
+    #[test]
+    fn a_producer_on_a_newer_or_older_compatible_schema_is_resolved() {
+        // Newer producer: one extra field. Older producer: without the optional deviceContext.
+        let mut newer: serde_json::Value =
+            serde_json::from_str(include_str!("../avro/storefront.avsc")).unwrap();
+        newer["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+            {"name": "experimentId", "type": ["null", "string"], "default": null}));
+        let mut older: serde_json::Value =
+            serde_json::from_str(include_str!("../avro/storefront.avsc")).unwrap();
+        older["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["name"] != "deviceContext");
+        let (newer, older) = (newer.to_string(), older.to_string());
+        let reader = include_str!("../avro/storefront.avsc");
+        let catalog = SchemaCatalog::from_sources(&[
+            ("storefront.avsc", reader),
+            ("compat/storefront.newer.avsc", &newer),
+            ("compat/storefront.older.avsc", &older),
+        ])
+        .unwrap();
+        let catalog: &'static SchemaCatalog = Box::leak(Box::new(catalog));
+
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Newer<'a> {
+            #[serde(flatten)]
+            base: &'a crate::wire::StorefrontEvent,
+            experiment_id: Option<String>,
+        }
+        let ev = samples::storefront("addToCart", "e1", 1_700_000_000_000, "ecid-1");
+        let bytes = SchemaCatalog::encode_with_schema(
+            &newer,
+            &Newer {
+                base: &ev,
+                experiment_id: Some("x".into()),
+            },
+        )
+        .unwrap();
+        let got = SingleObjectDecoder::new(catalog)
+            .decode(Family::Storefront, &bytes)
+            .unwrap();
+        assert_eq!(
+            got,
+            InputMessage::Storefront(ev.clone()),
+            "extra field ignored"
+        );
+
+        // The older writer: build the datum through apache-avro's Value path, without the field.
+        let older_schema = Schema::parse_str(&older).unwrap();
+        let mut value = apache_avro::to_value(&ev).unwrap();
+        if let apache_avro::types::Value::Record(fields) = &mut value {
+            fields.retain(|(name, _)| name != "deviceContext");
+        }
+        let value = value.resolve(&older_schema).unwrap();
+        let mut bytes = MARKER.to_vec();
+        bytes.extend_from_slice(&fingerprint(&older_schema));
+        bytes.extend(
+            GenericDatumWriter::builder(&older_schema)
+                .build()
+                .unwrap()
+                .write_value_to_vec(value)
+                .unwrap(),
+        );
+        let InputMessage::Storefront(got) = SingleObjectDecoder::new(catalog)
+            .decode(Family::Storefront, &bytes)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            got.device_context, None,
+            "field missing in the writer takes the reader's default"
+        );
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_a_reason_never_a_panic() {
+        let d = SingleObjectDecoder::default();
+        let good = encode::storefront(&samples::storefront("pageView", "e", 1, "x")).unwrap();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![], "empty"),
+            (b"{\"json\":true}".to_vec(), "bad_framing"),
+            (vec![0xC3], "bad_framing"),
+            (vec![0xC3, 0x01, 1, 2], "bad_framing"),
+            (
+                vec![0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0],
+                "unknown_schema",
+            ),
+            (good[..good.len() / 2].to_vec(), "bad_body"),
+            ([good.clone(), vec![0, 0]].concat(), "trailing_bytes"),
+        ];
+        for (bytes, code) in cases {
+            assert_eq!(
+                d.decode(Family::Storefront, &bytes).unwrap_err().code(),
+                code,
+                "{bytes:?}"
+            );
+        }
+        assert_eq!(
+            d.decode(Family::Backoffice, &good).unwrap_err().code(),
+            "wrong_record"
+        );
+        // Every truncation and single-byte corruption of a valid message: an error or a value, never a panic.
+        for cut in 0..good.len() {
+            let _ = d.decode(Family::Storefront, &good[..cut]);
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 10..good.len() {
+            for _ in 0..8 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let mut bad = good.clone();
+                bad[i] = state as u8;
+                let _ = d.decode(Family::Storefront, &bad);
+            }
+        }
     }
 }

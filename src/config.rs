@@ -128,13 +128,19 @@ impl Default for Topics {
 
 impl Default for Consumer {
     fn default() -> Self {
-        Consumer { group_id: "tailor".into(), start_from: "earliest".into() }
+        Consumer {
+            group_id: "tailor".into(),
+            start_from: "earliest".into(),
+        }
     }
 }
 
 impl Default for Processing {
     fn default() -> Self {
-        Processing { batch_max_messages: 5000, batch_max_wait: "100ms".into() }
+        Processing {
+            batch_max_messages: 5000,
+            batch_max_wait: "100ms".into(),
+        }
     }
 }
 
@@ -152,19 +158,26 @@ impl Default for State {
 
 impl Default for Segments {
     fn default() -> Self {
-        Segments { file: PathBuf::from("examples/segments.yaml") }
+        Segments {
+            file: PathBuf::from("examples/segments.yaml"),
+        }
     }
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Http { listen: "127.0.0.1:9464".into() }
+        Http {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { format: "human".into(), level: "info".into() }
+        Log {
+            format: "human".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -226,8 +239,13 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), e.to_string().trim())]))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            ConfigErrors(vec![format!(
+                "{}: {}",
+                path.display(),
+                e.to_string().trim()
+            )])
+        })?;
         // Relative paths in the file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.state.path, &mut config.segments.file] {
@@ -242,7 +260,10 @@ impl Config {
     pub fn validate(self) -> Result<Settings, ConfigErrors> {
         let mut problems = Vec::new();
         let c = &self;
-        if c.kafka.get("bootstrap.servers").is_none_or(|s| s.trim().is_empty()) {
+        if c.kafka
+            .get("bootstrap.servers")
+            .is_none_or(|s| s.trim().is_empty())
+        {
             problems.push("kafka.\"bootstrap.servers\" is required".to_string());
         }
         for key in c.kafka.keys() {
@@ -264,7 +285,9 @@ impl Config {
         for (i, (field, name)) in topics.iter().enumerate() {
             let valid = !name.is_empty()
                 && name.len() <= 249
-                && name.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
             if !valid {
                 problems.push(format!("{field} = {name:?}: a topic name is 1-249 characters of a-z, A-Z, 0-9, '.', '_', '-'"));
             }
@@ -276,14 +299,20 @@ impl Config {
             problems.push("consumer.group_id = \"\": must not be empty".into());
         }
         if !matches!(c.consumer.start_from.as_str(), "earliest" | "latest") {
-            problems.push(format!("consumer.start_from = {:?}: expected \"earliest\" or \"latest\"", c.consumer.start_from));
+            problems.push(format!(
+                "consumer.start_from = {:?}: expected \"earliest\" or \"latest\"",
+                c.consumer.start_from
+            ));
         }
         if c.processing.batch_max_messages == 0 {
             problems.push("processing.batch_max_messages = 0: must be at least 1".into());
         }
         let wait = humantime::parse_duration(&c.processing.batch_max_wait);
         if let Err(e) = &wait {
-            problems.push(format!("processing.batch_max_wait = {:?}: {e} (e.g. \"100ms\")", c.processing.batch_max_wait));
+            problems.push(format!(
+                "processing.batch_max_wait = {:?}: {e} (e.g. \"100ms\")",
+                c.processing.batch_max_wait
+            ));
         }
         if c.state.cache_profiles < c.processing.batch_max_messages {
             problems.push(format!(
@@ -293,25 +322,40 @@ impl Config {
         }
         let block_cache = parse_size(&c.state.block_cache);
         if block_cache.is_none() {
-            problems.push(format!("state.block_cache = {:?}: expected a size such as \"256MiB\"", c.state.block_cache));
+            problems.push(format!(
+                "state.block_cache = {:?}: expected a size such as \"256MiB\"",
+                c.state.block_cache
+            ));
         }
         let write_buffer = parse_size(&c.state.write_buffer);
         if write_buffer.is_none_or(|b| b < 1 << 20) {
-            problems.push(format!("state.write_buffer = {:?}: expected a size of at least \"1MiB\"", c.state.write_buffer));
+            problems.push(format!(
+                "state.write_buffer = {:?}: expected a size of at least \"1MiB\"",
+                c.state.write_buffer
+            ));
         }
         let listen = c.http.listen.parse::<SocketAddr>();
         if let Err(e) = &listen {
-            problems.push(format!("http.listen = {:?}: {e} (e.g. \"127.0.0.1:9464\")", c.http.listen));
+            problems.push(format!(
+                "http.listen = {:?}: {e} (e.g. \"127.0.0.1:9464\")",
+                c.http.listen
+            ));
         }
         if !matches!(c.log.format.as_str(), "human" | "json") {
-            problems.push(format!("log.format = {:?}: expected \"human\" or \"json\"", c.log.format));
+            problems.push(format!(
+                "log.format = {:?}: expected \"human\" or \"json\"",
+                c.log.format
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
             problems.push(format!("log.level = {:?}: {e}", c.log.level));
         }
         let segments = match std::fs::read_to_string(&c.segments.file) {
             Err(e) => {
-                problems.push(format!("segments.file = {:?}: {e}", c.segments.file.display().to_string()));
+                problems.push(format!(
+                    "segments.file = {:?}: {e}",
+                    c.segments.file.display().to_string()
+                ));
                 None
             }
             Ok(src) => match SegmentSet::parse(&src) {

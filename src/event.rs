@@ -211,7 +211,9 @@ fn cart_line(item: wire::ShoppingCartItem) -> Result<Line, InvalidEvent> {
 
 fn product_line(p: wire::ProductContext) -> Result<Line, InvalidEvent> {
     let price = finite(
-        p.pricing.as_ref().and_then(|pr| pr.special_price.or(pr.regular_price)),
+        p.pricing
+            .as_ref()
+            .and_then(|pr| pr.special_price.or(pr.regular_price)),
         "product price",
     )?;
     Ok(Line {
@@ -231,7 +233,10 @@ fn list_item_line(item: wire::ProductListItem) -> Result<Line, InvalidEvent> {
     // priceTotal is a line total on order items: keep unit prices in Line.
     let price = total.map(|t| if quantity != 0.0 { t / quantity } else { t });
     Ok(Line {
-        category: item.categories.into_iter().find_map(|c| c.path.or(c.name).or(c.id)),
+        category: item
+            .categories
+            .into_iter()
+            .find_map(|c| c.path.or(c.name).or(c.id)),
         sku: item.sku,
         name: item.name,
         quantity,
@@ -242,7 +247,8 @@ fn list_item_line(item: wire::ProductListItem) -> Result<Line, InvalidEvent> {
 }
 
 fn address_parts(a: Option<&wire::Address>) -> (Option<String>, Option<String>) {
-    a.map(|a| (non_empty(a.country.clone()), non_empty(a.city.clone()))).unwrap_or((None, None))
+    a.map(|a| (non_empty(a.country.clone()), non_empty(a.city.clone())))
+        .unwrap_or((None, None))
 }
 
 fn consent(v: Option<&String>) -> Option<bool> {
@@ -301,21 +307,35 @@ impl Event {
             .filter(|k| k.family() == Family::Storefront)
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "storefront"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
-        ev.device = e.device_context.and_then(|d| non_empty(d.kind)).map(|d| d.to_lowercase());
+        ev.device = e
+            .device_context
+            .and_then(|d| non_empty(d.kind))
+            .map(|d| d.to_lowercase());
         ev.channel = e
             .channel_context
             .and_then(|c| non_empty(c.kind))
             .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
         if let Some(cart) = e.shopping_cart_context {
-            let lines = cart.items.into_iter().map(cart_line).collect::<Result<Vec<_>, _>>()?;
+            let lines = cart
+                .items
+                .into_iter()
+                .map(cart_line)
+                .collect::<Result<Vec<_>, _>>()?;
             ev.cart = Some(Cart { id: cart.id, lines });
         }
         if let Some(changed) = e.changed_products_context {
-            ev.lines = changed.items.into_iter().map(cart_line).collect::<Result<_, _>>()?;
+            ev.lines = changed
+                .items
+                .into_iter()
+                .map(cart_line)
+                .collect::<Result<_, _>>()?;
         }
         match kind {
             EventType::ProductPageView => {
-                let p = e.product_context.ok_or(InvalidEvent::MissingField("productPageView", "productContext"))?;
+                let p = e.product_context.ok_or(InvalidEvent::MissingField(
+                    "productPageView",
+                    "productContext",
+                ))?;
                 let line = product_line(p)?;
                 ev.value = line.price.unwrap_or(0.0);
                 ev.lines = vec![line];
@@ -329,10 +349,17 @@ impl Event {
                 ev.value = ev.lines.iter().map(Line::total).sum();
             }
             EventType::CompleteCheckout => {
-                let order = e.order_context.ok_or(InvalidEvent::MissingField("completeCheckout", "orderContext"))?;
-                ev.value = finite(order.grand_total, "orderContext.grandTotal")?.unwrap_or_else(|| {
-                    ev.cart.as_ref().map(|c| c.lines.iter().map(Line::total).sum()).unwrap_or(0.0)
-                });
+                let order = e.order_context.ok_or(InvalidEvent::MissingField(
+                    "completeCheckout",
+                    "orderContext",
+                ))?;
+                ev.value =
+                    finite(order.grand_total, "orderContext.grandTotal")?.unwrap_or_else(|| {
+                        ev.cart
+                            .as_ref()
+                            .map(|c| c.lines.iter().map(Line::total).sum())
+                            .unwrap_or(0.0)
+                    });
                 ev.order_id = non_empty(Some(order.order_id));
                 if let Some(cart) = &ev.cart {
                     ev.lines = cart.lines.clone();
@@ -344,7 +371,10 @@ impl Event {
                 ev.search_phrase = unit.map(|u| u.phrase);
             }
             EventType::SearchResponseReceived => {
-                let units = e.search_results_context.map(|c| c.units).unwrap_or_default();
+                let units = e
+                    .search_results_context
+                    .map(|c| c.units)
+                    .unwrap_or_default();
                 let unit = pick_unit(units, e.search_unit_id.as_deref(), |u| &u.search_unit_id);
                 ev.search_results = unit.map(|u| u.products.len() as u32);
             }
@@ -352,7 +382,8 @@ impl Event {
         }
         if let Some(acct) = e.account_context {
             if ev.identity.email.is_none() {
-                ev.identity.email = non_empty(acct.email_address.clone()).map(|s| s.trim().to_lowercase());
+                ev.identity.email =
+                    non_empty(acct.email_address.clone()).map(|s| s.trim().to_lowercase());
             }
             if ev.identity.customer_id.is_none() {
                 ev.identity.customer_id = non_empty(acct.account_id.clone());
@@ -375,20 +406,39 @@ impl Event {
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "backoffice"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
         if ev.identity.email.is_none() {
-            ev.identity.email = e.personal_email.map(|p| p.address.trim().to_lowercase()).filter(|s| !s.is_empty());
+            ev.identity.email = e
+                .personal_email
+                .map(|p| p.address.trim().to_lowercase())
+                .filter(|s| !s.is_empty());
         }
-        ev.channel = e.channel.and_then(|c| non_empty(c.kind)).map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
-        ev.lines = e.product_list_items.into_iter().map(list_item_line).collect::<Result<_, _>>()?;
-        let order = e.order.ok_or(InvalidEvent::MissingField("back-office event", "order"))?;
+        ev.channel = e
+            .channel
+            .and_then(|c| non_empty(c.kind))
+            .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+        ev.lines = e
+            .product_list_items
+            .into_iter()
+            .map(list_item_line)
+            .collect::<Result<_, _>>()?;
+        let order = e
+            .order
+            .ok_or(InvalidEvent::MissingField("back-office event", "order"))?;
         ev.order_id = non_empty(Some(order.purchase_id));
         if ev.order_id.is_none() {
-            return Err(InvalidEvent::MissingField("back-office event", "order.purchaseID"));
+            return Err(InvalidEvent::MissingField(
+                "back-office event",
+                "order.purchaseID",
+            ));
         }
         let lines_total: f64 = ev.lines.iter().map(Line::total).sum();
         ev.value = match kind {
             EventType::OrderLineItemRefunded => {
                 let refunds: f64 = order.refunds.iter().filter_map(|r| r.refund_amount).sum();
-                finite(order.refund_total, "order.refundTotal")?.unwrap_or(if refunds != 0.0 { refunds } else { lines_total })
+                finite(order.refund_total, "order.refundTotal")?.unwrap_or(if refunds != 0.0 {
+                    refunds
+                } else {
+                    lines_total
+                })
             }
             _ => finite(order.price_total, "order.priceTotal")?.unwrap_or(lines_total),
         };
@@ -404,8 +454,12 @@ impl Event {
         if ev.identity.email.is_none() {
             ev.identity.email = non_empty(email.clone()).map(|s| s.trim().to_lowercase());
         }
-        ev.channel = e.channel.and_then(|c| non_empty(c.kind)).map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
-        let (country, city) = address_parts(e.billing_address.as_ref().or(e.shipping_address.as_ref()));
+        ev.channel = e
+            .channel
+            .and_then(|c| non_empty(c.kind))
+            .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+        let (country, city) =
+            address_parts(e.billing_address.as_ref().or(e.shipping_address.as_ref()));
         let person = e.person.unwrap_or_default();
         let name = person.name.unwrap_or_default();
         let loyalty = e.loyalty.unwrap_or_default();
@@ -447,7 +501,9 @@ impl Event {
 
 /// Search contexts hold several units; the event's `searchUnitId` picks one (else the first).
 fn pick_unit<U>(units: Vec<U>, id: Option<&str>, unit_id: impl Fn(&U) -> &String) -> Option<U> {
-    let pos = id.and_then(|id| units.iter().position(|u| unit_id(u) == id)).unwrap_or(0);
+    let pos = id
+        .and_then(|id| units.iter().position(|u| unit_id(u) == id))
+        .unwrap_or(0);
     units.into_iter().nth(pos)
 }
 
@@ -465,11 +521,26 @@ mod tests {
 
     #[test]
     fn accepts_the_platforms_other_spellings() {
-        assert_eq!(EventType::parse("orderCanceled"), Some(EventType::OrderCancelled));
-        assert_eq!(EventType::parse("orderItemsReturnsInitiated"), Some(EventType::OrderItemsReturnInitiated));
-        assert_eq!(EventType::parse("initiateCheckout"), Some(EventType::StartCheckout));
-        assert_eq!(EventType::parse("placeOrder"), Some(EventType::CompleteCheckout));
-        assert_eq!(EventType::parse("commerce.backofficeShipmentCompleted"), Some(EventType::OrderShipmentCompleted));
+        assert_eq!(
+            EventType::parse("orderCanceled"),
+            Some(EventType::OrderCancelled)
+        );
+        assert_eq!(
+            EventType::parse("orderItemsReturnsInitiated"),
+            Some(EventType::OrderItemsReturnInitiated)
+        );
+        assert_eq!(
+            EventType::parse("initiateCheckout"),
+            Some(EventType::StartCheckout)
+        );
+        assert_eq!(
+            EventType::parse("placeOrder"),
+            Some(EventType::CompleteCheckout)
+        );
+        assert_eq!(
+            EventType::parse("commerce.backofficeShipmentCompleted"),
+            Some(EventType::OrderShipmentCompleted)
+        );
         assert_eq!(EventType::parse("orderShipped"), None);
     }
 
@@ -478,8 +549,15 @@ mod tests {
             event_id: "e1".into(),
             event_type: "orderPlaced".into(),
             timestamp: 1_700_000_000_000,
-            identity: Identity { email: Some(" Ann@Example.COM ".into()), ..Default::default() },
-            order: Some(wire::Order { purchase_id: "100".into(), price_total: total, ..Default::default() }),
+            identity: Identity {
+                email: Some(" Ann@Example.COM ".into()),
+                ..Default::default()
+            },
+            order: Some(wire::Order {
+                purchase_id: "100".into(),
+                price_total: total,
+                ..Default::default()
+            }),
             product_list_items: vec![wire::ProductListItem {
                 sku: "A".into(),
                 quantity: Some(2.0),
@@ -492,11 +570,19 @@ mod tests {
 
     #[test]
     fn order_value_falls_back_to_line_totals_and_email_is_normalised() {
-        let ev = Event::from_input(InputMessage::Backoffice(order_placed(None)), 1_700_000_000_000).unwrap();
+        let ev = Event::from_input(
+            InputMessage::Backoffice(order_placed(None)),
+            1_700_000_000_000,
+        )
+        .unwrap();
         assert_eq!(ev.value, 10.0);
         assert_eq!(ev.lines[0].price, Some(5.0));
         assert_eq!(ev.identity.email.as_deref(), Some("ann@example.com"));
-        let ev = Event::from_input(InputMessage::Backoffice(order_placed(Some(12.5))), 1_700_000_000_000).unwrap();
+        let ev = Event::from_input(
+            InputMessage::Backoffice(order_placed(Some(12.5))),
+            1_700_000_000_000,
+        )
+        .unwrap();
         assert_eq!(ev.value, 12.5);
     }
 
@@ -504,11 +590,26 @@ mod tests {
     fn rejects_absurd_times_unknown_types_and_nan() {
         let mut e = order_placed(None);
         e.timestamp = 5;
-        assert_eq!(Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000).unwrap_err().code(), "bad_event_time");
+        assert_eq!(
+            Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000)
+                .unwrap_err()
+                .code(),
+            "bad_event_time"
+        );
         let mut e = order_placed(None);
         e.event_type = "addToCart".into();
-        assert_eq!(Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000).unwrap_err().code(), "unknown_event_type");
+        assert_eq!(
+            Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000)
+                .unwrap_err()
+                .code(),
+            "unknown_event_type"
+        );
         let e = order_placed(Some(f64::NAN));
-        assert_eq!(Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000).unwrap_err().code(), "not_finite");
+        assert_eq!(
+            Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000)
+                .unwrap_err()
+                .code(),
+            "not_finite"
+        );
     }
 }

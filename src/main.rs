@@ -1,1 +1,426 @@
-fn main() {}
+//! The `tailor` command line. The work is in the library; this only parses arguments, sets up
+//! logging and signals, and reports errors.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use tailor::config::Config;
+use tailor::segments::SegmentSet;
+
+#[derive(Parser)]
+#[command(
+    name = "tailor",
+    version,
+    about = "Shopper profiles and audiences from commerce events on Kafka"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a segments file (and, with --config, a whole configuration) without running.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        segments: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Produce a real data set to the input topics as the platform's events.
+    Replay {
+        #[arg(long, value_enum)]
+        dataset: Dataset,
+        /// CSV file (.csv or .csv.gz).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Worker config for topic names and Kafka settings.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Kafka bootstrap servers (overrides the config's).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Events per second (default: as fast as the broker takes them).
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// Create the configured input and output topics where missing.
+    Topics {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+    /// Print a profile from the worker's state as JSON (read-only; the worker may be running).
+    Profile {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The profile key (the shopper key of the input messages).
+        key: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dataset {
+    /// UCI Online Retail (invoices and cancellations).
+    UciOnlineRetail,
+    /// REES46 e-commerce behaviour (view, cart, purchase).
+    Rees46,
+}
+
+fn init_logging(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(path: &PathBuf) -> anyhow::Result<tailor::config::Settings> {
+    Ok(Config::from_file(path)?.validate()?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested: finishing the current batch");
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Run { config } => {
+            let settings = load_config(&config)?;
+            init_logging(&settings.config.log.format, &settings.config.log.level);
+            let metrics = Arc::new(tailor::metrics::Metrics::new());
+            let health = Arc::new(tailor::http::Health {
+                ready: AtomicBool::new(false),
+            });
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut http_stop = stop_rx.clone();
+            let server = tailor::http::serve(
+                settings.listen,
+                metrics.clone(),
+                health.clone(),
+                async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                },
+            )
+            .await
+            .with_context(|| format!("binding http.listen {}", settings.listen))?;
+            tracing::info!(addr = %settings.listen, "serving /metrics, /healthz, /readyz");
+            let http = tokio::spawn(server);
+            let result = tailor::worker::run(settings, metrics, health, shutdown_signal()).await;
+            let _ = stop_tx.send(true);
+            let _ = http.await;
+            result.map(|_| std::process::ExitCode::SUCCESS)
+        }
+        Command::Check { segments, config } => {
+            if segments.is_none() && config.is_none() {
+                bail!("give --segments FILE and/or --config FILE");
+            }
+            let mut ok = true;
+            if let Some(path) = segments {
+                let src = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                match SegmentSet::parse(&src) {
+                    Ok(set) => {
+                        println!("{}: {} segments OK", path.display(), set.len());
+                        for s in set.segments() {
+                            println!("  {:<24} {}", s.id, s.name.as_deref().unwrap_or(""));
+                        }
+                    }
+                    Err(errs) => {
+                        ok = false;
+                        for e in errs.0 {
+                            println!("{}:{e}", path.display());
+                        }
+                    }
+                }
+            }
+            if let Some(path) = config {
+                match load_config(&path) {
+                    Ok(s) => println!("{}: OK ({} segments)", path.display(), s.segments.len()),
+                    Err(e) => {
+                        ok = false;
+                        println!("{}: {e}", path.display());
+                    }
+                }
+            }
+            Ok(if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            })
+        }
+        Command::Replay {
+            dataset,
+            file,
+            config,
+            brokers,
+            limit,
+            rate,
+        } => {
+            init_logging("human", "info");
+            let mut c = match &config {
+                Some(p) => Config::from_file(p)?,
+                None => Config::default(),
+            };
+            if let Some(b) = brokers {
+                c.kafka.insert("bootstrap.servers".into(), b);
+            }
+            replay(&c, dataset, &file, limit, rate).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Topics {
+            config,
+            partitions,
+            replication,
+        } => {
+            init_logging("human", "warn");
+            let c = Config::from_file(&config)?;
+            create_topics(&c, partitions, replication).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Profile { config, key } => {
+            let c = Config::from_file(&config)?;
+            let store = tailor::store::Store::open_read_only(&c.state.path)?;
+            match store.find_profile(&key)? {
+                Some((partition, p)) => {
+                    let mut v = tailor::profile::summary(&p);
+                    v["key"] = key.into();
+                    v["partition"] = partition.into();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("no profile with key {key:?}");
+                    Ok(std::process::ExitCode::from(2))
+                }
+            }
+        }
+    }
+}
+
+fn kafka_config(c: &Config) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in &c.kafka {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+async fn create_topics(c: &Config, partitions: i32, replication: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka_config(c)
+        .create()
+        .context("creating the admin client")?;
+    let t = &c.topics;
+    let names = [
+        &t.storefront,
+        &t.backoffice,
+        &t.profile,
+        &t.audience_changes,
+        &t.journey_triggers,
+        &t.dead_letter,
+    ];
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin
+        .create_topics(&topics, &opts)
+        .await
+        .context("creating topics")?
+    {
+        match result {
+            Ok(name) => println!("created {name} ({partitions} partitions)"),
+            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                println!("exists  {name}")
+            }
+            Err((name, e)) => bail!("creating topic {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+async fn replay(
+    c: &Config,
+    dataset: Dataset,
+    file: &PathBuf,
+    limit: Option<u64>,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
+    use tailor::codec::Family;
+    use tailor::replay::{Rees46Reader, UciReader};
+
+    let mut cfg = kafka_config(c);
+    cfg.set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4");
+    cfg.set("queue.buffering.max.messages", "500000");
+    let producer: FutureProducer = cfg.create().context("creating the Kafka producer")?;
+    let (events, skipped): (
+        Box<dyn Iterator<Item = tailor::replay::Produced>>,
+        Box<dyn Fn() -> tailor::replay::Skipped>,
+    );
+    match dataset {
+        Dataset::UciOnlineRetail => {
+            let r = Arc::new(std::sync::Mutex::new(
+                UciReader::open(file).with_context(|| format!("opening {}", file.display()))?,
+            ));
+            let r2 = r.clone();
+            events = Box::new(std::iter::from_fn(move || {
+                r.lock().expect("not poisoned").next()
+            }));
+            skipped = Box::new(move || r2.lock().expect("not poisoned").skipped.clone());
+        }
+        Dataset::Rees46 => {
+            let r = Arc::new(std::sync::Mutex::new(
+                Rees46Reader::open(file).with_context(|| format!("opening {}", file.display()))?,
+            ));
+            let r2 = r.clone();
+            events = Box::new(std::iter::from_fn(move || {
+                r.lock().expect("not poisoned").next()
+            }));
+            skipped = Box::new(move || r2.lock().expect("not poisoned").skipped.clone());
+        }
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed} {pos} events produced ({per_sec}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    let started = Instant::now();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut by_type: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut n = 0u64;
+    let mut failed = 0u64;
+    for ev in events {
+        if limit.is_some_and(|l| n >= l) {
+            break;
+        }
+        let topic = match ev.family {
+            Family::Storefront => &c.topics.storefront,
+            Family::Backoffice => &c.topics.backoffice,
+            Family::Profile => &c.topics.profile,
+        };
+        let mut record = FutureRecord::to(topic)
+            .key(&ev.key)
+            .payload(&ev.payload)
+            .timestamp(ev.time);
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    in_flight.push_back(f);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    if let Some(f) = in_flight.pop_front() {
+                        if !matches!(f.await, Ok(Ok(_))) {
+                            failed += 1;
+                        }
+                    }
+                }
+                Err((e, _)) => bail!("producing to {topic}: {e}"),
+            }
+        }
+        while in_flight.len() > 200_000 {
+            if !matches!(in_flight.pop_front().expect("non-empty").await, Ok(Ok(_))) {
+                failed += 1;
+            }
+        }
+        *by_type.entry(ev.event_type).or_default() += 1;
+        n += 1;
+        bar.set_position(n);
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(n as f64 / rate as f64);
+            let elapsed = started.elapsed();
+            if due > elapsed {
+                tokio::time::sleep(due - elapsed).await;
+            }
+        }
+    }
+    for f in in_flight {
+        if !matches!(f.await, Ok(Ok(_))) {
+            failed += 1;
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .context("flushing the producer")?;
+    bar.finish_and_clear();
+    let s = skipped();
+    let secs = started.elapsed().as_secs_f64();
+    let types: Vec<String> = by_type.iter().map(|(t, n)| format!("{t}={n}")).collect();
+    println!(
+        "replayed {n} events in {secs:.1}s ({:.0}/s): {}; skipped rows: no customer id {}, adjustments {}, unparsable {}; delivery failures {failed}",
+        n as f64 / secs.max(1e-9),
+        types.join(" "),
+        s.no_customer,
+        s.adjustments,
+        s.unparsable
+    );
+    if failed > 0 {
+        bail!("{failed} events were not delivered");
+    }
+    Ok(())
+}

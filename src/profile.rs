@@ -166,10 +166,15 @@ impl Profile {
         let cart = &mut self.cart;
         match ev.kind {
             EventType::CompleteCheckout | EventType::OrderPlaced => {
-                *cart = CartState { id: None, lines: Vec::new(), updated_at: Some(ev.time) };
+                *cart = CartState {
+                    id: None,
+                    lines: Vec::new(),
+                    updated_at: Some(ev.time),
+                };
                 return;
             }
-            EventType::AddToCart | EventType::RemoveFromCart
+            EventType::AddToCart
+            | EventType::RemoveFromCart
             | EventType::OpenCart
             | EventType::ShoppingCartView
             | EventType::StartCheckout => {}
@@ -190,7 +195,9 @@ impl Profile {
             let pos = cart.lines.iter().position(|l| l.sku == line.sku);
             match (ev.kind, pos) {
                 (EventType::AddToCart, Some(i)) => cart.lines[i].quantity += line.quantity,
-                (EventType::AddToCart, None) if cart.lines.len() < MAX_CART_LINES => cart.lines.push(line.clone()),
+                (EventType::AddToCart, None) if cart.lines.len() < MAX_CART_LINES => {
+                    cart.lines.push(line.clone())
+                }
                 (EventType::RemoveFromCart, Some(i)) => {
                     cart.lines[i].quantity -= line.quantity;
                     if cart.lines[i].quantity <= 0.0 {
@@ -247,7 +254,9 @@ impl Profile {
     }
 
     pub fn is_member(&self, segment: &str) -> bool {
-        self.segments.binary_search_by(|m| m.segment.as_str().cmp(segment)).is_ok()
+        self.segments
+            .binary_search_by(|m| m.segment.as_str().cmp(segment))
+            .is_ok()
     }
 
     /// Identities in the output records' shape.
@@ -258,6 +267,53 @@ impl Profile {
             email: self.identities.emails.last().cloned(),
         }
     }
+}
+
+/// A readable summary of a profile: attributes, aggregates, memberships, and windowed counts.
+pub fn summary(p: &Profile) -> serde_json::Value {
+    const WINDOWS: [(&str, i64); 5] = [
+        ("1h", 3_600_000),
+        ("24h", 86_400_000),
+        ("7d", 7 * 86_400_000),
+        ("30d", 30 * 86_400_000),
+        ("90d", 90 * 86_400_000),
+    ];
+    let now = p.last_seen.unwrap_or(0);
+    let counters: serde_json::Map<String, serde_json::Value> = p
+        .counters
+        .iter()
+        .map(|(kind, series)| {
+            let w: serde_json::Map<String, serde_json::Value> = WINDOWS
+                .iter()
+                .map(|(name, ms)| (name.to_string(), series.query(*ms, now).0.into()))
+                .collect();
+            (kind.name().to_string(), w.into())
+        })
+        .collect();
+    serde_json::json!({
+        "identities": p.identities,
+        "attributes": p.attributes,
+        "orders": {
+            "count": p.orders.count,
+            "revenue": p.orders.revenue,
+            "lifetime_value": p.orders.lifetime_value(),
+            "average_order_value": p.orders.average_order_value(),
+            "cancelled": p.orders.cancelled,
+            "cancelled_value": p.orders.cancelled_value,
+            "returns": p.orders.returns,
+            "refunded": p.orders.refunded,
+            "first_at": p.orders.first_at,
+            "last_at": p.orders.last_at,
+        },
+        "cart": { "items": p.cart.lines, "value": p.cart.value(), "updated_at": p.cart.updated_at },
+        "last_device": p.last_device,
+        "last_channel": p.last_channel,
+        "first_seen": p.first_seen,
+        "last_seen": p.last_seen,
+        "events_total": p.events_total,
+        "counts": counters,
+        "segments": p.segments,
+    })
 }
 
 /// State encoding: one version byte, then postcard. Bump the version when [`Profile`] changes
@@ -288,7 +344,10 @@ mod tests {
             id: format!("e{time}"),
             kind,
             time,
-            identity: Identity { ecid: Some("ecid-1".into()), ..Default::default() },
+            identity: Identity {
+                ecid: Some("ecid-1".into()),
+                ..Default::default()
+            },
             value,
             device: None,
             channel: None,
@@ -302,7 +361,12 @@ mod tests {
     }
 
     fn line(sku: &str, qty: f64, price: f64) -> Line {
-        Line { sku: sku.into(), quantity: qty, price: Some(price), ..Default::default() }
+        Line {
+            sku: sku.into(),
+            quantity: qty,
+            price: Some(price),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -330,7 +394,11 @@ mod tests {
     #[test]
     fn the_same_order_from_storefront_and_back_office_counts_once() {
         let mut p = Profile::default();
-        for kind in [EventType::CompleteCheckout, EventType::OrderPlaced, EventType::OrderPlaced] {
+        for kind in [
+            EventType::CompleteCheckout,
+            EventType::OrderPlaced,
+            EventType::OrderPlaced,
+        ] {
             let mut e = ev(kind, 1_000, 50.0);
             e.order_id = Some("o-7".into());
             p.apply(&e);

@@ -19,7 +19,10 @@ const CF_SEGMENT_SIZES: &str = "segment_sizes";
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("opening state at {path}: {source}")]
-    Open { path: String, source: rocksdb::Error },
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("state store: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("corrupt state for a profile in partition {partition}: {detail}")]
@@ -37,7 +40,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { block_cache_bytes: 128 << 20, write_buffer_bytes: 64 << 20, sync_writes: true }
+        StoreOptions {
+            block_cache_bytes: 128 << 20,
+            write_buffer_bytes: 64 << 20,
+            sync_writes: true,
+        }
     }
 }
 
@@ -92,17 +99,75 @@ impl Store {
         opts.set_block_based_table_factory(&table);
         let cfs = [CF_PROFILES, CF_OFFSETS, CF_SEGMENT_SIZES]
             .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
-        Ok(Store { db, sync_writes: o.sync_writes })
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Store {
+            db,
+            sync_writes: o.sync_writes,
+        })
+    }
+
+    /// Opens a store another process may be writing, read-only (as of the moment of opening).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(
+            &opts,
+            path,
+            [CF_PROFILES, CF_OFFSETS, CF_SEGMENT_SIZES],
+            false,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Store {
+            db,
+            sync_writes: false,
+        })
+    }
+
+    /// Partitions this store holds offsets for.
+    pub fn partitions(&self) -> Result<Vec<i32>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_OFFSETS), rocksdb::IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            if k.len() >= 4 {
+                let p = u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4 bytes")) as i32;
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Finds a profile by its key in whichever partition holds it.
+    pub fn find_profile(&self, key: &str) -> Result<Option<(i32, Profile)>, StoreError> {
+        for p in self.partitions()? {
+            if let Some(profile) = self.profile(p, key)? {
+                return Ok(Some((p, profile)));
+            }
+        }
+        Ok(None)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
     }
 
     pub fn profile(&self, partition: i32, key: &str) -> Result<Option<Profile>, StoreError> {
-        match self.db.get_pinned_cf(self.cf(CF_PROFILES), profile_key(partition, key))? {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_PROFILES), profile_key(partition, key))?
+        {
             None => Ok(None),
             Some(bytes) => profile::decode(&bytes)
                 .map(Some)
@@ -122,13 +187,17 @@ impl Store {
     /// Members per segment, summed over every partition held in this store.
     pub fn segment_sizes(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
-        for item in self.db.iterator_cf(self.cf(CF_SEGMENT_SIZES), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SEGMENT_SIZES), rocksdb::IteratorMode::Start)
+        {
             let (k, v) = item?;
             if k.len() < 4 || v.len() != 8 {
                 continue;
             }
             let seg = String::from_utf8_lossy(&k[4..]).into_owned();
-            *totals.entry(seg).or_default() += i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            *totals.entry(seg).or_default() +=
+                i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
         }
         Ok(totals.into_iter().collect())
     }
@@ -172,7 +241,11 @@ impl Store {
     /// Bytes on disk in SST files plus memtables.
     pub fn estimated_bytes(&self) -> u64 {
         let p = |name: &str| {
-            self.db.property_int_value_cf(self.cf(CF_PROFILES), name).ok().flatten().unwrap_or(0)
+            self.db
+                .property_int_value_cf(self.cf(CF_PROFILES), name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
         };
         p("rocksdb.total-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
     }
@@ -212,11 +285,19 @@ mod tests {
                 segment_deltas: vec![(2, "vip".into(), 1), (3, "vip".into(), 2)],
             })
             .unwrap();
-            s.commit(&Commit { segment_deltas: vec![(2, "vip".into(), -1)], ..Default::default() }).unwrap();
+            s.commit(&Commit {
+                segment_deltas: vec![(2, "vip".into(), -1)],
+                ..Default::default()
+            })
+            .unwrap();
         }
         let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         assert_eq!(s.profile(2, "cust-1").unwrap(), Some(p));
-        assert_eq!(s.profile(1, "cust-1").unwrap(), None, "partitions are separate key ranges");
+        assert_eq!(
+            s.profile(1, "cust-1").unwrap(),
+            None,
+            "partitions are separate key ranges"
+        );
         assert_eq!(s.next_offset("commerce.storefront", 2).unwrap(), Some(41));
         assert_eq!(s.next_offset("commerce.storefront", 3).unwrap(), None);
         assert_eq!(s.segment_sizes().unwrap(), vec![("vip".to_string(), 2)]);
@@ -227,7 +308,9 @@ mod tests {
     fn a_second_worker_on_the_same_state_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let err = Store::open(dir.path(), &StoreOptions::default()).err().expect("locked");
+        let err = Store::open(dir.path(), &StoreOptions::default())
+            .err()
+            .expect("locked");
         assert!(err.to_string().contains("opening state at"), "{err}");
     }
 }

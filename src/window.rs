@@ -38,7 +38,10 @@ pub struct Series {
 }
 
 fn level_for(window: i64) -> usize {
-    LEVELS.iter().position(|(_, max)| window <= *max).unwrap_or(LEVELS.len() - 1)
+    LEVELS
+        .iter()
+        .position(|(_, max)| window <= *max)
+        .unwrap_or(LEVELS.len() - 1)
 }
 
 impl Series {
@@ -54,8 +57,22 @@ impl Series {
                     buckets[i].count = buckets[i].count.saturating_add(1);
                     buckets[i].sum += value;
                 }
-                Some(i) => buckets.insert(i + 1, Bucket { start, count: 1, sum: value }),
-                None => buckets.insert(0, Bucket { start, count: 1, sum: value }),
+                Some(i) => buckets.insert(
+                    i + 1,
+                    Bucket {
+                        start,
+                        count: 1,
+                        sum: value,
+                    },
+                ),
+                None => buckets.insert(
+                    0,
+                    Bucket {
+                        start,
+                        count: 1,
+                        sum: value,
+                    },
+                ),
             }
             let horizon = now.max(time) - max;
             let keep_from = buckets.partition_point(|b| (b.start as i64 + 1) * width <= horizon);
@@ -134,7 +151,11 @@ mod tests {
             let t = T0 + i * 2 * MINUTE;
             s.add(t, 1.0, t);
         }
-        assert!(s.bucket_count() <= 25 + 49 + 91, "{} buckets", s.bucket_count());
+        assert!(
+            s.bucket_count() <= 25 + 49 + 91,
+            "{} buckets",
+            s.bucket_count()
+        );
         let now = T0 + 199_999 * 2 * MINUTE;
         // An hour of 2-minute events is 30; the window may reach one 5-minute bucket further back.
         let (n, _) = s.query(HOUR, now);

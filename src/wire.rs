@@ -705,7 +705,7 @@ mod serde_bytes_vec {
 }
 
 mod opt_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
@@ -721,10 +721,23 @@ mod opt_bytes {
         }
     }
 
-    #[derive(Deserialize)]
-    struct Owned(#[serde(with = "super::serde_bytes_vec")] Vec<u8>);
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Ok(Option::<Owned>::deserialize(d)?.map(|o| o.0))
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Option<Vec<u8>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("optional bytes")
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+                super::serde_bytes_vec::deserialize(d).map(Some)
+            }
+        }
+        d.deserialize_option(V)
     }
 }

@@ -71,7 +71,10 @@ pub struct ExprError {
 }
 
 fn err<T>(offset: usize, message: impl Into<String>) -> Result<T, ExprError> {
-    Err(ExprError { offset, message: message.into() })
+    Err(ExprError {
+        offset,
+        message: message.into(),
+    })
 }
 
 pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
@@ -109,7 +112,10 @@ pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 i += 1;
             }
             let text = &src[start..i];
-            let n: f64 = text.parse().map_err(|_| ExprError { offset: start, message: format!("bad number {text:?}") })?;
+            let n: f64 = text.parse().map_err(|_| ExprError {
+                offset: start,
+                message: format!("bad number {text:?}"),
+            })?;
             let unit_end = {
                 let mut j = i;
                 while j < bytes.len() && bytes[j].is_ascii_alphabetic() {
@@ -125,7 +131,12 @@ pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                     "h" => 3_600_000.0,
                     "d" => 86_400_000.0,
                     "w" => 7.0 * 86_400_000.0,
-                    _ => return err(i, format!("unknown duration unit {unit:?}: use s, m, h, d or w")),
+                    _ => {
+                        return err(
+                            i,
+                            format!("unknown duration unit {unit:?}: use s, m, h, d or w"),
+                        )
+                    }
                 };
                 i = unit_end;
                 Tok::Dur((n * ms) as i64)
@@ -250,11 +261,17 @@ struct Parser {
 }
 
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
-    let mut p = Parser { toks: lex(src)?, pos: 0 };
+    let mut p = Parser {
+        toks: lex(src)?,
+        pos: 0,
+    };
     let e = p.or()?;
     match p.peek() {
         Tok::End => Ok(e),
-        t => err(p.at(), format!("unexpected {t} after a complete expression")),
+        t => err(
+            p.at(),
+            format!("unexpected {t} after a complete expression"),
+        ),
     }
 }
 
@@ -284,7 +301,10 @@ impl Parser {
     }
 
     fn bin(at: usize, op: BinOp, l: Expr, r: Expr) -> Expr {
-        Expr { at, kind: ExprKind::Bin(op, Box::new(l), Box::new(r)) }
+        Expr {
+            at,
+            kind: ExprKind::Bin(op, Box::new(l), Box::new(r)),
+        }
     }
 
     fn or(&mut self) -> Result<Expr, ExprError> {
@@ -311,7 +331,10 @@ impl Parser {
         if self.keyword("not") {
             let at = self.bump().1;
             let e = self.not()?;
-            return Ok(Expr { at, kind: ExprKind::Not(Box::new(e)) });
+            return Ok(Expr {
+                at,
+                kind: ExprKind::Not(Box::new(e)),
+            });
         }
         self.cmp()
     }
@@ -334,13 +357,19 @@ impl Parser {
                     items.push(self.sum()?);
                 }
                 self.expect(Tok::RBracket, "']' to close the list")?;
-                return Ok(Expr { at: l.at, kind: ExprKind::In(Box::new(l), items) });
+                return Ok(Expr {
+                    at: l.at,
+                    kind: ExprKind::In(Box::new(l), items),
+                });
             }
             _ => return Ok(l),
         };
         self.bump();
         let r = self.sum()?;
-        if matches!(self.peek(), Tok::Eq | Tok::Ne | Tok::Lt | Tok::Le | Tok::Gt | Tok::Ge) {
+        if matches!(
+            self.peek(),
+            Tok::Eq | Tok::Ne | Tok::Lt | Tok::Le | Tok::Gt | Tok::Ge
+        ) {
             return err(self.at(), "comparisons do not chain: join them with 'and'");
         }
         Ok(Self::bin(l.at, op, l, r))
@@ -378,7 +407,10 @@ impl Parser {
         if *self.peek() == Tok::Minus {
             let at = self.bump().1;
             let e = self.unary()?;
-            return Ok(Expr { at, kind: ExprKind::Neg(Box::new(e)) });
+            return Ok(Expr {
+                at,
+                kind: ExprKind::Neg(Box::new(e)),
+            });
         }
         self.primary()
     }
@@ -420,7 +452,9 @@ impl Parser {
                                 path.push('.');
                                 path.push_str(&part);
                             }
-                            (t, at) => return err(at, format!("expected a name after '.', found {t}")),
+                            (t, at) => {
+                                return err(at, format!("expected a name after '.', found {t}"))
+                            }
                         }
                     }
                     ExprKind::Path(path)
@@ -439,7 +473,9 @@ mod tests {
     #[test]
     fn precedence_binds_and_tighter_than_or_and_arithmetic_tighter_than_comparison() {
         let e = parse("a.b > 1 + 2 * 3 or c == 'x' and not d").unwrap();
-        let ExprKind::Bin(BinOp::Or, l, r) = e.kind else { panic!("{e:?}") };
+        let ExprKind::Bin(BinOp::Or, l, r) = e.kind else {
+            panic!("{e:?}")
+        };
         assert!(matches!(l.kind, ExprKind::Bin(BinOp::Gt, _, _)));
         assert!(matches!(r.kind, ExprKind::Bin(BinOp::And, _, _)));
     }
@@ -447,8 +483,12 @@ mod tests {
     #[test]
     fn durations_and_calls() {
         let e = parse("count(addToCart, 24h) >= 2").unwrap();
-        let ExprKind::Bin(BinOp::Ge, l, _) = e.kind else { panic!() };
-        let ExprKind::Call(name, args) = l.kind else { panic!() };
+        let ExprKind::Bin(BinOp::Ge, l, _) = e.kind else {
+            panic!()
+        };
+        let ExprKind::Call(name, args) = l.kind else {
+            panic!()
+        };
         assert_eq!(name, "count");
         assert_eq!(args[1].kind, ExprKind::Dur(86_400_000));
     }

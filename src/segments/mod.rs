@@ -91,7 +91,14 @@ impl SegmentSet {
     pub fn evaluate(&self, profile: &Profile, now: i64, out: &mut Vec<bool>) {
         out.clear();
         for seg in &self.segments {
-            let hit = plan::matches(&seg.rule, &Ctx { profile, now, segments: out });
+            let hit = plan::matches(
+                &seg.rule,
+                &Ctx {
+                    profile,
+                    now,
+                    segments: out,
+                },
+            );
             out.push(hit);
         }
     }
@@ -129,7 +136,11 @@ impl Yaml {
 }
 
 fn at(m: Marker, message: impl Into<String>) -> DefinitionError {
-    DefinitionError { line: m.line(), col: m.col() + 1, message: message.into() }
+    DefinitionError {
+        line: m.line(),
+        col: m.col() + 1,
+        message: message.into(),
+    }
 }
 
 #[derive(Default)]
@@ -183,13 +194,21 @@ impl MarkedEventReceiver for TreeBuilder {
 
 fn load_yaml(src: &str) -> Result<Yaml, DefinitionError> {
     let mut b = TreeBuilder::default();
-    Parser::new_from_str(src).load(&mut b, false).map_err(|e| {
-        DefinitionError { line: e.marker().line(), col: e.marker().col() + 1, message: e.info().to_owned() }
-    })?;
+    Parser::new_from_str(src)
+        .load(&mut b, false)
+        .map_err(|e| DefinitionError {
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+            message: e.info().to_owned(),
+        })?;
     if let Some(e) = b.error {
         return Err(e);
     }
-    b.root.ok_or(DefinitionError { line: 1, col: 1, message: "empty definitions file".into() })
+    b.root.ok_or(DefinitionError {
+        line: 1,
+        col: 1,
+        message: "empty definitions file".into(),
+    })
 }
 
 // ------------------------------------------------------------------ definitions
@@ -223,7 +242,10 @@ fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
     for (k, v) in top {
         match scalar(k, "key", errors) {
             Some("segments") => list = Some(v),
-            Some(other) => errors.push(at(k.mark(), format!("unknown top-level key '{other}'; expected 'segments'"))),
+            Some(other) => errors.push(at(
+                k.mark(),
+                format!("unknown top-level key '{other}'; expected 'segments'"),
+            )),
             None => {}
         }
     }
@@ -238,12 +260,17 @@ fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
     let mut defs = Vec::new();
     for item in items {
         let Yaml::Map(fields, m) = item else {
-            errors.push(at(item.mark(), "each segment must be a mapping with id and rule"));
+            errors.push(at(
+                item.mark(),
+                "each segment must be a mapping with id and rule",
+            ));
             continue;
         };
         let (mut id, mut name, mut description, mut rule) = (None, None, None, None);
         for (k, v) in fields {
-            let Some(key) = scalar(k, "key", errors) else { continue };
+            let Some(key) = scalar(k, "key", errors) else {
+                continue;
+            };
             match key {
                 "id" => id = scalar(v, "id", errors).map(|s| (s.to_owned(), v.mark())),
                 "name" => name = scalar(v, "name", errors).map(str::to_owned),
@@ -257,7 +284,9 @@ fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
                 }
                 other => errors.push(at(
                     k.mark(),
-                    format!("unknown key '{other}' in a segment; expected id, name, description, rule"),
+                    format!(
+                        "unknown key '{other}' in a segment; expected id, name, description, rule"
+                    ),
                 )),
             }
         }
@@ -267,16 +296,29 @@ fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
         };
         let valid = !id.is_empty()
             && id.len() <= 64
-            && id.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
         if !valid {
-            errors.push(at(id_mark, format!("segment id {id:?} must be 1-64 characters of a-z, 0-9, '-', '_'")));
+            errors.push(at(
+                id_mark,
+                format!("segment id {id:?} must be 1-64 characters of a-z, 0-9, '-', '_'"),
+            ));
             continue;
         }
         let Some((rule, rule_style, rule_mark)) = rule else {
             errors.push(at(*m, format!("segment '{id}' has no 'rule'")));
             continue;
         };
-        defs.push(Def { id, id_mark, name, description, rule, rule_style, rule_mark });
+        defs.push(Def {
+            id,
+            id_mark,
+            name,
+            description,
+            rule,
+            rule_style,
+            rule_mark,
+        });
     }
     defs
 }
@@ -298,9 +340,15 @@ fn rule_position(src: &str, d: &Def, offset: usize) -> (usize, usize) {
             (line, indent + col_in_line + 1)
         }
         style => {
-            let quote = usize::from(matches!(style, TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted));
+            let quote = usize::from(matches!(
+                style,
+                TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted
+            ));
             if newlines == 0 {
-                (d.rule_mark.line(), d.rule_mark.col() + 1 + quote + col_in_line)
+                (
+                    d.rule_mark.line(),
+                    d.rule_mark.col() + 1 + quote + col_in_line,
+                )
             } else {
                 (d.rule_mark.line() + newlines, col_in_line + 1)
             }
@@ -338,10 +386,10 @@ struct OrderScope<'a> {
 
 impl plan::Scope for OrderScope<'_> {
     fn segment(&mut self, id: &str, at: usize) -> Result<usize, ExprError> {
-        self.index
-            .get(id)
-            .copied()
-            .ok_or_else(|| ExprError { offset: at, message: format!("unknown segment '{id}'") })
+        self.index.get(id).copied().ok_or_else(|| ExprError {
+            offset: at,
+            message: format!("unknown segment '{id}'"),
+        })
     }
 }
 
@@ -356,7 +404,11 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
             Ok(e) => parsed.push(Some(e)),
             Err(e) => {
                 let (line, col) = rule_position(src, d, e.offset);
-                errors.push(DefinitionError { line, col, message: e.message });
+                errors.push(DefinitionError {
+                    line,
+                    col,
+                    message: e.message,
+                });
                 parsed.push(None);
             }
         }
@@ -396,7 +448,10 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
                     errors.push(DefinitionError {
                         line,
                         col,
-                        message: format!("segment '{}' depends on itself through '{id}'", defs[i].id),
+                        message: format!(
+                            "segment '{}' depends on itself through '{id}'",
+                            defs[i].id
+                        ),
                     });
                 }
                 Some(&j) => visit(j, defs, refs, seen, state, order, errors, src),
@@ -408,8 +463,11 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
     for i in 0..defs.len() {
         visit(i, &defs, &refs, &seen, &mut state, &mut order, errors, src);
     }
-    let index: HashMap<String, usize> =
-        order.iter().enumerate().map(|(pos, &i)| (defs[i].id.clone(), pos)).collect();
+    let index: HashMap<String, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(pos, &i)| (defs[i].id.clone(), pos))
+        .collect();
     let mut segments = Vec::with_capacity(defs.len());
     let mut defs: Vec<Option<Def>> = defs.into_iter().map(Some).collect();
     for &i in &order {
@@ -425,11 +483,19 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
             }),
             Ok((_, _)) => {
                 let (line, col) = rule_position(src, &d, 0);
-                errors.push(DefinitionError { line, col, message: "a rule must be a condition (true or false)".into() });
+                errors.push(DefinitionError {
+                    line,
+                    col,
+                    message: "a rule must be a condition (true or false)".into(),
+                });
             }
             Err(e) => {
                 let (line, col) = rule_position(src, &d, e.offset);
-                errors.push(DefinitionError { line, col, message: e.message });
+                errors.push(DefinitionError {
+                    line,
+                    col,
+                    message: e.message,
+                });
             }
         }
     }

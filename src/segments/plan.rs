@@ -63,37 +63,166 @@ pub enum Attr {
 
 /// The attribute catalogue: rule name, attribute, type, one-line doc (also rendered in the README).
 pub const ATTRIBUTES: &[(&str, Attr, Type, &str)] = &[
-    ("orders.count", Attr::OrdersCount, Type::Num, "orders placed (each order id counted once)"),
-    ("orders.revenue", Attr::OrdersRevenue, Type::Num, "gross value of orders placed"),
-    ("orders.ltv", Attr::OrdersLtv, Type::Num, "lifetime value: revenue less cancelled value and refunds"),
-    ("orders.aov", Attr::OrdersAov, Type::Num, "average order value (missing before the first order)"),
-    ("orders.cancelled", Attr::OrdersCancelled, Type::Num, "orderCancelled events"),
-    ("orders.cancelled_value", Attr::OrdersCancelledValue, Type::Num, "value of cancelled orders"),
-    ("orders.returns", Attr::OrdersReturns, Type::Num, "returns initiated"),
-    ("orders.refunded", Attr::OrdersRefunded, Type::Num, "amount refunded"),
-    ("cart.items", Attr::CartItems, Type::Num, "distinct lines in the current cart"),
-    ("cart.quantity", Attr::CartQuantity, Type::Num, "units in the current cart"),
-    ("cart.value", Attr::CartValue, Type::Num, "value of the current cart"),
-    ("events.total", Attr::EventsTotal, Type::Num, "events applied to the profile"),
-    ("loyalty.points", Attr::LoyaltyPoints, Type::Num, "loyalty points (profile events)"),
-    ("loyalty.tier", Attr::LoyaltyTier, Type::Str, "loyalty tier, lower case (e.g. gold)"),
-    ("loyalty.status", Attr::LoyaltyStatus, Type::Str, "loyalty status, lower case"),
-    ("gender", Attr::Gender, Type::Str, "person.gender, lower case"),
-    ("country", Attr::Country, Type::Str, "billing (else shipping) address country"),
-    ("city", Attr::City, Type::Str, "billing (else shipping) address city"),
-    ("customer_group", Attr::CustomerGroup, Type::Str, "customer group"),
-    ("device", Attr::Device, Type::Str, "last device type seen (mobile, tablet, desktop...)"),
-    ("channel", Attr::Channel, Type::Str, "last channel type seen (web, mobile...)"),
-    ("identity.known", Attr::IdentityKnown, Type::Bool, "the shopper has a customer id or e-mail"),
-    ("consent.email", Attr::ConsentEmail, Type::Bool, "opted in to marketing e-mail"),
-    ("consent.sms", Attr::ConsentSms, Type::Bool, "opted in to marketing SMS"),
+    (
+        "orders.count",
+        Attr::OrdersCount,
+        Type::Num,
+        "orders placed (each order id counted once)",
+    ),
+    (
+        "orders.revenue",
+        Attr::OrdersRevenue,
+        Type::Num,
+        "gross value of orders placed",
+    ),
+    (
+        "orders.ltv",
+        Attr::OrdersLtv,
+        Type::Num,
+        "lifetime value: revenue less cancelled value and refunds",
+    ),
+    (
+        "orders.aov",
+        Attr::OrdersAov,
+        Type::Num,
+        "average order value (missing before the first order)",
+    ),
+    (
+        "orders.cancelled",
+        Attr::OrdersCancelled,
+        Type::Num,
+        "orderCancelled events",
+    ),
+    (
+        "orders.cancelled_value",
+        Attr::OrdersCancelledValue,
+        Type::Num,
+        "value of cancelled orders",
+    ),
+    (
+        "orders.returns",
+        Attr::OrdersReturns,
+        Type::Num,
+        "returns initiated",
+    ),
+    (
+        "orders.refunded",
+        Attr::OrdersRefunded,
+        Type::Num,
+        "amount refunded",
+    ),
+    (
+        "cart.items",
+        Attr::CartItems,
+        Type::Num,
+        "distinct lines in the current cart",
+    ),
+    (
+        "cart.quantity",
+        Attr::CartQuantity,
+        Type::Num,
+        "units in the current cart",
+    ),
+    (
+        "cart.value",
+        Attr::CartValue,
+        Type::Num,
+        "value of the current cart",
+    ),
+    (
+        "events.total",
+        Attr::EventsTotal,
+        Type::Num,
+        "events applied to the profile",
+    ),
+    (
+        "loyalty.points",
+        Attr::LoyaltyPoints,
+        Type::Num,
+        "loyalty points (profile events)",
+    ),
+    (
+        "loyalty.tier",
+        Attr::LoyaltyTier,
+        Type::Str,
+        "loyalty tier, lower case (e.g. gold)",
+    ),
+    (
+        "loyalty.status",
+        Attr::LoyaltyStatus,
+        Type::Str,
+        "loyalty status, lower case",
+    ),
+    (
+        "gender",
+        Attr::Gender,
+        Type::Str,
+        "person.gender, lower case",
+    ),
+    (
+        "country",
+        Attr::Country,
+        Type::Str,
+        "billing (else shipping) address country",
+    ),
+    (
+        "city",
+        Attr::City,
+        Type::Str,
+        "billing (else shipping) address city",
+    ),
+    (
+        "customer_group",
+        Attr::CustomerGroup,
+        Type::Str,
+        "customer group",
+    ),
+    (
+        "device",
+        Attr::Device,
+        Type::Str,
+        "last device type seen (mobile, tablet, desktop...)",
+    ),
+    (
+        "channel",
+        Attr::Channel,
+        Type::Str,
+        "last channel type seen (web, mobile...)",
+    ),
+    (
+        "identity.known",
+        Attr::IdentityKnown,
+        Type::Bool,
+        "the shopper has a customer id or e-mail",
+    ),
+    (
+        "consent.email",
+        Attr::ConsentEmail,
+        Type::Bool,
+        "opted in to marketing e-mail",
+    ),
+    (
+        "consent.sms",
+        Attr::ConsentSms,
+        Type::Bool,
+        "opted in to marketing SMS",
+    ),
 ];
 
 /// Functions a rule can call (rendered in the README).
 pub const FUNCTIONS: &[(&str, &str)] = &[
-    ("count(EVENT, WINDOW)", "number of EVENT events in the last WINDOW (up to 90d)"),
-    ("sum(EVENT, WINDOW)", "money EVENT events were worth in the last WINDOW (order totals, cart values added...)"),
-    ("in_segment(\"ID\")", "the shopper is in segment ID (evaluated first; cycles are rejected)"),
+    (
+        "count(EVENT, WINDOW)",
+        "number of EVENT events in the last WINDOW (up to 90d)",
+    ),
+    (
+        "sum(EVENT, WINDOW)",
+        "money EVENT events were worth in the last WINDOW (order totals, cart values added...)",
+    ),
+    (
+        "in_segment(\"ID\")",
+        "the shopper is in segment ID (evaluated first; cycles are rejected)",
+    ),
     ("exists(ATTRIBUTE)", "the attribute has a value"),
 ];
 
@@ -125,7 +254,10 @@ pub trait Scope {
 }
 
 fn fail<T>(at: usize, message: impl Into<String>) -> Result<T, ExprError> {
-    Err(ExprError { offset: at, message: message.into() })
+    Err(ExprError {
+        offset: at,
+        message: message.into(),
+    })
 }
 
 fn attr(path: &str, at: usize) -> Result<(Attr, Type), ExprError> {
@@ -135,16 +267,21 @@ fn attr(path: &str, at: usize) -> Result<(Attr, Type), ExprError> {
         .map(|(_, a, t, _)| (*a, *t))
         .ok_or_else(|| {
             let known: Vec<_> = ATTRIBUTES.iter().map(|(n, ..)| *n).collect();
-            ExprError { offset: at, message: format!("unknown attribute '{path}'; known: {}", known.join(", ")) }
+            ExprError {
+                offset: at,
+                message: format!("unknown attribute '{path}'; known: {}", known.join(", ")),
+            }
         })
 }
 
 fn event_type(e: &Expr) -> Result<EventType, ExprError> {
     match &e.kind {
-        ExprKind::Path(name) | ExprKind::Str(name) => EventType::parse(name).ok_or_else(|| ExprError {
-            offset: e.at,
-            message: format!("unknown event type '{name}'"),
-        }),
+        ExprKind::Path(name) | ExprKind::Str(name) => {
+            EventType::parse(name).ok_or_else(|| ExprError {
+                offset: e.at,
+                message: format!("unknown event type '{name}'"),
+            })
+        }
         _ => fail(e.at, "expected an event type such as addToCart"),
     }
 }
@@ -173,14 +310,21 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                 if args.len() == n {
                     Ok(())
                 } else {
-                    fail(e.at, format!("{name}() takes {n} argument(s), found {}", args.len()))
+                    fail(
+                        e.at,
+                        format!("{name}() takes {n} argument(s), found {}", args.len()),
+                    )
                 }
             };
             match name.as_str() {
                 "count" | "sum" => {
                     arity(2)?;
                     let (k, w) = (event_type(&args[0])?, window(&args[1])?);
-                    let node = if name == "count" { Node::Count(k, w) } else { Node::Sum(k, w) };
+                    let node = if name == "count" {
+                        Node::Count(k, w)
+                    } else {
+                        Node::Sum(k, w)
+                    };
                     (node, Type::Num)
                 }
                 "in_segment" => {
@@ -199,12 +343,21 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                 }
                 other => {
                     let known: Vec<_> = FUNCTIONS.iter().map(|(f, _)| *f).collect();
-                    return fail(e.at, format!("unknown function '{other}'; known: {}", known.join(", ")));
+                    return fail(
+                        e.at,
+                        format!("unknown function '{other}'; known: {}", known.join(", ")),
+                    );
                 }
             }
         }
-        ExprKind::Not(inner) => (Node::Not(Box::new(expect(inner, Type::Bool, scope)?)), Type::Bool),
-        ExprKind::Neg(inner) => (Node::Neg(Box::new(expect(inner, Type::Num, scope)?)), Type::Num),
+        ExprKind::Not(inner) => (
+            Node::Not(Box::new(expect(inner, Type::Bool, scope)?)),
+            Type::Bool,
+        ),
+        ExprKind::Neg(inner) => (
+            Node::Neg(Box::new(expect(inner, Type::Num, scope)?)),
+            Type::Num,
+        ),
         ExprKind::Bin(op, l, r) => match op {
             BinOp::And | BinOp::Or => {
                 let (l, r) = (expect(l, Type::Bool, scope)?, expect(r, Type::Bool, scope)?);
@@ -223,11 +376,17 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                 let (ln, lt) = compile(l, scope)?;
                 let (rn, rt) = compile(r, scope)?;
                 if lt != rt {
-                    return fail(e.at, format!("cannot compare {} with {}", lt.name(), rt.name()));
+                    return fail(
+                        e.at,
+                        format!("cannot compare {} with {}", lt.name(), rt.name()),
+                    );
                 }
                 let ordered = matches!(op, BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge);
                 if ordered && lt != Type::Num {
-                    return fail(e.at, format!("'{}' needs numbers, found {}", op.symbol(), lt.name()));
+                    return fail(
+                        e.at,
+                        format!("'{}' needs numbers, found {}", op.symbol(), lt.name()),
+                    );
                 }
                 (Node::Cmp(*op, Box::new(ln), Box::new(rn)), Type::Bool)
             }
@@ -246,7 +405,10 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
 fn expect(e: &Expr, want: Type, scope: &mut dyn Scope) -> Result<Node, ExprError> {
     let (node, got) = compile(e, scope)?;
     if got != want {
-        return fail(e.at, format!("expected a {}, found a {}", want.name(), got.name()));
+        return fail(
+            e.at,
+            format!("expected a {}, found a {}", want.name(), got.name()),
+        );
     }
     Ok(node)
 }
@@ -340,7 +502,12 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
         },
         Node::InList(x, list) => {
             let v = eval(x, cx);
-            Val::Bool(v != Val::Missing && list.iter().any(|item| compare(BinOp::Eq, v, eval(item, cx))))
+            Val::Bool(
+                v != Val::Missing
+                    && list
+                        .iter()
+                        .any(|item| compare(BinOp::Eq, v, eval(item, cx))),
+            )
         }
     }
 }

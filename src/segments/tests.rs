@@ -20,7 +20,10 @@ fn event(kind: EventType, time: i64, value: f64) -> Event {
         id: format!("{time}"),
         kind,
         time,
-        identity: Identity { ecid: Some("e".into()), ..Default::default() },
+        identity: Identity {
+            ecid: Some("e".into()),
+            ..Default::default()
+        },
         value,
         device: None,
         channel: None,
@@ -51,7 +54,11 @@ fn shopper() -> Profile {
     p.apply(&event(EventType::OrderCancelled, T0 + 50 * H, 40.0));
     let mut pv = event(EventType::ProductPageView, T0 + 60 * H, 10.0);
     pv.device = Some("mobile".into());
-    pv.attributes = Some(Attributes { loyalty_tier: Some("gold".into()), consent_email: Some(true), ..Default::default() });
+    pv.attributes = Some(Attributes {
+        loyalty_tier: Some("gold".into()),
+        consent_email: Some(true),
+        ..Default::default()
+    });
     p.apply(&pv);
     p
 }
@@ -140,7 +147,8 @@ definition_errors! {
 
 #[test]
 fn every_problem_in_a_file_is_reported_not_just_the_first() {
-    let src = "segments:\n  - id: a\n    rule: cart.itms > 0\n  - id: b\n    rule: orders.count >\n";
+    let src =
+        "segments:\n  - id: a\n    rule: cart.itms > 0\n  - id: b\n    rule: orders.count >\n";
     let errs = SegmentSet::parse(src).unwrap_err();
     assert_eq!(errs.0.len(), 2, "{errs}");
 }

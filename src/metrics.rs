@@ -1,0 +1,174 @@
+//! Every metric the worker exports, in one place. Labels are low-cardinality: families, event
+//! types, reasons, segment ids (from configuration), topics and partitions — never a shopper.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Events applied, by family and event type.
+    pub events: IntCounterVec,
+    /// Messages sent to the dead-letter topic, by reason code.
+    pub dead_letters: IntCounterVec,
+    /// Audience changes emitted, by segment and direction.
+    pub audience_changes: IntCounterVec,
+    /// Members per segment (all partitions of this worker's store).
+    pub segment_members: IntGaugeVec,
+    /// Time to process and commit one batch.
+    pub batch_seconds: Histogram,
+    /// Phases of a batch: apply, deliver, commit.
+    pub phase_seconds: HistogramVec,
+    pub batch_messages: Histogram,
+    /// Consumer lag per input partition (librdkafka statistics).
+    pub partition_lag: IntGaugeVec,
+    /// Next offset committed to the state store, per input partition.
+    pub stored_offset: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+    pub profiles_cached: IntGauge,
+    pub state_profiles: IntGauge,
+    pub state_bytes: IntGauge,
+    /// Profile cache misses that read RocksDB.
+    pub state_reads: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let events = counter(
+            "tailor_events_total",
+            "Input events applied to profiles.",
+            &["family", "type"],
+        );
+        let dead_letters = counter(
+            "tailor_dead_letters_total",
+            "Input messages dead-lettered, by reason.",
+            &["reason"],
+        );
+        let audience_changes = counter(
+            "tailor_audience_changes_total",
+            "Audience changes emitted.",
+            &["segment", "direction"],
+        );
+        let segment_members = gauge(
+            "tailor_segment_members",
+            "Profiles in each segment.",
+            &["segment"],
+        );
+        let partition_lag = gauge(
+            "tailor_partition_lag_messages",
+            "Consumer lag per input partition.",
+            &["topic", "partition"],
+        );
+        let stored_offset = gauge(
+            "tailor_stored_offset",
+            "Next offset committed with the state, per input partition.",
+            &["topic", "partition"],
+        );
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tailor_batch_duration_seconds",
+                "Time to apply, deliver and commit one batch.",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(batch_seconds.clone()))
+            .expect("unique metric");
+        let phase_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tailor_batch_phase_duration_seconds",
+                "Time in each phase of a batch.",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("buckets")),
+            &["phase"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(phase_seconds.clone()))
+            .expect("unique metric");
+        let batch_messages = Histogram::with_opts(
+            HistogramOpts::new("tailor_batch_messages", "Messages per batch.")
+                .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(batch_messages.clone()))
+            .expect("unique metric");
+        let state_reads = IntCounter::new(
+            "tailor_state_reads_total",
+            "Profile cache misses read from RocksDB.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(state_reads.clone()))
+            .expect("unique metric");
+        Metrics {
+            events,
+            dead_letters,
+            audience_changes,
+            segment_members,
+            batch_seconds,
+            phase_seconds,
+            batch_messages,
+            partition_lag,
+            stored_offset,
+            assigned_partitions: plain_gauge(
+                "tailor_assigned_partitions",
+                "Input partitions assigned to this worker.",
+            ),
+            profiles_cached: plain_gauge(
+                "tailor_profiles_cached",
+                "Profiles held in the in-memory cache.",
+            ),
+            state_profiles: plain_gauge(
+                "tailor_state_profiles",
+                "Profiles in the state store (estimate).",
+            ),
+            state_bytes: plain_gauge(
+                "tailor_state_bytes",
+                "State store size on disk and in memtables (estimate).",
+            ),
+            state_reads,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,545 @@
+//! `tailor replay`: real public data sets produced as the platform's events.
+//!
+//! - **UCI Online Retail** (`InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,
+//!   CustomerID,Country`): each invoice becomes one back-office `orderPlaced` with its lines; a
+//!   `C` invoice becomes `orderCancelled` carrying the cancelled lines and value. Lines without a
+//!   customer id (guest sales, stock write-offs) and `A` bad-debt adjustments are skipped and
+//!   counted. `17850.0`-style ids become `17850`. Times are the file's (UK local) read as UTC.
+//! - **REES46** (`event_time,event_type,product_id,category_id,category_code,brand,price,user_id,
+//!   user_session`): `view` → `productPageView`, `cart` → `addToCart`, `purchase` →
+//!   `completeCheckout`; purchase rows of one session at the same second are one order.
+//!
+//! Events are keyed by shopper, produced in file (time) order, single-object Avro encoded.
+//! The parsing is pure ([`UciReader`], [`Rees46Reader`]) and tested without Kafka.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use crate::codec::Family;
+use crate::wire::{self, Identity};
+
+/// One event ready to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Produced {
+    pub family: Family,
+    pub key: String,
+    pub time: i64,
+    pub event_type: &'static str,
+    pub payload: Vec<u8>,
+}
+
+/// What a replay skipped, and why (the data's real mess).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Skipped {
+    pub no_customer: u64,
+    pub adjustments: u64,
+    pub unparsable: u64,
+}
+
+/// Parses `YYYY-MM-DD HH:MM[:SS][ UTC]` as UTC milliseconds.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim().trim_end_matches(" UTC").trim_end_matches('Z');
+    let (date, time) = s.split_once([' ', 'T'])?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm) = (t.next()??, t.next()??);
+    let ss = t.next().flatten().unwrap_or(0);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000)
+}
+
+/// `17850.0` → `17850`; empty or non-numeric → None.
+fn customer_id(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    let id = raw.strip_suffix(".0").unwrap_or(raw);
+    id.chars()
+        .all(|c| c.is_ascii_digit())
+        .then(|| id.to_owned())
+}
+
+fn open(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
+    let f = std::fs::File::open(path)?;
+    let r: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 16, r)))
+}
+
+struct UciLine {
+    invoice: String,
+    stock: String,
+    description: String,
+    quantity: f64,
+    time: i64,
+    price: f64,
+    customer: Option<String>,
+    country: String,
+}
+
+/// Reads UCI Online Retail rows and yields one event per invoice.
+pub struct UciReader<R: Read> {
+    rows: csv::StringRecordsIntoIter<R>,
+    pending: Vec<UciLine>,
+    pub skipped: Skipped,
+    done: bool,
+}
+
+impl UciReader<Box<dyn BufRead>> {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(UciReader::new(open(path)?))
+    }
+}
+
+impl<R: Read> UciReader<R> {
+    pub fn new(r: R) -> Self {
+        let rows = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(r)
+            .into_records();
+        UciReader {
+            rows,
+            pending: Vec::new(),
+            skipped: Skipped::default(),
+            done: false,
+        }
+    }
+
+    fn parse(&mut self, rec: &csv::StringRecord) -> Option<UciLine> {
+        let f = |i: usize| rec.get(i).unwrap_or("").trim();
+        let line = UciLine {
+            invoice: f(0).to_owned(),
+            stock: f(1).to_owned(),
+            description: f(2).to_owned(),
+            quantity: f(3).parse().ok()?,
+            time: parse_time(f(4))?,
+            price: f(5).parse().ok()?,
+            customer: customer_id(f(6)),
+            country: f(7).to_owned(),
+        };
+        (!line.invoice.is_empty() && line.quantity.is_finite() && line.price.is_finite())
+            .then_some(line)
+    }
+
+    fn invoice_event(lines: Vec<UciLine>) -> Produced {
+        let first = &lines[0];
+        let cancelled = first.invoice.starts_with('C');
+        let customer = first
+            .customer
+            .clone()
+            .expect("only invoices with a customer are built");
+        let items: Vec<wire::ProductListItem> = lines
+            .iter()
+            .map(|l| wire::ProductListItem {
+                sku: l.stock.clone(),
+                name: (!l.description.is_empty()).then(|| l.description.clone()),
+                quantity: Some(l.quantity.abs()),
+                price_total: Some((l.quantity * l.price).abs()),
+                currency_code: Some("GBP".into()),
+                ..Default::default()
+            })
+            .collect();
+        let total: f64 = items.iter().filter_map(|i| i.price_total).sum();
+        let event_type = if cancelled {
+            "orderCancelled"
+        } else {
+            "orderPlaced"
+        };
+        let ev = wire::BackofficeEvent {
+            event_id: format!("uci-{}", first.invoice),
+            event_type: event_type.into(),
+            timestamp: first.time,
+            identity: Identity {
+                customer_id: Some(customer.clone()),
+                ..Default::default()
+            },
+            order: Some(wire::Order {
+                purchase_id: first.invoice.trim_start_matches('C').to_owned(),
+                price_total: Some((total * 100.0).round() / 100.0),
+                currency_code: Some("GBP".into()),
+                ..Default::default()
+            }),
+            billing: Some(wire::Billing {
+                address: Some(wire::Address {
+                    country: Some(first.country.clone()),
+                    ..Default::default()
+                }),
+            }),
+            product_list_items: items,
+            ..Default::default()
+        };
+        Produced {
+            family: Family::Backoffice,
+            key: customer,
+            time: first.time,
+            event_type,
+            payload: crate::codec::encode::backoffice(&ev)
+                .expect("BackofficeEvent matches avro/backoffice.avsc"),
+        }
+    }
+
+    /// Closes the pending invoice: an event, or a counted skip.
+    fn close(&mut self) -> Option<Produced> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let lines = std::mem::take(&mut self.pending);
+        if lines[0].invoice.starts_with('A') {
+            self.skipped.adjustments += lines.len() as u64;
+            return None;
+        }
+        if lines[0].customer.is_none() {
+            self.skipped.no_customer += lines.len() as u64;
+            return None;
+        }
+        Some(Self::invoice_event(lines))
+    }
+}
+
+impl<R: Read> Iterator for UciReader<R> {
+    type Item = Produced;
+
+    fn next(&mut self) -> Option<Produced> {
+        while !self.done {
+            match self.rows.next() {
+                None => {
+                    self.done = true;
+                    return self.close();
+                }
+                Some(Err(_)) => self.skipped.unparsable += 1,
+                Some(Ok(rec)) => {
+                    let Some(line) = self.parse(&rec) else {
+                        self.skipped.unparsable += 1;
+                        continue;
+                    };
+                    let same = self
+                        .pending
+                        .first()
+                        .is_some_and(|p| p.invoice == line.invoice);
+                    let out = if same { None } else { self.close() };
+                    self.pending.push(line);
+                    if out.is_some() {
+                        return out;
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Reads REES46 rows and yields storefront events.
+pub struct Rees46Reader<R: Read> {
+    rows: csv::StringRecordsIntoIter<R>,
+    /// Purchases waiting for their second to end: (session, user, time) → products.
+    purchases: BTreeMap<(String, String, i64), Vec<wire::ShoppingCartItem>>,
+    ready: std::collections::VecDeque<Produced>,
+    row: u64,
+    pub skipped: Skipped,
+    done: bool,
+}
+
+impl Rees46Reader<Box<dyn BufRead>> {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Rees46Reader::new(open(path)?))
+    }
+}
+
+fn rees_product(rec: &csv::StringRecord, price: f64) -> wire::ProductContext {
+    let f = |i: usize| rec.get(i).unwrap_or("").trim();
+    let category = if f(4).is_empty() { f(3) } else { f(4) };
+    wire::ProductContext {
+        product_id: f(2).parse().ok(),
+        sku: f(2).to_owned(),
+        manufacturer: (!f(5).is_empty()).then(|| f(5).to_owned()),
+        categories: (!category.is_empty())
+            .then(|| vec![category.to_owned()])
+            .unwrap_or_default(),
+        pricing: Some(wire::Pricing {
+            regular_price: Some(price),
+            currency_code: Some("USD".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl<R: Read> Rees46Reader<R> {
+    pub fn new(r: R) -> Self {
+        let rows = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(r)
+            .into_records();
+        Rees46Reader {
+            rows,
+            purchases: BTreeMap::new(),
+            ready: Default::default(),
+            row: 0,
+            skipped: Skipped::default(),
+            done: false,
+        }
+    }
+
+    fn storefront(key: &str, ev: wire::StorefrontEvent, event_type: &'static str) -> Produced {
+        Produced {
+            family: Family::Storefront,
+            key: key.to_owned(),
+            time: ev.timestamp,
+            event_type,
+            payload: crate::codec::encode::storefront(&ev)
+                .expect("StorefrontEvent matches avro/storefront.avsc"),
+        }
+    }
+
+    /// Emits the purchases of seconds before `time` (all of them when `time` is None).
+    fn flush_purchases(&mut self, time: Option<i64>) {
+        let keys: Vec<_> = self
+            .purchases
+            .keys()
+            .filter(|(_, _, t)| time.is_none_or(|now| *t < now))
+            .cloned()
+            .collect();
+        for k in keys {
+            let items = self.purchases.remove(&k).expect("listed");
+            let (session, user, t) = k;
+            let total: f64 = items
+                .iter()
+                .map(|i| i.prices.as_ref().map_or(0.0, |p| p.price.value) * i.quantity)
+                .sum();
+            let ev = wire::StorefrontEvent {
+                event_id: format!("rees46-{session}-{t}-purchase"),
+                event_type: "completeCheckout".into(),
+                timestamp: t,
+                identity: Identity {
+                    ecid: Some(user.clone()),
+                    ..Default::default()
+                },
+                order_context: Some(wire::OrderContext {
+                    order_id: format!("rees46-{session}-{}", t / 1000),
+                    grand_total: Some((total * 100.0).round() / 100.0),
+                    ..Default::default()
+                }),
+                shopping_cart_context: Some(wire::ShoppingCartContext {
+                    items,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.ready
+                .push_back(Self::storefront(&user, ev, "completeCheckout"));
+        }
+    }
+
+    fn row(&mut self, rec: &csv::StringRecord) -> Option<()> {
+        let f = |i: usize| rec.get(i).unwrap_or("").trim();
+        let time = parse_time(f(0))?;
+        let user = f(7);
+        if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let price: f64 = f(6).parse().ok().filter(|p: &f64| p.is_finite())?;
+        let session = f(8).to_owned();
+        self.flush_purchases(Some(time));
+        self.row += 1;
+        let product = rees_product(rec, price);
+        let base = |event_type: &str| wire::StorefrontEvent {
+            event_id: format!("rees46-{}-{}", session, self.row),
+            event_type: event_type.into(),
+            timestamp: time,
+            identity: Identity {
+                ecid: Some(user.to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let item = |product: wire::ProductContext| wire::ShoppingCartItem {
+            product,
+            quantity: 1.0,
+            prices: Some(wire::CartItemPrices {
+                price: wire::Money {
+                    value: price,
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        };
+        match f(1) {
+            "view" => {
+                let mut ev = base("productPageView");
+                ev.product_context = Some(product);
+                self.ready
+                    .push_back(Self::storefront(user, ev, "productPageView"));
+            }
+            "cart" => {
+                let mut ev = base("addToCart");
+                ev.changed_products_context = Some(wire::ChangedProductsContext {
+                    items: vec![item(product)],
+                });
+                self.ready
+                    .push_back(Self::storefront(user, ev, "addToCart"));
+            }
+            "remove_from_cart" => {
+                let mut ev = base("removeFromCart");
+                ev.changed_products_context = Some(wire::ChangedProductsContext {
+                    items: vec![item(product)],
+                });
+                self.ready
+                    .push_back(Self::storefront(user, ev, "removeFromCart"));
+            }
+            "purchase" => {
+                self.purchases
+                    .entry((session, user.to_owned(), time))
+                    .or_default()
+                    .push(item(product));
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+impl<R: Read> Iterator for Rees46Reader<R> {
+    type Item = Produced;
+
+    fn next(&mut self) -> Option<Produced> {
+        loop {
+            if let Some(p) = self.ready.pop_front() {
+                return Some(p);
+            }
+            if self.done {
+                return None;
+            }
+            match self.rows.next() {
+                None => {
+                    self.done = true;
+                    self.flush_purchases(None);
+                }
+                Some(Err(_)) => self.skipped.unparsable += 1,
+                Some(Ok(rec)) => {
+                    if self.row(&rec).is_none() {
+                        self.skipped.unparsable += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Decoder, InputMessage, SingleObjectDecoder};
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1970-01-01 00:00:00"), Some(0));
+        assert_eq!(parse_time("2010-12-01 08:26:00"), Some(1_291_191_960_000));
+        assert_eq!(
+            parse_time("2019-10-01 00:00:01 UTC"),
+            Some(1_569_888_001_000)
+        );
+        assert_eq!(parse_time("2011-13-01 00:00"), None);
+        assert_eq!(parse_time("garbage"), None);
+    }
+
+    const UCI: &str = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
+536365,85123A,\"WHITE HANGING HEART, T-LIGHT HOLDER\",6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom
+536365,71053,WHITE METAL LANTERN,6,2010-12-01 08:26:00,3.39,17850.0,United Kingdom
+536366,22633,HAND WARMER,6,2010-12-01 08:28:00,0,,United Kingdom
+C536379,D,Discount,-1,2010-12-01 09:41:00,27.5,17850.0,United Kingdom
+A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom
+536367,84879,BIRD,not-a-number,2010-12-01 08:34:00,1.69,13047.0,United Kingdom
+";
+
+    #[test]
+    fn uci_invoices_become_orders_and_cancellations_and_the_mess_is_counted() {
+        let mut r = UciReader::new(UCI.as_bytes());
+        let out: Vec<_> = r.by_ref().collect();
+        assert_eq!(
+            out.iter().map(|p| p.event_type).collect::<Vec<_>>(),
+            ["orderPlaced", "orderCancelled"]
+        );
+        assert_eq!(out[0].key, "17850");
+        assert_eq!(
+            r.skipped,
+            Skipped {
+                no_customer: 1,
+                adjustments: 1,
+                unparsable: 1
+            }
+        );
+        let InputMessage::Backoffice(ev) = SingleObjectDecoder::default()
+            .decode(Family::Backoffice, &out[0].payload)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ev.order.unwrap().price_total, Some(35.64));
+        assert_eq!(
+            ev.product_list_items[0].name.as_deref(),
+            Some("WHITE HANGING HEART, T-LIGHT HOLDER")
+        );
+        let InputMessage::Backoffice(c) = SingleObjectDecoder::default()
+            .decode(Family::Backoffice, &out[1].payload)
+            .unwrap()
+        else {
+            panic!()
+        };
+        let order = c.order.unwrap();
+        assert_eq!(
+            (order.purchase_id.as_str(), order.price_total),
+            ("536379", Some(27.5))
+        );
+    }
+
+    const REES: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session
+2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,s1
+2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,541312140,s1
+2019-10-01 00:00:05 UTC,purchase,3900821,2053013552326770905,,aqua,33.20,541312140,s1
+2019-10-01 00:00:05 UTC,purchase,1307067,2053013558920217191,computers.notebook,lenovo,251.74,541312140,s1
+2019-10-01 00:00:05 UTC,view,1,2,,,1.0,,s2
+2019-10-01 00:00:06 UTC,view,1307067,2053013558920217191,computers.notebook,lenovo,251.74,9,s3
+";
+
+    #[test]
+    fn rees46_rows_become_storefront_events_and_one_order_per_session_second() {
+        let mut r = Rees46Reader::new(REES.as_bytes());
+        let out: Vec<_> = r.by_ref().collect();
+        let types: Vec<_> = out.iter().map(|p| p.event_type).collect();
+        assert_eq!(
+            types,
+            [
+                "productPageView",
+                "addToCart",
+                "completeCheckout",
+                "productPageView"
+            ]
+        );
+        assert_eq!(r.skipped.unparsable, 1, "the row without a user");
+        let InputMessage::Storefront(ev) = SingleObjectDecoder::default()
+            .decode(Family::Storefront, &out[2].payload)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ev.order_context.unwrap().grand_total, Some(284.94));
+        assert_eq!(ev.shopping_cart_context.unwrap().items.len(), 2);
+        assert!(out.windows(2).all(|w| w[0].time <= w[1].time), "time order");
+    }
+}

@@ -1,0 +1,807 @@
+//! The async shell: Kafka in, the synchronous core, Kafka and RocksDB out.
+//!
+//! One task, one loop, per worker:
+//!
+//! 1. **Consume** a batch (up to `batch_max_messages`, or `batch_max_wait`) from the three input
+//!    topics. Each message is decoded, validated and applied to its profile in the in-memory
+//!    cache at once ([`Core::process`]); its outputs (audience changes, dead letters) are handed
+//!    to the producer immediately.
+//! 2. **Deliver**: wait until every output of the batch is acknowledged by the brokers
+//!    (idempotent producer, `acks=all`).
+//! 3. **Commit**: write the batch's changed profiles, segment sizes and each partition's next
+//!    offset to RocksDB in one atomic write batch (fsynced by default).
+//! 4. **Store offsets** in the consumer group, for lag monitoring only.
+//!
+//! On (re)assignment a partition resumes at the offset in RocksDB, never the group's. A crash at
+//! any point leaves RocksDB at the end of some whole batch; the messages after it are applied again
+//! and their outputs sent again with the same deterministic ids (at-least-once output, exactly-once
+//! state). A partition revoked mid-batch has its uncommitted profiles dropped from the cache.
+//!
+//! The rebalance callback runs inside `recv()` on this same task, so the loop never races it.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use lru::LruCache;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::audience::{Core, Source};
+use crate::codec::{encode, Decoder, Family, SingleObjectDecoder};
+use crate::config::Settings;
+use crate::event::Event;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::profile::{self, Profile};
+use crate::store::{Commit, Store};
+use crate::wire::{AudienceChange, DeadLetter};
+
+/// Longest accepted message key (a shopper key).
+const MAX_KEY_BYTES: usize = 512;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+enum Rebalance {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// librdkafka callbacks: logs, statistics (lag), and assignment from the offsets in RocksDB.
+struct KafkaContext {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    start_from: Offset,
+    rebalances: Mutex<Vec<Rebalance>>,
+}
+
+/// Routes librdkafka's log lines into `tracing`.
+fn forward_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    // The [kafka] table goes to the consumer and the producer alike; each warns about the
+    // other's properties. That is expected, not a problem to report.
+    let level = if fac == "CONFWARN" {
+        RDKafkaLogLevel::Debug
+    } else {
+        level
+    };
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            error!(facility = fac, "librdkafka: {message}")
+        }
+        RDKafkaLogLevel::Warning => warn!(facility = fac, "librdkafka: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(facility = fac, "librdkafka: {message}")
+        }
+        RDKafkaLogLevel::Debug => debug!(facility = fac, "librdkafka: {message}"),
+    }
+}
+
+/// Producer callbacks: logs only.
+struct ProducerLogs;
+
+impl ClientContext for ProducerLogs {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .partition_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for KafkaContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts = partitions(tpl);
+                for (topic, partition) in &parts {
+                    // RocksDB holds the truth: resume exactly after the last committed batch.
+                    let offset = match self.store.next_offset(topic, *partition) {
+                        Ok(Some(next)) => Offset::Offset(next),
+                        Ok(None) => self.start_from,
+                        Err(e) => {
+                            error!(topic, partition, error = %e, "cannot read the stored offset; starting from the configured position");
+                            self.start_from
+                        }
+                    };
+                    info!(topic, partition, ?offset, "partition assigned");
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                        error!(topic, partition, error = %e, "cannot set the start offset");
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "assigning partitions failed");
+                }
+                self.rebalances
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Rebalance::Assigned(parts));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts = partitions(tpl);
+                info!(count = parts.len(), "partitions revoked");
+                self.rebalances
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Rebalance::Revoked(parts.clone()));
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "unassigning partitions failed");
+                }
+            }
+            other => {
+                error!(error = ?other, "rebalance failed; dropping the assignment");
+                self.rebalances
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Rebalance::Revoked(partitions(tpl)));
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// A profile held in memory, and whether it changed since the last commit.
+struct Slot {
+    profile: Profile,
+    dirty: bool,
+}
+
+/// What the open batch has done so far.
+#[derive(Default)]
+struct Batch {
+    messages: usize,
+    /// (topic, partition) → next offset.
+    offsets: HashMap<(String, i32), i64>,
+    deliveries: Vec<DeliveryFuture>,
+    /// (partition, segment) → change in members.
+    segment_deltas: HashMap<(i32, String), i64>,
+    /// Changed profiles pushed out of the cache before the commit (written with it).
+    spilled: HashMap<(i32, String), Profile>,
+    started: Option<Instant>,
+}
+
+/// Counters for the periodic progress line.
+#[derive(Default)]
+struct Progress {
+    events: u64,
+    dead: u64,
+    changes: u64,
+    last_log: Option<Instant>,
+    last_events: u64,
+}
+
+struct Topics {
+    storefront: String,
+    backoffice: String,
+    profile: String,
+    audience: String,
+    dead_letter: String,
+}
+
+impl Topics {
+    fn family(&self, topic: &str) -> Option<Family> {
+        if topic == self.storefront {
+            Some(Family::Storefront)
+        } else if topic == self.backoffice {
+            Some(Family::Backoffice)
+        } else if topic == self.profile {
+            Some(Family::Profile)
+        } else {
+            None
+        }
+    }
+}
+
+/// One outgoing record, owned until it is handed to the producer.
+struct Outgoing {
+    topic_is_dead_letter: bool,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+    timestamp: Option<i64>,
+}
+
+struct Worker {
+    core: Core,
+    decoder: Box<dyn Decoder>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    producer: FutureProducer<ProducerLogs>,
+    topics: Topics,
+    cache: LruCache<(i32, String), Slot>,
+    batch: Batch,
+    outgoing: Vec<Outgoing>,
+    changes: Vec<AudienceChange>,
+    progress: Progress,
+    /// Wall clock at the start of the batch (validation of far-future event times only).
+    wall: i64,
+}
+
+/// Why a message is dead-lettered: (reason code, detail).
+type Rejection = (&'static str, String);
+
+impl Worker {
+    /// Decodes, validates and applies one message; queues its outputs.
+    fn apply(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        ts: Option<i64>,
+    ) {
+        self.batch.messages += 1;
+        self.batch
+            .offsets
+            .insert((topic.to_owned(), partition), offset + 1);
+        match self.accept(topic, key, payload.unwrap_or(&[])) {
+            Ok((profile_key, ev)) => self.apply_event(topic, partition, offset, profile_key, ev),
+            Err((code, detail)) => {
+                self.metrics.dead_letters.with_label_values(&[code]).inc();
+                self.progress.dead += 1;
+                debug!(
+                    topic,
+                    partition,
+                    offset,
+                    reason = code,
+                    "message dead-lettered"
+                );
+                let record = DeadLetter {
+                    source_topic: topic.to_owned(),
+                    source_partition: partition,
+                    source_offset: offset,
+                    source_timestamp: ts,
+                    reason_code: code.to_owned(),
+                    reason: detail.clone(),
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.unwrap_or(&[]).to_vec(),
+                };
+                let headers = OwnedHeaders::new_with_capacity(5)
+                    .insert(Header {
+                        key: "tailor.reason",
+                        value: Some(code),
+                    })
+                    .insert(Header {
+                        key: "tailor.detail",
+                        value: Some(&detail),
+                    })
+                    .insert(Header {
+                        key: "tailor.source.topic",
+                        value: Some(topic),
+                    })
+                    .insert(Header {
+                        key: "tailor.source.partition",
+                        value: Some(&partition.to_string()),
+                    })
+                    .insert(Header {
+                        key: "tailor.source.offset",
+                        value: Some(&offset.to_string()),
+                    });
+                let payload =
+                    encode::dead_letter(&record).expect("DeadLetter matches avro/dead_letter.avsc");
+                self.outgoing.push(Outgoing {
+                    topic_is_dead_letter: true,
+                    key: key.map(<[u8]>::to_vec).unwrap_or_default(),
+                    payload,
+                    headers: Some(headers),
+                    timestamp: None,
+                });
+            }
+        }
+    }
+
+    fn accept(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(String, Event), Rejection> {
+        let family = self
+            .topics
+            .family(topic)
+            .ok_or(("unknown_topic", format!("no family for topic {topic}")))?;
+        let msg = self
+            .decoder
+            .decode(family, payload)
+            .map_err(|e| (e.code(), e.to_string()))?;
+        let ev = Event::from_input(msg, self.wall).map_err(|e| (e.code(), e.to_string()))?;
+        let key = match key {
+            Some(k) if !k.is_empty() => {
+                if k.len() > MAX_KEY_BYTES {
+                    return Err((
+                        "bad_key",
+                        format!("message key of {} bytes (max {MAX_KEY_BYTES})", k.len()),
+                    ));
+                }
+                std::str::from_utf8(k)
+                    .map_err(|_| ("bad_key", "message key is not UTF-8".to_string()))?
+                    .to_owned()
+            }
+            _ => ev
+                .fallback_key()
+                .ok_or((
+                    "no_identity",
+                    "no message key and no identity in the event".to_string(),
+                ))?
+                .to_owned(),
+        };
+        Ok((key, ev))
+    }
+
+    fn apply_event(&mut self, topic: &str, partition: i32, offset: i64, key: String, ev: Event) {
+        let cache_key = (partition, key);
+        if !self.cache.contains(&cache_key) {
+            let loaded = match self.batch.spilled.remove(&cache_key) {
+                Some(p) => p,
+                None => {
+                    self.metrics.state_reads.inc();
+                    match self.store.profile(partition, &cache_key.1) {
+                        Ok(p) => p.unwrap_or_default(),
+                        Err(e) => {
+                            // Unreadable state is our bug or disk damage, not the event's fault:
+                            // start the profile afresh rather than stop the partition.
+                            error!(partition, error = %e, "profile state unreadable; starting it afresh");
+                            Profile::default()
+                        }
+                    }
+                }
+            };
+            if let Some((old_key, old)) = self.cache.push(
+                cache_key.clone(),
+                Slot {
+                    profile: loaded,
+                    dirty: false,
+                },
+            ) {
+                if old.dirty && old_key != cache_key {
+                    self.batch.spilled.insert(old_key, old.profile);
+                }
+            }
+        }
+        let slot = self.cache.get_mut(&cache_key).expect("just inserted");
+        self.changes.clear();
+        let source = Source {
+            topic,
+            partition,
+            offset,
+        };
+        self.core.process(
+            &cache_key.1,
+            &mut slot.profile,
+            &ev,
+            source,
+            &mut self.changes,
+        );
+        slot.dirty = true;
+        self.metrics
+            .events
+            .with_label_values(&[ev.kind.family().as_str(), ev.kind.name()])
+            .inc();
+        self.progress.events += 1;
+        for change in self.changes.drain(..) {
+            let delta = if change.direction == crate::wire::Direction::Entered {
+                1
+            } else {
+                -1
+            };
+            *self
+                .batch
+                .segment_deltas
+                .entry((partition, change.segment_id.clone()))
+                .or_default() += delta;
+            self.metrics
+                .audience_changes
+                .with_label_values(&[&change.segment_id, change.direction.as_str()])
+                .inc();
+            self.progress.changes += 1;
+            let payload = encode::audience_change(&change)
+                .expect("AudienceChange matches avro/audience_change.avsc");
+            self.outgoing.push(Outgoing {
+                topic_is_dead_letter: false,
+                key: change.profile_key.into_bytes(),
+                payload,
+                headers: None,
+                timestamp: Some(change.event_time),
+            });
+        }
+    }
+
+    /// Hands queued outputs to the producer, waiting while its queue is full.
+    async fn send_outgoing(&mut self) -> anyhow::Result<()> {
+        for out in self.outgoing.drain(..) {
+            let topic = if out.topic_is_dead_letter {
+                &self.topics.dead_letter
+            } else {
+                &self.topics.audience
+            };
+            let mut record = FutureRecord::to(topic).key(&out.key).payload(&out.payload);
+            if let Some(h) = out.headers {
+                record = record.headers(h);
+            }
+            if let Some(ts) = out.timestamp {
+                record = record.timestamp(ts);
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        self.batch.deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => bail!("producing to {topic} failed: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops everything uncommitted of revoked partitions.
+    fn revoke(&mut self, parts: &[(String, i32)]) {
+        let gone: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
+        self.batch
+            .offsets
+            .retain(|(t, p), _| !parts.iter().any(|(rt, rp)| rt == t && rp == p));
+        // Profiles are keyed by partition number across the co-partitioned topics: a partition's
+        // profiles go only when none of its topics is still assigned to us.
+        let still: Vec<i32> = self.batch.offsets.keys().map(|(_, p)| *p).collect();
+        let drop: Vec<i32> = gone.into_iter().filter(|p| !still.contains(p)).collect();
+        let keys: Vec<_> = self
+            .cache
+            .iter()
+            .filter(|((p, _), _)| drop.contains(p))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.cache.pop(&k);
+        }
+        self.batch.spilled.retain(|(p, _), _| !drop.contains(p));
+        self.batch
+            .segment_deltas
+            .retain(|(p, _), _| !drop.contains(p));
+    }
+
+    /// Waits for the batch's outputs, then commits its state and offsets atomically.
+    async fn flush(&mut self, consumer: &StreamConsumer<KafkaContext>) -> anyhow::Result<()> {
+        let started = self.batch.started.take().unwrap_or_else(Instant::now);
+        let t_deliver = Instant::now();
+        for delivery in self.batch.deliveries.drain(..) {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => bail!("output delivery failed: {e}; stopping without committing (the batch will be processed again)"),
+                Err(_) => bail!("producer closed while outputs were in flight; stopping without committing"),
+            }
+        }
+        self.metrics
+            .phase_seconds
+            .with_label_values(&["deliver"])
+            .observe(t_deliver.elapsed().as_secs_f64());
+
+        let t_commit = Instant::now();
+        let mut commit = Commit::default();
+        for ((partition, key), slot) in self.cache.iter_mut() {
+            if slot.dirty {
+                commit
+                    .profiles
+                    .push((*partition, key.clone(), profile::encode(&slot.profile)));
+                slot.dirty = false;
+            }
+        }
+        for ((partition, key), p) in self.batch.spilled.drain() {
+            commit.profiles.push((partition, key, profile::encode(&p)));
+        }
+        commit.offsets = self
+            .batch
+            .offsets
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect();
+        commit.segment_deltas = self
+            .batch
+            .segment_deltas
+            .drain()
+            .map(|((p, s), d)| (p, s, d))
+            .filter(|x| x.2 != 0)
+            .collect();
+        let store = self.store.clone();
+        tokio::task::block_in_place(|| store.commit(&commit))
+            .context("committing state and offsets")?;
+        self.metrics
+            .phase_seconds
+            .with_label_values(&["commit"])
+            .observe(t_commit.elapsed().as_secs_f64());
+
+        for (partition, segment, delta) in &commit.segment_deltas {
+            let _ = partition;
+            self.metrics
+                .segment_members
+                .with_label_values(&[segment])
+                .add(*delta);
+        }
+        for (topic, partition, next) in &commit.offsets {
+            self.metrics
+                .stored_offset
+                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                .set(*next);
+            // For lag monitoring only; store_offset stores offset + 1 itself.
+            if let Err(e) = consumer.store_offset(topic, *partition, next - 1) {
+                debug!(topic, partition, error = %e, "could not store the offset in the group (partition moved?)");
+            }
+        }
+        self.metrics
+            .batch_messages
+            .observe(self.batch.messages as f64);
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.profiles_cached.set(self.cache.len() as i64);
+        self.batch.messages = 0;
+        self.batch.offsets.clear();
+        Ok(())
+    }
+
+    fn log_progress(&mut self, force: bool) {
+        let now = Instant::now();
+        let last = *self.progress.last_log.get_or_insert(now);
+        let elapsed = now.duration_since(last);
+        if !force && elapsed < Duration::from_secs(5) {
+            return;
+        }
+        let rate = (self.progress.events - self.progress.last_events) as f64
+            / elapsed.as_secs_f64().max(1e-3);
+        self.metrics
+            .state_profiles
+            .set(self.store.estimated_profiles() as i64);
+        self.metrics
+            .state_bytes
+            .set(self.store.estimated_bytes() as i64);
+        let sizes: Vec<String> = self
+            .store
+            .segment_sizes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect();
+        info!(
+            events = self.progress.events,
+            events_per_sec = rate.round(),
+            dead_lettered = self.progress.dead,
+            audience_changes = self.progress.changes,
+            profiles = self.store.estimated_profiles(),
+            segments = %sizes.join(" "),
+            "progress"
+        );
+        self.progress.last_log = Some(now);
+        self.progress.last_events = self.progress.events;
+    }
+}
+
+fn client_config(settings: &Settings) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in &settings.config.kafka {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Runs the worker until `shutdown` resolves or a fatal error occurs.
+pub async fn run(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let c = &settings.config;
+    std::fs::create_dir_all(&c.state.path)
+        .with_context(|| format!("creating state directory {}", c.state.path.display()))?;
+    let store = Arc::new(Store::open(&c.state.path, &settings.store)?);
+    for (segment, n) in store.segment_sizes()? {
+        metrics
+            .segment_members
+            .with_label_values(&[&segment])
+            .set(n);
+    }
+
+    let mut pcfg = client_config(&settings);
+    pcfg.set("enable.idempotence", "true").set("acks", "all");
+    for (k, v) in [("linger.ms", "5"), ("compression.type", "lz4")] {
+        if !c.kafka.contains_key(k) {
+            pcfg.set(k, v);
+        }
+    }
+    let producer: FutureProducer<ProducerLogs> = pcfg
+        .create_with_context(ProducerLogs)
+        .context("creating the Kafka producer")?;
+
+    let context = KafkaContext {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        start_from: if c.consumer.start_from == "latest" {
+            Offset::End
+        } else {
+            Offset::Beginning
+        },
+        rebalances: Mutex::new(Vec::new()),
+    };
+    let mut ccfg = client_config(&settings);
+    ccfg.set("group.id", &c.consumer.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &c.consumer.start_from);
+    if !c.kafka.contains_key("statistics.interval.ms") {
+        ccfg.set("statistics.interval.ms", "5000");
+    }
+    let consumer: StreamConsumer<KafkaContext> = ccfg
+        .create_with_context(context)
+        .context("creating the Kafka consumer")?;
+    let inputs = [
+        c.topics.storefront.as_str(),
+        c.topics.backoffice.as_str(),
+        c.topics.profile.as_str(),
+    ];
+    consumer
+        .subscribe(&inputs)
+        .context("subscribing to the input topics")?;
+    info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), "worker started");
+
+    let mut w = Worker {
+        core: Core::new(Arc::new(settings.segments.clone())),
+        decoder: Box::new(SingleObjectDecoder::default()),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        producer,
+        topics: Topics {
+            storefront: c.topics.storefront.clone(),
+            backoffice: c.topics.backoffice.clone(),
+            profile: c.topics.profile.clone(),
+            audience: c.topics.audience_changes.clone(),
+            dead_letter: c.topics.dead_letter.clone(),
+        },
+        cache: LruCache::new(
+            NonZeroUsize::new(c.state.cache_profiles)
+                .context("state.cache_profiles must be > 0")?,
+        ),
+        batch: Batch::default(),
+        outgoing: Vec::new(),
+        changes: Vec::new(),
+        progress: Progress::default(),
+        wall: now_ms(),
+    };
+    let max_messages = c.processing.batch_max_messages;
+    let max_wait = settings.batch_max_wait;
+    let mut assigned: Vec<(String, i32)> = Vec::new();
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+
+    let result: anyhow::Result<()> = async {
+        while !stopping {
+            let deadline = tokio::time::Instant::now() + max_wait;
+            w.wall = now_ms();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => { stopping = true; break; }
+                    r = tokio::time::timeout_at(deadline, consumer.recv()) => {
+                        let msg = match r {
+                            Err(_) => break,
+                            Ok(Err(e)) => { warn!(error = %e, "consumer error"); continue; }
+                            Ok(Ok(m)) => m,
+                        };
+                        for ev in std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned")) {
+                            match ev {
+                                Rebalance::Assigned(p) => assigned.extend(p),
+                                Rebalance::Revoked(p) => {
+                                    assigned.retain(|x| !p.contains(x));
+                                    w.revoke(&p);
+                                }
+                            }
+                        }
+                        health.ready.store(!assigned.is_empty(), Ordering::Relaxed);
+                        metrics.assigned_partitions.set(assigned.len() as i64);
+                        if w.batch.started.is_none() {
+                            w.batch.started = Some(Instant::now());
+                        }
+                        w.apply(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload(), msg.timestamp().to_millis());
+                        drop(msg);
+                        w.send_outgoing().await?;
+                        if w.batch.messages >= max_messages {
+                            break;
+                        }
+                    }
+                }
+            }
+            // Rebalances can also arrive while no message does.
+            for ev in std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned")) {
+                match ev {
+                    Rebalance::Assigned(p) => assigned.extend(p),
+                    Rebalance::Revoked(p) => {
+                        assigned.retain(|x| !p.contains(x));
+                        w.revoke(&p);
+                    }
+                }
+            }
+            health.ready.store(!assigned.is_empty() && !stopping, Ordering::Relaxed);
+            metrics.assigned_partitions.set(assigned.len() as i64);
+            if w.batch.messages > 0 {
+                w.flush(&consumer).await?;
+            }
+            w.log_progress(false);
+        }
+        Ok(())
+    }
+    .await;
+
+    health.ready.store(false, Ordering::Relaxed);
+    if let Err(e) = &result {
+        error!(error = %format!("{e:#}"), "worker stopped on a fatal error; nothing after the last commit is acknowledged");
+    }
+    w.log_progress(true);
+    consumer.unsubscribe();
+    if let Err(e) = w.producer.flush(Duration::from_secs(10)) {
+        warn!(error = %e, "producer flush at shutdown");
+    }
+    info!("worker stopped");
+    result
+}

@@ -1,0 +1,407 @@
+//! Helpers shared by the integration tests: a real broker (started by `scripts/test.sh`), topics of
+//! their own per test, the real `tailor` binary as a child process, and readers of its outputs.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub fn brokers() -> String {
+    std::env::var("TAILOR_TEST_BROKERS")
+        .expect("TAILOR_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts a local broker")
+}
+
+/// Topic names of one test, unique per run.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub storefront: String,
+    pub backoffice: String,
+    pub profile: String,
+    pub audience: String,
+    pub journeys: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    pub fn new(test: &str) -> Topics {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = format!("t-{test}-{}-{nanos}", std::process::id());
+        Topics {
+            storefront: format!("{p}.storefront"),
+            backoffice: format!("{p}.backoffice"),
+            profile: format!("{p}.profile"),
+            audience: format!("{p}.audience"),
+            journeys: format!("{p}.journeys"),
+            dead_letter: format!("{p}.deadletter"),
+        }
+    }
+
+    pub fn all(&self) -> [&String; 6] {
+        [
+            &self.storefront,
+            &self.backoffice,
+            &self.profile,
+            &self.audience,
+            &self.journeys,
+            &self.dead_letter,
+        ]
+    }
+
+    pub fn create(&self, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin client");
+        let topics: Vec<_> = self
+            .all()
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let results = rt
+            .block_on(admin.create_topics(
+                &topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ))
+            .expect("create topics");
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+        }
+    }
+}
+
+pub fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces and waits for delivery (messages of one key keep their order).
+pub fn produce_all(producer: &BaseProducer, msgs: &[(&str, &str, Vec<u8>)]) {
+    for (topic, key, payload) in msgs {
+        let mut rec = BaseRecord::to(topic).key(*key).payload(payload);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Produces one message to an explicit partition (for ordering tests on one partition).
+pub fn produce_to(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) {
+    let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .payload(payload);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    producer.send(rec).map_err(|(e, _)| e).expect("send");
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Reads a topic from the beginning until `expected` messages arrived or `timeout` passed.
+pub fn read_topic(
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// Reads a topic until it has been quiet for `quiet` (to prove nothing more arrives).
+pub fn read_topic_until_quiet(topic: &str, partitions: i32, quiet: Duration) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    let h = m.headers()?;
+    (0..h.count())
+        .map(|i| h.get(i))
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `tailor` binary running as a child process with its own config, state and log.
+pub struct Worker {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tailor")
+}
+
+/// Writes a worker config into `dir` (state under `dir/state`).
+pub fn write_config(
+    dir: &Path,
+    topics: &Topics,
+    segments: &Path,
+    batch: usize,
+    http_port: u16,
+) -> PathBuf {
+    let config = dir.join("tailor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+"bootstrap.servers" = "{brokers}"
+"topic.metadata.refresh.interval.ms" = "1000"
+# A killed worker's group membership must expire quickly for the restart tests.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+"max.poll.interval.ms" = "10000"
+[topics]
+storefront = "{sf}"
+backoffice = "{bo}"
+profile = "{pr}"
+audience_changes = "{au}"
+journey_triggers = "{jt}"
+dead_letter = "{dl}"
+[consumer]
+group_id = "{au}-group"
+[processing]
+batch_max_messages = {batch}
+batch_max_wait = "50ms"
+[state]
+path = "state"
+[segments]
+file = "{seg}"
+[http]
+listen = "127.0.0.1:{http_port}"
+[log]
+level = "info,librdkafka=warn"
+"#,
+            brokers = brokers(),
+            sf = topics.storefront,
+            bo = topics.backoffice,
+            pr = topics.profile,
+            au = topics.audience,
+            jt = topics.journeys,
+            dl = topics.dead_letter,
+            seg = segments.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+impl Worker {
+    pub fn start(dir: &Path, config: &Path, http_port: u16, run: usize) -> Worker {
+        let log = dir.join(format!("worker-{run}.log"));
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tailor");
+        let w = Worker {
+            child: Some(child),
+            dir: dir.to_owned(),
+            config: config.to_owned(),
+            http: format!("127.0.0.1:{http_port}"),
+            log,
+        };
+        w.wait_for(Duration::from_secs(60), "the worker to be ready", |w| {
+            w.get("/readyz").is_some_and(|(s, _)| s == 200)
+        });
+        w
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(&self.http).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// Sum of a metric's samples whose label set contains `label` (all samples if empty).
+    pub fn metric(&self, name: &str, label: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return -1.0;
+        };
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| label.is_empty() || l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn wait_for(&self, timeout: Duration, what: &str, ok: impl Fn(&Worker) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ok(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {what}; worker log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Waits until the state store holds the next offsets of `total` input messages.
+    pub fn wait_caught_up(&self, total: u64) {
+        self.wait_for(
+            Duration::from_secs(120),
+            &format!("{total} messages committed"),
+            |w| w.metric("tailor_stored_offset", "") as u64 >= total,
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the worker with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "worker exited with {status}; log:\n{}",
+                    self.log_text()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not stop; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the worker with SIGKILL: no shutdown code runs.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `tailor profile KEY` against a worker's state, as JSON (None if the profile does not exist).
+pub fn profile(config: &Path, key: &str) -> Option<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["profile", "--config"])
+        .arg(config)
+        .arg(key)
+        .output()
+        .unwrap();
+    match out.status.code() {
+        Some(0) => Some(serde_json::from_slice(&out.stdout).expect("profile JSON")),
+        Some(2) => None,
+        _ => panic!(
+            "tailor profile failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
