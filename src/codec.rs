@@ -57,6 +57,9 @@ impl Family {
 }
 
 /// A decoded input message, still in the platform's wire shape.
+// Built once per message and consumed at once, never stored: boxing the large variant would only
+// add an allocation per message on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputMessage {
     Storefront(StorefrontEvent),

@@ -1,7 +1,7 @@
 //! The `tailor` command line. The work is in the library; this only parses arguments, sets up
 //! logging and signals, and reports errors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +70,17 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+    /// Print the audience changes on the output topic, oldest first.
+    Changes {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Stop after this many changes.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Stop when nothing new arrives for this long.
+        #[arg(long, default_value = "3s")]
+        idle: humantime::Duration,
+    },
     /// Print a profile from the worker's state as JSON (read-only; the worker may be running).
     Profile {
         #[arg(long, value_name = "FILE")]
@@ -102,7 +113,7 @@ fn init_logging(format: &str, level: &str) {
     }
 }
 
-fn load_config(path: &PathBuf) -> anyhow::Result<tailor::config::Settings> {
+fn load_config(path: &Path) -> anyhow::Result<tailor::config::Settings> {
     Ok(Config::from_file(path)?.validate()?)
 }
 
@@ -232,6 +243,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             create_topics(&c, partitions, replication).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Changes {
+            config,
+            limit,
+            idle,
+        } => {
+            let c = Config::from_file(&config)?;
+            print_changes(&c, limit, idle.into())?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Profile { config, key } => {
             let c = Config::from_file(&config)?;
             let store = tailor::store::Store::open_read_only(&c.state.path)?;
@@ -250,6 +270,60 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
     }
+}
+
+fn print_changes(c: &Config, limit: usize, idle: Duration) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let mut cfg = kafka_config(c);
+    cfg.set("group.id", format!("tailor-changes-{}", std::process::id()))
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
+    let topic = &c.topics.audience_changes;
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("reading topic metadata")?;
+    let partitions = meta.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    if partitions == 0 {
+        bail!("topic {topic} does not exist");
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut seen = 0;
+    let mut last = Instant::now();
+    while seen < limit && last.elapsed() < idle {
+        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let msg = msg?;
+        last = Instant::now();
+        let Some(payload) = msg.payload() else {
+            continue;
+        };
+        match tailor::codec::decode::audience_change(payload) {
+            Ok(ch) => {
+                println!(
+                    "{:<7} {:<22} profile={:<12} at={} cause={} id={}",
+                    ch.direction.as_str(),
+                    ch.segment_id,
+                    ch.profile_key,
+                    ch.event_time,
+                    ch.cause.event_type.as_deref().unwrap_or(&ch.cause.kind),
+                    ch.id
+                );
+                seen += 1;
+            }
+            Err(e) => println!(
+                "(undecodable record at {}:{}: {e})",
+                msg.partition(),
+                msg.offset()
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn kafka_config(c: &Config) -> ClientConfig {
@@ -297,12 +371,12 @@ async fn create_topics(c: &Config, partitions: i32, replication: i32) -> anyhow:
 async fn replay(
     c: &Config,
     dataset: Dataset,
-    file: &PathBuf,
+    file: &Path,
     limit: Option<u64>,
     rate: Option<u64>,
 ) -> anyhow::Result<()> {
     use tailor::codec::Family;
-    use tailor::replay::{Rees46Reader, UciReader};
+    use tailor::replay::{Rees46Reader, ReplayReader, UciReader};
 
     let mut cfg = kafka_config(c);
     cfg.set("enable.idempotence", "true")
@@ -310,32 +384,11 @@ async fn replay(
         .set("compression.type", "lz4");
     cfg.set("queue.buffering.max.messages", "500000");
     let producer: FutureProducer = cfg.create().context("creating the Kafka producer")?;
-    let (events, skipped): (
-        Box<dyn Iterator<Item = tailor::replay::Produced>>,
-        Box<dyn Fn() -> tailor::replay::Skipped>,
-    );
-    match dataset {
-        Dataset::UciOnlineRetail => {
-            let r = Arc::new(std::sync::Mutex::new(
-                UciReader::open(file).with_context(|| format!("opening {}", file.display()))?,
-            ));
-            let r2 = r.clone();
-            events = Box::new(std::iter::from_fn(move || {
-                r.lock().expect("not poisoned").next()
-            }));
-            skipped = Box::new(move || r2.lock().expect("not poisoned").skipped.clone());
-        }
-        Dataset::Rees46 => {
-            let r = Arc::new(std::sync::Mutex::new(
-                Rees46Reader::open(file).with_context(|| format!("opening {}", file.display()))?,
-            ));
-            let r2 = r.clone();
-            events = Box::new(std::iter::from_fn(move || {
-                r.lock().expect("not poisoned").next()
-            }));
-            skipped = Box::new(move || r2.lock().expect("not poisoned").skipped.clone());
-        }
-    }
+    let opened = match dataset {
+        Dataset::UciOnlineRetail => UciReader::open(file).map(ReplayReader::Uci),
+        Dataset::Rees46 => Rees46Reader::open(file).map(ReplayReader::Rees46),
+    };
+    let mut reader = opened.with_context(|| format!("opening {}", file.display()))?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -348,7 +401,7 @@ async fn replay(
     let mut by_type: std::collections::BTreeMap<&str, u64> = Default::default();
     let mut n = 0u64;
     let mut failed = 0u64;
-    for ev in events {
+    for ev in reader.by_ref() {
         if limit.is_some_and(|l| n >= l) {
             break;
         }
@@ -408,7 +461,7 @@ async fn replay(
         .flush(Duration::from_secs(30))
         .context("flushing the producer")?;
     bar.finish_and_clear();
-    let s = skipped();
+    let s = reader.skipped().clone();
     let secs = started.elapsed().as_secs_f64();
     let types: Vec<String> = by_type.iter().map(|(t, n)| format!("{t}={n}")).collect();
     println!(

@@ -268,9 +268,11 @@ fn rees_product(rec: &csv::StringRecord, price: f64) -> wire::ProductContext {
         product_id: f(2).parse().ok(),
         sku: f(2).to_owned(),
         manufacturer: (!f(5).is_empty()).then(|| f(5).to_owned()),
-        categories: (!category.is_empty())
-            .then(|| vec![category.to_owned()])
-            .unwrap_or_default(),
+        categories: if category.is_empty() {
+            Vec::new()
+        } else {
+            vec![category.to_owned()]
+        },
         pricing: Some(wire::Pricing {
             regular_price: Some(price),
             currency_code: Some("USD".into()),
@@ -437,6 +439,32 @@ impl<R: Read> Iterator for Rees46Reader<R> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Either data set's reader, for callers that pick one at run time.
+pub enum ReplayReader {
+    Uci(UciReader<Box<dyn BufRead>>),
+    Rees46(Rees46Reader<Box<dyn BufRead>>),
+}
+
+impl ReplayReader {
+    pub fn skipped(&self) -> &Skipped {
+        match self {
+            ReplayReader::Uci(r) => &r.skipped,
+            ReplayReader::Rees46(r) => &r.skipped,
+        }
+    }
+}
+
+impl Iterator for ReplayReader {
+    type Item = Produced;
+
+    fn next(&mut self) -> Option<Produced> {
+        match self {
+            ReplayReader::Uci(r) => r.next(),
+            ReplayReader::Rees46(r) => r.next(),
         }
     }
 }

@@ -274,9 +274,11 @@ mod tests {
     #[test]
     fn commit_is_read_back_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = Profile::default();
-        p.events_total = 3;
-        p.counters.push((EventType::PageView, Default::default()));
+        let p = Profile {
+            events_total: 3,
+            counters: vec![(EventType::PageView, Default::default())],
+            ..Default::default()
+        };
         {
             let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
             s.commit(&Commit {

@@ -145,7 +145,13 @@ impl ConsumerContext for KafkaContext {
                 for (topic, partition) in &parts {
                     // RocksDB holds the truth: resume exactly after the last committed batch.
                     let offset = match self.store.next_offset(topic, *partition) {
-                        Ok(Some(next)) => Offset::Offset(next),
+                        Ok(Some(next)) => {
+                            self.metrics
+                                .stored_offset
+                                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                                .set(next);
+                            Offset::Offset(next)
+                        }
                         Ok(None) => self.start_from,
                         Err(e) => {
                             error!(topic, partition, error = %e, "cannot read the stored offset; starting from the configured position");
@@ -497,16 +503,16 @@ impl Worker {
         Ok(())
     }
 
-    /// Drops everything uncommitted of revoked partitions.
-    fn revoke(&mut self, parts: &[(String, i32)]) {
-        let gone: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
-        self.batch
-            .offsets
-            .retain(|(t, p), _| !parts.iter().any(|(rt, rp)| rt == t && rp == p));
-        // Profiles are keyed by partition number across the co-partitioned topics: a partition's
-        // profiles go only when none of its topics is still assigned to us.
-        let still: Vec<i32> = self.batch.offsets.keys().map(|(_, p)| *p).collect();
-        let drop: Vec<i32> = gone.into_iter().filter(|p| !still.contains(p)).collect();
+    /// Drops everything uncommitted of revoked partitions. Profiles are keyed by partition number
+    /// across the co-partitioned input topics, so a partition's profiles go only when none of its
+    /// topics is still assigned here.
+    fn revoke(&mut self, revoked: &[(String, i32)], still_assigned: &[(String, i32)]) {
+        self.batch.offsets.retain(|k, _| !revoked.contains(k));
+        let drop: Vec<i32> = revoked
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| !still_assigned.iter().any(|(_, q)| q == p))
+            .collect();
         let keys: Vec<_> = self
             .cache
             .iter()
@@ -754,7 +760,7 @@ pub async fn run(
                                 Rebalance::Assigned(p) => assigned.extend(p),
                                 Rebalance::Revoked(p) => {
                                     assigned.retain(|x| !p.contains(x));
-                                    w.revoke(&p);
+                                    w.revoke(&p, &assigned);
                                 }
                             }
                         }
@@ -778,7 +784,7 @@ pub async fn run(
                     Rebalance::Assigned(p) => assigned.extend(p),
                     Rebalance::Revoked(p) => {
                         assigned.retain(|x| !p.contains(x));
-                        w.revoke(&p);
+                        w.revoke(&p, &assigned);
                     }
                 }
             }

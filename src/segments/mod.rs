@@ -380,6 +380,51 @@ fn segment_refs(e: &expr::Expr, out: &mut Vec<(String, usize)>) {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Visit {
+    New,
+    Visiting,
+    Done,
+}
+
+/// Depth-first topological sort of segments by their `in_segment` references.
+struct Topo<'a> {
+    defs: &'a [Def],
+    refs: &'a [Vec<(String, usize)>],
+    seen: &'a HashMap<&'a str, usize>,
+    state: Vec<Visit>,
+    order: Vec<usize>,
+    src: &'a str,
+}
+
+impl Topo<'_> {
+    fn visit(&mut self, i: usize, errors: &mut Vec<DefinitionError>) {
+        if self.state[i] != Visit::New {
+            return;
+        }
+        self.state[i] = Visit::Visiting;
+        for (id, off) in &self.refs[i] {
+            match self.seen.get(id.as_str()) {
+                None => {} // reported by the compiler, with its position
+                Some(&j) if self.state[j] == Visit::Visiting => {
+                    let (line, col) = rule_position(self.src, &self.defs[i], *off);
+                    errors.push(DefinitionError {
+                        line,
+                        col,
+                        message: format!(
+                            "segment '{}' depends on itself through '{id}'",
+                            self.defs[i].id
+                        ),
+                    });
+                }
+                Some(&j) => self.visit(j, errors),
+            }
+        }
+        self.state[i] = Visit::Done;
+        self.order.push(i);
+    }
+}
+
 struct OrderScope<'a> {
     index: &'a HashMap<String, usize>,
 }
@@ -424,45 +469,18 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
             v
         })
         .collect();
-    let mut state = vec![0u8; defs.len()]; // 0 new, 1 visiting, 2 done
-    let mut order = Vec::with_capacity(defs.len());
-    fn visit(
-        i: usize,
-        defs: &[Def],
-        refs: &[Vec<(String, usize)>],
-        seen: &HashMap<&str, usize>,
-        state: &mut [u8],
-        order: &mut Vec<usize>,
-        errors: &mut Vec<DefinitionError>,
-        src: &str,
-    ) {
-        if state[i] != 0 {
-            return;
-        }
-        state[i] = 1;
-        for (id, off) in &refs[i] {
-            match seen.get(id.as_str()) {
-                None => {} // reported by the compiler below, with its position
-                Some(&j) if state[j] == 1 => {
-                    let (line, col) = rule_position(src, &defs[i], *off);
-                    errors.push(DefinitionError {
-                        line,
-                        col,
-                        message: format!(
-                            "segment '{}' depends on itself through '{id}'",
-                            defs[i].id
-                        ),
-                    });
-                }
-                Some(&j) => visit(j, defs, refs, seen, state, order, errors, src),
-            }
-        }
-        state[i] = 2;
-        order.push(i);
-    }
+    let mut topo = Topo {
+        defs: &defs,
+        refs: &refs,
+        seen: &seen,
+        state: vec![Visit::New; defs.len()],
+        order: Vec::with_capacity(defs.len()),
+        src,
+    };
     for i in 0..defs.len() {
-        visit(i, &defs, &refs, &seen, &mut state, &mut order, errors, src);
+        topo.visit(i, errors);
     }
+    let order = topo.order;
     let index: HashMap<String, usize> = order
         .iter()
         .enumerate()

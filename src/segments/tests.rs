@@ -158,3 +158,20 @@ fn the_shipped_example_file_compiles_with_at_least_eight_segments() {
     let set = SegmentSet::parse(include_str!("../../examples/segments.yaml")).unwrap();
     assert!(set.len() >= 8);
 }
+
+#[test]
+fn the_readme_documents_every_attribute_and_function() {
+    let readme = include_str!("../../README.md");
+    for (name, ..) in ATTRIBUTES {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README misses attribute {name}"
+        );
+    }
+    for (f, _) in FUNCTIONS {
+        assert!(
+            readme.contains(&format!("| `{f}` |")),
+            "README misses function {f}"
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! End-to-end benchmark: the real `tailor` binary against a real broker on a pre-filled topic.
+//!
+//! `scripts/bench-e2e.sh` starts a broker and runs this with `cargo bench --bench e2e`. It fills
+//! the three input topics with events made from the shipped real samples (REES46 clicks, UCI
+//! orders), spread over `TAILOR_BENCH_PROFILES` shopper keys, then starts the worker with the
+//! default configuration and measures how fast it commits them all, and its peak memory (VmHWM).
+//! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use tailor::codec::Family;
+use tailor::replay::{Produced, Rees46Reader, UciReader};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return -1.0;
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("e2e benchmark: run scripts/bench-e2e.sh (cargo bench --bench e2e)");
+        return;
+    }
+    let brokers = std::env::var("TAILOR_BENCH_BROKERS")
+        .expect("TAILOR_BENCH_BROKERS: run scripts/bench-e2e.sh");
+    let total = env("TAILOR_BENCH_EVENTS", 1_000_000);
+    let profiles = env("TAILOR_BENCH_PROFILES", 1_000_000);
+    let partitions = env("TAILOR_BENCH_PARTITIONS", 4) as i32;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut base: Vec<Produced> =
+        Rees46Reader::open(&root.join("samples/rees46-2019oct-sample.csv"))
+            .unwrap()
+            .collect();
+    base.extend(UciReader::open(&root.join("samples/uci-online-retail-sample.csv")).unwrap());
+
+    let prefix = format!("bench-{}", std::process::id());
+    let topic = |f: &str| format!("{prefix}.{f}");
+    let names = [
+        "storefront",
+        "backoffice",
+        "profile",
+        "audience",
+        "journeys",
+        "deadletter",
+    ]
+    .map(topic);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let new: Vec<_> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "50")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    for i in 0..total {
+        let e = &base[(i as usize) % base.len()];
+        let key = format!("shopper-{}", (i * 7919) % profiles);
+        let t = match e.family {
+            Family::Storefront => &names[0],
+            Family::Backoffice => &names[1],
+            Family::Profile => &names[2],
+        };
+        let mut rec = BaseRecord::to(t).key(&key).payload(&e.payload);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    let fill = started.elapsed().as_secs_f64();
+    println!("pre-filled {total} events over {profiles} shopper keys, {partitions} partitions, in {fill:.1}s");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("tailor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
+            names[0], names[1], names[2], names[3], names[4], names[5],
+            root.join("examples/segments.yaml").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Time from the first committed batch (after the group join) to the last.
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut done = 0.0;
+    while Instant::now() < deadline {
+        done = metric(port, "tailor_stored_offset{");
+        if first.is_none() && done > 0.0 {
+            first = Some((Instant::now(), done));
+        }
+        if done >= total as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let end = Instant::now();
+    let changes = metric(port, "tailor_audience_changes_total{");
+    let rss = peak_rss_mib(pid);
+    let (t0, n0) = first.expect("the worker committed nothing");
+    let secs = end.duration_since(t0).as_secs_f64();
+    println!(
+        "worker: {:.0} events committed in {secs:.1}s = {:.0} events/s; {changes:.0} audience changes; peak RSS {rss:.0} MiB",
+        done - n0,
+        (done - n0) / secs
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = child.wait();
+    for r in rt
+        .block_on(admin.delete_topics(
+            &names.iter().map(String::as_str).collect::<Vec<_>>(),
+            &AdminOptions::new(),
+        ))
+        .unwrap()
+    {
+        let _ = r;
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests of the core and integration tests against a real Kafka-compatible
+# broker (started here on a loopback port of its own, stopped at the end).
+#
+#   scripts/test.sh [extra cargo test args]
+#
+# Installs what it needs (the C toolchain's libclang for RocksDB's bindings, the broker).
+# Builds go to $CARGO_TARGET_DIR (default ~/.cache/tailor/target) so repeated runs and CI reuse them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_build_deps
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TAILOR_CACHE/target}"
+PORT="${TAILOR_TEST_BROKER_PORT:-19092}"
+
+scripts/broker.sh start "$PORT"
+trap 'scripts/broker.sh stop "$PORT" >/dev/null' EXIT
+export TAILOR_TEST_BROKERS="127.0.0.1:$PORT"
+
+echo "== cargo test (broker at $TAILOR_TEST_BROKERS)"
+cargo test --all-targets "$@"
