@@ -38,6 +38,8 @@ sed -e "s|\"bootstrap.servers\" = .*|\"bootstrap.servers\" = \"127.0.0.1:$PORT\"
     -e "s|^listen = .*|listen = \"127.0.0.1:$HTTP_PORT\"|" \
     -e "s|^sync_writes = .*|sync_writes = true|" \
     examples/tailor.toml > "$WORK/tailor.toml"
+# A local single-worker setup: short group timeouts make the first join quick.
+sed -i 's|^\[kafka\]$|[kafka]\n"session.timeout.ms" = "6000"\n"heartbeat.interval.ms" = "1000"|' "$WORK/tailor.toml"
 "$TAILOR" check --config "$WORK/tailor.toml"
 
 step "Creating topics"
@@ -71,10 +73,10 @@ step "Events applied, by type (tailor_events_total)"
 curl -fs "http://127.0.0.1:$HTTP_PORT/metrics" | awk -F'[{}"=, ]+' '/^tailor_events_total\{/ {printf "  %-12s %-20s %s\n", $3, $5, $6}'
 
 step "The first audience changes on audience.changes"
-"$TAILOR" changes --config "$WORK/tailor.toml" --limit 15
+"$TAILOR" changes --config "$WORK/tailor.toml" --limit 15 | tee "$WORK/changes.txt"
 
-CUSTOMER=$(awk -F, 'NR>1 && $7!="" {sub(/\.0$/,"",$7); print $7; exit}' samples/uci-online-retail-sample.csv)
-step "The profile of customer $CUSTOMER (tailor profile)"
+CUSTOMER=$(sed -n 's/.*profile=\([^ ]*\).*/\1/p' "$WORK/changes.txt" | head -1)
+step "The profile of shopper $CUSTOMER (tailor profile)"
 "$TAILOR" profile --config "$WORK/tailor.toml" "$CUSTOMER" | head -40
 
 step "Shutting down cleanly"

@@ -310,7 +310,7 @@ fn print_changes(c: &Config, limit: usize, idle: Duration) -> anyhow::Result<()>
                     ch.direction.as_str(),
                     ch.segment_id,
                     ch.profile_key,
-                    ch.event_time,
+                    tailor::replay::format_time(ch.event_time),
                     ch.cause.event_type.as_deref().unwrap_or(&ch.cause.kind),
                     ch.id
                 );

@@ -60,6 +60,28 @@ pub fn parse_time(s: &str) -> Option<i64> {
     Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000)
 }
 
+/// Formats UTC milliseconds as `YYYY-MM-DDTHH:MM:SSZ` (inverse of [`parse_time`]).
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// `17850.0` → `17850`; empty or non-numeric → None.
 fn customer_id(raw: &str) -> Option<String> {
     let raw = raw.trim();
@@ -484,6 +506,10 @@ mod tests {
         );
         assert_eq!(parse_time("2011-13-01 00:00"), None);
         assert_eq!(parse_time("garbage"), None);
+        for t in [0, 1_291_191_960_000, 1_569_888_001_000, 951_782_400_000] {
+            assert_eq!(parse_time(&format_time(t)), Some(t));
+        }
+        assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 
     const UCI: &str = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country

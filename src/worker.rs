@@ -214,8 +214,10 @@ struct Slot {
 #[derive(Default)]
 struct Batch {
     messages: usize,
-    /// (topic, partition) → next offset.
-    offsets: HashMap<(String, i32), i64>,
+    /// (topic, partition) → next offset; a handful of entries, scanned without allocating.
+    offsets: Vec<((String, i32), i64)>,
+    /// Profiles changed in this batch, in first-touch order.
+    dirty: Vec<(i32, String)>,
     deliveries: Vec<DeliveryFuture>,
     /// (partition, segment) → change in members.
     segment_deltas: HashMap<(i32, String), i64>,
@@ -277,6 +279,8 @@ struct Worker {
     outgoing: Vec<Outgoing>,
     changes: Vec<AudienceChange>,
     progress: Progress,
+    /// `tailor_events_total` per event type, resolved once (no label hashing per event).
+    event_counters: Vec<prometheus::IntCounter>,
     /// Wall clock at the start of the batch (validation of far-future event times only).
     wall: i64,
 }
@@ -296,9 +300,18 @@ impl Worker {
         ts: Option<i64>,
     ) {
         self.batch.messages += 1;
-        self.batch
+        match self
+            .batch
             .offsets
-            .insert((topic.to_owned(), partition), offset + 1);
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic)
+        {
+            Some((_, next)) => *next = offset + 1,
+            None => self
+                .batch
+                .offsets
+                .push(((topic.to_owned(), partition), offset + 1)),
+        }
         match self.accept(topic, key, payload.unwrap_or(&[])) {
             Ok((profile_key, ev)) => self.apply_event(topic, partition, offset, profile_key, ev),
             Err((code, detail)) => {
@@ -437,11 +450,11 @@ impl Worker {
             source,
             &mut self.changes,
         );
-        slot.dirty = true;
-        self.metrics
-            .events
-            .with_label_values(&[ev.kind.family().as_str(), ev.kind.name()])
-            .inc();
+        if !slot.dirty {
+            slot.dirty = true;
+            self.batch.dirty.push(cache_key);
+        }
+        self.event_counters[ev.kind.index()].inc();
         self.progress.events += 1;
         for change in self.changes.drain(..) {
             let delta = if change.direction == crate::wire::Direction::Entered {
@@ -503,29 +516,77 @@ impl Worker {
         Ok(())
     }
 
-    /// Drops everything uncommitted of revoked partitions. Profiles are keyed by partition number
-    /// across the co-partitioned input topics, so a partition's profiles go only when none of its
-    /// topics is still assigned here.
-    fn revoke(&mut self, revoked: &[(String, i32)], still_assigned: &[(String, i32)]) {
-        self.batch.offsets.retain(|k, _| !revoked.contains(k));
-        let drop: Vec<i32> = revoked
-            .iter()
-            .map(|(_, p)| *p)
-            .filter(|p| !still_assigned.iter().any(|(_, q)| q == p))
-            .collect();
-        let keys: Vec<_> = self
+    /// A rebalance revoked partitions: roll the whole open batch back. Its profiles may mix
+    /// effects of revoked and kept partitions (profiles are keyed by partition *number* across the
+    /// co-partitioned topics), so committing part of it could apply a message twice later. Kept
+    /// partitions are sought back to their stored offsets and their messages applied again (with
+    /// the same output ids); profiles of partitions no longer assigned at all leave the cache.
+    fn rollback(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        still_assigned: &[(String, i32)],
+        start_from: Offset,
+    ) -> anyhow::Result<Vec<(String, i32)>> {
+        for key in self.batch.dirty.drain(..) {
+            self.cache.pop(&key);
+        }
+        self.batch.spilled.clear();
+        self.batch.segment_deltas.clear();
+        self.batch.deliveries.clear();
+        self.batch.messages = 0;
+        self.batch.started = None;
+        let mut sought = Vec::new();
+        for ((topic, partition), _) in self.batch.offsets.drain(..) {
+            if still_assigned
+                .iter()
+                .any(|(t, p)| *t == topic && *p == partition)
+            {
+                let to = self
+                    .store
+                    .next_offset(&topic, partition)?
+                    .map_or(start_from, Offset::Offset);
+                consumer
+                    .seek(&topic, partition, to, Duration::from_secs(10))
+                    .with_context(|| {
+                        format!("seeking {topic}/{partition} back to {to:?} after a rebalance")
+                    })?;
+                sought.push((topic, partition));
+            }
+        }
+        let gone: Vec<(i32, String)> = self
             .cache
             .iter()
-            .filter(|((p, _), _)| drop.contains(p))
+            .filter(|((p, _), _)| !still_assigned.iter().any(|(_, q)| q == p))
             .map(|(k, _)| k.clone())
             .collect();
-        for k in keys {
+        for k in gone {
             self.cache.pop(&k);
         }
-        self.batch.spilled.retain(|(p, _), _| !drop.contains(p));
-        self.batch
-            .segment_deltas
-            .retain(|(p, _), _| !drop.contains(p));
+        Ok(sought)
+    }
+
+    /// Applies the assignments and revocations the rebalance callback recorded. Returns the
+    /// partitions sought back to their stored offsets.
+    fn apply_rebalances(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        assigned: &mut Vec<(String, i32)>,
+    ) -> anyhow::Result<Vec<(String, i32)>> {
+        let events =
+            std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned"));
+        let mut sought = Vec::new();
+        for ev in events {
+            match ev {
+                Rebalance::Assigned(p) => assigned.extend(p),
+                Rebalance::Revoked(p) => {
+                    assigned.retain(|x| !p.contains(x));
+                    let start_from = consumer.context().start_from;
+                    sought.extend(self.rollback(consumer, assigned, start_from)?);
+                }
+            }
+        }
+        self.metrics.assigned_partitions.set(assigned.len() as i64);
+        Ok(sought)
     }
 
     /// Waits for the batch's outputs, then commits its state and offsets atomically.
@@ -546,11 +607,12 @@ impl Worker {
 
         let t_commit = Instant::now();
         let mut commit = Commit::default();
-        for ((partition, key), slot) in self.cache.iter_mut() {
-            if slot.dirty {
+        for key in self.batch.dirty.drain(..) {
+            // A dirty profile pushed out of the cache is in `spilled` instead.
+            if let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) {
                 commit
                     .profiles
-                    .push((*partition, key.clone(), profile::encode(&slot.profile)));
+                    .push((key.0, key.1, profile::encode(&slot.profile)));
                 slot.dirty = false;
             }
         }
@@ -560,8 +622,8 @@ impl Worker {
         commit.offsets = self
             .batch
             .offsets
-            .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .drain(..)
+            .map(|((t, p), o)| (t, p, o))
             .collect();
         commit.segment_deltas = self
             .batch
@@ -603,7 +665,6 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.profiles_cached.set(self.cache.len() as i64);
         self.batch.messages = 0;
-        self.batch.offsets.clear();
         Ok(())
     }
 
@@ -733,6 +794,14 @@ pub async fn run(
         outgoing: Vec::new(),
         changes: Vec::new(),
         progress: Progress::default(),
+        event_counters: crate::event::EventType::ALL
+            .iter()
+            .map(|t| {
+                metrics
+                    .events
+                    .with_label_values(&[t.family().as_str(), t.name()])
+            })
+            .collect(),
         wall: now_ms(),
     };
     let max_messages = c.processing.batch_max_messages;
@@ -755,17 +824,12 @@ pub async fn run(
                             Ok(Err(e)) => { warn!(error = %e, "consumer error"); continue; }
                             Ok(Ok(m)) => m,
                         };
-                        for ev in std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned")) {
-                            match ev {
-                                Rebalance::Assigned(p) => assigned.extend(p),
-                                Rebalance::Revoked(p) => {
-                                    assigned.retain(|x| !p.contains(x));
-                                    w.revoke(&p, &assigned);
-                                }
-                            }
-                        }
+                        let sought = w.apply_rebalances(&consumer, &mut assigned)?;
                         health.ready.store(!assigned.is_empty(), Ordering::Relaxed);
-                        metrics.assigned_partitions.set(assigned.len() as i64);
+                        // A partition just sought back delivers this message again.
+                        if sought.iter().any(|(t, p)| t == msg.topic() && *p == msg.partition()) {
+                            continue;
+                        }
                         if w.batch.started.is_none() {
                             w.batch.started = Some(Instant::now());
                         }
@@ -779,17 +843,8 @@ pub async fn run(
                 }
             }
             // Rebalances can also arrive while no message does.
-            for ev in std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned")) {
-                match ev {
-                    Rebalance::Assigned(p) => assigned.extend(p),
-                    Rebalance::Revoked(p) => {
-                        assigned.retain(|x| !p.contains(x));
-                        w.revoke(&p, &assigned);
-                    }
-                }
-            }
+            w.apply_rebalances(&consumer, &mut assigned)?;
             health.ready.store(!assigned.is_empty() && !stopping, Ordering::Relaxed);
-            metrics.assigned_partitions.set(assigned.len() as i64);
             if w.batch.messages > 0 {
                 w.flush(&consumer).await?;
             }
