@@ -77,7 +77,7 @@ step "The first audience changes on audience.changes"
 
 CUSTOMER=$(sed -n 's/.*profile=\([^ ]*\).*/\1/p' "$WORK/changes.txt" | head -1)
 step "The profile of shopper $CUSTOMER (tailor profile)"
-"$TAILOR" profile --config "$WORK/tailor.toml" "$CUSTOMER" | head -40
+"$TAILOR" profile --config "$WORK/tailor.toml" "$CUSTOMER"
 
 step "Shutting down cleanly"
 kill -TERM "$WORKER_PID"

@@ -98,6 +98,11 @@ impl Line {
     }
 }
 
+/// Sum of money amounts. (`Iterator::sum` of no floats is -0.0, which would show in outputs.)
+pub fn total(amounts: impl IntoIterator<Item = f64>) -> f64 {
+    amounts.into_iter().fold(0.0, |a, b| a + b)
+}
+
 /// Profile attributes carried by profile events and account contexts. Personal data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Attributes {
@@ -346,7 +351,7 @@ impl Event {
                         ev.lines = vec![product_line(p)?];
                     }
                 }
-                ev.value = ev.lines.iter().map(Line::total).sum();
+                ev.value = total(ev.lines.iter().map(Line::total));
             }
             EventType::CompleteCheckout => {
                 let order = e.order_context.ok_or(InvalidEvent::MissingField(
@@ -357,7 +362,7 @@ impl Event {
                     finite(order.grand_total, "orderContext.grandTotal")?.unwrap_or_else(|| {
                         ev.cart
                             .as_ref()
-                            .map(|c| c.lines.iter().map(Line::total).sum())
+                            .map(|c| total(c.lines.iter().map(Line::total)))
                             .unwrap_or(0.0)
                     });
                 ev.order_id = non_empty(Some(order.order_id));
@@ -430,10 +435,10 @@ impl Event {
                 "order.purchaseID",
             ));
         }
-        let lines_total: f64 = ev.lines.iter().map(Line::total).sum();
+        let lines_total = total(ev.lines.iter().map(Line::total));
         ev.value = match kind {
             EventType::OrderLineItemRefunded => {
-                let refunds: f64 = order.refunds.iter().filter_map(|r| r.refund_amount).sum();
+                let refunds = total(order.refunds.iter().filter_map(|r| r.refund_amount));
                 finite(order.refund_total, "order.refundTotal")?.unwrap_or(if refunds != 0.0 {
                     refunds
                 } else {

@@ -36,11 +36,11 @@ pub struct CartState {
 
 impl CartState {
     pub fn value(&self) -> f64 {
-        self.lines.iter().map(Line::total).sum()
+        crate::event::total(self.lines.iter().map(Line::total))
     }
 
     pub fn quantity(&self) -> f64 {
-        self.lines.iter().map(|l| l.quantity).sum()
+        crate::event::total(self.lines.iter().map(|l| l.quantity))
     }
 }
 
@@ -388,6 +388,10 @@ mod tests {
         done.order_id = Some("o1".into());
         p.apply(&done);
         assert!(p.cart.lines.is_empty());
+        assert!(
+            p.cart.value().is_sign_positive(),
+            "an empty cart is worth 0, not -0"
+        );
         assert_eq!(p.orders.count, 1);
     }
 

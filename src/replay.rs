@@ -177,7 +177,7 @@ impl<R: Read> UciReader<R> {
                 ..Default::default()
             })
             .collect();
-        let total: f64 = items.iter().filter_map(|i| i.price_total).sum();
+        let total = crate::event::total(items.iter().filter_map(|i| i.price_total));
         let event_type = if cancelled {
             "orderCancelled"
         } else {
@@ -342,10 +342,11 @@ impl<R: Read> Rees46Reader<R> {
         for k in keys {
             let items = self.purchases.remove(&k).expect("listed");
             let (session, user, t) = k;
-            let total: f64 = items
-                .iter()
-                .map(|i| i.prices.as_ref().map_or(0.0, |p| p.price.value) * i.quantity)
-                .sum();
+            let total = crate::event::total(
+                items
+                    .iter()
+                    .map(|i| i.prices.as_ref().map_or(0.0, |p| p.price.value) * i.quantity),
+            );
             let ev = wire::StorefrontEvent {
                 event_id: format!("rees46-{session}-{t}-purchase"),
                 event_type: "completeCheckout".into(),

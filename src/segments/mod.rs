@@ -325,14 +325,16 @@ fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
 
 /// Maps a byte offset in a rule to its line and column in the file.
 fn rule_position(src: &str, d: &Def, offset: usize) -> (usize, usize) {
-    let before = &d.rule[..offset.min(d.rule.len())];
+    // "End of rule" errors point just after the last non-blank character.
+    let before = &d.rule[..offset.min(d.rule.trim_end().len())];
     let newlines = before.matches('\n').count();
     let col_in_line = before.rsplit('\n').next().map_or(0, |s| s.chars().count());
     match d.rule_style {
         TScalarStyle::Literal | TScalarStyle::Folded => {
-            // Block scalar: the parser marks its first content line; columns follow that
-            // line's indentation.
-            let line = d.rule_mark.line() + newlines;
+            // Block scalar: the parser marks its first non-blank content line; columns follow
+            // that line's indentation.
+            let leading_blank = d.rule.len() - d.rule.trim_start_matches('\n').len();
+            let line = d.rule_mark.line() + newlines.saturating_sub(leading_blank);
             let indent = src
                 .lines()
                 .nth(line - 1)

@@ -175,3 +175,87 @@ fn the_readme_documents_every_attribute_and_function() {
         );
     }
 }
+
+/// Random rules from a soup of the language's tokens and stray characters: parsing never panics,
+/// and every error points inside the file.
+#[test]
+fn random_rules_never_panic_and_errors_point_inside_the_file() {
+    const TOKENS: &[&str] = &[
+        "orders.count",
+        "cart.value",
+        "loyalty.tier",
+        "count(",
+        "sum(",
+        "in_segment(",
+        "exists(",
+        "addToCart",
+        ",",
+        "24h",
+        "90d",
+        "91d",
+        "0m",
+        "(",
+        ")",
+        "[",
+        "]",
+        "and",
+        "or",
+        "not",
+        "in",
+        "==",
+        "!=",
+        "<",
+        ">=",
+        "+",
+        "-",
+        "*",
+        "/",
+        "1",
+        "2.5",
+        "\"gold\"",
+        "'x",
+        "\"s\"",
+        "true",
+        ".",
+        "=",
+        "&",
+        "é",
+        "#c",
+        "\n",
+        "  ",
+    ];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let n = 1 + next() % 12;
+        let rule: String = (0..n)
+            .map(|_| TOKENS[(next() % TOKENS.len() as u64) as usize])
+            .collect::<Vec<_>>()
+            .join(" ");
+        let quoted = rule
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let src = format!(
+            "segments:\n  - id: s\n    rule: \"{quoted}\"\n  - id: t\n    rule: |\n      {}\n",
+            rule.replace('\n', "\n      ")
+        );
+        if let Err(errs) = SegmentSet::parse(&src) {
+            let lines = src.lines().count();
+            for e in errs.0 {
+                assert!(e.line >= 1 && e.line <= lines + 1, "{e} for {src:?}");
+                assert!(e.col >= 1, "{e} for {src:?}");
+            }
+        }
+    }
+    // Arbitrary bytes as the whole file.
+    for _ in 0..500 {
+        let bytes: Vec<u8> = (0..(next() % 64)).map(|_| (next() % 128) as u8).collect();
+        let _ = SegmentSet::parse(&String::from_utf8_lossy(&bytes));
+    }
+}
