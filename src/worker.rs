@@ -298,7 +298,7 @@ impl Worker {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         ts: Option<i64>,
-    ) {
+    ) -> anyhow::Result<()> {
         self.batch.messages += 1;
         match self
             .batch
@@ -313,7 +313,7 @@ impl Worker {
                 .push(((topic.to_owned(), partition), offset + 1)),
         }
         match self.accept(topic, key, payload.unwrap_or(&[])) {
-            Ok((profile_key, ev)) => self.apply_event(topic, partition, offset, profile_key, ev),
+            Ok((profile_key, ev)) => self.apply_event(topic, partition, offset, profile_key, ev)?,
             Err((code, detail)) => {
                 self.metrics.dead_letters.with_label_values(&[code]).inc();
                 self.progress.dead += 1;
@@ -366,6 +366,7 @@ impl Worker {
                 });
             }
         }
+        Ok(())
     }
 
     fn accept(
@@ -406,22 +407,26 @@ impl Worker {
         Ok((key, ev))
     }
 
-    fn apply_event(&mut self, topic: &str, partition: i32, offset: i64, key: String, ev: Event) {
+    /// Applies a valid event to its profile. A profile that cannot be read from the store is
+    /// fatal: starting it afresh would overwrite the shopper's history at the next commit.
+    fn apply_event(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: String,
+        ev: Event,
+    ) -> anyhow::Result<()> {
         let cache_key = (partition, key);
         if !self.cache.contains(&cache_key) {
             let loaded = match self.batch.spilled.remove(&cache_key) {
                 Some(p) => p,
                 None => {
                     self.metrics.state_reads.inc();
-                    match self.store.profile(partition, &cache_key.1) {
-                        Ok(p) => p.unwrap_or_default(),
-                        Err(e) => {
-                            // Unreadable state is our bug or disk damage, not the event's fault:
-                            // start the profile afresh rather than stop the partition.
-                            error!(partition, error = %e, "profile state unreadable; starting it afresh");
-                            Profile::default()
-                        }
-                    }
+                    self.store
+                        .profile(partition, &cache_key.1)
+                        .with_context(|| format!("reading a profile of partition {partition}"))?
+                        .unwrap_or_default()
                 }
             };
             if let Some((old_key, old)) = self.cache.push(
@@ -482,6 +487,7 @@ impl Worker {
                 timestamp: Some(change.event_time),
             });
         }
+        Ok(())
     }
 
     /// Hands queued outputs to the producer, waiting while its queue is full.
@@ -640,8 +646,7 @@ impl Worker {
             .with_label_values(&["commit"])
             .observe(t_commit.elapsed().as_secs_f64());
 
-        for (partition, segment, delta) in &commit.segment_deltas {
-            let _ = partition;
+        for (_, segment, delta) in &commit.segment_deltas {
             self.metrics
                 .segment_members
                 .with_label_values(&[segment])
@@ -833,7 +838,7 @@ pub async fn run(
                         if w.batch.started.is_none() {
                             w.batch.started = Some(Instant::now());
                         }
-                        w.apply(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload(), msg.timestamp().to_millis());
+                        w.apply(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload(), msg.timestamp().to_millis())?;
                         drop(msg);
                         w.send_outgoing().await?;
                         if w.batch.messages >= max_messages {
