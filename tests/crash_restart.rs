@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -18,8 +17,8 @@ const T0: i64 = 1_709_287_200_000;
 
 #[test]
 fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
-    let topics = Topics::new("crash");
-    topics.create(4);
+    let setup = Setup::new("crash", 4, 200);
+    let (topics, config) = (&setup.topics, &setup.config);
     let total = (SHOPPERS * PER_SHOPPER) as u64;
     let p = producer();
     let mut msgs = Vec::with_capacity(total as usize);
@@ -40,12 +39,7 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
         .collect();
     produce_all(&p, &refs);
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/segments.yaml");
-    let config = write_config(dir.path(), &topics, &seg, 200, port);
-
-    let mut first = Worker::start(dir.path(), &config, port, 1);
+    let mut first = setup.start(1);
     first.wait_for(Duration::from_secs(120), "some batches committed", |w| {
         w.metric("tailor_stored_offset", "") >= 3000.0
     });
@@ -56,7 +50,7 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
         "the kill must land mid-stream to test anything ({committed_before_kill} of {total} committed)"
     );
 
-    let mut second = Worker::start(dir.path(), &config, port, 2);
+    let mut second = setup.start(2);
     second.wait_caught_up(total);
     let applied_by_second = second.metric("tailor_events_total", "");
     assert!(
@@ -72,7 +66,7 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
 
     // Exactly once to state: every shopper's counters equal a single pass over its events.
     for s in (0..SHOPPERS).step_by(10) {
-        let prof = profile(&config, &format!("shopper-{s}")).expect("profile");
+        let prof = profile(config, &format!("shopper-{s}")).expect("profile");
         assert_eq!(prof["events_total"], PER_SHOPPER, "shopper-{s}");
         assert_eq!(
             prof["counts"]["productPageView"]["24h"], PER_SHOPPER,

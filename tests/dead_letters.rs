@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -16,13 +15,9 @@ const T0: i64 = 1_709_287_200_000;
 
 #[test]
 fn bad_messages_are_dead_lettered_and_the_partition_keeps_flowing() {
-    let topics = Topics::new("deadletter");
-    topics.create(1);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/segments.yaml");
-    let config = write_config(dir.path(), &topics, &seg, 100, port);
-    let mut worker = Worker::start(dir.path(), &config, port, 1);
+    let setup = Setup::new("deadletter", 1, 100);
+    let topics = &setup.topics;
+    let mut worker = setup.start(1);
 
     let add =
         |id: &str| encode::storefront(&samples::storefront("addToCart", id, T0, "e")).unwrap();

@@ -14,23 +14,14 @@ use common::*;
 fn replayed_orders_add_up_to_the_csv() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sample = root.join("samples/uci-online-retail-sample.csv");
-    let topics = Topics::new("replay");
-    topics.create(4);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        dir.path(),
-        &topics,
-        &root.join("examples/segments.yaml"),
-        1000,
-        port,
-    );
+    let setup = Setup::with_segments("replay", 4, 1000, "examples/segments.yaml");
+    let config = setup.config.as_path();
 
     let out = Command::new(bin())
         .args(["replay", "--dataset", "uci-online-retail", "--file"])
         .arg(&sample)
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
@@ -78,7 +69,7 @@ fn replayed_orders_add_up_to_the_csv() {
         .sum();
     assert_eq!(produced as usize, expected_events, "one event per invoice");
 
-    let mut worker = Worker::start(dir.path(), &config, port, 1);
+    let mut worker = setup.start(1);
     worker.wait_caught_up(produced);
     assert_eq!(
         worker.metric("tailor_dead_letters_total", ""),
@@ -90,7 +81,7 @@ fn replayed_orders_add_up_to_the_csv() {
     let customers: BTreeSet<&String> = invoices.keys().chain(cancellations.keys()).collect();
     assert_eq!(customers.len(), 60);
     for c in customers {
-        let prof = profile(&config, c).unwrap_or_else(|| panic!("no profile for customer {c}"));
+        let prof = profile(config, c).unwrap_or_else(|| panic!("no profile for customer {c}"));
         let orders = invoices.get(c).map_or(0, BTreeSet::len);
         assert_eq!(prof["orders"]["count"], orders, "customer {c}");
         let want = revenue.get(c).copied().unwrap_or(0.0);

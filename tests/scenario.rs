@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -18,13 +17,9 @@ const MIN: i64 = 60_000;
 
 #[test]
 fn a_shoppers_story_becomes_the_right_audience_changes() {
-    let topics = Topics::new("scenario");
-    topics.create(1);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/segments.yaml");
-    let config = write_config(dir.path(), &topics, &seg, 100, port);
-    let mut worker = Worker::start(dir.path(), &config, port, 1);
+    let setup = Setup::new("scenario", 1, 100);
+    let (topics, config) = (&setup.topics, &setup.config);
+    let mut worker = setup.start(1);
     let p = producer();
     let key = "c-100";
 
@@ -213,7 +208,7 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
     );
     worker.stop();
 
-    let prof = profile(&config, key).expect("profile exists");
+    let prof = profile(config, key).expect("profile exists");
     assert_eq!(
         prof["orders"]["count"], 2,
         "the same order from storefront and back office counts once"

@@ -129,13 +129,8 @@ pub fn produce_to(
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
-/// Reads a topic from the beginning until `expected` messages arrived or `timeout` passed.
-pub fn read_topic(
-    topic: &str,
-    partitions: i32,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+/// A consumer of every partition of `topic`, from the beginning, outside any group's commits.
+fn from_beginning(topic: &str, partitions: i32) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("reader-{topic}"))
@@ -148,6 +143,17 @@ pub fn read_topic(
             .unwrap();
     }
     consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+/// Reads a topic from the beginning until `expected` messages arrived or `timeout` passed.
+pub fn read_topic(
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer = from_beginning(topic, partitions);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < expected && Instant::now() < deadline {
@@ -160,18 +166,7 @@ pub fn read_topic(
 
 /// Reads a topic until it has been quiet for `quiet` (to prove nothing more arrives).
 pub fn read_topic_until_quiet(topic: &str, partitions: i32, quiet: Duration) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("reader-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = from_beginning(topic, partitions);
     let mut out = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < quiet {
@@ -385,6 +380,41 @@ impl Drop for Worker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A test's own topics, state directory and config (with the test segments), ready to start.
+pub struct Setup {
+    pub topics: Topics,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+}
+
+impl Setup {
+    pub fn new(test: &str, partitions: i32, batch: usize) -> Setup {
+        Self::with_segments(test, partitions, batch, "tests/fixtures/segments.yaml")
+    }
+
+    /// `segments` is relative to the crate root.
+    pub fn with_segments(test: &str, partitions: i32, batch: usize, segments: &str) -> Setup {
+        let topics = Topics::new(test);
+        topics.create(partitions);
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join(segments);
+        let config = write_config(dir.path(), &topics, &seg, batch, port);
+        Setup {
+            topics,
+            dir,
+            config,
+            port,
+        }
+    }
+
+    /// Starts the worker (run number `run`, for its log file name) and waits until it is ready.
+    pub fn start(&self, run: usize) -> Worker {
+        Worker::start(self.dir.path(), &self.config, self.port, run)
     }
 }
 
