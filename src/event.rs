@@ -90,6 +90,7 @@ pub struct Line {
     pub image_url: Option<String>,
     pub url: Option<String>,
     pub category: Option<String>,
+    pub brand: Option<String>,
 }
 
 impl Line {
@@ -205,6 +206,7 @@ fn cart_line(item: wire::ShoppingCartItem) -> Result<Line, InvalidEvent> {
     }
     Ok(Line {
         category: item.product.categories.into_iter().next(),
+        brand: non_empty(item.product.manufacturer),
         sku: item.product.sku,
         name: item.product.name,
         quantity: item.quantity,
@@ -223,6 +225,7 @@ fn product_line(p: wire::ProductContext) -> Result<Line, InvalidEvent> {
     )?;
     Ok(Line {
         category: p.categories.into_iter().next(),
+        brand: non_empty(p.manufacturer),
         sku: p.sku,
         name: p.name,
         quantity: 1.0,
@@ -248,6 +251,7 @@ fn list_item_line(item: wire::ProductListItem) -> Result<Line, InvalidEvent> {
         price,
         image_url: item.product_image_url,
         url: None,
+        brand: None,
     })
 }
 

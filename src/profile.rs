@@ -16,6 +16,49 @@ pub const MAX_CART_LINES: usize = 100;
 /// Order ids remembered to recognise the same order arriving twice (storefront
 /// completeCheckout and back-office orderPlaced, or a historical re-sync).
 pub const RECENT_ORDERS: usize = 64;
+/// Most per-category and per-product series kept (each); the least recently active goes first.
+pub const MAX_KEYED_SERIES: usize = 64;
+/// Most affinity scores kept per kind (categories, brands); the weakest goes first.
+pub const MAX_AFFINITIES: usize = 32;
+/// Half-life of affinity scores: interest halves every 14 days without new signals.
+pub const AFFINITY_HALF_LIFE_MS: i64 = 14 * 86_400_000;
+
+/// Counts of one event type for one category or product.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyedSeries {
+    pub kind: EventType,
+    pub key: String,
+    pub series: Series,
+}
+
+/// A decayed interest score in a category or brand: `score` as of time `at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Affinity {
+    pub key: String,
+    pub score: f64,
+    pub at: i64,
+}
+
+impl Affinity {
+    /// The score decayed to `now`.
+    pub fn at(&self, now: i64) -> f64 {
+        decay(self.score, now - self.at)
+    }
+}
+
+fn decay(score: f64, elapsed_ms: i64) -> f64 {
+    score * 0.5f64.powf(elapsed_ms as f64 / AFFINITY_HALF_LIFE_MS as f64)
+}
+
+/// How much an event says about interest in what it is about.
+fn affinity_weight(kind: EventType) -> f64 {
+    match kind {
+        EventType::ProductPageView => 1.0,
+        EventType::AddToCart | EventType::AddToRequisitionList => 3.0,
+        EventType::CompleteCheckout | EventType::OrderPlaced => 5.0,
+        _ => 0.0,
+    }
+}
 
 /// Identities seen for the shopper.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,6 +101,8 @@ pub struct OrderStats {
     pub refunded: f64,
     /// Most recent order ids (bounded), oldest first.
     pub recent_ids: Vec<String>,
+    /// Orders over time, each order id once (value: order total).
+    pub series: Series,
 }
 
 impl OrderStats {
@@ -95,6 +140,13 @@ pub struct Profile {
     pub events_total: u64,
     /// Current segment memberships, sorted by segment id.
     pub segments: Vec<Membership>,
+    /// Per event type and category (bounded).
+    pub by_category: Vec<KeyedSeries>,
+    /// Per event type and product SKU (bounded).
+    pub by_product: Vec<KeyedSeries>,
+    /// Decayed interest per category and per brand (bounded).
+    pub category_affinity: Vec<Affinity>,
+    pub brand_affinity: Vec<Affinity>,
 }
 
 fn remember(list: &mut Vec<String>, value: &str, cap: usize) {
@@ -103,6 +155,51 @@ fn remember(list: &mut Vec<String>, value: &str, cap: usize) {
             list.remove(0);
         }
         list.push(value.to_owned());
+    }
+}
+
+fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
+    let i = match list.iter().position(|k| k.kind == kind && k.key == key) {
+        Some(i) => i,
+        None => {
+            if list.len() >= MAX_KEYED_SERIES {
+                let stalest = (0..list.len())
+                    .min_by_key(|&i| list[i].series.last())
+                    .expect("full list");
+                list.swap_remove(stalest);
+            }
+            list.push(KeyedSeries {
+                kind,
+                key: key.to_owned(),
+                series: Series::default(),
+            });
+            list.len() - 1
+        }
+    };
+    list[i].series.add(time, 1.0, now);
+}
+
+fn affinity_add(list: &mut Vec<Affinity>, key: &str, weight: f64, time: i64) {
+    match list.iter_mut().find(|a| a.key == key) {
+        Some(a) if time >= a.at => {
+            a.score = decay(a.score, time - a.at) + weight;
+            a.at = time;
+        }
+        // A late signal counts as much as it has decayed since.
+        Some(a) => a.score += decay(weight, a.at - time),
+        None => {
+            if list.len() >= MAX_AFFINITIES {
+                let weakest = (0..list.len())
+                    .min_by(|&i, &j| list[i].at(time).total_cmp(&list[j].at(time)))
+                    .expect("full list");
+                list.swap_remove(weakest);
+            }
+            list.push(Affinity {
+                key: key.to_owned(),
+                score: weight,
+                at: time,
+            });
+        }
     }
 }
 
@@ -131,7 +228,56 @@ impl Profile {
             self.merge_attributes(a);
         }
         self.apply_cart(ev);
-        self.apply_orders(ev);
+        self.apply_orders(ev, now);
+        self.apply_keyed(ev, now);
+    }
+
+    /// Per-category and per-product counts, and affinities, from the event's lines.
+    fn apply_keyed(&mut self, ev: &Event, now: i64) {
+        let weight = affinity_weight(ev.kind);
+        let mut seen_categories: Vec<&str> = Vec::new();
+        let mut seen_brands: Vec<&str> = Vec::new();
+        for line in &ev.lines {
+            keyed_add(&mut self.by_product, ev.kind, &line.sku, ev.time, now);
+            if let Some(c) = line
+                .category
+                .as_deref()
+                .filter(|c| !seen_categories.contains(c))
+            {
+                seen_categories.push(c);
+                keyed_add(&mut self.by_category, ev.kind, c, ev.time, now);
+                if weight > 0.0 {
+                    affinity_add(&mut self.category_affinity, c, weight, ev.time);
+                }
+            }
+            if let Some(b) = line.brand.as_deref().filter(|b| !seen_brands.contains(b)) {
+                seen_brands.push(b);
+                if weight > 0.0 {
+                    affinity_add(&mut self.brand_affinity, b, weight, ev.time);
+                }
+            }
+        }
+    }
+
+    /// Counts of `kind` events about `key` (a category or a SKU) in the last `window` ms.
+    pub fn keyed_window(
+        list: &[KeyedSeries],
+        kind: EventType,
+        key: &str,
+        window: i64,
+        now: i64,
+    ) -> u64 {
+        list.iter()
+            .find(|k| k.kind == kind && k.key == key)
+            .map_or(0, |k| k.series.query(window, now).0)
+    }
+
+    /// The key with the highest affinity at `now`.
+    pub fn top_affinity(list: &[Affinity], now: i64) -> Option<&str> {
+        list.iter()
+            .map(|a| (a.at(now), a.key.as_str()))
+            .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+            .map(|(_, k)| k)
     }
 
     fn record_identities(&mut self, ev: &Event) {
@@ -209,7 +355,7 @@ impl Profile {
         }
     }
 
-    fn apply_orders(&mut self, ev: &Event) {
+    fn apply_orders(&mut self, ev: &Event, now: i64) {
         let o = &mut self.orders;
         match ev.kind {
             EventType::OrderPlaced | EventType::CompleteCheckout => {
@@ -221,6 +367,7 @@ impl Profile {
                 }
                 o.count += 1;
                 o.revenue += ev.value;
+                o.series.add(ev.time, ev.value, now);
                 o.first_at = Some(o.first_at.map_or(ev.time, |t| t.min(ev.time)));
                 o.last_at = Some(o.last_at.map_or(ev.time, |t| t.max(ev.time)));
             }
@@ -251,6 +398,14 @@ impl Profile {
             .binary_search_by_key(&kind, |(k, _)| *k)
             .map(|i| self.counters[i].1.query(window, now))
             .unwrap_or((0, 0.0))
+    }
+
+    /// Time of the latest `kind` event, ms.
+    pub fn last_time(&self, kind: EventType) -> Option<i64> {
+        self.counters
+            .binary_search_by_key(&kind, |(k, _)| *k)
+            .ok()
+            .and_then(|i| self.counters[i].1.last())
     }
 
     pub fn is_member(&self, segment: &str) -> bool {
@@ -313,7 +468,20 @@ pub fn summary(p: &Profile) -> serde_json::Value {
         "events_total": p.events_total,
         "counts": counters,
         "segments": p.segments,
+        "category_affinity": top_affinities(&p.category_affinity, now),
+        "brand_affinity": top_affinities(&p.brand_affinity, now),
     })
+}
+
+/// The five strongest affinities at `now`, strongest first, rounded for reading.
+fn top_affinities(list: &[Affinity], now: i64) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = list
+        .iter()
+        .map(|a| (a.key.clone(), (a.at(now) * 100.0).round() / 100.0))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(5);
+    v
 }
 
 /// State encoding: one version byte, then postcard. Bump the version when [`Profile`] changes
@@ -413,6 +581,94 @@ mod tests {
         p.apply(&c);
         assert_eq!(p.orders.cancelled, 1);
         assert_eq!(p.orders.lifetime_value(), 0.0);
+    }
+
+    #[test]
+    fn categories_products_and_affinities_are_counted_and_bounded() {
+        let day = 86_400_000;
+        let mut p = Profile::default();
+        let mut q = Profile::default();
+        // A series that stays active keeps counting.
+        for i in 0..3 {
+            let mut e = ev(EventType::AddToCart, i * 1000, 0.0);
+            e.lines = vec![Line {
+                sku: "kept".into(),
+                category: Some("kept".into()),
+                quantity: 1.0,
+                ..Default::default()
+            }];
+            q.apply(&e);
+        }
+        assert_eq!(
+            Profile::keyed_window(&q.by_category, EventType::AddToCart, "kept", day, 3_000),
+            3
+        );
+        for i in 0..200 {
+            let mut e = ev(EventType::ProductPageView, i * 1000, 0.0);
+            e.lines = vec![Line {
+                sku: format!("sku-{i}"),
+                category: Some(format!("cat-{}", i % 100)),
+                brand: Some("acme".into()),
+                quantity: 1.0,
+                ..Default::default()
+            }];
+            p.apply(&e);
+        }
+        assert!(p.by_product.len() <= MAX_KEYED_SERIES && p.by_category.len() <= MAX_KEYED_SERIES);
+        assert!(p.category_affinity.len() <= MAX_AFFINITIES);
+        assert_eq!(
+            Profile::keyed_window(
+                &p.by_product,
+                EventType::ProductPageView,
+                "sku-199",
+                day,
+                200_000
+            ),
+            1
+        );
+        // 100 categories cycle through 64 series: cat-99 was evicted between its two views.
+        assert_eq!(
+            Profile::keyed_window(
+                &p.by_category,
+                EventType::ProductPageView,
+                "cat-99",
+                day,
+                200_000
+            ),
+            1
+        );
+        assert_eq!(
+            Profile::keyed_window(
+                &p.by_product,
+                EventType::ProductPageView,
+                "sku-0",
+                day,
+                200_000
+            ),
+            0,
+            "evicted"
+        );
+        let acme = p.brand_affinity.iter().find(|a| a.key == "acme").unwrap();
+        assert!((acme.at(acme.at) - 200.0).abs() < 0.1, "{acme:?}");
+        assert!(
+            (acme.at(acme.at + AFFINITY_HALF_LIFE_MS) - 100.0).abs() < 0.1,
+            "halves in one half-life"
+        );
+
+        // A purchase says more than views: the bought category becomes the top one.
+        let mut buy = ev(EventType::OrderPlaced, 300_000, 10.0);
+        buy.order_id = Some("o".into());
+        buy.lines = vec![Line {
+            sku: "x".into(),
+            category: Some("cat-5".into()),
+            quantity: 1.0,
+            ..Default::default()
+        }];
+        p.apply(&buy);
+        assert_eq!(
+            Profile::top_affinity(&p.category_affinity, 300_000),
+            Some("cat-5")
+        );
     }
 
     #[test]

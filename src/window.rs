@@ -35,6 +35,8 @@ struct Bucket {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Series {
     levels: [Vec<Bucket>; 3],
+    /// Time of the latest event recorded (for "time since").
+    last: Option<i64>,
 }
 
 fn level_for(window: i64) -> usize {
@@ -48,6 +50,7 @@ impl Series {
     /// Records one event of `value` at `time` (ms), and forgets buckets that fell out of every
     /// window as seen from `now` (the latest time this profile has seen).
     pub fn add(&mut self, time: i64, value: f64, now: i64) {
+        self.last = Some(self.last.map_or(time, |t| t.max(time)));
         for (level, (width, max)) in LEVELS.iter().enumerate() {
             let buckets = &mut self.levels[level];
             let start = (time.max(0) / width) as u32;
@@ -103,6 +106,11 @@ impl Series {
         (count, sum)
     }
 
+    /// Time of the latest event recorded, ms.
+    pub fn last(&self) -> Option<i64> {
+        self.last
+    }
+
     pub fn is_empty(&self) -> bool {
         self.levels.iter().all(Vec::is_empty)
     }
@@ -133,6 +141,7 @@ mod tests {
         assert_eq!(s.query(24 * HOUR, much_later), (0, 0.0));
         assert_eq!(s.query(30 * DAY, much_later), (2, 15.0));
         assert_eq!(s.query(90 * DAY, T0 + 95 * DAY), (0, 0.0));
+        assert_eq!(s.last(), Some(T0 + 10 * MINUTE));
     }
 
     #[test]

@@ -211,20 +211,26 @@ pub const ATTRIBUTES: &[(&str, Attr, Type, &str)] = &[
 
 /// Functions a rule can call (rendered in the README).
 pub const FUNCTIONS: &[(&str, &str)] = &[
-    (
-        "count(EVENT, WINDOW)",
-        "number of EVENT events in the last WINDOW (up to 90d)",
-    ),
-    (
-        "sum(EVENT, WINDOW)",
-        "money EVENT events were worth in the last WINDOW (order totals, cart values added...)",
-    ),
-    (
-        "in_segment(\"ID\")",
-        "the shopper is in segment ID (evaluated first; cycles are rejected)",
-    ),
+    ("count(EVENT, WINDOW)", "number of EVENT events in the last WINDOW (up to 90d); EVENT `order` means an order placed, each order id once"),
+    ("sum(EVENT, WINDOW)", "money EVENT events were worth in the last WINDOW (order totals, cart values added...)"),
+    ("since(EVENT)", "time since the latest EVENT (or `order`): a duration, compared with e.g. `> 90d`; missing if never"),
+    ("count_category(EVENT, \"CATEGORY\", WINDOW)", "EVENT events about products of CATEGORY in the last WINDOW (the 64 most recently active category series are kept)"),
+    ("count_product(EVENT, \"SKU\", WINDOW)", "EVENT events about product SKU in the last WINDOW (the 64 most recently active product series are kept)"),
+    ("affinity(\"CATEGORY\")", "decayed interest in a category: a view adds 1, an add to cart 3, a purchase 5; halves every 14 days"),
+    ("brand_affinity(\"BRAND\")", "the same for a brand (product manufacturer)"),
+    ("top_category()", "the category with the highest affinity now (missing if none)"),
+    ("top_brand()", "the brand with the highest affinity now (missing if none)"),
+    ("in_segment(\"ID\")", "the shopper is in segment ID (evaluated first; cycles are rejected)"),
     ("exists(ATTRIBUTE)", "the attribute has a value"),
 ];
+
+/// What `count`, `sum` and `since` look at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Events {
+    Type(EventType),
+    /// Orders placed, each order id once, whichever family reported it.
+    Order,
+}
 
 /// A compiled rule node.
 #[derive(Debug, Clone)]
@@ -233,8 +239,16 @@ pub enum Node {
     Str(String),
     Bool(bool),
     Attr(Attr),
-    Count(EventType, i64),
-    Sum(EventType, i64),
+    Count(Events, i64),
+    Sum(Events, i64),
+    /// Time since the latest event, ms.
+    Since(Events),
+    CountCategory(EventType, String, i64),
+    CountProduct(EventType, String, i64),
+    CategoryAffinity(String),
+    BrandAffinity(String),
+    TopCategory,
+    TopBrand,
     /// Index into the segment results of this evaluation pass.
     Segment(usize),
     Exists(Attr),
@@ -274,6 +288,20 @@ fn attr(path: &str, at: usize) -> Result<(Attr, Type), ExprError> {
         })
 }
 
+fn events(e: &Expr) -> Result<Events, ExprError> {
+    match &e.kind {
+        ExprKind::Path(name) | ExprKind::Str(name) if name == "order" => Ok(Events::Order),
+        _ => event_type(e).map(Events::Type),
+    }
+}
+
+fn string_arg<'a>(e: &'a Expr, what: &str) -> Result<&'a str, ExprError> {
+    match &e.kind {
+        ExprKind::Str(s) => Ok(s),
+        _ => fail(e.at, format!("expected {what} in quotes")),
+    }
+}
+
 fn event_type(e: &Expr) -> Result<EventType, ExprError> {
     match &e.kind {
         ExprKind::Path(name) | ExprKind::Str(name) => {
@@ -298,7 +326,7 @@ fn window(e: &Expr) -> Result<i64, ExprError> {
 pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprError> {
     Ok(match &e.kind {
         ExprKind::Num(n) => (Node::Num(*n), Type::Num),
-        ExprKind::Dur(_) => return fail(e.at, "a duration is only allowed as a window argument"),
+        ExprKind::Dur(ms) => (Node::Num(*ms as f64), Type::Dur),
         ExprKind::Str(s) => (Node::Str(s.clone()), Type::Str),
         ExprKind::Bool(b) => (Node::Bool(*b), Type::Bool),
         ExprKind::Path(p) => {
@@ -319,13 +347,48 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
             match name.as_str() {
                 "count" | "sum" => {
                     arity(2)?;
-                    let (k, w) = (event_type(&args[0])?, window(&args[1])?);
+                    let (k, w) = (events(&args[0])?, window(&args[1])?);
                     let node = if name == "count" {
                         Node::Count(k, w)
                     } else {
                         Node::Sum(k, w)
                     };
                     (node, Type::Num)
+                }
+                "since" => {
+                    arity(1)?;
+                    (Node::Since(events(&args[0])?), Type::Dur)
+                }
+                "count_category" | "count_product" => {
+                    arity(3)?;
+                    let k = event_type(&args[0])?;
+                    let key = string_arg(&args[1], "a category or SKU")?.to_owned();
+                    let w = window(&args[2])?;
+                    let node = if name == "count_category" {
+                        Node::CountCategory(k, key, w)
+                    } else {
+                        Node::CountProduct(k, key, w)
+                    };
+                    (node, Type::Num)
+                }
+                "affinity" | "brand_affinity" => {
+                    arity(1)?;
+                    let key = string_arg(&args[0], "a category or brand")?.to_owned();
+                    let node = if name == "affinity" {
+                        Node::CategoryAffinity(key)
+                    } else {
+                        Node::BrandAffinity(key)
+                    };
+                    (node, Type::Num)
+                }
+                "top_category" | "top_brand" => {
+                    arity(0)?;
+                    let node = if name == "top_category" {
+                        Node::TopCategory
+                    } else {
+                        Node::TopBrand
+                    };
+                    (node, Type::Str)
                 }
                 "in_segment" => {
                     arity(1)?;
@@ -382,7 +445,7 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                     );
                 }
                 let ordered = matches!(op, BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge);
-                if ordered && lt != Type::Num {
+                if ordered && !matches!(lt, Type::Num | Type::Dur) {
                     return fail(
                         e.at,
                         format!("'{}' needs numbers, found {}", op.symbol(), lt.name()),
@@ -472,8 +535,30 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
         Node::Str(s) => Val::Str(s),
         Node::Bool(b) => Val::Bool(*b),
         Node::Attr(a) => attr_value(*a, cx.profile),
-        Node::Count(k, w) => Val::Num(cx.profile.window(*k, *w, cx.now).0 as f64),
-        Node::Sum(k, w) => Val::Num(cx.profile.window(*k, *w, cx.now).1),
+        Node::Count(k, w) => Val::Num(windowed(cx, *k, *w).0 as f64),
+        Node::Sum(k, w) => Val::Num(windowed(cx, *k, *w).1),
+        Node::Since(k) => {
+            let last = match k {
+                Events::Order => cx.profile.orders.series.last(),
+                Events::Type(t) => cx.profile.last_time(*t),
+            };
+            last.map_or(Val::Missing, |t| Val::Num((cx.now - t) as f64))
+        }
+        Node::CountCategory(k, key, w) => {
+            Val::Num(Profile::keyed_window(&cx.profile.by_category, *k, key, *w, cx.now) as f64)
+        }
+        Node::CountProduct(k, key, w) => {
+            Val::Num(Profile::keyed_window(&cx.profile.by_product, *k, key, *w, cx.now) as f64)
+        }
+        Node::CategoryAffinity(key) => {
+            Val::Num(affinity(&cx.profile.category_affinity, key, cx.now))
+        }
+        Node::BrandAffinity(key) => Val::Num(affinity(&cx.profile.brand_affinity, key, cx.now)),
+        Node::TopCategory => Profile::top_affinity(&cx.profile.category_affinity, cx.now)
+            .map_or(Val::Missing, Val::Str),
+        Node::TopBrand => {
+            Profile::top_affinity(&cx.profile.brand_affinity, cx.now).map_or(Val::Missing, Val::Str)
+        }
         Node::Segment(i) => Val::Bool(cx.segments[*i]),
         Node::Exists(a) => Val::Bool(attr_value(*a, cx.profile) != Val::Missing),
         Node::Not(x) => Val::Bool(!truth(eval(x, cx))),
@@ -510,6 +595,19 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
             )
         }
     }
+}
+
+fn windowed(cx: &Ctx, k: Events, w: i64) -> (u64, f64) {
+    match k {
+        Events::Type(t) => cx.profile.window(t, w, cx.now),
+        Events::Order => cx.profile.orders.series.query(w, cx.now),
+    }
+}
+
+fn affinity(list: &[crate::profile::Affinity], key: &str, now: i64) -> f64 {
+    list.iter()
+        .find(|a| a.key == key)
+        .map_or(0.0, |a| a.at(now))
 }
 
 fn truth(v: Val) -> bool {

@@ -54,6 +54,13 @@ fn shopper() -> Profile {
     p.apply(&event(EventType::OrderCancelled, T0 + 50 * H, 40.0));
     let mut pv = event(EventType::ProductPageView, T0 + 60 * H, 10.0);
     pv.device = Some("mobile".into());
+    pv.lines = vec![crate::event::Line {
+        sku: "SKU-9".into(),
+        category: Some("bags".into()),
+        brand: Some("acme".into()),
+        quantity: 1.0,
+        ..Default::default()
+    }];
     pv.attributes = Some(Attributes {
         loyalty_tier: Some("gold".into()),
         consent_email: Some(true),
@@ -94,6 +101,17 @@ rules_evaluate! {
     division_by_zero_is_missing: "orders.returns / orders.returns > 0 or orders.returns / orders.returns <= 0" => false;
     negation_and_precedence: "-orders.count < 0 and 1 + 2 * 3 == 7" => true;
     event_type_alias: "count(placeOrder, 90d) == 0" => true;
+    since_order: "since(order) == 12h" => true;
+    since_event_type: "since(orderPlaced) > 11h and since(orderPlaced) < 13h" => true;
+    since_never_is_missing: "since(addToCart) > 0m or since(addToCart) <= 0m" => false;
+    order_windows: "count(order, 90d) == 3 and sum(order, 90d) == 390" => true;
+    lapsed_but_repeat: "count(order, 1h) == 0 and orders.count >= 2" => true;
+    per_category: r#"count_category(productPageView, "bags", 7d) == 1"# => true;
+    per_category_other: r#"count_category(productPageView, "shoes", 7d) == 0"# => true;
+    per_product: r#"count_product(productPageView, "SKU-9", 1h) == 1"# => true;
+    affinities: r#"affinity("bags") == 1 and brand_affinity("acme") == 1 and affinity("shoes") == 0"# => true;
+    top_category_fn: r#"top_category() == "bags" and top_brand() == "acme""# => true;
+    weeks: "since(order) < 1w" => true;
 }
 
 #[test]
@@ -143,6 +161,10 @@ definition_errors! {
     missing_rule_and_unknown_key: "segments:\n  - id: a\n    rul: true\n" => ["3:5: unknown key 'rul'", "segment 'a' has no 'rule'"];
     unknown_top_level: "segmets: []\n" => ["1:1: unknown top-level key 'segmets'", "missing 'segments' list"];
     yaml_syntax: "segments:\n  - id: [unclosed\n" => ["3:1"];
+    duration_vs_number: &one("since(order) > 5") => ["3:11: cannot compare duration with number"];
+    duration_arithmetic: &one("since(order) + 1d > 2d") => ["3:11: expected a number, found a duration"];
+    unquoted_category: &one("count_category(productPageView, bags, 7d) > 1") => ["3:43: expected a category or SKU in quotes"];
+    top_category_args: &one(r#"top_category("x") == "y""#) => ["3:11: top_category() takes 0 argument(s), found 1"];
 }
 
 #[test]
