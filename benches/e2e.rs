@@ -131,6 +131,8 @@ fn main() {
     let fill = started.elapsed().as_secs_f64();
     println!("pre-filled {total} events over {profiles} shopper keys, {partitions} partitions, in {fill:.1}s");
 
+    // TAILOR_BENCH_SYNC=false measures without the per-commit fsync (the default keeps it).
+    let sync = std::env::var("TAILOR_BENCH_SYNC").map_or(true, |v| v != "false");
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -141,7 +143,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5],
             root.join("examples/segments.yaml").display()
         ),
@@ -170,6 +172,15 @@ fn main() {
     }
     let end = Instant::now();
     let changes = metric(port, "tailor_audience_changes_total{");
+    let batch = metric(port, "tailor_batch_duration_seconds_sum");
+    let deliver = metric(
+        port,
+        "tailor_batch_phase_duration_seconds_sum{phase=\"deliver\"}",
+    );
+    let commit = metric(
+        port,
+        "tailor_batch_phase_duration_seconds_sum{phase=\"commit\"}",
+    );
     let rss = peak_rss_mib(pid);
     let (t0, n0) = first.expect("the worker committed nothing");
     let secs = end.duration_since(t0).as_secs_f64();
@@ -177,6 +188,10 @@ fn main() {
         "worker: {:.0} events committed in {secs:.1}s = {:.0} events/s; {changes:.0} audience changes; peak RSS {rss:.0} MiB",
         done - n0,
         (done - n0) / secs
+    );
+    println!(
+        "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, RocksDB commit {commit:.1}s",
+        batch - deliver - commit
     );
     let _ = Command::new("kill")
         .arg("-TERM")

@@ -70,7 +70,7 @@ step "Segment sizes (tailor_segment_members)"
 curl -fs "http://127.0.0.1:$HTTP_PORT/metrics" | awk -F'[{}"= ]+' '/^tailor_segment_members\{/ {printf "  %-24s %s\n", $3, $4}'
 
 step "Events applied, by type (tailor_events_total)"
-curl -fs "http://127.0.0.1:$HTTP_PORT/metrics" | awk -F'[{}"=, ]+' '/^tailor_events_total\{/ {printf "  %-12s %-20s %s\n", $3, $5, $6}'
+curl -fs "http://127.0.0.1:$HTTP_PORT/metrics" | awk -F'[{}"=, ]+' '/^tailor_events_total\{/ && $6 > 0 {printf "  %-12s %-24s %s\n", $3, $5, $6}'
 
 step "The first audience changes on audience.changes"
 "$TAILOR" changes --config "$WORK/tailor.toml" --limit 15 | tee "$WORK/changes.txt"

@@ -148,7 +148,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             path: PathBuf::from(".tailor/state"),
-            cache_profiles: 200_000,
+            cache_profiles: 100_000,
             block_cache: "256MiB".into(),
             write_buffer: "64MiB".into(),
             sync_writes: true,

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Attributes, Cart, Event, EventType, Line};
-use crate::window::Series;
+use crate::window::{DailyCounts, Series};
 
 /// Most identities of one kind (ECIDs, e-mails) kept per profile.
 pub const MAX_IDENTITIES: usize = 16;
@@ -18,17 +18,30 @@ pub const MAX_CART_LINES: usize = 100;
 pub const RECENT_ORDERS: usize = 64;
 /// Most per-category and per-product series kept (each); the least recently active goes first.
 pub const MAX_KEYED_SERIES: usize = 64;
+/// Events counted per category and per product: product interest.
+pub const KEYED_EVENTS: [EventType; 4] = [
+    EventType::ProductPageView,
+    EventType::AddToCart,
+    EventType::RemoveFromCart,
+    EventType::AddToRequisitionList,
+];
 /// Most affinity scores kept per kind (categories, brands); the weakest goes first.
 pub const MAX_AFFINITIES: usize = 32;
 /// Half-life of affinity scores: interest halves every 14 days without new signals.
 pub const AFFINITY_HALF_LIFE_MS: i64 = 14 * 86_400_000;
 
-/// Counts of one event type for one category or product.
+/// Daily counts of one event type for one category or product.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyedSeries {
     pub kind: EventType,
+    /// Hash of `key`, compared first: order lines make long scans of these lists.
+    pub hash: u64,
     pub key: String,
-    pub series: Series,
+    pub series: DailyCounts,
+}
+
+fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
 /// A decayed interest score in a category or brand: `score` as of time `at`.
@@ -37,9 +50,27 @@ pub struct Affinity {
     pub key: String,
     pub score: f64,
     pub at: i64,
+    /// `log2(score) + at / half-life`: every score decays at the same rate, so this orders the
+    /// affinities as their decayed values do at any time, without computing a power.
+    pub rank: f64,
 }
 
 impl Affinity {
+    fn new(key: &str, score: f64, at: i64) -> Affinity {
+        let mut a = Affinity {
+            key: key.to_owned(),
+            score,
+            at,
+            rank: 0.0,
+        };
+        a.rerank();
+        a
+    }
+
+    fn rerank(&mut self) {
+        self.rank = self.score.log2() + self.at as f64 / AFFINITY_HALF_LIFE_MS as f64;
+    }
+
     /// The score decayed to `now`.
     pub fn at(&self, now: i64) -> f64 {
         decay(self.score, now - self.at)
@@ -47,7 +78,7 @@ impl Affinity {
 }
 
 fn decay(score: f64, elapsed_ms: i64) -> f64 {
-    score * 0.5f64.powf(elapsed_ms as f64 / AFFINITY_HALF_LIFE_MS as f64)
+    score * (-(elapsed_ms as f64) / AFFINITY_HALF_LIFE_MS as f64).exp2()
 }
 
 /// How much an event says about interest in what it is about.
@@ -159,7 +190,11 @@ fn remember(list: &mut Vec<String>, value: &str, cap: usize) {
 }
 
 fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
-    let i = match list.iter().position(|k| k.kind == kind && k.key == key) {
+    let hash = key_hash(key);
+    let i = match list
+        .iter()
+        .position(|k| k.hash == hash && k.kind == kind && k.key == key)
+    {
         Some(i) => i,
         None => {
             if list.len() >= MAX_KEYED_SERIES {
@@ -170,35 +205,36 @@ fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64,
             }
             list.push(KeyedSeries {
                 kind,
+                hash,
                 key: key.to_owned(),
-                series: Series::default(),
+                series: DailyCounts::default(),
             });
             list.len() - 1
         }
     };
-    list[i].series.add(time, 1.0, now);
+    list[i].series.add(time, now);
 }
 
 fn affinity_add(list: &mut Vec<Affinity>, key: &str, weight: f64, time: i64) {
     match list.iter_mut().find(|a| a.key == key) {
-        Some(a) if time >= a.at => {
-            a.score = decay(a.score, time - a.at) + weight;
-            a.at = time;
+        Some(a) => {
+            if time >= a.at {
+                a.score = decay(a.score, time - a.at) + weight;
+                a.at = time;
+            } else {
+                // A late signal counts as much as it has decayed since.
+                a.score += decay(weight, a.at - time);
+            }
+            a.rerank();
         }
-        // A late signal counts as much as it has decayed since.
-        Some(a) => a.score += decay(weight, a.at - time),
         None => {
             if list.len() >= MAX_AFFINITIES {
                 let weakest = (0..list.len())
-                    .min_by(|&i, &j| list[i].at(time).total_cmp(&list[j].at(time)))
+                    .min_by(|&i, &j| list[i].rank.total_cmp(&list[j].rank))
                     .expect("full list");
                 list.swap_remove(weakest);
             }
-            list.push(Affinity {
-                key: key.to_owned(),
-                score: weight,
-                at: time,
-            });
+            list.push(Affinity::new(key, weight, time));
         }
     }
 }
@@ -235,17 +271,24 @@ impl Profile {
     /// Per-category and per-product counts, and affinities, from the event's lines.
     fn apply_keyed(&mut self, ev: &Event, now: i64) {
         let weight = affinity_weight(ev.kind);
+        // Per-key counts are for product interest; order lines feed affinities and the order
+        // aggregates (and would churn the bounded lists: orders have dozens of lines).
+        let counted = KEYED_EVENTS.contains(&ev.kind);
         let mut seen_categories: Vec<&str> = Vec::new();
         let mut seen_brands: Vec<&str> = Vec::new();
         for line in &ev.lines {
-            keyed_add(&mut self.by_product, ev.kind, &line.sku, ev.time, now);
+            if counted {
+                keyed_add(&mut self.by_product, ev.kind, &line.sku, ev.time, now);
+            }
             if let Some(c) = line
                 .category
                 .as_deref()
                 .filter(|c| !seen_categories.contains(c))
             {
                 seen_categories.push(c);
-                keyed_add(&mut self.by_category, ev.kind, c, ev.time, now);
+                if counted {
+                    keyed_add(&mut self.by_category, ev.kind, c, ev.time, now);
+                }
                 if weight > 0.0 {
                     affinity_add(&mut self.category_affinity, c, weight, ev.time);
                 }
@@ -267,17 +310,17 @@ impl Profile {
         window: i64,
         now: i64,
     ) -> u64 {
+        let hash = key_hash(key);
         list.iter()
-            .find(|k| k.kind == kind && k.key == key)
-            .map_or(0, |k| k.series.query(window, now).0)
+            .find(|k| k.hash == hash && k.kind == kind && k.key == key)
+            .map_or(0, |k| k.series.query(window, now))
     }
 
-    /// The key with the highest affinity at `now`.
-    pub fn top_affinity(list: &[Affinity], now: i64) -> Option<&str> {
+    /// The key with the highest affinity (the same at any time: all scores decay alike).
+    pub fn top_affinity(list: &[Affinity]) -> Option<&str> {
         list.iter()
-            .map(|a| (a.at(now), a.key.as_str()))
-            .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
-            .map(|(_, k)| k)
+            .max_by(|a, b| a.rank.total_cmp(&b.rank).then_with(|| b.key.cmp(&a.key)))
+            .map(|a| a.key.as_str())
     }
 
     fn record_identities(&mut self, ev: &Event) {
@@ -665,10 +708,20 @@ mod tests {
             ..Default::default()
         }];
         p.apply(&buy);
-        assert_eq!(
-            Profile::top_affinity(&p.category_affinity, 300_000),
-            Some("cat-5")
-        );
+        assert_eq!(Profile::top_affinity(&p.category_affinity), Some("cat-5"));
+        // The order of decayed values is the order of ranks, at any time.
+        for later in [
+            300_000,
+            300_000 + AFFINITY_HALF_LIFE_MS,
+            300_000 + 20 * AFFINITY_HALF_LIFE_MS,
+        ] {
+            let mut by_value = p.category_affinity.clone();
+            by_value.sort_by(|a, b| b.at(later).total_cmp(&a.at(later)));
+            let mut by_rank = p.category_affinity.clone();
+            by_rank.sort_by(|a, b| b.rank.total_cmp(&a.rank));
+            let keys = |v: &[Affinity]| v.iter().map(|a| a.key.clone()).collect::<Vec<_>>();
+            assert_eq!(keys(&by_value)[..5], keys(&by_rank)[..5]);
+        }
     }
 
     #[test]

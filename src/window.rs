@@ -121,6 +121,50 @@ impl Series {
     }
 }
 
+/// Daily counts, for the many small series kept per category and per product: one sparse vector
+/// of at most 91 days. A window counts the days that overlap it, so "the last 7d" reaches back up
+/// to one day further.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DailyCounts {
+    /// (day since the epoch, count), oldest first.
+    days: Vec<(u32, u32)>,
+    last: Option<i64>,
+}
+
+impl DailyCounts {
+    pub fn add(&mut self, time: i64, now: i64) {
+        self.last = Some(self.last.map_or(time, |t| t.max(time)));
+        let day = (time.max(0) / DAY) as u32;
+        match self.days.iter().rposition(|(d, _)| *d <= day) {
+            Some(i) if self.days[i].0 == day => self.days[i].1 = self.days[i].1.saturating_add(1),
+            Some(i) => self.days.insert(i + 1, (day, 1)),
+            None => self.days.insert(0, (day, 1)),
+        }
+        let horizon = now.max(time) - MAX_WINDOW_MS;
+        let keep_from = self
+            .days
+            .partition_point(|(d, _)| (*d as i64 + 1) * DAY <= horizon);
+        if keep_from > 0 {
+            self.days.drain(..keep_from);
+        }
+    }
+
+    pub fn query(&self, window: i64, now: i64) -> u64 {
+        let from = now - window;
+        self.days
+            .iter()
+            .rev()
+            .filter(|(d, _)| *d as i64 * DAY <= now)
+            .take_while(|(d, _)| (*d as i64 + 1) * DAY > from)
+            .map(|(_, n)| *n as u64)
+            .sum()
+    }
+
+    pub fn last(&self) -> Option<i64> {
+        self.last
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +195,20 @@ mod tests {
         s.add(T0, 1.0, T0 + 2 * DAY);
         assert_eq!(s.query(7 * DAY, T0 + 2 * DAY), (2, 2.0));
         assert_eq!(s.query(24 * HOUR, T0 + 2 * DAY), (1, 1.0));
+    }
+
+    #[test]
+    fn daily_counts_answer_day_windows_and_stay_bounded() {
+        let mut d = DailyCounts::default();
+        for i in 0..400i64 {
+            d.add(T0 + i * DAY / 2, T0 + i * DAY / 2);
+        }
+        assert!(d.days.len() <= 91, "{}", d.days.len());
+        let now = T0 + 399 * DAY / 2;
+        let week = d.query(7 * DAY, now);
+        assert!((14..=16).contains(&week), "{week}");
+        assert_eq!(d.query(90 * DAY, now + 200 * DAY), 0);
+        assert_eq!(d.last(), Some(now));
     }
 
     #[test]

@@ -214,8 +214,8 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("count(EVENT, WINDOW)", "number of EVENT events in the last WINDOW (up to 90d); EVENT `order` means an order placed, each order id once"),
     ("sum(EVENT, WINDOW)", "money EVENT events were worth in the last WINDOW (order totals, cart values added...)"),
     ("since(EVENT)", "time since the latest EVENT (or `order`): a duration, compared with e.g. `> 90d`; missing if never"),
-    ("count_category(EVENT, \"CATEGORY\", WINDOW)", "EVENT events about products of CATEGORY in the last WINDOW (the 64 most recently active category series are kept)"),
-    ("count_product(EVENT, \"SKU\", WINDOW)", "EVENT events about product SKU in the last WINDOW (the 64 most recently active product series are kept)"),
+    ("count_category(EVENT, \"CATEGORY\", WINDOW)", "EVENT (productPageView, addToCart, removeFromCart, addToRequisitionList) about products of CATEGORY in the last WINDOW, counted by day (the 64 most recently active category series are kept)"),
+    ("count_product(EVENT, \"SKU\", WINDOW)", "EVENT (as for count_category) about product SKU in the last WINDOW, counted by day (the 64 most recently active product series are kept)"),
     ("affinity(\"CATEGORY\")", "decayed interest in a category: a view adds 1, an add to cart 3, a purchase 5; halves every 14 days"),
     ("brand_affinity(\"BRAND\")", "the same for a brand (product manufacturer)"),
     ("top_category()", "the category with the highest affinity now (missing if none)"),
@@ -362,6 +362,12 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                 "count_category" | "count_product" => {
                     arity(3)?;
                     let k = event_type(&args[0])?;
+                    if !crate::profile::KEYED_EVENTS.contains(&k) {
+                        return fail(
+                            args[0].at,
+                            format!("{name}() counts productPageView, addToCart, removeFromCart or addToRequisitionList, not {}", k.name()),
+                        );
+                    }
                     let key = string_arg(&args[1], "a category or SKU")?.to_owned();
                     let w = window(&args[2])?;
                     let node = if name == "count_category" {
@@ -554,10 +560,11 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
             Val::Num(affinity(&cx.profile.category_affinity, key, cx.now))
         }
         Node::BrandAffinity(key) => Val::Num(affinity(&cx.profile.brand_affinity, key, cx.now)),
-        Node::TopCategory => Profile::top_affinity(&cx.profile.category_affinity, cx.now)
-            .map_or(Val::Missing, Val::Str),
+        Node::TopCategory => {
+            Profile::top_affinity(&cx.profile.category_affinity).map_or(Val::Missing, Val::Str)
+        }
         Node::TopBrand => {
-            Profile::top_affinity(&cx.profile.brand_affinity, cx.now).map_or(Val::Missing, Val::Str)
+            Profile::top_affinity(&cx.profile.brand_affinity).map_or(Val::Missing, Val::Str)
         }
         Node::Segment(i) => Val::Bool(cx.segments[*i]),
         Node::Exists(a) => Val::Bool(attr_value(*a, cx.profile) != Val::Missing),

@@ -165,6 +165,7 @@ definition_errors! {
     duration_arithmetic: &one("since(order) + 1d > 2d") => ["3:11: expected a number, found a duration"];
     unquoted_category: &one("count_category(productPageView, bags, 7d) > 1") => ["3:43: expected a category or SKU in quotes"];
     top_category_args: &one(r#"top_category("x") == "y""#) => ["3:11: top_category() takes 0 argument(s), found 1"];
+    keyed_orders: &one(r#"count_product(orderPlaced, "A", 7d) > 0"#) => ["3:25: count_product() counts productPageView"];
 }
 
 #[test]
