@@ -36,6 +36,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
+use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::audience::{Core, Source};
 use crate::codec::{encode, Decoder, Family, SingleObjectDecoder};
@@ -274,7 +275,9 @@ struct Worker {
     metrics: Arc<Metrics>,
     producer: FutureProducer<ProducerLogs>,
     topics: Topics,
-    cache: LruCache<(i32, String), Slot>,
+    /// Decoded profiles by (partition, key). xxh3, hashed on every event, is seeded at random per
+    /// process: keys include browser ids, which outsiders can choose.
+    cache: LruCache<(i32, String), Slot, Xxh3Builder>,
     batch: Batch,
     outgoing: Vec<Outgoing>,
     changes: Vec<AudienceChange>,
@@ -791,9 +794,13 @@ pub async fn run(
             audience: c.topics.audience_changes.clone(),
             dead_letter: c.topics.dead_letter.clone(),
         },
-        cache: LruCache::new(
+        cache: LruCache::with_hasher(
             NonZeroUsize::new(c.state.cache_profiles)
                 .context("state.cache_profiles must be > 0")?,
+            Xxh3Builder::new().with_seed({
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0u64)
+            }),
         ),
         batch: Batch::default(),
         outgoing: Vec::new(),
