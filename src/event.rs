@@ -311,7 +311,7 @@ impl Event {
         }
     }
 
-    fn from_storefront(e: wire::StorefrontEvent) -> Result<Event, InvalidEvent> {
+    fn from_storefront(e: Box<wire::StorefrontEvent>) -> Result<Event, InvalidEvent> {
         let kind = EventType::parse(&e.event_type)
             .filter(|k| k.family() == Family::Storefront)
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "storefront"))?;
@@ -409,7 +409,7 @@ impl Event {
         Ok(ev)
     }
 
-    fn from_backoffice(e: wire::BackofficeEvent) -> Result<Event, InvalidEvent> {
+    fn from_backoffice(e: Box<wire::BackofficeEvent>) -> Result<Event, InvalidEvent> {
         let kind = EventType::parse(&e.event_type)
             .filter(|k| k.family() == Family::Backoffice)
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "backoffice"))?;
@@ -454,7 +454,7 @@ impl Event {
         Ok(ev)
     }
 
-    fn from_profile(e: wire::ProfileEvent) -> Result<Event, InvalidEvent> {
+    fn from_profile(e: Box<wire::ProfileEvent>) -> Result<Event, InvalidEvent> {
         let kind = EventType::parse(&e.event_type)
             .filter(|k| k.family() == Family::Profile)
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "profile"))?;
@@ -580,7 +580,7 @@ mod tests {
     #[test]
     fn order_value_falls_back_to_line_totals_and_email_is_normalised() {
         let ev = Event::from_input(
-            InputMessage::Backoffice(order_placed(None)),
+            InputMessage::Backoffice(Box::new(order_placed(None))),
             1_700_000_000_000,
         )
         .unwrap();
@@ -588,7 +588,7 @@ mod tests {
         assert_eq!(ev.lines[0].price, Some(5.0));
         assert_eq!(ev.identity.email.as_deref(), Some("ann@example.com"));
         let ev = Event::from_input(
-            InputMessage::Backoffice(order_placed(Some(12.5))),
+            InputMessage::Backoffice(Box::new(order_placed(Some(12.5)))),
             1_700_000_000_000,
         )
         .unwrap();
@@ -600,7 +600,7 @@ mod tests {
         let mut e = order_placed(None);
         e.timestamp = 5;
         assert_eq!(
-            Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000)
+            Event::from_input(InputMessage::Backoffice(Box::new(e)), 1_700_000_000_000)
                 .unwrap_err()
                 .code(),
             "bad_event_time"
@@ -608,14 +608,14 @@ mod tests {
         let mut e = order_placed(None);
         e.event_type = "addToCart".into();
         assert_eq!(
-            Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000)
+            Event::from_input(InputMessage::Backoffice(Box::new(e)), 1_700_000_000_000)
                 .unwrap_err()
                 .code(),
             "unknown_event_type"
         );
         let e = order_placed(Some(f64::NAN));
         assert_eq!(
-            Event::from_input(InputMessage::Backoffice(e), 1_700_000_000_000)
+            Event::from_input(InputMessage::Backoffice(Box::new(e)), 1_700_000_000_000)
                 .unwrap_err()
                 .code(),
             "not_finite"

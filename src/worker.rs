@@ -824,17 +824,19 @@ pub async fn run(
 
     let result: anyhow::Result<()> = async {
         while !stopping {
-            let deadline = tokio::time::Instant::now() + max_wait;
+            // One deadline per batch (a timer per message showed in profiles).
+            let deadline = tokio::time::sleep(max_wait);
+            tokio::pin!(deadline);
             w.wall = now_ms();
             loop {
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => { stopping = true; break; }
-                    r = tokio::time::timeout_at(deadline, consumer.recv()) => {
+                    _ = &mut deadline => break,
+                    r = consumer.recv() => {
                         let msg = match r {
-                            Err(_) => break,
-                            Ok(Err(e)) => { warn!(error = %e, "consumer error"); continue; }
-                            Ok(Ok(m)) => m,
+                            Err(e) => { warn!(error = %e, "consumer error"); continue; }
+                            Ok(m) => m,
                         };
                         let sought = w.apply_rebalances(&consumer, &mut assigned)?;
                         health.ready.store(!assigned.is_empty(), Ordering::Relaxed);
