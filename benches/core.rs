@@ -33,6 +33,34 @@ fn segments() -> Arc<SegmentSet> {
     Arc::new(SegmentSet::parse(&src).unwrap())
 }
 
+/// Profiles in memory and the core: what the worker holds, minus RocksDB.
+struct Run {
+    profiles: HashMap<String, Profile>,
+    core: Core,
+    out: Vec<tailor::wire::AudienceChange>,
+}
+
+impl Run {
+    fn new(set: &Arc<SegmentSet>) -> Run {
+        Run {
+            profiles: HashMap::new(),
+            core: Core::new(set.clone()),
+            out: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, key: &str, ev: &Event) {
+        let p = self.profiles.entry(key.to_owned()).or_default();
+        self.out.clear();
+        let source = Source {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+        };
+        self.core.process(key, p, ev, source, &mut self.out);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let events = load();
     let decoder = SingleObjectDecoder::default();
@@ -62,30 +90,12 @@ fn bench(c: &mut Criterion) {
 
     g.bench_function("apply_and_evaluate", |b| {
         b.iter_batched(
-            || {
-                (
-                    HashMap::<String, Profile>::new(),
-                    Core::new(set.clone()),
-                    Vec::new(),
-                )
-            },
-            |(mut profiles, mut core, mut out)| {
+            || Run::new(&set),
+            |mut run| {
                 for (key, ev) in &decoded {
-                    let p = profiles.entry(key.clone()).or_default();
-                    out.clear();
-                    core.process(
-                        key,
-                        p,
-                        ev,
-                        Source {
-                            topic: "t",
-                            partition: 0,
-                            offset: 0,
-                        },
-                        &mut out,
-                    );
+                    run.apply(key, ev);
                 }
-                profiles
+                run
             },
             BatchSize::LargeInput,
         )
@@ -93,54 +103,25 @@ fn bench(c: &mut Criterion) {
 
     g.bench_function("decode_apply_evaluate", |b| {
         b.iter_batched(
-            || {
-                (
-                    HashMap::<String, Profile>::new(),
-                    Core::new(set.clone()),
-                    Vec::new(),
-                )
-            },
-            |(mut profiles, mut core, mut out)| {
+            || Run::new(&set),
+            |mut run| {
                 for e in &events {
                     let ev = Event::from_input(decoder.decode(e.family, &e.payload).unwrap(), now)
                         .unwrap();
-                    let p = profiles.entry(e.key.clone()).or_default();
-                    out.clear();
-                    core.process(
-                        &e.key,
-                        p,
-                        &ev,
-                        Source {
-                            topic: "t",
-                            partition: 0,
-                            offset: 0,
-                        },
-                        &mut out,
-                    );
+                    run.apply(&e.key, &ev);
                 }
-                profiles
+                run
             },
             BatchSize::LargeInput,
         )
     });
 
     // Evaluation alone, on profiles already built: the cost per event of the rules.
-    let mut profiles: HashMap<String, Profile> = HashMap::new();
-    let mut core = Core::new(set.clone());
-    let mut out = Vec::new();
+    let mut run = Run::new(&set);
     for (key, ev) in &decoded {
-        core.process(
-            key,
-            profiles.entry(key.clone()).or_default(),
-            ev,
-            Source {
-                topic: "t",
-                partition: 0,
-                offset: 0,
-            },
-            &mut out,
-        );
+        run.apply(key, ev);
     }
+    let profiles = run.profiles;
     let built: Vec<&Profile> = decoded.iter().map(|(k, _)| &profiles[k]).collect();
     g.bench_function("evaluate_segments", |b| {
         let mut results = Vec::with_capacity(set.len());
