@@ -29,6 +29,8 @@
 //!   state + next offsets → store offsets for lag monitoring.
 //! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`), [`replay`] (real
 //!   data sets as platform events).
+//! - [`samples`]: fully populated example events of every type, for tests, benchmarks and
+//!   producers who want to see a complete event.
 
 pub mod audience;
 pub mod codec;
