@@ -222,11 +222,6 @@ impl SchemaCatalog {
         &CATALOG
     }
 
-    /// The reader schema of a record, by full name.
-    pub fn reader_schema(&self, name: &str) -> Option<&'static Schema> {
-        self.readers.get(name).map(|r| r.schema)
-    }
-
     /// Every schema's fingerprint and full name (for docs and tests).
     pub fn known(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self

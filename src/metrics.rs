@@ -33,29 +33,34 @@ pub struct Metrics {
     pub state_reads: IntCounter,
 }
 
+/// Registers a metric and hands it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            registered(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let plain_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            registered(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
         let events = counter(
             "tailor_events_total",
@@ -95,9 +100,7 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(batch_seconds.clone()))
-            .expect("unique metric");
+        let batch_seconds = registered(&registry, batch_seconds);
         let phase_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "tailor_batch_phase_duration_seconds",
@@ -107,25 +110,19 @@ impl Metrics {
             &["phase"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(phase_seconds.clone()))
-            .expect("unique metric");
+        let phase_seconds = registered(&registry, phase_seconds);
         let batch_messages = Histogram::with_opts(
             HistogramOpts::new("tailor_batch_messages", "Messages per batch.")
                 .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets")),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(batch_messages.clone()))
-            .expect("unique metric");
+        let batch_messages = registered(&registry, batch_messages);
         let state_reads = IntCounter::new(
             "tailor_state_reads_total",
             "Profile cache misses read from RocksDB.",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(state_reads.clone()))
-            .expect("unique metric");
+        let state_reads = registered(&registry, state_reads);
         Metrics {
             events,
             dead_letters,

@@ -451,12 +451,6 @@ impl Profile {
             .and_then(|i| self.counters[i].1.last())
     }
 
-    pub fn is_member(&self, segment: &str) -> bool {
-        self.segments
-            .binary_search_by(|m| m.segment.as_str().cmp(segment))
-            .is_ok()
-    }
-
     /// Identities in the output records' shape.
     pub fn identity(&self) -> crate::wire::Identity {
         crate::wire::Identity {

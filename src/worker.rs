@@ -282,6 +282,8 @@ struct Worker {
     outgoing: Vec<Outgoing>,
     changes: Vec<AudienceChange>,
     progress: Progress,
+    /// Members per segment in this worker's store: loaded at start, kept with each commit.
+    segment_sizes: std::collections::BTreeMap<String, i64>,
     /// `tailor_events_total` per event type, resolved once (no label hashing per event).
     event_counters: Vec<prometheus::IntCounter>,
     /// Wall clock at the start of the batch (validation of far-future event times only).
@@ -650,10 +652,12 @@ impl Worker {
             .observe(t_commit.elapsed().as_secs_f64());
 
         for (_, segment, delta) in &commit.segment_deltas {
+            let n = self.segment_sizes.entry(segment.clone()).or_default();
+            *n += delta;
             self.metrics
                 .segment_members
                 .with_label_values(&[segment])
-                .add(*delta);
+                .set(*n);
         }
         for (topic, partition, next) in &commit.offsets {
             self.metrics
@@ -686,17 +690,14 @@ impl Worker {
         let rate = (self.progress.events - self.progress.last_events) as f64
             / elapsed.as_secs_f64().max(1e-3);
         self.metrics
-            .state_profiles
-            .set(self.store.estimated_profiles() as i64);
-        self.metrics
             .state_bytes
             .set(self.store.estimated_bytes() as i64);
+        let profiles = self.store.estimated_profiles();
+        self.metrics.state_profiles.set(profiles as i64);
         let sizes: Vec<String> = self
-            .store
-            .segment_sizes()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, n)| *n != 0)
+            .segment_sizes
+            .iter()
+            .filter(|(_, n)| **n != 0)
             .map(|(s, n)| format!("{s}={n}"))
             .collect();
         info!(
@@ -704,7 +705,7 @@ impl Worker {
             events_per_sec = rate.round(),
             dead_lettered = self.progress.dead,
             audience_changes = self.progress.changes,
-            profiles = self.store.estimated_profiles(),
+            profiles,
             segments = %sizes.join(" "),
             "progress"
         );
@@ -732,11 +733,13 @@ pub async fn run(
     std::fs::create_dir_all(&c.state.path)
         .with_context(|| format!("creating state directory {}", c.state.path.display()))?;
     let store = Arc::new(Store::open(&c.state.path, &settings.store)?);
-    for (segment, n) in store.segment_sizes()? {
+    let segment_sizes: std::collections::BTreeMap<String, i64> =
+        store.segment_sizes()?.into_iter().collect();
+    for (segment, n) in &segment_sizes {
         metrics
             .segment_members
-            .with_label_values(&[&segment])
-            .set(n);
+            .with_label_values(&[segment])
+            .set(*n);
     }
 
     let mut pcfg = client_config(&settings);
@@ -806,6 +809,7 @@ pub async fn run(
         outgoing: Vec::new(),
         changes: Vec::new(),
         progress: Progress::default(),
+        segment_sizes,
         event_counters: crate::event::EventType::ALL
             .iter()
             .map(|t| {
