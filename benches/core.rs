@@ -1,5 +1,6 @@
 //! Criterion benchmark of the synchronous core on real data: decode (Avro single-object) + apply
-//! to the profile + evaluate every segment of `examples/segments.yaml`, per event.
+//! to the profile + evaluate every segment of `examples/segments.yaml` and its journeys, per
+//! event; the same with 50 segments; and timers firing.
 //!
 //! Input: the shipped REES46 and UCI samples, replayed into encoded messages once; profiles live
 //! in a HashMap (no RocksDB here: the core only). `cargo bench --bench core`.
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tailor::audience::{Core, Source};
+use tailor::audience::{Core, Outputs, Source};
 use tailor::codec::{Decoder, SingleObjectDecoder};
 use tailor::event::Event;
 use tailor::profile::Profile;
@@ -25,19 +26,46 @@ fn load() -> Vec<Produced> {
     v
 }
 
+fn example_file() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/segments.yaml"))
+        .unwrap()
+}
+
 fn segments() -> Arc<SegmentSet> {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/segments.yaml"),
-    )
-    .unwrap();
-    Arc::new(SegmentSet::parse(&src).unwrap())
+    Arc::new(SegmentSet::parse(&example_file()).unwrap())
+}
+
+/// The example file plus generated segments of every rule kind, 50 in all.
+fn fifty_segments() -> Arc<SegmentSet> {
+    let src = example_file();
+    let (segs, journeys) = src.split_at(src.find("\njourneys:").unwrap());
+    let mut extra = String::new();
+    let base = SegmentSet::parse(&src).unwrap().len();
+    let templates = [
+        "count(productPageView, {n}h) >= 3",
+        "then_no(addToCart, completeCheckout, {n}h) and cart.items > 0",
+        "since(last productPageView) > {n}h and orders.count >= 1",
+        "sum(order, {n}d) >= 100",
+        "affinity(\"electronics.smartphone\") >= {n}",
+        "count_category(productPageView, \"electronics.smartphone\", {n}d) >= 2",
+        "then_no(productPageView(\"appliances.kitchen.washer\"), addToCart, {n}h)",
+        "in_segment(\"cart-holders\") and count(searchResponseReceived, {n}h) >= 2",
+    ];
+    for i in 0..50 - base {
+        let rule =
+            templates[i % templates.len()].replace("{n}", &(i / templates.len() + 1).to_string());
+        extra.push_str(&format!("  - id: generated-{i}\n    rule: '{rule}'\n"));
+    }
+    let set = SegmentSet::parse(&format!("{segs}\n{extra}{journeys}")).unwrap();
+    assert_eq!(set.len(), 50);
+    Arc::new(set)
 }
 
 /// Profiles in memory and the core: what the worker holds, minus RocksDB.
 struct Run {
     profiles: HashMap<String, Profile>,
     core: Core,
-    out: Vec<tailor::wire::AudienceChange>,
+    out: Outputs,
 }
 
 impl Run {
@@ -45,7 +73,7 @@ impl Run {
         Run {
             profiles: HashMap::new(),
             core: Core::new(set.clone()),
-            out: Vec::new(),
+            out: Outputs::default(),
         }
     }
 
@@ -57,7 +85,9 @@ impl Run {
             partition: 0,
             offset: 0,
         };
-        self.core.process(key, p, ev, source, &mut self.out);
+        // A replay: the stream clock is the event's time.
+        self.core
+            .process(key, p, ev, source, ev.time, &mut self.out);
     }
 }
 
@@ -101,20 +131,27 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    g.bench_function("decode_apply_evaluate", |b| {
-        b.iter_batched(
-            || Run::new(&set),
-            |mut run| {
-                for e in &events {
-                    let ev = Event::from_input(decoder.decode(e.family, &e.payload).unwrap(), now)
-                        .unwrap();
-                    run.apply(&e.key, &ev);
-                }
-                run
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    let fifty = fifty_segments();
+    for (name, set) in [
+        ("decode_apply_evaluate", &set),
+        ("decode_apply_evaluate_50_segments", &fifty),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || Run::new(set),
+                |mut run| {
+                    for e in &events {
+                        let ev =
+                            Event::from_input(decoder.decode(e.family, &e.payload).unwrap(), now)
+                                .unwrap();
+                        run.apply(&e.key, &ev);
+                    }
+                    run
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
 
     // Evaluation alone, on profiles already built: the cost per event of the rules.
     let mut run = Run::new(&set);
@@ -131,6 +168,51 @@ fn bench(c: &mut Criterion) {
                 std::hint::black_box(&results);
             }
         })
+    });
+    g.finish();
+
+    // Timers: every profile built from the samples, its clock jumped to 100 days later (as when
+    // a replay catches up with the wall clock): each pending timer fires at its own due time,
+    // and the next is scheduled, until none is left.
+    let mut run = Run::new(&fifty);
+    for (key, ev) in &decoded {
+        run.apply(key, ev);
+    }
+    let pending: Vec<(String, Profile)> = run
+        .profiles
+        .into_iter()
+        .filter(|(_, p)| p.next_timer.is_some())
+        .collect();
+    let until = decoded.iter().map(|(_, e)| e.time).max().unwrap() + 100 * 86_400_000;
+    let mut fired = 0;
+    {
+        let mut core = Core::new(fifty.clone());
+        let mut out = Outputs::default();
+        for (k, p) in &pending {
+            core.advance(k, &mut p.clone(), until, &mut out);
+        }
+        fired += out.timers_fired;
+    }
+    println!(
+        "timers: {} profiles with a pending timer fire {fired} timers until none is left",
+        pending.len()
+    );
+    let mut g = c.benchmark_group("timers");
+    g.throughput(Throughput::Elements(fired));
+    g.sample_size(20);
+    g.bench_function("fire_until_none_left_50_segments", |b| {
+        b.iter_batched(
+            || (Core::new(fifty.clone()), pending.clone()),
+            |(mut core, mut profiles)| {
+                let mut out = Outputs::default();
+                for (k, p) in &mut profiles {
+                    core.advance(k, p, until, &mut out);
+                    out.clear();
+                }
+                profiles
+            },
+            BatchSize::LargeInput,
+        )
     });
     g.finish();
 }

@@ -1,18 +1,29 @@
-//! The core's entry point: apply an event to a profile, re-evaluate its segments, and say who
-//! entered and who exited. Synchronous, no I/O.
+//! The core's entry point: apply an event to a profile or fire its timer, re-evaluate its
+//! segments, say who entered and who exited, and which journeys start. Synchronous, no I/O.
 //!
-//! Output ids are derived from the cause (profile key, segment, direction, causing event id), so
-//! re-processing the same input after a crash gives the same ids and consumers can drop
-//! duplicates.
+//! Output ids are derived from the cause (profile key, segment or journey, direction, causing
+//! event id or timer due time), so re-processing the same input after a crash gives the same ids
+//! and consumers can drop duplicates.
+//!
+//! ## Time
+//!
+//! Rules run on stream time, never on the machine's clock. After each evaluation the profile
+//! keeps `next_timer`: the earliest moment the passing of time alone may change a membership
+//! (a window emptying, `since()` crossing its bound, a sequence's wait ending, an affinity
+//! decaying below its threshold). The shell keeps a timer index on it and calls
+//! [`Core::advance`] when the partition's clock passes it; an event for the profile fires its
+//! due timers first. Either way each timer is evaluated *at its due time*, so a replay gives the
+//! same outputs as the live run, whenever the clock got there.
 
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::Event;
+use crate::journey::{self, Suppressed, Trigger};
 use crate::profile::{Membership, Profile};
 use crate::segments::SegmentSet;
-use crate::wire::{AudienceChange, Cause, Direction};
+use crate::wire::{AudienceChange, Cause, Direction, JourneyTrigger};
 
 /// Where the causing message came from (carried into the output's cause).
 #[derive(Debug, Clone, Copy)]
@@ -32,34 +43,127 @@ pub fn output_id(parts: &[&str]) -> String {
     format!("{:032x}", xxh3_128(&buf))
 }
 
-/// Applies events and evaluates segments; holds only reusable scratch space.
+/// Everything one call of the core produced.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub changes: Vec<AudienceChange>,
+    pub triggers: Vec<JourneyTrigger>,
+    /// Journeys that matched but did not trigger: (journey id, why).
+    pub suppressed: Vec<(String, Suppressed)>,
+    /// Timers that fired (each one re-evaluates the profile at its due time).
+    pub timers_fired: u64,
+}
+
+impl Outputs {
+    pub fn clear(&mut self) {
+        self.changes.clear();
+        self.triggers.clear();
+        self.suppressed.clear();
+        self.timers_fired = 0;
+    }
+}
+
+/// What made an evaluation happen.
+enum Why<'a> {
+    Event(&'a Event, Source<'a>),
+    /// A timer due at this time.
+    Timer(i64),
+}
+
+/// Applies events, fires timers, evaluates segments and journeys; holds only scratch space.
 pub struct Core {
     segments: Arc<SegmentSet>,
     results: Vec<bool>,
+    nexts: Vec<Option<i64>>,
 }
 
 impl Core {
     pub fn new(segments: Arc<SegmentSet>) -> Core {
         let results = Vec::with_capacity(segments.len());
-        Core { segments, results }
+        let nexts = Vec::with_capacity(segments.len());
+        Core {
+            segments,
+            results,
+            nexts,
+        }
     }
 
     pub fn segments(&self) -> &SegmentSet {
         &self.segments
     }
 
-    /// Applies `ev` to `profile` (stored under `key`) and appends the audience changes to `out`.
+    /// Applies `ev` to `profile` (stored under `key`) at stream time `clock` (the partition's
+    /// clock) and appends the outputs to `out`.
+    ///
+    /// The profile's timers due by then fire first, with the state before the event: a shopper
+    /// whose cart was abandoned at 10:00 and who checks out at 11:30 entered "cart abandoners"
+    /// at 11:00, whatever the batch boundaries. The event is then evaluated at
+    /// `max(clock, event time, latest time the profile saw)`.
     pub fn process(
         &mut self,
         key: &str,
         profile: &mut Profile,
         ev: &Event,
         source: Source,
-        out: &mut Vec<AudienceChange>,
+        clock: i64,
+        out: &mut Outputs,
     ) {
+        let now = clock
+            .max(ev.time)
+            .max(profile.last_seen.unwrap_or(i64::MIN));
+        self.advance(key, profile, now, out);
         profile.apply(ev);
-        // Rules run on event time: the profile's clock is the latest event time it has seen.
-        let now = profile.last_seen.unwrap_or(ev.time);
+        self.evaluate(key, profile, now, Why::Event(ev, source), out);
+    }
+
+    /// Fires the profile's timers due at or before `until`, each at its own due time, in order.
+    /// The same profile and `until` always give the same outputs, whenever this runs.
+    pub fn advance(&mut self, key: &str, profile: &mut Profile, until: i64, out: &mut Outputs) {
+        while let Some(due) = profile.next_timer.filter(|&t| t <= until) {
+            out.timers_fired += 1;
+            self.evaluate(key, profile, due, Why::Timer(due), out);
+        }
+    }
+
+    fn evaluate(
+        &mut self,
+        key: &str,
+        profile: &mut Profile,
+        now: i64,
+        why: Why,
+        out: &mut Outputs,
+    ) {
+        let first_change = out.changes.len();
+        let (at, cause) = match &why {
+            Why::Event(ev, source) => (
+                ev.time,
+                Cause {
+                    kind: "event".into(),
+                    event_id: Some(ev.id.clone()),
+                    event_type: Some(ev.kind.name().into()),
+                    segment_id: None,
+                    source_topic: Some(source.topic.to_owned()),
+                    source_partition: Some(source.partition),
+                    source_offset: Some(source.offset),
+                },
+            ),
+            Why::Timer(due) => (
+                *due,
+                Cause {
+                    kind: "timer".into(),
+                    event_id: None,
+                    event_type: None,
+                    segment_id: None,
+                    source_topic: None,
+                    source_partition: None,
+                    source_offset: None,
+                },
+            ),
+        };
+        let cause_id = match &why {
+            Why::Event(ev, _) => ev.id.clone(),
+            Why::Timer(due) => format!("timer@{due}"),
+        };
         self.segments.evaluate(profile, now, &mut self.results);
         for (seg, &member) in self.segments.segments().iter().zip(&self.results) {
             let pos = profile
@@ -71,7 +175,7 @@ impl Core {
                         i,
                         Membership {
                             segment: seg.id.clone(),
-                            since: ev.time,
+                            since: at,
                         },
                     );
                     Direction::Entered
@@ -82,22 +186,84 @@ impl Core {
                 }
                 _ => continue,
             };
-            out.push(AudienceChange {
-                id: output_id(&[key, &seg.id, direction.as_str(), &ev.id]),
+            out.changes.push(AudienceChange {
+                id: output_id(&[key, &seg.id, direction.as_str(), &cause_id]),
                 profile_key: key.to_owned(),
                 identity: profile.identity(),
                 segment_id: seg.id.clone(),
                 direction,
-                event_time: ev.time,
-                cause: Cause {
-                    kind: "event".into(),
-                    event_id: Some(ev.id.clone()),
-                    event_type: Some(ev.kind.name().into()),
-                    segment_id: None,
-                    source_topic: Some(source.topic.to_owned()),
-                    source_partition: Some(source.partition),
-                    source_offset: Some(source.offset),
+                event_time: at,
+                cause: cause.clone(),
+            });
+        }
+        self.journeys(key, profile, now, at, &why, &cause, first_change, out);
+        profile.next_timer =
+            self.segments
+                .next_change(profile, now, &self.results, &mut self.nexts);
+    }
+
+    /// Triggers the journeys this evaluation matched (its changes start at `first_change`).
+    #[allow(clippy::too_many_arguments)]
+    fn journeys(
+        &mut self,
+        key: &str,
+        profile: &mut Profile,
+        now: i64,
+        at: i64,
+        why: &Why,
+        cause: &Cause,
+        first_change: usize,
+        out: &mut Outputs,
+    ) {
+        let ev = match why {
+            Why::Event(ev, _) => Some(*ev),
+            Why::Timer(_) => None,
+        };
+        for journey in self.segments.journeys() {
+            let change = |seg: usize, dir: Direction| {
+                let id = &self.segments.segments()[seg].id;
+                out.changes[first_change..]
+                    .iter()
+                    .find(|c| c.direction == dir && c.segment_id == *id)
+            };
+            let (cause_key, segment) = match &journey.trigger {
+                Trigger::Event(kinds) => match ev.filter(|e| kinds.contains(&e.kind)) {
+                    Some(e) => (journey::event_cause(e), None),
+                    None => continue,
                 },
+                Trigger::Enter(seg) | Trigger::Exit(seg) => {
+                    let dir = if matches!(journey.trigger, Trigger::Enter(_)) {
+                        Direction::Entered
+                    } else {
+                        Direction::Exited
+                    };
+                    match change(*seg, dir) {
+                        Some(c) => (format!("change:{}", c.id), Some(c.segment_id.clone())),
+                        None => continue,
+                    }
+                }
+            };
+            if !self
+                .segments
+                .journey_condition(journey, profile, now, &self.results)
+            {
+                continue;
+            }
+            if let Err(why) = journey.admit(profile, &cause_key, at) {
+                out.suppressed.push((journey.id.clone(), why));
+                continue;
+            }
+            let mut cause = cause.clone();
+            cause.segment_id = segment;
+            out.triggers.push(JourneyTrigger {
+                id: output_id(&[key, &journey.id, &cause_key]),
+                journey_id: journey.id.clone(),
+                profile_key: key.to_owned(),
+                identity: profile.identity(),
+                triggered_at: at,
+                cause,
+                contact: journey::contact(profile),
+                context: journey::context(profile, ev),
             });
         }
     }
@@ -106,7 +272,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventType, Line};
+    use crate::event::{Attributes, EventType, Line};
     use crate::wire::Identity;
 
     const RULES: &str = r#"
@@ -117,30 +283,76 @@ segments:
     rule: in_segment("cart-holders") and cart.value >= 100
 "#;
 
-    fn add(id: &str, time: i64, qty: f64) -> Event {
+    const TIMED: &str = r#"
+segments:
+  - id: cart-abandoners
+    rule: then_no(addToCart, completeCheckout, 1h) and cart.items > 0
+  - id: browsing
+    rule: count(productPageView, 1h) >= 2
+  - id: fresh
+    rule: since(last productPageView) < 30m
+journeys:
+  - id: abandoned-cart
+    on_enter: cart-abandoners
+    reentry_wait: 1d
+    consent: email
+  - id: post-purchase
+    on_event: [orderPlaced, completeCheckout]
+"#;
+
+    const T: i64 = 1_760_000_000_000;
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+
+    fn ev(kind: EventType, id: &str, time: i64) -> Event {
         Event {
             id: id.into(),
-            kind: EventType::AddToCart,
+            kind,
             time,
             identity: Identity {
                 ecid: Some("e1".into()),
                 ..Default::default()
             },
-            value: qty * 60.0,
+            value: 0.0,
             device: None,
             channel: None,
-            lines: vec![Line {
-                sku: "S".into(),
-                quantity: qty,
-                price: Some(60.0),
-                ..Default::default()
-            }],
+            lines: Vec::new(),
             cart: None,
             order_id: None,
             search_phrase: None,
             search_results: None,
             attributes: None,
         }
+    }
+
+    fn add(id: &str, time: i64, qty: f64) -> Event {
+        let mut e = ev(EventType::AddToCart, id, time);
+        e.value = qty * 60.0;
+        e.lines = vec![Line {
+            sku: "S".into(),
+            name: Some("Shoe".into()),
+            quantity: qty,
+            price: Some(60.0),
+            ..Default::default()
+        }];
+        e
+    }
+
+    fn checkout(id: &str, time: i64, order: &str) -> Event {
+        let mut e = ev(EventType::CompleteCheckout, id, time);
+        e.order_id = Some(order.into());
+        e.value = 60.0;
+        e
+    }
+
+    fn consent(time: i64, yes: bool) -> Event {
+        let mut e = ev(EventType::AccountUpdated, "consent", time);
+        e.attributes = Some(Attributes {
+            email: Some("a@example.com".into()),
+            consent_email: Some(yes),
+            ..Default::default()
+        });
+        e
     }
 
     fn src() -> Source<'static> {
@@ -151,49 +363,353 @@ segments:
         }
     }
 
+    fn core(rules: &str) -> Core {
+        Core::new(Arc::new(SegmentSet::parse(rules).unwrap()))
+    }
+
+    /// Processes events in order with the clock at each event's time, as a replay would.
+    fn run(core: &mut Core, p: &mut Profile, events: &[Event]) -> Outputs {
+        let mut out = Outputs::default();
+        for e in events {
+            core.process("k1", p, e, src(), e.time, &mut out);
+        }
+        out
+    }
+
+    fn changes(out: &Outputs) -> Vec<(&str, Direction, i64)> {
+        out.changes
+            .iter()
+            .map(|c| (c.segment_id.as_str(), c.direction, c.event_time))
+            .collect()
+    }
+
     #[test]
     fn enters_once_then_exits_with_stable_ids() {
-        let mut core = Core::new(Arc::new(SegmentSet::parse(RULES).unwrap()));
+        let mut core = core(RULES);
         let mut p = Profile::default();
-        let mut out = Vec::new();
-        core.process("k1", &mut p, &add("a", 1_000, 1.0), src(), &mut out);
-        assert_eq!(out.len(), 1);
+        let out = run(&mut core, &mut p, &[add("a", 1_000, 1.0)]);
         assert_eq!(
-            (out[0].segment_id.as_str(), out[0].direction),
-            ("cart-holders", Direction::Entered)
+            changes(&out),
+            vec![("cart-holders", Direction::Entered, 1_000)]
         );
-        core.process("k1", &mut p, &add("b", 2_000, 1.0), src(), &mut out);
-        assert_eq!(out.len(), 2, "no second ENTERED for cart-holders");
+        let out = run(&mut core, &mut p, &[add("b", 2_000, 1.0)]);
+        assert_eq!(changes(&out), vec![("big-cart", Direction::Entered, 2_000)]);
+        let out = run(&mut core, &mut p, &[checkout("c", 3_000, "o1")]);
         assert_eq!(
-            (out[1].segment_id.as_str(), out[1].direction),
-            ("big-cart", Direction::Entered)
-        );
-        let mut checkout = add("c", 3_000, 0.0);
-        checkout.kind = EventType::CompleteCheckout;
-        checkout.order_id = Some("o1".into());
-        core.process("k1", &mut p, &checkout, src(), &mut out);
-        let exits: Vec<_> = out[2..]
-            .iter()
-            .map(|c| (c.segment_id.as_str(), c.direction))
-            .collect();
-        assert_eq!(
-            exits,
+            changes(&out),
             vec![
-                ("cart-holders", Direction::Exited),
-                ("big-cart", Direction::Exited)
+                ("cart-holders", Direction::Exited, 3_000),
+                ("big-cart", Direction::Exited, 3_000)
             ]
         );
-        assert_eq!(out[2].cause.event_type.as_deref(), Some("completeCheckout"));
+        assert_eq!(
+            out.changes[0].cause.event_type.as_deref(),
+            Some("completeCheckout")
+        );
+        assert_eq!(p.next_timer, None, "no rule here depends on time");
 
         // Same input, fresh state: the same ids.
-        let mut again = Vec::new();
-        let mut p2 = Profile::default();
-        for e in [add("a", 1_000, 1.0), add("b", 2_000, 1.0), checkout] {
-            core.process("k1", &mut p2, &e, src(), &mut again);
+        let events = [
+            add("a", 1_000, 1.0),
+            add("b", 2_000, 1.0),
+            checkout("c", 3_000, "o1"),
+        ];
+        let ids = |o: &Outputs| o.changes.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let first = run(&mut core, &mut Profile::default(), &events);
+        let second = run(&mut core, &mut Profile::default(), &events);
+        assert_eq!(ids(&first), ids(&second));
+        assert_eq!(first.changes[0].id.len(), 32);
+        assert_ne!(first.changes[0].id, first.changes[2].id);
+    }
+
+    #[test]
+    fn an_abandoned_cart_enters_at_exactly_one_hour_and_triggers_its_journey() {
+        let mut core = core(TIMED);
+        let mut p = Profile::default();
+        run(
+            &mut core,
+            &mut p,
+            &[consent(T - MIN, true), add("a", T, 2.0)],
+        );
+        assert_eq!(
+            p.next_timer,
+            Some(T + HOUR),
+            "scheduled for when the wait ends"
+        );
+
+        let mut out = Outputs::default();
+        core.advance("k1", &mut p, T + HOUR - 1, &mut out);
+        assert!(
+            out.changes.is_empty() && out.timers_fired == 0,
+            "not a millisecond early"
+        );
+        core.advance("k1", &mut p, T + 5 * HOUR, &mut out);
+        assert_eq!(out.timers_fired, 1);
+        assert_eq!(
+            changes(&out),
+            vec![("cart-abandoners", Direction::Entered, T + HOUR)],
+            "entered at the due time, not at the clock's"
+        );
+        assert_eq!(out.changes[0].cause.kind, "timer");
+        let t = &out.triggers[0];
+        assert_eq!(
+            (t.journey_id.as_str(), t.triggered_at),
+            ("abandoned-cart", T + HOUR)
+        );
+        assert_eq!(t.cause.segment_id.as_deref(), Some("cart-abandoners"));
+        assert_eq!(t.contact.email.as_deref(), Some("a@example.com"));
+        assert_eq!(t.context.cart_items.len(), 1);
+        assert_eq!(t.context.cart_items[0].name.as_deref(), Some("Shoe"));
+        assert_eq!(t.context.cart_value, Some(120.0));
+        assert_eq!(p.next_timer, None, "nothing left to wait for");
+
+        // Checking out later exits, and starts the post-purchase journey once for the order,
+        // even when the back office reports the same order again.
+        let mut placed = checkout("bo", T + 3 * HOUR, "o-1");
+        placed.kind = EventType::OrderPlaced;
+        let out = run(
+            &mut core,
+            &mut p,
+            &[checkout("c", T + 3 * HOUR, "o-1"), placed],
+        );
+        assert_eq!(
+            changes(&out),
+            vec![("cart-abandoners", Direction::Exited, T + 3 * HOUR)]
+        );
+        assert_eq!(out.triggers.len(), 1);
+        assert_eq!(out.triggers[0].journey_id, "post-purchase");
+        assert_eq!(out.triggers[0].context.order_id.as_deref(), Some("o-1"));
+        assert_eq!(
+            out.suppressed,
+            vec![("post-purchase".to_string(), Suppressed::DuplicateCause)]
+        );
+    }
+
+    #[test]
+    fn a_checkout_at_59_minutes_means_nothing_happens() {
+        let mut core = core(TIMED);
+        let mut p = Profile::default();
+        let mut out = run(
+            &mut core,
+            &mut p,
+            &[
+                consent(T - MIN, true),
+                add("a", T, 1.0),
+                checkout("c", T + 59 * MIN, "o"),
+            ],
+        );
+        core.advance("k1", &mut p, T + 30 * 24 * HOUR, &mut out);
+        assert!(
+            !out.changes
+                .iter()
+                .any(|c| c.segment_id == "cart-abandoners"),
+            "{:?}",
+            changes(&out)
+        );
+        assert!(!out
+            .triggers
+            .iter()
+            .any(|t| t.journey_id == "abandoned-cart"));
+    }
+
+    #[test]
+    fn an_event_after_the_due_time_fires_the_timer_first() {
+        // The clock never reached T+1h (no other traffic), then the checkout arrives at T+2h:
+        // the shopper did abandon the cart for an hour before checking out.
+        let mut core = core(TIMED);
+        let mut p = Profile::default();
+        let out = run(
+            &mut core,
+            &mut p,
+            &[
+                consent(T - MIN, true),
+                add("a", T, 1.0),
+                checkout("c", T + 2 * HOUR, "o"),
+            ],
+        );
+        let abandon: Vec<_> = changes(&out)
+            .into_iter()
+            .filter(|c| c.0 == "cart-abandoners")
+            .collect();
+        assert_eq!(
+            abandon,
+            vec![
+                ("cart-abandoners", Direction::Entered, T + HOUR),
+                ("cart-abandoners", Direction::Exited, T + 2 * HOUR)
+            ]
+        );
+    }
+
+    #[test]
+    fn reentry_wait_and_missing_consent_suppress_the_trigger_not_the_membership() {
+        let mut core = core(TIMED);
+        let mut p = Profile::default();
+        let mut out = run(
+            &mut core,
+            &mut p,
+            &[consent(T - MIN, true), add("a", T, 1.0)],
+        );
+        core.advance("k1", &mut p, T + HOUR, &mut out);
+        let later = [
+            checkout("c", T + 2 * HOUR, "o"),
+            add("b", T + 3 * HOUR, 1.0),
+        ];
+        out.changes.extend(run(&mut core, &mut p, &later).changes);
+        core.advance("k1", &mut p, T + 4 * HOUR, &mut out);
+        let entered = out
+            .changes
+            .iter()
+            .filter(|c| c.segment_id == "cart-abandoners" && c.direction == Direction::Entered)
+            .count();
+        assert_eq!(entered, 2, "entered twice");
+        assert_eq!(
+            out.triggers
+                .iter()
+                .filter(|t| t.journey_id == "abandoned-cart")
+                .count(),
+            1,
+            "the second entry is within the 1d re-entry wait"
+        );
+        assert!(out
+            .suppressed
+            .contains(&("abandoned-cart".to_string(), Suppressed::ReentryWait)));
+
+        let mut q = Profile::default();
+        let mut out = run(
+            &mut core,
+            &mut q,
+            &[consent(T - MIN, false), add("a", T, 1.0)],
+        );
+        core.advance("k1", &mut q, T + HOUR, &mut out);
+        assert_eq!(
+            changes(&out),
+            vec![("cart-abandoners", Direction::Entered, T + HOUR)]
+        );
+        assert!(out.triggers.is_empty());
+        assert_eq!(
+            out.suppressed,
+            vec![("abandoned-cart".to_string(), Suppressed::Consent)]
+        );
+    }
+
+    #[test]
+    fn windows_and_since_exit_when_time_passes_and_the_batching_does_not_matter() {
+        let mut core = core(TIMED);
+        let views: Vec<Event> = (0..3)
+            .map(|i| ev(EventType::ProductPageView, &format!("v{i}"), T + i * MIN))
+            .collect();
+        // Fired one by one as the clock creeps forward...
+        let mut p = Profile::default();
+        let mut stepwise = run(&mut core, &mut p, &views);
+        let mut clock = T + 2 * MIN;
+        while clock < T + 4 * HOUR {
+            clock += 7 * MIN;
+            core.advance("k1", &mut p, clock, &mut stepwise);
         }
-        let ids = |v: &[AudienceChange]| v.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(&out), ids(&again));
-        assert_eq!(out[0].id.len(), 32);
-        assert_ne!(out[0].id, out[2].id);
+        // ...or all at once after a jump of the clock: the same outputs.
+        let mut q = Profile::default();
+        let mut jump = run(&mut core, &mut q, &views);
+        core.advance("k1", &mut q, T + 4 * HOUR, &mut jump);
+        let all = |o: &Outputs| {
+            o.changes
+                .iter()
+                .map(|c| {
+                    (
+                        c.id.clone(),
+                        c.segment_id.clone(),
+                        c.direction,
+                        c.event_time,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(&stepwise), all(&jump));
+        let exits: Vec<_> = changes(&jump)
+            .into_iter()
+            .filter(|c| c.1 == Direction::Exited)
+            .collect();
+        assert_eq!(exits.len(), 2, "{exits:?}");
+        assert_eq!(
+            exits[0],
+            ("fresh", Direction::Exited, T + 2 * MIN + 30 * MIN)
+        );
+        // "browsing" needs 2 views in the last hour: it exits when the second-newest view's
+        // 5-minute bucket leaves the window (the window may reach one bucket further back).
+        let browsing_exit = exits[1].2;
+        assert_eq!(exits[1].0, "browsing");
+        let holds = |t: i64| {
+            let mut r = Vec::new();
+            core.segments().evaluate(&q, t, &mut r);
+            r[1]
+        };
+        assert!(holds(browsing_exit - 1) && !holds(browsing_exit));
+        assert_eq!(q.next_timer, None);
+    }
+
+    /// The promise timers rest on: until `next_timer`, no membership changes without an event.
+    #[test]
+    fn no_membership_flips_before_the_scheduled_time() {
+        let rules = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/segments.yaml"
+        ))
+        .unwrap();
+        let set = SegmentSet::parse(&rules).unwrap();
+        let mut core = Core::new(Arc::new(set.clone()));
+        let kinds = [
+            EventType::ProductPageView,
+            EventType::AddToCart,
+            EventType::CompleteCheckout,
+            EventType::OrderPlaced,
+            EventType::SearchResponseReceived,
+            EventType::AccountCreated,
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut checked, mut with_timer) = (0, 0);
+        for shopper in 0..200 {
+            let mut p = Profile::default();
+            let mut t = T;
+            for i in 0..rnd(30) + 1 {
+                t += rnd(3 * HOUR as u64) as i64 * (1 + rnd(10) as i64 * 20);
+                let kind = kinds[rnd(kinds.len() as u64) as usize];
+                let mut e = ev(kind, &format!("{shopper}-{i}"), t);
+                e.value = rnd(400) as f64;
+                e.order_id = Some(format!("o{shopper}-{i}"));
+                e.lines = vec![Line {
+                    sku: format!("sku{}", rnd(5)),
+                    category: Some("electronics.smartphone".into()),
+                    quantity: 1.0,
+                    price: Some(e.value),
+                    ..Default::default()
+                }];
+                run(&mut core, &mut p, &[e]);
+            }
+            let now = p.last_seen.unwrap();
+            let mut before = Vec::new();
+            set.evaluate(&p, now, &mut before);
+            with_timer += usize::from(p.next_timer.is_some());
+            let horizon = p.next_timer.unwrap_or(now + 200 * 24 * HOUR);
+            for k in 1..=50 {
+                let at = now + (horizon - 1 - now) * k / 50;
+                let mut r = Vec::new();
+                set.evaluate(&p, at, &mut r);
+                assert_eq!(
+                    r, before,
+                    "shopper {shopper}: a change at {at} before {horizon}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 200 * 50);
+        assert!(
+            with_timer > 100,
+            "most shoppers wait for something: {with_timer}"
+        );
     }
 }

@@ -58,6 +58,9 @@ pub struct Processing {
     pub batch_max_messages: usize,
     /// Longest a batch stays open waiting for messages, e.g. "100ms".
     pub batch_max_wait: String,
+    /// How far out of order events may arrive and still count before a timer fires: the
+    /// stream clock trails the latest event time by this much, e.g. "5s".
+    pub allowed_lateness: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +143,7 @@ impl Default for Processing {
         Processing {
             batch_max_messages: 5000,
             batch_max_wait: "100ms".into(),
+            allowed_lateness: "5s".into(),
         }
     }
 }
@@ -197,6 +201,7 @@ const RESERVED_KAFKA: &[&str] = &[
 pub struct Settings {
     pub config: Config,
     pub batch_max_wait: Duration,
+    pub allowed_lateness: Duration,
     pub store: StoreOptions,
     pub listen: SocketAddr,
     pub segments: SegmentSet,
@@ -314,6 +319,18 @@ impl Config {
                 c.processing.batch_max_wait
             ));
         }
+        let lateness = humantime::parse_duration(&c.processing.allowed_lateness);
+        match &lateness {
+            Err(e) => problems.push(format!(
+                "processing.allowed_lateness = {:?}: {e} (e.g. \"5s\")",
+                c.processing.allowed_lateness
+            )),
+            Ok(d) if *d > Duration::from_secs(86_400) => problems.push(format!(
+                "processing.allowed_lateness = {:?}: at most 1 day (timers would wait that long)",
+                c.processing.allowed_lateness
+            )),
+            Ok(_) => {}
+        }
         if c.state.cache_profiles < c.processing.batch_max_messages {
             problems.push(format!(
                 "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) so a batch fits in memory",
@@ -373,6 +390,7 @@ impl Config {
         }
         Ok(Settings {
             batch_max_wait: wait.expect("checked"),
+            allowed_lateness: lateness.expect("checked"),
             store: StoreOptions {
                 block_cache_bytes: block_cache.expect("checked"),
                 write_buffer_bytes: write_buffer.expect("checked"),

@@ -33,10 +33,12 @@
 //!   producers who want to see a complete event.
 
 pub mod audience;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod journey;
 pub mod metrics;
 pub mod profile;
 pub mod replay;

@@ -31,6 +31,18 @@ pub struct Metrics {
     pub state_bytes: IntGauge,
     /// Profile cache misses that read RocksDB.
     pub state_reads: IntCounter,
+    /// Journey triggers emitted, by journey.
+    pub journey_triggers: IntCounterVec,
+    /// Journeys that matched but did not trigger, by journey and reason.
+    pub journey_suppressed: IntCounterVec,
+    /// Timers fired (profile re-evaluated at a due time).
+    pub timers_fired: IntCounter,
+    /// Timers waiting in the index (estimate).
+    pub timers_pending: IntGauge,
+    /// Events older than their partition's stream clock when they arrived.
+    pub late_events: IntCounter,
+    /// Stream clock per partition, seconds since the epoch.
+    pub stream_clock: IntGaugeVec,
 }
 
 /// Registers a metric and hands it back.
@@ -123,7 +135,43 @@ impl Metrics {
         )
         .expect("valid metric");
         let state_reads = registered(&registry, state_reads);
+        let plain_counter = |name: &str, help: &str| {
+            registered(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let journey_triggers = counter(
+            "tailor_journey_triggers_total",
+            "Journey triggers emitted.",
+            &["journey"],
+        );
+        let journey_suppressed = counter(
+            "tailor_journey_suppressed_total",
+            "Journeys that matched but did not trigger (reentry_wait, consent, duplicate_cause).",
+            &["journey", "reason"],
+        );
+        let stream_clock = gauge(
+            "tailor_stream_clock_seconds",
+            "Stream clock of each input partition number (event time; wall clock when caught up).",
+            &["partition"],
+        );
         Metrics {
+            journey_triggers,
+            journey_suppressed,
+            timers_fired: plain_counter(
+                "tailor_timers_fired_total",
+                "Timers fired: a profile re-evaluated at the moment time alone could change it.",
+            ),
+            timers_pending: plain_gauge(
+                "tailor_timers_pending",
+                "Timers waiting in the state store (estimate).",
+            ),
+            late_events: plain_counter(
+                "tailor_late_events_total",
+                "Events older than their partition's stream clock on arrival (applied, counted).",
+            ),
+            stream_clock,
             events,
             dead_letters,
             audience_changes,

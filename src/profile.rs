@@ -27,6 +27,10 @@ pub const KEYED_EVENTS: [EventType; 4] = [
 ];
 /// Most affinity scores kept per kind (categories, brands); the weakest goes first.
 pub const MAX_AFFINITIES: usize = 32;
+/// Products viewed kept for journeys (browse abandonment), latest last.
+pub const RECENT_PRODUCTS: usize = 10;
+/// Causes remembered per journey, so one cause never triggers it twice.
+pub const JOURNEY_CAUSES: usize = 16;
 /// Half-life of affinity scores: interest halves every 14 days without new signals.
 pub const AFFINITY_HALF_LIFE_MS: i64 = 14 * 86_400_000;
 
@@ -154,6 +158,16 @@ pub struct Membership {
     pub since: i64,
 }
 
+/// What a journey remembers about one shopper: re-entry wait and causes already triggered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JourneyState {
+    pub journey: String,
+    /// Last trigger, stream time ms.
+    pub last_at: i64,
+    /// Hashes of the latest causes that triggered it (bounded).
+    pub causes: Vec<u64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub identities: Identities,
@@ -178,6 +192,13 @@ pub struct Profile {
     /// Decayed interest per category and per brand (bounded).
     pub category_affinity: Vec<Affinity>,
     pub brand_affinity: Vec<Affinity>,
+    /// The latest products viewed, latest last (bounded), for browse-abandonment journeys.
+    pub recent_products: Vec<Line>,
+    /// Journeys triggered for the shopper, sorted by journey id.
+    pub journeys: Vec<JourneyState>,
+    /// When the passing of time alone may next change a membership (stream time, ms). The timer
+    /// index in the store holds exactly this entry for the profile.
+    pub next_timer: Option<i64>,
 }
 
 fn remember(list: &mut Vec<String>, value: &str, cap: usize) {
@@ -266,6 +287,15 @@ impl Profile {
         self.apply_cart(ev);
         self.apply_orders(ev, now);
         self.apply_keyed(ev, now);
+        if ev.kind == EventType::ProductPageView {
+            for line in &ev.lines {
+                self.recent_products.retain(|l| l.sku != line.sku);
+                if self.recent_products.len() >= RECENT_PRODUCTS {
+                    self.recent_products.remove(0);
+                }
+                self.recent_products.push(line.clone());
+            }
+        }
     }
 
     /// Per-category and per-product counts, and affinities, from the event's lines.
@@ -310,10 +340,18 @@ impl Profile {
         window: i64,
         now: i64,
     ) -> u64 {
+        Self::keyed(list, kind, key).map_or(0, |k| k.series.query(window, now))
+    }
+
+    /// The daily counts of `kind` events about `key`, if kept.
+    pub fn keyed<'a>(
+        list: &'a [KeyedSeries],
+        kind: EventType,
+        key: &str,
+    ) -> Option<&'a KeyedSeries> {
         let hash = key_hash(key);
         list.iter()
             .find(|k| k.hash == hash && k.kind == kind && k.key == key)
-            .map_or(0, |k| k.series.query(window, now))
     }
 
     /// The key with the highest affinity (the same at any time: all scores decay alike).
@@ -445,10 +483,15 @@ impl Profile {
 
     /// Time of the latest `kind` event, ms.
     pub fn last_time(&self, kind: EventType) -> Option<i64> {
+        self.series(kind).and_then(Series::last)
+    }
+
+    /// The counts of `kind` over time, if the profile has seen one.
+    pub fn series(&self, kind: EventType) -> Option<&Series> {
         self.counters
             .binary_search_by_key(&kind, |(k, _)| *k)
             .ok()
-            .and_then(|i| self.counters[i].1.last())
+            .map(|i| &self.counters[i].1)
     }
 
     /// Identities in the output records' shape.
@@ -505,6 +548,9 @@ pub fn summary(p: &Profile) -> serde_json::Value {
         "events_total": p.events_total,
         "counts": counters,
         "segments": p.segments,
+        "recent_products": p.recent_products.iter().map(|l| &l.sku).collect::<Vec<_>>(),
+        "journeys": p.journeys.iter().map(|j| serde_json::json!({"journey": j.journey, "last_at": j.last_at})).collect::<Vec<_>>(),
+        "next_timer": p.next_timer,
         "category_affinity": top_affinities(&p.category_affinity, now),
         "brand_affinity": top_affinities(&p.brand_affinity, now),
     })
@@ -523,7 +569,10 @@ fn top_affinities(list: &[Affinity], now: i64) -> Vec<(String, f64)> {
 
 /// State encoding: one version byte, then postcard. Bump the version when [`Profile`] changes
 /// incompatibly and migrate on read.
-pub const STATE_VERSION: u8 = 1;
+///
+/// Version 2 added sequences, journeys and timers. State written by version 1 (builds before
+/// 2026-11-24, never released) is refused with a message saying to rebuild it by replay.
+pub const STATE_VERSION: u8 = 2;
 
 pub fn encode(p: &Profile) -> Vec<u8> {
     let mut out = vec![STATE_VERSION];
@@ -534,6 +583,7 @@ pub fn encode(p: &Profile) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
     match bytes.split_first() {
         Some((&STATE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((1, _)) => Err("profile state version 1 comes from a pre-release build; delete the state directory and replay the topics to rebuild it".into()),
         Some((v, _)) => Err(format!("unknown profile state version {v}")),
         None => Err("empty profile state".into()),
     }

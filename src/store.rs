@@ -1,4 +1,5 @@
-//! Durable state in RocksDB: profiles, the next offset of every input partition, segment sizes.
+//! Durable state in RocksDB: profiles, the next offset of every input partition, segment sizes,
+//! the timer index and each partition's stream clock.
 //!
 //! Keys carry the input partition first (`u32` big-endian), so each partition's state is one
 //! key range that can be dropped, mirrored or moved as a unit. Everything a batch changed is
@@ -15,6 +16,18 @@ use crate::profile::{self, Profile};
 const CF_PROFILES: &str = "profiles";
 const CF_OFFSETS: &str = "offsets";
 const CF_SEGMENT_SIZES: &str = "segment_sizes";
+/// Timer index: partition, due time, profile key → nothing. Ordered by (partition, due), so the
+/// due timers of a partition are one short range scan; memory holds none of them.
+const CF_TIMERS: &str = "timers";
+/// Stream clock per partition (ms).
+const CF_CLOCKS: &str = "clocks";
+const ALL_CFS: [&str; 5] = [
+    CF_PROFILES,
+    CF_OFFSETS,
+    CF_SEGMENT_SIZES,
+    CF_TIMERS,
+    CF_CLOCKS,
+];
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -72,6 +85,22 @@ fn size_key(partition: i32, segment: &str) -> Vec<u8> {
     profile_key(partition, segment)
 }
 
+/// Order-preserving encoding of a signed time.
+fn time_bytes(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn timer_key(partition: i32, due: i64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12 + key.len());
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k.extend_from_slice(&time_bytes(due));
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// A profile's timer: (partition, due time ms, profile key).
+pub type Timer = (i32, i64, String);
+
 /// Everything one batch changed, committed atomically.
 #[derive(Default)]
 pub struct Commit {
@@ -81,6 +110,11 @@ pub struct Commit {
     pub offsets: Vec<(String, i32, i64)>,
     /// (partition, segment id, change in members).
     pub segment_deltas: Vec<(i32, String, i64)>,
+    /// Timer index entries to remove (a profile's previous timer) and to add.
+    pub timers_removed: Vec<Timer>,
+    pub timers_added: Vec<Timer>,
+    /// (partition, stream clock ms).
+    pub clocks: Vec<(i32, i64)>,
 }
 
 impl Store {
@@ -97,8 +131,7 @@ impl Store {
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
         opts.set_block_based_table_factory(&table);
-        let cfs = [CF_PROFILES, CF_OFFSETS, CF_SEGMENT_SIZES]
-            .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
+        let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -112,15 +145,11 @@ impl Store {
     /// Opens a store another process may be writing, read-only (as of the moment of opening).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         let opts = Options::default();
-        let db = DB::open_cf_for_read_only(
-            &opts,
-            path,
-            [CF_PROFILES, CF_OFFSETS, CF_SEGMENT_SIZES],
-            false,
-        )
-        .map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
+        let db = DB::open_cf_for_read_only(&opts, path, ALL_CFS, false).map_err(|source| {
+            StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Ok(Store {
             db,
@@ -223,10 +252,75 @@ impl Store {
         for (topic, partition, next) in &c.offsets {
             batch.put_cf(offsets, offset_key(topic, *partition), next.to_be_bytes());
         }
+        let timers = self.cf(CF_TIMERS);
+        for (partition, due, key) in &c.timers_removed {
+            batch.delete_cf(timers, timer_key(*partition, *due, key));
+        }
+        for (partition, due, key) in &c.timers_added {
+            batch.put_cf(timers, timer_key(*partition, *due, key), []);
+        }
+        let clocks = self.cf(CF_CLOCKS);
+        for (partition, clock) in &c.clocks {
+            batch.put_cf(
+                clocks,
+                (*partition as u32).to_be_bytes(),
+                clock.to_be_bytes(),
+            );
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
         self.db.write_opt(batch, &wo)?;
         Ok(())
+    }
+
+    /// Timers of `partition` due at or before `until`, earliest first, at most `limit`.
+    pub fn due_timers(
+        &self,
+        partition: i32,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let from = (partition as u32).to_be_bytes();
+        let mut opts = rocksdb::ReadOptions::default();
+        // Exclusive bound: the first key after every timer due at `until`.
+        let mut upper = Vec::with_capacity(12);
+        upper.extend_from_slice(&from);
+        match until.checked_add(1) {
+            Some(next) => upper.extend_from_slice(&time_bytes(next)),
+            None => upper = ((partition as u32) + 1).to_be_bytes().to_vec(),
+        }
+        opts.set_iterate_upper_bound(upper);
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(CF_TIMERS), opts, mode)
+            .take(limit)
+        {
+            let (k, _) = item?;
+            let due =
+                (u64::from_be_bytes(k[4..12].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+            out.push((due, String::from_utf8_lossy(&k[12..]).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// The stream clock stored for a partition.
+    pub fn clock(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_CLOCKS), (partition as u32).to_be_bytes())?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Pending timers (RocksDB's estimate).
+    pub fn estimated_timers(&self) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(CF_TIMERS), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// Number of profile keys held (RocksDB's estimate).
@@ -285,10 +379,20 @@ mod tests {
                 profiles: vec![(2, "cust-1".into(), profile::encode(&p))],
                 offsets: vec![("commerce.storefront".into(), 2, 41)],
                 segment_deltas: vec![(2, "vip".into(), 1), (3, "vip".into(), 2)],
+                timers_added: vec![
+                    (2, 5_000, "b".into()),
+                    (2, -7, "a".into()),
+                    (2, 9_000, "c".into()),
+                    (3, 1, "other-partition".into()),
+                ],
+                clocks: vec![(2, 4_000)],
+                ..Default::default()
             })
             .unwrap();
             s.commit(&Commit {
                 segment_deltas: vec![(2, "vip".into(), -1)],
+                timers_removed: vec![(2, 9_000, "c".into())],
+                timers_added: vec![(2, 5_000, "c".into())],
                 ..Default::default()
             })
             .unwrap();
@@ -304,6 +408,16 @@ mod tests {
         assert_eq!(s.next_offset("commerce.storefront", 3).unwrap(), None);
         assert_eq!(s.segment_sizes().unwrap(), vec![("vip".to_string(), 2)]);
         assert_eq!(s.profile_keys(2).unwrap(), vec!["cust-1".to_string()]);
+        let due = |until, limit| s.due_timers(2, until, limit).unwrap();
+        assert_eq!(
+            due(5_000, 10),
+            vec![(-7, "a".into()), (5_000, "b".into()), (5_000, "c".into())],
+            "ordered by due time, the moved timer only at its new time"
+        );
+        assert_eq!(due(4_999, 10), vec![(-7, "a".to_string())]);
+        assert_eq!(due(i64::MAX, 1), vec![(-7, "a".to_string())]);
+        assert_eq!(s.clock(2).unwrap(), Some(4_000));
+        assert_eq!(s.clock(3).unwrap(), None);
     }
 
     #[test]

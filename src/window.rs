@@ -37,7 +37,12 @@ pub struct Series {
     levels: [Vec<Bucket>; 3],
     /// Time of the latest event recorded (for "time since").
     last: Option<i64>,
+    /// The latest [`RECENT`] event times, oldest first (for sequences).
+    recent: Vec<i64>,
 }
+
+/// Event times kept exactly per series, for sequences ("A, then no B within 1h").
+pub const RECENT: usize = 4;
 
 fn level_for(window: i64) -> usize {
     LEVELS
@@ -51,6 +56,13 @@ impl Series {
     /// window as seen from `now` (the latest time this profile has seen).
     pub fn add(&mut self, time: i64, value: f64, now: i64) {
         self.last = Some(self.last.map_or(time, |t| t.max(time)));
+        let at = self.recent.partition_point(|&t| t <= time);
+        if at > 0 || self.recent.len() < RECENT {
+            self.recent.insert(at, time);
+            if self.recent.len() > RECENT {
+                self.recent.remove(0);
+            }
+        }
         for (level, (width, max)) in LEVELS.iter().enumerate() {
             let buckets = &mut self.levels[level];
             let start = (time.max(0) / width) as u32;
@@ -111,6 +123,25 @@ impl Series {
         self.last
     }
 
+    /// The first event after `t`, exactly when it is among the latest [`RECENT`]; otherwise the
+    /// oldest of those (an upper bound: an earlier one was forgotten).
+    pub fn first_after(&self, t: i64) -> Option<i64> {
+        self.recent.iter().copied().find(|&r| r > t)
+    }
+
+    /// How `query(window, t)` falls as `t` passes `now` with no new events: for each bucket
+    /// counted at `now`, oldest first, the first time it is no longer counted, and its count and
+    /// sum. Timers use it to find when a windowed condition flips.
+    pub fn expiries(&self, window: i64, now: i64) -> impl Iterator<Item = (i64, u64, f64)> + '_ {
+        let level = level_for(window);
+        let width = LEVELS[level].0;
+        self.levels[level].iter().filter_map(move |b| {
+            let start = b.start as i64 * width;
+            let gone = start + width + window;
+            (start <= now && gone > now).then_some((gone, b.count as u64, b.sum))
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.levels.iter().all(Vec::is_empty)
     }
@@ -163,6 +194,15 @@ impl DailyCounts {
     pub fn last(&self) -> Option<i64> {
         self.last
     }
+
+    /// As [`Series::expiries`]: when each counted day leaves the window, and its count.
+    pub fn expiries(&self, window: i64, now: i64) -> impl Iterator<Item = (i64, u64, f64)> + '_ {
+        self.days.iter().filter_map(move |(d, n)| {
+            let start = *d as i64 * DAY;
+            let gone = start + DAY + window;
+            (start <= now && gone > now).then_some((gone, *n as u64, 0.0))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +226,38 @@ mod tests {
         assert_eq!(s.query(30 * DAY, much_later), (2, 15.0));
         assert_eq!(s.query(90 * DAY, T0 + 95 * DAY), (0, 0.0));
         assert_eq!(s.last(), Some(T0 + 10 * MINUTE));
+    }
+
+    #[test]
+    fn expiries_say_exactly_when_the_query_falls() {
+        let mut s = Series::default();
+        for (i, t) in [T0, T0 + 7 * MINUTE, T0 + 40 * MINUTE]
+            .into_iter()
+            .enumerate()
+        {
+            s.add(t, i as f64 + 1.0, t);
+        }
+        let now = T0 + 41 * MINUTE;
+        let steps: Vec<_> = s.expiries(HOUR, now).collect();
+        assert_eq!(steps.len(), 3);
+        let mut expected = s.query(HOUR, now);
+        for (gone, n, sum) in steps {
+            assert_eq!(
+                s.query(HOUR, gone - 1),
+                expected,
+                "still counted just before"
+            );
+            expected = (expected.0 - n, expected.1 - sum);
+            assert_eq!(s.query(HOUR, gone), expected, "gone at {gone}");
+        }
+        assert_eq!(expected.0, 0);
+        let mut d = DailyCounts::default();
+        d.add(T0, T0);
+        let (gone, n, _) = d.expiries(7 * DAY, T0).next().unwrap();
+        assert_eq!(
+            (d.query(7 * DAY, gone - 1), d.query(7 * DAY, gone), n),
+            (1, 0, 1)
+        );
     }
 
     #[test]

@@ -38,15 +38,16 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 use xxhash_rust::xxh3::Xxh3Builder;
 
-use crate::audience::{Core, Source};
+use crate::audience::{Core, Outputs, Source};
+use crate::clock::StreamClock;
 use crate::codec::{encode, Decoder, Family, SingleObjectDecoder};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
-use crate::store::{Commit, Store};
-use crate::wire::{AudienceChange, DeadLetter};
+use crate::store::{Commit, Store, Timer};
+use crate::wire::DeadLetter;
 
 /// Longest accepted message key (a shopper key).
 const MAX_KEY_BYTES: usize = 512;
@@ -209,6 +210,8 @@ impl ConsumerContext for KafkaContext {
 struct Slot {
     profile: Profile,
     dirty: bool,
+    /// The profile's entry in the store's timer index (its `next_timer` as last committed).
+    committed_timer: Option<i64>,
 }
 
 /// What the open batch has done so far.
@@ -222,8 +225,13 @@ struct Batch {
     deliveries: Vec<DeliveryFuture>,
     /// (partition, segment) → change in members.
     segment_deltas: HashMap<(i32, String), i64>,
-    /// Changed profiles pushed out of the cache before the commit (written with it).
-    spilled: HashMap<(i32, String), Profile>,
+    /// Changed profiles pushed out of the cache before the commit (written with it), with their
+    /// committed timer.
+    spilled: HashMap<(i32, String), (Profile, Option<i64>)>,
+    /// Timer index entries found that no profile owns (removed with the commit).
+    stray_timers: Vec<Timer>,
+    /// Timers fired in this batch.
+    timers_fired: u64,
     started: Option<Instant>,
 }
 
@@ -233,6 +241,7 @@ struct Progress {
     events: u64,
     dead: u64,
     changes: u64,
+    triggers: u64,
     last_log: Option<Instant>,
     last_events: u64,
 }
@@ -242,6 +251,7 @@ struct Topics {
     backoffice: String,
     profile: String,
     audience: String,
+    journeys: String,
     dead_letter: String,
 }
 
@@ -259,9 +269,16 @@ impl Topics {
     }
 }
 
+#[derive(Clone, Copy)]
+enum OutTopic {
+    Audience,
+    Journeys,
+    DeadLetter,
+}
+
 /// One outgoing record, owned until it is handed to the producer.
 struct Outgoing {
-    topic_is_dead_letter: bool,
+    topic: OutTopic,
     key: Vec<u8>,
     payload: Vec<u8>,
     headers: Option<OwnedHeaders>,
@@ -280,8 +297,13 @@ struct Worker {
     cache: LruCache<(i32, String), Slot, Xxh3Builder>,
     batch: Batch,
     outgoing: Vec<Outgoing>,
-    changes: Vec<AudienceChange>,
+    outputs: Outputs,
     progress: Progress,
+    /// Stream clock per input partition number (loaded from the store on first use).
+    clocks: HashMap<i32, StreamClock>,
+    lateness: i64,
+    /// Next offset to read per input partition, for "caught up" (known once assigned).
+    positions: HashMap<(String, i32), i64>,
     /// Members per segment in this worker's store: loaded at start, kept with each commit.
     segment_sizes: std::collections::BTreeMap<String, i64>,
     /// `tailor_events_total` per event type, resolved once (no label hashing per event).
@@ -305,6 +327,8 @@ impl Worker {
         ts: Option<i64>,
     ) -> anyhow::Result<()> {
         self.batch.messages += 1;
+        self.positions
+            .insert((topic.to_owned(), partition), offset + 1);
         match self
             .batch
             .offsets
@@ -363,7 +387,7 @@ impl Worker {
                 let payload =
                     encode::dead_letter(&record).expect("DeadLetter matches avro/dead_letter.avsc");
                 self.outgoing.push(Outgoing {
-                    topic_is_dead_letter: true,
+                    topic: OutTopic::DeadLetter,
                     key: key.map(<[u8]>::to_vec).unwrap_or_default(),
                     payload,
                     headers: Some(headers),
@@ -412,8 +436,60 @@ impl Worker {
         Ok((key, ev))
     }
 
-    /// Applies a valid event to its profile. A profile that cannot be read from the store is
-    /// fatal: starting it afresh would overwrite the shopper's history at the next commit.
+    /// The cached profile of `key`, read from the store on a miss. A profile that cannot be read
+    /// is fatal: starting it afresh would overwrite the shopper's history at the next commit.
+    /// Marks it dirty: the caller is about to change it. Returns its cache key.
+    fn load(&mut self, partition: i32, key: String) -> anyhow::Result<(i32, String)> {
+        let cache_key = (partition, key);
+        if !self.cache.contains(&cache_key) {
+            let (profile, committed_timer) = match self.batch.spilled.remove(&cache_key) {
+                Some(p) => p,
+                None => {
+                    self.metrics.state_reads.inc();
+                    let p = self
+                        .store
+                        .profile(partition, &cache_key.1)
+                        .with_context(|| format!("reading a profile of partition {partition}"))?
+                        .unwrap_or_default();
+                    let t = p.next_timer;
+                    (p, t)
+                }
+            };
+            let slot = Slot {
+                profile,
+                dirty: false,
+                committed_timer,
+            };
+            if let Some((old_key, old)) = self.cache.push(cache_key.clone(), slot) {
+                if old.dirty && old_key != cache_key {
+                    self.batch
+                        .spilled
+                        .insert(old_key, (old.profile, old.committed_timer));
+                }
+            }
+        }
+        let slot = self.cache.get_mut(&cache_key).expect("just inserted");
+        if !slot.dirty {
+            slot.dirty = true;
+            self.batch.dirty.push(cache_key.clone());
+        }
+        Ok(cache_key)
+    }
+
+    /// The stream clock of a partition number, resumed from the store on first use.
+    fn clock(&mut self, partition: i32) -> anyhow::Result<&mut StreamClock> {
+        if !self.clocks.contains_key(&partition) {
+            let stored = self
+                .store
+                .clock(partition)
+                .with_context(|| format!("reading the stream clock of partition {partition}"))?;
+            self.clocks
+                .insert(partition, StreamClock::new(stored, self.lateness));
+        }
+        Ok(self.clocks.get_mut(&partition).expect("just inserted"))
+    }
+
+    /// Applies a valid event to its profile.
     fn apply_event(
         &mut self,
         topic: &str,
@@ -422,32 +498,16 @@ impl Worker {
         key: String,
         ev: Event,
     ) -> anyhow::Result<()> {
-        let cache_key = (partition, key);
-        if !self.cache.contains(&cache_key) {
-            let loaded = match self.batch.spilled.remove(&cache_key) {
-                Some(p) => p,
-                None => {
-                    self.metrics.state_reads.inc();
-                    self.store
-                        .profile(partition, &cache_key.1)
-                        .with_context(|| format!("reading a profile of partition {partition}"))?
-                        .unwrap_or_default()
-                }
-            };
-            if let Some((old_key, old)) = self.cache.push(
-                cache_key.clone(),
-                Slot {
-                    profile: loaded,
-                    dirty: false,
-                },
-            ) {
-                if old.dirty && old_key != cache_key {
-                    self.batch.spilled.insert(old_key, old.profile);
-                }
-            }
+        let wall = self.wall;
+        let clock = self.clock(partition)?;
+        let late = clock.observe(ev.time, wall);
+        let now = clock.now().unwrap_or(ev.time);
+        if late {
+            self.metrics.late_events.inc();
         }
-        let slot = self.cache.get_mut(&cache_key).expect("just inserted");
-        self.changes.clear();
+        self.outputs.clear();
+        let cache_key = self.load(partition, key)?;
+        let slot = self.cache.get_mut(&cache_key).expect("loaded");
         let source = Source {
             topic,
             partition,
@@ -458,15 +518,102 @@ impl Worker {
             &mut slot.profile,
             &ev,
             source,
-            &mut self.changes,
+            now,
+            &mut self.outputs,
         );
-        if !slot.dirty {
-            slot.dirty = true;
-            self.batch.dirty.push(cache_key);
-        }
         self.event_counters[ev.kind.index()].inc();
         self.progress.events += 1;
-        for change in self.changes.drain(..) {
+        self.emit(partition);
+        Ok(())
+    }
+
+    /// Fires the due timers of every assigned partition, after moving each partition's clock
+    /// (wall clock when caught up). At most `limit` timers per call; the rest wait for the next
+    /// batch, which starts at once.
+    fn fire_timers(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        assigned: &[(String, i32)],
+        limit: usize,
+    ) -> anyhow::Result<()> {
+        let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let wall = now_ms();
+        let mut budget = limit;
+        for p in numbers {
+            let caught_up = assigned
+                .iter()
+                .filter(|(_, q)| *q == p)
+                .all(|(t, _)| self.caught_up(consumer, t, p));
+            let clock = self.clock(p)?;
+            clock.tick(wall, caught_up);
+            let Some(now) = clock.now() else { continue };
+            self.metrics
+                .stream_clock
+                .with_label_values(&[&p.to_string()])
+                .set(now.div_euclid(1000));
+            if budget == 0 {
+                continue;
+            }
+            let due = tokio::task::block_in_place(|| self.store.due_timers(p, now, budget))
+                .with_context(|| format!("reading the due timers of partition {p}"))?;
+            budget -= due.len();
+            for (at, key) in due {
+                self.outputs.clear();
+                let cache_key = self.load(p, key)?;
+                let slot = self.cache.get_mut(&cache_key).expect("loaded");
+                if slot.committed_timer != Some(at) {
+                    // An index entry no profile owns (not written by Tailor): drop it.
+                    self.batch.stray_timers.push((p, at, cache_key.1.clone()));
+                }
+                self.core
+                    .advance(&cache_key.1, &mut slot.profile, now, &mut self.outputs);
+                self.emit(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this worker has read everything in a partition (librdkafka's cached high
+    /// watermark from the last fetch; no network round trip).
+    fn caught_up(
+        &self,
+        consumer: &StreamConsumer<KafkaContext>,
+        topic: &str,
+        partition: i32,
+    ) -> bool {
+        let Ok(name) = std::ffi::CString::new(topic) else {
+            return false;
+        };
+        let (mut lo, mut hi) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `consumer` lives, `name` outlives the call,
+        // and librdkafka only writes the two offsets.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                consumer.client().native_ptr(),
+                name.as_ptr(),
+                partition,
+                &mut lo,
+                &mut hi,
+            )
+        };
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0 {
+            return false; // no fetch response yet
+        }
+        let next = self
+            .positions
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(lo);
+        next >= hi
+    }
+
+    /// Counts and queues what the core produced for a profile of `partition`.
+    fn emit(&mut self, partition: i32) {
+        self.batch.timers_fired += self.outputs.timers_fired;
+        self.metrics.timers_fired.inc_by(self.outputs.timers_fired);
+        for change in self.outputs.changes.drain(..) {
             let delta = if change.direction == crate::wire::Direction::Entered {
                 1
             } else {
@@ -485,23 +632,44 @@ impl Worker {
             let payload = encode::audience_change(&change)
                 .expect("AudienceChange matches avro/audience_change.avsc");
             self.outgoing.push(Outgoing {
-                topic_is_dead_letter: false,
+                topic: OutTopic::Audience,
                 key: change.profile_key.into_bytes(),
                 payload,
                 headers: None,
                 timestamp: Some(change.event_time),
             });
         }
-        Ok(())
+        for trigger in self.outputs.triggers.drain(..) {
+            self.metrics
+                .journey_triggers
+                .with_label_values(&[&trigger.journey_id])
+                .inc();
+            self.progress.triggers += 1;
+            let payload = encode::journey_trigger(&trigger)
+                .expect("JourneyTrigger matches avro/journey_trigger.avsc");
+            self.outgoing.push(Outgoing {
+                topic: OutTopic::Journeys,
+                key: trigger.profile_key.into_bytes(),
+                payload,
+                headers: None,
+                timestamp: Some(trigger.triggered_at),
+            });
+        }
+        for (journey, why) in self.outputs.suppressed.drain(..) {
+            self.metrics
+                .journey_suppressed
+                .with_label_values(&[&journey, why.as_str()])
+                .inc();
+        }
     }
 
     /// Hands queued outputs to the producer, waiting while its queue is full.
     async fn send_outgoing(&mut self) -> anyhow::Result<()> {
         for out in self.outgoing.drain(..) {
-            let topic = if out.topic_is_dead_letter {
-                &self.topics.dead_letter
-            } else {
-                &self.topics.audience
+            let topic = match out.topic {
+                OutTopic::Audience => &self.topics.audience,
+                OutTopic::Journeys => &self.topics.journeys,
+                OutTopic::DeadLetter => &self.topics.dead_letter,
             };
             let mut record = FutureRecord::to(topic).key(&out.key).payload(&out.payload);
             if let Some(h) = out.headers {
@@ -542,7 +710,12 @@ impl Worker {
             self.cache.pop(&key);
         }
         self.batch.spilled.clear();
+        self.batch.stray_timers.clear();
+        self.batch.timers_fired = 0;
         self.batch.segment_deltas.clear();
+        // Clocks and positions moved with the dropped messages: resume them from the store.
+        self.clocks.clear();
+        self.positions.clear();
         self.batch.deliveries.clear();
         self.batch.messages = 0;
         self.batch.started = None;
@@ -588,7 +761,14 @@ impl Worker {
         let mut sought = Vec::new();
         for ev in events {
             match ev {
-                Rebalance::Assigned(p) => assigned.extend(p),
+                Rebalance::Assigned(p) => {
+                    for (topic, partition) in &p {
+                        if let Some(next) = self.store.next_offset(topic, *partition)? {
+                            self.positions.insert((topic.clone(), *partition), next);
+                        }
+                    }
+                    assigned.extend(p)
+                }
                 Rebalance::Revoked(p) => {
                     assigned.retain(|x| !p.contains(x));
                     let start_from = consumer.context().start_from;
@@ -618,18 +798,38 @@ impl Worker {
 
         let t_commit = Instant::now();
         let mut commit = Commit::default();
+        // The timer index follows each profile's `next_timer`, in the same write batch.
+        let mut timer_moved = |partition: i32, key: &str, from: Option<i64>, to: Option<i64>| {
+            if from != to {
+                if let Some(t) = from {
+                    commit.timers_removed.push((partition, t, key.to_owned()));
+                }
+                if let Some(t) = to {
+                    commit.timers_added.push((partition, t, key.to_owned()));
+                }
+            }
+        };
+        let mut profiles = Vec::with_capacity(self.batch.dirty.len());
         for key in self.batch.dirty.drain(..) {
             // A dirty profile pushed out of the cache is in `spilled` instead.
             if let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) {
-                commit
-                    .profiles
-                    .push((key.0, key.1, profile::encode(&slot.profile)));
+                timer_moved(key.0, &key.1, slot.committed_timer, slot.profile.next_timer);
+                slot.committed_timer = slot.profile.next_timer;
+                profiles.push((key.0, profile::encode(&slot.profile), key.1));
                 slot.dirty = false;
             }
         }
-        for ((partition, key), p) in self.batch.spilled.drain() {
-            commit.profiles.push((partition, key, profile::encode(&p)));
+        for ((partition, key), (p, committed)) in self.batch.spilled.drain() {
+            timer_moved(partition, &key, committed, p.next_timer);
+            profiles.push((partition, profile::encode(&p), key));
         }
+        commit.profiles = profiles.into_iter().map(|(p, b, k)| (p, k, b)).collect();
+        commit.timers_removed.append(&mut self.batch.stray_timers);
+        commit.clocks = self
+            .clocks
+            .iter()
+            .filter_map(|(p, c)| c.now().map(|t| (*p, t)))
+            .collect();
         commit.offsets = self
             .batch
             .offsets
@@ -677,6 +877,7 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.profiles_cached.set(self.cache.len() as i64);
         self.batch.messages = 0;
+        self.batch.timers_fired = 0;
         Ok(())
     }
 
@@ -705,6 +906,7 @@ impl Worker {
             events_per_sec = rate.round(),
             dead_lettered = self.progress.dead,
             audience_changes = self.progress.changes,
+            journey_triggers = self.progress.triggers,
             profiles,
             segments = %sizes.join(" "),
             "progress"
@@ -795,6 +997,7 @@ pub async fn run(
             backoffice: c.topics.backoffice.clone(),
             profile: c.topics.profile.clone(),
             audience: c.topics.audience_changes.clone(),
+            journeys: c.topics.journey_triggers.clone(),
             dead_letter: c.topics.dead_letter.clone(),
         },
         cache: LruCache::with_hasher(
@@ -807,8 +1010,11 @@ pub async fn run(
         ),
         batch: Batch::default(),
         outgoing: Vec::new(),
-        changes: Vec::new(),
+        outputs: Outputs::default(),
         progress: Progress::default(),
+        clocks: HashMap::new(),
+        lateness: settings.allowed_lateness.as_millis() as i64,
+        positions: HashMap::new(),
         segment_sizes,
         event_counters: crate::event::EventType::ALL
             .iter()
@@ -832,6 +1038,14 @@ pub async fn run(
             let deadline = tokio::time::sleep(max_wait);
             tokio::pin!(deadline);
             w.wall = now_ms();
+            // Time first: the partitions' clocks move and the timers due by then fire.
+            w.fire_timers(&consumer, &assigned, max_messages)?;
+            if !w.outgoing.is_empty() {
+                if w.batch.started.is_none() {
+                    w.batch.started = Some(Instant::now());
+                }
+                w.send_outgoing().await?;
+            }
             loop {
                 tokio::select! {
                     biased;
@@ -863,7 +1077,7 @@ pub async fn run(
             // Rebalances can also arrive while no message does.
             w.apply_rebalances(&consumer, &mut assigned)?;
             health.ready.store(!assigned.is_empty() && !stopping, Ordering::Relaxed);
-            if w.batch.messages > 0 {
+            if w.batch.messages > 0 || !w.batch.dirty.is_empty() {
                 w.flush(&consumer).await?;
             }
             w.log_progress(false);

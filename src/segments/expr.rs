@@ -77,6 +77,14 @@ fn err<T>(offset: usize, message: impl Into<String>) -> Result<T, ExprError> {
     })
 }
 
+/// Parses a lone duration such as `30m`, `24h` or `7d` (ms).
+pub fn parse_duration(src: &str) -> Option<i64> {
+    match lex(src).ok()?.as_slice() {
+        [(Tok::Dur(ms), _), (Tok::End, _)] if *ms > 0 => Some(*ms),
+        _ => None,
+    }
+}
+
 pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
     let bytes = src.as_bytes();
     let mut out = Vec::new();
@@ -125,19 +133,21 @@ pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             };
             if unit_end > i {
                 let unit = &src[i..unit_end];
-                let ms = match unit {
-                    "s" => 1_000.0,
-                    "m" => 60_000.0,
-                    "h" => 3_600_000.0,
-                    "d" => 86_400_000.0,
-                    "w" => 7.0 * 86_400_000.0,
-                    _ => {
-                        return err(
+                let ms =
+                    match unit {
+                        "ms" => 1.0,
+                        "s" => 1_000.0,
+                        "m" | "min" => 60_000.0,
+                        "h" => 3_600_000.0,
+                        "d" => 86_400_000.0,
+                        "w" => 7.0 * 86_400_000.0,
+                        _ => return err(
                             i,
-                            format!("unknown duration unit {unit:?}: use s, m, h, d or w"),
-                        )
-                    }
-                };
+                            format!(
+                                "unknown duration unit {unit:?}: use ms, s, m (or min), h, d or w"
+                            ),
+                        ),
+                    };
                 i = unit_end;
                 Tok::Dur((n * ms) as i64)
             } else {
@@ -215,6 +225,17 @@ pub enum BinOp {
 }
 
 impl BinOp {
+    /// The same comparison with its sides swapped (`5 < x` is `x > 5`).
+    pub fn flipped(self) -> BinOp {
+        match self {
+            BinOp::Lt => BinOp::Gt,
+            BinOp::Le => BinOp::Ge,
+            BinOp::Gt => BinOp::Lt,
+            BinOp::Ge => BinOp::Le,
+            other => other,
+        }
+    }
+
     pub fn symbol(self) -> &'static str {
         match self {
             BinOp::Or => "or",
@@ -429,6 +450,10 @@ impl Parser {
             Tok::Ident(s) if s == "true" || s == "false" => ExprKind::Bool(s == "true"),
             Tok::Ident(s) if matches!(s.as_str(), "and" | "or" | "not" | "in") => {
                 return err(at, format!("expected a value, found '{s}'"))
+            }
+            // `since(last addToCart)` reads better; `last` adds nothing to the meaning.
+            Tok::Ident(s) if s == "last" && matches!(self.peek(), Tok::Ident(_)) => {
+                return self.primary()
             }
             Tok::Ident(name) => {
                 if *self.peek() == Tok::LParen {

@@ -22,6 +22,8 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 pub use expr::{parse as parse_expr, ExprError};
 pub use plan::{Ctx, Node, ATTRIBUTES, FUNCTIONS};
 
+use crate::event::EventType;
+use crate::journey::{Consent, Journey, Trigger};
 use crate::profile::Profile;
 
 /// A problem in a definitions file, with its position (1-based line and column).
@@ -65,12 +67,15 @@ pub struct Segment {
     /// The rule as written.
     pub source: String,
     rule: Node,
+    /// The passing of time alone can change the result (timers are needed).
+    timed: bool,
 }
 
-/// The compiled segments, in evaluation (dependency) order.
+/// The compiled segments, in evaluation (dependency) order, and the journeys.
 #[derive(Debug, Clone, Default)]
 pub struct SegmentSet {
     segments: Vec<Segment>,
+    journeys: Vec<Journey>,
 }
 
 impl SegmentSet {
@@ -80,6 +85,64 @@ impl SegmentSet {
 
     pub fn len(&self) -> usize {
         self.segments.len()
+    }
+
+    pub fn journeys(&self) -> &[Journey] {
+        &self.journeys
+    }
+
+    /// Evaluates a journey's condition (true without one) with this pass's segment results.
+    pub fn journey_condition(
+        &self,
+        j: &Journey,
+        profile: &Profile,
+        now: i64,
+        results: &[bool],
+    ) -> bool {
+        j.when.as_ref().is_none_or(|rule| {
+            plan::matches(
+                rule,
+                &Ctx {
+                    profile,
+                    now,
+                    segments: results,
+                },
+            )
+        })
+    }
+
+    /// The earliest time after `now` at which the passing of time alone may change a membership,
+    /// given this pass's results. `scratch` is reused between calls.
+    pub fn next_change(
+        &self,
+        profile: &Profile,
+        now: i64,
+        results: &[bool],
+        scratch: &mut Vec<Option<i64>>,
+    ) -> Option<i64> {
+        scratch.clear();
+        let mut earliest: Option<i64> = None;
+        for seg in &self.segments {
+            let next = if seg.timed {
+                plan::next_change(
+                    &seg.rule,
+                    &Ctx {
+                        profile,
+                        now,
+                        segments: results,
+                    },
+                    scratch,
+                )
+                .filter(|&t| t > now)
+            } else {
+                None
+            };
+            if let Some(t) = next {
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+            }
+            scratch.push(next);
+        }
+        earliest
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,8 +170,9 @@ impl SegmentSet {
     pub fn parse(src: &str) -> Result<SegmentSet, DefinitionErrors> {
         let doc = load_yaml(src).map_err(|e| DefinitionErrors(vec![e]))?;
         let mut errors = Vec::new();
-        let defs = read_definitions(&doc, &mut errors);
-        let set = compile_all(src, defs, &mut errors);
+        let (defs, journeys) = read_definitions(&doc, &mut errors);
+        let mut set = compile_all(src, defs, &mut errors);
+        set.journeys = compile_journeys(src, &set, journeys, &mut errors);
         if errors.is_empty() {
             Ok(set)
         } else {
@@ -233,29 +297,31 @@ fn scalar<'a>(v: &'a Yaml, what: &str, errors: &mut Vec<DefinitionError>) -> Opt
     }
 }
 
-fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
+fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> (Vec<Def>, Vec<JourneyDef>) {
     let Yaml::Map(top, _) = doc else {
         errors.push(at(doc.mark(), "expected a mapping with a 'segments' list"));
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut list = None;
+    let mut journeys = Vec::new();
     for (k, v) in top {
         match scalar(k, "key", errors) {
             Some("segments") => list = Some(v),
+            Some("journeys") => journeys = read_journeys(v, errors),
             Some(other) => errors.push(at(
                 k.mark(),
-                format!("unknown top-level key '{other}'; expected 'segments'"),
+                format!("unknown top-level key '{other}'; expected 'segments' or 'journeys'"),
             )),
             None => {}
         }
     }
     let Some(list) = list else {
         errors.push(at(doc.mark(), "missing 'segments' list"));
-        return Vec::new();
+        return (Vec::new(), journeys);
     };
     let Yaml::Seq(items, _) = list else {
         errors.push(at(list.mark(), "'segments' must be a list"));
-        return Vec::new();
+        return (Vec::new(), journeys);
     };
     let mut defs = Vec::new();
     for item in items {
@@ -294,12 +360,7 @@ fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
             errors.push(at(*m, "segment has no 'id'"));
             continue;
         };
-        let valid = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
-        if !valid {
+        if !valid_id(&id) {
             errors.push(at(
                 id_mark,
                 format!("segment id {id:?} must be 1-64 characters of a-z, 0-9, '-', '_'"),
@@ -320,7 +381,231 @@ fn read_definitions(doc: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<Def> {
             rule_mark,
         });
     }
-    defs
+    (defs, journeys)
+}
+
+/// A journey as written, before compiling.
+struct JourneyDef {
+    id: String,
+    name: Option<String>,
+    description: Option<String>,
+    /// (key, value, value's position): on_event, on_enter or on_exit.
+    trigger: Option<(String, Yaml)>,
+    when: Option<Def>,
+    reentry_wait: i64,
+    consent: Consent,
+    mark: Marker,
+}
+
+fn read_journeys(v: &Yaml, errors: &mut Vec<DefinitionError>) -> Vec<JourneyDef> {
+    let Yaml::Seq(items, _) = v else {
+        errors.push(at(v.mark(), "'journeys' must be a list"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Yaml::Map(fields, m) = item else {
+            errors.push(at(
+                item.mark(),
+                "each journey must be a mapping with id and a trigger",
+            ));
+            continue;
+        };
+        let mut j = JourneyDef {
+            id: String::new(),
+            name: None,
+            description: None,
+            trigger: None,
+            when: None,
+            reentry_wait: 0,
+            consent: Consent::None,
+            mark: *m,
+        };
+        let mut id_mark = *m;
+        for (k, v) in fields {
+            let Some(key) = scalar(k, "key", errors) else {
+                continue;
+            };
+            match key {
+                "id" => {
+                    if let Some(s) = scalar(v, "id", errors) {
+                        j.id = s.to_owned();
+                        id_mark = v.mark();
+                    }
+                }
+                "name" => j.name = scalar(v, "name", errors).map(str::to_owned),
+                "description" => j.description = scalar(v, "description", errors).map(str::to_owned),
+                "on_event" | "on_enter" | "on_exit" => {
+                    if j.trigger.is_some() {
+                        errors.push(at(k.mark(), "a journey has exactly one of on_event, on_enter, on_exit"));
+                    }
+                    j.trigger = Some((key.to_owned(), v.clone()));
+                }
+                "when" => {
+                    if let Yaml::Scalar(s, style, mark) = v {
+                        j.when = Some(Def {
+                            id: String::new(),
+                            id_mark: *mark,
+                            name: None,
+                            description: None,
+                            rule: s.clone(),
+                            rule_style: *style,
+                            rule_mark: *mark,
+                        });
+                    } else {
+                        errors.push(at(v.mark(), "when must be a text value"));
+                    }
+                }
+                "reentry_wait" => {
+                    if let Some(s) = scalar(v, "reentry_wait", errors) {
+                        match expr::parse_duration(s) {
+                            Some(ms) => j.reentry_wait = ms,
+                            None => errors.push(at(v.mark(), format!("reentry_wait {s:?} is not a duration such as 30m, 24h or 7d"))),
+                        }
+                    }
+                }
+                "consent" => match scalar(v, "consent", errors) {
+                    Some("email") => j.consent = Consent::Email,
+                    Some("sms") => j.consent = Consent::Sms,
+                    Some("none") => j.consent = Consent::None,
+                    Some(other) => errors.push(at(v.mark(), format!("consent {other:?}: expected email, sms or none"))),
+                    None => {}
+                },
+                other => errors.push(at(
+                    k.mark(),
+                    format!("unknown key '{other}' in a journey; expected id, name, description, on_event, on_enter, on_exit, when, reentry_wait, consent"),
+                )),
+            }
+        }
+        if !valid_id(&j.id) {
+            errors.push(at(
+                id_mark,
+                format!(
+                    "journey id {:?} must be 1-64 characters of a-z, 0-9, '-', '_'",
+                    j.id
+                ),
+            ));
+            continue;
+        }
+        if j.trigger.is_none() {
+            errors.push(at(
+                *m,
+                format!(
+                    "journey '{}' needs one of on_event, on_enter, on_exit",
+                    j.id
+                ),
+            ));
+            continue;
+        }
+        out.push(j);
+    }
+    out
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+fn compile_journeys(
+    src: &str,
+    set: &SegmentSet,
+    defs: Vec<JourneyDef>,
+    errors: &mut Vec<DefinitionError>,
+) -> Vec<Journey> {
+    let index: HashMap<String, usize> = set
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
+    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut out = Vec::new();
+    for d in defs {
+        if seen.insert(d.id.clone(), ()).is_some() {
+            errors.push(at(d.mark, format!("duplicate journey id '{}'", d.id)));
+            continue;
+        }
+        let (key, value) = d.trigger.expect("checked when read");
+        let trigger = match key.as_str() {
+            "on_event" => {
+                let names: Vec<(String, Marker)> = match &value {
+                    Yaml::Scalar(s, _, m) => vec![(s.clone(), *m)],
+                    Yaml::Seq(items, _) => items
+                        .iter()
+                        .filter_map(|i| {
+                            scalar(i, "an event type", errors).map(|s| (s.to_owned(), i.mark()))
+                        })
+                        .collect(),
+                    Yaml::Map(_, m) => {
+                        errors.push(at(*m, "on_event is an event type or a list of them"));
+                        continue;
+                    }
+                };
+                let mut kinds = Vec::new();
+                for (name, m) in names {
+                    match EventType::parse(&name) {
+                        Some(k) => kinds.push(k),
+                        None => errors.push(at(m, format!("unknown event type '{name}'"))),
+                    }
+                }
+                if kinds.is_empty() {
+                    continue;
+                }
+                Trigger::Event(kinds)
+            }
+            enter_or_exit => {
+                let Some(seg) = scalar(&value, enter_or_exit, errors) else {
+                    continue;
+                };
+                let Some(&i) = index.get(seg) else {
+                    errors.push(at(value.mark(), format!("unknown segment '{seg}'")));
+                    continue;
+                };
+                if enter_or_exit == "on_enter" {
+                    Trigger::Enter(i)
+                } else {
+                    Trigger::Exit(i)
+                }
+            }
+        };
+        let when = match &d.when {
+            None => None,
+            Some(w) => {
+                let mut scope = OrderScope { index: &index };
+                let compiled = expr::parse(&w.rule).and_then(|e| plan::compile(&e, &mut scope));
+                match compiled {
+                    Ok((rule, plan::Type::Bool)) => Some(rule),
+                    Ok(_) => {
+                        errors.push(at(w.rule_mark, "a condition must be true or false"));
+                        continue;
+                    }
+                    Err(e) => {
+                        let (line, col) = rule_position(src, w, e.offset);
+                        errors.push(DefinitionError {
+                            line,
+                            col,
+                            message: e.message,
+                        });
+                        continue;
+                    }
+                }
+            }
+        };
+        out.push(Journey {
+            id: d.id,
+            name: d.name,
+            description: d.description,
+            trigger,
+            when,
+            reentry_wait: d.reentry_wait,
+            consent: d.consent,
+        });
+    }
+    out
 }
 
 /// Maps a byte offset in a rule to its line and column in the file.
@@ -494,13 +779,17 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
         let d = defs[i].take().expect("each definition once");
         let Some(e) = &parsed[i] else { continue };
         match plan::compile(e, &mut OrderScope { index: &index }) {
-            Ok((rule, plan::Type::Bool)) => segments.push(Segment {
-                id: d.id,
-                name: d.name,
-                description: d.description,
-                source: d.rule,
-                rule,
-            }),
+            Ok((rule, plan::Type::Bool)) => {
+                let timed_so_far: Vec<bool> = segments.iter().map(|s: &Segment| s.timed).collect();
+                segments.push(Segment {
+                    id: d.id,
+                    name: d.name,
+                    description: d.description,
+                    source: d.rule,
+                    timed: plan::timed(&rule, &timed_so_far),
+                    rule,
+                })
+            }
             Ok((_, _)) => {
                 let (line, col) = rule_position(src, &d, 0);
                 errors.push(DefinitionError {
@@ -519,7 +808,10 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
             }
         }
     }
-    SegmentSet { segments }
+    SegmentSet {
+        segments,
+        journeys: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -213,7 +213,9 @@ pub const ATTRIBUTES: &[(&str, Attr, Type, &str)] = &[
 pub const FUNCTIONS: &[(&str, &str)] = &[
     ("count(EVENT, WINDOW)", "number of EVENT events in the last WINDOW (up to 90d); EVENT `order` means an order placed, each order id once"),
     ("sum(EVENT, WINDOW)", "money EVENT events were worth in the last WINDOW (order totals, cart values added...)"),
-    ("since(EVENT)", "time since the latest EVENT (or `order`): a duration, compared with e.g. `> 90d`; missing if never"),
+    ("since(EVENT)", "time since the latest EVENT (or `order`; `since(last EVENT)` reads the same): a duration, compared with a duration such as `> 90d`; missing if never"),
+    ("then_no(FIRST, SECOND, WINDOW)", "FIRST, then no SECOND within WINDOW: true once WINDOW has passed since the latest FIRST without a SECOND in between; a new FIRST starts over. FIRST may be `productPageView(\"CATEGORY\")` (also addToCart, removeFromCart, addToRequisitionList) for one category"),
+    ("then(FIRST, SECOND, WINDOW)", "FIRST, then SECOND within WINDOW: the latest FIRST was followed by a SECOND within WINDOW"),
     ("count_category(EVENT, \"CATEGORY\", WINDOW)", "EVENT (productPageView, addToCart, removeFromCart, addToRequisitionList) about products of CATEGORY in the last WINDOW, counted by day (the 64 most recently active category series are kept)"),
     ("count_product(EVENT, \"SKU\", WINDOW)", "EVENT (as for count_category) about product SKU in the last WINDOW, counted by day (the 64 most recently active product series are kept)"),
     ("affinity(\"CATEGORY\")", "decayed interest in a category: a view adds 1, an add to cart 3, a purchase 5; halves every 14 days"),
@@ -232,6 +234,14 @@ pub enum Events {
     Order,
 }
 
+/// The first step of a sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Events(Events),
+    /// An event about products of one category.
+    Category(EventType, String),
+}
+
 /// A compiled rule node.
 #[derive(Debug, Clone)]
 pub enum Node {
@@ -243,6 +253,13 @@ pub enum Node {
     Sum(Events, i64),
     /// Time since the latest event, ms.
     Since(Events),
+    /// `then_no` (negated: no SECOND within the window) or `then`.
+    Seq {
+        first: Step,
+        second: Events,
+        window: i64,
+        negated: bool,
+    },
     CountCategory(EventType, String, i64),
     CountProduct(EventType, String, i64),
     CategoryAffinity(String),
@@ -359,6 +376,29 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                     arity(1)?;
                     (Node::Since(events(&args[0])?), Type::Dur)
                 }
+                "then" | "then_no" => {
+                    arity(3)?;
+                    let first = match &args[0].kind {
+                        ExprKind::Call(kind, cat) => {
+                            let k = EventType::parse(kind).ok_or_else(|| ExprError {
+                                offset: args[0].at,
+                                message: format!("unknown event type '{kind}'"),
+                            })?;
+                            if !crate::profile::KEYED_EVENTS.contains(&k) || cat.len() != 1 {
+                                return fail(args[0].at, format!("{kind}(\"CATEGORY\") needs one category, and works for productPageView, addToCart, removeFromCart or addToRequisitionList"));
+                            }
+                            Step::Category(k, string_arg(&cat[0], "a category")?.to_owned())
+                        }
+                        _ => Step::Events(events(&args[0])?),
+                    };
+                    let node = Node::Seq {
+                        first,
+                        second: events(&args[1])?,
+                        window: window(&args[2])?,
+                        negated: name == "then_no",
+                    };
+                    (node, Type::Bool)
+                }
                 "count_category" | "count_product" => {
                     arity(3)?;
                     let k = event_type(&args[0])?;
@@ -423,10 +463,11 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
             Node::Not(Box::new(expect(inner, Type::Bool, scope)?)),
             Type::Bool,
         ),
-        ExprKind::Neg(inner) => (
-            Node::Neg(Box::new(expect(inner, Type::Num, scope)?)),
-            Type::Num,
-        ),
+        ExprKind::Neg(inner) => {
+            let n = expect(inner, Type::Num, scope)?;
+            continuous(&n, e.at)?;
+            (Node::Neg(Box::new(n)), Type::Num)
+        }
         ExprKind::Bin(op, l, r) => match op {
             BinOp::And | BinOp::Or => {
                 let (l, r) = (expect(l, Type::Bool, scope)?, expect(r, Type::Bool, scope)?);
@@ -439,11 +480,19 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
             }
             BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
                 let (l, r) = (expect(l, Type::Num, scope)?, expect(r, Type::Num, scope)?);
+                for n in [&l, &r] {
+                    continuous(n, e.at)?;
+                }
                 (Node::Arith(*op, Box::new(l), Box::new(r)), Type::Num)
             }
             _ => {
                 let (ln, lt) = compile(l, scope)?;
                 let (rn, rt) = compile(r, scope)?;
+                let literal = |n: &Node| matches!(n, Node::Num(_));
+                if !(literal(&ln) || literal(&rn)) {
+                    continuous(&ln, e.at)?;
+                    continuous(&rn, e.at)?;
+                }
                 if lt != rt {
                     return fail(
                         e.at,
@@ -462,6 +511,7 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
         },
         ExprKind::In(l, items) => {
             let (ln, lt) = compile(l, scope)?;
+            continuous(&ln, e.at)?;
             let mut list = Vec::with_capacity(items.len());
             for item in items {
                 list.push(expect(item, lt, scope)?);
@@ -469,6 +519,16 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
             (Node::InList(Box::new(ln), list), Type::Bool)
         }
     })
+}
+
+/// `since()` and affinities change continuously with time. Timers compute the moment their
+/// comparison with a constant flips, so that is the only place they may appear.
+fn continuous(n: &Node, at: usize) -> Result<(), ExprError> {
+    match n {
+        Node::Since(_) => fail(at, "since() must be compared with a duration such as 1h (so the moment it changes can be scheduled)"),
+        Node::CategoryAffinity(_) | Node::BrandAffinity(_) => fail(at, "affinity() and brand_affinity() must be compared with a number such as 5 (so the moment they change can be scheduled)"),
+        _ => Ok(()),
+    }
 }
 
 fn expect(e: &Expr, want: Type, scope: &mut dyn Scope) -> Result<Node, ExprError> {
@@ -550,6 +610,22 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
             };
             last.map_or(Val::Missing, |t| Val::Num((cx.now - t) as f64))
         }
+        Node::Seq {
+            first,
+            second,
+            window,
+            negated,
+        } => {
+            let Some(a) = first_time(cx.profile, first) else {
+                return Val::Bool(false);
+            };
+            let followed = first_after(cx.profile, *second, a).is_some_and(|b| b <= a + window);
+            Val::Bool(if *negated {
+                cx.now >= a + window && !followed
+            } else {
+                followed
+            })
+        }
         Node::CountCategory(k, key, w) => {
             Val::Num(Profile::keyed_window(&cx.profile.by_category, *k, key, *w, cx.now) as f64)
         }
@@ -604,6 +680,26 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
     }
 }
 
+/// Time of the latest event of a sequence's first step.
+fn first_time(p: &Profile, step: &Step) -> Option<i64> {
+    match step {
+        Step::Events(Events::Order) => p.orders.series.last(),
+        Step::Events(Events::Type(t)) => p.last_time(*t),
+        Step::Category(t, key) => {
+            Profile::keyed(&p.by_category, *t, key).and_then(|k| k.series.last())
+        }
+    }
+}
+
+/// The first `events` after `t` (exact among the latest few; see
+/// [`crate::window::Series::first_after`]).
+fn first_after(p: &Profile, events: Events, t: i64) -> Option<i64> {
+    match events {
+        Events::Order => p.orders.series.first_after(t),
+        Events::Type(k) => p.series(k).and_then(|s| s.first_after(t)),
+    }
+}
+
 fn windowed(cx: &Ctx, k: Events, w: i64) -> (u64, f64) {
     match k {
         Events::Type(t) => cx.profile.window(t, w, cx.now),
@@ -644,4 +740,164 @@ fn compare(op: BinOp, l: Val, r: Val) -> bool {
 /// Evaluates a compiled boolean rule.
 pub fn matches(rule: &Node, cx: &Ctx) -> bool {
     truth(eval(rule, cx))
+}
+
+// ------------------------------------------------------------------ timers
+
+/// Whether the passing of time alone can change the node's value (it reads a window, a time
+/// since, a decaying score, a sequence, or a segment that does).
+pub fn timed(n: &Node, segments: &[bool]) -> bool {
+    match n {
+        Node::Count(..)
+        | Node::Sum(..)
+        | Node::Since(_)
+        | Node::Seq { .. }
+        | Node::CountCategory(..)
+        | Node::CountProduct(..)
+        | Node::CategoryAffinity(_)
+        | Node::BrandAffinity(_) => true,
+        // Out of range only while reporting errors (a referenced segment failed to compile).
+        Node::Segment(i) => segments.get(*i).copied().unwrap_or(true),
+        Node::Not(x) | Node::Neg(x) => timed(x, segments),
+        Node::And(l, r) | Node::Or(l, r) | Node::Cmp(_, l, r) | Node::Arith(_, l, r) => {
+            timed(l, segments) || timed(r, segments)
+        }
+        Node::InList(x, items) => timed(x, segments) || items.iter().any(|i| timed(i, segments)),
+        _ => false,
+    }
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The earliest time after `cx.now` at which the node's value may differ, if no event arrives.
+/// Never later than the true moment; it may be earlier (a timer that finds nothing changed only
+/// schedules the next one). `segments` holds the same for the segments evaluated before.
+pub fn next_change(n: &Node, cx: &Ctx, segments: &[Option<i64>]) -> Option<i64> {
+    let p = cx.profile;
+    match n {
+        Node::Count(k, w) | Node::Sum(k, w) => first_expiry(cx, *k, *w),
+        Node::CountCategory(k, key, w) => Profile::keyed(&p.by_category, *k, key)
+            .and_then(|s| s.series.expiries(*w, cx.now).next())
+            .map(|e| e.0),
+        Node::CountProduct(k, key, w) => Profile::keyed(&p.by_product, *k, key)
+            .and_then(|s| s.series.expiries(*w, cx.now).next())
+            .map(|e| e.0),
+        Node::Seq {
+            first,
+            window,
+            negated: true,
+            ..
+        } => first_time(p, first)
+            .map(|a| a + window)
+            .filter(|&t| t > cx.now),
+        Node::Segment(i) => segments[*i],
+        Node::Not(x) | Node::Neg(x) => next_change(x, cx, segments),
+        Node::Cmp(op, l, r) => match (&**l, &**r) {
+            (x, Node::Num(c)) if !matches!(x, Node::Num(_)) => {
+                crossing(*op, x, *c, cx).unwrap_or_else(|| next_change(x, cx, segments))
+            }
+            (Node::Num(c), x) => {
+                crossing(op.flipped(), x, *c, cx).unwrap_or_else(|| next_change(x, cx, segments))
+            }
+            _ => earliest(next_change(l, cx, segments), next_change(r, cx, segments)),
+        },
+        Node::And(l, r) | Node::Or(l, r) | Node::Arith(_, l, r) => {
+            earliest(next_change(l, cx, segments), next_change(r, cx, segments))
+        }
+        Node::InList(x, items) => items.iter().fold(next_change(x, cx, segments), |acc, i| {
+            earliest(acc, next_change(i, cx, segments))
+        }),
+        _ => None,
+    }
+}
+
+fn first_expiry(cx: &Ctx, k: Events, w: i64) -> Option<i64> {
+    let series = match k {
+        Events::Order => Some(&cx.profile.orders.series),
+        Events::Type(t) => cx.profile.series(t),
+    };
+    series
+        .and_then(|s| s.expiries(w, cx.now).next())
+        .map(|e| e.0)
+}
+
+/// When `x op c` flips, for the nodes whose course in time is known exactly. `None` means "not
+/// such a node" (the caller falls back); `Some(None)` means it never flips.
+fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
+    let p = cx.profile;
+    let now_holds = compare(op, eval(x, cx), Val::Num(c));
+    let differs = |v: f64| compare(op, Val::Num(v), Val::Num(c)) != now_holds;
+    // A value falling step by step as buckets leave the window.
+    let walk = |steps: &mut dyn Iterator<Item = (i64, u64, f64)>, sum: bool| {
+        let Val::Num(mut v) = eval(x, cx) else {
+            return None;
+        };
+        for (at, n, s) in steps {
+            v -= if sum { s } else { n as f64 };
+            if differs(v) {
+                return Some(at);
+            }
+        }
+        None
+    };
+    Some(match x {
+        Node::Count(k, w) | Node::Sum(k, w) => {
+            let series = match k {
+                Events::Order => Some(&p.orders.series),
+                Events::Type(t) => p.series(*t),
+            };
+            let sum = matches!(x, Node::Sum(..));
+            series.and_then(|s| walk(&mut s.expiries(*w, cx.now), sum))
+        }
+        Node::CountCategory(k, key, w) | Node::CountProduct(k, key, w) => {
+            let list = if matches!(x, Node::CountCategory(..)) {
+                &p.by_category
+            } else {
+                &p.by_product
+            };
+            Profile::keyed(list, *k, key)
+                .and_then(|s| walk(&mut s.series.expiries(*w, cx.now), false))
+        }
+        Node::Since(k) => {
+            let last = match k {
+                Events::Order => p.orders.series.last(),
+                Events::Type(t) => p.last_time(*t),
+            }?;
+            // since = t - last: the comparison can only flip at last + c or one ms later.
+            let at = last + c as i64;
+            [at, at + 1]
+                .into_iter()
+                .find(|&t| t > cx.now && differs((t - last) as f64))
+        }
+        Node::CategoryAffinity(key) | Node::BrandAffinity(key) => {
+            let list = if matches!(x, Node::CategoryAffinity(_)) {
+                &p.category_affinity
+            } else {
+                &p.brand_affinity
+            };
+            let a = list.iter().find(|a| a.key == *key)?;
+            if c <= 0.0 {
+                return Some(None); // a positive score never decays to 0 or below
+            }
+            // score * 2^(-(t - at) / half-life) = c
+            let t =
+                a.at as f64 + crate::profile::AFFINITY_HALF_LIFE_MS as f64 * (a.score / c).log2();
+            if !t.is_finite() || t >= i64::MAX as f64 / 2.0 {
+                return Some(None);
+            }
+            let t = t.ceil() as i64;
+            let found = [t - 1, t, t + 1]
+                .into_iter()
+                .find(|&u| u > cx.now && differs(a.at(u)));
+            // If rounding hid the flip, look again just after it.
+            found.or((t + 1 > cx.now).then_some(t + 2))
+        }
+        _ => return None,
+    })
 }
