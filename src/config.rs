@@ -61,6 +61,10 @@ pub struct Processing {
     /// How far out of order events may arrive and still count before a timer fires: the
     /// stream clock trails the latest event time by this much, e.g. "5s".
     pub allowed_lateness: String,
+    /// When a partition is caught up, its clock follows the wall clock (timers fire on time
+    /// without new events). `false`: event time only, e.g. to backfill history without every
+    /// pending timer firing at "now" at the end.
+    pub wall_clock: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +148,7 @@ impl Default for Processing {
             batch_max_messages: 5000,
             batch_max_wait: "100ms".into(),
             allowed_lateness: "5s".into(),
+            wall_clock: true,
         }
     }
 }

@@ -302,6 +302,8 @@ struct Worker {
     /// Stream clock per input partition number (loaded from the store on first use).
     clocks: HashMap<i32, StreamClock>,
     lateness: i64,
+    /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
+    follow_wall: bool,
     /// Next offset to read per input partition, for "caught up" (known once assigned).
     positions: HashMap<(String, i32), i64>,
     /// Members per segment in this worker's store: loaded at start, kept with each commit.
@@ -542,10 +544,11 @@ impl Worker {
         let wall = now_ms();
         let mut budget = limit;
         for p in numbers {
-            let caught_up = assigned
-                .iter()
-                .filter(|(_, q)| *q == p)
-                .all(|(t, _)| self.caught_up(consumer, t, p));
+            let caught_up = self.follow_wall
+                && assigned
+                    .iter()
+                    .filter(|(_, q)| *q == p)
+                    .all(|(t, _)| self.caught_up(consumer, t, p));
             let clock = self.clock(p)?;
             clock.tick(wall, caught_up);
             let Some(now) = clock.now() else { continue };
@@ -1014,6 +1017,7 @@ pub async fn run(
         progress: Progress::default(),
         clocks: HashMap::new(),
         lateness: settings.allowed_lateness.as_millis() as i64,
+        follow_wall: c.processing.wall_clock,
         positions: HashMap::new(),
         segment_sizes,
         event_counters: crate::event::EventType::ALL

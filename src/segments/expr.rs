@@ -133,21 +133,22 @@ pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             };
             if unit_end > i {
                 let unit = &src[i..unit_end];
-                let ms =
-                    match unit {
-                        "ms" => 1.0,
-                        "s" => 1_000.0,
-                        "m" | "min" => 60_000.0,
-                        "h" => 3_600_000.0,
-                        "d" => 86_400_000.0,
-                        "w" => 7.0 * 86_400_000.0,
-                        _ => return err(
+                let ms = match unit {
+                    "ms" => 1.0,
+                    "s" => 1_000.0,
+                    "m" | "min" => 60_000.0,
+                    "h" => 3_600_000.0,
+                    "d" => 86_400_000.0,
+                    "w" => 7.0 * 86_400_000.0,
+                    _ => {
+                        return err(
                             i,
                             format!(
                                 "unknown duration unit {unit:?}: use ms, s, m (or min), h, d or w"
                             ),
-                        ),
-                    };
+                        )
+                    }
+                };
                 i = unit_end;
                 Tok::Dur((n * ms) as i64)
             } else {

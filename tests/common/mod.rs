@@ -60,12 +60,27 @@ impl Topics {
     }
 
     pub fn create(&self, partitions: i32) {
+        create_topics(&self.all(), partitions);
+    }
+
+    /// The same input topics, with output topics of its own (for a second worker).
+    pub fn same_inputs(&self, test: &str) -> Topics {
+        Topics {
+            storefront: self.storefront.clone(),
+            backoffice: self.backoffice.clone(),
+            profile: self.profile.clone(),
+            ..Topics::new(test)
+        }
+    }
+}
+
+pub fn create_topics(names: &[&String], partitions: i32) {
+    {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .create()
             .expect("admin client");
-        let topics: Vec<_> = self
-            .all()
+        let topics: Vec<_> = names
             .iter()
             .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
             .collect();
@@ -400,6 +415,26 @@ impl Setup {
     pub fn with_segments(test: &str, partitions: i32, batch: usize, segments: &str) -> Setup {
         let topics = Topics::new(test);
         topics.create(partitions);
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join(segments);
+        let config = write_config(dir.path(), &topics, &seg, batch, port);
+        Setup {
+            topics,
+            dir,
+            config,
+            port,
+        }
+    }
+
+    /// A second worker reading this setup's input topics into its own outputs, with its own
+    /// group, state and port. `segments` is relative to the crate root (or absolute).
+    pub fn sibling(&self, test: &str, partitions: i32, batch: usize, segments: &str) -> Setup {
+        let topics = self.topics.same_inputs(test);
+        create_topics(
+            &[&topics.audience, &topics.journeys, &topics.dead_letter],
+            partitions,
+        );
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join(segments);
