@@ -193,6 +193,31 @@ fn main() {
         "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, RocksDB commit {commit:.1}s",
         batch - deliver - commit
     );
+
+    // Caught up: the clock jumps from the data's 2019 to the wall clock, and every pending timer
+    // fires (each at its own due time, until none is left). Timed until the count stops moving.
+    let pending = metric(port, "tailor_timers_pending ");
+    let fired_before = metric(port, "tailor_timers_fired_total ");
+    let t_timers = Instant::now();
+    let (mut last, mut last_change) = (fired_before, Instant::now());
+    while last_change.elapsed() < Duration::from_secs(5)
+        && t_timers.elapsed() < Duration::from_secs(1800)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = metric(port, "tailor_timers_fired_total ");
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+    }
+    let fired = last - fired_before;
+    let secs = last_change.duration_since(t_timers).as_secs_f64().max(1e-3);
+    println!(
+        "timers: {pending:.0} pending when caught up (estimate); {fired:.0} fired in {secs:.1}s = {:.0} timer fires/s; {:.0} triggers, {:.0} audience changes in all; peak RSS {:.0} MiB",
+        fired / secs,
+        metric(port, "tailor_journey_triggers_total{"),
+        metric(port, "tailor_audience_changes_total{"),
+        peak_rss_mib(pid)
+    );
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())

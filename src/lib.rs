@@ -1,32 +1,40 @@
 //! # Tailor
 //!
 //! A stream worker that keeps a rolling profile of every shopper and its segment memberships from
-//! a commerce platform's Kafka topics, and emits audience changes.
+//! a commerce platform's Kafka topics, and emits audience changes and journey triggers.
 //!
 //! ## Layout: how an event flows
 //!
 //! ```text
-//!  Kafka message ─► codec ─► event ─► profile ─► segments ─► audience ─► Kafka
-//!  (3 input topics) (Avro    (validate, (apply:   (evaluate   (ENTERED /   audience.changes
-//!                   single-  normalise) counters, the rules)  EXITED with  tailor.deadletter
-//!                   object)             cart,                 a stable id)
-//!                                       orders)
+//!  Kafka message ─► codec ─► event ─► clock ─► profile ─► segments ─► journey ─► audience ─► Kafka
+//!  (3 input topics) (Avro    (validate, (stream (apply:   (evaluate,  (triggers, (ENTERED /   audience.changes
+//!                   single-  normalise) time)   counters, next timer) consent,   EXITED and  journey.triggers
+//!                   object)                     cart,                 context)   triggers    tailor.deadletter
+//!                                               orders)                          with stable
+//!                                                                                ids)
+//!  timer index (RocksDB) ─► due timers, by the partition's clock ─► audience (evaluated at the due time)
 //! ```
 //!
 //! - [`wire`]: serde mirrors of the Avro schemas in `avro/` (the contract with producers).
 //! - [`codec`]: single-object encoding; writer schemas by fingerprint, resolved to reader schemas.
 //! - [`event`]: one validated [`event::Event`] shape for the three families.
-//! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d".
+//! - [`clock`]: each partition's stream clock (event time; wall clock when caught up).
+//! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d", and when
+//!   each count leaves its window.
 //! - [`profile`]: the profile and how an event changes it.
-//! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate.
-//! - [`audience`]: membership changes with deterministic ids.
+//! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
+//!   and the earliest time the passing of time can change a result (the profile's timer).
+//! - [`journey`]: journey definitions, re-entry wait, one trigger per cause, consent, context.
+//! - [`audience`]: applies an event or fires a timer; membership changes and journey triggers
+//!   with deterministic ids.
 //!
 //! Those modules are the synchronous core: no I/O, tested and benchmarked without Kafka.
 //! The shell around it:
 //!
-//! - [`store`]: RocksDB — profiles, offsets and segment sizes committed in one atomic batch.
-//! - [`worker`]: consume → apply ([`audience::Core`]) → produce and await delivery → commit
-//!   state + next offsets → store offsets for lag monitoring.
+//! - [`store`]: RocksDB — profiles, the timer index, clocks, offsets and segment sizes committed
+//!   in one atomic batch.
+//! - [`worker`]: move clocks and fire due timers → consume → apply ([`audience::Core`]) →
+//!   produce and await delivery → commit state + next offsets → store offsets for lag monitoring.
 //! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`), [`replay`] (real
 //!   data sets as platform events).
 //! - [`samples`]: fully populated example events of every type, for tests, benchmarks and

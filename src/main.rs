@@ -186,9 +186,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     .with_context(|| format!("reading {}", path.display()))?;
                 match SegmentSet::parse(&src) {
                     Ok(set) => {
-                        println!("{}: {} segments OK", path.display(), set.len());
+                        println!(
+                            "{}: {} segments, {} journeys OK",
+                            path.display(),
+                            set.len(),
+                            set.journeys().len()
+                        );
                         for s in set.segments() {
-                            println!("  {:<24} {}", s.id, s.name.as_deref().unwrap_or(""));
+                            println!("  {:<28} {}", s.id, s.name.as_deref().unwrap_or(""));
+                        }
+                        for j in set.journeys() {
+                            println!("  journey {:<20} {}", j.id, j.name.as_deref().unwrap_or(""));
                         }
                     }
                     Err(errs) => {

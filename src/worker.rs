@@ -2,14 +2,17 @@
 //!
 //! One task, one loop, per worker:
 //!
+//! 0. **Time**: each assigned partition's stream clock moves (wall clock if caught up) and the
+//!    timers due by then are read from the store's index and fired ([`Core::advance`]).
 //! 1. **Consume** a batch (up to `batch_max_messages`, or `batch_max_wait`) from the three input
 //!    topics. Each message is decoded, validated and applied to its profile in the in-memory
-//!    cache at once ([`Core::process`]); its outputs (audience changes, dead letters) are handed
-//!    to the producer immediately.
+//!    cache at once ([`Core::process`]); its outputs (audience changes, journey triggers, dead
+//!    letters) are handed to the producer immediately.
 //! 2. **Deliver**: wait until every output of the batch is acknowledged by the brokers
 //!    (idempotent producer, `acks=all`).
-//! 3. **Commit**: write the batch's changed profiles, segment sizes and each partition's next
-//!    offset to RocksDB in one atomic write batch (fsynced by default).
+//! 3. **Commit**: write the batch's changed profiles, their timer index entries, segment sizes,
+//!    clocks and each partition's next offset to RocksDB in one atomic write batch (fsynced by
+//!    default).
 //! 4. **Store offsets** in the consumer group, for lag monitoring only.
 //!
 //! On (re)assignment a partition resumes at the offset in RocksDB, never the group's. A crash at
@@ -896,6 +899,9 @@ impl Worker {
         self.metrics
             .state_bytes
             .set(self.store.estimated_bytes() as i64);
+        self.metrics
+            .timers_pending
+            .set(self.store.estimated_timers() as i64);
         let profiles = self.store.estimated_profiles();
         self.metrics.state_profiles.set(profiles as i64);
         let sizes: Vec<String> = self

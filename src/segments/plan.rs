@@ -831,11 +831,12 @@ fn first_expiry(cx: &Ctx, k: Events, w: i64) -> Option<i64> {
 /// such a node" (the caller falls back); `Some(None)` means it never flips.
 fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
     let p = cx.profile;
-    let now_holds = compare(op, eval(x, cx), Val::Num(c));
+    let current = eval(x, cx);
+    let now_holds = compare(op, current, Val::Num(c));
     let differs = |v: f64| compare(op, Val::Num(v), Val::Num(c)) != now_holds;
     // A value falling step by step as buckets leave the window.
     let walk = |steps: &mut dyn Iterator<Item = (i64, u64, f64)>, sum: bool| {
-        let Val::Num(mut v) = eval(x, cx) else {
+        let Val::Num(mut v) = current else {
             return None;
         };
         for (at, n, s) in steps {

@@ -112,6 +112,13 @@ rules_evaluate! {
     affinities: r#"affinity("bags") == 1 and brand_affinity("acme") == 1 and affinity("shoes") == 0"# => true;
     top_category_fn: r#"top_category() == "bags" and top_brand() == "acme""# => true;
     weeks: "since(order) < 1w" => true;
+    minutes_and_last: "since(order) > 700min and since(last productPageView) < 1m" => true;
+    seq_wait_not_over: "then_no(productPageView, addToCart, 30m)" => false;
+    seq_category_wait_not_over: r#"then_no(productPageView("bags"), addToCart, 30m)"# => false;
+    seq_no_view_within_an_hour_of_the_order: "then_no(order, productPageView, 1h)" => true;
+    seq_view_within_a_day_of_the_order: "then(orderPlaced, productPageView, 24h)" => true;
+    seq_view_not_within_an_hour: "then(orderPlaced, productPageView, 1h)" => false;
+    seq_never_started: "then_no(addToCart, completeCheckout, 1h) or then(addToCart, orderPlaced, 1h)" => false;
 }
 
 #[test]
@@ -166,6 +173,38 @@ definition_errors! {
     unquoted_category: &one("count_category(productPageView, bags, 7d) > 1") => ["3:43: expected a category or SKU in quotes"];
     top_category_args: &one(r#"top_category("x") == "y""#) => ["3:11: top_category() takes 0 argument(s), found 1"];
     keyed_orders: &one(r#"count_product(orderPlaced, "A", 7d) > 0"#) => ["3:25: count_product() counts productPageView"];
+    since_vs_since: &one("since(order) > since(addToCart)") => ["3:11: since() must be compared with a duration"];
+    affinity_arithmetic: &one(r#"affinity("a") * 2 > 1"#) => ["affinity() and brand_affinity() must be compared with a number"];
+    seq_category_of_orders: &one(r#"then_no(orderPlaced("x"), addToCart, 1h)"#) => ["3:19: orderPlaced(\"CATEGORY\") needs one category"];
+    seq_window_too_long: &one("then_no(addToCart, completeCheckout, 100d)") => ["3:48: window must be longer than 0"];
+    seq_arity: &one("then_no(addToCart, completeCheckout)") => ["3:11: then_no() takes 3 argument(s), found 2"];
+    bad_unit_min: &one("since(order) > 5mins") => ["unknown duration unit \"mins\""];
+    journey_problems: "segments:\n  - id: a\n    rule: true\njourneys:\n  - id: j1\n    on_enter: nope\n  - id: j2\n    on_event: addToBasket\n    reentry_wait: soon\n    consent: postcard\n  - id: j3\n    on_enter: a\n    on_exit: a\n  - id: j4\n    name: no trigger\n  - id: j5\n    on_exit: a\n    when: cart.itms > 0\n" => [
+        "6:15: unknown segment 'nope'",
+        "8:15: unknown event type 'addToBasket'",
+        "9:19: reentry_wait \"soon\" is not a duration",
+        "10:14: consent \"postcard\"",
+        "13:5: a journey has exactly one of on_event, on_enter, on_exit",
+        "journey 'j4' needs one of on_event, on_enter, on_exit",
+        "18:11: unknown attribute 'cart.itms'"
+    ];
+}
+
+#[test]
+fn journeys_compile_with_their_triggers_and_options() {
+    let src = "segments:\n  - id: a\n    rule: cart.items > 0\njourneys:\n  - id: j\n    on_enter: a\n    when: cart.value > 5\n    reentry_wait: 2h\n    consent: sms\n  - id: k\n    on_event: [orderPlaced, placeOrder]\n";
+    let set = SegmentSet::parse(src).unwrap();
+    let j = &set.journeys()[0];
+    assert_eq!(j.trigger, crate::journey::Trigger::Enter(0));
+    assert_eq!(
+        (j.reentry_wait, j.consent),
+        (2 * H, crate::journey::Consent::Sms)
+    );
+    assert!(j.when.is_some());
+    assert_eq!(
+        set.journeys()[1].trigger,
+        crate::journey::Trigger::Event(vec![EventType::OrderPlaced, EventType::CompleteCheckout])
+    );
 }
 
 #[test]
