@@ -815,21 +815,22 @@ impl Worker {
                 }
             }
         };
-        let mut profiles = Vec::with_capacity(self.batch.dirty.len());
+        let mut profiles: Vec<(i32, String, Vec<u8>)> = Vec::with_capacity(self.batch.dirty.len());
         for key in self.batch.dirty.drain(..) {
             // A dirty profile pushed out of the cache is in `spilled` instead.
             if let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) {
                 timer_moved(key.0, &key.1, slot.committed_timer, slot.profile.next_timer);
                 slot.committed_timer = slot.profile.next_timer;
-                profiles.push((key.0, profile::encode(&slot.profile), key.1));
+                let bytes = profile::encode(&slot.profile);
+                profiles.push((key.0, key.1, bytes));
                 slot.dirty = false;
             }
         }
         for ((partition, key), (p, committed)) in self.batch.spilled.drain() {
             timer_moved(partition, &key, committed, p.next_timer);
-            profiles.push((partition, profile::encode(&p), key));
+            profiles.push((partition, key, profile::encode(&p)));
         }
-        commit.profiles = profiles.into_iter().map(|(p, b, k)| (p, k, b)).collect();
+        commit.profiles = profiles;
         commit.timers_removed.append(&mut self.batch.stray_timers);
         commit.clocks = self
             .clocks

@@ -604,10 +604,7 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
         Node::Count(k, w) => Val::Num(windowed(cx, *k, *w).0 as f64),
         Node::Sum(k, w) => Val::Num(windowed(cx, *k, *w).1),
         Node::Since(k) => {
-            let last = match k {
-                Events::Order => cx.profile.orders.series.last(),
-                Events::Type(t) => cx.profile.last_time(*t),
-            };
+            let last = series_of(cx.profile, *k).and_then(|s| s.last());
             last.map_or(Val::Missing, |t| Val::Num((cx.now - t) as f64))
         }
         Node::Seq {
@@ -683,8 +680,7 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
 /// Time of the latest event of a sequence's first step.
 fn first_time(p: &Profile, step: &Step) -> Option<i64> {
     match step {
-        Step::Events(Events::Order) => p.orders.series.last(),
-        Step::Events(Events::Type(t)) => p.last_time(*t),
+        Step::Events(k) => series_of(p, *k).and_then(|s| s.last()),
         Step::Category(t, key) => {
             Profile::keyed(&p.by_category, *t, key).and_then(|k| k.series.last())
         }
@@ -694,17 +690,11 @@ fn first_time(p: &Profile, step: &Step) -> Option<i64> {
 /// The first `events` after `t` (exact among the latest few; see
 /// [`crate::window::Series::first_after`]).
 fn first_after(p: &Profile, events: Events, t: i64) -> Option<i64> {
-    match events {
-        Events::Order => p.orders.series.first_after(t),
-        Events::Type(k) => p.series(k).and_then(|s| s.first_after(t)),
-    }
+    series_of(p, events).and_then(|s| s.first_after(t))
 }
 
 fn windowed(cx: &Ctx, k: Events, w: i64) -> (u64, f64) {
-    match k {
-        Events::Type(t) => cx.profile.window(t, w, cx.now),
-        Events::Order => cx.profile.orders.series.query(w, cx.now),
-    }
+    series_of(cx.profile, k).map_or((0, 0.0), |s| s.query(w, cx.now))
 }
 
 fn affinity(list: &[crate::profile::Affinity], key: &str, now: i64) -> f64 {
@@ -817,12 +807,16 @@ pub fn next_change(n: &Node, cx: &Ctx, segments: &[Option<i64>]) -> Option<i64> 
     }
 }
 
+/// The series `count`, `sum`, `since` and sequences read for `k`.
+fn series_of(p: &Profile, k: Events) -> Option<&crate::window::Series> {
+    match k {
+        Events::Order => Some(&p.orders.series),
+        Events::Type(t) => p.series(t),
+    }
+}
+
 fn first_expiry(cx: &Ctx, k: Events, w: i64) -> Option<i64> {
-    let series = match k {
-        Events::Order => Some(&cx.profile.orders.series),
-        Events::Type(t) => cx.profile.series(t),
-    };
-    series
+    series_of(cx.profile, k)
         .and_then(|s| s.expiries(w, cx.now).next())
         .map(|e| e.0)
 }
@@ -849,12 +843,8 @@ fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
     };
     Some(match x {
         Node::Count(k, w) | Node::Sum(k, w) => {
-            let series = match k {
-                Events::Order => Some(&p.orders.series),
-                Events::Type(t) => p.series(*t),
-            };
             let sum = matches!(x, Node::Sum(..));
-            series.and_then(|s| walk(&mut s.expiries(*w, cx.now), sum))
+            series_of(p, *k).and_then(|s| walk(&mut s.expiries(*w, cx.now), sum))
         }
         Node::CountCategory(k, key, w) | Node::CountProduct(k, key, w) => {
             let list = if matches!(x, Node::CountCategory(..)) {
@@ -866,10 +856,7 @@ fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
                 .and_then(|s| walk(&mut s.series.expiries(*w, cx.now), false))
         }
         Node::Since(k) => {
-            let last = match k {
-                Events::Order => p.orders.series.last(),
-                Events::Type(t) => p.last_time(*t),
-            }?;
+            let last = series_of(p, *k)?.last()?;
             // since = t - last: the comparison can only flip at last + c or one ms later.
             let at = last + c as i64;
             [at, at + 1]

@@ -415,6 +415,11 @@ impl Setup {
     pub fn with_segments(test: &str, partitions: i32, batch: usize, segments: &str) -> Setup {
         let topics = Topics::new(test);
         topics.create(partitions);
+        Self::for_topics(topics, batch, segments)
+    }
+
+    /// A state directory, port and config for `topics` (which exist).
+    fn for_topics(topics: Topics, batch: usize, segments: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join(segments);
@@ -435,16 +440,7 @@ impl Setup {
             &[&topics.audience, &topics.journeys, &topics.dead_letter],
             partitions,
         );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join(segments);
-        let config = write_config(dir.path(), &topics, &seg, batch, port);
-        Setup {
-            topics,
-            dir,
-            config,
-            port,
-        }
+        Self::for_topics(topics, batch, segments)
     }
 
     /// Starts the worker (run number `run`, for its log file name) and waits until it is ready.
