@@ -20,8 +20,9 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::Event;
+use crate::identity::{self, Id, Refused};
 use crate::journey::{self, Suppressed, Trigger};
-use crate::profile::{Membership, Profile};
+use crate::profile::{Membership, Profile, RecentChange, RECENT_CHANGES};
 use crate::segments::SegmentSet;
 use crate::wire::{AudienceChange, Cause, Direction, JourneyTrigger};
 
@@ -52,6 +53,10 @@ pub struct Outputs {
     pub suppressed: Vec<(String, Suppressed)>,
     /// Timers that fired (each one re-evaluates the profile at its due time).
     pub timers_fired: u64,
+    /// Identities the event linked to the profile (each must be claimed on its partition).
+    pub claims: Vec<Id>,
+    /// Links refused, by reason.
+    pub refused: Vec<Refused>,
 }
 
 impl Outputs {
@@ -60,6 +65,8 @@ impl Outputs {
         self.triggers.clear();
         self.suppressed.clear();
         self.timers_fired = 0;
+        self.claims.clear();
+        self.refused.clear();
     }
 }
 
@@ -68,6 +75,10 @@ enum Why<'a> {
     Event(&'a Event, Source<'a>),
     /// A timer due at this time.
     Timer(i64),
+    /// Another profile of the shopper (this key) was merged in.
+    Merge(&'a str),
+    /// The segment definitions changed (this version).
+    Definitions(u64),
 }
 
 /// Applies events, fires timers, evaluates segments and journeys; holds only scratch space.
@@ -75,21 +86,113 @@ pub struct Core {
     segments: Arc<SegmentSet>,
     results: Vec<bool>,
     nexts: Vec<Option<i64>>,
+    /// Most identities linked to one profile.
+    max_identities: usize,
+    /// Segment ids, sorted.
+    ids: Vec<String>,
 }
+
+fn sorted_ids(set: &SegmentSet) -> Vec<String> {
+    let mut ids: Vec<String> = set.segments().iter().map(|s| s.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// Default most identities per profile.
+pub const MAX_IDENTITIES: usize = 32;
 
 impl Core {
     pub fn new(segments: Arc<SegmentSet>) -> Core {
         let results = Vec::with_capacity(segments.len());
         let nexts = Vec::with_capacity(segments.len());
         Core {
+            ids: sorted_ids(&segments),
             segments,
             results,
             nexts,
+            max_identities: MAX_IDENTITIES,
         }
+    }
+
+    pub fn with_max_identities(mut self, n: usize) -> Core {
+        self.max_identities = n;
+        self
+    }
+
+    pub fn max_identities(&self) -> usize {
+        self.max_identities
     }
 
     pub fn segments(&self) -> &SegmentSet {
         &self.segments
+    }
+
+    /// Swaps in new segment definitions (between batches; profiles catch up through
+    /// [`Core::reevaluate`] or their next event).
+    pub fn set_segments(&mut self, segments: Arc<SegmentSet>) {
+        self.ids = sorted_ids(&segments);
+        self.segments = segments;
+    }
+
+    /// Takes another profile of the same shopper (`from`, already removed from its own key) into
+    /// `profile` and evaluates at `now`: the survivor's ENTERs and EXITs, each once.
+    pub fn merge(
+        &mut self,
+        key: &str,
+        profile: &mut Profile,
+        from: &str,
+        other: Profile,
+        now: i64,
+        out: &mut Outputs,
+    ) {
+        self.advance(key, profile, now, out);
+        profile.merge(other, self.max_identities);
+        self.evaluate(key, profile, now, Why::Merge(from), out);
+    }
+
+    /// Evaluates a profile under changed definitions at `now` (its due timers fire first).
+    /// Segments whose result did not change emit nothing; memberships of removed segments exit.
+    pub fn reevaluate(
+        &mut self,
+        key: &str,
+        profile: &mut Profile,
+        now: i64,
+        version: u64,
+        out: &mut Outputs,
+    ) {
+        let now = now.max(profile.last_seen.unwrap_or(i64::MIN));
+        self.advance(key, profile, now, out);
+        self.evaluate(key, profile, now, Why::Definitions(version), out);
+    }
+
+    /// Every membership of the profile EXITs at `at`, caused by `kind` (`merge` or `deletion`)
+    /// of `cause_id`: the profile is about to go (absorbed by another, or deleted).
+    pub fn exit_all(
+        &mut self,
+        key: &str,
+        profile: &mut Profile,
+        at: i64,
+        kind: &str,
+        cause_id: &str,
+        out: &mut Outputs,
+    ) {
+        let cause = Cause {
+            kind: kind.into(),
+            ..Cause::default()
+        };
+        let cause_id = format!("{kind}:{cause_id}");
+        for m in std::mem::take(&mut profile.segments) {
+            out.changes.push(AudienceChange {
+                id: output_id(&[key, &m.segment, Direction::Exited.as_str(), &cause_id]),
+                profile_key: key.to_owned(),
+                identity: profile.identity(),
+                segment_id: m.segment,
+                direction: Direction::Exited,
+                event_time: at,
+                cause: cause.clone(),
+            });
+        }
+        profile.next_timer = None;
     }
 
     /// Applies `ev` to `profile` (stored under `key`) at stream time `clock` (the partition's
@@ -112,6 +215,17 @@ impl Core {
             .max(ev.time)
             .max(profile.last_seen.unwrap_or(i64::MIN));
         self.advance(key, profile, now, out);
+        for id in identity::event_ids(ev) {
+            if id.value == key {
+                let _ = identity::link(profile, &id, usize::MAX);
+                continue;
+            }
+            match identity::link(profile, &id, self.max_identities) {
+                Ok(true) => out.claims.push(id),
+                Ok(false) => {}
+                Err(why) => out.refused.push(why),
+            }
+        }
         profile.apply(ev);
         self.evaluate(key, profile, now, Why::Event(ev, source), out);
     }
@@ -151,19 +265,52 @@ impl Core {
                 *due,
                 Cause {
                     kind: "timer".into(),
-                    event_id: None,
-                    event_type: None,
-                    segment_id: None,
-                    source_topic: None,
-                    source_partition: None,
-                    source_offset: None,
+                    ..Cause::default()
+                },
+            ),
+            Why::Merge(_) => (
+                now,
+                Cause {
+                    kind: "merge".into(),
+                    ..Cause::default()
+                },
+            ),
+            Why::Definitions(_) => (
+                now,
+                Cause {
+                    kind: "definition-change".into(),
+                    ..Cause::default()
                 },
             ),
         };
         let cause_id = match &why {
             Why::Event(ev, _) => ev.id.clone(),
             Why::Timer(due) => format!("timer@{due}"),
+            Why::Merge(from) => format!("merge:{from}"),
+            Why::Definitions(v) => format!("definitions:{v:016x}"),
         };
+        // Memberships of segments no longer defined exit.
+        let defined = |id: &str| self.ids.binary_search_by(|s| s.as_str().cmp(id)).is_ok();
+        if profile.segments.iter().any(|m| !defined(&m.segment)) {
+            let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut profile.segments)
+                .into_iter()
+                .partition(|m| defined(&m.segment));
+            profile.segments = kept;
+            for m in gone {
+                out.changes.push(AudienceChange {
+                    id: output_id(&[key, &m.segment, Direction::Exited.as_str(), &cause_id]),
+                    profile_key: key.to_owned(),
+                    identity: profile.identity(),
+                    segment_id: m.segment,
+                    direction: Direction::Exited,
+                    event_time: at,
+                    cause: Cause {
+                        kind: "definition-change".into(),
+                        ..Cause::default()
+                    },
+                });
+            }
+        }
         self.segments.evaluate(profile, now, &mut self.results);
         for (seg, &member) in self.segments.segments().iter().zip(&self.results) {
             let pos = profile
@@ -196,6 +343,17 @@ impl Core {
                 cause: cause.clone(),
             });
         }
+        for c in &out.changes[first_change..] {
+            if profile.recent_changes.len() >= RECENT_CHANGES {
+                profile.recent_changes.remove(0);
+            }
+            profile.recent_changes.push(RecentChange {
+                segment: c.segment_id.clone(),
+                entered: c.direction == Direction::Entered,
+                at: c.event_time,
+                cause: c.cause.kind.clone(),
+            });
+        }
         self.journeys(key, profile, now, at, &why, &cause, first_change, out);
         profile.next_timer =
             self.segments
@@ -217,7 +375,7 @@ impl Core {
     ) {
         let ev = match why {
             Why::Event(ev, _) => Some(*ev),
-            Why::Timer(_) => None,
+            _ => None,
         };
         for journey in self.segments.journeys() {
             let change = |seg: usize, dir: Direction| {

@@ -28,8 +28,25 @@ pub struct Config {
     pub processing: Processing,
     pub state: State,
     pub segments: Segments,
+    pub identity: IdentityConfig,
     pub http: Http,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Most identities (ECIDs, e-mails, customer id) linked to one profile; links beyond are
+    /// refused and counted (`tailor_identity_links_total{result="refused_limit"}`).
+    pub max_identities: usize,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            max_identities: crate::audience::MAX_IDENTITIES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +58,11 @@ pub struct Topics {
     pub audience_changes: String,
     pub journey_triggers: String,
     pub dead_letter: String,
+    /// Internal topic that moves events and state to the owner of the surviving profile (identity
+    /// merges, deletions). Created by the worker when missing, with the inputs' partition count.
+    pub repartition: String,
+    /// Replication factor when the worker creates the repartition topic (-1: broker default).
+    pub repartition_replication: i32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,8 +112,11 @@ pub struct Segments {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
-    /// Address of /metrics, /healthz, /readyz. Loopback by default.
+    /// Address of /metrics, /healthz, /readyz and /profiles. Loopback by default.
     pub listen: String,
+    /// Bearer token required by /profiles (lookups and deletes). The environment variable
+    /// `TAILOR_HTTP_TOKEN` overrides it (keep secrets out of files).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +139,7 @@ impl Default for Config {
             processing: Processing::default(),
             state: State::default(),
             segments: Segments::default(),
+            identity: IdentityConfig::default(),
             http: Http::default(),
             log: Log::default(),
         }
@@ -129,6 +155,8 @@ impl Default for Topics {
             audience_changes: "audience.changes".into(),
             journey_triggers: "journey.triggers".into(),
             dead_letter: "tailor.deadletter".into(),
+            repartition: "tailor.repartition".into(),
+            repartition_replication: -1,
         }
     }
 }
@@ -177,6 +205,7 @@ impl Default for Http {
     fn default() -> Self {
         Http {
             listen: "127.0.0.1:9464".into(),
+            token: None,
         }
     }
 }
@@ -291,6 +320,7 @@ impl Config {
             ("topics.audience_changes", &c.topics.audience_changes),
             ("topics.journey_triggers", &c.topics.journey_triggers),
             ("topics.dead_letter", &c.topics.dead_letter),
+            ("topics.repartition", &c.topics.repartition),
         ];
         for (i, (field, name)) in topics.iter().enumerate() {
             let valid = !name.is_empty()
@@ -304,6 +334,18 @@ impl Config {
             if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
                 problems.push(format!("{field} = {name:?}: same topic as {other}"));
             }
+        }
+        if c.identity.max_identities < 2 {
+            problems.push(format!(
+                "identity.max_identities = {}: at least 2 (a browser and a known identity)",
+                c.identity.max_identities
+            ));
+        }
+        if c.topics.repartition_replication == 0 || c.topics.repartition_replication < -1 {
+            problems.push(format!(
+                "topics.repartition_replication = {}: -1 (broker default) or at least 1",
+                c.topics.repartition_replication
+            ));
         }
         if c.consumer.group_id.trim().is_empty() {
             problems.push("consumer.group_id = \"\": must not be empty".into());

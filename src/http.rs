@@ -1,25 +1,346 @@
-//! The operations port: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
-//! (the worker has its state open and partitions assigned). Access is not logged: paths here
-//! carry no personal data, and later profile lookups will.
+//! The HTTP port (loopback by default):
+//!
+//! - `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (state open and
+//!   partitions assigned);
+//! - `GET /profiles/{id}`: the profile of a shopper by any of its identities (ECID, e-mail,
+//!   customer id, profile key), from this worker's committed state: attributes, aggregates,
+//!   memberships with since-when, recent audience changes. 404 for an unknown identity; 421
+//!   naming the owning partition and group member when another worker holds it.
+//! - `DELETE /profiles/{id}`: deletes everything held about the shopper, through the owner
+//!   (202 once the request is durably on the repartition topic).
+//!
+//! `/profiles` requires `Authorization: Bearer <http.token>` when a token is configured.
+//! Access lines name the route template, never the identity in the path.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
 
+use crate::identity::{self, Internal, Message, Position};
 use crate::metrics::Metrics;
+use crate::profile::{self, Profile};
+use crate::store::Store;
+use crate::worker::ProducerLogs;
 
 /// Shared with the worker.
 pub struct Health {
     pub ready: AtomicBool,
 }
 
+/// What the worker hands the profile endpoints once its state is open.
+pub struct Attached {
+    pub store: Arc<Store>,
+    pub partitions: i32,
+    pub producer: FutureProducer<ProducerLogs>,
+    pub repartition: String,
+    pub group: String,
+    /// For describing the consumer group (who owns a partition).
+    pub kafka: ClientConfig,
+}
+
+/// The profile endpoints' view of the worker.
+pub struct Api {
+    token: Option<String>,
+    attached: OnceLock<Attached>,
+    assigned: RwLock<Vec<i32>>,
+    describer: OnceLock<Option<BaseConsumer>>,
+}
+
+impl Api {
+    pub fn new(token: Option<String>) -> Api {
+        Api {
+            token: token.filter(|t| !t.is_empty()),
+            attached: OnceLock::new(),
+            assigned: RwLock::new(Vec::new()),
+            describer: OnceLock::new(),
+        }
+    }
+
+    pub fn attach(&self, a: Attached) {
+        let _ = self.attached.set(a);
+    }
+
+    /// The partition numbers this worker holds (called after each rebalance check).
+    pub fn set_assigned(&self, assigned: &[(String, i32)]) {
+        let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        if *self.assigned.read().expect("not poisoned") != numbers {
+            *self.assigned.write().expect("not poisoned") = numbers;
+        }
+    }
+
+    fn holds(&self, partition: i32) -> bool {
+        self.assigned
+            .read()
+            .expect("not poisoned")
+            .contains(&partition)
+    }
+
+    fn authorised(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant time in the token's length.
+        given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// The group member that owns `partition` of the storefront topic, if the broker says.
+    fn owner(&self, a: &Attached, partition: i32) -> serde_json::Value {
+        let describer = self
+            .describer
+            .get_or_init(|| a.kafka.clone().create::<BaseConsumer>().ok());
+        let Some(client) = describer else {
+            return serde_json::Value::Null;
+        };
+        let Ok(groups) = client.fetch_group_list(Some(&a.group), Duration::from_secs(5)) else {
+            return serde_json::Value::Null;
+        };
+        for g in groups.groups() {
+            for m in g.members() {
+                let owns = m
+                    .assignment()
+                    .and_then(parse_assignment)
+                    .is_some_and(|topics| {
+                        topics.iter().any(|(_, parts)| parts.contains(&partition))
+                    });
+                if owns {
+                    return serde_json::json!({
+                        "member_id": m.id(),
+                        "client_id": m.client_id(),
+                        "host": m.client_host(),
+                    });
+                }
+            }
+        }
+        serde_json::Value::Null
+    }
+}
+
+/// Decodes a consumer-protocol assignment: version, [(topic, [partition])], user data.
+fn parse_assignment(b: &[u8]) -> Option<Vec<(String, Vec<i32>)>> {
+    let mut at = 2; // version (i16)
+    let i32_at = |at: &mut usize| -> Option<i32> {
+        let v = i32::from_be_bytes(b.get(*at..*at + 4)?.try_into().ok()?);
+        *at += 4;
+        Some(v)
+    };
+    let topics = i32_at(&mut at)?;
+    let mut out = Vec::new();
+    for _ in 0..topics.max(0) {
+        let len = i16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
+        at += 2;
+        let name = String::from_utf8_lossy(b.get(at..at + len)?).into_owned();
+        at += len;
+        let n = i32_at(&mut at)?;
+        let mut parts = Vec::new();
+        for _ in 0..n.max(0) {
+            parts.push(i32_at(&mut at)?);
+        }
+        out.push((name, parts));
+    }
+    Some(out)
+}
+
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    api: Arc<Api>,
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+/// Counts and logs a request by its route template (never its path: it holds an identity).
+fn finish(s: &AppState, route: &str, started: Instant, response: Response) -> Response {
+    let status = response.status().as_u16();
+    s.metrics
+        .http_requests
+        .with_label_values(&[route, &status.to_string()])
+        .inc();
+    let secs = started.elapsed().as_secs_f64();
+    s.metrics
+        .http_seconds
+        .with_label_values(&[route])
+        .observe(secs);
+    info!(route, status, micros = (secs * 1e6) as u64, "http request");
+    response
+}
+
+/// The profile of `id` as JSON, or why not.
+fn lookup(api: &Api, id: &str) -> Response {
+    let Some(a) = api.attached.get() else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "the worker is starting"}),
+        );
+    };
+    let misdirected = |partition: i32| {
+        json(
+            StatusCode::MISDIRECTED_REQUEST,
+            serde_json::json!({
+                "error": "another worker holds this profile",
+                "partition": partition,
+                "owner": api.owner(a, partition),
+            }),
+        )
+    };
+    let mut partition = identity::partition_for(id.as_bytes(), a.partitions);
+    if !api.holds(partition) {
+        return misdirected(partition);
+    }
+    let mut key = id.to_owned();
+    match a.store.alias(partition, id) {
+        Ok(Some(owner)) => {
+            partition = identity::partition_for(owner.as_bytes(), a.partitions);
+            if !api.holds(partition) {
+                return misdirected(partition);
+            }
+            key = owner;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "profile lookup failed");
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "state store error"}),
+            );
+        }
+    }
+    match a.store.profile(partition, &key) {
+        Ok(Some(p)) => json(StatusCode::OK, render(&key, partition, &p)),
+        Ok(None) => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no profile for this identity"}),
+        ),
+        Err(e) => {
+            warn!(error = %e, "profile lookup failed");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "state store error"}),
+            )
+        }
+    }
+}
+
+/// The lookup document: the profile summary, its key, memberships and recent changes.
+pub fn render(key: &str, partition: i32, p: &Profile) -> serde_json::Value {
+    let mut doc = profile::summary(p);
+    let obj = doc.as_object_mut().expect("summary is an object");
+    obj.insert("profile_key".into(), key.into());
+    obj.insert("partition".into(), partition.into());
+    obj.insert(
+        "recent_changes".into(),
+        serde_json::to_value(&p.recent_changes).expect("serialisable"),
+    );
+    doc
+}
+
+async fn get_profile(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let response = if !s.api.authorised(&headers) {
+        json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong bearer token"}),
+        )
+    } else {
+        let api = s.api.clone();
+        // Reading RocksDB (and, for a 421, asking the broker) blocks.
+        tokio::task::spawn_blocking(move || lookup(&api, &id))
+            .await
+            .unwrap_or_else(|_| json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({})))
+    };
+    finish(&s, "/profiles/{id}", started, response)
+}
+
+async fn delete_profile(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let response = if !s.api.authorised(&headers) {
+        json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong bearer token"}),
+        )
+    } else {
+        request_deletion(&s.api, id).await
+    };
+    finish(&s, "DELETE /profiles/{id}", started, response)
+}
+
+/// Puts a delete request for `id` on the repartition topic, to the partition that owns `id`.
+async fn request_deletion(api: &Api, id: String) -> Response {
+    let Some(a) = api.attached.get() else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "the worker is starting"}),
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let partition = identity::partition_for(id.as_bytes(), a.partitions);
+    let payload = identity::encode(&Internal {
+        target: id.clone(),
+        via: Position {
+            topic: "admin".into(),
+            partition: -1,
+            offset: now,
+        },
+        message: Message::Delete { requested_at: now },
+    });
+    let record = FutureRecord::to(&a.repartition)
+        .key(id.as_bytes())
+        .payload(&payload)
+        .partition(partition);
+    match a.producer.send(record, Duration::from_secs(10)).await {
+        Ok(_) => json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"status": "deletion requested", "partition": partition}),
+        ),
+        Err((e, _)) => {
+            warn!(error = %e, "could not request a deletion");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "could not reach the broker; try again"}),
+            )
+        }
+    }
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -49,14 +370,24 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    api: Arc<Api>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let listener = TcpListener::bind(addr).await?;
+    if !addr.ip().is_loopback() && api.token.is_none() {
+        warn!(%addr, "the HTTP port is reachable from other hosts and /profiles has no token: set http.token or TAILOR_HTTP_TOKEN");
+    }
+    debug!(%addr, "http listening");
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health });
+        .route("/profiles/{id}", get(get_profile).delete(delete_profile))
+        .with_state(AppState {
+            metrics,
+            health,
+            api,
+        });
     Ok(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -46,6 +46,7 @@ pub mod codec;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod identity;
 pub mod journey;
 pub mod metrics;
 pub mod profile;

@@ -157,12 +157,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let health = Arc::new(tailor::http::Health {
                 ready: AtomicBool::new(false),
             });
+            let token = std::env::var("TAILOR_HTTP_TOKEN")
+                .ok()
+                .or_else(|| settings.config.http.token.clone());
+            let api = Arc::new(tailor::http::Api::new(token));
+            let reload = Arc::new(AtomicBool::new(false));
+            #[cfg(unix)]
+            {
+                let reload = reload.clone();
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                        .context("installing the SIGHUP handler")?;
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the segment definitions");
+                        reload.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut http_stop = stop_rx.clone();
             let server = tailor::http::serve(
                 settings.listen,
                 metrics.clone(),
                 health.clone(),
+                api.clone(),
                 async move {
                     let _ = http_stop.wait_for(|s| *s).await;
                 },
@@ -171,7 +190,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .with_context(|| format!("binding http.listen {}", settings.listen))?;
             tracing::info!(addr = %settings.listen, "serving /metrics, /healthz, /readyz");
             let http = tokio::spawn(server);
-            let result = tailor::worker::run(settings, metrics, health, shutdown_signal()).await;
+            let result =
+                tailor::worker::run(settings, metrics, health, api, reload, shutdown_signal())
+                    .await;
             let _ = stop_tx.send(true);
             let _ = http.await;
             result.map(|_| std::process::ExitCode::SUCCESS)
@@ -264,15 +285,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let c = Config::from_file(&config)?;
             let store = tailor::store::Store::open_read_only(&c.state.path)?;
             match store.find_profile(&key)? {
-                Some((partition, p)) => {
-                    let mut v = tailor::profile::summary(&p);
-                    v["key"] = key.into();
-                    v["partition"] = partition.into();
+                Some((partition, profile_key, p)) => {
+                    let v = tailor::http::render(&profile_key, partition, &p);
                     println!("{}", serde_json::to_string_pretty(&v)?);
                     Ok(std::process::ExitCode::SUCCESS)
                 }
                 None => {
-                    eprintln!("no profile with key {key:?}");
+                    eprintln!("no profile for this identity");
                     Ok(std::process::ExitCode::from(2))
                 }
             }
@@ -354,6 +373,7 @@ async fn create_topics(c: &Config, partitions: i32, replication: i32) -> anyhow:
         &t.audience_changes,
         &t.journey_triggers,
         &t.dead_letter,
+        &t.repartition,
     ];
     let topics: Vec<NewTopic> = names
         .iter()
@@ -389,6 +409,8 @@ async fn replay(
     let mut cfg = kafka_config(c);
     cfg.set("enable.idempotence", "true")
         .set("linger.ms", "20")
+        // Kafka's default partitioner (murmur2), as the platform's Java producers use.
+        .set("partitioner", "murmur2_random")
         .set("compression.type", "lz4");
     cfg.set("queue.buffering.max.messages", "500000");
     let producer: FutureProducer = cfg.create().context("creating the Kafka producer")?;

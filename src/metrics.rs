@@ -43,6 +43,26 @@ pub struct Metrics {
     pub late_events: IntCounter,
     /// Stream clock per partition, seconds since the epoch.
     pub stream_clock: IntGaugeVec,
+    /// Identity links, by result: linked, merged, repointed, refused_limit, refused_conflict.
+    pub identity_links: IntCounterVec,
+    /// Messages sent through the repartition topic, by kind (event, merge, claim, forget, delete).
+    pub repartitioned: IntCounterVec,
+    /// Input events whose key belongs on another partition (forwarded there).
+    pub misrouted: IntCounter,
+    /// Repartition messages received again after a sender's crash (skipped).
+    pub duplicates_skipped: IntCounter,
+    /// Profiles deleted, by source (account_deleted, admin).
+    pub deletions: IntCounterVec,
+    /// Profiles re-evaluated after a segment definitions change.
+    pub reevaluated: IntCounter,
+    /// Partitions of this worker still being re-evaluated after a definitions change.
+    pub reevaluation_pending: IntGauge,
+    /// Segment definition reloads (SIGHUP), by result.
+    pub definition_reloads: IntCounterVec,
+    /// HTTP requests, by route template and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency, by route template.
+    pub http_seconds: HistogramVec,
 }
 
 /// Registers a metric and hands it back.
@@ -156,7 +176,61 @@ impl Metrics {
             "Stream clock of each input partition number (event time; wall clock when caught up).",
             &["partition"],
         );
+        let http_seconds = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tailor_http_request_duration_seconds",
+                    "HTTP request latency.",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 14).expect("buckets")),
+                &["route"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
+            identity_links: counter(
+                "tailor_identity_links_total",
+                "Identity links: linked, merged, repointed, refused_limit, refused_conflict.",
+                &["result"],
+            ),
+            repartitioned: counter(
+                "tailor_repartition_messages_total",
+                "Messages sent through the repartition topic, by kind.",
+                &["kind"],
+            ),
+            misrouted: plain_counter(
+                "tailor_misrouted_events_total",
+                "Input events whose key belongs on another partition (producer partitioner differs); forwarded.",
+            ),
+            duplicates_skipped: plain_counter(
+                "tailor_repartition_duplicates_total",
+                "Repartition messages seen again after their sender's crash, skipped.",
+            ),
+            deletions: counter(
+                "tailor_profile_deletions_total",
+                "Profiles deleted, by source.",
+                &["source"],
+            ),
+            reevaluated: plain_counter(
+                "tailor_reevaluated_profiles_total",
+                "Profiles re-evaluated after a segment definitions change.",
+            ),
+            reevaluation_pending: plain_gauge(
+                "tailor_reevaluation_pending_partitions",
+                "Partitions still being re-evaluated after a definitions change.",
+            ),
+            definition_reloads: counter(
+                "tailor_definition_reloads_total",
+                "Segment definition reloads on SIGHUP, by result (applied, unchanged, invalid).",
+                &["result"],
+            ),
+            http_requests: counter(
+                "tailor_http_requests_total",
+                "HTTP requests by route template and status.",
+                &["route", "status"],
+            ),
+            http_seconds,
             journey_triggers,
             journey_suppressed,
             timers_fired: plain_counter(

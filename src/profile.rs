@@ -7,10 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Attributes, Cart, Event, EventType, Line};
+use crate::identity::KeyKind;
 use crate::window::{DailyCounts, Series};
 
-/// Most identities of one kind (ECIDs, e-mails) kept per profile.
-pub const MAX_IDENTITIES: usize = 16;
+/// Audience changes kept per profile for lookups, latest last.
+pub const RECENT_CHANGES: usize = 20;
 /// Most cart lines kept.
 pub const MAX_CART_LINES: usize = 100;
 /// Order ids remembered to recognise the same order arriving twice (storefront
@@ -95,12 +96,16 @@ fn affinity_weight(kind: EventType) -> f64 {
     }
 }
 
-/// Identities seen for the shopper.
+/// Identities linked to the shopper (see [`crate::identity`]); bounded by the configured limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Identities {
+    /// The kind of identity the profile key is.
+    pub kind: KeyKind,
     pub ecids: Vec<String>,
     pub customer_id: Option<String>,
     pub emails: Vec<String>,
+    /// A producer's own shopper key, when that is the profile key.
+    pub key: Option<String>,
 }
 
 /// The shopper's current cart.
@@ -122,6 +127,14 @@ impl CartState {
     }
 }
 
+/// An order remembered to count it once: (id, time, value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentOrder {
+    pub id: String,
+    pub at: i64,
+    pub value: f64,
+}
+
 /// Order history aggregates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrderStats {
@@ -134,8 +147,8 @@ pub struct OrderStats {
     pub cancelled_value: f64,
     pub returns: u64,
     pub refunded: f64,
-    /// Most recent order ids (bounded), oldest first.
-    pub recent_ids: Vec<String>,
+    /// Most recent orders (bounded), oldest first.
+    pub recent: Vec<RecentOrder>,
     /// Orders over time, each order id once (value: order total).
     pub series: Series,
 }
@@ -156,6 +169,24 @@ impl OrderStats {
 pub struct Membership {
     pub segment: String,
     pub since: i64,
+}
+
+/// One audience change, kept for lookups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentChange {
+    pub segment: String,
+    pub entered: bool,
+    pub at: i64,
+    /// `event`, `timer`, `merge`, `definition-change`.
+    pub cause: String,
+}
+
+/// The highest position applied from one sending partition of the repartition protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hop {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// What a journey remembers about one shopper: re-entry wait and causes already triggered.
@@ -199,15 +230,10 @@ pub struct Profile {
     /// When the passing of time alone may next change a membership (stream time, ms). The timer
     /// index in the store holds exactly this entry for the profile.
     pub next_timer: Option<i64>,
-}
-
-fn remember(list: &mut Vec<String>, value: &str, cap: usize) {
-    if !list.iter().any(|v| v == value) {
-        if list.len() >= cap {
-            list.remove(0);
-        }
-        list.push(value.to_owned());
-    }
+    /// The latest audience changes, latest last (bounded).
+    pub recent_changes: Vec<RecentChange>,
+    /// Repartition messages applied, per sending partition (duplicates are skipped).
+    pub hops: Vec<Hop>,
 }
 
 fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
@@ -269,7 +295,6 @@ fn merge_opt<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
 impl Profile {
     /// Applies one event. Pure: the same profile and event always give the same result.
     pub fn apply(&mut self, ev: &Event) {
-        self.record_identities(ev);
         self.events_total += 1;
         self.first_seen = Some(self.first_seen.map_or(ev.time, |t| t.min(ev.time)));
         let now = self.last_seen.map_or(ev.time, |t| t.max(ev.time));
@@ -294,6 +319,194 @@ impl Profile {
                     self.recent_products.remove(0);
                 }
                 self.recent_products.push(line.clone());
+            }
+        }
+    }
+
+    /// Takes in the history of another profile of the same shopper (an anonymous browser's
+    /// profile when the shopper signs in). Counters, windows, per-key series and affinities add
+    /// up; an order both had seen counts once; the later cart wins; known attributes are kept
+    /// and gaps filled. Memberships are the survivor's until the caller re-evaluates, and
+    /// identities beyond `limit` are dropped.
+    pub fn merge(&mut self, other: Profile, limit: usize) {
+        let now = self.last_seen.max(other.last_seen).unwrap_or(0);
+        for id in crate::identity::all_ids(&other) {
+            let _ = crate::identity::link(self, &id, limit);
+        }
+        let a = &other.attributes;
+        let t = &mut self.attributes;
+        for (mine, theirs) in [
+            (&mut t.first_name, &a.first_name),
+            (&mut t.last_name, &a.last_name),
+            (&mut t.email, &a.email),
+            (&mut t.phone, &a.phone),
+            (&mut t.gender, &a.gender),
+            (&mut t.birth_date, &a.birth_date),
+            (&mut t.country, &a.country),
+            (&mut t.city, &a.city),
+            (&mut t.loyalty_tier, &a.loyalty_tier),
+            (&mut t.loyalty_status, &a.loyalty_status),
+            (&mut t.customer_group, &a.customer_group),
+        ] {
+            if mine.is_none() {
+                mine.clone_from(theirs);
+            }
+        }
+        for (mine, theirs) in [
+            (&mut t.consent_email, &a.consent_email),
+            (&mut t.consent_sms, &a.consent_sms),
+        ] {
+            if mine.is_none() {
+                *mine = *theirs;
+            }
+        }
+        if t.loyalty_points.is_none() {
+            t.loyalty_points = a.loyalty_points;
+        }
+        for (kind, series) in &other.counters {
+            self.series_mut(*kind).merge(series, now);
+        }
+        if other.cart.updated_at > self.cart.updated_at {
+            self.cart = other.cart.clone();
+        }
+        self.merge_orders(other.orders, now);
+        if other.last_seen > self.last_seen {
+            if other.last_device.is_some() {
+                self.last_device = other.last_device;
+            }
+            if other.last_channel.is_some() {
+                self.last_channel = other.last_channel;
+            }
+        }
+        self.first_seen = match (self.first_seen, other.first_seen) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.events_total += other.events_total;
+        for (mine, theirs) in [
+            (&mut self.by_category, other.by_category),
+            (&mut self.by_product, other.by_product),
+        ] {
+            for k in theirs {
+                match mine
+                    .iter_mut()
+                    .find(|m| m.hash == k.hash && m.kind == k.kind && m.key == k.key)
+                {
+                    Some(m) => m.series.merge(&k.series, now),
+                    None => {
+                        if mine.len() >= MAX_KEYED_SERIES {
+                            let stalest = (0..mine.len())
+                                .min_by_key(|&i| mine[i].series.last())
+                                .expect("full list");
+                            if mine[stalest].series.last() >= k.series.last() {
+                                continue;
+                            }
+                            mine.swap_remove(stalest);
+                        }
+                        mine.push(k);
+                    }
+                }
+            }
+        }
+        for (mine, theirs) in [
+            (&mut self.category_affinity, other.category_affinity),
+            (&mut self.brand_affinity, other.brand_affinity),
+        ] {
+            for a in theirs {
+                affinity_add(mine, &a.key, a.score, a.at);
+            }
+        }
+        for line in other.recent_products.into_iter().rev() {
+            if self.recent_products.len() < RECENT_PRODUCTS
+                && !self.recent_products.iter().any(|l| l.sku == line.sku)
+            {
+                self.recent_products.insert(0, line);
+            }
+        }
+        for j in other.journeys {
+            match self
+                .journeys
+                .binary_search_by(|m| m.journey.as_str().cmp(&j.journey))
+            {
+                Ok(i) => {
+                    let m = &mut self.journeys[i];
+                    m.last_at = m.last_at.max(j.last_at);
+                    for c in j.causes {
+                        if !m.causes.contains(&c) {
+                            if m.causes.len() >= JOURNEY_CAUSES {
+                                m.causes.remove(0);
+                            }
+                            m.causes.push(c);
+                        }
+                    }
+                }
+                Err(i) => self.journeys.insert(i, j),
+            }
+        }
+        for h in other.hops {
+            self.record_hop(&h.topic, h.partition, h.offset);
+        }
+    }
+
+    fn merge_orders(&mut self, mut other: OrderStats, now: i64) {
+        // An order both profiles counted (a guest checkout on the browser's profile, and the
+        // back office's orderPlaced on the e-mail's) is taken out of the other's totals first.
+        let shared: Vec<RecentOrder> = other
+            .recent
+            .iter()
+            .filter(|r| self.orders.recent.iter().any(|m| m.id == r.id))
+            .cloned()
+            .collect();
+        for r in &shared {
+            other.count = other.count.saturating_sub(1);
+            other.revenue -= r.value;
+            other.series.remove(r.at, r.value);
+        }
+        let o = &mut self.orders;
+        o.count += other.count;
+        o.revenue += other.revenue;
+        o.cancelled += other.cancelled;
+        o.cancelled_value += other.cancelled_value;
+        o.returns += other.returns;
+        o.refunded += other.refunded;
+        o.first_at = match (o.first_at, other.first_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        o.last_at = o.last_at.max(other.last_at);
+        o.series.merge(&other.series, now);
+        for r in other.recent {
+            if !o.recent.iter().any(|m| m.id == r.id) {
+                o.recent.push(r);
+            }
+        }
+        o.recent.sort_by_key(|r| r.at);
+        let drop = o.recent.len().saturating_sub(RECENT_ORDERS);
+        o.recent.drain(..drop);
+    }
+
+    /// Whether a repartition message sent from `partition` of `topic` at `offset` is new for this
+    /// profile; records it if so. Senders' messages to one profile arrive in their order, and
+    /// a crashed sender sends again what it sent after its last commit: those are not new.
+    pub fn record_hop(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        match self
+            .hops
+            .iter_mut()
+            .find(|h| h.partition == partition && h.topic == topic)
+        {
+            Some(h) if h.offset >= offset => false,
+            Some(h) => {
+                h.offset = offset;
+                true
+            }
+            None => {
+                self.hops.push(Hop {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                });
+                true
             }
         }
     }
@@ -359,16 +572,6 @@ impl Profile {
         list.iter()
             .max_by(|a, b| a.rank.total_cmp(&b.rank).then_with(|| b.key.cmp(&a.key)))
             .map(|a| a.key.as_str())
-    }
-
-    fn record_identities(&mut self, ev: &Event) {
-        if let Some(e) = &ev.identity.ecid {
-            remember(&mut self.identities.ecids, e, MAX_IDENTITIES);
-        }
-        if let Some(e) = &ev.identity.email {
-            remember(&mut self.identities.emails, e, MAX_IDENTITIES);
-        }
-        merge_opt(&mut self.identities.customer_id, &ev.identity.customer_id);
     }
 
     fn merge_attributes(&mut self, a: &Attributes) {
@@ -441,10 +644,17 @@ impl Profile {
         match ev.kind {
             EventType::OrderPlaced | EventType::CompleteCheckout => {
                 if let Some(id) = &ev.order_id {
-                    if o.recent_ids.iter().any(|r| r == id) {
+                    if o.recent.iter().any(|r| r.id == *id) {
                         return; // the same order seen again (other family, or a re-sync)
                     }
-                    remember(&mut o.recent_ids, id, RECENT_ORDERS);
+                    if o.recent.len() >= RECENT_ORDERS {
+                        o.recent.remove(0);
+                    }
+                    o.recent.push(RecentOrder {
+                        id: id.clone(),
+                        at: ev.time,
+                        value: ev.value,
+                    });
                 }
                 o.count += 1;
                 o.revenue += ev.value;
@@ -570,9 +780,10 @@ fn top_affinities(list: &[Affinity], now: i64) -> Vec<(String, f64)> {
 /// State encoding: one version byte, then postcard. Bump the version when [`Profile`] changes
 /// incompatibly and migrate on read.
 ///
-/// Version 2 added sequences, journeys and timers. State written by version 1 (builds before
-/// 2026-11-24, never released) is refused with a message saying to rebuild it by replay.
-pub const STATE_VERSION: u8 = 2;
+/// Version 2 added sequences, journeys and timers; version 3 identity kinds, order values,
+/// recent changes and repartition positions. State written by earlier versions (pre-release
+/// builds) is refused with a message saying to rebuild it by replay.
+pub const STATE_VERSION: u8 = 3;
 
 pub fn encode(p: &Profile) -> Vec<u8> {
     let mut out = vec![STATE_VERSION];
@@ -583,7 +794,7 @@ pub fn encode(p: &Profile) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
     match bytes.split_first() {
         Some((&STATE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
-        Some((1, _)) => Err("profile state version 1 comes from a pre-release build; delete the state directory and replay the topics to rebuild it".into()),
+        Some((v @ (1 | 2), _)) => Err(format!("profile state version {v} comes from a pre-release build; delete the state directory and replay the topics to rebuild it")),
         Some((v, _)) => Err(format!("unknown profile state version {v}")),
         None => Err("empty profile state".into()),
     }
@@ -769,15 +980,78 @@ mod tests {
     }
 
     #[test]
-    fn identities_are_bounded() {
+    fn a_merged_profile_counts_both_histories_and_each_order_once() {
+        let t = 1_700_000_000_000;
+        let mut anon = Profile::default();
+        anon.identities.ecids.push("e1".into());
+        anon.apply(&ev(EventType::PageView, t, 0.0));
+        anon.apply(&ev(EventType::ProductPageView, t + 1_000, 0.0));
+        let mut add = ev(EventType::AddToCart, t + 2_000, 20.0);
+        add.lines = vec![line("A", 1.0, 20.0)];
+        anon.apply(&add);
+        let mut guest_order = ev(EventType::CompleteCheckout, t + 3_000, 50.0);
+        guest_order.order_id = Some("o1".into());
+        anon.apply(&guest_order);
+        anon.apply(&add_at(t + 4_000));
+
+        let mut known = Profile::default();
+        known.identities.kind = KeyKind::Email;
+        known.identities.emails.push("ann@x.com".into());
+        known.attributes.first_name = Some("Ann".into());
+        let mut bo = ev(EventType::OrderPlaced, t + 3_500, 50.0);
+        bo.order_id = Some("o1".into());
+        known.apply(&bo);
+        let mut other = ev(EventType::OrderPlaced, t - 86_400_000, 30.0);
+        other.order_id = Some("o0".into());
+        known.apply(&other);
+        known.apply(&ev(EventType::PageView, t - 5_000, 0.0));
+
+        known.merge(anon, 20);
+        assert_eq!(
+            known.window(EventType::PageView, 86_400_000, t + 4_000).0,
+            2
+        );
+        assert_eq!(
+            known
+                .window(EventType::ProductPageView, 3_600_000, t + 4_000)
+                .0,
+            1
+        );
+        assert_eq!(known.orders.count, 2, "o1 seen by both counts once");
+        assert_eq!(known.orders.revenue, 80.0);
+        assert_eq!(
+            known.orders.series.query(7 * 86_400_000, t + 4_000),
+            (2, 80.0)
+        );
+        assert_eq!(
+            known.cart.lines.len(),
+            1,
+            "the anonymous cart is the later one"
+        );
+        assert_eq!(known.events_total, 3 + 5);
+        assert_eq!(known.first_seen, Some(t - 86_400_000));
+        assert_eq!(known.last_seen, Some(t + 4_000));
+        assert_eq!(known.identities.ecids, vec!["e1".to_string()]);
+        assert_eq!(known.identities.emails, vec!["ann@x.com".to_string()]);
+        assert_eq!(known.identities.kind, KeyKind::Email);
+        assert_eq!(known.attributes.first_name.as_deref(), Some("Ann"));
+        assert_eq!(known.by_product.len(), 2, "product views and adds of A");
+    }
+
+    fn add_at(time: i64) -> Event {
+        let mut add = ev(EventType::AddToCart, time, 10.0);
+        add.lines = vec![line("B", 1.0, 10.0)];
+        add
+    }
+
+    #[test]
+    fn repartition_positions_are_applied_once() {
         let mut p = Profile::default();
-        for i in 0..100 {
-            let mut e = ev(EventType::PageView, i, 0.0);
-            e.identity.ecid = Some(format!("ecid-{i}"));
-            p.apply(&e);
-        }
-        assert_eq!(p.identities.ecids.len(), MAX_IDENTITIES);
-        assert_eq!(p.identities.ecids.last().unwrap(), "ecid-99");
+        assert!(p.record_hop("r", 1, 10));
+        assert!(!p.record_hop("r", 1, 10));
+        assert!(!p.record_hop("r", 1, 9));
+        assert!(p.record_hop("r", 2, 3));
+        assert!(p.record_hop("r", 1, 11));
     }
 
     #[test]

@@ -21,12 +21,18 @@ const CF_SEGMENT_SIZES: &str = "segment_sizes";
 const CF_TIMERS: &str = "timers";
 /// Stream clock per partition (ms).
 const CF_CLOCKS: &str = "clocks";
-const ALL_CFS: [&str; 5] = [
+/// Identity aliases: partition, identity value → the profile key it belongs to.
+const CF_ALIASES: &str = "aliases";
+/// Small records about the store itself: segment definitions applied, re-evaluation progress.
+const CF_META: &str = "meta";
+const ALL_CFS: [&str; 7] = [
     CF_PROFILES,
     CF_OFFSETS,
     CF_SEGMENT_SIZES,
     CF_TIMERS,
     CF_CLOCKS,
+    CF_ALIASES,
+    CF_META,
 ];
 
 #[derive(Debug, Error)]
@@ -115,6 +121,12 @@ pub struct Commit {
     pub timers_added: Vec<Timer>,
     /// (partition, stream clock ms).
     pub clocks: Vec<(i32, i64)>,
+    /// Profiles removed (absorbed into another, or deleted).
+    pub profiles_deleted: Vec<(i32, String)>,
+    /// (partition, identity, profile key it belongs to; `None` removes the alias).
+    pub aliases: Vec<(i32, String, Option<String>)>,
+    /// Meta records written (`None` removes).
+    pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Store {
@@ -176,11 +188,20 @@ impl Store {
         Ok(out)
     }
 
-    /// Finds a profile by its key in whichever partition holds it.
-    pub fn find_profile(&self, key: &str) -> Result<Option<(i32, Profile)>, StoreError> {
-        for p in self.partitions()? {
-            if let Some(profile) = self.profile(p, key)? {
-                return Ok(Some((p, profile)));
+    /// Finds a profile by its key or any identity linked to it, in whichever partition holds
+    /// it: (partition, profile key, profile).
+    pub fn find_profile(&self, id: &str) -> Result<Option<(i32, String, Profile)>, StoreError> {
+        let partitions = self.partitions()?;
+        let mut key = id.to_owned();
+        for p in &partitions {
+            if let Some(owner) = self.alias(*p, id)? {
+                key = owner;
+                break;
+            }
+        }
+        for p in partitions {
+            if let Some(profile) = self.profile(p, &key)? {
+                return Ok(Some((p, key, profile)));
             }
         }
         Ok(None)
@@ -235,8 +256,25 @@ impl Store {
     pub fn commit(&self, c: &Commit) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         let profiles = self.cf(CF_PROFILES);
+        for (partition, key) in &c.profiles_deleted {
+            batch.delete_cf(profiles, profile_key(*partition, key));
+        }
         for (partition, key, bytes) in &c.profiles {
             batch.put_cf(profiles, profile_key(*partition, key), bytes);
+        }
+        let aliases = self.cf(CF_ALIASES);
+        for (partition, id, owner) in &c.aliases {
+            match owner {
+                Some(o) => batch.put_cf(aliases, profile_key(*partition, id), o.as_bytes()),
+                None => batch.delete_cf(aliases, profile_key(*partition, id)),
+            }
+        }
+        let meta = self.cf(CF_META);
+        for (k, v) in &c.meta {
+            match v {
+                Some(v) => batch.put_cf(meta, k, v),
+                None => batch.delete_cf(meta, k),
+            }
         }
         let sizes = self.cf(CF_SEGMENT_SIZES);
         for (partition, segment, delta) in &c.segment_deltas {
@@ -303,6 +341,70 @@ impl Store {
             out.push((due, String::from_utf8_lossy(&k[12..]).into_owned()));
         }
         Ok(out)
+    }
+
+    /// The profile key an identity of `partition` belongs to, if it is an alias.
+    pub fn alias(&self, partition: i32, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_ALIASES), profile_key(partition, id))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    /// Up to `limit` profile keys of `partition` after `after` (from the first if `None`), in
+    /// key order: the cursor of a walk over every profile.
+    pub fn profile_keys_after(
+        &self,
+        partition: i32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = (partition as u32).to_be_bytes();
+        let start = match after {
+            Some(k) => {
+                let mut s = profile_key(partition, k);
+                s.push(0); // the first key after `k`
+                s
+            }
+            None => prefix.to_vec(),
+        };
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(((partition as u32) + 1).to_be_bytes().to_vec());
+        let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(CF_PROFILES), opts, mode)
+            .take(limit)
+        {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[4..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Names of the column families holding `needle` in any key or value (tests and audits:
+    /// after a deletion, nothing of the shopper may be left).
+    pub fn find_bytes(&self, needle: &[u8]) -> Result<Vec<&'static str>, StoreError> {
+        let mut found = Vec::new();
+        for name in ALL_CFS {
+            for item in self
+                .db
+                .iterator_cf(self.cf(name), rocksdb::IteratorMode::Start)
+            {
+                let (k, v) = item?;
+                let has = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+                if has(&k) || has(&v) {
+                    found.push(name);
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The stream clock stored for a partition.

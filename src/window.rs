@@ -142,6 +142,61 @@ impl Series {
         })
     }
 
+    /// Adds another series' events to this one (two profiles of one shopper becoming one),
+    /// then forgets what fell out of every window as seen from `now`.
+    pub fn merge(&mut self, other: &Series, now: i64) {
+        self.last = self.last.max(other.last);
+        let mut recent: Vec<i64> = self.recent.iter().chain(&other.recent).copied().collect();
+        recent.sort_unstable();
+        let drop = recent.len().saturating_sub(RECENT);
+        recent.drain(..drop);
+        self.recent = recent;
+        for (level, (width, max)) in LEVELS.iter().enumerate() {
+            let mine = std::mem::take(&mut self.levels[level]);
+            let theirs = &other.levels[level];
+            let mut merged: Vec<Bucket> = Vec::with_capacity(mine.len() + theirs.len());
+            let (mut i, mut j) = (0, 0);
+            while i < mine.len() || j < theirs.len() {
+                let take_mine =
+                    j >= theirs.len() || (i < mine.len() && mine[i].start <= theirs[j].start);
+                let b = if take_mine {
+                    i += 1;
+                    mine[i - 1]
+                } else {
+                    j += 1;
+                    theirs[j - 1]
+                };
+                match merged.last_mut() {
+                    Some(last) if last.start == b.start => {
+                        last.count = last.count.saturating_add(b.count);
+                        last.sum += b.sum;
+                    }
+                    _ => merged.push(b),
+                }
+            }
+            let horizon = now - max;
+            let keep_from = merged.partition_point(|b| (b.start as i64 + 1) * width <= horizon);
+            merged.drain(..keep_from);
+            self.levels[level] = merged;
+        }
+    }
+
+    /// Takes back one event of `value` at `time` (an order both merged profiles had counted).
+    /// The latest-times list is left as it is.
+    pub fn remove(&mut self, time: i64, value: f64) {
+        for (level, (width, _)) in LEVELS.iter().enumerate() {
+            let start = (time.max(0) / width) as u32;
+            let buckets = &mut self.levels[level];
+            if let Some(i) = buckets.iter().position(|b| b.start == start) {
+                buckets[i].count = buckets[i].count.saturating_sub(1);
+                buckets[i].sum -= value;
+                if buckets[i].count == 0 {
+                    buckets.remove(i);
+                }
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.levels.iter().all(Vec::is_empty)
     }
@@ -193,6 +248,22 @@ impl DailyCounts {
 
     pub fn last(&self) -> Option<i64> {
         self.last
+    }
+
+    /// Adds another shopper profile's daily counts to these.
+    pub fn merge(&mut self, other: &DailyCounts, now: i64) {
+        self.last = self.last.max(other.last);
+        for &(day, n) in &other.days {
+            match self.days.binary_search_by_key(&day, |(d, _)| *d) {
+                Ok(i) => self.days[i].1 = self.days[i].1.saturating_add(n),
+                Err(i) => self.days.insert(i, (day, n)),
+            }
+        }
+        let horizon = now - MAX_WINDOW_MS;
+        let keep_from = self
+            .days
+            .partition_point(|(d, _)| (*d as i64 + 1) * DAY <= horizon);
+        self.days.drain(..keep_from);
     }
 
     /// As [`Series::expiries`]: when each counted day leaves the window, and its count.
@@ -281,6 +352,41 @@ mod tests {
         assert!((14..=16).contains(&week), "{week}");
         assert_eq!(d.query(90 * DAY, now + 200 * DAY), 0);
         assert_eq!(d.last(), Some(now));
+    }
+
+    #[test]
+    fn merged_series_answer_as_if_one_had_seen_all_events() {
+        let t0 = 1_700_000_000_000;
+        let times_a = [t0, t0 + 7 * MINUTE, t0 + 3 * HOUR, t0 + 2 * DAY];
+        let times_b = [t0 + MINUTE, t0 + 90 * MINUTE, t0 + 3 * HOUR, t0 + 50 * DAY];
+        let now = t0 + 50 * DAY;
+        let (mut a, mut b, mut all) = (Series::default(), Series::default(), Series::default());
+        for t in times_a {
+            a.add(t, 1.0, t);
+            all.add(t, 1.0, t);
+        }
+        for t in times_b {
+            b.add(t, 2.0, t);
+            all.add(t, 2.0, now);
+        }
+        a.merge(&b, now);
+        for w in [HOUR, 2 * HOUR, DAY, 7 * DAY, 90 * DAY] {
+            assert_eq!(a.query(w, now), all.query(w, now), "window {w}");
+        }
+        assert_eq!(a.query(90 * DAY, now), (8, 12.0));
+        assert_eq!(a.last(), Some(now));
+        assert_eq!(a.first_after(t0 + 2 * HOUR), Some(t0 + 3 * HOUR));
+        a.remove(t0 + 50 * DAY, 2.0);
+        assert_eq!(a.query(DAY, now), (0, 0.0));
+        assert_eq!(a.query(90 * DAY, now), (7, 10.0));
+
+        let (mut d, mut e) = (DailyCounts::default(), DailyCounts::default());
+        d.add(t0, t0);
+        e.add(t0 + HOUR, t0 + HOUR);
+        e.add(t0 + 3 * DAY, t0 + 3 * DAY);
+        d.merge(&e, t0 + 3 * DAY);
+        assert_eq!(d.query(7 * DAY, t0 + 3 * DAY), 3);
+        assert_eq!(d.last(), Some(t0 + 3 * DAY));
     }
 
     #[test]

@@ -45,8 +45,12 @@ use crate::audience::{Core, Outputs, Source};
 use crate::clock::StreamClock;
 use crate::codec::{encode, Decoder, Family, SingleObjectDecoder};
 use crate::config::Settings;
-use crate::event::Event;
-use crate::http::Health;
+use crate::event::{Event, EventType};
+use crate::http::{Api, Health};
+use crate::identity::{
+    self, ClaimOutcome, Id, Internal, KeyKind, Local, Message as Internal_, Plan, Position,
+    RawEvent,
+};
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
 use crate::store::{Commit, Store, Timer};
@@ -54,6 +58,9 @@ use crate::wire::DeadLetter;
 
 /// Longest accepted message key (a shopper key).
 const MAX_KEY_BYTES: usize = 512;
+
+/// Meta record: the segment definitions (source) profiles were last evaluated under.
+const DEFINITIONS_KEY: &[u8] = b"definitions";
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -99,7 +106,7 @@ fn forward_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
 }
 
 /// Producer callbacks: logs only.
-struct ProducerLogs;
+pub struct ProducerLogs;
 
 impl ClientContext for ProducerLogs {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -235,6 +242,12 @@ struct Batch {
     stray_timers: Vec<Timer>,
     /// Timers fired in this batch.
     timers_fired: u64,
+    /// Identity aliases written in this batch (`None`: removed), visible before the commit.
+    aliases: HashMap<(i32, String), Option<String>>,
+    /// Profiles removed in this batch (absorbed or deleted), with their committed timer.
+    deleted: HashMap<(i32, String), Option<i64>>,
+    /// Re-evaluation cursors moved in this batch.
+    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     started: Option<Instant>,
 }
 
@@ -256,6 +269,7 @@ struct Topics {
     audience: String,
     journeys: String,
     dead_letter: String,
+    repartition: String,
 }
 
 impl Topics {
@@ -277,15 +291,57 @@ enum OutTopic {
     Audience,
     Journeys,
     DeadLetter,
+    Repartition,
 }
 
 /// One outgoing record, owned until it is handed to the producer.
 struct Outgoing {
     topic: OutTopic,
     key: Vec<u8>,
-    payload: Vec<u8>,
+    /// `None`: a tombstone.
+    payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
     timestamp: Option<i64>,
+    /// Explicit partition (repartition messages: the target key's partition).
+    partition: Option<i32>,
+}
+
+/// Where a profile re-evaluation after a definitions change has got to, per partition.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Sweep {
+    /// Fingerprint of the definitions being applied.
+    version: u64,
+    /// Last profile key done (`None`: none yet).
+    after: Option<String>,
+    done: bool,
+}
+
+fn sweep_key(partition: i32) -> Vec<u8> {
+    let mut k = b"sweep/".to_vec();
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+/// An input event as read, for forwarding it to another partition.
+struct Raw<'a> {
+    family: Family,
+    payload: &'a [u8],
+    origin: Position,
+}
+
+impl Raw<'_> {
+    fn owned(&self) -> RawEvent {
+        RawEvent {
+            family: self.family as u8,
+            payload: self.payload.to_vec(),
+            origin: self.origin.clone(),
+        }
+    }
+}
+
+/// Whether a profile is only a placeholder (never written).
+fn is_new(p: &Profile) -> bool {
+    p.events_total == 0 && identity::count(p) == 0 && p.segments.is_empty()
 }
 
 struct Worker {
@@ -315,6 +371,17 @@ struct Worker {
     event_counters: Vec<prometheus::IntCounter>,
     /// Wall clock at the start of the batch (validation of far-future event times only).
     wall: i64,
+    /// Partitions of every input topic (and of the repartition topic).
+    partitions: i32,
+    /// The message being applied (sender position of the repartition messages it causes).
+    current: Position,
+    /// Fingerprint of the segment definitions in force.
+    defs_version: u64,
+    /// Re-evaluation progress per partition number (loaded from the store on first use).
+    sweeps: HashMap<i32, Sweep>,
+    /// Profiles re-evaluated since the last progress line.
+    swept: u64,
+    segments_file: std::path::PathBuf,
 }
 
 /// Why a message is dead-lettered: (reason code, detail).
@@ -346,8 +413,29 @@ impl Worker {
                 .offsets
                 .push(((topic.to_owned(), partition), offset + 1)),
         }
-        match self.accept(topic, key, payload.unwrap_or(&[])) {
-            Ok((profile_key, ev)) => self.apply_event(topic, partition, offset, profile_key, ev)?,
+        self.current = Position {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        };
+        let result: Result<(), Rejection> = if topic == self.topics.repartition {
+            self.apply_internal(partition, payload.unwrap_or(&[]))?
+        } else {
+            match self.accept(topic, key, payload.unwrap_or(&[])) {
+                Ok((profile_key, family, ev)) => {
+                    let raw = Raw {
+                        family,
+                        payload: payload.unwrap_or(&[]),
+                        origin: self.current.clone(),
+                    };
+                    self.route_event(partition, profile_key, ev, &raw, None)?;
+                    Ok(())
+                }
+                Err(rejection) => Err(rejection),
+            }
+        };
+        match result {
+            Ok(()) => {}
             Err((code, detail)) => {
                 self.metrics.dead_letters.with_label_values(&[code]).inc();
                 self.progress.dead += 1;
@@ -394,9 +482,10 @@ impl Worker {
                 self.outgoing.push(Outgoing {
                     topic: OutTopic::DeadLetter,
                     key: key.map(<[u8]>::to_vec).unwrap_or_default(),
-                    payload,
+                    payload: Some(payload),
                     headers: Some(headers),
                     timestamp: None,
+                    partition: None,
                 });
             }
         }
@@ -408,7 +497,7 @@ impl Worker {
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
-    ) -> Result<(String, Event), Rejection> {
+    ) -> Result<(String, Family, Event), Rejection> {
         let family = self
             .topics
             .family(topic)
@@ -438,27 +527,30 @@ impl Worker {
                 ))?
                 .to_owned(),
         };
-        Ok((key, ev))
+        Ok((key, family, ev))
     }
 
-    /// The cached profile of `key`, read from the store on a miss. A profile that cannot be read
-    /// is fatal: starting it afresh would overwrite the shopper's history at the next commit.
-    /// Marks it dirty: the caller is about to change it. Returns its cache key.
-    fn load(&mut self, partition: i32, key: String) -> anyhow::Result<(i32, String)> {
+    /// Brings the profile of `key` into the cache (read from the store on a miss; a default
+    /// placeholder if there is none). A profile that cannot be read is fatal: starting it afresh
+    /// would overwrite the shopper's history at the next commit. Returns its cache key.
+    fn fetch(&mut self, partition: i32, key: String) -> anyhow::Result<(i32, String)> {
         let cache_key = (partition, key);
         if !self.cache.contains(&cache_key) {
-            let (profile, committed_timer) = match self.batch.spilled.remove(&cache_key) {
-                Some(p) => p,
-                None => {
-                    self.metrics.state_reads.inc();
-                    let p = self
-                        .store
-                        .profile(partition, &cache_key.1)
-                        .with_context(|| format!("reading a profile of partition {partition}"))?
-                        .unwrap_or_default();
-                    let t = p.next_timer;
-                    (p, t)
-                }
+            let (profile, committed_timer) = if let Some(p) = self.batch.spilled.remove(&cache_key)
+            {
+                p
+            } else if let Some(timer) = self.batch.deleted.remove(&cache_key) {
+                // Removed earlier in this batch and now created again.
+                (Profile::default(), timer)
+            } else {
+                self.metrics.state_reads.inc();
+                let p = self
+                    .store
+                    .profile(partition, &cache_key.1)
+                    .with_context(|| format!("reading a profile of partition {partition}"))?
+                    .unwrap_or_default();
+                let t = p.next_timer;
+                (p, t)
             };
             let slot = Slot {
                 profile,
@@ -473,12 +565,41 @@ impl Worker {
                 }
             }
         }
-        let slot = self.cache.get_mut(&cache_key).expect("just inserted");
+        Ok(cache_key)
+    }
+
+    /// As [`Self::fetch`], and marks the profile dirty: the caller is about to change it.
+    fn load(&mut self, partition: i32, key: String) -> anyhow::Result<(i32, String)> {
+        let cache_key = self.fetch(partition, key)?;
+        let slot = self.cache.get_mut(&cache_key).expect("fetched");
         if !slot.dirty {
             slot.dirty = true;
             self.batch.dirty.push(cache_key.clone());
         }
         Ok(cache_key)
+    }
+
+    /// What this partition holds for an identity value: an alias, a profile, or nothing.
+    fn local(&mut self, partition: i32, key: &str) -> anyhow::Result<Local> {
+        let ck = (partition, key.to_owned());
+        let alias = match self.batch.aliases.get(&ck) {
+            Some(a) => a.clone(),
+            None if self.cache.peek(&ck).is_some_and(|s| !is_new(&s.profile)) => None,
+            None => self
+                .store
+                .alias(partition, key)
+                .with_context(|| format!("reading an identity alias of partition {partition}"))?,
+        };
+        if let Some(owner) = alias {
+            return Ok(Local::Alias(owner));
+        }
+        let ck = self.fetch(partition, key.to_owned())?;
+        let slot = self.cache.peek(&ck).expect("fetched");
+        Ok(if is_new(&slot.profile) {
+            Local::Unknown
+        } else {
+            Local::Profile(slot.profile.identities.kind)
+        })
     }
 
     /// The stream clock of a partition number, resumed from the store on first use.
@@ -494,15 +615,85 @@ impl Worker {
         Ok(self.clocks.get_mut(&partition).expect("just inserted"))
     }
 
-    /// Applies a valid event to its profile.
-    fn apply_event(
+    /// Queues a message of the identity protocol for the owner of `target`.
+    fn send_internal(&mut self, target: String, message: Internal_) {
+        self.metrics
+            .repartitioned
+            .with_label_values(&[message.name()])
+            .inc();
+        let partition = identity::partition_for(target.as_bytes(), self.partitions);
+        let payload = identity::encode(&Internal {
+            target: target.clone(),
+            via: self.current.clone(),
+            message,
+        });
+        self.outgoing.push(Outgoing {
+            topic: OutTopic::Repartition,
+            key: target.into_bytes(),
+            payload: Some(payload),
+            headers: None,
+            timestamp: None,
+            partition: Some(partition),
+        });
+    }
+
+    /// Step 1 of the identity protocol: an event for `key` read on `partition` goes to the profile
+    /// it belongs to, here or through the repartition topic. `via`: the repartition message it
+    /// came in (checked against the profile's positions: a sender's crash can repeat it).
+    fn route_event(
         &mut self,
-        topic: &str,
         partition: i32,
-        offset: i64,
         key: String,
         ev: Event,
+        raw: &Raw,
+        via: Option<&Position>,
     ) -> anyhow::Result<()> {
+        let home = identity::partition_for(key.as_bytes(), self.partitions);
+        if home != partition {
+            self.metrics.misrouted.inc();
+            self.send_internal(key, Internal_::Event(raw.owned()));
+            return Ok(());
+        }
+        match self.local(partition, &key)? {
+            Local::Alias(owner) => {
+                self.send_internal(owner, Internal_::Event(raw.owned()));
+                return Ok(());
+            }
+            Local::Unknown if ev.kind == EventType::AccountDeleted => {
+                return Ok(()); // nothing held
+            }
+            _ => {}
+        }
+        if ev.kind == EventType::AccountDeleted {
+            return self.delete_profile(partition, key, &ev.id, ev.time, "account_deleted");
+        }
+        let ck = self.load(partition, key)?;
+        let slot = self.cache.get_mut(&ck).expect("loaded");
+        if let Some(v) = via {
+            if !slot.profile.record_hop(&v.topic, v.partition, v.offset) {
+                self.metrics.duplicates_skipped.inc();
+                return Ok(());
+            }
+        }
+        if is_new(&slot.profile) {
+            let kind = identity::kind_of(&ck.1, &ev);
+            slot.profile.identities.kind = kind;
+            if kind == KeyKind::Key {
+                slot.profile.identities.key = Some(ck.1.clone());
+            }
+        }
+        match identity::plan(&ck.1, slot.profile.identities.kind, &ev) {
+            Plan::Absorb(survivor) => {
+                let cause = ev.id.clone();
+                self.absorb(ck, survivor, Some(raw.owned()), &cause, ev.time)
+            }
+            Plan::Survive => self.apply_event(ck, ev, raw),
+        }
+    }
+
+    /// Applies a valid event to its profile, which is in the cache.
+    fn apply_event(&mut self, ck: (i32, String), ev: Event, raw: &Raw) -> anyhow::Result<()> {
+        let partition = ck.0;
         let wall = self.wall;
         let clock = self.clock(partition)?;
         let late = clock.observe(ev.time, wall);
@@ -511,15 +702,14 @@ impl Worker {
             self.metrics.late_events.inc();
         }
         self.outputs.clear();
-        let cache_key = self.load(partition, key)?;
-        let slot = self.cache.get_mut(&cache_key).expect("loaded");
+        let slot = self.cache.get_mut(&ck).expect("loaded");
         let source = Source {
-            topic,
-            partition,
-            offset,
+            topic: &raw.origin.topic,
+            partition: raw.origin.partition,
+            offset: raw.origin.offset,
         };
         self.core.process(
-            &cache_key.1,
+            &ck.1,
             &mut slot.profile,
             &ev,
             source,
@@ -528,8 +718,321 @@ impl Worker {
         );
         self.event_counters[ev.kind.index()].inc();
         self.progress.events += 1;
+        let claims = std::mem::take(&mut self.outputs.claims);
+        for why in self.outputs.refused.drain(..) {
+            self.metrics
+                .identity_links
+                .with_label_values(&[&format!("refused_{}", why.as_str())])
+                .inc();
+        }
+        let owner_kind = slot.profile.identities.kind;
         self.emit(partition);
+        for id in claims {
+            self.metrics
+                .identity_links
+                .with_label_values(&["linked"])
+                .inc();
+            self.send_internal(
+                id.value,
+                Internal_::Claim {
+                    kind: id.kind,
+                    owner: ck.1.clone(),
+                    owner_kind,
+                },
+            );
+        }
         Ok(())
+    }
+
+    /// Step 2 of the protocol, for the absorbed side: the profile (in the cache) EXITs its
+    /// segments, is removed, its key becomes an alias of the survivor, and the profile (and the
+    /// linking event) travel to the survivor's owner.
+    fn absorb(
+        &mut self,
+        ck: (i32, String),
+        survivor: Id,
+        event: Option<RawEvent>,
+        cause: &str,
+        at: i64,
+    ) -> anyhow::Result<()> {
+        let slot = self.cache.pop(&ck).expect("loaded");
+        let mut profile = slot.profile;
+        self.outputs.clear();
+        let at = at.max(self.clock(ck.0)?.now().unwrap_or(at));
+        self.core
+            .exit_all(&ck.1, &mut profile, at, "merge", cause, &mut self.outputs);
+        self.emit(ck.0);
+        self.metrics
+            .identity_links
+            .with_label_values(&["merged"])
+            .inc();
+        self.batch.deleted.insert(ck.clone(), slot.committed_timer);
+        self.batch
+            .aliases
+            .insert(ck.clone(), Some(survivor.value.clone()));
+        let state = (!is_new(&profile)).then(|| profile::encode(&profile));
+        self.send_internal(
+            survivor.value,
+            Internal_::Merge {
+                from: ck.1,
+                profile: state,
+                kind: survivor.kind,
+                event,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes everything held about the profile `key` of `partition`: EXITs (cause
+    /// `deletion`), the profile and its timer, its aliases on their partitions (by `Forget`),
+    /// and tombstones on the output topics for each of its keys.
+    fn delete_profile(
+        &mut self,
+        partition: i32,
+        key: String,
+        cause: &str,
+        at: i64,
+        source: &str,
+    ) -> anyhow::Result<()> {
+        let ck = self.load(partition, key)?;
+        let slot = self.cache.pop(&ck).expect("loaded");
+        let mut profile = slot.profile;
+        if is_new(&profile) {
+            return Ok(());
+        }
+        let at = at.max(self.clock(partition)?.now().unwrap_or(at));
+        self.outputs.clear();
+        self.core.exit_all(
+            &ck.1,
+            &mut profile,
+            at,
+            "deletion",
+            cause,
+            &mut self.outputs,
+        );
+        self.emit(partition);
+        self.batch.deleted.insert(ck.clone(), slot.committed_timer);
+        self.metrics.deletions.with_label_values(&[source]).inc();
+        let mut keys = vec![ck.1.clone()];
+        for id in identity::all_ids(&profile) {
+            if id.value != ck.1 {
+                self.send_internal(
+                    id.value.clone(),
+                    Internal_::Forget {
+                        owner: ck.1.clone(),
+                    },
+                );
+                keys.push(id.value);
+            }
+        }
+        for k in keys {
+            for topic in [OutTopic::Audience, OutTopic::Journeys] {
+                self.outgoing.push(Outgoing {
+                    topic,
+                    key: k.clone().into_bytes(),
+                    payload: None,
+                    headers: Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+                        key: "tailor.tombstone",
+                        value: Some("deletion"),
+                    })),
+                    timestamp: Some(at),
+                    partition: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps 1 to 5 of the protocol, for a message read from the repartition topic.
+    fn apply_internal(
+        &mut self,
+        partition: i32,
+        payload: &[u8],
+    ) -> anyhow::Result<Result<(), Rejection>> {
+        let msg = match identity::decode(payload) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(("bad_internal_message", e))),
+        };
+        let Internal {
+            target,
+            via,
+            message,
+        } = msg;
+        match message {
+            Internal_::Event(raw) => {
+                let Some(family) = Family::ALL.get(raw.family as usize).copied() else {
+                    return Ok(Err((
+                        "bad_internal_message",
+                        format!("unknown family {}", raw.family),
+                    )));
+                };
+                let decoded = self
+                    .decoder
+                    .decode(family, &raw.payload)
+                    .map_err(|e| (e.code(), e.to_string()))
+                    .and_then(|m| {
+                        Event::from_input(m, self.wall).map_err(|e| (e.code(), e.to_string()))
+                    });
+                let ev = match decoded {
+                    Ok(ev) => ev,
+                    Err(r) => return Ok(Err(r)),
+                };
+                let raw = Raw {
+                    family,
+                    payload: &raw.payload,
+                    origin: raw.origin,
+                };
+                self.route_event(partition, target, ev, &raw, Some(&via))?;
+            }
+            Internal_::Merge {
+                from,
+                profile,
+                kind,
+                event,
+            } => {
+                if let Local::Alias(owner) = self.local(partition, &target)? {
+                    // The survivor was itself absorbed since: on to its survivor.
+                    self.send_internal(
+                        owner,
+                        Internal_::Merge {
+                            from,
+                            profile,
+                            kind,
+                            event,
+                        },
+                    );
+                    return Ok(Ok(()));
+                }
+                let other = match profile.as_deref().map(profile::decode).transpose() {
+                    Ok(p) => p.unwrap_or_default(),
+                    Err(e) => return Ok(Err(("bad_internal_message", e))),
+                };
+                let ck = self.load(partition, target)?;
+                let slot = self.cache.get_mut(&ck).expect("loaded");
+                if !slot
+                    .profile
+                    .record_hop(&via.topic, via.partition, via.offset)
+                {
+                    self.metrics.duplicates_skipped.inc();
+                    return Ok(Ok(()));
+                }
+                if is_new(&slot.profile) {
+                    slot.profile.identities.kind = kind;
+                    let own = Id {
+                        kind,
+                        value: ck.1.clone(),
+                    };
+                    let _ = identity::link(&mut slot.profile, &own, usize::MAX);
+                }
+                let clock = self.clocks.get(&partition).and_then(StreamClock::now);
+                let slot = self.cache.get_mut(&ck).expect("loaded");
+                let now = clock
+                    .unwrap_or(i64::MIN)
+                    .max(slot.profile.last_seen.unwrap_or(i64::MIN))
+                    .max(other.last_seen.unwrap_or(i64::MIN));
+                if now > i64::MIN {
+                    self.outputs.clear();
+                    self.core.merge(
+                        &ck.1,
+                        &mut slot.profile,
+                        &from,
+                        other,
+                        now,
+                        &mut self.outputs,
+                    );
+                    self.emit(partition);
+                } else {
+                    slot.profile.merge(other, self.core.max_identities());
+                }
+                if let Some(raw) = event {
+                    let Some(family) = Family::ALL.get(raw.family as usize).copied() else {
+                        return Ok(Ok(()));
+                    };
+                    let decoded = self
+                        .decoder
+                        .decode(family, &raw.payload)
+                        .ok()
+                        .and_then(|m| Event::from_input(m, self.wall).ok());
+                    if let Some(ev) = decoded {
+                        let raw = Raw {
+                            family,
+                            payload: &raw.payload,
+                            origin: raw.origin,
+                        };
+                        // Already checked against the positions with the merge itself.
+                        self.route_event(partition, ck.1, ev, &raw, None)?;
+                    }
+                }
+            }
+            Internal_::Claim {
+                kind,
+                owner,
+                owner_kind,
+            } => {
+                let id = Id {
+                    kind,
+                    value: target.clone(),
+                };
+                let local = self.local(partition, &target)?;
+                match identity::on_claim(&id, &local, &owner, owner_kind) {
+                    ClaimOutcome::Link | ClaimOutcome::Repoint => {
+                        let result = if matches!(local, Local::Alias(_)) {
+                            "repointed"
+                        } else {
+                            "linked_here"
+                        };
+                        self.metrics
+                            .identity_links
+                            .with_label_values(&[result])
+                            .inc();
+                        self.batch.aliases.insert((partition, target), Some(owner));
+                    }
+                    ClaimOutcome::Already => {}
+                    ClaimOutcome::Absorb => {
+                        let ck = self.load(partition, target)?;
+                        let at = self
+                            .cache
+                            .peek(&ck)
+                            .and_then(|s| s.profile.last_seen)
+                            .unwrap_or(i64::MIN);
+                        let cause = format!("claim@{}/{}/{}", via.topic, via.partition, via.offset);
+                        self.absorb(
+                            ck,
+                            Id {
+                                kind: owner_kind,
+                                value: owner,
+                            },
+                            None,
+                            &cause,
+                            at,
+                        )?;
+                    }
+                    ClaimOutcome::Refuse => {
+                        self.metrics
+                            .identity_links
+                            .with_label_values(&["refused_conflict"])
+                            .inc();
+                    }
+                }
+            }
+            Internal_::Forget { owner } => {
+                if self.local(partition, &target)? == Local::Alias(owner) {
+                    self.batch.aliases.insert((partition, target), None);
+                }
+            }
+            Internal_::Delete { requested_at } => match self.local(partition, &target)? {
+                Local::Alias(owner) => {
+                    self.batch.aliases.insert((partition, target), None);
+                    self.send_internal(owner, Internal_::Delete { requested_at });
+                }
+                Local::Profile(_) => {
+                    let cause = format!("admin@{requested_at}");
+                    self.delete_profile(partition, target, &cause, requested_at, "admin")?;
+                }
+                Local::Unknown => {}
+            },
+        }
+        Ok(Ok(()))
     }
 
     /// Fires the due timers of every assigned partition, after moving each partition's clock
@@ -579,6 +1082,153 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Re-evaluates, under the definitions in force, the profiles of assigned partitions that
+    /// were last evaluated under other definitions: at most `limit` profiles per call, through
+    /// the same core as live events, with a cursor committed with the batch (a crash resumes
+    /// where the last commit left off; re-done profiles emit nothing twice: their memberships are
+    /// already in state). Returns whether work remains.
+    fn sweep(&mut self, assigned: &[(String, i32)], limit: usize) -> anyhow::Result<bool> {
+        let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let mut budget = limit;
+        let mut pending = 0;
+        for p in numbers {
+            let sweep = match self.sweeps.get(&p) {
+                Some(s) if s.version == self.defs_version => s.clone(),
+                _ => {
+                    let stored = self
+                        .store
+                        .meta(&sweep_key(p))
+                        .with_context(|| {
+                            format!("reading the re-evaluation cursor of partition {p}")
+                        })?
+                        .and_then(|b| postcard::from_bytes::<Sweep>(&b).ok())
+                        .filter(|s| s.version == self.defs_version);
+                    let s = stored.unwrap_or(Sweep {
+                        version: self.defs_version,
+                        after: None,
+                        done: false,
+                    });
+                    self.sweeps.insert(p, s.clone());
+                    s
+                }
+            };
+            if sweep.done {
+                continue;
+            }
+            if budget == 0 {
+                pending += 1;
+                continue;
+            }
+            let keys = tokio::task::block_in_place(|| {
+                self.store
+                    .profile_keys_after(p, sweep.after.as_deref(), budget)
+            })
+            .with_context(|| format!("listing the profiles of partition {p}"))?;
+            let done = keys.len() < budget;
+            budget -= keys.len();
+            let now = self.clock(p)?.now().unwrap_or(i64::MIN);
+            for key in &keys {
+                let ck = self.load(p, key.clone())?;
+                let slot = self.cache.get_mut(&ck).expect("loaded");
+                self.outputs.clear();
+                self.core.reevaluate(
+                    &ck.1,
+                    &mut slot.profile,
+                    now,
+                    self.defs_version,
+                    &mut self.outputs,
+                );
+                self.emit(p);
+                self.metrics.reevaluated.inc();
+                self.swept += 1;
+            }
+            let next = Sweep {
+                version: self.defs_version,
+                after: keys.last().cloned().or(sweep.after),
+                done,
+            };
+            if done {
+                info!(
+                    partition = p,
+                    "re-evaluation under the new segment definitions finished"
+                );
+            } else {
+                pending += 1;
+            }
+            self.batch.meta.push((
+                sweep_key(p),
+                Some(postcard::to_stdvec(&next).expect("cursor serialises")),
+            ));
+            self.sweeps.insert(p, next);
+        }
+        self.metrics.reevaluation_pending.set(pending);
+        Ok(pending > 0)
+    }
+
+    /// Reads the segments file again (SIGHUP). Invalid definitions are logged with their
+    /// line:column and the ones in force stay.
+    fn reload_definitions(&mut self) {
+        let path = self.segments_file.clone();
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|src| {
+                crate::segments::SegmentSet::parse(&src)
+                    .map(|set| (set, src))
+                    .map_err(|e| e.to_string())
+            });
+        match parsed {
+            Err(e) => {
+                self.metrics
+                    .definition_reloads
+                    .with_label_values(&["invalid"])
+                    .inc();
+                error!(file = %path.display(), error = %e, "segment definitions not reloaded: the ones in force stay");
+            }
+            Ok((set, src)) => {
+                if set.fingerprint() == self.defs_version {
+                    self.metrics
+                        .definition_reloads
+                        .with_label_values(&["unchanged"])
+                        .inc();
+                    info!("segment definitions reloaded: no rule changed");
+                    self.core.set_segments(Arc::new(set));
+                    return;
+                }
+                self.metrics
+                    .definition_reloads
+                    .with_label_values(&["applied"])
+                    .inc();
+                self.start_definitions(set, &src);
+            }
+        }
+    }
+
+    /// Puts definitions in force; every profile is re-evaluated under them (see [`Self::sweep`]).
+    fn start_definitions(&mut self, set: crate::segments::SegmentSet, src: &str) {
+        let old = self
+            .store
+            .meta(DEFINITIONS_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| crate::segments::SegmentSet::parse(&s).ok())
+            .unwrap_or_else(|| self.core.segments().clone());
+        let (added, changed, removed) = set.diff(&old);
+        info!(
+            ?added,
+            ?changed,
+            ?removed,
+            "segment definitions changed: re-evaluating every profile"
+        );
+        self.defs_version = set.fingerprint();
+        self.core.set_segments(Arc::new(set));
+        self.batch
+            .meta
+            .push((DEFINITIONS_KEY.to_vec(), Some(src.as_bytes().to_vec())));
     }
 
     /// Whether this worker has read everything in a partition (librdkafka's cached high
@@ -640,9 +1290,10 @@ impl Worker {
             self.outgoing.push(Outgoing {
                 topic: OutTopic::Audience,
                 key: change.profile_key.into_bytes(),
-                payload,
+                payload: Some(payload),
                 headers: None,
                 timestamp: Some(change.event_time),
+                partition: None,
             });
         }
         for trigger in self.outputs.triggers.drain(..) {
@@ -656,9 +1307,10 @@ impl Worker {
             self.outgoing.push(Outgoing {
                 topic: OutTopic::Journeys,
                 key: trigger.profile_key.into_bytes(),
-                payload,
+                payload: Some(payload),
                 headers: None,
                 timestamp: Some(trigger.triggered_at),
+                partition: None,
             });
         }
         for (journey, why) in self.outputs.suppressed.drain(..) {
@@ -676,10 +1328,17 @@ impl Worker {
                 OutTopic::Audience => &self.topics.audience,
                 OutTopic::Journeys => &self.topics.journeys,
                 OutTopic::DeadLetter => &self.topics.dead_letter,
+                OutTopic::Repartition => &self.topics.repartition,
             };
-            let mut record = FutureRecord::to(topic).key(&out.key).payload(&out.payload);
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(&out.key[..]);
+            if let Some(p) = &out.payload {
+                record = record.payload(&p[..]);
+            }
             if let Some(h) = out.headers {
                 record = record.headers(h);
+            }
+            if let Some(p) = out.partition {
+                record = record.partition(p);
             }
             if let Some(ts) = out.timestamp {
                 record = record.timestamp(ts);
@@ -716,6 +1375,14 @@ impl Worker {
             self.cache.pop(&key);
         }
         self.batch.spilled.clear();
+        // Keys absorbed or deleted in the batch may sit in the cache as placeholders.
+        for key in self.batch.deleted.keys().chain(self.batch.aliases.keys()) {
+            self.cache.pop(key);
+        }
+        self.batch.deleted.clear();
+        self.batch.aliases.clear();
+        self.batch.meta.clear();
+        self.sweeps.clear();
         self.batch.stray_timers.clear();
         self.batch.timers_fired = 0;
         self.batch.segment_deltas.clear();
@@ -830,7 +1497,20 @@ impl Worker {
             timer_moved(partition, &key, committed, p.next_timer);
             profiles.push((partition, key, profile::encode(&p)));
         }
+        let mut deleted = Vec::with_capacity(self.batch.deleted.len());
+        for ((partition, key), committed) in self.batch.deleted.drain() {
+            timer_moved(partition, &key, committed, None);
+            deleted.push((partition, key));
+        }
+        commit.profiles_deleted = deleted;
         commit.profiles = profiles;
+        commit.aliases = self
+            .batch
+            .aliases
+            .drain()
+            .map(|((p, id), owner)| (p, id, owner))
+            .collect();
+        commit.meta = std::mem::take(&mut self.batch.meta);
         commit.timers_removed.append(&mut self.batch.stray_timers);
         commit.clocks = self
             .clocks
@@ -934,11 +1614,88 @@ fn client_config(settings: &Settings) -> ClientConfig {
     cfg
 }
 
-/// Runs the worker until `shutdown` resolves or a fatal error occurs.
+/// Partition count of each input topic; they must be equal (co-partitioned).
+fn input_partitions(
+    consumer: &StreamConsumer<KafkaContext>,
+    inputs: &[&str],
+) -> anyhow::Result<i32> {
+    let mut counts = Vec::new();
+    for topic in inputs {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .with_context(|| format!("reading the metadata of input topic {topic}"))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == *topic)
+            .with_context(|| format!("input topic {topic} not in the broker's metadata"))?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            bail!("input topic {topic} does not exist (create it, e.g. with `tailor topics --config ...`)");
+        }
+        counts.push((topic.to_string(), t.partitions().len() as i32));
+    }
+    let n = counts[0].1;
+    if counts.iter().any(|(_, c)| *c != n) {
+        bail!("the input topics must have the same number of partitions (they are co-partitioned by shopper key): {counts:?}");
+    }
+    Ok(n)
+}
+
+/// Creates the repartition topic with `partitions` partitions if it is missing; refuses one with
+/// another count (keys would land on the wrong owner).
+async fn ensure_repartition_topic(
+    settings: &Settings,
+    consumer: &StreamConsumer<KafkaContext>,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let topic = &settings.config.topics.repartition;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let existing = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32);
+    match existing {
+        Some(n) if n == partitions => Ok(()),
+        Some(n) => bail!("repartition topic {topic} has {n} partitions but the inputs have {partitions}: it must have as many (delete it, or name another in topics.repartition)"),
+        None => {
+            use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+                client_config(settings)
+                    .create()
+                    .context("creating the Kafka admin client")?;
+            let replication = settings.config.topics.repartition_replication;
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+            let results = admin
+                .create_topics(
+                    &[new],
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+                )
+                .await
+                .with_context(|| format!("creating {topic}"))?;
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((t, e)) => bail!("creating the repartition topic {t}: {e}"),
+                }
+            }
+            info!(topic = %topic, partitions, "created the repartition topic");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` resolves or a fatal error occurs. `reload` is raised on
+/// SIGHUP: the segments file is read again between batches.
 pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    api: Arc<Api>,
+    reload: Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let c = &settings.config;
@@ -956,7 +1713,12 @@ pub async fn run(
 
     let mut pcfg = client_config(&settings);
     pcfg.set("enable.idempotence", "true").set("acks", "all");
-    for (k, v) in [("linger.ms", "5"), ("compression.type", "lz4")] {
+    for (k, v) in [
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+        // Outputs keyed by profile key land where Java clients would put them.
+        ("partitioner", "murmur2_random"),
+    ] {
         if !c.kafka.contains_key(k) {
             pcfg.set(k, v);
         }
@@ -991,9 +1753,21 @@ pub async fn run(
         c.topics.backoffice.as_str(),
         c.topics.profile.as_str(),
     ];
+    let partitions = tokio::task::block_in_place(|| input_partitions(&consumer, &inputs))?;
+    ensure_repartition_topic(&settings, &consumer, partitions).await?;
+    let mut subscribed = inputs.to_vec();
+    subscribed.push(c.topics.repartition.as_str());
     consumer
-        .subscribe(&inputs)
-        .context("subscribing to the input topics")?;
+        .subscribe(&subscribed)
+        .context("subscribing to the input and repartition topics")?;
+    api.attach(crate::http::Attached {
+        store: store.clone(),
+        partitions,
+        producer: producer.clone(),
+        repartition: c.topics.repartition.clone(),
+        group: c.consumer.group_id.clone(),
+        kafka: client_config(&settings),
+    });
     info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), "worker started");
 
     let mut w = Worker {
@@ -1009,6 +1783,7 @@ pub async fn run(
             audience: c.topics.audience_changes.clone(),
             journeys: c.topics.journey_triggers.clone(),
             dead_letter: c.topics.dead_letter.clone(),
+            repartition: c.topics.repartition.clone(),
         },
         cache: LruCache::with_hasher(
             NonZeroUsize::new(c.state.cache_profiles)
@@ -1036,7 +1811,30 @@ pub async fn run(
             })
             .collect(),
         wall: now_ms(),
+        partitions,
+        current: Position {
+            topic: String::new(),
+            partition: -1,
+            offset: -1,
+        },
+        defs_version: settings.segments.fingerprint(),
+        sweeps: HashMap::new(),
+        swept: 0,
+        segments_file: c.segments.file.clone(),
     };
+    // Definitions changed since profiles were last evaluated: re-evaluate them all.
+    let stored_defs = store
+        .meta(DEFINITIONS_KEY)?
+        .and_then(|b| String::from_utf8(b).ok());
+    let stored_version = stored_defs
+        .as_deref()
+        .and_then(|s| crate::segments::SegmentSet::parse(s).ok())
+        .map(|s| s.fingerprint());
+    if stored_version != Some(w.defs_version) {
+        let src = std::fs::read_to_string(&c.segments.file)
+            .with_context(|| format!("reading {}", c.segments.file.display()))?;
+        w.start_definitions(settings.segments.clone(), &src);
+    }
     let max_messages = c.processing.batch_max_messages;
     let max_wait = settings.batch_max_wait;
     let mut assigned: Vec<(String, i32)> = Vec::new();
@@ -1049,8 +1847,15 @@ pub async fn run(
             let deadline = tokio::time::sleep(max_wait);
             tokio::pin!(deadline);
             w.wall = now_ms();
+            if reload.swap(false, Ordering::Relaxed) {
+                w.reload_definitions();
+            }
             // Time first: the partitions' clocks move and the timers due by then fire.
             w.fire_timers(&consumer, &assigned, max_messages)?;
+            // Then profiles not yet evaluated under the definitions in force, a slice per batch.
+            if w.sweep(&assigned, max_messages)? {
+                deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(5));
+            }
             if !w.outgoing.is_empty() {
                 if w.batch.started.is_none() {
                     w.batch.started = Some(Instant::now());
@@ -1069,6 +1874,7 @@ pub async fn run(
                         };
                         let sought = w.apply_rebalances(&consumer, &mut assigned)?;
                         health.ready.store(!assigned.is_empty(), Ordering::Relaxed);
+                        api.set_assigned(&assigned);
                         // A partition just sought back delivers this message again.
                         if sought.iter().any(|(t, p)| t == msg.topic() && *p == msg.partition()) {
                             continue;
@@ -1087,8 +1893,9 @@ pub async fn run(
             }
             // Rebalances can also arrive while no message does.
             w.apply_rebalances(&consumer, &mut assigned)?;
+            api.set_assigned(&assigned);
             health.ready.store(!assigned.is_empty() && !stopping, Ordering::Relaxed);
-            if w.batch.messages > 0 || !w.batch.dirty.is_empty() {
+            if w.batch.messages > 0 || !w.batch.dirty.is_empty() || !w.batch.meta.is_empty() {
                 w.flush(&consumer).await?;
             }
             w.log_progress(false);

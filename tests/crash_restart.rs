@@ -42,9 +42,9 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
 
     let mut first = setup.start(1);
     first.wait_for(Duration::from_secs(120), "some batches committed", |w| {
-        w.metric("tailor_stored_offset", "") >= 3000.0
+        w.input_offsets() >= 3000
     });
-    let committed_before_kill = first.metric("tailor_stored_offset", "");
+    let committed_before_kill = first.input_offsets() as f64;
     first.kill_hard();
     assert!(
         committed_before_kill < total as f64,

@@ -149,6 +149,43 @@ impl SegmentSet {
         self.segments.is_empty()
     }
 
+    /// A fingerprint of what decides memberships: every segment's id and rule (whitespace
+    /// aside). Profiles are re-evaluated when it changes; names, descriptions and journeys do not
+    /// count.
+    pub fn fingerprint(&self) -> u64 {
+        let mut parts: Vec<String> = self
+            .segments
+            .iter()
+            .map(|s| {
+                let rule: Vec<&str> = s.source.split_whitespace().collect();
+                format!("{}\u{1f}{}", s.id, rule.join(" "))
+            })
+            .collect();
+        parts.sort();
+        xxhash_rust::xxh3::xxh3_64(parts.join("\u{1e}").as_bytes())
+    }
+
+    /// (added, changed, removed) segment ids between `old` and this set, for logs.
+    pub fn diff(&self, old: &SegmentSet) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let norm = |s: &Segment| s.source.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        for s in &self.segments {
+            match old.segments.iter().find(|o| o.id == s.id) {
+                None => added.push(s.id.clone()),
+                Some(o) if norm(o) != norm(s) => changed.push(s.id.clone()),
+                Some(_) => {}
+            }
+        }
+        let removed = old
+            .segments
+            .iter()
+            .filter(|o| !self.segments.iter().any(|s| s.id == o.id))
+            .map(|o| o.id.clone())
+            .collect();
+        (added, changed, removed)
+    }
+
     /// Evaluates every segment for `profile` at stream time `now` into `out` (one flag per
     /// segment, in [`Self::segments`] order). Does not allocate once `out` has its capacity.
     pub fn evaluate(&self, profile: &Profile, now: i64, out: &mut Vec<bool>) {

@@ -29,6 +29,8 @@ pub struct Topics {
     pub audience: String,
     pub journeys: String,
     pub dead_letter: String,
+    /// Created by the worker itself.
+    pub repartition: String,
 }
 
 impl Topics {
@@ -45,6 +47,7 @@ impl Topics {
             audience: format!("{p}.audience"),
             journeys: format!("{p}.journeys"),
             dead_letter: format!("{p}.deadletter"),
+            repartition: format!("{p}.repartition"),
         }
     }
 
@@ -105,6 +108,8 @@ pub fn producer() -> BaseProducer {
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        // Kafka's default partitioner, as the platform's producers (and Tailor) use.
+        .set("partitioner", "murmur2_random")
         .create()
         .expect("producer")
 }
@@ -193,6 +198,21 @@ pub fn read_topic_until_quiet(topic: &str, partitions: i32, quiet: Duration) -> 
     out
 }
 
+/// Sum over partitions of a topic's high watermarks (0 for a topic not created yet).
+pub fn end_offsets(topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(0, |(_, hi)| hi)
+        })
+        .sum()
+}
+
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     let h = m.headers()?;
     (0..h.count())
@@ -249,6 +269,7 @@ profile = "{pr}"
 audience_changes = "{au}"
 journey_triggers = "{jt}"
 dead_letter = "{dl}"
+repartition = "{rp}"
 [consumer]
 group_id = "{au}-group"
 [processing]
@@ -270,6 +291,7 @@ level = "info,librdkafka=warn"
             au = topics.audience,
             jt = topics.journeys,
             dl = topics.dead_letter,
+            rp = topics.repartition,
             seg = segments.display(),
         ),
     )
@@ -341,12 +363,32 @@ impl Worker {
         );
     }
 
-    /// Waits until the state store holds the next offsets of `total` input messages.
+    /// Waits until the state store holds the next offsets of `total` input messages (the
+    /// worker's own repartition topic aside).
     pub fn wait_caught_up(&self, total: u64) {
         self.wait_for(
             Duration::from_secs(120),
             &format!("{total} messages committed"),
-            |w| w.metric("tailor_stored_offset", "") as u64 >= total,
+            |w| w.input_offsets() >= total,
+        );
+    }
+
+    /// Sum of the stored next offsets of the input topics.
+    pub fn input_offsets(&self) -> u64 {
+        let all = self.metric("tailor_stored_offset", "");
+        let internal = self.metric("tailor_stored_offset", ".repartition\"");
+        (all - internal).max(0.0) as u64
+    }
+
+    /// Waits until the repartition topic is drained: everything sent through it is committed.
+    pub fn wait_repartition_idle(&self, topic: &str, partitions: i32) {
+        self.wait_for(
+            Duration::from_secs(60),
+            "the repartition topic drained",
+            |w| {
+                let end = end_offsets(topic, partitions);
+                w.metric("tailor_stored_offset", &format!("topic=\"{topic}\"")) as i64 >= end
+            },
         );
     }
 
