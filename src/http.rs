@@ -322,7 +322,10 @@ async fn request_deletion(api: &Api, id: String) -> Response {
             partition: -1,
             offset: now,
         },
-        message: Message::Delete { requested_at: now },
+        message: Message::Delete {
+            source: "admin".into(),
+            requested_at: now,
+        },
     });
     let record = FutureRecord::to(&a.repartition)
         .key(id.as_bytes())

@@ -334,7 +334,8 @@ pub enum Message {
         owner: String,
     },
     Delete {
-        /// Where the request came from (`admin` or `accountDeleted`), for the cause.
+        /// `admin` (the HTTP endpoint) or `account_deleted` (an event naming this identity).
+        source: String,
         requested_at: i64,
     },
 }

@@ -660,7 +660,20 @@ impl Worker {
                 return Ok(());
             }
             Local::Unknown if ev.kind == EventType::AccountDeleted => {
-                return Ok(()); // nothing held
+                // Nothing held under this key: the shopper may be known by the event's other
+                // identities (a profile record keyed by customer id, a profile keyed by e-mail).
+                for id in identity::event_ids(&ev) {
+                    if id.value != key {
+                        self.send_internal(
+                            id.value,
+                            Internal_::Delete {
+                                source: "account_deleted".into(),
+                                requested_at: ev.time,
+                            },
+                        );
+                    }
+                }
+                return Ok(());
             }
             _ => {}
         }
@@ -1020,14 +1033,28 @@ impl Worker {
                     self.batch.aliases.insert((partition, target), None);
                 }
             }
-            Internal_::Delete { requested_at } => match self.local(partition, &target)? {
+            Internal_::Delete {
+                source,
+                requested_at,
+            } => match self.local(partition, &target)? {
                 Local::Alias(owner) => {
                     self.batch.aliases.insert((partition, target), None);
-                    self.send_internal(owner, Internal_::Delete { requested_at });
+                    self.send_internal(
+                        owner,
+                        Internal_::Delete {
+                            source,
+                            requested_at,
+                        },
+                    );
                 }
                 Local::Profile(_) => {
-                    let cause = format!("admin@{requested_at}");
-                    self.delete_profile(partition, target, &cause, requested_at, "admin")?;
+                    let cause = format!("{source}@{requested_at}");
+                    let source = if source == "admin" {
+                        "admin"
+                    } else {
+                        "account_deleted"
+                    };
+                    self.delete_profile(partition, target, &cause, requested_at, source)?;
                 }
                 Local::Unknown => {}
             },

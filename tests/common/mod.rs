@@ -323,9 +323,14 @@ impl Worker {
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.request("GET", path, "")
+    }
+
+    /// An HTTP request with extra header lines (each ending in CRLF).
+    pub fn request(&self, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(&self.http).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n{headers}\r\n").ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         let status = buf.split_whitespace().nth(1)?.parse().ok()?;
@@ -421,6 +426,16 @@ impl Worker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sends a signal (e.g. "HUP") to the worker.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
     }
 
     /// Kills the worker with SIGKILL: no shutdown code runs.
