@@ -33,7 +33,10 @@ fn t0() -> i64 {
 
 /// (profile key, segment, direction, cause kind) of every audience change, in topic order per
 /// partition; and the keys of tombstones.
-fn changes(msgs: &[OwnedMessage]) -> (Vec<(String, String, Direction, String)>, Vec<String>) {
+/// (profile key, segment, direction, cause kind).
+type Change = (String, String, Direction, String);
+
+fn changes(msgs: &[OwnedMessage]) -> (Vec<Change>, Vec<String>) {
     let mut out = Vec::new();
     let mut tombstones = Vec::new();
     for m in msgs {
@@ -50,19 +53,12 @@ fn changes(msgs: &[OwnedMessage]) -> (Vec<(String, String, Direction, String)>, 
     (out, tombstones)
 }
 
-fn change(
-    key: &str,
-    seg: &str,
-    dir: Direction,
-    cause: &str,
-) -> (String, String, Direction, String) {
+fn change(key: &str, seg: &str, dir: Direction, cause: &str) -> Change {
     (key.into(), seg.into(), dir, cause.into())
 }
 
 /// Each (key, segment, direction, cause) at most once, then as a sorted list.
-fn sorted_once(
-    mut list: Vec<(String, String, Direction, String)>,
-) -> Vec<(String, String, Direction, String)> {
+fn sorted_once(mut list: Vec<Change>) -> Vec<Change> {
     let mut seen = HashMap::new();
     for c in &list {
         *seen.entry(c.clone()).or_insert(0) += 1;
@@ -427,7 +423,7 @@ fn changed_definitions_are_applied_to_every_existing_profile_once() {
     let mut worker = setup.start(3);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(worker.metric("tailor_reevaluated_profiles_total", ""), 0.0);
-    let by_definitions = |list: Vec<(String, String, Direction, String)>| {
+    let by_definitions = |list: Vec<Change>| {
         list.into_iter()
             .filter(|c| c.3 == "definition-change")
             .collect::<Vec<_>>()
