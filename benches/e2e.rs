@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use tailor::codec::Family;
+use tailor::codec::{encode, Decoder, Family, InputMessage, SingleObjectDecoder};
 use tailor::replay::{Produced, Rees46Reader, UciReader};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -36,6 +36,54 @@ fn metric(port: u16, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `GET /profiles/{key}` for existing shoppers over one keep-alive connection: latency
+/// percentiles as a client sees them (HTTP, RocksDB read, JSON).
+fn lookups(port: u16, total: u64, profiles: u64) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let n = env("TAILOR_BENCH_LOOKUPS", 20_000);
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut times = Vec::with_capacity(n as usize);
+    let mut found = 0;
+    for j in 0..n {
+        // Keys the fill used, spread over all of them.
+        let i = (j * 104_729) % total.min(profiles);
+        let key = format!("shopper-{}", (i * 7919) % profiles);
+        let t = Instant::now();
+        write!(writer, "GET /profiles/{key} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if status.contains(" 200 ") {
+            found += 1;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    println!(
+        "lookups: {n} GET /profiles/{{id}} ({found} found) p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        times[times.len() - 1]
+    );
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -68,6 +116,28 @@ fn main() {
             .unwrap()
             .collect();
     base.extend(UciReader::open(&root.join("samples/uci-online-retail-sample.csv")).unwrap());
+    // The message key is the shopper here: the events' own identities are dropped, so a key's
+    // events never link identities of other keys (the platform keys by the event's identity).
+    let decoder = SingleObjectDecoder::default();
+    for e in &mut base {
+        e.payload = match decoder.decode(e.family, &e.payload).unwrap() {
+            InputMessage::Storefront(mut m) => {
+                m.identity = Default::default();
+                m.account_context = None;
+                encode::storefront(&m).unwrap()
+            }
+            InputMessage::Backoffice(mut m) => {
+                m.identity = Default::default();
+                m.personal_email = None;
+                encode::backoffice(&m).unwrap()
+            }
+            InputMessage::Profile(mut m) => {
+                m.identity = Default::default();
+                m.personal_email = None;
+                encode::profile(&m).unwrap()
+            }
+        };
+    }
 
     let prefix = format!("bench-{}", std::process::id());
     let topic = |f: &str| format!("{prefix}.{f}");
@@ -78,6 +148,7 @@ fn main() {
         "audience",
         "journeys",
         "deadletter",
+        "repartition",
     ]
     .map(topic);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -88,7 +159,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let new: Vec<_> = names
+    let new: Vec<_> = names[..6]
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
         .collect();
@@ -144,8 +215,8 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
-            names[0], names[1], names[2], names[3], names[4], names[5],
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
+            names[0], names[1], names[2], names[3], names[4], names[5], names[6],
             root.join("examples/segments.yaml").display()
         ),
     )
@@ -219,6 +290,7 @@ fn main() {
         metric(port, "tailor_audience_changes_total{"),
         peak_rss_mib(pid)
     );
+    lookups(port, total, profiles);
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())

@@ -6,18 +6,21 @@
 //! ## Layout: how an event flows
 //!
 //! ```text
-//!  Kafka message ─► codec ─► event ─► clock ─► profile ─► segments ─► journey ─► audience ─► Kafka
-//!  (3 input topics) (Avro    (validate, (stream (apply:   (evaluate,  (triggers, (ENTERED /   audience.changes
-//!                   single-  normalise) time)   counters, next timer) consent,   EXITED and  journey.triggers
-//!                   object)                     cart,                 context)   triggers    tailor.deadletter
-//!                                               orders)                          with stable
-//!                                                                                ids)
+//!  Kafka message ─► codec ─► event ─► identity ─► clock ─► profile ─► segments ─► journey ─► audience ─► Kafka
+//!  (3 input topics, (Avro    (validate, (whose     (stream (apply:   (evaluate,  (triggers, (ENTERED /   audience.changes
+//!   and the         single-  normalise) profile?   time)   counters, next timer) consent,   EXITED and  journey.triggers
+//!   repartition     object)             link, merge,       cart,                 context)   triggers    tailor.deadletter
+//!   topic)                              forward)           orders)                          with stable tailor.repartition
+//!                                                                                           ids)
 //!  timer index (RocksDB) ─► due timers, by the partition's clock ─► audience (evaluated at the due time)
+//!  definitions changed ─► every stored profile, a slice per batch ─► audience (cause definition-change)
 //! ```
 //!
 //! - [`wire`]: serde mirrors of the Avro schemas in `avro/` (the contract with producers).
 //! - [`codec`]: single-object encoding; writer schemas by fingerprint, resolved to reader schemas.
 //! - [`event`]: one validated [`event::Event`] shape for the three families.
+//! - [`identity`]: which profile an event belongs to; links, merges of an anonymous profile into
+//!   the known one, deletion; the repartition protocol that moves them between partitions.
 //! - [`clock`]: each partition's stream clock (event time; wall clock when caught up).
 //! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d", and when
 //!   each count leaves its window.
@@ -31,12 +34,12 @@
 //! Those modules are the synchronous core: no I/O, tested and benchmarked without Kafka.
 //! The shell around it:
 //!
-//! - [`store`]: RocksDB — profiles, the timer index, clocks, offsets and segment sizes committed
-//!   in one atomic batch.
+//! - [`store`]: RocksDB — profiles, identity aliases, the timer index, clocks, offsets, segment
+//!   sizes and re-evaluation cursors committed in one atomic batch.
 //! - [`worker`]: move clocks and fire due timers → consume → apply ([`audience::Core`]) →
 //!   produce and await delivery → commit state + next offsets → store offsets for lag monitoring.
-//! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`), [`replay`] (real
-//!   data sets as platform events).
+//! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`),
+//!   [`replay`] (real data sets as platform events).
 //! - [`samples`]: fully populated example events of every type, for tests, benchmarks and
 //!   producers who want to see a complete event.
 

@@ -4,15 +4,19 @@
 //!
 //! 0. **Time**: each assigned partition's stream clock moves (wall clock if caught up) and the
 //!    timers due by then are read from the store's index and fired ([`Core::advance`]).
+//!    Then, if the segment definitions changed, a slice of the profiles not yet evaluated under
+//!    them (`Worker::sweep`).
 //! 1. **Consume** a batch (up to `batch_max_messages`, or `batch_max_wait`) from the three input
-//!    topics. Each message is decoded, validated and applied to its profile in the in-memory
-//!    cache at once ([`Core::process`]); its outputs (audience changes, journey triggers, dead
-//!    letters) are handed to the producer immediately.
+//!    topics and the repartition topic. Each message is decoded, validated, routed to its profile
+//!    (the identity protocol of [`crate::identity`]: forwarded, merged, or applied here) and
+//!    applied to it in the in-memory cache at once ([`Core::process`]); its outputs (audience
+//!    changes, journey triggers, dead letters, repartition messages) are handed to the producer
+//!    immediately.
 //! 2. **Deliver**: wait until every output of the batch is acknowledged by the brokers
 //!    (idempotent producer, `acks=all`).
-//! 3. **Commit**: write the batch's changed profiles, their timer index entries, segment sizes,
-//!    clocks and each partition's next offset to RocksDB in one atomic write batch (fsynced by
-//!    default).
+//! 3. **Commit**: write the batch's changed and removed profiles, identity aliases, timer index
+//!    entries, segment sizes, clocks, re-evaluation cursors and each partition's next offset to
+//!    RocksDB in one atomic write batch (fsynced by default).
 //! 4. **Store offsets** in the consumer group, for lag monitoring only.
 //!
 //! On (re)assignment a partition resumes at the offset in RocksDB, never the group's. A crash at

@@ -258,6 +258,7 @@ pub fn write_config(
             r#"[kafka]
 "bootstrap.servers" = "{brokers}"
 "topic.metadata.refresh.interval.ms" = "1000"
+"client.id" = "tailor-{http_port}"
 # A killed worker's group membership must expire quickly for the restart tests.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
@@ -487,6 +488,12 @@ impl Setup {
             config,
             port,
         }
+    }
+
+    /// Another worker of the same deployment: same topics and consumer group, its own state
+    /// directory and port (the group splits the partitions between them).
+    pub fn peer(&self, batch: usize, segments: &str) -> Setup {
+        Self::for_topics(self.topics.clone(), batch, segments)
     }
 
     /// A second worker reading this setup's input topics into its own outputs, with its own
