@@ -113,10 +113,15 @@ impl Api {
             .describer
             .get_or_init(|| a.kafka.clone().create::<BaseConsumer>().ok());
         let Some(client) = describer else {
+            warn!("cannot create a client to describe the consumer group");
             return serde_json::Value::Null;
         };
-        let Ok(groups) = client.fetch_group_list(Some(&a.group), Duration::from_secs(5)) else {
-            return serde_json::Value::Null;
+        let groups = match client.fetch_group_list(Some(&a.group), Duration::from_secs(5)) {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "cannot describe the consumer group");
+                return serde_json::Value::Null;
+            }
         };
         for g in groups.groups() {
             for m in g.members() {
@@ -135,6 +140,7 @@ impl Api {
                 }
             }
         }
+        debug!(partition, "no group member reported for the partition");
         serde_json::Value::Null
     }
 }
@@ -396,4 +402,45 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown)
             .await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_protocol_assignments_are_decoded() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&1i16.to_be_bytes()); // version
+        b.extend_from_slice(&2i32.to_be_bytes()); // topics
+        for (topic, parts) in [("in.a", vec![0, 3]), ("tailor.repartition", vec![3])] {
+            b.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+            b.extend_from_slice(topic.as_bytes());
+            b.extend_from_slice(&(parts.len() as i32).to_be_bytes());
+            for p in parts {
+                b.extend_from_slice(&p.to_be_bytes());
+            }
+        }
+        b.extend_from_slice(&(-1i32).to_be_bytes()); // no user data
+        assert_eq!(
+            parse_assignment(&b),
+            Some(vec![
+                ("in.a".to_string(), vec![0, 3]),
+                ("tailor.repartition".to_string(), vec![3])
+            ])
+        );
+        assert_eq!(parse_assignment(&b[..9]), None, "truncated");
+    }
+
+    #[test]
+    fn the_token_is_required_when_set() {
+        let api = Api::new(Some("s3cret".into()));
+        let mut h = HeaderMap::new();
+        assert!(!api.authorised(&h));
+        h.insert("authorization", "Bearer wrong!".parse().unwrap());
+        assert!(!api.authorised(&h));
+        h.insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert!(api.authorised(&h));
+        assert!(Api::new(None).authorised(&HeaderMap::new()));
+    }
 }
