@@ -413,7 +413,7 @@ mod tests {
         let mut b = Vec::new();
         b.extend_from_slice(&1i16.to_be_bytes()); // version
         b.extend_from_slice(&2i32.to_be_bytes()); // topics
-        for (topic, parts) in [("in.a", vec![0, 3]), ("tailor.repartition", vec![3])] {
+        for (topic, parts) in [("in.a", vec![0i32, 3]), ("tailor.repartition", vec![3])] {
             b.extend_from_slice(&(topic.len() as i16).to_be_bytes());
             b.extend_from_slice(topic.as_bytes());
             b.extend_from_slice(&(parts.len() as i32).to_be_bytes());
