@@ -20,7 +20,7 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::Event;
-use crate::identity::{self, Id, Refused};
+use crate::identity::{self, Id, KeyKind, Refused};
 use crate::journey::{self, Suppressed, Trigger};
 use crate::profile::{Membership, Profile, RecentChange, RECENT_CHANGES};
 use crate::segments::SegmentSet;
@@ -215,7 +215,20 @@ impl Core {
             .max(ev.time)
             .max(profile.last_seen.unwrap_or(i64::MIN));
         self.advance(key, profile, now, out);
-        for id in identity::event_ids(ev) {
+        let i = &ev.identity;
+        for (kind, value) in [
+            (KeyKind::Customer, &i.customer_id),
+            (KeyKind::Email, &i.email),
+            (KeyKind::Ecid, &i.ecid),
+        ] {
+            let Some(value) = value else { continue };
+            if identity::holds_value(profile, kind, value) {
+                continue; // the usual case: nothing to link
+            }
+            let id = Id {
+                kind,
+                value: value.clone(),
+            };
             if id.value == key {
                 let _ = identity::link(profile, &id, usize::MAX);
                 continue;
@@ -539,6 +552,55 @@ journeys:
             .iter()
             .map(|c| (c.segment_id.as_str(), c.direction, c.event_time))
             .collect()
+    }
+
+    #[test]
+    fn new_definitions_change_only_what_they_change_and_links_are_claimed() {
+        let mut core = core(RULES);
+        let mut p = Profile::default();
+        let mut first = add("a", 1_000, 2.0);
+        first.identity.email = Some("ann@x.com".into());
+        let out = run(&mut core, &mut p, &[first]);
+        assert_eq!(changes(&out).len(), 2, "cart-holders and big-cart");
+        // The event's e-mail is linked to the profile, and must be claimed; the ECID too.
+        let claimed: Vec<&str> = out.claims.iter().map(|c| c.value.as_str()).collect();
+        assert_eq!(claimed, vec!["ann@x.com", "e1"]);
+        assert!(run(&mut core, &mut p, &[add("b", 1_500, 1.0)])
+            .claims
+            .is_empty());
+
+        // big-cart removed, cart-holders unchanged, pricey added.
+        let v2 = SegmentSet::parse(
+            "segments:\n  - id: cart-holders\n    rule: cart.items  >  0\n  - id: pricey\n    rule: cart.value >= 100\n",
+        )
+        .unwrap();
+        let version = v2.fingerprint();
+        assert_eq!(
+            SegmentSet::parse(RULES).unwrap().diff(&v2),
+            (vec!["big-cart".into()], vec![], vec!["pricey".into()]),
+            "diff(old) from the other side"
+        );
+        core.set_segments(Arc::new(v2));
+        let mut out = Outputs::default();
+        core.reevaluate("k", &mut p, 5_000, version, &mut out);
+        let got: Vec<_> = out
+            .changes
+            .iter()
+            .map(|c| (c.segment_id.as_str(), c.direction, c.cause.kind.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("big-cart", Direction::Exited, "definition-change"),
+                ("pricey", Direction::Entered, "definition-change")
+            ]
+        );
+        let mut again = Outputs::default();
+        core.reevaluate("k", &mut p, 6_000, version, &mut again);
+        assert!(
+            again.changes.is_empty(),
+            "re-evaluating twice emits nothing"
+        );
     }
 
     #[test]

@@ -148,12 +148,17 @@ pub fn count(p: &Profile) -> usize {
 
 /// Whether the profile lists this identity.
 pub fn holds(p: &Profile, id: &Id) -> bool {
+    holds_value(p, id.kind, &id.value)
+}
+
+/// Whether the profile lists `value` as an identity of `kind` (no allocation: the hot path).
+pub fn holds_value(p: &Profile, kind: KeyKind, value: &str) -> bool {
     let i = &p.identities;
-    match id.kind {
-        KeyKind::Ecid => i.ecids.contains(&id.value),
-        KeyKind::Email => i.emails.contains(&id.value),
-        KeyKind::Customer => i.customer_id.as_deref() == Some(&id.value),
-        KeyKind::Key => i.key.as_deref() == Some(&id.value),
+    match kind {
+        KeyKind::Ecid => i.ecids.iter().any(|e| e == value),
+        KeyKind::Email => i.emails.iter().any(|e| e == value),
+        KeyKind::Customer => i.customer_id.as_deref() == Some(value),
+        KeyKind::Key => i.key.as_deref() == Some(value),
     }
 }
 
