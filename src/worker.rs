@@ -52,7 +52,7 @@ use crate::config::Settings;
 use crate::event::{Event, EventType};
 use crate::http::{Api, Health};
 use crate::identity::{
-    self, ClaimOutcome, Id, Internal, KeyKind, Local, Message as Internal_, Plan, Position,
+    self, ClaimOutcome, Id, Internal, KeyKind, Local, Message as ProtocolMessage, Plan, Position,
     RawEvent,
 };
 use crate::metrics::Metrics;
@@ -326,11 +326,12 @@ fn sweep_key(partition: i32) -> Vec<u8> {
     k
 }
 
-/// An input event as read, for forwarding it to another partition.
+/// An input event as read, for forwarding it to another partition (copied only then).
 struct Raw<'a> {
     family: Family,
     payload: &'a [u8],
-    origin: Position,
+    /// Where the event was first read: topic, partition, offset.
+    origin: (&'a str, i32, i64),
 }
 
 impl Raw<'_> {
@@ -338,7 +339,11 @@ impl Raw<'_> {
         RawEvent {
             family: self.family as u8,
             payload: self.payload.to_vec(),
-            origin: self.origin.clone(),
+            origin: Position {
+                topic: self.origin.0.to_owned(),
+                partition: self.origin.1,
+                offset: self.origin.2,
+            },
         }
     }
 }
@@ -417,11 +422,12 @@ impl Worker {
                 .offsets
                 .push(((topic.to_owned(), partition), offset + 1)),
         }
-        self.current = Position {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-        };
+        // No allocation per message: the topic name changes only between topics.
+        if self.current.topic != topic {
+            self.current.topic = topic.to_owned();
+        }
+        self.current.partition = partition;
+        self.current.offset = offset;
         let result: Result<(), Rejection> = if topic == self.topics.repartition {
             self.apply_internal(partition, payload.unwrap_or(&[]))?
         } else {
@@ -430,7 +436,7 @@ impl Worker {
                     let raw = Raw {
                         family,
                         payload: payload.unwrap_or(&[]),
-                        origin: self.current.clone(),
+                        origin: (topic, partition, offset),
                     };
                     self.route_event(partition, profile_key, ev, &raw, None)?;
                     Ok(())
@@ -620,7 +626,7 @@ impl Worker {
     }
 
     /// Queues a message of the identity protocol for the owner of `target`.
-    fn send_internal(&mut self, target: String, message: Internal_) {
+    fn send_internal(&mut self, target: String, message: ProtocolMessage) {
         self.metrics
             .repartitioned
             .with_label_values(&[message.name()])
@@ -655,12 +661,12 @@ impl Worker {
         let home = identity::partition_for(key.as_bytes(), self.partitions);
         if home != partition {
             self.metrics.misrouted.inc();
-            self.send_internal(key, Internal_::Event(raw.owned()));
+            self.send_internal(key, ProtocolMessage::Event(raw.owned()));
             return Ok(());
         }
         match self.local(partition, &key)? {
             Local::Alias(owner) => {
-                self.send_internal(owner, Internal_::Event(raw.owned()));
+                self.send_internal(owner, ProtocolMessage::Event(raw.owned()));
                 return Ok(());
             }
             Local::Unknown if ev.kind == EventType::AccountDeleted => {
@@ -670,7 +676,7 @@ impl Worker {
                     if id.value != key {
                         self.send_internal(
                             id.value,
-                            Internal_::Delete {
+                            ProtocolMessage::Delete {
                                 source: "account_deleted".into(),
                                 requested_at: ev.time,
                             },
@@ -721,9 +727,9 @@ impl Worker {
         self.outputs.clear();
         let slot = self.cache.get_mut(&ck).expect("loaded");
         let source = Source {
-            topic: &raw.origin.topic,
-            partition: raw.origin.partition,
-            offset: raw.origin.offset,
+            topic: raw.origin.0,
+            partition: raw.origin.1,
+            offset: raw.origin.2,
         };
         self.core.process(
             &ck.1,
@@ -751,7 +757,7 @@ impl Worker {
                 .inc();
             self.send_internal(
                 id.value,
-                Internal_::Claim {
+                ProtocolMessage::Claim {
                     kind: id.kind,
                     owner: ck.1.clone(),
                     owner_kind,
@@ -790,7 +796,7 @@ impl Worker {
         let state = (!is_new(&profile)).then(|| profile::encode(&profile));
         self.send_internal(
             survivor.value,
-            Internal_::Merge {
+            ProtocolMessage::Merge {
                 from: ck.1,
                 profile: state,
                 kind: survivor.kind,
@@ -835,7 +841,7 @@ impl Worker {
             if id.value != ck.1 {
                 self.send_internal(
                     id.value.clone(),
-                    Internal_::Forget {
+                    ProtocolMessage::Forget {
                         owner: ck.1.clone(),
                     },
                 );
@@ -876,7 +882,7 @@ impl Worker {
             message,
         } = msg;
         match message {
-            Internal_::Event(raw) => {
+            ProtocolMessage::Event(raw) => {
                 let Some(family) = Family::ALL.get(raw.family as usize).copied() else {
                     return Ok(Err((
                         "bad_internal_message",
@@ -894,14 +900,15 @@ impl Worker {
                     Ok(ev) => ev,
                     Err(r) => return Ok(Err(r)),
                 };
+                let o = &raw.origin;
                 let raw = Raw {
                     family,
                     payload: &raw.payload,
-                    origin: raw.origin,
+                    origin: (&o.topic, o.partition, o.offset),
                 };
                 self.route_event(partition, target, ev, &raw, Some(&via))?;
             }
-            Internal_::Merge {
+            ProtocolMessage::Merge {
                 from,
                 profile,
                 kind,
@@ -911,7 +918,7 @@ impl Worker {
                     // The survivor was itself absorbed since: on to its survivor.
                     self.send_internal(
                         owner,
-                        Internal_::Merge {
+                        ProtocolMessage::Merge {
                             from,
                             profile,
                             kind,
@@ -971,17 +978,18 @@ impl Worker {
                         .ok()
                         .and_then(|m| Event::from_input(m, self.wall).ok());
                     if let Some(ev) = decoded {
+                        let o = &raw.origin;
                         let raw = Raw {
                             family,
                             payload: &raw.payload,
-                            origin: raw.origin,
+                            origin: (&o.topic, o.partition, o.offset),
                         };
                         // Already checked against the positions with the merge itself.
                         self.route_event(partition, ck.1, ev, &raw, None)?;
                     }
                 }
             }
-            Internal_::Claim {
+            ProtocolMessage::Claim {
                 kind,
                 owner,
                 owner_kind,
@@ -1032,12 +1040,12 @@ impl Worker {
                     }
                 }
             }
-            Internal_::Forget { owner } => {
+            ProtocolMessage::Forget { owner } => {
                 if self.local(partition, &target)? == Local::Alias(owner) {
                     self.batch.aliases.insert((partition, target), None);
                 }
             }
-            Internal_::Delete {
+            ProtocolMessage::Delete {
                 source,
                 requested_at,
             } => match self.local(partition, &target)? {
@@ -1045,7 +1053,7 @@ impl Worker {
                     self.batch.aliases.insert((partition, target), None);
                     self.send_internal(
                         owner,
-                        Internal_::Delete {
+                        ProtocolMessage::Delete {
                             source,
                             requested_at,
                         },
