@@ -211,13 +211,17 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
+    // A copy of the example definitions, changed later to time a re-evaluation.
+    let segments = dir.path().join("segments.yaml");
+    let examples = std::fs::read_to_string(root.join("examples/segments.yaml")).unwrap();
+    std::fs::write(&segments, &examples).unwrap();
     let config = dir.path().join("tailor.toml");
     std::fs::write(
         &config,
         format!(
             "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6],
-            root.join("examples/segments.yaml").display()
+            segments.display()
         ),
     )
     .unwrap();
@@ -291,6 +295,34 @@ fn main() {
         peak_rss_mib(pid)
     );
     lookups(port, total, profiles);
+
+    // A segment added on SIGHUP: every stored profile is re-evaluated, between live batches.
+    let changed = examples.replacen(
+        "segments:\n",
+        "segments:\n  - id: bench-added\n    rule: count(productPageView, 90d) >= 1\n",
+        1,
+    );
+    std::fs::write(&segments, changed).unwrap();
+    let profiles_held = metric(port, "tailor_state_profiles ");
+    let t_sweep = Instant::now();
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(pid.to_string())
+        .status();
+    let mut swept = 0.0;
+    while t_sweep.elapsed() < Duration::from_secs(1800) {
+        std::thread::sleep(Duration::from_millis(100));
+        swept = metric(port, "tailor_reevaluated_profiles_total ");
+        if swept > 0.0 && metric(port, "tailor_reevaluation_pending_partitions ") == 0.0 {
+            break;
+        }
+    }
+    let secs = t_sweep.elapsed().as_secs_f64();
+    println!(
+        "definitions changed (SIGHUP, one segment added): {swept:.0} profiles re-evaluated (~{profiles_held:.0} held) in {secs:.1}s = {:.0} profiles/s; {:.0} entered the new segment",
+        swept / secs,
+        metric(port, "tailor_audience_changes_total{direction=\"ENTERED\",segment=\"bench-added\"}")
+    );
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())

@@ -302,28 +302,6 @@ impl Core {
             Why::Merge(from) => format!("merge:{from}"),
             Why::Definitions(v) => format!("definitions:{v:016x}"),
         };
-        // Memberships of segments no longer defined exit.
-        let defined = |id: &str| self.ids.binary_search_by(|s| s.as_str().cmp(id)).is_ok();
-        if profile.segments.iter().any(|m| !defined(&m.segment)) {
-            let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut profile.segments)
-                .into_iter()
-                .partition(|m| defined(&m.segment));
-            profile.segments = kept;
-            for m in gone {
-                out.changes.push(AudienceChange {
-                    id: output_id(&[key, &m.segment, Direction::Exited.as_str(), &cause_id]),
-                    profile_key: key.to_owned(),
-                    identity: profile.identity(),
-                    segment_id: m.segment,
-                    direction: Direction::Exited,
-                    event_time: at,
-                    cause: Cause {
-                        kind: "definition-change".into(),
-                        ..Cause::default()
-                    },
-                });
-            }
-        }
         self.segments.evaluate(profile, now, &mut self.results);
         for (seg, &member) in self.segments.segments().iter().zip(&self.results) {
             let pos = profile
@@ -355,6 +333,31 @@ impl Core {
                 event_time: at,
                 cause: cause.clone(),
             });
+        }
+        // Memberships of segments no longer defined exit. Every defined segment's membership
+        // now matches its result, so there are such memberships only if there are more
+        // memberships than true results (no lookup in the usual case).
+        let members = self.results.iter().filter(|r| **r).count();
+        if profile.segments.len() > members {
+            let defined = |id: &str| self.ids.binary_search_by(|s| s.as_str().cmp(id)).is_ok();
+            let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut profile.segments)
+                .into_iter()
+                .partition(|m| defined(&m.segment));
+            profile.segments = kept;
+            for m in gone {
+                out.changes.push(AudienceChange {
+                    id: output_id(&[key, &m.segment, Direction::Exited.as_str(), &cause_id]),
+                    profile_key: key.to_owned(),
+                    identity: profile.identity(),
+                    segment_id: m.segment,
+                    direction: Direction::Exited,
+                    event_time: at,
+                    cause: Cause {
+                        kind: "definition-change".into(),
+                        ..Cause::default()
+                    },
+                });
+            }
         }
         for c in &out.changes[first_change..] {
             if profile.recent_changes.len() >= RECENT_CHANGES {
@@ -591,8 +594,8 @@ journeys:
         assert_eq!(
             got,
             vec![
-                ("big-cart", Direction::Exited, "definition-change"),
-                ("pricey", Direction::Entered, "definition-change")
+                ("pricey", Direction::Entered, "definition-change"),
+                ("big-cart", Direction::Exited, "definition-change")
             ]
         );
         let mut again = Outputs::default();
