@@ -21,7 +21,9 @@
 //! handled by the owner of its target, which commits its effect together with its input offsets
 //! (exactly-once state), and the messages it sends are delivered before that commit (nothing
 //! lost). Messages can arrive twice after a crash of their sender: profiles remember, per
-//! sending partition, the highest position applied ([`Internal::via`]) and skip the rest.
+//! sending partition, the highest position applied ([`Internal::via`]) and skip the rest; and
+//! the input positions of the last 64 events forwarded to them, which catches a repeat that took
+//! another path (through an alias created in between).
 //!
 //! 1. **Event.** An event arrives on partition `p` keyed `k`. If `k` belongs on another partition
 //!    (a producer with another partitioner) or `k` is an alias of `o`, the event is forwarded as

@@ -12,6 +12,8 @@ use crate::window::{DailyCounts, Series};
 
 /// Audience changes kept per profile for lookups, latest last.
 pub const RECENT_CHANGES: usize = 20;
+/// Events that reached the profile through the repartition topic, remembered by origin.
+pub const RECENT_FORWARDED: usize = 64;
 /// Most cart lines kept.
 pub const MAX_CART_LINES: usize = 100;
 /// Order ids remembered to recognise the same order arriving twice (storefront
@@ -234,6 +236,9 @@ pub struct Profile {
     pub recent_changes: Vec<RecentChange>,
     /// Repartition messages applied, per sending partition (duplicates are skipped).
     pub hops: Vec<Hop>,
+    /// Hashed input positions of the latest events that came through the repartition topic: a
+    /// sender's crash can send one again by another path (through an alias made since).
+    pub forwarded: Vec<u64>,
 }
 
 fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
@@ -447,6 +452,21 @@ impl Profile {
         for h in other.hops {
             self.record_hop(&h.topic, h.partition, h.offset);
         }
+        for f in other.forwarded {
+            self.first_forward(f);
+        }
+    }
+
+    /// Whether a forwarded event (its origin hashed) is new to this profile; records it if so.
+    pub fn first_forward(&mut self, origin: u64) -> bool {
+        if self.forwarded.contains(&origin) {
+            return false;
+        }
+        if self.forwarded.len() >= RECENT_FORWARDED {
+            self.forwarded.remove(0);
+        }
+        self.forwarded.push(origin);
+        true
     }
 
     fn merge_orders(&mut self, mut other: OrderStats, now: i64) {
@@ -1052,6 +1072,13 @@ mod tests {
         assert!(!p.record_hop("r", 1, 9));
         assert!(p.record_hop("r", 2, 3));
         assert!(p.record_hop("r", 1, 11));
+        assert!(p.first_forward(7));
+        assert!(!p.first_forward(7), "the same event by another path");
+        for f in 100..100 + RECENT_FORWARDED as u64 {
+            assert!(p.first_forward(f));
+        }
+        assert_eq!(p.forwarded.len(), RECENT_FORWARDED, "bounded");
+        assert!(p.first_forward(7), "forgotten after 64 others");
     }
 
     #[test]

@@ -335,6 +335,16 @@ struct Raw<'a> {
 }
 
 impl Raw<'_> {
+    /// The event's identity across hops: its input position, hashed.
+    fn origin_hash(&self) -> u64 {
+        let (topic, partition, offset) = self.origin;
+        let mut b = Vec::with_capacity(topic.len() + 12);
+        b.extend_from_slice(topic.as_bytes());
+        b.extend_from_slice(&partition.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        xxhash_rust::xxh3::xxh3_64(&b)
+    }
+
     fn owned(&self) -> RawEvent {
         RawEvent {
             family: self.family as u8,
@@ -693,7 +703,9 @@ impl Worker {
         let ck = self.load(partition, key)?;
         let slot = self.cache.get_mut(&ck).expect("loaded");
         if let Some(v) = via {
-            if !slot.profile.record_hop(&v.topic, v.partition, v.offset) {
+            // A repeat from the same sender, or the same event by another path.
+            let new_hop = slot.profile.record_hop(&v.topic, v.partition, v.offset);
+            if !new_hop || !slot.profile.first_forward(raw.origin_hash()) {
                 self.metrics.duplicates_skipped.inc();
                 return Ok(());
             }
@@ -984,8 +996,13 @@ impl Worker {
                             payload: &raw.payload,
                             origin: (&o.topic, o.partition, o.offset),
                         };
-                        // Already checked against the positions with the merge itself.
-                        self.route_event(partition, ck.1, ev, &raw, None)?;
+                        let slot = self.cache.get_mut(&ck).expect("loaded");
+                        if slot.profile.first_forward(raw.origin_hash()) {
+                            // The merge itself was checked against the positions.
+                            self.route_event(partition, ck.1, ev, &raw, None)?;
+                        } else {
+                            self.metrics.duplicates_skipped.inc();
+                        }
                     }
                 }
             }
