@@ -289,7 +289,8 @@ impl Event {
         Ok(ev)
     }
 
-    fn base(id: String, kind: EventType, time: i64, identity: Identity) -> Event {
+    /// An event with only its id, type, time and (normalised) identities; the rest empty.
+    pub fn base(id: String, kind: EventType, time: i64, identity: Identity) -> Event {
         Event {
             id,
             kind,

@@ -271,23 +271,31 @@ pub fn render(key: &str, partition: i32, p: &Profile) -> serde_json::Value {
     doc
 }
 
+/// The 401 answer, unless the request carries the token (or none is configured).
+fn unauthorised(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    (!api.authorised(headers)).then(|| {
+        json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong bearer token"}),
+        )
+    })
+}
+
 async fn get_profile(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let response = if !s.api.authorised(&headers) {
-        json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "missing or wrong bearer token"}),
-        )
-    } else {
-        let api = s.api.clone();
-        // Reading RocksDB (and, for a 421, asking the broker) blocks.
-        tokio::task::spawn_blocking(move || lookup(&api, &id))
-            .await
-            .unwrap_or_else(|_| json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({})))
+    let response = match unauthorised(&s.api, &headers) {
+        Some(denied) => denied,
+        None => {
+            let api = s.api.clone();
+            // Reading RocksDB (and, for a 421, asking the broker) blocks.
+            tokio::task::spawn_blocking(move || lookup(&api, &id))
+                .await
+                .unwrap_or_else(|_| json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({})))
+        }
     };
     finish(&s, "/profiles/{id}", started, response)
 }
@@ -298,13 +306,9 @@ async fn delete_profile(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let response = if !s.api.authorised(&headers) {
-        json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "missing or wrong bearer token"}),
-        )
-    } else {
-        request_deletion(&s.api, id).await
+    let response = match unauthorised(&s.api, &headers) {
+        Some(denied) => denied,
+        None => request_deletion(&s.api, id).await,
     };
     finish(&s, "DELETE /profiles/{id}", started, response)
 }

@@ -383,25 +383,12 @@ mod tests {
     use crate::wire::Identity;
 
     fn ev(ecid: Option<&str>, email: Option<&str>, customer: Option<&str>) -> Event {
-        Event {
-            id: "e".into(),
-            kind: EventType::SignIn,
-            time: 1_700_000_000_000,
-            identity: Identity {
-                ecid: ecid.map(Into::into),
-                email: email.map(Into::into),
-                customer_id: customer.map(Into::into),
-            },
-            value: 0.0,
-            device: None,
-            channel: None,
-            lines: Vec::new(),
-            cart: None,
-            order_id: None,
-            search_phrase: None,
-            search_results: None,
-            attributes: None,
-        }
+        let identity = Identity {
+            ecid: ecid.map(Into::into),
+            email: email.map(Into::into),
+            customer_id: customer.map(Into::into),
+        };
+        Event::base("e".into(), EventType::SignIn, 1_700_000_000_000, identity)
     }
 
     #[test]

@@ -448,17 +448,7 @@ impl Store {
 
     /// Every profile key of a partition (tests and tools; not on the hot path).
     pub fn profile_keys(&self, partition: i32) -> Result<Vec<String>, StoreError> {
-        let prefix = (partition as u32).to_be_bytes();
-        let mut out = Vec::new();
-        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
-        for item in self.db.iterator_cf(self.cf(CF_PROFILES), mode) {
-            let (k, _) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push(String::from_utf8_lossy(&k[4..]).into_owned());
-        }
-        Ok(out)
+        self.profile_keys_after(partition, None, usize::MAX)
     }
 }
 

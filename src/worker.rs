@@ -591,12 +591,17 @@ impl Worker {
     /// As [`Self::fetch`], and marks the profile dirty: the caller is about to change it.
     fn load(&mut self, partition: i32, key: String) -> anyhow::Result<(i32, String)> {
         let cache_key = self.fetch(partition, key)?;
-        let slot = self.cache.get_mut(&cache_key).expect("fetched");
+        self.mark_dirty(&cache_key);
+        Ok(cache_key)
+    }
+
+    /// The cached profile changed: it is written with the batch.
+    fn mark_dirty(&mut self, cache_key: &(i32, String)) {
+        let slot = self.cache.get_mut(cache_key).expect("fetched");
         if !slot.dirty {
             slot.dirty = true;
             self.batch.dirty.push(cache_key.clone());
         }
-        Ok(cache_key)
     }
 
     /// What this partition holds for an identity value: an alias, a profile, or nothing.
@@ -878,6 +883,31 @@ impl Worker {
         Ok(())
     }
 
+    /// Decodes and validates an event carried by a repartition message.
+    fn decode_raw<'a>(&self, raw: &'a RawEvent) -> Result<(Event, Raw<'a>), Rejection> {
+        let family = Family::ALL
+            .get(raw.family as usize)
+            .copied()
+            .ok_or_else(|| {
+                (
+                    "bad_internal_message",
+                    format!("unknown family {}", raw.family),
+                )
+            })?;
+        let msg = self
+            .decoder
+            .decode(family, &raw.payload)
+            .map_err(|e| (e.code(), e.to_string()))?;
+        let ev = Event::from_input(msg, self.wall).map_err(|e| (e.code(), e.to_string()))?;
+        let o = &raw.origin;
+        let raw = Raw {
+            family,
+            payload: &raw.payload,
+            origin: (&o.topic, o.partition, o.offset),
+        };
+        Ok((ev, raw))
+    }
+
     /// Steps 1 to 5 of the protocol, for a message read from the repartition topic.
     fn apply_internal(
         &mut self,
@@ -895,28 +925,9 @@ impl Worker {
         } = msg;
         match message {
             ProtocolMessage::Event(raw) => {
-                let Some(family) = Family::ALL.get(raw.family as usize).copied() else {
-                    return Ok(Err((
-                        "bad_internal_message",
-                        format!("unknown family {}", raw.family),
-                    )));
-                };
-                let decoded = self
-                    .decoder
-                    .decode(family, &raw.payload)
-                    .map_err(|e| (e.code(), e.to_string()))
-                    .and_then(|m| {
-                        Event::from_input(m, self.wall).map_err(|e| (e.code(), e.to_string()))
-                    });
-                let ev = match decoded {
-                    Ok(ev) => ev,
+                let (ev, raw) = match self.decode_raw(&raw) {
+                    Ok(decoded) => decoded,
                     Err(r) => return Ok(Err(r)),
-                };
-                let o = &raw.origin;
-                let raw = Raw {
-                    family,
-                    payload: &raw.payload,
-                    origin: (&o.topic, o.partition, o.offset),
                 };
                 self.route_event(partition, target, ev, &raw, Some(&via))?;
             }
@@ -981,21 +992,8 @@ impl Worker {
                     slot.profile.merge(other, self.core.max_identities());
                 }
                 if let Some(raw) = event {
-                    let Some(family) = Family::ALL.get(raw.family as usize).copied() else {
-                        return Ok(Ok(()));
-                    };
-                    let decoded = self
-                        .decoder
-                        .decode(family, &raw.payload)
-                        .ok()
-                        .and_then(|m| Event::from_input(m, self.wall).ok());
-                    if let Some(ev) = decoded {
-                        let o = &raw.origin;
-                        let raw = Raw {
-                            family,
-                            payload: &raw.payload,
-                            origin: (&o.topic, o.partition, o.offset),
-                        };
+                    // It decoded at its origin; a failure now is left out with the rest.
+                    if let Ok((ev, raw)) = self.decode_raw(&raw) {
                         let slot = self.cache.get_mut(&ck).expect("loaded");
                         if slot.profile.first_forward(raw.origin_hash()) {
                             // The merge itself was checked against the positions.
@@ -1188,8 +1186,9 @@ impl Worker {
             budget -= keys.len();
             let now = self.clock(p)?.now().unwrap_or(i64::MIN);
             for key in &keys {
-                let ck = self.load(p, key.clone())?;
-                let slot = self.cache.get_mut(&ck).expect("loaded");
+                let ck = self.fetch(p, key.clone())?;
+                let slot = self.cache.get_mut(&ck).expect("fetched");
+                let timer_before = slot.profile.next_timer;
                 self.outputs.clear();
                 self.core.reevaluate(
                     &ck.1,
@@ -1198,6 +1197,15 @@ impl Worker {
                     self.defs_version,
                     &mut self.outputs,
                 );
+                // Only profiles the new rules changed are written again.
+                let o = &self.outputs;
+                if !o.changes.is_empty()
+                    || !o.triggers.is_empty()
+                    || o.timers_fired > 0
+                    || slot.profile.next_timer != timer_before
+                {
+                    self.mark_dirty(&ck);
+                }
                 self.emit(p);
                 self.metrics.reevaluated.inc();
                 self.swept += 1;

@@ -96,6 +96,27 @@ fn order(id: &str, time: i64, email: &str, order_id: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// Produces the steps one at a time, each once the previous one (and everything it sent through
+/// the repartition topic) is committed, so the story's order holds across topics. `done`: input
+/// messages committed before; returns the count after.
+fn play(
+    worker: &Worker,
+    p: &rdkafka::producer::BaseProducer,
+    t: &Topics,
+    partitions: i32,
+    done: u64,
+    steps: Vec<(&str, &str, Vec<u8>)>,
+) -> u64 {
+    let mut n = done;
+    for (topic, key, payload) in steps {
+        produce_all(p, &[(topic, key, payload)]);
+        n += 1;
+        worker.wait_caught_up(n);
+        worker.wait_repartition_idle(&t.repartition, partitions);
+    }
+    n
+}
+
 fn json_of(worker: &Worker, id: &str) -> (u16, serde_json::Value) {
     let (status, body) = worker.get(&format!("/profiles/{id}")).expect("http");
     (status, serde_json::from_str(&body).unwrap_or_default())
@@ -129,11 +150,7 @@ fn signing_in_merges_the_anonymous_profile_once_and_every_identity_finds_it() {
             order("o1", t0() + 5 * MIN, email, "order-1"),
         ),
     ];
-    for (i, (topic, key, payload)) in steps.iter().enumerate() {
-        produce_all(&p, &[(topic, key, payload.clone())]);
-        worker.wait_caught_up(i as u64 + 1);
-        worker.wait_repartition_idle(&t.repartition, 1);
-    }
+    play(&worker, &p, t, 1, 0, steps);
 
     let msgs = read_topic_until_quiet(&t.audience, 1, Duration::from_secs(3));
     let (got, tombstones) = changes(&msgs);
@@ -219,11 +236,7 @@ fn a_merge_across_partitions_adds_both_histories_up() {
         ),
         (&t.storefront, ecid, view("v3", t0() + 5 * MIN, ecid)),
     ];
-    for (i, (topic, key, payload)) in steps.iter().enumerate() {
-        produce_all(&p, &[(topic, key, payload.clone())]);
-        worker.wait_caught_up(i as u64 + 1);
-        worker.wait_repartition_idle(&t.repartition, 2);
-    }
+    play(&worker, &p, t, 2, 0, steps);
     let msgs = read_topic_until_quiet(&t.audience, 2, Duration::from_secs(3));
     let (got, _) = changes(&msgs);
     use Direction::{Entered, Exited};
@@ -294,12 +307,7 @@ fn deletion_leaves_nothing_behind() {
                 add_to_cart(&format!("b{i}"), t0() + o + 4 * MIN, ecid),
             ),
         ];
-        for (topic, key, payload) in steps {
-            produce_all(&p, &[(topic, key, payload)]);
-            n += 1;
-            worker.wait_caught_up(n);
-            worker.wait_repartition_idle(&t.repartition, 2);
-        }
+        n = play(&worker, &p, t, 2, n, steps);
     }
     for (ecid, email) in shoppers {
         assert_eq!(json_of(&worker, ecid).0, 200);
