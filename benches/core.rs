@@ -1,6 +1,7 @@
 //! Criterion benchmark of the synchronous core on real data: decode (Avro single-object) + apply
 //! to the profile + evaluate every segment of `examples/segments.yaml` and its journeys, per
-//! event; the same with 50 segments; and timers firing.
+//! event; the same with 50 segments; and timers firing. Decode alone is measured for each framing:
+//! single-object (spec and legacy fingerprints), Confluent (registry id) and JSON.
 //!
 //! Input: the shipped REES46 and UCI samples, replayed into encoded messages once; profiles live
 //! in a HashMap (no RocksDB here: the core only). `cargo bench --bench core`.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tailor::audience::{Core, Outputs, Source};
-use tailor::codec::{Decoder, SingleObjectDecoder};
+use tailor::codec::{self, canonical, Family, InputMessage, SchemaCatalog, Variant};
 use tailor::event::Event;
 use tailor::profile::Profile;
 use tailor::replay::{Produced, Rees46Reader, UciReader};
@@ -93,19 +94,78 @@ impl Run {
 
 fn bench(c: &mut Criterion) {
     let events = load();
-    let decoder = SingleObjectDecoder::default();
+    let decoder = SchemaCatalog::builtin();
     let now = i64::MAX / 2;
     let mut g = c.benchmark_group("core");
     g.throughput(Throughput::Elements(events.len() as u64));
     g.sample_size(20);
 
-    g.bench_function("decode", |b| {
-        b.iter(|| {
-            for e in &events {
-                std::hint::black_box(decoder.decode(e.family, &e.payload).unwrap());
-            }
-        })
-    });
+    // The same events in each framing. Confluent ids 1-3 stand for the three reader schemas.
+    let mut confluent_catalog = decoder.clone();
+    confluent_catalog.enable_registry();
+    for (i, f) in Family::ALL.iter().enumerate() {
+        confluent_catalog.resolve_id(i as u32 + 1, decoder.reader_json(f.record_name()));
+    }
+    type Payloads = Vec<(Family, Vec<u8>)>;
+    let framings: Vec<(&str, &SchemaCatalog, Payloads)> = vec![
+        (
+            "decode_single_object",
+            decoder,
+            events
+                .iter()
+                .map(|e| (e.family, e.payload.clone()))
+                .collect(),
+        ),
+        (
+            "decode_single_object_legacy_fingerprint",
+            decoder,
+            events
+                .iter()
+                .map(|e| {
+                    let mut p = e.payload.clone();
+                    let json = decoder.reader_json(e.family.record_name()).unwrap();
+                    p[2..10]
+                        .copy_from_slice(&canonical::fingerprint(json, Variant::Legacy).unwrap());
+                    (e.family, p)
+                })
+                .collect(),
+        ),
+        (
+            "decode_confluent",
+            &confluent_catalog,
+            events
+                .iter()
+                .map(|e| {
+                    let id = Family::ALL.iter().position(|f| *f == e.family).unwrap() as u32 + 1;
+                    (e.family, codec::to_confluent(&e.payload, id))
+                })
+                .collect(),
+        ),
+        (
+            "decode_json",
+            decoder,
+            events
+                .iter()
+                .map(|e| {
+                    let json = match decoder.decode(e.family, &e.payload).unwrap() {
+                        InputMessage::Storefront(v) => serde_json::to_vec(&v),
+                        InputMessage::Backoffice(v) => serde_json::to_vec(&v),
+                        InputMessage::Profile(v) => serde_json::to_vec(&v),
+                    };
+                    (e.family, json.unwrap())
+                })
+                .collect(),
+        ),
+    ];
+    for (name, catalog, payloads) in &framings {
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                for (family, payload) in payloads {
+                    std::hint::black_box(catalog.decode(*family, payload).unwrap());
+                }
+            })
+        });
+    }
 
     let decoded: Vec<(String, Event)> = events
         .iter()

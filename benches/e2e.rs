@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use tailor::codec::{encode, Decoder, Family, InputMessage, SingleObjectDecoder};
+use tailor::codec::{encode, Family, InputMessage, SchemaCatalog};
 use tailor::replay::{Produced, Rees46Reader, UciReader};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -118,7 +118,7 @@ fn main() {
     base.extend(UciReader::open(&root.join("samples/uci-online-retail-sample.csv")).unwrap());
     // The message key is the shopper here: the events' own identities are dropped, so a key's
     // events never link identities of other keys (the platform keys by the event's identity).
-    let decoder = SingleObjectDecoder::default();
+    let decoder = SchemaCatalog::builtin();
     for e in &mut base {
         e.payload = match decoder.decode(e.family, &e.payload).unwrap() {
             InputMessage::Storefront(mut m) => {

@@ -4,7 +4,8 @@
 #
 #   scripts/test.sh [extra cargo test args]
 #
-# Installs what it needs (the C toolchain's libclang for RocksDB's bindings, the broker).
+# Installs what it needs (the C toolchain's libclang for RocksDB's bindings, the broker, and a
+# Python virtualenv with fastavro and confluent-kafka for the foreign-client tests).
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/tailor/target) so repeated runs and CI reuse them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,7 @@ export TAILOR_TEST_BROKERS="127.0.0.1:$PORT"
 
 echo "== cargo test (broker at $TAILOR_TEST_BROKERS)"
 cargo test --all-targets "$@"
+
+# Foreign clients: Python fastavro + confluent-kafka (from PyPI, in a virtualenv of their own)
+# produce to and consume from the real binary through the same broker, sharing no code with it.
+TAILOR_BIN="$CARGO_TARGET_DIR/debug/tailor" tests/foreign/run.sh

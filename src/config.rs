@@ -31,6 +31,66 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub http: Http,
     pub log: Log,
+    pub schemas: Schemas,
+    pub schema_registry: SchemaRegistry,
+    pub output: Output,
+}
+
+/// Writer schemas read at run time, beside the ones compiled in from `avro/`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schemas {
+    /// A directory of `.avsc` files: producers' other versions of the input records, loaded at
+    /// start and on SIGHUP, each checked against the current reader schema.
+    pub dir: Option<PathBuf>,
+}
+
+/// A Confluent-compatible schema registry, for messages with Confluent framing and, with
+/// `output.framing = "confluent"`, for the outputs' schemas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistry {
+    /// Base URL, e.g. `http://registry:8081`. Empty: no registry.
+    pub url: String,
+    /// Basic authentication (`TAILOR_REGISTRY_PASSWORD` overrides the password).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Bearer token (`TAILOR_REGISTRY_TOKEN` overrides it).
+    pub bearer_token: Option<String>,
+    /// PEM file of the CA that signed the registry's certificate (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one request.
+    pub timeout: String,
+}
+
+impl Default for SchemaRegistry {
+    fn default() -> Self {
+        SchemaRegistry {
+            url: String::new(),
+            username: None,
+            password: None,
+            bearer_token: None,
+            ca_file: None,
+            timeout: "5s".into(),
+        }
+    }
+}
+
+/// How output records are framed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Output {
+    /// `single-object` (Avro single-object encoding, the default) or `confluent` (magic byte 0 +
+    /// registry id; the output schemas are registered under `<topic>-value` at start).
+    pub framing: String,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output {
+            framing: "single-object".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +202,9 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             http: Http::default(),
             log: Log::default(),
+            schemas: Schemas::default(),
+            schema_registry: SchemaRegistry::default(),
+            output: Output::default(),
         }
     }
 }
@@ -239,6 +302,7 @@ pub struct Settings {
     pub store: StoreOptions,
     pub listen: SocketAddr,
     pub segments: SegmentSet,
+    pub registry_timeout: Duration,
 }
 
 /// Every problem found in a configuration.
@@ -287,7 +351,11 @@ impl Config {
         })?;
         // Relative paths in the file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.state.path, &mut config.segments.file] {
+        for p in [&mut config.state.path, &mut config.segments.file]
+            .into_iter()
+            .chain(config.schemas.dir.as_mut())
+            .chain(config.schema_registry.ca_file.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -432,10 +500,54 @@ impl Config {
                 }
             },
         };
+        let registry_timeout = humantime::parse_duration(&c.schema_registry.timeout);
+        if let Err(e) = &registry_timeout {
+            problems.push(format!(
+                "schema_registry.timeout = {:?}: {e} (e.g. \"5s\")",
+                c.schema_registry.timeout
+            ));
+        }
+        let url = c.schema_registry.url.trim();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            problems.push(format!(
+                "schema_registry.url = {url:?}: expected http://HOST:PORT or https://HOST:PORT"
+            ));
+        }
+        if c.schema_registry.bearer_token.is_some() && c.schema_registry.username.is_some() {
+            problems.push(
+                "schema_registry: set either username/password or bearer_token, not both".into(),
+            );
+        }
+        if let Some(ca) = &c.schema_registry.ca_file {
+            if let Err(e) = std::fs::metadata(ca) {
+                problems.push(format!(
+                    "schema_registry.ca_file = {:?}: {e}",
+                    ca.display().to_string()
+                ));
+            }
+        }
+        if let Some(dir) = &c.schemas.dir {
+            let mut catalog = crate::codec::SchemaCatalog::builtin().clone();
+            let (_, refused) = crate::schemas::load(&mut catalog, dir);
+            for e in refused {
+                problems.push(format!("schemas.dir: {e}"));
+            }
+        }
+        match c.output.framing.as_str() {
+            "single-object" => {}
+            "confluent" if !url.is_empty() => {}
+            "confluent" => problems.push(
+                "output.framing = \"confluent\": needs schema_registry.url to register the output schemas".into(),
+            ),
+            other => problems.push(format!(
+                "output.framing = {other:?}: expected \"single-object\" or \"confluent\""
+            )),
+        }
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
         Ok(Settings {
+            registry_timeout: registry_timeout.expect("checked"),
             batch_max_wait: wait.expect("checked"),
             allowed_lateness: lateness.expect("checked"),
             store: StoreOptions {

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! - [`wire`]: serde mirrors of the Avro schemas in `avro/` (the contract with producers).
-//! - [`codec`]: single-object encoding; writer schemas by fingerprint, resolved to reader schemas.
+//! - [`codec`]: the three framings (Avro single-object, Confluent registry id, JSON); writer
+//!   schemas by spec fingerprint or registry id, resolved to the reader schemas.
 //! - [`event`]: one validated [`event::Event`] shape for the three families.
 //! - [`identity`]: which profile an event belongs to; links, merges of an anonymous profile into
 //!   the known one, deletion; the repartition protocol that moves them between partitions.
@@ -38,6 +39,8 @@
 //!   sizes and re-evaluation cursors committed in one atomic batch.
 //! - [`worker`]: move clocks and fire due timers → consume → apply ([`audience::Core`]) →
 //!   produce and await delivery → commit state + next offsets → store offsets for lag monitoring.
+//! - [`registry`] (Confluent-compatible schema registry client), [`schemas`] (the schemas
+//!   directory, loaded at start and on SIGHUP).
 //! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`),
 //!   [`replay`] (real data sets as platform events).
 //! - [`samples`]: fully populated example events of every type, for tests, benchmarks and
@@ -53,8 +56,10 @@ pub mod identity;
 pub mod journey;
 pub mod metrics;
 pub mod profile;
+pub mod registry;
 pub mod replay;
 pub mod samples;
+pub mod schemas;
 pub mod segments;
 pub mod store;
 pub mod window;

@@ -60,6 +60,10 @@ enum Command {
         /// Events per second (default: as fast as the broker takes them).
         #[arg(long)]
         rate: Option<u64>,
+        /// Sort a file that is not in event-time order before producing it (holds every event
+        /// in memory). Without it such a file is refused: its events would arrive late.
+        #[arg(long)]
+        sort: bool,
     },
     /// Create the configured input and output topics where missing.
     Topics {
@@ -80,6 +84,19 @@ enum Command {
         /// Stop when nothing new arrives for this long.
         #[arg(long, default_value = "3s")]
         idle: humantime::Duration,
+    },
+    /// List every schema Tailor reads and writes, with its spec fingerprint (Parsing Canonical
+    /// Form, CRC-64-AVRO). With a config naming a schema registry: check the input schemas'
+    /// compatibility with the registry's subjects and register the output schemas.
+    Schemas {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Describe this schema file only (canonical form and fingerprints).
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// JSON output: name, file, canonical, fingerprint, fingerprint_legacy.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a profile from the worker's state as JSON (read-only; the worker may be running).
     Profile {
@@ -250,6 +267,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             brokers,
             limit,
             rate,
+            sort,
         } => {
             init_logging("human", "info");
             let mut c = match &config {
@@ -259,7 +277,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if let Some(b) = brokers {
                 c.kafka.insert("bootstrap.servers".into(), b);
             }
-            replay(&c, dataset, &file, limit, rate).await?;
+            replay(&c, dataset, &file, limit, rate, sort).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Topics {
@@ -281,6 +299,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             print_changes(&c, limit, idle.into())?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Schemas { config, file, json } => schemas(config, file, json).await,
         Command::Profile { config, key } => {
             let c = Config::from_file(&config)?;
             let store = tailor::store::Store::open_read_only(&c.state.path)?;
@@ -396,15 +415,159 @@ async fn create_topics(c: &Config, partitions: i32, replication: i32) -> anyhow:
     Ok(())
 }
 
+async fn schemas(
+    config: Option<PathBuf>,
+    file: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    use tailor::codec::{SchemaInfo, SCHEMA_FILES};
+    let mut infos = Vec::new();
+    if let Some(file) = &file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let info = SchemaInfo::of(&file.display().to_string(), &text)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        infos.push(info);
+    } else {
+        for (path, text) in SCHEMA_FILES {
+            infos.push(
+                SchemaInfo::of(&format!("avro/{path}"), text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+        }
+    }
+    let settings = config.as_deref().map(load_config).transpose()?;
+    if let Some(dir) = settings
+        .as_ref()
+        .and_then(|s| s.config.schemas.dir.as_ref())
+    {
+        let mut catalog = tailor::codec::SchemaCatalog::builtin().clone();
+        let (loaded, refused) = tailor::schemas::load(&mut catalog, dir);
+        infos.extend(loaded);
+        if !refused.is_empty() {
+            anyhow::bail!("schemas.dir: {}", refused.join("; "));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+    } else {
+        for i in &infos {
+            println!("{}  {}  {}", i.fingerprint, i.name, i.file);
+        }
+        println!("(fingerprint: CRC-64-AVRO of the Parsing Canonical Form, the 8 bytes after C3 01 in hex; legacy variants, also accepted: --json)");
+    }
+    let Some(settings) = settings else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let c = &settings.config;
+    let Some(registry) =
+        tailor::registry::Registry::from_config(&c.schema_registry, settings.registry_timeout)?
+    else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let catalog = tailor::codec::SchemaCatalog::builtin();
+    let mut ok = true;
+    let inputs = [
+        (
+            &c.topics.storefront,
+            tailor::codec::Family::Storefront.record_name(),
+        ),
+        (
+            &c.topics.backoffice,
+            tailor::codec::Family::Backoffice.record_name(),
+        ),
+        (
+            &c.topics.profile,
+            tailor::codec::Family::Profile.record_name(),
+        ),
+    ];
+    let outputs = [
+        (&c.topics.audience_changes, tailor::codec::AUDIENCE_CHANGE),
+        (&c.topics.journey_triggers, tailor::codec::JOURNEY_TRIGGER),
+        (&c.topics.dead_letter, tailor::codec::DEAD_LETTER),
+    ];
+    let reg = Arc::new(registry);
+    for (topic, record) in inputs {
+        let subject = format!("{topic}-value");
+        let schema = catalog.reader_json(record).expect("built in");
+        let r = reg.clone();
+        let s = subject.clone();
+        match tokio::task::spawn_blocking(move || r.compatible(&s, schema)).await? {
+            Ok(None) => println!("{subject}: no versions in the registry yet"),
+            Ok(Some((true, _))) => println!("{subject}: compatible with the latest version"),
+            Ok(Some((false, why))) => {
+                ok = false;
+                println!(
+                    "{subject}: NOT compatible with the latest version: {}",
+                    why.join("; ")
+                );
+            }
+            Err(e) => anyhow::bail!("{e}"),
+        }
+    }
+    for (topic, record) in outputs {
+        let subject = format!("{topic}-value");
+        let schema = catalog.reader_json(record).expect("built in");
+        let r = reg.clone();
+        let s = subject.clone();
+        let id = tokio::task::spawn_blocking(move || r.register(&s, schema)).await??;
+        println!("{subject}: output schema {record} registered as id {id}");
+    }
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
 async fn replay(
     c: &Config,
     dataset: Dataset,
     file: &Path,
     limit: Option<u64>,
     rate: Option<u64>,
+    sort: bool,
 ) -> anyhow::Result<()> {
     use tailor::codec::Family;
-    use tailor::replay::{Rees46Reader, ReplayReader, UciReader};
+    use tailor::replay::{OrderCheck, Produced, Rees46Reader, ReplayReader, UciReader};
+
+    let open = || {
+        match dataset {
+            Dataset::UciOnlineRetail => UciReader::open(file).map(ReplayReader::Uci),
+            Dataset::Rees46 => Rees46Reader::open(file).map(ReplayReader::Rees46),
+        }
+        .with_context(|| format!("opening {}", file.display()))
+    };
+    // First pass: is the file in event-time order? (Events produced out of order reach the
+    // worker late, and time-based memberships come out wrong.)
+    let mut check = OrderCheck::default();
+    for ev in open()? {
+        check.see(ev.time);
+    }
+    let mut reader = open()?;
+    let sorted: Option<Vec<Produced>> = if check.in_order() {
+        None
+    } else if sort {
+        let mut all: Vec<Produced> = reader.by_ref().collect();
+        all.sort_by_key(|e| e.time);
+        eprintln!(
+            "{}: {} of {} events were out of event-time order; producing them sorted",
+            file.display(),
+            check.out_of_order,
+            check.events
+        );
+        Some(all)
+    } else {
+        let (at, time, latest) = check.first.expect("out of order");
+        bail!(
+            "{} is not in event-time order: {} of {} events are earlier than an event before them (the first is event {at}, at {}, after one at {}). Producing it in file order would make them late to the worker and time-based memberships wrong. Sort the file by time, or run again with --sort (holds every event in memory).",
+            file.display(),
+            check.out_of_order,
+            check.events,
+            tailor::replay::format_time(time),
+            tailor::replay::format_time(latest),
+        );
+    };
 
     let mut cfg = kafka_config(c);
     cfg.set("enable.idempotence", "true")
@@ -414,11 +577,10 @@ async fn replay(
         .set("compression.type", "lz4");
     cfg.set("queue.buffering.max.messages", "500000");
     let producer: FutureProducer = cfg.create().context("creating the Kafka producer")?;
-    let opened = match dataset {
-        Dataset::UciOnlineRetail => UciReader::open(file).map(ReplayReader::Uci),
-        Dataset::Rees46 => Rees46Reader::open(file).map(ReplayReader::Rees46),
+    let events: Box<dyn Iterator<Item = Produced> + '_> = match sorted {
+        Some(all) => Box::new(all.into_iter()),
+        None => Box::new(reader.by_ref()),
     };
-    let mut reader = opened.with_context(|| format!("opening {}", file.display()))?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -431,7 +593,7 @@ async fn replay(
     let mut by_type: std::collections::BTreeMap<&str, u64> = Default::default();
     let mut n = 0u64;
     let mut failed = 0u64;
-    for ev in reader.by_ref() {
+    for ev in events {
         if limit.is_some_and(|l| n >= l) {
             break;
         }

@@ -63,6 +63,17 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request latency, by route template.
     pub http_seconds: HistogramVec,
+    /// Input messages decoded, by framing (single_object, confluent, json).
+    pub input_framing: IntCounterVec,
+    /// Single-object messages by the canonical form their producer fingerprinted: spec (Java,
+    /// fastavro) or legacy (apache-avro, the Apache Python package, Tailor before 0.2).
+    pub fingerprint_variants: IntCounterVec,
+    /// Schema-registry requests, by result (found, not_found, error).
+    pub registry_requests: IntCounterVec,
+    /// Input partitions held back until the schema registry answers.
+    pub paused_partitions: IntGauge,
+    /// Schemas-directory reloads (SIGHUP), by result (ok, refused).
+    pub schema_reloads: IntCounterVec,
 }
 
 /// Registers a metric and hands it back.
@@ -104,6 +115,38 @@ impl Metrics {
             "Input messages dead-lettered, by reason.",
             &["reason"],
         );
+        let input_framing = counter(
+            "tailor_input_framing_total",
+            "Input messages decoded, by framing.",
+            &["framing"],
+        );
+        for f in crate::codec::Framing::ALL {
+            input_framing.with_label_values(&[f.as_str()]);
+        }
+        let fingerprint_variants = counter(
+            "tailor_schema_fingerprint_variant_total",
+            "Single-object input messages by the canonical form of their writer schema's fingerprint (spec or legacy).",
+            &["variant"],
+        );
+        for v in crate::codec::Variant::ALL {
+            fingerprint_variants.with_label_values(&[v.as_str()]);
+        }
+        let registry_requests = counter(
+            "tailor_schema_registry_requests_total",
+            "Schema-registry look-ups, by result (found, not_found, error).",
+            &["result"],
+        );
+        for r in ["found", "not_found", "error"] {
+            registry_requests.with_label_values(&[r]);
+        }
+        let schema_reloads = counter(
+            "tailor_schema_reloads_total",
+            "Reloads of the schemas directory, by result (ok: every file loaded, refused: some file refused).",
+            &["result"],
+        );
+        for r in ["ok", "refused"] {
+            schema_reloads.with_label_values(&[r]);
+        }
         let audience_changes = counter(
             "tailor_audience_changes_total",
             "Audience changes emitted.",
@@ -272,6 +315,14 @@ impl Metrics {
                 "State store size on disk and in memtables (estimate).",
             ),
             state_reads,
+            input_framing,
+            fingerprint_variants,
+            registry_requests,
+            schema_reloads,
+            paused_partitions: plain_gauge(
+                "tailor_paused_partitions",
+                "Input partitions held back until the schema registry answers for a schema id.",
+            ),
             registry,
         }
     }

@@ -9,7 +9,14 @@
 //!   user_session`): `view` → `productPageView`, `cart` → `addToCart`, `purchase` →
 //!   `completeCheckout`; purchase rows of one session at the same second are one order.
 //!
-//! Events are keyed by shopper, produced in file (time) order, single-object Avro encoded.
+//! Columns are found by their header names, in any order and spelling of the two UCI releases
+//! (Online Retail: `InvoiceNo`, `UnitPrice`, `CustomerID`; Online Retail II: `Invoice`, `Price`,
+//! `Customer ID`). A file without a needed column is refused, naming it.
+//!
+//! Events are keyed by shopper, single-object Avro encoded, and produced in event-time order:
+//! [`OrderCheck`] finds a file that is not in time order (a file grouped by country, say), and
+//! `tailor replay` then refuses it unless told to sort it (`--sort`), since events produced out of
+//! order are late to the worker and make wrong time-based memberships.
 //! The parsing is pure ([`UciReader`], [`Rees46Reader`]) and tested without Kafka.
 
 use std::collections::BTreeMap;
@@ -82,6 +89,81 @@ pub fn format_time(ms: i64) -> String {
     )
 }
 
+/// A header name without case, spaces and underscores: `Customer ID` = `CustomerID` = `customer_id`.
+fn normalise(name: &str) -> String {
+    name.chars()
+        .filter(|c| !matches!(c, ' ' | '_' | '\u{feff}'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The index of each wanted column in `headers`; each is known by any of its spellings.
+fn find_columns(
+    headers: &csv::StringRecord,
+    wanted: &[&[&str]],
+    data_set: &str,
+) -> std::io::Result<Vec<usize>> {
+    let names: Vec<String> = headers.iter().map(normalise).collect();
+    wanted
+        .iter()
+        .map(|spellings| {
+            spellings
+                .iter()
+                .find_map(|s| names.iter().position(|n| *n == normalise(s)))
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "not a {data_set} file: no column {} in the header ({})",
+                            spellings.join(" or "),
+                            headers.iter().collect::<Vec<_>>().join(",")
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Rows and the column indexes of a CSV file with a header.
+fn records<R: Read>(
+    r: R,
+    wanted: &[&[&str]],
+    data_set: &str,
+) -> std::io::Result<(csv::StringRecordsIntoIter<R>, Vec<usize>)> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(r);
+    let headers = reader.headers().map_err(std::io::Error::other)?.clone();
+    let columns = find_columns(&headers, wanted, data_set)?;
+    Ok((reader.into_records(), columns))
+}
+
+/// Whether a stream of events is in event-time order, and where it first is not.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct OrderCheck {
+    pub events: u64,
+    /// Events earlier than an event before them.
+    pub out_of_order: u64,
+    /// The first of them: (its position, its time, the latest time before it).
+    pub first: Option<(u64, i64, i64)>,
+    latest: Option<i64>,
+}
+
+impl OrderCheck {
+    pub fn see(&mut self, time: i64) {
+        if let Some(latest) = self.latest {
+            if time < latest {
+                self.out_of_order += 1;
+                self.first.get_or_insert((self.events, time, latest));
+            }
+        }
+        self.latest = Some(self.latest.map_or(time, |l| l.max(time)));
+        self.events += 1;
+    }
+
+    pub fn in_order(&self) -> bool {
+        self.out_of_order == 0
+    }
+}
+
 /// `17850.0` → `17850`; empty or non-numeric → None.
 fn customer_id(raw: &str) -> Option<String> {
     let raw = raw.trim();
@@ -118,6 +200,8 @@ struct UciLine {
 /// Reads UCI Online Retail rows and yields one event per invoice.
 pub struct UciReader<R: Read> {
     rows: csv::StringRecordsIntoIter<R>,
+    /// Invoice, stock code, description, quantity, date, price, customer, country.
+    columns: Vec<usize>,
     pending: Vec<UciLine>,
     pub skipped: Skipped,
     done: bool,
@@ -125,26 +209,37 @@ pub struct UciReader<R: Read> {
 
 impl UciReader<Box<dyn BufRead>> {
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        Ok(UciReader::new(open(path)?))
+        UciReader::new(open(path)?)
     }
 }
 
 impl<R: Read> UciReader<R> {
-    pub fn new(r: R) -> Self {
-        let rows = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_reader(r)
-            .into_records();
-        UciReader {
+    pub fn new(r: R) -> std::io::Result<Self> {
+        let (rows, columns) = records(
+            r,
+            &[
+                &["InvoiceNo", "Invoice"],
+                &["StockCode"],
+                &["Description"],
+                &["Quantity"],
+                &["InvoiceDate"],
+                &["UnitPrice", "Price"],
+                &["CustomerID"],
+                &["Country"],
+            ],
+            "UCI Online Retail",
+        )?;
+        Ok(UciReader {
             rows,
+            columns,
             pending: Vec::new(),
             skipped: Skipped::default(),
             done: false,
-        }
+        })
     }
 
     fn parse(&mut self, rec: &csv::StringRecord) -> Option<UciLine> {
-        let f = |i: usize| rec.get(i).unwrap_or("").trim();
+        let f = |i: usize| rec.get(self.columns[i]).unwrap_or("").trim();
         let line = UciLine {
             invoice: f(0).to_owned(),
             stock: f(1).to_owned(),
@@ -269,6 +364,8 @@ impl<R: Read> Iterator for UciReader<R> {
 /// Reads REES46 rows and yields storefront events.
 pub struct Rees46Reader<R: Read> {
     rows: csv::StringRecordsIntoIter<R>,
+    /// The nine columns of the data set, in its documented order.
+    columns: [usize; 9],
     /// Purchases waiting for their second to end: (session, user, time) → products.
     purchases: BTreeMap<(String, String, i64), Vec<wire::ShoppingCartItem>>,
     ready: std::collections::VecDeque<Produced>,
@@ -279,12 +376,12 @@ pub struct Rees46Reader<R: Read> {
 
 impl Rees46Reader<Box<dyn BufRead>> {
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        Ok(Rees46Reader::new(open(path)?))
+        Rees46Reader::new(open(path)?)
     }
 }
 
-fn rees_product(rec: &csv::StringRecord, price: f64) -> wire::ProductContext {
-    let f = |i: usize| rec.get(i).unwrap_or("").trim();
+fn rees_product(rec: &csv::StringRecord, columns: &[usize], price: f64) -> wire::ProductContext {
+    let f = |i: usize| rec.get(columns[i]).unwrap_or("").trim();
     let category = if f(4).is_empty() { f(3) } else { f(4) };
     wire::ProductContext {
         product_id: f(2).parse().ok(),
@@ -305,19 +402,31 @@ fn rees_product(rec: &csv::StringRecord, price: f64) -> wire::ProductContext {
 }
 
 impl<R: Read> Rees46Reader<R> {
-    pub fn new(r: R) -> Self {
-        let rows = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_reader(r)
-            .into_records();
-        Rees46Reader {
+    pub fn new(r: R) -> std::io::Result<Self> {
+        let (rows, columns) = records(
+            r,
+            &[
+                &["event_time"],
+                &["event_type"],
+                &["product_id"],
+                &["category_id"],
+                &["category_code"],
+                &["brand"],
+                &["price"],
+                &["user_id"],
+                &["user_session"],
+            ],
+            "REES46",
+        )?;
+        Ok(Rees46Reader {
             rows,
+            columns: columns.try_into().expect("nine columns"),
             purchases: BTreeMap::new(),
             ready: Default::default(),
             row: 0,
             skipped: Skipped::default(),
             done: false,
-        }
+        })
     }
 
     fn storefront(key: &str, ev: wire::StorefrontEvent, event_type: &'static str) -> Produced {
@@ -372,7 +481,8 @@ impl<R: Read> Rees46Reader<R> {
     }
 
     fn row(&mut self, rec: &csv::StringRecord) -> Option<()> {
-        let f = |i: usize| rec.get(i).unwrap_or("").trim();
+        let columns = self.columns;
+        let f = |i: usize| rec.get(columns[i]).unwrap_or("").trim();
         let time = parse_time(f(0))?;
         let user = f(7);
         if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -382,7 +492,7 @@ impl<R: Read> Rees46Reader<R> {
         let session = f(8).to_owned();
         self.flush_purchases(Some(time));
         self.row += 1;
-        let product = rees_product(rec, price);
+        let product = rees_product(rec, &columns, price);
         let base = |event_type: &str| wire::StorefrontEvent {
             event_id: format!("rees46-{}-{}", session, self.row),
             event_type: event_type.into(),
@@ -495,7 +605,7 @@ impl Iterator for ReplayReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Decoder, InputMessage, SingleObjectDecoder};
+    use crate::codec::{InputMessage, SchemaCatalog};
 
     #[test]
     fn times() {
@@ -523,8 +633,53 @@ A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom
 ";
 
     #[test]
+    fn columns_are_found_by_header_name_in_either_uci_release() {
+        // Online Retail II: other names, another order.
+        let v2 = "Invoice,StockCode,Description,Quantity,Price,InvoiceDate,Customer ID,Country
+489434,85048,15CM CHRISTMAS GLASS BALL 20 LIGHTS,12,6.95,2009-12-01 07:45:00,13085.0,United Kingdom
+";
+        let out: Vec<_> = UciReader::new(v2.as_bytes()).unwrap().collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key, "13085");
+        let InputMessage::Backoffice(ev) = SchemaCatalog::builtin()
+            .decode(Family::Backoffice, &out[0].payload)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ev.order.unwrap().price_total, Some(83.4));
+        let err = UciReader::new("Invoice,StockCode\n1,2\n".as_bytes())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no column Description"), "{err}");
+        assert!(Rees46Reader::new(v2.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn order_check_finds_the_first_event_out_of_time_order() {
+        let mut c = OrderCheck::default();
+        for t in [1, 2, 2, 5, 3, 4, 6] {
+            c.see(t);
+        }
+        assert!(!c.in_order());
+        assert_eq!(c.out_of_order, 2);
+        assert_eq!(c.first, Some((4, 3, 5)));
+        let mut c = OrderCheck::default();
+        for p in UciReader::open(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/samples/uci-online-retail-sample.csv"
+        )))
+        .unwrap()
+        {
+            c.see(p.time);
+        }
+        assert!(c.in_order(), "{c:?}");
+    }
+
+    #[test]
     fn uci_invoices_become_orders_and_cancellations_and_the_mess_is_counted() {
-        let mut r = UciReader::new(UCI.as_bytes());
+        let mut r = UciReader::new(UCI.as_bytes()).unwrap();
         let out: Vec<_> = r.by_ref().collect();
         assert_eq!(
             out.iter().map(|p| p.event_type).collect::<Vec<_>>(),
@@ -539,7 +694,7 @@ A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom
                 unparsable: 1
             }
         );
-        let InputMessage::Backoffice(ev) = SingleObjectDecoder::default()
+        let InputMessage::Backoffice(ev) = SchemaCatalog::builtin()
             .decode(Family::Backoffice, &out[0].payload)
             .unwrap()
         else {
@@ -550,7 +705,7 @@ A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom
             ev.product_list_items[0].name.as_deref(),
             Some("WHITE HANGING HEART, T-LIGHT HOLDER")
         );
-        let InputMessage::Backoffice(c) = SingleObjectDecoder::default()
+        let InputMessage::Backoffice(c) = SchemaCatalog::builtin()
             .decode(Family::Backoffice, &out[1].payload)
             .unwrap()
         else {
@@ -574,7 +729,7 @@ A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom
 
     #[test]
     fn rees46_rows_become_storefront_events_and_one_order_per_session_second() {
-        let mut r = Rees46Reader::new(REES.as_bytes());
+        let mut r = Rees46Reader::new(REES.as_bytes()).unwrap();
         let out: Vec<_> = r.by_ref().collect();
         let types: Vec<_> = out.iter().map(|p| p.event_type).collect();
         assert_eq!(
@@ -587,7 +742,7 @@ A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom
             ]
         );
         assert_eq!(r.skipped.unparsable, 1, "the row without a user");
-        let InputMessage::Storefront(ev) = SingleObjectDecoder::default()
+        let InputMessage::Storefront(ev) = SchemaCatalog::builtin()
             .decode(Family::Storefront, &out[2].payload)
             .unwrap()
         else {

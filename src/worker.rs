@@ -47,7 +47,7 @@ use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::audience::{Core, Outputs, Source};
 use crate::clock::StreamClock;
-use crate::codec::{encode, Decoder, Family, SingleObjectDecoder};
+use crate::codec::{self, encode, Family, SchemaCatalog};
 use crate::config::Settings;
 use crate::event::{Event, EventType};
 use crate::http::{Api, Health};
@@ -57,6 +57,7 @@ use crate::identity::{
 };
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
+use crate::registry::{Lookup, Registry};
 use crate::store::{Commit, Store, Timer};
 use crate::wire::DeadLetter;
 
@@ -365,7 +366,18 @@ fn is_new(p: &Profile) -> bool {
 
 struct Worker {
     core: Core,
-    decoder: Box<dyn Decoder>,
+    /// Writer schemas: built in, from the schemas directory, and from the registry.
+    catalog: SchemaCatalog,
+    schemas_dir: Option<std::path::PathBuf>,
+    registry: Option<Arc<Registry>>,
+    /// Registry answers, sent by the look-up tasks.
+    lookups: (LookupSender, LookupReceiver),
+    /// Input partitions paused (and sought back) at a message whose schema id the registry has
+    /// not answered for yet: (topic, partition) → schema id.
+    held: HashMap<(String, i32), u32>,
+    /// Registry ids of the output schemas (audience, journeys, dead letters) when outputs are
+    /// Confluent-framed.
+    output_ids: Option<[u32; 3]>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     producer: FutureProducer<ProducerLogs>,
@@ -402,6 +414,10 @@ struct Worker {
     swept: u64,
     segments_file: std::path::PathBuf,
 }
+
+/// Registry answers, from the look-up tasks to the worker: (schema id, answer).
+type LookupSender = tokio::sync::mpsc::UnboundedSender<(u32, Lookup)>;
+type LookupReceiver = tokio::sync::mpsc::UnboundedReceiver<(u32, Lookup)>;
 
 /// Why a message is dead-lettered: (reason code, detail).
 type Rejection = (&'static str, String);
@@ -522,10 +538,20 @@ impl Worker {
             .topics
             .family(topic)
             .ok_or(("unknown_topic", format!("no family for topic {topic}")))?;
-        let msg = self
-            .decoder
-            .decode(family, payload)
+        let (msg, origin) = self
+            .catalog
+            .decode_input(family, payload)
             .map_err(|e| (e.code(), e.to_string()))?;
+        self.metrics
+            .input_framing
+            .with_label_values(&[origin.framing.as_str()])
+            .inc();
+        if let Some(v) = origin.variant {
+            self.metrics
+                .fingerprint_variants
+                .with_label_values(&[v.as_str()])
+                .inc();
+        }
         let ev = Event::from_input(msg, self.wall).map_err(|e| (e.code(), e.to_string()))?;
         let key = match key {
             Some(k) if !k.is_empty() => {
@@ -895,7 +921,7 @@ impl Worker {
                 )
             })?;
         let msg = self
-            .decoder
+            .catalog
             .decode(family, &raw.payload)
             .map_err(|e| (e.code(), e.to_string()))?;
         let ev = Event::from_input(msg, self.wall).map_err(|e| (e.code(), e.to_string()))?;
@@ -1235,6 +1261,154 @@ impl Worker {
 
     /// Reads the segments file again (SIGHUP). Invalid definitions are logged with their
     /// line:column and the ones in force stay.
+    /// Reads the schemas directory again (SIGHUP). Refused files are logged with the reason;
+    /// the others, and every schema compiled in or from the registry, stay in force.
+    fn reload_schemas(&mut self) {
+        let Some(dir) = self.schemas_dir.clone() else {
+            return;
+        };
+        let (loaded, refused) = crate::schemas::load(&mut self.catalog, &dir);
+        for e in &refused {
+            error!(error = %e, "writer schema refused");
+        }
+        let result = if refused.is_empty() { "ok" } else { "refused" };
+        self.metrics
+            .schema_reloads
+            .with_label_values(&[result])
+            .inc();
+        info!(dir = %dir.display(), loaded = loaded.len(), refused = refused.len(), "schemas directory reloaded");
+    }
+
+    /// The registry id this message waits for: a Confluent-framed event (or one carried by a
+    /// repartition message) whose writer schema the registry has not answered for yet.
+    fn awaited_schema(&self, topic: &str, payload: &[u8]) -> Option<u32> {
+        self.registry.as_ref()?;
+        if topic != self.topics.repartition {
+            return codec::confluent_id(payload).filter(|id| !self.catalog.id_settled(*id));
+        }
+        let raw = match identity::decode(payload).ok()?.message {
+            ProtocolMessage::Event(raw) => raw,
+            ProtocolMessage::Merge { event, .. } => event?,
+            _ => return None,
+        };
+        codec::confluent_id(&raw.payload).filter(|id| !self.catalog.id_settled(*id))
+    }
+
+    /// Holds a partition at `offset` until the registry answers for schema `id`: the message is
+    /// not applied (nor dead-lettered), the partition is paused and sought back to it, and the
+    /// look-up retries in the background. Other partitions go on.
+    fn hold(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        id: u32,
+    ) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        consumer
+            .pause(&tpl)
+            .with_context(|| format!("pausing {topic}/{partition}"))?;
+        consumer
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+            .with_context(|| format!("seeking {topic}/{partition} back to {offset}"))?;
+        self.held.insert((topic.to_owned(), partition), id);
+        self.metrics.paused_partitions.set(self.held.len() as i64);
+        info!(
+            topic,
+            partition,
+            offset,
+            schema_id = id,
+            "partition paused until the schema registry answers for this schema id"
+        );
+        self.look_up(id);
+        Ok(())
+    }
+
+    /// Starts a background look-up of schema `id` (once per id), retried with backoff while the
+    /// registry cannot be reached.
+    fn look_up(&mut self, id: u32) {
+        let Some(registry) = self.registry.clone() else {
+            return;
+        };
+        if !self.catalog.request_id(id) {
+            return;
+        }
+        let tx = self.lookups.0.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            let mut failures = 0u32;
+            loop {
+                let r = registry.clone();
+                let answer = tokio::task::spawn_blocking(move || r.schema_by_id(id))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| a.map_err(|e| e.to_string()));
+                match answer {
+                    Ok(lookup) => {
+                        let result = match lookup {
+                            Lookup::Found(_) => "found",
+                            Lookup::NotFound => "not_found",
+                        };
+                        metrics.registry_requests.with_label_values(&[result]).inc();
+                        if failures > 0 {
+                            info!(schema_id = id, failures, "schema registry answered again");
+                        }
+                        let _ = tx.send((id, lookup));
+                        return;
+                    }
+                    Err(e) => {
+                        metrics
+                            .registry_requests
+                            .with_label_values(&["error"])
+                            .inc();
+                        failures += 1;
+                        // Warn at the first failure and then less and less often.
+                        if failures.is_power_of_two() {
+                            warn!(schema_id = id, failures, error = %e, retry_in = ?backoff, "schema registry look-up failed; its partitions stay paused");
+                        }
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    /// Takes the registry's answers in and resumes the partitions they held.
+    fn take_lookups(&mut self, consumer: &StreamConsumer<KafkaContext>) -> anyhow::Result<()> {
+        while let Ok((id, lookup)) = self.lookups.1.try_recv() {
+            match &lookup {
+                Lookup::Found(json) => self.catalog.resolve_id(id, Some(json)),
+                Lookup::NotFound => self.catalog.resolve_id(id, None),
+            }
+        }
+        let settled: Vec<(String, i32)> = self
+            .held
+            .iter()
+            .filter(|(_, id)| self.catalog.id_settled(**id))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for (topic, partition) in settled {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            consumer
+                .resume(&tpl)
+                .with_context(|| format!("resuming {topic}/{partition}"))?;
+            info!(topic = %topic, partition, "partition resumed");
+            self.held.remove(&(topic, partition));
+        }
+        self.metrics.paused_partitions.set(self.held.len() as i64);
+        Ok(())
+    }
+
     fn reload_definitions(&mut self) {
         let path = self.segments_file.clone();
         let parsed = std::fs::read_to_string(&path)
@@ -1394,8 +1568,14 @@ impl Worker {
                 OutTopic::DeadLetter => &self.topics.dead_letter,
                 OutTopic::Repartition => &self.topics.repartition,
             };
+            let reframed = match (self.output_ids, &out.payload, &out.topic) {
+                (Some(ids), Some(p), OutTopic::Audience) => Some(codec::to_confluent(p, ids[0])),
+                (Some(ids), Some(p), OutTopic::Journeys) => Some(codec::to_confluent(p, ids[1])),
+                (Some(ids), Some(p), OutTopic::DeadLetter) => Some(codec::to_confluent(p, ids[2])),
+                _ => None,
+            };
             let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(&out.key[..]);
-            if let Some(p) = &out.payload {
+            if let Some(p) = reframed.as_ref().or(out.payload.as_ref()) {
                 record = record.payload(&p[..]);
             }
             if let Some(h) = out.headers {
@@ -1497,6 +1677,14 @@ impl Worker {
             std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned"));
         let mut sought = Vec::new();
         for ev in events {
+            let touched = match &ev {
+                Rebalance::Assigned(p) | Rebalance::Revoked(p) => p,
+            };
+            // A new assignment is not paused; a revoked partition is not ours to resume.
+            for tp in touched {
+                self.held.remove(tp);
+            }
+            self.metrics.paused_partitions.set(self.held.len() as i64);
             match ev {
                 Rebalance::Assigned(p) => {
                     for (topic, partition) in &p {
@@ -1754,6 +1942,61 @@ async fn ensure_repartition_topic(
 
 /// Runs the worker until `shutdown` resolves or a fatal error occurs. `reload` is raised on
 /// SIGHUP: the segments file is read again between batches.
+/// The writer schemas (built in and from the schemas directory), the registry client, and the
+/// registry ids of the output schemas when outputs are Confluent-framed (registered now).
+async fn schemas_and_registry(
+    settings: &Settings,
+) -> anyhow::Result<(SchemaCatalog, Option<Arc<Registry>>, Option<[u32; 3]>)> {
+    let c = &settings.config;
+    let mut catalog = SchemaCatalog::builtin().clone();
+    if let Some(dir) = &c.schemas.dir {
+        let (loaded, refused) = crate::schemas::load(&mut catalog, dir);
+        if !refused.is_empty() {
+            bail!("schemas.dir {}: {}", dir.display(), refused.join("; "));
+        }
+        info!(dir = %dir.display(), schemas = loaded.len(), "writer schemas loaded");
+    }
+    let registry =
+        Registry::from_config(&c.schema_registry, settings.registry_timeout)?.map(Arc::new);
+    let Some(reg) = registry.clone() else {
+        return Ok((catalog, None, None));
+    };
+    catalog.enable_registry();
+    if c.output.framing != "confluent" {
+        return Ok((catalog, registry, None));
+    }
+    let topics = [
+        (&c.topics.audience_changes, codec::AUDIENCE_CHANGE),
+        (&c.topics.journey_triggers, codec::JOURNEY_TRIGGER),
+        (&c.topics.dead_letter, codec::DEAD_LETTER),
+    ];
+    let mut ids = [0u32; 3];
+    for (i, (topic, record)) in topics.into_iter().enumerate() {
+        let subject = format!("{topic}-value");
+        let schema = SchemaCatalog::builtin()
+            .reader_json(record)
+            .expect("output schemas are built in");
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0;
+        ids[i] = loop {
+            let r = reg.clone();
+            let s = subject.clone();
+            match tokio::task::spawn_blocking(move || r.register(&s, schema)).await? {
+                Ok(id) => break id,
+                Err(e) if attempt < 8 => {
+                    warn!(subject = %subject, error = %e, retry_in = ?backoff, "registering an output schema failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => bail!("registering the output schema {record} under {subject}: {e}"),
+            }
+        };
+        info!(subject = %subject, schema_id = ids[i], "output schema registered");
+    }
+    Ok((catalog, registry, Some(ids)))
+}
+
 pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -1834,9 +2077,15 @@ pub async fn run(
     });
     info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), "worker started");
 
+    let (catalog, registry, output_ids) = schemas_and_registry(&settings).await?;
     let mut w = Worker {
         core: Core::new(Arc::new(settings.segments.clone())),
-        decoder: Box::new(SingleObjectDecoder::default()),
+        catalog,
+        schemas_dir: c.schemas.dir.clone(),
+        registry,
+        lookups: tokio::sync::mpsc::unbounded_channel(),
+        held: HashMap::new(),
+        output_ids,
         store: store.clone(),
         metrics: metrics.clone(),
         producer,
@@ -1912,8 +2161,10 @@ pub async fn run(
             tokio::pin!(deadline);
             w.wall = now_ms();
             if reload.swap(false, Ordering::Relaxed) {
+                w.reload_schemas();
                 w.reload_definitions();
             }
+            w.take_lookups(&consumer)?;
             // Time first: the partitions' clocks move and the timers due by then fire.
             w.fire_timers(&consumer, &assigned, max_messages)?;
             // Then profiles not yet evaluated under the definitions in force, a slice per batch.
@@ -1937,10 +2188,19 @@ pub async fn run(
                             Ok(m) => m,
                         };
                         let sought = w.apply_rebalances(&consumer, &mut assigned)?;
-                        health.ready.store(!assigned.is_empty(), Ordering::Relaxed);
+                        health.ready.store(!assigned.is_empty() && w.held.is_empty(), Ordering::Relaxed);
                         api.set_assigned(&assigned);
                         // A partition just sought back delivers this message again.
                         if sought.iter().any(|(t, p)| t == msg.topic() && *p == msg.partition()) {
+                            continue;
+                        }
+                        // Messages of a held partition fetched before its pause and seek.
+                        if !w.held.is_empty() && w.held.contains_key(&(msg.topic().to_owned(), msg.partition())) {
+                            continue;
+                        }
+                        if let Some(id) = w.awaited_schema(msg.topic(), msg.payload().unwrap_or(&[])) {
+                            w.hold(&consumer, msg.topic(), msg.partition(), msg.offset(), id)?;
+                            health.ready.store(false, Ordering::Relaxed);
                             continue;
                         }
                         if w.batch.started.is_none() {
@@ -1958,7 +2218,7 @@ pub async fn run(
             // Rebalances can also arrive while no message does.
             w.apply_rebalances(&consumer, &mut assigned)?;
             api.set_assigned(&assigned);
-            health.ready.store(!assigned.is_empty() && !stopping, Ordering::Relaxed);
+            health.ready.store(!assigned.is_empty() && !stopping && w.held.is_empty(), Ordering::Relaxed);
             if w.batch.messages > 0 || !w.batch.dirty.is_empty() || !w.batch.meta.is_empty() {
                 w.flush(&consumer).await?;
             }

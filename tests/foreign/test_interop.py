@@ -1,0 +1,686 @@
+"""Foreign-client interop: Tailor against clients that share no code with it.
+
+Producers and consumers here are Python: fastavro (Avro, Parsing Canonical Form, CRC-64-AVRO
+fingerprints, single-object encoding) and confluent-kafka (librdkafka's Python client), with a
+Confluent-compatible schema registry stand-in (registry_standin.py). The only thing shared with
+Tailor is the contract: the schemas in avro/*.avsc, the documented framings and the documented
+configuration. Run with tests/foreign/run.sh (TAILOR_TEST_BROKERS, TAILOR_BIN).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import itertools
+import json
+import random
+import time
+import urllib.request
+from pathlib import Path
+
+import fastavro
+import fastavro.schema
+import pytest
+
+from interop import (
+    AUDIENCE_CHANGE,
+    BACKOFFICE,
+    BACKOFFICE_TYPES,
+    CONTRACTS,
+    DEAD_LETTER,
+    JOURNEY_TRIGGER,
+    PROFILE,
+    STOREFRONT,
+    STOREFRONT_TYPES,
+    Contract,
+    Kafka,
+    backoffice,
+    confluent_id,
+    decode_single_object,
+    epoch_ms,
+    identity,
+    now_ms,
+    profile,
+    read_datum,
+    read_topic,
+    seen_segment,
+    storefront,
+    storefront_contexts,
+    tailor_schemas,
+    topic_size,
+    wait_for,
+)
+
+# ---- (a) fingerprints: Parsing Canonical Form and CRC-64-AVRO, Tailor vs fastavro ------------
+
+
+@pytest.fixture(scope="module")
+def builtin_schemas(tailor_bin):
+    return tailor_schemas()
+
+
+def _entry_for_file(entries, contract: Contract, file_name: str):
+    found = [
+        e
+        for e in entries
+        if e.get("name") == contract.name
+        and Path(str(e.get("file", ""))).name == file_name
+        and "compat" not in Path(str(e.get("file", ""))).parts
+    ]
+    assert len(found) == 1, f"expected one entry for {file_name} ({contract.name}) in {json.dumps(entries)[:2000]}"
+    return found[0]
+
+
+@pytest.mark.parametrize("stem", sorted(CONTRACTS))
+def test_contract_schemas_have_fastavros_canonical_form_and_fingerprint(stem, builtin_schemas):
+    c = CONTRACTS[stem]
+    e = _entry_for_file(builtin_schemas, c, f"{stem}.avsc")
+    assert e["canonical"] == c.canonical, f"Parsing Canonical Form of avro/{stem}.avsc"
+    assert str(e["fingerprint"]).lower() == c.fingerprint_hex, (
+        f"CRC-64-AVRO of avro/{stem}.avsc: tailor {e['fingerprint']}, fastavro {c.fingerprint_hex}"
+    )
+
+
+# Schemas in the style of the Avro specification's own examples.
+SPEC_SCHEMAS = {
+    "primitive-int-as-string": "int",
+    "primitive-int-as-object": {"type": "int"},
+    "primitive-null": "null",
+    "primitive-boolean-as-object": {"type": "boolean"},
+    "primitive-long": "long",
+    "primitive-float-as-object": {"type": "float"},
+    "primitive-double": "double",
+    "primitive-bytes-as-object": {"type": "bytes"},
+    "primitive-string": "string",
+    "logical-timestamp-millis": {"type": "long", "logicalType": "timestamp-millis"},
+    "logical-decimal-bytes": {"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": 2},
+    "record-linked-list": {
+        "type": "record",
+        "name": "LongList",
+        "namespace": "org.example",
+        "doc": "Linked list of 64-bit values.",
+        "aliases": ["LinkedLongs"],
+        "fields": [
+            {"name": "value", "type": "long", "doc": "The value.", "default": 0, "order": "descending"},
+            {"name": "next", "type": ["null", "LongList"], "default": None, "aliases": ["tail"], "order": "ignore"},
+        ],
+    },
+    "enum-with-default": {
+        "type": "enum",
+        "name": "Suit",
+        "namespace": "cards",
+        "doc": "A card suit.",
+        "aliases": ["CardSuit"],
+        "symbols": ["SPADES", "HEARTS", "DIAMONDS", "CLUBS"],
+        "default": "SPADES",
+    },
+    "array": {"type": "array", "items": "string", "default": []},
+    "map": {"type": "map", "values": "long", "default": {}},
+    "fixed": {"type": "fixed", "size": 16, "name": "md5", "namespace": "org.example.hash", "aliases": ["hash"]},
+    "union": ["null", "string", {"type": "array", "items": "int"}],
+    "nested-names-and-namespaces": {
+        "type": "record",
+        "name": "Outer",
+        "namespace": "a.b",
+        "fields": [
+            # inherits the enclosing namespace: a.b.Inner
+            {"name": "inner", "type": {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "int"}]}},
+            {"name": "byShortName", "type": "Inner"},
+            {"name": "byFullName", "type": "a.b.Inner"},
+            # a dotted name is a full name: its namespace attribute is ignored
+            {"name": "other", "type": {"type": "record", "name": "x.y.Other", "namespace": "ignored.ns", "fields": [
+                {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["A", "B"]}},  # x.y.Kind
+            ]}},
+            {"name": "kindAgain", "type": "x.y.Kind"},
+            {"name": "hash", "type": {"type": "fixed", "name": "Hash", "size": 4}},
+            {"name": "hashes", "type": {"type": "map", "values": "Hash"}},
+            {"name": "inners", "type": {"type": "array", "items": "Inner"}, "default": []},
+            {"name": "maybe", "type": ["null", "x.y.Other", "Hash"], "default": None},
+        ],
+    },
+    "record-logical-fields": {
+        "type": "record",
+        "name": "Payment",
+        "namespace": "org.example.pay",
+        "fields": [
+            {"name": "id", "type": {"type": "string", "logicalType": "uuid"}},
+            {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+            {"name": "at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+            {"name": "amount", "type": {"type": "fixed", "name": "Amount", "size": 8, "logicalType": "decimal",
+                                        "precision": 18, "scale": 2}},
+            {"name": "tags", "type": {"type": "map", "values": {"type": "array", "items": "string"}}, "default": {}},
+            {"name": "note", "type": ["null", "string"], "default": None, "doc": "Free text."},
+        ],
+    },
+    "record-without-namespace-using-namespaced-type": {
+        "type": "record",
+        "name": "Envelope",
+        "fields": [
+            {"name": "header", "type": {"type": "record", "name": "Header", "namespace": "org.example.h",
+                                        "fields": [{"name": "v", "type": "int", "default": 1}]},
+             "default": {"v": 1}},
+            {"name": "again", "type": "org.example.h.Header", "default": {"v": 2}},
+            {"name": "flag", "type": "boolean", "default": True},
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_SCHEMAS))
+def test_spec_example_schemas_have_fastavros_canonical_form_and_fingerprint(name, tmp_path, tailor_bin):
+    schema = SPEC_SCHEMAS[name]
+    c = Contract(schema)
+    path = tmp_path / f"{name}.avsc"
+    path.write_text(json.dumps(schema, indent=2))
+    entries = tailor_schemas("--file", str(path))
+    assert len(entries) == 1, entries
+    e = entries[0]
+    assert e["canonical"] == c.canonical
+    assert str(e["fingerprint"]).lower() == c.fingerprint_hex, f"tailor {e['fingerprint']}, fastavro {c.fingerprint_hex}"
+    if c.name is not None:
+        assert e["name"] == c.name
+
+
+# ---- shared by the end-to-end tests -----------------------------------------------------------
+
+
+class Story:
+    """Events of one test: labels -> the event (id, type, key, time) and, once sent, its offset."""
+
+    def __init__(self):
+        self.t0 = now_ms() - 300_000  # five minutes ago: inside every window, never "in the future"
+        self._tick = itertools.count()
+        self.events = {}
+        self.sent = {}
+        self.pending = []
+
+    def at(self) -> int:
+        return self.t0 + next(self._tick) * 100
+
+    def add(self, label, topic, key, payload: bytes, event=None):
+        self.events[label] = event
+        self.pending.append((topic, key, payload, label))
+
+    def send(self, kafka: Kafka):
+        for s in kafka.send(self.pending):
+            self.sent[s.label] = s
+        self.pending = []
+
+
+def decoded_outputs(records, contract: Contract, decode=None, ident=lambda rec: rec["id"]):
+    """Decodes every record of an output topic (tombstones apart) and drops duplicates by id
+    (outputs are at-least-once with deterministic ids: a consumer keeps one per id)."""
+    decode = decode or (lambda r: decode_single_object(contract, r.value))
+    by_id, tombstones = {}, []
+    for r in records:
+        if r.value is None:
+            tombstones.append(r)
+            continue
+        rec = decode(r)
+        rec["_record"] = r
+        i = ident(rec)
+        if i in by_id:
+            a = {k: v for k, v in by_id[i].items() if k != "_record"}
+            b = {k: v for k, v in rec.items() if k != "_record"}
+            assert a == b, f"two outputs with id {i} differ:\n{a}\n{b}"
+            continue
+        by_id[i] = rec
+    return list(by_id.values()), tombstones
+
+
+def check_event_cause(rec, time_field, sent, event, event_type):
+    cause = rec["cause"]
+    assert cause["kind"] == "event", rec
+    assert cause["eventId"] == event["eventId"], rec
+    assert cause["eventType"] == event_type, rec
+    assert cause["sourceTopic"] == sent.topic, rec
+    assert cause["sourcePartition"] == sent.partition, rec
+    assert cause["sourceOffset"] == sent.offset, rec
+    t = epoch_ms(rec[time_field])
+    assert event["timestamp"] <= t <= now_ms() + 60_000, f"{time_field} {t} before the event's time {event['timestamp']}"
+
+
+def changes_by_key(changes):
+    got = collections.defaultdict(list)
+    for c in changes:
+        got[(c["profileKey"], c["segmentId"], c["direction"])].append(c)
+    return got
+
+
+def header(rec, name):
+    v = rec.headers.get(name)
+    return v.decode() if v is not None else None
+
+
+# ---- (b) spec-following producer in, spec-following consumer out --------------------------------
+
+
+def test_single_object_and_json_events_of_every_family_and_bad_messages(deploy):
+    d = deploy("so-json", partitions=1)
+    T = d.topics
+    worker = d.start()
+    kafka = Kafka()
+    s = Story()
+
+    who = {
+        "A": identity("c-a", "ecid-a", "a@example.com"),
+        "B": identity("c-b", None, "b@example.com"),
+        "D": identity("c-d", None, "d@example.com"),
+        "E": identity("c-e", "ecid-e", "e@example.com"),
+        "F": identity("c-f", None, "f@example.com"),
+        "N": identity("c-n", None, "n@example.com"),
+    }
+    key = {k: v["customerId"] for k, v in who.items()}
+
+    def so(label, topic, contract, event):
+        s.add(label, topic, event["identity"]["customerId"], contract.single_object(event), event)
+
+    def js(label, topic, contract, event, prefix=b""):
+        s.add(label, topic, event["identity"]["customerId"], prefix + contract.json_bytes(event), event)
+
+    # Phase 1, profile topic: loyalty tiers and consents (applied before the orders that need them).
+    so("A-profileRecord", T.profile, PROFILE, profile("profileRecord", "a-p1", s.at(), who["A"], tier="gold", email_consent="y"))
+    so("B-accountUpdated", T.profile, PROFILE, profile("accountUpdated", "b-p1", s.at(), who["B"], email_consent="y"))
+    so("D-accountCreated", T.profile, PROFILE, profile("accountCreated", "d-p1", s.at(), who["D"], tier="gold"))
+    js("E-profileRecord", T.profile, PROFILE, profile("profileRecord", "e-p1", s.at(), who["E"], tier="gold", email_consent="y"))
+    so("F-accountCreated", T.profile, PROFILE, profile("accountCreated", "f-p1", s.at(), who["F"], email_consent="y"))
+    so("N-profileRecord", T.profile, PROFILE, profile("profileRecord", "n-p1", s.at(), who["N"], email_consent="n"))
+    s.send(kafka)
+    worker.wait_caught_up(T, d.partitions)
+
+    # Phase 2: every storefront type (A), every back-office type (B), a deletion (D), JSON events
+    # of the other two families (E storefront, F back office), an order without consent (N).
+    for t in STOREFRONT_TYPES:
+        ev = storefront(t, f"a-{t}", s.at(), who["A"], **storefront_contexts(t, who["A"], order_id="order-a"))
+        so(f"A-{t}", T.storefront, STOREFRONT, ev)
+    for t in BACKOFFICE_TYPES:
+        so(f"B-{t}", T.backoffice, BACKOFFICE, backoffice(t, f"b-{t}", s.at(), who["B"], "order-b", 120.0))
+    so("D-accountDeleted", T.profile, PROFILE, profile("accountDeleted", "d-p2", s.at(), who["D"]))
+    js("E-addToCart", T.storefront, STOREFRONT,
+       storefront("addToCart", "e-s1", s.at(), who["E"], **storefront_contexts("addToCart", who["E"])))
+    js("F-orderPlaced", T.backoffice, BACKOFFICE, backoffice("orderPlaced", "f-b1", s.at(), who["F"], "order-f", 80.0),
+       prefix=b" \n\t")  # whitespace before the JSON object
+    so("N-orderPlaced", T.backoffice, BACKOFFICE, backoffice("orderPlaced", "n-b1", s.at(), who["N"], "order-n", 30.0))
+
+    # Bad messages, each with the reason code it must be dead-lettered with.
+    bad_who = identity("c-bad", "ecid-bad", None)
+
+    def add(eid, t=None):
+        return storefront("addToCart", eid, s.at() if t is None else t, bad_who, **storefront_contexts("addToCart", bad_who))
+
+    good = STOREFRONT.single_object(add("bad-base"))
+    garbage = b"\xff" + random.Random(7).randbytes(40)  # not '{', C3 01 or 00
+    nested = STOREFRONT.complete(storefront("productPageView", "bad-json-1", s.at(), bad_who,
+                                            **storefront_contexts("productPageView", bad_who)))
+    nested["productContext"]["pricing"]["regularPrice"] = "cheap"  # a string where a double goes
+    newer = STOREFRONT.with_fields(add=[{"name": "experimentId", "type": ["null", "string"], "default": None}])
+    teleport = add("bad-type")
+    teleport["eventType"] = "teleport"
+    bad = {
+        "bad-framing": (T.storefront, None, garbage, "bad_framing"),
+        "bad-empty": (T.storefront, "c-bad", b"", "empty"),
+        "bad-json-nested": (T.storefront, "c-bad", json.dumps(nested).encode(), "bad_json"),
+        "bad-json-syntax": (T.storefront, "c-bad", b'{"eventId": "bad-json-2", "eventType": ', "bad_json"),
+        "bad-unknown-schema": (T.storefront, "c-bad", newer.single_object(dict(add("bad-fp"), experimentId="x")), "unknown_schema"),
+        "bad-body": (T.storefront, "c-bad", good[:-40], "bad_body"),
+        "bad-trailing": (T.storefront, "c-bad", good + b"\x00\x00", "trailing_bytes"),
+        "bad-wrong-record": (T.storefront, "c-bad",
+                             BACKOFFICE.single_object(backoffice("orderPlaced", "bad-wr", s.at(), bad_who, "o-x", 1.0)),
+                             "wrong_record"),
+        "bad-event-type": (T.storefront, "c-bad", STOREFRONT.single_object(teleport), "unknown_event_type"),
+        "bad-event-time": (T.storefront, "c-bad", STOREFRONT.single_object(add("bad-time", 0)), "bad_event_time"),
+    }
+    for label, (topic, k, payload, _) in bad.items():
+        s.add(label, topic, k, payload)
+    s.send(kafka)
+    worker.wait_caught_up(T, d.partitions)
+    ev, sent = s.events, s.sent
+
+    # --- audience changes: every record decoded with avro/audience_change.avsc only.
+    audience = read_topic(T.audience, d.partitions)
+    changes, tombstones = decoded_outputs(audience, AUDIENCE_CHANGE)
+    expected = {}  # (key, segment, direction) -> label of the causing event, or "deletion"
+
+    def expect(shopper, segment, direction, cause):
+        expected[(key[shopper], segment, direction)] = cause
+
+    expect("A", seen_segment("profileRecord"), "ENTERED", "A-profileRecord")
+    expect("A", "gold", "ENTERED", "A-profileRecord")
+    for t in STOREFRONT_TYPES:
+        expect("A", seen_segment(t), "ENTERED", f"A-{t}")
+    expect("A", "cart-holders", "ENTERED", "A-addToCart")
+    expect("A", "cart-holders", "EXITED", "A-completeCheckout")
+    expect("A", "buyers", "ENTERED", "A-completeCheckout")
+    expect("B", seen_segment("accountUpdated"), "ENTERED", "B-accountUpdated")
+    for t in BACKOFFICE_TYPES:
+        expect("B", seen_segment(t), "ENTERED", f"B-{t}")
+    expect("B", "buyers", "ENTERED", "B-orderPlaced")
+    expect("D", seen_segment("accountCreated"), "ENTERED", "D-accountCreated")
+    expect("D", "gold", "ENTERED", "D-accountCreated")
+    expect("D", seen_segment("accountCreated"), "EXITED", "deletion")
+    expect("D", "gold", "EXITED", "deletion")
+    expect("E", seen_segment("profileRecord"), "ENTERED", "E-profileRecord")
+    expect("E", "gold", "ENTERED", "E-profileRecord")
+    expect("E", seen_segment("addToCart"), "ENTERED", "E-addToCart")
+    expect("E", "cart-holders", "ENTERED", "E-addToCart")
+    expect("F", seen_segment("accountCreated"), "ENTERED", "F-accountCreated")
+    expect("F", seen_segment("orderPlaced"), "ENTERED", "F-orderPlaced")
+    expect("F", "buyers", "ENTERED", "F-orderPlaced")
+    expect("N", seen_segment("profileRecord"), "ENTERED", "N-profileRecord")
+    expect("N", seen_segment("orderPlaced"), "ENTERED", "N-orderPlaced")
+    expect("N", "buyers", "ENTERED", "N-orderPlaced")
+
+    got = changes_by_key(changes)
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    assert not missing and not unexpected, f"missing changes {missing}\nunexpected changes {unexpected}"
+    for k, recs in got.items():
+        assert len(recs) == 1, f"{k} changed {len(recs)} times: {recs}"
+        c, cause = recs[0], expected[k]
+        shopper = next(n for n, v in key.items() if v == k[0])
+        assert c["identity"]["customerId"] == key[shopper], c
+        if cause == "deletion":
+            assert c["cause"]["kind"] == "deletion", c
+            continue
+        assert c["identity"]["email"] == who[shopper]["email"], c
+        event_type = ev[cause]["eventType"]
+        check_event_cause(c, "eventTime", sent[cause], ev[cause], event_type)
+        r = c["_record"]
+        assert r.key == k[0].encode(), f"audience change keyed {r.key!r}, not by its profile key"
+
+    # D's deletion: a tombstone (null value, header tailor.tombstone) for its profile key.
+    assert tombstones, "no tombstone on the audience topic after accountDeleted"
+    for r in tombstones:
+        assert header(r, "tailor.tombstone") == "deletion", r.headers
+        assert r.key in (b"c-d", b"d@example.com"), f"tombstone for {r.key!r}: only D was deleted"
+    assert b"c-d" in {r.key for r in tombstones}
+
+    # --- journey triggers: decoded with avro/journey_trigger.avsc only.
+    journeys = read_topic(T.journeys, d.partitions)
+    triggers, jt_tombstones = decoded_outputs(journeys, JOURNEY_TRIGGER)
+    want = {
+        ("c-a", "welcome-gold"): ("A-profileRecord", "a@example.com"),
+        ("c-d", "welcome-gold"): ("D-accountCreated", None),  # no consent given: no contact point
+        ("c-e", "welcome-gold"): ("E-profileRecord", "e@example.com"),
+        ("c-a", "post-purchase"): ("A-completeCheckout", "a@example.com"),
+        ("c-b", "post-purchase"): ("B-orderPlaced", "b@example.com"),
+        ("c-f", "post-purchase"): ("F-orderPlaced", "f@example.com"),
+        # N placed an order but opted out of e-mail: post-purchase needs e-mail consent.
+    }
+    got_t = collections.defaultdict(list)
+    for t in triggers:
+        got_t[(t["profileKey"], t["journeyId"])].append(t)
+    assert set(got_t) == set(want), f"triggers {sorted(got_t)}, expected {sorted(want)}"
+    order_totals = {"A-completeCheckout": ("order-a", 15.0), "B-orderPlaced": ("order-b", 120.0),
+                    "F-orderPlaced": ("order-f", 80.0)}
+    for k, (label, email) in want.items():
+        assert len(got_t[k]) == 1, got_t[k]
+        t = got_t[k][0]
+        check_event_cause(t, "triggeredAt", sent[label], ev[label], ev[label]["eventType"])
+        assert t["contact"]["email"] == email, t
+        assert t["identity"]["customerId"] == k[0], t
+        if k[1] == "welcome-gold":
+            assert t["cause"]["segmentId"] == "gold", t
+        else:
+            order_id, total = order_totals[label]
+            assert t["context"]["orderId"] == order_id, t
+            assert t["context"]["orderTotal"] == pytest.approx(total), t
+            assert [i["sku"] for i in t["context"]["orderItems"]] == ["SKU-1"], t
+    for r in jt_tombstones:
+        assert header(r, "tailor.tombstone") == "deletion" and r.key in (b"c-d", b"d@example.com"), r
+
+    # --- dead letters: decoded with avro/dead_letter.avsc only; reason, original bytes, origin.
+    dead = read_topic(T.dead_letter, d.partitions)
+    letters, _ = decoded_outputs(
+        dead, DEAD_LETTER, ident=lambda dl: (dl["sourceTopic"], dl["sourcePartition"], dl["sourceOffset"]))
+    by_origin = {(dl["sourceTopic"], dl["sourcePartition"], dl["sourceOffset"]): dl for dl in letters}
+    want_dl = {(sent[l].topic, sent[l].partition, sent[l].offset): l for l in bad}
+    assert set(by_origin) == set(want_dl), (
+        f"bad messages not dead-lettered: {[want_dl[o] for o in sorted(set(want_dl) - set(by_origin))]}\n"
+        f"dead letters of good messages: {[(o, by_origin[o]['reasonCode'], by_origin[o]['reason']) for o in sorted(set(by_origin) - set(want_dl))]}"
+    )
+    for origin, label in want_dl.items():
+        dl, m = by_origin[origin], sent[label]
+        reason = bad[label][3]
+        assert dl["reasonCode"] == reason, f"{label}: {dl['reasonCode']} ({dl['reason']}), expected {reason}"
+        assert dl["payload"] == m.value, f"{label}: payload is not the original bytes"
+        assert dl["key"] == m.key, f"{label}: key {dl['key']!r}, sent {m.key!r}"
+        assert dl["reason"], f"{label}: no detail"
+        if dl["sourceTimestamp"] is not None and m.timestamp is not None:
+            assert epoch_ms(dl["sourceTimestamp"]) == m.timestamp, label
+        assert header(dl["_record"], "tailor.reason") == reason, dl["_record"].headers
+    nested_dl = by_origin[(sent["bad-json-nested"].topic, sent["bad-json-nested"].partition, sent["bad-json-nested"].offset)]
+    assert "productContext.pricing.regularPrice" in nested_dl["reason"], (
+        f"the bad_json detail should name the field's path: {nested_dl['reason']!r}")
+
+    # --- metrics: dead letters by reason, events by type, messages by framing.
+    samples = worker.metrics()
+    for reason, n in collections.Counter(b[3] for b in bad.values()).items():
+        assert worker.metric("tailor_dead_letters_total", samples, reason=reason) == n, reason
+    applied = collections.Counter(e["eventType"] for l, e in ev.items() if e is not None and l in sent)
+    del applied["accountDeleted"]
+    for event_type, n in applied.items():
+        assert worker.metric("tailor_events_total", samples, type=event_type) == n, event_type
+    json_good = 3
+    json_bad = sum(1 for b in bad.values() if b[3] == "bad_json")
+    framing_json = worker.metric("tailor_input_framing_total", samples, framing="json")
+    assert json_good <= framing_json <= json_good + json_bad, framing_json
+    so_good = sum(1 for l, e in ev.items() if e is not None) - json_good
+    so_bad = sum(1 for b in bad.values() if b[2][:2] == b"\xc3\x01")
+    framing_so = worker.metric("tailor_input_framing_total", samples, framing="single_object")
+    assert so_good <= framing_so <= so_good + so_bad, framing_so
+    assert worker.metric("tailor_input_framing_total", samples, framing="confluent") == 0
+    assert worker.status("/readyz") == 200
+    worker.stop()
+
+
+def test_extra_writer_schemas_from_the_schemas_dir(deploy, tmp_path):
+    """[schemas] dir: a producer on a newer or older compatible version of a contract schema,
+    known to Tailor by a file, is applied; one on an unknown version is dead-lettered."""
+    schemas = tmp_path / "writer-schemas"
+    schemas.mkdir()
+    newer = STOREFRONT.with_fields(add=[{"name": "experimentId", "type": ["null", "string"], "default": None}])
+    older = STOREFRONT.with_fields(drop=["deviceContext"])
+    (schemas / "storefront.experiment.avsc").write_text(json.dumps(newer.json, indent=2))
+    (schemas / "storefront.nodevice.avsc").write_text(json.dumps(older.json, indent=2))
+    unknown = STOREFRONT.with_fields(add=[{"name": "other", "type": "string", "default": ""}])
+
+    d = deploy("schemas-dir", partitions=1, schemas_dir=schemas)
+    T = d.topics
+    listed = tailor_schemas("--config", str(d.config))
+    for file_name, c in [("storefront.experiment.avsc", newer), ("storefront.nodevice.avsc", older)]:
+        e = _entry_for_file(listed, c, file_name)
+        assert e["canonical"] == c.canonical and str(e["fingerprint"]).lower() == c.fingerprint_hex, e
+    for stem, c in CONTRACTS.items():  # the contract is still there
+        _entry_for_file(listed, c, f"{stem}.avsc")
+
+    worker = d.start()
+    s = Story()
+    who = {k: identity(f"c-{k}", f"ecid-{k}", None) for k in ("new", "old", "unk")}
+    cart = lambda k, eid: storefront("addToCart", eid, s.at(), who[k], **storefront_contexts("addToCart", who[k]))  # noqa: E731
+    s.add("new", T.storefront, "c-new", newer.single_object(dict(cart("new", "n1"), experimentId="exp-7")), {})
+    old_event = cart("old", "o1")
+    del old_event["deviceContext"]
+    s.add("old", T.storefront, "c-old", older.single_object(old_event), {})
+    s.add("unk", T.storefront, "c-unk", unknown.single_object(dict(cart("unk", "u1"), other="x")), {})
+    s.send(Kafka())
+    worker.wait_caught_up(T, d.partitions)
+
+    changes, _ = decoded_outputs(read_topic(T.audience, d.partitions), AUDIENCE_CHANGE)
+    got = set(changes_by_key(changes))
+    for k in ("c-new", "c-old"):
+        assert (k, "cart-holders", "ENTERED") in got, f"{k}'s addToCart was not applied: {sorted(got)}"
+    assert not any(k[0] == "c-unk" for k in got), sorted(got)
+    letters = [decode_single_object(DEAD_LETTER, r.value) for r in read_topic(T.dead_letter, d.partitions)]
+    assert [(dl["reasonCode"], dl["sourceOffset"], dl["payload"]) for dl in letters] == [
+        ("unknown_schema", s.sent["unk"].offset, s.sent["unk"].value)], letters
+    worker.stop()
+
+
+# ---- (c) Confluent framing with a schema registry -----------------------------------------------
+
+
+class RegistryClient:
+    """What a Confluent deserializer does: the writer schema by id, over the documented API."""
+
+    def __init__(self, url, username=None, password=None):
+        self.url = url
+        self.auth = None
+        if username is not None:
+            self.auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.cache = {}
+
+    def get(self, path):
+        req = urllib.request.Request(self.url + path)
+        if self.auth:
+            req.add_header("Authorization", self.auth)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers.get_content_type() in ("application/vnd.schemaregistry.v1+json", "application/json")
+            return json.loads(r.read())
+
+    def writer(self, schema_id):
+        if schema_id not in self.cache:
+            text = self.get(f"/schemas/ids/{schema_id}")["schema"]
+            self.cache[schema_id] = fastavro.parse_schema(json.loads(text))
+        return self.cache[schema_id]
+
+
+def test_confluent_framing_with_a_schema_registry(deploy, registry):
+    reg = registry(username="tailor", password="s3cret")
+    client = RegistryClient(reg.url, "tailor", "s3cret")
+    d = deploy(
+        "confluent",
+        partitions=2,
+        registry={"url": reg.url, "username": "tailor", "password": "s3cret"},
+        output_framing="confluent",
+    )
+    T = d.topics
+    newer = STOREFRONT.with_fields(add=[{"name": "experimentId", "type": ["null", "string"], "default": None}])
+    older = STOREFRONT.with_fields(drop=["deviceContext"])
+    sf_id = reg.register(f"{T.storefront}-value", STOREFRONT.text)
+    newer_id = reg.register(f"{T.storefront}-value", newer.text)
+    older_id = reg.register(f"{T.storefront}-value", older.text)
+    pr_id = reg.register(f"{T.profile}-value", PROFILE.text)
+    assert len({sf_id, newer_id, older_id, pr_id}) == 4
+    unknown_id = 424242
+
+    worker = d.start()
+    # The output schemas are registered under <topic>-value (TopicNameStrategy) at start.
+    out_subjects = {T.audience: AUDIENCE_CHANGE, T.journeys: JOURNEY_TRIGGER, T.dead_letter: DEAD_LETTER}
+    wait_for("the output schemas registered", lambda: all(f"{t}-value" in reg.subjects() for t in out_subjects), 30)
+    out_ids = {}
+    for topic, contract in out_subjects.items():
+        latest = client.get(f"/subjects/{topic}-value/versions/latest")
+        registered = fastavro.parse_schema(json.loads(latest["schema"]))
+        assert fastavro.schema.to_parsing_canonical_form(registered) == contract.canonical, topic
+        out_ids[topic] = latest["id"]
+
+    s = Story()
+    who = {k: identity(f"c-{k}", f"ecid-{k}", f"{k}@example.com") for k in ("g", "h", "i", "k", "o", "x")}
+    cart = lambda k, eid: storefront("addToCart", eid, s.at(), who[k], **storefront_contexts("addToCart", who[k]))  # noqa: E731
+    ev_i = profile("profileRecord", "i1", s.at(), who["i"], tier="gold", email_consent="y")
+    s.add("i", T.profile, "c-i", PROFILE.confluent(pr_id, ev_i), ev_i)
+    s.send(Kafka())
+    worker.wait_caught_up(T, d.partitions)
+    ev_g, ev_h, ev_o, ev_k, ev_x = cart("g", "g1"), cart("h", "h1"), cart("o", "o1"), cart("k", "k1"), cart("x", "x1")
+    del ev_o["deviceContext"]
+    s.add("g", T.storefront, "c-g", STOREFRONT.confluent(sf_id, ev_g), ev_g)
+    s.add("h", T.storefront, "c-h", newer.confluent(newer_id, dict(ev_h, experimentId="exp-7")), ev_h)
+    s.add("o", T.storefront, "c-o", older.confluent(older_id, ev_o), ev_o)
+    s.add("k", T.storefront, "c-k", STOREFRONT.single_object(ev_k), ev_k)  # framings mix on one topic
+    s.add("x", T.storefront, "c-x", STOREFRONT.confluent(unknown_id, ev_x), None)
+    s.send(Kafka())
+    worker.wait_caught_up(T, d.partitions)
+
+    def decode(contract, topic):
+        def run(r):
+            sid = confluent_id(r.value)
+            assert sid == out_ids[topic], f"{topic}: schema id {sid}, the subject's latest is {out_ids[topic]}"
+            return read_datum(client.writer(sid), r.value[5:], contract.parsed)
+        return run
+
+    changes, _ = decoded_outputs(read_topic(T.audience, d.partitions), AUDIENCE_CHANGE, decode(AUDIENCE_CHANGE, T.audience))
+    got = changes_by_key(changes)
+    want = {("c-i", "gold", "ENTERED"): "i", ("c-i", seen_segment("profileRecord"), "ENTERED"): "i"}
+    for k in "ghok":
+        want[(f"c-{k}", "cart-holders", "ENTERED")] = k
+        want[(f"c-{k}", seen_segment("addToCart"), "ENTERED")] = k
+    assert set(got) == set(want), f"missing {sorted(set(want) - set(got))}, unexpected {sorted(set(got) - set(want))}"
+    for k, label in want.items():
+        check_event_cause(got[k][0], "eventTime", s.sent[label], s.events[label], s.events[label]["eventType"])
+
+    triggers, _ = decoded_outputs(read_topic(T.journeys, d.partitions), JOURNEY_TRIGGER, decode(JOURNEY_TRIGGER, T.journeys))
+    assert [(t["profileKey"], t["journeyId"], t["contact"]["email"]) for t in triggers] == [("c-i", "welcome-gold", "i@example.com")]
+
+    dead = read_topic(T.dead_letter, d.partitions)
+    letters = [decode(DEAD_LETTER, T.dead_letter)(r) for r in dead]
+    assert [(dl["reasonCode"], dl["sourceTopic"], dl["sourcePartition"], dl["sourceOffset"], dl["payload"], dl["key"])
+            for dl in letters] == [("unknown_schema_id", T.storefront, s.sent["x"].partition, s.sent["x"].offset,
+                                    s.sent["x"].value, b"c-x")], letters
+
+    fetched = {int(r.path.rsplit("/", 1)[1]) for r in reg.requests_for("GET", "/schemas/ids/") if r.path.rsplit("/", 1)[1].isdigit()}
+    assert {sf_id, newer_id, older_id, pr_id, unknown_id} <= fetched, f"the worker fetched ids {sorted(fetched)}"
+    samples = worker.metrics()
+    # Four good Confluent-framed messages (the unknown id's may count too) and one single-object.
+    assert 4 <= worker.metric("tailor_input_framing_total", samples, framing="confluent") <= 5
+    assert worker.metric("tailor_input_framing_total", samples, framing="single_object") == 1
+    assert worker.metric("tailor_input_framing_total", samples, framing="json") == 0
+    assert worker.metric("tailor_dead_letters_total", samples, reason="unknown_schema_id") == 1
+    worker.stop()
+
+
+# ---- (d) registry outage: wait, never dead-letter ---------------------------------------------
+
+
+def test_registry_outage_holds_the_partition_and_dead_letters_nothing(deploy, registry):
+    reg = registry()
+    d = deploy("outage", partitions=1, registry={"url": reg.url})
+    T = d.topics
+    v1 = reg.register(f"{T.storefront}-value", STOREFRONT.text)
+    worker = d.start()
+    kafka = Kafka()
+    s = Story()
+    who = {k: identity(f"c-{k}", f"ecid-{k}", None) for k in ("p", "q", "r")}
+    cart = lambda k: storefront("addToCart", f"{k}1", s.at(), who[k], **storefront_contexts("addToCart", who[k]))  # noqa: E731
+    audience = d.reader(T.audience)
+
+    def entered(records, k):
+        return any(c["profileKey"] == k and c["segmentId"] == "cart-holders"
+                   for c in decoded_outputs(records, AUDIENCE_CHANGE)[0])
+
+    ev_p = cart("p")
+    s.add("p", T.storefront, "c-p", STOREFRONT.confluent(v1, ev_p), ev_p)
+    s.send(kafka)
+    audience.read_until("P's change (schema v1 fetched)", lambda recs: entered(recs, "c-p"))
+
+    # A newer version the worker has never seen; then the registry goes away.
+    v3 = STOREFRONT.with_fields(add=[{"name": "campaign", "type": ["null", "string"], "default": None}])
+    v3_id = reg.register(f"{T.storefront}-value", v3.text)
+    reg.stop()
+    ev_q, ev_r = cart("q"), cart("r")
+    s.add("q", T.storefront, "c-q", v3.confluent(v3_id, dict(ev_q, campaign="spring")), ev_q)
+    s.add("r", T.storefront, "c-r", STOREFRONT.confluent(v1, ev_r), ev_r)  # behind Q on the partition
+    s.send(kafka)
+
+    wait_for("/readyz to answer 503 while the registry is down", lambda: worker.status("/readyz") == 503, 60,
+             on_fail=worker.log_text)
+    hold_until = time.monotonic() + 3
+    while time.monotonic() < hold_until:
+        assert topic_size(T.dead_letter, d.partitions) == 0, "dead-lettered while the registry was down"
+        recs = audience.poll()
+        assert not entered(recs, "c-q") and not entered(recs, "c-r"), "applied without its writer schema?"
+        time.sleep(0.2)
+
+    reg.start()  # same port, same schemas
+    recs = audience.read_until("Q's change after the registry is back", lambda recs: entered(recs, "c-q") and entered(recs, "c-r"), 90)
+    changes = [c for c in decoded_outputs(recs, AUDIENCE_CHANGE)[0] if c["segmentId"] == "cart-holders"]
+    order = [c["profileKey"] for c in sorted(changes, key=lambda c: c["cause"]["sourceOffset"])]
+    assert order == ["c-p", "c-q", "c-r"], order
+    q = next(c for c in changes if c["profileKey"] == "c-q")
+    check_event_cause(q, "eventTime", s.sent["q"], ev_q, "addToCart")
+    wait_for("/readyz to answer 200 again", lambda: worker.status("/readyz") == 200, 60)
+    worker.wait_caught_up(T, d.partitions)
+    assert topic_size(T.dead_letter, d.partitions) == 0, "a dead letter after the outage"
+    assert worker.metric("tailor_dead_letters_total") == 0
+    assert any(r.path == f"/schemas/ids/{v3_id}" and r.status == 200 for r in reg.requests), "v3 never fetched"
+    worker.stop()
