@@ -4,8 +4,9 @@
 #
 #   scripts/test.sh [extra cargo test args]
 #
-# Installs what it needs (the C toolchain's libclang for RocksDB's bindings, the broker, and a
-# Python virtualenv with fastavro and confluent-kafka for the foreign-client tests).
+# Installs what it needs (the C toolchain's libclang for RocksDB's bindings, the broker, and for
+# the foreign-client tests a Python virtualenv with fastavro and confluent-kafka, and Java's Avro:
+# Debian's libavro-java, with a JDK when there is none).
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/tailor/target) so repeated runs and CI reuse them.
 set -euo pipefail
 cd "$(dirname "$0")/.."

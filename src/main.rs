@@ -87,7 +87,8 @@ enum Command {
     },
     /// List every schema Tailor reads and writes, with its spec fingerprint (Parsing Canonical
     /// Form, CRC-64-AVRO). With a config naming a schema registry: check the input schemas'
-    /// compatibility with the registry's subjects and register the output schemas.
+    /// compatibility with the registry's subjects; with --register, also register the output
+    /// schemas under `<topic>-value` (the worker does it at start with output.framing = confluent).
     Schemas {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -97,6 +98,9 @@ enum Command {
         /// JSON output: name, file, canonical, fingerprint, fingerprint_legacy.
         #[arg(long)]
         json: bool,
+        /// Register the output schemas in the configured registry.
+        #[arg(long, requires = "config")]
+        register: bool,
     },
     /// Print a profile from the worker's state as JSON (read-only; the worker may be running).
     Profile {
@@ -299,7 +303,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             print_changes(&c, limit, idle.into())?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Schemas { config, file, json } => schemas(config, file, json).await,
+        Command::Schemas {
+            config,
+            file,
+            json,
+            register,
+        } => schemas(config, file, json, register).await,
         Command::Profile { config, key } => {
             let c = Config::from_file(&config)?;
             let store = tailor::store::Store::open_read_only(&c.state.path)?;
@@ -419,6 +428,7 @@ async fn schemas(
     config: Option<PathBuf>,
     file: Option<PathBuf>,
     json: bool,
+    register: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     use tailor::codec::{SchemaInfo, SCHEMA_FILES};
     let mut infos = Vec::new();
@@ -505,7 +515,7 @@ async fn schemas(
             Err(e) => anyhow::bail!("{e}"),
         }
     }
-    for (topic, record) in outputs {
+    for (topic, record) in outputs.into_iter().filter(|_| register) {
         let subject = format!("{topic}-value");
         let schema = catalog.reader_json(record).expect("built in");
         let r = reg.clone();
@@ -538,10 +548,19 @@ async fn replay(
         }
         .with_context(|| format!("opening {}", file.display()))
     };
-    // First pass: is the file in event-time order? (Events produced out of order reach the
-    // worker late, and time-based memberships come out wrong.)
+    // First pass: is the file in event-time order (as far as --limit reaches)? Events produced
+    // out of order reach the worker late, and time-based memberships come out wrong.
+    if !std::fs::metadata(file)
+        .with_context(|| format!("opening {}", file.display()))?
+        .is_file()
+    {
+        bail!(
+            "{}: not a regular file (a pipe?); replay reads the file twice, to check its time order first",
+            file.display()
+        );
+    }
     let mut check = OrderCheck::default();
-    for ev in open()? {
+    for ev in open()?.take(limit.map_or(usize::MAX, |l| l as usize)) {
         check.see(ev.time);
     }
     let mut reader = open()?;

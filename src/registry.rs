@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig, TlsProvider};
 
 use crate::config::SchemaRegistry;
 
@@ -27,6 +27,16 @@ pub enum Lookup {
 pub struct RegistryError {
     pub url: String,
     pub detail: String,
+    /// The HTTP status, when the registry answered.
+    pub status: Option<u16>,
+}
+
+impl RegistryError {
+    /// A refusal that retrying will not change (authentication, permission, a schema the
+    /// registry's compatibility rules reject, a malformed request): an operator must act.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self.status, Some(400..=499)) && !matches!(self.status, Some(404 | 408 | 429))
+    }
 }
 
 /// Content type of the registry's API.
@@ -98,10 +108,22 @@ impl Registry {
                 let pem = std::fs::read(path).map_err(|e| {
                     anyhow::anyhow!("schema_registry.ca_file {}: {e}", path.display())
                 })?;
-                let cert = Certificate::from_pem(&pem).map_err(|e| {
-                    anyhow::anyhow!("schema_registry.ca_file {}: {e}", path.display())
-                })?;
-                RootCerts::new_with_certs(&[cert])
+                // Every certificate of a bundle (intermediate and root, or several roots).
+                let mut certs = Vec::new();
+                for item in parse_pem(&pem) {
+                    match item {
+                        Ok(PemItem::Certificate(c)) => certs.push(c),
+                        Ok(_) => {}
+                        Err(e) => anyhow::bail!("schema_registry.ca_file {}: {e}", path.display()),
+                    }
+                }
+                if certs.is_empty() {
+                    anyhow::bail!(
+                        "schema_registry.ca_file {}: no PEM certificate in it",
+                        path.display()
+                    );
+                }
+                RootCerts::new_with_certs(&certs)
             }
             None => RootCerts::PlatformVerifier,
         };
@@ -138,6 +160,7 @@ impl Registry {
         RegistryError {
             url: format!("{}{path}", self.base),
             detail: detail.to_string(),
+            status: None,
         }
     }
 
@@ -182,7 +205,10 @@ impl Registry {
         let detail = serde_json::from_str::<ErrorAnswer>(body)
             .map(|e| format!("HTTP {status}, error {}: {}", e.error_code, e.message))
             .unwrap_or_else(|_| format!("HTTP {status}"));
-        self.err(path, detail)
+        RegistryError {
+            status: Some(status),
+            ..self.err(path, detail)
+        }
     }
 
     /// `GET /schemas/ids/{id}`: the writer schema of Confluent-framed messages with that id.
@@ -231,7 +257,13 @@ impl Registry {
             200 => serde_json::from_str::<CompatibilityAnswer>(&answer)
                 .map(|a| Some((a.is_compatible, a.messages)))
                 .map_err(|e| self.err(&path, format!("unexpected answer: {e}"))),
-            404 => Ok(None),
+            // Subject or version not found: nothing to be compatible with yet. Any other 404
+            // (a wrong URL or path prefix) is an error, not a healthy answer.
+            404 if serde_json::from_str::<ErrorAnswer>(&answer)
+                .is_ok_and(|e| matches!(e.error_code, 40401 | 40402)) =>
+            {
+                Ok(None)
+            }
             _ => Err(self.refused(&path, status, &answer)),
         }
     }

@@ -370,11 +370,12 @@ struct Worker {
     catalog: SchemaCatalog,
     schemas_dir: Option<std::path::PathBuf>,
     registry: Option<Arc<Registry>>,
-    /// Registry answers, sent by the look-up tasks.
-    lookups: (LookupSender, LookupReceiver),
-    /// Input partitions paused (and sought back) at a message whose schema id the registry has
-    /// not answered for yet: (topic, partition) → schema id.
-    held: HashMap<(String, i32), u32>,
+    /// Where the look-up tasks send the registry's answers (received in the main loop).
+    lookups: LookupSender,
+    /// Partition numbers held because a message needs a schema id the registry has not answered
+    /// for yet: number → schema id. All the co-partitioned topics of that number are paused
+    /// (and sought to their next message), so its stream clock and timers wait too.
+    held: HashMap<i32, u32>,
     /// Registry ids of the output schemas (audience, journeys, dead letters) when outputs are
     /// Confluent-framed.
     output_ids: Option<[u32; 3]>,
@@ -417,7 +418,10 @@ struct Worker {
 
 /// Registry answers, from the look-up tasks to the worker: (schema id, answer).
 type LookupSender = tokio::sync::mpsc::UnboundedSender<(u32, Lookup)>;
-type LookupReceiver = tokio::sync::mpsc::UnboundedReceiver<(u32, Lookup)>;
+
+/// An accepted input message: its profile key, family, event, and the portable copy of its
+/// bytes when it has one of its own (see [`crate::codec::Origin::portable`]).
+type Accepted = (String, Family, Event, Option<Vec<u8>>);
 
 /// Why a message is dead-lettered: (reason code, detail).
 type Rejection = (&'static str, String);
@@ -458,10 +462,11 @@ impl Worker {
             self.apply_internal(partition, payload.unwrap_or(&[]))?
         } else {
             match self.accept(topic, key, payload.unwrap_or(&[])) {
-                Ok((profile_key, family, ev)) => {
+                Ok((profile_key, family, ev, portable)) => {
+                    // What travels if the event is forwarded: bytes any worker can read.
                     let raw = Raw {
                         family,
-                        payload: payload.unwrap_or(&[]),
+                        payload: portable.as_deref().or(payload).unwrap_or(&[]),
                         origin: (topic, partition, offset),
                     };
                     self.route_event(partition, profile_key, ev, &raw, None)?;
@@ -472,6 +477,10 @@ impl Worker {
         };
         match result {
             Ok(()) => {}
+            // Held before it was applied (see `awaited_schema`); never bad input.
+            Err(("registry_unavailable", detail)) => {
+                bail!("{topic}/{partition} at offset {offset}: {detail} (a message reached processing before its schema was known; stopping without committing it)")
+            }
             Err((code, detail)) => {
                 self.metrics.dead_letters.with_label_values(&[code]).inc();
                 self.progress.dead += 1;
@@ -528,12 +537,14 @@ impl Worker {
         Ok(())
     }
 
+    /// Decodes and validates an input message: its profile key, family, event, and (when its
+    /// own bytes need the registry or the schemas directory) a portable copy to forward.
     fn accept(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
-    ) -> Result<(String, Family, Event), Rejection> {
+    ) -> Result<Accepted, Rejection> {
         let family = self
             .topics
             .family(topic)
@@ -552,6 +563,15 @@ impl Worker {
                 .with_label_values(&[v.as_str()])
                 .inc();
         }
+        let portable = if origin.portable() {
+            None
+        } else {
+            Some(
+                self.catalog
+                    .portable_payload(payload, &origin, &msg)
+                    .map_err(|e| ("bad_body", e.to_string()))?,
+            )
+        };
         let ev = Event::from_input(msg, self.wall).map_err(|e| (e.code(), e.to_string()))?;
         let key = match key {
             Some(k) if !k.is_empty() => {
@@ -573,7 +593,7 @@ impl Worker {
                 ))?
                 .to_owned(),
         };
-        Ok((key, family, ev))
+        Ok((key, family, ev, portable))
     }
 
     /// Brings the profile of `key` into the cache (read from the store on a miss; a default
@@ -1294,31 +1314,52 @@ impl Worker {
         codec::confluent_id(&raw.payload).filter(|id| !self.catalog.id_settled(*id))
     }
 
-    /// Holds a partition at `offset` until the registry answers for schema `id`: the message is
-    /// not applied (nor dead-lettered), the partition is paused and sought back to it, and the
-    /// look-up retries in the background. Other partitions go on.
-    fn hold(
-        &mut self,
+    /// Where a topic-partition resumes: after the last message applied, else its stored offset.
+    fn next_offset(
+        &self,
         consumer: &StreamConsumer<KafkaContext>,
         topic: &str,
         partition: i32,
-        offset: i64,
+    ) -> anyhow::Result<Offset> {
+        if let Some(next) = self.positions.get(&(topic.to_owned(), partition)) {
+            return Ok(Offset::Offset(*next));
+        }
+        Ok(self
+            .store
+            .next_offset(topic, partition)?
+            .map_or(consumer.context().start_from, Offset::Offset))
+    }
+
+    /// Holds partition number `partition` at the message `topic`/`offset` until the registry
+    /// answers for schema `id`: that message is not applied (nor dead-lettered); every assigned
+    /// topic of that number is paused and sought back to its next message, so the partition's
+    /// events and its clock wait together (events of one partition number share a clock and
+    /// timers); the look-up retries in the background. Other partitions go on.
+    fn hold(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        assigned: &[(String, i32)],
+        (topic, partition, offset): (&str, i32, i64),
         id: u32,
     ) -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        consumer
-            .pause(&tpl)
-            .with_context(|| format!("pausing {topic}/{partition}"))?;
-        consumer
-            .seek(
-                topic,
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(10),
-            )
-            .with_context(|| format!("seeking {topic}/{partition} back to {offset}"))?;
-        self.held.insert((topic.to_owned(), partition), id);
+        for (t, _) in assigned.iter().filter(|(_, p)| *p == partition) {
+            let to = if t == topic {
+                Offset::Offset(offset)
+            } else {
+                self.next_offset(consumer, t, partition)?
+            };
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(t, partition);
+            // Pause first: pausing moves the fetch position to after the last message handed
+            // out; the seek then sets it back where it must be.
+            consumer
+                .pause(&tpl)
+                .with_context(|| format!("pausing {t}/{partition}"))?;
+            consumer
+                .seek(t, partition, to, Duration::from_secs(10))
+                .with_context(|| format!("seeking {t}/{partition} back to {to:?}"))?;
+        }
+        self.held.insert(partition, id);
         self.metrics.paused_partitions.set(self.held.len() as i64);
         info!(
             topic,
@@ -1340,19 +1381,16 @@ impl Worker {
         if !self.catalog.request_id(id) {
             return;
         }
-        let tx = self.lookups.0.clone();
+        let tx = self.lookups.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Duration::from_millis(100);
             let mut failures = 0u32;
             loop {
                 let r = registry.clone();
-                let answer = tokio::task::spawn_blocking(move || r.schema_by_id(id))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|a| a.map_err(|e| e.to_string()));
+                let answer = tokio::task::spawn_blocking(move || r.schema_by_id(id)).await;
                 match answer {
-                    Ok(lookup) => {
+                    Ok(Ok(lookup)) => {
                         let result = match lookup {
                             Lookup::Found(_) => "found",
                             Lookup::NotFound => "not_found",
@@ -1364,16 +1402,28 @@ impl Worker {
                         let _ = tx.send((id, lookup));
                         return;
                     }
+                    Ok(Err(e)) => {
+                        metrics
+                            .registry_requests
+                            .with_label_values(&["error"])
+                            .inc();
+                        failures += 1;
+                        // At the first failure, then less often, and at least every 30 tries.
+                        if failures.is_power_of_two() || failures % 30 == 0 {
+                            if e.is_permanent() {
+                                error!(schema_id = id, failures, error = %e, "the schema registry refuses Tailor's requests (check schema_registry credentials and URL); its partitions stay paused");
+                            } else {
+                                warn!(schema_id = id, failures, error = %e, retry_in = ?backoff, "schema registry look-up failed; its partitions stay paused");
+                            }
+                        }
+                    }
                     Err(e) => {
                         metrics
                             .registry_requests
                             .with_label_values(&["error"])
                             .inc();
                         failures += 1;
-                        // Warn at the first failure and then less and less often.
-                        if failures.is_power_of_two() {
-                            warn!(schema_id = id, failures, error = %e, retry_in = ?backoff, "schema registry look-up failed; its partitions stay paused");
-                        }
+                        warn!(schema_id = id, error = %e, "schema registry look-up task failed; retrying");
                     }
                 }
                 tokio::time::sleep(backoff).await;
@@ -1382,28 +1432,47 @@ impl Worker {
         });
     }
 
-    /// Takes the registry's answers in and resumes the partitions they held.
-    fn take_lookups(&mut self, consumer: &StreamConsumer<KafkaContext>) -> anyhow::Result<()> {
-        while let Ok((id, lookup)) = self.lookups.1.try_recv() {
-            match &lookup {
-                Lookup::Found(json) => self.catalog.resolve_id(id, Some(json)),
-                Lookup::NotFound => self.catalog.resolve_id(id, None),
-            }
+    /// Takes a registry answer in and resumes the partitions it held.
+    fn take_lookup(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        assigned: &[(String, i32)],
+        (id, lookup): (u32, Lookup),
+    ) -> anyhow::Result<()> {
+        match &lookup {
+            Lookup::Found(json) => self.catalog.resolve_id(id, Some(json)),
+            Lookup::NotFound => self.catalog.resolve_id(id, None),
         }
-        let settled: Vec<(String, i32)> = self
+        let settled: Vec<i32> = self
             .held
             .iter()
             .filter(|(_, id)| self.catalog.id_settled(**id))
-            .map(|(tp, _)| tp.clone())
+            .map(|(p, _)| *p)
             .collect();
-        for (topic, partition) in settled {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&topic, partition);
+        for partition in settled {
+            self.release(consumer, assigned, partition)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes every assigned topic of partition number `partition`.
+    fn release(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        assigned: &[(String, i32)],
+        partition: i32,
+    ) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, _) in assigned.iter().filter(|(_, p)| *p == partition) {
+            tpl.add_partition(t, partition);
+        }
+        if tpl.count() > 0 {
             consumer
                 .resume(&tpl)
-                .with_context(|| format!("resuming {topic}/{partition}"))?;
-            info!(topic = %topic, partition, "partition resumed");
-            self.held.remove(&(topic, partition));
+                .with_context(|| format!("resuming partition {partition}"))?;
+        }
+        if self.held.remove(&partition).is_some() {
+            info!(partition, "partition resumed");
         }
         self.metrics.paused_partitions.set(self.held.len() as i64);
         Ok(())
@@ -1677,16 +1746,21 @@ impl Worker {
             std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned"));
         let mut sought = Vec::new();
         for ev in events {
-            let touched = match &ev {
-                Rebalance::Assigned(p) | Rebalance::Revoked(p) => p,
-            };
-            // A new assignment is not paused; a revoked partition is not ours to resume.
-            for tp in touched {
-                self.held.remove(tp);
-            }
-            self.metrics.paused_partitions.set(self.held.len() as i64);
             match ev {
                 Rebalance::Assigned(p) => {
+                    // librdkafka keeps an application's pause across unassign and assign: a
+                    // partition held when it was revoked would stay paused for good. Resume what
+                    // is assigned (a no-op when not paused); a message still waiting for the
+                    // registry is met again and holds its partition again.
+                    let mut tpl = TopicPartitionList::new();
+                    for (topic, partition) in &p {
+                        tpl.add_partition(topic, *partition);
+                        self.held.remove(partition);
+                    }
+                    consumer
+                        .resume(&tpl)
+                        .context("resuming newly assigned partitions")?;
+                    self.metrics.paused_partitions.set(self.held.len() as i64);
                     for (topic, partition) in &p {
                         if let Some(next) = self.store.next_offset(topic, *partition)? {
                             self.positions.insert((topic.clone(), *partition), next);
@@ -1695,6 +1769,10 @@ impl Worker {
                     assigned.extend(p)
                 }
                 Rebalance::Revoked(p) => {
+                    for (_, partition) in &p {
+                        self.held.remove(partition);
+                    }
+                    self.metrics.paused_partitions.set(self.held.len() as i64);
                     assigned.retain(|x| !p.contains(x));
                     let start_from = consumer.context().start_from;
                     sought.extend(self.rollback(consumer, assigned, start_from)?);
@@ -1983,7 +2061,7 @@ async fn schemas_and_registry(
             let s = subject.clone();
             match tokio::task::spawn_blocking(move || r.register(&s, schema)).await? {
                 Ok(id) => break id,
-                Err(e) if attempt < 8 => {
+                Err(e) if attempt < 8 && !e.is_permanent() => {
                     warn!(subject = %subject, error = %e, retry_in = ?backoff, "registering an output schema failed; retrying");
                     attempt += 1;
                     tokio::time::sleep(backoff).await;
@@ -2018,6 +2096,9 @@ pub async fn run(
             .set(*n);
     }
 
+    // Schemas and the registry first: a configuration they refuse stops the worker before it
+    // joins the group.
+    let (catalog, registry, output_ids) = schemas_and_registry(&settings).await?;
     let mut pcfg = client_config(&settings);
     pcfg.set("enable.idempotence", "true").set("acks", "all");
     for (k, v) in [
@@ -2077,13 +2158,13 @@ pub async fn run(
     });
     info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), "worker started");
 
-    let (catalog, registry, output_ids) = schemas_and_registry(&settings).await?;
+    let (lookups_tx, mut lookups) = tokio::sync::mpsc::unbounded_channel();
     let mut w = Worker {
         core: Core::new(Arc::new(settings.segments.clone())),
         catalog,
         schemas_dir: c.schemas.dir.clone(),
         registry,
-        lookups: tokio::sync::mpsc::unbounded_channel(),
+        lookups: lookups_tx,
         held: HashMap::new(),
         output_ids,
         store: store.clone(),
@@ -2164,7 +2245,9 @@ pub async fn run(
                 w.reload_schemas();
                 w.reload_definitions();
             }
-            w.take_lookups(&consumer)?;
+            // "No such id" answers are asked again after a while (a registry replica may have
+            // lagged; garbage ids must not pile up).
+            w.catalog.expire_unknown_ids(Duration::from_secs(60));
             // Time first: the partitions' clocks move and the timers due by then fire.
             w.fire_timers(&consumer, &assigned, max_messages)?;
             // Then profiles not yet evaluated under the definitions in force, a slice per batch.
@@ -2182,6 +2265,10 @@ pub async fn run(
                     biased;
                     _ = &mut shutdown => { stopping = true; break; }
                     _ = &mut deadline => break,
+                    Some(answer) = lookups.recv() => {
+                        w.take_lookup(&consumer, &assigned, answer)?;
+                        health.ready.store(!assigned.is_empty() && w.held.is_empty(), Ordering::Relaxed);
+                    }
                     r = consumer.recv() => {
                         let msg = match r {
                             Err(e) => { warn!(error = %e, "consumer error"); continue; }
@@ -2194,12 +2281,13 @@ pub async fn run(
                         if sought.iter().any(|(t, p)| t == msg.topic() && *p == msg.partition()) {
                             continue;
                         }
-                        // Messages of a held partition fetched before its pause and seek.
-                        if !w.held.is_empty() && w.held.contains_key(&(msg.topic().to_owned(), msg.partition())) {
+                        // A message of a held partition number handed out before its pause (every
+                        // topic of it was sought to its next message: it comes again).
+                        if w.held.contains_key(&msg.partition()) {
                             continue;
                         }
                         if let Some(id) = w.awaited_schema(msg.topic(), msg.payload().unwrap_or(&[])) {
-                            w.hold(&consumer, msg.topic(), msg.partition(), msg.offset(), id)?;
+                            w.hold(&consumer, &assigned, (msg.topic(), msg.partition(), msg.offset()), id)?;
                             health.ready.store(false, Ordering::Relaxed);
                             continue;
                         }

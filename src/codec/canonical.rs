@@ -91,6 +91,18 @@ fn full_name(name: &str, namespace: Option<&str>, enclosing: Option<&str>) -> St
     }
 }
 
+/// The full name a reference to a named type stands for: in the enclosing namespace if a type of
+/// that name is defined there, else the null namespace's if one is defined (as Java's
+/// `Schema.Names.get` falls back), else the enclosing namespace's.
+fn reference(name: &str, enclosing: Option<&str>, seen: &[String]) -> String {
+    let qualified = full_name(name, None, enclosing);
+    if name.contains('.') || seen.contains(&qualified) || !seen.iter().any(|s| s == name) {
+        qualified
+    } else {
+        name.to_owned()
+    }
+}
+
 fn namespace_of(full: &str) -> Option<&str> {
     full.rsplit_once('.').map(|(ns, _)| ns)
 }
@@ -133,8 +145,7 @@ fn write(
             if PRIMITIVES.contains(&s.as_str()) {
                 push_str(out, s);
             } else {
-                // A reference to a named type.
-                push_str(out, &full_name(s, None, enclosing));
+                push_str(out, &reference(s, enclosing, seen));
             }
             Ok(())
         }
@@ -185,7 +196,8 @@ fn write(
                     out.push_str("{\"name\":");
                     push_str(out, &full);
                     out.push_str(",\"type\":");
-                    push_str(out, ty);
+                    // An error is written as a record (as Java and fastavro do).
+                    push_str(out, if ty == "error" { "record" } else { ty });
                     match ty {
                         "enum" => {
                             let symbols = o
@@ -262,7 +274,7 @@ fn write(
                 }
                 // A reference written as {"type": "com.x.Name"}.
                 other => {
-                    push_str(out, &full_name(other, None, enclosing));
+                    push_str(out, &reference(other, enclosing, seen));
                     Ok(())
                 }
             }
@@ -338,6 +350,13 @@ mod tests {
                 {"name":"g","type":["null","E","b.F"]},
                 {"name":"m","type":{"type":"map","values":{"type":"array","items":"E"}}}]}"#),
             r#"{"name":"a.R","type":"record","fields":[{"name":"e","type":{"name":"a.E","type":"enum","symbols":["X","Y"]}},{"name":"f","type":{"name":"b.F","type":"fixed","size":16}},{"name":"g","type":["null","a.E","b.F"]},{"name":"m","type":{"type":"map","values":{"type":"array","items":"a.E"}}}]}"#
+        );
+        // An error is a record; a reference falls back to a type of the null namespace.
+        assert_eq!(
+            pcf(r#"{"type":"record","name":"T","fields":[{"name":"x","type":
+                {"type":"record","name":"a.R","fields":[{"name":"t","type":["null","T"]},
+                {"name":"e","type":{"type":"error","name":"E","fields":[]}}]}}]}"#),
+            r#"{"name":"T","type":"record","fields":[{"name":"x","type":{"name":"a.R","type":"record","fields":[{"name":"t","type":["null","T"]},{"name":"e","type":{"name":"a.E","type":"record","fields":[]}}]}}]}"#
         );
         // An empty namespace is the null namespace.
         assert_eq!(

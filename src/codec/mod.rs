@@ -28,6 +28,7 @@ use std::{
     collections::{HashMap, HashSet},
     io::Cursor,
     sync::{Arc, LazyLock, Mutex},
+    time::{Duration, Instant},
 };
 
 use apache_avro::{
@@ -132,12 +133,23 @@ pub enum InputMessage {
     Profile(Box<ProfileEvent>),
 }
 
-/// How a message was read: its framing and, for single-object messages, which fingerprint
-/// variant its producer computed.
+/// How a message was read: its framing, for single-object messages which fingerprint variant
+/// its producer computed, and whether its writer schema is the reader schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
     pub framing: Framing,
     pub variant: Option<Variant>,
+    /// Written with the reader schema itself (its datum is the reader's encoding).
+    pub direct: bool,
+}
+
+impl Origin {
+    /// Whether any Tailor reads this payload without the registry or the schemas directory
+    /// (single-object with a built-in reader schema): what can travel as it is through the
+    /// repartition topic to another worker.
+    pub fn portable(&self) -> bool {
+        self.framing == Framing::SingleObject && self.direct
+    }
 }
 
 /// Why a message could not be decoded. Bad input (dead-letter it and go on), except
@@ -230,11 +242,18 @@ pub struct SchemaInfo {
 }
 
 impl SchemaInfo {
+    /// Describes a schema from its JSON alone (any valid schema, also ones apache-avro cannot
+    /// parse, such as `error` types: the canonical form is Tailor's own).
     pub fn of(file: &str, json: &str) -> Result<SchemaInfo, String> {
-        let schema = Schema::parse_str(json).map_err(|e| format!("{file}: {e}"))?;
-        let canonical = canonical::canonical_form(json, Variant::Spec)?;
+        let canonical =
+            canonical::canonical_form(json, Variant::Spec).map_err(|e| format!("{file}: {e}"))?;
+        // The canonical form of a named type starts with its full name.
+        let name = serde_json::from_str::<serde_json::Value>(&canonical)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .unwrap_or_default();
         Ok(SchemaInfo {
-            name: schema.name().map(|n| n.to_string()).unwrap_or_default(),
+            name,
             file: file.to_owned(),
             fingerprint: hex(&canonical::crc64_avro(canonical.as_bytes()).to_le_bytes()),
             fingerprint_legacy: hex(&canonical::fingerprint(json, Variant::Legacy)?),
@@ -282,25 +301,31 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A registry id's writer schema (or why it cannot be used), and when a "no such id" answer came.
+type IdEntry = (Result<Arc<Writer>, DecodeError>, Option<Instant>);
+
 /// The reader schemas (compiled in) and every writer schema known, by fingerprint and by id.
 #[derive(Clone)]
 pub struct SchemaCatalog {
     by_fingerprint: HashMap<[u8; 8], (Arc<Writer>, Variant)>,
-    /// Confluent registry ids: the writer schema, or why it cannot be used.
-    by_id: HashMap<u32, Result<Arc<Writer>, DecodeError>>,
+    /// Confluent registry ids: the writer schema, or why it cannot be used (with when the
+    /// registry said it has no such id: that answer expires, see [`Self::expire_unknown_ids`]).
+    by_id: HashMap<u32, IdEntry>,
     /// Ids requested from the registry and not answered yet.
     pending: HashSet<u32>,
     registry: bool,
     readers: Arc<HashMap<String, ReaderEntry>>,
-    /// Writers added from the schemas directory (dropped by [`Self::clear_directory`]).
-    from_directory: Vec<[u8; 8]>,
+    /// Fingerprints added from each file of the schemas directory.
+    from_directory: HashMap<String, Vec<[u8; 8]>>,
 }
 
 impl SchemaCatalog {
-    /// Builds the catalog from `(path, json)` pairs: the reader schemas (one per record).
+    /// Builds the catalog from `(path, json)` pairs: files directly under `avro/` are the reader
+    /// schemas (one per record); files in sub-folders (`avro/compat/`, from Tailor 0.1) are other
+    /// writer versions, as the schemas directory's are.
     pub fn from_sources(files: &[(&str, &str)]) -> Result<SchemaCatalog, String> {
         let mut readers = HashMap::new();
-        for (path, json) in files {
+        for (path, json) in files.iter().filter(|(path, _)| !path.contains('/')) {
             let schema = intern(json).map_err(|e| format!("avro/{path}: {e}"))?;
             let name = schema
                 .name()
@@ -326,7 +351,7 @@ impl SchemaCatalog {
             pending: HashSet::new(),
             registry: false,
             readers: Arc::new(readers),
-            from_directory: Vec::new(),
+            from_directory: HashMap::new(),
         };
         for (path, json) in files {
             catalog.add_writer(&format!("avro/{path}"), json)?;
@@ -407,23 +432,47 @@ impl SchemaCatalog {
         Ok(info)
     }
 
-    /// Adds a writer schema from the schemas directory (dropped again by a reload).
+    /// Checks a writer schema as [`Self::add_writer`] would, without adding it.
+    pub fn check_writer(&self, source: &str, json: &str) -> Result<(), String> {
+        self.prepare(source, json).map(|_| ())
+    }
+
+    /// Adds (or replaces) the writer schema of a file of the schemas directory.
     pub fn add_directory_writer(&mut self, file: &str, json: &str) -> Result<SchemaInfo, String> {
         let info = self.add_writer(file, json)?;
+        let mut fps = Vec::new();
         for variant in Variant::ALL {
             let fp = canonical::fingerprint(json, variant)?;
             if !SchemaCatalog::builtin().by_fingerprint.contains_key(&fp) {
-                self.from_directory.push(fp);
+                fps.push(fp);
             }
         }
+        self.from_directory.insert(file.to_owned(), fps);
         Ok(info)
     }
 
-    /// Forgets the schemas of the directory (before it is read again).
-    pub fn clear_directory(&mut self) {
-        for fp in self.from_directory.drain(..) {
-            self.by_fingerprint.remove(&fp);
+    /// Forgets the schemas of the directory's files except those in `keep` (files whose last
+    /// good version stays in force while their new text is refused).
+    pub fn clear_directory_except(&mut self, keep: &HashSet<String>) {
+        let gone: Vec<String> = self
+            .from_directory
+            .keys()
+            .filter(|f| !keep.contains(*f))
+            .cloned()
+            .collect();
+        for file in gone {
+            for fp in self.from_directory.remove(&file).unwrap_or_default() {
+                // Another file may hold the same schema.
+                if !self.from_directory.values().any(|v| v.contains(&fp)) {
+                    self.by_fingerprint.remove(&fp);
+                }
+            }
         }
+    }
+
+    /// Forgets every schema of the directory.
+    pub fn clear_directory(&mut self) {
+        self.clear_directory_except(&HashSet::new());
     }
 
     /// Messages with Confluent framing are expected: ids not yet known are pending, not unknown.
@@ -450,13 +499,22 @@ impl SchemaCatalog {
     pub fn resolve_id(&mut self, id: u32, schema: Option<&str>) {
         self.pending.remove(&id);
         let entry = match schema {
-            None => Err(DecodeError::UnknownSchemaId(id)),
-            Some(json) => self
-                .prepare(&format!("registry id {id}"), json)
-                .map(Arc::new)
-                .map_err(|reason| DecodeError::RefusedSchemaId { id, reason }),
+            None => (Err(DecodeError::UnknownSchemaId(id)), Some(Instant::now())),
+            Some(json) => (
+                self.prepare(&format!("registry id {id}"), json)
+                    .map(Arc::new)
+                    .map_err(|reason| DecodeError::RefusedSchemaId { id, reason }),
+                None,
+            ),
         };
         self.by_id.insert(id, entry);
+    }
+
+    /// Forgets "no such id" answers older than `ttl`: an id registered since (or served late by
+    /// a registry replica) is asked again, and ids from garbage payloads do not pile up.
+    pub fn expire_unknown_ids(&mut self, ttl: Duration) {
+        self.by_id
+            .retain(|_, (_, since)| since.is_none_or(|t| t.elapsed() < ttl));
     }
 
     /// Every writer schema (for `tailor schemas` and tests): (full name, source, spec fingerprint).
@@ -505,6 +563,7 @@ impl SchemaCatalog {
                 let origin = Origin {
                     framing,
                     variant: Some(*variant),
+                    direct: writer.direct.is_some(),
                 };
                 Ok((writer, origin, HEADER_LEN))
             }
@@ -515,14 +574,15 @@ impl SchemaCatalog {
                     need: CONFLUENT_HEADER_LEN,
                 })?;
                 let writer = match self.by_id.get(&id) {
-                    Some(Ok(w)) => w,
-                    Some(Err(e)) => return Err(e.clone()),
+                    Some((Ok(w), _)) => w,
+                    Some((Err(e), _)) => return Err(e.clone()),
                     None if self.registry => return Err(DecodeError::SchemaIdPending(id)),
                     None => return Err(DecodeError::NoRegistry(id)),
                 };
                 let origin = Origin {
                     framing,
                     variant: None,
+                    direct: writer.direct.is_some(),
                 };
                 Ok((writer, origin, CONFLUENT_HEADER_LEN))
             }
@@ -541,6 +601,7 @@ impl SchemaCatalog {
             let origin = Origin {
                 framing: Framing::Json,
                 variant: None,
+                direct: false,
             };
             return Ok((value, origin));
         }
@@ -606,6 +667,39 @@ impl SchemaCatalog {
     /// As [`Self::decode_input`], without the origin.
     pub fn decode(&self, family: Family, payload: &[u8]) -> Result<InputMessage, DecodeError> {
         self.decode_input(family, payload).map(|(m, _)| m)
+    }
+
+    /// A payload any Tailor can read (see [`Origin::portable`]) for a message that is not:
+    /// a Confluent datum written with the reader schema gets the single-object header; anything
+    /// else (JSON, another writer version) is encoded again from the decoded message.
+    pub fn portable_payload(
+        &self,
+        payload: &[u8],
+        origin: &Origin,
+        msg: &InputMessage,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let name = match msg {
+            InputMessage::Storefront(_) => Family::Storefront.record_name(),
+            InputMessage::Backoffice(_) => Family::Backoffice.record_name(),
+            InputMessage::Profile(_) => Family::Profile.record_name(),
+        };
+        if origin.framing == Framing::Confluent && origin.direct {
+            let reader = self
+                .readers
+                .get(name)
+                .ok_or_else(|| EncodeError(format!("no schema {name}")))?;
+            let body = &payload[CONFLUENT_HEADER_LEN..];
+            let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+            out.extend_from_slice(&MARKER);
+            out.extend_from_slice(&reader.fingerprint);
+            out.extend_from_slice(body);
+            return Ok(out);
+        }
+        match msg {
+            InputMessage::Storefront(v) => self.encode(name, v),
+            InputMessage::Backoffice(v) => self.encode(name, v),
+            InputMessage::Profile(v) => self.encode(name, v),
+        }
     }
 
     /// Encodes `value` with the reader schema of `name`, single-object framed.
@@ -693,18 +787,38 @@ pub const JOURNEY_TRIGGER: &str = "com.tailor.output.JourneyTrigger";
 /// The output records' full names, each with the topic setting it goes to.
 pub const OUTPUTS: [&str; 3] = [AUDIENCE_CHANGE, JOURNEY_TRIGGER, DEAD_LETTER];
 
-/// Decoders for output records (tests, tools and downstream consumers written in Rust).
+/// Decoders for output records (tests, tools and downstream consumers written in Rust). Tailor
+/// writes its outputs with its own reader schemas, so a Confluent-framed output record is read
+/// with them too, whatever its id.
 pub mod decode {
     use super::*;
 
+    fn own_output<T: DeserializeOwned>(
+        name: &'static str,
+        payload: &[u8],
+    ) -> Result<T, DecodeError> {
+        let catalog = SchemaCatalog::builtin();
+        if Framing::detect(payload) == Some(Framing::Confluent)
+            && payload.len() >= CONFLUENT_HEADER_LEN
+        {
+            let reader = &catalog.readers[name];
+            let mut single = Vec::with_capacity(HEADER_LEN + payload.len());
+            single.extend_from_slice(&MARKER);
+            single.extend_from_slice(&reader.fingerprint);
+            single.extend_from_slice(&payload[CONFLUENT_HEADER_LEN..]);
+            return catalog.decode_as(name, &single);
+        }
+        catalog.decode_as(name, payload)
+    }
+
     pub fn audience_change(payload: &[u8]) -> Result<AudienceChange, DecodeError> {
-        SchemaCatalog::builtin().decode_as(AUDIENCE_CHANGE, payload)
+        own_output(AUDIENCE_CHANGE, payload)
     }
     pub fn dead_letter(payload: &[u8]) -> Result<DeadLetter, DecodeError> {
-        SchemaCatalog::builtin().decode_as(DEAD_LETTER, payload)
+        own_output(DEAD_LETTER, payload)
     }
     pub fn journey_trigger(payload: &[u8]) -> Result<JourneyTrigger, DecodeError> {
-        SchemaCatalog::builtin().decode_as(JOURNEY_TRIGGER, payload)
+        own_output(JOURNEY_TRIGGER, payload)
     }
 }
 
@@ -1028,6 +1142,81 @@ mod tests {
             c.decode(Family::Storefront, &[0, 0, 7]).unwrap_err().code(),
             "bad_framing"
         );
+    }
+
+    #[test]
+    fn messages_that_need_the_registry_or_the_directory_travel_in_a_portable_form() {
+        let ev = samples::storefront("addToCart", "e1", 1_700_000_000_000, "ecid-1");
+        let single = encode::storefront(&ev).unwrap();
+        let (newer, _) = newer_and_older();
+        let mut c = catalog();
+        c.enable_registry();
+        c.resolve_id(7, Some(storefront_json()));
+        c.resolve_id(8, Some(&newer));
+        let newer_body = SchemaCatalog::encode_with_schema(
+            &newer,
+            &Newer {
+                base: &ev,
+                experiment_id: Some("x".into()),
+            },
+        )
+        .unwrap();
+        for payload in [
+            single.clone(),
+            to_confluent(&single, 7),
+            to_confluent(&newer_body, 8),
+            serde_json::to_vec(&ev).unwrap(),
+        ] {
+            let (msg, origin) = c.decode_input(Family::Storefront, &payload).unwrap();
+            if origin.portable() {
+                assert_eq!(payload, single);
+                continue;
+            }
+            let portable = c.portable_payload(&payload, &origin, &msg).unwrap();
+            // The built-in catalog alone (no registry, no directory) reads it as the same event.
+            let (again, o) = SchemaCatalog::builtin()
+                .decode_input(Family::Storefront, &portable)
+                .unwrap();
+            assert!(o.portable());
+            assert_eq!(again, msg);
+        }
+    }
+
+    #[test]
+    fn a_registry_not_found_answer_expires() {
+        let mut c = catalog();
+        c.enable_registry();
+        assert!(c.request_id(9));
+        c.resolve_id(9, None);
+        assert!(c.id_settled(9));
+        c.expire_unknown_ids(Duration::from_secs(3600));
+        assert!(c.id_settled(9), "still fresh");
+        c.expire_unknown_ids(Duration::ZERO);
+        assert!(!c.id_settled(9), "asked again");
+        assert!(c.request_id(9));
+    }
+
+    #[test]
+    fn compat_files_compiled_in_are_writers_and_confluent_outputs_decode() {
+        let (newer, _) = newer_and_older();
+        let c = SchemaCatalog::from_sources(&[
+            ("storefront.avsc", storefront_json()),
+            ("compat/storefront-v2.avsc", &newer),
+        ])
+        .unwrap();
+        assert_eq!(c.known().len(), 2);
+        let dl = DeadLetter {
+            source_topic: "t".into(),
+            source_partition: 1,
+            source_offset: 2,
+            source_timestamp: None,
+            reason_code: "empty".into(),
+            reason: "x".into(),
+            key: None,
+            payload: vec![],
+        };
+        let framed = to_confluent(&encode::dead_letter(&dl).unwrap(), 42);
+        assert_eq!(decode::dead_letter(&framed).unwrap(), dl);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-"""Helpers of the foreign-client interop tests: Avro with fastavro, Kafka with confluent-kafka, the
-`tailor` binary as a child process, and the platform's events built as plain dicts from the field
-names in avro/*.avsc. Nothing here comes from Tailor's code: the .avsc files are the contract.
+"""Helpers of the foreign-client interop tests: Avro with fastavro (and, for canonical forms and
+fingerprints, Java's own Avro), Kafka with confluent-kafka, the `tailor` binary as a child process,
+and the platform's events built as plain dicts from the field names in avro/*.avsc. Nothing here
+comes from Tailor's code: the .avsc files are the contract.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import struct
@@ -233,6 +235,33 @@ def epoch_ms(v) -> int:
     import datetime as dt
 
     return (v - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(milliseconds=1)
+
+
+# ---- Avro: Java's own implementation, the specification's reference --------------------------
+
+
+def java_pcf(paths: Iterable) -> Dict[str, dict]:
+    """Parsing Canonical Form and CRC-64-AVRO of schema files from Java's Avro
+    (org.apache.avro.SchemaNormalization, Debian's libavro-java), through tests/foreign/java/Pcf.java
+    as run.sh compiled it (TAILOR_JAVA_PCF): by path as given, {"file", "name", "canonical",
+    "fingerprint" (the 8 bytes little-endian, as hex)}, or {"file", "error"} for a schema Java's
+    parser rejected. One JVM for all the files."""
+    cmd = os.environ.get("TAILOR_JAVA_PCF", "").strip()
+    if not cmd:
+        raise RuntimeError(
+            "TAILOR_JAVA_PCF is not set: run tests/foreign/run.sh, which installs Java's Avro "
+            "(libavro-java), compiles tests/foreign/java/Pcf.java and sets it"
+        )
+    paths = [str(p) for p in paths]
+    r = subprocess.run([*shlex.split(cmd), *paths], capture_output=True, text=True, encoding="utf-8", timeout=300)
+    out = {}
+    for line in r.stdout.splitlines():
+        e = json.loads(line)
+        out[e["file"]] = e
+    missing = [p for p in paths if p not in out]
+    if missing or r.returncode not in (0, 1):  # 1: some schema rejected, reported per file
+        raise RuntimeError(f"{cmd} exited {r.returncode} without an answer for {missing}:\n{r.stdout}\n{r.stderr}")
+    return out
 
 
 # ---- Kafka with confluent-kafka ---------------------------------------------------------------

@@ -9,6 +9,12 @@
 # install), and runs pytest on tests/foreign. TAILOR_BIN defaults to the debug build in
 # ${CARGO_TARGET_DIR:-$TAILOR_CACHE/target}; TAILOR_TEST_BROKERS is required (scripts/test.sh sets
 # it after starting its broker).
+#
+# The fingerprint tests also check Tailor against Java's own Avro (the specification's reference,
+# org.apache.avro.SchemaNormalization) from Debian's libavro-java: installed here when missing (with
+# default-jdk-headless when java/javac are), tests/foreign/java/Pcf.java compiled into
+# $TAILOR_CACHE/java-pcf (again only when the source, the jars or javac changed), and the command
+# that runs it passed to pytest as TAILOR_JAVA_PCF. Without it the tests fail, they are not skipped.
 set -euo pipefail
 # A relative TAILOR_BIN is relative to the caller's directory.
 if [ -n "${TAILOR_BIN:-}" ]; then TAILOR_BIN="$(realpath -m -- "$TAILOR_BIN")"; fi
@@ -32,17 +38,28 @@ as_root() {
   fi
 }
 
+# apt_install WHAT PACKAGE...: installs Debian packages (apt-get update first when one is not
+# known, or when installing from the current lists fails); exits with a clear message if it can't.
+apt_install() {
+  local what="$1"; shift
+  if ! command -v apt-get >/dev/null; then
+    echo "run.sh: $what is missing and there is no apt-get to install $* with; install it and run again" >&2
+    exit 1
+  fi
+  echo "run.sh: installing $*" >&2
+  local p known=1
+  for p in "$@"; do apt-cache show "$p" >/dev/null 2>&1 || known=; done
+  if [ -z "$known" ] || ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; then
+    as_root apt-get update -qq >&2 &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 ||
+      { echo "run.sh: could not install $* ($what)" >&2; exit 1; }
+  fi
+}
+
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
   # Debian and Ubuntu ship the venv module (and its ensurepip) in a separate package.
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    if command -v apt-get >/dev/null; then
-      echo "run.sh: installing python3-venv" >&2
-      as_root apt-get update -qq >&2
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
-    else
-      echo "run.sh: the python3 venv module is missing; install it and run again" >&2
-      exit 1
-    fi
+    apt_install "the python3 venv module" python3-venv
   fi
   echo "run.sh: creating virtualenv $VENV" >&2
   rm -rf "$VENV"
@@ -59,7 +76,41 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "$WANT" >"$STAMP"
 fi
 
-echo "== foreign-client interop tests (broker $TAILOR_TEST_BROKERS, binary $TAILOR_BIN)"
+# Java's Avro: the second reference for Parsing Canonical Form and CRC-64-AVRO fingerprints.
+AVRO_JARS=(avro jackson-core-asl jackson-mapper-asl slf4j-api)
+jars_present() { local j; for j in "${AVRO_JARS[@]}"; do [ -f "/usr/share/java/$j.jar" ] || return 1; done; }
+if ! command -v java >/dev/null || ! command -v javac >/dev/null; then
+  apt_install "a JDK (java and javac, for Java's Avro)" default-jdk-headless
+  command -v java >/dev/null && command -v javac >/dev/null ||
+    { echo "run.sh: default-jdk-headless is installed but java or javac is still not on PATH" >&2; exit 1; }
+fi
+jars_present || apt_install "Java's Avro (/usr/share/java/avro.jar)" libavro-java
+jars_present || { echo "run.sh: libavro-java is installed but /usr/share/java lacks one of ${AVRO_JARS[*]/%/.jar}" >&2; exit 1; }
+AVRO_CP="$(printf '/usr/share/java/%s.jar:' "${AVRO_JARS[@]}")"
+# slf4j-nop (libslf4j-java, a dependency of libavro-java) only silences slf4j's warning on stderr.
+if [ -f /usr/share/java/slf4j-nop.jar ]; then AVRO_CP+=/usr/share/java/slf4j-nop.jar:; fi
+PCF_SRC=tests/foreign/java/Pcf.java
+# One directory per (source, classpath, javac): concurrent runs and other checkouts never step on
+# each other, and nothing is recompiled while none of them changes.
+PCF_HASH="$( { cat "$PCF_SRC"; IFS=:; for j in $AVRO_CP; do stat -L -c '%n %s %Y' "$j"; done
+  realpath "$(command -v javac)"; javac -version 2>&1; } | sha256sum | cut -c1-16)"
+PCF_CLASSES="$TAILOR_CACHE/java-pcf/$PCF_HASH"
+if [ ! -f "$PCF_CLASSES/Pcf.class" ]; then
+  echo "run.sh: compiling $PCF_SRC into $PCF_CLASSES" >&2
+  mkdir -p "$TAILOR_CACHE/java-pcf"
+  PCF_TMP="$(mktemp -d "$TAILOR_CACHE/java-pcf/.build.XXXXXX")"
+  javac -encoding UTF-8 -nowarn -cp "$AVRO_CP" -d "$PCF_TMP" "$PCF_SRC" >&2 ||
+    { rm -rf "$PCF_TMP"; echo "run.sh: javac could not compile $PCF_SRC against $AVRO_CP" >&2; exit 1; }
+  chmod 755 "$PCF_TMP"
+  mv -T "$PCF_TMP" "$PCF_CLASSES" 2>/dev/null || rm -rf "$PCF_TMP"  # another run got there first
+fi
+JAVA="$(command -v java)"
+AVRO_VERSION="$("$JAVA" -cp "$AVRO_CP$PCF_CLASSES" Pcf --version)" ||
+  { echo "run.sh: $JAVA -cp $AVRO_CP$PCF_CLASSES Pcf does not run (see above)" >&2; exit 1; }
+shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }  # single-quoted, for Python's shlex.split
+export TAILOR_JAVA_PCF="$(shq "$JAVA") -cp $(shq "$AVRO_CP$PCF_CLASSES") Pcf"
+
+echo "== foreign-client interop tests (broker $TAILOR_TEST_BROKERS, binary $TAILOR_BIN, Java Avro $AVRO_VERSION)"
 # No .pytest_cache or __pycache__ left in the source tree.
 export PYTHONDONTWRITEBYTECODE=1
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/foreign "$@"

@@ -2,9 +2,11 @@
 
 Producers and consumers here are Python: fastavro (Avro, Parsing Canonical Form, CRC-64-AVRO
 fingerprints, single-object encoding) and confluent-kafka (librdkafka's Python client), with a
-Confluent-compatible schema registry stand-in (registry_standin.py). The only thing shared with
+Confluent-compatible schema registry stand-in (registry_standin.py); canonical forms and
+fingerprints are also checked against Java's own Avro (the specification's reference, through
+java/Pcf.java). The only thing shared with
 Tailor is the contract: the schemas in avro/*.avsc, the documented framings and the documented
-configuration. Run with tests/foreign/run.sh (TAILOR_TEST_BROKERS, TAILOR_BIN).
+configuration. Run with tests/foreign/run.sh (TAILOR_TEST_BROKERS, TAILOR_BIN, TAILOR_JAVA_PCF).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 
 from interop import (
     AUDIENCE_CHANGE,
+    AVRO_DIR,
     BACKOFFICE,
     BACKOFFICE_TYPES,
     CONTRACTS,
@@ -39,6 +42,7 @@ from interop import (
     decode_single_object,
     epoch_ms,
     identity,
+    java_pcf,
     now_ms,
     profile,
     read_datum,
@@ -51,7 +55,7 @@ from interop import (
     wait_for,
 )
 
-# ---- (a) fingerprints: Parsing Canonical Form and CRC-64-AVRO, Tailor vs fastavro ------------
+# ---- (a) fingerprints: Parsing Canonical Form and CRC-64-AVRO, Tailor vs fastavro and Java -----
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +167,107 @@ SPEC_SCHEMAS = {
             {"name": "flag", "type": "boolean", "default": True},
         ],
     },
+    # An error (Avro IDL's) is written as a record in the canonical form.
+    "error-type": {
+        "type": "record",
+        "name": "Failure",
+        "namespace": "org.example.err",
+        "fields": [
+            {"name": "problem", "type": {"type": "error", "name": "Problem", "doc": "An IDL error.",
+                                         "fields": [{"name": "message", "type": "string"}]}},
+            {"name": "again", "type": ["null", "Problem"], "default": None},
+        ],
+    },
+    "error-type-top-level": {"type": "error", "name": "Oops", "namespace": "org.example.err",
+                             "fields": [{"name": "code", "type": "int"}]},
+    # The same short name in two namespaces: a short reference means the enclosing namespace's.
+    "same-short-name-in-two-namespaces": {
+        "type": "record",
+        "name": "X",
+        "fields": [
+            {"name": "inner", "type": {"type": "record", "name": "Y", "namespace": "a", "fields": [
+                {"name": "ax", "type": {"type": "record", "name": "X", "fields": [{"name": "v", "type": "int"}]}},  # a.X
+                {"name": "ref", "type": "X"},  # a.X
+                {"name": "top", "type": ["null", "Y"]},  # a.Y
+            ]}},
+            {"name": "ref2", "type": ["null", "X"], "default": None},  # X
+            {"name": "ref3", "type": "a.X"},
+        ],
+    },
+    "namespace-inherited-through-three-levels": {
+        "type": "record",
+        "name": "L0",
+        "namespace": "p.q",
+        "fields": [
+            {"name": "l1", "type": {"type": "record", "name": "L1", "namespace": "r", "fields": [
+                {"name": "l2", "type": {"type": "record", "name": "L2", "fields": [  # r.L2
+                    {"name": "h", "type": {"type": "fixed", "name": "H", "size": 1024}},  # r.H
+                    {"name": "back", "type": ["null", "p.q.L0"]},
+                ]}},
+                {"name": "again", "type": "L2"},
+                {"name": "hh", "type": "r.H"},
+            ]}},
+            {"name": "l2", "type": "r.L2"},
+        ],
+    },
+    # Attributes in another order, properties the form drops (doc, aliases, order, defaults,
+    # logicalType, custom ones), primitives written as objects, non-ASCII text in docs.
+    "attribute-order-extra-properties-and-unicode-doc": {
+        "fields": [
+            {"type": {"items": {"type": "string", "avro.java.string": "String"}, "type": "array",
+                      "doc": "caf\u00e9 \u2603 \"quoted\" \\ back"}, "name": "tags", "default": []},
+            {"default": {}, "name": "m",
+             "type": {"values": {"symbols": ["A", "B"], "name": "Letter", "type": "enum", "doc": "\u00fcber"}, "type": "map"}},
+            {"name": "u", "type": [{"type": "null"}, {"type": "long", "logicalType": "timestamp-millis"},
+                                   {"size": 2, "type": "fixed", "name": "Two", "namespace": "other"}]},
+            {"name": "f", "type": "other.Two", "order": "ascending", "x-custom": {"nested": [1, 2]}},
+        ],
+        "java-class": "com.example.Thing",
+        "connect.name": "z.Thing",
+        "doc": "\u00e9t\u00e9",
+        "type": "record",
+        "namespace": "z",
+        "name": "Thing",
+        "aliases": ["Old"],
+    },
+    "top-level-union-of-named-types": [
+        "null",
+        {"type": "record", "name": "A", "namespace": "n", "fields": []},
+        {"type": "enum", "name": "E", "namespace": "n", "symbols": ["x"]},
+        {"type": "array", "items": "n.A"},
+        {"type": "map", "values": "n.E"},
+    ],
+}
+
+# Schemas Java's Avro parses and fastavro does not, so they are checked against Java only (with
+# Java's answer, checked too: the reference itself must not drift). Both rely on Java's look-up of
+# a short name: in the enclosing namespace, else in the null namespace (Schema.Names.get);
+# fastavro looks in the enclosing namespace only ("a.T", "a.S": unknown type).
+JAVA_ONLY_SCHEMAS = {
+    # A record in namespace `a` referencing a type of the null namespace, and an error inside it.
+    "null-namespace-type-referenced-from-a-namespace": (
+        {"type": "record", "name": "T", "fields": [{"name": "x", "type": {"type": "record", "name": "a.R", "fields": [
+            {"name": "t", "type": ["null", "T"]},
+            {"name": "e", "type": {"type": "error", "name": "E", "fields": []}},
+        ]}}]},
+        '{"name":"T","type":"record","fields":[{"name":"x","type":{"name":"a.R","type":"record","fields":'
+        '[{"name":"t","type":["null","T"]},{"name":"e","type":{"name":"a.E","type":"record","fields":[]}}]}}]}',
+    ),
+    # "namespace": "" is the null namespace. (No named type is defined inside S: Java 1.8.2 gives
+    # one the namespace around S, "a", where the specification says S's, the null namespace.)
+    "empty-namespace-is-the-null-namespace": (
+        {"type": "record", "name": "R", "namespace": "a", "fields": [
+            {"name": "s", "type": {"type": "record", "name": "S", "namespace": "", "fields": [
+                {"name": "n", "type": "int"},
+                {"name": "next", "type": ["null", "S"]},
+            ]}},
+            {"name": "s2", "type": "S"},
+            {"name": "self", "type": ["null", "R"], "default": None},
+        ]},
+        '{"name":"a.R","type":"record","fields":[{"name":"s","type":{"name":"S","type":"record","fields":'
+        '[{"name":"n","type":"int"},{"name":"next","type":["null","S"]}]}},{"name":"s2","type":"S"},'
+        '{"name":"self","type":["null","a.R"]}]}',
+    ),
 }
 
 
@@ -179,6 +284,58 @@ def test_spec_example_schemas_have_fastavros_canonical_form_and_fingerprint(name
     assert str(e["fingerprint"]).lower() == c.fingerprint_hex, f"tailor {e['fingerprint']}, fastavro {c.fingerprint_hex}"
     if c.name is not None:
         assert e["name"] == c.name
+
+
+# Java's Avro (org.apache.avro.SchemaNormalization) is the specification's reference: every
+# contract schema and every example above must have its canonical form and fingerprint in Tailor.
+# fastavro and Java agree on every schema both parse; JAVA_ONLY_SCHEMAS are those fastavro rejects.
+
+
+@pytest.fixture(scope="module")
+def java_reference(tmp_path_factory):
+    """Java's answer for every schema of the fingerprint tests, from one JVM: key ("avro/<stem>" or
+    the example's name) -> (the schema file, Java's entry)."""
+    dir = tmp_path_factory.mktemp("java-pcf")
+    files = {f"avro/{stem}": AVRO_DIR / f"{stem}.avsc" for stem in CONTRACTS}
+    examples = {**SPEC_SCHEMAS, **{n: s for n, (s, _) in JAVA_ONLY_SCHEMAS.items()}}
+    for name, schema in examples.items():
+        files[name] = dir / f"{name}.avsc"
+        # Raw UTF-8 here (the fastavro tests write \u escapes): both readers see the same bytes.
+        files[name].write_text(json.dumps(schema, indent=2, ensure_ascii=False), encoding="utf-8")
+    try:
+        answers = java_pcf(files.values())
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    return {k: (p, answers[str(p)]) for k, p in files.items()}
+
+
+def _assert_as_java(tailor: dict, java: dict, what: str) -> None:
+    assert "error" not in java, f"Java's Avro rejected {what}: {java['error']}"
+    assert tailor["canonical"] == java["canonical"], (
+        f"Parsing Canonical Form of {what}:\n  tailor {tailor['canonical']}\n  java   {java['canonical']}"
+    )
+    assert str(tailor["fingerprint"]).lower() == java["fingerprint"], (
+        f"CRC-64-AVRO of {what}: tailor {tailor['fingerprint']}, java {java['fingerprint']}"
+    )
+    if java["name"] is not None:
+        assert tailor["name"] == java["name"], what
+
+
+@pytest.mark.parametrize("stem", sorted(CONTRACTS))
+def test_contract_schemas_have_javas_canonical_form_and_fingerprint(stem, builtin_schemas, java_reference):
+    _, java = java_reference[f"avro/{stem}"]
+    e = _entry_for_file(builtin_schemas, CONTRACTS[stem], f"{stem}.avsc")
+    _assert_as_java(e, java, f"avro/{stem}.avsc")
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_SCHEMAS) + sorted(JAVA_ONLY_SCHEMAS))
+def test_example_schemas_have_javas_canonical_form_and_fingerprint(name, java_reference, tailor_bin):
+    path, java = java_reference[name]
+    if name in JAVA_ONLY_SCHEMAS:
+        assert java.get("canonical") == JAVA_ONLY_SCHEMAS[name][1], f"Java's Avro changed its answer: {java}"
+    entries = tailor_schemas("--file", str(path))
+    assert len(entries) == 1, entries
+    _assert_as_java(entries[0], java, f"{name} ({json.dumps(json.loads(path.read_text(encoding='utf-8')))})")
 
 
 # ---- shared by the end-to-end tests -----------------------------------------------------------
