@@ -87,7 +87,9 @@ step "The first audience changes on audience.changes"
 
 CUSTOMER=$(sed -n 's/.*profile=\([^ ]*\).*/\1/p' "$WORK/changes.txt" | head -1)
 step "The profile of shopper $CUSTOMER, looked up over HTTP (GET /profiles/{id}; loopback only)"
-curl -fs "http://127.0.0.1:$HTTP_PORT/profiles/$CUSTOMER" | python3 -m json.tool | head -60
+curl -fs "http://127.0.0.1:$HTTP_PORT/profiles/$CUSTOMER" | python3 -m json.tool > "$WORK/profile.json"
+# (Through a file: a pipe into head would end the pipeline early and, with pipefail, the demo.)
+head -60 "$WORK/profile.json"; echo "  … the whole profile: $WORK/profile.json"
 
 step "Shutting down cleanly"
 kill -TERM "$WORKER_PID"

@@ -550,7 +550,11 @@ class Worker:
         self.log = dir / f"worker-{run}.log"
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, ready_timeout: float = 90) -> "Worker":
+    def start(self, ready_timeout: float = 90, wait_ready: bool = True) -> "Worker":
+        """Starts the process and waits until /readyz answers 200 or, with `wait_ready=False` (a
+        worker that may hold its partitions from the start, e.g. while the registry is down),
+        until /healthz does."""
+        path, what = ("/readyz", "the worker to be ready") if wait_ready else ("/healthz", "the worker to be up")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [tailor_bin(), "run", "--config", str(self.config)],
@@ -562,9 +566,9 @@ class Worker:
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"tailor exited with {self.proc.returncode} before it was ready\n{self.log_text()}")
-            return self.status("/readyz") == 200
+            return self.status(path) == 200
 
-        wait_for("the worker to be ready (/readyz 200)", ready, ready_timeout, on_fail=self.log_text)
+        wait_for(f"{what} ({path} 200)", ready, ready_timeout, on_fail=self.log_text)
         return self
 
     def get(self, path: str) -> Optional[Tuple[int, str]]:

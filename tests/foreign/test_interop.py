@@ -36,15 +36,19 @@ from interop import (
     STOREFRONT,
     STOREFRONT_TYPES,
     Contract,
+    PRODUCED,
     Kafka,
+    Worker,
     backoffice,
     confluent_id,
     decode_single_object,
     epoch_ms,
+    free_port,
     identity,
     java_pcf,
     now_ms,
     profile,
+    read_all,
     read_datum,
     read_topic,
     seen_segment,
@@ -53,6 +57,7 @@ from interop import (
     tailor_schemas,
     topic_size,
     wait_for,
+    write_config,
 )
 
 # ---- (a) fingerprints: Parsing Canonical Form and CRC-64-AVRO, Tailor vs fastavro and Java -----
@@ -841,3 +846,139 @@ def test_registry_outage_holds_the_partition_and_dead_letters_nothing(deploy, re
     assert worker.metric("tailor_dead_letters_total") == 0
     assert any(r.path == f"/schemas/ids/{v3_id}" and r.status == 200 for r in reg.requests), "v3 never fetched"
     worker.stop()
+
+
+# ---- (d) registry outage across a rebalance: the held partition is resumed when assigned again --
+
+
+def kafka_partition(key: str, partitions: int) -> int:
+    """Kafka's default partitioner for a keyed record (the Java client's Utils.murmur2, as
+    librdkafka's murmur2_random): the partition a producer puts `key` in."""
+    data, m = key.encode(), 0x5BD1E995
+    h = (0x9747B28C ^ len(data)) & 0xFFFFFFFF
+    whole = len(data) - len(data) % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = data[whole:]
+    if len(tail) == 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = ((h ^ tail[0]) * m) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
+
+
+def test_a_held_partition_survives_a_rebalance(deploy, registry, tmp_path):
+    """librdkafka keeps an application's pause across a rebalance, so a partition held for the
+    registry must be resumed when it is assigned again. Worker A holds both partition numbers
+    (each has an event with a schema id the registry, down, has not answered for, and a
+    single-object event behind it); worker B joins the group, so each worker owns one partition:
+    the one A keeps was paused by A before the rebalance, the other B reads from the start. Once
+    the registry is back, every event is applied by the worker owning its partition, nothing is
+    dead-lettered, and both workers are ready with nothing paused."""
+    reg = registry()
+    d = deploy("held-rebalance", partitions=2, registry={"url": reg.url})
+    T, n = d.topics, d.partitions
+    topics_per_number = len(T.inputs) + 1  # the three inputs and the repartition topic
+    newer = STOREFRONT.with_fields(add=[{"name": "campaign", "type": ["null", "string"], "default": None}])
+    newer_id = reg.register(f"{T.storefront}-value", newer.text)  # an id no worker has asked for
+
+    a = d.start()
+    wait_for("A to be assigned every partition", lambda: a.metric("tailor_assigned_partitions") == topics_per_number * n,
+             60, on_fail=a.log_text)
+    audience = d.reader(T.audience)
+    workers = {"A": a}
+
+    # Per partition number p: Q (Confluent framing, the new id) and, behind it, R (single-object),
+    # each of its own shopper, keyed so that the producer puts it in p.
+    shoppers = {}  # label -> (key, partition)
+    for p in range(n):
+        for role in "qr":
+            key = next(k for k in (f"c-{role}{p}-{i}" for i in itertools.count()) if kafka_partition(k, n) == p)
+            shoppers[f"{role}{p}"] = (key, p)
+
+    def logs():
+        return "\n".join(f"===== worker {name} =====\n{w.log_text()}" for name, w in workers.items())
+
+    def assert_nothing_applied(when):
+        assert topic_size(T.dead_letter, n) == 0, f"dead-lettered {when}"
+        changed = {c["profileKey"] for c in decoded_outputs(audience.poll(), AUDIENCE_CHANGE)[0]}
+        early = changed & {k for k, _ in shoppers.values()}
+        assert not early, f"applied {when} (the registry is down): {sorted(early)}"
+
+    reg.stop()
+    s = Story()
+    for label, (key, p) in shoppers.items():
+        who = identity(key, f"ecid-{key}", None)
+        ev = storefront("addToCart", f"{label}-1", s.at(), who, **storefront_contexts("addToCart", who))
+        payload = newer.confluent(newer_id, dict(ev, campaign="spring")) if label[0] == "q" else STOREFRONT.single_object(ev)
+        s.add(label, T.storefront, key, payload, ev)
+    s.send(Kafka())
+    for label, (key, p) in shoppers.items():
+        assert s.sent[label].partition == p, f"{key}: the producer chose partition {s.sent[label].partition}, murmur2 says {p}"
+    assert all(s.sent[f"q{p}"].offset < s.sent[f"r{p}"].offset for p in range(n))
+
+    wait_for("A to hold both partitions (/readyz 503, tailor_paused_partitions 2)",
+             lambda: a.status("/readyz") == 503 and a.metric("tailor_paused_partitions") == n, 60, on_fail=logs)
+    assert_nothing_applied("while A holds its partitions")
+
+    # B joins the group with its own state and HTTP port: the group rebalances, one partition each.
+    b_dir = tmp_path / "worker-b"
+    b_dir.mkdir()
+    b_port = free_port()
+    b = Worker(b_dir, write_config(b_dir, T, d.segments, b_port, registry={"url": reg.url}), b_port, run=2)
+    d.workers.append(b)  # killed at the end, its log printed if the test fails
+    workers["B"] = b
+    b.start(wait_ready=False)  # B holds its partition as soon as it reads it: never ready before the registry is back
+    wait_for("the rebalance: one partition number to each worker (tailor_assigned_partitions)",
+             lambda: a.metric("tailor_assigned_partitions") == topics_per_number
+             and b.metric("tailor_assigned_partitions") == topics_per_number, 60, on_fail=logs)
+    # The partition A keeps was paused by A when it was revoked: resumed when assigned again, A
+    # meets its Q again and holds it again (without the fix it stays paused, A reads nothing and
+    # reports nothing held). B reads its partition from the start (A committed nothing there).
+    wait_for("each worker to hold its partition again (/readyz 503, tailor_paused_partitions 1)",
+             lambda: all(w.status("/readyz") == 503 and w.metric("tailor_paused_partitions") == 1 for w in (a, b)),
+             60, on_fail=logs)
+    assert_nothing_applied("after the rebalance")
+
+    reg.start()  # same port, same schemas
+    want = {}  # (key, segment, direction) -> label
+    for label, (key, _) in shoppers.items():
+        want[(key, "cart-holders", "ENTERED")] = label
+        want[(key, seen_segment("addToCart"), "ENTERED")] = label
+    audience.read_until("every held event applied once the registry is back",
+                        lambda recs: set(want) <= set(changes_by_key(decoded_outputs(recs, AUDIENCE_CHANGE)[0])), 90)
+    for name, w in workers.items():
+        wait_for(f"{name} ready with nothing paused (/readyz 200, tailor_paused_partitions 0)",
+                 lambda w=w: w.status("/readyz") == 200 and w.metric("tailor_paused_partitions") == 0, 60, on_fail=logs)
+
+    def caught_up():  # every input and repartition message committed, by one worker or the other
+        stored = {}
+        for w in (a, b):
+            for tp, v in w.stored_offsets().items():
+                stored[tp] = max(stored.get(tp, 0), v)
+        if any(stored.get(tp, 0) < end for tp, end in PRODUCED.items() if tp[0] in T.inputs):
+            return False
+        return all(stored.get((T.repartition, p), 0) >= e for p, e in read_all(T.repartition, n)[1].items())
+
+    wait_for("the workers to commit every input message", caught_up, 60, interval=0.2, on_fail=logs)
+
+    changes, _ = decoded_outputs(read_topic(T.audience, n), AUDIENCE_CHANGE)
+    got = changes_by_key(changes)
+    assert set(got) == set(want), f"missing {sorted(set(want) - set(got))}, unexpected {sorted(set(got) - set(want))}"
+    for k, label in want.items():
+        assert len(got[k]) == 1, f"{k} changed {len(got[k])} times: {got[k]}"
+        check_event_cause(got[k][0], "eventTime", s.sent[label], s.events[label], "addToCart")
+    # Each worker applied the two events of the partition it owns: A's own was held across the rebalance.
+    for name, w in workers.items():
+        assert w.metric("tailor_events_total", type="addToCart") == 2, f"{name} applied {w.metric('tailor_events_total')} events"
+        assert w.metric("tailor_dead_letters_total") == 0, f"{name} dead-lettered"
+    assert topic_size(T.dead_letter, n) == 0, "a dead letter after the rebalance"
+    assert any(r.path == f"/schemas/ids/{newer_id}" and r.status == 200 for r in reg.requests), "the new id never fetched"
+    a.stop()
+    b.stop()
