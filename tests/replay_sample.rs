@@ -98,3 +98,90 @@ fn replayed_orders_add_up_to_the_csv() {
         );
     }
 }
+
+/// A file not in event-time order (here: the sample grouped by country, as an export might be) is
+/// refused with where it goes wrong; with `--sort` it is produced in event-time order, the way
+/// Online Retail II spells its columns.
+#[test]
+fn an_unordered_file_is_refused_and_sorted_on_request() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut rdr =
+        csv::Reader::from_path(root.join("samples/uci-online-retail-sample.csv")).unwrap();
+    let mut rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    rows.sort_by(|a, b| a[7].cmp(&b[7]).then(a[4].cmp(&b[4])));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("by-country.csv");
+    let mut w = csv::Writer::from_path(&file).unwrap();
+    // Online Retail II's header: other names, price before date.
+    w.write_record([
+        "Invoice",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "Price",
+        "InvoiceDate",
+        "Customer ID",
+        "Country",
+    ])
+    .unwrap();
+    for r in &rows {
+        w.write_record([&r[0], &r[1], &r[2], &r[3], &r[5], &r[4], &r[6], &r[7]])
+            .unwrap();
+    }
+    w.flush().unwrap();
+
+    let setup = Setup::with_segments("replay-order", 1, 1000, "examples/segments.yaml");
+    let replay = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["replay", "--dataset", "uci-online-retail", "--file"])
+            .arg(&file)
+            .arg("--config")
+            .arg(&setup.config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = replay(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "an unordered file must be refused"
+    );
+    assert!(
+        err.contains("is not in event-time order") && err.contains("--sort"),
+        "{err}"
+    );
+    assert_eq!(
+        end_offsets(&setup.topics.backoffice, 1),
+        0,
+        "nothing produced when refused"
+    );
+
+    let sorted = replay(&["--sort"]);
+    assert!(
+        sorted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sorted.stderr)
+    );
+    let produced: usize = String::from_utf8_lossy(&sorted.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let records = read_topic(
+        &setup.topics.backoffice,
+        1,
+        produced,
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(records.len(), produced);
+    let times: Vec<i64> = records
+        .iter()
+        .map(|m| rdkafka::Message::timestamp(m).to_millis().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "records in event-time order"
+    );
+}
