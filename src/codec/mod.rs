@@ -1284,7 +1284,26 @@ mod tests {
             d.decode(Family::Backoffice, &good).unwrap_err().code(),
             "wrong_record"
         );
-        // Every truncation and single-byte corruption of a valid message: an error or a value, never a panic.
+        // Every truncation and single-byte corruption of a valid message, in each framing: an
+        // error or a value, never a panic.
+        let mut registry = catalog();
+        registry.enable_registry();
+        registry.resolve_id(7, Some(storefront_json()));
+        let json = serde_json::to_vec(&samples::storefront("pageView", "e", 1, "x")).unwrap();
+        for payload in [good.clone(), to_confluent(&good, 7), json] {
+            for cut in 0..payload.len() {
+                let _ = registry.decode(Family::Storefront, &payload[..cut]);
+            }
+            let mut state = 0x2545_F491_4F6C_DD1Du64;
+            for i in 0..payload.len() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let mut bad = payload.clone();
+                bad[i] = state as u8;
+                let _ = registry.decode(Family::Storefront, &bad);
+            }
+        }
         for cut in 0..good.len() {
             let _ = d.decode(Family::Storefront, &good[..cut]);
         }
