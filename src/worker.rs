@@ -25,6 +25,11 @@
 //! state). A partition revoked mid-batch has its uncommitted profiles dropped from the cache.
 //!
 //! The rebalance callback runs inside `recv()` on this same task, so the loop never races it.
+//!
+//! A Confluent-framed message whose schema id the registry has not answered for is not applied:
+//! its partition number is held (every topic of it paused and sought back to its next message)
+//! while a background task asks the registry, and resumed when the answer arrives (`hold`,
+//! `look_up`, `take_lookup`). A registry outage is a wait, never a dead letter.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -1279,8 +1284,6 @@ impl Worker {
         Ok(pending > 0)
     }
 
-    /// Reads the segments file again (SIGHUP). Invalid definitions are logged with their
-    /// line:column and the ones in force stay.
     /// Reads the schemas directory again (SIGHUP). Refused files are logged with the reason;
     /// the others, and every schema compiled in or from the registry, stay in force.
     fn reload_schemas(&mut self) {
@@ -1478,6 +1481,8 @@ impl Worker {
         Ok(())
     }
 
+    /// Reads the segments file again (SIGHUP). Invalid definitions are logged with their
+    /// line:column and the ones in force stay.
     fn reload_definitions(&mut self) {
         let path = self.segments_file.clone();
         let parsed = std::fs::read_to_string(&path)
@@ -1748,9 +1753,10 @@ impl Worker {
         for ev in events {
             match ev {
                 Rebalance::Assigned(p) => {
-                    // librdkafka keeps an application's pause across unassign and assign: a
-                    // partition held when it was revoked would stay paused for good. Resume what
-                    // is assigned (a no-op when not paused); a message still waiting for the
+                    // A partition held when it was revoked must not come back paused (whether an
+                    // application's pause survives unassign and assign depends on librdkafka's
+                    // version and the assignor), with nothing left here to resume it. Resume
+                    // what is assigned (a no-op when not paused); a message still waiting for the
                     // registry is met again and holds its partition again.
                     let mut tpl = TopicPartitionList::new();
                     for (topic, partition) in &p {
@@ -2018,8 +2024,6 @@ async fn ensure_repartition_topic(
     }
 }
 
-/// Runs the worker until `shutdown` resolves or a fatal error occurs. `reload` is raised on
-/// SIGHUP: the segments file is read again between batches.
 /// The writer schemas (built in and from the schemas directory), the registry client, and the
 /// registry ids of the output schemas when outputs are Confluent-framed (registered now).
 async fn schemas_and_registry(
@@ -2075,6 +2079,8 @@ async fn schemas_and_registry(
     Ok((catalog, registry, Some(ids)))
 }
 
+/// Runs the worker until `shutdown` resolves or a fatal error occurs. `reload` is raised on
+/// SIGHUP: the schemas directory and the segments file are read again between batches.
 pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
