@@ -406,6 +406,11 @@ struct Worker {
     segment_sizes: std::collections::BTreeMap<String, i64>,
     /// `tailor_events_total` per event type, resolved once (no label hashing per event).
     event_counters: Vec<prometheus::IntCounter>,
+    /// `tailor_input_framing_total` per [`codec::Framing`] (indexed by the enum, in `ALL` order),
+    /// resolved once likewise.
+    framing_counters: Vec<prometheus::IntCounter>,
+    /// `tailor_schema_fingerprint_variant_total` per [`codec::Variant`], resolved once likewise.
+    variant_counters: Vec<prometheus::IntCounter>,
     /// Wall clock at the start of the batch (validation of far-future event times only).
     wall: i64,
     /// Partitions of every input topic (and of the repartition topic).
@@ -558,15 +563,9 @@ impl Worker {
             .catalog
             .decode_input(family, payload)
             .map_err(|e| (e.code(), e.to_string()))?;
-        self.metrics
-            .input_framing
-            .with_label_values(&[origin.framing.as_str()])
-            .inc();
+        self.framing_counters[origin.framing as usize].inc();
         if let Some(v) = origin.variant {
-            self.metrics
-                .fingerprint_variants
-                .with_label_values(&[v.as_str()])
-                .inc();
+            self.variant_counters[v as usize].inc();
         }
         let portable = if origin.portable() {
             None
@@ -2210,6 +2209,18 @@ pub async fn run(
                     .with_label_values(&[t.family().as_str(), t.name()])
             })
             .collect(),
+        framing_counters: codec::Framing::ALL
+            .iter()
+            .map(|f| metrics.input_framing.with_label_values(&[f.as_str()]))
+            .collect(),
+        variant_counters: codec::Variant::ALL
+            .iter()
+            .map(|v| {
+                metrics
+                    .fingerprint_variants
+                    .with_label_values(&[v.as_str()])
+            })
+            .collect(),
         wall: now_ms(),
         partitions,
         current: Position {
@@ -2289,7 +2300,7 @@ pub async fn run(
                         }
                         // A message of a held partition number handed out before its pause (every
                         // topic of it was sought to its next message: it comes again).
-                        if w.held.contains_key(&msg.partition()) {
+                        if !w.held.is_empty() && w.held.contains_key(&msg.partition()) {
                             continue;
                         }
                         if let Some(id) = w.awaited_schema(msg.topic(), msg.payload().unwrap_or(&[])) {

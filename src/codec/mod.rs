@@ -221,8 +221,6 @@ impl DecodeError {
 pub struct Writer {
     /// Full name of the record.
     pub name: String,
-    /// Where it came from (`avro/storefront.avsc`, a file of the schemas directory, `registry id 7`).
-    pub source: String,
     /// Reader used when this writer schema *is* the reader schema: schema-aware serde, no `Value`.
     direct: Option<GenericDatumReader<'static>>,
     /// Reader that resolves this writer schema to its record's reader schema.
@@ -408,7 +406,6 @@ impl SchemaCatalog {
         };
         Ok(Writer {
             name,
-            source: source.to_owned(),
             direct,
             resolving,
         })
@@ -470,11 +467,6 @@ impl SchemaCatalog {
         }
     }
 
-    /// Forgets every schema of the directory.
-    pub fn clear_directory(&mut self) {
-        self.clear_directory_except(&HashSet::new());
-    }
-
     /// Messages with Confluent framing are expected: ids not yet known are pending, not unknown.
     pub fn enable_registry(&mut self) {
         self.registry = true;
@@ -483,11 +475,6 @@ impl SchemaCatalog {
     /// Marks `id` as asked of the registry. True if it was not known or asked before.
     pub fn request_id(&mut self, id: u32) -> bool {
         self.registry && !self.by_id.contains_key(&id) && self.pending.insert(id)
-    }
-
-    /// Ids asked of the registry and not answered yet.
-    pub fn pending_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.pending.iter().copied()
     }
 
     /// Whether messages with this id can be decoded (or definitely rejected) now.
@@ -684,22 +671,28 @@ impl SchemaCatalog {
             InputMessage::Profile(_) => Family::Profile.record_name(),
         };
         if origin.framing == Framing::Confluent && origin.direct {
-            let reader = self
-                .readers
-                .get(name)
-                .ok_or_else(|| EncodeError(format!("no schema {name}")))?;
-            let body = &payload[CONFLUENT_HEADER_LEN..];
-            let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-            out.extend_from_slice(&MARKER);
-            out.extend_from_slice(&reader.fingerprint);
-            out.extend_from_slice(body);
-            return Ok(out);
+            return self
+                .confluent_to_single_object(name, payload)
+                .ok_or_else(|| EncodeError(format!("no schema {name}")));
         }
         match msg {
             InputMessage::Storefront(v) => self.encode(name, v),
             InputMessage::Backoffice(v) => self.encode(name, v),
             InputMessage::Profile(v) => self.encode(name, v),
         }
+    }
+
+    /// A Confluent-framed datum written with the reader schema of `name`, with the single-object
+    /// header instead (the datum is the same bytes in both framings; the inverse of
+    /// [`to_confluent`]). None for an unknown record or a payload shorter than the header.
+    fn confluent_to_single_object(&self, name: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        let reader = self.readers.get(name)?;
+        let body = payload.get(CONFLUENT_HEADER_LEN..)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&MARKER);
+        out.extend_from_slice(&reader.fingerprint);
+        out.extend_from_slice(body);
+        Some(out)
     }
 
     /// Encodes `value` with the reader schema of `name`, single-object framed.
@@ -798,15 +791,10 @@ pub mod decode {
         payload: &[u8],
     ) -> Result<T, DecodeError> {
         let catalog = SchemaCatalog::builtin();
-        if Framing::detect(payload) == Some(Framing::Confluent)
-            && payload.len() >= CONFLUENT_HEADER_LEN
-        {
-            let reader = &catalog.readers[name];
-            let mut single = Vec::with_capacity(HEADER_LEN + payload.len());
-            single.extend_from_slice(&MARKER);
-            single.extend_from_slice(&reader.fingerprint);
-            single.extend_from_slice(&payload[CONFLUENT_HEADER_LEN..]);
-            return catalog.decode_as(name, &single);
+        if Framing::detect(payload) == Some(Framing::Confluent) {
+            if let Some(single) = catalog.confluent_to_single_object(name, payload) {
+                return catalog.decode_as(name, &single);
+            }
         }
         catalog.decode_as(name, payload)
     }
@@ -858,6 +846,17 @@ mod tests {
             catalog.known().len(),
             "each file one fingerprint"
         );
+    }
+
+    #[test]
+    fn all_lists_each_enum_in_discriminant_order() {
+        // The worker indexes its resolved metric counters by discriminant.
+        for (i, f) in Framing::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+        }
+        for (i, v) in Variant::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i);
+        }
     }
 
     #[test]
@@ -1051,7 +1050,7 @@ mod tests {
         );
 
         // A reload forgets the directory's schemas, not the built-in ones.
-        catalog.clear_directory();
+        catalog.clear_directory_except(&HashSet::new());
         assert_eq!(
             catalog
                 .decode(Family::Storefront, &bytes)
