@@ -21,7 +21,7 @@ trap 'scripts/broker.sh stop "$PORT" >/dev/null' EXIT
 export TAILOR_TEST_BROKERS="127.0.0.1:$PORT"
 
 echo "== cargo test (broker at $TAILOR_TEST_BROKERS)"
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"
 
 # Foreign clients: Python fastavro + confluent-kafka (from PyPI, in a virtualenv of their own)
 # produce to and consume from the real binary through the same broker, sharing no code with it.

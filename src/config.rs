@@ -291,6 +291,9 @@ const RESERVED_KAFKA: &[&str] = &[
     "enable.idempotence",
     "acks",
     "transactional.id",
+    // State is keyed by partition *number* across the co-partitioned topics: only the range
+    // assignor gives one member the same numbers of every topic. Tailor sets it.
+    "partition.assignment.strategy",
 ];
 
 /// The validated, ready-to-use configuration.
@@ -562,9 +565,32 @@ impl Config {
     }
 }
 
+impl Settings {
+    /// The synchronous core with the configured segments and identity limit.
+    pub fn core(&self) -> crate::audience::Core {
+        crate::audience::Core::new(std::sync::Arc::new(self.segments.clone()))
+            .with_max_identities(self.config.identity.max_identities)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: `identity.max_identities` was documented but never applied (always 32).
+    #[test]
+    fn the_core_gets_the_configured_identity_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tailor.toml");
+        std::fs::write(dir.path().join("s.yaml"), "segments: []\n").unwrap();
+        std::fs::write(
+            &file,
+            "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n[identity]\nmax_identities = 3\n[segments]\nfile = \"s.yaml\"\n",
+        )
+        .unwrap();
+        let settings = Config::from_file(&file).unwrap().validate().unwrap();
+        assert_eq!(settings.core().max_identities(), 3);
+    }
 
     #[test]
     fn every_problem_is_named_with_its_field_and_value() {
@@ -605,6 +631,26 @@ file = "missing.yaml"
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(errs.len(), 7, "{all}");
+    }
+
+    /// Regression: `partition.assignment.strategy` could be set, although state is keyed by
+    /// partition number across the co-partitioned topics (only `range` keeps them together).
+    #[test]
+    fn partition_assignment_strategy_cannot_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tailor.toml");
+        std::fs::write(dir.path().join("s.yaml"), "segments: []\n").unwrap();
+        std::fs::write(
+            &file,
+            "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n\"partition.assignment.strategy\" = \"roundrobin\"\n[segments]\nfile = \"s.yaml\"\n",
+        )
+        .unwrap();
+        let errs = Config::from_file(&file).unwrap().validate().unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("kafka.\"partition.assignment.strategy\" = \"roundrobin\""),
+            "{errs:?}"
+        );
     }
 
     #[test]

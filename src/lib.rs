@@ -46,22 +46,15 @@
 //! - [`samples`]: fully populated example events of every type, for tests, benchmarks and
 //!   producers who want to see a complete event.
 
-pub mod audience;
-pub mod clock;
-pub mod codec;
+pub use tailor_core::{
+    audience, clock, codec, event, identity, journey, profile, samples, segments, window, wire,
+};
+
 pub mod config;
-pub mod event;
 pub mod http;
-pub mod identity;
-pub mod journey;
 pub mod metrics;
-pub mod profile;
 pub mod registry;
 pub mod replay;
-pub mod samples;
 pub mod schemas;
-pub mod segments;
 pub mod store;
-pub mod window;
-pub mod wire;
 pub mod worker;

@@ -22,7 +22,7 @@ fn main() {
     // Read at run time: a build script binary may be reused from a shared target directory by
     // a checkout at another path (CI clones), and must look at this one.
     let manifest = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let root = Path::new(&manifest).join("avro");
+    let root = Path::new(&manifest).join("../avro");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     collect(&root, &mut files);

@@ -247,6 +247,91 @@ pub fn on_claim(id: &Id, local: &Local, owner: &str, owner_kind: KeyKind) -> Cla
     }
 }
 
+/// Where an event for profile key `key`, read or forwarded to partition `here`, goes: step 1 of
+/// the protocol, decided from what this partition holds (`local`, asked only when the key is at
+/// home here).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventRoute {
+    /// The key belongs to another partition: forward the event to it (keyed by `key`).
+    Forward(String),
+    /// The key is an alias here: forward the event to the owning profile.
+    ToOwner(String),
+    /// `accountDeleted` for a key nothing is held under: the shopper may be known by the event's
+    /// other identities (a profile record keyed by customer id, a profile keyed by e-mail); ask
+    /// each of them to delete.
+    DeleteElsewhere(Vec<String>),
+    /// `accountDeleted` for a profile held here.
+    Delete,
+    /// Apply the event to the profile here (creating it if new).
+    Apply,
+}
+
+pub fn route_event<E>(
+    key: &str,
+    here: i32,
+    partitions: i32,
+    ev: &Event,
+    local: impl FnOnce() -> Result<Local, E>,
+) -> Result<EventRoute, E> {
+    if partition_for(key.as_bytes(), partitions) != here {
+        return Ok(EventRoute::Forward(key.to_owned()));
+    }
+    let deletion = ev.kind == crate::event::EventType::AccountDeleted;
+    Ok(match local()? {
+        Local::Alias(owner) => EventRoute::ToOwner(owner),
+        Local::Unknown if deletion => EventRoute::DeleteElsewhere(
+            event_ids(ev)
+                .into_iter()
+                .filter(|id| id.value != key)
+                .map(|id| id.value)
+                .collect(),
+        ),
+        _ if deletion => EventRoute::Delete,
+        _ => EventRoute::Apply,
+    })
+}
+
+/// What a `Merge` addressed to an identity held here as `local` does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MergeRoute {
+    /// The survivor was itself absorbed since: the merge goes on to its owner.
+    ToOwner(String),
+    /// The profile here (new or existing) takes the absorbed profile.
+    Take,
+}
+
+pub fn on_merge(local: &Local) -> MergeRoute {
+    match local {
+        Local::Alias(owner) => MergeRoute::ToOwner(owner.clone()),
+        _ => MergeRoute::Take,
+    }
+}
+
+/// Whether a `Forget` from profile `owner` removes the alias held here as `local` (only an alias
+/// that still points at that owner: a repointed one stays).
+pub fn on_forget(local: &Local, owner: &str) -> bool {
+    matches!(local, Local::Alias(o) if o == owner)
+}
+
+/// What a `Delete` addressed to an identity held here as `local` does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteRoute {
+    /// Remove the alias and pass the deletion on to its owner.
+    Unalias(String),
+    /// Delete the profile held here.
+    Profile,
+    /// Nothing is held: nothing to do.
+    Nothing,
+}
+
+pub fn on_delete(local: &Local) -> DeleteRoute {
+    match local {
+        Local::Alias(owner) => DeleteRoute::Unalias(owner.clone()),
+        Local::Profile(_) => DeleteRoute::Profile,
+        Local::Unknown => DeleteRoute::Nothing,
+    }
+}
+
 /// Kafka's default partitioner for keyed records (murmur2 of the key bytes, as the Java client
 /// and librdkafka's `murmur2_random`): the partition the platform's producers put `key` in.
 pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
@@ -389,6 +474,83 @@ mod tests {
             customer_id: customer.map(Into::into),
         };
         Event::base("e".into(), EventType::SignIn, 1_700_000_000_000, identity)
+    }
+
+    /// The first partition (of `n`) whose own key `key` is.
+    fn home(key: &str, n: i32) -> i32 {
+        partition_for(key.as_bytes(), n)
+    }
+
+    #[test]
+    fn an_event_goes_where_its_key_lives_and_local_state_is_asked_only_there() {
+        let e = ev(Some("e1"), None, None);
+        let here = home("e1", 8);
+        let elsewhere = (here + 1) % 8;
+        let asked = std::cell::Cell::new(false);
+        let route = route_event("e1", elsewhere, 8, &e, || {
+            asked.set(true);
+            Ok::<_, ()>(Local::Unknown)
+        });
+        assert_eq!(route, Ok(EventRoute::Forward("e1".into())));
+        assert!(
+            !asked.get(),
+            "another partition's key must not be looked up here"
+        );
+        let at = |local: Local| route_event("e1", here, 8, &e, || Ok::<_, ()>(local)).unwrap();
+        assert_eq!(at(Local::Unknown), EventRoute::Apply);
+        assert_eq!(at(Local::Profile(KeyKind::Ecid)), EventRoute::Apply);
+        assert_eq!(
+            at(Local::Alias("ann@x.com".into())),
+            EventRoute::ToOwner("ann@x.com".into())
+        );
+        // A failure to read local state is passed on, not turned into a decision.
+        assert_eq!(route_event("e1", here, 8, &e, || Err("disk")), Err("disk"));
+    }
+
+    #[test]
+    fn an_account_deletion_deletes_here_or_asks_the_events_other_identities() {
+        let mut del = ev(Some("e1"), Some("ann@x.com"), Some("c-7"));
+        del.kind = EventType::AccountDeleted;
+        let here = home("c-7", 4);
+        let at = |local: Local| route_event("c-7", here, 4, &del, || Ok::<_, ()>(local)).unwrap();
+        assert_eq!(at(Local::Profile(KeyKind::Customer)), EventRoute::Delete);
+        assert_eq!(
+            at(Local::Unknown),
+            EventRoute::DeleteElsewhere(vec!["ann@x.com".into(), "e1".into()])
+        );
+        // An alias: the owner decides (the deletion is forwarded like any event).
+        assert_eq!(
+            at(Local::Alias("ann@x.com".into())),
+            EventRoute::ToOwner("ann@x.com".into())
+        );
+    }
+
+    #[test]
+    fn merges_follow_aliases_forgets_only_remove_their_own_alias_deletes_walk_to_the_owner() {
+        assert_eq!(
+            on_merge(&Local::Alias("b".into())),
+            MergeRoute::ToOwner("b".into())
+        );
+        assert_eq!(on_merge(&Local::Unknown), MergeRoute::Take);
+        assert_eq!(on_merge(&Local::Profile(KeyKind::Email)), MergeRoute::Take);
+
+        assert!(on_forget(&Local::Alias("a".into()), "a"));
+        assert!(
+            !on_forget(&Local::Alias("b".into()), "a"),
+            "repointed since"
+        );
+        assert!(!on_forget(&Local::Profile(KeyKind::Ecid), "a"));
+        assert!(!on_forget(&Local::Unknown, "a"));
+
+        assert_eq!(
+            on_delete(&Local::Alias("a".into())),
+            DeleteRoute::Unalias("a".into())
+        );
+        assert_eq!(
+            on_delete(&Local::Profile(KeyKind::Key)),
+            DeleteRoute::Profile
+        );
+        assert_eq!(on_delete(&Local::Unknown), DeleteRoute::Nothing);
     }
 
     #[test]

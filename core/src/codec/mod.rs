@@ -821,7 +821,7 @@ mod tests {
     }
 
     fn storefront_json() -> &'static str {
-        include_str!("../../avro/storefront.avsc")
+        include_str!("../../../avro/storefront.avsc")
     }
 
     #[test]

@@ -164,9 +164,11 @@ pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                         i += 1;
                         break;
                     }
-                    Some(b'\\') if bytes.get(i + 1).is_some() => {
-                        s.push(bytes[i + 1] as char);
-                        i += 2;
+                    Some(b'\\') if i + 1 < bytes.len() => {
+                        // The escaped character may be several bytes long (`'\é'`).
+                        let ch = src[i + 1..].chars().next().expect("in bounds");
+                        s.push(ch);
+                        i += 1 + ch.len_utf8();
                     }
                     Some(_) => {
                         let ch = src[i..].chars().next().expect("in bounds");
@@ -517,6 +519,24 @@ mod tests {
         };
         assert_eq!(name, "count");
         assert_eq!(args[1].kind, ExprKind::Dur(86_400_000));
+    }
+
+    /// Regression: a backslash before a multi-byte character panicked the lexer (`tailor check`
+    /// exited 101; a SIGHUP with such a file stopped the worker).
+    #[test]
+    fn lexer_escape_before_a_multibyte_character_does_not_panic() {
+        let toks = lex("city == '\\é' or x == \"\\€\\\\\"").unwrap();
+        let strings: Vec<&str> = toks
+            .iter()
+            .filter_map(|(t, _)| match t {
+                Tok::Str(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(strings, ["é", "€\\"]);
+        // A backslash as the last byte is an unterminated string, not a panic.
+        assert!(lex("a == '\\").is_err());
+        assert!(lex("'\\é").is_err());
     }
 
     macro_rules! syntax_errors {

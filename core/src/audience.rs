@@ -874,7 +874,7 @@ journeys:
     fn no_membership_flips_before_the_scheduled_time() {
         let rules = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/examples/segments.yaml"
+            "/../examples/segments.yaml"
         ))
         .unwrap();
         let set = SegmentSet::parse(&rules).unwrap();

@@ -217,13 +217,13 @@ fn every_problem_in_a_file_is_reported_not_just_the_first() {
 
 #[test]
 fn the_shipped_example_file_compiles_with_at_least_eight_segments() {
-    let set = SegmentSet::parse(include_str!("../../examples/segments.yaml")).unwrap();
+    let set = SegmentSet::parse(include_str!("../../../examples/segments.yaml")).unwrap();
     assert!(set.len() >= 8);
 }
 
 #[test]
 fn the_readme_documents_every_attribute_and_function() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../README.md");
     for (name, ..) in ATTRIBUTES {
         assert!(
             readme.contains(&format!("| `{name}` |")),
