@@ -34,9 +34,47 @@ use crate::profile::{self, Profile};
 use crate::store::Store;
 use crate::worker::ProducerLogs;
 
-/// Shared with the worker.
+/// Shared with the worker: whether it is ready, and if not, why.
 pub struct Health {
-    pub ready: AtomicBool,
+    ready: AtomicBool,
+    reason: std::sync::Mutex<String>,
+}
+
+impl Health {
+    pub fn new() -> Health {
+        Health {
+            ready: AtomicBool::new(false),
+            reason: std::sync::Mutex::new("starting".into()),
+        }
+    }
+
+    /// `Ok`: ready; `Err(why)`: not ready, for that reason (shown by `/readyz`).
+    pub fn set(&self, state: Result<(), String>) {
+        let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            Ok(()) => reason.clear(),
+            Err(why) => *reason = why,
+        }
+        self.ready.store(reason.is_empty(), Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Why the worker is not ready (empty when it is).
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new()
+    }
 }
 
 /// What the worker hands the profile endpoints once its state is open.
@@ -367,13 +405,13 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    if s.health.is_ready() {
+        (StatusCode::OK, "ready\n".into())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no partitions assigned yet, or shutting down\n",
+            format!("not ready: {}\n", s.health.reason()),
         )
     }
 }

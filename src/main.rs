@@ -175,9 +175,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let settings = load_config(&config)?;
             init_logging(&settings.config.log.format, &settings.config.log.level);
             let metrics = Arc::new(tailor::metrics::Metrics::new());
-            let health = Arc::new(tailor::http::Health {
-                ready: AtomicBool::new(false),
-            });
+            let health = Arc::new(tailor::http::Health::new());
             let token = std::env::var("TAILOR_HTTP_TOKEN")
                 .ok()
                 .or_else(|| settings.config.http.token.clone());

@@ -74,6 +74,11 @@ pub struct Metrics {
     pub paused_partitions: IntGauge,
     /// Schemas-directory reloads (SIGHUP), by result (ok, refused).
     pub schema_reloads: IntCounterVec,
+    /// Transient faults that rolled the open batch back to be retried, by what failed.
+    pub transient_faults: IntCounterVec,
+    /// Outputs larger than the producer accepts, dead-lettered instead (a last resort: outputs
+    /// are bounded at validation), by output topic.
+    pub outputs_oversized: IntCounterVec,
 }
 
 /// Registers a metric and hands it back.
@@ -147,6 +152,19 @@ impl Metrics {
         for r in ["ok", "refused"] {
             schema_reloads.with_label_values(&[r]);
         }
+        let transient_faults = counter(
+            "tailor_transient_faults_total",
+            "Transient faults (broker, schema registry) that rolled the open batch back to retry it, by what failed.",
+            &["what"],
+        );
+        for w in ["broker", "schema_registry"] {
+            transient_faults.with_label_values(&[w]);
+        }
+        let outputs_oversized = counter(
+            "tailor_outputs_oversized_total",
+            "Outputs larger than the producer accepts, dead-lettered instead, by output topic.",
+            &["topic"],
+        );
         let audience_changes = counter(
             "tailor_audience_changes_total",
             "Audience changes emitted.",
@@ -319,6 +337,8 @@ impl Metrics {
             fingerprint_variants,
             registry_requests,
             schema_reloads,
+            transient_faults,
+            outputs_oversized,
             paused_partitions: plain_gauge(
                 "tailor_paused_partitions",
                 "Input partitions held back until the schema registry answers for a schema id.",

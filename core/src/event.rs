@@ -167,6 +167,10 @@ pub enum InvalidEvent {
     MissingField(&'static str, &'static str),
     #[error("{0} is not a finite number")]
     NotFinite(&'static str),
+    #[error("{0} is {1} bytes long (at most {2})")]
+    TooLong(&'static str, usize, usize),
+    #[error("{0} has {1} items (at most {2})")]
+    TooMany(&'static str, usize, usize),
 }
 
 impl InvalidEvent {
@@ -179,9 +183,24 @@ impl InvalidEvent {
             InvalidEvent::BadTime(_) => "bad_event_time",
             InvalidEvent::MissingField(..) => "missing_field",
             InvalidEvent::NotFinite(_) => "not_finite",
+            InvalidEvent::TooLong(..) => "field_too_long",
+            InvalidEvent::TooMany(..) => "too_many_items",
         }
     }
 }
+
+/// Longest identity value, event id, order id, cart id or SKU.
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest free-text field (product name, category, brand, search phrase, profile attribute).
+pub const MAX_TEXT_BYTES: usize = 512;
+/// Longest product or image URL.
+pub const MAX_URL_BYTES: usize = 1024;
+/// Largest accepted input message value. An event travels whole through the repartition topic
+/// (with a whole profile when it causes a merge), so it must leave room below the broker's
+/// record limit (1 MB by default).
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Most product lines in one event (and in its cart).
+pub const MAX_LINES: usize = 500;
 
 /// Earliest accepted event time: 2000-01-01T00:00:00Z.
 pub const MIN_EVENT_TIME: i64 = 946_684_800_000;
@@ -286,7 +305,77 @@ impl Event {
         if !ev.value.is_finite() {
             return Err(InvalidEvent::NotFinite("event value"));
         }
+        ev.check_sizes()?;
         Ok(ev)
+    }
+
+    /// Every identity and free-text field within its cap, and at most [`MAX_LINES`] lines: what
+    /// an event brings into a profile, a journey's context or a repartition message stays far
+    /// below the broker's record size, whatever the producer sends.
+    pub fn check_sizes(&self) -> Result<(), InvalidEvent> {
+        fn cap(field: &'static str, v: Option<&str>, max: usize) -> Result<(), InvalidEvent> {
+            match v {
+                Some(s) if s.len() > max => Err(InvalidEvent::TooLong(field, s.len(), max)),
+                _ => Ok(()),
+            }
+        }
+        fn lines(what: &'static str, lines: &[Line]) -> Result<(), InvalidEvent> {
+            if lines.len() > MAX_LINES {
+                return Err(InvalidEvent::TooMany(what, lines.len(), MAX_LINES));
+            }
+            for l in lines {
+                cap("sku", Some(&l.sku), MAX_ID_BYTES)?;
+                cap("product name", l.name.as_deref(), MAX_TEXT_BYTES)?;
+                cap("category", l.category.as_deref(), MAX_TEXT_BYTES)?;
+                cap("brand", l.brand.as_deref(), MAX_TEXT_BYTES)?;
+                cap("product url", l.url.as_deref(), MAX_URL_BYTES)?;
+                cap("image url", l.image_url.as_deref(), MAX_URL_BYTES)?;
+            }
+            Ok(())
+        }
+        cap("eventId", Some(&self.id), MAX_ID_BYTES)?;
+        cap("identity.ecid", self.identity.ecid.as_deref(), MAX_ID_BYTES)?;
+        cap(
+            "identity.email",
+            self.identity.email.as_deref(),
+            MAX_ID_BYTES,
+        )?;
+        cap(
+            "identity.customerId",
+            self.identity.customer_id.as_deref(),
+            MAX_ID_BYTES,
+        )?;
+        cap("order id", self.order_id.as_deref(), MAX_ID_BYTES)?;
+        cap("device", self.device.as_deref(), MAX_TEXT_BYTES)?;
+        cap("channel", self.channel.as_deref(), MAX_TEXT_BYTES)?;
+        cap(
+            "search phrase",
+            self.search_phrase.as_deref(),
+            MAX_TEXT_BYTES,
+        )?;
+        lines("lines", &self.lines)?;
+        if let Some(cart) = &self.cart {
+            cap("cart id", cart.id.as_deref(), MAX_ID_BYTES)?;
+            lines("cart", &cart.lines)?;
+        }
+        if let Some(a) = &self.attributes {
+            for (field, v) in [
+                ("first name", &a.first_name),
+                ("last name", &a.last_name),
+                ("email", &a.email),
+                ("phone", &a.phone),
+                ("gender", &a.gender),
+                ("birth date", &a.birth_date),
+                ("country", &a.country),
+                ("city", &a.city),
+                ("loyalty tier", &a.loyalty_tier),
+                ("loyalty status", &a.loyalty_status),
+                ("customer group", &a.customer_group),
+            ] {
+                cap(field, v.as_deref(), MAX_TEXT_BYTES)?;
+            }
+        }
+        Ok(())
     }
 
     /// An event with only its id, type, time and (normalised) identities; the rest empty.

@@ -155,6 +155,11 @@ fn cart_line(l: &Line) -> CartLine {
     }
 }
 
+/// Most lines in each list of a journey's context (cart, order, products viewed): a trigger stays
+/// a bounded record however large the cart or the order. `cartValue` and `orderTotal` are
+/// always the whole amounts.
+pub const MAX_CONTEXT_LINES: usize = 25;
+
 /// What a journey needs to act: the cart, the order of the triggering event (if it is an
 /// order), the products viewed last (latest first).
 pub fn context(p: &Profile, ev: Option<&Event>) -> JourneyContext {
@@ -165,13 +170,22 @@ pub fn context(p: &Profile, ev: Option<&Event>) -> JourneyContext {
                 EventType::OrderPlaced | EventType::CompleteCheckout | EventType::OrderInvoiced
             )
     });
+    let n = MAX_CONTEXT_LINES;
     JourneyContext {
-        cart_items: p.cart.lines.iter().map(cart_line).collect(),
+        cart_items: p.cart.lines.iter().take(n).map(cart_line).collect(),
         cart_value: (!p.cart.lines.is_empty()).then(|| p.cart.value()),
         order_id: order.and_then(|e| e.order_id.clone()),
         order_total: order.map(|e| e.value),
-        order_items: order.map_or_else(Vec::new, |e| e.lines.iter().map(cart_line).collect()),
-        products_viewed: p.recent_products.iter().rev().map(cart_line).collect(),
+        order_items: order.map_or_else(Vec::new, |e| {
+            e.lines.iter().take(n).map(cart_line).collect()
+        }),
+        products_viewed: p
+            .recent_products
+            .iter()
+            .rev()
+            .take(n)
+            .map(cart_line)
+            .collect(),
     }
 }
 

@@ -635,6 +635,11 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     #[serde(with = "serde_bytes_vec")]
     pub payload: Vec<u8>,
+    /// Size of the original value; `payload` holds only its start when `payload_truncated`.
+    #[serde(default)]
+    pub payload_size: Option<i64>,
+    #[serde(default)]
+    pub payload_truncated: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

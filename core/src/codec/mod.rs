@@ -472,6 +472,11 @@ impl SchemaCatalog {
         self.registry = true;
     }
 
+    /// Whether a schema registry is configured (see [`Self::enable_registry`]).
+    pub fn registry_enabled(&self) -> bool {
+        self.registry
+    }
+
     /// Marks `id` as asked of the registry. True if it was not known or asked before.
     pub fn request_id(&mut self, id: u32) -> bool {
         self.registry && !self.by_id.contains_key(&id) && self.pending.insert(id)
@@ -971,6 +976,8 @@ mod tests {
             reason: "x".into(),
             key: Some(vec![0, 255]),
             payload: vec![1, 2, 3],
+            payload_size: Some(3),
+            payload_truncated: false,
         };
         assert_eq!(
             decode::dead_letter(&encode::dead_letter(&dl).unwrap()).unwrap(),
@@ -1213,6 +1220,8 @@ mod tests {
             reason: "x".into(),
             key: None,
             payload: vec![],
+            payload_size: Some(0),
+            payload_truncated: false,
         };
         let framed = to_confluent(&encode::dead_letter(&dl).unwrap(), 42);
         assert_eq!(decode::dead_letter(&framed).unwrap(), dl);

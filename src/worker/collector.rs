@@ -1,0 +1,396 @@
+//! The record collector: every record the worker produces (audience changes, journey triggers,
+//! dead letters, repartition messages, deletion tombstones) is queued here, kept within the size
+//! the broker accepts, handed to the producer, and its delivery awaited before the commit.
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tracing::error;
+
+use crate::codec::{self, encode};
+use crate::metrics::Metrics;
+use crate::wire::{AudienceChange, DeadLetter, JourneyTrigger};
+
+use super::error::{Error, Rejection};
+use super::kafka::{self, ProducerLogs};
+
+/// Most bytes of an input value a dead letter carries (its size and a flag say the rest).
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Most bytes of an input key a dead letter carries.
+pub const DEAD_LETTER_KEY_BYTES: usize = 512;
+/// Most bytes of a dead letter's human-readable reason.
+pub const DEAD_LETTER_DETAIL_BYTES: usize = 1024;
+/// What a record's headers, key and framing may add to its value on the wire.
+const RECORD_OVERHEAD: usize = 4 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutTopic {
+    Audience,
+    Journeys,
+    DeadLetter,
+    Repartition,
+}
+
+impl OutTopic {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One outgoing record, owned until it is handed to the producer.
+struct Outgoing {
+    topic: OutTopic,
+    key: Vec<u8>,
+    /// `None`: a tombstone.
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+    timestamp: Option<i64>,
+    /// Explicit partition (repartition messages: the target key's partition).
+    partition: Option<i32>,
+}
+
+/// Where a dead-lettered message was read.
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+pub struct Collector {
+    producer: FutureProducer<ProducerLogs>,
+    /// Topic names, indexed by [`OutTopic`].
+    topics: [String; 4],
+    /// Registry ids of the output schemas (audience, journeys, dead letters) when outputs are
+    /// Confluent-framed.
+    output_ids: Option<[u32; 3]>,
+    /// The producer's largest record.
+    max_bytes: usize,
+    queue: Vec<Outgoing>,
+    deliveries: Vec<(OutTopic, DeliveryFuture)>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The dead letter of a rejected message, bounded: at most [`DEAD_LETTER_PAYLOAD_BYTES`] of its
+/// value (with its size and a flag), [`DEAD_LETTER_KEY_BYTES`] of its key and
+/// [`DEAD_LETTER_DETAIL_BYTES`] of the reason.
+pub fn dead_letter_record(source: &Source, rejection: &Rejection) -> DeadLetter {
+    let payload = source.payload;
+    let truncated = payload.len() > DEAD_LETTER_PAYLOAD_BYTES;
+    DeadLetter {
+        source_topic: source.topic.to_owned(),
+        source_partition: source.partition,
+        source_offset: source.offset,
+        source_timestamp: source.timestamp,
+        reason_code: rejection.code.to_owned(),
+        reason: truncate_str(&rejection.detail, DEAD_LETTER_DETAIL_BYTES).to_owned(),
+        key: source
+            .key
+            .map(|k| k[..k.len().min(DEAD_LETTER_KEY_BYTES)].to_vec()),
+        payload: payload[..payload.len().min(DEAD_LETTER_PAYLOAD_BYTES)].to_vec(),
+        payload_size: Some(payload.len() as i64),
+        payload_truncated: truncated,
+    }
+}
+
+impl Collector {
+    pub fn new(
+        producer: FutureProducer<ProducerLogs>,
+        topics: [String; 4],
+        output_ids: Option<[u32; 3]>,
+        max_bytes: usize,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Collector {
+        Collector {
+            producer,
+            topics,
+            output_ids,
+            max_bytes,
+            queue: Vec::new(),
+            deliveries: Vec::new(),
+            metrics,
+        }
+    }
+
+    pub fn topic(&self, t: OutTopic) -> &str {
+        &self.topics[t.index()]
+    }
+
+    pub fn audience_change(&mut self, change: AudienceChange) {
+        let payload = encode::audience_change(&change)
+            .expect("AudienceChange matches avro/audience_change.avsc");
+        self.queue.push(Outgoing {
+            topic: OutTopic::Audience,
+            key: change.profile_key.into_bytes(),
+            payload: Some(payload),
+            headers: None,
+            timestamp: Some(change.event_time),
+            partition: None,
+        });
+    }
+
+    pub fn journey_trigger(&mut self, trigger: JourneyTrigger) {
+        let payload = encode::journey_trigger(&trigger)
+            .expect("JourneyTrigger matches avro/journey_trigger.avsc");
+        self.queue.push(Outgoing {
+            topic: OutTopic::Journeys,
+            key: trigger.profile_key.into_bytes(),
+            payload: Some(payload),
+            headers: None,
+            timestamp: Some(trigger.triggered_at),
+            partition: None,
+        });
+    }
+
+    /// A message that is bad input: its (bounded) dead letter, keyed like the original.
+    pub fn dead_letter(&mut self, source: &Source, rejection: &Rejection) {
+        let record = dead_letter_record(source, rejection);
+        let headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header {
+                key: "tailor.reason",
+                value: Some(rejection.code),
+            })
+            .insert(Header {
+                key: "tailor.detail",
+                value: Some(&record.reason),
+            })
+            .insert(Header {
+                key: "tailor.source.topic",
+                value: Some(source.topic),
+            })
+            .insert(Header {
+                key: "tailor.source.partition",
+                value: Some(&source.partition.to_string()),
+            })
+            .insert(Header {
+                key: "tailor.source.offset",
+                value: Some(&source.offset.to_string()),
+            })
+            .insert(Header {
+                key: "tailor.payload.size",
+                value: Some(&source.payload.len().to_string()),
+            });
+        let payload =
+            encode::dead_letter(&record).expect("DeadLetter matches avro/dead_letter.avsc");
+        self.queue.push(Outgoing {
+            topic: OutTopic::DeadLetter,
+            key: record.key.clone().unwrap_or_default(),
+            payload: Some(payload),
+            headers: Some(headers),
+            timestamp: None,
+            partition: None,
+        });
+    }
+
+    /// A message of the identity protocol for the owner of `key`, on `partition`.
+    pub fn internal(&mut self, key: String, partition: i32, payload: Vec<u8>) {
+        self.queue.push(Outgoing {
+            topic: OutTopic::Repartition,
+            key: key.into_bytes(),
+            payload: Some(payload),
+            headers: None,
+            timestamp: None,
+            partition: Some(partition),
+        });
+    }
+
+    /// Tombstones for a deleted profile's key on the audience and journey topics.
+    pub fn tombstones(&mut self, key: &str, at: i64) {
+        for topic in [OutTopic::Audience, OutTopic::Journeys] {
+            self.queue.push(Outgoing {
+                topic,
+                key: key.as_bytes().to_vec(),
+                payload: None,
+                headers: Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: "tailor.tombstone",
+                    value: Some("deletion"),
+                })),
+                timestamp: Some(at),
+                partition: None,
+            });
+        }
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Hands queued records to the producer, waiting while its queue is full. A record the
+    /// producer would refuse as too large cannot be produced by any retry: it is replaced by a
+    /// dead letter that says so (the bounds at validation make this a last resort).
+    pub async fn send(&mut self) -> Result<(), Error> {
+        let queue = std::mem::take(&mut self.queue);
+        for mut out in queue {
+            let reframed = match (self.output_ids, &out.payload, out.topic) {
+                (Some(ids), Some(p), OutTopic::Audience) => Some(codec::to_confluent(p, ids[0])),
+                (Some(ids), Some(p), OutTopic::Journeys) => Some(codec::to_confluent(p, ids[1])),
+                (Some(ids), Some(p), OutTopic::DeadLetter) => Some(codec::to_confluent(p, ids[2])),
+                _ => None,
+            };
+            if let Some(p) = reframed {
+                out.payload = Some(p);
+            }
+            let size = out.key.len() + out.payload.as_ref().map_or(0, Vec::len);
+            if size + RECORD_OVERHEAD > self.max_bytes {
+                out = self.oversized(out, size);
+            }
+            let topic = self.topics[out.topic.index()].clone();
+            let mut record = FutureRecord::<[u8], [u8]>::to(&topic).key(&out.key[..]);
+            if let Some(p) = &out.payload {
+                record = record.payload(&p[..]);
+            }
+            if let Some(h) = out.headers {
+                record = record.headers(h);
+            }
+            if let Some(p) = out.partition {
+                record = record.partition(p);
+            }
+            if let Some(ts) = out.timestamp {
+                record = record.timestamp(ts);
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        self.deliveries.push((out.topic, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => return Err(kafka::delivery_error(&topic, &e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The dead letter standing for an output too large to produce.
+    fn oversized(&mut self, out: Outgoing, size: usize) -> Outgoing {
+        let topic = self.topics[out.topic.index()].clone();
+        self.metrics
+            .outputs_oversized
+            .with_label_values(&[&topic])
+            .inc();
+        error!(
+            topic,
+            bytes = size,
+            max = self.max_bytes,
+            "an output is larger than the producer accepts; it is dead-lettered instead"
+        );
+        let payload = out.payload.unwrap_or_default();
+        let rejection = Rejection::new(
+            "output_too_large",
+            format!(
+                "a record for {topic} of {size} bytes exceeds message.max.bytes ({})",
+                self.max_bytes
+            ),
+        );
+        let source = Source {
+            topic: &topic,
+            partition: out.partition.unwrap_or(-1),
+            offset: -1,
+            timestamp: out.timestamp,
+            key: Some(&out.key),
+            payload: &payload,
+        };
+        let record = dead_letter_record(&source, &rejection);
+        Outgoing {
+            topic: OutTopic::DeadLetter,
+            key: record.key.clone().unwrap_or_default(),
+            payload: Some(
+                encode::dead_letter(&record).expect("DeadLetter matches avro/dead_letter.avsc"),
+            ),
+            headers: None,
+            timestamp: None,
+            partition: None,
+        }
+    }
+
+    /// Deliveries not yet awaited.
+    pub fn take_deliveries(&mut self) -> Vec<(OutTopic, DeliveryFuture)> {
+        std::mem::take(&mut self.deliveries)
+    }
+
+    /// Forgets queued records and unawaited deliveries (the batch is rolled back: its messages
+    /// are processed again and their outputs sent again, with the same ids).
+    pub fn discard(&mut self) {
+        self.queue.clear();
+        self.deliveries.clear();
+    }
+
+    pub fn producer(&self) -> &FutureProducer<ProducerLogs> {
+        &self.producer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::decode;
+
+    /// Regression: a 1,040,000-byte garbage message produced a dead letter larger than the broker
+    /// accepts, so the worker stopped at it after every restart.
+    #[test]
+    fn dead_letters_are_bounded_and_say_what_was_cut() {
+        let payload = vec![0xAB; 1_040_000];
+        let key = vec![b'k'; 600_000];
+        let detail = "é".repeat(5_000);
+        let source = Source {
+            topic: "storefront",
+            partition: 3,
+            offset: 42,
+            timestamp: Some(1),
+            key: Some(&key),
+            payload: &payload,
+        };
+        let dl = dead_letter_record(&source, &Rejection::new("bad_framing", detail));
+        let bytes = encode::dead_letter(&dl).unwrap();
+        assert!(
+            bytes.len() < DEAD_LETTER_PAYLOAD_BYTES + 4 * 1024,
+            "{}",
+            bytes.len()
+        );
+        let back = decode::dead_letter(&bytes).unwrap();
+        assert_eq!(back.payload, payload[..DEAD_LETTER_PAYLOAD_BYTES]);
+        assert_eq!(back.payload_size, Some(1_040_000));
+        assert!(back.payload_truncated);
+        assert_eq!(back.key.unwrap().len(), DEAD_LETTER_KEY_BYTES);
+        assert!(back.reason.len() <= DEAD_LETTER_DETAIL_BYTES);
+        assert!(back.reason.chars().all(|c| c == 'é'));
+
+        let small = Source {
+            payload: b"{}",
+            key: None,
+            ..source
+        };
+        let dl = dead_letter_record(&small, &Rejection::new("bad_json", "x"));
+        assert_eq!(
+            (dl.payload.as_slice(), dl.payload_size, dl.payload_truncated),
+            (&b"{}"[..], Some(2), false)
+        );
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_str("aé", 2), "a");
+        assert_eq!(truncate_str("aé", 3), "aé");
+        assert_eq!(truncate_str("", 0), "");
+    }
+}

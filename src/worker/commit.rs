@@ -1,0 +1,144 @@
+//! The commit protocol, in one place: **deliver** (every output of the batch acknowledged by the
+//! brokers), then **commit** (each task's part in one atomic RocksDB write batch, fsynced by
+//! default), then **store offsets** in the group (for lag monitoring only). An offset is stored
+//! only after the state and the outputs of its message are durable.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tracing::{debug, info, warn};
+
+use crate::store::Commit;
+
+use super::error::Error;
+use super::kafka::{self, KafkaContext};
+use super::Worker;
+
+/// How long a stopping worker waits for the open batch's deliveries before it stops without
+/// committing them (the batch is processed again after the restart).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// After this long waiting for deliveries, `/readyz` says so.
+const SLOW_DELIVERY: Duration = Duration::from_secs(5);
+
+impl Worker {
+    /// Waits for the batch's outputs, then commits its state and offsets atomically. Returns
+    /// without committing when a stop is requested and the deliveries do not complete within
+    /// [`STOP_GRACE`].
+    pub(super) async fn flush(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let started = self.batch_started.take().unwrap_or_else(Instant::now);
+        let t_deliver = Instant::now();
+        if !self.await_deliveries(stop).await? {
+            return Ok(());
+        }
+        self.metrics
+            .phase_seconds
+            .with_label_values(&["deliver"])
+            .observe(t_deliver.elapsed().as_secs_f64());
+
+        let t_commit = Instant::now();
+        let mut commit = Commit::default();
+        let mut messages = 0;
+        for task in self.tasks.values_mut() {
+            messages += task.messages;
+            task.write_into(&mut commit);
+        }
+        commit.meta.append(&mut self.meta);
+        let store = self.store.clone();
+        tokio::task::block_in_place(|| store.commit(&commit))?;
+        self.metrics
+            .phase_seconds
+            .with_label_values(&["commit"])
+            .observe(t_commit.elapsed().as_secs_f64());
+
+        for (_, segment, delta) in &commit.segment_deltas {
+            let n = self.segment_sizes.entry(segment.clone()).or_default();
+            *n += delta;
+            self.metrics
+                .segment_members
+                .with_label_values(&[segment])
+                .set(*n);
+        }
+        for (topic, partition, next) in &commit.offsets {
+            self.metrics
+                .stored_offset
+                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                .set(*next);
+            // For lag monitoring only; store_offset stores offset + 1 itself.
+            if let Err(e) = consumer.store_offset(topic, *partition, next - 1) {
+                debug!(topic, partition, error = %e, "could not store the offset in the group (partition moved?)");
+            }
+        }
+        self.metrics.batch_messages.observe(messages as f64);
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .profiles_cached
+            .set(self.tasks.values().map(|t| t.profiles.len() as i64).sum());
+        // Progress: a fault that rolled batches back is over.
+        if self.fault.take().is_some() {
+            info!("batch committed again after a transient fault");
+            self.publish_readiness();
+        }
+        self.backoff = Duration::from_secs(1);
+        Ok(())
+    }
+
+    /// Awaits every delivery of the batch. `Ok(false)`: a stop was requested and they did not
+    /// complete within the grace period (nothing may be committed). A failed delivery is a
+    /// transient or a fatal error by its code ([`kafka::delivery_error`]).
+    async fn await_deliveries(
+        &mut self,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, Error> {
+        let deliveries = self.out.take_deliveries();
+        let total = deliveries.len();
+        let started = Instant::now();
+        let mut stop_at = self.stopping.then(|| Instant::now() + STOP_GRACE);
+        let mut reported = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for (done, (topic, mut delivery)) in deliveries.into_iter().enumerate() {
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut delivery => {
+                        match r {
+                            Ok(Ok(_)) => {}
+                            Ok(Err((e, _))) => {
+                                return Err(kafka::delivery_error(self.out.topic(topic), &e));
+                            }
+                            Err(_) => {
+                                return Err(Error::fatal("the producer closed while outputs were in flight"));
+                            }
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        if !reported && started.elapsed() >= SLOW_DELIVERY {
+                            reported = true;
+                            warn!(waiting = total - done, of = total, "outputs not yet acknowledged by the broker; the batch is not committed until they are");
+                            self.fault = Some(format!(
+                                "broker: waiting for {} of {total} outputs to be acknowledged",
+                                total - done
+                            ));
+                            self.publish_readiness();
+                        }
+                        if stop_at.is_some_and(|t| Instant::now() >= t) {
+                            warn!(waiting = total - done, "stopping without committing the open batch: its outputs are not acknowledged (it is processed again after the restart)");
+                            return Ok(false);
+                        }
+                    }
+                    _ = stop.wait_for(|s| *s), if stop_at.is_none() => {
+                        self.stopping = true;
+                        stop_at = Some(Instant::now() + STOP_GRACE);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,413 @@
+//! The Kafka side of the shell: client configuration, librdkafka's callbacks (logs, statistics,
+//! rebalances), topic checks at start, and how consumer and producer errors are classed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+use super::error::Error;
+
+/// What the rebalance callback saw, applied by the loop after `recv()` returns.
+pub enum Rebalance {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// librdkafka callbacks: logs, statistics (lag), and assignment from the offsets in RocksDB.
+pub struct KafkaContext {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub start_from: Offset,
+    pub rebalances: Mutex<Vec<Rebalance>>,
+}
+
+/// At most one line per librdkafka facility and level every this long; the rest are counted and
+/// reported with the next line. With the broker down librdkafka reports every reconnect attempt.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// (facility, level) → (last line logged, lines held back since).
+type LogLines = HashMap<(String, u8), (Instant, u64)>;
+
+static LOG_LIMITER: Mutex<Option<LogLines>> = Mutex::new(None);
+
+/// Whether a line of this facility may be logged now, and how many were held back since.
+fn may_log(fac: &str, level: u8) -> Option<u64> {
+    let mut guard = LOG_LIMITER.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    match map.get_mut(&(fac.to_owned(), level)) {
+        Some((last, held)) if now.duration_since(*last) < LOG_EVERY => {
+            *held += 1;
+            None
+        }
+        Some((last, held)) => {
+            *last = now;
+            Some(std::mem::take(held))
+        }
+        None => {
+            map.insert((fac.to_owned(), level), (now, 0));
+            Some(0)
+        }
+    }
+}
+
+/// Routes librdkafka's log lines into `tracing`. librdkafka retries what it reports as errors
+/// (a broker down, a connection refused): those are warnings here, rate-limited per facility.
+/// ERROR is kept for the worker's own decision to stop.
+pub fn forward_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    // The [kafka] table goes to the consumer and the producer alike; each warns about the
+    // other's properties. That is expected, not a problem to report.
+    let level = if fac == "CONFWARN" {
+        RDKafkaLogLevel::Debug
+    } else {
+        level
+    };
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => {
+            if let Some(held) = may_log(fac, level as u8) {
+                if held > 0 {
+                    warn!(
+                        facility = fac,
+                        similar_lines_held_back = held,
+                        "librdkafka: {message}"
+                    );
+                } else {
+                    warn!(facility = fac, "librdkafka: {message}");
+                }
+            }
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(facility = fac, "librdkafka: {message}")
+        }
+        RDKafkaLogLevel::Debug => debug!(facility = fac, "librdkafka: {message}"),
+    }
+}
+
+/// Producer callbacks: logs only.
+pub struct ProducerLogs;
+
+impl ClientContext for ProducerLogs {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .partition_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+pub fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for KafkaContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts = partitions(tpl);
+                for (topic, partition) in &parts {
+                    // RocksDB holds the truth: resume exactly after the last committed batch.
+                    let offset = match self.store.next_offset(topic, *partition) {
+                        Ok(Some(next)) => {
+                            self.metrics
+                                .stored_offset
+                                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                                .set(next);
+                            Offset::Offset(next)
+                        }
+                        Ok(None) => self.start_from,
+                        Err(e) => {
+                            error!(topic, partition, error = %e, "cannot read the stored offset; starting from the configured position");
+                            self.start_from
+                        }
+                    };
+                    info!(topic, partition, ?offset, "partition assigned");
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                        error!(topic, partition, error = %e, "cannot set the start offset");
+                    }
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    error!(error = %e, "assigning partitions failed");
+                }
+                self.rebalances
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Rebalance::Assigned(parts));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts = partitions(tpl);
+                info!(count = parts.len(), "partitions revoked");
+                self.rebalances
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Rebalance::Revoked(parts));
+                if let Err(e) = consumer.unassign() {
+                    error!(error = %e, "unassigning partitions failed");
+                }
+            }
+            other => {
+                warn!(error = ?other, "rebalance failed; dropping the assignment");
+                self.rebalances
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Rebalance::Revoked(partitions(tpl)));
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+pub fn client_config(settings: &Settings) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in &settings.config.kafka {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// How long the producer tries to deliver an output before the batch is rolled back and
+/// retried (librdkafka's default is 5 minutes, during which nothing else would happen).
+pub const DELIVERY_TIMEOUT_MS: &str = "60000";
+
+/// The producer's largest record (librdkafka's `message.max.bytes`): outputs are kept below it.
+pub fn producer_max_bytes(settings: &Settings) -> usize {
+    settings
+        .config
+        .kafka
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// What a consumer error means for the worker.
+pub fn class_of_consumer_error(e: &KafkaError) -> Class {
+    let code = match e {
+        KafkaError::MessageConsumption(code) | KafkaError::MessageConsumptionFatal(code) => *code,
+        _ => return Class::Transient,
+    };
+    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+        return Class::Fatal;
+    }
+    match code {
+        RDKafkaErrorCode::Fatal
+        | RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::GroupAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed
+        | RDKafkaErrorCode::SaslAuthenticationFailed
+        | RDKafkaErrorCode::Authentication
+        | RDKafkaErrorCode::InvalidConfig => Class::Fatal,
+        _ => Class::Transient,
+    }
+}
+
+/// What a failed delivery of an output means: retried (the batch is rolled back and processed
+/// again), or fatal (retrying cannot succeed).
+pub fn delivery_error(topic: &str, e: &KafkaError) -> Error {
+    let code = match e {
+        KafkaError::MessageProduction(code) => *code,
+        other => return Error::transient("broker", format!("delivering to {topic}: {other}")),
+    };
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => {
+            Error::fatal(format!("the broker refuses an output to {topic} as too large ({e}): its max.message.bytes is below Tailor's output bound (see the README, \"Bounded outputs\")"))
+        }
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed
+        | RDKafkaErrorCode::Fatal
+        | RDKafkaErrorCode::InvalidConfig => {
+            Error::fatal(format!("delivering to {topic}: {e}"))
+        }
+        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => Error::fatal(
+            format!("delivering to {topic}: {e} (create the topic, e.g. with `tailor topics --config ...`)"),
+        ),
+        _ => Error::transient("broker", format!("delivering to {topic}: {e}")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Transient,
+    Fatal,
+}
+
+/// Partition count of each input topic; they must be equal (co-partitioned).
+pub fn input_partitions(
+    consumer: &StreamConsumer<KafkaContext>,
+    inputs: &[&str],
+) -> anyhow::Result<i32> {
+    let mut counts = Vec::new();
+    for topic in inputs {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .with_context(|| format!("reading the metadata of input topic {topic}"))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == *topic)
+            .with_context(|| format!("input topic {topic} not in the broker's metadata"))?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            bail!("input topic {topic} does not exist (create it, e.g. with `tailor topics --config ...`)");
+        }
+        counts.push((topic.to_string(), t.partitions().len() as i32));
+    }
+    let n = counts[0].1;
+    if counts.iter().any(|(_, c)| *c != n) {
+        bail!("the input topics must have the same number of partitions (they are co-partitioned by shopper key): {counts:?}");
+    }
+    Ok(n)
+}
+
+/// Creates the repartition topic with `partitions` partitions if it is missing; refuses one with
+/// another count (keys would land on the wrong owner).
+pub async fn ensure_repartition_topic(
+    settings: &Settings,
+    consumer: &StreamConsumer<KafkaContext>,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let topic = &settings.config.topics.repartition;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let existing = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32);
+    match existing {
+        Some(n) if n == partitions => Ok(()),
+        Some(n) => bail!("repartition topic {topic} has {n} partitions but the inputs have {partitions}: it must have as many (delete it, or name another in topics.repartition)"),
+        None => {
+            use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+                client_config(settings)
+                    .create()
+                    .context("creating the Kafka admin client")?;
+            let replication = settings.config.topics.repartition_replication;
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+            let results = admin
+                .create_topics(
+                    &[new],
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+                )
+                .await
+                .with_context(|| format!("creating {topic}"))?;
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((t, e)) => bail!("creating the repartition topic {t}: {e}"),
+                }
+            }
+            info!(topic = %topic, partitions, "created the repartition topic");
+            Ok(())
+        }
+    }
+}
+
+/// Whether this worker has read everything in a partition (librdkafka's cached high
+/// watermark from the last fetch; no network round trip). `next`: the next offset to read.
+pub fn caught_up(
+    consumer: &StreamConsumer<KafkaContext>,
+    topic: &str,
+    partition: i32,
+    next: Option<i64>,
+) -> bool {
+    let Ok(name) = std::ffi::CString::new(topic) else {
+        return false;
+    };
+    let (mut lo, mut hi) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives, `name` outlives the call,
+    // and librdkafka only writes the two offsets.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            name.as_ptr(),
+            partition,
+            &mut lo,
+            &mut hi,
+        )
+    };
+    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0 {
+        return false; // no fetch response yet
+    }
+    next.unwrap_or(lo) >= hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_errors_are_classed() {
+        let transient = KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure);
+        assert_eq!(class_of_consumer_error(&transient), Class::Transient);
+        let all_down = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(class_of_consumer_error(&all_down), Class::Transient);
+        // Regression: a fatal consumer error was warned about forever.
+        let fatal = KafkaError::MessageConsumption(RDKafkaErrorCode::Fatal);
+        assert_eq!(class_of_consumer_error(&fatal), Class::Fatal);
+        let denied = KafkaError::MessageConsumption(RDKafkaErrorCode::GroupAuthorizationFailed);
+        assert_eq!(class_of_consumer_error(&denied), Class::Fatal);
+    }
+
+    #[test]
+    fn delivery_errors_are_classed() {
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(matches!(
+            delivery_error("t", &timed_out),
+            Error::Transient { .. }
+        ));
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(delivery_error("t", &too_large), Error::Fatal(_)));
+    }
+
+    #[test]
+    fn repeated_library_lines_are_held_back_and_counted() {
+        let fac = "TEST-LIMITER";
+        assert_eq!(may_log(fac, 3), Some(0));
+        assert_eq!(may_log(fac, 3), None);
+        assert_eq!(may_log(fac, 3), None);
+        // Another level of the same facility is limited on its own.
+        assert_eq!(may_log(fac, 4), Some(0));
+    }
+}

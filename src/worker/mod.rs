@@ -1,0 +1,878 @@
+//! The async shell: Kafka in, the synchronous core, Kafka and RocksDB out.
+//!
+//! One tokio task runs one loop ([`run`]) over the partition tasks this worker is assigned:
+//!
+//! ```text
+//!  rebalance ─► kafka (callbacks: assign at RocksDB's offsets) ─► Worker: a Task per partition number
+//!                                                                   │ open / drop on assign / revoke
+//!  each batch:
+//!   0. time     every task: clock moves (wall clock when caught up), due timers fire; then a slice
+//!               of profiles re-evaluated if the definitions changed ............ process::Processor
+//!   1. consume  a message ─► its task (skipped if held or already applied) ─► process::Processor
+//!               (decode, validate, identity route, core) ─► collector::Collector (bounded records)
+//!               a Confluent id the registry has not answered: the task is held ........... hold
+//!   2. deliver  await every output of the batch (acks=all) ........................... commit
+//!   3. commit   each task writes its part into ONE RocksDB write batch: profiles, aliases, timer
+//!               index, clock, next offsets, segment sizes, cursors ................... commit
+//!   4. offsets  stored in the group for lag monitoring only
+//! ```
+//!
+//! - [`task`]: one partition number's state: profiles ([`overlay`]: cache + write-back overlay),
+//!   aliases, clock, positions, offsets, sweep cursor, hold. Commits, rolls back, or is dropped
+//!   on its own.
+//! - [`process`]: one message (or timer, or re-evaluation) through the core for one task.
+//! - [`collector`]: every produced record, kept below the producer's size limit.
+//! - [`commit`]: the commit protocol, in one place.
+//! - [`kafka`]: clients, callbacks, topic checks, and the class of each Kafka error.
+//! - [`hold`]: pausing a partition number until the schema registry answers.
+//! - [`error`]: bad input (dead letter), transient (roll back, retry), fatal (stop).
+//!
+//! On (re)assignment a partition resumes at the offset in RocksDB, never the group's. A crash at
+//! any point leaves RocksDB at the end of some whole batch; the messages after it are applied again
+//! and their outputs sent again with the same deterministic ids (at-least-once output, exactly-once
+//! state). A revoked partition's task is dropped with its open batch; the other tasks keep theirs.
+//! A transient fault (the broker not acknowledging outputs, the registry unreachable at the wrong
+//! moment) rolls every task back to its last commit and retries after a backoff; `/readyz` says
+//! why meanwhile. The rebalance callback runs inside `recv()` on this same task, so the loop never
+//! races it.
+
+mod collector;
+mod commit;
+mod error;
+mod hold;
+mod kafka;
+mod overlay;
+mod process;
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::codec::{self, SchemaCatalog};
+use crate::config::Settings;
+use crate::http::{Api, Health};
+use crate::metrics::Metrics;
+use crate::registry::{Lookup, Registry};
+use crate::store::Store;
+
+pub use collector::{DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
+pub use kafka::ProducerLogs;
+pub use process::{MAX_EVENT_BYTES, MAX_KEY_BYTES};
+
+use collector::Collector;
+use error::Error;
+use hold::LookupSender;
+use kafka::{KafkaContext, Rebalance};
+use process::{Incoming, InputTopics, Processor};
+use task::Task;
+
+/// Meta record: the segment definitions (source) profiles were last evaluated under.
+const DEFINITIONS_KEY: &[u8] = b"definitions";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The worker: its partition tasks and what they share.
+struct Worker {
+    proc: Processor,
+    out: Collector,
+    tasks: BTreeMap<i32, Task>,
+    /// (topic, partition) assigned, in assignment order.
+    assigned: Vec<(String, i32)>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    api: Arc<Api>,
+    registry: Option<Arc<Registry>>,
+    lookups: LookupSender,
+    schemas_dir: Option<std::path::PathBuf>,
+    segments_file: std::path::PathBuf,
+    /// Raised on SIGHUP: reload the schemas directory and the segments file.
+    reload: Arc<std::sync::atomic::AtomicBool>,
+    /// Source text of the definitions in force (stored with the commit that puts them in force).
+    defs_src: String,
+    /// Worker-wide meta writes of the open batch (the definitions in force).
+    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Members per segment in this worker's store: loaded at start, kept with each commit.
+    segment_sizes: BTreeMap<String, i64>,
+    cache_profiles: usize,
+    hasher: Xxh3Builder,
+    lateness: i64,
+    /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
+    follow_wall: bool,
+    max_messages: usize,
+    /// A transient fault in force (what and why), for `/readyz`; cleared by progress.
+    fault: Option<String>,
+    /// Consumer errors since the last message, and when the last was logged.
+    consumer_errors: (u64, Option<Instant>),
+    /// Wait before the next retry after a transient fault.
+    backoff: Duration,
+    stopping: bool,
+    batch_started: Option<Instant>,
+    last_log: (Instant, u64),
+}
+
+impl Worker {
+    fn start_from(consumer: &StreamConsumer<KafkaContext>) -> Offset {
+        consumer.context().start_from
+    }
+
+    /// Tells `/readyz` whether this worker is ready and, if not, why.
+    fn publish_readiness(&self) {
+        let held: Vec<String> = self
+            .tasks
+            .values()
+            .filter_map(|t| t.held.map(|id| format!("{} (schema id {id})", t.partition)))
+            .collect();
+        self.metrics.paused_partitions.set(held.len() as i64);
+        let state = if self.stopping {
+            Err("shutting down".to_string())
+        } else if let Some(f) = &self.fault {
+            Err(f.clone())
+        } else if self.tasks.is_empty() {
+            Err("no partitions assigned yet".to_string())
+        } else if !held.is_empty() {
+            Err(format!(
+                "partitions {} paused until the schema registry answers",
+                held.join(", ")
+            ))
+        } else {
+            Ok(())
+        };
+        self.health.set(state);
+    }
+
+    /// Applies the assignments and revocations the rebalance callback recorded. A revoked
+    /// partition's task is dropped with its open batch (nothing of it is committed; its next
+    /// owner starts from the last commit); other tasks are not touched.
+    fn apply_rebalances(&mut self, consumer: &StreamConsumer<KafkaContext>) -> Result<(), Error> {
+        let events =
+            std::mem::take(&mut *consumer.context().rebalances.lock().expect("not poisoned"));
+        if events.is_empty() {
+            return Ok(());
+        }
+        for ev in events {
+            match ev {
+                Rebalance::Assigned(parts) => {
+                    // A partition held when it was revoked must not come back paused (whether an
+                    // application's pause survives unassign and assign depends on librdkafka's
+                    // version), with nothing left here to resume it. Resume what is assigned (a
+                    // no-op when not paused); a message still waiting for the registry is met
+                    // again and holds its partition again.
+                    let mut tpl = TopicPartitionList::new();
+                    for (topic, partition) in &parts {
+                        tpl.add_partition(topic, *partition);
+                    }
+                    consumer.resume(&tpl).map_err(|e| {
+                        Error::transient("broker", format!("resuming assigned partitions: {e}"))
+                    })?;
+                    for (topic, partition) in parts {
+                        let task = match self.tasks.entry(partition) {
+                            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::btree_map::Entry::Vacant(v) => v.insert(Task::open(
+                                partition,
+                                &self.store,
+                                self.lateness,
+                                self.cache_profiles,
+                                self.hasher,
+                                self.metrics.state_reads.clone(),
+                            )?),
+                        };
+                        task.held = None;
+                        task.assign(&topic, &self.store)?;
+                        if !self.assigned.contains(&(topic.clone(), partition)) {
+                            self.assigned.push((topic, partition));
+                        }
+                    }
+                }
+                Rebalance::Revoked(parts) => {
+                    self.assigned.retain(|x| !parts.contains(x));
+                    let mut numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
+                    numbers.sort_unstable();
+                    numbers.dedup();
+                    for p in numbers {
+                        if !self.assigned.iter().any(|(_, q)| *q == p) {
+                            if let Some(task) = self.tasks.remove(&p) {
+                                if task.has_changes() {
+                                    info!(
+                                        partition = p,
+                                        messages = task.messages,
+                                        "partition revoked: its open batch is dropped"
+                                    );
+                                }
+                            }
+                        } else if let Some(task) = self.tasks.get_mut(&p) {
+                            // Part of a partition number revoked (never with the range
+                            // assignor Tailor sets): its state mixes every topic of the number,
+                            // so the task goes back to its last commit.
+                            let start_from = Self::start_from(consumer);
+                            for (topic, to) in task.rollback(&self.store, start_from)? {
+                                if self.assigned.contains(&(topic.clone(), p)) {
+                                    consumer
+                                        .seek(&topic, p, to, Duration::from_secs(10))
+                                        .map_err(|e| {
+                                            Error::transient(
+                                                "broker",
+                                                format!("seeking {topic}/{p} back: {e}"),
+                                            )
+                                        })?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Each task gets an equal share of the profile cache.
+        let share = self.cache_profiles / self.tasks.len().max(1);
+        for task in self.tasks.values_mut() {
+            task.profiles.resize(share);
+        }
+        self.metrics
+            .assigned_partitions
+            .set(self.assigned.len() as i64);
+        self.api.set_assigned(&self.assigned);
+        self.publish_readiness();
+        Ok(())
+    }
+
+    /// Step 0: every task's clock moves and its due timers fire; then a slice of profiles not yet
+    /// evaluated under the definitions in force. Returns whether re-evaluation work remains.
+    fn time_step(&mut self, consumer: &StreamConsumer<KafkaContext>) -> Result<bool, Error> {
+        let wall = now_ms();
+        let mut budget = self.max_messages;
+        for task in self.tasks.values_mut() {
+            // A held partition's events wait, and so do its clock and timers.
+            if task.held.is_some() {
+                continue;
+            }
+            let caught_up = self.follow_wall
+                && task
+                    .topics()
+                    .all(|t| kafka::caught_up(consumer, t, task.partition, task.position(t)));
+            self.proc
+                .fire_timers(task, &mut self.out, wall, caught_up, &mut budget)?;
+        }
+        let mut budget = self.max_messages;
+        let mut pending = 0;
+        for task in self.tasks.values_mut() {
+            if task.held.is_none() && self.proc.sweep(task, &mut self.out, &mut budget)? {
+                pending += 1;
+            }
+        }
+        self.metrics.reevaluation_pending.set(pending);
+        Ok(pending > 0)
+    }
+
+    /// One message from the consumer.
+    fn on_message(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        msg: &Incoming,
+    ) -> Result<(), Error> {
+        let Some(task) = self.tasks.get_mut(&msg.partition) else {
+            debug!(
+                topic = msg.topic,
+                partition = msg.partition,
+                "message of a partition not assigned here; skipped"
+            );
+            return Ok(());
+        };
+        // Handed out before its partition was held (every topic of it was sought back to its
+        // next message), or before a seek back to the last commit: it comes again.
+        if task.held.is_some() || task.already_applied(msg.topic, msg.offset) {
+            return Ok(());
+        }
+        if let Some(id) = self.proc.awaited_schema(msg.topic, msg.payload) {
+            hold::hold(consumer, task, (msg.topic, msg.offset), id)?;
+            if let Some(registry) = &self.registry {
+                hold::look_up(
+                    registry,
+                    &mut self.proc.catalog,
+                    id,
+                    &self.lookups,
+                    &self.metrics,
+                );
+            }
+            self.publish_readiness();
+            return Ok(());
+        }
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.proc.apply(task, &mut self.out, msg)
+    }
+
+    /// Takes a registry answer in and resumes the partitions it held.
+    fn take_lookup(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        (id, lookup): (u32, Lookup),
+    ) -> Result<(), Error> {
+        match &lookup {
+            Lookup::Found(json) => self.proc.catalog.resolve_id(id, Some(json)),
+            Lookup::NotFound => self.proc.catalog.resolve_id(id, None),
+        }
+        for task in self.tasks.values_mut() {
+            if task.held.is_some_and(|h| self.proc.catalog.id_settled(h)) {
+                hold::release(consumer, task)?;
+            }
+        }
+        self.publish_readiness();
+        Ok(())
+    }
+
+    /// Whether the open batch has anything to commit.
+    fn has_changes(&self) -> bool {
+        !self.meta.is_empty() || self.tasks.values().any(Task::has_changes)
+    }
+
+    /// A transient fault: every task goes back to its last commit (its messages are read again
+    /// and their outputs sent again, with the same ids), and the loop waits before retrying.
+    async fn recover(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        what: &'static str,
+        detail: String,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        self.metrics
+            .transient_faults
+            .with_label_values(&[what])
+            .inc();
+        warn!(what, error = %detail, retry_in = ?self.backoff, "transient fault: the open batch is rolled back and retried");
+        self.fault = Some(format!("{what}: {detail}"));
+        self.publish_readiness();
+        self.out.discard();
+        self.meta.clear();
+        self.batch_started = None;
+        let start_from = Self::start_from(consumer);
+        for task in self.tasks.values_mut() {
+            for (topic, to) in task.rollback(&self.store, start_from)? {
+                // A seek that fails now is retried at the next fault; the position guard skips
+                // what was applied before.
+                if let Err(e) = consumer.seek(&topic, task.partition, to, Duration::from_secs(10)) {
+                    warn!(topic, partition = task.partition, error = %e, "seek back to the last commit failed");
+                }
+            }
+            if task.held.is_some() {
+                hold::release(consumer, task)?;
+            }
+        }
+        // Definitions put in force in the dropped batch are put in force again.
+        self.restart_definitions_if_needed()?;
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {}
+            _ = stop.wait_for(|s| *s) => { self.stopping = true; }
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        Ok(())
+    }
+
+    /// A consumer error: fatal ones stop the worker; transient ones (the broker unreachable)
+    /// are reported on `/readyz` and logged now and then, while librdkafka reconnects.
+    fn on_consumer_error(&mut self, e: &rdkafka::error::KafkaError) -> Result<(), Error> {
+        if kafka::class_of_consumer_error(e) == kafka::Class::Fatal {
+            return Err(Error::fatal(format!("the Kafka consumer failed: {e}")));
+        }
+        let (count, last) = &mut self.consumer_errors;
+        *count += 1;
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            warn!(error = %e, errors_since_last_message = *count, "consumer error; librdkafka retries");
+            *last = Some(Instant::now());
+        }
+        self.fault = Some(format!("broker: {e}"));
+        self.publish_readiness();
+        Ok(())
+    }
+
+    /// Reads the schemas directory again (SIGHUP). Refused files are logged with the reason;
+    /// the others, and every schema compiled in or from the registry, stay in force.
+    fn reload_schemas(&mut self) {
+        let Some(dir) = self.schemas_dir.clone() else {
+            return;
+        };
+        let (loaded, refused) = crate::schemas::load(&mut self.proc.catalog, &dir);
+        for e in &refused {
+            warn!(error = %e, "writer schema refused; its last good version stays in force");
+        }
+        let result = if refused.is_empty() { "ok" } else { "refused" };
+        self.metrics
+            .schema_reloads
+            .with_label_values(&[result])
+            .inc();
+        info!(dir = %dir.display(), loaded = loaded.len(), refused = refused.len(), "schemas directory reloaded");
+    }
+
+    /// Reads the segments file again (SIGHUP). Invalid definitions are logged with their
+    /// line:column and the ones in force stay, whatever the file holds.
+    fn reload_definitions(&mut self) {
+        let path = self.segments_file.clone();
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|src| parse_definitions(&src).map(|set| (set, src)));
+        match parsed {
+            Err(e) => {
+                self.metrics
+                    .definition_reloads
+                    .with_label_values(&["invalid"])
+                    .inc();
+                warn!(file = %path.display(), error = %e, "segment definitions not reloaded: the ones in force stay");
+            }
+            Ok((set, src)) => {
+                if set.fingerprint() == self.proc.defs_version {
+                    self.metrics
+                        .definition_reloads
+                        .with_label_values(&["unchanged"])
+                        .inc();
+                    info!("segment definitions reloaded: no rule changed");
+                    self.proc.core.set_segments(Arc::new(set));
+                    return;
+                }
+                self.metrics
+                    .definition_reloads
+                    .with_label_values(&["applied"])
+                    .inc();
+                self.start_definitions(set, &src);
+            }
+        }
+    }
+
+    /// Puts definitions in force; every profile is re-evaluated under them (see
+    /// [`Processor::sweep`]).
+    fn start_definitions(&mut self, set: crate::segments::SegmentSet, src: &str) {
+        let old = self
+            .store
+            .meta(DEFINITIONS_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| parse_definitions(&s).ok())
+            .unwrap_or_else(|| self.proc.core.segments().clone());
+        let (added, changed, removed) = set.diff(&old);
+        info!(
+            ?added,
+            ?changed,
+            ?removed,
+            "segment definitions changed: re-evaluating every profile"
+        );
+        self.proc.defs_version = set.fingerprint();
+        self.proc.core.set_segments(Arc::new(set));
+        self.defs_src = src.to_owned();
+        self.meta
+            .push((DEFINITIONS_KEY.to_vec(), Some(src.as_bytes().to_vec())));
+    }
+
+    /// The definitions in force differ from the stored ones (and no write of them is pending):
+    /// write them with the next commit, and re-evaluate.
+    fn restart_definitions_if_needed(&mut self) -> Result<(), Error> {
+        let stored = self
+            .store
+            .meta(DEFINITIONS_KEY)?
+            .and_then(|b| String::from_utf8(b).ok());
+        let stored_version = stored
+            .as_deref()
+            .and_then(|s| parse_definitions(s).ok())
+            .map(|s| s.fingerprint());
+        if stored_version != Some(self.proc.defs_version) && self.meta.is_empty() {
+            let set = self.proc.core.segments().clone();
+            let src = self.defs_src.clone();
+            self.start_definitions(set, &src);
+        }
+        Ok(())
+    }
+
+    fn log_progress(&mut self, force: bool) {
+        let now = Instant::now();
+        let (last, last_events) = self.last_log;
+        let elapsed = now.duration_since(last);
+        if !force && elapsed < Duration::from_secs(5) {
+            return;
+        }
+        let p = &self.proc.progress;
+        let rate = (p.events - last_events) as f64 / elapsed.as_secs_f64().max(1e-3);
+        self.metrics
+            .state_bytes
+            .set(self.store.estimated_bytes() as i64);
+        self.metrics
+            .timers_pending
+            .set(self.store.estimated_timers() as i64);
+        let profiles = self.store.estimated_profiles();
+        self.metrics.state_profiles.set(profiles as i64);
+        let sizes: Vec<String> = self
+            .segment_sizes
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect();
+        info!(
+            events = p.events,
+            events_per_sec = rate.round(),
+            dead_lettered = p.dead,
+            audience_changes = p.changes,
+            journey_triggers = p.triggers,
+            profiles,
+            segments = %sizes.join(" "),
+            "progress"
+        );
+        self.last_log = (now, p.events);
+    }
+}
+
+/// Parses segment definitions. A parser panic (a bug) is turned into an error naming it, so a
+/// SIGHUP with an odd file never stops a running worker.
+fn parse_definitions(src: &str) -> Result<crate::segments::SegmentSet, String> {
+    std::panic::catch_unwind(|| crate::segments::SegmentSet::parse(src))
+        .map_err(|_| {
+            "the definitions parser failed on this file (a bug: please report it with the file)"
+                .to_string()
+        })?
+        .map_err(|e| e.to_string())
+}
+
+/// The writer schemas (built in and from the schemas directory), the registry client, and the
+/// registry ids of the output schemas when outputs are Confluent-framed (registered now).
+async fn schemas_and_registry(
+    settings: &Settings,
+) -> anyhow::Result<(SchemaCatalog, Option<Arc<Registry>>, Option<[u32; 3]>)> {
+    let c = &settings.config;
+    let mut catalog = SchemaCatalog::builtin().clone();
+    if let Some(dir) = &c.schemas.dir {
+        let (loaded, refused) = crate::schemas::load(&mut catalog, dir);
+        if !refused.is_empty() {
+            bail!("schemas.dir {}: {}", dir.display(), refused.join("; "));
+        }
+        info!(dir = %dir.display(), schemas = loaded.len(), "writer schemas loaded");
+    }
+    let registry =
+        Registry::from_config(&c.schema_registry, settings.registry_timeout)?.map(Arc::new);
+    let Some(reg) = registry.clone() else {
+        return Ok((catalog, None, None));
+    };
+    catalog.enable_registry();
+    if c.output.framing != "confluent" {
+        return Ok((catalog, registry, None));
+    }
+    let topics = [
+        (&c.topics.audience_changes, codec::AUDIENCE_CHANGE),
+        (&c.topics.journey_triggers, codec::JOURNEY_TRIGGER),
+        (&c.topics.dead_letter, codec::DEAD_LETTER),
+    ];
+    let mut ids = [0u32; 3];
+    for (i, (topic, record)) in topics.into_iter().enumerate() {
+        let subject = format!("{topic}-value");
+        let schema = SchemaCatalog::builtin()
+            .reader_json(record)
+            .expect("output schemas are built in");
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0;
+        ids[i] = loop {
+            let r = reg.clone();
+            let s = subject.clone();
+            match tokio::task::spawn_blocking(move || r.register(&s, schema)).await? {
+                Ok(id) => break id,
+                Err(e) if attempt < 8 && !e.is_permanent() => {
+                    warn!(subject = %subject, error = %e, retry_in = ?backoff, "registering an output schema failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => bail!("registering the output schema {record} under {subject}: {e}"),
+            }
+        };
+        info!(subject = %subject, schema_id = ids[i], "output schema registered");
+    }
+    Ok((catalog, registry, Some(ids)))
+}
+
+/// Runs the worker until `shutdown` resolves or a fatal error occurs. `reload` is raised on
+/// SIGHUP: the schemas directory and the segments file are read again between batches.
+pub async fn run(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    api: Arc<Api>,
+    reload: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let c = &settings.config;
+    std::fs::create_dir_all(&c.state.path)
+        .with_context(|| format!("creating state directory {}", c.state.path.display()))?;
+    let store = Arc::new(Store::open(&c.state.path, &settings.store)?);
+    let segment_sizes: BTreeMap<String, i64> = store.segment_sizes()?.into_iter().collect();
+    for (segment, n) in &segment_sizes {
+        metrics
+            .segment_members
+            .with_label_values(&[segment])
+            .set(*n);
+    }
+
+    // Schemas and the registry first: a configuration they refuse stops the worker before it
+    // joins the group.
+    let (catalog, registry, output_ids) = schemas_and_registry(&settings).await?;
+    let mut pcfg = kafka::client_config(&settings);
+    pcfg.set("enable.idempotence", "true").set("acks", "all");
+    for (k, v) in [
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+        // Outputs keyed by profile key land where Java clients would put them.
+        ("partitioner", "murmur2_random"),
+        // A broker that does not acknowledge within this rolls the batch back to retry it,
+        // instead of holding the loop for librdkafka's default 5 minutes.
+        ("message.timeout.ms", kafka::DELIVERY_TIMEOUT_MS),
+    ] {
+        let alias_set = k == "message.timeout.ms" && c.kafka.contains_key("delivery.timeout.ms");
+        if !c.kafka.contains_key(k) && !alias_set {
+            pcfg.set(k, v);
+        }
+    }
+    let producer: FutureProducer<ProducerLogs> = pcfg
+        .create_with_context(ProducerLogs)
+        .context("creating the Kafka producer")?;
+
+    let context = KafkaContext {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        start_from: if c.consumer.start_from == "latest" {
+            Offset::End
+        } else {
+            Offset::Beginning
+        },
+        rebalances: std::sync::Mutex::new(Vec::new()),
+    };
+    let mut ccfg = kafka::client_config(&settings);
+    ccfg.set("group.id", &c.consumer.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &c.consumer.start_from)
+        // State is keyed by partition number across the co-partitioned topics: only the range
+        // assignor gives one member the same numbers of every topic.
+        .set("partition.assignment.strategy", "range");
+    if !c.kafka.contains_key("statistics.interval.ms") {
+        ccfg.set("statistics.interval.ms", "5000");
+    }
+    let consumer: StreamConsumer<KafkaContext> = ccfg
+        .create_with_context(context)
+        .context("creating the Kafka consumer")?;
+    let inputs = [
+        c.topics.storefront.as_str(),
+        c.topics.backoffice.as_str(),
+        c.topics.profile.as_str(),
+    ];
+    let partitions = tokio::task::block_in_place(|| kafka::input_partitions(&consumer, &inputs))?;
+    kafka::ensure_repartition_topic(&settings, &consumer, partitions).await?;
+    let mut subscribed = inputs.to_vec();
+    subscribed.push(c.topics.repartition.as_str());
+    consumer
+        .subscribe(&subscribed)
+        .context("subscribing to the input and repartition topics")?;
+    api.attach(crate::http::Attached {
+        store: store.clone(),
+        partitions,
+        producer: producer.clone(),
+        repartition: c.topics.repartition.clone(),
+        group: c.consumer.group_id.clone(),
+        kafka: kafka::client_config(&settings),
+    });
+    info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), "worker started");
+
+    let (lookups_tx, mut lookups) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let out = Collector::new(
+        producer,
+        [
+            c.topics.audience_changes.clone(),
+            c.topics.journey_triggers.clone(),
+            c.topics.dead_letter.clone(),
+            c.topics.repartition.clone(),
+        ],
+        output_ids,
+        kafka::producer_max_bytes(&settings),
+        metrics.clone(),
+    );
+    let proc = Processor::new(
+        settings.core(),
+        catalog,
+        store.clone(),
+        metrics.clone(),
+        InputTopics {
+            storefront: c.topics.storefront.clone(),
+            backoffice: c.topics.backoffice.clone(),
+            profile: c.topics.profile.clone(),
+            repartition: c.topics.repartition.clone(),
+        },
+        partitions,
+        settings.segments.fingerprint(),
+    );
+    let mut w = Worker {
+        proc,
+        out,
+        tasks: BTreeMap::new(),
+        assigned: Vec::new(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        api,
+        registry,
+        lookups: lookups_tx,
+        schemas_dir: c.schemas.dir.clone(),
+        segments_file: c.segments.file.clone(),
+        reload,
+        defs_src: std::fs::read_to_string(&c.segments.file)
+            .with_context(|| format!("reading {}", c.segments.file.display()))?,
+        meta: Vec::new(),
+        segment_sizes,
+        cache_profiles: c.state.cache_profiles,
+        hasher: Xxh3Builder::new().with_seed({
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0u64)
+        }),
+        lateness: settings.allowed_lateness.as_millis() as i64,
+        follow_wall: c.processing.wall_clock,
+        max_messages: c.processing.batch_max_messages,
+        fault: None,
+        consumer_errors: (0, None),
+        backoff: Duration::from_secs(1),
+        stopping: false,
+        batch_started: None,
+        last_log: (Instant::now(), 0),
+    };
+    // Definitions changed since profiles were last evaluated: re-evaluate them all.
+    w.restart_definitions_if_needed()?;
+    let max_wait = settings.batch_max_wait;
+
+    let result: Result<(), Error> = async {
+        while !w.stopping {
+            match w.batch(&consumer, &mut lookups, &mut stop, max_wait).await {
+                Ok(()) => {}
+                Err(Error::Transient { what, detail }) => {
+                    w.recover(&consumer, what, detail, &mut stop).await?
+                }
+                Err(fatal) => return Err(fatal),
+            }
+            w.log_progress(false);
+        }
+        Ok(())
+    }
+    .await;
+
+    w.stopping = true;
+    w.publish_readiness();
+    let result = result.map_err(|e| match e {
+        Error::Fatal(e) => e,
+        transient => anyhow::anyhow!("{transient}"),
+    });
+    if let Err(e) = &result {
+        error!(error = %format!("{e:#}"), "worker stopped on a fatal error; nothing after the last commit is acknowledged");
+    }
+    w.log_progress(true);
+    consumer.unsubscribe();
+    if let Err(e) = w.out.producer().flush(Duration::from_secs(10)) {
+        warn!(error = %e, "producer flush at shutdown");
+    }
+    info!("worker stopped");
+    result
+}
+
+impl Worker {
+    /// One batch: time, consume until full or `max_wait`, deliver, commit.
+    async fn batch(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        lookups: &mut tokio::sync::mpsc::UnboundedReceiver<(u32, Lookup)>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        max_wait: Duration,
+    ) -> Result<(), Error> {
+        // One deadline per batch (a timer per message showed in profiles).
+        let deadline = tokio::time::sleep(max_wait);
+        tokio::pin!(deadline);
+        self.proc.wall = now_ms();
+        if self.reload_requested() {
+            self.reload_schemas();
+            self.reload_definitions();
+        }
+        // "No such id" answers are asked again after a while (a registry replica may have
+        // lagged; garbage ids must not pile up).
+        self.proc
+            .catalog
+            .expire_unknown_ids(Duration::from_secs(60));
+        // Time first: the partitions' clocks move and the timers due by then fire; then
+        // profiles not yet evaluated under the definitions in force, a slice per batch.
+        if self.time_step(consumer)? {
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_millis(5));
+        }
+        if self.out.has_queued() {
+            self.batch_started.get_or_insert_with(Instant::now);
+            self.out.send().await?;
+        }
+        let mut messages = 0usize;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => { self.stopping = true; break; }
+                _ = &mut deadline => break,
+                Some(answer) = lookups.recv() => self.take_lookup(consumer, answer)?,
+                r = consumer.recv() => {
+                    let msg = match r {
+                        Err(e) => {
+                            self.apply_rebalances(consumer)?;
+                            self.on_consumer_error(&e)?;
+                            continue;
+                        }
+                        Ok(m) => m,
+                    };
+                    if self.consumer_errors.0 > 0 || self.fault.as_deref().is_some_and(|f| f.starts_with("broker")) {
+                        if self.consumer_errors.0 > 0 {
+                            info!(errors = self.consumer_errors.0, "consuming again");
+                        }
+                        self.consumer_errors = (0, None);
+                        self.fault = None;
+                        self.publish_readiness();
+                    }
+                    self.apply_rebalances(consumer)?;
+                    let incoming = Incoming {
+                        topic: msg.topic(),
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                        key: msg.key(),
+                        payload: msg.payload().unwrap_or(&[]),
+                        timestamp: msg.timestamp().to_millis(),
+                    };
+                    self.on_message(consumer, &incoming)?;
+                    drop(msg);
+                    self.out.send().await?;
+                    messages += 1;
+                    if messages >= self.max_messages {
+                        break;
+                    }
+                }
+            }
+        }
+        // Rebalances can also arrive while no message does.
+        self.apply_rebalances(consumer)?;
+        if self.has_changes() {
+            self.flush(consumer, stop).await?;
+        }
+        Ok(())
+    }
+
+    fn reload_requested(&self) -> bool {
+        self.reload.swap(false, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,394 @@
+//! A partition task's profiles: an LRU cache of decoded profiles in front of RocksDB, and the
+//! write-back overlay of the open batch (what its commit writes: changed profiles, removed ones,
+//! and how each profile's entry in the timer index moves).
+//!
+//! The overlay is the only record of a change until the commit: a changed profile pushed out of
+//! the cache moves into it (and comes back *changed* when read again), a removed profile stays
+//! removed there even when its key is read again as an empty placeholder, and only a profile
+//! created again under that key replaces the removal.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::profile::{self, Profile};
+
+/// A profile held in memory.
+struct Slot {
+    profile: Profile,
+    /// Changed since the last commit.
+    dirty: bool,
+    /// The profile's entry in the store's timer index (its `next_timer` as last committed).
+    committed_timer: Option<i64>,
+}
+
+/// What the open batch holds for a key outside the cache.
+enum Pending {
+    /// Changed, then pushed out of the cache: written with the commit.
+    Spilled(Box<Profile>),
+    /// Removed (absorbed or deleted): deleted with the commit, unless created again.
+    Removed,
+}
+
+/// What a commit writes for a task's profiles.
+#[derive(Debug, Default, PartialEq)]
+pub struct Writes {
+    pub put: Vec<(String, Vec<u8>)>,
+    pub deleted: Vec<String>,
+    /// Timer index entries (due time, key) to add and to remove.
+    pub timers_added: Vec<(i64, String)>,
+    pub timers_removed: Vec<(i64, String)>,
+}
+
+impl Writes {
+    fn timer_moved(&mut self, key: &str, from: Option<i64>, to: Option<i64>) {
+        if from != to {
+            if let Some(t) = from {
+                self.timers_removed.push((t, key.to_owned()));
+            }
+            if let Some(t) = to {
+                self.timers_added.push((t, key.to_owned()));
+            }
+        }
+    }
+}
+
+/// Whether a profile is only a placeholder (nothing stored under its key).
+pub fn is_new(p: &Profile) -> bool {
+    p.events_total == 0 && crate::identity::count(p) == 0 && p.segments.is_empty()
+}
+
+pub struct Profiles {
+    cache: LruCache<String, Slot, Xxh3Builder>,
+    /// Keys the open batch changed outside the cache, with their committed timer.
+    pending: HashMap<String, (Pending, Option<i64>), Xxh3Builder>,
+    /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction).
+    dirty: Vec<String>,
+}
+
+impl Profiles {
+    /// `hasher`: xxh3 seeded at random per process (keys include browser ids, which outsiders can
+    /// choose).
+    pub fn new(capacity: usize, hasher: Xxh3Builder) -> Profiles {
+        Profiles {
+            cache: LruCache::with_hasher(
+                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
+                hasher,
+            ),
+            pending: HashMap::with_hasher(hasher),
+            dirty: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Changes the cache's capacity; changed profiles pushed out move to the overlay.
+    pub fn resize(&mut self, capacity: usize) {
+        let capacity = capacity.max(1);
+        while self.cache.len() > capacity {
+            match self.cache.pop_lru() {
+                Some((key, slot)) => self.spill(key, slot),
+                None => break,
+            }
+        }
+        self.cache
+            .resize(NonZeroUsize::new(capacity).expect("at least 1"));
+    }
+
+    fn spill(&mut self, key: String, slot: Slot) {
+        if slot.dirty {
+            self.pending.insert(
+                key,
+                (
+                    Pending::Spilled(Box::new(slot.profile)),
+                    slot.committed_timer,
+                ),
+            );
+        }
+    }
+
+    /// Brings the profile of `key` into the cache: from the overlay, else from the store
+    /// (`read`, on a miss), else an empty placeholder.
+    pub fn fetch<E>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce() -> Result<Option<Profile>, E>,
+    ) -> Result<(), E> {
+        if self.cache.contains(key) {
+            return Ok(());
+        }
+        let slot = match self.pending.remove(key) {
+            // Still changed: its changes are written with the commit.
+            Some((Pending::Spilled(profile), committed_timer)) => Slot {
+                profile: *profile,
+                dirty: true,
+                committed_timer,
+            },
+            // Removed in this batch: an empty placeholder, and the removal stands until a
+            // profile is created again under this key.
+            Some((Pending::Removed, committed_timer)) => {
+                self.pending
+                    .insert(key.to_owned(), (Pending::Removed, committed_timer));
+                Slot {
+                    profile: Profile::default(),
+                    dirty: false,
+                    committed_timer,
+                }
+            }
+            None => {
+                let profile = read()?.unwrap_or_default();
+                Slot {
+                    committed_timer: profile.next_timer,
+                    profile,
+                    dirty: false,
+                }
+            }
+        };
+        if let Some((old_key, old)) = self.cache.push(key.to_owned(), slot) {
+            if old_key != key {
+                self.spill(old_key, old);
+            }
+        }
+        Ok(())
+    }
+
+    /// The cached profile changed (or is about to): it is written with the batch.
+    pub fn mark_dirty(&mut self, key: &str) {
+        if let Some(slot) = self.cache.get_mut(key) {
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(key.to_owned());
+            }
+        }
+    }
+
+    /// The cached profile of `key` (after [`Self::fetch`]).
+    pub fn get(&self, key: &str) -> Option<&Profile> {
+        self.cache.peek(key).map(|s| &s.profile)
+    }
+
+    /// The cached profile of `key`, to change (mark it dirty if it does).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Profile> {
+        self.cache.get_mut(key).map(|s| &mut s.profile)
+    }
+
+    /// The committed timer of a cached profile (its entry in the store's timer index).
+    pub fn committed_timer(&self, key: &str) -> Option<Option<i64>> {
+        self.cache.peek(key).map(|s| s.committed_timer)
+    }
+
+    /// Removes the profile of `key` (absorbed or deleted): it leaves the cache, and the commit
+    /// deletes it and its timer. Returns it (as changed so far in this batch).
+    pub fn remove(&mut self, key: &str) -> Option<Profile> {
+        let slot = self.cache.pop(key)?;
+        self.pending
+            .insert(key.to_owned(), (Pending::Removed, slot.committed_timer));
+        Some(slot.profile)
+    }
+
+    /// Whether the open batch changed anything.
+    pub fn changed(&self) -> bool {
+        !self.dirty.is_empty() || !self.pending.is_empty()
+    }
+
+    /// Takes what the commit writes; the cached profiles become clean at their new timers.
+    pub fn take_writes(&mut self) -> Writes {
+        let mut w = Writes::default();
+        for key in std::mem::take(&mut self.dirty) {
+            // A key repeats in `dirty` after it was spilled and read back; written once.
+            let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) else {
+                continue;
+            };
+            w.timer_moved(&key, slot.committed_timer, slot.profile.next_timer);
+            slot.committed_timer = slot.profile.next_timer;
+            slot.dirty = false;
+            w.put.push((key.clone(), profile::encode(&slot.profile)));
+            // Created again after a removal in this batch: the write replaces the removal.
+            self.pending.remove(&key);
+        }
+        for (key, (pending, committed_timer)) in self.pending.drain() {
+            match pending {
+                Pending::Spilled(p) => {
+                    w.timer_moved(&key, committed_timer, p.next_timer);
+                    w.put.push((key, profile::encode(&p)));
+                }
+                Pending::Removed => {
+                    w.timer_moved(&key, committed_timer, None);
+                    // A placeholder left in the cache now stands for nothing stored.
+                    if let Some(slot) = self.cache.peek_mut(&key) {
+                        slot.committed_timer = None;
+                    }
+                    w.deleted.push(key);
+                }
+            }
+        }
+        w
+    }
+
+    /// Drops what the open batch changed: changed and removed profiles leave the cache (they are
+    /// read again from the store); unchanged ones stay cached.
+    pub fn rollback(&mut self) {
+        for key in self.dirty.drain(..) {
+            self.cache.pop(&key);
+        }
+        for key in self.pending.keys() {
+            self.cache.pop(key);
+        }
+        self.pending.clear();
+    }
+
+    /// Forgets a cached key (an identity alias changed under it, or a rollback).
+    pub fn forget(&mut self, key: &str) {
+        if !self.pending.contains_key(key) && !self.cache.peek(key).is_some_and(|s| s.dirty) {
+            self.cache.pop(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(events: u64, timer: Option<i64>) -> Profile {
+        Profile {
+            events_total: events,
+            next_timer: timer,
+            ..Profile::default()
+        }
+    }
+
+    fn store_with(p: Profile) -> impl Fn() -> Result<Option<Profile>, ()> {
+        move || Ok(Some(p.clone()))
+    }
+
+    fn decoded(w: &Writes) -> Vec<(String, u64, Option<i64>)> {
+        w.put
+            .iter()
+            .map(|(k, b)| {
+                let p = profile::decode(b).unwrap();
+                (k.clone(), p.events_total, p.next_timer)
+            })
+            .collect()
+    }
+
+    /// Regression: a profile deleted twice in one batch (two accountDeleted, or accountDeleted
+    /// and a DELETE) came back from the cache as a clean placeholder that was never marked
+    /// dirty; the delete was not committed and the shopper's data and timer stayed in RocksDB.
+    #[test]
+    fn a_profile_deleted_twice_in_a_batch_is_deleted_at_commit() {
+        let mut ps = Profiles::new(8, Xxh3Builder::new());
+        let stored = profile(3, Some(500));
+        ps.fetch("ann", store_with(stored.clone())).unwrap();
+        ps.mark_dirty("ann");
+        assert_eq!(ps.remove("ann"), Some(stored.clone()));
+        // The second deletion reads the key again: an empty placeholder, not the stored profile.
+        ps.fetch("ann", store_with(stored.clone())).unwrap();
+        ps.mark_dirty("ann");
+        let again = ps.remove("ann").unwrap();
+        assert!(is_new(&again), "{again:?}");
+        let w = ps.take_writes();
+        assert_eq!(w.deleted, ["ann"]);
+        assert!(w.put.is_empty(), "{:?}", decoded(&w));
+        assert_eq!(w.timers_removed, [(500, "ann".to_string())]);
+        assert!(w.timers_added.is_empty());
+        assert!(!ps.changed());
+    }
+
+    #[test]
+    fn a_removed_key_read_again_but_left_alone_is_still_deleted() {
+        let mut ps = Profiles::new(8, Xxh3Builder::new());
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.remove("ann");
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        assert!(is_new(ps.get("ann").unwrap()));
+        let w = ps.take_writes();
+        assert_eq!(w.deleted, ["ann"]);
+        assert_eq!(w.timers_removed, [(500, "ann".to_string())]);
+        // The placeholder left in the cache now stands for nothing stored: no timer to remove.
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.mark_dirty("ann");
+        ps.get_mut("ann").unwrap().next_timer = Some(900);
+        let w = ps.take_writes();
+        assert!(w.timers_removed.is_empty(), "{w:?}");
+        assert_eq!(w.timers_added, [(900, "ann".to_string())]);
+    }
+
+    #[test]
+    fn a_profile_created_again_after_its_removal_is_written_not_deleted() {
+        let mut ps = Profiles::new(8, Xxh3Builder::new());
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.remove("ann");
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.mark_dirty("ann");
+        *ps.get_mut("ann").unwrap() = profile(1, Some(700));
+        let w = ps.take_writes();
+        assert!(w.deleted.is_empty(), "{w:?}");
+        assert_eq!(decoded(&w), [("ann".to_string(), 1, Some(700))]);
+        assert_eq!(w.timers_removed, [(500, "ann".to_string())]);
+        assert_eq!(w.timers_added, [(700, "ann".to_string())]);
+    }
+
+    /// Regression: a changed profile pushed out of the cache inside a batch came back from the
+    /// overlay *not* dirty, so its earlier changes could be dropped at the commit.
+    #[test]
+    fn a_changed_profile_evicted_and_read_back_keeps_its_changes() {
+        let mut ps = Profiles::new(1, Xxh3Builder::new());
+        ps.fetch("ann", store_with(profile(1, None))).unwrap();
+        ps.mark_dirty("ann");
+        ps.get_mut("ann").unwrap().events_total = 2;
+        // Another profile pushes it out; it is read back and changed once more.
+        ps.fetch("bob", store_with(profile(7, None))).unwrap();
+        ps.fetch("ann", || -> Result<_, ()> {
+            panic!("must come from the overlay")
+        })
+        .unwrap();
+        assert_eq!(ps.get("ann").unwrap().events_total, 2);
+        ps.get_mut("ann").unwrap().events_total = 3;
+        // Pushed out again (not marked dirty a second time): still written, with both changes.
+        ps.fetch("bob", store_with(profile(7, None))).unwrap();
+        let w = ps.take_writes();
+        assert_eq!(decoded(&w), [("ann".to_string(), 3, None)]);
+    }
+
+    #[test]
+    fn shrinking_the_cache_keeps_changed_profiles() {
+        let mut ps = Profiles::new(4, Xxh3Builder::new());
+        for k in ["a", "b", "c", "d"] {
+            ps.fetch(k, store_with(profile(1, None))).unwrap();
+            ps.mark_dirty(k);
+            ps.get_mut(k).unwrap().events_total = 9;
+        }
+        ps.resize(1);
+        assert_eq!(ps.len(), 1);
+        let mut keys: Vec<_> = decoded(&ps.take_writes())
+            .into_iter()
+            .map(|(k, n, _)| (k, n))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [("a", 9), ("b", 9), ("c", 9), ("d", 9)].map(|(k, n)| (k.to_string(), n))
+        );
+    }
+
+    #[test]
+    fn a_rollback_drops_changes_and_removals_and_the_store_is_read_again() {
+        let mut ps = Profiles::new(8, Xxh3Builder::new());
+        ps.fetch("ann", store_with(profile(1, None))).unwrap();
+        ps.mark_dirty("ann");
+        ps.get_mut("ann").unwrap().events_total = 5;
+        ps.fetch("bob", store_with(profile(2, None))).unwrap();
+        ps.remove("bob");
+        ps.rollback();
+        assert!(!ps.changed());
+        ps.fetch("ann", store_with(profile(1, None))).unwrap();
+        ps.fetch("bob", store_with(profile(2, None))).unwrap();
+        assert_eq!(ps.get("ann").unwrap().events_total, 1);
+        assert_eq!(ps.get("bob").unwrap().events_total, 2);
+        assert_eq!(ps.take_writes(), Writes::default());
+    }
+}

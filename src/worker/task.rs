@@ -1,0 +1,322 @@
+//! A partition task: everything the worker holds for one input partition *number* (state is
+//! keyed by number across the three co-partitioned input topics and the repartition topic).
+//!
+//! A task owns its profiles (cache and write-back overlay), its identity aliases written in the
+//! open batch, its stream clock, the read position and next offsets of each of its topics, its
+//! re-evaluation cursor, its segment-size changes, and whether it is held for the schema
+//! registry. It contributes its part to the batch's single RocksDB write
+//! ([`Task::write_into`]), rolls back alone ([`Task::rollback`]), and is dropped alone when its
+//! partition is revoked: a revocation touches no other task.
+
+use std::collections::HashMap;
+
+use rdkafka::Offset;
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::clock::StreamClock;
+use crate::identity::Local;
+use crate::profile::Profile;
+use crate::store::{Commit, Store};
+
+use super::error::Error;
+use super::overlay::{is_new, Profiles};
+
+/// Where a profile re-evaluation after a definitions change has got to, per partition.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sweep {
+    /// Fingerprint of the definitions being applied.
+    pub version: u64,
+    /// Last profile key done (`None`: none yet).
+    pub after: Option<String>,
+    pub done: bool,
+}
+
+fn sweep_key(partition: i32) -> Vec<u8> {
+    let mut k = b"sweep/".to_vec();
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+/// One assigned topic of the task's partition number.
+struct Input {
+    topic: String,
+    /// Next offset to read: after the last message applied, else the stored offset (`None`:
+    /// not known until the first message, when starting from the configured position).
+    position: Option<i64>,
+    /// Next offset to commit, when a message of this topic was applied in the open batch.
+    pending: Option<i64>,
+}
+
+pub struct Task {
+    pub partition: i32,
+    pub profiles: Profiles,
+    inputs: Vec<Input>,
+    /// Identity aliases written in the open batch (`None`: removed), visible before the commit.
+    aliases: HashMap<String, Option<String>>,
+    clock: StreamClock,
+    lateness: i64,
+    /// Members per segment gained (or lost) in the open batch.
+    segment_deltas: HashMap<String, i64>,
+    /// Timer index entries found that no profile owns (removed with the commit).
+    stray_timers: Vec<(i64, String)>,
+    /// Re-evaluation progress (loaded from the store on first use), and whether the open batch
+    /// moved it.
+    sweep: Option<Sweep>,
+    sweep_moved: bool,
+    /// The schema id this partition number waits for (all its topics paused).
+    pub held: Option<u32>,
+    /// Messages applied in the open batch.
+    pub messages: usize,
+    state_reads: prometheus::IntCounter,
+}
+
+impl Task {
+    /// Opens the task of `partition`: its stream clock resumes from the store.
+    pub fn open(
+        partition: i32,
+        store: &Store,
+        lateness: i64,
+        cache_capacity: usize,
+        hasher: Xxh3Builder,
+        state_reads: prometheus::IntCounter,
+    ) -> Result<Task, Error> {
+        let stored = store.clock(partition)?;
+        Ok(Task {
+            partition,
+            profiles: Profiles::new(cache_capacity, hasher),
+            inputs: Vec::new(),
+            aliases: HashMap::new(),
+            clock: StreamClock::new(stored, lateness),
+            lateness,
+            segment_deltas: HashMap::new(),
+            stray_timers: Vec::new(),
+            sweep: None,
+            sweep_moved: false,
+            held: None,
+            messages: 0,
+            state_reads,
+        })
+    }
+
+    /// A topic of this partition number is assigned: it resumes at its stored offset.
+    pub fn assign(&mut self, topic: &str, store: &Store) -> Result<(), Error> {
+        let position = store.next_offset(topic, self.partition)?;
+        match self.inputs.iter_mut().find(|i| i.topic == topic) {
+            Some(i) => {
+                i.position = position;
+                i.pending = None;
+            }
+            None => self.inputs.push(Input {
+                topic: topic.to_owned(),
+                position,
+                pending: None,
+            }),
+        }
+        Ok(())
+    }
+
+    /// The assigned topics of this partition number.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().map(|i| i.topic.as_str())
+    }
+
+    /// The next offset to read from `topic` (`None`: not known yet).
+    pub fn position(&self, topic: &str) -> Option<i64> {
+        self.inputs
+            .iter()
+            .find(|i| i.topic == topic)
+            .and_then(|i| i.position)
+    }
+
+    /// Whether the message at `offset` of `topic` was already applied (by the open batch, or
+    /// before the last commit): a fetch that raced a seek hands it out again.
+    pub fn already_applied(&self, topic: &str, offset: i64) -> bool {
+        self.position(topic).is_some_and(|next| offset < next)
+    }
+
+    /// Records that the message at `offset` of `topic` is applied (its outputs queued).
+    pub fn applied(&mut self, topic: &str, offset: i64) {
+        self.messages += 1;
+        match self.inputs.iter_mut().find(|i| i.topic == topic) {
+            Some(i) => {
+                i.position = Some(offset + 1);
+                i.pending = Some(offset + 1);
+            }
+            None => self.inputs.push(Input {
+                topic: topic.to_owned(),
+                position: Some(offset + 1),
+                pending: Some(offset + 1),
+            }),
+        }
+    }
+
+    pub fn clock(&mut self) -> &mut StreamClock {
+        &mut self.clock
+    }
+
+    pub fn now(&self) -> Option<i64> {
+        self.clock.now()
+    }
+
+    /// Brings the profile of `key` into the cache (from the overlay, the store, or a placeholder).
+    /// A profile that cannot be read is fatal: starting it afresh would overwrite the shopper's
+    /// history at the next commit.
+    pub fn fetch(&mut self, key: &str, store: &Store) -> Result<(), Error> {
+        let (partition, reads) = (self.partition, &self.state_reads);
+        self.profiles.fetch(key, || {
+            reads.inc();
+            store.profile(partition, key)
+        })?;
+        Ok(())
+    }
+
+    /// As [`Self::fetch`], and marks the profile changed: the caller is about to change it.
+    pub fn load(&mut self, key: &str, store: &Store) -> Result<&mut Profile, Error> {
+        self.fetch(key, store)?;
+        self.profiles.mark_dirty(key);
+        Ok(self.profiles.get_mut(key).expect("fetched"))
+    }
+
+    /// What this partition holds for an identity value: an alias, a profile, or nothing.
+    pub fn local(&mut self, key: &str, store: &Store) -> Result<Local, Error> {
+        let alias = match self.aliases.get(key) {
+            Some(a) => a.clone(),
+            // A profile stored under the key: it is not an alias (no read needed).
+            None if self.profiles.get(key).is_some_and(|p| !is_new(p)) => None,
+            None => store.alias(self.partition, key)?,
+        };
+        if let Some(owner) = alias {
+            return Ok(Local::Alias(owner));
+        }
+        self.fetch(key, store)?;
+        let p = self.profiles.get(key).expect("fetched");
+        Ok(if is_new(p) {
+            Local::Unknown
+        } else {
+            Local::Profile(p.identities.kind)
+        })
+    }
+
+    /// Writes (`Some(owner)`) or removes (`None`) the identity alias `key` with the batch.
+    pub fn set_alias(&mut self, key: String, owner: Option<String>) {
+        self.aliases.insert(key, owner);
+    }
+
+    pub fn segment_delta(&mut self, segment: &str, delta: i64) {
+        match self.segment_deltas.get_mut(segment) {
+            Some(d) => *d += delta,
+            None => {
+                self.segment_deltas.insert(segment.to_owned(), delta);
+            }
+        }
+    }
+
+    /// A timer index entry no profile owns: removed with the commit.
+    pub fn stray_timer(&mut self, at: i64, key: String) {
+        self.stray_timers.push((at, key));
+    }
+
+    /// The re-evaluation cursor for definitions `version` (from the store on first use).
+    pub fn sweep(&mut self, version: u64, store: &Store) -> Result<Sweep, Error> {
+        if let Some(s) = self.sweep.as_ref().filter(|s| s.version == version) {
+            return Ok(s.clone());
+        }
+        let stored = store
+            .meta(&sweep_key(self.partition))?
+            .and_then(|b| postcard::from_bytes::<Sweep>(&b).ok())
+            .filter(|s| s.version == version);
+        let s = stored.unwrap_or(Sweep {
+            version,
+            after: None,
+            done: false,
+        });
+        self.sweep = Some(s.clone());
+        Ok(s)
+    }
+
+    pub fn move_sweep(&mut self, to: Sweep) {
+        self.sweep = Some(to);
+        self.sweep_moved = true;
+    }
+
+    /// Whether the open batch has anything to commit for this task.
+    pub fn has_changes(&self) -> bool {
+        self.messages > 0
+            || self.profiles.changed()
+            || !self.aliases.is_empty()
+            || self.sweep_moved
+            || !self.stray_timers.is_empty()
+    }
+
+    /// Adds this task's part of the batch to the commit: profiles written and removed, the timer
+    /// index, aliases, the clock, each topic's next offset, segment sizes and the sweep cursor.
+    pub fn write_into(&mut self, c: &mut Commit) {
+        let p = self.partition;
+        let w = self.profiles.take_writes();
+        c.profiles.extend(w.put.into_iter().map(|(k, b)| (p, k, b)));
+        c.profiles_deleted
+            .extend(w.deleted.into_iter().map(|k| (p, k)));
+        c.timers_added
+            .extend(w.timers_added.into_iter().map(|(t, k)| (p, t, k)));
+        c.timers_removed
+            .extend(w.timers_removed.into_iter().map(|(t, k)| (p, t, k)));
+        c.timers_removed
+            .extend(self.stray_timers.drain(..).map(|(t, k)| (p, t, k)));
+        c.aliases
+            .extend(self.aliases.drain().map(|(k, owner)| (p, k, owner)));
+        if let Some(now) = self.clock.now() {
+            c.clocks.push((p, now));
+        }
+        for i in &mut self.inputs {
+            if let Some(next) = i.pending.take() {
+                c.offsets.push((i.topic.clone(), p, next));
+            }
+        }
+        c.segment_deltas.extend(
+            self.segment_deltas
+                .drain()
+                .filter(|(_, d)| *d != 0)
+                .map(|(s, d)| (p, s, d)),
+        );
+        if self.sweep_moved {
+            if let Some(s) = &self.sweep {
+                c.meta.push((
+                    sweep_key(p),
+                    Some(postcard::to_stdvec(s).expect("cursor serialises")),
+                ));
+            }
+            self.sweep_moved = false;
+        }
+        self.messages = 0;
+    }
+
+    /// Drops the open batch: profiles, aliases, clock, positions and cursor go back to what the
+    /// store holds. Returns each topic and the offset to seek it back to.
+    pub fn rollback(
+        &mut self,
+        store: &Store,
+        start_from: Offset,
+    ) -> Result<Vec<(String, Offset)>, Error> {
+        self.profiles.rollback();
+        for key in self.aliases.keys() {
+            self.profiles.forget(key);
+        }
+        self.aliases.clear();
+        self.segment_deltas.clear();
+        self.stray_timers.clear();
+        self.sweep = None;
+        self.sweep_moved = false;
+        self.messages = 0;
+        self.clock = StreamClock::new(store.clock(self.partition)?, self.lateness);
+        let mut seeks = Vec::with_capacity(self.inputs.len());
+        for i in &mut self.inputs {
+            i.pending = None;
+            i.position = store.next_offset(&i.topic, self.partition)?;
+            seeks.push((
+                i.topic.clone(),
+                i.position.map_or(start_from, Offset::Offset),
+            ));
+        }
+        Ok(seeks)
+    }
+}
