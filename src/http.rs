@@ -29,10 +29,10 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::identity::{self, Internal, Message, Position};
+use crate::kafka_logs::ProducerLogs;
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
 use crate::store::Store;
-use crate::worker::ProducerLogs;
 
 /// Shared with the worker: whether it is ready, and if not, why.
 pub struct Health {

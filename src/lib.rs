@@ -16,12 +16,20 @@
 //!  definitions changed ─► every stored profile, a slice per batch ─► audience (cause definition-change)
 //! ```
 //!
+//! ### The core: crate `tailor-core` (`core/`), re-exported here
+//!
+//! Synchronous and free of I/O — the crate depends on no async runtime, Kafka client or storage
+//! engine, so the compiler keeps it that way; tested, benchmarked and fuzzed (`fuzz/`) without
+//! the C libraries.
+//!
 //! - [`wire`]: serde mirrors of the Avro schemas in `avro/` (the contract with producers).
 //! - [`codec`]: the three framings (Avro single-object, Confluent registry id, JSON); writer
 //!   schemas by spec fingerprint or registry id, resolved to the reader schemas.
-//! - [`event`]: one validated [`event::Event`] shape for the three families.
+//! - [`event`]: one validated [`event::Event`] shape for the three families, with every field
+//!   within its size cap (so every output stays below the broker's record limit).
 //! - [`identity`]: which profile an event belongs to; links, merges of an anonymous profile into
-//!   the known one, deletion; the repartition protocol that moves them between partitions.
+//!   the known one, deletion; the repartition protocol that moves them between partitions, and
+//!   its routing decisions as pure functions of what a partition holds.
 //! - [`clock`]: each partition's stream clock (event time; wall clock when caught up).
 //! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d", and when
 //!   each count leaves its window.
@@ -31,20 +39,31 @@
 //! - [`journey`]: journey definitions, re-entry wait, one trigger per cause, consent, context.
 //! - [`audience`]: applies an event or fires a timer; membership changes and journey triggers
 //!   with deterministic ids.
-//!
-//! Those modules are the synchronous core: no I/O, tested and benchmarked without Kafka.
-//! The shell around it:
-//!
-//! - [`store`]: RocksDB — profiles, identity aliases, the timer index, clocks, offsets, segment
-//!   sizes and re-evaluation cursors committed in one atomic batch.
-//! - [`worker`]: move clocks and fire due timers → consume → apply ([`audience::Core`]) →
-//!   produce and await delivery → commit state + next offsets → store offsets for lag monitoring.
-//! - [`registry`] (Confluent-compatible schema registry client), [`schemas`] (the schemas
-//!   directory, loaded at start and on SIGHUP).
-//! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`),
-//!   [`replay`] (real data sets as platform events).
 //! - [`samples`]: fully populated example events of every type, for tests, benchmarks and
 //!   producers who want to see a complete event.
+//!
+//! ### The shell (this crate)
+//!
+//! - [`worker`]: the async loop over **partition tasks**, one per assigned partition number,
+//!   one module per stage:
+//!   - `worker::kafka` — clients, librdkafka callbacks (rebalances at RocksDB's offsets, logs,
+//!     lag), topic checks, the class of each Kafka error;
+//!   - `worker::task` — one partition number's state: profiles (`worker::overlay`: LRU cache
+//!     and the open batch's write-back overlay), aliases, clock, positions, offsets, cursor;
+//!     commits its part, rolls back, or is dropped on its own;
+//!   - `worker::process` — one message (or due timer, or re-evaluation) through the core for
+//!     one task: decode, validate, route by the identity protocol, apply;
+//!   - `worker::collector` — every produced record, bounded, handed to the producer;
+//!   - `worker::commit` — deliver → one RocksDB write batch → store offsets;
+//!   - `worker::hold` — a partition number paused until the schema registry answers;
+//!   - `worker::error` — bad input (dead letter), transient (roll back, retry), fatal (stop).
+//! - [`store`]: RocksDB — profiles, identity aliases, the timer index, clocks, offsets, segment
+//!   sizes and re-evaluation cursors committed in one atomic batch.
+//! - [`registry`] (Confluent-compatible schema registry client), [`schemas`] (the schemas
+//!   directory, loaded at start and on SIGHUP).
+//! - [`kafka_logs`]: librdkafka's log lines into `tracing`, rate-limited.
+//! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`),
+//!   [`replay`] (real data sets as platform events).
 
 pub use tailor_core::{
     audience, clock, codec, event, identity, journey, profile, samples, segments, window, wire,
@@ -52,6 +71,7 @@ pub use tailor_core::{
 
 pub mod config;
 pub mod http;
+pub mod kafka_logs;
 pub mod metrics;
 pub mod registry;
 pub mod replay;

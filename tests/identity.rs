@@ -472,6 +472,22 @@ fn changed_definitions_are_applied_to_every_existing_profile_once() {
     worker.wait_for(Duration::from_secs(10), "the refused reload", |w| {
         w.metric("tailor_definition_reloads_total", "result=\"invalid\"") == 1.0
     });
+    // Regression: an escaped multi-byte character in a rule panicked the lexer, and a SIGHUP
+    // with such a file stopped the running worker. It is refused like any invalid file.
+    std::fs::write(
+        &file,
+        "segments:\n  - id: odd\n    rule: \"city == '\\\\é' >\"\n",
+    )
+    .unwrap();
+    worker.signal("HUP");
+    worker.wait_for(Duration::from_secs(10), "the second refused reload", |w| {
+        w.metric("tailor_definition_reloads_total", "result=\"invalid\"") == 2.0
+    });
+    assert_eq!(
+        worker.get("/readyz").map(|r| r.0),
+        Some(200),
+        "still running"
+    );
     let v3 = format!("{v2}  - id: cart-holders\n    rule: cart.items > 0\n");
     std::fs::write(&file, v3).unwrap();
     worker.signal("HUP");

@@ -65,13 +65,12 @@ use crate::registry::{Lookup, Registry};
 use crate::store::Store;
 
 pub use collector::{DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
-pub use kafka::ProducerLogs;
 pub use process::{MAX_EVENT_BYTES, MAX_KEY_BYTES};
 
 use collector::Collector;
 use error::Error;
 use hold::LookupSender;
-use kafka::{KafkaContext, Rebalance};
+use kafka::{KafkaContext, ProducerLogs, Rebalance};
 use process::{Incoming, InputTopics, Processor};
 use task::Task;
 
