@@ -33,6 +33,8 @@ pub struct KafkaContext {
     pub metrics: Arc<Metrics>,
     pub start_from: Offset,
     pub rebalances: Mutex<Vec<Rebalance>>,
+    /// Whether librdkafka's last statistics showed a broker connection up (none: all down).
+    pub brokers_up: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for KafkaContext {
@@ -41,6 +43,9 @@ impl ClientContext for KafkaContext {
     }
 
     fn stats(&self, stats: Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        self.brokers_up
+            .store(up, std::sync::atomic::Ordering::Relaxed);
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {

@@ -112,8 +112,12 @@ struct Worker {
     /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
     follow_wall: bool,
     max_messages: usize,
-    /// A transient fault in force (what and why), for `/readyz`; cleared by progress.
+    /// A transient fault of the batch in force (what and why), for `/readyz`; cleared by the
+    /// next commit.
     fault: Option<String>,
+    /// The broker unreachable, as consumer errors and librdkafka's statistics tell; cleared
+    /// when messages arrive or a connection is up again.
+    broker_down: Option<String>,
     /// Consumer errors since the last message, and when the last was logged.
     consumer_errors: (u64, Option<Instant>),
     /// Wait before the next retry after a transient fault.
@@ -138,7 +142,7 @@ impl Worker {
         self.metrics.paused_partitions.set(held.len() as i64);
         let state = if self.stopping {
             Err("shutting down".to_string())
-        } else if let Some(f) = &self.fault {
+        } else if let Some(f) = self.fault.as_ref().or(self.broker_down.as_ref()) {
             Err(f.clone())
         } else if self.tasks.is_empty() {
             Err("no partitions assigned yet".to_string())
@@ -390,9 +394,29 @@ impl Worker {
             warn!(error = %e, errors_since_last_message = *count, "consumer error; librdkafka retries");
             *last = Some(Instant::now());
         }
-        self.fault = Some(format!("broker: {e}"));
+        self.broker_down = Some(format!("broker: {e}"));
         self.publish_readiness();
         Ok(())
+    }
+
+    /// The broker connection as librdkafka's statistics see it (every 5 s): with none up,
+    /// `/readyz` says so even when nothing is being consumed or produced; when one is up again
+    /// and no consumer error came for a while, a broker fault noted from consumer errors is over.
+    fn check_brokers(&mut self, consumer: &StreamConsumer<KafkaContext>) {
+        let up = consumer.context().brokers_up.load(Ordering::Relaxed);
+        let quiet = self
+            .consumer_errors
+            .1
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if !up && self.broker_down.is_none() {
+            self.broker_down = Some("broker: no broker connection is up".into());
+            self.publish_readiness();
+        } else if up && quiet && self.broker_down.is_some() {
+            info!("broker connection up again");
+            self.broker_down = None;
+            self.consumer_errors = (0, None);
+            self.publish_readiness();
+        }
     }
 
     /// Reads the schemas directory again (SIGHUP). Refused files are logged with the reason;
@@ -648,6 +672,7 @@ pub async fn run(
             Offset::Beginning
         },
         rebalances: std::sync::Mutex::new(Vec::new()),
+        brokers_up: std::sync::atomic::AtomicBool::new(true),
     };
     let mut ccfg = kafka::client_config(&settings);
     ccfg.set("group.id", &c.consumer.group_id)
@@ -744,6 +769,7 @@ pub async fn run(
         follow_wall: c.processing.wall_clock,
         max_messages: c.processing.batch_max_messages,
         fault: None,
+        broker_down: None,
         consumer_errors: (0, None),
         backoff: Duration::from_secs(1),
         stopping: false,
@@ -800,6 +826,7 @@ impl Worker {
         let deadline = tokio::time::sleep(max_wait);
         tokio::pin!(deadline);
         self.proc.wall = now_ms();
+        self.check_brokers(consumer);
         if self.reload_requested() {
             self.reload_schemas();
             self.reload_definitions();
@@ -836,12 +863,10 @@ impl Worker {
                         }
                         Ok(m) => m,
                     };
-                    if self.consumer_errors.0 > 0 || self.fault.as_deref().is_some_and(|f| f.starts_with("broker")) {
-                        if self.consumer_errors.0 > 0 {
-                            info!(errors = self.consumer_errors.0, "consuming again");
-                        }
+                    if self.broker_down.is_some() {
+                        info!(errors = self.consumer_errors.0, "consuming again");
                         self.consumer_errors = (0, None);
-                        self.fault = None;
+                        self.broker_down = None;
                         self.publish_readiness();
                     }
                     self.apply_rebalances(consumer)?;

@@ -203,6 +203,11 @@ impl Profiles {
             let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) else {
                 continue;
             };
+            if is_new(&slot.profile) && self.pending.contains_key(&key) {
+                // Read again after its removal but nothing was created: the removal stands.
+                slot.dirty = false;
+                continue;
+            }
             w.timer_moved(&key, slot.committed_timer, slot.profile.next_timer);
             slot.committed_timer = slot.profile.next_timer;
             slot.dirty = false;
@@ -315,6 +320,20 @@ mod tests {
         let w = ps.take_writes();
         assert!(w.timers_removed.is_empty(), "{w:?}");
         assert_eq!(w.timers_added, [(900, "ann".to_string())]);
+    }
+
+    #[test]
+    fn a_removed_key_loaded_again_but_left_empty_is_still_deleted() {
+        let mut ps = Profiles::new(8, Xxh3Builder::new());
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.remove("ann");
+        // Loaded (marked changed) by a step that then changed nothing.
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.mark_dirty("ann");
+        let w = ps.take_writes();
+        assert!(w.put.is_empty(), "{:?}", decoded(&w));
+        assert_eq!(w.deleted, ["ann"]);
+        assert_eq!(w.timers_removed, [(500, "ann".to_string())]);
     }
 
     #[test]
