@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// At most one line per librdkafka facility and level every this long; the rest are counted and
 /// reported with the next line. With the broker down librdkafka reports every reconnect attempt.
@@ -75,12 +76,36 @@ pub fn forward_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
-/// Producer callbacks: logs only.
+/// Routes librdkafka's global errors (rdkafka logs them at ERROR by default). librdkafka
+/// retries them (all brokers down, a transport failure): WARN, at most one line per error code
+/// every 30 s. A fatal error (the idempotent producer cannot go on) is ERROR: the worker stops
+/// at its next produce.
+pub fn forward_error(e: KafkaError, reason: &str) {
+    let code = e.rdkafka_error_code();
+    if code == Some(RDKafkaErrorCode::Fatal) {
+        error!("librdkafka: fatal error: {e}: {reason}");
+        return;
+    }
+    let fac = format!("error:{code:?}");
+    if let Some(held) = may_log(&fac, 255) {
+        if held > 0 {
+            warn!(similar_lines_held_back = held, "librdkafka: {e}: {reason}");
+        } else {
+            warn!("librdkafka: {e}: {reason}");
+        }
+    }
+}
+
+/// Producer callbacks: logs and errors only.
 pub struct ProducerLogs;
 
 impl ClientContext for ProducerLogs {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(error, reason);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
-pub use crate::kafka_logs::{forward_log, ProducerLogs};
+pub use crate::kafka_logs::{forward_error, forward_log, ProducerLogs};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
@@ -40,6 +40,10 @@ pub struct KafkaContext {
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(error, reason);
     }
 
     fn stats(&self, stats: Statistics) {
