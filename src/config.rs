@@ -294,6 +294,9 @@ const RESERVED_KAFKA: &[&str] = &[
     // State is keyed by partition *number* across the co-partitioned topics: only the range
     // assignor gives one member the same numbers of every topic. Tailor sets it.
     "partition.assignment.strategy",
+    // The next-generation group protocol (KIP-848) assigns incrementally; Tailor's rebalance
+    // handling assigns eagerly, with the range assignor.
+    "group.protocol",
 ];
 
 /// The validated, ready-to-use configuration.
@@ -406,10 +409,11 @@ impl Config {
                 problems.push(format!("{field} = {name:?}: same topic as {other}"));
             }
         }
-        if c.identity.max_identities < 2 {
+        if !(2..=crate::audience::MAX_IDENTITIES_LIMIT).contains(&c.identity.max_identities) {
             problems.push(format!(
-                "identity.max_identities = {}: at least 2 (a browser and a known identity)",
-                c.identity.max_identities
+                "identity.max_identities = {}: at least 2 (a browser and a known identity), at most {} (a profile, which travels whole in a merge, must stay below the broker's record size)",
+                c.identity.max_identities,
+                crate::audience::MAX_IDENTITIES_LIMIT
             ));
         }
         if c.topics.repartition_replication == 0 || c.topics.repartition_replication < -1 {

@@ -157,7 +157,7 @@ impl Metrics {
             "Transient faults (broker, schema registry) that rolled the open batch back to retry it, by what failed.",
             &["what"],
         );
-        for w in ["broker", "schema_registry"] {
+        for w in ["broker", "producer", "schema_registry"] {
             transient_faults.with_label_values(&[w]);
         }
         let outputs_oversized = counter(

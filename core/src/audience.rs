@@ -100,6 +100,10 @@ fn sorted_ids(set: &SegmentSet) -> Vec<String> {
 
 /// Default most identities per profile.
 pub const MAX_IDENTITIES: usize = 32;
+/// The largest `identity.max_identities` accepted: each identity is up to 512 bytes, and a
+/// profile travels whole through the repartition topic when it is merged, so it must stay below
+/// the broker's record size (`core/tests/bounds.rs` builds the largest one).
+pub const MAX_IDENTITIES_LIMIT: usize = 100;
 
 impl Core {
     pub fn new(segments: Arc<SegmentSet>) -> Core {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tailor_core::audience::{Core, Outputs, Source};
+use tailor_core::audience::{Core, Outputs, Source, MAX_IDENTITIES_LIMIT};
 use tailor_core::codec::encode;
 use tailor_core::event::{
     Attributes, Cart, Event, EventType, Line, MAX_EVENT_BYTES, MAX_ID_BYTES, MAX_TEXT_BYTES,
@@ -64,7 +64,8 @@ fn outputs_stay_below_the_broker_limit_whatever_valid_events_arrive() {
         "/../examples/segments.yaml"
     ))
     .unwrap();
-    let mut core = Core::new(Arc::new(SegmentSet::parse(&rules).unwrap()));
+    let mut core = Core::new(Arc::new(SegmentSet::parse(&rules).unwrap()))
+        .with_max_identities(MAX_IDENTITIES_LIMIT);
     let mut p = Profile::default();
     let key = s("key", 0, MAX_ID_BYTES);
     let mut out = Outputs::default();
@@ -122,6 +123,11 @@ fn outputs_stay_below_the_broker_limit_whatever_valid_events_arrive() {
         }
         max_profile = max_profile.max(profile::encode(&p).len());
     }
+    assert_eq!(
+        tailor_core::identity::count(&p),
+        MAX_IDENTITIES_LIMIT,
+        "the profile must hold the most identities allowed for this test to mean anything"
+    );
     assert!(
         triggers > 0,
         "the example journeys must trigger for this test to mean anything"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::codec::{self, encode};
 use crate::metrics::Metrics;
@@ -63,6 +63,8 @@ pub struct Source<'a> {
 
 pub struct Collector {
     producer: FutureProducer<ProducerLogs>,
+    /// The producer's configuration, to create a new one when it cannot go on.
+    config: rdkafka::ClientConfig,
     /// Topic names, indexed by [`OutTopic`].
     topics: [String; 4],
     /// Registry ids of the output schemas (audience, journeys, dead letters) when outputs are
@@ -111,21 +113,40 @@ pub fn dead_letter_record(source: &Source, rejection: &Rejection) -> DeadLetter 
 
 impl Collector {
     pub fn new(
-        producer: FutureProducer<ProducerLogs>,
+        config: rdkafka::ClientConfig,
         topics: [String; 4],
         output_ids: Option<[u32; 3]>,
         max_bytes: usize,
         metrics: std::sync::Arc<Metrics>,
-    ) -> Collector {
-        Collector {
+    ) -> Result<Collector, Error> {
+        let producer = config
+            .create_with_context(ProducerLogs)
+            .map_err(|e| Error::fatal(format!("creating the Kafka producer: {e}")))?;
+        Ok(Collector {
             producer,
+            config,
             topics,
             output_ids,
             max_bytes,
             queue: Vec::new(),
             deliveries: Vec::new(),
             metrics,
-        }
+        })
+    }
+
+    /// Replaces the producer with a new instance (the old one is fenced or lost its idempotence
+    /// state); what it had in flight is dropped, and the rolled-back batch sends it again.
+    pub fn renew_producer(&mut self) -> Result<(), Error> {
+        self.discard();
+        let fresh: FutureProducer<ProducerLogs> = self
+            .config
+            .create_with_context(ProducerLogs)
+            .map_err(|e| Error::fatal(format!("creating a new Kafka producer: {e}")))?;
+        let old = std::mem::replace(&mut self.producer, fresh);
+        // Dropping waits for librdkafka to purge and close it; not on the async thread.
+        tokio::task::spawn_blocking(move || drop(old));
+        warn!("the Kafka producer could not go on: replaced by a new one");
+        Ok(())
     }
 
     pub fn topic(&self, t: OutTopic) -> &str {
@@ -248,6 +269,14 @@ impl Collector {
             }
             let size = out.key.len() + out.payload.as_ref().map_or(0, Vec::len);
             if size + RECORD_OVERHEAD > self.max_bytes {
+                if out.topic == OutTopic::Repartition {
+                    // A message of the identity protocol carries state (a merged profile) or an
+                    // event that exists nowhere else: dropping it would lose them.
+                    return Err(Error::fatal(format!(
+                        "a repartition message of {size} bytes exceeds message.max.bytes ({}): raise it (or lower identity.max_identities)",
+                        self.max_bytes
+                    )));
+                }
                 out = self.oversized(out, size);
             }
             let topic = self.topics[out.topic.index()].clone();

@@ -32,12 +32,14 @@ pub fn hold(
     id: u32,
 ) -> Result<(), Error> {
     let partition = task.partition;
-    let start_from = consumer.context().start_from;
+    // Held from the start, so that a failure half-way still resumes every topic (`release`).
+    task.held = Some(id);
     for t in task.topics().map(str::to_owned).collect::<Vec<_>>() {
         let to = if t == topic {
-            Offset::Offset(offset)
+            Some(offset)
         } else {
-            task.position(&t).map_or(start_from, Offset::Offset)
+            // Nothing read from it yet: pausing alone keeps its position.
+            task.position(&t)
         };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&t, partition);
@@ -46,13 +48,16 @@ pub fn hold(
         consumer
             .pause(&tpl)
             .map_err(|e| Error::transient("broker", format!("pausing {t}/{partition}: {e}")))?;
-        consumer
-            .seek(&t, partition, to, Duration::from_secs(10))
-            .map_err(|e| {
-                Error::transient("broker", format!("seeking {t}/{partition} to {to:?}: {e}"))
-            })?;
+        if let Some(to) = to {
+            // A failed seek leaves the fetch position after messages not applied: fatal (a
+            // restart resumes from the last commit), never a silent gap.
+            consumer
+                .seek(&t, partition, Offset::Offset(to), Duration::from_secs(10))
+                .map_err(|e| {
+                    Error::fatal(format!("seeking {t}/{partition} back to offset {to}: {e}"))
+                })?;
+        }
     }
-    task.held = Some(id);
     info!(
         topic,
         partition,

@@ -175,6 +175,24 @@ pub fn class_of_consumer_error(e: &KafkaError) -> Class {
     }
 }
 
+/// Whether a consumer error says the broker cannot be reached (shown on `/readyz`).
+pub fn is_connectivity(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+        )
+    )
+}
+
 /// What a failed delivery of an output means: retried (the batch is rolled back and processed
 /// again), or fatal (retrying cannot succeed).
 pub fn delivery_error(topic: &str, e: &KafkaError) -> Error {
@@ -188,9 +206,18 @@ pub fn delivery_error(topic: &str, e: &KafkaError) -> Error {
         }
         RDKafkaErrorCode::TopicAuthorizationFailed
         | RDKafkaErrorCode::ClusterAuthorizationFailed
-        | RDKafkaErrorCode::Fatal
         | RDKafkaErrorCode::InvalidConfig => {
             Error::fatal(format!("delivering to {topic}: {e}"))
+        }
+        // The producer instance cannot go on (fenced by a newer epoch, its sequence state lost
+        // after timeouts): the batch is retried with a new producer.
+        RDKafkaErrorCode::Fatal
+        | RDKafkaErrorCode::ProducerFenced
+        | RDKafkaErrorCode::InvalidProducerEpoch
+        | RDKafkaErrorCode::OutOfOrderSequenceNumber
+        | RDKafkaErrorCode::UnknownProducerId
+        | RDKafkaErrorCode::InvalidProducerIdMapping => {
+            Error::transient("producer", format!("delivering to {topic}: {e}"))
         }
         RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => Error::fatal(
             format!("delivering to {topic}: {e} (create the topic, e.g. with `tailor topics --config ...`)"),
@@ -334,5 +361,13 @@ mod tests {
         ));
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         assert!(matches!(delivery_error("t", &too_large), Error::Fatal(_)));
+        let fenced = KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
+        assert!(matches!(
+            delivery_error("t", &fenced),
+            Error::Transient {
+                what: "producer",
+                ..
+            }
+        ));
     }
 }

@@ -123,15 +123,13 @@ struct Worker {
     /// Wait before the next retry after a transient fault.
     backoff: Duration,
     stopping: bool,
+    /// Messages skipped in this batch because their offset is below what was already applied.
+    skipped: u64,
     batch_started: Option<Instant>,
     last_log: (Instant, u64),
 }
 
 impl Worker {
-    fn start_from(consumer: &StreamConsumer<KafkaContext>) -> Offset {
-        consumer.context().start_from
-    }
-
     /// Tells `/readyz` whether this worker is ready and, if not, why.
     fn publish_readiness(&self) {
         let held: Vec<String> = self
@@ -178,9 +176,9 @@ impl Worker {
                     for (topic, partition) in &parts {
                         tpl.add_partition(topic, *partition);
                     }
-                    consumer.resume(&tpl).map_err(|e| {
-                        Error::transient("broker", format!("resuming assigned partitions: {e}"))
-                    })?;
+                    if let Err(e) = consumer.resume(&tpl) {
+                        warn!(error = %e, "resuming newly assigned partitions failed");
+                    }
                     for (topic, partition) in parts {
                         let task = match self.tasks.entry(partition) {
                             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -220,18 +218,11 @@ impl Worker {
                             // Part of a partition number revoked (never with the range
                             // assignor Tailor sets): its state mixes every topic of the number,
                             // so the task goes back to its last commit.
-                            let start_from = Self::start_from(consumer);
-                            for (topic, to) in task.rollback(&self.store, start_from)? {
-                                if self.assigned.contains(&(topic.clone(), p)) {
-                                    consumer
-                                        .seek(&topic, p, to, Duration::from_secs(10))
-                                        .map_err(|e| {
-                                            Error::transient(
-                                                "broker",
-                                                format!("seeking {topic}/{p} back: {e}"),
-                                            )
-                                        })?;
-                                }
+                            for (topic, _) in parts.iter().filter(|(_, q)| *q == p) {
+                                task.unassign(topic);
+                            }
+                            for (topic, to) in task.rollback(&self.store)? {
+                                seek_back(consumer, &topic, p, to)?;
                             }
                         }
                     }
@@ -295,7 +286,11 @@ impl Worker {
         };
         // Handed out before its partition was held (every topic of it was sought back to its
         // next message), or before a seek back to the last commit: it comes again.
-        if task.held.is_some() || task.already_applied(msg.topic, msg.offset) {
+        if task.held.is_some() {
+            return Ok(());
+        }
+        if task.already_applied(msg.topic, msg.offset) {
+            self.skipped += 1;
             return Ok(());
         }
         if let Some(id) = self.proc.awaited_schema(msg.topic, msg.payload) {
@@ -359,19 +354,27 @@ impl Worker {
         self.out.discard();
         self.meta.clear();
         self.batch_started = None;
-        let start_from = Self::start_from(consumer);
+        if what == "producer" {
+            // The producer instance cannot go on (fenced, or its idempotence state lost): a new
+            // one sends the batch again.
+            self.out.renew_producer()?;
+        }
         for task in self.tasks.values_mut() {
-            for (topic, to) in task.rollback(&self.store, start_from)? {
-                // A seek that fails now is retried at the next fault; the position guard skips
-                // what was applied before.
-                if let Err(e) = consumer.seek(&topic, task.partition, to, Duration::from_secs(10)) {
-                    warn!(topic, partition = task.partition, error = %e, "seek back to the last commit failed");
-                }
+            for (topic, to) in task.rollback(&self.store)? {
+                seek_back(consumer, &topic, task.partition, to)?;
             }
-            if task.held.is_some() {
-                hold::release(consumer, task)?;
+            // Every topic resumes (a no-op when not paused): a hold that failed half-way must
+            // not leave one paused. A message still waiting for the registry holds it again.
+            task.held = None;
+            let mut tpl = TopicPartitionList::new();
+            for t in task.topics() {
+                tpl.add_partition(t, task.partition);
+            }
+            if let Err(e) = consumer.resume(&tpl) {
+                warn!(partition = task.partition, error = %e, "resuming after a rollback failed");
             }
         }
+        self.publish_readiness();
         // Definitions put in force in the dropped batch are put in force again.
         self.restart_definitions_if_needed()?;
         tokio::select! {
@@ -394,8 +397,10 @@ impl Worker {
             warn!(error = %e, errors_since_last_message = *count, "consumer error; librdkafka retries");
             *last = Some(Instant::now());
         }
-        self.broker_down = Some(format!("broker: {e}"));
-        self.publish_readiness();
+        if kafka::is_connectivity(e) {
+            self.broker_down = Some(format!("broker: {e}"));
+            self.publish_readiness();
+        }
         Ok(())
     }
 
@@ -552,6 +557,20 @@ impl Worker {
     }
 }
 
+/// Seeks `topic`/`partition` back to `to`. A failed seek would leave the fetch position after
+/// messages that are no longer applied: fatal (a restart resumes from the last commit), never a
+/// silent gap.
+fn seek_back(
+    consumer: &StreamConsumer<KafkaContext>,
+    topic: &str,
+    partition: i32,
+    to: Offset,
+) -> Result<(), Error> {
+    consumer
+        .seek(topic, partition, to, Duration::from_secs(10))
+        .map_err(|e| Error::fatal(format!("seeking {topic}/{partition} back to {to:?}: {e}")))
+}
+
 /// Parses segment definitions. A parser panic (a bug) is turned into an error naming it, so a
 /// SIGHUP with an odd file never stops a running worker.
 fn parse_definitions(src: &str) -> Result<crate::segments::SegmentSet, String> {
@@ -659,9 +678,6 @@ pub async fn run(
             pcfg.set(k, v);
         }
     }
-    let producer: FutureProducer<ProducerLogs> = pcfg
-        .create_with_context(ProducerLogs)
-        .context("creating the Kafka producer")?;
 
     let context = KafkaContext {
         store: store.clone(),
@@ -700,10 +716,14 @@ pub async fn run(
     consumer
         .subscribe(&subscribed)
         .context("subscribing to the input and repartition topics")?;
+    // The HTTP API's deletions go through a producer of their own.
+    let api_producer: FutureProducer<ProducerLogs> = pcfg
+        .create_with_context(ProducerLogs)
+        .context("creating the Kafka producer")?;
     api.attach(crate::http::Attached {
         store: store.clone(),
         partitions,
-        producer: producer.clone(),
+        producer: api_producer,
         repartition: c.topics.repartition.clone(),
         group: c.consumer.group_id.clone(),
         kafka: kafka::client_config(&settings),
@@ -717,7 +737,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let out = Collector::new(
-        producer,
+        pcfg,
         [
             c.topics.audience_changes.clone(),
             c.topics.journey_triggers.clone(),
@@ -727,7 +747,8 @@ pub async fn run(
         output_ids,
         kafka::producer_max_bytes(&settings),
         metrics.clone(),
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let proc = Processor::new(
         settings.core(),
         catalog,
@@ -773,6 +794,7 @@ pub async fn run(
         consumer_errors: (0, None),
         backoff: Duration::from_secs(1),
         stopping: false,
+        skipped: 0,
         batch_started: None,
         last_log: (Instant::now(), 0),
     };
@@ -890,8 +912,19 @@ impl Worker {
         }
         // Rebalances can also arrive while no message does.
         self.apply_rebalances(consumer)?;
+        if self.skipped > 0 {
+            warn!(
+                messages = self.skipped,
+                "messages below the position already applied were skipped (a topic truncated or recreated below the stored offset?)"
+            );
+            self.skipped = 0;
+        }
         if self.has_changes() {
             self.flush(consumer, stop).await?;
+        } else if self.fault.take().is_some() {
+            // Nothing left to redo after a transient fault (its partitions moved, or it was idle).
+            self.backoff = Duration::from_secs(1);
+            self.publish_readiness();
         }
         Ok(())
     }

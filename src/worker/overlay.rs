@@ -100,7 +100,9 @@ impl Profiles {
     }
 
     fn spill(&mut self, key: String, slot: Slot) {
-        if slot.dirty {
+        // An empty placeholder of a removed key: the removal stands.
+        let removed = matches!(self.pending.get(&key), Some((Pending::Removed, _)));
+        if slot.dirty && !(removed && is_new(&slot.profile)) {
             self.pending.insert(
                 key,
                 (
@@ -334,6 +336,20 @@ mod tests {
         assert!(w.put.is_empty(), "{:?}", decoded(&w));
         assert_eq!(w.deleted, ["ann"]);
         assert_eq!(w.timers_removed, [(500, "ann".to_string())]);
+    }
+
+    #[test]
+    fn a_removed_key_loaded_again_and_evicted_empty_is_still_deleted() {
+        let mut ps = Profiles::new(1, Xxh3Builder::new());
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.remove("ann");
+        ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
+        ps.mark_dirty("ann");
+        // Pushed out while still an empty placeholder.
+        ps.fetch("bob", store_with(profile(1, None))).unwrap();
+        let w = ps.take_writes();
+        assert!(w.put.is_empty(), "{:?}", decoded(&w));
+        assert_eq!(w.deleted, ["ann"]);
     }
 
     #[test]

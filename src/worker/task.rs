@@ -45,6 +45,8 @@ struct Input {
     position: Option<i64>,
     /// Next offset to commit, when a message of this topic was applied in the open batch.
     pending: Option<i64>,
+    /// The first message applied since the last commit: where a rollback reads again from.
+    first_uncommitted: Option<i64>,
 }
 
 pub struct Task {
@@ -105,11 +107,13 @@ impl Task {
             Some(i) => {
                 i.position = position;
                 i.pending = None;
+                i.first_uncommitted = None;
             }
             None => self.inputs.push(Input {
                 topic: topic.to_owned(),
                 position,
                 pending: None,
+                first_uncommitted: None,
             }),
         }
         Ok(())
@@ -141,11 +145,13 @@ impl Task {
             Some(i) => {
                 i.position = Some(offset + 1);
                 i.pending = Some(offset + 1);
+                i.first_uncommitted.get_or_insert(offset);
             }
             None => self.inputs.push(Input {
                 topic: topic.to_owned(),
                 position: Some(offset + 1),
                 pending: Some(offset + 1),
+                first_uncommitted: Some(offset),
             }),
         }
     }
@@ -271,6 +277,7 @@ impl Task {
             if let Some(next) = i.pending.take() {
                 c.offsets.push((i.topic.clone(), p, next));
             }
+            i.first_uncommitted = None;
         }
         c.segment_deltas.extend(
             self.segment_deltas
@@ -290,13 +297,17 @@ impl Task {
         self.messages = 0;
     }
 
+    /// A topic of this partition number is no longer assigned here.
+    pub fn unassign(&mut self, topic: &str) {
+        self.inputs.retain(|i| i.topic != topic);
+    }
+
     /// Drops the open batch: profiles, aliases, clock, positions and cursor go back to what the
-    /// store holds. Returns each topic and the offset to seek it back to.
-    pub fn rollback(
-        &mut self,
-        store: &Store,
-        start_from: Offset,
-    ) -> Result<Vec<(String, Offset)>, Error> {
+    /// store holds. Returns each topic read since the last commit and the offset to seek it back
+    /// to: the first message applied since (a topic nothing was applied from needs no seek, and
+    /// one with no stored offset is not sent to the configured start position, which with
+    /// `latest` would skip what arrived meanwhile).
+    pub fn rollback(&mut self, store: &Store) -> Result<Vec<(String, Offset)>, Error> {
         self.profiles.rollback();
         for key in self.aliases.keys() {
             self.profiles.forget(key);
@@ -311,11 +322,10 @@ impl Task {
         let mut seeks = Vec::with_capacity(self.inputs.len());
         for i in &mut self.inputs {
             i.pending = None;
-            i.position = store.next_offset(&i.topic, self.partition)?;
-            seeks.push((
-                i.topic.clone(),
-                i.position.map_or(start_from, Offset::Offset),
-            ));
+            if let Some(first) = i.first_uncommitted.take() {
+                i.position = Some(first);
+                seeks.push((i.topic.clone(), Offset::Offset(first)));
+            }
         }
         Ok(seeks)
     }
