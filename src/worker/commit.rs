@@ -100,44 +100,61 @@ impl Worker {
         let started = Instant::now();
         let mut stop_at = self.stopping.then(|| Instant::now() + STOP_GRACE);
         let mut reported = false;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        for (done, (topic, mut delivery)) in deliveries.into_iter().enumerate() {
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut delivery => {
-                        match r {
-                            Ok(Ok(_)) => {}
-                            Ok(Err((e, _))) => {
-                                return Err(kafka::delivery_error(self.out.topic(topic), &e));
-                            }
-                            Err(_) => {
-                                return Err(Error::fatal("the producer closed while outputs were in flight"));
-                            }
-                        }
-                        break;
-                    }
-                    _ = tick.tick() => {
-                        if !reported && started.elapsed() >= SLOW_DELIVERY {
-                            reported = true;
-                            warn!(waiting = total - done, of = total, "outputs not yet acknowledged by the broker; the batch is not committed until they are");
-                            self.fault = Some(format!(
-                                "broker: waiting for {} of {total} outputs to be acknowledged",
-                                total - done
-                            ));
-                            self.publish_readiness();
-                        }
-                        if stop_at.is_some_and(|t| Instant::now() >= t) {
-                            warn!(waiting = total - done, "stopping without committing the open batch: its outputs are not acknowledged (it is processed again after the restart)");
-                            return Ok(false);
-                        }
-                    }
-                    _ = stop.wait_for(|s| *s), if stop_at.is_none() => {
-                        self.stopping = true;
-                        stop_at = Some(Instant::now() + STOP_GRACE);
+        // Awaited in order inside one future, so the select below costs per tick, not per
+        // delivery; `done` tells the slow-delivery report how far it got.
+        let done = std::cell::Cell::new(0usize);
+        let out = &self.out;
+        let all = async {
+            for (topic, delivery) in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => done.set(done.get() + 1),
+                    Ok(Err((e, _))) => return Err(kafka::delivery_error(out.topic(topic), &e)),
+                    Err(_) => {
+                        return Err(Error::fatal(
+                            "the producer closed while outputs were in flight",
+                        ))
                     }
                 }
             }
+            Ok(())
+        };
+        tokio::pin!(all);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut slow = None;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut all => {
+                    r?;
+                    break;
+                }
+                _ = tick.tick() => {
+                    let waiting = total - done.get();
+                    if !reported && started.elapsed() >= SLOW_DELIVERY {
+                        reported = true;
+                        warn!(waiting, of = total, "outputs not yet acknowledged by the broker; the batch is not committed until they are");
+                        slow = Some(format!(
+                            "broker: waiting for {waiting} of {total} outputs to be acknowledged"
+                        ));
+                        self.health.set(Err(slow.clone().expect("just set")));
+                    }
+                    if stop_at.is_some_and(|t| Instant::now() >= t) {
+                        warn!(waiting, "stopping without committing the open batch: its outputs are not acknowledged (it is processed again after the restart)");
+                        self.stopping = true;
+                        return Ok(false);
+                    }
+                }
+                _ = stop.wait_for(|s| *s), if stop_at.is_none() => {
+                    stop_at = Some(Instant::now() + STOP_GRACE);
+                }
+            }
+        }
+        if let Some(f) = slow {
+            // Cleared by the commit that follows.
+            self.fault = Some(f);
+        }
+        if stop_at.is_some() {
+            self.stopping = true;
         }
         Ok(true)
     }
