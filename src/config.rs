@@ -581,19 +581,29 @@ impl Settings {
 mod tests {
     use super::*;
 
-    /// Regression: `identity.max_identities` was documented but never applied (always 32).
-    #[test]
-    fn the_core_gets_the_configured_identity_limit() {
+    /// Validates a configuration made of `kafka` lines (after the broker's), `rest`, and an
+    /// empty segments file.
+    fn validate_with(kafka: &str, rest: &str) -> Result<Settings, Vec<String>> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tailor.toml");
         std::fs::write(dir.path().join("s.yaml"), "segments: []\n").unwrap();
-        std::fs::write(
-            &file,
-            "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n[identity]\nmax_identities = 3\n[segments]\nfile = \"s.yaml\"\n",
-        )
-        .unwrap();
-        let settings = Config::from_file(&file).unwrap().validate().unwrap();
+        let text = format!(
+            "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n{kafka}{rest}\n[segments]\nfile = \"s.yaml\"\n"
+        );
+        std::fs::write(&file, text).unwrap();
+        Config::from_file(&file)
+            .unwrap()
+            .validate()
+            .map_err(|e| e.0)
+    }
+
+    /// Regression: `identity.max_identities` was documented but never applied (always 32).
+    #[test]
+    fn the_core_gets_the_configured_identity_limit() {
+        let settings = validate_with("", "[identity]\nmax_identities = 3").unwrap();
         assert_eq!(settings.core().max_identities(), 3);
+        let errs = validate_with("", "[identity]\nmax_identities = 101").unwrap_err();
+        assert!(errs[0].contains("at most 100"), "{errs:?}");
     }
 
     #[test]
@@ -641,15 +651,8 @@ file = "missing.yaml"
     /// partition number across the co-partitioned topics (only `range` keeps them together).
     #[test]
     fn partition_assignment_strategy_cannot_be_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("tailor.toml");
-        std::fs::write(dir.path().join("s.yaml"), "segments: []\n").unwrap();
-        std::fs::write(
-            &file,
-            "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n\"partition.assignment.strategy\" = \"roundrobin\"\n[segments]\nfile = \"s.yaml\"\n",
-        )
-        .unwrap();
-        let errs = Config::from_file(&file).unwrap().validate().unwrap_err().0;
+        let errs =
+            validate_with("\"partition.assignment.strategy\" = \"roundrobin\"\n", "").unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
             errs[0].contains("kafka.\"partition.assignment.strategy\" = \"roundrobin\""),

@@ -8,44 +8,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use tailor::codec::encode;
-use tailor::samples;
 
 const T0: i64 = 1_709_287_200_000;
-
-/// A broker of this test's own, stopped when dropped.
-struct OwnBroker(u16);
-
-impl OwnBroker {
-    fn start() -> OwnBroker {
-        let port = free_port();
-        let ok = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh"))
-            .args(["start", &port.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "starting a broker on port {port}");
-        OwnBroker(port)
-    }
-
-    fn stop(&self) {
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh"))
-            .args(["stop", &self.0.to_string()])
-            .status()
-            .unwrap();
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn error_lines(log: &str) -> Vec<&str> {
     log.lines()
@@ -56,23 +23,9 @@ fn error_lines(log: &str) -> Vec<&str> {
 #[test]
 fn with_the_broker_gone_the_worker_says_so_logs_no_error_and_stops_on_sigterm() {
     let broker = OwnBroker::start();
-    // This test binary holds this one test: the helpers talk to this broker.
-    std::env::set_var("TAILOR_TEST_BROKERS", format!("127.0.0.1:{}", broker.0));
+    broker.use_for_helpers();
     let setup = Setup::new("outage", 1, 2_000);
-    let p = producer();
-    let events: Vec<(String, Vec<u8>)> = (0..30_000)
-        .map(|i| {
-            let key = format!("k{i}");
-            let ev = samples::storefront("addToCart", &format!("e{i}"), T0 + i, &key);
-            (key, encode::storefront(&ev).unwrap())
-        })
-        .collect();
-    let msgs: Vec<(&str, &str, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v)| (setup.topics.storefront.as_str(), k.as_str(), v.clone()))
-        .collect();
-    produce_all(&p, &msgs);
-    drop(p);
+    produce_shoppers(&setup.topics.storefront, 30_000, T0);
 
     let mut worker = setup.start(1);
     worker.wait_for(Duration::from_secs(60), "a first commit", |w| {

@@ -7,84 +7,26 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use rdkafka::Message;
-use tailor::codec::{decode, encode};
-use tailor::samples;
+use tailor::codec::decode;
 use tailor::wire::Direction;
 
 const T0: i64 = 1_709_287_200_000;
 const SHOPPERS: usize = 20_000;
 
-struct OwnBroker(u16);
-
-impl OwnBroker {
-    fn script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh")
-    }
-
-    fn start() -> OwnBroker {
-        let port = free_port();
-        let ok = Command::new(Self::script())
-            .args(["start", &port.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "starting a broker on port {port}");
-        OwnBroker(port)
-    }
-
-    fn signal(&self, sig: &str) {
-        let cache = std::env::var("TAILOR_CACHE")
-            .unwrap_or_else(|_| format!("{}/.cache/tailor", std::env::var("HOME").unwrap()));
-        let pid = std::fs::read_to_string(format!("{cache}/broker-{}.pid", self.0)).unwrap();
-        let ok = Command::new("kill")
-            .args([sig, pid.trim()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        Command::new(Self::script())
-            .args(["stop", &self.0.to_string()])
-            .status()
-            .unwrap();
-    }
-}
-
 #[test]
 fn a_broker_that_stops_answering_rolls_the_batch_back_and_nothing_is_lost() {
     let broker = OwnBroker::start();
-    // This test binary holds this one test: the helpers talk to this broker.
-    std::env::set_var("TAILOR_TEST_BROKERS", format!("127.0.0.1:{}", broker.0));
+    broker.use_for_helpers();
     let setup = Setup::new("pause", 2, 1_000);
     let config = std::fs::read_to_string(&setup.config)
         .unwrap()
         .replace("[kafka]\n", "[kafka]\n\"message.timeout.ms\" = \"5000\"\n");
     std::fs::write(&setup.config, config).unwrap();
-    let p = producer();
-    let events: Vec<(String, Vec<u8>)> = (0..SHOPPERS)
-        .map(|i| {
-            let key = format!("k{i}");
-            let ev = samples::storefront("addToCart", &format!("e{i}"), T0 + i as i64, &key);
-            (key, encode::storefront(&ev).unwrap())
-        })
-        .collect();
-    let msgs: Vec<(&str, &str, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v)| (setup.topics.storefront.as_str(), k.as_str(), v.clone()))
-        .collect();
-    produce_all(&p, &msgs);
-    drop(p);
+    produce_shoppers(&setup.topics.storefront, SHOPPERS, T0);
 
     let mut worker = setup.start(1);
     worker.wait_for(Duration::from_secs(60), "a first commit", |w| {

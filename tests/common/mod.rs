@@ -530,3 +530,74 @@ pub fn profile(config: &Path, key: &str) -> Option<serde_json::Value> {
         ),
     }
 }
+
+/// A broker of a test's own on a free port (for tests that take it away under a worker), stopped
+/// when dropped (resumed first, if it was paused). Such a test is alone in its test binary and
+/// points the helpers at it with [`OwnBroker::use_for_helpers`].
+pub struct OwnBroker(pub u16);
+
+impl OwnBroker {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh")
+    }
+
+    pub fn start() -> OwnBroker {
+        let port = free_port();
+        let ok = Command::new(Self::script())
+            .args(["start", &port.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "starting a broker on port {port}");
+        OwnBroker(port)
+    }
+
+    /// Makes [`brokers`] answer this broker (the test binary must hold this one test).
+    pub fn use_for_helpers(&self) {
+        std::env::set_var("TAILOR_TEST_BROKERS", format!("127.0.0.1:{}", self.0));
+    }
+
+    pub fn stop(&self) {
+        Command::new(Self::script())
+            .args(["stop", &self.0.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`) to the broker process.
+    pub fn signal(&self, sig: &str) {
+        let cache = std::env::var("TAILOR_CACHE")
+            .unwrap_or_else(|_| format!("{}/.cache/tailor", std::env::var("HOME").unwrap()));
+        let Ok(pid) = std::fs::read_to_string(format!("{cache}/broker-{}.pid", self.0)) else {
+            return; // stopped already
+        };
+        Command::new("kill")
+            .args([sig, pid.trim()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        self.stop();
+    }
+}
+
+/// Produces one `addToCart` per shopper `k0` … `k{n-1}` (keyed by shopper) to `topic`.
+pub fn produce_shoppers(topic: &str, n: usize, t0: i64) {
+    let msgs: Vec<(&str, String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let key = format!("k{i}");
+            let ev =
+                tailor::samples::storefront("addToCart", &format!("e{i}"), t0 + i as i64, &key);
+            (topic, key, tailor::codec::encode::storefront(&ev).unwrap())
+        })
+        .collect();
+    let refs: Vec<(&str, &str, Vec<u8>)> = msgs
+        .iter()
+        .map(|(t, k, v)| (*t, k.as_str(), v.clone()))
+        .collect();
+    produce_all(&producer(), &refs);
+}
