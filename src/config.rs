@@ -177,6 +177,10 @@ pub struct Http {
     /// Bearer token required by /profiles (lookups and deletes). The environment variable
     /// `TAILOR_HTTP_TOKEN` overrides it (keep secrets out of files).
     pub token: Option<String>,
+    /// Host names (besides localhost, 127.0.0.1 and ::1) requests may name in their `Host`
+    /// header when `listen` is a loopback address: a browser tricked into calling the port
+    /// through another name (DNS rebinding) is refused.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +273,7 @@ impl Default for Http {
         Http {
             listen: "127.0.0.1:9464".into(),
             token: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -472,6 +477,11 @@ impl Config {
                 "state.write_buffer = {:?}: expected a size of at least \"1MiB\"",
                 c.state.write_buffer
             ));
+        }
+        if c.http.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            problems.push(
+                "http.token = \"\": an empty token would leave /profiles open; remove the line or give a token".into(),
+            );
         }
         let listen = c.http.listen.parse::<SocketAddr>();
         if let Err(e) = &listen {

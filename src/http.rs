@@ -26,7 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::identity::{self, Internal, Message, Position};
 use crate::kafka_logs::ProducerLogs;
@@ -131,11 +131,13 @@ impl Api {
         let Some(token) = &self.token else {
             return true;
         };
+        // The scheme is case-insensitive (RFC 9110, 11.1).
         let given = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, t)| t.trim_start());
         // Constant time in the token's length.
         given.len() == token.len()
             && given
@@ -213,6 +215,33 @@ struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     api: Arc<Api>,
+    /// Host names accepted in `Host` (bound to loopback), or any.
+    hosts: Option<Arc<Vec<String>>>,
+}
+
+/// Refuses a request naming another host than the loopback server's (DNS rebinding).
+async fn check_host(
+    State(s): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(allowed) = &s.hosts {
+        let host = request
+            .headers()
+            .get(axum::http::header::HOST)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        if !host_allowed(host, allowed) {
+            s.metrics
+                .http_requests
+                .with_label_values(&["host_refused", "421"])
+                .inc();
+            return json(
+                StatusCode::MISDIRECTED_REQUEST,
+                serde_json::json!({"error": "this server answers only to its loopback names (add the name to http.hosts)"}),
+            );
+        }
+    }
+    next.run(request).await
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
@@ -236,8 +265,52 @@ fn finish(s: &AppState, route: &str, started: Instant, response: Response) -> Re
         .http_seconds
         .with_label_values(&[route])
         .observe(secs);
-    info!(route, status, micros = (secs * 1e6) as u64, "http request");
+    // The metrics count every request; a line each only when debugging.
+    debug!(route, status, micros = (secs * 1e6) as u64, "http request");
     response
+}
+
+/// The `/profiles` token: `TAILOR_HTTP_TOKEN` when set, else `http.token`. An empty variable is
+/// an error: it must not silently switch off the token of the configuration file.
+pub fn resolve_token(env: Option<&str>, config: Option<&str>) -> Result<Option<String>, String> {
+    match env {
+        Some(t) if t.trim().is_empty() => Err(
+            "TAILOR_HTTP_TOKEN is set but empty: unset it (to use http.token) or give a token"
+                .into(),
+        ),
+        Some(t) => Ok(Some(t.to_owned())),
+        None => Ok(config.map(str::to_owned)),
+    }
+}
+
+/// The host names a request may name when the server is bound to a loopback address (`None`:
+/// any, when it is not).
+pub fn allowed_hosts(addr: &SocketAddr, extra: &[String]) -> Option<Vec<String>> {
+    addr.ip().is_loopback().then(|| {
+        ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|h| h.to_string())
+            .chain(extra.iter().map(|h| h.to_ascii_lowercase()))
+            .collect()
+    })
+}
+
+/// Whether a `Host` header (name, optional port; IPv6 in brackets) names an allowed host.
+fn host_allowed(header: Option<&str>, allowed: &[String]) -> bool {
+    let Some(h) = header else {
+        return true; // HTTP/1.0 clients; browsers always send one
+    };
+    let name = match h.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => h.rsplit_once(':').map_or(h, |(n, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                n
+            } else {
+                h
+            }
+        }),
+    };
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 /// The profile of `id` as JSON, or why not.
@@ -422,6 +495,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     api: Arc<Api>,
+    hosts: &[String],
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let listener = TcpListener::bind(addr).await?;
@@ -429,16 +503,22 @@ pub async fn serve(
         warn!(%addr, "the HTTP port is reachable from other hosts and /profiles has no token: set http.token or TAILOR_HTTP_TOKEN");
     }
     debug!(%addr, "http listening");
+    let state = AppState {
+        metrics,
+        health,
+        api,
+        hosts: allowed_hosts(&addr, hosts).map(Arc::new),
+    };
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/profiles/{id}", get(get_profile).delete(delete_profile))
-        .with_state(AppState {
-            metrics,
-            health,
-            api,
-        });
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
+        .with_state(state);
     Ok(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -472,6 +552,54 @@ mod tests {
             ])
         );
         assert_eq!(parse_assignment(&b[..9]), None, "truncated");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let api = Api::new(Some("s3cret".into()));
+        for header in ["bearer s3cret", "BEARER s3cret", "Bearer  s3cret"] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", header.parse().unwrap());
+            assert!(api.authorised(&h), "{header}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Basic s3cret".parse().unwrap());
+        assert!(!api.authorised(&h));
+    }
+
+    /// Regression: an empty `TAILOR_HTTP_TOKEN=""` switched off the token of the config file.
+    #[test]
+    fn an_empty_token_variable_is_an_error_not_no_token() {
+        assert!(resolve_token(Some(""), Some("s3cret")).is_err());
+        assert!(resolve_token(Some("  "), None).is_err());
+        assert_eq!(
+            resolve_token(Some("env"), Some("file")),
+            Ok(Some("env".into()))
+        );
+        assert_eq!(resolve_token(None, Some("file")), Ok(Some("file".into())));
+        assert_eq!(resolve_token(None, None), Ok(None));
+    }
+
+    #[test]
+    fn on_loopback_only_loopback_names_and_configured_hosts_are_answered() {
+        let loopback: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let allowed = allowed_hosts(&loopback, &["Tailor.internal".into()]).unwrap();
+        for ok in [
+            "localhost:9464",
+            "127.0.0.1:9464",
+            "127.0.0.1",
+            "[::1]:9464",
+            "LOCALHOST",
+            "tailor.internal:80",
+        ] {
+            assert!(host_allowed(Some(ok), &allowed), "{ok}");
+        }
+        for refused in ["evil.example:9464", "evil.example", "127.0.0.2:9464", ""] {
+            assert!(!host_allowed(Some(refused), &allowed), "{refused}");
+        }
+        assert!(host_allowed(None, &allowed), "HTTP/1.0 without Host");
+        let any: SocketAddr = "0.0.0.0:9464".parse().unwrap();
+        assert_eq!(allowed_hosts(&any, &[]), None, "not loopback: any host");
     }
 
     #[test]

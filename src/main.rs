@@ -176,9 +176,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             init_logging(&settings.config.log.format, &settings.config.log.level);
             let metrics = Arc::new(tailor::metrics::Metrics::new());
             let health = Arc::new(tailor::http::Health::new());
-            let token = std::env::var("TAILOR_HTTP_TOKEN")
-                .ok()
-                .or_else(|| settings.config.http.token.clone());
+            let token = tailor::http::resolve_token(
+                std::env::var("TAILOR_HTTP_TOKEN").ok().as_deref(),
+                settings.config.http.token.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             let api = Arc::new(tailor::http::Api::new(token));
             let reload = Arc::new(AtomicBool::new(false));
             #[cfg(unix)]
@@ -201,6 +203,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 metrics.clone(),
                 health.clone(),
                 api.clone(),
+                &settings.config.http.hosts,
                 async move {
                     let _ = http_stop.wait_for(|s| *s).await;
                 },

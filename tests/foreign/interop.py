@@ -478,6 +478,7 @@ def write_config(
     registry: Optional[dict] = None,
     output_framing: Optional[str] = None,
     schemas_dir: Optional[Path] = None,
+    http_token: Optional[str] = None,
 ) -> Path:
     """A worker config like tests/common/mod.rs `write_config`, plus the interop sections."""
     text = f"""[kafka]
@@ -506,6 +507,7 @@ path = "state"
 file = {toml_str(segments)}
 [http]
 listen = "127.0.0.1:{http_port}"
+{"token = " + toml_str(http_token) if http_token is not None else ""}
 [log]
 level = "info,librdkafka=warn"
 """

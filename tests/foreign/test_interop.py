@@ -982,3 +982,48 @@ def test_a_held_partition_survives_a_rebalance(deploy, registry, tmp_path):
     assert any(r.path == f"/schemas/ids/{newer_id}" and r.status == 200 for r in reg.requests), "the new id never fetched"
     a.stop()
     b.stop()
+
+
+# ---- the HTTP API, with a client that is not Tailor's -------------------------------------------
+
+
+def http_request(port, path, headers=None, method="GET"):
+    """One request with Python's own HTTP client; a `Host` in `headers` replaces the default."""
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request(method, path, headers=headers or {})
+    r = c.getresponse()
+    body = r.read().decode("utf-8", "replace")
+    c.close()
+    return r.status, body
+
+
+def test_http_token_scheme_and_host(deploy, tailor_bin):
+    """/profiles needs the token, under any case of the `Bearer` scheme; a loopback server answers
+    only to its loopback names (DNS rebinding); an empty TAILOR_HTTP_TOKEN is refused at start,
+    not taken as "no token"."""
+    import os
+    import subprocess
+
+    d = deploy("http", partitions=1, http_token="s3cret")
+    worker = d.start()
+    port = d.port
+    assert http_request(port, "/profiles/nobody")[0] == 401
+    assert http_request(port, "/profiles/nobody", {"Authorization": "Bearer wrong"})[0] == 401
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        status, body = http_request(port, "/profiles/nobody", {"Authorization": f"{scheme} s3cret"})
+        assert status == 404, (scheme, status, body)
+    assert http_request(port, "/metrics", {"Host": f"localhost:{port}"})[0] == 200
+    assert http_request(port, "/metrics", {"Host": f"[::1]:{port}"})[0] == 200
+    status, body = http_request(port, "/metrics", {"Host": f"rebound.example:{port}"})
+    assert status == 421, (status, body)
+    status, _ = http_request(port, "/profiles/nobody", {"Host": "rebound.example", "Authorization": "Bearer s3cret"})
+    assert status == 421
+    worker.stop()
+
+    env = dict(os.environ, TAILOR_HTTP_TOKEN="")
+    run = subprocess.run([tailor_bin, "run", "--config", str(d.config)], env=env, cwd=d.dir,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0, run.stderr
+    assert "TAILOR_HTTP_TOKEN is set but empty" in run.stderr, run.stderr
