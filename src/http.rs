@@ -331,6 +331,13 @@ fn lookup(api: &Api, id: &str) -> Response {
             }),
         )
     };
+    // E-mails are kept trimmed and lower-cased: a lookup by the address as a shopper typed it
+    // finds them too.
+    let normalised = id
+        .contains('@')
+        .then(|| crate::event::normalise_email(id))
+        .flatten();
+    let id = normalised.as_deref().unwrap_or(id);
     let mut partition = identity::partition_for(id.as_bytes(), a.partitions);
     if !api.holds(partition) {
         return misdirected(partition);

@@ -171,6 +171,8 @@ pub enum InvalidEvent {
     TooLong(&'static str, usize, usize),
     #[error("{0} has {1} items (at most {2})")]
     TooMany(&'static str, usize, usize),
+    #[error("{0} is negative ({1})")]
+    Negative(&'static str, f64),
 }
 
 impl InvalidEvent {
@@ -185,6 +187,7 @@ impl InvalidEvent {
             InvalidEvent::NotFinite(_) => "not_finite",
             InvalidEvent::TooLong(..) => "field_too_long",
             InvalidEvent::TooMany(..) => "too_many_items",
+            InvalidEvent::Negative(..) => "negative_value",
         }
     }
 }
@@ -216,6 +219,23 @@ fn finite(v: Option<f64>, what: &'static str) -> Result<Option<f64>, InvalidEven
 
 fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.trim().is_empty())
+}
+
+/// An e-mail as Tailor keeps and compares it everywhere: trimmed and lower-cased.
+pub fn normalise_email(s: &str) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_lowercase())
+}
+
+/// A phone number as Tailor keeps it: trimmed, without the spaces, dots, dashes and brackets
+/// people write between digits (a leading `+` stays).
+pub fn normalise_phone(s: &str) -> Option<String> {
+    let t: String = s
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '.' | '-' | '(' | ')' | '\u{a0}'))
+        .collect();
+    (!t.is_empty()).then_some(t)
 }
 
 fn cart_line(item: wire::ShoppingCartItem) -> Result<Line, InvalidEvent> {
@@ -291,7 +311,7 @@ impl Event {
     /// Maps a decoded message onto the core's event and validates it. `now` is the processing
     /// clock (wall time), used only to reject absurd future timestamps.
     pub fn from_input(msg: InputMessage, now: i64) -> Result<Event, InvalidEvent> {
-        let ev = match msg {
+        let mut ev = match msg {
             InputMessage::Storefront(e) => Self::from_storefront(e)?,
             InputMessage::Backoffice(e) => Self::from_backoffice(e)?,
             InputMessage::Profile(e) => Self::from_profile(e)?,
@@ -306,7 +326,30 @@ impl Event {
             return Err(InvalidEvent::NotFinite("event value"));
         }
         ev.check_sizes()?;
+        ev.check_amounts()?;
+        if let Some(a) = &mut ev.attributes {
+            a.email = a.email.as_deref().and_then(normalise_email);
+            a.phone = a.phone.as_deref().and_then(normalise_phone);
+        }
         Ok(ev)
+    }
+
+    /// No negative quantity or price on any line (a negative quantity times a negative price
+    /// would count as a positive cart value).
+    pub fn check_amounts(&self) -> Result<(), InvalidEvent> {
+        let lines = self
+            .lines
+            .iter()
+            .chain(self.cart.iter().flat_map(|c| c.lines.iter()));
+        for l in lines {
+            if l.quantity < 0.0 {
+                return Err(InvalidEvent::Negative("line quantity", l.quantity));
+            }
+            if let Some(p) = l.price.filter(|p| *p < 0.0) {
+                return Err(InvalidEvent::Negative("line price", p));
+            }
+        }
+        Ok(())
     }
 
     /// Every identity and free-text field within its cap, and at most [`MAX_LINES`] lines: what
@@ -710,5 +753,54 @@ mod tests {
                 .code(),
             "not_finite"
         );
+    }
+
+    /// Regression: a negative quantity times a negative price counted as a cart value of +500.
+    #[test]
+    fn negative_quantities_and_prices_are_refused_naming_the_field() {
+        let mut e = order_placed(None);
+        e.product_list_items[0].quantity = Some(-5.0);
+        e.product_list_items[0].price_total = Some(-500.0);
+        let err = Event::from_input(InputMessage::Backoffice(Box::new(e)), 1_700_000_000_000)
+            .unwrap_err();
+        assert_eq!(err.code(), "negative_value");
+        assert!(
+            err.to_string().contains("line quantity is negative"),
+            "{err}"
+        );
+
+        let mut e = crate::samples::storefront("addToCart", "a1", 1_700_000_000_000, "e");
+        e.shopping_cart_context.as_mut().unwrap().items[0]
+            .prices
+            .as_mut()
+            .unwrap()
+            .price
+            .value = -10.0;
+        let err = Event::from_input(InputMessage::Storefront(Box::new(e)), 1_700_000_000_000)
+            .unwrap_err();
+        assert!(err.to_string().contains("line price is negative"), "{err}");
+    }
+
+    /// Regression: `contact.email` came out as "Eco.Shopper@Example.com " although e-mails are
+    /// documented as trimmed and lower-cased.
+    #[test]
+    fn e_mails_and_phones_are_normalised_wherever_they_are_read() {
+        let mut e = crate::samples::storefront("signIn", "s1", 1_700_000_000_000, "e");
+        e.account_context = Some(wire::AccountContext {
+            email_address: Some("Eco.Shopper@Example.com ".into()),
+            phone_number: Some(" +44 (0)20-7946.0000 ".into()),
+            ..Default::default()
+        });
+        let ev =
+            Event::from_input(InputMessage::Storefront(Box::new(e)), 1_700_000_000_000).unwrap();
+        assert_eq!(
+            ev.identity.email.as_deref(),
+            Some("eco.shopper@example.com")
+        );
+        let a = ev.attributes.unwrap();
+        assert_eq!(a.email.as_deref(), Some("eco.shopper@example.com"));
+        assert_eq!(a.phone.as_deref(), Some("+4402079460000"));
+        assert_eq!(normalise_email("  "), None);
+        assert_eq!(normalise_phone(" - "), None);
     }
 }

@@ -1020,6 +1020,16 @@ def test_http_token_scheme_and_host(deploy, tailor_bin):
     assert status == 421, (status, body)
     status, _ = http_request(port, "/profiles/nobody", {"Host": "rebound.example", "Authorization": "Bearer s3cret"})
     assert status == 421
+    # E-mails are kept trimmed and lower-cased: found by the address as the shopper typed it.
+    s = Story()
+    ev = profile("profileRecord", "p1", s.at(), identity("c-http", None, " Eco.Shopper@Example.com "))
+    s.add("p", d.topics.profile, "c-http", PROFILE.single_object(ev), ev)
+    s.send(Kafka())
+    worker.wait_caught_up(d.topics, d.partitions)
+    auth = {"Authorization": "Bearer s3cret"}
+    status, body = http_request(port, "/profiles/Eco.Shopper%40Example.com", auth)
+    assert status == 200, (status, body)
+    assert json.loads(body)["profile_key"] == "c-http", body
     worker.stop()
 
     env = dict(os.environ, TAILOR_HTTP_TOKEN="")
