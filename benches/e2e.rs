@@ -54,7 +54,11 @@ fn lookups(port: u16, total: u64, profiles: u64) {
         let i = (j * 104_729) % total.min(profiles);
         let key = format!("shopper-{}", (i * 7919) % profiles);
         let t = Instant::now();
-        write!(writer, "GET /profiles/{key} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(
+            writer,
+            "GET /profiles/{key} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        .unwrap();
         let mut status = String::new();
         reader.read_line(&mut status).unwrap();
         let mut length = 0usize;

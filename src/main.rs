@@ -252,7 +252,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             if let Some(path) = config {
                 match load_config(&path) {
-                    Ok(s) => println!("{}: OK ({} segments)", path.display(), s.segments.len()),
+                    Ok(s) => {
+                        // librdkafka judges the [kafka] properties: an unknown or misspelt
+                        // one, or a SASL mechanism this build cannot use, fails here, not at run.
+                        let problems = tailor::worker::check_kafka_properties(&s);
+                        if problems.is_empty() {
+                            println!("{}: OK ({} segments)", path.display(), s.segments.len());
+                        } else {
+                            ok = false;
+                            for p in problems {
+                                println!("{}: {p}", path.display());
+                            }
+                        }
+                    }
                     Err(e) => {
                         ok = false;
                         println!("{}: {e}", path.display());

@@ -81,6 +81,15 @@ pub struct Metrics {
     pub outputs_oversized: IntCounterVec,
 }
 
+/// Dead-letter reasons the shell itself gives (beside the decoders' and the validator's).
+pub const SHELL_REASONS: &[&str] = &[
+    "unknown_topic",
+    "too_large",
+    "bad_key",
+    "bad_internal_message",
+    "output_too_large",
+];
+
 /// Registers a metric and hands it back.
 fn registered<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -110,6 +119,14 @@ impl Metrics {
         let plain_gauge = |name: &str, help: &str| {
             registered(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
+        // Which build is running: a constant 1 with the version as a label.
+        gauge(
+            "tailor_build_info",
+            "Tailor's version (always 1).",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         let events = counter(
             "tailor_events_total",
             "Input events applied to profiles.",
@@ -233,8 +250,8 @@ impl Metrics {
             &["journey", "reason"],
         );
         let stream_clock = gauge(
-            "tailor_stream_clock_seconds",
-            "Stream clock of each input partition number (event time; wall clock when caught up).",
+            "tailor_stream_clock_timestamp_seconds",
+            "Stream clock of each input partition number, Unix time (event time; the wall clock minus the allowed lateness when caught up).",
             &["partition"],
         );
         let http_seconds = registered(
@@ -347,6 +364,53 @@ impl Metrics {
         }
     }
 
+    /// Creates every labelled series whose label values are known, at 0, so that dashboards and
+    /// alerts see a series before the first increment (a dead-letter alert must not wait for
+    /// the first dead letter to exist): dead-letter reasons, segments, journeys and their
+    /// suppression reasons, identity-link results, reload results, deletion sources, repartition
+    /// message kinds. Called at start and for each new set of definitions.
+    pub fn know(&self, segments: &crate::segments::SegmentSet) {
+        for reason in crate::codec::DecodeError::CODES
+            .iter()
+            .chain(crate::event::InvalidEvent::CODES)
+            .chain(SHELL_REASONS)
+        {
+            self.dead_letters.with_label_values(&[reason]);
+        }
+        for s in segments.segments() {
+            self.segment_members.with_label_values(&[&s.id]);
+            for direction in ["ENTERED", "EXITED"] {
+                self.audience_changes.with_label_values(&[&s.id, direction]);
+            }
+        }
+        for j in segments.journeys() {
+            self.journey_triggers.with_label_values(&[&j.id]);
+            for why in crate::journey::Suppressed::ALL {
+                self.journey_suppressed
+                    .with_label_values(&[&j.id, why.as_str()]);
+            }
+        }
+        for result in [
+            "linked",
+            "linked_here",
+            "repointed",
+            "merged",
+            "refused_limit",
+            "refused_conflict",
+        ] {
+            self.identity_links.with_label_values(&[result]);
+        }
+        for result in ["applied", "unchanged", "invalid"] {
+            self.definition_reloads.with_label_values(&[result]);
+        }
+        for source in ["account_deleted", "admin"] {
+            self.deletions.with_label_values(&[source]);
+        }
+        for kind in ["event", "merge", "claim", "forget", "delete"] {
+            self.repartitioned.with_label_values(&[kind]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -360,5 +424,46 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: labelled counters appeared only after their first increment, so the
+    /// dead-letter alert and several panels had no series until the first incident.
+    #[test]
+    fn known_label_values_have_series_before_anything_happens() {
+        let m = Metrics::new();
+        let set =
+            crate::segments::SegmentSet::parse(include_str!("../examples/segments.yaml")).unwrap();
+        m.know(&set);
+        let text = m.render();
+        for reason in [
+            "bad_json",
+            "negative_value",
+            "unknown_topic",
+            "output_too_large",
+        ] {
+            let line = format!("tailor_dead_letters_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line}");
+        }
+        for s in set.segments() {
+            let line = format!("tailor_segment_members{{segment=\"{}\"}} 0", s.id);
+            assert!(text.contains(&line), "{line}");
+        }
+        for j in set.journeys() {
+            let line = format!("tailor_journey_triggers_total{{journey=\"{}\"}} 0", j.id);
+            assert!(text.contains(&line), "{line}");
+        }
+        for family in [
+            "tailor_build_info{version=\"0.1.0\"} 1",
+            "tailor_identity_links_total{result=\"merged\"} 0",
+            "tailor_definition_reloads_total{result=\"invalid\"} 0",
+            "tailor_profile_deletions_total{source=\"admin\"} 0",
+        ] {
+            assert!(text.contains(family), "{family}");
+        }
     }
 }

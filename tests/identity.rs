@@ -129,6 +129,12 @@ fn json_of(worker: &Worker, id: &str) -> (u16, serde_json::Value) {
 fn signing_in_merges_the_anonymous_profile_once_and_every_identity_finds_it() {
     let setup = Setup::with_segments("merge", 1, 100, "tests/fixtures/identity.yaml");
     let t = &setup.topics;
+    // Access lines are DEBUG: on here, so the check below that no identity is logged covers them.
+    let config = std::fs::read_to_string(&setup.config).unwrap().replace(
+        "level = \"info,librdkafka=warn\"",
+        "level = \"info,tailor::http=debug,librdkafka=warn\"",
+    );
+    std::fs::write(&setup.config, config).unwrap();
     let worker = setup.start(1);
     let p = producer();
     let (ecid, email) = ("ecid-anna", "anna@example.com");

@@ -406,3 +406,33 @@ fn a_replay_of_real_data_run_twice_gives_byte_identical_outputs() {
     );
     assert!(triggers_a == triggers_b, "same triggers, byte for byte");
 }
+
+/// Regression: caught up, the clock followed the wall clock without the allowed lateness, so a
+/// live event stamped when it was sent was counted late by the time it was read.
+#[test]
+fn live_events_sent_on_time_are_not_late() {
+    let setup = Setup::new("live-on-time", 1, 500);
+    let t = &setup.topics;
+    let mut worker = setup.start(1);
+    // Caught up (nothing to read): the clock follows the wall clock from now on.
+    std::thread::sleep(Duration::from_secs(1));
+    let p = producer();
+    for i in 0..40 {
+        let s = Shopper {
+            key: &format!("c-live-{i}"),
+            topics: t,
+        };
+        let (topic, key, payload) = s.add_to_cart(&format!("live-{i}"), wall());
+        produce_all(&p, &[(topic.as_str(), key.as_str(), payload)]);
+        std::thread::sleep(Duration::from_millis(75));
+    }
+    worker.wait_caught_up(40);
+    assert_eq!(worker.metric("tailor_events_total", "addToCart"), 40.0);
+    assert_eq!(
+        worker.metric("tailor_late_events_total", ""),
+        0.0,
+        "{}",
+        worker.log_text()
+    );
+    worker.stop();
+}

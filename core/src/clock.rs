@@ -4,11 +4,13 @@
 //! - The clock is the largest event time seen on the partition minus the allowed lateness, so
 //!   an event that arrives up to that much out of order is still in time for its timers.
 //! - When the partition is caught up (nothing left to read), the clock also follows the wall
-//!   clock: a cart abandoned at 10:00 enters "cart abandoners" at 11:00 even if no other event
-//!   arrives. While catching up (a replay of history at full speed) only event time moves it,
-//!   so the same timers fire at the same stream times.
-//! - The clock never goes back and never runs ahead of the wall clock: an event stamped a few
-//!   hours in the future is applied but does not pull every timer of its partition forward.
+//!   clock, minus the same allowed lateness: a cart abandoned at 10:00 enters "cart abandoners"
+//!   at 11:00 (and the lateness) even if no other event arrives, and a live event sent on time
+//!   is never late. While catching up (a replay of history at full speed) only event time moves
+//!   it, so the same timers fire at the same stream times.
+//! - The clock never goes back and never runs ahead of the wall clock minus the lateness: an
+//!   event stamped a few hours in the future is applied but does not pull every timer of its
+//!   partition forward.
 //!   Events more than a day ahead, or before 2000, are dead-lettered (`bad_time`).
 //! - A late event (older than the clock) is applied and evaluated at the clock's time, and
 //!   counted in `tailor_late_events_total`; changes already made by timers stand.
@@ -43,14 +45,15 @@ impl StreamClock {
     /// An event at `time` arrived at wall time `wall`; returns whether it was late.
     pub fn observe(&mut self, time: i64, wall: i64) -> bool {
         let late = self.now.is_some_and(|n| time < n);
-        self.raise(time.saturating_sub(self.lateness).min(wall));
+        let limit = wall.saturating_sub(self.lateness);
+        self.raise(time.saturating_sub(self.lateness).min(limit));
         late
     }
 
-    /// Follows the wall clock while the partition is caught up.
+    /// Follows the wall clock (minus the allowed lateness) while the partition is caught up.
     pub fn tick(&mut self, wall: i64, caught_up: bool) {
         if caught_up {
-            self.raise(wall);
+            self.raise(wall.saturating_sub(self.lateness));
         }
     }
 }
@@ -78,6 +81,20 @@ mod tests {
         assert_eq!(c.now(), Some(995_000));
         assert!(c.observe(990_000, WALL), "older than the clock: late");
         assert_eq!(c.now(), Some(995_000));
+    }
+
+    /// Regression: live events stamped at send time were counted late while the clock followed
+    /// the wall clock (the allowed lateness was not applied to it).
+    #[test]
+    fn caught_up_a_live_event_sent_on_time_is_not_late() {
+        let mut c = StreamClock::new(Some(1_000), 5_000);
+        c.tick(WALL, true);
+        assert_eq!(c.now(), Some(WALL - 5_000));
+        // Stamped when sent, a few hundred ms before it is read: within the lateness.
+        assert!(!c.observe(WALL - 300, WALL + 50));
+        assert!(!c.observe(WALL - 4_900, WALL + 60));
+        // Older than the lateness: late.
+        assert!(c.observe(WALL - 6_000, WALL + 70));
     }
 
     #[test]

@@ -176,6 +176,19 @@ pub enum InvalidEvent {
 }
 
 impl InvalidEvent {
+    /// Every code [`Self::code`] returns.
+    pub const CODES: &'static [&'static str] = &[
+        "unknown_event_type",
+        "no_identity",
+        "no_event_id",
+        "bad_event_time",
+        "missing_field",
+        "not_finite",
+        "field_too_long",
+        "too_many_items",
+        "negative_value",
+    ];
+
     /// Low-cardinality class for the dead-letter reason code and metric label.
     pub fn code(&self) -> &'static str {
         match self {
@@ -753,6 +766,23 @@ mod tests {
                 .code(),
             "not_finite"
         );
+    }
+
+    #[test]
+    fn every_code_is_listed() {
+        let all = [
+            InvalidEvent::UnknownType(String::new(), "storefront"),
+            InvalidEvent::NoIdentity,
+            InvalidEvent::NoEventId,
+            InvalidEvent::BadTime(0),
+            InvalidEvent::MissingField("a", "b"),
+            InvalidEvent::NotFinite("a"),
+            InvalidEvent::TooLong("a", 1, 0),
+            InvalidEvent::TooMany("a", 1, 0),
+            InvalidEvent::Negative("a", -1.0),
+        ];
+        let codes: Vec<&str> = all.iter().map(InvalidEvent::code).collect();
+        assert_eq!(codes, InvalidEvent::CODES);
     }
 
     /// Regression: a negative quantity times a negative price counted as a cart value of +500.

@@ -68,6 +68,12 @@ pub enum Suppressed {
 }
 
 impl Suppressed {
+    pub const ALL: [Suppressed; 3] = [
+        Suppressed::ReentryWait,
+        Suppressed::Consent,
+        Suppressed::DuplicateCause,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Suppressed::ReentryWait => "reentry_wait",

@@ -140,6 +140,33 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
     cfg
 }
 
+/// Builds a producer and a consumer with the configured `[kafka]` properties (nothing is
+/// connected) and returns what librdkafka refuses: unknown or misspelt properties, values out of
+/// range, features this build lacks (such as SASL GSSAPI or OIDC).
+pub fn check_kafka_properties(settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut producer = client_config(settings);
+    producer
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    if let Err(e) = producer.create::<rdkafka::producer::BaseProducer>() {
+        problems.push(format!("[kafka] refused by librdkafka for a producer: {e}"));
+    }
+    let mut consumer = client_config(settings);
+    consumer
+        .set("group.id", &settings.config.consumer.group_id)
+        .set("enable.auto.offset.store", "false")
+        .set("partition.assignment.strategy", "range");
+    if let Err(e) = consumer.create::<BaseConsumer>() {
+        let line = format!("[kafka] refused by librdkafka for a consumer: {e}");
+        // The same refusal twice says nothing new.
+        if !problems.iter().any(|p| p.ends_with(&e.to_string())) {
+            problems.push(line);
+        }
+    }
+    problems
+}
+
 /// How long the producer tries to deliver an output before the batch is rolled back and
 /// retried (librdkafka's default is 5 minutes, during which nothing else would happen).
 pub const DELIVERY_TIMEOUT_MS: &str = "60000";
@@ -338,6 +365,38 @@ pub fn caught_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings_with(kafka: &str) -> Settings {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.yaml"), "segments: []\n").unwrap();
+        let file = dir.path().join("tailor.toml");
+        std::fs::write(
+            &file,
+            format!("[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:1\"\n{kafka}[segments]\nfile = \"s.yaml\"\n"),
+        )
+        .unwrap();
+        crate::config::Config::from_file(&file)
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    /// Regression: `tailor check --config` accepted a misspelt librdkafka property and SASL
+    /// mechanisms this build cannot use; `run` then failed.
+    #[test]
+    fn librdkafka_judges_the_kafka_properties_at_check_time() {
+        assert_eq!(
+            check_kafka_properties(&settings_with("")),
+            Vec::<String>::new()
+        );
+        let typo = check_kafka_properties(&settings_with("\"socket.timeout.msx\" = \"1000\"\n"));
+        assert_eq!(typo.len(), 1, "{typo:?}");
+        assert!(typo[0].contains("socket.timeout.msx"), "{typo:?}");
+        let gssapi = check_kafka_properties(&settings_with(
+            "\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanisms\" = \"GSSAPI\"\n",
+        ));
+        assert!(gssapi.iter().any(|p| p.contains("GSSAPI")), "{gssapi:?}");
+    }
 
     #[test]
     fn consumer_errors_are_classed() {

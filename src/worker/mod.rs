@@ -65,6 +65,7 @@ use crate::registry::{Lookup, Registry};
 use crate::store::Store;
 
 pub use collector::{DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
+pub use kafka::check_kafka_properties;
 pub use process::{MAX_EVENT_BYTES, MAX_KEY_BYTES};
 
 use collector::Collector;
@@ -73,6 +74,9 @@ use hold::LookupSender;
 use kafka::{KafkaContext, ProducerLogs, Rebalance};
 use process::{Incoming, InputTopics, Processor};
 use task::Task;
+
+/// A transient fault with nothing left to redo is over after this long without another.
+const FAULT_QUIET: Duration = Duration::from_secs(30);
 
 /// Meta record: the segment definitions (source) profiles were last evaluated under.
 const DEFINITIONS_KEY: &[u8] = b"definitions";
@@ -113,8 +117,9 @@ struct Worker {
     follow_wall: bool,
     max_messages: usize,
     /// A transient fault of the batch in force (what and why), for `/readyz`; cleared by the
-    /// next commit.
+    /// next commit, or after [`FAULT_QUIET`] with nothing to redo.
     fault: Option<String>,
+    fault_since: Option<Instant>,
     /// The broker unreachable, as consumer errors and librdkafka's statistics tell; cleared
     /// when messages arrive or a connection is up again.
     broker_down: Option<String>,
@@ -350,6 +355,7 @@ impl Worker {
             .inc();
         warn!(what, error = %detail, retry_in = ?self.backoff, "transient fault: the open batch is rolled back and retried");
         self.fault = Some(format!("{what}: {detail}"));
+        self.fault_since = Some(Instant::now());
         self.publish_readiness();
         self.out.discard();
         self.meta.clear();
@@ -488,6 +494,7 @@ impl Worker {
             .and_then(|s| parse_definitions(&s).ok())
             .unwrap_or_else(|| self.proc.core.segments().clone());
         let (added, changed, removed) = set.diff(&old);
+        self.metrics.know(&set);
         info!(
             ?added,
             ?changed,
@@ -648,6 +655,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let c = &settings.config;
+    metrics.know(&settings.segments);
     std::fs::create_dir_all(&c.state.path)
         .with_context(|| format!("creating state directory {}", c.state.path.display()))?;
     let store = Arc::new(Store::open(&c.state.path, &settings.store)?);
@@ -790,6 +798,7 @@ pub async fn run(
         follow_wall: c.processing.wall_clock,
         max_messages: c.processing.batch_max_messages,
         fault: None,
+        fault_since: None,
         broker_down: None,
         consumer_errors: (0, None),
         backoff: Duration::from_secs(1),
@@ -921,8 +930,12 @@ impl Worker {
         }
         if self.has_changes() {
             self.flush(consumer, stop).await?;
-        } else if self.fault.take().is_some() {
-            // Nothing left to redo after a transient fault (its partitions moved, or it was idle).
+        } else if self.fault.is_some()
+            && self.fault_since.is_none_or(|t| t.elapsed() >= FAULT_QUIET)
+        {
+            // Nothing left to redo after a transient fault (its partitions moved, or they are
+            // idle), and no fault since: over.
+            self.fault = None;
             self.backoff = Duration::from_secs(1);
             self.publish_readiness();
         }

@@ -331,7 +331,12 @@ impl Worker {
     pub fn request(&self, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(&self.http).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n{headers}\r\n").ok()?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\n{headers}\r\n",
+            self.http
+        )
+        .ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         let status = buf.split_whitespace().nth(1)?.parse().ok()?;

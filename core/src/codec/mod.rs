@@ -195,6 +195,21 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Low-cardinality class, used as the dead-letter reason code and metric label.
+    /// Every code a decoding failure that is bad input can have (not `registry_unavailable`,
+    /// which is a wait): the metric's label values, known before the first one happens.
+    pub const CODES: &'static [&'static str] = &[
+        "empty",
+        "bad_framing",
+        "unknown_schema",
+        "unknown_schema_id",
+        "incompatible_schema",
+        "no_registry",
+        "wrong_record",
+        "bad_body",
+        "trailing_bytes",
+        "bad_json",
+    ];
+
     pub fn code(&self) -> &'static str {
         match self {
             DecodeError::Empty => "empty",
@@ -827,6 +842,48 @@ mod tests {
 
     fn storefront_json() -> &'static str {
         include_str!("../../../avro/storefront.avsc")
+    }
+
+    #[test]
+    fn the_codes_of_bad_input_are_listed() {
+        let c = catalog();
+        let good = encode::storefront(&samples::storefront("addToCart", "a", 1, "e")).unwrap();
+        let order = encode::backoffice(&samples::backoffice(
+            "orderPlaced",
+            "o",
+            1,
+            "a@b.c",
+            "1",
+            1.0,
+        ))
+        .unwrap();
+        let mut unknown = vec![0xC3, 0x01];
+        unknown.extend_from_slice(&[7; 8]);
+        unknown.extend_from_slice(&good[10..]);
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let inputs: Vec<Vec<u8>> = vec![
+            vec![],
+            b"hello".to_vec(),
+            vec![0xC3, 0x01, 1],
+            unknown,
+            vec![0, 0, 0, 0, 9, 1],
+            b"{bad".to_vec(),
+            order,
+            good[..good.len() - 20].to_vec(),
+            trailing,
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for input in inputs {
+            let e = c.decode_input(Family::Storefront, &input).unwrap_err();
+            assert!(
+                DecodeError::CODES.contains(&e.code()),
+                "{} not listed",
+                e.code()
+            );
+            seen.insert(e.code());
+        }
+        assert!(seen.len() >= 8, "{seen:?}");
     }
 
     #[test]
