@@ -111,6 +111,46 @@ pub fn dead_letter_record(source: &Source, rejection: &Rejection) -> DeadLetter 
     }
 }
 
+/// The record of a dead letter: the bounded [`DeadLetter`] and the `tailor.*` headers that
+/// repeat its facts, keyed like the original.
+fn dead_letter_outgoing(source: &Source, rejection: &Rejection) -> Outgoing {
+    let record = dead_letter_record(source, rejection);
+    let headers = OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: "tailor.reason",
+            value: Some(rejection.code),
+        })
+        .insert(Header {
+            key: "tailor.detail",
+            value: Some(&record.reason),
+        })
+        .insert(Header {
+            key: "tailor.source.topic",
+            value: Some(source.topic),
+        })
+        .insert(Header {
+            key: "tailor.source.partition",
+            value: Some(&source.partition.to_string()),
+        })
+        .insert(Header {
+            key: "tailor.source.offset",
+            value: Some(&source.offset.to_string()),
+        })
+        .insert(Header {
+            key: "tailor.payload.size",
+            value: Some(&source.payload.len().to_string()),
+        });
+    let payload = encode::dead_letter(&record).expect("DeadLetter matches avro/dead_letter.avsc");
+    Outgoing {
+        topic: OutTopic::DeadLetter,
+        key: record.key.unwrap_or_default(),
+        payload: Some(payload),
+        headers: Some(headers),
+        timestamp: None,
+        partition: None,
+    }
+}
+
 impl Collector {
     pub fn new(
         config: rdkafka::ClientConfig,
@@ -181,42 +221,7 @@ impl Collector {
 
     /// A message that is bad input: its (bounded) dead letter, keyed like the original.
     pub fn dead_letter(&mut self, source: &Source, rejection: &Rejection) {
-        let record = dead_letter_record(source, rejection);
-        let headers = OwnedHeaders::new_with_capacity(6)
-            .insert(Header {
-                key: "tailor.reason",
-                value: Some(rejection.code),
-            })
-            .insert(Header {
-                key: "tailor.detail",
-                value: Some(&record.reason),
-            })
-            .insert(Header {
-                key: "tailor.source.topic",
-                value: Some(source.topic),
-            })
-            .insert(Header {
-                key: "tailor.source.partition",
-                value: Some(&source.partition.to_string()),
-            })
-            .insert(Header {
-                key: "tailor.source.offset",
-                value: Some(&source.offset.to_string()),
-            })
-            .insert(Header {
-                key: "tailor.payload.size",
-                value: Some(&source.payload.len().to_string()),
-            });
-        let payload =
-            encode::dead_letter(&record).expect("DeadLetter matches avro/dead_letter.avsc");
-        self.queue.push(Outgoing {
-            topic: OutTopic::DeadLetter,
-            key: record.key.clone().unwrap_or_default(),
-            payload: Some(payload),
-            headers: Some(headers),
-            timestamp: None,
-            partition: None,
-        });
+        self.queue.push(dead_letter_outgoing(source, rejection));
     }
 
     /// A message of the identity protocol for the owner of `key`, on `partition`.
@@ -339,17 +344,7 @@ impl Collector {
             key: Some(&out.key),
             payload: &payload,
         };
-        let record = dead_letter_record(&source, &rejection);
-        Outgoing {
-            topic: OutTopic::DeadLetter,
-            key: record.key.clone().unwrap_or_default(),
-            payload: Some(
-                encode::dead_letter(&record).expect("DeadLetter matches avro/dead_letter.avsc"),
-            ),
-            headers: None,
-            timestamp: None,
-            partition: None,
-        }
+        dead_letter_outgoing(&source, &rejection)
     }
 
     /// Deliveries not yet awaited.

@@ -140,24 +140,56 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
     cfg
 }
 
-/// Builds a producer and a consumer with the configured `[kafka]` properties (nothing is
-/// connected) and returns what librdkafka refuses: unknown or misspelt properties, values out of
-/// range, features this build lacks (such as SASL GSSAPI or OIDC).
+/// The producer's configuration: the `[kafka]` table, the processing guarantee (idempotent,
+/// `acks=all`), and Tailor's defaults where the table says nothing.
+pub fn producer_config(settings: &Settings) -> ClientConfig {
+    let kafka = &settings.config.kafka;
+    let mut cfg = client_config(settings);
+    cfg.set("enable.idempotence", "true").set("acks", "all");
+    for (k, v) in [
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+        // Outputs keyed by profile key land where Java clients would put them.
+        ("partitioner", "murmur2_random"),
+        // A broker that does not acknowledge within this rolls the batch back to retry it,
+        // instead of holding the loop for librdkafka's default 5 minutes.
+        ("message.timeout.ms", DELIVERY_TIMEOUT_MS),
+    ] {
+        let alias_set = k == "message.timeout.ms" && kafka.contains_key("delivery.timeout.ms");
+        if !kafka.contains_key(k) && !alias_set {
+            cfg.set(k, v);
+        }
+    }
+    cfg
+}
+
+/// The consumer's configuration: the `[kafka]` table, the group, offsets stored by Tailor
+/// after each commit, and the range assignor.
+pub fn consumer_config(settings: &Settings) -> ClientConfig {
+    let c = &settings.config;
+    let mut cfg = client_config(settings);
+    cfg.set("group.id", &c.consumer.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &c.consumer.start_from)
+        // State is keyed by partition number across the co-partitioned topics: only the range
+        // assignor gives one member the same numbers of every topic.
+        .set("partition.assignment.strategy", "range");
+    if !c.kafka.contains_key("statistics.interval.ms") {
+        cfg.set("statistics.interval.ms", "5000");
+    }
+    cfg
+}
+
+/// Builds the producer and the consumer `run` builds (nothing is connected) and returns what
+/// librdkafka refuses: unknown or misspelt properties, values out of range, features this build
+/// lacks (such as SASL GSSAPI or OIDC).
 pub fn check_kafka_properties(settings: &Settings) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut producer = client_config(settings);
-    producer
-        .set("enable.idempotence", "true")
-        .set("acks", "all");
-    if let Err(e) = producer.create::<rdkafka::producer::BaseProducer>() {
+    if let Err(e) = producer_config(settings).create::<rdkafka::producer::BaseProducer>() {
         problems.push(format!("[kafka] refused by librdkafka for a producer: {e}"));
     }
-    let mut consumer = client_config(settings);
-    consumer
-        .set("group.id", &settings.config.consumer.group_id)
-        .set("enable.auto.offset.store", "false")
-        .set("partition.assignment.strategy", "range");
-    if let Err(e) = consumer.create::<BaseConsumer>() {
+    if let Err(e) = consumer_config(settings).create::<BaseConsumer>() {
         let line = format!("[kafka] refused by librdkafka for a consumer: {e}");
         // The same refusal twice says nothing new.
         if !problems.iter().any(|p| p.ends_with(&e.to_string())) {

@@ -670,22 +670,7 @@ pub async fn run(
     // Schemas and the registry first: a configuration they refuse stops the worker before it
     // joins the group.
     let (catalog, registry, output_ids) = schemas_and_registry(&settings).await?;
-    let mut pcfg = kafka::client_config(&settings);
-    pcfg.set("enable.idempotence", "true").set("acks", "all");
-    for (k, v) in [
-        ("linger.ms", "5"),
-        ("compression.type", "lz4"),
-        // Outputs keyed by profile key land where Java clients would put them.
-        ("partitioner", "murmur2_random"),
-        // A broker that does not acknowledge within this rolls the batch back to retry it,
-        // instead of holding the loop for librdkafka's default 5 minutes.
-        ("message.timeout.ms", kafka::DELIVERY_TIMEOUT_MS),
-    ] {
-        let alias_set = k == "message.timeout.ms" && c.kafka.contains_key("delivery.timeout.ms");
-        if !c.kafka.contains_key(k) && !alias_set {
-            pcfg.set(k, v);
-        }
-    }
+    let pcfg = kafka::producer_config(&settings);
 
     let context = KafkaContext {
         store: store.clone(),
@@ -698,18 +683,7 @@ pub async fn run(
         rebalances: std::sync::Mutex::new(Vec::new()),
         brokers_up: std::sync::atomic::AtomicBool::new(true),
     };
-    let mut ccfg = kafka::client_config(&settings);
-    ccfg.set("group.id", &c.consumer.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &c.consumer.start_from)
-        // State is keyed by partition number across the co-partitioned topics: only the range
-        // assignor gives one member the same numbers of every topic.
-        .set("partition.assignment.strategy", "range");
-    if !c.kafka.contains_key("statistics.interval.ms") {
-        ccfg.set("statistics.interval.ms", "5000");
-    }
-    let consumer: StreamConsumer<KafkaContext> = ccfg
+    let consumer: StreamConsumer<KafkaContext> = kafka::consumer_config(&settings)
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
     let inputs = [

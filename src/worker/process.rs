@@ -509,7 +509,7 @@ impl Processor {
         at: i64,
         source: &str,
     ) -> Outcome {
-        task.load(&key, &self.store.clone())?;
+        task.load(&key, &self.store)?;
         let mut profile = task.profiles.remove(&key).expect("loaded");
         if is_new(&profile) {
             // Nothing stored (or removed earlier in this batch: that removal stands).
