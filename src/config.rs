@@ -131,6 +131,11 @@ pub struct Consumer {
     pub group_id: String,
     /// Where to start a partition this worker's state has never seen: `earliest` or `latest`.
     pub start_from: String,
+    /// Static group membership (`group.instance.id`): a worker that restarts under the same id
+    /// within the session timeout gets its partitions back without a rebalance. Unique per
+    /// worker, e.g. the StatefulSet pod name; `TAILOR_INSTANCE_ID` overrides it. Unset: dynamic
+    /// membership.
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +152,10 @@ pub struct Processing {
     /// without new events). `false`: event time only, e.g. to backfill history without every
     /// pending timer firing at "now" at the end.
     pub wall_clock: bool,
+    /// Longest a partition waits for one of its topics that has nothing buffered but messages
+    /// still to come, before applying the others' without it (event-time order across topics),
+    /// e.g. "2s".
+    pub max_idle: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +242,7 @@ impl Default for Consumer {
         Consumer {
             group_id: "tailor".into(),
             start_from: "earliest".into(),
+            instance_id: None,
         }
     }
 }
@@ -244,6 +254,7 @@ impl Default for Processing {
             batch_max_wait: "100ms".into(),
             allowed_lateness: "5s".into(),
             wall_clock: true,
+            max_idle: "2s".into(),
         }
     }
 }
@@ -310,6 +321,7 @@ pub struct Settings {
     pub config: Config,
     pub batch_max_wait: Duration,
     pub allowed_lateness: Duration,
+    pub max_idle: Duration,
     pub store: StoreOptions,
     pub listen: SocketAddr,
     pub segments: SegmentSet,
@@ -446,6 +458,27 @@ impl Config {
                 c.processing.batch_max_wait
             ));
         }
+        let max_idle = humantime::parse_duration(&c.processing.max_idle);
+        match &max_idle {
+            Err(e) => problems.push(format!(
+                "processing.max_idle = {:?}: {e} (e.g. \"2s\")",
+                c.processing.max_idle
+            )),
+            Ok(d) if *d > Duration::from_secs(600) => problems.push(format!(
+                "processing.max_idle = {:?}: at most 10 minutes (a partition would stall that long)",
+                c.processing.max_idle
+            )),
+            Ok(_) => {}
+        }
+        if c.consumer
+            .instance_id
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            problems.push(
+                "consumer.instance_id = \"\": give each worker its own id, or leave it out".into(),
+            );
+        }
         let lateness = humantime::parse_duration(&c.processing.allowed_lateness);
         match &lateness {
             Err(e) => problems.push(format!(
@@ -566,6 +599,7 @@ impl Config {
         Ok(Settings {
             registry_timeout: registry_timeout.expect("checked"),
             batch_max_wait: wait.expect("checked"),
+            max_idle: max_idle.expect("checked"),
             allowed_lateness: lateness.expect("checked"),
             store: StoreOptions {
                 block_cache_bytes: block_cache.expect("checked"),

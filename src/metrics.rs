@@ -51,6 +51,8 @@ pub struct Metrics {
     pub misrouted: IntCounter,
     /// Repartition messages received again after a sender's crash (skipped).
     pub duplicates_skipped: IntCounter,
+    pub repeats_skipped: IntCounter,
+    pub order_forced: IntCounter,
     /// Profiles deleted, by source (account_deleted, admin).
     pub deletions: IntCounterVec,
     /// Profiles re-evaluated after a segment definitions change.
@@ -284,6 +286,14 @@ impl Metrics {
             duplicates_skipped: plain_counter(
                 "tailor_repartition_duplicates_total",
                 "Repartition messages seen again after their sender's crash, skipped.",
+            ),
+            repeats_skipped: plain_counter(
+                "tailor_repeated_messages_total",
+                "Exact repeats of an input message applied lately to the same profile (same event id and bytes: a producer's retry), skipped.",
+            ),
+            order_forced: plain_counter(
+                "tailor_order_forced_total",
+                "Messages applied while another topic of their partition, with messages still to come, had none buffered after processing.max_idle (event-time order across topics not kept).",
             ),
             deletions: counter(
                 "tailor_profile_deletions_total",

@@ -166,9 +166,16 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
             Some(time),
             "record time is stream time"
         );
+        // The causing event's id and where it was read.
+        let cause = tailor::audience::Source {
+            topic: topic.as_str(),
+            partition: 0,
+            offset,
+        }
+        .cause_id(event_id);
         assert_eq!(
             c.id,
-            output_id(&[key, segment, direction.as_str(), event_id]),
+            output_id(&[key, segment, direction.as_str(), &cause]),
             "deterministic id"
         );
         assert_eq!(c.cause.kind, "event");

@@ -34,6 +34,16 @@ pub struct Source<'a> {
     pub offset: i64,
 }
 
+impl Source<'_> {
+    /// The cause part of an output id for an event read here: its id and where it was read.
+    pub fn cause_id(&self, event_id: &str) -> String {
+        format!(
+            "{event_id}@{}/{}/{}",
+            self.topic, self.partition, self.offset
+        )
+    }
+}
+
 /// Deterministic output id: 32 hex digits of a 128-bit hash of the parts.
 pub fn output_id(parts: &[&str]) -> String {
     let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
@@ -301,7 +311,9 @@ impl Core {
             ),
         };
         let cause_id = match &why {
-            Why::Event(ev, _) => ev.id.clone(),
+            // The input position too: a producer that reuses an event id for another event
+            // must not give two changes the same id.
+            Why::Event(ev, source) => source.cause_id(&ev.id),
             Why::Timer(due) => format!("timer@{due}"),
             Why::Merge(from) => format!("merge:{from}"),
             Why::Definitions(v) => format!("definitions:{v:016x}"),
@@ -393,9 +405,9 @@ impl Core {
         first_change: usize,
         out: &mut Outputs,
     ) {
-        let ev = match why {
-            Why::Event(ev, _) => Some(*ev),
-            _ => None,
+        let (ev, source) = match why {
+            Why::Event(ev, source) => (Some(*ev), Some(*source)),
+            _ => (None, None),
         };
         for journey in self.segments.journeys() {
             let change = |seg: usize, dir: Direction| {
@@ -406,7 +418,7 @@ impl Core {
             };
             let (cause_key, segment) = match &journey.trigger {
                 Trigger::Event(kinds) => match ev.filter(|e| kinds.contains(&e.kind)) {
-                    Some(e) => (journey::event_cause(e), None),
+                    Some(e) => (journey::event_cause(e, source.as_ref()), None),
                     None => continue,
                 },
                 Trigger::Enter(seg) | Trigger::Exit(seg) => {
@@ -647,6 +659,37 @@ journeys:
         assert_eq!(ids(&first), ids(&second));
         assert_eq!(first.changes[0].id.len(), 32);
         assert_ne!(first.changes[0].id, first.changes[2].id);
+    }
+
+    /// Regression: a producer that reused one event id for addToCart, removeFromCart, addToCart
+    /// got two ENTERs of cart-holders with the same id (a consumer dropping duplicates by id,
+    /// as the README says to, lost the second). The input position is part of the id.
+    #[test]
+    fn a_reused_event_id_still_gives_distinct_output_ids() {
+        let mut core = core(RULES);
+        let mut p = Profile::default();
+        let mut remove = add("x", 2_000, 1.0);
+        remove.kind = EventType::RemoveFromCart;
+        let events = [add("x", 1_000, 1.0), remove, add("x", 3_000, 1.0)];
+        let mut out = Outputs::default();
+        for (offset, e) in events.iter().enumerate() {
+            let source = Source {
+                offset: offset as i64,
+                ..src()
+            };
+            core.process("k1", &mut p, e, source, e.time, &mut out);
+        }
+        assert_eq!(
+            changes(&out),
+            vec![
+                ("cart-holders", Direction::Entered, 1_000),
+                ("cart-holders", Direction::Exited, 2_000),
+                ("cart-holders", Direction::Entered, 3_000)
+            ]
+        );
+        let ids: std::collections::HashSet<&str> =
+            out.changes.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids.len(), 3, "one id per change: {:?}", out.changes);
     }
 
     #[test]

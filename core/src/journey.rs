@@ -195,13 +195,17 @@ pub fn context(p: &Profile, ev: Option<&Event>) -> JourneyContext {
     }
 }
 
-/// The cause key of an event trigger: the order id for order events, else the event id.
-pub fn event_cause(ev: &Event) -> String {
-    match (&ev.order_id, ev.kind) {
+/// The cause key of an event trigger: the order id for order events (an order triggers once
+/// whichever events report it), else the event id and where it was read (a reused event id
+/// is another cause).
+pub fn event_cause(ev: &Event, source: Option<&crate::audience::Source>) -> String {
+    match (&ev.order_id, ev.kind, source) {
         (
             Some(order),
             EventType::OrderPlaced | EventType::CompleteCheckout | EventType::OrderInvoiced,
+            _,
         ) => format!("order:{order}"),
+        (_, _, Some(s)) => format!("event:{}", s.cause_id(&ev.id)),
         _ => format!("event:{}", ev.id),
     }
 }

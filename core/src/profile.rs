@@ -14,6 +14,8 @@ use crate::window::{DailyCounts, Series};
 pub const RECENT_CHANGES: usize = 20;
 /// Events that reached the profile through the repartition topic, remembered by origin.
 pub const RECENT_FORWARDED: usize = 64;
+/// Messages remembered per profile to apply an exact repeat (a producer's retry) only once.
+pub const RECENT_MESSAGES: usize = 16;
 /// Most cart lines kept.
 pub const MAX_CART_LINES: usize = 100;
 /// Order ids remembered to recognise the same order arriving twice (storefront
@@ -239,6 +241,10 @@ pub struct Profile {
     /// Hashed input positions of the latest events that came through the repartition topic: a
     /// sender's crash can send one again by another path (through an alias made since).
     pub forwarded: Vec<u64>,
+    /// Hashes of the latest messages applied (event id and bytes): an exact repeat of one, a
+    /// producer's retry, is applied once. Version 4 added it (last, so version 3 state reads as
+    /// version 4 with none).
+    pub seen: Vec<u64>,
 }
 
 fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
@@ -455,6 +461,22 @@ impl Profile {
         for f in other.forwarded {
             self.first_forward(f);
         }
+        for m in other.seen {
+            self.first_message(m);
+        }
+    }
+
+    /// Whether a message (its event id and bytes hashed, see [`message_hash`]) is new to this
+    /// profile; records it if so.
+    pub fn first_message(&mut self, hash: u64) -> bool {
+        if self.seen.contains(&hash) {
+            return false;
+        }
+        if self.seen.len() >= RECENT_MESSAGES {
+            self.seen.remove(0);
+        }
+        self.seen.push(hash);
+        true
     }
 
     /// Whether a forwarded event (its origin hashed) is new to this profile; records it if so.
@@ -801,9 +823,19 @@ fn top_affinities(list: &[Affinity], now: i64) -> Vec<(String, f64)> {
 /// incompatibly and migrate on read.
 ///
 /// Version 2 added sequences, journeys and timers; version 3 identity kinds, order values,
-/// recent changes and repartition positions. State written by earlier versions (pre-release
-/// builds) is refused with a message saying to rebuild it by replay.
-pub const STATE_VERSION: u8 = 3;
+/// recent changes and repartition positions; version 4 the hashes of the latest messages
+/// (read from version 3 as none). State written by earlier versions (pre-release builds) is
+/// refused with a message saying to rebuild it by replay.
+pub const STATE_VERSION: u8 = 4;
+
+/// The hash an exact repeat of a message shares: its event id and its bytes.
+pub fn message_hash(event_id: &str, payload: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(event_id.len() as u64).to_be_bytes());
+    h.update(event_id.as_bytes());
+    h.update(payload);
+    h.digest()
+}
 
 pub fn encode(p: &Profile) -> Vec<u8> {
     let mut out = vec![STATE_VERSION];
@@ -814,6 +846,13 @@ pub fn encode(p: &Profile) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
     match bytes.split_first() {
         Some((&STATE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((3, rest)) => {
+            // Version 4 only appended `seen`: an empty list is one zero byte in postcard.
+            let mut v4 = Vec::with_capacity(rest.len() + 1);
+            v4.extend_from_slice(rest);
+            v4.push(0);
+            postcard::from_bytes(&v4).map_err(|e| e.to_string())
+        }
         Some((v @ (1 | 2), _)) => Err(format!("profile state version {v} comes from a pre-release build; delete the state directory and replay the topics to rebuild it")),
         Some((v, _)) => Err(format!("unknown profile state version {v}")),
         None => Err("empty profile state".into()),
@@ -1090,5 +1129,41 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 99;
         assert!(decode(&bad).unwrap_err().contains("version 99"));
+    }
+
+    /// Version 3 state (written before `seen` existed) is read as version 4 with no messages
+    /// remembered: an upgrade needs no replay.
+    #[test]
+    fn version_3_state_reads_with_no_messages_remembered() {
+        let mut p = Profile::default();
+        p.apply(&ev(EventType::PageView, 1_000, 0.0));
+        assert!(p.first_forward(9));
+        let v4 = encode(&p);
+        assert_eq!(v4[0], 4);
+        // What version 3 wrote: the same fields without the trailing (empty) `seen`.
+        assert_eq!(v4.last(), Some(&0));
+        let mut v3 = v4[..v4.len() - 1].to_vec();
+        v3[0] = 3;
+        assert_eq!(decode(&v3).unwrap(), p);
+    }
+
+    #[test]
+    fn an_exact_repeat_is_recognised_and_the_memory_is_bounded() {
+        let mut p = Profile::default();
+        let a = message_hash("e1", b"{\"x\":1}");
+        assert!(p.first_message(a));
+        assert!(!p.first_message(a), "the same id and bytes again");
+        assert!(
+            p.first_message(message_hash("e1", b"{\"x\":2}")),
+            "same id, other content: a different message"
+        );
+        assert_ne!(message_hash("e", b"1x"), message_hash("e1", b"x"));
+        for i in 0..RECENT_MESSAGES as u64 {
+            assert!(p.first_message(i));
+        }
+        assert_eq!(p.seen.len(), RECENT_MESSAGES, "bounded");
+        let mut q = Profile::default();
+        q.merge(p.clone(), 32);
+        assert!(!q.first_message(3), "remembered across a merge");
     }
 }

@@ -14,6 +14,10 @@ use crate::metrics::Metrics;
 use crate::wire::{AudienceChange, DeadLetter, JourneyTrigger};
 
 use super::error::{Error, Rejection};
+
+/// Header of a repartition message: the record timestamp (ms) of the input message that caused
+/// it, for its receiver's event-time order.
+pub const EVENT_TIME_HEADER: &str = "tailor.time";
 use super::kafka::{self, ProducerLogs};
 
 /// Most bytes of an input value a dead letter carries (its size and a flag say the rest).
@@ -225,12 +229,21 @@ impl Collector {
     }
 
     /// A message of the identity protocol for the owner of `key`, on `partition`.
-    pub fn internal(&mut self, key: String, partition: i32, payload: Vec<u8>) {
+    /// `time`: the record timestamp of the message that caused it, which its receiver orders it
+    /// by ([`EVENT_TIME_HEADER`]). The record's own timestamp stays the time it is sent:
+    /// time-based retention must not delete a replayed event's hop before it is read.
+    pub fn internal(&mut self, key: String, partition: i32, payload: Vec<u8>, time: Option<i64>) {
+        let headers = time.map(|t| {
+            OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: EVENT_TIME_HEADER,
+                value: Some(t.to_string().as_bytes()),
+            })
+        });
         self.queue.push(Outgoing {
             topic: OutTopic::Repartition,
             key: key.into_bytes(),
             payload: Some(payload),
-            headers: None,
+            headers,
             timestamp: None,
             partition: Some(partition),
         });

@@ -34,9 +34,13 @@ pub fn hold(
     let partition = task.partition;
     // Held from the start, so that a failure half-way still resumes every topic (`release`).
     task.held = Some(id);
+    // Messages read and not applied are read again after the hold.
+    let buffered = task.heads.clear();
     for t in task.topics().map(str::to_owned).collect::<Vec<_>>() {
         let to = if t == topic {
             Some(offset)
+        } else if let Some((_, first)) = buffered.iter().find(|(b, _)| *b == t) {
+            Some(*first)
         } else {
             // Nothing read from it yet: pausing alone keeps its position.
             task.position(&t)

@@ -178,7 +178,19 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
     if !c.kafka.contains_key("statistics.interval.ms") {
         cfg.set("statistics.interval.ms", "5000");
     }
+    if let Some(id) = instance_id(settings) {
+        cfg.set("group.instance.id", id);
+    }
     cfg
+}
+
+/// This worker's static group membership id: `TAILOR_INSTANCE_ID` (e.g. the pod name), else
+/// `consumer.instance_id`.
+pub fn instance_id(settings: &Settings) -> Option<String> {
+    std::env::var("TAILOR_INSTANCE_ID")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| settings.config.consumer.instance_id.clone())
 }
 
 /// Builds the producer and the consumer `run` builds (nothing is connected) and returns what

@@ -41,6 +41,7 @@ mod commit;
 mod error;
 mod hold;
 mod kafka;
+mod order;
 mod overlay;
 mod process;
 mod task;
@@ -72,6 +73,7 @@ use collector::Collector;
 use error::Error;
 use hold::LookupSender;
 use kafka::{KafkaContext, ProducerLogs, Rebalance};
+use order::Buffered;
 use process::{Incoming, InputTopics, Processor};
 use task::Task;
 
@@ -116,6 +118,10 @@ struct Worker {
     /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
     follow_wall: bool,
     max_messages: usize,
+    /// Longest a partition waits for a topic with messages still to come ([`order`]).
+    max_idle: Duration,
+    /// Messages a task buffers at most while it waits for one of its topics.
+    buffer_limit: usize,
     /// A transient fault of the batch in force (what and why), for `/readyz`; cleared by the
     /// next commit, or after [`FAULT_QUIET`] with nothing to redo.
     fault: Option<String>,
@@ -197,7 +203,7 @@ impl Worker {
                             )?),
                         };
                         task.held = None;
-                        task.assign(&topic, &self.store)?;
+                        task.assign(&topic, self.proc.topics.rank(&topic), &self.store)?;
                         if !self.assigned.contains(&(topic.clone(), partition)) {
                             self.assigned.push((topic, partition));
                         }
@@ -257,7 +263,9 @@ impl Worker {
             if task.held.is_some() {
                 continue;
             }
+            // Nothing buffered or just arrived, and every topic at its high watermark.
             let caught_up = self.follow_wall
+                && !task.heads.flowing()
                 && task
                     .topics()
                     .all(|t| kafka::caught_up(consumer, t, task.partition, task.position(t)));
@@ -275,17 +283,18 @@ impl Worker {
         Ok(pending > 0)
     }
 
-    /// One message from the consumer.
+    /// One message from the consumer: buffered in its task, which then applies what it can in
+    /// event-time order.
     fn on_message(
         &mut self,
         consumer: &StreamConsumer<KafkaContext>,
-        msg: &Incoming,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
     ) -> Result<(), Error> {
-        let Some(task) = self.tasks.get_mut(&msg.partition) else {
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        let Some(task) = self.tasks.get_mut(&partition) else {
             debug!(
-                topic = msg.topic,
-                partition = msg.partition,
-                "message of a partition not assigned here; skipped"
+                topic,
+                partition, "message of a partition not assigned here; skipped"
             );
             return Ok(());
         };
@@ -294,26 +303,102 @@ impl Worker {
         if task.held.is_some() {
             return Ok(());
         }
-        if task.already_applied(msg.topic, msg.offset) {
+        if task.already_applied(topic, offset) {
             self.skipped += 1;
             return Ok(());
         }
-        if let Some(id) = self.proc.awaited_schema(msg.topic, msg.payload) {
-            hold::hold(consumer, task, (msg.topic, msg.offset), id)?;
-            if let Some(registry) = &self.registry {
-                hold::look_up(
-                    registry,
-                    &mut self.proc.catalog,
-                    id,
-                    &self.lookups,
-                    &self.metrics,
-                );
-            }
-            self.publish_readiness();
+        let Some(topic) = task.heads.topic(topic) else {
+            debug!(
+                topic,
+                partition, "message of a topic not assigned here; skipped"
+            );
             return Ok(());
+        };
+        // A repartition message is ordered by the time of the message that caused it.
+        let header_time = || {
+            use rdkafka::message::Headers;
+            let headers = msg.headers()?;
+            let h = headers
+                .iter()
+                .find(|h| h.key == collector::EVENT_TIME_HEADER)?;
+            std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok()
+        };
+        let timestamp = if *topic == *self.proc.topics.repartition {
+            header_time().or_else(|| msg.timestamp().to_millis())
+        } else {
+            msg.timestamp().to_millis()
+        };
+        task.heads.push(Buffered {
+            topic,
+            offset,
+            key: msg.key().map(Box::from),
+            payload: Box::from(msg.payload().unwrap_or(&[])),
+            timestamp,
+        });
+        self.drain(consumer, partition)
+    }
+
+    /// Applies the messages task `partition` has buffered, in event-time order, until it must
+    /// wait for one of its topics (or holds for the schema registry).
+    fn drain(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        partition: i32,
+    ) -> Result<(), Error> {
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Ok(());
+        };
+        // A topic never read, starting at its end: nothing of it is to come.
+        let from_end = consumer.context().start_from == Offset::End;
+        while task.held.is_none() {
+            let (next, forced) = task.next_buffered(self.max_idle, self.buffer_limit, |t, at| {
+                (at.is_none() && from_end) || kafka::caught_up(consumer, t, partition, at)
+            });
+            let Some(m) = next else { break };
+            if forced {
+                self.metrics.order_forced.inc();
+            }
+            if let Some(id) = self.proc.awaited_schema(&m.topic, &m.payload) {
+                hold::hold(consumer, task, (&m.topic, m.offset), id)?;
+                if let Some(registry) = &self.registry {
+                    hold::look_up(
+                        registry,
+                        &mut self.proc.catalog,
+                        id,
+                        &self.lookups,
+                        &self.metrics,
+                    );
+                }
+                self.publish_readiness();
+                return Ok(());
+            }
+            self.batch_started.get_or_insert_with(Instant::now);
+            let incoming = Incoming {
+                topic: &m.topic,
+                partition,
+                offset: m.offset,
+                key: m.key.as_deref(),
+                payload: &m.payload,
+                timestamp: m.timestamp,
+            };
+            self.proc.apply(task, &mut self.out, &incoming)?;
         }
-        self.batch_started.get_or_insert_with(Instant::now);
-        self.proc.apply(task, &mut self.out, msg)
+        Ok(())
+    }
+
+    /// [`Self::drain`] for every task: a topic waited for may be read to its end, or waited
+    /// for long enough, since the last message.
+    fn drain_all(&mut self, consumer: &StreamConsumer<KafkaContext>) -> Result<(), Error> {
+        let buffered: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.heads.len() > 0)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in buffered {
+            self.drain(consumer, p)?;
+        }
+        Ok(())
     }
 
     /// Takes a registry answer in and resumes the partitions it held.
@@ -771,6 +856,8 @@ pub async fn run(
         lateness: settings.allowed_lateness.as_millis() as i64,
         follow_wall: c.processing.wall_clock,
         max_messages: c.processing.batch_max_messages,
+        max_idle: settings.max_idle,
+        buffer_limit: (4 * c.processing.batch_max_messages).max(10_000),
         fault: None,
         fault_since: None,
         broker_down: None,
@@ -875,15 +962,7 @@ impl Worker {
                         self.publish_readiness();
                     }
                     self.apply_rebalances(consumer)?;
-                    let incoming = Incoming {
-                        topic: msg.topic(),
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                        key: msg.key(),
-                        payload: msg.payload().unwrap_or(&[]),
-                        timestamp: msg.timestamp().to_millis(),
-                    };
-                    self.on_message(consumer, &incoming)?;
+                    self.on_message(consumer, &msg)?;
                     drop(msg);
                     self.out.send().await?;
                     messages += 1;
@@ -895,6 +974,13 @@ impl Worker {
         }
         // Rebalances can also arrive while no message does.
         self.apply_rebalances(consumer)?;
+        // A topic waited for may have been read to its end, or waited for long enough.
+        if !self.stopping {
+            self.drain_all(consumer)?;
+            if self.out.has_queued() {
+                self.out.send().await?;
+            }
+        }
         if self.skipped > 0 {
             warn!(
                 messages = self.skipped,

@@ -90,6 +90,17 @@ pub struct InputTopics {
 }
 
 impl InputTopics {
+    /// The topic's place among the inputs, for event-time ties: storefront, back office,
+    /// profile, then the repartition topic.
+    pub fn rank(&self, topic: &str) -> u8 {
+        match self.family(topic) {
+            Some(Family::Storefront) => 0,
+            Some(Family::Backoffice) => 1,
+            Some(Family::Profile) => 2,
+            None => 3,
+        }
+    }
+
     fn family(&self, topic: &str) -> Option<Family> {
         if topic == self.storefront {
             Some(Family::Storefront)
@@ -131,6 +142,9 @@ pub struct Processor {
     outputs: Outputs,
     /// The message being applied (sender position of the repartition messages it causes).
     current: Position,
+    /// Its record timestamp: the repartition messages it causes carry it, so that their
+    /// receiver orders them among its inputs as it would the original.
+    current_time: Option<i64>,
     /// `tailor_events_total` per event type, resolved once (no label hashing per event).
     event_counters: Vec<prometheus::IntCounter>,
     /// `tailor_input_framing_total` per [`codec::Framing`], resolved once likewise.
@@ -186,6 +200,7 @@ impl Processor {
                 partition: -1,
                 offset: -1,
             },
+            current_time: None,
             event_counters,
             framing_counters,
             variant_counters,
@@ -207,6 +222,7 @@ impl Processor {
         }
         self.current.partition = msg.partition;
         self.current.offset = msg.offset;
+        self.current_time = msg.timestamp;
         let step = if msg.topic == self.topics.repartition {
             self.apply_internal(task, out, msg.payload)
         } else {
@@ -330,7 +346,7 @@ impl Processor {
             via: self.current.clone(),
             message,
         });
-        out.internal(target, partition, payload);
+        out.internal(target, partition, payload, self.current_time);
     }
 
     /// Step 1 of the identity protocol: an event for `key` read on the task's partition goes to
@@ -399,6 +415,13 @@ impl Processor {
                         self.absorb(task, out, key, survivor, Some(raw.owned()), &cause, ev.time)
                     }
                     Plan::Survive => {
+                        // An exact repeat of a message applied lately (a producer's retry, or
+                        // the same record produced twice): applied once. (An event that makes
+                        // its profile absorbed is remembered where it is applied, the survivor.)
+                        if !profile.first_message(profile::message_hash(&ev.id, raw.payload)) {
+                            self.metrics.repeats_skipped.inc();
+                            return Ok(());
+                        }
                         self.apply_event(task, out, &key, ev, raw);
                         Ok(())
                     }

@@ -19,6 +19,7 @@ use crate::profile::Profile;
 use crate::store::{Commit, Store};
 
 use super::error::Error;
+use super::order::{self, Buffered, Head, Heads};
 use super::overlay::{is_new, Profiles};
 
 /// Where a profile re-evaluation after a definitions change has got to, per partition.
@@ -67,6 +68,8 @@ pub struct Task {
     sweep_moved: bool,
     /// The schema id this partition number waits for (all its topics paused).
     pub held: Option<u32>,
+    /// Messages read and not yet applied, per topic, taken in event-time order.
+    pub heads: Heads,
     /// Messages applied in the open batch.
     pub messages: usize,
     state_reads: prometheus::IntCounter,
@@ -95,13 +98,16 @@ impl Task {
             sweep: None,
             sweep_moved: false,
             held: None,
+            heads: Heads::default(),
             messages: 0,
             state_reads,
         })
     }
 
-    /// A topic of this partition number is assigned: it resumes at its stored offset.
-    pub fn assign(&mut self, topic: &str, store: &Store) -> Result<(), Error> {
+    /// A topic of this partition number is assigned (`rank`: its place among the inputs, for
+    /// event-time ties): it resumes at its stored offset.
+    pub fn assign(&mut self, topic: &str, rank: u8, store: &Store) -> Result<(), Error> {
+        self.heads.track(topic, rank);
         let position = store.next_offset(topic, self.partition)?;
         match self.inputs.iter_mut().find(|i| i.topic == topic) {
             Some(i) => {
@@ -117,6 +123,30 @@ impl Task {
             }),
         }
         Ok(())
+    }
+
+    /// The next buffered message to apply, in event-time order across the task's topics (see
+    /// [`order`]), or `None` to wait for more. `caught_up(topic, position)`: whether the topic is
+    /// read to its end. The flag says a topic with messages still to come was passed over
+    /// (waited `max_idle` for, or too much buffered meanwhile).
+    pub fn next_buffered(
+        &mut self,
+        max_idle: std::time::Duration,
+        limit: usize,
+        mut caught_up: impl FnMut(&str, Option<i64>) -> bool,
+    ) -> (Option<Buffered>, bool) {
+        let inputs = &self.inputs;
+        let heads = self.heads.heads(max_idle, limit, |t| {
+            let position = inputs
+                .iter()
+                .find(|i| i.topic == t)
+                .and_then(|i| i.position);
+            !caught_up(t, position)
+        });
+        match order::choose(&heads) {
+            order::Next::Take(i) => (self.heads.pop(i), heads.contains(&Head::Overdue)),
+            _ => (None, false),
+        }
     }
 
     /// The assigned topics of this partition number.
@@ -300,11 +330,13 @@ impl Task {
     /// A topic of this partition number is no longer assigned here.
     pub fn unassign(&mut self, topic: &str) {
         self.inputs.retain(|i| i.topic != topic);
+        self.heads.remove(topic);
     }
 
-    /// Drops the open batch: profiles, aliases, clock, positions and cursor go back to what the
-    /// store holds. Returns each topic read since the last commit and the offset to seek it back
-    /// to: the first message applied since (a topic nothing was applied from needs no seek, and
+    /// Drops the open batch and the messages buffered: profiles, aliases, clock, positions and
+    /// cursor go back to what the store holds. Returns each topic read since the last commit and
+    /// the offset to seek it back to: the first message applied since, else the first buffered
+    /// (a topic nothing was read from needs no seek, and
     /// one with no stored offset is not sent to the configured start position, which with
     /// `latest` would skip what arrived meanwhile).
     pub fn rollback(&mut self, store: &Store) -> Result<Vec<(String, Offset)>, Error> {
@@ -319,12 +351,16 @@ impl Task {
         self.sweep_moved = false;
         self.messages = 0;
         self.clock = StreamClock::new(store.clock(self.partition)?, self.lateness);
+        // Messages read and not applied are read again too.
+        let buffered = self.heads.clear();
         let mut seeks = Vec::with_capacity(self.inputs.len());
         for i in &mut self.inputs {
             i.pending = None;
             if let Some(first) = i.first_uncommitted.take() {
                 i.position = Some(first);
                 seeks.push((i.topic.clone(), Offset::Offset(first)));
+            } else if let Some((_, first)) = buffered.iter().find(|(t, _)| *t == i.topic) {
+                seeks.push((i.topic.clone(), Offset::Offset(*first)));
             }
         }
         Ok(seeks)

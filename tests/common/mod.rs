@@ -131,6 +131,27 @@ pub fn produce_all(producer: &BaseProducer, msgs: &[(&str, &str, Vec<u8>)]) {
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// As [`produce_all`], each record stamped with its event time (as a producer that sets the
+/// record timestamp to the event time does).
+pub fn produce_stamped(producer: &BaseProducer, msgs: &[(&str, &str, Vec<u8>, i64)]) {
+    for (topic, key, payload, time) in msgs {
+        let mut rec = BaseRecord::to(topic)
+            .key(*key)
+            .payload(payload)
+            .timestamp(*time);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
 /// Produces one message to an explicit partition (for ordering tests on one partition).
 pub fn produce_to(
     producer: &BaseProducer,
@@ -196,6 +217,16 @@ pub fn read_topic_until_quiet(topic: &str, partitions: i32, quiet: Duration) -> 
         }
     }
     out
+}
+
+/// Sum over partitions of the offset after the last message read from each.
+pub fn read_end_offsets(topic: &str, partitions: i32) -> i64 {
+    let mut end = vec![0i64; partitions.max(0) as usize];
+    for m in read_topic_until_quiet(topic, partitions, Duration::from_millis(300)) {
+        let e = &mut end[m.partition() as usize];
+        *e = (*e).max(m.offset() + 1);
+    }
+    end.iter().sum()
 }
 
 /// Sum over partitions of a topic's high watermarks (0 for a topic not created yet).
@@ -392,12 +423,14 @@ impl Worker {
     }
 
     /// Waits until the repartition topic is drained: everything sent through it is committed.
+    /// The end is where its messages end, as read: the test broker's high watermark can lag
+    /// behind the messages it serves.
     pub fn wait_repartition_idle(&self, topic: &str, partitions: i32) {
         self.wait_for(
             Duration::from_secs(60),
             "the repartition topic drained",
             |w| {
-                let end = end_offsets(topic, partitions);
+                let end = read_end_offsets(topic, partitions);
                 w.metric("tailor_stored_offset", &format!("topic=\"{topic}\"")) as i64 >= end
             },
         );

@@ -1,0 +1,337 @@
+//! Event-time order across the co-partitioned topics of one partition number: what Kafka Streams
+//! calls timestamp synchronisation (KIP-353, KIP-695).
+//!
+//! The three input topics and the repartition topic of a partition number share one profile
+//! state and one stream clock. Read as they arrive, a small topic is read far ahead of a large
+//! one, so the result would depend on fetch timing: a profile record stamped a minute ago makes
+//! the backlog of storefront events "late", and the same input gives other outputs on every run.
+//! So each topic's messages wait in a [`Heads`] queue, and the task takes, among the heads, the
+//! one with the smallest record timestamp (ties: storefront, back office, profile, repartition).
+//!
+//! A topic with nothing buffered blocks the others while it has messages still to come (its
+//! read position is below the high watermark the last fetch reported, or no fetch answered
+//! yet, or a message of it arrived within the last [`FLOWING`]), for at most
+//! `processing.max_idle`: then the others go on without it, counted in
+//! `tailor_order_forced_total`. A topic read to its end blocks nothing: live traffic is not
+//! delayed. So a replay of topics that hold the data already is processed in the same order
+//! whatever the fetch timing, batch boundaries, crashes or restarts.
+//!
+//! The choice is the pure [`choose`]; the queues hold copies of the messages (freed once
+//! applied). Messages buffered are not applied: a rollback or a hold drops them and seeks each
+//! topic back to its first one ([`Heads::clear`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A message read and not yet applied.
+pub struct Buffered {
+    pub topic: Arc<str>,
+    pub offset: i64,
+    pub key: Option<Box<[u8]>>,
+    pub payload: Box<[u8]>,
+    pub timestamp: Option<i64>,
+}
+
+/// One topic's queue.
+struct Queue {
+    topic: Arc<str>,
+    /// Tie-break among equal timestamps (the topic's place among the inputs).
+    rank: u8,
+    messages: VecDeque<Buffered>,
+    /// Since when the queue has been empty (while empty).
+    empty_since: Option<Instant>,
+    /// When a message of the topic last arrived.
+    last_push: Option<Instant>,
+}
+
+/// A topic that delivered a message this recently is still flowing: more of what one fetch
+/// brought is on its way (a broker's high watermark may lag behind what it serves).
+pub const FLOWING: Duration = Duration::from_millis(250);
+
+/// The state of one topic's head, for [`choose`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Head {
+    /// A message is buffered, with this record timestamp (`None`: the producer set none).
+    Ready(Option<i64>, u8),
+    /// Nothing buffered, and messages are still to come: the others wait for it.
+    Awaited,
+    /// Nothing buffered, messages still to come, but waited for `max_idle` (or too much is
+    /// buffered meanwhile): the others go on without it.
+    Overdue,
+    /// Nothing buffered and nothing to wait for: read to its end.
+    Done,
+}
+
+/// What a task does next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    /// Apply the head of this topic (index into the heads given).
+    Take(usize),
+    /// An empty topic still has messages to come: wait for them.
+    Wait,
+    /// Nothing is buffered.
+    Empty,
+}
+
+/// Picks the head with the smallest timestamp (no timestamp counts as earliest; ties by rank),
+/// unless a topic with nothing buffered is still awaited.
+pub fn choose(heads: &[Head]) -> Next {
+    if heads.contains(&Head::Awaited) {
+        return if heads.iter().any(|h| matches!(h, Head::Ready(..))) {
+            Next::Wait
+        } else {
+            Next::Empty
+        };
+    }
+    heads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| match h {
+            Head::Ready(ts, rank) => Some(((ts.unwrap_or(i64::MIN), *rank), i)),
+            _ => None,
+        })
+        .min()
+        .map_or(Next::Empty, |(_, i)| Next::Take(i))
+}
+
+/// The messages a partition task has read and not applied, per assigned topic.
+#[derive(Default)]
+pub struct Heads {
+    queues: Vec<Queue>,
+    buffered: usize,
+}
+
+impl Heads {
+    /// A topic of the task, ranked `rank` among the inputs (ties go to the lower rank).
+    pub fn track(&mut self, topic: &str, rank: u8) {
+        if !self.queues.iter().any(|q| &*q.topic == topic) {
+            self.queues.push(Queue {
+                topic: Arc::from(topic),
+                rank,
+                messages: VecDeque::new(),
+                empty_since: None,
+                last_push: None,
+            });
+        }
+    }
+
+    /// Whether a message of any topic is buffered, or arrived within [`FLOWING`].
+    pub fn flowing(&self) -> bool {
+        self.buffered > 0
+            || self
+                .queues
+                .iter()
+                .any(|q| q.last_push.is_some_and(|t| t.elapsed() < FLOWING))
+    }
+
+    /// The shared name of a tracked topic.
+    pub fn topic(&self, topic: &str) -> Option<Arc<str>> {
+        self.queues
+            .iter()
+            .find(|q| &*q.topic == topic)
+            .map(|q| q.topic.clone())
+    }
+
+    /// Buffers a message of a tracked topic (others are ignored). A message at or below one
+    /// already buffered (read again after a seek) replaces the queue from its offset on.
+    pub fn push(&mut self, msg: Buffered) {
+        let Some(q) = self.queues.iter_mut().find(|q| *q.topic == *msg.topic) else {
+            return;
+        };
+        while q.messages.back().is_some_and(|m| m.offset >= msg.offset) {
+            q.messages.pop_back();
+            self.buffered -= 1;
+        }
+        q.messages.push_back(msg);
+        q.empty_since = None;
+        q.last_push = Some(Instant::now());
+        self.buffered += 1;
+    }
+
+    /// Messages buffered, all topics.
+    pub fn len(&self) -> usize {
+        self.buffered
+    }
+
+    /// The state of each tracked topic's head, in tracking order. `pending(topic)`: whether
+    /// messages of it are still to come (being fetched, or no fetch answered yet). With more
+    /// than `limit` messages buffered, no topic is waited for.
+    pub fn heads(
+        &mut self,
+        max_idle: Duration,
+        limit: usize,
+        mut pending: impl FnMut(&str) -> bool,
+    ) -> Vec<Head> {
+        let now = Instant::now();
+        let full = self.buffered > limit;
+        self.queues
+            .iter_mut()
+            .map(|q| match q.messages.front() {
+                Some(m) => Head::Ready(m.timestamp, q.rank),
+                None => {
+                    let since = *q.empty_since.get_or_insert(now);
+                    let flowing = q.last_push.is_some_and(|t| now.duration_since(t) < FLOWING);
+                    if !flowing && !pending(&q.topic) {
+                        Head::Done
+                    } else if full || now.duration_since(since) >= max_idle {
+                        Head::Overdue
+                    } else {
+                        Head::Awaited
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Takes the head of the `i`th tracked topic.
+    pub fn pop(&mut self, i: usize) -> Option<Buffered> {
+        let q = self.queues.get_mut(i)?;
+        let m = q.messages.pop_front()?;
+        self.buffered -= 1;
+        if q.messages.is_empty() {
+            q.empty_since = Some(Instant::now());
+        }
+        Some(m)
+    }
+
+    /// Drops every buffered message; returns each topic that had some and the offset of its
+    /// first, to seek it back to.
+    pub fn clear(&mut self) -> Vec<(String, i64)> {
+        self.buffered = 0;
+        self.queues
+            .iter_mut()
+            .filter_map(|q| {
+                let first = q.messages.front().map(|m| (q.topic.to_string(), m.offset));
+                q.messages.clear();
+                q.empty_since = None;
+                first
+            })
+            .collect()
+    }
+
+    /// Forgets a topic no longer assigned.
+    pub fn remove(&mut self, topic: &str) {
+        if let Some(i) = self.queues.iter().position(|q| &*q.topic == topic) {
+            self.buffered -= self.queues[i].messages.len();
+            self.queues.remove(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, offset: i64, ts: i64) -> Buffered {
+        Buffered {
+            topic: Arc::from(topic),
+            offset,
+            key: None,
+            payload: Box::new([]),
+            timestamp: Some(ts),
+        }
+    }
+
+    #[test]
+    fn the_earliest_head_goes_first_and_ties_go_by_rank() {
+        use Head::*;
+        assert_eq!(
+            choose(&[Ready(Some(30), 0), Ready(Some(10), 1), Done]),
+            Next::Take(1)
+        );
+        assert_eq!(
+            choose(&[Ready(Some(10), 2), Ready(Some(10), 1)]),
+            Next::Take(1)
+        );
+        assert_eq!(
+            choose(&[Ready(Some(10), 0), Ready(None, 1)]),
+            Next::Take(1),
+            "no timestamp: first"
+        );
+        assert_eq!(choose(&[Done, Done]), Next::Empty);
+        assert_eq!(choose(&[]), Next::Empty);
+    }
+
+    #[test]
+    fn a_topic_still_to_come_holds_the_others_back() {
+        use Head::*;
+        assert_eq!(choose(&[Ready(Some(10), 0), Awaited]), Next::Wait);
+        assert_eq!(choose(&[Awaited, Done]), Next::Empty);
+        assert_eq!(
+            choose(&[Overdue, Ready(Some(10), 1)]),
+            Next::Take(1),
+            "waited long enough: the others go on"
+        );
+        assert_eq!(
+            choose(&[Ready(Some(10), 0), Done]),
+            Next::Take(0),
+            "read to its end: nothing to wait for"
+        );
+    }
+
+    #[test]
+    fn an_empty_topic_is_awaited_only_while_pending_and_not_longer_than_max_idle() {
+        let mut h = Heads::default();
+        h.track("s", 0);
+        h.track("p", 2);
+        h.push(msg("s", 5, 100));
+        let idle = Duration::from_millis(50);
+        assert_eq!(
+            h.heads(idle, 100, |_| true),
+            vec![Head::Ready(Some(100), 0), Head::Awaited]
+        );
+        assert_eq!(
+            h.heads(idle, 100, |_| false),
+            vec![Head::Ready(Some(100), 0), Head::Done],
+            "read to its end"
+        );
+        assert_eq!(
+            h.heads(idle, 0, |_| true),
+            vec![Head::Ready(Some(100), 0), Head::Overdue],
+            "too much buffered to wait"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            h.heads(idle, 100, |_| true),
+            vec![Head::Ready(Some(100), 0), Head::Overdue],
+            "waited long enough"
+        );
+        h.push(msg("p", 0, 50));
+        assert_eq!(
+            h.heads(idle, 100, |_| true),
+            vec![Head::Ready(Some(100), 0), Head::Ready(Some(50), 2)],
+            "a message arrived: waiting starts afresh when it empties again"
+        );
+        assert_eq!(h.pop(1).map(|m| m.offset), Some(0));
+        assert_eq!(
+            h.heads(idle, 100, |_| true)[1],
+            Head::Awaited,
+            "empty again, and more to come"
+        );
+        h.push(msg("x", 0, 1));
+        assert_eq!(h.len(), 1, "a topic not tracked is ignored");
+    }
+
+    #[test]
+    fn a_message_read_again_after_a_seek_replaces_the_queue_from_its_offset() {
+        let mut h = Heads::default();
+        h.track("s", 0);
+        h.track("b", 1);
+        for o in 10..15 {
+            h.push(msg("s", o, o));
+        }
+        assert_eq!(h.len(), 5);
+        h.push(msg("s", 12, 12));
+        assert_eq!(h.len(), 3, "12, 13, 14 dropped, 12 again");
+        assert_eq!(h.pop(0).map(|m| m.offset), Some(10));
+        h.push(msg("b", 3, 1));
+        let mut fronts = h.clear();
+        fronts.sort();
+        assert_eq!(fronts, vec![("b".into(), 3), ("s".into(), 11)]);
+        assert_eq!(h.len(), 0);
+        assert!(h.pop(0).is_none());
+        h.remove("s");
+        assert!(h.topic("s").is_none() && h.topic("b").is_some());
+    }
+}

@@ -1,0 +1,170 @@
+//! Event-time order across the co-partitioned input topics (issue 11, part 0), against the real
+//! broker.
+//!
+//! Regression: one stream clock per partition is shared by the three input topics, and the
+//! worker read them as they arrived. A small topic read ahead of a large one moved the clock:
+//! one profile record stamped later made the storefront backlog "late", evaluated at the
+//! clock's time, and shoppers who checked out 50 minutes after adding to cart entered
+//! `cart-abandoners` (and got the abandoned-cart journey) because their checkout was evaluated
+//! after the one-hour timer. Now each partition takes the earliest head among its topics, by
+//! record timestamp (the producers here stamp records with the event time).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::Message;
+use tailor::codec::{decode, encode};
+use tailor::samples;
+
+const MIN: i64 = 60_000;
+const SHOPPERS: i64 = 40;
+
+/// Everything a consumer of the outputs sees: (id, profile, segment, direction, time) of each
+/// audience change and (id, profile, journey, time) of each journey trigger, deduplicated by id.
+fn outputs(t: &Topics) -> (BTreeSet<String>, BTreeSet<String>) {
+    let changes = read_topic_until_quiet(&t.audience, 2, Duration::from_secs(2))
+        .iter()
+        .filter_map(|m| m.payload().map(|p| decode::audience_change(p).unwrap()))
+        .map(|c| {
+            format!(
+                "{} {} {} {:?} {}",
+                c.id, c.profile_key, c.segment_id, c.direction, c.event_time
+            )
+        })
+        .collect();
+    let triggers = read_topic_until_quiet(&t.journeys, 2, Duration::from_secs(2))
+        .iter()
+        .filter_map(|m| m.payload().map(|p| decode::journey_trigger(p).unwrap()))
+        .map(|j| {
+            format!(
+                "{} {} {} {}",
+                j.id, j.profile_key, j.journey_id, j.triggered_at
+            )
+        })
+        .collect();
+    (changes, triggers)
+}
+
+#[test]
+fn a_topic_read_ahead_does_not_make_the_backlog_late_and_batching_changes_nothing() {
+    let setup = Setup::with_segments("order", 2, 500, "tests/fixtures/journeys.yaml");
+    let t = &setup.topics;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = (now - 180 * MIN) / MIN * MIN;
+    let p = producer();
+    // The small topic first: one profile record of another shopper, stamped two hours in.
+    let late_record = encode::profile(&samples::profile(
+        "profileRecord",
+        "profile-later",
+        t0 + 120 * MIN,
+        "c-later",
+        "later@example.com",
+        None,
+    ))
+    .unwrap();
+    produce_stamped(
+        &p,
+        &[(t.profile.as_str(), "c-later", late_record, t0 + 120 * MIN)],
+    );
+    // The backlog: every shopper adds to cart, and checks out 50 minutes later.
+    let mut msgs = Vec::new();
+    for (offset, kind) in [(0, "addToCart"), (50 * MIN, "completeCheckout")] {
+        for i in 0..SHOPPERS {
+            let ecid = format!("ecid-order-{i}");
+            let at = t0 + offset + i * 1000;
+            let ev = samples::storefront(kind, &format!("{kind}-{i}"), at, &ecid);
+            msgs.push((ecid, encode::storefront(&ev).unwrap(), at));
+        }
+    }
+    let refs: Vec<(&str, &str, Vec<u8>, i64)> = msgs
+        .iter()
+        .map(|(k, v, at)| (t.storefront.as_str(), k.as_str(), v.clone(), *at))
+        .collect();
+    produce_stamped(&p, &refs);
+    let total = refs.len() as u64 + 1;
+
+    let mut worker = setup.start(1);
+    worker.wait_caught_up(total);
+    assert_eq!(
+        worker.metric("tailor_late_events_total", ""),
+        0.0,
+        "no event is late: the profile record is applied in its place in time"
+    );
+    assert_eq!(worker.metric("tailor_order_forced_total", ""), 0.0);
+    let (changes, triggers) = outputs(t);
+    let abandoners: Vec<&String> = changes
+        .iter()
+        .filter(|c| c.contains(" cart-abandoners "))
+        .collect();
+    assert!(
+        abandoners.is_empty(),
+        "a checkout 50 minutes after the add: nobody abandoned a cart: {abandoners:?}"
+    );
+    assert!(
+        triggers.iter().all(|j| !j.contains(" abandoned-cart ")),
+        "{triggers:?}"
+    );
+    assert_eq!(
+        triggers
+            .iter()
+            .filter(|j| j.contains(" post-purchase "))
+            .count(),
+        SHOPPERS as usize,
+        "one post-purchase trigger per checkout: {triggers:?}"
+    );
+    worker.stop();
+
+    // The same input through another group with batches of 3: the same outputs, ids included.
+    let small = setup.sibling("order-small", 2, 3, "tests/fixtures/journeys.yaml");
+    let mut other = small.start(1);
+    other.wait_caught_up(total);
+    assert_eq!(other.metric("tailor_late_events_total", ""), 0.0);
+    let again = outputs(&small.topics);
+    assert_eq!(again.0, changes, "audience changes");
+    assert_eq!(again.1, triggers, "journey triggers");
+    other.stop();
+}
+
+/// A producer's retry (the same record twice) is applied once; a reused event id with other
+/// content is another event, and every output keeps an id of its own.
+#[test]
+fn an_exact_repeat_is_applied_once_and_a_reused_id_is_another_event() {
+    let setup = Setup::with_segments("repeat", 1, 50, "tests/fixtures/journeys.yaml");
+    let t = &setup.topics;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = now - 10 * MIN;
+    let key = "ecid-repeat";
+    let add = encode::storefront(&samples::storefront("addToCart", "same-id", t0, key)).unwrap();
+    let mut remove = samples::storefront("removeFromCart", "same-id", t0 + 1000, key);
+    remove.shopping_cart_context = None;
+    let remove = encode::storefront(&remove).unwrap();
+    let add_again =
+        encode::storefront(&samples::storefront("addToCart", "same-id", t0 + 2000, key)).unwrap();
+    let sf = t.storefront.as_str();
+    produce_all(
+        &producer(),
+        &[
+            (sf, key, add.clone()),
+            (sf, key, add),
+            (sf, key, remove),
+            (sf, key, add_again),
+        ],
+    );
+    let mut worker = setup.start(1);
+    worker.wait_caught_up(4);
+    assert_eq!(worker.metric("tailor_repeated_messages_total", ""), 1.0);
+    let (status, body) = worker.get(&format!("/profiles/{key}")).expect("http");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["events_total"], 3, "the retry once: {doc}");
+    worker.stop();
+}
