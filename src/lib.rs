@@ -51,6 +51,8 @@
 //!   - `worker::task` — one partition number's state: profiles (`worker::overlay`: LRU cache
 //!     and the open batch's write-back overlay), aliases, clock, positions, offsets, cursor;
 //!     commits its part, rolls back, or is dropped on its own;
+//!   - `worker::order` — a task's topics taken in event-time order (the earliest record
+//!     timestamp among their heads; a topic with messages still to come is waited for);
 //!   - `worker::process` — one message (or due timer, or re-evaluation) through the core for
 //!     one task: decode, validate, route by the identity protocol, apply;
 //!   - `worker::collector` — every produced record, bounded, handed to the producer;

@@ -8,8 +8,10 @@
 //!  each batch:
 //!   0. time     every task: clock moves (wall clock when caught up), due timers fire; then a slice
 //!               of profiles re-evaluated if the definitions changed ............ process::Processor
-//!   1. consume  a message ─► its task (skipped if held or already applied) ─► process::Processor
-//!               (decode, validate, identity route, core) ─► collector::Collector (bounded records)
+//!   1. consume  a message ─► its task's queue for its topic (skipped if held or already
+//!               applied); the task applies the earliest head of its topics ............. order
+//!               ─► process::Processor (decode, validate, identity route, core)
+//!               ─► collector::Collector (bounded records)
 //!               a Confluent id the registry has not answered: the task is held ........... hold
 //!   2. deliver  await every output of the batch (acks=all) ........................... commit
 //!   3. commit   each task writes its part into ONE RocksDB write batch: profiles, aliases, timer
@@ -20,6 +22,7 @@
 //! - [`task`]: one partition number's state: profiles ([`overlay`]: cache + write-back overlay),
 //!   aliases, clock, positions, offsets, sweep cursor, hold. Commits, rolls back, or is dropped
 //!   on its own.
+//! - [`order`]: event-time order across a task's topics (timestamp synchronisation).
 //! - [`process`]: one message (or timer, or re-evaluation) through the core for one task.
 //! - [`collector`]: every produced record, kept below the producer's size limit.
 //! - [`commit`]: the commit protocol, in one place.
