@@ -206,7 +206,27 @@ impl Worker {
                             )?),
                         };
                         task.held = None;
-                        task.assign(&topic, self.proc.topics.rank(&topic), &self.store)?;
+                        // The repartition topic is fed by the group's own processing: waiting
+                        // for it would put a broker round trip between messages.
+                        let awaited = topic != self.proc.topics.repartition;
+                        let rank = self.proc.topics.rank(&topic);
+                        task.assign(&topic, rank, awaited, &self.store)?;
+                        if task.position(&topic).is_none() {
+                            // Never read here: it starts at a watermark. Knowing which tells an
+                            // empty topic from one still to be read (event-time order waits
+                            // only for the latter).
+                            let from_end = consumer.context().start_from == Offset::End;
+                            match tokio::task::block_in_place(|| {
+                                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                            }) {
+                                Ok((lo, hi)) => {
+                                    task.start_at(&topic, if from_end { hi } else { lo })
+                                }
+                                Err(e) => {
+                                    debug!(topic = %topic, partition, error = %e, "watermarks unknown at assignment")
+                                }
+                            }
+                        }
                         if !self.assigned.contains(&(topic.clone(), partition)) {
                             self.assigned.push((topic, partition));
                         }
@@ -351,11 +371,9 @@ impl Worker {
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(());
         };
-        // A topic never read, starting at its end: nothing of it is to come.
-        let from_end = consumer.context().start_from == Offset::End;
         while task.held.is_none() {
             let (next, forced) = task.next_buffered(self.max_idle, self.buffer_limit, |t, at| {
-                (at.is_none() && from_end) || kafka::caught_up(consumer, t, partition, at)
+                kafka::caught_up(consumer, t, partition, at)
             });
             let Some(m) = next else { break };
             if forced {

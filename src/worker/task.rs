@@ -105,9 +105,16 @@ impl Task {
     }
 
     /// A topic of this partition number is assigned (`rank`: its place among the inputs, for
-    /// event-time ties): it resumes at its stored offset.
-    pub fn assign(&mut self, topic: &str, rank: u8, store: &Store) -> Result<(), Error> {
-        self.heads.track(topic, rank);
+    /// event-time ties; `awaited`: whether an empty queue of it holds the others back): it
+    /// resumes at its stored offset.
+    pub fn assign(
+        &mut self,
+        topic: &str,
+        rank: u8,
+        awaited: bool,
+        store: &Store,
+    ) -> Result<(), Error> {
+        self.heads.track(topic, rank, awaited);
         let position = store.next_offset(topic, self.partition)?;
         match self.inputs.iter_mut().find(|i| i.topic == topic) {
             Some(i) => {
@@ -146,6 +153,18 @@ impl Task {
         match order::choose(&heads) {
             order::Next::Take(i) => (self.heads.pop(i), heads.contains(&Head::Overdue)),
             _ => (None, false),
+        }
+    }
+
+    /// Where a topic with no stored offset starts (its low or high watermark, as the consumer
+    /// starts it), so that "read to its end" is known before its first message.
+    pub fn start_at(&mut self, topic: &str, offset: i64) {
+        if let Some(i) = self
+            .inputs
+            .iter_mut()
+            .find(|i| i.topic == topic && i.position.is_none())
+        {
+            i.position = Some(offset);
         }
     }
 
