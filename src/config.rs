@@ -383,7 +383,22 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        config.kafka_from_env(std::env::vars());
         Ok(config)
+    }
+
+    /// librdkafka properties from the environment, over the file's (secrets stay out of files):
+    /// `TAILOR_KAFKA_SASL_PASSWORD` sets `sasl.password` (the rest of the name lower-cased,
+    /// `_` read as `.`). Properties Tailor owns are refused by [`Config::validate`] either way.
+    pub fn kafka_from_env(&mut self, vars: impl Iterator<Item = (String, String)>) {
+        for (name, value) in vars {
+            if let Some(prop) = name.strip_prefix("TAILOR_KAFKA_") {
+                if !prop.is_empty() {
+                    self.kafka
+                        .insert(prop.to_ascii_lowercase().replace('_', "."), value);
+                }
+            }
+        }
     }
 
     /// Checks everything and builds the runtime settings, or lists every problem.
@@ -702,6 +717,34 @@ file = "missing.yaml"
             errs[0].contains("kafka.\"partition.assignment.strategy\" = \"roundrobin\""),
             "{errs:?}"
         );
+    }
+
+    /// Secrets stay out of the file: `TAILOR_KAFKA_*` variables set librdkafka properties,
+    /// over the file's, and the ones Tailor owns are refused from there too.
+    #[test]
+    fn kafka_properties_come_from_the_environment_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tailor.toml");
+        std::fs::write(dir.path().join("s.yaml"), "segments: []\n").unwrap();
+        std::fs::write(
+            &file,
+            "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n\"sasl.username\" = \"file\"\n[segments]\nfile = \"s.yaml\"\n",
+        )
+        .unwrap();
+        let mut c = Config::from_file(&file).unwrap();
+        let vars = [
+            ("TAILOR_KAFKA_SASL_PASSWORD", "s3cret"),
+            ("TAILOR_KAFKA_SASL_USERNAME", "env"),
+            ("TAILOR_HTTP_TOKEN", "not kafka"),
+            ("TAILOR_KAFKA_", "no name"),
+        ];
+        c.kafka_from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(c.kafka["sasl.password"], "s3cret");
+        assert_eq!(c.kafka["sasl.username"], "env", "over the file's");
+        assert_eq!(c.kafka.len(), 3, "{:?}", c.kafka);
+        c.kafka_from_env([("TAILOR_KAFKA_GROUP_ID".to_string(), "x".to_string())].into_iter());
+        let errs = c.validate().unwrap_err().0;
+        assert!(errs[0].contains("kafka.\"group.id\""), "{errs:?}");
     }
 
     #[test]

@@ -106,6 +106,13 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector registers once");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             registered(
                 &registry,
@@ -469,6 +476,8 @@ mod tests {
         }
         for family in [
             "tailor_build_info{version=\"0.1.0\"} 1",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
             "tailor_identity_links_total{result=\"merged\"} 0",
             "tailor_definition_reloads_total{result=\"invalid\"} 0",
             "tailor_profile_deletions_total{source=\"admin\"} 0",

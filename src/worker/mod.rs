@@ -211,20 +211,24 @@ impl Worker {
                         let awaited = topic != self.proc.topics.repartition;
                         let rank = self.proc.topics.rank(&topic);
                         task.assign(&topic, rank, awaited, &self.store)?;
-                        if task.position(&topic).is_none() {
-                            // Never read here: it starts at a watermark. Knowing which tells an
-                            // empty topic from one still to be read (event-time order waits
-                            // only for the latter).
-                            let from_end = consumer.context().start_from == Offset::End;
-                            match tokio::task::block_in_place(|| {
-                                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                            }) {
-                                Ok((lo, hi)) => {
-                                    task.start_at(&topic, if from_end { hi } else { lo })
-                                }
-                                Err(e) => {
-                                    debug!(topic = %topic, partition, error = %e, "watermarks unknown at assignment")
-                                }
+                        // The watermarks: where a topic never read here starts (knowing it
+                        // tells an empty topic from one still to be read: event-time order
+                        // waits only for the latter), and the lag, a series from the start
+                        // (librdkafka's statistics report none for a partition never read).
+                        match tokio::task::block_in_place(|| {
+                            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))
+                        }) {
+                            Ok((lo, hi)) => {
+                                let from_end = consumer.context().start_from == Offset::End;
+                                task.start_at(&topic, if from_end { hi } else { lo });
+                                let next = task.position(&topic).unwrap_or(lo);
+                                self.metrics
+                                    .partition_lag
+                                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                                    .set((hi - next).max(0));
+                            }
+                            Err(e) => {
+                                debug!(topic = %topic, partition, error = %e, "watermarks unknown at assignment")
                             }
                         }
                         if !self.assigned.contains(&(topic.clone(), partition)) {

@@ -219,12 +219,39 @@ pub fn read_topic_until_quiet(topic: &str, partitions: i32, quiet: Duration) -> 
     out
 }
 
-/// Sum over partitions of the offset after the last message read from each.
+/// Sum over partitions of where each partition's messages end: the offset after the last one
+/// read, and at least the high watermark. (The test broker's high watermark lags behind the
+/// messages it serves when producers batch: it is the last batch's first offset + 1.)
 pub fn read_end_offsets(topic: &str, partitions: i32) -> i64 {
-    let mut end = vec![0i64; partitions.max(0) as usize];
-    for m in read_topic_until_quiet(topic, partitions, Duration::from_millis(300)) {
-        let e = &mut end[m.partition() as usize];
-        *e = (*e).max(m.offset() + 1);
+    let watermarks: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("consumer");
+    let mut end: Vec<i64> = (0..partitions)
+        .map(|p| {
+            watermarks
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(0, |(_, hi)| hi.max(0))
+        })
+        .collect();
+    if end.iter().all(|e| *e == 0) {
+        return 0; // nothing was ever written
+    }
+    let consumer = from_beginning(topic, partitions);
+    let (mut last, mut any) = (Instant::now(), false);
+    // Up to 10 s for the first message (assignment and first fetch), then until 500 ms quiet.
+    while last.elapsed()
+        < if any {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(10)
+        }
+    {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let e = &mut end[m.partition() as usize];
+            *e = (*e).max(m.offset() + 1);
+            (last, any) = (Instant::now(), true);
+        }
     }
     end.iter().sum()
 }

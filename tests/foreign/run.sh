@@ -15,6 +15,7 @@
 # default-jdk-headless when java/javac are), tests/foreign/java/Pcf.java compiled into
 # $TAILOR_CACHE/java-pcf (again only when the source, the jars or javac changed), and the command
 # that runs it passed to pytest as TAILOR_JAVA_PCF. Without it the tests fail, they are not skipped.
+# Prometheus and promtool (Debian's prometheus package) are installed the same way when missing.
 set -euo pipefail
 # A relative TAILOR_BIN is relative to the caller's directory.
 if [ -n "${TAILOR_BIN:-}" ]; then TAILOR_BIN="$(realpath -m -- "$TAILOR_BIN")"; fi
@@ -110,7 +111,19 @@ AVRO_VERSION="$("$JAVA" -cp "$AVRO_CP$PCF_CLASSES" Pcf --version)" ||
 shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }  # single-quoted, for Python's shlex.split
 export TAILOR_JAVA_PCF="$(shq "$JAVA") -cp $(shq "$AVRO_CP$PCF_CLASSES") Pcf"
 
-echo "== foreign-client interop tests (broker $TAILOR_TEST_BROKERS, binary $TAILOR_BIN, Java Avro $AVRO_VERSION)"
+# A real Prometheus (Debian's package) scrapes a worker in test_prometheus.py; promtool checks the
+# shipped configuration and alert rules.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  apt_install "Prometheus (prometheus and promtool)" prometheus
+  command -v prometheus >/dev/null && command -v promtool >/dev/null ||
+    { echo "run.sh: the prometheus package is installed but prometheus or promtool is not on PATH" >&2; exit 1; }
+fi
+# Installing the package may start its service: the tests run their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  as_root systemctl stop prometheus >/dev/null 2>&1 || true
+fi
+
+echo "== foreign-client interop tests (broker $TAILOR_TEST_BROKERS, binary $TAILOR_BIN, Java Avro $AVRO_VERSION, $(prometheus --version 2>&1 | head -1))"
 # No .pytest_cache or __pycache__ left in the source tree.
 export PYTHONDONTWRITEBYTECODE=1
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/foreign "$@"
