@@ -200,6 +200,18 @@ fn abandoned_carts_enter_at_one_hour_and_trigger_once_unless_checkout_wait_or_co
         .iter()
         .all(|i| !i.sku.is_empty() && i.quantity > 0.0 && i.price.is_some()));
     assert!(a[0].context.cart_value.unwrap() > 0.0);
+    // A timer's trigger, with no event: the currency and store the shopper's events named.
+    assert_eq!(a[0].context.currency_code.as_deref(), Some("USD"));
+    assert_eq!(a[0].store.store_code.as_deref(), Some("main_website_store"));
+    assert_eq!(a[0].store.store_view_code.as_deref(), Some("default"));
+    let change = all
+        .iter()
+        .find(|c| c.profile_key == "c-abandons" && c.segment_id == "cart-abandoners")
+        .expect("the abandoner's change");
+    assert_eq!(
+        change.store.store_code.as_deref(),
+        Some("main_website_store")
+    );
 
     // Checked out at T + 59 min: nothing about abandonment, ever.
     assert_eq!(of(&all, "c-in-time"), vec![]);

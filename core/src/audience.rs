@@ -200,6 +200,7 @@ impl Core {
                 id: output_id(&[key, &m.segment, Direction::Exited.as_str(), &cause_id]),
                 profile_key: key.to_owned(),
                 identity: profile.identity(),
+                store: profile.store(),
                 segment_id: m.segment,
                 direction: Direction::Exited,
                 event_time: at,
@@ -344,6 +345,7 @@ impl Core {
                 id: output_id(&[key, &seg.id, direction.as_str(), &cause_id]),
                 profile_key: key.to_owned(),
                 identity: profile.identity(),
+                store: profile.store(),
                 segment_id: seg.id.clone(),
                 direction,
                 event_time: at,
@@ -365,6 +367,7 @@ impl Core {
                     id: output_id(&[key, &m.segment, Direction::Exited.as_str(), &cause_id]),
                     profile_key: key.to_owned(),
                     identity: profile.identity(),
+                    store: profile.store(),
                     segment_id: m.segment,
                     direction: Direction::Exited,
                     event_time: at,
@@ -450,6 +453,7 @@ impl Core {
                 journey_id: journey.id.clone(),
                 profile_key: key.to_owned(),
                 identity: profile.identity(),
+                store: profile.store(),
                 triggered_at: at,
                 cause,
                 contact: journey::contact(profile),
@@ -512,6 +516,9 @@ journeys:
             search_phrase: None,
             search_results: None,
             attributes: None,
+            store_code: None,
+            store_view_code: None,
+            currency: None,
         }
     }
 

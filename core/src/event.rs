@@ -143,6 +143,11 @@ pub struct Event {
     pub search_phrase: Option<String>,
     pub search_results: Option<u32>,
     pub attributes: Option<Attributes>,
+    /// The store and store view the event names (storefront instance, commerce scope).
+    pub store_code: Option<String>,
+    pub store_view_code: Option<String>,
+    /// The currency of its amounts (the store view's, the order's, or its lines').
+    pub currency: Option<String>,
 }
 
 /// The cart as the storefront last reported it.
@@ -390,6 +395,13 @@ impl Event {
             Ok(())
         }
         cap("eventId", Some(&self.id), MAX_ID_BYTES)?;
+        cap("storeCode", self.store_code.as_deref(), MAX_ID_BYTES)?;
+        cap(
+            "storeViewCode",
+            self.store_view_code.as_deref(),
+            MAX_ID_BYTES,
+        )?;
+        cap("currency", self.currency.as_deref(), MAX_ID_BYTES)?;
         cap("identity.ecid", self.identity.ecid.as_deref(), MAX_ID_BYTES)?;
         cap(
             "identity.email",
@@ -454,6 +466,9 @@ impl Event {
             search_phrase: None,
             search_results: None,
             attributes: None,
+            store_code: None,
+            store_view_code: None,
+            currency: None,
         }
     }
 
@@ -462,6 +477,11 @@ impl Event {
             .filter(|k| k.family() == Family::Storefront)
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "storefront"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
+        if let Some(s) = &e.storefront_instance_context {
+            ev.store_code = non_empty(s.store_code.clone());
+            ev.store_view_code = non_empty(s.store_view_code.clone());
+            ev.currency = non_empty(s.store_view_currency_code.clone());
+        }
         ev.device = e
             .device_context
             .and_then(|d| non_empty(d.kind))
@@ -570,6 +590,10 @@ impl Event {
             .channel
             .and_then(|c| non_empty(c.kind))
             .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+        let line_currency = e
+            .product_list_items
+            .iter()
+            .find_map(|i| non_empty(i.currency_code.clone()));
         ev.lines = e
             .product_list_items
             .into_iter()
@@ -578,6 +602,11 @@ impl Event {
         let order = e
             .order
             .ok_or(InvalidEvent::MissingField("back-office event", "order"))?;
+        if let Some(scope) = &e.commerce_scope {
+            ev.store_code = non_empty(scope.store_code.clone());
+            ev.store_view_code = non_empty(scope.store_view_code.clone());
+        }
+        ev.currency = non_empty(order.currency_code.clone()).or(line_currency);
         ev.order_id = non_empty(Some(order.purchase_id));
         if ev.order_id.is_none() {
             return Err(InvalidEvent::MissingField(
@@ -605,6 +634,10 @@ impl Event {
             .filter(|k| k.family() == Family::Profile)
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "profile"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
+        if let Some(scope) = &e.commerce_scope {
+            ev.store_code = non_empty(scope.store_code.clone());
+            ev.store_view_code = non_empty(scope.store_view_code.clone());
+        }
         let email = e.personal_email.map(|p| p.address);
         if ev.identity.email.is_none() {
             ev.identity.email = non_empty(email.clone()).map(|s| s.trim().to_lowercase());

@@ -11,7 +11,7 @@
 //!
 //! A journey triggers at most once per cause: per segment entry or exit (the audience change),
 //! per order id for order events (the storefront's completeCheckout and the back office's
-//! orderPlaced of one order are one cause), per event id otherwise. The trigger carries the
+//! orderPlaced of one order are one cause), per event (its id and input position) otherwise. The trigger carries the
 //! contact points the shopper's consent allows and the context the journey needs: the cart, the
 //! order of the triggering event, the products viewed last. Synchronous, no I/O.
 
@@ -192,6 +192,9 @@ pub fn context(p: &Profile, ev: Option<&Event>) -> JourneyContext {
             .take(n)
             .map(cart_line)
             .collect(),
+        currency_code: ev
+            .and_then(|e| e.currency.clone())
+            .or_else(|| p.currency.clone()),
     }
 }
 

@@ -245,6 +245,11 @@ pub struct Profile {
     /// producer's retry, is applied once. Version 4 added it (last, so version 3 state reads as
     /// version 4 with none).
     pub seen: Vec<u64>,
+    /// The store, store view and currency of the latest events that named them. Version 4
+    /// added them, last, with `seen`.
+    pub store_code: Option<String>,
+    pub store_view_code: Option<String>,
+    pub currency: Option<String>,
 }
 
 fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
@@ -315,6 +320,15 @@ impl Profile {
         }
         if ev.channel.is_some() {
             self.last_channel.clone_from(&ev.channel);
+        }
+        for (mine, theirs) in [
+            (&mut self.store_code, &ev.store_code),
+            (&mut self.store_view_code, &ev.store_view_code),
+            (&mut self.currency, &ev.currency),
+        ] {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
         }
         self.series_mut(ev.kind).add(ev.time, ev.value, now);
         if let Some(a) = &ev.attributes {
@@ -463,6 +477,16 @@ impl Profile {
         }
         for m in other.seen {
             self.first_message(m);
+        }
+        // The other side's store and currency only where this one has none.
+        for (mine, theirs) in [
+            (&mut self.store_code, other.store_code),
+            (&mut self.store_view_code, other.store_view_code),
+            (&mut self.currency, other.currency),
+        ] {
+            if mine.is_none() {
+                *mine = theirs;
+            }
         }
     }
 
@@ -747,6 +771,14 @@ impl Profile {
     }
 
     /// Identities in the output records' shape.
+    /// The store the shopper was last seen in, for outputs.
+    pub fn store(&self) -> crate::wire::StoreRef {
+        crate::wire::StoreRef {
+            store_code: self.store_code.clone(),
+            store_view_code: self.store_view_code.clone(),
+        }
+    }
+
     pub fn identity(&self) -> crate::wire::Identity {
         crate::wire::Identity {
             ecid: self.identities.ecids.last().cloned(),
@@ -828,6 +860,10 @@ fn top_affinities(list: &[Affinity], now: i64) -> Vec<(String, f64)> {
 /// refused with a message saying to rebuild it by replay.
 pub const STATE_VERSION: u8 = 4;
 
+/// Bytes version 4 appended to version 3's encoding when empty: `seen`, `store_code`,
+/// `store_view_code`, `currency`.
+const V4_APPENDED: usize = 4;
+
 /// The hash an exact repeat of a message shares: its event id and its bytes.
 pub fn message_hash(event_id: &str, payload: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -847,10 +883,11 @@ pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
     match bytes.split_first() {
         Some((&STATE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
         Some((3, rest)) => {
-            // Version 4 only appended `seen`: an empty list is one zero byte in postcard.
-            let mut v4 = Vec::with_capacity(rest.len() + 1);
+            // Version 4 only appended `seen` and three optional strings: an empty list and a
+            // `None` are one zero byte each in postcard.
+            let mut v4 = Vec::with_capacity(rest.len() + V4_APPENDED);
             v4.extend_from_slice(rest);
-            v4.push(0);
+            v4.extend_from_slice(&[0; V4_APPENDED]);
             postcard::from_bytes(&v4).map_err(|e| e.to_string())
         }
         Some((v @ (1 | 2), _)) => Err(format!("profile state version {v} comes from a pre-release build; delete the state directory and replay the topics to rebuild it")),
@@ -882,6 +919,9 @@ mod tests {
             search_phrase: None,
             search_results: None,
             attributes: None,
+            store_code: None,
+            store_view_code: None,
+            currency: None,
         }
     }
 
@@ -1140,9 +1180,9 @@ mod tests {
         assert!(p.first_forward(9));
         let v4 = encode(&p);
         assert_eq!(v4[0], 4);
-        // What version 3 wrote: the same fields without the trailing (empty) `seen`.
-        assert_eq!(v4.last(), Some(&0));
-        let mut v3 = v4[..v4.len() - 1].to_vec();
+        // What version 3 wrote: the same fields without the trailing (empty) new ones.
+        assert!(v4.ends_with(&[0; V4_APPENDED]));
+        let mut v3 = v4[..v4.len() - V4_APPENDED].to_vec();
         v3[0] = 3;
         assert_eq!(decode(&v3).unwrap(), p);
     }

@@ -620,6 +620,16 @@ pub struct AudienceChange {
     pub direction: Direction,
     pub event_time: i64,
     pub cause: Cause,
+    /// The store the shopper was last seen in.
+    pub store: StoreRef,
+}
+
+/// The store and store view of the latest event that named them (each `None` if none did).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreRef {
+    pub store_code: Option<String>,
+    pub store_view_code: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -662,6 +672,8 @@ pub struct JourneyContext {
     pub order_total: Option<f64>,
     pub order_items: Vec<CartLine>,
     pub products_viewed: Vec<CartLine>,
+    /// The currency of `cart_value`, `order_total` and the lines' prices.
+    pub currency_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -681,6 +693,8 @@ pub struct JourneyTrigger {
     pub cause: Cause,
     pub contact: ContactPoints,
     pub context: JourneyContext,
+    /// The store the shopper was last seen in.
+    pub store: StoreRef,
 }
 
 /// Avro `bytes` through serde: serde's default for `Vec<u8>` is a sequence, not bytes.

@@ -22,24 +22,24 @@ use super::task::Task;
 /// Registry answers, from the look-up tasks to the worker: (schema id, answer).
 pub type LookupSender = tokio::sync::mpsc::UnboundedSender<(u32, Lookup)>;
 
-/// Holds `task`'s partition number at the message `topic`/`offset` until the registry answers
-/// for schema `id`: that message is not applied (nor dead-lettered); every assigned topic of the
-/// number is paused and sought back to its next message; other partitions go on.
+/// Holds `task`'s partition number until the registry answers for schema `id`. The message
+/// waiting for it is at the head of its topic's queue, not applied (nor dead-lettered); every
+/// assigned topic of the number is paused and sought back to its first message not applied;
+/// other partitions go on. The queues are dropped only once every seek succeeded: a failure
+/// half-way rolls the task back, which seeks to them.
+/// `(topic, offset)`: the waiting message, for the log line.
 pub fn hold(
     consumer: &StreamConsumer<KafkaContext>,
     task: &mut Task,
-    (topic, offset): (&str, i64),
     id: u32,
+    (topic, offset): (&str, i64),
 ) -> Result<(), Error> {
     let partition = task.partition;
     // Held from the start, so that a failure half-way still resumes every topic (`release`).
     task.held = Some(id);
-    // Messages read and not applied are read again after the hold.
-    let buffered = task.heads.clear();
+    let buffered = task.heads.fronts();
     for t in task.topics().map(str::to_owned).collect::<Vec<_>>() {
-        let to = if t == topic {
-            Some(offset)
-        } else if let Some((_, first)) = buffered.iter().find(|(b, _)| *b == t) {
+        let to = if let Some((_, first)) = buffered.iter().find(|(b, _)| *b == t) {
             Some(*first)
         } else {
             // Nothing read from it yet: pausing alone keeps its position.
@@ -62,6 +62,8 @@ pub fn hold(
                 })?;
         }
     }
+    // Read again after the hold.
+    task.heads.clear();
     info!(
         topic,
         partition,

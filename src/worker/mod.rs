@@ -123,7 +123,7 @@ struct Worker {
     max_messages: usize,
     /// Longest a partition waits for a topic with messages still to come ([`order`]).
     max_idle: Duration,
-    /// Messages a task buffers at most while it waits for one of its topics.
+    /// Messages a topic's queue holds before its fetching is paused ([`order`]).
     buffer_limit: usize,
     /// A transient fault of the batch in force (what and why), for `/readyz`; cleared by the
     /// next commit, or after [`FAULT_QUIET`] with nothing to redo.
@@ -219,9 +219,14 @@ impl Worker {
                             consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))
                         }) {
                             Ok((lo, hi)) => {
+                                // From the beginning it starts at the low watermark. From the
+                                // end, where librdkafka resolved it when assigning, which may
+                                // be before `hi` by now: left unknown (nothing to wait for).
                                 let from_end = consumer.context().start_from == Offset::End;
-                                task.start_at(&topic, if from_end { hi } else { lo });
-                                let next = task.position(&topic).unwrap_or(lo);
+                                if !from_end {
+                                    task.start_at(&topic, lo);
+                                }
+                                let next = task.position(&topic).unwrap_or(hi);
                                 self.metrics
                                     .partition_lag
                                     .with_label_values(&[topic.as_str(), &partition.to_string()])
@@ -262,6 +267,8 @@ impl Worker {
                             for (topic, to) in task.rollback(&self.store)? {
                                 seek_back(consumer, &topic, p, to)?;
                             }
+                            // None stays paused for a full queue (the queues were dropped).
+                            resume_all(consumer, task);
                         }
                     }
                 }
@@ -355,13 +362,25 @@ impl Worker {
         } else {
             msg.timestamp().to_millis()
         };
-        task.heads.push(Buffered {
-            topic,
-            offset,
-            key: msg.key().map(Box::from),
-            payload: Box::from(msg.payload().unwrap_or(&[])),
-            timestamp,
-        });
+        let full = task.heads.push(
+            Buffered {
+                topic: topic.clone(),
+                offset,
+                key: msg.key().map(Box::from),
+                payload: Box::from(msg.payload().unwrap_or(&[])),
+                timestamp,
+            },
+            self.buffer_limit,
+        );
+        if full {
+            // Its queue grew past the limit while another topic is awaited: stop fetching it
+            // until the queue has drained to half (`drain`).
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            consumer.pause(&tpl).map_err(|e| {
+                Error::transient("broker", format!("pausing {topic}/{partition}: {e}"))
+            })?;
+        }
         self.drain(consumer, partition)
     }
 
@@ -375,16 +394,19 @@ impl Worker {
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(());
         };
+        // A topic never read, starting at its end: nothing of it is to come.
+        let from_end = consumer.context().start_from == Offset::End;
         while task.held.is_none() {
-            let (next, forced) = task.next_buffered(self.max_idle, self.buffer_limit, |t, at| {
-                kafka::caught_up(consumer, t, partition, at)
+            let (next, ran_out) = task.next_buffered(self.max_idle, |t, at| {
+                (at.is_none() && from_end) || kafka::caught_up(consumer, t, partition, at)
             });
-            let Some(m) = next else { break };
-            if forced {
-                self.metrics.order_forced.inc();
-            }
+            self.metrics.order_forced.inc_by(ran_out);
+            let Some((i, m)) = next else { break };
             if let Some(id) = self.proc.awaited_schema(&m.topic, &m.payload) {
-                hold::hold(consumer, task, (&m.topic, m.offset), id)?;
+                // Not applied: back at the head of its queue, where the hold seeks to.
+                let at = (m.topic.clone(), m.offset);
+                task.heads.unpop(i, m);
+                hold::hold(consumer, task, id, (&at.0, at.1))?;
                 if let Some(registry) = &self.registry {
                     hold::look_up(
                         registry,
@@ -407,6 +429,17 @@ impl Worker {
                 timestamp: m.timestamp,
             };
             self.proc.apply(task, &mut self.out, &incoming)?;
+        }
+        // Topics paused for a full queue that has drained to half fetch again.
+        let resume = task.heads.drained_to_resume(self.buffer_limit);
+        if !resume.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for t in &resume {
+                tpl.add_partition(t, partition);
+            }
+            consumer.resume(&tpl).map_err(|e| {
+                Error::transient("broker", format!("resuming partition {partition}: {e}"))
+            })?;
         }
         Ok(())
     }
@@ -479,16 +512,11 @@ impl Worker {
             for (topic, to) in task.rollback(&self.store)? {
                 seek_back(consumer, &topic, task.partition, to)?;
             }
-            // Every topic resumes (a no-op when not paused): a hold that failed half-way must
-            // not leave one paused. A message still waiting for the registry holds it again.
+            // Every topic resumes (a no-op when not paused): a hold that failed half-way, or a
+            // queue that was full, must not leave one paused. A message still waiting for the
+            // registry holds it again.
             task.held = None;
-            let mut tpl = TopicPartitionList::new();
-            for t in task.topics() {
-                tpl.add_partition(t, task.partition);
-            }
-            if let Err(e) = consumer.resume(&tpl) {
-                warn!(partition = task.partition, error = %e, "resuming after a rollback failed");
-            }
+            resume_all(consumer, task);
         }
         self.publish_readiness();
         // Definitions put in force in the dropped batch are put in force again.
@@ -671,6 +699,17 @@ impl Worker {
             "progress"
         );
         self.last_log = (now, p.events);
+    }
+}
+
+/// Resumes every assigned topic of `task`'s partition number (a no-op for those not paused).
+fn resume_all(consumer: &StreamConsumer<KafkaContext>, task: &Task) {
+    let mut tpl = TopicPartitionList::new();
+    for t in task.topics() {
+        tpl.add_partition(t, task.partition);
+    }
+    if let Err(e) = consumer.resume(&tpl) {
+        warn!(partition = task.partition, error = %e, "resuming after a rollback failed");
     }
 }
 
@@ -882,7 +921,7 @@ pub async fn run(
         follow_wall: c.processing.wall_clock,
         max_messages: c.processing.batch_max_messages,
         max_idle: settings.max_idle,
-        buffer_limit: (4 * c.processing.batch_max_messages).max(10_000),
+        buffer_limit: c.processing.batch_max_messages.max(1_000),
         fault: None,
         fault_since: None,
         broker_down: None,

@@ -12,7 +12,10 @@
 //! read position is below the high watermark the last fetch reported, or no fetch answered
 //! yet, or a message of it arrived within the last [`FLOWING`]), for at most
 //! `processing.max_idle`: then the others go on without it, counted in
-//! `tailor_order_forced_total`. A topic read to its end blocks nothing: live traffic is not
+//! `tailor_order_forced_total` (once per wait that ran out). A watermark that promised
+//! messages that did not come (a transaction marker ends the log) is not trusted again for
+//! that topic. A queue that grows past its limit while another topic is awaited pauses its
+//! topic's fetching until it has drained to half. A topic read to its end blocks nothing: live traffic is not
 //! delayed. The repartition topic never blocks the others: the group's own processing feeds
 //! it, so waiting for it would put a broker round trip between two messages (measured: a
 //! replay whose every event linked an identity fell from tens of thousands to 3,460 events/s).
@@ -48,6 +51,14 @@ struct Queue {
     last_push: Option<Instant>,
     /// Whether the others wait for it when it is empty (not for the repartition topic).
     awaited: bool,
+    /// Its fetching is paused: the queue grew past the limit while another topic was awaited.
+    paused: bool,
+    /// Its high watermark promised messages that did not come within `max_idle` (a
+    /// transaction marker at the end of the log, a stale watermark): from then on only a
+    /// message just arrived ([`FLOWING`]) says more are coming.
+    unreliable: bool,
+    /// This empty spell's wait ran out already (counted once).
+    overdue_noted: bool,
 }
 
 /// A topic that delivered a message this recently is still flowing: more of what one fetch
@@ -119,6 +130,9 @@ impl Heads {
                 empty_since: None,
                 last_push: None,
                 awaited,
+                paused: false,
+                unreliable: false,
+                overdue_noted: false,
             });
         }
     }
@@ -142,9 +156,11 @@ impl Heads {
 
     /// Buffers a message of a tracked topic (others are ignored). A message at or below one
     /// already buffered (read again after a seek) replaces the queue from its offset on.
-    pub fn push(&mut self, msg: Buffered) {
+    /// Returns true when the topic's queue just passed `limit`: pause its fetching (Kafka
+    /// Streams does the same), rather than apply out of order or buffer without bound.
+    pub fn push(&mut self, msg: Buffered, limit: usize) -> bool {
         let Some(q) = self.queues.iter_mut().find(|q| *q.topic == *msg.topic) else {
-            return;
+            return false;
         };
         while q.messages.back().is_some_and(|m| m.offset >= msg.offset) {
             q.messages.pop_back();
@@ -152,8 +168,36 @@ impl Heads {
         }
         q.messages.push_back(msg);
         q.empty_since = None;
+        q.overdue_noted = false;
         q.last_push = Some(Instant::now());
         self.buffered += 1;
+        if !q.paused && q.messages.len() > limit {
+            q.paused = true;
+            return true;
+        }
+        false
+    }
+
+    /// Puts a message taken with [`Self::pop`] back at the head of its queue (not applied after
+    /// all: its partition is held).
+    pub fn unpop(&mut self, i: usize, msg: Buffered) {
+        if let Some(q) = self.queues.get_mut(i) {
+            q.messages.push_front(msg);
+            q.empty_since = None;
+            self.buffered += 1;
+        }
+    }
+
+    /// The paused topics whose queue has drained to half the limit: resume their fetching.
+    pub fn drained_to_resume(&mut self, limit: usize) -> Vec<Arc<str>> {
+        self.queues
+            .iter_mut()
+            .filter(|q| q.paused && q.messages.len() <= limit / 2)
+            .map(|q| {
+                q.paused = false;
+                q.topic.clone()
+            })
+            .collect()
     }
 
     /// Messages buffered, all topics.
@@ -161,34 +205,43 @@ impl Heads {
         self.buffered
     }
 
-    /// The state of each tracked topic's head, in tracking order. `pending(topic)`: whether
-    /// messages of it are still to come (being fetched, or no fetch answered yet). With more
-    /// than `limit` messages buffered, no topic is waited for.
+    /// The state of each tracked topic's head, in tracking order, and how many topics' waits
+    /// ran out just now. `pending(topic)`: whether its high watermark says messages of it are
+    /// still to come (being fetched, or no fetch answered yet).
     pub fn heads(
         &mut self,
         max_idle: Duration,
-        limit: usize,
         mut pending: impl FnMut(&str) -> bool,
-    ) -> Vec<Head> {
+    ) -> (Vec<Head>, u64) {
         let now = Instant::now();
-        let full = self.buffered > limit;
-        self.queues
+        let mut ran_out = 0;
+        let heads = self
+            .queues
             .iter_mut()
             .map(|q| match q.messages.front() {
                 Some(m) => Head::Ready(m.timestamp, q.rank),
                 None => {
                     let since = *q.empty_since.get_or_insert(now);
                     let flowing = q.last_push.is_some_and(|t| now.duration_since(t) < FLOWING);
-                    if !q.awaited || (!flowing && !pending(&q.topic)) {
+                    let promised = !flowing && !q.unreliable && pending(&q.topic);
+                    if !q.awaited || !(flowing || promised) {
                         Head::Done
-                    } else if full || now.duration_since(since) >= max_idle {
+                    } else if now.duration_since(since) >= max_idle {
+                        if promised {
+                            q.unreliable = true;
+                        }
+                        if !q.overdue_noted {
+                            q.overdue_noted = true;
+                            ran_out += 1;
+                        }
                         Head::Overdue
                     } else {
                         Head::Awaited
                     }
                 }
             })
-            .collect()
+            .collect();
+        (heads, ran_out)
     }
 
     /// Takes the head of the `i`th tracked topic.
@@ -202,19 +255,27 @@ impl Heads {
         Some(m)
     }
 
-    /// Drops every buffered message; returns each topic that had some and the offset of its
-    /// first, to seek it back to.
-    pub fn clear(&mut self) -> Vec<(String, i64)> {
-        self.buffered = 0;
+    /// Each topic with messages buffered and the offset of its first.
+    pub fn fronts(&self) -> Vec<(String, i64)> {
         self.queues
-            .iter_mut()
-            .filter_map(|q| {
-                let first = q.messages.front().map(|m| (q.topic.to_string(), m.offset));
-                q.messages.clear();
-                q.empty_since = None;
-                first
-            })
+            .iter()
+            .filter_map(|q| q.messages.front().map(|m| (q.topic.to_string(), m.offset)))
             .collect()
+    }
+
+    /// Drops every buffered message; returns each topic that had some and the offset of its
+    /// first, to seek it back to. The caller resumes every topic (none stays paused for a full
+    /// queue).
+    pub fn clear(&mut self) -> Vec<(String, i64)> {
+        let fronts = self.fronts();
+        self.buffered = 0;
+        for q in &mut self.queues {
+            q.messages.clear();
+            q.empty_since = None;
+            q.overdue_noted = false;
+            q.paused = false;
+        }
+        fronts
     }
 
     /// Forgets a topic no longer assigned.
@@ -283,53 +344,78 @@ mod tests {
         h.track("s", 0, true);
         h.track("p", 2, true);
         h.track("r", 3, false);
-        h.push(msg("s", 5, 100));
+        assert!(!h.push(msg("s", 5, 100), 100));
         let idle = Duration::from_millis(50);
+        let ready = Head::Ready(Some(100), 0);
         assert_eq!(
-            h.heads(idle, 100, |_| true),
-            vec![Head::Ready(Some(100), 0), Head::Awaited, Head::Done]
+            h.heads(idle, |_| true),
+            (vec![ready, Head::Awaited, Head::Done], 0),
+            "the repartition topic, fed by the workers themselves, holds nothing back"
         );
         assert_eq!(
-            h.heads(idle, 100, |_| false),
-            vec![Head::Ready(Some(100), 0), Head::Done, Head::Done],
+            h.heads(idle, |_| false).0,
+            vec![ready, Head::Done, Head::Done],
             "read to its end"
-        );
-        assert_eq!(
-            h.heads(idle, 0, |_| true),
-            vec![Head::Ready(Some(100), 0), Head::Overdue, Head::Done],
-            "too much buffered to wait"
         );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(
-            h.heads(idle, 100, |_| true),
-            vec![Head::Ready(Some(100), 0), Head::Overdue, Head::Done],
-            "waited long enough"
+            h.heads(idle, |_| true),
+            (vec![ready, Head::Overdue, Head::Done], 1),
+            "waited long enough: counted once"
         );
-        h.push(msg("p", 0, 50));
         assert_eq!(
-            h.heads(idle, 100, |_| true),
-            vec![
-                Head::Ready(Some(100), 0),
-                Head::Ready(Some(50), 2),
-                Head::Done
-            ],
-            "a message arrived: waiting starts afresh when it empties again"
+            h.heads(idle, |_| true).0[1],
+            Head::Done,
+            "a watermark that promised what did not come is not trusted again"
+        );
+        assert!(!h.push(msg("p", 0, 50), 100));
+        assert_eq!(
+            h.heads(idle, |_| true).0,
+            vec![ready, Head::Ready(Some(50), 2), Head::Done]
         );
         assert_eq!(h.pop(1).map(|m| m.offset), Some(0));
         assert_eq!(
-            h.heads(idle, 100, |_| true)[1],
+            h.heads(idle, |_| false).0[1],
             Head::Awaited,
-            "empty again, and more to come"
+            "a message just arrived: more of its fetch may be on the way"
         );
-        h.push(msg("r", 0, 1));
-        assert_eq!(h.pop(2).map(|m| m.offset), Some(0));
-        assert_eq!(
-            h.heads(idle, 100, |_| true)[2],
-            Head::Done,
-            "the repartition topic, fed by the workers themselves, holds nothing back"
-        );
-        h.push(msg("x", 0, 1));
+        std::thread::sleep(FLOWING);
+        assert_eq!(h.heads(idle, |_| true).0[1], Head::Done);
+        h.push(msg("x", 0, 1), 100);
         assert_eq!(h.len(), 1, "a topic not tracked is ignored");
+    }
+
+    #[test]
+    fn a_full_queue_pauses_its_topic_until_it_drains_to_half() {
+        let mut h = Heads::default();
+        h.track("s", 0, true);
+        let paused: Vec<bool> = (0..5).map(|o| h.push(msg("s", o, o), 3)).collect();
+        assert_eq!(paused, vec![false, false, false, true, false], "once");
+        assert!(h.drained_to_resume(3).is_empty());
+        for _ in 0..3 {
+            h.pop(0);
+        }
+        assert!(
+            h.drained_to_resume(3).is_empty(),
+            "two left: more than half the limit"
+        );
+        h.pop(0);
+        assert_eq!(
+            h.drained_to_resume(3)
+                .iter()
+                .map(|t| &**t)
+                .collect::<Vec<_>>(),
+            vec!["s"]
+        );
+        assert!(h.drained_to_resume(3).is_empty(), "resumed once");
+        let held = h.pop(0).unwrap();
+        assert_eq!(held.offset, 4);
+        h.unpop(0, held);
+        assert_eq!(
+            h.fronts(),
+            vec![("s".to_string(), 4)],
+            "put back at the head"
+        );
     }
 
     #[test]
@@ -338,13 +424,13 @@ mod tests {
         h.track("s", 0, true);
         h.track("b", 1, true);
         for o in 10..15 {
-            h.push(msg("s", o, o));
+            h.push(msg("s", o, o), 100);
         }
         assert_eq!(h.len(), 5);
-        h.push(msg("s", 12, 12));
+        h.push(msg("s", 12, 12), 100);
         assert_eq!(h.len(), 3, "12, 13, 14 dropped, 12 again");
         assert_eq!(h.pop(0).map(|m| m.offset), Some(10));
-        h.push(msg("b", 3, 1));
+        h.push(msg("b", 3, 1), 100);
         let mut fronts = h.clear();
         fronts.sort();
         assert_eq!(fronts, vec![("b".into(), 3), ("s".into(), 11)]);

@@ -19,7 +19,7 @@ use crate::profile::Profile;
 use crate::store::{Commit, Store};
 
 use super::error::Error;
-use super::order::{self, Buffered, Head, Heads};
+use super::order::{self, Buffered, Heads};
 use super::overlay::{is_new, Profiles};
 
 /// Where a profile re-evaluation after a definitions change has got to, per partition.
@@ -132,18 +132,17 @@ impl Task {
         Ok(())
     }
 
-    /// The next buffered message to apply, in event-time order across the task's topics (see
-    /// [`order`]), or `None` to wait for more. `caught_up(topic, position)`: whether the topic is
-    /// read to its end. The flag says a topic with messages still to come was passed over
-    /// (waited `max_idle` for, or too much buffered meanwhile).
+    /// The next buffered message to apply (with its topic's index, to put it back), in
+    /// event-time order across the task's topics (see [`order`]), or `None` to wait for more.
+    /// `caught_up(topic, position)`: whether the topic is read to its end. Also returns how
+    /// many topics' waits ran out (`max_idle`) just now.
     pub fn next_buffered(
         &mut self,
         max_idle: std::time::Duration,
-        limit: usize,
         mut caught_up: impl FnMut(&str, Option<i64>) -> bool,
-    ) -> (Option<Buffered>, bool) {
+    ) -> (Option<(usize, Buffered)>, u64) {
         let inputs = &self.inputs;
-        let heads = self.heads.heads(max_idle, limit, |t| {
+        let (heads, ran_out) = self.heads.heads(max_idle, |t| {
             let position = inputs
                 .iter()
                 .find(|i| i.topic == t)
@@ -151,8 +150,8 @@ impl Task {
             !caught_up(t, position)
         });
         match order::choose(&heads) {
-            order::Next::Take(i) => (self.heads.pop(i), heads.contains(&Head::Overdue)),
-            _ => (None, false),
+            order::Next::Take(i) => (self.heads.pop(i).map(|m| (i, m)), ran_out),
+            _ => (None, ran_out),
         }
     }
 

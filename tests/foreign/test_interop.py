@@ -588,6 +588,10 @@ def test_single_object_and_json_events_of_every_family_and_bad_messages(deploy):
             assert t["context"]["orderId"] == order_id, t
             assert t["context"]["orderTotal"] == pytest.approx(total), t
             assert [i["sku"] for i in t["context"]["orderItems"]] == ["SKU-1"], t
+            if label.endswith("orderPlaced"):
+                # The back-office order's currency and commerce scope travel with the trigger.
+                assert t["context"]["currencyCode"] == "GBP", t
+                assert t["store"] == {"storeCode": "main", "storeViewCode": "default"}, t
     for r in jt_tombstones:
         assert header(r, "tailor.tombstone") == "deletion" and r.key in (b"c-d", b"d@example.com"), r
 

@@ -940,6 +940,7 @@ mod tests {
             direction: crate::wire::Direction::Entered,
             event_time: 5,
             cause: Default::default(),
+            store: Default::default(),
         };
         let bytes = encode::audience_change(&change).unwrap();
         let json = SchemaCatalog::builtin()
@@ -1018,6 +1019,10 @@ mod tests {
                 kind: "event".into(),
                 source_offset: Some(3),
                 ..Default::default()
+            },
+            store: crate::wire::StoreRef {
+                store_code: Some("main".into()),
+                store_view_code: Some("en_gb".into()),
             },
         };
         assert_eq!(

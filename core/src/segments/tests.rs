@@ -33,6 +33,9 @@ fn event(kind: EventType, time: i64, value: f64) -> Event {
         search_phrase: None,
         search_results: None,
         attributes: None,
+        store_code: None,
+        store_view_code: None,
+        currency: None,
     }
 }
 
