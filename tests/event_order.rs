@@ -48,14 +48,18 @@ fn outputs(t: &Topics) -> (BTreeSet<String>, BTreeSet<String>) {
     (changes, triggers)
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 #[test]
 fn a_topic_read_ahead_does_not_make_the_backlog_late_and_batching_changes_nothing() {
     let setup = Setup::with_segments("order", 2, 500, "tests/fixtures/journeys.yaml");
     let t = &setup.topics;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let t0 = (now - 180 * MIN) / MIN * MIN;
     let p = producer();
     // The small topic first: one profile record of another shopper, stamped two hours in.
@@ -137,10 +141,7 @@ fn a_topic_read_ahead_does_not_make_the_backlog_late_and_batching_changes_nothin
 fn an_exact_repeat_is_applied_once_and_a_reused_id_is_another_event() {
     let setup = Setup::with_segments("repeat", 1, 50, "tests/fixtures/journeys.yaml");
     let t = &setup.topics;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let t0 = now - 10 * MIN;
     let key = "ecid-repeat";
     let add = encode::storefront(&samples::storefront("addToCart", "same-id", t0, key)).unwrap();

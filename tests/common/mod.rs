@@ -117,37 +117,30 @@ pub fn producer() -> BaseProducer {
 /// Produces and waits for delivery (messages of one key keep their order).
 pub fn produce_all(producer: &BaseProducer, msgs: &[(&str, &str, Vec<u8>)]) {
     for (topic, key, payload) in msgs {
-        let mut rec = BaseRecord::to(topic).key(*key).payload(payload);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(10));
-                }
+        send(producer, BaseRecord::to(topic).key(*key).payload(payload));
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+fn send(producer: &BaseProducer, mut rec: BaseRecord<'_, str, Vec<u8>>) {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                producer.poll(Duration::from_millis(10));
             }
         }
     }
-    producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
 /// As [`produce_all`], each record stamped with its event time (as a producer that sets the
 /// record timestamp to the event time does).
 pub fn produce_stamped(producer: &BaseProducer, msgs: &[(&str, &str, Vec<u8>, i64)]) {
     for (topic, key, payload, time) in msgs {
-        let mut rec = BaseRecord::to(topic)
-            .key(*key)
-            .payload(payload)
-            .timestamp(*time);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        let rec = BaseRecord::to(topic).key(*key).payload(payload);
+        send(producer, rec.timestamp(*time));
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
