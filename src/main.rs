@@ -64,6 +64,11 @@ enum Command {
         /// in memory). Without it such a file is refused: its events would arrive late.
         #[arg(long)]
         sort: bool,
+        /// uci-online-retail only: give this percent of the customers (the same ones every run)
+        /// a synthetic profile record with an e-mail address and marketing e-mail consent before
+        /// their first invoice, so journeys that need consent can trigger (the data has none).
+        #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        opted_in: u8,
     },
     /// Create the configured input and output topics where missing.
     Topics {
@@ -285,6 +290,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             limit,
             rate,
             sort,
+            opted_in,
         } => {
             init_logging("human", "info");
             let mut c = match &config {
@@ -294,7 +300,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if let Some(b) = brokers {
                 c.kafka.insert("bootstrap.servers".into(), b);
             }
-            replay(&c, dataset, &file, limit, rate, sort).await?;
+            if opted_in > 0 && !matches!(dataset, Dataset::UciOnlineRetail) {
+                bail!("--opted-in applies to --dataset uci-online-retail (its customers have ids)");
+            }
+            replay(&c, dataset, &file, limit, rate, sort, opted_in).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Topics {
@@ -550,13 +559,16 @@ async fn replay(
     limit: Option<u64>,
     rate: Option<u64>,
     sort: bool,
+    opted_in: u8,
 ) -> anyhow::Result<()> {
     use tailor::codec::Family;
     use tailor::replay::{OrderCheck, Produced, Rees46Reader, ReplayReader, UciReader};
 
     let open = || {
         match dataset {
-            Dataset::UciOnlineRetail => UciReader::open(file).map(ReplayReader::Uci),
+            Dataset::UciOnlineRetail => {
+                UciReader::open(file).map(|r| ReplayReader::Uci(r.opted_in(opted_in)))
+            }
             Dataset::Rees46 => Rees46Reader::open(file).map(ReplayReader::Rees46),
         }
         .with_context(|| format!("opening {}", file.display()))

@@ -205,6 +205,12 @@ pub struct UciReader<R: Read> {
     pending: Vec<UciLine>,
     pub skipped: Skipped,
     done: bool,
+    /// Percent of customers given a synthetic opt-in ([`UciReader::opted_in`]).
+    opted_in: u8,
+    /// Customers seen so far (for the opt-ins).
+    customers: std::collections::HashSet<String>,
+    /// An invoice event waiting behind its customer's opt-in record.
+    queued: Option<Produced>,
 }
 
 impl UciReader<Box<dyn BufRead>> {
@@ -235,7 +241,54 @@ impl<R: Read> UciReader<R> {
             pending: Vec::new(),
             skipped: Skipped::default(),
             done: false,
+            opted_in: 0,
+            customers: std::collections::HashSet::new(),
+            queued: None,
         })
+    }
+
+    /// Gives `percent` of the customers (chosen by a hash of their id, so the same ones every
+    /// run) a profile record just before their first invoice: a synthetic e-mail address
+    /// (`uci-<id>@example.com`) and marketing e-mail consent. The public data has no consents,
+    /// and every journey of the examples needs one: with this the demo's journeys trigger.
+    pub fn opted_in(mut self, percent: u8) -> Self {
+        self.opted_in = percent.min(100);
+        self
+    }
+
+    /// The customer's opt-in record first (queuing the invoice) when it is new and chosen.
+    fn with_opt_in(&mut self, invoice: Produced) -> Produced {
+        if self.opted_in == 0 || !self.customers.insert(invoice.key.clone()) {
+            return invoice;
+        }
+        if xxhash_rust::xxh3::xxh3_64(invoice.key.as_bytes()) % 100 >= u64::from(self.opted_in) {
+            return invoice;
+        }
+        let customer = invoice.key.clone();
+        let time = invoice.time - 1;
+        let mut ev = crate::samples::profile(
+            "profileRecord",
+            &format!("uci-optin-{customer}"),
+            time,
+            &customer,
+            &format!("uci-{customer}@example.com"),
+            None,
+        );
+        // Only what the opt-in needs: no invented name, phone or address.
+        ev.person = None;
+        ev.mobile_phone = None;
+        ev.billing_address = None;
+        ev.user_account = None;
+        ev.customer_group = None;
+        self.queued = Some(invoice);
+        Produced {
+            family: Family::Profile,
+            key: customer,
+            time,
+            event_type: "profileRecord",
+            payload: crate::codec::encode::profile(&ev)
+                .expect("ProfileEvent matches avro/profile.avsc"),
+        }
     }
 
     fn parse(&mut self, rec: &csv::StringRecord) -> Option<UciLine> {
@@ -333,11 +386,14 @@ impl<R: Read> Iterator for UciReader<R> {
     type Item = Produced;
 
     fn next(&mut self) -> Option<Produced> {
+        if let Some(invoice) = self.queued.take() {
+            return Some(invoice);
+        }
         while !self.done {
             match self.rows.next() {
                 None => {
                     self.done = true;
-                    return self.close();
+                    return self.close().map(|i| self.with_opt_in(i));
                 }
                 Some(Err(_)) => self.skipped.unparsable += 1,
                 Some(Ok(rec)) => {
@@ -351,8 +407,8 @@ impl<R: Read> Iterator for UciReader<R> {
                         .is_some_and(|p| p.invoice == line.invoice);
                     let out = if same { None } else { self.close() };
                     self.pending.push(line);
-                    if out.is_some() {
-                        return out;
+                    if let Some(invoice) = out {
+                        return Some(self.with_opt_in(invoice));
                     }
                 }
             }
@@ -675,6 +731,50 @@ A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom
             c.see(p.time);
         }
         assert!(c.in_order(), "{c:?}");
+    }
+
+    /// The demo's opt-ins: a consent record just before a chosen customer's first invoice,
+    /// once per customer, with nothing invented beyond the address and the consent.
+    #[test]
+    fn opted_in_customers_get_a_consent_record_before_their_first_invoice() {
+        let plain: Vec<_> = UciReader::new(UCI.as_bytes()).unwrap().collect();
+        let none: Vec<_> = UciReader::new(UCI.as_bytes())
+            .unwrap()
+            .opted_in(0)
+            .collect();
+        assert_eq!(none.len(), plain.len());
+        let all: Vec<_> = UciReader::new(UCI.as_bytes())
+            .unwrap()
+            .opted_in(100)
+            .collect();
+        let customers: std::collections::BTreeSet<&str> =
+            plain.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(all.len(), plain.len() + customers.len());
+        for c in customers {
+            let first = all.iter().position(|p| p.key == c).unwrap();
+            assert_eq!(all[first].event_type, "profileRecord", "{c}");
+            assert_eq!(all[first].time, all[first + 1].time - 1);
+            assert_eq!(
+                all.iter()
+                    .filter(|p| p.key == c && p.event_type == "profileRecord")
+                    .count(),
+                1
+            );
+            let InputMessage::Profile(ev) = SchemaCatalog::builtin()
+                .decode(Family::Profile, &all[first].payload)
+                .unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(ev.consents.unwrap().marketing_email.as_deref(), Some("y"));
+            assert_eq!(
+                ev.personal_email.unwrap().address,
+                format!("uci-{c}@example.com")
+            );
+            assert!(
+                ev.person.is_none() && ev.mobile_phone.is_none() && ev.billing_address.is_none()
+            );
+        }
     }
 
     #[test]
