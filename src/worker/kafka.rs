@@ -378,13 +378,18 @@ pub async fn ensure_repartition_topic(
 }
 
 /// Whether this worker has read everything in a partition (librdkafka's cached high
-/// watermark from the last fetch; no network round trip). `next`: the next offset to read.
+/// watermark from the last fetch; no network round trip). `next`: the next offset to read
+/// (`None`: never read here; it starts at the low watermark, or with `start_from = latest` at
+/// the end, where there is nothing to read yet).
 pub fn caught_up(
     consumer: &StreamConsumer<KafkaContext>,
     topic: &str,
     partition: i32,
     next: Option<i64>,
 ) -> bool {
+    if next.is_none() && consumer.context().start_from == Offset::End {
+        return true;
+    }
     let Ok(name) = std::ffi::CString::new(topic) else {
         return false;
     };

@@ -394,11 +394,9 @@ impl Worker {
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(());
         };
-        // A topic never read, starting at its end: nothing of it is to come.
-        let from_end = consumer.context().start_from == Offset::End;
         while task.held.is_none() {
             let (next, ran_out) = task.next_buffered(self.max_idle, |t, at| {
-                (at.is_none() && from_end) || kafka::caught_up(consumer, t, partition, at)
+                kafka::caught_up(consumer, t, partition, at)
             });
             self.metrics.order_forced.inc_by(ran_out);
             let Some((i, m)) = next else { break };

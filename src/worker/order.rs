@@ -72,8 +72,8 @@ pub enum Head {
     Ready(Option<i64>, u8),
     /// Nothing buffered, and messages are still to come: the others wait for it.
     Awaited,
-    /// Nothing buffered, messages still to come, but waited for `max_idle` (or too much is
-    /// buffered meanwhile): the others go on without it.
+    /// Nothing buffered, messages still to come, but waited for `max_idle`: the others go on
+    /// without it.
     Overdue,
     /// Nothing buffered and nothing to wait for: read to its end.
     Done,

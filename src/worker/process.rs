@@ -93,12 +93,8 @@ impl InputTopics {
     /// The topic's place among the inputs, for event-time ties: storefront, back office,
     /// profile, then the repartition topic.
     pub fn rank(&self, topic: &str) -> u8 {
-        match self.family(topic) {
-            Some(Family::Storefront) => 0,
-            Some(Family::Backoffice) => 1,
-            Some(Family::Profile) => 2,
-            None => 3,
-        }
+        self.family(topic)
+            .map_or(Family::ALL.len() as u8, |f| f as u8)
     }
 
     fn family(&self, topic: &str) -> Option<Family> {
