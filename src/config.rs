@@ -123,6 +123,10 @@ pub struct Topics {
     pub repartition: String,
     /// Replication factor when the worker creates the repartition topic (-1: broker default).
     pub repartition_replication: i32,
+    /// Internal compacted topic mirroring every state write, partitioned like the inputs: a
+    /// partition's next owner restores its state from it. Created by the worker when missing
+    /// (replication as `repartition_replication`).
+    pub changelog: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +174,9 @@ pub struct State {
     pub write_buffer: String,
     /// fsync the write-ahead log on every commit.
     pub sync_writes: bool,
+    /// Mirror every state write to `topics.changelog` and restore a partition from it when it
+    /// moves here. Off: a partition's state lives only on the disk of the worker that had it.
+    pub changelog: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +240,7 @@ impl Default for Topics {
             dead_letter: "tailor.deadletter".into(),
             repartition: "tailor.repartition".into(),
             repartition_replication: -1,
+            changelog: "tailor.changelog".into(),
         }
     }
 }
@@ -267,6 +275,7 @@ impl Default for State {
             block_cache: "256MiB".into(),
             write_buffer: "64MiB".into(),
             sync_writes: true,
+            changelog: true,
         }
     }
 }
@@ -427,6 +436,7 @@ impl Config {
             ("topics.journey_triggers", &c.topics.journey_triggers),
             ("topics.dead_letter", &c.topics.dead_letter),
             ("topics.repartition", &c.topics.repartition),
+            ("topics.changelog", &c.topics.changelog),
         ];
         for (i, (field, name)) in topics.iter().enumerate() {
             let valid = !name.is_empty()

@@ -425,10 +425,21 @@ async fn create_topics(c: &Config, partitions: i32, replication: i32) -> anyhow:
         &t.dead_letter,
         &t.repartition,
     ];
-    let topics: Vec<NewTopic> = names
+    let mut topics: Vec<NewTopic> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
         .collect();
+    if c.state.changelog {
+        let mut changelog = NewTopic::new(
+            &t.changelog,
+            partitions,
+            TopicReplication::Fixed(replication),
+        );
+        for (k, v) in tailor::worker::CHANGELOG_CONFIG {
+            changelog = changelog.set(k, v);
+        }
+        topics.push(changelog);
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin
         .create_topics(&topics, &opts)

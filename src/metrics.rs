@@ -53,6 +53,14 @@ pub struct Metrics {
     pub duplicates_skipped: IntCounter,
     pub repeats_skipped: IntCounter,
     pub order_forced: IntCounter,
+    /// Changelog records written (state writes mirrored, batch markers, compensations).
+    pub changelog_records: IntCounterVec,
+    /// Changelog records read while restoring partitions (rate(): the restore rate).
+    pub restored_records: IntCounter,
+    /// Partitions being restored from the changelog right now.
+    pub restoring: IntGauge,
+    /// Time to bring one assigned partition level with the changelog.
+    pub restore_seconds: Histogram,
     /// Profiles deleted, by source (account_deleted, admin).
     pub deletions: IntCounterVec,
     /// Profiles re-evaluated after a segment definitions change.
@@ -297,6 +305,30 @@ impl Metrics {
             repeats_skipped: plain_counter(
                 "tailor_repeated_messages_total",
                 "Exact repeats of an input message applied lately to the same profile (same event id and bytes: a producer's retry), skipped.",
+            ),
+            changelog_records: counter(
+                "tailor_changelog_records_total",
+                "Records written to the changelog topic, by kind (state, marker, compensation, seed).",
+                &["kind"],
+            ),
+            restored_records: plain_counter(
+                "tailor_changelog_restored_records_total",
+                "Changelog records read while restoring partitions assigned here (its rate is the restore rate).",
+            ),
+            restoring: plain_gauge(
+                "tailor_changelog_restoring_partitions",
+                "Partitions being restored from the changelog (the worker is not ready meanwhile).",
+            ),
+            restore_seconds: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tailor_changelog_restore_seconds",
+                        "Time to bring an assigned partition's state level with the changelog (catching up or restoring it whole).",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.01, 4.0, 9).expect("buckets")),
+                )
+                .expect("valid metric"),
             ),
             order_forced: plain_counter(
                 "tailor_order_forced_total",

@@ -6,6 +6,7 @@
 //! written in one atomic [`WriteBatch`] together with the partitions' next offsets: after a crash
 //! the store is exactly as after some whole batch, and the offsets in it say where to resume.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -25,6 +26,8 @@ const CF_CLOCKS: &str = "clocks";
 const CF_ALIASES: &str = "aliases";
 /// Small records about the store itself: segment definitions applied, re-evaluation progress.
 const CF_META: &str = "meta";
+/// How many column families there are (ids 0 to this, exclusive, in [`Op`]).
+pub const COLUMN_FAMILIES: usize = ALL_CFS.len();
 const ALL_CFS: [&str; 7] = [
     CF_PROFILES,
     CF_OFFSETS,
@@ -125,8 +128,52 @@ pub struct Commit {
     pub profiles_deleted: Vec<(i32, String)>,
     /// (partition, identity, profile key it belongs to; `None` removes the alias).
     pub aliases: Vec<(i32, String, Option<String>)>,
-    /// Meta records written (`None` removes).
+    /// Worker-wide meta records written (`None` removes); not in the changelog.
     pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// A partition's own meta records (its re-evaluation cursor), mirrored with its state.
+    pub partition_meta: Vec<(i32, Vec<u8>, Option<Vec<u8>>)>,
+    /// (partition, next changelog offset after this batch's records).
+    pub changelog: Vec<(i32, i64)>,
+}
+
+/// One write of a commit: a column family (its index in the store's list), a key and the new
+/// value (`None`: deleted). The changelog carries exactly these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    pub cf: u8,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+fn cf_id(name: &str) -> u8 {
+    ALL_CFS
+        .iter()
+        .position(|n| *n == name)
+        .expect("a known column family") as u8
+}
+
+/// Meta key of a partition's changelog position.
+fn changelog_key(partition: i32) -> Vec<u8> {
+    let mut k = b"changelog/".to_vec();
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+/// Meta keys that belong to one partition: `<name>/` and the partition (big-endian u32).
+const PARTITION_META: [&[u8]; 1] = [b"sweep/"];
+
+/// The partition a record of column family `name` belongs to (`None`: worker-wide).
+fn key_partition(name: &str, k: &[u8]) -> Option<i32> {
+    let be = |b: &[u8]| Some(u32::from_be_bytes(b.try_into().ok()?) as i32);
+    match name {
+        CF_OFFSETS => be(k.get(k.len().checked_sub(4)?..)?),
+        CF_CLOCKS => be(k),
+        CF_META => PARTITION_META
+            .iter()
+            .find(|p| k.starts_with(p) && k.len() == p.len() + 4)
+            .and_then(|p| be(&k[p.len()..])),
+        _ => be(k.get(..4)?),
+    }
 }
 
 impl Store {
@@ -234,6 +281,24 @@ impl Store {
             .map(i64::from_be_bytes))
     }
 
+    /// Members per segment, summed over `partitions` (a store keeps the state of partitions
+    /// that moved to another worker, for when they come back).
+    pub fn segment_sizes_in(&self, partitions: &[i32]) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
+        for p in partitions {
+            for item in self.partition_iter(CF_SEGMENT_SIZES, *p) {
+                let (k, v) = item?;
+                if k.len() < 4 || v.len() != 8 {
+                    continue;
+                }
+                let seg = String::from_utf8_lossy(&k[4..]).into_owned();
+                *totals.entry(seg).or_default() +=
+                    i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            }
+        }
+        Ok(totals.into_iter().collect())
+    }
+
     /// Members per segment, summed over every partition held in this store.
     pub fn segment_sizes(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
@@ -254,56 +319,191 @@ impl Store {
 
     /// Writes a batch's state, segment sizes and next offsets atomically.
     pub fn commit(&self, c: &Commit) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        let profiles = self.cf(CF_PROFILES);
-        for (partition, key) in &c.profiles_deleted {
-            batch.delete_cf(profiles, profile_key(*partition, key));
+        let ops = self.ops(c)?;
+        self.write(ops.iter().flat_map(|(_, ops)| ops), &c.meta, &c.changelog)
+    }
+
+    /// The writes of a commit, each with the partition it belongs to (what the changelog
+    /// mirrors), in the order they are applied: deletions before puts. Segment sizes become
+    /// absolute values.
+    pub fn ops(&self, c: &Commit) -> Result<Vec<(i32, Vec<Op>)>, StoreError> {
+        let mut by: BTreeMap<i32, Vec<Op>> = BTreeMap::new();
+        let mut push = |p: i32, cf: &str, key: Vec<u8>, value: Option<Vec<u8>>| {
+            by.entry(p).or_default().push(Op {
+                cf: cf_id(cf),
+                key,
+                value,
+            })
+        };
+        for (p, key) in &c.profiles_deleted {
+            push(*p, CF_PROFILES, profile_key(*p, key), None);
         }
-        for (partition, key, bytes) in &c.profiles {
-            batch.put_cf(profiles, profile_key(*partition, key), bytes);
+        for (p, key, bytes) in &c.profiles {
+            push(*p, CF_PROFILES, profile_key(*p, key), Some(bytes.clone()));
         }
-        let aliases = self.cf(CF_ALIASES);
-        for (partition, id, owner) in &c.aliases {
-            match owner {
-                Some(o) => batch.put_cf(aliases, profile_key(*partition, id), o.as_bytes()),
-                None => batch.delete_cf(aliases, profile_key(*partition, id)),
-            }
+        for (p, id, owner) in &c.aliases {
+            let v = owner.as_ref().map(|o| o.as_bytes().to_vec());
+            push(*p, CF_ALIASES, profile_key(*p, id), v);
         }
-        let meta = self.cf(CF_META);
-        for (k, v) in &c.meta {
-            match v {
-                Some(v) => batch.put_cf(meta, k, v),
-                None => batch.delete_cf(meta, k),
-            }
+        for (p, k, v) in &c.partition_meta {
+            push(*p, CF_META, k.clone(), v.clone());
         }
-        let sizes = self.cf(CF_SEGMENT_SIZES);
-        for (partition, segment, delta) in &c.segment_deltas {
-            let k = size_key(*partition, segment);
+        let mut sizes: BTreeMap<(i32, &str), i64> = BTreeMap::new();
+        for (p, segment, delta) in &c.segment_deltas {
+            *sizes.entry((*p, segment)).or_default() += delta;
+        }
+        for ((p, segment), delta) in sizes {
+            let k = size_key(p, segment);
             let current = self
                 .db
-                .get_pinned_cf(sizes, &k)?
+                .get_pinned_cf(self.cf(CF_SEGMENT_SIZES), &k)?
                 .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
                 .map_or(0, i64::from_be_bytes);
-            batch.put_cf(sizes, k, (current + delta).to_be_bytes());
-        }
-        let offsets = self.cf(CF_OFFSETS);
-        for (topic, partition, next) in &c.offsets {
-            batch.put_cf(offsets, offset_key(topic, *partition), next.to_be_bytes());
-        }
-        let timers = self.cf(CF_TIMERS);
-        for (partition, due, key) in &c.timers_removed {
-            batch.delete_cf(timers, timer_key(*partition, *due, key));
-        }
-        for (partition, due, key) in &c.timers_added {
-            batch.put_cf(timers, timer_key(*partition, *due, key), []);
-        }
-        let clocks = self.cf(CF_CLOCKS);
-        for (partition, clock) in &c.clocks {
-            batch.put_cf(
-                clocks,
-                (*partition as u32).to_be_bytes(),
-                clock.to_be_bytes(),
+            push(
+                p,
+                CF_SEGMENT_SIZES,
+                k,
+                Some((current + delta).to_be_bytes().to_vec()),
             );
+        }
+        for (topic, p, next) in &c.offsets {
+            push(
+                *p,
+                CF_OFFSETS,
+                offset_key(topic, *p),
+                Some(next.to_be_bytes().to_vec()),
+            );
+        }
+        for (p, due, key) in &c.timers_removed {
+            push(*p, CF_TIMERS, timer_key(*p, *due, key), None);
+        }
+        for (p, due, key) in &c.timers_added {
+            push(*p, CF_TIMERS, timer_key(*p, *due, key), Some(Vec::new()));
+        }
+        for (p, clock) in &c.clocks {
+            let k = (*p as u32).to_be_bytes().to_vec();
+            push(*p, CF_CLOCKS, k, Some(clock.to_be_bytes().to_vec()));
+        }
+        Ok(by.into_iter().collect())
+    }
+
+    /// Writes `ops`, the worker-wide meta records and each partition's changelog position in
+    /// one atomic batch (fsynced with `sync_writes`).
+    pub fn write<'a>(
+        &self,
+        ops: impl IntoIterator<Item = &'a Op>,
+        meta: &[(Vec<u8>, Option<Vec<u8>>)],
+        changelog: &[(i32, i64)],
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            let cf = self.cf(ALL_CFS[op.cf as usize]);
+            match &op.value {
+                Some(v) => batch.put_cf(cf, &op.key, v),
+                None => batch.delete_cf(cf, &op.key),
+            }
+        }
+        let cf = self.cf(CF_META);
+        for (k, v) in meta {
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        for (p, next) in changelog {
+            batch.put_cf(cf, changelog_key(*p), next.to_be_bytes());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// The next changelog offset after the last batch of `partition` this store holds (`None`:
+    /// never written or restored here).
+    pub fn changelog_position(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_META), changelog_key(partition))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// The value of one record (`cf`: a column family id, as in [`Op`]).
+    pub fn get_raw(&self, cf: u8, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = ALL_CFS
+            .get(cf as usize)
+            .ok_or_else(|| StoreError::Corrupt {
+                partition: -1,
+                detail: format!("column family id {cf}"),
+            })?;
+        Ok(self.db.get_cf(self.cf(name), key)?)
+    }
+
+    /// Whether this store holds anything of `partition` (an offset or a changelog position).
+    pub fn has_partition(&self, partition: i32) -> Result<bool, StoreError> {
+        Ok(
+            self.partitions()?.contains(&partition)
+                || self.changelog_position(partition)?.is_some(),
+        )
+    }
+
+    /// Calls `each` with every record of `partition` (its state as a changelog would hold it),
+    /// column family by column family, stopping at the first error.
+    pub fn each_record<E: From<StoreError>>(
+        &self,
+        partition: i32,
+        mut each: impl FnMut(Op) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (id, name) in ALL_CFS.iter().enumerate() {
+            for item in self.partition_iter(name, partition) {
+                let (k, v) = item.map_err(StoreError::from)?;
+                if key_partition(name, &k) == Some(partition) {
+                    each(Op {
+                        cf: id as u8,
+                        key: k.to_vec(),
+                        value: Some(v.to_vec()),
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The records of column family `name` that may belong to `partition`: its key range where
+    /// keys start with the partition, else the whole (small) family.
+    fn partition_iter(
+        &self,
+        name: &str,
+        partition: i32,
+    ) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
+        let from = (partition as u32).to_be_bytes();
+        if matches!(name, CF_OFFSETS | CF_CLOCKS | CF_META) {
+            return self
+                .db
+                .iterator_cf(self.cf(name), rocksdb::IteratorMode::Start);
+        }
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(next) = (partition as u32).checked_add(1) {
+            opts.set_iterate_upper_bound(next.to_be_bytes().to_vec());
+        }
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        self.db.iterator_cf_opt(self.cf(name), opts, mode)
+    }
+
+    /// Removes every record of `partition` (before restoring it from the changelog), in one
+    /// atomic batch.
+    pub fn wipe_partition(&self, partition: i32) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for name in ALL_CFS {
+            for item in self.partition_iter(name, partition) {
+                let (k, _) = item?;
+                if key_partition(name, &k) == Some(partition)
+                    || (name == CF_META && *k == changelog_key(partition)[..])
+                {
+                    batch.delete_cf(self.cf(name), k);
+                }
+            }
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);

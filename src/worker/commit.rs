@@ -1,7 +1,9 @@
 //! The commit protocol, in one place: **deliver** (every output of the batch acknowledged by the
-//! brokers), then **commit** (each task's part in one atomic RocksDB write batch, fsynced by
-//! default), then **store offsets** in the group (for lag monitoring only). An offset is stored
-//! only after the state and the outputs of its message are durable.
+//! brokers), then **mirror** (the batch's state writes to the changelog, then a marker per
+//! partition closing the batch: [`changelog`]), then **commit** (each task's part in one atomic
+//! RocksDB write batch, fsynced by default, with the changelog position), then **store
+//! offsets** in the group (for lag monitoring only). An offset is stored only after the state
+//! and the outputs of its message are durable.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::store::Commit;
 
+use super::changelog;
 use super::error::Error;
 use super::kafka::{self, KafkaContext};
 use super::Worker;
@@ -48,7 +51,37 @@ impl Worker {
         }
         commit.meta.append(&mut self.meta);
         let store = self.store.clone();
-        tokio::task::block_in_place(|| store.commit(&commit))?;
+        let ops = tokio::task::block_in_place(|| store.ops(&commit))?;
+        if let Some(topic) = &self.changelog {
+            // The state's records after the outputs, and each partition's marker after both.
+            let t_changelog = Instant::now();
+            let written = changelog::mirror(
+                topic,
+                &mut self.out,
+                &ops,
+                &self.metrics,
+                &self.health,
+                stop,
+            )
+            .await?;
+            let Some(positions) = written else {
+                warn!("stopping without committing the open batch: its changelog records are not acknowledged (it is processed again after the restart)");
+                self.stopping = true;
+                return Ok(());
+            };
+            commit.changelog = positions;
+            self.metrics
+                .phase_seconds
+                .with_label_values(&["changelog"])
+                .observe(t_changelog.elapsed().as_secs_f64());
+        }
+        tokio::task::block_in_place(|| {
+            store.write(
+                ops.iter().flat_map(|(_, ops)| ops),
+                &commit.meta,
+                &commit.changelog,
+            )
+        })?;
         self.metrics
             .phase_seconds
             .with_label_values(&["commit"])

@@ -35,6 +35,9 @@ pub struct KafkaContext {
     pub rebalances: Mutex<Vec<Rebalance>>,
     /// Whether librdkafka's last statistics showed a broker connection up (none: all down).
     pub brokers_up: std::sync::atomic::AtomicBool,
+    /// Newly assigned partitions start paused: the loop restores their state from the changelog
+    /// first, then seeks them to the restored offsets and resumes them.
+    pub pause_on_assign: bool,
 }
 
 impl ClientContext for KafkaContext {
@@ -103,6 +106,11 @@ impl ConsumerContext for KafkaContext {
                 }
                 if let Err(e) = consumer.assign(tpl) {
                     error!(error = %e, "assigning partitions failed");
+                }
+                if self.pause_on_assign {
+                    if let Err(e) = consumer.pause(tpl) {
+                        error!(error = %e, "pausing newly assigned partitions failed");
+                    }
                 }
                 self.rebalances
                     .lock()
@@ -330,14 +338,24 @@ pub fn input_partitions(
     Ok(n)
 }
 
-/// Creates the repartition topic with `partitions` partitions if it is missing; refuses one with
-/// another count (keys would land on the wrong owner).
-pub async fn ensure_repartition_topic(
+/// Settings of the changelog topic when Tailor creates it: compacted (the latest record of each
+/// key is the state), and a record stays uncompacted for a day, so that the records of a batch
+/// its worker never closed are still there to compensate when the partition is next restored.
+pub const CHANGELOG_CONFIG: [(&str, &str); 2] = [
+    ("cleanup.policy", "compact"),
+    ("min.compaction.lag.ms", "86400000"),
+];
+
+/// Creates an internal topic (`what`: "repartition" or "changelog") with `partitions`
+/// partitions and `configs` if it is missing; refuses one with another count (keys would land
+/// on the wrong owner).
+pub async fn ensure_internal_topic(
     settings: &Settings,
     consumer: &StreamConsumer<KafkaContext>,
+    (topic, what): (&str, &str),
     partitions: i32,
+    configs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let topic = &settings.config.topics.repartition;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .with_context(|| format!("reading the metadata of {topic}"))?;
@@ -349,7 +367,7 @@ pub async fn ensure_repartition_topic(
         .map(|t| t.partitions().len() as i32);
     match existing {
         Some(n) if n == partitions => Ok(()),
-        Some(n) => bail!("repartition topic {topic} has {n} partitions but the inputs have {partitions}: it must have as many (delete it, or name another in topics.repartition)"),
+        Some(n) => bail!("{what} topic {topic} has {n} partitions but the inputs have {partitions}: it must have as many (delete it, or name another in topics.{what})"),
         None => {
             use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
             let admin: AdminClient<rdkafka::client::DefaultClientContext> =
@@ -357,7 +375,10 @@ pub async fn ensure_repartition_topic(
                     .create()
                     .context("creating the Kafka admin client")?;
             let replication = settings.config.topics.repartition_replication;
-            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+            let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+            for (k, v) in configs {
+                new = new.set(k, v);
+            }
             let results = admin
                 .create_topics(
                     &[new],
@@ -368,10 +389,10 @@ pub async fn ensure_repartition_topic(
             for r in results {
                 match r {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((t, e)) => bail!("creating the repartition topic {t}: {e}"),
+                    Err((t, e)) => bail!("creating the {what} topic {t}: {e}"),
                 }
             }
-            info!(topic = %topic, partitions, "created the repartition topic");
+            info!(topic = %topic, partitions, "created the {what} topic");
             Ok(())
         }
     }

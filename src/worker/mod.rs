@@ -39,6 +39,7 @@
 //! why meanwhile. The rebalance callback runs inside `recv()` on this same task, so the loop never
 //! races it.
 
+mod changelog;
 mod collector;
 mod commit;
 mod error;
@@ -69,7 +70,7 @@ use crate::registry::{Lookup, Registry};
 use crate::store::Store;
 
 pub use collector::{DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
-pub use kafka::check_kafka_properties;
+pub use kafka::{check_kafka_properties, CHANGELOG_CONFIG};
 pub use process::{MAX_EVENT_BYTES, MAX_KEY_BYTES};
 
 use collector::Collector;
@@ -92,6 +93,14 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A newly assigned partition number whose state is being restored from the changelog.
+struct Restoring {
+    /// Its assigned topics (paused until the restore ends).
+    topics: Vec<String>,
+    job: tokio::task::JoinHandle<Result<(), String>>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// The worker: its partition tasks and what they share.
 struct Worker {
     proc: Processor,
@@ -111,6 +120,11 @@ struct Worker {
     reload: Arc<std::sync::atomic::AtomicBool>,
     /// Source text of the definitions in force (stored with the commit that puts them in force).
     defs_src: String,
+    /// The changelog topic every commit mirrors its state writes to (`None`: no changelog).
+    changelog: Option<String>,
+    restorer: Option<Arc<changelog::Restorer>>,
+    /// Partition numbers being restored, not yet opened.
+    restoring: BTreeMap<i32, Restoring>,
     /// Worker-wide meta writes of the open batch (the definitions in force).
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Members per segment in this worker's store: loaded at start, kept with each commit.
@@ -156,6 +170,12 @@ impl Worker {
             Err("shutting down".to_string())
         } else if let Some(f) = self.fault.as_ref().or(self.broker_down.as_ref()) {
             Err(f.clone())
+        } else if !self.restoring.is_empty() {
+            let numbers: Vec<String> = self.restoring.keys().map(i32::to_string).collect();
+            Err(format!(
+                "restoring partitions {} from the changelog",
+                numbers.join(", ")
+            ))
         } else if self.tasks.is_empty() {
             Err("no partitions assigned yet".to_string())
         } else if !held.is_empty() {
@@ -181,6 +201,39 @@ impl Worker {
         for ev in events {
             match ev {
                 Rebalance::Assigned(parts) => {
+                    if let Some(restorer) = self.restorer.clone() {
+                        // Paused by the callback: each new partition number's state is brought
+                        // level with the changelog first (on a blocking thread, while the loop
+                        // goes on polling), then its topics open ([`Self::finish_restores`]).
+                        for (topic, partition) in parts {
+                            if self.tasks.contains_key(&partition) {
+                                self.open_topic(consumer, topic, partition, true)?;
+                                continue;
+                            }
+                            if let Some(r) = self.restoring.get_mut(&partition) {
+                                if !r.topics.contains(&topic) {
+                                    r.topics.push(topic);
+                                }
+                                continue;
+                            }
+                            self.metrics.restoring.inc();
+                            let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                            let (store, flag) = (self.store.clone(), cancel.clone());
+                            let restorer = restorer.clone();
+                            let job = tokio::task::spawn_blocking(move || {
+                                restorer.restore(&store, partition, &flag)
+                            });
+                            self.restoring.insert(
+                                partition,
+                                Restoring {
+                                    topics: vec![topic],
+                                    job,
+                                    cancel,
+                                },
+                            );
+                        }
+                        continue;
+                    }
                     // A partition held when it was revoked must not come back paused (whether an
                     // application's pause survives unassign and assign depends on librdkafka's
                     // version), with nothing left here to resume it. Resume what is assigned (a
@@ -194,59 +247,33 @@ impl Worker {
                         warn!(error = %e, "resuming newly assigned partitions failed");
                     }
                     for (topic, partition) in parts {
-                        let task = match self.tasks.entry(partition) {
-                            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::btree_map::Entry::Vacant(v) => v.insert(Task::open(
-                                partition,
-                                &self.store,
-                                self.lateness,
-                                self.cache_profiles,
-                                self.hasher,
-                                self.metrics.state_reads.clone(),
-                            )?),
-                        };
-                        task.held = None;
-                        // The repartition topic is fed by the group's own processing: waiting
-                        // for it would put a broker round trip between messages.
-                        let awaited = topic != self.proc.topics.repartition;
-                        let rank = self.proc.topics.rank(&topic);
-                        task.assign(&topic, rank, awaited, &self.store)?;
-                        // The watermarks: where a topic never read here starts (knowing it
-                        // tells an empty topic from one still to be read: event-time order
-                        // waits only for the latter), and the lag, a series from the start
-                        // (librdkafka's statistics report none for a partition never read).
-                        match tokio::task::block_in_place(|| {
-                            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))
-                        }) {
-                            Ok((lo, hi)) => {
-                                // From the beginning it starts at the low watermark. From the
-                                // end, where librdkafka resolved it when assigning, which may
-                                // be before `hi` by now: left unknown (nothing to wait for).
-                                let from_end = consumer.context().start_from == Offset::End;
-                                if !from_end {
-                                    task.start_at(&topic, lo);
-                                }
-                                let next = task.position(&topic).unwrap_or(hi);
-                                self.metrics
-                                    .partition_lag
-                                    .with_label_values(&[topic.as_str(), &partition.to_string()])
-                                    .set((hi - next).max(0));
-                            }
-                            Err(e) => {
-                                debug!(topic = %topic, partition, error = %e, "watermarks unknown at assignment")
-                            }
-                        }
-                        if !self.assigned.contains(&(topic.clone(), partition)) {
-                            self.assigned.push((topic, partition));
-                        }
+                        self.open_topic(consumer, topic, partition, false)?;
                     }
                 }
                 Rebalance::Revoked(parts) => {
                     self.assigned.retain(|x| !parts.contains(x));
+                    // Series of partitions held elsewhere now would mislead (their next owner
+                    // reports them); an assignment sets them again.
+                    for (topic, p) in &parts {
+                        let labels = [topic.as_str(), &p.to_string()];
+                        let _ = self.metrics.stored_offset.remove_label_values(&labels);
+                        let _ = self.metrics.partition_lag.remove_label_values(&labels);
+                    }
                     let mut numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
                     numbers.sort_unstable();
                     numbers.dedup();
                     for p in numbers {
+                        if let Some(r) = self.restoring.get_mut(&p) {
+                            r.topics
+                                .retain(|t| !parts.iter().any(|(u, q)| u == t && *q == p));
+                            if r.topics.is_empty() {
+                                // Its restore stops at the next record; nothing of it is written
+                                // to the changelog after this.
+                                r.cancel.store(true, Ordering::Relaxed);
+                                self.restoring.remove(&p);
+                                self.metrics.restoring.dec();
+                            }
+                        }
                         if !self.assigned.iter().any(|(_, q)| *q == p) {
                             if let Some(task) = self.tasks.remove(&p) {
                                 if task.has_changes() {
@@ -274,6 +301,11 @@ impl Worker {
                 }
             }
         }
+        self.after_assignment()
+    }
+
+    /// What follows a change of the partitions held: cache shares, metrics, sizes, the API.
+    fn after_assignment(&mut self) -> Result<(), Error> {
         // Each task gets an equal share of the profile cache.
         let share = self.cache_profiles / self.tasks.len().max(1);
         for task in self.tasks.values_mut() {
@@ -282,9 +314,139 @@ impl Worker {
         self.metrics
             .assigned_partitions
             .set(self.assigned.len() as i64);
+        // Members of the partitions held here now (their state may have just been restored).
+        let mut numbers: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let sizes: BTreeMap<String, i64> =
+            self.store.segment_sizes_in(&numbers)?.into_iter().collect();
+        for segment in self
+            .segment_sizes
+            .keys()
+            .filter(|s| !sizes.contains_key(*s))
+        {
+            self.metrics
+                .segment_members
+                .with_label_values(&[segment])
+                .set(0);
+        }
+        for (segment, n) in &sizes {
+            self.metrics
+                .segment_members
+                .with_label_values(&[segment])
+                .set(*n);
+        }
+        self.segment_sizes = sizes;
         self.api.set_assigned(&self.assigned);
         self.publish_readiness();
         Ok(())
+    }
+
+    /// Opens an assigned topic of partition number `partition` (its task first, if new): it
+    /// resumes at the stored offset. `paused`: the callback paused it (it is sought to that offset
+    /// and resumed here).
+    fn open_topic(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+        topic: String,
+        partition: i32,
+        paused: bool,
+    ) -> Result<(), Error> {
+        let task = match self.tasks.entry(partition) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Task::open(
+                partition,
+                &self.store,
+                self.lateness,
+                self.cache_profiles,
+                self.hasher,
+                self.metrics.state_reads.clone(),
+            )?),
+        };
+        task.held = None;
+        // The repartition topic is fed by the group's own processing: waiting for it would put
+        // a broker round trip between messages.
+        let awaited = topic != self.proc.topics.repartition;
+        let rank = self.proc.topics.rank(&topic);
+        task.assign(&topic, rank, awaited, &self.store)?;
+        if paused {
+            // Assigned at the offset stored before the restore: the restored one now.
+            if let Some(next) = task.position(&topic) {
+                seek_back(consumer, &topic, partition, Offset::Offset(next))?;
+                self.metrics
+                    .stored_offset
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set(next);
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            consumer.resume(&tpl).map_err(|e| {
+                Error::transient("broker", format!("resuming {topic}/{partition}: {e}"))
+            })?;
+        }
+        // The watermarks: where a topic never read here starts (knowing it tells an empty topic
+        // from one still to be read: event-time order waits only for the latter), and the lag,
+        // a series from the start (librdkafka's statistics report none for a partition never
+        // read).
+        match tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))
+        }) {
+            Ok((lo, hi)) => {
+                // From the beginning it starts at the low watermark. From the end, where
+                // librdkafka resolved it when assigning, which may be before `hi` by now: left
+                // unknown (nothing to wait for).
+                let from_end = consumer.context().start_from == Offset::End;
+                if !from_end {
+                    task.start_at(&topic, lo);
+                }
+                let next = task.position(&topic).unwrap_or(hi);
+                self.metrics
+                    .partition_lag
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set((hi - next).max(0));
+            }
+            Err(e) => {
+                debug!(topic = %topic, partition, error = %e, "watermarks unknown at assignment")
+            }
+        }
+        if !self.assigned.contains(&(topic.clone(), partition)) {
+            self.assigned.push((topic, partition));
+        }
+        Ok(())
+    }
+
+    /// Opens the partitions whose restore has finished; a restore that failed stops the worker
+    /// (its state cannot be trusted; a restart tries again).
+    async fn finish_restores(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+    ) -> Result<(), Error> {
+        let done: Vec<i32> = self
+            .restoring
+            .iter()
+            .filter(|(_, r)| r.job.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        if done.is_empty() {
+            return Ok(());
+        }
+        for p in done {
+            let r = self.restoring.remove(&p).expect("listed");
+            self.metrics.restoring.dec();
+            match r.job.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::fatal(e)),
+                Err(e) => {
+                    return Err(Error::fatal(format!(
+                        "the restore of partition {p} failed: {e}"
+                    )))
+                }
+            }
+            for topic in r.topics {
+                self.open_topic(consumer, topic, p, true)?;
+            }
+        }
+        self.after_assignment()
     }
 
     /// Step 0: every task's clock moves and its due timers fire; then a slice of profiles not yet
@@ -829,6 +991,7 @@ pub async fn run(
         },
         rebalances: std::sync::Mutex::new(Vec::new()),
         brokers_up: std::sync::atomic::AtomicBool::new(true),
+        pause_on_assign: c.state.changelog,
     };
     let consumer: StreamConsumer<KafkaContext> = kafka::consumer_config(&settings)
         .create_with_context(context)
@@ -839,7 +1002,24 @@ pub async fn run(
         c.topics.profile.as_str(),
     ];
     let partitions = tokio::task::block_in_place(|| kafka::input_partitions(&consumer, &inputs))?;
-    kafka::ensure_repartition_topic(&settings, &consumer, partitions).await?;
+    kafka::ensure_internal_topic(
+        &settings,
+        &consumer,
+        (&c.topics.repartition, "repartition"),
+        partitions,
+        &[],
+    )
+    .await?;
+    if c.state.changelog {
+        kafka::ensure_internal_topic(
+            &settings,
+            &consumer,
+            (&c.topics.changelog, "changelog"),
+            partitions,
+            &kafka::CHANGELOG_CONFIG,
+        )
+        .await?;
+    }
     let mut subscribed = inputs.to_vec();
     subscribed.push(c.topics.repartition.as_str());
     consumer
@@ -908,6 +1088,17 @@ pub async fn run(
         reload,
         defs_src: std::fs::read_to_string(&c.segments.file)
             .with_context(|| format!("reading {}", c.segments.file.display()))?,
+        changelog: c.state.changelog.then(|| c.topics.changelog.clone()),
+        restorer: c.state.changelog.then(|| {
+            Arc::new(changelog::Restorer::new(
+                c.topics.changelog.clone(),
+                kafka::client_config(&settings),
+                kafka::producer_config(&settings),
+                &c.consumer.group_id,
+                metrics.clone(),
+            ))
+        }),
+        restoring: BTreeMap::new(),
         meta: Vec::new(),
         segment_sizes,
         cache_profiles: c.state.cache_profiles,
@@ -981,6 +1172,7 @@ impl Worker {
         tokio::pin!(deadline);
         self.proc.wall = now_ms();
         self.check_brokers(consumer);
+        self.finish_restores(consumer).await?;
         if self.reload_requested() {
             self.reload_schemas();
             self.reload_definitions();

@@ -335,7 +335,8 @@ impl Task {
         );
         if self.sweep_moved {
             if let Some(s) = &self.sweep {
-                c.meta.push((
+                c.partition_meta.push((
+                    p,
                     sweep_key(p),
                     Some(postcard::to_stdvec(s).expect("cursor serialises")),
                 ));

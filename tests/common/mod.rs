@@ -31,6 +31,8 @@ pub struct Topics {
     pub dead_letter: String,
     /// Created by the worker itself.
     pub repartition: String,
+    /// Created by the worker itself.
+    pub changelog: String,
 }
 
 impl Topics {
@@ -48,6 +50,7 @@ impl Topics {
             journeys: format!("{p}.journeys"),
             dead_letter: format!("{p}.deadletter"),
             repartition: format!("{p}.repartition"),
+            changelog: format!("{p}.changelog"),
         }
     }
 
@@ -322,6 +325,7 @@ audience_changes = "{au}"
 journey_triggers = "{jt}"
 dead_letter = "{dl}"
 repartition = "{rp}"
+changelog = "{cl}"
 [consumer]
 group_id = "{au}-group"
 [processing]
@@ -344,6 +348,7 @@ level = "info,librdkafka=warn"
             jt = topics.journeys,
             dl = topics.dead_letter,
             rp = topics.repartition,
+            cl = topics.changelog,
             seg = segments.display(),
         ),
     )

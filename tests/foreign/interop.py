@@ -276,11 +276,12 @@ class Topics:
     journeys: str
     dead_letter: str
     repartition: str
+    changelog: str
 
     @classmethod
     def new(cls, test: str) -> "Topics":
         p = f"f-{test}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
-        return cls(*(f"{p}.{s}" for s in ("storefront", "backoffice", "profile", "audience", "journeys", "deadletter", "repartition")))
+        return cls(*(f"{p}.{s}" for s in ("storefront", "backoffice", "profile", "audience", "journeys", "deadletter", "repartition", "changelog")))
 
     @property
     def inputs(self) -> List[str]:
@@ -496,6 +497,7 @@ audience_changes = {toml_str(topics.audience)}
 journey_triggers = {toml_str(topics.journeys)}
 dead_letter = {toml_str(topics.dead_letter)}
 repartition = {toml_str(topics.repartition)}
+changelog = {toml_str(topics.changelog)}
 [consumer]
 group_id = {toml_str(topics.audience + "-group")}
 [processing]

@@ -1,0 +1,263 @@
+//! State that moves between workers, through the changelog topic, against the real broker:
+//! a worker whose state directory is lost restores it and goes on from the restored offsets;
+//! two workers share a group, one is killed with SIGKILL for good and the other takes its
+//! partitions over from the changelog; workers join one by one during a replay. In every case the
+//! profiles equal one pass over the input and no output id stands for two different changes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::Message;
+use tailor::codec::{decode, encode};
+use tailor::samples;
+use tailor::wire::Direction;
+
+const T0: i64 = 1_709_287_200_000;
+const PARTITIONS: i32 = 4;
+
+/// A setup whose clocks follow event time only: the 2024 views stay in their windows (with the
+/// wall clock, caught-up partitions would let them expire and EXIT).
+fn event_time_only(s: Setup) -> Setup {
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replace("[processing]\n", "[processing]\nwall_clock = false\n");
+    std::fs::write(&s.config, text).unwrap();
+    s
+}
+
+/// `per_shopper` product views for each of `shoppers` shoppers, round-robin, starting at view
+/// `from` (so a second call continues the first).
+fn views(topic: &str, shoppers: usize, from: usize, per_shopper: usize) {
+    let mut msgs = Vec::with_capacity(shoppers * per_shopper);
+    for i in from..from + per_shopper {
+        for s in 0..shoppers {
+            let ev = samples::storefront(
+                "productPageView",
+                &format!("pv-{s}-{i}"),
+                T0 + (i as i64) * 1000,
+                &format!("ecid-{s}"),
+            );
+            msgs.push((format!("shopper-{s}"), encode::storefront(&ev).unwrap()));
+        }
+    }
+    let refs: Vec<(&str, &str, Vec<u8>)> = msgs
+        .iter()
+        .map(|(k, v)| (topic, k.as_str(), v.clone()))
+        .collect();
+    produce_all(&producer(), &refs);
+}
+
+/// The profile of `key` from whichever worker holds it (the others answer 421).
+fn served(workers: &[&Worker], key: &str) -> serde_json::Value {
+    for w in workers {
+        if let Some((200, body)) = w.get(&format!("/profiles/{key}")) {
+            return serde_json::from_str(&body).unwrap();
+        }
+    }
+    panic!("no worker serves {key}");
+}
+
+/// Every audience change on the topic, checking that an id never stands for two different
+/// changes; returns the distinct (profile, direction) pairs with their ids.
+fn changes_by_id(topic: &str) -> HashMap<(String, Direction), Vec<String>> {
+    let out = read_topic_until_quiet(topic, PARTITIONS, Duration::from_secs(3));
+    let mut by_id: HashMap<String, (String, String, Direction, i64)> = HashMap::new();
+    let mut pairs: HashMap<(String, Direction), Vec<String>> = HashMap::new();
+    for m in &out {
+        let c = decode::audience_change(m.payload().unwrap()).unwrap();
+        let what = (
+            c.profile_key.clone(),
+            c.segment_id.clone(),
+            c.direction,
+            c.event_time,
+        );
+        match by_id.get(&c.id) {
+            Some(before) => assert_eq!(before, &what, "id {} reused for another change", c.id),
+            None => {
+                by_id.insert(c.id.clone(), what);
+                pairs
+                    .entry((c.profile_key, c.direction))
+                    .or_default()
+                    .push(c.id);
+            }
+        }
+    }
+    pairs
+}
+
+#[test]
+fn a_worker_whose_state_is_lost_restores_it_from_the_changelog() {
+    const SHOPPERS: usize = 200;
+    let setup = event_time_only(Setup::new("state-lost", PARTITIONS, 300));
+    let topics = &setup.topics;
+    // 40 views each: not yet active browsers (50 in 24 h).
+    views(&topics.storefront, SHOPPERS, 0, 40);
+    let mut first = setup.start(1);
+    first.wait_caught_up((SHOPPERS * 40) as u64);
+    assert_eq!(
+        first.metric("tailor_segment_members", "segment=\"active-browsers\""),
+        0.0
+    );
+    first.stop();
+
+    // The volume is lost; 15 more views each arrive meanwhile: only with the 40 restored do
+    // they make active browsers.
+    std::fs::remove_dir_all(setup.dir.path().join("state")).unwrap();
+    views(&topics.storefront, SHOPPERS, 40, 15);
+    let mut second = setup.start(2);
+    second.wait_caught_up((SHOPPERS * 55) as u64);
+    let applied = second.metric("tailor_events_total", "");
+    assert_eq!(
+        applied,
+        (SHOPPERS * 15) as f64,
+        "only the events after the restored offsets are applied"
+    );
+    assert!(second.metric("tailor_changelog_restored_records_total", "") > 0.0);
+    assert_eq!(
+        second.metric("tailor_segment_members", "segment=\"active-browsers\""),
+        SHOPPERS as f64,
+        "the restored counts made every shopper enter"
+    );
+    for s in (0..SHOPPERS).step_by(7) {
+        let p = served(&[&second], &format!("shopper-{s}"));
+        assert_eq!(p["events_total"], 55, "shopper-{s}: {p}");
+    }
+    second.stop();
+    assert!(
+        second
+            .log_text()
+            .contains("partition restored from the changelog"),
+        "{}",
+        second.log_text()
+    );
+
+    // One ENTER per shopper.
+    let pairs = changes_by_id(&topics.audience);
+    let entered = pairs
+        .iter()
+        .filter(|((_, d), _)| *d == Direction::Entered)
+        .count();
+    assert_eq!(entered, SHOPPERS);
+    assert!(pairs
+        .iter()
+        .filter(|((_, d), _)| *d == Direction::Entered)
+        .all(|(_, ids)| ids.len() == 1));
+}
+
+#[test]
+fn a_worker_killed_for_good_is_taken_over_from_the_changelog() {
+    const SHOPPERS: usize = 400;
+    const PER_SHOPPER: usize = 50;
+    let total = (SHOPPERS * PER_SHOPPER) as u64;
+    let a = event_time_only(Setup::new("takeover", PARTITIONS, 200));
+    let b = event_time_only(a.peer(200, "tests/fixtures/segments.yaml"));
+    views(&a.topics.storefront, SHOPPERS, 0, PER_SHOPPER);
+    let mut wa = a.start(1);
+    let wb = b.start(1);
+    // Both hold partitions and have committed some of them.
+    wa.wait_for(Duration::from_secs(120), "both workers committing", |w| {
+        w.input_offsets() >= 2000 && wb.input_offsets() >= 2000
+    });
+    let committed_by_a = wa.input_offsets();
+    wa.kill_hard();
+    assert!(
+        committed_by_a + wb.input_offsets() < total,
+        "the kill must land mid-stream"
+    );
+
+    // The survivor gets every partition, restores the dead worker's from the changelog and
+    // finishes from their restored offsets.
+    wb.wait_for(
+        Duration::from_secs(180),
+        "the survivor to finish every partition",
+        |w| w.input_offsets() >= total,
+    );
+    let applied = wb.metric("tailor_events_total", "");
+    assert!(
+        applied <= (total - committed_by_a) as f64,
+        "the dead worker's committed events are restored, not applied again ({applied} applied, {committed_by_a} committed by the dead one)"
+    );
+    assert!(wb.metric("tailor_changelog_restored_records_total", "") > 0.0);
+    for s in 0..SHOPPERS {
+        let p = served(&[&wb], &format!("shopper-{s}"));
+        assert_eq!(p["events_total"], PER_SHOPPER as u64, "shopper-{s}: {p}");
+        assert_eq!(
+            p["counts"]["productPageView"]["24h"], PER_SHOPPER as u64,
+            "shopper-{s}: {p}"
+        );
+    }
+    assert_eq!(
+        wb.metric("tailor_segment_members", "segment=\"active-browsers\""),
+        SHOPPERS as f64
+    );
+    let pairs = changes_by_id(&a.topics.audience);
+    for s in 0..SHOPPERS {
+        let ids = &pairs[&(format!("shopper-{s}"), Direction::Entered)];
+        assert_eq!(ids.len(), 1, "shopper-{s} entered once: {ids:?}");
+    }
+}
+
+#[test]
+fn workers_joining_one_by_one_take_their_partitions_state_with_them() {
+    const SHOPPERS: usize = 300;
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 20;
+    let a = event_time_only(Setup::new("scale-out", PARTITIONS, 200));
+    let b = event_time_only(a.peer(200, "tests/fixtures/segments.yaml"));
+    let c = event_time_only(a.peer(200, "tests/fixtures/segments.yaml"));
+    let mut sent = 0u64;
+    let mut round = |n: usize| {
+        views(&a.topics.storefront, SHOPPERS, n * PER_ROUND, PER_ROUND);
+        sent += (SHOPPERS * PER_ROUND) as u64;
+        sent
+    };
+    let wa = a.start(1);
+    let upto = round(0);
+    wa.wait_caught_up(upto);
+    let wb = b.start(1);
+    let upto = round(1);
+    let caught_up = |ws: &[&Worker], n: u64| {
+        wa.wait_for(Duration::from_secs(180), "the group caught up", |_| {
+            ws.iter().map(|w| w.input_offsets()).sum::<u64>() >= n
+                && ws
+                    .iter()
+                    .all(|w| w.metric("tailor_assigned_partitions", "") > 0.0)
+        })
+    };
+    caught_up(&[&wa, &wb], upto);
+    let wc = c.start(1);
+    let upto = round(2);
+    caught_up(&[&wa, &wb, &wc], upto);
+    assert_eq!(upto, (SHOPPERS * ROUNDS * PER_ROUND) as u64);
+
+    // Each partition is held by one worker, and its profiles there are whole.
+    let all = [&wa, &wb, &wc];
+    for s in 0..SHOPPERS {
+        let p = served(&all, &format!("shopper-{s}"));
+        assert_eq!(
+            p["events_total"],
+            (ROUNDS * PER_ROUND) as u64,
+            "shopper-{s}: {p}"
+        );
+    }
+    let members: f64 = all
+        .iter()
+        .map(|w| w.metric("tailor_segment_members", "segment=\"active-browsers\""))
+        .sum();
+    assert_eq!(
+        members, SHOPPERS as f64,
+        "every shopper counted once, by its holder"
+    );
+    let restored: f64 = all
+        .iter()
+        .map(|w| w.metric("tailor_changelog_restored_records_total", ""))
+        .sum();
+    assert!(restored > 0.0, "partitions that moved were restored");
+    let pairs = changes_by_id(&a.topics.audience);
+    for s in 0..SHOPPERS {
+        let ids = &pairs[&(format!("shopper-{s}"), Direction::Entered)];
+        assert_eq!(ids.len(), 1, "shopper-{s} entered once: {ids:?}");
+    }
+}
