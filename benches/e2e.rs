@@ -153,6 +153,7 @@ fn main() {
         "journeys",
         "deadletter",
         "repartition",
+        "changelog",
     ]
     .map(topic);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -223,8 +224,8 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
-            names[0], names[1], names[2], names[3], names[4], names[5], names[6],
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
+            names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display()
         ),
     )
@@ -331,6 +332,47 @@ fn main() {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
+        .status();
+    let _ = child.wait();
+
+    // The state directory lost: a worker starting on an empty one restores every partition from
+    // the changelog before it is ready (the partitions restore side by side).
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let t_restore = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = write!(s, "GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
+                break t_restore.elapsed().as_secs_f64();
+            }
+        }
+        assert!(
+            t_restore.elapsed() < Duration::from_secs(1800),
+            "no restore"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let records = metric(port, "tailor_changelog_restored_records_total ");
+    let restore_sum = metric(port, "tailor_changelog_restore_seconds_sum ");
+    let restore_count = metric(port, "tailor_changelog_restore_seconds_count ");
+    println!(
+        "restore (state directory lost): {records:.0} changelog records ({profiles} shopper keys, {partitions} partitions side by side) in {ready:.1}s from start to ready = {:.0} records/s; a partition took {:.1}s on average ({:.0} records)",
+        records / ready,
+        restore_sum / restore_count.max(1.0),
+        records / restore_count.max(1.0)
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
         .status();
     let _ = child.wait();
     for r in rt

@@ -69,6 +69,11 @@ enum Command {
         /// their first invoice, so journeys that need consent can trigger (the data has none).
         #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
         opted_in: u8,
+        /// uci-online-retail only: before each order, an anonymous browser views and adds its
+        /// lines to the cart, then signs in as the customer (all three event families, with
+        /// identity stitching). Needs --sort.
+        #[arg(long)]
+        browsing: bool,
     },
     /// Create the configured input and output topics where missing.
     Topics {
@@ -111,8 +116,13 @@ enum Command {
     Profile {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// The profile key (the shopper key of the input messages).
-        key: String,
+        /// The profile key (the shopper key of the input messages), or an identity linked to it.
+        #[arg(required_unless_present = "all")]
+        key: Option<String>,
+        /// Every profile instead, one JSON document per line, by partition and key (audits, and
+        /// comparing two runs).
+        #[arg(long, conflicts_with = "key")]
+        all: bool,
     },
 }
 
@@ -291,6 +301,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             rate,
             sort,
             opted_in,
+            browsing,
         } => {
             init_logging("human", "info");
             let mut c = match &config {
@@ -303,7 +314,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if opted_in > 0 && !matches!(dataset, Dataset::UciOnlineRetail) {
                 bail!("--opted-in applies to --dataset uci-online-retail (its customers have ids)");
             }
-            replay(&c, dataset, &file, limit, rate, sort, opted_in).await?;
+            if browsing && !matches!(dataset, Dataset::UciOnlineRetail) {
+                bail!("--browsing applies to --dataset uci-online-retail");
+            }
+            if browsing && !sort {
+                bail!("--browsing makes events before each order's time: add --sort");
+            }
+            replay(&c, dataset, &file, limit, rate, sort, (opted_in, browsing)).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Topics {
@@ -331,9 +348,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             json,
             register,
         } => schemas(config, file, json, register).await,
-        Command::Profile { config, key } => {
+        Command::Profile { config, key, all } => {
             let c = Config::from_file(&config)?;
             let store = tailor::store::Store::open_read_only(&c.state.path)?;
+            let Some(key) = key.filter(|_| !all) else {
+                use std::io::Write;
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for partition in store.partitions()? {
+                    for key in store.profile_keys(partition)? {
+                        if let Some(p) = store.profile(partition, &key)? {
+                            let v = tailor::http::render(&key, partition, &p);
+                            writeln!(out, "{}", serde_json::to_string(&v)?)?;
+                        }
+                    }
+                }
+                out.flush()?;
+                return Ok(std::process::ExitCode::SUCCESS);
+            };
             match store.find_profile(&key)? {
                 Some((partition, profile_key, p)) => {
                     let v = tailor::http::render(&profile_key, partition, &p);
@@ -570,16 +601,15 @@ async fn replay(
     limit: Option<u64>,
     rate: Option<u64>,
     sort: bool,
-    opted_in: u8,
+    (opted_in, browsing): (u8, bool),
 ) -> anyhow::Result<()> {
     use tailor::codec::Family;
     use tailor::replay::{OrderCheck, Produced, Rees46Reader, ReplayReader, UciReader};
 
     let open = || {
         match dataset {
-            Dataset::UciOnlineRetail => {
-                UciReader::open(file).map(|r| ReplayReader::Uci(r.opted_in(opted_in)))
-            }
+            Dataset::UciOnlineRetail => UciReader::open(file)
+                .map(|r| ReplayReader::Uci(r.opted_in(opted_in).browsing(browsing))),
             Dataset::Rees46 => Rees46Reader::open(file).map(ReplayReader::Rees46),
         }
         .with_context(|| format!("opening {}", file.display()))

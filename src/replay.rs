@@ -209,9 +209,15 @@ pub struct UciReader<R: Read> {
     opted_in: u8,
     /// Customers seen so far (for the opt-ins).
     customers: std::collections::HashSet<String>,
-    /// An invoice event waiting behind its customer's opt-in record.
-    queued: Option<Produced>,
+    /// Events waiting behind the one just returned (an invoice behind its customer's opt-in
+    /// record and browsing session).
+    queued: std::collections::VecDeque<Produced>,
+    /// Give each invoice an anonymous browsing session and a sign-in ([`UciReader::browsing`]).
+    browsing: bool,
 }
+
+/// Lines of an invoice viewed and added to the cart in its browsing session.
+const BROWSED_LINES: usize = 10;
 
 impl UciReader<Box<dyn BufRead>> {
     pub fn open(path: &Path) -> std::io::Result<Self> {
@@ -243,7 +249,8 @@ impl<R: Read> UciReader<R> {
             done: false,
             opted_in: 0,
             customers: std::collections::HashSet::new(),
-            queued: None,
+            queued: Default::default(),
+            browsing: false,
         })
     }
 
@@ -256,13 +263,97 @@ impl<R: Read> UciReader<R> {
         self
     }
 
-    /// The customer's opt-in record first (queuing the invoice) when it is new and chosen.
-    fn with_opt_in(&mut self, invoice: Produced) -> Produced {
+    /// Gives each placed order an anonymous browsing session before it, in the storefront
+    /// family: a browser of its own (ECID `uci-browser-<invoice>`) views each of the first ten
+    /// lines' products and adds them to the cart over the 20 minutes before the invoice, then
+    /// signs in as the customer a minute before it. The sign-in stitches the browser's profile
+    /// into the customer's (an identity merge, usually across partitions). The data set's own
+    /// lines, times and customers; only the browser ids and the session's timing are made up.
+    /// The events are not in time order with the other invoices': replay with `--sort`.
+    pub fn browsing(mut self, on: bool) -> Self {
+        self.browsing = on;
+        self
+    }
+
+    /// The browsing session of an invoice ([`UciReader::browsing`]).
+    fn session(lines: &[UciLine]) -> Vec<Produced> {
+        let first = &lines[0];
+        let customer = first
+            .customer
+            .clone()
+            .expect("only invoices with a customer");
+        let ecid = format!("uci-browser-{}", first.invoice);
+        let start = first.time - 20 * 60_000;
+        let mut out = Vec::new();
+        let event = |n: usize, event_type: &str, time: i64| wire::StorefrontEvent {
+            event_id: format!("uci-{}-{event_type}-{n}", first.invoice),
+            event_type: event_type.into(),
+            timestamp: time,
+            identity: Identity {
+                ecid: Some(ecid.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        for (n, l) in lines.iter().take(BROWSED_LINES).enumerate() {
+            let product = wire::ProductContext {
+                sku: l.stock.clone(),
+                name: (!l.description.is_empty()).then(|| l.description.clone()),
+                pricing: Some(wire::Pricing {
+                    regular_price: Some(l.price),
+                    currency_code: Some("GBP".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let at = start + n as i64 * 60_000;
+            let mut view = event(n, "productPageView", at);
+            view.product_context = Some(product.clone());
+            out.push(Rees46Reader::<&[u8]>::storefront(
+                &ecid,
+                view,
+                "productPageView",
+            ));
+            let mut cart = event(n, "addToCart", at + 30_000);
+            cart.changed_products_context = Some(wire::ChangedProductsContext {
+                items: vec![wire::ShoppingCartItem {
+                    product,
+                    quantity: l.quantity.abs(),
+                    prices: Some(wire::CartItemPrices {
+                        price: wire::Money {
+                            value: l.price,
+                            ..Default::default()
+                        },
+                    }),
+                    ..Default::default()
+                }],
+            });
+            out.push(Rees46Reader::<&[u8]>::storefront(&ecid, cart, "addToCart"));
+        }
+        let mut sign_in = event(0, "signIn", first.time - 60_000);
+        sign_in.identity.customer_id = Some(customer);
+        out.push(Rees46Reader::<&[u8]>::storefront(&ecid, sign_in, "signIn"));
+        out
+    }
+
+    /// Queues what goes before an invoice (its customer's opt-in record when new and chosen,
+    /// its browsing session) and the invoice; returns the first of them.
+    fn with_opt_in(&mut self, invoice: Produced, session: Vec<Produced>) -> Produced {
+        self.queued.extend(session);
+        self.queued.push_back(invoice);
+        if let Some(record) = self.opt_in(&self.queued.back().expect("just queued").clone()) {
+            self.queued.push_front(record);
+        }
+        self.queued.pop_front().expect("not empty")
+    }
+
+    /// The customer's opt-in record when the customer is new and chosen.
+    fn opt_in(&mut self, invoice: &Produced) -> Option<Produced> {
         if self.opted_in == 0 || !self.customers.insert(invoice.key.clone()) {
-            return invoice;
+            return None;
         }
         if xxhash_rust::xxh3::xxh3_64(invoice.key.as_bytes()) % 100 >= u64::from(self.opted_in) {
-            return invoice;
+            return None;
         }
         let customer = invoice.key.clone();
         let time = invoice.time - 1;
@@ -280,15 +371,14 @@ impl<R: Read> UciReader<R> {
         ev.billing_address = None;
         ev.user_account = None;
         ev.customer_group = None;
-        self.queued = Some(invoice);
-        Produced {
+        Some(Produced {
             family: Family::Profile,
             key: customer,
             time,
             event_type: "profileRecord",
             payload: crate::codec::encode::profile(&ev)
                 .expect("ProfileEvent matches avro/profile.avsc"),
-        }
+        })
     }
 
     fn parse(&mut self, rec: &csv::StringRecord) -> Option<UciLine> {
@@ -364,8 +454,9 @@ impl<R: Read> UciReader<R> {
         }
     }
 
-    /// Closes the pending invoice: an event, or a counted skip.
-    fn close(&mut self) -> Option<Produced> {
+    /// Closes the pending invoice: an event (with its browsing session, if asked for), or a
+    /// counted skip.
+    fn close(&mut self) -> Option<(Produced, Vec<Produced>)> {
         if self.pending.is_empty() {
             return None;
         }
@@ -378,7 +469,12 @@ impl<R: Read> UciReader<R> {
             self.skipped.no_customer += lines.len() as u64;
             return None;
         }
-        Some(Self::invoice_event(lines))
+        let session = if self.browsing && !lines[0].invoice.starts_with('C') {
+            Self::session(&lines)
+        } else {
+            Vec::new()
+        };
+        Some((Self::invoice_event(lines), session))
     }
 }
 
@@ -386,14 +482,14 @@ impl<R: Read> Iterator for UciReader<R> {
     type Item = Produced;
 
     fn next(&mut self) -> Option<Produced> {
-        if let Some(invoice) = self.queued.take() {
-            return Some(invoice);
+        if let Some(next) = self.queued.pop_front() {
+            return Some(next);
         }
         while !self.done {
             match self.rows.next() {
                 None => {
                     self.done = true;
-                    return self.close().map(|i| self.with_opt_in(i));
+                    return self.close().map(|(i, s)| self.with_opt_in(i, s));
                 }
                 Some(Err(_)) => self.skipped.unparsable += 1,
                 Some(Ok(rec)) => {
@@ -407,8 +503,8 @@ impl<R: Read> Iterator for UciReader<R> {
                         .is_some_and(|p| p.invoice == line.invoice);
                     let out = if same { None } else { self.close() };
                     self.pending.push(line);
-                    if let Some(invoice) = out {
-                        return Some(self.with_opt_in(invoice));
+                    if let Some((invoice, session)) = out {
+                        return Some(self.with_opt_in(invoice, session));
                     }
                 }
             }

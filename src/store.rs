@@ -159,6 +159,13 @@ fn changelog_key(partition: i32) -> Vec<u8> {
     k
 }
 
+/// Meta key of a partition being seeded into the changelog.
+fn seeding_key(partition: i32) -> Vec<u8> {
+    let mut k = b"seeding/".to_vec();
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
 /// Meta keys that belong to one partition: `<name>/` and the partition (big-endian u32).
 const PARTITION_META: [&[u8]; 1] = [b"sweep/"];
 
@@ -387,13 +394,53 @@ impl Store {
         Ok(by.into_iter().collect())
     }
 
-    /// Writes `ops`, the worker-wide meta records and each partition's changelog position in
-    /// one atomic batch (fsynced with `sync_writes`).
+    /// Writes `ops`, the worker-wide meta records and each partition's changelog position
+    /// (stamped with the wall clock) in one atomic batch (fsynced with `sync_writes`).
     pub fn write<'a>(
         &self,
         ops: impl IntoIterator<Item = &'a Op>,
         meta: &[(Vec<u8>, Option<Vec<u8>>)],
         changelog: &[(i32, i64)],
+    ) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut meta = meta.to_vec();
+        for (p, next) in changelog {
+            let mut v = next.to_be_bytes().to_vec();
+            v.extend_from_slice(&now.to_be_bytes());
+            meta.push((changelog_key(*p), Some(v)));
+        }
+        self.write_raw(ops, &meta)
+    }
+
+    /// Writes `ops` of a restore in progress past the last batch it read whole, with the
+    /// partition's changelog position removed: interrupted here, the next restore starts over.
+    pub fn write_unpositioned<'a>(
+        &self,
+        partition: i32,
+        ops: impl IntoIterator<Item = &'a Op>,
+    ) -> Result<(), StoreError> {
+        self.write_raw(ops, &[(changelog_key(partition), None)])
+    }
+
+    /// Marks `partition` as being written to the changelog whole (`true`), or done (`false`).
+    pub fn set_seeding(&self, partition: i32, on: bool) -> Result<(), StoreError> {
+        self.write_raw([], &[(seeding_key(partition), on.then(Vec::new))])
+    }
+
+    /// Whether a seed of `partition` started and did not finish.
+    pub fn seeding(&self, partition: i32) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_META), seeding_key(partition))?
+            .is_some())
+    }
+
+    fn write_raw<'a>(
+        &self,
+        ops: impl IntoIterator<Item = &'a Op>,
+        meta: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for op in ops {
@@ -410,23 +457,23 @@ impl Store {
                 None => batch.delete_cf(cf, k),
             }
         }
-        for (p, next) in changelog {
-            batch.put_cf(cf, changelog_key(*p), next.to_be_bytes());
-        }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
         self.db.write_opt(batch, &wo)?;
         Ok(())
     }
 
-    /// The next changelog offset after the last batch of `partition` this store holds (`None`:
-    /// never written or restored here).
-    pub fn changelog_position(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+    /// The next changelog offset after the last batch of `partition` this store holds, and
+    /// when it was written (wall clock ms) (`None`: never written or restored here).
+    pub fn changelog_position(&self, partition: i32) -> Result<Option<(i64, i64)>, StoreError> {
         Ok(self
             .db
             .get_pinned_cf(self.cf(CF_META), changelog_key(partition))?
-            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
-            .map(i64::from_be_bytes))
+            .filter(|v| v.len() == 16)
+            .map(|v| {
+                let at = |i: usize| i64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+                (at(0), at(8))
+            }))
     }
 
     /// The value of one record (`cf`: a column family id, as in [`Op`]).
@@ -496,6 +543,16 @@ impl Store {
     pub fn wipe_partition(&self, partition: i32) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for name in ALL_CFS {
+            if !matches!(name, CF_OFFSETS | CF_CLOCKS | CF_META) {
+                // One range deletion for the partition's key range.
+                let from = (partition as u32).to_be_bytes().to_vec();
+                let to = match (partition as u32).checked_add(1) {
+                    Some(n) => n.to_be_bytes().to_vec(),
+                    None => vec![0xFF; 5],
+                };
+                batch.delete_range_cf(self.cf(name), from, to);
+                continue;
+            }
             for item in self.partition_iter(name, partition) {
                 let (k, _) = item?;
                 if key_partition(name, &k) == Some(partition)

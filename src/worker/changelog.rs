@@ -28,7 +28,6 @@
 //! outputs were delivered before its marker, and what follows is processed again (with the same
 //! output ids).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,44 +87,95 @@ pub fn parse(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
     }))
 }
 
-/// Applies a changelog partition's records in order: a batch's records when its marker comes.
-#[derive(Default)]
-pub struct Replay {
-    /// Records since the last marker.
-    pending: Vec<Op>,
-    /// Records of closed batches not yet written to RocksDB.
-    ready: Vec<Op>,
+/// A record's column family and store key.
+pub type RecordKey = (u8, Vec<u8>);
+
+/// Applies a changelog partition's records to the store in log order. Records are written as
+/// they come (compaction leaves few markers, so a batch can be the whole partition); the value
+/// each key had before the first record since the last marker is kept, to put back if no marker
+/// closes them.
+pub struct Replay<'a> {
+    store: &'a Store,
+    partition: i32,
+    /// Keys written since the last marker, with their values before (the undo).
+    touched: std::collections::HashMap<RecordKey, Option<Vec<u8>>>,
+    /// Records read and not yet written.
+    queue: Vec<Op>,
     /// The offset after the last marker read.
-    pub position: Option<i64>,
+    pub position: i64,
     pub records: u64,
 }
 
-impl Replay {
-    /// Takes the record at `offset`; returns whether enough is ready to be written.
-    pub fn take(&mut self, offset: i64, entry: Entry) -> bool {
+impl<'a> Replay<'a> {
+    pub fn new(store: &'a Store, partition: i32, position: i64) -> Replay<'a> {
+        Replay {
+            store,
+            partition,
+            touched: Default::default(),
+            queue: Vec::new(),
+            position,
+            records: 0,
+        }
+    }
+
+    /// Takes the record at `offset`.
+    pub fn take(&mut self, offset: i64, entry: Entry) -> Result<(), StoreError> {
         self.records += 1;
         match entry {
-            Entry::Op(op) => self.pending.push(op),
+            Entry::Op(op) => {
+                let key = (op.cf, op.key.clone());
+                if !self.touched.contains_key(&key) {
+                    // Its value before: in the store, or in a record still queued.
+                    let before = match self
+                        .queue
+                        .iter()
+                        .rev()
+                        .find(|q| q.cf == op.cf && q.key == op.key)
+                    {
+                        Some(q) => q.value.clone(),
+                        None => self.store.get_raw(op.cf, &op.key)?,
+                    };
+                    self.touched.insert(key, before);
+                }
+                self.queue.push(op);
+                if self.queue.len() >= RESTORE_WRITE_OPS {
+                    // Past the last whole batch: the position goes until the next marker.
+                    self.store
+                        .write_unpositioned(self.partition, &std::mem::take(&mut self.queue))?;
+                }
+            }
             Entry::Marker => {
-                self.ready.append(&mut self.pending);
-                self.position = Some(offset + 1);
-                return self.ready.len() >= RESTORE_WRITE_OPS;
+                self.position = offset + 1;
+                self.touched.clear();
+                if self.queue.len() >= RESTORE_WRITE_OPS / 4 {
+                    self.flush()?;
+                }
             }
         }
-        false
+        Ok(())
     }
 
-    /// Records of closed batches, to write with [`Self::position`].
-    pub fn take_ready(&mut self) -> Vec<Op> {
-        std::mem::take(&mut self.ready)
+    /// Writes what is queued up to the last marker, with the position; returns the keys of
+    /// records after it (a batch never closed), which get their values before back.
+    pub fn finish(mut self) -> Result<(i64, Vec<RecordKey>), StoreError> {
+        let undo: Vec<Op> = self
+            .touched
+            .drain()
+            .map(|((cf, key), value)| Op { cf, key, value })
+            .collect();
+        // Queued records after the marker are overwritten by their undo in the same batch.
+        self.queue.extend(undo.iter().cloned());
+        self.flush()?;
+        Ok((
+            self.position,
+            undo.into_iter().map(|o| (o.cf, o.key)).collect(),
+        ))
     }
 
-    /// The keys written after the last marker (a batch never closed).
-    pub fn unclosed(&self) -> BTreeSet<(u8, Vec<u8>)> {
-        self.pending
-            .iter()
-            .map(|op| (op.cf, op.key.clone()))
-            .collect()
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let ops = std::mem::take(&mut self.queue);
+        self.store
+            .write(&ops, &[], &[(self.partition, self.position)])
     }
 }
 
@@ -155,6 +205,32 @@ fn send_record(
     }
 }
 
+/// [`send_record`] on the async thread: a full queue is waited for without blocking it.
+async fn send_async(
+    producer: &FutureProducer<ProducerLogs>,
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<DeliveryFuture, Error> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .key(key);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(d) => return Ok(d),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => return Err(kafka::delivery_error(topic, &e)),
+        }
+    }
+}
+
 /// The offset a delivery was written at.
 async fn delivered(topic: &str, d: DeliveryFuture) -> Result<i64, Error> {
     match d.await {
@@ -175,7 +251,7 @@ pub async fn mirror(
     out: &mut Collector,
     ops: &[(i32, Vec<Op>)],
     metrics: &Metrics,
-    health: &Health,
+    (health, fault): (&Health, &mut Option<String>),
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Vec<(i32, i64)>>, Error> {
     let started = Instant::now();
@@ -190,7 +266,10 @@ pub async fn mirror(
                     )));
                 }
                 warn!(what, error = %detail, retry_in = ?backoff, "writing the changelog failed; retrying (the batch's outputs are delivered, its state waits for the changelog)");
-                health.set(Err(format!("{what}: writing the changelog: {detail}")));
+                // Cleared by the commit that follows.
+                let why = format!("{what}: writing the changelog: {detail}");
+                health.set(Err(why.clone()));
+                *fault = Some(why);
                 if what == "producer" {
                     out.renew_producer()?;
                 }
@@ -214,9 +293,8 @@ async fn mirror_once(
     let mut deliveries = Vec::new();
     for (p, ops) in ops {
         for op in ops {
-            let d = send_record(producer, topic, *p, &record_key(op), op.value.as_deref())
-                .map_err(|e| kafka::delivery_error(topic, &e))?;
-            deliveries.push(d);
+            deliveries
+                .push(send_async(producer, topic, *p, &record_key(op), op.value.as_deref()).await?);
         }
     }
     let records = deliveries.len() as u64;
@@ -230,9 +308,10 @@ async fn mirror_once(
     // Every record and every output of the batch is acknowledged: close the batch.
     let mut markers = Vec::with_capacity(ops.len());
     for (p, _) in ops {
-        let d = send_record(producer, topic, *p, MARKER_KEY, Some(&[]))
-            .map_err(|e| kafka::delivery_error(topic, &e))?;
-        markers.push((*p, d));
+        markers.push((
+            *p,
+            send_async(producer, topic, *p, MARKER_KEY, Some(&[])).await?,
+        ));
     }
     let mut positions = Vec::with_capacity(markers.len());
     for (p, d) in markers {
@@ -256,12 +335,28 @@ pub enum Plan {
     Seed,
 }
 
-/// `position`: the store's changelog position; `local`: whether the store holds anything of
-/// the partition; `lo`, `hi`: the changelog partition's watermarks.
-pub fn plan(position: Option<i64>, local: bool, lo: i64, hi: i64) -> Plan {
+/// How long a store's position may be behind the changelog's end and still be caught up: a
+/// deletion's tombstone leaves a compacted topic after `delete.retention.ms` (1 day by default),
+/// and a store that missed it would keep what was deleted.
+pub const CATCH_UP_WITHIN_MS: i64 = 20 * 3600 * 1000;
+
+/// `position`: the store's changelog position and when it was written; `local`: whether the
+/// store holds anything of the partition; `seeding`: a seed of it started and did not finish;
+/// `lo`, `hi`: the changelog partition's watermarks; `now`: the wall clock.
+pub fn plan(
+    position: Option<(i64, i64)>,
+    local: bool,
+    seeding: bool,
+    (lo, hi): (i64, i64),
+    now: i64,
+) -> Plan {
+    if seeding {
+        return Plan::Seed;
+    }
     match position {
-        Some(n) if n > hi => Plan::Seed,
-        Some(n) if n >= lo => Plan::CatchUp(n),
+        Some((n, _)) if n > hi => Plan::Seed,
+        Some((n, _)) if n == hi => Plan::CatchUp(n),
+        Some((n, at)) if n >= lo && now - at < CATCH_UP_WITHIN_MS => Plan::CatchUp(n),
         Some(_) => Plan::Full { wipe: true },
         None if local && hi <= lo => Plan::Seed,
         None => Plan::Full { wipe: local },
@@ -330,50 +425,45 @@ impl Restorer {
         p: i32,
         cancel: &AtomicBool,
     ) -> Result<(), String> {
-        let cancelled = || {
-            cancel
-                .load(Ordering::Relaxed)
-                .then(|| "the partition was revoked during its restore".to_string())
-        };
+        let e = |e: StoreError| e.to_string();
         let topic = self.topic.as_str();
         let (lo, hi) = retry("reading the changelog's watermarks", || {
             consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
         })?;
-        let position = store.changelog_position(p).map_err(|e| e.to_string())?;
-        let local = store.has_partition(p).map_err(|e| e.to_string())?;
-        let plan = plan(position, local, lo, hi);
+        let position = store.changelog_position(p).map_err(e)?;
+        let local = store.has_partition(p).map_err(e)?;
+        let seeding = store.seeding(p).map_err(e)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let plan = plan(position, local, seeding, (lo, hi), now);
         let started = Instant::now();
         let start = match plan {
             Plan::Seed => {
-                if let Some(e) = cancelled() {
-                    return Err(e);
+                match position {
+                    Some((n, _)) if !seeding => warn!(partition = p, position = n, end = hi, "the changelog holds less than this worker's state (recreated or truncated?): writing the partition's state to it"),
+                    _ => info!(partition = p, "writing the state held here to the changelog (it has none of it yet)"),
                 }
-                if position.is_some() {
-                    warn!(partition = p, position, end = hi, "the changelog holds less than this worker's state (recreated or truncated?): writing the partition's state to it");
-                } else {
-                    info!(partition = p, "no changelog for the state held here yet: writing the partition's state to it");
-                }
+                // Marked first: a seed cut short is done again, never taken for the changelog's
+                // state (a restore would drop the state held here).
+                store.set_seeding(p, true).map_err(e)?;
                 let producer = self.producer(producer)?;
-                let (records, next) = self.seed(store, producer, p)?;
+                let (records, next) = self.seed(store, producer, p, cancel)?;
+                store.write(&[], &[], &[(p, next)]).map_err(e)?;
+                store.set_seeding(p, false).map_err(e)?;
                 info!(
                     partition = p,
                     records,
                     seconds = started.elapsed().as_secs_f64(),
                     "changelog seeded"
                 );
-                store
-                    .write(&[], &[], &[(p, next)])
-                    .map_err(|e| e.to_string())?;
                 return Ok(());
             }
             Plan::CatchUp(n) => n,
             Plan::Full { wipe } => {
                 if wipe {
-                    info!(
-                        partition = p,
-                        "state held here is not the changelog's: dropped before the restore"
-                    );
-                    store.wipe_partition(p).map_err(|e| e.to_string())?;
+                    info!(partition = p, "the state held here is not the changelog's (or too old to catch up): dropped before the restore");
+                    store.wipe_partition(p).map_err(e)?;
                 }
                 lo
             }
@@ -390,16 +480,13 @@ impl Restorer {
         tpl.add_partition_offset(topic, p, Offset::Offset(start))
             .map_err(|e| e.to_string())?;
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
-        let mut replay = Replay {
-            position: Some(start),
-            ..Replay::default()
-        };
+        let mut replay = Replay::new(store, p, start);
         let mut next = start;
         let mut idle_since = Instant::now();
         let mut last_log = Instant::now();
         loop {
-            if let Some(e) = cancelled() {
-                return Err(e);
+            if cancel.load(Ordering::Relaxed) {
+                return Err(CANCELLED.into());
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
@@ -414,13 +501,7 @@ impl Restorer {
                         continue;
                     };
                     self.metrics.restored_records.inc();
-                    if replay.take(m.offset(), entry) {
-                        let ops = replay.take_ready();
-                        let at = replay.position.expect("a marker was read");
-                        store
-                            .write(&ops, &[], &[(p, at)])
-                            .map_err(|e| e.to_string())?;
-                    }
+                    replay.take(m.offset(), entry).map_err(e)?;
                     if last_log.elapsed() >= Duration::from_secs(5) {
                         last_log = Instant::now();
                         let secs = started.elapsed().as_secs_f64();
@@ -434,11 +515,11 @@ impl Restorer {
                         );
                     }
                 }
-                Some(Err(e)) => {
+                Some(Err(err)) => {
                     if idle_since.elapsed() >= Duration::from_secs(60) {
-                        return Err(format!("reading the changelog: {e}"));
+                        return Err(format!("reading the changelog: {err}"));
                     }
-                    warn!(partition = p, error = %e, "reading the changelog; retrying");
+                    warn!(partition = p, error = %err, "reading the changelog; retrying");
                 }
                 // The end as read (a broker's high watermark can lag behind what it serves).
                 None if next >= hi && idle_since.elapsed() >= Duration::from_millis(500) => break,
@@ -449,23 +530,14 @@ impl Restorer {
                 }
             }
         }
-        let ops = replay.take_ready();
-        let at = replay.position.unwrap_or(start);
-        store
-            .write(&ops, &[], &[(p, at)])
-            .map_err(|e| e.to_string())?;
-        let unclosed = replay.unclosed();
-        if let Some(e) = cancelled().filter(|_| !unclosed.is_empty()) {
-            return Err(e);
-        }
+        let records = replay.records;
+        let (_, unclosed) = replay.finish().map_err(e)?;
         if !unclosed.is_empty() {
             // A batch written after the last marker and never closed: its keys get the values
             // restored, so no reader applies it.
             let producer = self.producer(producer)?;
-            let next = self.compensate(store, producer, p, &unclosed)?;
-            store
-                .write(&[], &[], &[(p, next)])
-                .map_err(|e| e.to_string())?;
+            let next = self.compensate(store, producer, p, &unclosed, cancel)?;
+            store.write(&[], &[], &[(p, next)]).map_err(e)?;
             info!(
                 partition = p,
                 keys = unclosed.len(),
@@ -473,12 +545,12 @@ impl Restorer {
             );
         }
         let secs = started.elapsed().as_secs_f64();
-        if replay.records > 0 {
+        if records > 0 {
             info!(
                 partition = p,
-                records = replay.records,
+                records,
                 seconds = secs,
-                per_second = (replay.records as f64 / secs.max(1e-9)) as u64,
+                per_second = (records as f64 / secs.max(1e-9)) as u64,
                 "partition restored from the changelog"
             );
         }
@@ -505,10 +577,14 @@ impl Restorer {
         store: &Store,
         producer: &FutureProducer<ProducerLogs>,
         p: i32,
+        cancel: &AtomicBool,
     ) -> Result<(u64, i64), String> {
         let mut deliveries = Vec::new();
         store
             .each_record(p, |op| -> Result<(), SeedError> {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(SeedError(CANCELLED.into()));
+                }
                 let d = send_record(
                     producer,
                     &self.topic,
@@ -522,7 +598,7 @@ impl Restorer {
             })
             .map_err(|e| e.0)?;
         let n = deliveries.len() as u64;
-        let next = self.close(producer, p, deliveries)?;
+        let next = self.close(producer, p, deliveries, cancel)?;
         self.metrics
             .changelog_records
             .with_label_values(&["seed"])
@@ -536,10 +612,14 @@ impl Restorer {
         store: &Store,
         producer: &FutureProducer<ProducerLogs>,
         p: i32,
-        keys: &BTreeSet<(u8, Vec<u8>)>,
+        keys: &[RecordKey],
+        cancel: &AtomicBool,
     ) -> Result<i64, String> {
         let mut deliveries = Vec::new();
         for (cf, key) in keys {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(CANCELLED.into());
+            }
             let value = store.get_raw(*cf, key).map_err(|e| e.to_string())?;
             let op = Op {
                 cf: *cf,
@@ -561,21 +641,26 @@ impl Restorer {
             .changelog_records
             .with_label_values(&["compensation"])
             .inc_by(keys.len() as u64);
-        self.close(producer, p, deliveries)
+        self.close(producer, p, deliveries, cancel)
     }
 
-    /// Awaits `deliveries`, then writes a marker; returns the offset after it.
+    /// Awaits `deliveries`, then writes a marker (unless the partition was revoked meanwhile);
+    /// returns the offset after it.
     fn close(
         &self,
         producer: &FutureProducer<ProducerLogs>,
         p: i32,
         deliveries: Vec<DeliveryFuture>,
+        cancel: &AtomicBool,
     ) -> Result<i64, String> {
         let rt = tokio::runtime::Handle::current();
         let topic = self.topic.as_str();
         rt.block_on(async {
             for d in deliveries {
                 delivered(topic, d).await.map_err(|e| e.to_string())?;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(CANCELLED.to_string());
             }
             let marker = send_record(producer, topic, p, MARKER_KEY, Some(&[]))
                 .map_err(|e| e.to_string())?;
@@ -587,6 +672,9 @@ impl Restorer {
         })
     }
 }
+
+/// A restore stopped because its partition was revoked (or the worker stops).
+pub const CANCELLED: &str = "the partition was revoked during its restore";
 
 struct SeedError(String);
 
@@ -636,49 +724,129 @@ mod tests {
         assert_eq!(parse(&[200, 1], None), None, "no such column family");
     }
 
+    fn value(store: &Store, key: &str) -> Option<String> {
+        store
+            .get_raw(0, key.as_bytes())
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
     #[test]
     fn only_closed_batches_are_applied() {
-        let mut r = Replay::default();
-        r.take(0, op("a", Some("1")));
-        r.take(1, op("b", Some("1")));
-        r.take(2, Entry::Marker);
-        r.take(3, op("a", Some("2")));
-        assert_eq!(r.position, Some(3));
-        let ready = r.take_ready();
-        assert_eq!(ready.len(), 2, "the first batch");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
+        store
+            .write(
+                &[Op {
+                    cf: 0,
+                    key: b"c".to_vec(),
+                    value: Some(b"0".to_vec()),
+                }],
+                &[],
+                &[],
+            )
+            .unwrap();
+        let mut r = Replay::new(&store, 1, 0);
+        r.take(0, op("a", Some("1"))).unwrap();
+        r.take(1, op("b", Some("1"))).unwrap();
+        r.take(2, Entry::Marker).unwrap();
+        r.take(3, op("a", Some("2"))).unwrap();
+        r.take(4, op("c", None)).unwrap();
+        r.take(5, op("d", Some("1"))).unwrap();
+        let (position, mut unclosed) = r.finish().unwrap();
+        unclosed.sort();
+        assert_eq!(position, 3, "after the last marker");
         assert_eq!(
-            r.unclosed(),
-            BTreeSet::from([(0u8, b"a".to_vec())]),
-            "the second was never closed"
+            unclosed,
+            [(0u8, b"a".to_vec()), (0, b"c".to_vec()), (0, b"d".to_vec())],
+            "the second batch was never closed"
         );
-        // A batch never closed, then the compensation and a batch closed after it: all applied,
-        // in log order (the compensation overwrites the unclosed record).
-        r.take(4, op("a", Some("1")));
-        r.take(5, Entry::Marker);
-        let ready = r.take_ready();
-        assert_eq!(ready.len(), 2);
-        assert_eq!(ready[1].value.as_deref(), Some(&b"1"[..]));
-        assert!(r.unclosed().is_empty());
-        assert_eq!(r.position, Some(6));
+        assert_eq!(
+            value(&store, "a").as_deref(),
+            Some("1"),
+            "as the first batch left it"
+        );
+        assert_eq!(value(&store, "b").as_deref(), Some("1"));
+        assert_eq!(
+            value(&store, "c").as_deref(),
+            Some("0"),
+            "its deletion undone"
+        );
+        assert_eq!(value(&store, "d"), None, "its creation undone");
+        assert_eq!(store.changelog_position(1).unwrap().map(|p| p.0), Some(3));
+
+        // More than a write's worth of records in one batch (compaction leaves one marker):
+        // written as they come, the position removed meanwhile, and all of them undone when
+        // no marker closes them.
+        let mut r = Replay::new(&store, 1, 3);
+        for i in 0..RESTORE_WRITE_OPS + 10 {
+            r.take(10 + i as i64, op(&format!("k{i}"), Some("x")))
+                .unwrap();
+        }
+        assert_eq!(store.changelog_position(1).unwrap(), None, "mid-batch");
+        assert_eq!(
+            value(&store, "k0").as_deref(),
+            Some("x"),
+            "written as they come"
+        );
+        let (position, unclosed) = r.finish().unwrap();
+        assert_eq!((position, unclosed.len()), (3, RESTORE_WRITE_OPS + 10));
+        assert_eq!(value(&store, "k0"), None);
+        assert_eq!(store.changelog_position(1).unwrap().map(|p| p.0), Some(3));
+
+        // The same, closed: everything stays.
+        let mut r = Replay::new(&store, 1, 3);
+        for i in 0..RESTORE_WRITE_OPS + 10 {
+            r.take(10 + i as i64, op(&format!("k{i}"), Some("y")))
+                .unwrap();
+        }
+        r.take(100_000, Entry::Marker).unwrap();
+        let (position, unclosed) = r.finish().unwrap();
+        assert_eq!((position, unclosed.len()), (100_001, 0));
+        assert_eq!(value(&store, "k0").as_deref(), Some("y"));
+        assert_eq!(
+            value(&store, &format!("k{}", RESTORE_WRITE_OPS + 9)).as_deref(),
+            Some("y")
+        );
     }
 
     #[test]
     fn the_plan_follows_the_store_and_the_changelog() {
+        let now = 1_000 * CATCH_UP_WITHIN_MS;
+        let recent = Some((10, now - 1000));
+        let plan = |position: Option<(i64, i64)>, local, seeding, lo, hi| {
+            plan(position, local, seeding, (lo, hi), now)
+        };
         // The usual restart: level.
-        assert_eq!(plan(Some(10), true, 0, 10), Plan::CatchUp(10));
-        // Crashed after the changelog, before RocksDB.
-        assert_eq!(plan(Some(7), true, 0, 10), Plan::CatchUp(7));
+        assert_eq!(plan(recent, true, false, 0, 10), Plan::CatchUp(10));
+        // Level, however long the worker was away: nothing was written meanwhile.
+        assert_eq!(plan(Some((10, 0)), true, false, 0, 10), Plan::CatchUp(10));
+        // Crashed after the changelog, before RocksDB; or back after a while elsewhere.
+        assert_eq!(
+            plan(Some((7, now - 1000)), true, false, 0, 10),
+            Plan::CatchUp(7)
+        );
+        // Back after longer than a deletion's tombstone is kept: restored whole.
+        assert_eq!(
+            plan(Some((7, now - CATCH_UP_WITHIN_MS)), true, false, 0, 10),
+            Plan::Full { wipe: true }
+        );
         // New here (scale-out, lost volume).
-        assert_eq!(plan(None, false, 0, 10), Plan::Full { wipe: false });
+        assert_eq!(plan(None, false, false, 0, 10), Plan::Full { wipe: false });
         // Held here before the changelog existed, and another worker wrote it since.
-        assert_eq!(plan(None, true, 0, 10), Plan::Full { wipe: true });
+        assert_eq!(plan(None, true, false, 0, 10), Plan::Full { wipe: true });
         // Held here before the changelog existed; nobody wrote it: seeded from here.
-        assert_eq!(plan(None, true, 0, 0), Plan::Seed);
+        assert_eq!(plan(None, true, false, 0, 0), Plan::Seed);
+        // A seed cut short: seeded again, never taken for the changelog's state.
+        assert_eq!(plan(None, true, true, 0, 10), Plan::Seed);
         // The changelog recreated (shorter than what was written).
-        assert_eq!(plan(Some(10), true, 0, 3), Plan::Seed);
+        assert_eq!(plan(recent, true, false, 0, 3), Plan::Seed);
         // The records after the position are gone (retention): restored whole.
-        assert_eq!(plan(Some(2), true, 5, 10), Plan::Full { wipe: true });
+        assert_eq!(
+            plan(Some((2, now)), true, false, 5, 10),
+            Plan::Full { wipe: true }
+        );
         // Nothing anywhere.
-        assert_eq!(plan(None, false, 0, 0), Plan::Full { wipe: false });
+        assert_eq!(plan(None, false, false, 0, 0), Plan::Full { wipe: false });
     }
 }

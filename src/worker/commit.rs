@@ -60,7 +60,7 @@ impl Worker {
                 &mut self.out,
                 &ops,
                 &self.metrics,
-                &self.health,
+                (&self.health, &mut self.fault),
                 stop,
             )
             .await?;

@@ -125,6 +125,8 @@ struct Worker {
     restorer: Option<Arc<changelog::Restorer>>,
     /// Partition numbers being restored, not yet opened.
     restoring: BTreeMap<i32, Restoring>,
+    /// Restores cancelled by a revocation, until they have stopped.
+    cancelled: BTreeMap<i32, tokio::task::JoinHandle<Result<(), String>>>,
     /// Worker-wide meta writes of the open batch (the definitions in force).
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Members per segment in this worker's store: loaded at start, kept with each commit.
@@ -220,7 +222,13 @@ impl Worker {
                             let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
                             let (store, flag) = (self.store.clone(), cancel.clone());
                             let restorer = restorer.clone();
+                            // A restore of it cancelled by an earlier revocation may still be
+                            // writing: this one starts when it has stopped.
+                            let before = self.cancelled.remove(&partition);
                             let job = tokio::task::spawn_blocking(move || {
+                                if let Some(before) = before {
+                                    let _ = tokio::runtime::Handle::current().block_on(before);
+                                }
                                 restorer.restore(&store, partition, &flag)
                             });
                             self.restoring.insert(
@@ -270,7 +278,8 @@ impl Worker {
                                 // Its restore stops at the next record; nothing of it is written
                                 // to the changelog after this.
                                 r.cancel.store(true, Ordering::Relaxed);
-                                self.restoring.remove(&p);
+                                let r = self.restoring.remove(&p).expect("present");
+                                self.cancelled.insert(p, r.job);
                                 self.metrics.restoring.dec();
                             }
                         }
@@ -370,13 +379,24 @@ impl Worker {
         let rank = self.proc.topics.rank(&topic);
         task.assign(&topic, rank, awaited, &self.store)?;
         if paused {
-            // Assigned at the offset stored before the restore: the restored one now.
-            if let Some(next) = task.position(&topic) {
-                seek_back(consumer, &topic, partition, Offset::Offset(next))?;
-                self.metrics
-                    .stored_offset
-                    .with_label_values(&[topic.as_str(), &partition.to_string()])
-                    .set(next);
+            // Assigned at the offset stored before the restore: the restored one now (or, with
+            // none, the configured start).
+            match task.position(&topic) {
+                Some(next) => {
+                    seek_back(consumer, &topic, partition, Offset::Offset(next))?;
+                    self.metrics
+                        .stored_offset
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(next);
+                }
+                None => {
+                    let start = consumer.context().start_from;
+                    seek_back(consumer, &topic, partition, start)?;
+                    let _ = self
+                        .metrics
+                        .stored_offset
+                        .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+                }
             }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition);
@@ -421,6 +441,7 @@ impl Worker {
         &mut self,
         consumer: &StreamConsumer<KafkaContext>,
     ) -> Result<(), Error> {
+        self.cancelled.retain(|_, job| !job.is_finished());
         let done: Vec<i32> = self
             .restoring
             .iter()
@@ -1099,6 +1120,7 @@ pub async fn run(
             ))
         }),
         restoring: BTreeMap::new(),
+        cancelled: BTreeMap::new(),
         meta: Vec::new(),
         segment_sizes,
         cache_profiles: c.state.cache_profiles,
@@ -1142,6 +1164,10 @@ pub async fn run(
 
     w.stopping = true;
     w.publish_readiness();
+    // Restores still running stop at their next record, and write nothing more.
+    for r in w.restoring.values() {
+        r.cancel.store(true, Ordering::Relaxed);
+    }
     let result = result.map_err(|e| match e {
         Error::Fatal(e) => e,
         transient => anyhow::anyhow!("{transient}"),

@@ -57,6 +57,8 @@ pub struct Task {
     /// Identity aliases written in the open batch (`None`: removed), visible before the commit.
     aliases: HashMap<String, Option<String>>,
     clock: StreamClock,
+    /// The clock as last committed (a clock that has not moved is not written again).
+    committed_clock: Option<i64>,
     lateness: i64,
     /// Members per segment gained (or lost) in the open batch.
     segment_deltas: HashMap<String, i64>,
@@ -92,6 +94,7 @@ impl Task {
             inputs: Vec::new(),
             aliases: HashMap::new(),
             clock: StreamClock::new(stored, lateness),
+            committed_clock: stored,
             lateness,
             segment_deltas: HashMap::new(),
             stray_timers: Vec::new(),
@@ -318,8 +321,13 @@ impl Task {
             .extend(self.stray_timers.drain(..).map(|(t, k)| (p, t, k)));
         c.aliases
             .extend(self.aliases.drain().map(|(k, owner)| (p, k, owner)));
-        if let Some(now) = self.clock.now() {
+        if let Some(now) = self
+            .clock
+            .now()
+            .filter(|n| Some(*n) != self.committed_clock)
+        {
             c.clocks.push((p, now));
+            self.committed_clock = Some(now);
         }
         for i in &mut self.inputs {
             if let Some(next) = i.pending.take() {

@@ -32,50 +32,10 @@ export TAILOR_BIN="${TAILOR_BIN:-${CARGO_TARGET_DIR:-$TAILOR_CACHE/target}/debug
 
 command -v python3 >/dev/null || { echo "run.sh: python3 is required" >&2; exit 1; }
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null; then sudo "$@"
-  else echo "run.sh: need root to run: $*" >&2; exit 1
-  fi
-}
-
-# apt_install WHAT PACKAGE...: installs Debian packages (apt-get update first when one is not
-# known, or when installing from the current lists fails); exits with a clear message if it can't.
-apt_install() {
-  local what="$1"; shift
-  if ! command -v apt-get >/dev/null; then
-    echo "run.sh: $what is missing and there is no apt-get to install $* with; install it and run again" >&2
-    exit 1
-  fi
-  echo "run.sh: installing $*" >&2
-  local p known=1
-  for p in "$@"; do apt-cache show "$p" >/dev/null 2>&1 || known=; done
-  if [ -z "$known" ] || ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; then
-    as_root apt-get update -qq >&2 &&
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 ||
-      { echo "run.sh: could not install $* ($what)" >&2; exit 1; }
-  fi
-}
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-  # Debian and Ubuntu ship the venv module (and its ensurepip) in a separate package.
-  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    apt_install "the python3 venv module" python3-venv
-  fi
-  echo "run.sh: creating virtualenv $VENV" >&2
-  rm -rf "$VENV"
-  mkdir -p "$TAILOR_CACHE"
-  python3 -m venv "$VENV"
-fi
-
-# Install only when the requirements (or the interpreter) changed since the last install.
-STAMP="$VENV/.tailor-requirements.sha256"
-WANT="$( { cat "$REQS"; "$VENV/bin/python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
-  echo "run.sh: installing $REQS into $VENV" >&2
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS" >&2
-  echo "$WANT" >"$STAMP"
-fi
+# as_root, apt_install, ensure_venv (the virtualenv, installed again only when the requirements
+# or the interpreter changed).
+source scripts/lib.sh
+ensure_venv "$VENV" "$REQS"
 
 # Java's Avro: the second reference for Parsing Canonical Form and CRC-64-AVRO fingerprints.
 AVRO_JARS=(avro jackson-core-asl jackson-mapper-asl slf4j-api)

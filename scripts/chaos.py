@@ -1,0 +1,283 @@
+"""The chaos run (scripts/chaos.sh): real data of all three event families with identity
+stitching, processed once by an undisturbed worker and once by a worker killed with SIGKILL at
+random moments; the two results must be the same.
+
+Both workers read the same input topics, each with its own group, outputs, repartition and
+changelog topics and state directory. Compared at the end:
+- audience changes and journey triggers by id: an id of the clean run missing from the chaos run
+  is a loss; an id only in the chaos run, or an id whose record differs, is a divergence; an id
+  seen more than once is a duplicate (allowed: at-least-once output with identical ids);
+- every profile (`tailor profile --all`): the same documents.
+Exit status 1 on any loss, divergence or profile difference.
+
+This file uses only confluent-kafka (PyPI) and the `tailor` binary; it shares no code with Tailor.
+"""
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import fastavro
+from confluent_kafka import Consumer, TopicPartition
+
+BIN = os.environ["TAILOR_BIN"]
+BROKERS = os.environ["TAILOR_TEST_BROKERS"]
+KILLS = int(os.environ.get("CHAOS_KILLS", "20"))
+DATA = os.environ["CHAOS_FILE"]
+LIMIT = os.environ.get("CHAOS_EVENTS", "")
+WORK = os.environ["CHAOS_DIR"]
+PARTITIONS = 4
+SEED = int(os.environ.get("CHAOS_SEED", "7"))
+
+
+def free_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def config(name, prefix, inputs):
+    d = os.path.join(WORK, name)
+    os.makedirs(d, exist_ok=True)
+    port = free_port()
+    path = os.path.join(d, "tailor.toml")
+    with open(path, "w") as f:
+        f.write(f"""[kafka]
+"bootstrap.servers" = "{BROKERS}"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+[topics]
+storefront = "{inputs}.storefront"
+backoffice = "{inputs}.backoffice"
+profile = "{inputs}.profile"
+audience_changes = "{prefix}.audience"
+journey_triggers = "{prefix}.journeys"
+dead_letter = "{prefix}.deadletter"
+repartition = "{prefix}.repartition"
+changelog = "{prefix}.changelog"
+[consumer]
+group_id = "{prefix}.group"
+# A restarted worker takes its partitions back at once (static membership).
+instance_id = "{prefix}-worker"
+[processing]
+# Event time only: when timers fire must not depend on when the worker was caught up.
+wall_clock = false
+[state]
+path = "{d}/state"
+[segments]
+file = "{os.path.abspath('examples/segments.yaml')}"
+[http]
+listen = "127.0.0.1:{port}"
+[log]
+level = "info,librdkafka=warn"
+""")
+    return path, port
+
+
+def http(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
+
+
+def metric(port, name, label=""):
+    status, body = http(port, "/metrics")
+    if status != 200:
+        return None
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if label in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def ends(topic):
+    """Where each partition's messages end, as read (the test broker's high watermark can lag)."""
+    c = Consumer({"bootstrap.servers": BROKERS, "group.id": "chaos-ends", "enable.auto.commit": False})
+    out = {}
+    for p in range(PARTITIONS):
+        lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        end = hi
+        if hi > lo:
+            c.assign([TopicPartition(topic, p, max(lo, hi - 1))])
+            deadline = time.time() + 2
+            while time.time() < deadline:
+                m = c.poll(0.2)
+                if m is None or m.error():
+                    continue
+                end = max(end, m.offset() + 1)
+                deadline = time.time() + 0.5
+        out[p] = end
+    c.close()
+    return out
+
+
+def read_all(topic):
+    c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"chaos-read-{uuid.uuid4()}", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    records, idle = [], time.time()
+    while time.time() - idle < 3:
+        m = c.poll(0.2)
+        if m is None or m.error():
+            continue
+        idle = time.time()
+        records.append(m)
+    c.close()
+    return records
+
+
+def start(cfg, log):
+    return subprocess.Popen([BIN, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+
+
+def wait_ready(port, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited with {proc.returncode}")
+        if http(port, "/readyz")[0] == 200:
+            return
+        time.sleep(0.1)
+    raise SystemExit("the worker did not become ready")
+
+
+def committed(port, prefix, inputs_end):
+    """Whether every input message and every repartition message is committed."""
+    stored = metric(port, "tailor_stored_offset", f'topic="{prefix}.repartition"')
+    total = metric(port, "tailor_stored_offset")
+    if stored is None or total is None:
+        return False
+    if total - stored < inputs_end:
+        return False
+    return stored >= sum(ends(f"{prefix}.repartition").values())
+
+
+def finish(cfg, port, prefix, inputs_end, log, proc=None):
+    proc = proc or start(cfg, log)
+    wait_ready(port, proc)
+    deadline = time.time() + 1800
+    while not committed(port, prefix, inputs_end):
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited with {proc.returncode}; see {log}")
+        if time.time() > deadline:
+            raise SystemExit("the worker did not finish within 30 minutes")
+        time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def outputs(topic, schema_file):
+    """Records by their id (decoded with fastavro from the Avro single-object encoding), the
+    number of records, and how many ids came with two different contents."""
+    with open(schema_file) as f:
+        schema = fastavro.parse_schema(json.load(f))
+    by_id, records, divergent = {}, 0, 0
+    for m in read_all(topic):
+        value = m.value()
+        if value is None:
+            continue
+        assert value[:2] == b"\xc3\x01", "Avro single-object encoding"
+        record = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema)
+        records += 1
+        prev = by_id.get(record["id"])
+        if prev is not None and prev != record:
+            divergent += 1
+        by_id[record["id"]] = record
+    return by_id, records, divergent
+
+
+def profiles(cfg):
+    out = subprocess.run([BIN, "profile", "--all", "--config", cfg], capture_output=True, check=True)
+    docs = {}
+    for line in out.stdout.decode().splitlines():
+        d = json.loads(line)
+        d.pop("partition", None)
+        docs[d.get("key")] = d
+    return docs
+
+
+def main():
+    rnd = random.Random(SEED)
+    run = f"chaos-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    clean_cfg, clean_port = config("clean", f"{run}.clean", run)
+    chaos_cfg, chaos_port = config("chaos", f"{run}.chaos", run)
+    subprocess.run([BIN, "topics", "--config", clean_cfg, "--partitions", str(PARTITIONS)], check=True, capture_output=True)
+    subprocess.run([BIN, "topics", "--config", chaos_cfg, "--partitions", str(PARTITIONS)], check=True, capture_output=True)
+    replay = [BIN, "replay", "--config", clean_cfg, "--dataset", "uci-online-retail", "--file", DATA,
+              "--sort", "--browsing", "--opted-in", "30"]
+    if LIMIT:
+        replay += ["--limit", LIMIT]
+    print(f"chaos: producing {DATA} (all three families, browsing sessions stitched at sign-in)", flush=True)
+    subprocess.run(replay, check=True)
+    inputs_end = sum(sum(ends(f"{run}.{t}").values()) for t in ("storefront", "backoffice", "profile"))
+    print(f"chaos: {inputs_end} input events", flush=True)
+
+    t0 = time.time()
+    finish(clean_cfg, clean_port, f"{run}.clean", inputs_end, os.path.join(WORK, "clean.log"))
+    clean_secs = time.time() - t0
+    print(f"chaos: clean run done in {clean_secs:.0f} s", flush=True)
+
+    log = os.path.join(WORK, "chaos.log")
+    kills = 0
+    proc = None
+    t0 = time.time()
+    while kills < KILLS:
+        proc = start(chaos_cfg, log)
+        wait_ready(chaos_port, proc)
+        if committed(chaos_port, f"{run}.chaos", inputs_end):
+            print(f"chaos: finished before kill {kills + 1}: raise CHAOS_EVENTS for more kills", flush=True)
+            break
+        time.sleep(rnd.uniform(0.2, max(0.5, 2.0 * clean_secs / KILLS)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        print(f"chaos: kill {kills} at {time.time() - t0:.1f} s", flush=True)
+        proc = None
+    finish(chaos_cfg, chaos_port, f"{run}.chaos", inputs_end, log, proc)
+    print(f"chaos: chaos run done in {time.time() - t0:.0f} s with {kills} kills", flush=True)
+
+    failed = False
+    for kind, schema in (("audience", "avro/audience_change.avsc"), ("journeys", "avro/journey_trigger.avsc")):
+        clean, clean_n, _ = outputs(f"{run}.clean.{kind}", schema)
+        chaos, chaos_n, divergent = outputs(f"{run}.chaos.{kind}", schema)
+        lost = [k for k in clean if k not in chaos]
+        extra = [k for k in chaos if k not in clean]
+        differ = [k for k in clean if k in chaos and clean[k] != chaos[k]]
+        dups = chaos_n - len(chaos)
+        print(f"chaos: {kind}: clean {len(clean)} distinct; chaos {len(chaos)} distinct, {dups} duplicates "
+              f"(same id and content), {len(lost)} lost, {len(extra)} not in the clean run, "
+              f"{len(differ) + divergent} with another content under the same id", flush=True)
+        failed |= bool(lost or extra or differ or divergent)
+    clean_p, chaos_p = profiles(clean_cfg), profiles(chaos_cfg)
+    missing = [k for k in clean_p if k not in chaos_p]
+    extra = [k for k in chaos_p if k not in clean_p]
+    differ = [k for k in clean_p if k in chaos_p and clean_p[k] != chaos_p[k]]
+    print(f"chaos: profiles: clean {len(clean_p)}, chaos {len(chaos_p)}: {len(missing)} missing, "
+          f"{len(extra)} extra, {len(differ)} different", flush=True)
+    for k in differ[:3]:
+        a, b = clean_p[k], chaos_p[k]
+        fields = [f for f in set(a) | set(b) if a.get(f) != b.get(f)]
+        print(f"chaos:   a profile differs in {sorted(fields)}", flush=True)
+    failed |= bool(missing or extra or differ)
+    print(f"chaos: kills {kills}, losses {'none' if not failed else 'see above'}", flush=True)
+    return 1 if failed or kills < KILLS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
