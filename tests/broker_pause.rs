@@ -1,4 +1,4 @@
-//! The broker stops answering (SIGSTOP) for 15 s under a running worker whose outputs then time
+//! The broker stops answering (SIGSTOP) for 30 s under a running worker whose outputs then time
 //! out (`message.timeout.ms` = 5 s here): a transient fault. The open batch is rolled back and
 //! retried with backoff, `/readyz` says why meanwhile, and when the broker answers again (SIGCONT)
 //! the worker finishes with nothing lost and nothing applied twice: every shopper has its one
@@ -33,6 +33,7 @@ fn a_broker_that_stops_answering_rolls_the_batch_back_and_nothing_is_lost() {
         w.input_offsets() > 0
     });
     broker.signal("-STOP");
+    let stopped = std::time::Instant::now();
     worker.wait_for(
         Duration::from_secs(60),
         "a transient fault that rolled the batch back",
@@ -41,7 +42,9 @@ fn a_broker_that_stops_answering_rolls_the_batch_back_and_nothing_is_lost() {
     let (status, body) = worker.get("/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("broker"), "{body}");
-    std::thread::sleep(Duration::from_secs(10));
+    // 30 s without a broker: longer than the session timeout, so the group rebalances when it
+    // answers again and the partitions are checked against the changelog.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
     broker.signal("-CONT");
 
     worker.wait_caught_up(SHOPPERS as u64);
