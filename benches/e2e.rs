@@ -262,6 +262,10 @@ fn main() {
         port,
         "tailor_batch_phase_duration_seconds_sum{phase=\"commit\"}",
     );
+    let changelog = metric(
+        port,
+        "tailor_batch_phase_duration_seconds_sum{phase=\"changelog\"}",
+    );
     let rss = peak_rss_mib(pid);
     let (t0, n0) = first.expect("the worker committed nothing");
     let secs = end.duration_since(t0).as_secs_f64();
@@ -271,8 +275,8 @@ fn main() {
         (done - n0) / secs
     );
     println!(
-        "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, RocksDB commit {commit:.1}s",
-        batch - deliver - commit
+        "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, changelog {changelog:.1}s, RocksDB commit {commit:.1}s",
+        batch - deliver - changelog - commit
     );
 
     // Caught up: the clock jumps from the data's 2019 to the wall clock, and every pending timer
@@ -310,6 +314,8 @@ fn main() {
     );
     std::fs::write(&segments, changed).unwrap();
     let profiles_held = metric(port, "tailor_state_profiles ");
+    // Profiles re-evaluated before (at start, the definitions were new to the empty store).
+    let swept_before = metric(port, "tailor_reevaluated_profiles_total ");
     let t_sweep = Instant::now();
     let _ = Command::new("kill")
         .arg("-HUP")
@@ -318,8 +324,12 @@ fn main() {
     let mut swept = 0.0;
     while t_sweep.elapsed() < Duration::from_secs(1800) {
         std::thread::sleep(Duration::from_millis(100));
-        swept = metric(port, "tailor_reevaluated_profiles_total ");
-        if swept > 0.0 && metric(port, "tailor_reevaluation_pending_partitions ") == 0.0 {
+        let now = metric(port, "tailor_reevaluated_profiles_total ") - swept_before;
+        // Done when nothing is pending and the count has stopped moving (the gauge is set after
+        // each slice: read alone mid-slice, it can still say 0 from before the change).
+        let still = now == swept;
+        swept = now;
+        if swept > 0.0 && still && metric(port, "tailor_reevaluation_pending_partitions ") == 0.0 {
             break;
         }
     }

@@ -37,6 +37,6 @@ scripts/broker.sh start "$PORT" >/dev/null
 WORK="$(mktemp -d)"
 trap 'scripts/broker.sh stop "$PORT" >/dev/null; rm -rf "$WORK"' EXIT
 echo "chaos: $KILLS kills, data $FILE${EVENTS:+ (first $EVENTS events)}, broker 127.0.0.1:$PORT, work dir $WORK"
-TAILOR_BIN="$TAILOR_BIN" TAILOR_TEST_BROKERS="127.0.0.1:$PORT" CHAOS_KILLS="$KILLS" \
+TAILOR_BIN="$TAILOR_BIN" TAILOR_TEST_BROKERS="127.0.0.1:$PORT" CHAOS_KILLS="$KILLS" CHAOS_MIN_KILLS="${CHAOS_MIN_KILLS:-$KILLS}" \
   CHAOS_EVENTS="$EVENTS" CHAOS_FILE="$FILE" CHAOS_DIR="$WORK" "$VENV/bin/python" scripts/chaos.py ||
   { status=$?; echo "chaos: worker logs:"; tail -30 "$WORK/chaos.log" 2>/dev/null || true; exit $status; }

@@ -26,3 +26,9 @@ cargo test --workspace --all-targets "$@"
 # Foreign clients: Python fastavro + confluent-kafka (from PyPI, in a virtualenv of their own)
 # produce to and consume from the real binary through the same broker, sharing no code with it.
 TAILOR_BIN="$CARGO_TARGET_DIR/debug/tailor" tests/foreign/run.sh
+
+# The chaos run, small: the UCI sample (about 6,000 events of three families with identity
+# stitching), a worker killed twice; no loss allowed. scripts/chaos.sh alone runs the full one.
+echo "== chaos (small; scripts/chaos.sh for 20 kills over the whole data set)"
+TAILOR_BIN="$CARGO_TARGET_DIR/debug/tailor" CHAOS_MIN_KILLS=1 \
+  scripts/chaos.sh 2 "" samples/uci-online-retail-sample.csv
