@@ -46,8 +46,11 @@
 //!
 //! - [`worker`]: the async loop over **partition tasks**, one per assigned partition number,
 //!   one module per stage:
-//!   - `worker::kafka` — clients, librdkafka callbacks (rebalances at RocksDB's offsets, logs,
-//!     lag), topic checks, the class of each Kafka error;
+//!   - `worker::kafka` — clients, librdkafka callbacks (rebalances: assigned partitions paused
+//!     until restored; logs, lag), topic checks, the class of each Kafka error;
+//!   - `worker::changelog` — every state write mirrored to a compacted topic, each batch closed
+//!     by a marker; a newly assigned partition brought level with it (caught up, restored whole,
+//!     or seeded) on a thread of its own;
 //!   - `worker::task` — one partition number's state: profiles (`worker::overlay`: LRU cache
 //!     and the open batch's write-back overlay), aliases, clock, positions, offsets, cursor;
 //!     commits its part, rolls back, or is dropped on its own;
@@ -56,11 +59,12 @@
 //!   - `worker::process` — one message (or due timer, or re-evaluation) through the core for
 //!     one task: decode, validate, route by the identity protocol, apply;
 //!   - `worker::collector` — every produced record, bounded, handed to the producer;
-//!   - `worker::commit` — deliver → one RocksDB write batch → store offsets;
+//!   - `worker::commit` — deliver → changelog → one RocksDB write batch → store offsets;
 //!   - `worker::hold` — a partition number paused until the schema registry answers;
 //!   - `worker::error` — bad input (dead letter), transient (roll back, retry), fatal (stop).
 //! - [`store`]: RocksDB — profiles, identity aliases, the timer index, clocks, offsets, segment
-//!   sizes and re-evaluation cursors committed in one atomic batch.
+//!   sizes and re-evaluation cursors committed in one atomic batch (with the changelog position),
+//!   each partition one key range.
 //! - [`registry`] (Confluent-compatible schema registry client), [`schemas`] (the schemas
 //!   directory, loaded at start and on SIGHUP).
 //! - [`kafka_logs`]: librdkafka's log lines into `tracing`, rate-limited.

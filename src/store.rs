@@ -568,18 +568,22 @@ impl Store {
         Ok(())
     }
 
-    /// Timers of `partition` due at or before `until`, earliest first, at most `limit`.
+    /// Timers of `partition` due from `from` to `until` (both included), earliest first, at
+    /// most `limit`. The scan starts at `from`'s key: the deletions of timers fired before it
+    /// (tombstones until compaction) are not walked through again.
     pub fn due_timers(
         &self,
         partition: i32,
-        until: i64,
+        (from_time, until): (i64, i64),
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StoreError> {
-        let from = (partition as u32).to_be_bytes();
+        let mut from = (partition as u32).to_be_bytes().to_vec();
+        from.extend_from_slice(&time_bytes(from_time));
         let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(from.clone());
         // Exclusive bound: the first key after every timer due at `until`.
         let mut upper = Vec::with_capacity(12);
-        upper.extend_from_slice(&from);
+        upper.extend_from_slice(&from[..4]);
         match until.checked_add(1) {
             Some(next) => upper.extend_from_slice(&time_bytes(next)),
             None => upper = ((partition as u32) + 1).to_be_bytes().to_vec(),
@@ -757,7 +761,7 @@ mod tests {
         assert_eq!(s.next_offset("commerce.storefront", 3).unwrap(), None);
         assert_eq!(s.segment_sizes().unwrap(), vec![("vip".to_string(), 2)]);
         assert_eq!(s.profile_keys(2).unwrap(), vec!["cust-1".to_string()]);
-        let due = |until, limit| s.due_timers(2, until, limit).unwrap();
+        let due = |until, limit| s.due_timers(2, (i64::MIN, until), limit).unwrap();
         assert_eq!(
             due(5_000, 10),
             vec![(-7, "a".into()), (5_000, "b".into()), (5_000, "c".into())],
@@ -765,6 +769,12 @@ mod tests {
         );
         assert_eq!(due(4_999, 10), vec![(-7, "a".to_string())]);
         assert_eq!(due(i64::MAX, 1), vec![(-7, "a".to_string())]);
+        assert_eq!(
+            s.due_timers(2, (5_000, 5_000), 10).unwrap(),
+            vec![(5_000, "b".into()), (5_000, "c".into())],
+            "from a floor: nothing before it"
+        );
+        assert_eq!(s.due_timers(2, (5_001, i64::MAX), 10).unwrap(), vec![]);
         assert_eq!(s.clock(2).unwrap(), Some(4_000));
         assert_eq!(s.clock(3).unwrap(), None);
     }

@@ -3,8 +3,9 @@
 //! One tokio task runs one loop ([`run`]) over the partition tasks this worker is assigned:
 //!
 //! ```text
-//!  rebalance ─► kafka (callbacks: assign at RocksDB's offsets) ─► Worker: a Task per partition number
-//!                                                                   │ open / drop on assign / revoke
+//!  rebalance ─► kafka (callbacks: assign, paused) ─► changelog::Restorer (a blocking thread per
+//!              new partition number: state level with the changelog) ─► Worker: a Task per
+//!              partition number, sought to the restored offsets and resumed │ drop on revoke
 //!  each batch:
 //!   0. time     every task: clock moves (wall clock when caught up), due timers fire; then a slice
 //!               of profiles re-evaluated if the definitions changed ............ process::Processor
@@ -14,9 +15,10 @@
 //!               ─► collector::Collector (bounded records)
 //!               a Confluent id the registry has not answered: the task is held ........... hold
 //!   2. deliver  await every output of the batch (acks=all) ........................... commit
-//!   3. commit   each task writes its part into ONE RocksDB write batch: profiles, aliases, timer
-//!               index, clock, next offsets, segment sizes, cursors ................... commit
-//!   4. offsets  stored in the group for lag monitoring only
+//!   3. mirror   the batch's state writes to the changelog, then a marker per partition changelog
+//!   4. commit   each task writes its part into ONE RocksDB write batch: profiles, aliases, timer
+//!               index, clock, next offsets, segment sizes, cursors, changelog position . commit
+//!   5. offsets  stored in the group for lag monitoring only
 //! ```
 //!
 //! - [`task`]: one partition number's state: profiles ([`overlay`]: cache + write-back overlay),
@@ -26,11 +28,14 @@
 //! - [`process`]: one message (or timer, or re-evaluation) through the core for one task.
 //! - [`collector`]: every produced record, kept below the producer's size limit.
 //! - [`commit`]: the commit protocol, in one place.
+//! - [`changelog`]: the state's mirror in a compacted topic, and restoring a partition from it.
 //! - [`kafka`]: clients, callbacks, topic checks, and the class of each Kafka error.
 //! - [`hold`]: pausing a partition number until the schema registry answers.
 //! - [`error`]: bad input (dead letter), transient (roll back, retry), fatal (stop).
 //!
-//! On (re)assignment a partition resumes at the offset in RocksDB, never the group's. A crash at
+//! On (re)assignment a partition's state is first brought level with the changelog (restored
+//! whole on a worker that lacks it), then it resumes at the offset in that state, never the
+//! group's. A crash at
 //! any point leaves RocksDB at the end of some whole batch; the messages after it are applied again
 //! and their outputs sent again with the same deterministic ids (at-least-once output, exactly-once
 //! state). A revoked partition's task is dropped with its open batch; the other tasks keep theirs.

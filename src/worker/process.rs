@@ -755,8 +755,17 @@ impl Processor {
             return Ok(());
         }
         let store = self.store.clone();
-        let due = tokio::task::block_in_place(|| store.due_timers(task.partition, now, *budget))?;
+        let limit = *budget;
+        let floor = task.timer_floor;
+        let due =
+            tokio::task::block_in_place(|| store.due_timers(task.partition, (floor, now), limit))?;
         *budget -= due.len();
+        // Every timer due by `now` is taken (or, at the limit, every one before the last taken):
+        // the next scan starts after them.
+        task.timer_floor = match due.last() {
+            Some((at, _)) if due.len() == limit => floor.max(*at),
+            _ => floor.max(now.saturating_add(1)),
+        };
         for (at, key) in due {
             self.outputs.clear();
             task.load(&key, &store)?;

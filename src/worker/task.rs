@@ -59,6 +59,10 @@ pub struct Task {
     clock: StreamClock,
     /// The clock as last committed (a clock that has not moved is not written again).
     committed_clock: Option<i64>,
+    /// No timer of this partition in the index is due before this: the scan for due timers
+    /// starts here, not at the partition's first key (through the deletions of every timer
+    /// fired since the last compaction). Lowered by every timer the commits add.
+    pub timer_floor: i64,
     lateness: i64,
     /// Members per segment gained (or lost) in the open batch.
     segment_deltas: HashMap<String, i64>,
@@ -95,6 +99,7 @@ impl Task {
             aliases: HashMap::new(),
             clock: StreamClock::new(stored, lateness),
             committed_clock: stored,
+            timer_floor: i64::MIN,
             lateness,
             segment_deltas: HashMap::new(),
             stray_timers: Vec::new(),
@@ -313,6 +318,9 @@ impl Task {
         c.profiles.extend(w.put.into_iter().map(|(k, b)| (p, k, b)));
         c.profiles_deleted
             .extend(w.deleted.into_iter().map(|k| (p, k)));
+        if let Some(lowest) = w.timers_added.iter().map(|(t, _)| *t).min() {
+            self.timer_floor = self.timer_floor.min(lowest);
+        }
         c.timers_added
             .extend(w.timers_added.into_iter().map(|(t, k)| (p, t, k)));
         c.timers_removed
@@ -378,6 +386,8 @@ impl Task {
         self.sweep_moved = false;
         self.messages = 0;
         self.clock = StreamClock::new(store.clock(self.partition)?, self.lateness);
+        // Timers the dropped batch fired are in the index again.
+        self.timer_floor = i64::MIN;
         // Messages read and not applied are read again too.
         let buffered = self.heads.clear();
         let mut seeks = Vec::with_capacity(self.inputs.len());
