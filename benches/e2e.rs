@@ -230,12 +230,15 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_tailor"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start();
     let pid = child.id();
     // Time from the first committed batch (after the group join) to the last.
     let mut first: Option<(Instant, f64)> = None;
@@ -349,12 +352,7 @@ fn main() {
     // the changelog before it is ready (the partitions restore side by side).
     std::fs::remove_dir_all(dir.path().join("state")).unwrap();
     let t_restore = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start();
     let ready = loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};

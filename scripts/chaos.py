@@ -222,6 +222,16 @@ def transition(r):
     return (r.get("profileKey"), r.get("segmentId") or r.get("journeyId"), r.get("direction"), r.get("eventTime"))
 
 
+def differing_fields(a, b, keys):
+    """How many of `keys` differ in each field between the documents of `a` and `b`."""
+    fields = {}
+    for k in keys:
+        for f in set(a[k]) | set(b[k]):
+            if a[k].get(f) != b[k].get(f):
+                fields[f] = fields.get(f, 0) + 1
+    return dict(sorted(fields.items()))
+
+
 def compare(kind, clean, chaos, chaos_n, divergent):
     """Returns (losses, order differences). A loss: a transition of the first run that the
     second never produced. The rest (ids and causes of the same transitions, the identities a
@@ -238,13 +248,9 @@ def compare(kind, clean, chaos, chaos_n, divergent):
           f"(same id and content); transitions: {len(lost_t)} lost, {len(extra_t)} not in the first; "
           f"by id: {len(lost)} only in the first, {len(extra)} only in the second, "
           f"{len(differ) + divergent} with another content under the same id", flush=True)
-    fields = {}
-    for k in differ:
-        for f in set(clean[k]) | set(chaos[k]):
-            if clean[k].get(f) != chaos[k].get(f):
-                fields[f] = fields.get(f, 0) + 1
+    fields = differing_fields(clean, chaos, differ)
     if fields:
-        print(f"chaos:   fields that differ under the same id: {dict(sorted(fields.items()))}", flush=True)
+        print(f"chaos:   fields that differ under the same id: {fields}", flush=True)
     for t in sorted(lost_t, key=str)[:3]:
         print(f"chaos:   lost transition: {t[1:]}", flush=True)
     return bool(lost_t or extra_t), bool(lost or extra or differ or divergent)
@@ -271,13 +277,9 @@ def compare_profiles(a, b):
     print(f"chaos: profiles: {len(a)} against {len(b)}: {len(missing)} missing, {len(extra)} extra, "
           f"{len(wrong)} with other counts, attributes, orders, identities or memberships; "
           f"{len(differ)} different in any way", flush=True)
-    fields = {}
-    for k in differ:
-        for f in set(a[k]) | set(b[k]):
-            if a[k].get(f) != b[k].get(f):
-                fields[f] = fields.get(f, 0) + 1
+    fields = differing_fields(a, b, differ)
     if fields:
-        print(f"chaos:   differing fields (profiles): {dict(sorted(fields.items()))}", flush=True)
+        print(f"chaos:   differing fields (profiles): {fields}", flush=True)
     return bool(missing or extra or wrong), bool(differ)
 
 

@@ -159,6 +159,15 @@ fn changelog_key(partition: i32) -> Vec<u8> {
     k
 }
 
+/// Adds a segment-size record (partition and segment id → members) to per-segment totals.
+fn add_size(totals: &mut BTreeMap<String, i64>, k: &[u8], v: &[u8]) {
+    if let (Some(seg), Ok(n)) = (k.get(4..), <[u8; 8]>::try_from(v)) {
+        *totals
+            .entry(String::from_utf8_lossy(seg).into_owned())
+            .or_default() += i64::from_be_bytes(n);
+    }
+}
+
 /// Meta key of a partition being seeded into the changelog.
 fn seeding_key(partition: i32) -> Vec<u8> {
     let mut k = b"seeding/".to_vec();
@@ -291,16 +300,11 @@ impl Store {
     /// Members per segment, summed over `partitions` (a store keeps the state of partitions
     /// that moved to another worker, for when they come back).
     pub fn segment_sizes_in(&self, partitions: &[i32]) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut totals = BTreeMap::new();
         for p in partitions {
             for item in self.partition_iter(CF_SEGMENT_SIZES, *p) {
                 let (k, v) = item?;
-                if k.len() < 4 || v.len() != 8 {
-                    continue;
-                }
-                let seg = String::from_utf8_lossy(&k[4..]).into_owned();
-                *totals.entry(seg).or_default() +=
-                    i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                add_size(&mut totals, &k, &v);
             }
         }
         Ok(totals.into_iter().collect())
@@ -308,18 +312,13 @@ impl Store {
 
     /// Members per segment, summed over every partition held in this store.
     pub fn segment_sizes(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut totals = BTreeMap::new();
         for item in self
             .db
             .iterator_cf(self.cf(CF_SEGMENT_SIZES), rocksdb::IteratorMode::Start)
         {
             let (k, v) = item?;
-            if k.len() < 4 || v.len() != 8 {
-                continue;
-            }
-            let seg = String::from_utf8_lossy(&k[4..]).into_owned();
-            *totals.entry(seg).or_default() +=
-                i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            add_size(&mut totals, &k, &v);
         }
         Ok(totals.into_iter().collect())
     }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::Message;
-use tailor::codec::{decode, encode};
-use tailor::samples;
+use tailor::codec::decode;
 use tailor::wire::Direction;
 
 const SHOPPERS: usize = 300;
@@ -21,24 +20,7 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
     let setup = Setup::new("crash", 4, 200);
     let (topics, config) = (&setup.topics, &setup.config);
     let total = (SHOPPERS * PER_SHOPPER) as u64;
-    let p = producer();
-    let mut msgs = Vec::with_capacity(total as usize);
-    for i in 0..PER_SHOPPER {
-        for s in 0..SHOPPERS {
-            let ev = samples::storefront(
-                "productPageView",
-                &format!("pv-{s}-{i}"),
-                T0 + (i as i64) * 1000,
-                &format!("ecid-{s}"),
-            );
-            msgs.push((format!("shopper-{s}"), encode::storefront(&ev).unwrap()));
-        }
-    }
-    let refs: Vec<(&str, &str, Vec<u8>)> = msgs
-        .iter()
-        .map(|(k, v)| (topics.storefront.as_str(), k.as_str(), v.clone()))
-        .collect();
-    produce_all(&p, &refs);
+    produce_views(&topics.storefront, SHOPPERS, 0, PER_SHOPPER, T0);
 
     let mut first = setup.start(1);
     first.wait_for(Duration::from_secs(120), "some batches committed", |w| {

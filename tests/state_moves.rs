@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::Message;
-use tailor::codec::{decode, encode};
-use tailor::samples;
+use tailor::codec::decode;
 use tailor::wire::Direction;
 
 const T0: i64 = 1_709_287_200_000;
@@ -27,26 +26,9 @@ fn event_time_only(s: Setup) -> Setup {
     s
 }
 
-/// `per_shopper` product views for each of `shoppers` shoppers, round-robin, starting at view
-/// `from` (so a second call continues the first).
+/// Product views of the test's shoppers (see [`produce_views`]).
 fn views(topic: &str, shoppers: usize, from: usize, per_shopper: usize) {
-    let mut msgs = Vec::with_capacity(shoppers * per_shopper);
-    for i in from..from + per_shopper {
-        for s in 0..shoppers {
-            let ev = samples::storefront(
-                "productPageView",
-                &format!("pv-{s}-{i}"),
-                T0 + (i as i64) * 1000,
-                &format!("ecid-{s}"),
-            );
-            msgs.push((format!("shopper-{s}"), encode::storefront(&ev).unwrap()));
-        }
-    }
-    let refs: Vec<(&str, &str, Vec<u8>)> = msgs
-        .iter()
-        .map(|(k, v)| (topic, k.as_str(), v.clone()))
-        .collect();
-    produce_all(&producer(), &refs);
+    produce_views(topic, shoppers, from, per_shopper, T0);
 }
 
 /// The profile of `key` from whichever worker holds it (the others answer 421).

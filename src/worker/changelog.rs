@@ -179,6 +179,22 @@ impl<'a> Replay<'a> {
     }
 }
 
+/// A changelog record (`value` none: a tombstone).
+fn record<'a>(
+    topic: &'a str,
+    partition: i32,
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .key(key);
+    match value {
+        Some(v) => record.payload(v),
+        None => record,
+    }
+}
+
 /// Sends one record to the changelog, waiting while the producer's queue is full.
 fn send_record(
     producer: &FutureProducer<ProducerLogs>,
@@ -187,12 +203,7 @@ fn send_record(
     key: &[u8],
     value: Option<&[u8]>,
 ) -> Result<DeliveryFuture, KafkaError> {
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-        .partition(partition)
-        .key(key);
-    if let Some(v) = value {
-        record = record.payload(v);
-    }
+    let mut record = record(topic, partition, key, value);
     loop {
         match producer.send_result(record) {
             Ok(d) => return Ok(d),
@@ -213,12 +224,7 @@ async fn send_async(
     key: &[u8],
     value: Option<&[u8]>,
 ) -> Result<DeliveryFuture, Error> {
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-        .partition(partition)
-        .key(key);
-    if let Some(v) = value {
-        record = record.payload(v);
-    }
+    let mut record = record(topic, partition, key, value);
     loop {
         match producer.send_result(record) {
             Ok(d) => return Ok(d),

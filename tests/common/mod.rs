@@ -664,3 +664,29 @@ pub fn produce_shoppers(topic: &str, n: usize, t0: i64) {
         .collect();
     produce_all(&producer(), &refs);
 }
+
+/// `per_shopper` product views for each of `shoppers` shoppers (`shopper-{s}`, browser
+/// `ecid-{s}`), round-robin, view `i` at `t0 + i` s, starting at view `from` (so a second call
+/// continues the first).
+pub fn produce_views(topic: &str, shoppers: usize, from: usize, per_shopper: usize, t0: i64) {
+    let mut msgs = Vec::with_capacity(shoppers * per_shopper);
+    for i in from..from + per_shopper {
+        for s in 0..shoppers {
+            let ev = tailor::samples::storefront(
+                "productPageView",
+                &format!("pv-{s}-{i}"),
+                t0 + (i as i64) * 1000,
+                &format!("ecid-{s}"),
+            );
+            msgs.push((
+                format!("shopper-{s}"),
+                tailor::codec::encode::storefront(&ev).unwrap(),
+            ));
+        }
+    }
+    let refs: Vec<(&str, &str, Vec<u8>)> = msgs
+        .iter()
+        .map(|(k, v)| (topic, k.as_str(), v.clone()))
+        .collect();
+    produce_all(&producer(), &refs);
+}
