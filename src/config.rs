@@ -83,12 +83,17 @@ pub struct Output {
     /// `single-object` (Avro single-object encoding, the default) or `confluent` (magic byte 0 +
     /// registry id; the output schemas are registered under `<topic>-value` at start).
     pub framing: String,
+    /// Name on each audience change the condition of the rule that flipped it (`explanation`).
+    /// Costs a copy of the profile's rule inputs before each event (see the README's core
+    /// benchmark); `false` leaves the field null.
+    pub explain: bool,
 }
 
 impl Default for Output {
     fn default() -> Self {
         Output {
             framing: "single-object".into(),
+            explain: true,
         }
     }
 }
@@ -643,6 +648,7 @@ impl Settings {
     pub fn core(&self) -> crate::audience::Core {
         crate::audience::Core::new(std::sync::Arc::new(self.segments.clone()))
             .with_max_identities(self.config.identity.max_identities)
+            .with_explanations(self.config.output.explain)
     }
 }
 

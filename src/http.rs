@@ -6,6 +6,9 @@
 //!   customer id, profile key), from this worker's committed state: attributes, aggregates,
 //!   memberships with since-when, recent audience changes. 404 for an unknown identity; 421
 //!   naming the owning partition and group member when another worker holds it.
+//! - `GET /profiles/{id}/explain?segment=ID`: segment ID's rule evaluated for the shopper now,
+//!   node by node (each sub-expression as written, where, its value, and when the passing of
+//!   time alone will next change it).
 //! - `DELETE /profiles/{id}`: deletes everything held about the shopper, through the owner
 //!   (202 once the request is durably on the repartition topic).
 //!
@@ -18,7 +21,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -32,6 +35,7 @@ use crate::identity::{self, Internal, Message, Position};
 use crate::kafka_logs::ProducerLogs;
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
+use crate::segments::SegmentSet;
 use crate::store::Store;
 
 /// Shared with the worker: whether it is ready, and if not, why.
@@ -94,6 +98,8 @@ pub struct Api {
     attached: OnceLock<Attached>,
     assigned: RwLock<Vec<i32>>,
     describer: OnceLock<Option<BaseConsumer>>,
+    /// The definitions in force (explanations).
+    segments: RwLock<Option<Arc<SegmentSet>>>,
 }
 
 impl Api {
@@ -103,7 +109,13 @@ impl Api {
             attached: OnceLock::new(),
             assigned: RwLock::new(Vec::new()),
             describer: OnceLock::new(),
+            segments: RwLock::new(None),
         }
+    }
+
+    /// The definitions in force (at start and after each reload).
+    pub fn set_segments(&self, set: Arc<SegmentSet>) {
+        *self.segments.write().expect("not poisoned") = Some(set);
     }
 
     pub fn attach(&self, a: Attached) {
@@ -315,11 +327,104 @@ fn host_allowed(header: Option<&str>, allowed: &[String]) -> bool {
 
 /// The profile of `id` as JSON, or why not.
 fn lookup(api: &Api, id: &str) -> Response {
-    let Some(a) = api.attached.get() else {
+    match find(api, id) {
+        Ok((_, key, partition, p)) => json(StatusCode::OK, render(&key, partition, &p)),
+        Err(response) => response,
+    }
+}
+
+/// Segment `segment`'s rule evaluated for the shopper `id`, or why not.
+fn explain(api: &Api, id: &str, segment: &str) -> Response {
+    let set = api.segments.read().expect("not poisoned").clone();
+    let Some(set) = set else {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"error": "the worker is starting"}),
         );
+    };
+    let (a, key, partition, p) = match find(api, id) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let clock = match a.store.clock(partition) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "profile lookup failed");
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "state store error"}),
+            );
+        }
+    };
+    match explain_doc(&set, &key, partition, &p, segment, stream_now(clock, &p)) {
+        Ok(doc) => json(StatusCode::OK, doc),
+        Err(e) => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": e })),
+    }
+}
+
+/// "Now" for an explanation: the partition's committed stream clock, or the shopper's latest
+/// event if later (the clock is wall time once the worker has caught up).
+pub fn stream_now(clock: Option<i64>, p: &Profile) -> i64 {
+    clock
+        .into_iter()
+        .chain(p.last_seen)
+        .max()
+        .unwrap_or_else(wall_ms)
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The explanation document (HTTP and `tailor explain`): the segment, whether the shopper is a
+/// member, the rule's evaluation tree at `now`, and when time alone will next change the result.
+pub fn explain_doc(
+    set: &SegmentSet,
+    key: &str,
+    partition: i32,
+    p: &Profile,
+    segment: &str,
+    now: i64,
+) -> Result<serde_json::Value, String> {
+    let Some(index) = set.index_of(segment) else {
+        let mut known: Vec<&str> = set.segments().iter().map(|s| s.id.as_str()).collect();
+        known.sort_unstable();
+        return Err(format!(
+            "no segment '{segment}' in the definitions in force; known: {}",
+            known.join(", ")
+        ));
+    };
+    let seg = &set.segments()[index];
+    let tree = set
+        .explain(index, p, now)
+        .ok_or_else(|| format!("segment '{segment}' cannot be explained"))?;
+    let membership = p.segments.iter().find(|m| m.segment == segment);
+    Ok(serde_json::json!({
+        "profile_key": key,
+        "partition": partition,
+        "segment": segment,
+        "name": seg.name,
+        "rule": seg.source.split_whitespace().collect::<Vec<_>>().join(" "),
+        "evaluated_at": now,
+        "result": tree.value,
+        "member": membership.is_some(),
+        "member_since": membership.map(|m| m.since),
+        "next_change": tree.changes_at,
+        "tree": tree,
+    }))
+}
+
+/// The shopper `id` (by any identity) on this worker: (attachment, key, partition, profile), or
+/// the answer that says why not.
+#[allow(clippy::result_large_err)] // the error is the answer itself, built once per request
+fn find<'a>(api: &'a Api, id: &str) -> Result<(&'a Attached, String, i32, Profile), Response> {
+    let Some(a) = api.attached.get() else {
+        return Err(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "the worker is starting"}),
+        ));
     };
     let misdirected = |partition: i32| {
         json(
@@ -331,6 +436,13 @@ fn lookup(api: &Api, id: &str) -> Response {
             }),
         )
     };
+    let store_error = |e: crate::store::StoreError| {
+        warn!(error = %e, "profile lookup failed");
+        json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": "state store error"}),
+        )
+    };
     // E-mails are kept trimmed and lower-cased: a lookup by the address as a shopper typed it
     // finds them too.
     let normalised = id
@@ -340,39 +452,22 @@ fn lookup(api: &Api, id: &str) -> Response {
     let id = normalised.as_deref().unwrap_or(id);
     let mut partition = identity::partition_for(id.as_bytes(), a.partitions);
     if !api.holds(partition) {
-        return misdirected(partition);
+        return Err(misdirected(partition));
     }
     let mut key = id.to_owned();
-    match a.store.alias(partition, id) {
-        Ok(Some(owner)) => {
-            partition = identity::partition_for(owner.as_bytes(), a.partitions);
-            if !api.holds(partition) {
-                return misdirected(partition);
-            }
-            key = owner;
+    if let Some(owner) = a.store.alias(partition, id).map_err(store_error)? {
+        partition = identity::partition_for(owner.as_bytes(), a.partitions);
+        if !api.holds(partition) {
+            return Err(misdirected(partition));
         }
-        Ok(None) => {}
-        Err(e) => {
-            warn!(error = %e, "profile lookup failed");
-            return json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({"error": "state store error"}),
-            );
-        }
+        key = owner;
     }
-    match a.store.profile(partition, &key) {
-        Ok(Some(p)) => json(StatusCode::OK, render(&key, partition, &p)),
-        Ok(None) => json(
+    match a.store.profile(partition, &key).map_err(store_error)? {
+        Some(p) => Ok((a, key, partition, p)),
+        None => Err(json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "no profile for this identity"}),
-        ),
-        Err(e) => {
-            warn!(error = %e, "profile lookup failed");
-            json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({"error": "state store error"}),
-            )
-        }
+        )),
     }
 }
 
@@ -416,6 +511,38 @@ async fn get_profile(
         }
     };
     finish(&s, "/profiles/{id}", started, response)
+}
+
+/// The `segment` parameter of a query string (segment ids need no percent-decoding).
+fn segment_param(uri: &Uri) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("segment="))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+async fn get_explain(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let response = match (unauthorised(&s.api, &headers), segment_param(&uri)) {
+        (Some(denied), _) => denied,
+        (None, None) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "name the segment: ?segment=ID"}),
+        ),
+        (None, Some(segment)) => {
+            let api = s.api.clone();
+            tokio::task::spawn_blocking(move || explain(&api, &id, &segment))
+                .await
+                .unwrap_or_else(|_| json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({})))
+        }
+    };
+    finish(&s, "/profiles/{id}/explain", started, response)
 }
 
 async fn delete_profile(
@@ -521,6 +648,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/profiles/{id}", get(get_profile).delete(delete_profile))
+        .route("/profiles/{id}/explain", get(get_explain))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_host,

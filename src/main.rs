@@ -112,6 +112,20 @@ enum Command {
         #[arg(long, requires = "config")]
         register: bool,
     },
+    /// Why a shopper is (or is not) in a segment: the rule evaluated for the shopper now, each
+    /// sub-expression with its value, and when the passing of time will next change it
+    /// (read-only; the worker may be running).
+    Explain {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The profile key, or an identity linked to it.
+        key: String,
+        /// The segment id.
+        segment: String,
+        /// The JSON document of `GET /profiles/{id}/explain` instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a profile from the worker's state as JSON (read-only; the worker may be running).
     Profile {
         #[arg(long, value_name = "FILE")]
@@ -348,6 +362,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             json,
             register,
         } => schemas(config, file, json, register).await,
+        Command::Explain {
+            config,
+            key,
+            segment,
+            json,
+        } => {
+            let settings = load_config(&config)?;
+            let store = tailor::store::Store::open_read_only(&settings.config.state.path)?;
+            let Some((partition, profile_key, p)) = store.find_profile(&key)? else {
+                eprintln!("no profile for this identity");
+                return Ok(std::process::ExitCode::from(2));
+            };
+            let now = tailor::http::stream_now(store.clock(partition)?, &p);
+            let doc = tailor::http::explain_doc(
+                &settings.segments,
+                &profile_key,
+                partition,
+                &p,
+                &segment,
+                now,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", explain_text(&doc));
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Profile { config, key, all } => {
             let c = Config::from_file(&config)?;
             let store = tailor::store::Store::open_read_only(&c.state.path)?;
@@ -378,6 +421,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
     }
+}
+
+/// `tailor explain`'s text: the verdict, then the rule's tree, one sub-expression per line.
+fn explain_text(doc: &serde_json::Value) -> String {
+    use tailor::replay::format_time;
+    let tree: tailor::segments::Evaluated =
+        serde_json::from_value(doc["tree"].clone()).expect("explain_doc's tree is an Evaluated");
+    let mut out = format!(
+        "segment {} ({}): {} at {}; {}\n",
+        doc["segment"].as_str().unwrap_or_default(),
+        doc["name"].as_str().unwrap_or("no name"),
+        tree.value,
+        format_time(doc["evaluated_at"].as_i64().unwrap_or_default()),
+        match doc["member_since"].as_i64() {
+            Some(t) => format!("member since {}", format_time(t)),
+            None => "not a member".into(),
+        },
+    );
+    tree.to_text(&mut out, 0, &format_time);
+    match tree.changes_at {
+        Some(t) => out.push_str(&format!(
+            "with no new event, the result may change at {}\n",
+            format_time(t)
+        )),
+        None => out.push_str("time alone will not change the result\n"),
+    }
+    out
 }
 
 fn print_changes(c: &Config, limit: usize, idle: Duration) -> anyhow::Result<()> {
@@ -422,6 +492,26 @@ fn print_changes(c: &Config, limit: usize, idle: Duration) -> anyhow::Result<()>
                     ch.cause.event_type.as_deref().unwrap_or(&ch.cause.kind),
                     ch.id
                 );
+                if let Some(e) = &ch.explanation {
+                    let operands: Vec<String> = e
+                        .operands
+                        .iter()
+                        .map(|o| format!("{} {} -> {}", o.expression, o.before, o.after))
+                        .collect();
+                    println!(
+                        "        because {} ({}:{}) {} -> {}{}",
+                        e.expression,
+                        e.line,
+                        e.column,
+                        e.before,
+                        e.after,
+                        if operands.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {}", operands.join(", "))
+                        }
+                    );
+                }
                 seen += 1;
             }
             Err(e) => println!(

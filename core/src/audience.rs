@@ -23,7 +23,7 @@ use crate::event::Event;
 use crate::identity::{self, Id, KeyKind, Refused};
 use crate::journey::{self, Suppressed, Trigger};
 use crate::profile::{Membership, Profile, RecentChange, RECENT_CHANGES};
-use crate::segments::SegmentSet;
+use crate::segments::{Ctx, SegmentSet};
 use crate::wire::{AudienceChange, Cause, Direction, JourneyTrigger};
 
 /// Where the causing message came from (carried into the output's cause).
@@ -91,10 +91,28 @@ enum Why<'a> {
     Definitions(u64),
 }
 
+/// What the explanation of a change compares the new evaluation with. Not boxed: boxing the
+/// profile would allocate once per event, and it only moves between two locals.
+#[allow(clippy::large_enum_variant)]
+enum Before {
+    /// Nothing (definition changes: the rule itself changed).
+    Nothing,
+    /// The profile before the cause (what rules read of it), at the same moment (events,
+    /// merges).
+    Profile(Profile),
+    /// The same profile a moment earlier (timers: only time moved).
+    Earlier(i64),
+}
+
 /// Applies events, fires timers, evaluates segments and journeys; holds only scratch space.
 pub struct Core {
     segments: Arc<SegmentSet>,
     results: Vec<bool>,
+    /// The results before the cause, for explanations (computed at the first change).
+    before_results: Vec<bool>,
+    /// Kept between events for its allocations: the profile before the event.
+    before: Profile,
+    explain: bool,
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
     max_identities: usize,
@@ -123,6 +141,9 @@ impl Core {
             ids: sorted_ids(&segments),
             segments,
             results,
+            before_results: Vec::new(),
+            before: Profile::default(),
+            explain: true,
             nexts,
             max_identities: MAX_IDENTITIES,
         }
@@ -133,12 +154,23 @@ impl Core {
         self
     }
 
+    /// Whether audience changes carry an explanation (on by default).
+    pub fn with_explanations(mut self, on: bool) -> Core {
+        self.explain = on;
+        self
+    }
+
     pub fn max_identities(&self) -> usize {
         self.max_identities
     }
 
     pub fn segments(&self) -> &SegmentSet {
         &self.segments
+    }
+
+    /// The definitions in force, shared (for the HTTP API's explanations).
+    pub fn segment_set(&self) -> Arc<SegmentSet> {
+        self.segments.clone()
     }
 
     /// Swaps in new segment definitions (between batches; profiles catch up through
@@ -160,8 +192,13 @@ impl Core {
         out: &mut Outputs,
     ) {
         self.advance(key, profile, now, out);
+        let before = if self.explain {
+            Before::Profile(profile.clone())
+        } else {
+            Before::Nothing
+        };
         profile.merge(other, self.max_identities);
-        self.evaluate(key, profile, now, Why::Merge(from), out);
+        self.evaluate(key, profile, now, Why::Merge(from), before, out);
     }
 
     /// Evaluates a profile under changed definitions at `now` (its due timers fire first).
@@ -176,7 +213,14 @@ impl Core {
     ) {
         let now = now.max(profile.last_seen.unwrap_or(i64::MIN));
         self.advance(key, profile, now, out);
-        self.evaluate(key, profile, now, Why::Definitions(version), out);
+        self.evaluate(
+            key,
+            profile,
+            now,
+            Why::Definitions(version),
+            Before::Nothing,
+            out,
+        );
     }
 
     /// Every membership of the profile EXITs at `at`, caused by `kind` (`merge` or `deletion`)
@@ -205,6 +249,7 @@ impl Core {
                 direction: Direction::Exited,
                 event_time: at,
                 cause: cause.clone(),
+                explanation: None,
             });
         }
         profile.next_timer = None;
@@ -230,6 +275,15 @@ impl Core {
             .max(ev.time)
             .max(profile.last_seen.unwrap_or(i64::MIN));
         self.advance(key, profile, now, out);
+        // What the explanation of a change compares with: a copy of what rules read, into
+        // the same allocations every time (its cost is in the README's core benchmark).
+        let before = if self.explain {
+            let mut copy = std::mem::take(&mut self.before);
+            copy.copy_rule_inputs(profile);
+            Before::Profile(copy)
+        } else {
+            Before::Nothing
+        };
         let i = &ev.identity;
         for (kind, value) in [
             (KeyKind::Customer, &i.customer_id),
@@ -255,7 +309,7 @@ impl Core {
             }
         }
         profile.apply(ev);
-        self.evaluate(key, profile, now, Why::Event(ev, source), out);
+        self.evaluate(key, profile, now, Why::Event(ev, source), before, out);
     }
 
     /// Fires the profile's timers due at or before `until`, each at its own due time, in order.
@@ -263,7 +317,14 @@ impl Core {
     pub fn advance(&mut self, key: &str, profile: &mut Profile, until: i64, out: &mut Outputs) {
         while let Some(due) = profile.next_timer.filter(|&t| t <= until) {
             out.timers_fired += 1;
-            self.evaluate(key, profile, due, Why::Timer(due), out);
+            // Nothing but time moved since the last evaluation (timers are never late to their
+            // own due time), so the moment before is the state before.
+            let before = if self.explain {
+                Before::Earlier(due - 1)
+            } else {
+                Before::Nothing
+            };
+            self.evaluate(key, profile, due, Why::Timer(due), before, out);
         }
     }
 
@@ -273,6 +334,7 @@ impl Core {
         profile: &mut Profile,
         now: i64,
         why: Why,
+        before: Before,
         out: &mut Outputs,
     ) {
         let first_change = out.changes.len();
@@ -320,10 +382,46 @@ impl Core {
             Why::Definitions(v) => format!("definitions:{v:016x}"),
         };
         self.segments.evaluate(profile, now, &mut self.results);
-        for (seg, &member) in self.segments.segments().iter().zip(&self.results) {
+        let mut before_ready = false;
+        for (index, (seg, &member)) in self
+            .segments
+            .segments()
+            .iter()
+            .zip(&self.results)
+            .enumerate()
+        {
             let pos = profile
                 .segments
                 .binary_search_by(|m| m.segment.as_str().cmp(&seg.id));
+            if member == pos.is_ok() {
+                continue;
+            }
+            let explanation = {
+                let (bp, bnow) = match &before {
+                    Before::Nothing => (None, now),
+                    Before::Profile(p) => (Some(p), now),
+                    Before::Earlier(t) => (Some(&*profile), *t),
+                };
+                bp.and_then(|bp| {
+                    if !before_ready {
+                        self.segments.evaluate(bp, bnow, &mut self.before_results);
+                        before_ready = true;
+                    }
+                    self.segments.flip(
+                        index,
+                        &Ctx {
+                            profile: bp,
+                            now: bnow,
+                            segments: &self.before_results,
+                        },
+                        &Ctx {
+                            profile,
+                            now,
+                            segments: &self.results,
+                        },
+                    )
+                })
+            };
             let direction = match (member, pos) {
                 (true, Err(i)) => {
                     profile.segments.insert(
@@ -350,6 +448,7 @@ impl Core {
                 direction,
                 event_time: at,
                 cause: cause.clone(),
+                explanation,
             });
         }
         // Memberships of segments no longer defined exit. Every defined segment's membership
@@ -375,6 +474,7 @@ impl Core {
                         kind: "definition-change".into(),
                         ..Cause::default()
                     },
+                    explanation: None,
                 });
             }
         }
@@ -388,6 +488,9 @@ impl Core {
                 at: c.event_time,
                 cause: c.cause.kind.clone(),
             });
+        }
+        if let Before::Profile(p) = before {
+            self.before = p; // its allocations serve the next event
         }
         self.journeys(key, profile, now, at, &why, &cause, first_change, out);
         profile.next_timer =
@@ -759,6 +862,143 @@ journeys:
         assert_eq!(
             out.suppressed,
             vec![("post-purchase".to_string(), Suppressed::DuplicateCause)]
+        );
+    }
+
+    /// (expression, line, column, before, after, operands as "expr: before -> after").
+    fn explained(c: &AudienceChange) -> (String, i32, i32, String, String, Vec<String>) {
+        let e = c.explanation.as_ref().expect("an explanation");
+        (
+            e.expression.clone(),
+            e.line,
+            e.column,
+            e.before.clone(),
+            e.after.clone(),
+            e.operands
+                .iter()
+                .map(|o| format!("{}: {} -> {}", o.expression, o.before, o.after))
+                .collect(),
+        )
+    }
+
+    fn ex(
+        expr: &str,
+        line: i32,
+        col: i32,
+        before: &str,
+        after: &str,
+        ops: &[&str],
+    ) -> (String, i32, i32, String, String, Vec<String>) {
+        (
+            expr.into(),
+            line,
+            col,
+            before.into(),
+            after.into(),
+            ops.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn each_change_names_the_condition_that_flipped_where_it_is_written_and_its_values() {
+        let mut core = core(TIMED);
+        let mut p = Profile::default();
+        let out = run(&mut core, &mut p, &[add("a", T, 2.0)]);
+        assert!(changes(&out).is_empty(), "{:?}", changes(&out));
+        // A timer: the wait ended; the cart condition held all along.
+        let mut out = Outputs::default();
+        core.advance("k1", &mut p, T + 2 * HOUR, &mut out);
+        assert_eq!(
+            changes(&out),
+            vec![("cart-abandoners", Direction::Entered, T + HOUR)]
+        );
+        assert_eq!(
+            explained(&out.changes[0]),
+            ex(
+                "then_no(addToCart, completeCheckout, 1h)",
+                4,
+                11,
+                "false",
+                "true",
+                &[]
+            )
+        );
+        // An event: the checkout emptied the cart (the sequence still holds: it came late).
+        let out = run(&mut core, &mut p, &[checkout("c", T + 3 * HOUR, "o-1")]);
+        assert_eq!(
+            explained(&out.changes[0]),
+            ex(
+                "cart.items > 0",
+                4,
+                56,
+                "true",
+                "false",
+                &["cart.items: 1 -> 0"]
+            )
+        );
+        // Counts and durations, entering on events and leaving as time passes (both views share
+        // a bucket of the 1 h window, so they leave it together).
+        let view = |id: &str, t: i64| ev(EventType::ProductPageView, id, t);
+        let out = run(&mut core, &mut p, &[view("v1", T + 4 * HOUR)]);
+        assert_eq!(
+            changes(&out),
+            vec![("fresh", Direction::Entered, T + 4 * HOUR)]
+        );
+        assert_eq!(
+            explained(&out.changes[0]),
+            ex(
+                "since(last productPageView) < 30m",
+                8,
+                11,
+                "false",
+                "true",
+                &["since(last productPageView): missing -> 0ms"]
+            )
+        );
+        let out = run(&mut core, &mut p, &[view("v2", T + 4 * HOUR + MIN)]);
+        assert_eq!(
+            explained(&out.changes[0]),
+            ex(
+                "count(productPageView, 1h) >= 2",
+                6,
+                11,
+                "false",
+                "true",
+                &["count(productPageView, 1h): 1 -> 2"]
+            )
+        );
+        let mut out = Outputs::default();
+        core.advance("k1", &mut p, T + 6 * HOUR, &mut out);
+        let found: Vec<_> = out.changes.iter().map(explained).collect();
+        assert_eq!(
+            found,
+            vec![
+                ex(
+                    "since(last productPageView) < 30m",
+                    8,
+                    11,
+                    "true",
+                    "false",
+                    &["since(last productPageView): 29m 59s -> 30m"]
+                ),
+                ex(
+                    "count(productPageView, 1h) >= 2",
+                    6,
+                    11,
+                    "true",
+                    "false",
+                    &["count(productPageView, 1h): 2 -> 0"]
+                ),
+            ]
+        );
+
+        // A segment that depends on another names the other's condition.
+        let mut core = super::tests::core(RULES);
+        let mut p = Profile::default();
+        let out = run(&mut core, &mut p, &[add("a", T, 2.0)]);
+        assert_eq!(
+            explained(&out.changes[1]),
+            ex("in_segment(\"cart-holders\")", 6, 11, "false", "true", &[])
         );
     }
 

@@ -32,7 +32,7 @@ struct Bucket {
 }
 
 /// Counts and sums of one kind of event over time.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Series {
     levels: [Vec<Bucket>; 3],
     /// Time of the latest event recorded (for "time since").
@@ -49,6 +49,25 @@ fn level_for(window: i64) -> usize {
         .iter()
         .position(|(_, max)| window <= *max)
         .unwrap_or(LEVELS.len() - 1)
+}
+
+impl Clone for Series {
+    fn clone(&self) -> Self {
+        Series {
+            levels: self.levels.clone(),
+            last: self.last,
+            recent: self.recent.clone(),
+        }
+    }
+
+    /// Reuses the buckets' allocations (explanations copy the profile before each event).
+    fn clone_from(&mut self, from: &Self) {
+        for (to, from) in self.levels.iter_mut().zip(&from.levels) {
+            to.clone_from(from);
+        }
+        self.last = from.last;
+        self.recent.clone_from(&from.recent);
+    }
 }
 
 impl Series {
@@ -210,11 +229,25 @@ impl Series {
 /// Daily counts, for the many small series kept per category and per product: one sparse vector
 /// of at most 91 days. A window counts the days that overlap it, so "the last 7d" reaches back up
 /// to one day further.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DailyCounts {
     /// (day since the epoch, count), oldest first.
     days: Vec<(u32, u32)>,
     last: Option<i64>,
+}
+
+impl Clone for DailyCounts {
+    fn clone(&self) -> Self {
+        DailyCounts {
+            days: self.days.clone(),
+            last: self.last,
+        }
+    }
+
+    fn clone_from(&mut self, from: &Self) {
+        self.days.clone_from(&from.days);
+        self.last = from.last;
+    }
 }
 
 impl DailyCounts {

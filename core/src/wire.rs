@@ -622,6 +622,36 @@ pub struct AudienceChange {
     pub cause: Cause,
     /// The store the shopper was last seen in.
     pub store: StoreRef,
+    /// What flipped the membership: the smallest condition of the rule whose value changed.
+    /// `None` for exits of removed segments, merges' and deletions' exits, definition changes.
+    #[serde(default)]
+    pub explanation: Option<Explanation>,
+}
+
+/// The smallest sub-expression of a segment's rule whose value changed, as written in the
+/// segments file, with its value before and after and the values of its operands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// Its text in the rule.
+    pub expression: String,
+    /// Where it starts in the segments file (1-based).
+    pub line: i32,
+    pub column: i32,
+    pub before: String,
+    pub after: String,
+    /// Its operands (attributes, counts, other conditions), before and after.
+    #[serde(default)]
+    pub operands: Vec<Operand>,
+}
+
+/// One operand of the flipped sub-expression.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operand {
+    pub expression: String,
+    pub before: String,
+    pub after: String,
 }
 
 /// The store and store view of the latest event that named them (each `None` if none did).

@@ -795,6 +795,7 @@ impl Worker {
                         .inc();
                     info!("segment definitions reloaded: no rule changed");
                     self.proc.core.set_segments(Arc::new(set));
+                    self.api.set_segments(self.proc.core.segment_set());
                     return;
                 }
                 self.metrics
@@ -827,6 +828,7 @@ impl Worker {
         );
         self.proc.defs_version = set.fingerprint();
         self.proc.core.set_segments(Arc::new(set));
+        self.api.set_segments(self.proc.core.segment_set());
         self.defs_src = src.to_owned();
         self.meta
             .push((DEFINITIONS_KEY.to_vec(), Some(src.as_bytes().to_vec())));
@@ -1055,6 +1057,7 @@ pub async fn run(
     let api_producer: FutureProducer<ProducerLogs> = pcfg
         .create_with_context(ProducerLogs)
         .context("creating the Kafka producer")?;
+    api.set_segments(Arc::new(settings.segments.clone()));
     api.attach(crate::http::Attached {
         store: store.clone(),
         partitions,

@@ -550,6 +550,55 @@ def test_single_object_and_json_events_of_every_family_and_bad_messages(deploy):
         r = c["_record"]
         assert r.key == k[0].encode(), f"audience change keyed {r.key!r}, not by its profile key"
 
+    # --- explanations (issue 14): each change names the condition of the rule that flipped it,
+    # where it is written in the segments file, and its values before and after; exits of a
+    # deleted profile have none.
+    seg_lines = d.segments.read_text().splitlines()
+
+    def where(rule_text):
+        for i, line in enumerate(seg_lines):
+            if line.strip() == f"rule: {rule_text}":
+                return i + 1, line.index(rule_text) + 1
+        raise AssertionError(f"{rule_text!r} not in the segments file")
+
+    def explained(shopper, segment, direction):
+        return got[(key[shopper], segment, direction)][0]["explanation"]
+
+    def flip(rule_text, before, after, operands):
+        line, col = where(rule_text)
+        return {"expression": rule_text, "line": line, "column": col, "before": before, "after": after,
+                "operands": [{"expression": e, "before": b, "after": a} for e, b, a in operands]}
+
+    assert explained("A", "gold", "ENTERED") == flip(
+        'loyalty.tier == "gold"', "false", "true", [("loyalty.tier", "missing", '"gold"')])
+    assert explained("B", "buyers", "ENTERED") == flip(
+        "orders.count >= 1", "false", "true", [("orders.count", "0", "1")])
+    for t in STOREFRONT_TYPES:
+        assert explained("A", seen_segment(t), "ENTERED") == flip(
+            f"count({t}, 7d) >= 1", "false", "true", [(f"count({t}, 7d)", "0", "1")]), t
+    cart_exit = explained("A", "cart-holders", "EXITED")
+    assert cart_exit["expression"] == "cart.items > 0" and (cart_exit["before"], cart_exit["after"]) == ("true", "false")
+    assert cart_exit["operands"][0]["after"] == "0" and int(cart_exit["operands"][0]["before"]) > 0, cart_exit
+    assert explained("D", "gold", "EXITED") is None, "a deletion's exit has no rule that flipped"
+
+    # GET /profiles/{id}/explain: the rule's tree for the shopper now, read with Python's client.
+    status, body = worker.get("/profiles/a@example.com/explain?segment=buyers")
+    assert status == 200, body
+    doc = json.loads(body)
+    line, col = where("orders.count >= 1")
+    assert (doc["profile_key"], doc["segment"], doc["member"], doc["result"]) == ("c-a", "buyers", True, "true"), doc
+    tree = doc["tree"]
+    assert (tree["expression"], tree["line"], tree["column"], tree["value"]) == ("orders.count >= 1", line, col, "true")
+    assert [(c["expression"], c["value"]) for c in tree["children"]] == [("orders.count", "1")], tree
+    assert "changesAt" not in tree and doc["next_change"] is None, "an order count does not change with time"
+    status, body = worker.get("/profiles/c-a/explain?segment=" + seen_segment("productPageView"))
+    doc = json.loads(body)
+    assert status == 200 and doc["result"] == "true", body
+    assert doc["tree"]["changesAt"] == doc["next_change"] > doc["evaluated_at"], "a 7-day count expires"
+    status, body = worker.get("/profiles/c-a/explain?segment=no-such-segment")
+    assert status == 404 and "buyers" in json.loads(body)["error"], body
+    assert worker.get("/profiles/c-a/explain")[0] == 400
+
     # D's deletion: a tombstone (null value, header tailor.tombstone) for its profile key.
     assert tombstones, "no tombstone on the audience topic after accountDeleted"
     for r in tombstones:

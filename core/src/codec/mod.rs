@@ -941,6 +941,7 @@ mod tests {
             event_time: 5,
             cause: Default::default(),
             store: Default::default(),
+            explanation: None,
         };
         let bytes = encode::audience_change(&change).unwrap();
         let json = SchemaCatalog::builtin()
@@ -1024,6 +1025,18 @@ mod tests {
                 store_code: Some("main".into()),
                 store_view_code: Some("en_gb".into()),
             },
+            explanation: Some(crate::wire::Explanation {
+                expression: "orders.count >= 2".into(),
+                line: 12,
+                column: 11,
+                before: "true".into(),
+                after: "false".into(),
+                operands: vec![crate::wire::Operand {
+                    expression: "orders.count".into(),
+                    before: "2".into(),
+                    after: "1".into(),
+                }],
+            }),
         };
         assert_eq!(
             decode::audience_change(&encode::audience_change(&change).unwrap()).unwrap(),

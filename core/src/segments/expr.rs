@@ -86,6 +86,14 @@ pub fn parse_duration(src: &str) -> Option<i64> {
 }
 
 pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
+    Ok(lex_spans(src)?
+        .into_iter()
+        .map(|(t, at, _)| (t, at))
+        .collect())
+}
+
+/// Tokens with the byte offsets where each starts and ends.
+fn lex_spans(src: &str) -> Result<Vec<(Tok, usize, usize)>, ExprError> {
     let bytes = src.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -205,9 +213,9 @@ pub fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 }
             }
         };
-        out.push((tok, start));
+        out.push((tok, start, i));
     }
-    out.push((Tok::End, src.len()));
+    out.push((Tok::End, src.len(), src.len()));
     Ok(out)
 }
 
@@ -257,10 +265,12 @@ impl BinOp {
     }
 }
 
-/// Syntax tree node with the offset where it starts.
+/// Syntax tree node with the offsets where it starts and ends (`src[at..end]` is its text,
+/// without enclosing parentheses).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expr {
     pub at: usize,
+    pub end: usize,
     pub kind: ExprKind,
 }
 
@@ -280,14 +290,17 @@ pub enum ExprKind {
 }
 
 struct Parser {
-    toks: Vec<(Tok, usize)>,
+    toks: Vec<(Tok, usize, usize)>,
     pos: usize,
+    /// End offset of the last token taken.
+    last_end: usize,
 }
 
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
     let mut p = Parser {
-        toks: lex(src)?,
+        toks: lex_spans(src)?,
         pos: 0,
+        last_end: 0,
     };
     let e = p.or()?;
     match p.peek() {
@@ -307,11 +320,12 @@ impl Parser {
         self.toks[self.pos].1
     }
     fn bump(&mut self) -> (Tok, usize) {
-        let t = self.toks[self.pos].clone();
+        let (t, at, end) = self.toks[self.pos].clone();
+        self.last_end = end;
         if self.pos + 1 < self.toks.len() {
             self.pos += 1;
         }
-        t
+        (t, at)
     }
     fn keyword(&self, kw: &str) -> bool {
         matches!(self.peek(), Tok::Ident(s) if s == kw)
@@ -327,6 +341,7 @@ impl Parser {
     fn bin(at: usize, op: BinOp, l: Expr, r: Expr) -> Expr {
         Expr {
             at,
+            end: r.end,
             kind: ExprKind::Bin(op, Box::new(l), Box::new(r)),
         }
     }
@@ -357,6 +372,7 @@ impl Parser {
             let e = self.not()?;
             return Ok(Expr {
                 at,
+                end: e.end,
                 kind: ExprKind::Not(Box::new(e)),
             });
         }
@@ -383,6 +399,7 @@ impl Parser {
                 self.expect(Tok::RBracket, "']' to close the list")?;
                 return Ok(Expr {
                     at: l.at,
+                    end: self.last_end,
                     kind: ExprKind::In(Box::new(l), items),
                 });
             }
@@ -433,6 +450,7 @@ impl Parser {
             let e = self.unary()?;
             return Ok(Expr {
                 at,
+                end: e.end,
                 kind: ExprKind::Neg(Box::new(e)),
             });
         }
@@ -490,7 +508,11 @@ impl Parser {
             }
             t => return err(at, format!("expected a value, found {t}")),
         };
-        Ok(Expr { at, kind })
+        Ok(Expr {
+            at,
+            end: self.last_end,
+            kind,
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 //! Parse and type errors carry the file's line and column. A segment may use `in_segment("id")`;
 //! segments are evaluated in dependency order, so it sees this pass's result; cycles are errors.
 
+mod explain;
 mod expr;
 mod plan;
 
@@ -19,8 +20,9 @@ use std::fmt;
 use yaml_rust2::parser::{Event as YamlEvent, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
+pub use explain::{Evaluated, Part};
 pub use expr::{parse as parse_expr, ExprError};
-pub use plan::{Ctx, Node, ATTRIBUTES, FUNCTIONS};
+pub use plan::{render_duration, Ctx, Node, Value, ATTRIBUTES, FUNCTIONS};
 
 use crate::event::EventType;
 use crate::journey::{Consent, Journey, Trigger};
@@ -69,6 +71,8 @@ pub struct Segment {
     rule: Node,
     /// The passing of time alone can change the result (timers are needed).
     timed: bool,
+    /// The rule's sub-expressions with their places in the file, for explanations.
+    explain: Option<Part>,
 }
 
 /// The compiled segments, in evaluation (dependency) order, and the journeys.
@@ -147,6 +151,43 @@ impl SegmentSet {
 
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
+    }
+
+    /// The position of segment `id` in [`Self::segments`].
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.segments.iter().position(|s| s.id == id)
+    }
+
+    /// What flipped segment `index` between two evaluations (`before` and `after` carry their
+    /// pass's results of the segments evaluated before it).
+    pub fn flip(
+        &self,
+        index: usize,
+        before: &Ctx,
+        after: &Ctx,
+    ) -> Option<crate::wire::Explanation> {
+        self.segments[index]
+            .explain
+            .as_ref()
+            .map(|p| p.flip(before, after))
+    }
+
+    /// Segment `index`'s rule evaluated for `profile` at `now`, node by node, with when the
+    /// passing of time will next change each node.
+    pub fn explain(&self, index: usize, profile: &Profile, now: i64) -> Option<Evaluated> {
+        let mut results = Vec::with_capacity(self.segments.len());
+        self.evaluate(profile, now, &mut results);
+        let mut nexts = Vec::with_capacity(self.segments.len());
+        self.next_change(profile, now, &results, &mut nexts);
+        let cx = Ctx {
+            profile,
+            now,
+            segments: &results,
+        };
+        self.segments[index]
+            .explain
+            .as_ref()
+            .map(|p| p.evaluate(&cx, &nexts))
     }
 
     /// A fingerprint of what decides memberships: every segment's id and rule (whitespace
@@ -685,7 +726,10 @@ fn segment_refs(e: &expr::Expr, out: &mut Vec<(String, usize)>) {
     match &e.kind {
         Call(name, args) => {
             if name == "in_segment" {
-                if let Some(expr::Expr { kind: Str(id), at }) = args.first() {
+                if let Some(expr::Expr {
+                    kind: Str(id), at, ..
+                }) = args.first()
+                {
                     out.push((id.clone(), *at));
                 }
             }
@@ -818,7 +862,12 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
         match plan::compile(e, &mut OrderScope { index: &index }) {
             Ok((rule, plan::Type::Bool)) => {
                 let timed_so_far: Vec<bool> = segments.iter().map(|s: &Segment| s.timed).collect();
+                let explain =
+                    explain::build(e, &d.rule, &mut OrderScope { index: &index }, &|offset| {
+                        rule_position(src, &d, offset)
+                    });
                 segments.push(Segment {
+                    explain,
                     id: d.id,
                     name: d.name,
                     description: d.description,

@@ -732,6 +732,60 @@ pub fn matches(rule: &Node, cx: &Ctx) -> bool {
     truth(eval(rule, cx))
 }
 
+/// A node's value, owned (for explanations).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Num(f64),
+    Str(String),
+    Bool(bool),
+    Missing,
+}
+
+impl Value {
+    /// The value as a person reads it: durations (`ty` Dur) in days, hours, minutes, seconds.
+    pub fn render(&self, ty: Type) -> String {
+        match self {
+            Value::Num(v) if ty == Type::Dur => render_duration(*v),
+            Value::Num(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", *v as i64),
+            Value::Num(v) => format!("{:.4}", v)
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_owned(),
+            Value::Str(s) => format!("{s:?}"),
+            Value::Bool(b) => b.to_string(),
+            Value::Missing => "missing".into(),
+        }
+    }
+}
+
+/// `90061000` ms as `1d 1h 1m 1s`; under a second as ms.
+pub fn render_duration(ms: f64) -> String {
+    let sign = if ms < 0.0 { "-" } else { "" };
+    let ms = ms.abs().round() as i64;
+    if ms < 1000 {
+        return format!("{sign}{ms}ms");
+    }
+    let mut parts = Vec::new();
+    let mut rest = ms / 1000;
+    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if rest >= secs {
+            parts.push(format!("{}{unit}", rest / secs));
+            rest %= secs;
+        }
+    }
+    format!("{sign}{}", parts.join(" "))
+}
+
+/// Evaluates any compiled node.
+pub fn value(n: &Node, cx: &Ctx) -> Value {
+    match eval(n, cx) {
+        Val::Num(v) => Value::Num(v),
+        Val::Str(s) => Value::Str(s.to_owned()),
+        Val::Bool(b) => Value::Bool(b),
+        Val::Missing => Value::Missing,
+    }
+}
+
 // ------------------------------------------------------------------ timers
 
 /// Whether the passing of time alone can change the node's value (it reads a window, a time

@@ -324,3 +324,64 @@ fn random_rules_never_panic_and_errors_point_inside_the_file() {
         let _ = SegmentSet::parse(&String::from_utf8_lossy(&bytes));
     }
 }
+
+/// Explanations evaluate the profile as it was before an event on a copy of what rules read
+/// (`Profile::copy_rule_inputs`): every attribute and function must read the same on the copy,
+/// even when the copy's allocations held a larger profile before.
+#[test]
+fn the_copy_explanations_compare_with_reads_like_the_profile() {
+    let mut defs = String::from(include_str!("../../../examples/segments.yaml"));
+    defs = defs.replace("journeys:", "  - id: zz-functions\n    rule: count_product(productPageView, \"SKU-9\", 7d) >= 0 and count_category(productPageView, \"bags\", 7d) >= 0 and brand_affinity(\"acme\") >= 0 and affinity(\"bags\") >= 1 and top_brand() == top_category() and then(productPageView, addToCart, 1h) and since(order) > 1h and sum(order, 90d) > 0\njourneys:");
+    for (name, ..) in ATTRIBUTES {
+        defs = defs.replace(
+            "journeys:",
+            &format!(
+                "  - id: attr-{}\n    rule: {name} == {name}\njourneys:",
+                name.replace('.', "-")
+            ),
+        );
+    }
+    let set = SegmentSet::parse(&defs).unwrap_or_else(|e| panic!("{e}"));
+    let p = shopper();
+    let mut big = shopper();
+    for (i, kind) in [
+        EventType::AddToCart,
+        EventType::SearchResponseReceived,
+        EventType::ProductPageView,
+        EventType::AccountCreated,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = event(kind, T0 + 70 * H + i as i64, 30.0);
+        e.device = Some("desktop".into());
+        e.identity.customer_id = Some("c-1".into());
+        e.lines = vec![crate::event::Line {
+            sku: format!("SKU-{i}"),
+            category: Some(format!("cat-{i}")),
+            brand: Some(format!("brand-{i}")),
+            quantity: 2.0,
+            price: Some(15.0),
+            ..Default::default()
+        }];
+        big.apply(&e);
+    }
+    let mut copy = Profile::default();
+    copy.copy_rule_inputs(&big);
+    copy.copy_rule_inputs(&p);
+    let mut checked = 0;
+    for now in [T0 + 61 * H, T0 + 30 * 24 * H, T0 + 100 * 24 * H] {
+        for (i, seg) in set.segments().iter().enumerate() {
+            let (want, got) = (set.explain(i, &p, now), set.explain(i, &copy, now));
+            assert!(want.is_some(), "{}", seg.id);
+            assert_eq!(got, want, "{}", seg.id);
+            checked += 1;
+        }
+    }
+    assert!(checked > 3 * (21 + ATTRIBUTES.len()));
+    // And the larger profile reads differently (the comparison can fail).
+    assert_ne!(
+        set.explain(set.index_of("mobile-shoppers").unwrap(), &big, T0 + 71 * H),
+        set.explain(set.index_of("mobile-shoppers").unwrap(), &copy, T0 + 71 * H)
+    );
+}
