@@ -69,16 +69,19 @@
 //!   directory, loaded at start and on SIGHUP).
 //! - [`kafka_logs`]: librdkafka's log lines into `tracing`, rate-limited.
 //! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`),
-//!   [`replay`] (real data sets as platform events).
+//!   [`replay`] (real data sets as platform events), [`preview`] (new definitions against the
+//!   stored profiles).
 
 pub use tailor_core::{
-    audience, clock, codec, event, identity, journey, profile, samples, segments, window, wire,
+    audience, cases, clock, codec, event, identity, journey, profile, samples, segments, window,
+    wire,
 };
 
 pub mod config;
 pub mod http;
 pub mod kafka_logs;
 pub mod metrics;
+pub mod preview;
 pub mod registry;
 pub mod replay;
 pub mod schemas;

@@ -112,6 +112,35 @@ enum Command {
         #[arg(long, requires = "config")]
         register: bool,
     },
+    /// Evaluate new or changed segment definitions against the stored profiles (read-only, safe
+    /// while the worker runs): members, a sample, the overlap with the segments in force, and
+    /// who would enter or exit.
+    Preview {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The definitions to preview.
+        #[arg(long, value_name = "FILE")]
+        segments: PathBuf,
+        /// Keys to show per list.
+        #[arg(long, default_value_t = 5)]
+        sample: usize,
+        /// Only these partitions (comma-separated; default: all the state directory holds).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Option<Vec<i32>>,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the cases of a rules test file (shoppers' stories and what must hold when) through
+    /// the core with these segment definitions; exit status 1 if any expectation fails.
+    Test {
+        /// The segment definitions.
+        #[arg(value_name = "SEGMENTS")]
+        segments: PathBuf,
+        /// The cases (see examples/segments.test.yaml).
+        #[arg(value_name = "CASES")]
+        cases: PathBuf,
+    },
     /// Why a shopper is (or is not) in a segment: the rule evaluated for the shopper now, each
     /// sub-expression with its value, and when the passing of time will next change it
     /// (read-only; the worker may be running).
@@ -362,6 +391,53 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             json,
             register,
         } => schemas(config, file, json, register).await,
+        Command::Test { segments, cases } => test_rules(&segments, &cases),
+        Command::Preview {
+            config,
+            segments,
+            sample,
+            partitions,
+            json,
+        } => {
+            let settings = load_config(&config)?;
+            let src = std::fs::read_to_string(&segments)
+                .with_context(|| format!("reading {}", segments.display()))?;
+            let new = tailor::segments::SegmentSet::parse(&src)
+                .map_err(|e| anyhow::anyhow!("{}:\n{e}", segments.display()))?;
+            let store = tailor::store::Store::open_read_only(&settings.config.state.path)?;
+            // The definitions in force are those the worker stored; the config's file if none.
+            let stored = store
+                .meta(tailor::worker::DEFINITIONS_KEY)?
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| tailor::segments::SegmentSet::parse(&s).ok());
+            let in_force = stored.as_ref().unwrap_or(&settings.segments);
+            let total = store.estimated_profiles().max(1);
+            let started = Instant::now();
+            let mut last = Instant::now();
+            let report = tailor::preview::run(
+                &store,
+                in_force,
+                &new,
+                partitions.as_deref(),
+                sample,
+                |done| {
+                    if last.elapsed() >= Duration::from_secs(2) {
+                        last = Instant::now();
+                        eprintln!(
+                            "preview: {done} of about {total} profiles ({:.0}%), {:.0}/s",
+                            (100.0 * done as f64 / total as f64).min(100.0),
+                            done as f64 / started.elapsed().as_secs_f64()
+                        );
+                    }
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", tailor::preview::to_text(&report));
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Explain {
             config,
             key,
@@ -421,6 +497,60 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
     }
+}
+
+/// `tailor test`: every case, its failures with the rule explained, and a summary.
+fn test_rules(segments: &Path, cases: &Path) -> anyhow::Result<std::process::ExitCode> {
+    use tailor::segments::SegmentSet;
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let set = SegmentSet::parse(&read(segments)?)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", segments.display()))?;
+    let set = Arc::new(set);
+    let parsed = tailor::cases::Cases::parse(&read(cases)?, &set)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cases.display()))?;
+    let outcomes = parsed.run(&set);
+    let (mut checks, mut failed) = (0, 0);
+    for o in &outcomes {
+        checks += o.checks;
+        if o.failures.is_empty() {
+            println!("ok    {}", o.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {}", o.name);
+            for f in &o.failures {
+                for line in f.lines() {
+                    println!("        {line}");
+                }
+            }
+        }
+    }
+    let (segs, journeys) = parsed.named();
+    let untested: Vec<&str> = set
+        .segments()
+        .iter()
+        .map(|s| s.id.as_str())
+        .filter(|id| !segs.iter().any(|s| s == id))
+        .chain(
+            set.journeys()
+                .iter()
+                .map(|j| j.id.as_str())
+                .filter(|id| !journeys.iter().any(|s| s == id)),
+        )
+        .collect();
+    if !untested.is_empty() {
+        println!("not named by any expectation: {}", untested.join(", "));
+    }
+    println!(
+        "{} cases, {checks} checks: {} passed, {failed} failed",
+        outcomes.len(),
+        outcomes.len() - failed
+    );
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// `tailor explain`'s text: the verdict, then the rule's tree, one sub-expression per line.

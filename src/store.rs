@@ -706,6 +706,22 @@ impl Store {
         p("rocksdb.total-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
     }
 
+    /// Calls `each` with every profile of `partition` and its key, in key order (tools that
+    /// walk every profile: `tailor preview`).
+    pub fn each_profile<E: From<StoreError>>(
+        &self,
+        partition: i32,
+        mut each: impl FnMut(&str, Profile) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for item in self.partition_iter(CF_PROFILES, partition) {
+            let (k, v) = item.map_err(StoreError::from)?;
+            let profile =
+                profile::decode(&v).map_err(|detail| StoreError::Corrupt { partition, detail })?;
+            each(&String::from_utf8_lossy(&k[4..]), profile)?;
+        }
+        Ok(())
+    }
+
     /// Every profile key of a partition (tests and tools; not on the hot path).
     pub fn profile_keys(&self, partition: i32) -> Result<Vec<String>, StoreError> {
         self.profile_keys_after(partition, None, usize::MAX)

@@ -23,8 +23,10 @@
 //! - [`audience`]: applies an event or fires a timer; membership changes and journey triggers
 //!   with deterministic ids.
 //! - [`samples`]: fully populated example events of every type.
+//! - [`cases`]: tests for rules (`tailor test`): shoppers' stories and what must hold when.
 
 pub mod audience;
+pub mod cases;
 pub mod clock;
 pub mod codec;
 pub mod event;

@@ -89,8 +89,9 @@ use task::Task;
 /// A transient fault with nothing left to redo is over after this long without another.
 const FAULT_QUIET: Duration = Duration::from_secs(30);
 
-/// Meta record: the segment definitions (source) profiles were last evaluated under.
-const DEFINITIONS_KEY: &[u8] = b"definitions";
+/// Meta record: the segment definitions (source) profiles were last evaluated under (read by
+/// `tailor preview` too).
+pub const DEFINITIONS_KEY: &[u8] = b"definitions";
 
 fn now_ms() -> i64 {
     SystemTime::now()

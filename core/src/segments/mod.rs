@@ -21,7 +21,7 @@ use yaml_rust2::parser::{Event as YamlEvent, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 pub use explain::{Evaluated, Part};
-pub use expr::{parse as parse_expr, ExprError};
+pub use expr::{parse as parse_expr, parse_duration, ExprError};
 pub use plan::{render_duration, Ctx, Node, Value, ATTRIBUTES, FUNCTIONS};
 
 use crate::event::EventType;
