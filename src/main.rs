@@ -127,6 +127,11 @@ enum Command {
         /// Only these partitions (comma-separated; default: all the state directory holds).
         #[arg(long, value_delimiter = ',')]
         partitions: Option<Vec<i32>>,
+        /// Instead of the stored profiles: run the definitions over the recorded input of this
+        /// range (`30d`, or `2026-01-01..2026-02-01`) into scratch state in memory, and count
+        /// entries and exits per day.
+        #[arg(long, value_name = "RANGE")]
+        history: Option<String>,
         /// The report as JSON.
         #[arg(long)]
         json: bool,
@@ -397,6 +402,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             segments,
             sample,
             partitions,
+            history,
             json,
         } => {
             let settings = load_config(&config)?;
@@ -404,6 +410,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .with_context(|| format!("reading {}", segments.display()))?;
             let new = tailor::segments::SegmentSet::parse(&src)
                 .map_err(|e| anyhow::anyhow!("{}:\n{e}", segments.display()))?;
+            if let Some(range) = history {
+                use tailor::preview::history;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64;
+                let range = history::parse_range(&range, now).map_err(|e| anyhow::anyhow!(e))?;
+                let started = Instant::now();
+                let report = tokio::task::spawn_blocking(move || {
+                    history::run(&settings, &Arc::new(new), range, &mut |what| {
+                        eprintln!("preview: {what} ({:.0} s)", started.elapsed().as_secs_f64())
+                    })
+                })
+                .await??;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", history::to_text(&report));
+                }
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
             let store = tailor::store::Store::open_read_only(&settings.config.state.path)?;
             // The definitions in force are those the worker stored; the config's file if none.
             let stored = store

@@ -301,3 +301,449 @@ mod tests {
         assert_eq!(a.keys(), want);
     }
 }
+
+// ------------------------------------------------------------------ history
+
+/// `--history`: the new definitions run over recorded input (the three input topics between two
+/// times) into scratch state held in memory, counting entries and exits per day. Each message key
+/// is one shopper (identity stitching across keys is not replayed), and the scratch state starts
+/// empty, so the first days count shoppers entering for the first time.
+pub mod history {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use serde::Serialize;
+
+    use crate::audience::{Core, Outputs, Source};
+    use crate::codec::{DecodeError, Family, SchemaCatalog};
+    use crate::config::Settings;
+    use crate::event::Event;
+    use crate::profile::Profile;
+    use crate::registry::{Lookup, Registry};
+    use crate::segments::SegmentSet;
+    use crate::wire::Direction;
+
+    /// `30d` (the last 30 days), `2026-01-01..2026-02-01`, or `2026-01-01..` (until now), as
+    /// (from, to) in ms.
+    pub fn parse_range(s: &str, now: i64) -> Result<(i64, i64), String> {
+        let bad = || {
+            format!("--history {s:?}: expected a duration such as 30d, or FROM..TO with UTC times such as 2026-01-01..2026-02-01 (TO may be left out)")
+        };
+        if let Some((from, to)) = s.split_once("..") {
+            let from = crate::cases::parse_utc(from.trim()).ok_or_else(bad)?;
+            let to = match to.trim() {
+                "" => now,
+                t => crate::cases::parse_utc(t).ok_or_else(bad)?,
+            };
+            if to <= from {
+                return Err(format!("--history {s:?}: the end is not after the start"));
+            }
+            return Ok((from, to));
+        }
+        let d = crate::segments::parse_duration(s.trim()).ok_or_else(bad)?;
+        Ok((now - d, now))
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+    pub struct Day {
+        /// `YYYY-MM-DD` (UTC).
+        pub day: String,
+        pub entered: u64,
+        pub exited: u64,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize)]
+    pub struct SegmentHistory {
+        pub id: String,
+        pub entered: u64,
+        pub exited: u64,
+        /// Members at the end of the range.
+        pub members: u64,
+        /// Days with at least one change, oldest first.
+        pub days: Vec<Day>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize)]
+    pub struct Report {
+        pub from: i64,
+        pub to: i64,
+        /// Messages read in the range, events applied, and messages left out by reason (bad
+        /// input, as the worker would dead-letter it).
+        pub messages: u64,
+        pub events: u64,
+        pub rejected: BTreeMap<String, u64>,
+        pub shoppers: u64,
+        pub timers_fired: u64,
+        /// Timers due after the range's end (what time alone would still change).
+        pub timers_pending: u64,
+        pub segments: Vec<SegmentHistory>,
+    }
+
+    /// One input message of the range, decoded.
+    pub struct Recorded {
+        pub time: i64,
+        /// 0 storefront, 1 back office, 2 profile (the order among equal times).
+        pub topic: usize,
+        pub partition: i32,
+        pub offset: i64,
+        pub key: String,
+        pub event: Event,
+    }
+
+    /// Reads the input topics' records stamped between `from` and `to` (the time they were
+    /// recorded; a replay of old data has recent stamps and old event times), decoded as the
+    /// worker decodes them.
+    fn read(
+        settings: &Settings,
+        catalog: &mut SchemaCatalog,
+        registry: Option<&Registry>,
+        (from, to): (i64, i64),
+        rejected: &mut BTreeMap<String, u64>,
+        messages: &mut u64,
+        progress: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Vec<Recorded>> {
+        let c = &settings.config;
+        let mut cfg = ClientConfig::new();
+        for (k, v) in &c.kafka {
+            cfg.set(k, v);
+        }
+        cfg.set("group.id", format!("tailor-preview-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
+        let topics = [
+            (&c.topics.storefront, Family::Storefront),
+            (&c.topics.backoffice, Family::Backoffice),
+            (&c.topics.profile, Family::Profile),
+        ];
+        let timeout = Duration::from_secs(10);
+        let mut wanted = TopicPartitionList::new();
+        let mut ends: HashMap<(usize, i32), i64> = HashMap::new();
+        for (i, (topic, _)) in topics.iter().enumerate() {
+            let meta = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .with_context(|| format!("reading the metadata of {topic}"))?;
+            let Some(t) = meta.topics().first().filter(|t| !t.partitions().is_empty()) else {
+                continue;
+            };
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .with_context(|| format!("reading the end of {topic}/{}", p.id()))?;
+                ends.insert((i, p.id()), high);
+                wanted.add_partition_offset(topic, p.id(), Offset::Offset(from))?;
+            }
+        }
+        // Offsets of the first records at or after `from`.
+        let starts = consumer
+            .offsets_for_times(wanted, timeout)
+            .context("finding the offsets of the range's start")?;
+        let mut assign = TopicPartitionList::new();
+        let index = |name: &str| topics.iter().position(|(t, _)| t.as_str() == name);
+        let mut open: BTreeSet<(usize, i32)> = BTreeSet::new();
+        for e in starts.elements() {
+            let i = index(e.topic()).expect("one of ours");
+            let end = ends[&(i, e.partition())];
+            let start = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => end, // nothing at or after `from`
+            };
+            if start < end {
+                open.insert((i, e.partition()));
+                assign.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
+            }
+        }
+        consumer.assign(&assign)?;
+        let mut out = Vec::new();
+        let mut last = Instant::now();
+        let mut quiet = Instant::now();
+        // Read to the ends found at start, then on until nothing comes for a second: some
+        // brokers (the development broker here) report the start of the last record batch as
+        // the end. Records stamped at or after `to` are left out.
+        loop {
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+                if open.is_empty() && quiet.elapsed() >= Duration::from_secs(1) {
+                    break;
+                }
+                if quiet.elapsed() > Duration::from_secs(30) {
+                    bail!("no message from the broker for 30 s with partitions {open:?} not read to their end");
+                }
+                continue;
+            };
+            quiet = Instant::now();
+            let msg = msg.context("reading the input topics")?;
+            let i = index(msg.topic()).expect("one of ours");
+            let part = (i, msg.partition());
+            if msg.offset() + 1 >= ends[&part] {
+                open.remove(&part);
+            }
+            if msg.timestamp().to_millis().is_some_and(|t| t >= to) {
+                continue;
+            }
+            *messages += 1;
+            if last.elapsed() >= Duration::from_secs(2) {
+                last = Instant::now();
+                progress(&format!("read {messages} messages"));
+            }
+            let payload = msg.payload().unwrap_or_default();
+            let mut decoded = catalog.decode_input(topics[i].1, payload);
+            if let (Err(DecodeError::SchemaIdPending(id)), Some(reg)) = (&decoded, registry) {
+                // A Confluent-framed message whose schema id is new: ask the registry once.
+                let id = *id;
+                match reg
+                    .schema_by_id(id)
+                    .with_context(|| format!("asking the schema registry for id {id}"))?
+                {
+                    Lookup::Found(json) => catalog.resolve_id(id, Some(&json)),
+                    Lookup::NotFound => catalog.resolve_id(id, None),
+                }
+                decoded = catalog.decode_input(topics[i].1, payload);
+            }
+            let decoded = decoded
+                .map_err(|e: DecodeError| e.code().to_owned())
+                .and_then(|(m, _)| Event::from_input(m, to).map_err(|e| e.code().to_owned()));
+            let event = match decoded {
+                Ok(ev) => ev,
+                Err(code) => {
+                    *rejected.entry(code).or_default() += 1;
+                    continue;
+                }
+            };
+            let key = match msg.key().filter(|k| !k.is_empty()) {
+                Some(k) => String::from_utf8_lossy(k).into_owned(),
+                None => match event.fallback_key() {
+                    Some(k) => k.to_owned(),
+                    None => {
+                        *rejected.entry("no_identity".into()).or_default() += 1;
+                        continue;
+                    }
+                },
+            };
+            out.push(Recorded {
+                time: event.time,
+                topic: i,
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key,
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs `set` over the recorded input of `range`.
+    pub fn run(
+        settings: &Settings,
+        set: &Arc<SegmentSet>,
+        range: (i64, i64),
+        progress: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Report> {
+        let c = &settings.config;
+        let mut catalog = SchemaCatalog::builtin().clone();
+        if let Some(dir) = &c.schemas.dir {
+            let (_, refused) = crate::schemas::load(&mut catalog, dir);
+            if !refused.is_empty() {
+                bail!("schemas.dir {}: {}", dir.display(), refused.join("; "));
+            }
+        }
+        let registry = Registry::from_config(&c.schema_registry, settings.registry_timeout)?;
+        if registry.is_some() {
+            catalog.enable_registry();
+        }
+        let mut rejected = BTreeMap::new();
+        let mut messages = 0;
+        let recorded = read(
+            settings,
+            &mut catalog,
+            registry.as_ref(),
+            range,
+            &mut rejected,
+            &mut messages,
+            progress,
+        )?;
+        let mut report = simulate(set, recorded, range, progress);
+        report.messages = messages;
+        report.rejected = rejected;
+        Ok(report)
+    }
+
+    /// Runs `set` over `recorded` in event-time order, in scratch state, firing timers up to the
+    /// range's end (no I/O: the part of `run` after reading).
+    pub fn simulate(
+        set: &Arc<SegmentSet>,
+        mut recorded: Vec<Recorded>,
+        range: (i64, i64),
+        progress: &mut dyn FnMut(&str),
+    ) -> Report {
+        // Event-time order across the three topics, as the worker's ordering approaches it.
+        recorded.sort_by_key(|r| (r.time, r.topic, r.partition, r.offset));
+        progress(&format!("running {} events", recorded.len()));
+        let mut core = Core::new(set.clone()).with_explanations(false);
+        let mut profiles: HashMap<String, Profile> = HashMap::new();
+        let mut timers: BTreeSet<(i64, String)> = BTreeSet::new();
+        let mut out = Outputs::default();
+        let mut counts: Vec<BTreeMap<i64, (u64, u64)>> = vec![BTreeMap::new(); set.len()];
+        let index: HashMap<&str, usize> = set
+            .segments()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect();
+        let mut tally = |out: &mut Outputs| {
+            for c in out.changes.drain(..) {
+                if let Some(&i) = index.get(c.segment_id.as_str()) {
+                    let day = counts[i]
+                        .entry(c.event_time.div_euclid(86_400_000))
+                        .or_default();
+                    match c.direction {
+                        Direction::Entered => day.0 += 1,
+                        Direction::Exited => day.1 += 1,
+                    }
+                }
+            }
+            let fired = out.timers_fired;
+            out.clear();
+            fired
+        };
+        let mut timers_fired = 0;
+        let fire_until = |until: i64,
+                          core: &mut Core,
+                          profiles: &mut HashMap<String, Profile>,
+                          timers: &mut BTreeSet<(i64, String)>,
+                          out: &mut Outputs| {
+            while let Some((due, key)) = timers.first().cloned().filter(|(d, _)| *d <= until) {
+                timers.remove(&(due, key.clone()));
+                let p = profiles.get_mut(&key).expect("a timer's profile");
+                core.advance(&key, p, due, out);
+                if let Some(next) = p.next_timer {
+                    timers.insert((next, key));
+                }
+            }
+        };
+        let total = recorded.len();
+        let mut last = Instant::now();
+        for (n, r) in recorded.into_iter().enumerate() {
+            fire_until(r.time, &mut core, &mut profiles, &mut timers, &mut out);
+            timers_fired += tally(&mut out);
+            let p = profiles.entry(r.key.clone()).or_default();
+            if let Some(t) = p.next_timer {
+                timers.remove(&(t, r.key.clone()));
+            }
+            let source = Source {
+                topic: "history",
+                partition: r.partition,
+                offset: r.offset,
+            };
+            core.process(&r.key, p, &r.event, source, r.time, &mut out);
+            if let Some(t) = p.next_timer {
+                timers.insert((t, r.key));
+            }
+            timers_fired += tally(&mut out);
+            if last.elapsed() >= Duration::from_secs(2) {
+                last = Instant::now();
+                progress(&format!("{} of {total} events", n + 1));
+            }
+        }
+        fire_until(range.1, &mut core, &mut profiles, &mut timers, &mut out);
+        timers_fired += tally(&mut out);
+        let segments = set
+            .segments()
+            .iter()
+            .zip(counts)
+            .map(|(seg, days)| SegmentHistory {
+                id: seg.id.clone(),
+                entered: days.values().map(|d| d.0).sum(),
+                exited: days.values().map(|d| d.1).sum(),
+                members: profiles
+                    .values()
+                    .filter(|p| p.segments.iter().any(|m| m.segment == seg.id))
+                    .count() as u64,
+                days: days
+                    .into_iter()
+                    .map(|(day, (entered, exited))| Day {
+                        day: crate::replay::format_time(day * 86_400_000)[..10].to_owned(),
+                        entered,
+                        exited,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Report {
+            from: range.0,
+            to: range.1,
+            messages: total as u64,
+            events: total as u64,
+            rejected: BTreeMap::new(),
+            shoppers: profiles.len() as u64,
+            timers_fired,
+            timers_pending: timers.len() as u64,
+            segments,
+        }
+    }
+
+    /// The report as text: totals per segment, then a line per day.
+    pub fn to_text(r: &Report) -> String {
+        use std::fmt::Write;
+        let f = crate::replay::format_time;
+        let mut out = format!(
+            "history {} .. {}: {} messages, {} events of {} shoppers, {} timers fired\n",
+            f(r.from),
+            f(r.to),
+            r.messages,
+            r.events,
+            r.shoppers,
+            r.timers_fired
+        );
+        if !r.rejected.is_empty() {
+            let _ = writeln!(out, "left out (bad input): {:?}", r.rejected);
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<28} {:>9} {:>9} {:>12}",
+            "segment", "entered", "exited", "members end"
+        );
+        for s in &r.segments {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>9} {:>9} {:>12}",
+                s.id, s.entered, s.exited, s.members
+            );
+        }
+        for s in r.segments.iter().filter(|s| !s.days.is_empty()) {
+            let _ = writeln!(out, "\n{} per day (entered / exited):", s.id);
+            for d in &s.days {
+                let _ = writeln!(out, "  {}  +{} -{}", d.day, d.entered, d.exited);
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn history_ranges_parse_or_say_what_is_expected() {
+            let now = 1_767_225_600_000; // 2026-01-01
+            assert_eq!(parse_range("30d", now), Ok((now - 30 * 86_400_000, now)));
+            assert_eq!(
+                parse_range("2025-12-01..2025-12-31", now),
+                Ok((now - 31 * 86_400_000, now - 86_400_000))
+            );
+            assert_eq!(
+                parse_range("2025-12-31..", now),
+                Ok((now - 86_400_000, now))
+            );
+            assert!(parse_range("last month", now)
+                .unwrap_err()
+                .contains("expected"));
+            assert!(parse_range("2026-01-02..2026-01-01", now)
+                .unwrap_err()
+                .contains("not after"));
+        }
+    }
+}

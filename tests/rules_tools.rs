@@ -220,6 +220,50 @@ fn preview_and_explain_read_a_running_workers_state() {
         "{text}"
     );
 
+    // The same definitions over the recorded input of the last day, in scratch state.
+    let (code, out, err) = tailor(&[
+        "preview",
+        "--config",
+        config,
+        "--segments",
+        proposed.to_str().unwrap(),
+        "--history",
+        "1d",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&h["messages"], &h["events"], &h["shoppers"]),
+        (
+            &serde_json::json!(60),
+            &serde_json::json!(60),
+            &serde_json::json!(30)
+        ),
+        "{h}"
+    );
+    let hist = |id: &str| {
+        let s = h["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()
+            .clone();
+        let per_day: u64 = s["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["entered"].as_u64().unwrap())
+            .sum();
+        assert_eq!(per_day, s["entered"].as_u64().unwrap(), "{s}");
+        (get(&s, "entered"), get(&s, "exited"), get(&s, "members"))
+    };
+    assert_eq!(hist("cart-holders"), (20, 0, 20));
+    assert_eq!(hist("keen"), (10, 0, 10));
+    assert_eq!(hist("browsers"), (0, 0, 0));
+    assert!(err.contains("preview: running 60 events"), "{err}");
+
     // Explain, from the same state: why shopper-3 is a browser, and when that will end.
     let (code, out, err) = tailor(&["explain", "--config", config, "shopper-3", "browsers"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -240,4 +284,154 @@ fn preview_and_explain_read_a_running_workers_state() {
     assert_ne!(code, 0);
     assert!(err.contains("no segment 'nope'"), "{err}");
     worker.stop();
+}
+
+/// The shipped real samples (UCI Online Retail orders, REES46 storefront behaviour) through a
+/// worker with the example segments: every change names a condition of its segment's rule with
+/// values that differ before and after; previewing the definitions in force finds no one who
+/// would enter or exit (the preview evaluates as the live path did); and the history preview's
+/// scratch state ends with the live state's members.
+#[test]
+fn explain_preview_and_history_agree_with_the_live_path_on_real_data() {
+    let s = Setup::with_segments("rules-real", 4, 1000, "examples/segments.yaml");
+    let config = s.config.to_str().unwrap();
+    let mut produced = 0u64;
+    for (dataset, file) in [
+        ("uci-online-retail", "samples/uci-online-retail-sample.csv"),
+        ("rees46", "samples/rees46-2019oct-sample.csv"),
+    ] {
+        let (code, out, err) = tailor(&[
+            "replay",
+            "--dataset",
+            dataset,
+            "--file",
+            &root(file),
+            "--config",
+            config,
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        produced += out
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+    }
+    let mut worker = s.start(1);
+    worker.wait_caught_up(produced);
+    // Caught up, each partition's clock moves to the wall clock and the time-driven changes of
+    // the years since the data (windows emptying) happen: the history preview below runs its
+    // timers to now too.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    worker.wait_for(
+        std::time::Duration::from_secs(60),
+        "every partition's clock at the wall clock",
+        |w| {
+            (0..4).all(|p| {
+                w.metric(
+                    "tailor_stream_clock_timestamp_seconds",
+                    &format!("partition=\"{p}\""),
+                ) > now_s - 86_400.0
+            })
+        },
+    );
+    // Then until the timers they made due have fired (no more for two seconds).
+    let mut fired = -1.0;
+    for _ in 0..60 {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let now = worker.metric("tailor_timers_fired_total", "");
+        if now == fired {
+            break;
+        }
+        fired = now;
+    }
+    worker.stop();
+
+    // Explanations on the output topic, decoded with the contract's schema.
+    let segments_src = std::fs::read_to_string(root("examples/segments.yaml")).unwrap();
+    let set = tailor::segments::SegmentSet::parse(&segments_src).unwrap();
+    let lines: Vec<&str> = segments_src.lines().collect();
+    let mut explained = 0;
+    for m in read_topic_until_quiet(&s.topics.audience, 4, std::time::Duration::from_secs(3)) {
+        use rdkafka::Message;
+        let c = tailor::codec::decode::audience_change(m.payload().unwrap()).unwrap();
+        if !matches!(c.cause.kind.as_str(), "event" | "timer") {
+            continue;
+        }
+        let e = c
+            .explanation
+            .unwrap_or_else(|| panic!("no explanation: {}", c.id));
+        let seg = &set.segments()[set.index_of(&c.segment_id).unwrap()];
+        let rule: String = seg.source.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            rule.contains(&e.expression),
+            "{} not in {rule}",
+            e.expression
+        );
+        assert_ne!(e.before, e.after, "{e:?}");
+        let line = lines[e.line as usize - 1];
+        let first_word = e.expression.split([' ', '(']).next().unwrap();
+        assert!(
+            line[e.column as usize - 1..].starts_with(first_word),
+            "{e:?} does not point at {line:?}"
+        );
+        explained += 1;
+    }
+    assert!(explained > 1000, "{explained} explained changes");
+
+    // Preview of the definitions in force, against the state the worker left.
+    let (code, out, err) = tailor(&[
+        "preview",
+        "--config",
+        config,
+        "--segments",
+        &root("examples/segments.yaml"),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut live = std::collections::BTreeMap::new();
+    for seg in r["segments"].as_array().unwrap() {
+        assert_eq!(seg["status"], "unchanged", "{seg}");
+        assert_eq!(
+            (&seg["would_enter"], &seg["would_exit"]),
+            (&serde_json::json!(0), &serde_json::json!(0)),
+            "{seg}"
+        );
+        live.insert(
+            seg["id"].as_str().unwrap().to_owned(),
+            seg["members"].clone(),
+        );
+    }
+    assert!(live.values().any(|m| m.as_u64().unwrap() > 0), "{live:?}");
+
+    // The same input in scratch state: the same members at the end.
+    let (code, out, err) = tailor(&[
+        "preview",
+        "--config",
+        config,
+        "--segments",
+        &root("examples/segments.yaml"),
+        "--history",
+        "1d",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(h["events"].as_u64().unwrap(), produced, "{}", h["rejected"]);
+    let history: std::collections::BTreeMap<String, serde_json::Value> = h["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_owned(), s["members"].clone()))
+        .collect();
+    assert_eq!(
+        history,
+        live,
+        "{}",
+        serde_json::json!([&h["timers_fired"], &h["timers_pending"], &h["shoppers"]])
+    );
 }

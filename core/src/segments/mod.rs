@@ -693,7 +693,23 @@ fn rule_position(src: &str, d: &Def, offset: usize) -> (usize, usize) {
     let newlines = before.matches('\n').count();
     let col_in_line = before.rsplit('\n').next().map_or(0, |s| s.chars().count());
     match d.rule_style {
-        TScalarStyle::Literal | TScalarStyle::Folded => {
+        TScalarStyle::Folded => {
+            // The block's lines joined by spaces (a blank line by a newline): walk the source
+            // lines from the first content line (the parser's mark) to the one holding `offset`.
+            let mut rest = before.len();
+            let first = d.rule_mark.line();
+            for (line, text) in (first..).zip(src.lines().skip(first.saturating_sub(1))) {
+                let content = text.trim();
+                let indent = text.len() - text.trim_start().len();
+                if rest <= content.len() {
+                    let col = content.get(..rest).map_or(rest, |c| c.chars().count());
+                    return (line, indent + col + 1);
+                }
+                rest -= content.len() + 1;
+            }
+            (d.rule_mark.line(), 1)
+        }
+        TScalarStyle::Literal => {
             // Block scalar: the parser marks its first non-blank content line; columns follow
             // that line's indentation.
             let leading_blank = d.rule.len() - d.rule.trim_start_matches('\n').len();

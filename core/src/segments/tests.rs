@@ -385,3 +385,27 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
         set.explain(set.index_of("mobile-shoppers").unwrap(), &copy, T0 + 71 * H)
     );
 }
+
+/// A folded rule (`rule: >-` over several lines) is one line of text for the parser; positions
+/// (errors, explanations) point at the line and column where each part is written.
+#[test]
+fn positions_in_a_folded_rule_point_at_the_written_line() {
+    let src = "segments:\n  - id: s\n    rule: >-\n      orders.count >= 2\n      and cart.items > 0\n      and bogus > 1\n";
+    let err = SegmentSet::parse(src).unwrap_err();
+    assert_eq!((err.0[0].line, err.0[0].col), (6, 11), "{err}");
+    let set = SegmentSet::parse(&src.replace("bogus", "events.total")).unwrap();
+    let tree = set.explain(0, &Profile::default(), 0).unwrap();
+    let at: Vec<(String, usize, usize)> = tree
+        .children
+        .iter()
+        .map(|c| (c.expression.clone(), c.line, c.column))
+        .collect();
+    assert_eq!(
+        at,
+        vec![
+            ("orders.count >= 2".to_string(), 4, 7),
+            ("cart.items > 0".to_string(), 5, 11),
+            ("events.total > 1".to_string(), 6, 11),
+        ]
+    );
+}
