@@ -60,7 +60,8 @@ pub struct Overlap {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SegmentPreview {
     pub id: String,
-    /// `new`, `changed` or `unchanged` compared with the definitions in force.
+    /// `new`, `changed` or `unchanged` compared with the definitions in force; `affected`: the
+    /// rule is unchanged but uses (`in_segment`) a segment that is new, changed or removed.
     pub status: &'static str,
     pub members: u64,
     pub sample: Vec<String>,
@@ -178,7 +179,29 @@ pub fn run(
         })?;
     }
     progress(done);
-    let (added, changed, _) = new.diff(in_force);
+    let (added, changed, gone) = new.diff(in_force);
+    // Unchanged rules that use a new, changed or removed segment (`in_segment`), transitively.
+    let mut touched: Vec<String> = added.iter().chain(&changed).chain(&gone).cloned().collect();
+    let mut affected: Vec<String> = Vec::new();
+    loop {
+        let more: Vec<String> = new
+            .segments()
+            .iter()
+            .filter(|s| !touched.contains(&s.id))
+            .filter(|s| {
+                touched.iter().any(|t| {
+                    s.source.contains(&format!("in_segment(\"{t}\")"))
+                        || s.source.contains(&format!("in_segment('{t}')"))
+                })
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        touched.extend(more.iter().cloned());
+        affected.extend(more);
+    }
     let segments = new
         .segments()
         .iter()
@@ -200,6 +223,8 @@ pub fn run(
                     "new"
                 } else if changed.contains(&seg.id) {
                     "changed"
+                } else if affected.contains(&seg.id) {
+                    "affected"
                 } else {
                     "unchanged"
                 },

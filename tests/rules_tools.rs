@@ -97,6 +97,8 @@ const IN_FORCE: &str = "segments:
     rule: count(productPageView, 7d) >= 3
   - id: everyone
     rule: events.total >= 1
+  - id: carting-browsers
+    rule: in_segment(\"browsers\") and cart.items > 0
 ";
 
 const PROPOSED: &str = "segments:
@@ -106,6 +108,8 @@ const PROPOSED: &str = "segments:
     rule: count(productPageView, 7d) >= 5
   - id: keen
     rule: count(productPageView, 7d) >= 2 and not in_segment(\"cart-holders\")
+  - id: carting-browsers
+    rule: in_segment(\"browsers\") and cart.items > 0
 ";
 
 #[test]
@@ -178,6 +182,11 @@ fn preview_and_explain_read_a_running_workers_state() {
         .collect();
     assert_eq!(exits.len(), 3, "{browsers}");
     assert!(exits.iter().all(|k| k.starts_with("shopper-")), "{exits:?}");
+    assert_eq!(
+        seg("carting-browsers")["status"],
+        "affected",
+        "its rule is the same, but it uses browsers, which changed"
+    );
     let keen = seg("keen");
     assert_eq!(keen["status"], "new");
     assert_eq!(

@@ -979,7 +979,7 @@ journeys:
                     11,
                     "true",
                     "false",
-                    &["since(last productPageView): 29m 59s -> 30m"]
+                    &["since(last productPageView): 29m 59s 999ms -> 30m"]
                 ),
                 ex(
                     "count(productPageView, 1h) >= 2",

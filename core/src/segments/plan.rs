@@ -758,19 +758,24 @@ impl Value {
     }
 }
 
-/// `90061000` ms as `1d 1h 1m 1s`; under a second as ms.
+/// `90061001` ms as `1d 1h 1m 1s 1ms` (each unit only when not zero; `0ms` for zero).
 pub fn render_duration(ms: f64) -> String {
     let sign = if ms < 0.0 { "-" } else { "" };
-    let ms = ms.abs().round() as i64;
-    if ms < 1000 {
-        return format!("{sign}{ms}ms");
+    let mut rest = ms.abs().round() as i64;
+    if rest == 0 {
+        return "0ms".into();
     }
     let mut parts = Vec::new();
-    let mut rest = ms / 1000;
-    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-        if rest >= secs {
-            parts.push(format!("{}{unit}", rest / secs));
-            rest %= secs;
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if rest >= size {
+            parts.push(format!("{}{unit}", rest / size));
+            rest %= size;
         }
     }
     format!("{sign}{}", parts.join(" "))
