@@ -122,10 +122,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         segments: PathBuf,
         /// Keys to show per list.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, conflicts_with = "history")]
         sample: usize,
+        /// Show profile keys that are e-mail addresses in full (masked by default: a report
+        /// passed around should name no one).
+        #[arg(long, conflicts_with = "history")]
+        show_emails: bool,
         /// Only these partitions (comma-separated; default: all the state directory holds).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "history")]
         partitions: Option<Vec<i32>>,
         /// Instead of the stored profiles: run the definitions over the recorded input of this
         /// range (`30d`, or `2026-01-01..2026-02-01`) into scratch state in memory, and count
@@ -137,7 +141,8 @@ enum Command {
         json: bool,
     },
     /// Run the cases of a rules test file (shoppers' stories and what must hold when) through
-    /// the core with these segment definitions; exit status 1 if any expectation fails.
+    /// the core with these segment definitions; exit status 1 if any expectation fails, 2 if a
+    /// file cannot be read or is wrong.
     Test {
         /// The segment definitions.
         #[arg(value_name = "SEGMENTS")]
@@ -401,6 +406,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             config,
             segments,
             sample,
+            show_emails,
             partitions,
             history,
             json,
@@ -431,12 +437,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::SUCCESS);
             }
             let store = tailor::store::Store::open_read_only(&settings.config.state.path)?;
-            // The definitions in force are those the worker stored; the config's file if none.
-            let stored = store
-                .meta(tailor::worker::DEFINITIONS_KEY)?
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| tailor::segments::SegmentSet::parse(&s).ok());
-            let in_force = stored.as_ref().unwrap_or(&settings.segments);
+            let in_force = definitions_in_force(&store, &settings)?;
+            let in_force = &in_force;
             let total = store.estimated_profiles().max(1);
             let started = Instant::now();
             let mut last = Instant::now();
@@ -446,6 +448,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 &new,
                 partitions.as_deref(),
                 sample,
+                show_emails,
                 |done| {
                     if last.elapsed() >= Duration::from_secs(2) {
                         last = Instant::now();
@@ -472,20 +475,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let settings = load_config(&config)?;
             let store = tailor::store::Store::open_read_only(&settings.config.state.path)?;
+            let in_force = definitions_in_force(&store, &settings)?;
+            // E-mails are kept trimmed and lower-cased, as the HTTP lookup finds them.
+            let key = if key.contains('@') {
+                tailor::event::normalise_email(&key).unwrap_or(key)
+            } else {
+                key
+            };
             let Some((partition, profile_key, p)) = store.find_profile(&key)? else {
                 eprintln!("no profile for this identity");
                 return Ok(std::process::ExitCode::from(2));
             };
             let now = tailor::http::stream_now(store.clock(partition)?, &p);
-            let doc = tailor::http::explain_doc(
-                &settings.segments,
-                &profile_key,
-                partition,
-                &p,
-                &segment,
-                now,
-            )
-            .map_err(|e| anyhow::anyhow!(e))?;
+            let doc =
+                tailor::http::explain_doc(&in_force, &profile_key, partition, &p, &segment, now)
+                    .map_err(|e| anyhow::anyhow!(e))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -525,16 +529,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// The definitions the worker has in force (stored with its state), else the config's file; a
+/// note on stderr when they differ (the file was edited and not reloaded, or its reload was
+/// refused).
+fn definitions_in_force(
+    store: &tailor::store::Store,
+    settings: &tailor::config::Settings,
+) -> anyhow::Result<tailor::segments::SegmentSet> {
+    let stored = store
+        .meta(tailor::worker::DEFINITIONS_KEY)?
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| tailor::segments::SegmentSet::parse(&s).ok());
+    Ok(match stored {
+        Some(set) => {
+            if set.fingerprint() != settings.segments.fingerprint() {
+                eprintln!(
+                    "note: the worker's definitions in force differ from {} (edited and not reloaded?); using those in force",
+                    settings.config.segments.file.display()
+                );
+            }
+            set
+        }
+        None => settings.segments.clone(),
+    })
+}
+
 /// `tailor test`: every case, its failures with the rule explained, and a summary.
 fn test_rules(segments: &Path, cases: &Path) -> anyhow::Result<std::process::ExitCode> {
     use tailor::segments::SegmentSet;
     let read =
         |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let set = SegmentSet::parse(&read(segments)?)
-        .map_err(|e| anyhow::anyhow!("{}:\n{e}", segments.display()))?;
-    let set = Arc::new(set);
-    let parsed = tailor::cases::Cases::parse(&read(cases)?, &set)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cases.display()))?;
+    // A file that cannot be read or is wrong: exit status 2 (1 is for failed expectations).
+    let bad = |e: String| {
+        eprintln!("error: {e}");
+        Ok(std::process::ExitCode::from(2))
+    };
+    let set = match read(segments).map(|src| SegmentSet::parse(&src)) {
+        Ok(Ok(set)) => Arc::new(set),
+        Ok(Err(e)) => return bad(format!("{}:\n{e}", segments.display())),
+        Err(e) => return bad(format!("{e:#}")),
+    };
+    let parsed = match read(cases).map(|src| tailor::cases::Cases::parse(&src, &set)) {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(e)) => return bad(format!("{}: {e}", cases.display())),
+        Err(e) => return bad(format!("{e:#}")),
+    };
     let outcomes = parsed.run(&set);
     let (mut checks, mut failed) = (0, 0);
     for o in &outcomes {

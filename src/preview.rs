@@ -44,8 +44,23 @@ impl Sample {
         self.items.truncate(self.n);
     }
 
-    fn keys(&self) -> Vec<String> {
-        self.items.iter().map(|(_, k)| k.clone()).collect()
+    /// The sampled keys; e-mail addresses (profiles keyed by e-mail) masked unless `show`.
+    fn keys(&self, show: bool) -> Vec<String> {
+        self.items
+            .iter()
+            .map(|(_, k)| if show { k.clone() } else { mask_email(k) })
+            .collect()
+    }
+}
+
+/// `ann.smith@example.com` as `a…@example.com`: a report passed around names no one.
+pub fn mask_email(key: &str) -> String {
+    match key.split_once('@') {
+        Some((local, domain)) => {
+            let first = local.chars().next().map(String::from).unwrap_or_default();
+            format!("{first}…@{domain}")
+        }
+        None => key.to_owned(),
     }
 }
 
@@ -109,6 +124,7 @@ pub fn run(
     new: &SegmentSet,
     partitions: Option<&[i32]>,
     sample: usize,
+    show_emails: bool,
     mut progress: impl FnMut(u64),
 ) -> Result<Report, StoreError> {
     let partitions = match partitions {
@@ -188,12 +204,7 @@ pub fn run(
             .segments()
             .iter()
             .filter(|s| !touched.contains(&s.id))
-            .filter(|s| {
-                touched.iter().any(|t| {
-                    s.source.contains(&format!("in_segment(\"{t}\")"))
-                        || s.source.contains(&format!("in_segment('{t}')"))
-                })
-            })
+            .filter(|s| s.uses().iter().any(|u| touched.contains(u)))
             .map(|s| s.id.clone())
             .collect();
         if more.is_empty() {
@@ -230,11 +241,11 @@ pub fn run(
                 },
                 id: seg.id.clone(),
                 members: t.members,
-                sample: t.sample.keys(),
+                sample: t.sample.keys(show_emails),
                 would_enter: t.enter,
-                enter_sample: t.enter_sample.keys(),
+                enter_sample: t.enter_sample.keys(show_emails),
                 would_exit: t.exit,
-                exit_sample: t.exit_sample.keys(),
+                exit_sample: t.exit_sample.keys(show_emails),
                 overlap,
             }
         })
@@ -315,15 +326,26 @@ mod tests {
         let mut b = Sample::new(5);
         keys.iter().for_each(|k| a.offer(k));
         keys.iter().rev().for_each(|k| b.offer(k));
-        assert_eq!(a.keys(), b.keys());
-        assert_eq!(a.keys().len(), 5);
+        assert_eq!(a.keys(true), b.keys(true));
+        assert_eq!(a.keys(true).len(), 5);
         let mut all: Vec<(u64, &String)> = keys
             .iter()
             .map(|k| (xxhash_rust::xxh3::xxh3_64(k.as_bytes()), k))
             .collect();
         all.sort();
         let want: Vec<String> = all[..5].iter().map(|(_, k)| (*k).clone()).collect();
-        assert_eq!(a.keys(), want);
+        assert_eq!(a.keys(true), want);
+    }
+
+    #[test]
+    fn e_mail_keys_are_masked_in_samples_unless_asked() {
+        let mut s = Sample::new(3);
+        s.offer("ann.smith@example.com");
+        s.offer("17850");
+        let mut shown = s.keys(false);
+        shown.sort();
+        assert_eq!(shown, vec!["17850", "a…@example.com"]);
+        assert!(s.keys(true).contains(&"ann.smith@example.com".to_string()));
     }
 }
 
@@ -438,124 +460,151 @@ pub mod history {
         }
         cfg.set("group.id", format!("tailor-preview-{}", std::process::id()))
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
+            .set("enable.partition.eof", "true");
         let topics = [
             (&c.topics.storefront, Family::Storefront),
             (&c.topics.backoffice, Family::Backoffice),
             (&c.topics.profile, Family::Profile),
         ];
         let timeout = Duration::from_secs(10);
-        let mut wanted = TopicPartitionList::new();
-        let mut ends: HashMap<(usize, i32), i64> = HashMap::new();
-        for (i, (topic, _)) in topics.iter().enumerate() {
+        let mut out = Vec::new();
+        let mut last = Instant::now();
+        // One topic at a time, with a consumer of its own: an end-of-partition event names the
+        // partition number only.
+        for (i, (topic, family)) in topics.iter().enumerate() {
+            let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
             let meta = consumer
                 .fetch_metadata(Some(topic), timeout)
                 .with_context(|| format!("reading the metadata of {topic}"))?;
             let Some(t) = meta.topics().first().filter(|t| !t.partitions().is_empty()) else {
                 continue;
             };
+            let mut wanted = TopicPartitionList::new();
+            let mut ends: HashMap<i32, i64> = HashMap::new();
             for p in t.partitions() {
                 let (_, high) = consumer
                     .fetch_watermarks(topic, p.id(), timeout)
                     .with_context(|| format!("reading the end of {topic}/{}", p.id()))?;
-                ends.insert((i, p.id()), high);
+                ends.insert(p.id(), high);
                 wanted.add_partition_offset(topic, p.id(), Offset::Offset(from))?;
             }
-        }
-        // Offsets of the first records at or after `from`.
-        let starts = consumer
-            .offsets_for_times(wanted, timeout)
-            .context("finding the offsets of the range's start")?;
-        let mut assign = TopicPartitionList::new();
-        let index = |name: &str| topics.iter().position(|(t, _)| t.as_str() == name);
-        let mut open: BTreeSet<(usize, i32)> = BTreeSet::new();
-        for e in starts.elements() {
-            let i = index(e.topic()).expect("one of ours");
-            let end = ends[&(i, e.partition())];
-            let start = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => end, // nothing at or after `from`
-            };
-            if start < end {
-                open.insert((i, e.partition()));
-                assign.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
-            }
-        }
-        consumer.assign(&assign)?;
-        let mut out = Vec::new();
-        let mut last = Instant::now();
-        let mut quiet = Instant::now();
-        // Read to the ends found at start, then on until nothing comes for a second: some
-        // brokers (the development broker here) report the start of the last record batch as
-        // the end. Records stamped at or after `to` are left out.
-        loop {
-            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-                if open.is_empty() && quiet.elapsed() >= Duration::from_secs(1) {
-                    break;
+            // Offsets of the first records at or after `from`.
+            let starts = consumer
+                .offsets_for_times(wanted, timeout)
+                .with_context(|| format!("finding where {topic} reaches the range's start"))?;
+            let mut assign = TopicPartitionList::new();
+            let mut open: BTreeSet<i32> = BTreeSet::new();
+            for e in starts.elements() {
+                let end = ends[&e.partition()];
+                let start = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => end, // nothing at or after `from`
+                };
+                if start < end {
+                    open.insert(e.partition());
+                    assign.add_partition_offset(topic, e.partition(), Offset::Offset(start))?;
                 }
-                if quiet.elapsed() > Duration::from_secs(30) {
-                    bail!("no message from the broker for 30 s with partitions {open:?} not read to their end");
-                }
-                continue;
-            };
-            quiet = Instant::now();
-            let msg = msg.context("reading the input topics")?;
-            let i = index(msg.topic()).expect("one of ours");
-            let part = (i, msg.partition());
-            if msg.offset() + 1 >= ends[&part] {
-                open.remove(&part);
             }
-            if msg.timestamp().to_millis().is_some_and(|t| t >= to) {
+            if open.is_empty() {
                 continue;
             }
-            *messages += 1;
-            if last.elapsed() >= Duration::from_secs(2) {
-                last = Instant::now();
-                progress(&format!("read {messages} messages"));
-            }
-            let payload = msg.payload().unwrap_or_default();
-            let mut decoded = catalog.decode_input(topics[i].1, payload);
-            if let (Err(DecodeError::SchemaIdPending(id)), Some(reg)) = (&decoded, registry) {
-                // A Confluent-framed message whose schema id is new: ask the registry once.
-                let id = *id;
-                match reg
-                    .schema_by_id(id)
-                    .with_context(|| format!("asking the schema registry for id {id}"))?
-                {
-                    Lookup::Found(json) => catalog.resolve_id(id, Some(&json)),
-                    Lookup::NotFound => catalog.resolve_id(id, None),
-                }
-                decoded = catalog.decode_input(topics[i].1, payload);
-            }
-            let decoded = decoded
-                .map_err(|e: DecodeError| e.code().to_owned())
-                .and_then(|(m, _)| Event::from_input(m, to).map_err(|e| e.code().to_owned()));
-            let event = match decoded {
-                Ok(ev) => ev,
-                Err(code) => {
-                    *rejected.entry(code).or_default() += 1;
-                    continue;
-                }
+            consumer.assign(&assign)?;
+            let mut quiet = Instant::now();
+            let mut heard: HashMap<i32, Instant> =
+                open.iter().map(|p| (*p, Instant::now())).collect();
+            // A partition is done at its end (the end-of-partition event), at its first record
+            // stamped at or after `to` (a live topic goes on), or when the position has passed
+            // the end found at start and nothing came for a second (the development broker here
+            // reports the start of the last record batch as the end, and no end event past it).
+            let close = |p: i32, open: &mut BTreeSet<i32>| {
+                open.remove(&p);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, p);
+                let _ = consumer.pause(&tpl);
             };
-            let key = match msg.key().filter(|k| !k.is_empty()) {
-                Some(k) => String::from_utf8_lossy(k).into_owned(),
-                None => match event.fallback_key() {
-                    Some(k) => k.to_owned(),
+            while !open.is_empty() {
+                for e in consumer.position()?.elements() {
+                    let p = e.partition();
+                    if let Offset::Offset(at) = e.offset() {
+                        if open.contains(&p)
+                            && at >= ends[&p]
+                            && heard[&p].elapsed() >= Duration::from_secs(1)
+                        {
+                            close(p, &mut open);
+                        }
+                    }
+                }
+                let msg = match consumer.poll(Duration::from_millis(200)) {
                     None => {
-                        *rejected.entry("no_identity".into()).or_default() += 1;
+                        if quiet.elapsed() > Duration::from_secs(30) {
+                            bail!("no message from {topic} for 30 s with partitions {open:?} not read to their end");
+                        }
                         continue;
                     }
-                },
-            };
-            out.push(Recorded {
-                time: event.time,
-                topic: i,
-                partition: msg.partition(),
-                offset: msg.offset(),
-                key,
-                event,
-            });
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                        close(p, &mut open);
+                        continue;
+                    }
+                    Some(m) => m.with_context(|| format!("reading {topic}"))?,
+                };
+                quiet = Instant::now();
+                let p = msg.partition();
+                if !open.contains(&p) {
+                    continue; // fetched before its partition was closed
+                }
+                heard.insert(p, Instant::now());
+                if msg.timestamp().to_millis().is_some_and(|t| t >= to) {
+                    close(p, &mut open);
+                    continue;
+                }
+                *messages += 1;
+                if last.elapsed() >= Duration::from_secs(2) {
+                    last = Instant::now();
+                    progress(&format!("read {messages} messages"));
+                }
+                let payload = msg.payload().unwrap_or_default();
+                let mut decoded = catalog.decode_input(*family, payload);
+                if let (Err(DecodeError::SchemaIdPending(id)), Some(reg)) = (&decoded, registry) {
+                    // A Confluent-framed message whose schema id is new: ask the registry once.
+                    let id = *id;
+                    match reg
+                        .schema_by_id(id)
+                        .with_context(|| format!("asking the schema registry for id {id}"))?
+                    {
+                        Lookup::Found(json) => catalog.resolve_id(id, Some(&json)),
+                        Lookup::NotFound => catalog.resolve_id(id, None),
+                    }
+                    decoded = catalog.decode_input(*family, payload);
+                }
+                let decoded = decoded
+                    .map_err(|e: DecodeError| e.code().to_owned())
+                    .and_then(|(m, _)| Event::from_input(m, to).map_err(|e| e.code().to_owned()));
+                let event = match decoded {
+                    Ok(ev) => ev,
+                    Err(code) => {
+                        *rejected.entry(code).or_default() += 1;
+                        continue;
+                    }
+                };
+                let key = match msg.key().filter(|k| !k.is_empty()) {
+                    Some(k) => String::from_utf8_lossy(k).into_owned(),
+                    None => match event.fallback_key() {
+                        Some(k) => k.to_owned(),
+                        None => {
+                            *rejected.entry("no_identity".into()).or_default() += 1;
+                            continue;
+                        }
+                    },
+                };
+                out.push(Recorded {
+                    time: event.time,
+                    topic: i,
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key,
+                    event,
+                });
+            }
         }
         Ok(out)
     }
@@ -590,7 +639,7 @@ pub mod history {
             &mut messages,
             progress,
         )?;
-        let mut report = simulate(set, recorded, range, progress);
+        let mut report = simulate(set, c.identity.max_identities, recorded, range, progress);
         report.messages = messages;
         report.rejected = rejected;
         Ok(report)
@@ -600,6 +649,7 @@ pub mod history {
     /// range's end (no I/O: the part of `run` after reading).
     pub fn simulate(
         set: &Arc<SegmentSet>,
+        max_identities: usize,
         mut recorded: Vec<Recorded>,
         range: (i64, i64),
         progress: &mut dyn FnMut(&str),
@@ -607,7 +657,9 @@ pub mod history {
         // Event-time order across the three topics, as the worker's ordering approaches it.
         recorded.sort_by_key(|r| (r.time, r.topic, r.partition, r.offset));
         progress(&format!("running {} events", recorded.len()));
-        let mut core = Core::new(set.clone()).with_explanations(false);
+        let mut core = Core::new(set.clone())
+            .with_max_identities(max_identities)
+            .with_explanations(false);
         let mut profiles: HashMap<String, Profile> = HashMap::new();
         let mut timers: BTreeSet<(i64, String)> = BTreeSet::new();
         let mut out = Outputs::default();

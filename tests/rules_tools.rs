@@ -83,7 +83,7 @@ fn the_shipped_rule_cases_pass_and_a_wrong_expectation_is_explained() {
         &root("examples/segments.yaml"),
         cases.to_str().unwrap(),
     ]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "a wrong file is not a failed expectation");
     assert!(
         err.contains("case 'typo', expect: unknown segment 'cart-holder'"),
         "{err}"
@@ -378,6 +378,12 @@ fn explain_preview_and_history_agree_with_the_live_path_on_real_data() {
         assert!(
             rule.contains(&e.expression),
             "{} not in {rule}",
+            e.expression
+        );
+        assert_eq!(
+            e.expression.matches('(').count(),
+            e.expression.matches(')').count(),
+            "a whole sub-expression: {}",
             e.expression
         );
         assert_ne!(e.before, e.after, "{e:?}");

@@ -407,6 +407,12 @@ impl Core {
                         self.segments.evaluate(bp, bnow, &mut self.before_results);
                         before_ready = true;
                     }
+                    // The cause flipped the rule only if it held the stored membership just
+                    // before. Otherwise the membership was stale (definitions changed and this
+                    // profile's re-evaluation has not come yet): nothing in the rule flipped now.
+                    if self.before_results[index] == member {
+                        return None;
+                    }
                     self.segments.flip(
                         index,
                         &Ctx {
@@ -999,6 +1005,42 @@ journeys:
         assert_eq!(
             explained(&out.changes[1]),
             ex("in_segment(\"cart-holders\")", 6, 11, "false", "true", &[])
+        );
+    }
+
+    /// Changes that no condition of the rule flipped carry no explanation: a membership left
+    /// stale by changed definitions (its profile not yet re-evaluated) changes at the next event,
+    /// which did not cause it. An identity link flips `identity.known`.
+    #[test]
+    fn stale_memberships_have_no_explanation_and_links_flip_identity_known() {
+        let mut core = core(RULES);
+        let mut p = Profile::default();
+        run(&mut core, &mut p, &[add("a", T, 2.0)]);
+        core.set_segments(Arc::new(
+            SegmentSet::parse(
+                "segments:\n  - id: cart-holders\n    rule: cart.items > 5\n  - id: known\n    rule: identity.known\n",
+            )
+            .unwrap(),
+        ));
+        let mut view = ev(EventType::PageView, "v", T + MIN);
+        view.identity.customer_id = Some("c-1".into());
+        let out = run(&mut core, &mut p, &[view]);
+        let got: Vec<_> = out
+            .changes
+            .iter()
+            .map(|c| (c.segment_id.as_str(), c.direction, c.explanation.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("cart-holders", Direction::Exited, false),
+                ("known", Direction::Entered, true),
+                ("big-cart", Direction::Exited, false),
+            ]
+        );
+        assert_eq!(
+            explained(&out.changes[1]),
+            ex("identity.known", 5, 11, "false", "true", &[])
         );
     }
 

@@ -128,10 +128,10 @@ fn time(y: &Yaml, start: i64) -> Option<i64> {
     let s = text(y)?;
     let s = s.trim();
     if let Some(rel) = s.strip_prefix('+') {
-        return duration(rel).map(|d| start + d);
+        return duration(rel).and_then(|d| start.checked_add(d));
     }
     if let Some(rel) = s.strip_prefix('-') {
-        return duration(rel).map(|d| start - d);
+        return duration(rel).and_then(|d| start.checked_sub(d));
     }
     parse_utc(s)
 }
@@ -150,8 +150,9 @@ fn duration(s: &str) -> Option<i64> {
         let unit_end = rest[digits..]
             .find(|c: char| c.is_ascii_digit())
             .map_or(rest.len(), |i| digits + i);
-        total += crate::segments::parse_duration(&rest[..unit_end])
+        let part = crate::segments::parse_duration(&rest[..unit_end])
             .or_else(|| (rest[..digits].parse::<f64>().ok() == Some(0.0)).then_some(0))?;
+        total = i64::checked_add(total, part)?;
         rest = &rest[unit_end..];
     }
     Some(total)
@@ -161,18 +162,20 @@ fn duration(s: &str) -> Option<i64> {
 pub fn parse_utc(s: &str) -> Option<i64> {
     let s = s.strip_suffix('Z').unwrap_or(s);
     let (date, clock) = s.split_once(['T', ' ']).unwrap_or((s, "00:00:00"));
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let c: Vec<i64> = clock
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
+    // Unsigned parts (no `-1` hours); years 1970 to 9999.
+    let part = |p: &str| p.parse::<u32>().ok().map(i64::from);
+    let d: Vec<i64> = date.split('-').map(part).collect::<Option<_>>()?;
+    let c: Vec<i64> = clock.split(':').map(part).collect::<Option<_>>()?;
     let ([y, m, day], [hh, mm, ss]) = (d.as_slice(), c.as_slice()) else {
         return None;
     };
-    if !(1..=12).contains(m) || !(1..=31).contains(day) || *hh > 23 || *mm > 59 || *ss > 60 {
+    if !(1970..=9999).contains(y)
+        || !(1..=12).contains(m)
+        || !(1..=31).contains(day)
+        || *hh > 23
+        || *mm > 59
+        || *ss > 60
+    {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm).
@@ -336,40 +339,50 @@ fn event(y: &Yaml, n: usize, start: i64, case: &str) -> Result<Step, String> {
     } else {
         Some(attributes(&y["attributes"], case, &what)?)
     };
+    if at < crate::event::MIN_EVENT_TIME {
+        return Err(problem(
+            case,
+            &what,
+            "before 2000-01-01: the worker refuses such events",
+        ));
+    }
     let email = s("email")
         .or_else(|| attributes.as_ref().and_then(|a| a.email.clone()))
         .map(|e| e.trim().to_lowercase());
     let customer = s("customer");
     let ecid =
         s("ecid").or_else(|| (customer.is_none() && email.is_none()).then(|| KEY.to_owned()));
-    Ok(Step {
-        at,
-        event: Event {
-            id: s("id").unwrap_or_else(|| format!("event-{}", n + 1)),
-            kind,
-            time: at,
-            identity: Identity {
-                ecid,
-                customer_id: customer,
-                email,
-            },
-            value,
-            device: s("device"),
-            channel: s("channel"),
-            lines: lines_of,
-            cart,
-            order_id: s("order").or_else(|| {
-                matches!(kind, EventType::OrderPlaced | EventType::CompleteCheckout)
-                    .then(|| format!("order-{}", n + 1))
-            }),
-            search_phrase: s("search"),
-            search_results: number(&y["results"]).map(|r| r as u32),
-            attributes,
-            store_code: s("store"),
-            store_view_code: None,
-            currency: s("currency"),
+    let event = Event {
+        id: s("id").unwrap_or_else(|| format!("event-{}", n + 1)),
+        kind,
+        time: at,
+        identity: Identity {
+            ecid,
+            customer_id: customer,
+            email,
         },
-    })
+        value,
+        device: s("device"),
+        channel: s("channel"),
+        lines: lines_of,
+        cart,
+        order_id: s("order").or_else(|| {
+            matches!(kind, EventType::OrderPlaced | EventType::CompleteCheckout)
+                .then(|| format!("order-{}", n + 1))
+        }),
+        search_phrase: s("search"),
+        search_results: number(&y["results"]).map(|r| r as u32),
+        attributes,
+        store_code: s("store"),
+        store_view_code: None,
+        currency: s("currency"),
+    };
+    // What the worker checks of every event (negative amounts, sizes).
+    event
+        .check_amounts()
+        .and_then(|()| event.check_sizes())
+        .map_err(|e| problem(case, &what, e))?;
+    Ok(Step { at, event })
 }
 
 fn check(y: &Yaml, n: usize, start: i64, case: &str) -> Result<Check, String> {
@@ -434,6 +447,17 @@ impl Cases {
                     .collect::<Result<_, _>>()?,
                 _ => return Err(problem(&name, "expect", "expected a non-empty list")),
             };
+            let last_check = checks.iter().map(|c| c.at).max().unwrap_or(i64::MIN);
+            if let Some((n, late)) = steps.iter().enumerate().find(|(_, s)| s.at > last_check) {
+                return Err(problem(
+                    &name,
+                    &format!("event {}", n + 1),
+                    format!(
+                        "at {} comes after the last expectation: nothing would check it",
+                        relative(late.at, start)
+                    ),
+                ));
+            }
             for ch in &checks {
                 for id in ch.members.iter().chain(&ch.not_members) {
                     if set.index_of(id).is_none() {
@@ -502,7 +526,7 @@ fn run_case(case: &Case, set: &Arc<SegmentSet>) -> Outcome {
     steps.sort_by_key(|s| s.at);
     let mut checks: Vec<&Check> = case.checks.iter().collect();
     checks.sort_by_key(|c| c.at);
-    let mut steps = steps.into_iter().peekable();
+    let mut steps = steps.into_iter().enumerate().peekable();
     let mut outcome = Outcome {
         name: case.name.clone(),
         checks: 0,
@@ -510,12 +534,12 @@ fn run_case(case: &Case, set: &Arc<SegmentSet>) -> Outcome {
     };
     let mut since_check: Vec<String> = Vec::new();
     let mut suppressed = Vec::new();
-    for (offset, check) in checks.into_iter().enumerate() {
-        while let Some(step) = steps.next_if(|s| s.at <= check.at) {
+    for check in checks {
+        while let Some((n, step)) = steps.next_if(|(_, s)| s.at <= check.at) {
             let source = Source {
                 topic: "test",
                 partition: 0,
-                offset: offset as i64,
+                offset: n as i64,
             };
             core.process(KEY, &mut profile, &step.event, source, step.at, &mut out);
             since_check.extend(out.triggers.drain(..).map(|t| t.journey_id));
@@ -678,5 +702,14 @@ cases:
             "cases:\n  - name: a\n    expect:\n      - {at: +1m, member: [cart-holders]}\n"
         )
         .contains("unknown key 'member'"));
+        assert_eq!(
+            err("cases:\n  - name: a\n    events:\n      - {at: +2h, type: addToCart, sku: S}\n    expect:\n      - {at: +1h}\n"),
+            "case 'a', event 1: at +2h comes after the last expectation: nothing would check it"
+        );
+        assert!(err("cases:\n  - name: a\n    events:\n      - {at: +0m, type: addToCart, sku: S, price: -5}\n    expect:\n      - {at: +1h}\n")
+            .starts_with("case 'a', event 1: "));
+        assert!(err("cases:\n  - name: a\n    events:\n      - {at: +999999999999d, type: addToCart}\n    expect:\n      - {at: +1h}\n")
+            .contains("'at' must be"));
+        assert!(err("start: 2026-01-01T-1:00:00Z\ncases: []\n").starts_with("start:"));
     }
 }

@@ -320,59 +320,113 @@ fn copy_vec<T>(to: &mut Vec<T>, from: &[T], copy: impl Fn(&mut T, &T), new: impl
 
 impl Profile {
     /// Copies into `self` everything a segment rule reads from `from`, reusing `self`'s
-    /// allocations (after the first few events no allocation at all): explanations compare the
+    /// allocations where the shapes match (a list longer than before still allocates, a shorter
+    /// one frees): explanations compare the
     /// profile just before an event with the profile after it, so this runs before each one.
     /// The other fields of `self` are left as they were. `segments::tests` checks that every
     /// attribute and function evaluates the same on the copy.
     pub fn copy_rule_inputs(&mut self, from: &Profile) {
-        let (to_id, from_id) = (&mut self.identities, &from.identities);
-        to_id.customer_id.clone_from(&from_id.customer_id);
-        to_id.emails.clone_from(&from_id.emails);
-        let (a, b) = (&mut self.attributes, &from.attributes);
-        a.gender.clone_from(&b.gender);
-        a.country.clone_from(&b.country);
-        a.city.clone_from(&b.city);
-        a.loyalty_tier.clone_from(&b.loyalty_tier);
-        a.loyalty_status.clone_from(&b.loyalty_status);
-        a.loyalty_points = b.loyalty_points;
-        a.customer_group.clone_from(&b.customer_group);
-        a.consent_email = b.consent_email;
-        a.consent_sms = b.consent_sms;
+        // Every field named: a new one must be sorted into "read by rules" or not.
+        let Profile {
+            identities,
+            attributes,
+            counters,
+            cart,
+            orders,
+            last_device,
+            last_channel,
+            first_seen: _,
+            last_seen,
+            events_total,
+            segments: _,
+            by_category,
+            by_product,
+            category_affinity,
+            brand_affinity,
+            recent_products: _,
+            journeys: _,
+            next_timer: _,
+            recent_changes: _,
+            hops: _,
+            forwarded: _,
+            seen: _,
+            store_code: _,
+            store_view_code: _,
+            currency: _,
+        } = from;
+        // `identity.known`: a customer id or an e-mail.
+        self.identities
+            .customer_id
+            .clone_from(&identities.customer_id);
+        self.identities.emails.clone_from(&identities.emails);
+        let Attributes {
+            first_name: _,
+            last_name: _,
+            email: _,
+            phone: _,
+            gender,
+            birth_date: _,
+            country,
+            city,
+            loyalty_tier,
+            loyalty_status,
+            loyalty_points,
+            customer_group,
+            consent_email,
+            consent_sms,
+        } = attributes;
+        let a = &mut self.attributes;
+        a.gender.clone_from(gender);
+        a.country.clone_from(country);
+        a.city.clone_from(city);
+        a.loyalty_tier.clone_from(loyalty_tier);
+        a.loyalty_status.clone_from(loyalty_status);
+        a.loyalty_points = *loyalty_points;
+        a.customer_group.clone_from(customer_group);
+        a.consent_email = *consent_email;
+        a.consent_sms = *consent_sms;
         copy_vec(
             &mut self.counters,
-            &from.counters,
+            counters,
             |t, f| {
                 t.0 = f.0;
                 t.1.clone_from(&f.1);
             },
             Clone::clone,
         );
-        self.cart.lines.clone_from(&from.cart.lines);
-        let (o, p) = (&mut self.orders, &from.orders);
-        o.count = p.count;
-        o.revenue = p.revenue;
-        o.cancelled = p.cancelled;
-        o.cancelled_value = p.cancelled_value;
-        o.returns = p.returns;
-        o.refunded = p.refunded;
-        o.series.clone_from(&p.series);
-        self.last_device.clone_from(&from.last_device);
-        self.last_channel.clone_from(&from.last_channel);
-        self.events_total = from.events_total;
-        self.last_seen = from.last_seen;
+        self.cart.lines.clone_from(&cart.lines);
+        let OrderStats {
+            count,
+            revenue,
+            first_at: _,
+            last_at: _,
+            cancelled,
+            cancelled_value,
+            returns,
+            refunded,
+            recent: _,
+            series,
+        } = orders;
+        let o = &mut self.orders;
+        o.count = *count;
+        o.revenue = *revenue;
+        o.cancelled = *cancelled;
+        o.cancelled_value = *cancelled_value;
+        o.returns = *returns;
+        o.refunded = *refunded;
+        o.series.clone_from(series);
+        self.last_device.clone_from(last_device);
+        self.last_channel.clone_from(last_channel);
+        self.events_total = *events_total;
+        self.last_seen = *last_seen;
         let keyed = |t: &mut KeyedSeries, f: &KeyedSeries| {
             t.kind = f.kind;
             t.hash = f.hash;
             t.key.clone_from(&f.key);
             t.series.clone_from(&f.series);
         };
-        copy_vec(
-            &mut self.by_category,
-            &from.by_category,
-            keyed,
-            Clone::clone,
-        );
-        copy_vec(&mut self.by_product, &from.by_product, keyed, Clone::clone);
+        copy_vec(&mut self.by_category, by_category, keyed, Clone::clone);
+        copy_vec(&mut self.by_product, by_product, keyed, Clone::clone);
         let affinity = |t: &mut Affinity, f: &Affinity| {
             t.key.clone_from(&f.key);
             t.score = f.score;
@@ -381,17 +435,18 @@ impl Profile {
         };
         copy_vec(
             &mut self.category_affinity,
-            &from.category_affinity,
+            category_affinity,
             affinity,
             Clone::clone,
         );
         copy_vec(
             &mut self.brand_affinity,
-            &from.brand_affinity,
+            brand_affinity,
             affinity,
             Clone::clone,
         );
     }
+
     /// Applies one event. Pure: the same profile and event always give the same result.
     pub fn apply(&mut self, ev: &Event) {
         self.events_total += 1;

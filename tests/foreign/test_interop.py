@@ -580,6 +580,11 @@ def test_single_object_and_json_events_of_every_family_and_bad_messages(deploy):
     assert cart_exit["expression"] == "cart.items > 0" and (cart_exit["before"], cart_exit["after"]) == ("true", "false")
     assert cart_exit["operands"][0]["after"] == "0" and int(cart_exit["operands"][0]["before"]) > 0, cart_exit
     assert explained("D", "gold", "EXITED") is None, "a deletion's exit has no rule that flipped"
+    # A consumer still on the previous schema (without the field) reads the new records.
+    previous = AUDIENCE_CHANGE.with_fields(drop=["explanation"])
+    rec = got[(key["A"], "gold", "ENTERED")][0]
+    old_view = read_datum(AUDIENCE_CHANGE.parsed, rec["_record"].value[10:], previous.parsed)
+    assert "explanation" not in old_view and old_view["segmentId"] == "gold", old_view
 
     # GET /profiles/{id}/explain: the rule's tree for the shopper now, read with Python's client.
     status, body = worker.get("/profiles/a@example.com/explain?segment=buyers")

@@ -123,9 +123,17 @@ impl Part {
     /// The smallest sub-expression whose truth changed between `before` and `after`, following
     /// the operands that decided the result: for `a and b` that became true, the first operand
     /// that was false; for one that became false, the first that turned false (`or` likewise).
-    pub fn flip(&self, before: &Ctx, after: &Ctx) -> Explanation {
+    /// `None` if the truth of the whole did not change.
+    pub fn flip(&self, before: &Ctx, after: &Ctx) -> Option<Explanation> {
         let b = plan::value(&self.node, before);
         let a = plan::value(&self.node, after);
+        if truthy(&b) == truthy(&a) {
+            return None;
+        }
+        Some(self.flipped(before, after, b, a))
+    }
+
+    fn flipped(&self, before: &Ctx, after: &Ctx, b: Value, a: Value) -> Explanation {
         let changed = |c: &&Part| {
             let (cb, ca) = (plan::value(&c.node, before), plan::value(&c.node, after));
             truthy(&cb) != truthy(&ca) && (self.shape == Shape::Not || truthy(&ca) == truthy(&a))
@@ -135,7 +143,8 @@ impl Part {
             Shape::Other => None,
         };
         if let Some(c) = decisive {
-            return c.flip(before, after);
+            let (cb, ca) = (plan::value(&c.node, before), plan::value(&c.node, after));
+            return c.flipped(before, after, cb, ca);
         }
         Explanation {
             expression: self.text.clone(),

@@ -466,7 +466,13 @@ impl Parser {
             Tok::LParen => {
                 let e = self.or()?;
                 self.expect(Tok::RParen, "')'")?;
-                return Ok(e);
+                // The group's span takes its parentheses: `(a + b) / c` is the text of the
+                // division, not `a + b) / c`.
+                return Ok(Expr {
+                    at,
+                    end: self.last_end,
+                    ..e
+                });
             }
             Tok::Ident(s) if s == "true" || s == "false" => ExprKind::Bool(s == "true"),
             Tok::Ident(s) if matches!(s.as_str(), "and" | "or" | "not" | "in") => {

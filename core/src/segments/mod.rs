@@ -73,6 +73,15 @@ pub struct Segment {
     timed: bool,
     /// The rule's sub-expressions with their places in the file, for explanations.
     explain: Option<Part>,
+    /// The segments its rule uses (`in_segment`).
+    uses: Vec<String>,
+}
+
+impl Segment {
+    /// The ids of the segments this one's rule uses (`in_segment`).
+    pub fn uses(&self) -> &[String] {
+        &self.uses
+    }
 }
 
 /// The compiled segments, in evaluation (dependency) order, and the journeys.
@@ -169,7 +178,7 @@ impl SegmentSet {
         self.segments[index]
             .explain
             .as_ref()
-            .map(|p| p.flip(before, after))
+            .and_then(|p| p.flip(before, after))
     }
 
     /// Segment `index`'s rule evaluated for `profile` at `now`, node by node, with when the
@@ -694,18 +703,30 @@ fn rule_position(src: &str, d: &Def, offset: usize) -> (usize, usize) {
     let col_in_line = before.rsplit('\n').next().map_or(0, |s| s.chars().count());
     match d.rule_style {
         TScalarStyle::Folded => {
-            // The block's lines joined by spaces (a blank line by a newline): walk the source
-            // lines from the first content line (the parser's mark) to the one holding `offset`.
-            let mut rest = before.len();
+            // The block's lines are joined (by spaces, blank lines by newlines): find each
+            // source line's text in the rule, in order from the first content line (the parser's
+            // mark), and stop at the one holding `offset`. An offset between two lines' texts
+            // (a separator) points at the start of the next.
+            let target = before.len();
             let first = d.rule_mark.line();
+            let mut pos = 0;
             for (line, text) in (first..).zip(src.lines().skip(first.saturating_sub(1))) {
                 let content = text.trim();
-                let indent = text.len() - text.trim_start().len();
-                if rest <= content.len() {
-                    let col = content.get(..rest).map_or(rest, |c| c.chars().count());
+                if content.is_empty() {
+                    continue;
+                }
+                let Some(found) = d.rule.get(pos..).and_then(|r| r.find(content)) else {
+                    break;
+                };
+                let found = pos + found;
+                let end = found + content.len();
+                if target <= end {
+                    let col = target.saturating_sub(found);
+                    let col = content.get(..col).map_or(col, |c| c.chars().count());
+                    let indent = text.len() - text.trim_start().len();
                     return (line, indent + col + 1);
                 }
-                rest -= content.len() + 1;
+                pos = end;
             }
             (d.rule_mark.line(), 1)
         }
@@ -882,8 +903,12 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
                     explain::build(e, &d.rule, &mut OrderScope { index: &index }, &|offset| {
                         rule_position(src, &d, offset)
                     });
+                let mut uses: Vec<String> = refs[i].iter().map(|(id, _)| id.clone()).collect();
+                uses.sort();
+                uses.dedup();
                 segments.push(Segment {
                     explain,
+                    uses,
                     id: d.id,
                     name: d.name,
                     description: d.description,

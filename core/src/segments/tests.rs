@@ -342,7 +342,30 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
         );
     }
     let set = SegmentSet::parse(&defs).unwrap_or_else(|e| panic!("{e}"));
-    let p = shopper();
+    // Every attribute a rule reads set, to values neither default nor the larger profile's.
+    let mut p = shopper();
+    let mut record = event(EventType::ProfileRecord, T0 + 61 * H, 0.0);
+    record.channel = Some("web".into());
+    record.identity.email = Some("p@example.com".into());
+    record.attributes = Some(Attributes {
+        gender: Some("f".into()),
+        country: Some("GB".into()),
+        city: Some("Leeds".into()),
+        loyalty_tier: Some("silver".into()),
+        loyalty_status: Some("active".into()),
+        loyalty_points: Some(120.0),
+        customer_group: Some("wholesale".into()),
+        consent_email: Some(true),
+        consent_sms: Some(false),
+        ..Default::default()
+    });
+    p.apply(&record);
+    p.apply(&event(
+        EventType::OrderItemsReturnInitiated,
+        T0 + 62 * H,
+        0.0,
+    ));
+    p.apply(&event(EventType::OrderLineItemRefunded, T0 + 63 * H, 7.5));
     let mut big = shopper();
     for (i, kind) in [
         EventType::AddToCart,
@@ -355,7 +378,20 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
     {
         let mut e = event(kind, T0 + 70 * H + i as i64, 30.0);
         e.device = Some("desktop".into());
+        e.channel = Some("app".into());
         e.identity.customer_id = Some("c-1".into());
+        e.attributes = Some(Attributes {
+            gender: Some("m".into()),
+            country: Some("FR".into()),
+            city: Some("Lyon".into()),
+            loyalty_tier: Some("bronze".into()),
+            loyalty_status: Some("lapsed".into()),
+            loyalty_points: Some(3.0),
+            customer_group: Some("retail".into()),
+            consent_email: Some(false),
+            consent_sms: Some(true),
+            ..Default::default()
+        });
         e.lines = vec![crate::event::Line {
             sku: format!("SKU-{i}"),
             category: Some(format!("cat-{i}")),
@@ -407,5 +443,55 @@ fn positions_in_a_folded_rule_point_at_the_written_line() {
             ("cart.items > 0".to_string(), 5, 11),
             ("events.total > 1".to_string(), 6, 11),
         ]
+    );
+}
+
+/// Folded rules with trailing spaces and a blank line keep their parts' positions; parenthesised
+/// groups are part of the text of what contains them.
+#[test]
+fn positions_survive_trailing_spaces_blank_lines_and_parentheses() {
+    let src = "segments:\n  - id: s\n    rule: >-\n      orders.count >= 2   \n\n      and (orders.cancelled + orders.returns) / orders.count >= 0.3\n";
+    let set = SegmentSet::parse(src).unwrap();
+    let tree = set.explain(0, &Profile::default(), 0).unwrap();
+    let at: Vec<(String, usize, usize)> = tree
+        .children
+        .iter()
+        .map(|c| (c.expression.clone(), c.line, c.column))
+        .collect();
+    assert_eq!(
+        at,
+        vec![
+            ("orders.count >= 2".to_string(), 4, 7),
+            (
+                "(orders.cancelled + orders.returns) / orders.count >= 0.3".to_string(),
+                6,
+                11
+            ),
+        ]
+    );
+    let ratio = &tree.children[1].children[0];
+    assert_eq!(
+        (ratio.expression.as_str(), ratio.line, ratio.column),
+        ("(orders.cancelled + orders.returns) / orders.count", 6, 11)
+    );
+    assert_eq!(
+        ratio.children[0].expression,
+        "(orders.cancelled + orders.returns)"
+    );
+    let err = SegmentSet::parse(&src.replace("orders.count >= 0.3", "orders.count >= bogus"))
+        .unwrap_err();
+    assert_eq!((err.0[0].line, err.0[0].col), (6, 65), "{err}");
+    // The shipped VIP rule: an `or` of a call and a parenthesised `and`.
+    let set = SegmentSet::parse(include_str!("../../../examples/segments.yaml")).unwrap();
+    let vip = set
+        .explain(set.index_of("vip").unwrap(), &Profile::default(), 0)
+        .unwrap();
+    assert_eq!(
+        vip.expression,
+        "in_segment(\"loyalty-gold\") or (in_segment(\"high-ltv\") and in_segment(\"repeat-buyers\"))"
+    );
+    assert_eq!(
+        vip.children[1].expression,
+        "(in_segment(\"high-ltv\") and in_segment(\"repeat-buyers\"))"
     );
 }
