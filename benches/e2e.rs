@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tailor::codec::{encode, Family, InputMessage, SchemaCatalog};
 use tailor::replay::{Produced, Rees46Reader, UciReader};
 
@@ -88,6 +89,20 @@ fn lookups(port: u16, total: u64, profiles: u64) {
         pct(0.999),
         times[times.len() - 1]
     );
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -208,8 +223,46 @@ fn main() {
     let fill = started.elapsed().as_secs_f64();
     println!("pre-filled {total} events over {profiles} shopper keys, {partitions} partitions, in {fill:.1}s");
 
-    // TAILOR_BENCH_SYNC=false measures without the per-commit fsync (the default keeps it).
+    // The raw consume rate of the same topics in the same run: a plain librdkafka consumer (the
+    // worker's client library, its assignment strategy, default fetch settings), no processing.
+    let raw_rate = {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{prefix}-raw"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for n in &names[..3] {
+            for p in 0..partitions {
+                tpl.add_partition_offset(n, p, Offset::Beginning).unwrap();
+            }
+        }
+        c.assign(&tpl).unwrap();
+        let t = Instant::now();
+        let (mut n, mut bytes, mut idle) = (0u64, 0usize, Instant::now());
+        while n < total && idle.elapsed() < Duration::from_secs(10) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                n += 1;
+                bytes += m.payload_len();
+                idle = Instant::now();
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "raw consume (librdkafka, no processing, the same topics): {n} messages ({:.0} MiB) in {secs:.1}s = {:.0} messages/s",
+            bytes as f64 / 1048576.0,
+            n as f64 / secs
+        );
+        n as f64 / secs
+    };
+
+    // TAILOR_BENCH_SYNC=false measures without the per-commit fsync (the default keeps it);
+    // TAILOR_BENCH_EXPLAIN=false without explanations on audience changes.
     let sync = std::env::var("TAILOR_BENCH_SYNC").map_or(true, |v| v != "false");
+    let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -224,7 +277,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display()
         ),
@@ -272,10 +325,12 @@ fn main() {
     let rss = peak_rss_mib(pid);
     let (t0, n0) = first.expect("the worker committed nothing");
     let secs = end.duration_since(t0).as_secs_f64();
+    let rate = (done - n0) / secs;
     println!(
-        "worker: {:.0} events committed in {secs:.1}s = {:.0} events/s; {changes:.0} audience changes; peak RSS {rss:.0} MiB",
+        "worker: {:.0} events committed in {secs:.1}s = {rate:.0} events/s ({:.2} of the raw consume rate; explanations {}); {changes:.0} audience changes; peak RSS {rss:.0} MiB",
         done - n0,
-        (done - n0) / secs
+        rate / raw_rate,
+        if explain { "on" } else { "off" }
     );
     println!(
         "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, changelog {changelog:.1}s, RocksDB commit {commit:.1}s",
@@ -307,6 +362,14 @@ fn main() {
         peak_rss_mib(pid)
     );
     lookups(port, total, profiles);
+    // Keys are (i * 7919) % profiles: 7919 is prime, so min(total, profiles) distinct shoppers.
+    let shoppers = total.min(profiles);
+    let disk = dir_bytes(&dir.path().join("state"));
+    println!(
+        "state on disk: {:.0} MiB for {shoppers} shoppers = {:.0} bytes per shopper (RocksDB files, timers and offsets included, uncompacted)",
+        disk as f64 / 1048576.0,
+        disk as f64 / shoppers.max(1) as f64
+    );
 
     // A segment every profile matches, added on SIGHUP: every stored profile is re-evaluated
     // (between live batches) and enters it.
