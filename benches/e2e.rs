@@ -91,6 +91,85 @@ fn lookups(port: u16, total: u64, profiles: u64) {
     );
 }
 
+/// Latency with a live producer at `rate` events/s (half the measured rate): each event is a new
+/// shopper's add to cart (it ENTERs cart-holders), timed from its send to its first audience
+/// change read back from the output topic, for 10 s.
+fn latency(
+    brokers: &str,
+    names: &[String],
+    partitions: i32,
+    base: &[Produced],
+    rate: f64,
+    keys: &str,
+) {
+    let cart = base
+        .iter()
+        .find(|e| e.event_type == "addToCart")
+        .expect("an add to cart in the samples");
+    let n = (rate * 10.0) as usize;
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{}-{keys}", names[0]))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&names[3], p, Offset::End).unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(2) {
+        let _ = reader.poll(Duration::from_millis(50));
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let mut sent: std::collections::HashMap<String, Instant> = Default::default();
+    let mut times = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    let mut i = 0;
+    while times.len() < n && t0.elapsed() < Duration::from_secs(40) {
+        let due = ((t0.elapsed().as_secs_f64() * rate) as usize).min(n);
+        while i < due {
+            let key = format!("{keys}-{i}");
+            if producer
+                .send(BaseRecord::to(&names[0]).key(&key).payload(&cart.payload))
+                .is_err()
+            {
+                break;
+            }
+            sent.insert(key, Instant::now());
+            i += 1;
+        }
+        producer.poll(Duration::ZERO);
+        while let Some(Ok(m)) = reader.poll(Duration::from_millis(1)) {
+            use rdkafka::Message;
+            let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+            if let Some(t) = key.and_then(|k| sent.remove(k)) {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    if times.is_empty() {
+        println!("latency: no audience change read back");
+        return;
+    }
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    println!(
+        "latency (a live producer at {rate:.0} events/s; produced -> audience change read back): {} events, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} without a change in time",
+        times.len(),
+        pct(0.5),
+        pct(0.99),
+        times[times.len() - 1],
+        n - times.len()
+    );
+}
+
 /// Bytes of the files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -441,6 +520,9 @@ fn main() {
         restore_sum / restore_count.max(1.0),
         records / restore_count.max(1.0)
     );
+    // At half the measured rate, then at a trickle (what a batch costs when nothing queues).
+    latency(&brokers, &names, partitions, &base, rate / 2.0, "latency-a");
+    latency(&brokers, &names, partitions, &base, 100.0, "latency-b");
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
