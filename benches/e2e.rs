@@ -342,6 +342,11 @@ fn main() {
     // TAILOR_BENCH_EXPLAIN=false without explanations on audience changes.
     let sync = std::env::var("TAILOR_BENCH_SYNC").map_or(true, |v| v != "false");
     let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
+    // TAILOR_BENCH_FETCH_WAIT_MS: the worker's `fetch.wait.max.ms` (librdkafka's default, 500,
+    // when unset): how long the broker may hold a fetch that finds nothing new.
+    let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
+        .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
+        .unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -356,7 +361,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display()
         ),
