@@ -82,7 +82,7 @@ curl -fs "http://127.0.0.1:$HTTP_PORT/metrics" | awk -F'[{}"= ]+' '/^tailor_segm
 step "Events applied, by type (tailor_events_total)"
 curl -fs "http://127.0.0.1:$HTTP_PORT/metrics" | awk -F'[{}"=, ]+' '/^tailor_events_total\{/ && $6 > 0 {printf "  %-12s %-24s %s\n", $3, $5, $6}'
 
-step "The first audience changes on audience.changes"
+step "The first audience changes on audience.changes, each with the condition of its rule that flipped"
 "$TAILOR" changes --config "$WORK/tailor.toml" --limit 15 | tee "$WORK/changes.txt"
 
 CUSTOMER=$(sed -n 's/.*profile=\([^ ]*\).*/\1/p' "$WORK/changes.txt" | head -1)
@@ -90,6 +90,14 @@ step "The profile of shopper $CUSTOMER, looked up over HTTP (GET /profiles/{id};
 curl -fs "http://127.0.0.1:$HTTP_PORT/profiles/$CUSTOMER" | python3 -m json.tool > "$WORK/profile.json"
 # (Through a file: a pipe into head would end the pipeline early and, with pipefail, the demo.)
 head -60 "$WORK/profile.json"; echo "  … the whole profile: $WORK/profile.json"
+
+SEGMENT=$(sed -n 's/^[A-Z]* *\([^ ]*\) *profile='"$CUSTOMER"' .*/\1/p' "$WORK/changes.txt" | head -1)
+step "Why shopper $CUSTOMER is in $SEGMENT: the rule evaluated now (GET /profiles/{id}/explain, tailor explain)"
+curl -fs "http://127.0.0.1:$HTTP_PORT/profiles/$CUSTOMER/explain?segment=$SEGMENT" > "$WORK/explain.json" || true
+"$TAILOR" explain --config "$WORK/tailor.toml" "$CUSTOMER" "$SEGMENT" || true
+
+step "Testing the example rules: shoppers' stories and what must hold when (tailor test)"
+"$TAILOR" test examples/segments.yaml examples/segments.test.yaml | tail -4
 
 step "Shutting down cleanly"
 kill -TERM "$WORKER_PID"
