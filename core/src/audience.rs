@@ -279,7 +279,7 @@ impl Core {
         // the same allocations every time (its cost is in the README's core benchmark).
         let before = if self.explain {
             let mut copy = std::mem::take(&mut self.before);
-            copy.copy_rule_inputs(profile);
+            copy.copy_rule_inputs(profile, self.segments.reads());
             Before::Profile(copy)
         } else {
             Before::Nothing

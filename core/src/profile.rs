@@ -308,6 +308,43 @@ fn merge_opt<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
     }
 }
 
+/// Which parts of a profile the rules in force read, beyond the attributes and aggregates
+/// (always copied): [`Profile::copy_rule_inputs`] copies only those.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleReads {
+    /// Event types whose counters some rule reads (windows, `since`, sequences), sorted.
+    pub counters: Vec<EventType>,
+    /// `count(order, …)`, `sum(order, …)`, `since(order)`.
+    pub order_series: bool,
+    pub by_category: bool,
+    pub by_product: bool,
+    pub category_affinity: bool,
+    pub brand_affinity: bool,
+}
+
+impl RuleReads {
+    /// Everything (what a copy for any rule needs).
+    pub fn all() -> RuleReads {
+        RuleReads {
+            counters: EventType::ALL.to_vec(),
+            order_series: true,
+            by_category: true,
+            by_product: true,
+            category_affinity: true,
+            brand_affinity: true,
+        }
+    }
+}
+
+/// `list` if some rule reads it, else nothing.
+fn read_or_empty<T>(read: bool, list: &[T]) -> &[T] {
+    if read {
+        list
+    } else {
+        &[]
+    }
+}
+
 /// Makes `to` equal to `from`, reusing `to`'s elements' allocations through `copy`.
 fn copy_vec<T>(to: &mut Vec<T>, from: &[T], copy: impl Fn(&mut T, &T), new: impl Fn(&T) -> T) {
     to.truncate(from.len());
@@ -325,7 +362,7 @@ impl Profile {
     /// profile just before an event with the profile after it, so this runs before each one.
     /// The other fields of `self` are left as they were. `segments::tests` checks that every
     /// attribute and function evaluates the same on the copy.
-    pub fn copy_rule_inputs(&mut self, from: &Profile) {
+    pub fn copy_rule_inputs(&mut self, from: &Profile, reads: &RuleReads) {
         // Every field named: a new one must be sorted into "read by rules" or not.
         let Profile {
             identities,
@@ -385,15 +422,22 @@ impl Profile {
         a.customer_group.clone_from(customer_group);
         a.consent_email = *consent_email;
         a.consent_sms = *consent_sms;
-        copy_vec(
-            &mut self.counters,
-            counters,
-            |t, f| {
-                t.0 = f.0;
-                t.1.clone_from(&f.1);
-            },
-            Clone::clone,
-        );
+        // The counters rules read, in the same (sorted) order.
+        let mut kept = 0;
+        for (kind, series) in counters
+            .iter()
+            .filter(|(k, _)| reads.counters.binary_search(k).is_ok())
+        {
+            match self.counters.get_mut(kept) {
+                Some(slot) => {
+                    slot.0 = *kind;
+                    slot.1.clone_from(series);
+                }
+                None => self.counters.push((*kind, series.clone())),
+            }
+            kept += 1;
+        }
+        self.counters.truncate(kept);
         self.cart.lines.clone_from(&cart.lines);
         let OrderStats {
             count,
@@ -414,7 +458,9 @@ impl Profile {
         o.cancelled_value = *cancelled_value;
         o.returns = *returns;
         o.refunded = *refunded;
-        o.series.clone_from(series);
+        if reads.order_series {
+            o.series.clone_from(series);
+        }
         self.last_device.clone_from(last_device);
         self.last_channel.clone_from(last_channel);
         self.events_total = *events_total;
@@ -425,8 +471,19 @@ impl Profile {
             t.key.clone_from(&f.key);
             t.series.clone_from(&f.series);
         };
-        copy_vec(&mut self.by_category, by_category, keyed, Clone::clone);
-        copy_vec(&mut self.by_product, by_product, keyed, Clone::clone);
+        // What no rule reads is left empty.
+        copy_vec(
+            &mut self.by_category,
+            read_or_empty(reads.by_category, by_category),
+            keyed,
+            Clone::clone,
+        );
+        copy_vec(
+            &mut self.by_product,
+            read_or_empty(reads.by_product, by_product),
+            keyed,
+            Clone::clone,
+        );
         let affinity = |t: &mut Affinity, f: &Affinity| {
             t.key.clone_from(&f.key);
             t.score = f.score;
@@ -435,13 +492,13 @@ impl Profile {
         };
         copy_vec(
             &mut self.category_affinity,
-            category_affinity,
+            read_or_empty(reads.category_affinity, category_affinity),
             affinity,
             Clone::clone,
         );
         copy_vec(
             &mut self.brand_affinity,
-            brand_affinity,
+            read_or_empty(reads.brand_affinity, brand_affinity),
             affinity,
             Clone::clone,
         );

@@ -89,6 +89,8 @@ impl Segment {
 pub struct SegmentSet {
     segments: Vec<Segment>,
     journeys: Vec<Journey>,
+    /// What the segments' rules read of a profile.
+    reads: crate::profile::RuleReads,
 }
 
 impl SegmentSet {
@@ -160,6 +162,11 @@ impl SegmentSet {
 
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
+    }
+
+    /// What the segments' rules read of a profile (explanations copy only that).
+    pub fn reads(&self) -> &crate::profile::RuleReads {
+        &self.reads
     }
 
     /// The position of segment `id` in [`Self::segments`].
@@ -260,6 +267,11 @@ impl SegmentSet {
         let (defs, journeys) = read_definitions(&doc, &mut errors);
         let mut set = compile_all(src, defs, &mut errors);
         set.journeys = compile_journeys(src, &set, journeys, &mut errors);
+        for seg in &set.segments {
+            plan::reads(&seg.rule, &mut set.reads);
+        }
+        set.reads.counters.sort();
+        set.reads.counters.dedup();
         if errors.is_empty() {
             Ok(set)
         } else {
@@ -938,6 +950,7 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
     SegmentSet {
         segments,
         journeys: Vec::new(),
+        reads: Default::default(),
     }
 }
 

@@ -793,6 +793,43 @@ pub fn value(n: &Node, cx: &Ctx) -> Value {
 
 // ------------------------------------------------------------------ timers
 
+/// Adds what `n` reads of a profile to `r` (counters unsorted; the caller sorts).
+pub fn reads(n: &Node, r: &mut crate::profile::RuleReads) {
+    let events = |e: &Events, r: &mut crate::profile::RuleReads| match e {
+        Events::Order => r.order_series = true,
+        Events::Type(t) => r.counters.push(*t),
+    };
+    match n {
+        Node::Count(e, _) | Node::Sum(e, _) | Node::Since(e) => events(e, r),
+        Node::Seq { first, second, .. } => {
+            match first {
+                Step::Events(e) => events(e, r),
+                Step::Category(..) => r.by_category = true,
+            }
+            events(second, r);
+        }
+        Node::CountCategory(..) => r.by_category = true,
+        Node::CountProduct(..) => r.by_product = true,
+        Node::CategoryAffinity(_) | Node::TopCategory => r.category_affinity = true,
+        Node::BrandAffinity(_) | Node::TopBrand => r.brand_affinity = true,
+        Node::Not(x) | Node::Neg(x) => reads(x, r),
+        Node::And(a, b) | Node::Or(a, b) | Node::Cmp(_, a, b) | Node::Arith(_, a, b) => {
+            reads(a, r);
+            reads(b, r);
+        }
+        Node::InList(x, items) => {
+            reads(x, r);
+            items.iter().for_each(|i| reads(i, r));
+        }
+        Node::Num(_)
+        | Node::Str(_)
+        | Node::Bool(_)
+        | Node::Attr(_)
+        | Node::Exists(_)
+        | Node::Segment(_) => {}
+    }
+}
+
 /// Whether the passing of time alone can change the node's value (it reads a window, a time
 /// since, a decaying score, a sequence, or a segment that does).
 pub fn timed(n: &Node, segments: &[bool]) -> bool {

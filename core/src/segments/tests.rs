@@ -403,8 +403,34 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
         big.apply(&e);
     }
     let mut copy = Profile::default();
-    copy.copy_rule_inputs(&big);
-    copy.copy_rule_inputs(&p);
+    copy.copy_rule_inputs(&big, set.reads());
+    copy.copy_rule_inputs(&p, set.reads());
+    assert_eq!(
+        set.reads(),
+        &crate::profile::RuleReads {
+            counters: set.reads().counters.clone(),
+            ..crate::profile::RuleReads::all()
+        },
+        "this set reads every kind of list"
+    );
+    // The example file alone reads less (no per-product counts, no brands): its copy leaves
+    // those out and its rules still read the same.
+    let examples = SegmentSet::parse(include_str!("../../../examples/segments.yaml")).unwrap();
+    assert!(!examples.reads().by_product && !examples.reads().brand_affinity);
+    let mut partial = Profile::default();
+    partial.copy_rule_inputs(&big, examples.reads());
+    partial.copy_rule_inputs(&p, examples.reads());
+    assert!(partial.by_product.is_empty() && partial.counters.len() < p.counters.len());
+    for now in [T0 + 61 * H, T0 + 30 * 24 * H] {
+        for (i, seg) in examples.segments().iter().enumerate() {
+            assert_eq!(
+                examples.explain(i, &partial, now),
+                examples.explain(i, &p, now),
+                "{}",
+                seg.id
+            );
+        }
+    }
     let mut checked = 0;
     for now in [T0 + 61 * H, T0 + 30 * 24 * H, T0 + 100 * 24 * H] {
         for (i, seg) in set.segments().iter().enumerate() {
