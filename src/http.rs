@@ -406,7 +406,7 @@ pub fn explain_doc(
         "partition": partition,
         "segment": segment,
         "name": seg.name,
-        "rule": seg.source.split_whitespace().collect::<Vec<_>>().join(" "),
+        "rule": seg.rule_text(),
         "evaluated_at": now,
         "result": tree.value,
         "member": membership.is_some(),

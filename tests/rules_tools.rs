@@ -17,6 +17,28 @@ fn tailor(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `tailor preview --config CONFIG --segments SEGMENTS EXTRA… --json`, which must succeed: the
+/// report and what it wrote on stderr (progress).
+fn preview_json(config: &str, segments: &str, extra: &[&str]) -> (serde_json::Value, String) {
+    let mut args = vec!["preview", "--config", config, "--segments", segments];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let (code, out, err) = tailor(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    (serde_json::from_str(&out).unwrap(), err)
+}
+
+/// The entry of segment `id` in a report's `segments` list.
+fn segment(report: &serde_json::Value, id: &str) -> serde_json::Value {
+    report["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {report}"))
+        .clone()
+}
+
 fn root(p: &str) -> String {
     format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -133,28 +155,9 @@ fn preview_and_explain_read_a_running_workers_state() {
     worker.wait_caught_up(60);
 
     let config = s.config.to_str().unwrap();
-    let (code, out, err) = tailor(&[
-        "preview",
-        "--config",
-        config,
-        "--segments",
-        proposed.to_str().unwrap(),
-        "--sample",
-        "3",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (r, _) = preview_json(config, proposed.to_str().unwrap(), &["--sample", "3"]);
     assert_eq!(r["profiles"], 30, "{r}");
-    let seg = |id: &str| {
-        r["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == id)
-            .unwrap_or_else(|| panic!("{id} in {r}"))
-            .clone()
-    };
+    let seg = |id: &str| segment(&r, id);
     let get = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
     let cart = seg("cart-holders");
     assert_eq!(cart["status"], "unchanged");
@@ -230,18 +233,7 @@ fn preview_and_explain_read_a_running_workers_state() {
     );
 
     // The same definitions over the recorded input of the last day, in scratch state.
-    let (code, out, err) = tailor(&[
-        "preview",
-        "--config",
-        config,
-        "--segments",
-        proposed.to_str().unwrap(),
-        "--history",
-        "1d",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (h, err) = preview_json(config, proposed.to_str().unwrap(), &["--history", "1d"]);
     assert_eq!(
         (&h["messages"], &h["events"], &h["shoppers"]),
         (
@@ -252,13 +244,7 @@ fn preview_and_explain_read_a_running_workers_state() {
         "{h}"
     );
     let hist = |id: &str| {
-        let s = h["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == id)
-            .unwrap()
-            .clone();
+        let s = segment(&h, id);
         let per_day: u64 = s["days"]
             .as_array()
             .unwrap()
@@ -374,7 +360,7 @@ fn explain_preview_and_history_agree_with_the_live_path_on_real_data() {
             .explanation
             .unwrap_or_else(|| panic!("no explanation: {}", c.id));
         let seg = &set.segments()[set.index_of(&c.segment_id).unwrap()];
-        let rule: String = seg.source.split_whitespace().collect::<Vec<_>>().join(" ");
+        let rule = seg.rule_text();
         assert!(
             rule.contains(&e.expression),
             "{} not in {rule}",
@@ -398,16 +384,7 @@ fn explain_preview_and_history_agree_with_the_live_path_on_real_data() {
     assert!(explained > 1000, "{explained} explained changes");
 
     // Preview of the definitions in force, against the state the worker left.
-    let (code, out, err) = tailor(&[
-        "preview",
-        "--config",
-        config,
-        "--segments",
-        &root("examples/segments.yaml"),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (r, _) = preview_json(config, &root("examples/segments.yaml"), &[]);
     let mut live = std::collections::BTreeMap::new();
     for seg in r["segments"].as_array().unwrap() {
         assert_eq!(seg["status"], "unchanged", "{seg}");
@@ -424,18 +401,11 @@ fn explain_preview_and_history_agree_with_the_live_path_on_real_data() {
     assert!(live.values().any(|m| m.as_u64().unwrap() > 0), "{live:?}");
 
     // The same input in scratch state: the same members at the end.
-    let (code, out, err) = tailor(&[
-        "preview",
-        "--config",
+    let (h, _) = preview_json(
         config,
-        "--segments",
         &root("examples/segments.yaml"),
-        "--history",
-        "1d",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+        &["--history", "1d"],
+    );
     assert_eq!(h["events"].as_u64().unwrap(), produced, "{}", h["rejected"]);
     let history: std::collections::BTreeMap<String, serde_json::Value> = h["segments"]
         .as_array()

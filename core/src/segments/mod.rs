@@ -78,6 +78,12 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// The rule as written, each run of whitespace one space (a folded or re-indented rule is
+    /// the same rule).
+    pub fn rule_text(&self) -> String {
+        self.source.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
     /// The ids of the segments this one's rule uses (`in_segment`).
     pub fn uses(&self) -> &[String] {
         &self.uses
@@ -213,10 +219,7 @@ impl SegmentSet {
         let mut parts: Vec<String> = self
             .segments
             .iter()
-            .map(|s| {
-                let rule: Vec<&str> = s.source.split_whitespace().collect();
-                format!("{}\u{1f}{}", s.id, rule.join(" "))
-            })
+            .map(|s| format!("{}\u{1f}{}", s.id, s.rule_text()))
             .collect();
         parts.sort();
         xxhash_rust::xxh3::xxh3_64(parts.join("\u{1e}").as_bytes())
@@ -224,13 +227,12 @@ impl SegmentSet {
 
     /// (added, changed, removed) segment ids between `old` and this set, for logs.
     pub fn diff(&self, old: &SegmentSet) -> (Vec<String>, Vec<String>, Vec<String>) {
-        let norm = |s: &Segment| s.source.split_whitespace().collect::<Vec<_>>().join(" ");
         let mut added = Vec::new();
         let mut changed = Vec::new();
         for s in &self.segments {
             match old.segments.iter().find(|o| o.id == s.id) {
                 None => added.push(s.id.clone()),
-                Some(o) if norm(o) != norm(s) => changed.push(s.id.clone()),
+                Some(o) if o.rule_text() != s.rule_text() => changed.push(s.id.clone()),
                 Some(_) => {}
             }
         }
