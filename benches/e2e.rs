@@ -347,6 +347,10 @@ fn main() {
     let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
+    // TAILOR_BENCH_THREADS: the worker's `processing.threads` (its default when unset).
+    let threads = std::env::var("TAILOR_BENCH_THREADS")
+        .map(|v| format!("threads = {v}\n"))
+        .unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -361,7 +365,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{threads}[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display()
         ),

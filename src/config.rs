@@ -165,6 +165,11 @@ pub struct Processing {
     /// still to come, before applying the others' without it (event-time order across topics),
     /// e.g. "2s".
     pub max_idle: String,
+    /// Processing threads (Kafka Streams' `num.stream.threads`): each is a member of the
+    /// consumer group with its own partitions, consumer, producer and share of the profile
+    /// cache; they share the RocksDB store. More than the cores, or than partitions divided by
+    /// workers, only adds idle members.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +273,7 @@ impl Default for Processing {
             allowed_lateness: "5s".into(),
             wall_clock: true,
             max_idle: "2s".into(),
+            threads: 1,
         }
     }
 }
@@ -488,6 +494,12 @@ impl Config {
                 c.processing.batch_max_wait
             ));
         }
+        if !(1..=64).contains(&c.processing.threads) {
+            problems.push(format!(
+                "processing.threads = {}: expected 1 to 64",
+                c.processing.threads
+            ));
+        }
         let max_idle = humantime::parse_duration(&c.processing.max_idle);
         match &max_idle {
             Err(e) => problems.push(format!(
@@ -521,10 +533,10 @@ impl Config {
             )),
             Ok(_) => {}
         }
-        if c.state.cache_profiles < c.processing.batch_max_messages {
+        if c.state.cache_profiles < c.processing.batch_max_messages * c.processing.threads.max(1) {
             problems.push(format!(
-                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) so a batch fits in memory",
-                c.state.cache_profiles, c.processing.batch_max_messages
+                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) times processing.threads ({}) so each thread's batch fits in its share",
+                c.state.cache_profiles, c.processing.batch_max_messages, c.processing.threads
             ));
         }
         let block_cache = parse_size(&c.state.block_cache);

@@ -38,28 +38,66 @@ use crate::profile::{self, Profile};
 use crate::segments::SegmentSet;
 use crate::store::Store;
 
-/// Shared with the worker: whether it is ready, and if not, why.
+/// Shared with the worker: whether it is ready, and if not, why. Each processing thread has
+/// its say ([`HealthPart`]); the worker is ready when all of them are.
 pub struct Health {
     ready: AtomicBool,
-    reason: std::sync::Mutex<String>,
+    /// Per processing thread: why it is not ready (empty: ready).
+    reasons: std::sync::Mutex<Vec<String>>,
+}
+
+/// One processing thread's part of [`Health`].
+#[derive(Clone)]
+pub struct HealthPart {
+    health: Arc<Health>,
+    slot: usize,
+}
+
+impl HealthPart {
+    /// `Ok`: this thread is ready; `Err(why)`: not ready, for that reason.
+    pub fn set(&self, state: Result<(), String>) {
+        self.health.set_part(self.slot, state);
+    }
 }
 
 impl Health {
     pub fn new() -> Health {
         Health {
             ready: AtomicBool::new(false),
-            reason: std::sync::Mutex::new("starting".into()),
+            reasons: std::sync::Mutex::new(vec!["starting".into()]),
         }
     }
 
-    /// `Ok`: ready; `Err(why)`: not ready, for that reason (shown by `/readyz`).
+    /// `Ok`: ready; `Err(why)`: not ready, for that reason (shown by `/readyz`). For a worker
+    /// of one processing thread.
     pub fn set(&self, state: Result<(), String>) {
-        let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        match state {
-            Ok(()) => reason.clear(),
-            Err(why) => *reason = why,
+        self.set_part(0, state);
+    }
+
+    /// The parts of `n` processing threads, each "starting" until it says otherwise.
+    pub fn parts(self: &Arc<Self>, n: usize) -> Vec<HealthPart> {
+        let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        reasons.resize(n.max(1), "starting".into());
+        self.ready.store(false, Ordering::Relaxed);
+        (0..n.max(1))
+            .map(|slot| HealthPart {
+                health: self.clone(),
+                slot,
+            })
+            .collect()
+    }
+
+    fn set_part(&self, slot: usize, state: Result<(), String>) {
+        let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        if reasons.len() <= slot {
+            reasons.resize(slot + 1, "starting".into());
         }
-        self.ready.store(reason.is_empty(), Ordering::Relaxed);
+        match state {
+            Ok(()) => reasons[slot].clear(),
+            Err(why) => reasons[slot] = why,
+        }
+        self.ready
+            .store(reasons.iter().all(String::is_empty), Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -68,10 +106,18 @@ impl Health {
 
     /// Why the worker is not ready (empty when it is).
     pub fn reason(&self) -> String {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        if reasons.len() == 1 {
+            return reasons[0].clone();
+        }
+        let mut parts: Vec<String> = reasons
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(i, r)| format!("thread {i}: {r}"))
+            .collect();
+        parts.dedup();
+        parts.join("; ")
     }
 }
 
@@ -97,6 +143,8 @@ pub struct Api {
     token: Option<String>,
     attached: OnceLock<Attached>,
     assigned: RwLock<Vec<i32>>,
+    /// Per processing thread: the partition numbers it holds.
+    assigned_parts: std::sync::Mutex<Vec<Vec<i32>>>,
     describer: OnceLock<Option<BaseConsumer>>,
     /// The definitions in force (explanations).
     segments: RwLock<Option<Arc<SegmentSet>>>,
@@ -108,6 +156,7 @@ impl Api {
             token: token.filter(|t| !t.is_empty()),
             attached: OnceLock::new(),
             assigned: RwLock::new(Vec::new()),
+            assigned_parts: std::sync::Mutex::new(Vec::new()),
             describer: OnceLock::new(),
             segments: RwLock::new(None),
         }
@@ -122,9 +171,17 @@ impl Api {
         let _ = self.attached.set(a);
     }
 
-    /// The partition numbers this worker holds (called after each rebalance check).
-    pub fn set_assigned(&self, assigned: &[(String, i32)]) {
-        let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+    /// The partition numbers processing thread `slot` holds (called after each rebalance check).
+    pub fn set_assigned(&self, slot: usize, assigned: &[(String, i32)]) {
+        let mut parts = self
+            .assigned_parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if parts.len() <= slot {
+            parts.resize(slot + 1, Vec::new());
+        }
+        parts[slot] = assigned.iter().map(|(_, p)| *p).collect();
+        let mut numbers: Vec<i32> = parts.iter().flatten().copied().collect();
         numbers.sort_unstable();
         numbers.dedup();
         if *self.assigned.read().expect("not poisoned") != numbers {

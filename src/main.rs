@@ -2,7 +2,7 @@
 //! logging and signals, and reports errors.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,9 @@ use rdkafka::ClientConfig;
 
 use tailor::config::Config;
 use tailor::segments::SegmentSet;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -250,7 +253,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             )
             .map_err(|e| anyhow::anyhow!(e))?;
             let api = Arc::new(tailor::http::Api::new(token));
-            let reload = Arc::new(AtomicBool::new(false));
+            let reload = Arc::new(AtomicU64::new(0));
             #[cfg(unix)]
             {
                 let reload = reload.clone();
@@ -260,7 +263,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
                         tracing::info!("SIGHUP: reloading the segment definitions");
-                        reload.store(true, std::sync::atomic::Ordering::Relaxed);
+                        reload.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 });
             }

@@ -1,8 +1,9 @@
 //! State that moves between workers, through the changelog topic, against the real broker:
 //! a worker whose state directory is lost restores it and goes on from the restored offsets;
 //! two workers share a group, one is killed with SIGKILL for good and the other takes its
-//! partitions over from the changelog; workers join one by one during a replay. In every case the
-//! profiles equal one pass over the input and no output id stands for two different changes.
+//! partitions over from the changelog; workers join one by one during a replay; a worker's
+//! processing threads split its partitions over one store. In every case the profiles equal one
+//! pass over the input and no output id stands for two different changes.
 
 mod common;
 
@@ -302,4 +303,107 @@ fn workers_joining_one_by_one_take_their_partitions_state_with_them() {
         let ids = &pairs[&(format!("shopper-{s}"), Direction::Entered)];
         assert_eq!(ids.len(), 1, "shopper-{s} entered once: {ids:?}");
     }
+}
+
+#[test]
+fn processing_threads_split_the_partitions_over_one_store() {
+    const SHOPPERS: usize = 300;
+    const VIEWS: usize = 60;
+    let defs = tempfile::tempdir().unwrap();
+    let segments = defs.path().join("segments.yaml");
+    let fixture = std::fs::read_to_string("tests/fixtures/segments.yaml").unwrap();
+    std::fs::write(&segments, &fixture).unwrap();
+    let a = event_time_only(Setup::with_segments(
+        "threads",
+        PARTITIONS,
+        200,
+        segments.to_str().unwrap(),
+    ));
+    let with_threads = |n: usize| {
+        let text = std::fs::read_to_string(&a.config).unwrap();
+        let text = match text.find("threads = ") {
+            Some(i) => {
+                let end = i + text[i..].find('\n').unwrap();
+                format!("{}threads = {n}{}", &text[..i], &text[end..])
+            }
+            None => text.replace("[processing]\n", &format!("[processing]\nthreads = {n}\n")),
+        };
+        std::fs::write(&a.config, text).unwrap();
+    };
+    with_threads(2);
+    views(&a.topics.storefront, SHOPPERS, 0, VIEWS);
+    let sent = (SHOPPERS * VIEWS) as u64;
+    let mut w = a.start(1);
+    w.wait_caught_up(sent);
+
+    // Both threads hold partitions (each is a member of the group).
+    let log = w.log_text();
+    for thread in ["thread=0", "thread=1"] {
+        assert!(
+            log.lines().any(|l| l.contains("partitions held")
+                && l.contains(thread)
+                && !l.contains("partitions=[]")),
+            "{thread} holds no partition:\n{log}"
+        );
+    }
+    for s in 0..SHOPPERS {
+        let p = served(&[&w], &format!("shopper-{s}"));
+        assert_eq!(p["events_total"], VIEWS as u64, "shopper-{s}: {p}");
+    }
+    // The worker-wide gauges add up both threads' shares.
+    assert_eq!(w.metric("tailor_events_total", ""), sent as f64);
+    assert_eq!(
+        w.metric("tailor_segment_members", "segment=\"active-browsers\""),
+        SHOPPERS as f64
+    );
+    assert_eq!(
+        w.metric("tailor_assigned_partitions", ""),
+        (PARTITIONS * 4) as f64,
+        "three inputs and the repartition topic, every partition once"
+    );
+    assert_eq!(w.get("/readyz").map(|(code, _)| code), Some(200));
+
+    // SIGHUP reaches both threads: every profile, whichever thread holds it, is re-evaluated.
+    std::fs::write(
+        &segments,
+        fixture.replacen(
+            "segments:\n",
+            "segments:\n  - id: threads-added\n    rule: events.total >= 1\n",
+            1,
+        ),
+    )
+    .unwrap();
+    w.signal("HUP");
+    w.wait_for(
+        Duration::from_secs(60),
+        "every profile entered the added segment",
+        |w| w.metric("tailor_segment_members", "segment=\"threads-added\"") == SHOPPERS as f64,
+    );
+    let pairs = changes_by_id(&a.topics.audience);
+    for s in 0..SHOPPERS {
+        let ids = &pairs[&(format!("shopper-{s}"), Direction::Entered)];
+        assert_eq!(
+            ids.len(),
+            2,
+            "shopper-{s} entered two segments once each: {ids:?}"
+        );
+    }
+
+    // One thread again on the same store: nothing to restore, every profile whole.
+    w.stop();
+    with_threads(1);
+    let w = a.start(2);
+    assert_eq!(
+        w.metric("tailor_changelog_restored_records_total", ""),
+        0.0,
+        "the state was level with the changelog"
+    );
+    for s in (0..SHOPPERS).step_by(7) {
+        let p = served(&[&w], &format!("shopper-{s}"));
+        assert_eq!(p["events_total"], VIEWS as u64, "shopper-{s}: {p}");
+    }
+    assert_eq!(
+        w.metric("tailor_segment_members", "segment=\"active-browsers\""),
+        SHOPPERS as f64
+    );
 }

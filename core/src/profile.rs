@@ -1069,9 +1069,11 @@ pub fn message_hash(event_id: &str, payload: &[u8]) -> u64 {
 }
 
 pub fn encode(p: &Profile) -> Vec<u8> {
-    let mut out = vec![STATE_VERSION];
-    out.extend(postcard::to_stdvec(p).expect("profile serialises"));
-    out
+    // Into one buffer sized for a typical profile (growing from 8 bytes and copying the
+    // serialised bytes after the version showed in the worker's profile).
+    let mut out = Vec::with_capacity(512);
+    out.push(STATE_VERSION);
+    postcard::to_extend(p, out).expect("profile serialises")
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {

@@ -39,7 +39,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::http::Health;
+use crate::http::HealthPart;
 use crate::metrics::Metrics;
 use crate::store::{Op, Store, StoreError};
 
@@ -257,7 +257,7 @@ pub async fn mirror(
     out: &mut Collector,
     ops: &[(i32, Vec<Op>)],
     metrics: &Metrics,
-    (health, fault): (&Health, &mut Option<String>),
+    (health, fault): (&HealthPart, &mut Option<String>),
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Vec<(i32, i64)>>, Error> {
     let started = Instant::now();
@@ -281,7 +281,7 @@ pub async fn mirror(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(None),
+                    _ = super::stopped(stop) => return Ok(None),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }

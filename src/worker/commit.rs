@@ -91,12 +91,12 @@ impl Worker {
             .observe(commit_secs + t_write.elapsed().as_secs_f64());
 
         for (_, segment, delta) in &commit.segment_deltas {
-            let n = self.segment_sizes.entry(segment.clone()).or_default();
-            *n += delta;
+            *self.segment_sizes.entry(segment.clone()).or_default() += delta;
+            // Summed over the processing threads: each adds its own changes.
             self.metrics
                 .segment_members
                 .with_label_values(&[segment])
-                .set(*n);
+                .add(*delta);
         }
         for (topic, partition, next) in &commit.offsets {
             self.metrics
@@ -112,9 +112,11 @@ impl Worker {
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .profiles_cached
-            .set(self.tasks.values().map(|t| t.profiles.len() as i64).sum());
+        super::share(
+            &self.metrics.profiles_cached,
+            &mut self.shares.cached,
+            self.tasks.values().map(|t| t.profiles.len() as i64).sum(),
+        );
         // Progress: a fault that rolled batches back is over.
         if self.fault.take().is_some() {
             info!("batch committed again after a transient fault");
@@ -138,12 +140,14 @@ impl Worker {
         let mut reported = false;
         // Awaited in order inside one future, so the select below costs per tick, not per
         // delivery; `done` tells the slow-delivery report how far it got.
-        let done = std::cell::Cell::new(0usize);
+        let done = std::sync::atomic::AtomicUsize::new(0);
         let out = &self.out;
         let all = async {
             for (topic, delivery) in deliveries {
                 match delivery.await {
-                    Ok(Ok(_)) => done.set(done.get() + 1),
+                    Ok(Ok(_)) => {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Ok(Err((e, _))) => return Err(kafka::delivery_error(out.topic(topic), &e)),
                     Err(_) => {
                         return Err(Error::fatal(
@@ -165,7 +169,7 @@ impl Worker {
                     break;
                 }
                 _ = tick.tick() => {
-                    let waiting = total - done.get();
+                    let waiting = total - done.load(std::sync::atomic::Ordering::Relaxed);
                     if !reported && started.elapsed() >= SLOW_DELIVERY {
                         reported = true;
                         warn!(waiting, of = total, "outputs not yet acknowledged by the broker; the batch is not committed until they are");
@@ -180,7 +184,7 @@ impl Worker {
                         return Ok(false);
                     }
                 }
-                _ = stop.wait_for(|s| *s), if stop_at.is_none() => {
+                _ = super::stopped(stop), if stop_at.is_none() => {
                     stop_at = Some(Instant::now() + STOP_GRACE);
                 }
             }

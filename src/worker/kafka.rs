@@ -173,7 +173,9 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
 
 /// The consumer's configuration: the `[kafka]` table, the group, offsets stored by Tailor
 /// after each commit, and the range assignor.
-pub fn consumer_config(settings: &Settings) -> ClientConfig {
+/// `slot`: the processing thread (each is a member of the group; static ids get `-{slot}`
+/// after the first).
+pub fn consumer_config(settings: &Settings, slot: usize) -> ClientConfig {
     let c = &settings.config;
     let mut cfg = client_config(settings);
     cfg.set("group.id", &c.consumer.group_id)
@@ -187,7 +189,11 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
         cfg.set("statistics.interval.ms", "5000");
     }
     if let Some(id) = instance_id(settings) {
-        cfg.set("group.instance.id", id);
+        if slot == 0 {
+            cfg.set("group.instance.id", id);
+        } else {
+            cfg.set("group.instance.id", format!("{id}-{slot}"));
+        }
     }
     cfg
 }
@@ -209,7 +215,7 @@ pub fn check_kafka_properties(settings: &Settings) -> Vec<String> {
     if let Err(e) = producer_config(settings).create::<rdkafka::producer::BaseProducer>() {
         problems.push(format!("[kafka] refused by librdkafka for a producer: {e}"));
     }
-    if let Err(e) = consumer_config(settings).create::<BaseConsumer>() {
+    if let Err(e) = consumer_config(settings, 0).create::<BaseConsumer>() {
         let line = format!("[kafka] refused by librdkafka for a consumer: {e}");
         // The same refusal twice says nothing new.
         if !problems.iter().any(|p| p.ends_with(&e.to_string())) {

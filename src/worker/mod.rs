@@ -56,7 +56,7 @@ mod process;
 mod task;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,7 +69,7 @@ use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::codec::{self, SchemaCatalog};
 use crate::config::Settings;
-use crate::http::{Api, Health};
+use crate::http::{Api, Health, HealthPart};
 use crate::metrics::Metrics;
 use crate::registry::{Lookup, Registry};
 use crate::store::Store;
@@ -116,14 +116,21 @@ struct Worker {
     assigned: Vec<(String, i32)>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    /// This processing thread's part of the worker's readiness.
+    health: HealthPart,
+    /// Which processing thread this is (0-based).
+    slot: usize,
+    /// What this thread last added to the worker-wide gauges several threads report into.
+    shares: Shares,
     api: Arc<Api>,
     registry: Option<Arc<Registry>>,
     lookups: LookupSender,
     schemas_dir: Option<std::path::PathBuf>,
     segments_file: std::path::PathBuf,
-    /// Raised on SIGHUP: reload the schemas directory and the segments file.
-    reload: Arc<std::sync::atomic::AtomicBool>,
+    /// Counted up on SIGHUP: reload the schemas directory and the segments file (each
+    /// processing thread compares it with the count it last reloaded at).
+    reload: Arc<AtomicU64>,
+    reload_seen: u64,
     /// Source text of the definitions in force (stored with the commit that puts them in force).
     defs_src: String,
     /// The changelog topic every commit mirrors its state writes to (`None`: no changelog).
@@ -165,15 +172,37 @@ struct Worker {
     last_log: (Instant, u64),
 }
 
+/// What one processing thread contributes to worker-wide gauges: each thread adds the change
+/// of its own share, so the gauge is the sum over the threads.
+#[derive(Default)]
+struct Shares {
+    assigned: i64,
+    paused: i64,
+    cached: i64,
+    reevaluation_pending: i64,
+}
+
+/// Adds the change of this thread's share to a worker-wide gauge.
+fn share(gauge: &prometheus::IntGauge, mine: &mut i64, now: i64) {
+    if now != *mine {
+        gauge.add(now - *mine);
+        *mine = now;
+    }
+}
+
 impl Worker {
-    /// Tells `/readyz` whether this worker is ready and, if not, why.
-    fn publish_readiness(&self) {
+    /// Tells `/readyz` whether this processing thread is ready and, if not, why.
+    fn publish_readiness(&mut self) {
         let held: Vec<String> = self
             .tasks
             .values()
             .filter_map(|t| t.held.map(|id| format!("{} (schema id {id})", t.partition)))
             .collect();
-        self.metrics.paused_partitions.set(held.len() as i64);
+        share(
+            &self.metrics.paused_partitions,
+            &mut self.shares.paused,
+            held.len() as i64,
+        );
         let state = if self.stopping {
             Err("shutting down".to_string())
         } else if let Some(f) = self.fault.as_ref().or(self.broker_down.as_ref()) {
@@ -322,37 +351,40 @@ impl Worker {
     /// What follows a change of the partitions held: cache shares, metrics, sizes, the API.
     fn after_assignment(&mut self) -> Result<(), Error> {
         // Each task gets an equal share of the profile cache.
-        let share = self.cache_profiles / self.tasks.len().max(1);
+        let each = self.cache_profiles / self.tasks.len().max(1);
         for task in self.tasks.values_mut() {
-            task.profiles.resize(share);
+            task.profiles.resize(each);
         }
-        self.metrics
-            .assigned_partitions
-            .set(self.assigned.len() as i64);
+        share(
+            &self.metrics.assigned_partitions,
+            &mut self.shares.assigned,
+            self.assigned.len() as i64,
+        );
         // Members of the partitions held here now (their state may have just been restored).
         let mut numbers: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
         numbers.sort_unstable();
         numbers.dedup();
         let sizes: BTreeMap<String, i64> =
             self.store.segment_sizes_in(&numbers)?.into_iter().collect();
-        for segment in self
-            .segment_sizes
-            .keys()
-            .filter(|s| !sizes.contains_key(*s))
-        {
-            self.metrics
-                .segment_members
-                .with_label_values(&[segment])
-                .set(0);
+        // The gauge sums every thread's members: this thread adds the change of its own.
+        for (segment, old) in &self.segment_sizes {
+            if !sizes.contains_key(segment) {
+                self.metrics
+                    .segment_members
+                    .with_label_values(&[segment])
+                    .sub(*old);
+            }
         }
         for (segment, n) in &sizes {
+            let old = self.segment_sizes.get(segment).copied().unwrap_or(0);
             self.metrics
                 .segment_members
                 .with_label_values(&[segment])
-                .set(*n);
+                .add(*n - old);
         }
         self.segment_sizes = sizes;
-        self.api.set_assigned(&self.assigned);
+        info!(thread = self.slot, partitions = ?numbers, "partitions held");
+        self.api.set_assigned(self.slot, &self.assigned);
         self.publish_readiness();
         Ok(())
     }
@@ -502,7 +534,11 @@ impl Worker {
                 pending += 1;
             }
         }
-        self.metrics.reevaluation_pending.set(pending);
+        share(
+            &self.metrics.reevaluation_pending,
+            &mut self.shares.reevaluation_pending,
+            pending,
+        );
         Ok(pending > 0)
     }
 
@@ -710,7 +746,7 @@ impl Worker {
         self.restart_definitions_if_needed()?;
         tokio::select! {
             _ = tokio::time::sleep(self.backoff) => {}
-            _ = stop.wait_for(|s| *s) => { self.stopping = true; }
+            _ = stopped(stop) => { self.stopping = true; }
         }
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
         Ok(())
@@ -878,6 +914,7 @@ impl Worker {
             .map(|(s, n)| format!("{s}={n}"))
             .collect();
         info!(
+            thread = self.slot,
             events = p.events,
             events_per_sec = rate.round(),
             dead_lettered = p.dead,
@@ -989,7 +1026,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     api: Arc<Api>,
-    reload: Arc<std::sync::atomic::AtomicBool>,
+    reload: Arc<AtomicU64>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let c = &settings.config;
@@ -997,43 +1034,42 @@ pub async fn run(
     std::fs::create_dir_all(&c.state.path)
         .with_context(|| format!("creating state directory {}", c.state.path.display()))?;
     let store = Arc::new(Store::open(&c.state.path, &settings.store)?);
-    let segment_sizes: BTreeMap<String, i64> = store.segment_sizes()?.into_iter().collect();
-    for (segment, n) in &segment_sizes {
-        metrics
-            .segment_members
-            .with_label_values(&[segment])
-            .set(*n);
-    }
 
     // Schemas and the registry first: a configuration they refuse stops the worker before it
     // joins the group.
     let (catalog, registry, output_ids) = schemas_and_registry(&settings).await?;
     let pcfg = kafka::producer_config(&settings);
 
-    let context = KafkaContext {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        start_from: if c.consumer.start_from == "latest" {
-            Offset::End
-        } else {
-            Offset::Beginning
-        },
-        rebalances: std::sync::Mutex::new(Vec::new()),
-        brokers_up: std::sync::atomic::AtomicBool::new(true),
-        pause_on_assign: c.state.changelog,
+    let threads = c.processing.threads.max(1);
+    // Each processing thread is a member of the group with a consumer of its own (the range
+    // assignor gives it whole partition numbers); they share the store.
+    let consumer_for = |slot: usize| -> anyhow::Result<StreamConsumer<KafkaContext>> {
+        let context = KafkaContext {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            start_from: if c.consumer.start_from == "latest" {
+                Offset::End
+            } else {
+                Offset::Beginning
+            },
+            rebalances: std::sync::Mutex::new(Vec::new()),
+            brokers_up: std::sync::atomic::AtomicBool::new(true),
+            pause_on_assign: c.state.changelog,
+        };
+        kafka::consumer_config(&settings, slot)
+            .create_with_context(context)
+            .context("creating the Kafka consumer")
     };
-    let consumer: StreamConsumer<KafkaContext> = kafka::consumer_config(&settings)
-        .create_with_context(context)
-        .context("creating the Kafka consumer")?;
+    let first = consumer_for(0)?;
     let inputs = [
         c.topics.storefront.as_str(),
         c.topics.backoffice.as_str(),
         c.topics.profile.as_str(),
     ];
-    let partitions = tokio::task::block_in_place(|| kafka::input_partitions(&consumer, &inputs))?;
+    let partitions = tokio::task::block_in_place(|| kafka::input_partitions(&first, &inputs))?;
     kafka::ensure_internal_topic(
         &settings,
-        &consumer,
+        &first,
         (&c.topics.repartition, "repartition"),
         partitions,
         &[],
@@ -1042,7 +1078,7 @@ pub async fn run(
     if c.state.changelog {
         kafka::ensure_internal_topic(
             &settings,
-            &consumer,
+            &first,
             (&c.topics.changelog, "changelog"),
             partitions,
             &kafka::CHANGELOG_CONFIG,
@@ -1051,9 +1087,6 @@ pub async fn run(
     }
     let mut subscribed = inputs.to_vec();
     subscribed.push(c.topics.repartition.as_str());
-    consumer
-        .subscribe(&subscribed)
-        .context("subscribing to the input and repartition topics")?;
     // The HTTP API's deletions go through a producer of their own.
     let api_producer: FutureProducer<ProducerLogs> = pcfg
         .create_with_context(ProducerLogs)
@@ -1067,130 +1100,196 @@ pub async fn run(
         group: c.consumer.group_id.clone(),
         kafka: kafka::client_config(&settings),
     });
-    info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), "worker started");
+    info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), threads, "worker started");
 
-    let (lookups_tx, mut lookups) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let out = Collector::new(
-        pcfg,
-        [
-            c.topics.audience_changes.clone(),
-            c.topics.journey_triggers.clone(),
-            c.topics.dead_letter.clone(),
-            c.topics.repartition.clone(),
-        ],
-        output_ids,
-        kafka::producer_max_bytes(&settings),
-        metrics.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let proc = Processor::new(
-        settings.core(),
-        catalog,
-        store.clone(),
-        metrics.clone(),
-        InputTopics {
-            storefront: c.topics.storefront.clone(),
-            backoffice: c.topics.backoffice.clone(),
-            profile: c.topics.profile.clone(),
-            repartition: c.topics.repartition.clone(),
-        },
-        partitions,
-        settings.segments.fingerprint(),
-    );
-    let mut w = Worker {
-        proc,
-        out,
-        tasks: BTreeMap::new(),
-        assigned: Vec::new(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        api,
-        registry,
-        lookups: lookups_tx,
-        schemas_dir: c.schemas.dir.clone(),
-        segments_file: c.segments.file.clone(),
-        reload,
-        defs_src: std::fs::read_to_string(&c.segments.file)
-            .with_context(|| format!("reading {}", c.segments.file.display()))?,
-        changelog: c.state.changelog.then(|| c.topics.changelog.clone()),
-        restorer: c.state.changelog.then(|| {
-            Arc::new(changelog::Restorer::new(
-                c.topics.changelog.clone(),
-                kafka::client_config(&settings),
-                kafka::producer_config(&settings),
-                &c.consumer.group_id,
-                metrics.clone(),
-            ))
-        }),
-        restoring: BTreeMap::new(),
-        cancelled: BTreeMap::new(),
-        meta: Vec::new(),
-        segment_sizes,
-        cache_profiles: c.state.cache_profiles,
-        hasher: Xxh3Builder::new().with_seed({
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(0u64)
-        }),
-        lateness: settings.allowed_lateness.as_millis() as i64,
-        follow_wall: c.processing.wall_clock,
-        max_messages: c.processing.batch_max_messages,
-        max_idle: settings.max_idle,
-        buffer_limit: c.processing.batch_max_messages.max(1_000),
-        fault: None,
-        fault_since: None,
-        broker_down: None,
-        consumer_errors: (0, None),
-        backoff: Duration::from_secs(1),
-        stopping: false,
-        skipped: 0,
-        batch_started: None,
-        last_log: (Instant::now(), 0),
-    };
-    // Definitions changed since profiles were last evaluated: re-evaluate them all.
-    w.restart_definitions_if_needed()?;
-    let max_wait = settings.batch_max_wait;
-
-    let result: Result<(), Error> = async {
-        while !w.stopping {
-            match w.batch(&consumer, &mut lookups, &mut stop, max_wait).await {
-                Ok(()) => {}
-                Err(Error::Transient { what, detail }) => {
-                    w.recover(&consumer, what, detail, &mut stop).await?
-                }
-                Err(fatal) => return Err(fatal),
-            }
-            w.log_progress(false);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let defs_src = std::fs::read_to_string(&c.segments.file)
+        .with_context(|| format!("reading {}", c.segments.file.display()))?;
+    let reload_seen = reload.load(Ordering::Relaxed);
+    let healths = health.parts(threads);
+    let mut consumers = vec![first];
+    for slot in 1..threads {
+        consumers.push(consumer_for(slot)?);
+    }
+    let mut loops = Vec::with_capacity(threads);
+    for (slot, consumer) in consumers.into_iter().enumerate() {
+        consumer
+            .subscribe(&subscribed)
+            .context("subscribing to the input and repartition topics")?;
+        let (lookups_tx, lookups) = tokio::sync::mpsc::unbounded_channel();
+        let out = Collector::new(
+            pcfg.clone(),
+            [
+                c.topics.audience_changes.clone(),
+                c.topics.journey_triggers.clone(),
+                c.topics.dead_letter.clone(),
+                c.topics.repartition.clone(),
+            ],
+            output_ids,
+            kafka::producer_max_bytes(&settings),
+            metrics.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let proc = Processor::new(
+            settings.core(),
+            catalog.clone(),
+            store.clone(),
+            metrics.clone(),
+            InputTopics {
+                storefront: c.topics.storefront.clone(),
+                backoffice: c.topics.backoffice.clone(),
+                profile: c.topics.profile.clone(),
+                repartition: c.topics.repartition.clone(),
+            },
+            partitions,
+            settings.segments.fingerprint(),
+        );
+        let mut w = Worker {
+            proc,
+            out,
+            tasks: BTreeMap::new(),
+            assigned: Vec::new(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            health: healths[slot].clone(),
+            slot,
+            shares: Shares::default(),
+            api: api.clone(),
+            registry: registry.clone(),
+            lookups: lookups_tx,
+            schemas_dir: c.schemas.dir.clone(),
+            segments_file: c.segments.file.clone(),
+            reload: reload.clone(),
+            reload_seen,
+            defs_src: defs_src.clone(),
+            changelog: c.state.changelog.then(|| c.topics.changelog.clone()),
+            restorer: c.state.changelog.then(|| {
+                Arc::new(changelog::Restorer::new(
+                    c.topics.changelog.clone(),
+                    kafka::client_config(&settings),
+                    kafka::producer_config(&settings),
+                    &c.consumer.group_id,
+                    metrics.clone(),
+                ))
+            }),
+            restoring: BTreeMap::new(),
+            cancelled: BTreeMap::new(),
+            meta: Vec::new(),
+            segment_sizes: BTreeMap::new(),
+            // Each thread gets an equal share of the profile cache.
+            cache_profiles: c.state.cache_profiles / threads,
+            hasher: Xxh3Builder::new().with_seed({
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0u64)
+            }),
+            lateness: settings.allowed_lateness.as_millis() as i64,
+            follow_wall: c.processing.wall_clock,
+            max_messages: c.processing.batch_max_messages,
+            max_idle: settings.max_idle,
+            buffer_limit: c.processing.batch_max_messages.max(1_000),
+            fault: None,
+            fault_since: None,
+            broker_down: None,
+            consumer_errors: (0, None),
+            backoff: Duration::from_secs(1),
+            stopping: false,
+            skipped: 0,
+            batch_started: None,
+            last_log: (Instant::now(), 0),
+        };
+        // Definitions changed since profiles were last evaluated: re-evaluate them all.
+        w.restart_definitions_if_needed()?;
+        let max_wait = settings.batch_max_wait;
+        let ending = StopOnDrop(stop_tx.clone());
+        let stop = stop.clone();
+        loops.push(tokio::spawn(async move {
+            let _ending = ending;
+            w.run_loop(consumer, lookups, stop, max_wait).await
+        }));
+    }
+    // The worker runs until every thread has stopped; one that stops (a fatal error, a panic)
+    // stops the others.
+    let mut result = Ok(());
+    for (slot, handle) in loops.into_iter().enumerate() {
+        let r = match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("processing thread {slot} panicked: {e}")),
+        };
+        if result.is_ok() {
+            result = r;
         }
-        Ok(())
-    }
-    .await;
-
-    w.stopping = true;
-    w.publish_readiness();
-    // Restores still running stop at their next record, and write nothing more.
-    for r in w.restoring.values() {
-        r.cancel.store(true, Ordering::Relaxed);
-    }
-    let result = result.map_err(|e| match e {
-        Error::Fatal(e) => e,
-        transient => anyhow::anyhow!("{transient}"),
-    });
-    if let Err(e) = &result {
-        error!(error = %format!("{e:#}"), "worker stopped on a fatal error; nothing after the last commit is acknowledged");
-    }
-    w.log_progress(true);
-    consumer.unsubscribe();
-    if let Err(e) = w.out.producer().flush(Duration::from_secs(10)) {
-        warn!(error = %e, "producer flush at shutdown");
     }
     info!("worker stopped");
     result
+}
+
+/// Resolves once the worker is asked to stop (holding no guard of the channel).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Stops every processing thread when one ends, however it ends.
+struct StopOnDrop(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Worker {
+    /// One processing thread: batches until asked to stop or a fatal error.
+    async fn run_loop(
+        mut self,
+        consumer: StreamConsumer<KafkaContext>,
+        mut lookups: tokio::sync::mpsc::UnboundedReceiver<(u32, Lookup)>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        max_wait: Duration,
+    ) -> anyhow::Result<()> {
+        let w = &mut self;
+        let result: Result<(), Error> = async {
+            while !w.stopping {
+                match w.batch(&consumer, &mut lookups, &mut stop, max_wait).await {
+                    Ok(()) => {}
+                    Err(Error::Transient { what, detail }) => {
+                        w.recover(&consumer, what, detail, &mut stop).await?
+                    }
+                    Err(fatal) => return Err(fatal),
+                }
+                w.log_progress(false);
+            }
+            Ok(())
+        }
+        .await;
+
+        w.stopping = true;
+        w.publish_readiness();
+        // Restores still running stop at their next record, and write nothing more.
+        for r in w.restoring.values() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+        let result = result.map_err(|e| match e {
+            Error::Fatal(e) => e,
+            transient => anyhow::anyhow!("{transient}"),
+        });
+        if let Err(e) = &result {
+            error!(thread = w.slot, error = %format!("{e:#}"), "worker stopped on a fatal error; nothing after the last commit is acknowledged");
+        }
+        w.log_progress(true);
+        consumer.unsubscribe();
+        if let Err(e) = w.out.producer().flush(Duration::from_secs(10)) {
+            warn!(error = %e, "producer flush at shutdown");
+        }
+        result
+    }
 }
 
 impl Worker {
@@ -1232,7 +1331,7 @@ impl Worker {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => { self.stopping = true; break; }
+                _ = stopped(stop) => { self.stopping = true; break; }
                 _ = &mut deadline => break,
                 Some(answer) = lookups.recv() => self.take_lookup(consumer, answer)?,
                 r = consumer.recv() => {
@@ -1291,7 +1390,8 @@ impl Worker {
         Ok(())
     }
 
-    fn reload_requested(&self) -> bool {
-        self.reload.swap(false, Ordering::Relaxed)
+    fn reload_requested(&mut self) -> bool {
+        let asked = self.reload.load(Ordering::Relaxed);
+        std::mem::replace(&mut self.reload_seen, asked) != asked
     }
 }
