@@ -1,7 +1,8 @@
 //! Criterion benchmark of the synchronous core on real data: decode (Avro single-object) + apply
 //! to the profile + evaluate every segment of `examples/segments.yaml` and its journeys, per
 //! event; the same with 50 segments; and timers firing. Decode alone is measured for each framing:
-//! single-object (spec and legacy fingerprints), Confluent (registry id) and JSON.
+//! single-object (spec and legacy fingerprints), Confluent (registry id) and JSON; and the
+//! profile's state encoding both ways (what each commit writes and a cache miss reads).
 //!
 //! Input: the shipped REES46 and UCI samples, replayed into encoded messages once; profiles live
 //! in a HashMap (no RocksDB here: the core only). `cargo bench --bench core`.
@@ -226,6 +227,28 @@ fn bench(c: &mut Criterion) {
             for p in &built {
                 set.evaluate(p, p.last_seen.unwrap_or(0), &mut results);
                 std::hint::black_box(&results);
+            }
+        })
+    });
+
+    // The profile's state encoding: written (and mirrored to the changelog) at each commit of a
+    // changed profile, decoded on a cache miss. One per event here (the profile after the run).
+    let encoded: Vec<Vec<u8>> = built.iter().map(|p| tailor::profile::encode(p)).collect();
+    println!(
+        "state: {:.0} bytes per encoded profile on average",
+        encoded.iter().map(Vec::len).sum::<usize>() as f64 / encoded.len().max(1) as f64
+    );
+    g.bench_function("state_encode", |b| {
+        b.iter(|| {
+            for p in &built {
+                std::hint::black_box(tailor::profile::encode(p));
+            }
+        })
+    });
+    g.bench_function("state_decode", |b| {
+        b.iter(|| {
+            for e in &encoded {
+                std::hint::black_box(tailor::profile::decode(e).unwrap());
             }
         })
     });

@@ -1,10 +1,19 @@
-//! End-to-end benchmark: the real `tailor` binary against a real broker on a pre-filled topic.
+//! End-to-end benchmark: the real `tailor` binary against a real broker on pre-filled topics.
 //!
-//! `scripts/bench-e2e.sh` starts a broker and runs this with `cargo bench --bench e2e`. It fills
-//! the three input topics with events made from the shipped real samples (REES46 clicks, UCI
-//! orders), spread over `TAILOR_BENCH_PROFILES` shopper keys, then starts the worker with the
-//! default configuration and measures how fast it commits them all, and its peak memory (VmHWM).
-//! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
+//! `scripts/bench-e2e.sh` starts a broker and runs this with `cargo bench --bench e2e`. Two
+//! workloads, one after the other, each on topics of its own filled with events made from the
+//! shipped real samples (REES46 clicks, UCI orders):
+//! - **wide**: `TAILOR_BENCH_EVENTS` events over `TAILOR_BENCH_PROFILES` shoppers (1–2 each);
+//! - **deep**: `TAILOR_BENCH_DEEP_EVENTS` events over `TAILOR_BENCH_DEEP_PROFILES` shoppers
+//!   (about 100 each; 0 events skips it).
+//!
+//! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
+//! with the default configuration (`TAILOR_BENCH_THREADS` sets `processing.threads`) and their
+//! ratio, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
+//! producer at half the measured rate. The wide workload goes on with timers firing at catch-up,
+//! profile lookups, a re-evaluation of every profile, a restore from the changelog and the
+//! latency at a trickle. Figures only; nothing is asserted about time. Under `cargo test` it
+//! does nothing.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -205,9 +214,6 @@ fn main() {
     }
     let brokers = std::env::var("TAILOR_BENCH_BROKERS")
         .expect("TAILOR_BENCH_BROKERS: run scripts/bench-e2e.sh");
-    let total = env("TAILOR_BENCH_EVENTS", 1_000_000);
-    let profiles = env("TAILOR_BENCH_PROFILES", 1_000_000);
-    let partitions = env("TAILOR_BENCH_PARTITIONS", 4) as i32;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut base: Vec<Produced> =
         Rees46Reader::open(&root.join("samples/rees46-2019oct-sample.csv"))
@@ -237,7 +243,37 @@ fn main() {
         };
     }
 
-    let prefix = format!("bench-{}", std::process::id());
+    let wide = (
+        env("TAILOR_BENCH_EVENTS", 500_000),
+        env("TAILOR_BENCH_PROFILES", 330_000),
+    );
+    let deep = (
+        env("TAILOR_BENCH_DEEP_EVENTS", 400_000),
+        env("TAILOR_BENCH_DEEP_PROFILES", 4_000),
+    );
+    workload(&brokers, &base, "wide", wide, true);
+    if deep.0 > 0 {
+        workload(&brokers, &base, "deep", deep, false);
+    }
+}
+
+/// One workload on topics of its own: `total` events over `profiles` shopper keys. `all`: the
+/// phases after the first pass too (timers, lookups, re-evaluation, restore, trickle latency).
+fn workload(
+    brokers: &str,
+    base: &[Produced],
+    name: &str,
+    (total, profiles): (u64, u64),
+    all: bool,
+) {
+    let brokers = brokers.to_owned();
+    let partitions = env("TAILOR_BENCH_PARTITIONS", 4) as i32;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    println!(
+        "== {name}: {total} events over {} shoppers",
+        total.min(profiles)
+    );
+    let prefix = format!("bench-{}-{name}", std::process::id());
     let topic = |f: &str| format!("{prefix}.{f}");
     let names = [
         "storefront",
@@ -379,6 +415,7 @@ fn main() {
             .spawn()
             .unwrap()
     };
+    let spawned = Instant::now();
     let mut child = start();
     let pid = child.id();
     // Time from the first committed batch (after the group join) to the last.
@@ -415,6 +452,10 @@ fn main() {
     let secs = end.duration_since(t0).as_secs_f64();
     let rate = (done - n0) / secs;
     println!(
+        "start to first commit: {:.1}s (process start, topic checks, group join, changelog check)",
+        t0.duration_since(spawned).as_secs_f64()
+    );
+    println!(
         "worker: {:.0} events committed in {secs:.1}s = {rate:.0} events/s ({:.2} of the raw consume rate; explanations {}); {changes:.0} audience changes; peak RSS {rss:.0} MiB",
         done - n0,
         rate / raw_rate,
@@ -425,6 +466,31 @@ fn main() {
         batch - deliver - changelog - commit
     );
 
+    // Keys are (i * 7919) % profiles: 7919 is prime, so min(total, profiles) distinct shoppers.
+    let shoppers = total.min(profiles);
+    if !all {
+        let disk = dir_bytes(&dir.path().join("state"));
+        println!(
+            "state on disk: {:.0} MiB for {shoppers} shoppers = {:.0} bytes per shopper (RocksDB files, timers and offsets included, uncompacted)",
+            disk as f64 / 1048576.0,
+            disk as f64 / shoppers.max(1) as f64
+        );
+        latency(
+            &brokers,
+            &names,
+            partitions,
+            base,
+            rate / 2.0,
+            &format!("{name}-latency"),
+        );
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let _ = child.wait();
+        delete_topics(&rt, &admin, &names);
+        return;
+    }
     // Caught up: the clock jumps from the data's 2019 to the wall clock, and every pending timer
     // fires (each at its own due time, until none is left). Timed until the count stops moving.
     let pending = metric(port, "tailor_timers_pending ");
@@ -450,8 +516,6 @@ fn main() {
         peak_rss_mib(pid)
     );
     lookups(port, total, profiles);
-    // Keys are (i * 7919) % profiles: 7919 is prime, so min(total, profiles) distinct shoppers.
-    let shoppers = total.min(profiles);
     let disk = dir_bytes(&dir.path().join("state"));
     println!(
         "state on disk: {:.0} MiB for {shoppers} shoppers = {:.0} bytes per shopper (RocksDB files, timers and offsets included, uncompacted)",
@@ -530,13 +594,35 @@ fn main() {
         records / restore_count.max(1.0)
     );
     // At half the measured rate, then at a trickle (what a batch costs when nothing queues).
-    latency(&brokers, &names, partitions, &base, rate / 2.0, "latency-a");
-    latency(&brokers, &names, partitions, &base, 100.0, "latency-b");
+    latency(
+        &brokers,
+        &names,
+        partitions,
+        base,
+        rate / 2.0,
+        &format!("{name}-latency-a"),
+    );
+    latency(
+        &brokers,
+        &names,
+        partitions,
+        base,
+        100.0,
+        &format!("{name}-latency-b"),
+    );
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
+    delete_topics(&rt, &admin, &names);
+}
+
+fn delete_topics(
+    rt: &tokio::runtime::Runtime,
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[String],
+) {
     for r in rt
         .block_on(admin.delete_topics(
             &names.iter().map(String::as_str).collect::<Vec<_>>(),

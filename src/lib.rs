@@ -44,8 +44,9 @@
 //!
 //! ### The shell (this crate)
 //!
-//! - [`worker`]: the async loop over **partition tasks**, one per assigned partition number,
-//!   one module per stage:
+//! - [`worker`]: the async loop over **partition tasks**, one per assigned partition number
+//!   (one loop per processing thread, each a member of the group, over one store), one module
+//!   per stage:
 //!   - `worker::kafka` — clients, librdkafka callbacks (rebalances: assigned partitions paused
 //!     until restored; logs, lag), topic checks, the class of each Kafka error;
 //!   - `worker::changelog` — every state write mirrored to a compacted topic, each batch closed

@@ -1,6 +1,9 @@
 //! The async shell: Kafka in, the synchronous core, Kafka and RocksDB out.
 //!
-//! One tokio task runs one loop ([`run`]) over the partition tasks this worker is assigned:
+//! Each processing thread (`processing.threads`; a tokio task, a member of the consumer group
+//! with its own consumer and producer) runs one loop ([`run`]) over the partition tasks it is
+//! assigned; the threads share the RocksDB store, the metrics, `/readyz` (ready when every
+//! thread is) and the HTTP API, and one that stops stops the others:
 //!
 //! ```text
 //!  rebalance ─► kafka (callbacks: assign, paused) ─► changelog::Restorer (a blocking thread per
