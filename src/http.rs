@@ -39,11 +39,20 @@ use crate::segments::SegmentSet;
 use crate::store::Store;
 
 /// Shared with the worker: whether it is ready, and if not, why. Each processing thread has
-/// its say ([`HealthPart`]); the worker is ready when all of them are.
+/// its say ([`HealthPart`]); the worker is ready when none is unready and at least one holds
+/// partitions (a thread the group gave nothing is idle, not unready).
 pub struct Health {
     ready: AtomicBool,
-    /// Per processing thread: why it is not ready (empty: ready).
-    reasons: std::sync::Mutex<Vec<String>>,
+    /// Per processing thread.
+    parts: std::sync::Mutex<Vec<Part>>,
+}
+
+#[derive(Clone)]
+enum Part {
+    Ready,
+    /// In the group, holding nothing (why).
+    Idle(String),
+    NotReady(String),
 }
 
 /// One processing thread's part of [`Health`].
@@ -56,7 +65,18 @@ pub struct HealthPart {
 impl HealthPart {
     /// `Ok`: this thread is ready; `Err(why)`: not ready, for that reason.
     pub fn set(&self, state: Result<(), String>) {
-        self.health.set_part(self.slot, state);
+        self.health.set_part(
+            self.slot,
+            match state {
+                Ok(()) => Part::Ready,
+                Err(why) => Part::NotReady(why),
+            },
+        );
+    }
+
+    /// This thread holds no partitions (`why`): the worker is ready if another thread is.
+    pub fn idle(&self, why: &str) {
+        self.health.set_part(self.slot, Part::Idle(why.to_owned()));
     }
 }
 
@@ -64,20 +84,26 @@ impl Health {
     pub fn new() -> Health {
         Health {
             ready: AtomicBool::new(false),
-            reasons: std::sync::Mutex::new(vec!["starting".into()]),
+            parts: std::sync::Mutex::new(vec![Part::NotReady("starting".into())]),
         }
     }
 
     /// `Ok`: ready; `Err(why)`: not ready, for that reason (shown by `/readyz`). For a worker
     /// of one processing thread.
     pub fn set(&self, state: Result<(), String>) {
-        self.set_part(0, state);
+        self.set_part(
+            0,
+            match state {
+                Ok(()) => Part::Ready,
+                Err(why) => Part::NotReady(why),
+            },
+        );
     }
 
     /// The parts of `n` processing threads, each "starting" until it says otherwise.
     pub fn parts(self: &Arc<Self>, n: usize) -> Vec<HealthPart> {
-        let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
-        reasons.resize(n.max(1), "starting".into());
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.resize(n.max(1), Part::NotReady("starting".into()));
         self.ready.store(false, Ordering::Relaxed);
         (0..n.max(1))
             .map(|slot| HealthPart {
@@ -87,17 +113,15 @@ impl Health {
             .collect()
     }
 
-    fn set_part(&self, slot: usize, state: Result<(), String>) {
-        let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
-        if reasons.len() <= slot {
-            reasons.resize(slot + 1, "starting".into());
+    fn set_part(&self, slot: usize, state: Part) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if parts.len() <= slot {
+            parts.resize(slot + 1, Part::NotReady("starting".into()));
         }
-        match state {
-            Ok(()) => reasons[slot].clear(),
-            Err(why) => reasons[slot] = why,
-        }
-        self.ready
-            .store(reasons.iter().all(String::is_empty), Ordering::Relaxed);
+        parts[slot] = state;
+        let ready = parts.iter().all(|p| !matches!(p, Part::NotReady(_)))
+            && parts.iter().any(|p| matches!(p, Part::Ready));
+        self.ready.store(ready, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -106,18 +130,28 @@ impl Health {
 
     /// Why the worker is not ready (empty when it is).
     pub fn reason(&self) -> String {
-        let reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
-        if reasons.len() == 1 {
-            return reasons[0].clone();
+        if self.is_ready() {
+            return String::new();
         }
-        let mut parts: Vec<String> = reasons
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let why = |p: &Part| match p {
+            Part::Ready => None,
+            Part::Idle(why) | Part::NotReady(why) => Some(why.clone()),
+        };
+        if parts.len() == 1 {
+            return why(&parts[0]).unwrap_or_default();
+        }
+        // Unready threads say why; if none is, every thread is idle.
+        let unready: Vec<String> = parts
             .iter()
             .enumerate()
-            .filter(|(_, r)| !r.is_empty())
-            .map(|(i, r)| format!("thread {i}: {r}"))
+            .filter(|(_, p)| matches!(p, Part::NotReady(_)))
+            .filter_map(|(i, p)| Some(format!("thread {i}: {}", why(p)?)))
             .collect();
-        parts.dedup();
-        parts.join("; ")
+        if unready.is_empty() {
+            return parts.iter().find_map(why).unwrap_or_default();
+        }
+        unready.join("; ")
     }
 }
 
@@ -721,6 +755,32 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_is_ready_when_no_thread_is_unready_and_one_holds_partitions() {
+        let health = Arc::new(Health::new());
+        let parts = health.parts(2);
+        assert!(!health.is_ready());
+        assert_eq!(health.reason(), "thread 0: starting; thread 1: starting");
+        parts[0].set(Ok(()));
+        assert!(!health.is_ready(), "thread 1 has not joined yet");
+        parts[1].idle("no partitions assigned yet");
+        assert!(
+            health.is_ready(),
+            "an idle thread does not hold the worker back"
+        );
+        assert_eq!(health.reason(), "");
+        parts[0].idle("no partitions assigned yet");
+        assert!(!health.is_ready(), "nobody holds a partition");
+        assert_eq!(health.reason(), "no partitions assigned yet");
+        parts[0].set(Ok(()));
+        parts[1].set(Err("restoring partitions 2 from the changelog".into()));
+        assert!(!health.is_ready());
+        assert_eq!(
+            health.reason(),
+            "thread 1: restoring partitions 2 from the changelog"
+        );
+    }
 
     #[test]
     fn consumer_protocol_assignments_are_decoded() {

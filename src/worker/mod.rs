@@ -217,7 +217,9 @@ impl Worker {
                 numbers.join(", ")
             ))
         } else if self.tasks.is_empty() {
-            Err("no partitions assigned yet".to_string())
+            // Ready if another processing thread holds partitions.
+            self.health.idle("no partitions assigned yet");
+            return;
         } else if !held.is_empty() {
             Err(format!(
                 "partitions {} paused until the schema registry answers",
@@ -1221,15 +1223,27 @@ pub async fn run(
     // The worker runs until every thread has stopped; one that stops (a fatal error, a panic)
     // stops the others.
     let mut result = Ok(());
+    let mut members = Vec::with_capacity(threads);
     for (slot, handle) in loops.into_iter().enumerate() {
         let r = match handle.await {
-            Ok(r) => r,
+            Ok((r, consumer)) => {
+                members.push(consumer);
+                r
+            }
             Err(e) => Err(anyhow::anyhow!("processing thread {slot} panicked: {e}")),
         };
         if result.is_ok() {
             result = r;
         }
     }
+    // The threads leave the group one after another (closing a consumer waits for its leave):
+    // the development broker lost track of the group when several members left at once.
+    tokio::task::block_in_place(|| {
+        for consumer in members {
+            consumer.unsubscribe();
+            drop(consumer);
+        }
+    });
     info!("worker stopped");
     result
 }
@@ -1249,14 +1263,15 @@ impl Drop for StopOnDrop {
 }
 
 impl Worker {
-    /// One processing thread: batches until asked to stop or a fatal error.
+    /// One processing thread: batches until asked to stop or a fatal error; returns its
+    /// consumer, still in the group.
     async fn run_loop(
         mut self,
         consumer: StreamConsumer<KafkaContext>,
         mut lookups: tokio::sync::mpsc::UnboundedReceiver<(u32, Lookup)>,
         mut stop: tokio::sync::watch::Receiver<bool>,
         max_wait: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> (anyhow::Result<()>, StreamConsumer<KafkaContext>) {
         let w = &mut self;
         let result: Result<(), Error> = async {
             while !w.stopping {
@@ -1287,11 +1302,11 @@ impl Worker {
             error!(thread = w.slot, error = %format!("{e:#}"), "worker stopped on a fatal error; nothing after the last commit is acknowledged");
         }
         w.log_progress(true);
-        consumer.unsubscribe();
         if let Err(e) = w.out.producer().flush(Duration::from_secs(10)) {
             warn!(error = %e, "producer flush at shutdown");
         }
-        result
+        // `run` takes the consumer out of the group (after the other threads' have stopped).
+        (result, consumer)
     }
 }
 
