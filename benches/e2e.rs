@@ -179,6 +179,24 @@ fn latency(
     );
 }
 
+/// The state directory's size after a full compaction (the worker stopped): old versions of
+/// profiles and fired timers' deletions dropped, as RocksDB's own compactions eventually do.
+/// RocksDB's info logs are left out (they are not state).
+fn compacted_bytes(state: &Path) -> u64 {
+    let store = tailor::store::Store::open(state, &tailor::store::StoreOptions::default()).unwrap();
+    store.compact().unwrap();
+    drop(store);
+    let logs: u64 = std::fs::read_dir(state).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("LOG"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    });
+    dir_bytes(state) - logs
+}
+
 /// Bytes of the files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -488,6 +506,12 @@ fn workload(
             .arg(pid.to_string())
             .status();
         let _ = child.wait();
+        let compacted = compacted_bytes(&dir.path().join("state"));
+        println!(
+            "state on disk after a full compaction: {:.0} MiB = {:.0} bytes per shopper",
+            compacted as f64 / 1048576.0,
+            compacted as f64 / shoppers.max(1) as f64
+        );
         delete_topics(&rt, &admin, &names);
         return;
     }
@@ -615,6 +639,13 @@ fn workload(
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
+    // The restored state, with the latency phases' new shoppers, compacted.
+    let compacted = compacted_bytes(&dir.path().join("state"));
+    println!(
+        "state on disk after a full compaction (the restored state): {:.0} MiB = {:.0} bytes per shopper",
+        compacted as f64 / 1048576.0,
+        compacted as f64 / shoppers.max(1) as f64
+    );
     delete_topics(&rt, &admin, &names);
 }
 

@@ -698,6 +698,17 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Flushes the memtables and compacts every column family whole (old versions and
+    /// deletions dropped): what the state takes once RocksDB's own compactions have caught up.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        for name in ALL_CFS {
+            let cf = self.cf(name);
+            self.db.flush_cf(cf)?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// Bytes on disk in SST files plus memtables.
     pub fn estimated_bytes(&self) -> u64 {
         let p = |name: &str| {
