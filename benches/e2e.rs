@@ -501,17 +501,8 @@ fn workload(
             rate / 2.0,
             &format!("{name}-latency"),
         );
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-        let _ = child.wait();
-        let compacted = compacted_bytes(&dir.path().join("state"));
-        println!(
-            "state on disk after a full compaction: {:.0} MiB = {:.0} bytes per shopper",
-            compacted as f64 / 1048576.0,
-            compacted as f64 / shoppers.max(1) as f64
-        );
+        stop(&mut child);
+        report_compacted(&dir.path().join("state"), shoppers, "");
         delete_topics(&rt, &admin, &names);
         return;
     }
@@ -581,11 +572,7 @@ fn workload(
         swept / secs,
         metric(port, "tailor_audience_changes_total{direction=\"ENTERED\",segment=\"bench-added\"}")
     );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = child.wait();
+    stop(&mut child);
 
     // The state directory lost: a worker starting on an empty one restores every partition from
     // the changelog before it is ready (the partitions restore side by side).
@@ -634,19 +621,29 @@ fn workload(
         100.0,
         &format!("{name}-latency-b"),
     );
+    stop(&mut child);
+    // The restored state, with the latency phases' new shoppers.
+    report_compacted(&dir.path().join("state"), shoppers, " (the restored state)");
+    delete_topics(&rt, &admin, &names);
+}
+
+/// SIGTERM to the worker, and its exit awaited.
+fn stop(child: &mut std::process::Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
-    // The restored state, with the latency phases' new shoppers, compacted.
-    let compacted = compacted_bytes(&dir.path().join("state"));
+}
+
+/// Prints the stopped worker's state size after a full compaction, per shopper.
+fn report_compacted(state: &Path, shoppers: u64, which: &str) {
+    let compacted = compacted_bytes(state);
     println!(
-        "state on disk after a full compaction (the restored state): {:.0} MiB = {:.0} bytes per shopper",
+        "state on disk after a full compaction{which}: {:.0} MiB = {:.0} bytes per shopper",
         compacted as f64 / 1048576.0,
         compacted as f64 / shoppers.max(1) as f64
     );
-    delete_topics(&rt, &admin, &names);
 }
 
 fn delete_topics(

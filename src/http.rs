@@ -88,18 +88,6 @@ impl Health {
         }
     }
 
-    /// `Ok`: ready; `Err(why)`: not ready, for that reason (shown by `/readyz`). For a worker
-    /// of one processing thread.
-    pub fn set(&self, state: Result<(), String>) {
-        self.set_part(
-            0,
-            match state {
-                Ok(()) => Part::Ready,
-                Err(why) => Part::NotReady(why),
-            },
-        );
-    }
-
     /// The parts of `n` processing threads, each "starting" until it says otherwise.
     pub fn parts(self: &Arc<Self>, n: usize) -> Vec<HealthPart> {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
