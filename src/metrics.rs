@@ -188,7 +188,7 @@ impl Metrics {
         }
         let transient_faults = counter(
             "tailor_transient_faults_total",
-            "Transient faults (broker, schema registry) that rolled the open batch back to retry it, by what failed.",
+            "Transient faults (broker, schema registry) that paused processing to retry: the open batch rolled back, or a committed batch's changelog write retried; by what failed.",
             &["what"],
         );
         for w in ["broker", "producer", "schema_registry"] {

@@ -271,6 +271,7 @@ pub async fn mirror(
                         "the changelog {topic} could not be written for {MIRROR_GIVE_UP:?}: {detail} (the batch is processed again after the restart)"
                     )));
                 }
+                metrics.transient_faults.with_label_values(&[what]).inc();
                 warn!(what, error = %detail, retry_in = ?backoff, "writing the changelog failed; retrying (the batch's outputs are delivered, its state waits for the changelog)");
                 // Cleared by the commit that follows.
                 let why = format!("{what}: writing the changelog: {detail}");
