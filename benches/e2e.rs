@@ -402,9 +402,24 @@ fn workload(
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
     // TAILOR_BENCH_THREADS: the worker's `processing.threads` (its default when unset).
-    let threads = std::env::var("TAILOR_BENCH_THREADS")
-        .map(|v| format!("threads = {v}\n"))
-        .unwrap_or_default();
+    // TAILOR_BENCH_BATCH_MESSAGES / TAILOR_BENCH_BATCH_WAIT: `processing.batch_max_messages`
+    // and `processing.batch_max_wait` (the defaults when unset).
+    let threads = ["threads", "batch_max_messages", "batch_max_wait"]
+        .iter()
+        .zip([
+            "TAILOR_BENCH_THREADS",
+            "TAILOR_BENCH_BATCH_MESSAGES",
+            "TAILOR_BENCH_BATCH_WAIT",
+        ])
+        .filter_map(|(key, var)| {
+            let v = std::env::var(var).ok()?;
+            Some(if key == &"batch_max_wait" {
+                format!("{key} = \"{v}\"\n")
+            } else {
+                format!("{key} = {v}\n")
+            })
+        })
+        .collect::<String>();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -453,6 +468,7 @@ fn workload(
     let end = Instant::now();
     let changes = metric(port, "tailor_audience_changes_total{");
     let batch = metric(port, "tailor_batch_duration_seconds_sum");
+    let batches = metric(port, "tailor_batch_duration_seconds_count");
     let deliver = metric(
         port,
         "tailor_batch_phase_duration_seconds_sum{phase=\"deliver\"}",
@@ -480,8 +496,9 @@ fn workload(
         if explain { "on" } else { "off" }
     );
     println!(
-        "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, changelog {changelog:.1}s, RocksDB commit {commit:.1}s",
-        batch - deliver - changelog - commit
+        "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, changelog {changelog:.1}s, RocksDB commit {commit:.1}s; {batches:.0} batches, {:.0} messages each on average",
+        batch - deliver - changelog - commit,
+        metric(port, "tailor_batch_messages_sum") / batches.max(1.0)
     );
 
     // Keys are (i * 7919) % profiles: 7919 is prime, so min(total, profiles) distinct shoppers.

@@ -268,8 +268,8 @@ impl Default for Consumer {
 impl Default for Processing {
     fn default() -> Self {
         Processing {
-            batch_max_messages: 5000,
-            batch_max_wait: "100ms".into(),
+            batch_max_messages: 10_000,
+            batch_max_wait: "500ms".into(),
             allowed_lateness: "5s".into(),
             wall_clock: true,
             max_idle: "2s".into(),
