@@ -188,6 +188,13 @@ pub fn consumer_config(settings: &Settings, slot: usize) -> ClientConfig {
     if !c.kafka.contains_key("statistics.interval.ms") {
         cfg.set("statistics.interval.ms", "5000");
     }
+    // librdkafka's default is 500 ms. Apache Kafka answers a waiting fetch as soon as data
+    // arrives, but some brokers (the development broker here) hold it for the whole wait, which
+    // then adds to the latency of every event at a trickle. An idle consumer sends at most ten
+    // fetches a second per broker at 100 ms.
+    if !c.kafka.contains_key("fetch.wait.max.ms") {
+        cfg.set("fetch.wait.max.ms", "100");
+    }
     if let Some(id) = instance_id(settings) {
         if slot == 0 {
             cfg.set("group.instance.id", id);
