@@ -514,7 +514,9 @@ impl Worker {
     }
 
     /// Step 0: every task's clock moves and its due timers fire; then a slice of profiles not yet
-    /// evaluated under the definitions in force. Returns whether re-evaluation work remains.
+    /// evaluated under the definitions in force. Returns whether work remains: timers beyond this
+    /// batch's budget, or profiles still to re-evaluate (the batch then closes at once rather
+    /// than waiting `batch_max_wait` for messages).
     fn time_step(&mut self, consumer: &StreamConsumer<KafkaContext>) -> Result<bool, Error> {
         let wall = now_ms();
         let mut budget = self.max_messages;
@@ -532,6 +534,8 @@ impl Worker {
             self.proc
                 .fire_timers(task, &mut self.out, wall, caught_up, &mut budget)?;
         }
+        // The budget used up: more timers may be due.
+        let timers_left = budget == 0;
         let mut budget = self.max_messages;
         let mut pending = 0;
         for task in self.tasks.values_mut() {
@@ -544,7 +548,7 @@ impl Worker {
             &mut self.shares.reevaluation_pending,
             pending,
         );
-        Ok(pending > 0)
+        Ok(timers_left || pending > 0)
     }
 
     /// One message from the consumer: buffered in its task, which then applies what it can in
