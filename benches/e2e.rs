@@ -8,7 +8,8 @@
 //!   (about 100 each; 0 events skips it).
 //!
 //! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
-//! with the default configuration (`TAILOR_BENCH_THREADS` sets `processing.threads`) and their
+//! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES` and
+//! `TAILOR_BENCH_BATCH_WAIT` set `processing.*`) and their
 //! ratio, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate. The wide workload goes on with timers firing at catch-up,
 //! profile lookups, a re-evaluation of every profile, a restore from the changelog and the
@@ -401,25 +402,23 @@ fn workload(
     let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
-    // TAILOR_BENCH_THREADS: the worker's `processing.threads` (its default when unset).
-    // TAILOR_BENCH_BATCH_MESSAGES / TAILOR_BENCH_BATCH_WAIT: `processing.batch_max_messages`
-    // and `processing.batch_max_wait` (the defaults when unset).
-    let threads = ["threads", "batch_max_messages", "batch_max_wait"]
-        .iter()
-        .zip([
-            "TAILOR_BENCH_THREADS",
-            "TAILOR_BENCH_BATCH_MESSAGES",
-            "TAILOR_BENCH_BATCH_WAIT",
-        ])
-        .filter_map(|(key, var)| {
-            let v = std::env::var(var).ok()?;
-            Some(if key == &"batch_max_wait" {
-                format!("{key} = \"{v}\"\n")
-            } else {
-                format!("{key} = {v}\n")
-            })
+    // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_WAIT: the worker's
+    // `processing.threads`, `batch_max_messages` and `batch_max_wait` (its defaults when unset).
+    let processing: String = [
+        ("threads", "TAILOR_BENCH_THREADS", false),
+        ("batch_max_messages", "TAILOR_BENCH_BATCH_MESSAGES", false),
+        ("batch_max_wait", "TAILOR_BENCH_BATCH_WAIT", true),
+    ]
+    .iter()
+    .filter_map(|&(key, var, quoted)| {
+        let v = std::env::var(var).ok()?;
+        Some(if quoted {
+            format!("{key} = \"{v}\"\n")
+        } else {
+            format!("{key} = {v}\n")
         })
-        .collect::<String>();
+    })
+    .collect();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -434,7 +433,7 @@ fn workload(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{threads}[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display()
         ),
