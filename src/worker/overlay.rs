@@ -86,6 +86,10 @@ impl Profiles {
         self.cache.len()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.cache.cap().get()
+    }
+
     /// Changes the cache's capacity; changed profiles pushed out move to the overlay.
     pub fn resize(&mut self, capacity: usize) {
         let capacity = capacity.max(1);
@@ -156,6 +160,11 @@ impl Profiles {
             }
         }
         Ok(())
+    }
+
+    /// Whether [`Self::fetch`] of `key` would read the store.
+    pub fn needs_read(&self, key: &str) -> bool {
+        !self.cache.contains(key) && !self.pending.contains_key(key)
     }
 
     /// The cached profile changed (or is about to): it is written with the batch.

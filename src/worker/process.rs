@@ -29,6 +29,10 @@ use super::task::{Sweep, Task};
 pub const MAX_KEY_BYTES: usize = 512;
 pub use crate::event::MAX_EVENT_BYTES;
 
+/// Profiles read from the store in one batched read ([`Task::prefetch`]) when a run of due timers
+/// or of the re-evaluation sweep is about to touch them.
+const PREFETCH: usize = 256;
+
 /// One input message, as read.
 pub struct Incoming<'a> {
     pub topic: &'a str,
@@ -766,7 +770,12 @@ impl Processor {
             Some((at, _)) if due.len() == limit => floor.max(*at),
             _ => floor.max(now.saturating_add(1)),
         };
-        for (at, key) in due {
+        for (i, (at, key)) in due.iter().enumerate() {
+            if i % PREFETCH == 0 {
+                let next = due[i..].iter().take(PREFETCH);
+                task.prefetch(next.map(|(_, k)| k.as_str()), &store)?;
+            }
+            let (at, key) = (*at, key.clone());
             self.outputs.clear();
             task.load(&key, &store)?;
             if task.profiles.committed_timer(&key) != Some(Some(at)) {
@@ -805,7 +814,11 @@ impl Processor {
         let done = keys.len() < *budget;
         *budget -= keys.len();
         let now = task.now().unwrap_or(i64::MIN);
-        for key in &keys {
+        for (i, key) in keys.iter().enumerate() {
+            if i % PREFETCH == 0 {
+                let next = keys[i..].iter().take(PREFETCH);
+                task.prefetch(next.map(String::as_str), &store)?;
+            }
             task.fetch(key, &store)?;
             let profile = task.profiles.get_mut(key).expect("fetched");
             let timer_before = profile.next_timer;

@@ -232,6 +232,33 @@ impl Task {
         Ok(())
     }
 
+    /// Brings the profiles of `keys` into the cache ahead of their use, those not there yet in
+    /// one batched read (see [`Store::profiles`]). At most half the cache's capacity is read, so
+    /// that the first ones are not pushed out by the last before they are used.
+    pub fn prefetch<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+        store: &Store,
+    ) -> Result<(), Error> {
+        let room = (self.profiles.capacity() / 2).max(1);
+        let mut missing: Vec<&str> = keys
+            .into_iter()
+            .filter(|k| self.profiles.needs_read(k))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing.truncate(room);
+        if missing.len() < 2 {
+            return Ok(());
+        }
+        let found = tokio::task::block_in_place(|| store.profiles(self.partition, &missing))?;
+        for (key, profile) in missing.into_iter().zip(found) {
+            self.state_reads.inc();
+            self.profiles.fetch(key, || Ok::<_, Error>(profile))?;
+        }
+        Ok(())
+    }
+
     /// As [`Self::fetch`], and marks the profile changed: the caller is about to change it.
     pub fn load(&mut self, key: &str, store: &Store) -> Result<&mut Profile, Error> {
         self.fetch(key, store)?;
@@ -401,5 +428,66 @@ impl Task {
             }
         }
         Ok(seeks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile;
+    use crate::store::StoreOptions;
+
+    fn stored(events: u64) -> Profile {
+        Profile {
+            events_total: events,
+            ..Default::default()
+        }
+    }
+
+    // `block_in_place` (as on the worker) needs the multi-threaded runtime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn prefetch_reads_what_is_missing_and_keeps_changes_of_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        store
+            .commit(&Commit {
+                profiles: ["a", "b", "c"]
+                    .iter()
+                    .zip(1..)
+                    .map(|(k, n)| (3, k.to_string(), profile::encode(&stored(n))))
+                    .collect(),
+                ..Default::default()
+            })
+            .unwrap();
+        let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
+        let mut task = Task::open(3, &store, 0, 4, Xxh3Builder::new(), reads.clone()).unwrap();
+        // "c" changed in the open batch, then pushed out of the cache (4 places) by three others.
+        task.load("c", &store).unwrap().events_total = 30;
+        for k in ["x", "y", "z", "w"] {
+            task.fetch(k, &store).unwrap();
+        }
+        let before = reads.get();
+        task.prefetch(["c", "a", "b", "a", "nobody"], &store)
+            .unwrap();
+        assert_eq!(
+            reads.get() - before,
+            2,
+            "one read each for what is missing (half the cache's 4 places: \"a\" and \"b\")"
+        );
+        let got = |task: &Task, k| task.profiles.get(k).map(|p| p.events_total);
+        assert_eq!(got(&task, "a"), Some(1));
+        assert_eq!(got(&task, "b"), Some(2));
+        task.fetch("c", &store).unwrap();
+        assert_eq!(
+            got(&task, "c"),
+            Some(30),
+            "the batch's change, not the store's"
+        );
+        task.fetch("nobody", &store).unwrap();
+        assert_eq!(
+            got(&task, "nobody"),
+            Some(0),
+            "a new shopper: an empty profile"
+        );
     }
 }
