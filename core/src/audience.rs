@@ -99,7 +99,7 @@ enum Before {
     Nothing,
     /// The profile before the cause (what rules read of it), at the same moment (events,
     /// merges).
-    Profile(Profile),
+    Profile(Box<Profile>),
     /// The same profile a moment earlier (timers: only time moved).
     Earlier(i64),
 }
@@ -110,8 +110,9 @@ pub struct Core {
     results: Vec<bool>,
     /// The results before the cause, for explanations (computed at the first change).
     before_results: Vec<bool>,
-    /// Kept between events for its allocations: the profile before the event.
-    before: Profile,
+    /// Kept between events for its allocations: the profile before the event. Boxed: moving
+    /// the profile in and out by value showed as memmove in the core bench.
+    before: Option<Box<Profile>>,
     explain: bool,
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
@@ -142,7 +143,7 @@ impl Core {
             segments,
             results,
             before_results: Vec::new(),
-            before: Profile::default(),
+            before: None,
             explain: true,
             nexts,
             max_identities: MAX_IDENTITIES,
@@ -193,7 +194,7 @@ impl Core {
     ) {
         self.advance(key, profile, now, out);
         let before = if self.explain {
-            Before::Profile(profile.clone())
+            Before::Profile(Box::new(profile.clone()))
         } else {
             Before::Nothing
         };
@@ -278,7 +279,7 @@ impl Core {
         // What the explanation of a change compares with: a copy of what rules read, into
         // the same allocations every time (its cost is in the README's core benchmark).
         let before = if self.explain {
-            let mut copy = std::mem::take(&mut self.before);
+            let mut copy = self.before.take().unwrap_or_default();
             copy.copy_rule_inputs(profile, self.segments.reads());
             Before::Profile(copy)
         } else {
@@ -399,7 +400,7 @@ impl Core {
             let explanation = {
                 let (bp, bnow) = match &before {
                     Before::Nothing => (None, now),
-                    Before::Profile(p) => (Some(p), now),
+                    Before::Profile(p) => (Some(&**p), now),
                     Before::Earlier(t) => (Some(&*profile), *t),
                 };
                 bp.and_then(|bp| {
@@ -496,7 +497,7 @@ impl Core {
             });
         }
         if let Before::Profile(p) = before {
-            self.before = p; // its allocations serve the next event
+            self.before = Some(p); // its allocations serve the next event
         }
         self.journeys(key, profile, now, at, &why, &cause, first_change, out);
         profile.next_timer =
