@@ -1359,6 +1359,37 @@ mod tests {
     }
 
     #[test]
+    fn an_array_count_beyond_the_datum_is_bad_input() {
+        let mut event = samples::storefront("productPageView", "e", 1, "x");
+        event
+            .product_context
+            .get_or_insert_with(Default::default)
+            .categories = vec!["zq".into()];
+        let good = encode::storefront(&event).unwrap();
+        // One block of one item ("zq"), then the end of the array.
+        let block = [0x02, 0x04, b'z', b'q', 0x00];
+        let at = good
+            .windows(block.len())
+            .position(|w| w == block)
+            .expect("the categories array");
+        // The same block claiming 10^8 items (zig-zag varint): more than the datum could hold.
+        let mut count = Vec::new();
+        let mut n = 200_000_000u64;
+        while n >= 0x80 {
+            count.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        count.push(n as u8);
+        let bad = [&good[..at], &count, &good[at + 1..]].concat();
+        let err = catalog().decode(Family::Storefront, &bad).unwrap_err();
+        assert_eq!(err.code(), "bad_body", "{err}");
+        assert_eq!(
+            catalog().decode(Family::Storefront, &good).unwrap(),
+            InputMessage::Storefront(Box::new(event))
+        );
+    }
+
+    #[test]
     fn garbage_is_rejected_with_a_reason_never_a_panic() {
         let d = catalog();
         let good = encode::storefront(&samples::storefront("pageView", "e", 1, "x")).unwrap();
