@@ -316,24 +316,50 @@ pub struct RuleReads {
     pub counters: Vec<EventType>,
     /// `count(order, …)`, `sum(order, …)`, `since(order)`.
     pub order_series: bool,
-    pub by_category: bool,
-    pub by_product: bool,
+    /// The per-category and per-product series some rule reads, by (event type, key), sorted:
+    /// rules name both (`count(productPageView in category "x", 7d)`), so a copy needs only
+    /// those few of a profile's up to [`MAX_KEYED_SERIES`] series.
+    pub by_category: Vec<(EventType, String)>,
+    pub by_product: Vec<(EventType, String)>,
     pub category_affinity: bool,
     pub brand_affinity: bool,
 }
 
 impl RuleReads {
-    /// Everything (what a copy for any rule needs).
-    pub fn all() -> RuleReads {
-        RuleReads {
-            counters: EventType::ALL.to_vec(),
-            order_series: true,
-            by_category: true,
-            by_product: true,
-            category_affinity: true,
-            brand_affinity: true,
+    /// Sorts and deduplicates the lists (after the rules added what they read).
+    pub fn normalise(&mut self) {
+        self.counters.sort();
+        self.counters.dedup();
+        for keys in [&mut self.by_category, &mut self.by_product] {
+            keys.sort();
+            keys.dedup();
         }
     }
+
+    fn reads_keyed(keys: &[(EventType, String)], s: &KeyedSeries) -> bool {
+        keys.binary_search_by(|(kind, key)| (*kind, key.as_str()).cmp(&(s.kind, s.key.as_str())))
+            .is_ok()
+    }
+}
+
+/// Makes `to` the series of `from` that `keys` names, in order, reusing `to`'s allocations.
+fn copy_keyed(to: &mut Vec<KeyedSeries>, from: &[KeyedSeries], keys: &[(EventType, String)]) {
+    let mut kept = 0;
+    if !keys.is_empty() {
+        for f in from.iter().filter(|s| RuleReads::reads_keyed(keys, s)) {
+            match to.get_mut(kept) {
+                Some(t) => {
+                    t.kind = f.kind;
+                    t.hash = f.hash;
+                    t.key.clone_from(&f.key);
+                    t.series.clone_from(&f.series);
+                }
+                None => to.push(f.clone()),
+            }
+            kept += 1;
+        }
+    }
+    to.truncate(kept);
 }
 
 /// `list` if some rule reads it, else nothing.
@@ -465,25 +491,9 @@ impl Profile {
         self.last_channel.clone_from(last_channel);
         self.events_total = *events_total;
         self.last_seen = *last_seen;
-        let keyed = |t: &mut KeyedSeries, f: &KeyedSeries| {
-            t.kind = f.kind;
-            t.hash = f.hash;
-            t.key.clone_from(&f.key);
-            t.series.clone_from(&f.series);
-        };
-        // What no rule reads is left empty.
-        copy_vec(
-            &mut self.by_category,
-            read_or_empty(reads.by_category, by_category),
-            keyed,
-            Clone::clone,
-        );
-        copy_vec(
-            &mut self.by_product,
-            read_or_empty(reads.by_product, by_product),
-            keyed,
-            Clone::clone,
-        );
+        // Only the series rules name; what no rule reads is left empty.
+        copy_keyed(&mut self.by_category, by_category, &reads.by_category);
+        copy_keyed(&mut self.by_product, by_product, &reads.by_product);
         let affinity = |t: &mut Affinity, f: &Affinity| {
             t.key.clone_from(&f.key);
             t.score = f.score;

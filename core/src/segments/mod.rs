@@ -272,8 +272,7 @@ impl SegmentSet {
         for seg in &set.segments {
             plan::reads(&seg.rule, &mut set.reads);
         }
-        set.reads.counters.sort();
-        set.reads.counters.dedup();
+        set.reads.normalise();
         if errors.is_empty() {
             Ok(set)
         } else {

@@ -804,12 +804,12 @@ pub fn reads(n: &Node, r: &mut crate::profile::RuleReads) {
         Node::Seq { first, second, .. } => {
             match first {
                 Step::Events(e) => events(e, r),
-                Step::Category(..) => r.by_category = true,
+                Step::Category(kind, key) => r.by_category.push((*kind, key.clone())),
             }
             events(second, r);
         }
-        Node::CountCategory(..) => r.by_category = true,
-        Node::CountProduct(..) => r.by_product = true,
+        Node::CountCategory(kind, key, _) => r.by_category.push((*kind, key.clone())),
+        Node::CountProduct(kind, key, _) => r.by_product.push((*kind, key.clone())),
         Node::CategoryAffinity(_) | Node::TopCategory => r.category_affinity = true,
         Node::BrandAffinity(_) | Node::TopBrand => r.brand_affinity = true,
         Node::Not(x) | Node::Neg(x) => reads(x, r),
