@@ -117,12 +117,19 @@ pub struct Core {
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
     max_identities: usize,
-    /// Segment ids, sorted.
-    ids: Vec<String>,
+    /// Segment ids, sorted, each with its place in the set.
+    ids: Vec<(String, usize)>,
+    /// The stored memberships of the profile being evaluated, by place in the set.
+    stored: Vec<bool>,
 }
 
-fn sorted_ids(set: &SegmentSet) -> Vec<String> {
-    let mut ids: Vec<String> = set.segments().iter().map(|s| s.id.clone()).collect();
+fn sorted_ids(set: &SegmentSet) -> Vec<(String, usize)> {
+    let mut ids: Vec<(String, usize)> = set
+        .segments()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
     ids.sort();
     ids
 }
@@ -147,6 +154,7 @@ impl Core {
             explain: true,
             nexts,
             max_identities: MAX_IDENTITIES,
+            stored: Vec::new(),
         }
     }
 
@@ -383,6 +391,18 @@ impl Core {
             Why::Definitions(v) => format!("definitions:{v:016x}"),
         };
         self.segments.evaluate(profile, now, &mut self.results);
+        // The stored memberships by place in the set: one lookup per membership (a shopper is
+        // in a few segments) rather than one per segment.
+        self.stored.clear();
+        self.stored.resize(self.results.len(), false);
+        for m in &profile.segments {
+            if let Ok(i) = self
+                .ids
+                .binary_search_by(|(id, _)| id.as_str().cmp(&m.segment))
+            {
+                self.stored[self.ids[i].1] = true;
+            }
+        }
         let mut before_ready = false;
         for (index, (seg, &member)) in self
             .segments
@@ -391,12 +411,12 @@ impl Core {
             .zip(&self.results)
             .enumerate()
         {
+            if member == self.stored[index] {
+                continue;
+            }
             let pos = profile
                 .segments
                 .binary_search_by(|m| m.segment.as_str().cmp(&seg.id));
-            if member == pos.is_ok() {
-                continue;
-            }
             let explanation = {
                 let (bp, bnow) = match &before {
                     Before::Nothing => (None, now),
@@ -463,7 +483,11 @@ impl Core {
         // memberships than true results (no lookup in the usual case).
         let members = self.results.iter().filter(|r| **r).count();
         if profile.segments.len() > members {
-            let defined = |id: &str| self.ids.binary_search_by(|s| s.as_str().cmp(id)).is_ok();
+            let defined = |id: &str| {
+                self.ids
+                    .binary_search_by(|(s, _)| s.as_str().cmp(id))
+                    .is_ok()
+            };
             let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut profile.segments)
                 .into_iter()
                 .partition(|m| defined(&m.segment));
