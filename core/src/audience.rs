@@ -91,9 +91,50 @@ enum Why<'a> {
     Definitions(u64),
 }
 
-/// What the explanation of a change compares the new evaluation with. Not boxed: boxing the
-/// profile would allocate once per event, and it only moves between two locals.
-#[allow(clippy::large_enum_variant)]
+impl Why<'_> {
+    /// The cause an output carries.
+    fn cause(&self) -> Cause {
+        match self {
+            Why::Event(ev, source) => Cause {
+                kind: "event".into(),
+                event_id: Some(ev.id.clone()),
+                event_type: Some(ev.kind.name().into()),
+                segment_id: None,
+                source_topic: Some(source.topic.to_owned()),
+                source_partition: Some(source.partition),
+                source_offset: Some(source.offset),
+            },
+            Why::Timer(_) => Cause {
+                kind: "timer".into(),
+                ..Cause::default()
+            },
+            Why::Merge(_) => Cause {
+                kind: "merge".into(),
+                ..Cause::default()
+            },
+            Why::Definitions(_) => Cause {
+                kind: "definition-change".into(),
+                ..Cause::default()
+            },
+        }
+    }
+
+    /// What output ids are derived from, with the profile key and the segment or journey.
+    fn cause_id(&self) -> String {
+        match self {
+            // The input position too: a producer that reuses an event id for another event
+            // must not give two changes the same id.
+            Why::Event(ev, source) => source.cause_id(&ev.id),
+            Why::Timer(due) => format!("timer@{due}"),
+            Why::Merge(from) => format!("merge:{from}"),
+            Why::Definitions(v) => format!("definitions:{v:016x}"),
+        }
+    }
+}
+
+/// What the explanation of a change compares the new evaluation with. The profile is boxed, and
+/// the box kept between events ([`Core`]'s `before`): no allocation, and no copy of the
+/// profile's bytes as it moves in and out.
 enum Before {
     /// Nothing (definition changes: the rule itself changed).
     Nothing,
@@ -347,49 +388,13 @@ impl Core {
         out: &mut Outputs,
     ) {
         let first_change = out.changes.len();
-        let (at, cause) = match &why {
-            Why::Event(ev, source) => (
-                ev.time,
-                Cause {
-                    kind: "event".into(),
-                    event_id: Some(ev.id.clone()),
-                    event_type: Some(ev.kind.name().into()),
-                    segment_id: None,
-                    source_topic: Some(source.topic.to_owned()),
-                    source_partition: Some(source.partition),
-                    source_offset: Some(source.offset),
-                },
-            ),
-            Why::Timer(due) => (
-                *due,
-                Cause {
-                    kind: "timer".into(),
-                    ..Cause::default()
-                },
-            ),
-            Why::Merge(_) => (
-                now,
-                Cause {
-                    kind: "merge".into(),
-                    ..Cause::default()
-                },
-            ),
-            Why::Definitions(_) => (
-                now,
-                Cause {
-                    kind: "definition-change".into(),
-                    ..Cause::default()
-                },
-            ),
+        let at = match &why {
+            Why::Event(ev, _) => ev.time,
+            Why::Timer(due) => *due,
+            Why::Merge(_) | Why::Definitions(_) => now,
         };
-        let cause_id = match &why {
-            // The input position too: a producer that reuses an event id for another event
-            // must not give two changes the same id.
-            Why::Event(ev, source) => source.cause_id(&ev.id),
-            Why::Timer(due) => format!("timer@{due}"),
-            Why::Merge(from) => format!("merge:{from}"),
-            Why::Definitions(v) => format!("definitions:{v:016x}"),
-        };
+        // Made at the first change (most evaluations change nothing).
+        let mut cause_id: Option<String> = None;
         self.segments.evaluate(profile, now, &mut self.results);
         // The stored memberships by place in the set: one lookup per membership (a shopper is
         // in a few segments) rather than one per segment.
@@ -466,15 +471,16 @@ impl Core {
                 }
                 _ => continue,
             };
+            let cause_id = cause_id.get_or_insert_with(|| why.cause_id());
             out.changes.push(AudienceChange {
-                id: output_id(&[key, &seg.id, direction.as_str(), &cause_id]),
+                id: output_id(&[key, &seg.id, direction.as_str(), cause_id]),
                 profile_key: key.to_owned(),
                 identity: profile.identity(),
                 store: profile.store(),
                 segment_id: seg.id.clone(),
                 direction,
                 event_time: at,
-                cause: cause.clone(),
+                cause: why.cause(),
                 explanation,
             });
         }
@@ -492,9 +498,10 @@ impl Core {
                 .into_iter()
                 .partition(|m| defined(&m.segment));
             profile.segments = kept;
+            let cause_id = cause_id.get_or_insert_with(|| why.cause_id());
             for m in gone {
                 out.changes.push(AudienceChange {
-                    id: output_id(&[key, &m.segment, Direction::Exited.as_str(), &cause_id]),
+                    id: output_id(&[key, &m.segment, Direction::Exited.as_str(), cause_id]),
                     profile_key: key.to_owned(),
                     identity: profile.identity(),
                     store: profile.store(),
@@ -523,7 +530,7 @@ impl Core {
         if let Before::Profile(p) = before {
             self.before = Some(p); // its allocations serve the next event
         }
-        self.journeys(key, profile, now, at, &why, &cause, first_change, out);
+        self.journeys(key, profile, now, at, &why, first_change, out);
         profile.next_timer =
             self.segments
                 .next_change(profile, now, &self.results, &mut self.nexts);
@@ -538,7 +545,6 @@ impl Core {
         now: i64,
         at: i64,
         why: &Why,
-        cause: &Cause,
         first_change: usize,
         out: &mut Outputs,
     ) {
@@ -580,7 +586,7 @@ impl Core {
                 out.suppressed.push((journey.id.clone(), why));
                 continue;
             }
-            let mut cause = cause.clone();
+            let mut cause = why.cause();
             cause.segment_id = segment;
             out.triggers.push(JourneyTrigger {
                 id: output_id(&[key, &journey.id, &cause_key]),
