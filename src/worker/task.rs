@@ -461,7 +461,7 @@ mod tests {
             .unwrap();
         let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
         let mut task = Task::open(3, &store, 0, 4, Xxh3Builder::new(), reads.clone()).unwrap();
-        // "c" changed in the open batch, then pushed out of the cache (4 places) by three others.
+        // "c" changed in the open batch, then pushed out of the cache (4 places) by four others.
         task.load("c", &store).unwrap().events_total = 30;
         for k in ["x", "y", "z", "w"] {
             task.fetch(k, &store).unwrap();
