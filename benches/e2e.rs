@@ -3,15 +3,17 @@
 //! `scripts/bench-e2e.sh` starts a broker and runs this with `cargo bench --bench e2e`. Two
 //! workloads, one after the other, each on topics of its own filled with events made from the
 //! shipped real samples (REES46 clicks, UCI orders):
-//! - **wide**: `TAILOR_BENCH_EVENTS` events over `TAILOR_BENCH_PROFILES` shoppers (1–2 each);
+//! - **wide**: `TAILOR_BENCH_EVENTS` events over `TAILOR_BENCH_PROFILES` shoppers (1–2 each;
+//!   0 events skips it; `TAILOR_BENCH_WIDE_PHASES=first` stops it after the first pass and its
+//!   latency, as deep does);
 //! - **deep**: `TAILOR_BENCH_DEEP_EVENTS` events over `TAILOR_BENCH_DEEP_PROFILES` shoppers
 //!   (about 100 each; 0 events skips it).
 //!
 //! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
-//! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES` and
-//! `TAILOR_BENCH_BATCH_WAIT` set `processing.*`) and their
+//! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
+//! `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set `processing.*`) and their
 //! ratio, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
-//! producer at half the measured rate. The wide workload goes on with timers firing at catch-up,
+//! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`). The wide workload goes on with timers firing at catch-up,
 //! profile lookups, a re-evaluation of every profile, a restore from the changelog and the
 //! latency at a trickle. Figures only; nothing is asserted about time. Under `cargo test` it
 //! does nothing.
@@ -101,10 +103,14 @@ fn lookups(port: u16, total: u64, profiles: u64) {
     );
 }
 
-/// Latency with a live producer at `rate` events/s (half the measured rate): each event is a new
+/// Latency with a live producer at `rate` events/s (a share of the measured rate, [`latency_share`]): each event is a new
 /// shopper's add to cart (it ENTERs cart-holders), timed from its send to its first audience
 /// change read back from the output topic, for 10 s.
+///
+/// Then the same producer and reader on a topic no worker reads (each record read back is timed):
+/// what the broker alone adds at that rate.
 fn latency(
+    port: u16,
     brokers: &str,
     names: &[String],
     partitions: i32,
@@ -112,6 +118,63 @@ fn latency(
     rate: f64,
     keys: &str,
 ) {
+    let phases = Phases::read(port);
+    let worker = round_trips(
+        brokers,
+        (&names[0], &names[3]),
+        partitions,
+        base,
+        rate,
+        keys,
+    );
+    print_latency(
+        &format!("latency (a live producer at {rate:.0} events/s; produced -> audience change read back)"),
+        &worker,
+        rate,
+    );
+    Phases::read(port).since(&phases);
+    let floor = round_trips(
+        brokers,
+        (&names[8], &names[8]),
+        partitions,
+        base,
+        rate,
+        &format!("{keys}-floor"),
+    );
+    print_latency(
+        "  the broker alone (produced -> the same record read back, no worker)",
+        &floor,
+        rate,
+    );
+}
+
+fn print_latency(what: &str, times: &[f64], rate: f64) {
+    let n = (rate * 10.0) as usize;
+    if times.is_empty() {
+        println!("{what}: nothing read back");
+        return;
+    }
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    println!(
+        "{what}: {} events, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} not read back in time",
+        times.len(),
+        pct(0.5),
+        pct(0.99),
+        times[times.len() - 1],
+        n.saturating_sub(times.len())
+    );
+}
+
+/// Sends `rate` adds to cart a second for 10 s to `write`, each keyed `{keys}-{i}`, and times each
+/// from its send to the first record of its key read back from `read`; sorted.
+fn round_trips(
+    brokers: &str,
+    (write, read): (&str, &str),
+    partitions: i32,
+    base: &[Produced],
+    rate: f64,
+    keys: &str,
+) -> Vec<f64> {
     let cart = base
         .iter()
         .find(|e| e.event_type == "addToCart")
@@ -119,14 +182,14 @@ fn latency(
     let n = (rate * 10.0) as usize;
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{}-{keys}", names[0]))
+        .set("group.id", format!("{write}-{keys}"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(&names[3], p, Offset::End).unwrap();
+        tpl.add_partition_offset(read, p, Offset::End).unwrap();
     }
     reader.assign(&tpl).unwrap();
     let settle = Instant::now();
@@ -147,7 +210,7 @@ fn latency(
         while i < due {
             let key = format!("{keys}-{i}");
             if producer
-                .send(BaseRecord::to(&names[0]).key(&key).payload(&cart.payload))
+                .send(BaseRecord::to(write).key(&key).payload(&cart.payload))
                 .is_err()
             {
                 break;
@@ -165,19 +228,86 @@ fn latency(
         }
     }
     times.sort_by(f64::total_cmp);
-    if times.is_empty() {
-        println!("latency: no audience change read back");
-        return;
+    times
+}
+
+/// The live producer's rate in the latency phase, as a share of the measured rate:
+/// `TAILOR_BENCH_LATENCY_SHARE`, 0.5 by default (the broker shares the two cores, and the live
+/// producer's and the reader's load on it is not in the measured rate).
+fn latency_share() -> f64 {
+    std::env::var("TAILOR_BENCH_LATENCY_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s: &f64| *s > 0.0 && *s <= 1.0)
+        .unwrap_or(0.5)
+}
+
+/// Waits until the timers due at catch-up have fired (the count has not moved for 5 s); returns
+/// how many fired and in how long.
+fn timers_settle(port: u16) -> (f64, f64) {
+    let fired_before = metric(port, "tailor_timers_fired_total ");
+    let t_timers = Instant::now();
+    let (mut last, mut last_change) = (fired_before, Instant::now());
+    while last_change.elapsed() < Duration::from_secs(5)
+        && t_timers.elapsed() < Duration::from_secs(1800)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = metric(port, "tailor_timers_fired_total ");
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
     }
-    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
-    println!(
-        "latency (a live producer at {rate:.0} events/s; produced -> audience change read back): {} events, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} without a change in time",
-        times.len(),
-        pct(0.5),
-        pct(0.99),
-        times[times.len() - 1],
-        n - times.len()
-    );
+    let secs = last_change.duration_since(t_timers).as_secs_f64().max(1e-3);
+    (last - fired_before, secs)
+}
+
+/// The worker's batch metrics at one time, to report a phase's batches.
+struct Phases {
+    batches: f64,
+    messages: f64,
+    seconds: f64,
+    deliver: f64,
+    changelog: f64,
+    commit: f64,
+}
+
+impl Phases {
+    fn read(port: u16) -> Phases {
+        let phase = |p: &str| {
+            metric(
+                port,
+                &format!("tailor_batch_phase_duration_seconds_sum{{phase=\"{p}\"}}"),
+            )
+        };
+        Phases {
+            batches: metric(port, "tailor_batch_duration_seconds_count"),
+            messages: metric(port, "tailor_batch_messages_sum"),
+            seconds: metric(port, "tailor_batch_duration_seconds_sum"),
+            deliver: phase("deliver"),
+            changelog: phase("changelog"),
+            commit: phase("commit"),
+        }
+    }
+
+    /// Prints the batches committed since `before`: how many, their size and time per phase.
+    fn since(&self, before: &Phases) {
+        let n = (self.batches - before.batches).max(1.0);
+        let ms = |a: f64, b: f64| (a - b) * 1e3 / n;
+        let (batch, deliver) = (
+            ms(self.seconds, before.seconds),
+            ms(self.deliver, before.deliver),
+        );
+        let (changelog, commit) = (
+            ms(self.changelog, before.changelog),
+            ms(self.commit, before.commit),
+        );
+        println!(
+            "  meanwhile: {:.0} batches of {:.0} messages on average, each {batch:.1} ms = consume+apply {:.1}, deliveries {deliver:.1}, changelog {changelog:.1}, RocksDB commit {commit:.1}",
+            self.batches - before.batches,
+            (self.messages - before.messages) / n,
+            batch - deliver - changelog - commit,
+        );
+    }
 }
 
 /// The state directory's size after a full compaction (the worker stopped): old versions of
@@ -270,7 +400,11 @@ fn main() {
         env("TAILOR_BENCH_DEEP_EVENTS", 400_000),
         env("TAILOR_BENCH_DEEP_PROFILES", 4_000),
     );
-    workload(&brokers, &base, "wide", wide, true);
+    if wide.0 > 0 {
+        // TAILOR_BENCH_WIDE_PHASES=first: the first pass and its latency only, as for deep.
+        let all = std::env::var("TAILOR_BENCH_WIDE_PHASES").map_or(true, |v| v != "first");
+        workload(&brokers, &base, "wide", wide, all);
+    }
     if deep.0 > 0 {
         workload(&brokers, &base, "deep", deep, false);
     }
@@ -303,6 +437,8 @@ fn workload(
         "deadletter",
         "repartition",
         "changelog",
+        // No worker reads it: the broker's own latency at the same rate.
+        "floor",
     ]
     .map(topic);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -315,6 +451,7 @@ fn workload(
         .unwrap();
     let new: Vec<_> = names[..6]
         .iter()
+        .chain([&names[8]])
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
         .collect();
     for r in rt
@@ -402,12 +539,14 @@ fn workload(
     let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
-    // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_WAIT: the worker's
-    // `processing.threads`, `batch_max_messages` and `batch_max_wait` (its defaults when unset).
+    // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_WAIT,
+    // TAILOR_BENCH_BATCH_LINGER: the worker's `processing.threads`, `batch_max_messages`,
+    // `batch_max_wait` and `batch_linger` (its defaults when unset).
     let processing: String = [
         ("threads", "TAILOR_BENCH_THREADS", false),
         ("batch_max_messages", "TAILOR_BENCH_BATCH_MESSAGES", false),
         ("batch_max_wait", "TAILOR_BENCH_BATCH_WAIT", true),
+        ("batch_linger", "TAILOR_BENCH_BATCH_LINGER", true),
     ]
     .iter()
     .filter_map(|&(key, var, quoted)| {
@@ -509,12 +648,18 @@ fn workload(
             disk as f64 / 1048576.0,
             disk as f64 / shoppers.max(1) as f64
         );
+        // The latency of the live stream, not of the catch-up's timers.
+        let (fired, secs) = timers_settle(port);
+        println!(
+            "timers due at catch-up: {fired:.0} fired in {secs:.1}s, before the latency phase"
+        );
         latency(
+            port,
             &brokers,
             &names,
             partitions,
             base,
-            rate / 2.0,
+            rate * latency_share(),
             &format!("{name}-latency"),
         );
         stop(&mut child);
@@ -525,20 +670,7 @@ fn workload(
     // Caught up: the clock jumps from the data's 2019 to the wall clock, and every pending timer
     // fires (each at its own due time, until none is left). Timed until the count stops moving.
     let pending = metric(port, "tailor_timers_pending ");
-    let fired_before = metric(port, "tailor_timers_fired_total ");
-    let t_timers = Instant::now();
-    let (mut last, mut last_change) = (fired_before, Instant::now());
-    while last_change.elapsed() < Duration::from_secs(5)
-        && t_timers.elapsed() < Duration::from_secs(1800)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = metric(port, "tailor_timers_fired_total ");
-        if now != last {
-            (last, last_change) = (now, Instant::now());
-        }
-    }
-    let fired = last - fired_before;
-    let secs = last_change.duration_since(t_timers).as_secs_f64().max(1e-3);
+    let (fired, secs) = timers_settle(port);
     println!(
         "timers: {pending:.0} pending when caught up (estimate); {fired:.0} fired in {secs:.1}s = {:.0} timer fires/s; {:.0} triggers, {:.0} audience changes in all; peak RSS {:.0} MiB",
         fired / secs,
@@ -622,14 +754,16 @@ fn workload(
     );
     // At half the measured rate, then at a trickle (what a batch costs when nothing queues).
     latency(
+        port,
         &brokers,
         &names,
         partitions,
         base,
-        rate / 2.0,
+        rate * latency_share(),
         &format!("{name}-latency-a"),
     );
     latency(
+        port,
         &brokers,
         &names,
         partitions,

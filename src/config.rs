@@ -154,6 +154,11 @@ pub struct Processing {
     pub batch_max_messages: usize,
     /// Longest a batch stays open waiting for messages, e.g. "100ms".
     pub batch_max_wait: String,
+    /// How long a batch that has caught up (no message waiting) stays open for more before it
+    /// commits, e.g. "20ms". `0ms`: it commits at once, so the committed state (the profile
+    /// served, the stored offsets) follows the stream closely; more: fewer commits (fsyncs,
+    /// changelog markers) at a trickle.
+    pub batch_linger: String,
     /// How far out of order events may arrive and still count before a timer fires: the
     /// stream clock trails the latest event time by this much, e.g. "5s".
     pub allowed_lateness: String,
@@ -270,6 +275,7 @@ impl Default for Processing {
         Processing {
             batch_max_messages: 10_000,
             batch_max_wait: "500ms".into(),
+            batch_linger: "0ms".into(),
             allowed_lateness: "5s".into(),
             wall_clock: true,
             max_idle: "2s".into(),
@@ -340,6 +346,7 @@ const RESERVED_KAFKA: &[&str] = &[
 pub struct Settings {
     pub config: Config,
     pub batch_max_wait: Duration,
+    pub batch_linger: Duration,
     pub allowed_lateness: Duration,
     pub max_idle: Duration,
     pub store: StoreOptions,
@@ -494,6 +501,14 @@ impl Config {
                 c.processing.batch_max_wait
             ));
         }
+        // Longer than `batch_max_wait` is harmless: the batch closes at its maximum wait.
+        let linger = humantime::parse_duration(&c.processing.batch_linger);
+        if let Err(e) = &linger {
+            problems.push(format!(
+                "processing.batch_linger = {:?}: {e} (e.g. \"0ms\" or \"20ms\")",
+                c.processing.batch_linger
+            ));
+        }
         if !(1..=64).contains(&c.processing.threads) {
             problems.push(format!(
                 "processing.threads = {}: expected 1 to 64",
@@ -641,6 +656,7 @@ impl Config {
         Ok(Settings {
             registry_timeout: registry_timeout.expect("checked"),
             batch_max_wait: wait.expect("checked"),
+            batch_linger: linger.expect("checked"),
             max_idle: max_idle.expect("checked"),
             allowed_lateness: lateness.expect("checked"),
             store: StoreOptions {
@@ -709,6 +725,7 @@ dead_letter = "audience.changes"
 start_from = "middle"
 [processing]
 batch_max_wait = "soon"
+batch_linger = "briefly"
 [state]
 block_cache = "lots"
 [http]
@@ -725,13 +742,14 @@ file = "missing.yaml"
             "topics.dead_letter = \"audience.changes\": same topic as topics.audience_changes",
             "consumer.start_from = \"middle\"",
             "processing.batch_max_wait = \"soon\"",
+            "processing.batch_linger = \"briefly\"",
             "state.block_cache = \"lots\"",
             "http.listen = \"nowhere\"",
             "segments.file",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert_eq!(errs.len(), 7, "{all}");
+        assert_eq!(errs.len(), 8, "{all}");
     }
 
     /// Regression: `partition.assignment.strategy` could be set, although state is keyed by

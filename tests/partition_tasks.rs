@@ -182,3 +182,51 @@ fn inputs_too_large_for_their_outputs_are_dead_lettered_and_the_partition_goes_o
         worker.log_text()
     );
 }
+
+/// A batch that has caught up (no message waiting) commits at once: below the maximum rate a
+/// batch holds what arrived during the previous commit, not `batch_max_wait` of the stream.
+/// Thirty events 0.3 s apart with 2 s batches would be committed in about five batches.
+#[test]
+fn a_caught_up_batch_commits_without_waiting_for_its_maximum_wait() {
+    const SHOPPERS: usize = 30;
+    let setup = Setup::new("caught-up-commit", 2, 10_000);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text.replace("batch_max_wait = \"50ms\"", "batch_max_wait = \"2s\"");
+    assert!(
+        text.contains("\"2s\""),
+        "the test config's batch_max_wait changed"
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    let mut worker = setup.start(1);
+    let before = worker.metric("tailor_batch_messages_count", "");
+    let p = producer();
+    for i in 0..SHOPPERS {
+        let key = format!("k{i}");
+        let ev = samples::storefront("addToCart", &format!("e{i}"), T0 + i as i64, &key);
+        let payload = encode::storefront(&ev).unwrap();
+        produce_all(&p, &[(setup.topics.storefront.as_str(), &key, payload)]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    worker.wait_caught_up(SHOPPERS as u64);
+    let batches = worker.metric("tailor_batch_messages_count", "") - before;
+    assert!(
+        batches >= 15.0,
+        "{batches} batches committed the {SHOPPERS} events: a caught-up batch waited for more"
+    );
+    assert_eq!(
+        worker.metric("tailor_segment_members", "segment=\"cart-holders\""),
+        SHOPPERS as f64,
+        "every shopper's membership committed"
+    );
+    let (status, body) = worker.get("/profiles/k7").expect("the HTTP API answers");
+    assert_eq!(status, 200, "{body}");
+    let mut entered = std::collections::BTreeSet::new();
+    for m in read_topic_until_quiet(&setup.topics.audience, 2, Duration::from_secs(3)) {
+        let c = decode::audience_change(m.payload().unwrap()).unwrap();
+        if c.direction == Direction::Entered && c.segment_id == "cart-holders" {
+            entered.insert(c.profile_key);
+        }
+    }
+    assert_eq!(entered.len(), SHOPPERS, "{entered:?}");
+    worker.stop();
+}

@@ -155,6 +155,8 @@ struct Worker {
     max_messages: usize,
     /// Longest a partition waits for a topic with messages still to come ([`order`]).
     max_idle: Duration,
+    /// How long a batch that has caught up waits for more messages (`processing.batch_linger`).
+    linger: Duration,
     /// Messages a topic's queue holds before its fetching is paused ([`order`]).
     buffer_limit: usize,
     /// A transient fault of the batch in force (what and why), for `/readyz`; cleared by the
@@ -1203,6 +1205,7 @@ pub async fn run(
             follow_wall: c.processing.wall_clock,
             max_messages: c.processing.batch_max_messages,
             max_idle: settings.max_idle,
+            linger: settings.batch_linger,
             buffer_limit: c.processing.batch_max_messages.max(1_000),
             fault: None,
             fault_since: None,
@@ -1350,6 +1353,9 @@ impl Worker {
             self.out.send().await?;
         }
         let mut messages = 0usize;
+        // The batch's latest close; a batch that has caught up closes sooner (`linger`).
+        let closes_at = deadline.deadline();
+        let mut lingering = false;
         loop {
             tokio::select! {
                 biased;
@@ -1357,6 +1363,7 @@ impl Worker {
                 _ = &mut deadline => break,
                 Some(answer) = lookups.recv() => self.take_lookup(consumer, answer)?,
                 r = consumer.recv() => {
+                    lingering = false;
                     let msg = match r {
                         Err(e) => {
                             self.apply_rebalances(consumer)?;
@@ -1379,6 +1386,20 @@ impl Worker {
                     if messages >= self.max_messages {
                         break;
                     }
+                }
+                // No message waiting (every other branch is pending): the thread has caught
+                // up with its partitions. Committing now, rather than at `batch_max_wait`,
+                // keeps the committed state (profiles served, offsets) close to the stream
+                // below the maximum rate: a batch holds what arrived during the previous
+                // commit, so batches grow with the load. (Outputs are sent as it goes.)
+                _ = std::future::ready(()), if messages > 0 && !lingering => {
+                    if self.linger.is_zero() {
+                        break;
+                    }
+                    lingering = true;
+                    deadline
+                        .as_mut()
+                        .reset((tokio::time::Instant::now() + self.linger).min(closes_at));
                 }
             }
         }

@@ -775,15 +775,15 @@ impl Processor {
                 let next = due[i..].iter().take(PREFETCH);
                 task.prefetch(next.map(|(_, k)| k.as_str()), &store)?;
             }
-            let (at, key) = (*at, key.clone());
+            let (at, key) = (*at, key.as_str());
             self.outputs.clear();
-            task.load(&key, &store)?;
-            if task.profiles.committed_timer(&key) != Some(Some(at)) {
+            task.load(key, &store)?;
+            if task.profiles.committed_timer(key) != Some(Some(at)) {
                 // An index entry no profile owns (not written by Tailor): drop it.
-                task.stray_timer(at, key.clone());
+                task.stray_timer(at, key.to_owned());
             }
-            let profile = task.profiles.get_mut(&key).expect("loaded");
-            self.core.advance(&key, profile, now, &mut self.outputs);
+            let profile = task.profiles.get_mut(key).expect("loaded");
+            self.core.advance(key, profile, now, &mut self.outputs);
             self.emit(task, out);
         }
         Ok(())
