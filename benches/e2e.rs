@@ -199,6 +199,10 @@ fn round_trips(
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "0")
+        // Kafka's default partitioner, as the platform's producers and Tailor use: each event
+        // lands on its shopper's partition (another would forward it through the repartition
+        // topic, one more hop).
+        .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
     let mut sent: std::collections::HashMap<String, Instant> = Default::default();
@@ -269,6 +273,7 @@ struct Phases {
     deliver: f64,
     changelog: f64,
     commit: f64,
+    misrouted: f64,
 }
 
 impl Phases {
@@ -286,6 +291,7 @@ impl Phases {
             deliver: phase("deliver"),
             changelog: phase("changelog"),
             commit: phase("commit"),
+            misrouted: metric(port, "tailor_misrouted_events_total "),
         }
     }
 
@@ -302,10 +308,11 @@ impl Phases {
             ms(self.commit, before.commit),
         );
         println!(
-            "  meanwhile: {:.0} batches of {:.0} messages on average, each {batch:.1} ms = consume+apply {:.1}, deliveries {deliver:.1}, changelog {changelog:.1}, RocksDB commit {commit:.1}",
+            "  meanwhile: {:.0} batches of {:.0} messages on average, each {batch:.1} ms = consume+apply {:.1}, deliveries {deliver:.1}, changelog {changelog:.1}, RocksDB commit {commit:.1}; {:.0} events forwarded to their shopper's partition",
             self.batches - before.batches,
             (self.messages - before.messages) / n,
             batch - deliver - changelog - commit,
+            self.misrouted - before.misrouted,
         );
     }
 }

@@ -154,10 +154,10 @@ pub struct Processing {
     pub batch_max_messages: usize,
     /// Longest a batch stays open waiting for messages, e.g. "100ms".
     pub batch_max_wait: String,
-    /// How long a batch that has caught up (no message waiting) stays open for more before it
-    /// commits, e.g. "20ms". `0ms`: it commits at once, so the committed state (the profile
-    /// served, the stored offsets) follows the stream closely; more: fewer commits (fsyncs,
-    /// changelog markers) at a trickle.
+    /// How long a batch stays open after it first catches up (no message waiting) before it
+    /// commits, e.g. "20ms" (at most `batch_max_wait`). `0ms`: it commits at once, so the
+    /// committed state (the profile served, the stored offsets) follows the stream closely;
+    /// more: fewer commits (fsyncs, changelog markers) at a trickle.
     pub batch_linger: String,
     /// How far out of order events may arrive and still count before a timer fires: the
     /// stream clock trails the latest event time by this much, e.g. "5s".
@@ -653,10 +653,11 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
+        let wait_checked = wait.expect("checked");
         Ok(Settings {
             registry_timeout: registry_timeout.expect("checked"),
-            batch_max_wait: wait.expect("checked"),
-            batch_linger: linger.expect("checked"),
+            batch_max_wait: wait_checked,
+            batch_linger: linger.expect("checked").min(wait_checked),
             max_idle: max_idle.expect("checked"),
             allowed_lateness: lateness.expect("checked"),
             store: StoreOptions {

@@ -185,15 +185,15 @@ fn inputs_too_large_for_their_outputs_are_dead_lettered_and_the_partition_goes_o
 
 /// A batch that has caught up (no message waiting) commits at once: below the maximum rate a
 /// batch holds what arrived during the previous commit, not `batch_max_wait` of the stream.
-/// Thirty events 0.3 s apart with 2 s batches would be committed in about five batches.
+/// Thirty events 0.3 s apart with 5 s batches would be committed in two or three batches.
 #[test]
 fn a_caught_up_batch_commits_without_waiting_for_its_maximum_wait() {
     const SHOPPERS: usize = 30;
     let setup = Setup::new("caught-up-commit", 2, 10_000);
     let text = std::fs::read_to_string(&setup.config).unwrap();
-    let text = text.replace("batch_max_wait = \"50ms\"", "batch_max_wait = \"2s\"");
+    let text = text.replace("batch_max_wait = \"50ms\"", "batch_max_wait = \"5s\"");
     assert!(
-        text.contains("\"2s\""),
+        text.contains("\"5s\""),
         "the test config's batch_max_wait changed"
     );
     std::fs::write(&setup.config, text).unwrap();
@@ -210,7 +210,7 @@ fn a_caught_up_batch_commits_without_waiting_for_its_maximum_wait() {
     worker.wait_caught_up(SHOPPERS as u64);
     let batches = worker.metric("tailor_batch_messages_count", "") - before;
     assert!(
-        batches >= 15.0,
+        batches >= 10.0,
         "{batches} batches committed the {SHOPPERS} events: a caught-up batch waited for more"
     );
     assert_eq!(

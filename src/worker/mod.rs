@@ -1356,6 +1356,8 @@ impl Worker {
         // The batch's latest close; a batch that has caught up closes sooner (`linger`).
         let closes_at = deadline.deadline();
         let mut lingering = false;
+        // Timers fired or profiles re-evaluated: committed once caught up, like messages.
+        let timed = self.has_changes();
         loop {
             tokio::select! {
                 biased;
@@ -1363,7 +1365,6 @@ impl Worker {
                 _ = &mut deadline => break,
                 Some(answer) = lookups.recv() => self.take_lookup(consumer, answer)?,
                 r = consumer.recv() => {
-                    lingering = false;
                     let msg = match r {
                         Err(e) => {
                             self.apply_rebalances(consumer)?;
@@ -1387,16 +1388,23 @@ impl Worker {
                         break;
                     }
                 }
-                // No message waiting (every other branch is pending): the thread has caught
-                // up with its partitions. Committing now, rather than at `batch_max_wait`,
-                // keeps the committed state (profiles served, offsets) close to the stream
-                // below the maximum rate: a batch holds what arrived during the previous
-                // commit, so batches grow with the load. (Outputs are sent as it goes.)
-                _ = std::future::ready(()), if messages > 0 && !lingering => {
+                // Every other branch pending: most often no message is waiting, the thread
+                // has caught up (sometimes the consumer's poll took a statistics or commit
+                // event instead, and a batch under load closes a little early). Committing
+                // then, `batch_linger` after, rather than at `batch_max_wait`, keeps the
+                // committed state (profiles served, offsets) close to the stream below the
+                // maximum rate: a batch holds what arrived during the previous commit, so
+                // batches grow with the load. (Outputs are sent as the batch goes.)
+                _ = std::future::ready(()), if (messages > 0 || timed) && !lingering => {
+                    lingering = true;
+                    // Messages held for event-time order across topics are applied by a
+                    // message or at the batch's end: such a batch stays open as before.
+                    if self.tasks.values().any(|t| t.heads.len() > 0) {
+                        continue;
+                    }
                     if self.linger.is_zero() {
                         break;
                     }
-                    lingering = true;
                     deadline
                         .as_mut()
                         .reset((tokio::time::Instant::now() + self.linger).min(closes_at));
