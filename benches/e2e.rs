@@ -13,9 +13,9 @@
 //! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
 //! `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set `processing.*`) and their
 //! ratio, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
-//! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`). The wide workload goes on with timers firing at catch-up,
-//! profile lookups, a re-evaluation of every profile, a restore from the changelog and the
-//! latency at a trickle. Figures only; nothing is asserted about time. Under `cargo test` it
+//! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
+//! at that rate. The wide workload goes on with timers firing at catch-up, profile lookups, a
+//! re-evaluation of every profile, a restore from the changelog and the latency at a trickle. Figures only; nothing is asserted about time. Under `cargo test` it
 //! does nothing.
 
 use std::path::Path;
@@ -103,9 +103,9 @@ fn lookups(port: u16, total: u64, profiles: u64) {
     );
 }
 
-/// Latency with a live producer at `rate` events/s (a share of the measured rate, [`latency_share`]): each event is a new
-/// shopper's add to cart (it ENTERs cart-holders), timed from its send to its first audience
-/// change read back from the output topic, for 10 s.
+/// Latency with a live producer at `rate` events/s (a share of the measured rate,
+/// [`latency_share`]): each event is a new shopper's add to cart (it ENTERs cart-holders), timed
+/// from its send to its first audience change read back from the output topic, for 10 s.
 ///
 /// Then the same producer and reader on a topic no worker reads (each record read back is timed):
 /// what the broker alone adds at that rate.
