@@ -612,20 +612,7 @@ fn workload(
     }
     let end = Instant::now();
     let changes = metric(port, "tailor_audience_changes_total{");
-    let batch = metric(port, "tailor_batch_duration_seconds_sum");
-    let batches = metric(port, "tailor_batch_duration_seconds_count");
-    let deliver = metric(
-        port,
-        "tailor_batch_phase_duration_seconds_sum{phase=\"deliver\"}",
-    );
-    let commit = metric(
-        port,
-        "tailor_batch_phase_duration_seconds_sum{phase=\"commit\"}",
-    );
-    let changelog = metric(
-        port,
-        "tailor_batch_phase_duration_seconds_sum{phase=\"changelog\"}",
-    );
+    let p = Phases::read(port);
     let rss = peak_rss_mib(pid);
     let (t0, n0) = first.expect("the worker committed nothing");
     let secs = end.duration_since(t0).as_secs_f64();
@@ -641,9 +628,14 @@ fn workload(
         if explain { "on" } else { "off" }
     );
     println!(
-        "batches: {batch:.1}s in all = consume+apply {:.1}s, wait for deliveries {deliver:.1}s, changelog {changelog:.1}s, RocksDB commit {commit:.1}s; {batches:.0} batches, {:.0} messages each on average",
-        batch - deliver - changelog - commit,
-        metric(port, "tailor_batch_messages_sum") / batches.max(1.0)
+        "batches: {:.1}s in all = consume+apply {:.1}s, wait for deliveries {:.1}s, changelog {:.1}s, RocksDB commit {:.1}s; {:.0} batches, {:.0} messages each on average",
+        p.seconds,
+        p.seconds - p.deliver - p.changelog - p.commit,
+        p.deliver,
+        p.changelog,
+        p.commit,
+        p.batches,
+        p.messages / p.batches.max(1.0)
     );
 
     // Keys are (i * 7919) % profiles: 7919 is prime, so min(total, profiles) distinct shoppers.
