@@ -333,11 +333,11 @@ const RESERVED_KAFKA: &[&str] = &[
     "enable.idempotence",
     "acks",
     "transactional.id",
-    // State is keyed by partition *number* across the co-partitioned topics: only the range
-    // assignor gives one member the same numbers of every topic. Tailor sets it.
+    // State is keyed by partition *number* across the co-partitioned topics: the group assigns
+    // the repartition topic alone, with the cooperative-sticky assignor, and each member reads
+    // the same numbers of the input topics. Tailor sets it.
     "partition.assignment.strategy",
-    // The next-generation group protocol (KIP-848) assigns incrementally; Tailor's rebalance
-    // handling assigns eagerly, with the range assignor.
+    // The next-generation group protocol (KIP-848) assigns on the broker, by topic partition.
     "group.protocol",
 ];
 
@@ -754,7 +754,7 @@ file = "missing.yaml"
     }
 
     /// Regression: `partition.assignment.strategy` could be set, although state is keyed by
-    /// partition number across the co-partitioned topics (only `range` keeps them together).
+    /// partition number across the co-partitioned topics (Tailor sets the assignor).
     #[test]
     fn partition_assignment_strategy_cannot_be_set() {
         let errs =

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Next offset committed to the state store, per input partition.
     pub stored_offset: IntGaugeVec,
     pub assigned_partitions: IntGauge,
+    /// Partition numbers taken from this worker by rebalances.
+    pub partitions_revoked: IntCounter,
     pub profiles_cached: IntGauge,
     pub state_profiles: IntGauge,
     pub state_bytes: IntGauge,
@@ -385,6 +387,10 @@ impl Metrics {
             assigned_partitions: plain_gauge(
                 "tailor_assigned_partitions",
                 "Input partitions assigned to this worker.",
+            ),
+            partitions_revoked: plain_counter(
+                "tailor_partitions_revoked_total",
+                "Partition numbers taken from this worker by rebalances (moved to another member, or lost with the group session); the others keep their open batches.",
             ),
             profiles_cached: plain_gauge(
                 "tailor_profiles_cached",

@@ -38,6 +38,9 @@ pub struct KafkaContext {
     /// Newly assigned partitions start paused: the loop restores their state from the changelog
     /// first, then seeks them to the restored offsets and resumes them.
     pub pause_on_assign: bool,
+    /// The topics of a partition number: the repartition topic first (the one the group
+    /// assigns), then the input topics.
+    pub topics: Vec<String>,
 }
 
 impl ClientContext for KafkaContext {
@@ -73,6 +76,51 @@ pub fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+impl KafkaContext {
+    /// Every topic of the partition numbers in `tpl`: the group assigns the repartition topic
+    /// alone (its partitions stand for their numbers), and a member reads the same numbers of
+    /// the input topics with them.
+    fn topics_of(&self, tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+        let mut parts = Vec::new();
+        for (topic, partition) in partitions(tpl) {
+            if topic == self.topics[0] {
+                for t in &self.topics {
+                    parts.push((t.clone(), partition));
+                }
+            } else if !parts.contains(&(topic.clone(), partition)) {
+                parts.push((topic, partition));
+            }
+        }
+        parts
+    }
+
+    fn record(&self, rebalance: Rebalance) {
+        self.rebalances
+            .lock()
+            .expect("not poisoned")
+            .push(rebalance);
+    }
+}
+
+/// One list of topic partitions.
+fn list(parts: &[(String, i32)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in parts {
+        tpl.add_partition(topic, *partition);
+    }
+    tpl
+}
+
+/// The partition numbers of `parts`, each once.
+pub fn numbers(parts: &[(String, i32)]) -> Vec<i32> {
+    let mut numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+}
+
+/// Cooperative rebalancing (incremental): an assignment adds partition numbers and a
+/// revocation takes some away; the others are not touched (their tasks keep their open batches).
 impl ConsumerContext for KafkaContext {
     fn rebalance(
         &self,
@@ -82,7 +130,8 @@ impl ConsumerContext for KafkaContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts = partitions(tpl);
+                let parts = self.topics_of(tpl);
+                let mut assigned = TopicPartitionList::new();
                 for (topic, partition) in &parts {
                     // RocksDB holds the truth: resume exactly after the last committed batch.
                     let offset = match self.store.next_offset(topic, *partition) {
@@ -100,41 +149,37 @@ impl ConsumerContext for KafkaContext {
                         }
                     };
                     info!(topic, partition, ?offset, "partition assigned");
-                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                    if let Err(e) = assigned.add_partition_offset(topic, *partition, offset) {
                         error!(topic, partition, error = %e, "cannot set the start offset");
                     }
                 }
-                if let Err(e) = consumer.assign(tpl) {
+                if let Err(e) = consumer.incremental_assign(&assigned) {
                     error!(error = %e, "assigning partitions failed");
                 }
                 if self.pause_on_assign {
-                    if let Err(e) = consumer.pause(tpl) {
+                    if let Err(e) = consumer.pause(&assigned) {
                         error!(error = %e, "pausing newly assigned partitions failed");
                     }
                 }
-                self.rebalances
-                    .lock()
-                    .expect("not poisoned")
-                    .push(Rebalance::Assigned(parts));
+                self.record(Rebalance::Assigned(parts));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let parts = partitions(tpl);
-                info!(count = parts.len(), "partitions revoked");
-                self.rebalances
-                    .lock()
-                    .expect("not poisoned")
-                    .push(Rebalance::Revoked(parts));
-                if let Err(e) = consumer.unassign() {
+                let parts = self.topics_of(tpl);
+                let lost = consumer.assignment_lost();
+                info!(partitions = ?numbers(&parts), lost, "partitions revoked");
+                self.record(Rebalance::Revoked(parts.clone()));
+                if let Err(e) = consumer.incremental_unassign(&list(&parts)) {
                     error!(error = %e, "unassigning partitions failed");
                 }
             }
             other => {
                 warn!(error = ?other, "rebalance failed; dropping the assignment");
-                self.rebalances
-                    .lock()
-                    .expect("not poisoned")
-                    .push(Rebalance::Revoked(partitions(tpl)));
-                let _ = consumer.unassign();
+                let held = consumer
+                    .assignment()
+                    .map(|tpl| partitions(&tpl))
+                    .unwrap_or_default();
+                self.record(Rebalance::Revoked(held.clone()));
+                let _ = consumer.incremental_unassign(&list(&held));
             }
         }
     }
@@ -172,7 +217,7 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
 }
 
 /// The consumer's configuration: the `[kafka]` table, the group, offsets stored by Tailor
-/// after each commit, and the range assignor.
+/// after each commit, and cooperative rebalancing.
 /// `slot`: the processing thread (each is a member of the group; static ids get `-{slot}`
 /// after the first).
 pub fn consumer_config(settings: &Settings, slot: usize) -> ClientConfig {
@@ -182,9 +227,10 @@ pub fn consumer_config(settings: &Settings, slot: usize) -> ClientConfig {
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &c.consumer.start_from)
-        // State is keyed by partition number across the co-partitioned topics: only the range
-        // assignor gives one member the same numbers of every topic.
-        .set("partition.assignment.strategy", "range");
+        // State is keyed by partition number across the co-partitioned topics. The group
+        // assigns the repartition topic alone (see `KafkaContext::topics_of`), so any assignor
+        // keeps a number whole; the cooperative one moves only the numbers that must move.
+        .set("partition.assignment.strategy", "cooperative-sticky");
     if !c.kafka.contains_key("statistics.interval.ms") {
         cfg.set("statistics.interval.ms", "5000");
     }

@@ -309,10 +309,7 @@ impl Worker {
                         let _ = self.metrics.stored_offset.remove_label_values(&labels);
                         let _ = self.metrics.partition_lag.remove_label_values(&labels);
                     }
-                    let mut numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
-                    numbers.sort_unstable();
-                    numbers.dedup();
-                    for p in numbers {
+                    for p in kafka::numbers(&parts) {
                         if let Some(r) = self.restoring.get_mut(&p) {
                             r.topics
                                 .retain(|t| !parts.iter().any(|(u, q)| u == t && *q == p));
@@ -326,6 +323,7 @@ impl Worker {
                             }
                         }
                         if !self.assigned.iter().any(|(_, q)| *q == p) {
+                            self.metrics.partitions_revoked.inc();
                             if let Some(task) = self.tasks.remove(&p) {
                                 if task.has_changes() {
                                     info!(
@@ -336,9 +334,9 @@ impl Worker {
                                 }
                             }
                         } else if let Some(task) = self.tasks.get_mut(&p) {
-                            // Part of a partition number revoked (never with the range
-                            // assignor Tailor sets): its state mixes every topic of the number,
-                            // so the task goes back to its last commit.
+                            // Part of a partition number revoked (never: the group assigns
+                            // whole numbers): its state mixes every topic of the number, so the
+                            // task goes back to its last commit.
                             for (topic, _) in parts.iter().filter(|(_, q)| *q == p) {
                                 task.unassign(topic);
                             }
@@ -357,6 +355,8 @@ impl Worker {
 
     /// What follows a change of the partitions held: cache shares, metrics, sizes, the API.
     fn after_assignment(&mut self) -> Result<(), Error> {
+        // The API first: a partition counted as assigned serves its profiles.
+        self.api.set_assigned(self.slot, &self.assigned);
         // Each task gets an equal share of the profile cache.
         let each = self.cache_profiles / self.tasks.len().max(1);
         for task in self.tasks.values_mut() {
@@ -368,9 +368,7 @@ impl Worker {
             self.assigned.len() as i64,
         );
         // Members of the partitions held here now (their state may have just been restored).
-        let mut numbers: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
-        numbers.sort_unstable();
-        numbers.dedup();
+        let numbers = kafka::numbers(&self.assigned);
         let sizes: BTreeMap<String, i64> =
             self.store.segment_sizes_in(&numbers)?.into_iter().collect();
         // The gauge sums every thread's members: this thread adds the change of its own.
@@ -391,7 +389,6 @@ impl Worker {
         }
         self.segment_sizes = sizes;
         info!(thread = self.slot, partitions = ?numbers, "partitions held");
-        self.api.set_assigned(self.slot, &self.assigned);
         self.publish_readiness();
         Ok(())
     }
@@ -1052,8 +1049,8 @@ pub async fn run(
     let pcfg = kafka::producer_config(&settings);
 
     let threads = c.processing.threads.max(1);
-    // Each processing thread is a member of the group with a consumer of its own (the range
-    // assignor gives it whole partition numbers); they share the store.
+    // Each processing thread is a member of the group with a consumer of its own (it is
+    // given whole partition numbers); they share the store.
     let consumer_for = |slot: usize| -> anyhow::Result<StreamConsumer<KafkaContext>> {
         let context = KafkaContext {
             store: store.clone(),
@@ -1066,6 +1063,14 @@ pub async fn run(
             rebalances: std::sync::Mutex::new(Vec::new()),
             brokers_up: std::sync::atomic::AtomicBool::new(true),
             pause_on_assign: c.state.changelog,
+            topics: [
+                &c.topics.repartition,
+                &c.topics.storefront,
+                &c.topics.backoffice,
+                &c.topics.profile,
+            ]
+            .map(|t| t.to_string())
+            .to_vec(),
         };
         kafka::consumer_config(&settings, slot)
             .create_with_context(context)
@@ -1096,8 +1101,9 @@ pub async fn run(
         )
         .await?;
     }
-    let mut subscribed = inputs.to_vec();
-    subscribed.push(c.topics.repartition.as_str());
+    // The group assigns the repartition topic's partitions; each stands for its number of every
+    // topic (`KafkaContext::topics_of`).
+    let subscribed = [c.topics.repartition.as_str()];
     // The HTTP API's deletions go through a producer of their own.
     let api_producer: FutureProducer<ProducerLogs> = pcfg
         .create_with_context(ProducerLogs)
@@ -1134,7 +1140,7 @@ pub async fn run(
     for (slot, consumer) in consumers.into_iter().enumerate() {
         consumer
             .subscribe(&subscribed)
-            .context("subscribing to the input and repartition topics")?;
+            .context("subscribing to the repartition topic")?;
         let (lookups_tx, lookups) = tokio::sync::mpsc::unbounded_channel();
         let out = Collector::new(
             pcfg.clone(),

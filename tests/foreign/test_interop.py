@@ -932,13 +932,13 @@ def kafka_partition(key: str, partitions: int) -> int:
 
 
 def test_a_held_partition_survives_a_rebalance(deploy, registry, tmp_path):
-    """librdkafka keeps an application's pause across a rebalance, so a partition held for the
-    registry must be resumed when it is assigned again. Worker A holds both partition numbers
-    (each has an event with a schema id the registry, down, has not answered for, and a
-    single-object event behind it); worker B joins the group, so each worker owns one partition:
-    the one A keeps was paused by A before the rebalance, the other B reads from the start. Once
-    the registry is back, every event is applied by the worker owning its partition, nothing is
-    dead-lettered, and both workers are ready with nothing paused."""
+    """A partition held (paused) for the registry stays held through a rebalance and is resumed
+    when the registry answers, wherever it is. Worker A holds both partition numbers (each has an
+    event with a schema id the registry, down, has not answered for, and a single-object event
+    behind it); worker B joins the group, so each worker owns one partition: the one A keeps is
+    not revoked (cooperative rebalancing) and stays held; the other B reads from the start and
+    holds. Once the registry is back, every event is applied by the worker owning its partition,
+    nothing is dead-lettered, and both workers are ready with nothing paused."""
     reg = registry()
     d = deploy("held-rebalance", partitions=2, registry={"url": reg.url})
     T, n = d.topics, d.partitions
@@ -996,9 +996,8 @@ def test_a_held_partition_survives_a_rebalance(deploy, registry, tmp_path):
     wait_for("the rebalance: one partition number to each worker (tailor_assigned_partitions)",
              lambda: a.metric("tailor_assigned_partitions") == topics_per_number
              and b.metric("tailor_assigned_partitions") == topics_per_number, 60, on_fail=logs)
-    # The partition A keeps was paused by A when it was revoked: resumed when assigned again, A
-    # meets its Q again and holds it again (without the fix it stays paused, A reads nothing and
-    # reports nothing held). B reads its partition from the start (A committed nothing there).
+    # A keeps one partition, still held. B reads its partition from the start (A committed
+    # nothing there) and holds it.
     wait_for("each worker to hold its partition again (/readyz 503, tailor_paused_partitions 1)",
              lambda: all(w.status("/readyz") == 503 and w.metric("tailor_paused_partitions") == 1 for w in (a, b)),
              60, on_fail=logs)
