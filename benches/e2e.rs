@@ -502,14 +502,13 @@ fn workload(
     println!("pre-filled {total} events over {profiles} shopper keys, {partitions} partitions, in {fill:.1}s");
 
     // The raw consume rate of the same topics in the same run: a plain librdkafka consumer (the
-    // worker's client library, its assignment strategy, default fetch settings), no processing.
+    // worker's client library, every partition assigned, default fetch settings), no processing.
     let raw_rate = {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("{prefix}-raw"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();

@@ -192,6 +192,9 @@ pub struct State {
     /// Mirror every state write to `topics.changelog` and restore a partition from it when it
     /// moves here. Off: a partition's state lives only on the disk of the worker that had it.
     pub changelog: bool,
+    /// Keep a copy of every partition held by another worker, following the changelog, so that
+    /// taking one over is a short catch-up rather than a whole restore (needs `changelog`).
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +296,7 @@ impl Default for State {
             write_buffer: "64MiB".into(),
             sync_writes: true,
             changelog: true,
+            standby: false,
         }
     }
 }
@@ -509,6 +513,12 @@ impl Config {
                 c.processing.batch_linger
             ));
         }
+        if c.state.standby && !c.state.changelog {
+            problems.push(
+                "state.standby = true needs state.changelog = true (standby copies follow the changelog)"
+                    .into(),
+            );
+        }
         if !(1..=64).contains(&c.processing.threads) {
             problems.push(format!(
                 "processing.threads = {}: expected 1 to 64",
@@ -699,6 +709,23 @@ mod tests {
             .unwrap()
             .validate()
             .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn standby_copies_need_the_changelog() {
+        let errs = validate_with("", "[state]\nstandby = true\nchangelog = false").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("state.standby = true needs"),
+            "{errs:?}"
+        );
+        assert!(
+            validate_with("", "[state]\nstandby = true")
+                .unwrap()
+                .config
+                .state
+                .standby
+        );
     }
 
     /// Regression: `identity.max_identities` was documented but never applied (always 32).

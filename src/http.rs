@@ -238,7 +238,8 @@ impl Api {
                 == 0
     }
 
-    /// The group member that owns `partition` of the storefront topic, if the broker says.
+    /// The group member that owns partition number `partition` (the group assigns the
+    /// repartition topic; its members read the same numbers of the inputs), if the broker says.
     fn owner(&self, a: &Attached, partition: i32) -> serde_json::Value {
         let describer = self
             .describer

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub changelog_records: IntCounterVec,
     /// Changelog records read while restoring partitions (rate(): the restore rate).
     pub restored_records: IntCounter,
+    /// Changelog records applied to standby copies of partitions held elsewhere.
+    pub standby_records: IntCounter,
     /// Partitions being restored from the changelog right now.
     pub restoring: IntGauge,
     /// Time to bring one assigned partition level with the changelog.
@@ -316,6 +318,10 @@ impl Metrics {
             restored_records: plain_counter(
                 "tailor_changelog_restored_records_total",
                 "Changelog records read while restoring partitions assigned here (its rate is the restore rate).",
+            ),
+            standby_records: plain_counter(
+                "tailor_standby_records_total",
+                "Changelog records applied to this worker's standby copies of partitions held by others (state.standby).",
             ),
             restoring: plain_gauge(
                 "tailor_changelog_restoring_partitions",

@@ -37,7 +37,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::http::HealthPart;
 use crate::metrics::Metrics;
@@ -409,7 +409,7 @@ impl Restorer {
             .map_err(|e| format!("creating the changelog consumer: {e}"))?;
         let mut producer: Option<FutureProducer<ProducerLogs>> = None;
         let started = Instant::now();
-        let r = self.restore_one(store, &consumer, &mut producer, p, cancel);
+        let r = self.restore_one(store, &consumer, &mut producer, p, cancel, Mode::Restore);
         self.metrics
             .restore_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -424,6 +424,24 @@ impl Restorer {
         })
     }
 
+    /// Brings the local copy of partition `p`, held by another worker, level with the
+    /// changelog's last marker (a standby; see `worker::standby`): whole batches only, and
+    /// nothing written to the changelog (no seed, no compensation: an unclosed batch there is
+    /// its owner's, still open). `cancel`: the partition is being assigned here.
+    pub fn follow(&self, store: &Store, p: i32, cancel: &AtomicBool) -> Result<(), String> {
+        let consumer: BaseConsumer = self
+            .consumer
+            .create()
+            .map_err(|e| format!("creating the changelog consumer: {e}"))?;
+        self.restore_one(store, &consumer, &mut None, p, cancel, Mode::Follow)
+            .map_err(|e| {
+                format!(
+                    "following partition {p} of the changelog {}: {e}",
+                    self.topic
+                )
+            })
+    }
+
     fn restore_one(
         &self,
         store: &Store,
@@ -431,12 +449,21 @@ impl Restorer {
         producer: &mut Option<FutureProducer<ProducerLogs>>,
         p: i32,
         cancel: &AtomicBool,
+        mode: Mode,
     ) -> Result<(), String> {
+        let follow = mode == Mode::Follow;
         let e = |e: StoreError| e.to_string();
         let topic = self.topic.as_str();
-        let (lo, hi) = retry("reading the changelog's watermarks", || {
-            consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
-        })?;
+        let (lo, hi) = if follow {
+            // Once, briefly: a claim of the partition waits for the follow to let go.
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(2))
+                .map_err(|e| format!("reading the changelog's watermarks: {e}"))?
+        } else {
+            retry("reading the changelog's watermarks", || {
+                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
+            })?
+        };
         let position = store.changelog_position(p).map_err(e)?;
         let local = store.has_partition(p).map_err(e)?;
         let seeding = store.seeding(p).map_err(e)?;
@@ -446,6 +473,8 @@ impl Restorer {
         let plan = plan(position, local, seeding, (lo, hi), now);
         let started = Instant::now();
         let start = match plan {
+            // The owner seeds it (or has): a follower writes nothing to the changelog.
+            Plan::Seed if follow => return Ok(()),
             Plan::Seed => {
                 match position {
                     Some((n, _)) if !seeding => warn!(partition = p, position = n, end = hi, "the changelog holds less than this worker's state (recreated or truncated?): writing the partition's state to it"),
@@ -475,7 +504,19 @@ impl Restorer {
                 lo
             }
         };
-        if matches!(plan, Plan::Full { .. }) || start < hi {
+        if follow {
+            if start >= hi {
+                return Ok(());
+            }
+            if matches!(plan, Plan::Full { .. }) {
+                info!(
+                    partition = p,
+                    from = start,
+                    to = hi,
+                    "standby: copying the partition from the changelog"
+                );
+            }
+        } else if matches!(plan, Plan::Full { .. }) || start < hi {
             info!(
                 partition = p,
                 from = start,
@@ -492,7 +533,14 @@ impl Restorer {
         let mut idle_since = Instant::now();
         let mut last_log = Instant::now();
         loop {
+            // A follow stops at the end it was started for (the owner keeps writing).
+            if follow && next >= hi {
+                break;
+            }
             if cancel.load(Ordering::Relaxed) {
+                // The records since the last marker go back to their values before: the store
+                // holds whole batches, at its position, for whoever writes the partition next.
+                replay.finish().map_err(e)?;
                 return Err(CANCELLED.into());
             }
             match consumer.poll(Duration::from_millis(100)) {
@@ -507,9 +555,13 @@ impl Restorer {
                         );
                         continue;
                     };
-                    self.metrics.restored_records.inc();
+                    if follow {
+                        self.metrics.standby_records.inc();
+                    } else {
+                        self.metrics.restored_records.inc();
+                    }
                     replay.take(m.offset(), entry).map_err(e)?;
-                    if last_log.elapsed() >= Duration::from_secs(5) {
+                    if !follow && last_log.elapsed() >= Duration::from_secs(5) {
                         last_log = Instant::now();
                         let secs = started.elapsed().as_secs_f64();
                         info!(
@@ -539,6 +591,10 @@ impl Restorer {
         }
         let records = replay.records;
         let (_, unclosed) = replay.finish().map_err(e)?;
+        if follow {
+            debug!(partition = p, records, "standby: partition followed");
+            return Ok(());
+        }
         if !unclosed.is_empty() {
             // A batch written after the last marker and never closed: its keys get the values
             // restored, so no reader applies it.
@@ -678,6 +734,15 @@ impl Restorer {
             Ok(delivered(topic, marker).await.map_err(|e| e.to_string())? + 1)
         })
     }
+}
+
+/// What [`Restorer::restore_one`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A partition assigned here.
+    Restore,
+    /// A standby copy of a partition held elsewhere.
+    Follow,
 }
 
 /// A restore stopped because its partition was revoked (or the worker stops).

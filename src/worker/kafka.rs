@@ -25,6 +25,8 @@ use super::error::Error;
 pub enum Rebalance {
     Assigned(Vec<(String, i32)>),
     Revoked(Vec<(String, i32)>),
+    /// librdkafka refused an incremental assignment or revocation.
+    Failed(String),
 }
 
 /// librdkafka callbacks: logs, statistics (lag), and assignment from the offsets in RocksDB.
@@ -154,7 +156,10 @@ impl ConsumerContext for KafkaContext {
                     }
                 }
                 if let Err(e) = consumer.incremental_assign(&assigned) {
-                    error!(error = %e, "assigning partitions failed");
+                    // librdkafka takes the whole list or nothing, and keeps the assignment
+                    // paused until it takes one: the worker stops (a restart rejoins).
+                    self.record(Rebalance::Failed(format!("assigning {parts:?}: {e}")));
+                    return;
                 }
                 if self.pause_on_assign {
                     if let Err(e) = consumer.pause(&assigned) {
@@ -169,18 +174,11 @@ impl ConsumerContext for KafkaContext {
                 info!(partitions = ?numbers(&parts), lost, "partitions revoked");
                 self.record(Rebalance::Revoked(parts.clone()));
                 if let Err(e) = consumer.incremental_unassign(&list(&parts)) {
-                    error!(error = %e, "unassigning partitions failed");
+                    self.record(Rebalance::Failed(format!("unassigning {parts:?}: {e}")));
                 }
             }
-            other => {
-                warn!(error = ?other, "rebalance failed; dropping the assignment");
-                let held = consumer
-                    .assignment()
-                    .map(|tpl| partitions(&tpl))
-                    .unwrap_or_default();
-                self.record(Rebalance::Revoked(held.clone()));
-                let _ = consumer.incremental_unassign(&list(&held));
-            }
+            // rdkafka calls this for assignments and revocations only.
+            other => warn!(error = ?other, "unexpected rebalance event; ignored"),
         }
     }
 }

@@ -56,10 +56,11 @@ mod kafka;
 mod order;
 mod overlay;
 mod process;
+mod standby;
 mod task;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,6 +140,8 @@ struct Worker {
     /// The changelog topic every commit mirrors its state writes to (`None`: no changelog).
     changelog: Option<String>,
     restorer: Option<Arc<changelog::Restorer>>,
+    /// The partitions held by this worker's threads, kept apart from the standby follower.
+    claims: Arc<standby::Partitions>,
     /// Partition numbers being restored, not yet opened.
     restoring: BTreeMap<i32, Restoring>,
     /// Restores cancelled by a revocation, until they have stopped.
@@ -264,6 +267,9 @@ impl Worker {
                             let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
                             let (store, flag) = (self.store.clone(), cancel.clone());
                             let restorer = restorer.clone();
+                            // A standby follow of it stops.
+                            self.claims.claim(partition);
+                            let claims = self.claims.clone();
                             // A restore of it cancelled by an earlier revocation may still be
                             // writing: this one starts when it has stopped.
                             let before = self.cancelled.remove(&partition);
@@ -271,6 +277,7 @@ impl Worker {
                                 if let Some(before) = before {
                                     let _ = tokio::runtime::Handle::current().block_on(before);
                                 }
+                                let _writing = claims.hold(partition);
                                 restorer.restore(&store, partition, &flag)
                             });
                             self.restoring.insert(
@@ -300,6 +307,11 @@ impl Worker {
                         self.open_topic(consumer, topic, partition, false)?;
                     }
                 }
+                Rebalance::Failed(what) => {
+                    return Err(Error::fatal(format!(
+                        "the consumer refused a rebalance ({what}); restart to rejoin the group"
+                    )))
+                }
                 Rebalance::Revoked(parts) => {
                     self.assigned.retain(|x| !parts.contains(x));
                     // Series of partitions held elsewhere now would mislead (their next owner
@@ -324,6 +336,8 @@ impl Worker {
                         }
                         if !self.assigned.iter().any(|(_, q)| *q == p) {
                             self.metrics.partitions_revoked.inc();
+                            // A restore of it still stopping holds it until it has.
+                            self.claims.release(p);
                             if let Some(task) = self.tasks.remove(&p) {
                                 if task.has_changes() {
                                     info!(
@@ -1136,6 +1150,30 @@ pub async fn run(
     for slot in 1..threads {
         consumers.push(consumer_for(slot)?);
     }
+    let claims = Arc::new(standby::Partitions::default());
+    // Standby copies of the partitions the other workers hold, on a thread of their own.
+    let follower_stop = Arc::new(AtomicBool::new(false));
+    let follower = (c.state.changelog && c.state.standby).then(|| {
+        let restorer = changelog::Restorer::new(
+            c.topics.changelog.clone(),
+            kafka::client_config(&settings),
+            kafka::producer_config(&settings),
+            &c.consumer.group_id,
+            metrics.clone(),
+        );
+        let (store, claims, stop) = (store.clone(), claims.clone(), follower_stop.clone());
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("tailor-standby".into())
+            .spawn(move || {
+                // The restorer's deliveries wait on the runtime (a follow sends none).
+                let _rt = rt.enter();
+                standby::follow(&restorer, &store, &claims, partitions, &stop)
+            })
+    });
+    let follower = follower
+        .transpose()
+        .context("starting the standby follower")?;
     let mut loops = Vec::with_capacity(threads);
     for (slot, consumer) in consumers.into_iter().enumerate() {
         consumer
@@ -1197,6 +1235,7 @@ pub async fn run(
                     metrics.clone(),
                 ))
             }),
+            claims: claims.clone(),
             restoring: BTreeMap::new(),
             cancelled: BTreeMap::new(),
             meta: Vec::new(),
@@ -1248,6 +1287,15 @@ pub async fn run(
         if result.is_ok() {
             result = r;
         }
+    }
+    follower_stop.store(true, Ordering::Relaxed);
+    claims.stop_following();
+    if let Some(follower) = follower {
+        tokio::task::block_in_place(|| {
+            if follower.join().is_err() {
+                warn!("the standby follower panicked");
+            }
+        });
     }
     // The threads leave the group one after another (closing a consumer waits for its leave):
     // the development broker lost track of the group when several members left at once.
