@@ -59,7 +59,7 @@ pub struct Metrics {
     pub changelog_records: IntCounterVec,
     /// Changelog records read while restoring partitions (rate(): the restore rate).
     pub restored_records: IntCounter,
-    /// Changelog records applied to standby copies of partitions held elsewhere.
+    /// Changelog records read for standby copies of partitions held elsewhere.
     pub standby_records: IntCounter,
     /// Partitions being restored from the changelog right now.
     pub restoring: IntGauge,
@@ -321,7 +321,7 @@ impl Metrics {
             ),
             standby_records: plain_counter(
                 "tailor_standby_records_total",
-                "Changelog records applied to this worker's standby copies of partitions held by others (state.standby).",
+                "Changelog records read for this worker's standby copies of partitions held by others (state.standby).",
             ),
             restoring: plain_gauge(
                 "tailor_changelog_restoring_partitions",

@@ -103,6 +103,8 @@ pub struct Replay<'a> {
     queue: Vec<Op>,
     /// The offset after the last marker read.
     pub position: i64,
+    /// Where the replay started.
+    start: i64,
     pub records: u64,
 }
 
@@ -114,6 +116,7 @@ impl<'a> Replay<'a> {
             touched: Default::default(),
             queue: Vec::new(),
             position,
+            start: position,
             records: 0,
         }
     }
@@ -170,6 +173,17 @@ impl<'a> Replay<'a> {
             self.position,
             undo.into_iter().map(|o| (o.cf, o.key)).collect(),
         ))
+    }
+
+    /// Stops early: the batches read whole are kept, as [`Self::finish`] keeps them; with none,
+    /// nothing is written (the store's position, and the time it was written, which bounds how
+    /// late it may be caught up, stay as they were; records written past a batch's worth have
+    /// already removed the position, so the next restore starts over).
+    pub fn abandon(self) -> Result<(), StoreError> {
+        if self.position > self.start {
+            self.finish()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -428,18 +442,27 @@ impl Restorer {
     /// changelog's last marker (a standby; see `worker::standby`): whole batches only, and
     /// nothing written to the changelog (no seed, no compensation: an unclosed batch there is
     /// its owner's, still open). `cancel`: the partition is being assigned here.
-    pub fn follow(&self, store: &Store, p: i32, cancel: &AtomicBool) -> Result<(), String> {
-        let consumer: BaseConsumer = self
-            .consumer
-            .create()
-            .map_err(|e| format!("creating the changelog consumer: {e}"))?;
-        self.restore_one(store, &consumer, &mut None, p, cancel, Mode::Follow)
+    pub fn follow(
+        &self,
+        consumer: &BaseConsumer,
+        store: &Store,
+        p: i32,
+        cancel: &AtomicBool,
+    ) -> Result<(), String> {
+        self.restore_one(store, consumer, &mut None, p, cancel, Mode::Follow)
             .map_err(|e| {
                 format!(
                     "following partition {p} of the changelog {}: {e}",
                     self.topic
                 )
             })
+    }
+
+    /// A consumer of the changelog (assigned one partition at a time).
+    pub fn consumer(&self) -> Result<BaseConsumer, String> {
+        self.consumer
+            .create()
+            .map_err(|e| format!("creating the changelog consumer: {e}"))
     }
 
     fn restore_one(
@@ -452,6 +475,10 @@ impl Restorer {
         mode: Mode,
     ) -> Result<(), String> {
         let follow = mode == Mode::Follow;
+        // Revoked (or claimed) before it began: nothing of the partition is touched.
+        if cancel.load(Ordering::Relaxed) {
+            return Err(CANCELLED.into());
+        }
         let e = |e: StoreError| e.to_string();
         let topic = self.topic.as_str();
         let (lo, hi) = if follow {
@@ -506,6 +533,11 @@ impl Restorer {
         };
         if follow {
             if start >= hi {
+                // Level with the changelog now: the position's time says so (a copy idle for
+                // longer than a catch-up allows would otherwise be copied whole again).
+                if position.is_some() {
+                    store.write(&[], &[], &[(p, start)]).map_err(e)?;
+                }
                 return Ok(());
             }
             if matches!(plan, Plan::Full { .. }) {
@@ -540,7 +572,7 @@ impl Restorer {
             if cancel.load(Ordering::Relaxed) {
                 // The records since the last marker go back to their values before: the store
                 // holds whole batches, at its position, for whoever writes the partition next.
-                replay.finish().map_err(e)?;
+                replay.abandon().map_err(e)?;
                 return Err(CANCELLED.into());
             }
             match consumer.poll(Duration::from_millis(100)) {
@@ -801,6 +833,30 @@ mod tests {
             .get_raw(0, key.as_bytes())
             .unwrap()
             .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn a_replay_stopped_early_keeps_its_whole_batches_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
+        store.write(&[], &[], &[(1, 5)]).unwrap();
+        let before = store.changelog_position(1).unwrap();
+        // Stopped before any marker: nothing written, the position and its time as they were.
+        let mut r = Replay::new(&store, 1, 5);
+        r.take(5, op("a", Some("1"))).unwrap();
+        r.abandon().unwrap();
+        assert_eq!(value(&store, "a"), None);
+        assert_eq!(store.changelog_position(1).unwrap(), before);
+        // Stopped after one: that batch kept, the records after it undone.
+        let mut r = Replay::new(&store, 1, 5);
+        r.take(5, op("a", Some("1"))).unwrap();
+        r.take(6, Entry::Marker).unwrap();
+        r.take(7, op("a", Some("2"))).unwrap();
+        r.take(8, op("b", Some("2"))).unwrap();
+        r.abandon().unwrap();
+        assert_eq!(value(&store, "a").as_deref(), Some("1"));
+        assert_eq!(value(&store, "b"), None);
+        assert_eq!(store.changelog_position(1).unwrap().map(|p| p.0), Some(7));
     }
 
     #[test]

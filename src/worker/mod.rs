@@ -60,7 +60,7 @@ mod standby;
 mod task;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -268,7 +268,7 @@ impl Worker {
                             let (store, flag) = (self.store.clone(), cancel.clone());
                             let restorer = restorer.clone();
                             // A standby follow of it stops.
-                            self.claims.claim(partition);
+                            self.claims.claim(partition, self.slot);
                             let claims = self.claims.clone();
                             // A restore of it cancelled by an earlier revocation may still be
                             // writing: this one starts when it has stopped.
@@ -278,6 +278,9 @@ impl Worker {
                                     let _ = tokio::runtime::Handle::current().block_on(before);
                                 }
                                 let _writing = claims.hold(partition);
+                                if flag.load(Ordering::Relaxed) {
+                                    return Err(changelog::CANCELLED.to_string());
+                                }
                                 restorer.restore(&store, partition, &flag)
                             });
                             self.restoring.insert(
@@ -337,7 +340,7 @@ impl Worker {
                         if !self.assigned.iter().any(|(_, q)| *q == p) {
                             self.metrics.partitions_revoked.inc();
                             // A restore of it still stopping holds it until it has.
-                            self.claims.release(p);
+                            self.claims.release(p, self.slot);
                             if let Some(task) = self.tasks.remove(&p) {
                                 if task.has_changes() {
                                     info!(
@@ -1151,9 +1154,9 @@ pub async fn run(
         consumers.push(consumer_for(slot)?);
     }
     let claims = Arc::new(standby::Partitions::default());
-    // Standby copies of the partitions the other workers hold, on a thread of their own.
-    let follower_stop = Arc::new(AtomicBool::new(false));
-    let follower = (c.state.changelog && c.state.standby).then(|| {
+    // Standby copies of the partitions the other workers hold, on a thread of their own
+    // (stopped when this function returns, however it returns).
+    let follower = if c.state.changelog && c.state.standby {
         let restorer = changelog::Restorer::new(
             c.topics.changelog.clone(),
             kafka::client_config(&settings),
@@ -1161,19 +1164,13 @@ pub async fn run(
             &c.consumer.group_id,
             metrics.clone(),
         );
-        let (store, claims, stop) = (store.clone(), claims.clone(), follower_stop.clone());
-        let rt = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("tailor-standby".into())
-            .spawn(move || {
-                // The restorer's deliveries wait on the runtime (a follow sends none).
-                let _rt = rt.enter();
-                standby::follow(&restorer, &store, &claims, partitions, &stop)
-            })
-    });
-    let follower = follower
-        .transpose()
-        .context("starting the standby follower")?;
+        Some(
+            standby::Follower::start(restorer, store.clone(), claims.clone(), partitions)
+                .context("starting the standby follower")?,
+        )
+    } else {
+        None
+    };
     let mut loops = Vec::with_capacity(threads);
     for (slot, consumer) in consumers.into_iter().enumerate() {
         consumer
@@ -1288,14 +1285,8 @@ pub async fn run(
             result = r;
         }
     }
-    follower_stop.store(true, Ordering::Relaxed);
-    claims.stop_following();
     if let Some(follower) = follower {
-        tokio::task::block_in_place(|| {
-            if follower.join().is_err() {
-                warn!("the standby follower panicked");
-            }
-        });
+        tokio::task::block_in_place(|| follower.stop());
     }
     // The threads leave the group one after another (closing a consumer waits for its leave):
     // the development broker lost track of the group when several members left at once.

@@ -9,7 +9,7 @@
 //! partition assigned here is claimed first (a follow of it stops at its next record), and each
 //! restore or follow holds the partition while it writes its state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -25,8 +25,12 @@ pub const PASS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Claims {
-    /// Partition numbers assigned to a processing thread here (restoring or open).
-    held: BTreeSet<i32>,
+    /// Partition numbers assigned to processing threads here (restoring or open), with the
+    /// threads that claimed them: a number moving from one thread to another can be claimed by
+    /// the new one before the old one has let go.
+    held: BTreeMap<i32, BTreeSet<usize>>,
+    /// The worker is stopping: no follow starts.
+    stopping: bool,
     /// Partition numbers whose state a restore or a follow is writing.
     busy: BTreeSet<i32>,
     /// The partition being followed, and its stop flag.
@@ -62,11 +66,11 @@ impl Partitions {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Partition `p` is assigned to a thread here: no follow of it starts, and one under way
-    /// stops at its next record.
-    pub fn claim(&self, p: i32) {
+    /// Partition `p` is assigned to thread `slot` here: no follow of it starts, and one under
+    /// way stops at its next record.
+    pub fn claim(&self, p: i32, slot: usize) {
         let mut c = self.lock();
-        c.held.insert(p);
+        c.held.entry(p).or_default().insert(slot);
         if let Some((q, stop)) = &c.following {
             if *q == p {
                 stop.store(true, Ordering::Relaxed);
@@ -74,9 +78,16 @@ impl Partitions {
         }
     }
 
-    /// Partition `p` is no longer held here (revoked): the follower may take it.
-    pub fn release(&self, p: i32) {
-        self.lock().held.remove(&p);
+    /// Partition `p` is no longer held by thread `slot` (revoked): once no thread holds it,
+    /// the follower may take it.
+    pub fn release(&self, p: i32, slot: usize) {
+        let mut c = self.lock();
+        if let Some(slots) = c.held.get_mut(&p) {
+            slots.remove(&slot);
+            if slots.is_empty() {
+                c.held.remove(&p);
+            }
+        }
     }
 
     /// Waits until no restore or follow writes `p`, then holds it (blocking: on a blocking
@@ -96,7 +107,7 @@ impl Partitions {
     /// Holds `p` for a follow, unless it is held here or being written.
     fn follow(&self, p: i32) -> Option<(Busy<'_>, Arc<AtomicBool>)> {
         let mut c = self.lock();
-        if c.held.contains(&p) || c.busy.contains(&p) {
+        if c.stopping || c.held.contains_key(&p) || c.busy.contains(&p) {
             return None;
         }
         c.busy.insert(p);
@@ -111,39 +122,80 @@ impl Partitions {
         ))
     }
 
-    /// Stops the follow under way, if any.
+    /// Stops the follow under way, if any, and starts none after.
     pub fn stop_following(&self) {
-        if let Some((_, stop)) = &self.lock().following {
+        let mut c = self.lock();
+        c.stopping = true;
+        if let Some((_, stop)) = &c.following {
             stop.store(true, Ordering::Relaxed);
         }
     }
 }
 
-/// The follower: passes over the partitions not held here until `stop` (blocking: run it on a
-/// thread of its own; set `stop`, then [`Partitions::stop_following`], to end it).
-pub fn follow(
-    restorer: &Restorer,
-    store: &Store,
-    claims: &Partitions,
-    partitions: i32,
-    stop: &AtomicBool,
-) {
+/// The follower thread; stopped (and waited for by [`Follower::stop`]) when dropped too.
+pub struct Follower {
+    claims: Arc<Partitions>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    /// Starts following the changelog of the partitions not held here.
+    pub fn start(
+        restorer: Restorer,
+        store: Arc<Store>,
+        claims: Arc<Partitions>,
+        partitions: i32,
+    ) -> std::io::Result<Follower> {
+        let c = claims.clone();
+        let thread = std::thread::Builder::new()
+            .name("tailor-standby".into())
+            .spawn(move || follow(&restorer, &store, &c, partitions))?;
+        Ok(Follower {
+            claims,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the follow under way at its next record, and waits for the thread.
+    pub fn stop(mut self) {
+        self.claims.stop_following();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                warn!("the standby follower panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.claims.stop_following();
+    }
+}
+
+/// Passes over the partitions not held here until [`Partitions::stop_following`].
+fn follow(restorer: &Restorer, store: &Store, claims: &Partitions, partitions: i32) {
     info!(
         partitions,
         "standby: following the changelog of the partitions not held here"
     );
+    // One consumer for every pass (assigned a partition at a time).
+    let consumer = match restorer.consumer() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "standby: no follower");
+            return;
+        }
+    };
+    let stopping = || claims.lock().stopping;
     let mut failing = false;
-    while !stop.load(Ordering::Relaxed) {
+    while !stopping() {
         for p in 0..partitions {
-            if stop.load(Ordering::Relaxed) {
-                claims.stop_following();
-                break;
-            }
             let Some((_busy, flag)) = claims.follow(p) else {
                 continue;
             };
             // Stopped by a claim of the partition, or by the worker stopping.
-            match restorer.follow(store, p, &flag) {
+            match restorer.follow(&consumer, store, p, &flag) {
                 Ok(()) => failing = false,
                 Err(e) if e.ends_with(changelog::CANCELLED) => {
                     debug!(partition = p, "standby: follow stopped (assigned here)")
@@ -158,7 +210,7 @@ pub fn follow(
             }
         }
         let mut waited = Duration::ZERO;
-        while waited < PASS_EVERY && !stop.load(Ordering::Relaxed) {
+        while waited < PASS_EVERY && !stopping() {
             std::thread::sleep(Duration::from_millis(100));
             waited += Duration::from_millis(100);
         }
@@ -174,14 +226,20 @@ mod tests {
         let parts = Partitions::default();
         let (busy, stop) = parts.follow(3).expect("free");
         assert!(parts.follow(3).is_none(), "one writer at a time");
-        parts.claim(3);
+        parts.claim(3, 0);
         assert!(stop.load(Ordering::Relaxed), "the follow is told to stop");
         drop(busy);
         assert!(parts.follow(3).is_none(), "held here: not followed");
         let restore = parts.hold(3);
         drop(restore);
-        parts.release(3);
+        // Moving from thread 0 to thread 1: claimed by 1 before 0 lets go.
+        parts.claim(3, 1);
+        parts.release(3, 0);
+        assert!(parts.follow(3).is_none(), "still held by thread 1");
+        parts.release(3, 1);
         assert!(parts.follow(3).is_some(), "released: followed again");
+        parts.stop_following();
+        assert!(parts.follow(4).is_none(), "stopping: no new follow");
     }
 
     #[test]
@@ -190,7 +248,7 @@ mod tests {
         let (busy, _stop) = parts.follow(1).expect("free");
         let p2 = parts.clone();
         let waiter = std::thread::spawn(move || {
-            p2.claim(1);
+            p2.claim(1, 0);
             let _held = p2.hold(1);
             std::time::Instant::now()
         });
