@@ -15,8 +15,9 @@
 //! ratio, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
 //! at that rate. The wide workload goes on with timers firing at catch-up, profile lookups, a
-//! re-evaluation of every profile, a restore from the changelog and the latency at a trickle. Figures only; nothing is asserted about time. Under `cargo test` it
-//! does nothing.
+//! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
+//! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
+//! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -769,10 +770,86 @@ fn workload(
         100.0,
         &format!("{name}-latency-b"),
     );
-    stop(&mut child);
-    // The restored state, with the latency phases' new shoppers.
+    // The restored state, with the latency phases' new shoppers (measured after the failover
+    // below, which leaves this worker's directory alone).
+    if std::env::var("TAILOR_BENCH_FAILOVER").map_or(true, |v| v != "0") {
+        failover(&config, &mut child, port);
+    } else {
+        stop(&mut child);
+    }
     report_compacted(&dir.path().join("state"), shoppers, " (the restored state)");
     delete_topics(&rt, &admin, &names);
+}
+
+/// A failover with a standby copy (`TAILOR_BENCH_FAILOVER=0` skips it): a second worker with
+/// `state.standby` joins the first (`config`, `first` on `port`): it restores the partitions
+/// it is given and follows the changelog of the others; once its copies are level, the first
+/// is killed with SIGKILL and the second takes its partitions over from them, then stops.
+fn failover(config: &Path, first: &mut std::process::Child, port: u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let port_b = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("[state]\n", "[state]\nstandby = true\n")
+        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{port_b}"));
+    let config_b = dir.path().join("tailor.toml");
+    std::fs::write(&config_b, text).unwrap();
+    let mut b = Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .args(["run", "--config"])
+        .arg(&config_b)
+        .current_dir(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let all = metric(port, "tailor_assigned_partitions ");
+    let joined = Instant::now();
+    // B holds some partitions, A the others, and B's copies stop moving (a pass every 5 s).
+    let mut followed = -1.0;
+    while joined.elapsed() < Duration::from_secs(1800) {
+        std::thread::sleep(Duration::from_secs(6));
+        let (a, b_held) = (
+            metric(port, "tailor_assigned_partitions "),
+            metric(port_b, "tailor_assigned_partitions "),
+        );
+        let now = metric(port_b, "tailor_standby_records_total ");
+        let restoring = metric(port_b, "tailor_changelog_restoring_partitions ");
+        if a > 0.0
+            && b_held > 0.0
+            && a + b_held == all
+            && restoring == 0.0
+            && now > 0.0
+            && now == followed
+        {
+            break;
+        }
+        followed = now;
+    }
+    let joined = joined.elapsed().as_secs_f64();
+    let restored_before = metric(port_b, "tailor_changelog_restored_records_total ");
+    let sum_before = metric(port_b, "tailor_changelog_restore_seconds_sum ");
+    let count_before = metric(port_b, "tailor_changelog_restore_seconds_count ");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = Instant::now();
+    while metric(port_b, "tailor_assigned_partitions ") < all
+        || metric(port_b, "tailor_changelog_restoring_partitions ") > 0.0
+    {
+        assert!(killed.elapsed() < Duration::from_secs(600), "no takeover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took_over = killed.elapsed().as_secs_f64();
+    let records = metric(port_b, "tailor_changelog_restored_records_total ") - restored_before;
+    let partitions = metric(port_b, "tailor_changelog_restore_seconds_count ") - count_before;
+    let secs = metric(port_b, "tailor_changelog_restore_seconds_sum ") - sum_before;
+    println!(
+        "failover with a standby copy: B joined and was level in {joined:.0}s ({followed:.0} changelog records followed, from an empty store, for the partitions B did not hold at the time; {restored_before:.0} read by the restores of those B was given); A killed (SIGKILL): B held every partition {took_over:.1}s later (librdkafka's 45 s session timeout and the group's rejoin included); catching up A's {partitions:.0} partitions read {records:.0} records in {:.2}s each on average",
+        secs / partitions.max(1.0)
+    );
+    stop(&mut b);
 }
 
 /// SIGTERM to the worker, and its exit awaited.
