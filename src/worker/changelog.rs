@@ -576,6 +576,9 @@ impl Restorer {
                 return Err(CANCELLED.into());
             }
             match consumer.poll(Duration::from_millis(100)) {
+                // The follower's consumer was assigned another partition before this one: a
+                // message of it still queued is not this partition's.
+                Some(Ok(m)) if m.partition() != p || m.topic() != topic => {}
                 Some(Ok(m)) => {
                     idle_since = Instant::now();
                     next = m.offset() + 1;
