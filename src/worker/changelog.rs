@@ -50,6 +50,11 @@ use super::kafka::{self, ProducerLogs};
 /// Key of the record that closes a batch (no column family has this id).
 pub const MARKER_KEY: &[u8] = &[0xFF];
 
+/// After this long waiting for the changelog's acknowledgements, `/readyz` says so.
+const SLOW_ACKNOWLEDGEMENT: Duration = Duration::from_secs(5);
+/// How long a stopping worker waits for them before it stops without committing the batch.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Records of a restore applied to RocksDB per write (at a marker).
 const RESTORE_WRITE_OPS: usize = 20_000;
 /// How long the changelog phase of a commit retries before the worker gives up (its batch's
@@ -277,7 +282,37 @@ pub async fn mirror(
     let started = Instant::now();
     let mut backoff = Duration::from_millis(500);
     loop {
-        match mirror_once(topic, out.producer(), ops, metrics).await {
+        // Acknowledgements slow to come (a broker gone mid-batch: librdkafka gives up on a
+        // record after `message.timeout.ms`) are said on `/readyz`; a stop waits a grace
+        // period for them, then leaves the batch uncommitted.
+        let result = {
+            let attempt = mirror_once(topic, out.producer(), ops, metrics);
+            tokio::pin!(attempt);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let began = Instant::now();
+            let mut stop_at: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut attempt => break r,
+                    _ = tick.tick() => {
+                        if began.elapsed() >= SLOW_ACKNOWLEDGEMENT && fault.is_none() {
+                            warn!("the changelog's acknowledgements are slow to come; the batch is not committed until they do");
+                            let why = "broker: waiting for the changelog to acknowledge the batch's state".to_string();
+                            health.set(Err(why.clone()));
+                            *fault = Some(why);
+                        }
+                        if stop_at.is_some_and(|t| Instant::now() >= t) {
+                            return Ok(None);
+                        }
+                    }
+                    _ = super::stopped(stop), if stop_at.is_none() => {
+                        stop_at = Some(Instant::now() + STOP_GRACE);
+                    }
+                }
+            }
+        };
+        match result {
             Ok(positions) => return Ok(Some(positions)),
             Err(Error::Transient { what, detail }) => {
                 if started.elapsed() >= MIRROR_GIVE_UP {
