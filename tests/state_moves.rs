@@ -362,14 +362,6 @@ fn processing_threads_split_the_partitions_over_one_store() {
         std::fs::write(&a.config, text).unwrap();
     };
     with_threads(2);
-    // With standby copies on: the follower (which starts before the group assigns anything)
-    // must let both threads' partitions go to them whole.
-    let text = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(
-        &a.config,
-        text.replace("[state]\n", "[state]\nstandby = true\n"),
-    )
-    .unwrap();
     views(&a.topics.storefront, SHOPPERS, 0, VIEWS);
     let sent = (SHOPPERS * VIEWS) as u64;
     let mut w = a.start(1);
