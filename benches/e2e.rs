@@ -566,11 +566,7 @@ fn workload(
     })
     .collect();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // A copy of the example definitions, changed later to time a re-evaluation.
     let segments = dir.path().join("segments.yaml");
     let examples = std::fs::read_to_string(root.join("examples/segments.yaml")).unwrap();
@@ -787,11 +783,7 @@ fn workload(
 /// is killed with SIGKILL and the second takes its partitions over from them, then stops.
 fn failover(config: &Path, first: &mut std::process::Child, port: u16) {
     let dir = tempfile::tempdir().unwrap();
-    let port_b = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port_b = free_port();
     let text = std::fs::read_to_string(config)
         .unwrap()
         .replace("[state]\n", "[state]\nstandby = true\n")
@@ -850,6 +842,15 @@ fn failover(config: &Path, first: &mut std::process::Child, port: u16) {
         secs / partitions.max(1.0)
     );
     stop(&mut b);
+}
+
+/// A loopback port nothing listens on (for a worker's HTTP API).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// SIGTERM to the worker, and its exit awaited.

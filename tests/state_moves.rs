@@ -18,13 +18,22 @@ use tailor::wire::Direction;
 const T0: i64 = 1_709_287_200_000;
 const PARTITIONS: i32 = 4;
 
+/// `line` added to section `[section]` of the setup's configuration.
+fn with_setting(s: Setup, section: &str, line: &str) -> Setup {
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let header = format!("[{section}]\n");
+    std::fs::write(
+        &s.config,
+        text.replace(&header, &format!("{header}{line}\n")),
+    )
+    .unwrap();
+    s
+}
+
 /// A setup whose clocks follow event time only: the 2024 views stay in their windows (with the
 /// wall clock, caught-up partitions would let them expire and EXIT).
 fn event_time_only(s: Setup) -> Setup {
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    let text = text.replace("[processing]\n", "[processing]\nwall_clock = false\n");
-    std::fs::write(&s.config, text).unwrap();
-    s
+    with_setting(s, "processing", "wall_clock = false")
 }
 
 /// Product views of the test's shoppers (see [`produce_views`]).
@@ -448,16 +457,7 @@ fn a_standby_copy_makes_the_takeover_a_catch_up() {
     // 25 views each before the kill and 25 after: active browsers (50 in 24 h) only if the
     // survivor's copy of the dead worker's partitions holds the first 25.
     const PER_ROUND: usize = 25;
-    let standby = |s: Setup| {
-        let s = event_time_only(s);
-        let text = std::fs::read_to_string(&s.config).unwrap();
-        std::fs::write(
-            &s.config,
-            text.replace("[state]\n", "[state]\nstandby = true\n"),
-        )
-        .unwrap();
-        s
-    };
+    let standby = |s: Setup| with_setting(event_time_only(s), "state", "standby = true");
     let a = standby(Setup::new("standby", PARTITIONS, 200));
     let b = standby(a.peer(200, "tests/fixtures/segments.yaml"));
     let all_topics = f64::from(4 * PARTITIONS);

@@ -50,11 +50,6 @@ use super::kafka::{self, ProducerLogs};
 /// Key of the record that closes a batch (no column family has this id).
 pub const MARKER_KEY: &[u8] = &[0xFF];
 
-/// After this long waiting for the changelog's acknowledgements, `/readyz` says so.
-const SLOW_ACKNOWLEDGEMENT: Duration = Duration::from_secs(5);
-/// How long a stopping worker waits for them before it stops without committing the batch.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
 /// Records of a restore applied to RocksDB per write (at a marker).
 const RESTORE_WRITE_OPS: usize = 20_000;
 /// How long the changelog phase of a commit retries before the worker gives up (its batch's
@@ -296,7 +291,7 @@ pub async fn mirror(
                     biased;
                     r = &mut attempt => break r,
                     _ = tick.tick() => {
-                        if began.elapsed() >= SLOW_ACKNOWLEDGEMENT && fault.is_none() {
+                        if began.elapsed() >= super::commit::SLOW_DELIVERY && fault.is_none() {
                             warn!("the changelog's acknowledgements are slow to come; the batch is not committed until they do");
                             let why = "broker: waiting for the changelog to acknowledge the batch's state".to_string();
                             health.set(Err(why.clone()));
@@ -307,7 +302,7 @@ pub async fn mirror(
                         }
                     }
                     _ = super::stopped(stop), if stop_at.is_none() => {
-                        stop_at = Some(Instant::now() + STOP_GRACE);
+                        stop_at = Some(Instant::now() + super::commit::STOP_GRACE);
                     }
                 }
             }

@@ -17,11 +17,12 @@ use super::error::Error;
 use super::kafka::{self, KafkaContext};
 use super::Worker;
 
-/// How long a stopping worker waits for the open batch's deliveries before it stops without
-/// committing them (the batch is processed again after the restart).
-const STOP_GRACE: Duration = Duration::from_secs(10);
-/// After this long waiting for deliveries, `/readyz` says so.
-const SLOW_DELIVERY: Duration = Duration::from_secs(5);
+/// How long a stopping worker waits for the open batch's deliveries (outputs, then changelog
+/// records) before it stops without committing them (the batch is processed again after the
+/// restart).
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+/// After this long waiting for deliveries (outputs or changelog records), `/readyz` says so.
+pub(super) const SLOW_DELIVERY: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// Waits for the batch's outputs, then commits its state and offsets atomically. Returns
