@@ -17,6 +17,11 @@
 //! at that rate. The wide workload goes on with timers firing at catch-up, profile lookups, a
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
 //! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
+//! While the worker consumes, a line at every tenth of the run gives that slice's rate, the
+//! timers fired so far and the resident memory (the scale check: does the rate hold as the store
+//! grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
+//! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
+//! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file.
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
@@ -336,6 +341,25 @@ fn compacted_bytes(state: &Path) -> u64 {
     dir_bytes(state) - logs
 }
 
+/// The state directory's size as the worker left it, and how much of it is write-ahead log.
+fn report_disk(state: &Path, shoppers: u64) {
+    let disk = dir_bytes(state);
+    let wal: u64 = std::fs::read_dir(state).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    });
+    println!(
+        "state on disk: {:.0} MiB for {shoppers} shoppers = {:.0} bytes per shopper (RocksDB files, timers and offsets included, uncompacted; {:.0} MiB of it write-ahead log)",
+        disk as f64 / 1048576.0,
+        disk as f64 / shoppers.max(1) as f64,
+        wal as f64 / 1048576.0
+    );
+}
+
 /// Bytes of the files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -351,11 +375,16 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
+    rss_mib(pid, "VmHWM:")
+}
+
+/// A memory line of `/proc/{pid}/status` in MiB: `VmHWM:` (peak resident) or `VmRSS:` (now).
+fn rss_mib(pid: u32, line: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
+                .find(|l| l.starts_with(line))?
                 .split_whitespace()
                 .nth(1)?
                 .parse::<f64>()
@@ -541,6 +570,13 @@ fn workload(
     // TAILOR_BENCH_EXPLAIN=false without explanations on audience changes.
     let sync = std::env::var("TAILOR_BENCH_SYNC").map_or(true, |v| v != "false");
     let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
+    // TAILOR_BENCH_CHANGELOG=false: no changelog (the development broker keeps every record in
+    // memory, which bounds how many profiles a run can mirror). The restore phase needs it.
+    let changelog = std::env::var("TAILOR_BENCH_CHANGELOG").map_or(true, |v| v != "false");
+    assert!(
+        changelog || !all,
+        "TAILOR_BENCH_CHANGELOG=false needs TAILOR_BENCH_WIDE_PHASES=first (the restore reads the changelog)"
+    );
     // TAILOR_BENCH_FETCH_WAIT_MS: the worker's `fetch.wait.max.ms` (librdkafka's default, 500,
     // when unset): how long the broker may hold a fetch that finds nothing new.
     let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
@@ -575,17 +611,30 @@ fn workload(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\nsync_writes = {sync}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"warn\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\nsync_writes = {sync}\nchangelog = {changelog}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"{level}\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
-            segments.display()
+            segments.display(),
+            level = if std::env::var_os("TAILOR_BENCH_LOG").is_some() { "info" } else { "warn" },
         ),
     )
     .unwrap();
+    // TAILOR_BENCH_LOG=file: the worker's log, at info, appended to that file.
+    let log = std::env::var("TAILOR_BENCH_LOG").ok();
     let start = || {
+        let stderr = match &log {
+            Some(file) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .unwrap(),
+            ),
+            None => Stdio::null(),
+        };
         Command::new(env!("CARGO_BIN_EXE_tailor"))
             .args(["run", "--config"])
             .arg(&config)
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap()
     };
@@ -594,17 +643,45 @@ fn workload(
     let pid = child.id();
     // Time from the first committed batch (after the group join) to the last.
     let mut first: Option<(Instant, f64)> = None;
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    // Progress at every tenth of the run (at least 100 K events): that slice's rate, the timers
+    // fired so far and the resident memory, so that a slowdown as the store grows shows.
+    let slice = (total / 10).max(100_000) as f64;
+    let (mut next_report, mut slice_start) = (slice.min(total as f64), None);
+    let (mut slice_rates, mut fired_before) = (Vec::new(), 0.0);
+    let deadline = Instant::now() + Duration::from_secs(env("TAILOR_BENCH_DEADLINE_SECS", 1800));
     let mut done = 0.0;
     while Instant::now() < deadline {
         done = metric(port, "tailor_stored_offset{");
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
+            slice_start = first;
+        }
+        if let Some((t, n)) = slice_start.filter(|_| done >= next_report) {
+            let secs = t.elapsed().as_secs_f64().max(1e-3);
+            let rate = (done - n) / secs;
+            let fired = metric(port, "tailor_timers_fired_total ");
+            slice_rates.push(rate);
+            println!(
+                "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s and {:.0} timer fires/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB",
+                done.min(profiles as f64),
+                (fired - fired_before) / secs,
+                rss_mib(pid, "VmRSS:")
+            );
+            fired_before = fired;
+            slice_start = Some((Instant::now(), done));
+            next_report = (next_report + slice).min(total as f64);
         }
         if done >= total as f64 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Rendering the metrics costs the worker CPU (a few % at 50 polls a second).
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let [first_slice, .., last_slice] = slice_rates[..] {
+        println!(
+            "rate in the last slice / the first: {:.2} ({last_slice:.0} / {first_slice:.0} events/s)",
+            last_slice / first_slice
+        );
     }
     let end = Instant::now();
     let changes = metric(port, "tailor_audience_changes_total{");
@@ -623,6 +700,20 @@ fn workload(
         rate / raw_rate,
         if explain { "on" } else { "off" }
     );
+    let mib = |part: &str| {
+        metric(
+            port,
+            &format!("tailor_state_memory_bytes{{part=\"{part}\"}}"),
+        ) / 1048576.0
+    };
+    println!(
+        "memory at the end of the pass: RSS {:.0} MiB; RocksDB memtables {:.0} MiB, block cache {:.0} MiB, table readers {:.0} MiB; {:.0} profiles cached",
+        rss_mib(pid, "VmRSS:"),
+        mib("memtables"),
+        mib("block_cache"),
+        mib("table_readers"),
+        metric(port, "tailor_profiles_cached ")
+    );
     println!(
         "batches: {:.1}s in all = consume+apply {:.1}s, wait for deliveries {:.1}s, changelog {:.1}s, RocksDB commit {:.1}s; {:.0} batches, {:.0} messages each on average",
         p.seconds,
@@ -637,12 +728,7 @@ fn workload(
     // Keys are (i * 7919) % profiles: 7919 is prime, so min(total, profiles) distinct shoppers.
     let shoppers = total.min(profiles);
     if !all {
-        let disk = dir_bytes(&dir.path().join("state"));
-        println!(
-            "state on disk: {:.0} MiB for {shoppers} shoppers = {:.0} bytes per shopper (RocksDB files, timers and offsets included, uncompacted)",
-            disk as f64 / 1048576.0,
-            disk as f64 / shoppers.max(1) as f64
-        );
+        report_disk(&dir.path().join("state"), shoppers);
         // The latency of the live stream, not of the catch-up's timers.
         let (fired, secs) = timers_settle(port);
         println!(
@@ -674,12 +760,7 @@ fn workload(
         peak_rss_mib(pid)
     );
     lookups(port, total, profiles);
-    let disk = dir_bytes(&dir.path().join("state"));
-    println!(
-        "state on disk: {:.0} MiB for {shoppers} shoppers = {:.0} bytes per shopper (RocksDB files, timers and offsets included, uncompacted)",
-        disk as f64 / 1048576.0,
-        disk as f64 / shoppers.max(1) as f64
-    );
+    report_disk(&dir.path().join("state"), shoppers);
 
     // A segment every profile matches, added on SIGHUP: every stored profile is re-evaluated
     // (between live batches) and enters it.

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub profiles_cached: IntGauge,
     pub state_profiles: IntGauge,
     pub state_bytes: IntGauge,
+    pub state_memory: IntGaugeVec,
     /// Profile cache misses that read RocksDB.
     pub state_reads: IntCounter,
     /// Journey triggers emitted, by journey.
@@ -409,6 +410,11 @@ impl Metrics {
             state_bytes: plain_gauge(
                 "tailor_state_bytes",
                 "State store size on disk and in memtables (estimate).",
+            ),
+            state_memory: gauge(
+                "tailor_state_memory_bytes",
+                "RocksDB's memory by part: memtables (all column families, bounded by twice state.write_buffer), block_cache (data, index and filter blocks, bounded by state.block_cache), table_readers (outside the cache).",
+                &["part"],
             ),
             state_reads,
             input_framing,

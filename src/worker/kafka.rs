@@ -468,8 +468,22 @@ pub fn caught_up(
     if next.is_none() && consumer.context().start_from == Offset::End {
         return true;
     }
+    let (lo, hi) = watermarks(consumer, topic, partition);
+    if hi < 0 {
+        return false; // no fetch response yet
+    }
+    next.unwrap_or(lo) >= hi
+}
+
+/// The low and high watermarks of a partition as librdkafka last learnt them from a fetch
+/// response (no request); `(-1, -1)` before the first.
+pub fn watermarks(
+    consumer: &StreamConsumer<KafkaContext>,
+    topic: &str,
+    partition: i32,
+) -> (i64, i64) {
     let Ok(name) = std::ffi::CString::new(topic) else {
-        return false;
+        return (-1, -1);
     };
     let (mut lo, mut hi) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` lives, `name` outlives the call,
@@ -483,10 +497,10 @@ pub fn caught_up(
             &mut hi,
         )
     };
-    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0 {
-        return false; // no fetch response yet
+    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return (-1, -1);
     }
-    next.unwrap_or(lo) >= hi
+    (lo, hi)
 }
 
 #[cfg(test)]

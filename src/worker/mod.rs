@@ -547,6 +547,24 @@ impl Worker {
                 && task
                     .topics()
                     .all(|t| kafka::caught_up(consumer, t, task.partition, task.position(t)));
+            if caught_up && !task.reached_end {
+                task.reached_end = true;
+                // Once per partition held: from here its clock follows the wall clock too. A
+                // backlog still unread here (positions below the log ends) is a broker reporting
+                // high watermarks that are too low.
+                let ends: Vec<String> = task
+                    .topics()
+                    .map(|t| {
+                        let (_, hi) = kafka::watermarks(consumer, t, task.partition);
+                        format!("{t}: {:?} of {hi}", task.position(t))
+                    })
+                    .collect();
+                info!(
+                    partition = task.partition,
+                    positions = ?ends,
+                    "partition read to its end: its clock follows the wall clock when idle"
+                );
+            }
             self.proc
                 .fire_timers(task, &mut self.out, wall, caught_up, &mut budget)?;
         }
@@ -930,6 +948,17 @@ impl Worker {
         self.metrics
             .timers_pending
             .set(self.store.estimated_timers() as i64);
+        let memory = self.store.memory();
+        for (part, bytes) in [
+            ("memtables", memory.memtables),
+            ("block_cache", memory.block_cache),
+            ("table_readers", memory.table_readers),
+        ] {
+            self.metrics
+                .state_memory
+                .with_label_values(&[part])
+                .set(bytes as i64);
+        }
         let profiles = self.store.estimated_profiles();
         self.metrics.state_profiles.set(profiles as i64);
         let sizes: Vec<String> = self

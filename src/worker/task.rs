@@ -78,6 +78,8 @@ pub struct Task {
     pub heads: Heads,
     /// Messages applied in the open batch.
     pub messages: usize,
+    /// Whether this partition has been read to its end since it was opened (logged once).
+    pub reached_end: bool,
     state_reads: prometheus::IntCounter,
 }
 
@@ -108,6 +110,7 @@ impl Task {
             held: None,
             heads: Heads::default(),
             messages: 0,
+            reached_end: false,
             state_reads,
         })
     }
