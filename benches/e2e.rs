@@ -17,9 +17,9 @@
 //! at that rate. The wide workload goes on with timers firing at catch-up, profile lookups, a
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
 //! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
-//! While the worker consumes, a line at every tenth of the run gives that slice's rate, the
-//! timers fired so far and the resident memory (the scale check: does the rate hold as the store
-//! grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
+//! While the worker consumes, a line at every tenth of the run (at least 100 K events) gives
+//! that slice's events/s and timer fires/s and the resident memory (the scale check: does the
+//! rate hold as the store grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
 //! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file.
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
@@ -244,6 +244,19 @@ fn round_trips(
 /// The live producer's rate in the latency phase, as a share of the measured rate:
 /// `TAILOR_BENCH_LATENCY_SHARE`, 0.5 by default (the broker shares the two cores, and the live
 /// producer's and the reader's load on it is not in the measured rate).
+/// TAILOR_BENCH_CHANGELOG=false: no changelog (the development broker keeps every record in
+/// memory, which bounds how many profiles a run can mirror).
+fn changelog() -> bool {
+    std::env::var("TAILOR_BENCH_CHANGELOG").map_or(true, |v| v != "false")
+}
+
+/// TAILOR_BENCH_LOG=file: the worker's log, at info, appended to that file.
+fn log_file() -> Option<String> {
+    std::env::var("TAILOR_BENCH_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
 fn latency_share() -> f64 {
     std::env::var("TAILOR_BENCH_LATENCY_SHARE")
         .ok()
@@ -341,7 +354,8 @@ fn compacted_bytes(state: &Path) -> u64 {
     dir_bytes(state) - logs
 }
 
-/// The state directory's size as the worker left it, and how much of it is write-ahead log.
+/// The state directory's size at the end of the pass (the worker still running), and how much
+/// of it is write-ahead log.
 fn report_disk(state: &Path, shoppers: u64) {
     let disk = dir_bytes(state);
     let wal: u64 = std::fs::read_dir(state).map_or(0, |entries| {
@@ -440,6 +454,10 @@ fn main() {
     if wide.0 > 0 {
         // TAILOR_BENCH_WIDE_PHASES=first: the first pass and its latency only, as for deep.
         let all = std::env::var("TAILOR_BENCH_WIDE_PHASES").map_or(true, |v| v != "first");
+        assert!(
+            changelog() || !all,
+            "TAILOR_BENCH_CHANGELOG=false needs TAILOR_BENCH_WIDE_PHASES=first (the restore and the failover read the changelog)"
+        );
         workload(&brokers, &base, "wide", wide, all);
     }
     if deep.0 > 0 {
@@ -570,13 +588,7 @@ fn workload(
     // TAILOR_BENCH_EXPLAIN=false without explanations on audience changes.
     let sync = std::env::var("TAILOR_BENCH_SYNC").map_or(true, |v| v != "false");
     let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
-    // TAILOR_BENCH_CHANGELOG=false: no changelog (the development broker keeps every record in
-    // memory, which bounds how many profiles a run can mirror). The restore phase needs it.
-    let changelog = std::env::var("TAILOR_BENCH_CHANGELOG").map_or(true, |v| v != "false");
-    assert!(
-        changelog || !all,
-        "TAILOR_BENCH_CHANGELOG=false needs TAILOR_BENCH_WIDE_PHASES=first (the restore reads the changelog)"
-    );
+    let changelog = changelog();
     // TAILOR_BENCH_FETCH_WAIT_MS: the worker's `fetch.wait.max.ms` (librdkafka's default, 500,
     // when unset): how long the broker may hold a fetch that finds nothing new.
     let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
@@ -614,12 +626,11 @@ fn workload(
             "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\nsync_writes = {sync}\nchangelog = {changelog}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"{level}\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display(),
-            level = if std::env::var_os("TAILOR_BENCH_LOG").is_some() { "info" } else { "warn" },
+            level = if log_file().is_some() { "info" } else { "warn" },
         ),
     )
     .unwrap();
-    // TAILOR_BENCH_LOG=file: the worker's log, at info, appended to that file.
-    let log = std::env::var("TAILOR_BENCH_LOG").ok();
+    let log = log_file();
     let start = || {
         let stderr = match &log {
             Some(file) => Stdio::from(
@@ -655,8 +666,9 @@ fn workload(
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
             slice_start = first;
+            fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
         }
-        if let Some((t, n)) = slice_start.filter(|_| done >= next_report) {
+        if let Some((t, n)) = slice_start.filter(|&(_, n)| done >= next_report && done > n) {
             let secs = t.elapsed().as_secs_f64().max(1e-3);
             let rate = (done - n) / secs;
             let fired = metric(port, "tailor_timers_fired_total ");
@@ -679,7 +691,7 @@ fn workload(
     }
     if let [first_slice, .., last_slice] = slice_rates[..] {
         println!(
-            "rate in the last slice / the first: {:.2} ({last_slice:.0} / {first_slice:.0} events/s)",
+            "rate in the last slice / the first: {:.2} ({last_slice:.0} / {first_slice:.0} events/s; a slice where a partition read to its end fired its timers is slower)",
             last_slice / first_slice
         );
     }

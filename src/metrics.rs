@@ -116,6 +116,9 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(
     metric
 }
 
+/// The parts of `tailor_state_memory_bytes`.
+pub const STATE_MEMORY_PARTS: [&str; 3] = ["memtables", "block_cache", "table_readers"];
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
@@ -413,7 +416,7 @@ impl Metrics {
             ),
             state_memory: gauge(
                 "tailor_state_memory_bytes",
-                "RocksDB's memory by part: memtables (all column families, bounded by twice state.write_buffer), block_cache (data, index and filter blocks, bounded by state.block_cache), table_readers (outside the cache).",
+                "RocksDB's memory by part: memtables (all column families; flushes start at about twice state.write_buffer), block_cache (data, index and filter blocks; state.block_cache), table_readers (outside the cache).",
                 &["part"],
             ),
             state_reads,
@@ -456,6 +459,9 @@ impl Metrics {
                 self.journey_suppressed
                     .with_label_values(&[&j.id, why.as_str()]);
             }
+        }
+        for part in STATE_MEMORY_PARTS {
+            self.state_memory.with_label_values(&[part]);
         }
         for result in [
             "linked",

@@ -211,15 +211,17 @@ impl Store {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_write_buffer_size(o.write_buffer_bytes);
         opts.set_max_write_buffer_number(2);
-        // One budget for the memtables of every column family together: two write buffers.
-        // Without it each of the seven column families keeps up to two of its own, and memory
-        // grew past the documented sum as the timer and profile families filled theirs.
+        // One budget for the memtables of every column family together, about two write
+        // buffers: past 7/8 of it RocksDB flushes the family with the oldest memtable (a soft
+        // limit: writes do not stall, and memtables being flushed still count). Without it each
+        // of the seven families keeps up to two buffers of its own.
         let memtables =
             rocksdb::WriteBufferManager::new_write_buffer_manager(2 * o.write_buffer_bytes, false);
         opts.set_write_buffer_manager(&memtables);
         // The write-ahead log is kept until every column family with data in it has flushed;
-        // past this size the families holding the oldest log flush (RocksDB's own bound is
-        // four times all write buffers: gigabytes of log on disk, and to replay at a restart).
+        // past this size the families holding the oldest log flush, and it is deleted once they
+        // have (RocksDB's own trigger is four times all write buffers: gigabytes of log on disk,
+        // and to replay at a restart).
         opts.set_max_total_wal_size(4 * o.write_buffer_bytes as u64);
         // Most reads of a new shopper find nothing: a bloom filter over the memtable's keys
         // answers them without walking the skip list (2 % of the write buffer).

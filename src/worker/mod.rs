@@ -549,19 +549,23 @@ impl Worker {
                     .all(|t| kafka::caught_up(consumer, t, task.partition, task.position(t)));
             if caught_up && !task.reached_end {
                 task.reached_end = true;
-                // Once per partition held: from here its clock follows the wall clock too. A
-                // backlog still unread here (positions below the log ends) is a broker reporting
-                // high watermarks that are too low.
+                // The first time since this thread got the partition: from now on its clock
+                // follows the wall clock whenever it is idle, and pending timers due by then
+                // fire (after a replay, all at once). Positions and high watermarks as
+                // librdkafka last heard them, to compare with the broker's own.
                 let ends: Vec<String> = task
                     .topics()
                     .map(|t| {
                         let (_, hi) = kafka::watermarks(consumer, t, task.partition);
-                        format!("{t}: {:?} of {hi}", task.position(t))
+                        match task.position(t) {
+                            Some(at) => format!("{t} at {at} of {hi}"),
+                            None => format!("{t} at its end"),
+                        }
                     })
                     .collect();
                 info!(
                     partition = task.partition,
-                    positions = ?ends,
+                    positions = %ends.join(", "),
                     "partition read to its end: its clock follows the wall clock when idle"
                 );
             }
@@ -949,11 +953,8 @@ impl Worker {
             .timers_pending
             .set(self.store.estimated_timers() as i64);
         let memory = self.store.memory();
-        for (part, bytes) in [
-            ("memtables", memory.memtables),
-            ("block_cache", memory.block_cache),
-            ("table_readers", memory.table_readers),
-        ] {
+        let parts = [memory.memtables, memory.block_cache, memory.table_readers];
+        for (part, bytes) in crate::metrics::STATE_MEMORY_PARTS.iter().zip(parts) {
             self.metrics
                 .state_memory
                 .with_label_values(&[part])

@@ -78,7 +78,8 @@ pub struct Task {
     pub heads: Heads,
     /// Messages applied in the open batch.
     pub messages: usize,
-    /// Whether this partition has been read to its end since it was opened (logged once).
+    /// Whether this partition has been read to its end since this thread got it (logged once;
+    /// never reset).
     pub reached_end: bool,
     state_reads: prometheus::IntCounter,
 }
