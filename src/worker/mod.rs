@@ -1319,16 +1319,39 @@ pub async fn run(
         tokio::task::block_in_place(|| follower.stop());
     }
     // The threads leave the group one after another (closing a consumer waits for its leave):
-    // the development broker lost track of the group when several members left at once.
-    tokio::task::block_in_place(|| {
-        for consumer in members {
-            consumer.unsubscribe();
-            drop(consumer);
+    // the development broker lost track of the group when several members left at once. With
+    // the broker unreachable librdkafka's close can wait much longer than a stop may take, so
+    // the leave gets LEAVE_GRACE; state and offsets are committed already, and without the
+    // leave the group moves the partitions after its session timeout.
+    let leave = std::thread::Builder::new()
+        .name("tailor-leave".into())
+        .spawn(move || {
+            for consumer in members {
+                consumer.unsubscribe();
+                drop(consumer);
+            }
+        });
+    match leave {
+        Ok(leave) => {
+            let deadline = Instant::now() + LEAVE_GRACE;
+            while !leave.is_finished() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !leave.is_finished() {
+                warn!(
+                    grace_secs = LEAVE_GRACE.as_secs(),
+                    "stopping without leaving the consumer group (the broker does not answer): its partitions move after the session timeout"
+                );
+            }
         }
-    });
+        Err(e) => warn!(error = %e, "stopping without leaving the consumer group"),
+    }
     info!("worker stopped");
     result
 }
+
+/// How long a stop waits for the consumers to leave the group.
+const LEAVE_GRACE: Duration = Duration::from_secs(10);
 
 /// Resolves once the worker is asked to stop (holding no guard of the channel).
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
