@@ -11,7 +11,8 @@
 //!
 //! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
 //! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
-//! `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set `processing.*`) and their
+//! `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set `processing.*`,
+//! `TAILOR_BENCH_CACHE_PROFILES` `state.cache_profiles`) and their
 //! ratio, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
 //! at that rate. The wide workload goes on with timers firing at catch-up, profile lookups, a
@@ -596,7 +597,11 @@ fn workload(
         .unwrap_or_default();
     // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_WAIT,
     // TAILOR_BENCH_BATCH_LINGER: the worker's `processing.threads`, `batch_max_messages`,
-    // `batch_max_wait` and `batch_linger` (its defaults when unset).
+    // `batch_max_wait` and `batch_linger` (its defaults when unset); TAILOR_BENCH_CACHE_PROFILES
+    // its `state.cache_profiles`.
+    let cache_profiles = std::env::var("TAILOR_BENCH_CACHE_PROFILES")
+        .map(|v| format!("cache_profiles = {v}\n"))
+        .unwrap_or_default();
     let processing: String = [
         ("threads", "TAILOR_BENCH_THREADS", false),
         ("batch_max_messages", "TAILOR_BENCH_BATCH_MESSAGES", false),
@@ -623,7 +628,7 @@ fn workload(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\nsync_writes = {sync}\nchangelog = {changelog}\n[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"{level}\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\nsync_writes = {sync}\nchangelog = {changelog}\n{cache_profiles}[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"{level}\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display(),
             level = if log_file().is_some() { "info" } else { "warn" },
