@@ -344,14 +344,7 @@ fn compacted_bytes(state: &Path) -> u64 {
     let store = tailor::store::Store::open(state, &tailor::store::StoreOptions::default()).unwrap();
     store.compact().unwrap();
     drop(store);
-    let logs: u64 = std::fs::read_dir(state).map_or(0, |entries| {
-        entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("LOG"))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
-    });
+    let logs = files_bytes(state, |name| name.starts_with("LOG"));
     dir_bytes(state) - logs
 }
 
@@ -359,20 +352,25 @@ fn compacted_bytes(state: &Path) -> u64 {
 /// of it is write-ahead log.
 fn report_disk(state: &Path, shoppers: u64) {
     let disk = dir_bytes(state);
-    let wal: u64 = std::fs::read_dir(state).map_or(0, |entries| {
-        entries
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
-    });
+    let wal = files_bytes(state, |name| name.ends_with(".log"));
     println!(
         "state on disk: {:.0} MiB for {shoppers} shoppers = {:.0} bytes per shopper (RocksDB files, timers and offsets included, uncompacted; {:.0} MiB of it write-ahead log)",
         disk as f64 / 1048576.0,
         disk as f64 / shoppers.max(1) as f64,
         wal as f64 / 1048576.0
     );
+}
+
+/// Bytes of the files directly in `dir` whose name passes `keep`.
+fn files_bytes(dir: &Path, keep: impl Fn(&str) -> bool) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| keep(&e.file_name().to_string_lossy()))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
 }
 
 /// Bytes of the files under `dir`.

@@ -280,32 +280,19 @@ pub async fn mirror(
         // Acknowledgements slow to come (a broker gone mid-batch: librdkafka gives up on a
         // record after `message.timeout.ms`) are said on `/readyz`; a stop waits a grace
         // period for them, then leaves the batch uncommitted.
-        let result = {
-            let attempt = mirror_once(topic, out.producer(), ops, metrics);
-            tokio::pin!(attempt);
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let began = Instant::now();
-            let mut stop_at: Option<Instant> = None;
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut attempt => break r,
-                    _ = tick.tick() => {
-                        if began.elapsed() >= super::commit::SLOW_DELIVERY && fault.is_none() {
-                            warn!("the changelog's acknowledgements are slow to come; the batch is not committed until they do");
-                            let why = "broker: waiting for the changelog to acknowledge the batch's state".to_string();
-                            health.set(Err(why.clone()));
-                            *fault = Some(why);
-                        }
-                        if stop_at.is_some_and(|t| Instant::now() >= t) {
-                            return Ok(None);
-                        }
-                    }
-                    _ = super::stopped(stop), if stop_at.is_none() => {
-                        stop_at = Some(Instant::now() + super::commit::STOP_GRACE);
-                    }
-                }
+        let attempt = mirror_once(topic, out.producer(), ops, metrics);
+        let acks = super::commit::await_acks(attempt, stop, false, || {
+            if fault.is_none() {
+                warn!("the changelog's acknowledgements are slow to come; the batch is not committed until they do");
+                let why = "broker: waiting for the changelog to acknowledge the batch's state"
+                    .to_string();
+                health.set(Err(why.clone()));
+                *fault = Some(why);
             }
+        })
+        .await;
+        let Some(result) = acks.result else {
+            return Ok(None);
         };
         match result {
             Ok(positions) => return Ok(Some(positions)),

@@ -24,6 +24,51 @@ pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// After this long waiting for deliveries (outputs or changelog records), `/readyz` says so.
 pub(super) const SLOW_DELIVERY: Duration = Duration::from_secs(5);
 
+/// How a wait for a batch's acknowledgements ended ([`await_acks`]).
+pub(super) struct Acks<T> {
+    /// What the acknowledgements gave; `None`: a stop's grace ran out first.
+    pub result: Option<T>,
+    /// A stop was asked for, before or during the wait.
+    pub stop_requested: bool,
+}
+
+/// Awaits `acks`, a batch's acknowledgements (its outputs, or its changelog records): calls
+/// `slow` once if they take longer than [`SLOW_DELIVERY`] (to say so on `/readyz`), and gives
+/// up [`STOP_GRACE`] after a stop is asked for (`stopping`: it was already).
+pub(super) async fn await_acks<T>(
+    acks: impl std::future::Future<Output = T>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stopping: bool,
+    mut slow: impl FnMut(),
+) -> Acks<T> {
+    tokio::pin!(acks);
+    let started = Instant::now();
+    let mut stop_at = stopping.then(|| Instant::now() + STOP_GRACE);
+    let mut reported = false;
+    // Selected against a tick, so the wait costs per tick, not per acknowledgement.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut acks => {
+                return Acks { result: Some(r), stop_requested: stop_at.is_some() };
+            }
+            _ = tick.tick() => {
+                if !reported && started.elapsed() >= SLOW_DELIVERY {
+                    reported = true;
+                    slow();
+                }
+                if stop_at.is_some_and(|t| Instant::now() >= t) {
+                    return Acks { result: None, stop_requested: true };
+                }
+            }
+            _ = super::stopped(stop), if stop_at.is_none() => {
+                stop_at = Some(Instant::now() + STOP_GRACE);
+            }
+        }
+    }
+}
+
 impl Worker {
     /// Waits for the batch's outputs, then commits its state and offsets atomically. Returns
     /// without committing when a stop is requested and the deliveries do not complete within
@@ -136,11 +181,8 @@ impl Worker {
     ) -> Result<bool, Error> {
         let deliveries = self.out.take_deliveries();
         let total = deliveries.len();
-        let started = Instant::now();
-        let mut stop_at = self.stopping.then(|| Instant::now() + STOP_GRACE);
-        let mut reported = false;
-        // Awaited in order inside one future, so the select below costs per tick, not per
-        // delivery; `done` tells the slow-delivery report how far it got.
+        // Awaited in order inside one future; `done` tells the slow-delivery report how far it
+        // got.
         let done = std::sync::atomic::AtomicUsize::new(0);
         let out = &self.out;
         let all = async {
@@ -159,43 +201,27 @@ impl Worker {
             }
             Ok(())
         };
-        tokio::pin!(all);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let waiting = || total - done.load(std::sync::atomic::Ordering::Relaxed);
         let mut slow = None;
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut all => {
-                    r?;
-                    break;
-                }
-                _ = tick.tick() => {
-                    let waiting = total - done.load(std::sync::atomic::Ordering::Relaxed);
-                    if !reported && started.elapsed() >= SLOW_DELIVERY {
-                        reported = true;
-                        warn!(waiting, of = total, "outputs not yet acknowledged by the broker; the batch is not committed until they are");
-                        slow = Some(format!(
-                            "broker: waiting for {waiting} of {total} outputs to be acknowledged"
-                        ));
-                        self.health.set(Err(slow.clone().expect("just set")));
-                    }
-                    if stop_at.is_some_and(|t| Instant::now() >= t) {
-                        warn!(waiting, "stopping without committing the open batch: its outputs are not acknowledged (it is processed again after the restart)");
-                        self.stopping = true;
-                        return Ok(false);
-                    }
-                }
-                _ = super::stopped(stop), if stop_at.is_none() => {
-                    stop_at = Some(Instant::now() + STOP_GRACE);
-                }
-            }
-        }
+        let health = &self.health;
+        let acks = await_acks(all, stop, self.stopping, || {
+            let waiting = waiting();
+            warn!(waiting, of = total, "outputs not yet acknowledged by the broker; the batch is not committed until they are");
+            let why = format!("broker: waiting for {waiting} of {total} outputs to be acknowledged");
+            health.set(Err(why.clone()));
+            slow = Some(why);
+        })
+        .await;
+        let Some(result) = acks.result else {
+            warn!(waiting = waiting(), "stopping without committing the open batch: its outputs are not acknowledged (it is processed again after the restart)");
+            self.stopping = true;
+            return Ok(false);
+        };
+        result?;
+        self.stopping |= acks.stop_requested;
         if let Some(f) = slow {
             // Cleared by the commit that follows.
             self.fault = Some(f);
-        }
-        if stop_at.is_some() {
-            self.stopping = true;
         }
         Ok(true)
     }
