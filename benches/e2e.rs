@@ -391,6 +391,18 @@ fn peak_rss_mib(pid: u32) -> f64 {
     rss_mib(pid, "VmHWM:")
 }
 
+/// The worker's heaps as `tailor_heap_bytes` last reported them (every 5 s).
+fn heaps(port: u16) -> String {
+    let mib =
+        |part: &str| metric(port, &format!("tailor_heap_bytes{{part=\"{part}\"}}")) / 1048576.0;
+    format!(
+        "heaps: Rust {:.0} MiB, C {:.0} MiB in use + {:.0} MiB free",
+        mib("rust_committed"),
+        mib("c_in_use"),
+        mib("c_free")
+    )
+}
+
 /// A memory line of `/proc/{pid}/status` in MiB: `VmHWM:` (peak resident) or `VmRSS:` (now).
 fn rss_mib(pid: u32, line: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -677,10 +689,11 @@ fn workload(
             let fired = metric(port, "tailor_timers_fired_total ");
             slice_rates.push(rate);
             println!(
-                "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s and {:.0} timer fires/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB",
+                "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s and {:.0} timer fires/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB ({})",
                 done.min(profiles as f64),
                 (fired - fired_before) / secs,
-                rss_mib(pid, "VmRSS:")
+                rss_mib(pid, "VmRSS:"),
+                heaps(port)
             );
             fired_before = fired;
             slice_start = Some((Instant::now(), done));
@@ -722,8 +735,9 @@ fn workload(
         ) / 1048576.0
     };
     println!(
-        "memory at the end of the pass: RSS {:.0} MiB; RocksDB memtables {:.0} MiB, block cache {:.0} MiB, table readers {:.0} MiB; {:.0} profiles cached",
+        "memory at the end of the pass: RSS {:.0} MiB ({}); RocksDB memtables {:.0} MiB, block cache {:.0} MiB, table readers {:.0} MiB; {:.0} profiles cached",
         rss_mib(pid, "VmRSS:"),
+        heaps(port),
         mib("memtables"),
         mib("block_cache"),
         mib("table_readers"),

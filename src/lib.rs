@@ -69,6 +69,8 @@
 //! - [`registry`] (Confluent-compatible schema registry client), [`schemas`] (the schemas
 //!   directory, loaded at start and on SIGHUP).
 //! - [`kafka_logs`]: librdkafka's log lines into `tracing`, rate-limited.
+//! - [`heap`]: what the process's two heaps hold (mimalloc for Rust, glibc for the C
+//!   libraries), for `tailor_heap_bytes`.
 //! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`),
 //!   [`replay`] (real data sets as platform events), [`preview`] (new definitions against the
 //!   stored profiles).
@@ -79,6 +81,7 @@ pub use tailor_core::{
 };
 
 pub mod config;
+pub mod heap;
 pub mod http;
 pub mod kafka_logs;
 pub mod metrics;

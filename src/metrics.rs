@@ -32,6 +32,7 @@ pub struct Metrics {
     pub state_profiles: IntGauge,
     pub state_bytes: IntGauge,
     pub state_memory: IntGaugeVec,
+    pub heap: IntGaugeVec,
     /// Profile cache misses that read RocksDB.
     pub state_reads: IntCounter,
     /// Journey triggers emitted, by journey.
@@ -419,6 +420,11 @@ impl Metrics {
                 "RocksDB's memory by part: memtables (all column families; flushes start at about twice state.write_buffer), block_cache (data, index and filter blocks; state.block_cache), table_readers (outside the cache).",
                 &["part"],
             ),
+            heap: gauge(
+                "tailor_heap_bytes",
+                "The process's heaps: rust_committed (mimalloc, the Rust code's: decoded profiles, the open batch, queued outputs; in use or kept for reuse), c_in_use (glibc malloc, the C libraries': RocksDB's block cache and memtables, librdkafka's prefetched messages and producer queue), c_free (freed by the C libraries, held by glibc's arenas).",
+                &["part"],
+            ),
             state_reads,
             input_framing,
             fingerprint_variants,
@@ -462,6 +468,9 @@ impl Metrics {
         }
         for part in STATE_MEMORY_PARTS {
             self.state_memory.with_label_values(&[part]);
+        }
+        for part in crate::heap::PARTS {
+            self.heap.with_label_values(&[part]);
         }
         for result in [
             "linked",

@@ -213,6 +213,12 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
         worker.metric("tailor_audience_changes_total", "direction=\"ENTERED\""),
         5.0
     );
+    // The heaps are reported with the progress line (every 5 s): mimalloc is the Rust code's
+    // allocator, glibc's malloc holds RocksDB's memtables at least.
+    worker.wait_for(Duration::from_secs(15), "the heaps reported", |w| {
+        w.metric("tailor_heap_bytes", "part=\"rust_committed\"") > 0.0
+            && w.metric("tailor_heap_bytes", "part=\"c_in_use\"") > 0.0
+    });
     worker.stop();
 
     let prof = profile(config, key).expect("profile exists");

@@ -440,7 +440,11 @@ fn processing_threads_split_the_partitions_over_one_store() {
     with_threads(1);
     let text = std::fs::read_to_string(&a.config).unwrap();
     assert!(text.contains("-group\"\n"), "{text}");
-    std::fs::write(&a.config, text.replace("-group\"\n", "-group-one-thread\"\n")).unwrap();
+    std::fs::write(
+        &a.config,
+        text.replace("-group\"\n", "-group-one-thread\"\n"),
+    )
+    .unwrap();
     let w = a.start(2);
     assert_eq!(
         w.metric("tailor_changelog_restored_records_total", ""),

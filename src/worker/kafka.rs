@@ -205,6 +205,7 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
         // A broker that does not acknowledge within this rolls the batch back to retry it,
         // instead of holding the loop for librdkafka's default 5 minutes.
         ("message.timeout.ms", DELIVERY_TIMEOUT_MS),
+        ("queue.buffering.max.kbytes", "65536"),
     ] {
         let alias_set = k == "message.timeout.ms" && kafka.contains_key("delivery.timeout.ms");
         if !kafka.contains_key(k) && !alias_set {

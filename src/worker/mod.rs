@@ -960,6 +960,21 @@ impl Worker {
                 .with_label_values(&[part])
                 .set(bytes as i64);
         }
+        let heaps = crate::heap::read();
+        let t_trim = Instant::now();
+        if let Some(free) = crate::heap::trim(&heaps) {
+            debug!(
+                free_mib = free >> 20,
+                millis = t_trim.elapsed().as_millis() as u64,
+                "the C libraries' freed memory given back to the OS"
+            );
+        }
+        for (part, bytes) in crate::heap::PARTS.iter().zip(heaps.parts()) {
+            self.metrics
+                .heap
+                .with_label_values(&[part])
+                .set(bytes as i64);
+        }
         let profiles = self.store.estimated_profiles();
         self.metrics.state_profiles.set(profiles as i64);
         let sizes: Vec<String> = self
