@@ -16,7 +16,8 @@
 //! - [`clock`]: each partition's stream clock (event time; wall clock when caught up).
 //! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d", and when
 //!   each count leaves its window.
-//! - [`profile`]: the profile and how an event changes it.
+//! - [`profile`]: the profile and how an event changes it ([`sparse`]: its parts most shoppers
+//!   leave empty, held out of line and allocated only when filled).
 //! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
 //!   and the earliest time the passing of time can change a result (the profile's timer).
 //! - [`journey`]: journey definitions, re-entry wait, one trigger per cause, consent, context.
@@ -35,5 +36,6 @@ pub mod journey;
 pub mod profile;
 pub mod samples;
 pub mod segments;
+pub mod sparse;
 pub mod window;
 pub mod wire;

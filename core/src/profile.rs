@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Attributes, Cart, Event, EventType, Line};
 use crate::identity::KeyKind;
+use crate::sparse::Sparse;
 use crate::window::{DailyCounts, Series};
 
 /// Audience changes kept per profile for lookups, latest last.
@@ -157,6 +158,9 @@ pub struct OrderStats {
     pub series: Series,
 }
 
+crate::empty_default!(OrderStats);
+crate::empty_default!(Attributes);
+
 impl OrderStats {
     /// Lifetime value: revenue less cancellations and refunds.
     pub fn lifetime_value(&self) -> f64 {
@@ -206,12 +210,14 @@ pub struct JourneyState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub identities: Identities,
-    /// Latest known value of each attribute (profile events and account contexts).
-    pub attributes: Attributes,
+    /// Latest known value of each attribute (profile events and account contexts). Out of
+    /// line, and not allocated while empty (most shoppers browse anonymously).
+    pub attributes: Sparse<Attributes>,
     /// Per event type: (type, counts and sums over time). Only types seen are present.
     pub counters: Vec<(EventType, Series)>,
     pub cart: CartState,
-    pub orders: OrderStats,
+    /// Out of line, and not allocated while the shopper has no order.
+    pub orders: Sparse<OrderStats>,
     pub last_device: Option<String>,
     pub last_channel: Option<String>,
     pub first_seen: Option<i64>,
@@ -437,8 +443,8 @@ impl Profile {
             customer_group,
             consent_email,
             consent_sms,
-        } = attributes;
-        let a = &mut self.attributes;
+        } = &**attributes;
+        let a = &mut *self.attributes;
         a.gender.clone_from(gender);
         a.country.clone_from(country);
         a.city.clone_from(city);
@@ -476,8 +482,8 @@ impl Profile {
             refunded,
             recent: _,
             series,
-        } = orders;
-        let o = &mut self.orders;
+        } = &**orders;
+        let o = &mut *self.orders;
         o.count = *count;
         o.revenue = *revenue;
         o.cancelled = *cancelled;
@@ -564,7 +570,7 @@ impl Profile {
             let _ = crate::identity::link(self, &id, limit);
         }
         let a = &other.attributes;
-        let t = &mut self.attributes;
+        let t = &mut *self.attributes;
         for (mine, theirs) in [
             (&mut t.first_name, &a.first_name),
             (&mut t.last_name, &a.last_name),
@@ -599,7 +605,7 @@ impl Profile {
         if other.cart.updated_at > self.cart.updated_at {
             self.cart = other.cart.clone();
         }
-        self.merge_orders(other.orders, now);
+        self.merge_orders(other.orders.into_inner(), now);
         if other.last_seen > self.last_seen {
             if other.last_device.is_some() {
                 self.last_device = other.last_device;
@@ -734,7 +740,7 @@ impl Profile {
             other.revenue -= r.value;
             other.series.remove(r.at, r.value);
         }
-        let o = &mut self.orders;
+        let o = &mut *self.orders;
         o.count += other.count;
         o.revenue += other.revenue;
         o.cancelled += other.cancelled;
@@ -846,7 +852,7 @@ impl Profile {
     }
 
     fn merge_attributes(&mut self, a: &Attributes) {
-        let t = &mut self.attributes;
+        let t = &mut *self.attributes;
         merge_opt(&mut t.first_name, &a.first_name);
         merge_opt(&mut t.last_name, &a.last_name);
         merge_opt(&mut t.email, &a.email);
@@ -911,7 +917,7 @@ impl Profile {
     }
 
     fn apply_orders(&mut self, ev: &Event, now: i64) {
-        let o = &mut self.orders;
+        let o = &mut *self.orders;
         match ev.kind {
             EventType::OrderPlaced | EventType::CompleteCheckout => {
                 if let Some(id) = &ev.order_id {

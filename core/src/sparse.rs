@@ -1,0 +1,162 @@
+//! [`Sparse`]: a part of the profile most shoppers leave at its default (attributes, orders),
+//! held out of line and not allocated at all while it is the default.
+//!
+//! A decoded profile is kept in the worker's cache, so its size is memory: `Attributes` and
+//! `OrderStats` were more than 500 of the `Profile`'s 1,136 bytes, and a browsing shopper fills
+//! neither. Reading one that is not there gives its default; writing allocates it. It
+//! serialises exactly as the part itself, so stored profiles and the profile's JSON are the
+//! same as before.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A default value to lend out while a [`Sparse`] holds none.
+pub trait Empty: Default + PartialEq + 'static {
+    fn empty() -> &'static Self;
+}
+
+/// Implements [`Empty`] with a value made once.
+#[macro_export]
+macro_rules! empty_default {
+    ($t:ty) => {
+        impl $crate::sparse::Empty for $t {
+            fn empty() -> &'static Self {
+                static EMPTY: std::sync::OnceLock<$t> = std::sync::OnceLock::new();
+                EMPTY.get_or_init(<$t>::default)
+            }
+        }
+    };
+}
+
+/// `T`, out of line, or nothing while it is `T::default()`.
+#[derive(Clone, Default)]
+pub struct Sparse<T>(Option<Box<T>>);
+
+impl<T: Empty> Sparse<T> {
+    pub fn new(value: T) -> Self {
+        if value == T::default() {
+            Sparse(None)
+        } else {
+            Sparse(Some(Box::new(value)))
+        }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.0.map_or_else(T::default, |b| *b)
+    }
+
+    /// Whether it holds a value of its own (allocated), not the lent default.
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl<T: Empty> Deref for Sparse<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(held) => held,
+            None => T::empty(),
+        }
+    }
+}
+
+/// Writing allocates the part (even if what is written leaves it at its default).
+impl<T: Empty> DerefMut for Sparse<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl<T: Empty> PartialEq for Sparse<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Empty + fmt::Debug> fmt::Debug for Sparse<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: Empty + Serialize> Serialize for Sparse<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de, T: Empty + Deserialize<'de>> Deserialize<'de> for Sparse<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Sparse::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    struct Part {
+        n: u64,
+        name: Option<String>,
+    }
+    crate::empty_default!(Part);
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    struct Inline {
+        before: u8,
+        part: Part,
+        after: u8,
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    struct OutOfLine {
+        before: u8,
+        part: Sparse<Part>,
+        after: u8,
+    }
+
+    #[test]
+    fn encodes_as_the_part_itself_and_allocates_only_what_is_not_the_default() {
+        for part in [
+            Part::default(),
+            Part {
+                n: 7,
+                name: Some("x".into()),
+            },
+        ] {
+            let inline = Inline {
+                before: 1,
+                part: part.clone(),
+                after: 2,
+            };
+            let bytes = postcard::to_stdvec(&inline).unwrap();
+            let out: OutOfLine = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(*out.part, part);
+            assert_eq!(out.part.is_held(), part != Part::default());
+            assert_eq!((out.before, out.after), (1, 2));
+            assert_eq!(postcard::to_stdvec(&out).unwrap(), bytes);
+            assert_eq!(
+                serde_json::to_value(&out).unwrap(),
+                serde_json::to_value(&inline).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn reads_lend_the_default_and_writes_allocate() {
+        let mut s: Sparse<Part> = Sparse::default();
+        assert_eq!(s.n, 0);
+        assert!(!s.is_held());
+        s.n = 3;
+        assert!(s.is_held());
+        assert_eq!(s.clone().into_inner().n, 3);
+        assert_eq!(s, Sparse::new(Part { n: 3, name: None }));
+        assert_ne!(s, Sparse::default());
+        assert_eq!(Sparse::<Part>::default().into_inner(), Part::default());
+    }
+}
