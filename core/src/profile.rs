@@ -917,6 +917,16 @@ impl Profile {
     }
 
     fn apply_orders(&mut self, ev: &Event, now: i64) {
+        if !matches!(
+            ev.kind,
+            EventType::OrderPlaced
+                | EventType::CompleteCheckout
+                | EventType::OrderCancelled
+                | EventType::OrderItemsReturnInitiated
+                | EventType::OrderLineItemRefunded
+        ) {
+            return; // the order statistics stay unallocated for a shopper who only browses
+        }
         let o = &mut *self.orders;
         match ev.kind {
             EventType::OrderPlaced | EventType::CompleteCheckout => {
@@ -1171,6 +1181,27 @@ mod tests {
             "an empty cart is worth 0, not -0"
         );
         assert_eq!(p.orders.count, 1);
+    }
+
+    #[test]
+    fn browsing_leaves_attributes_and_orders_unallocated_and_the_encoding_unchanged() {
+        let mut p = Profile::default();
+        let mut view = ev(EventType::ProductPageView, 1_000, 0.0);
+        view.lines = vec![line("A", 1.0, 10.0)];
+        p.apply(&view);
+        p.apply(&ev(EventType::AddToCart, 2_000, 10.0));
+        assert!(!p.orders.is_held() && !p.attributes.is_held(), "{p:?}");
+        // Decoded from the store, it stays so.
+        let back = decode(&encode(&p)).unwrap();
+        assert!(!back.orders.is_held() && !back.attributes.is_held());
+        assert_eq!(back, p);
+        let mut placed = ev(EventType::OrderPlaced, 3_000, 30.0);
+        placed.order_id = Some("o-1".into());
+        p.apply(&placed);
+        assert!(p.orders.is_held());
+        let back = decode(&encode(&p)).unwrap();
+        assert_eq!(back.orders.count, 1);
+        assert!(back.orders.is_held() && !back.attributes.is_held());
     }
 
     #[test]
