@@ -158,8 +158,8 @@ pub struct OrderStats {
     pub series: Series,
 }
 
-crate::empty_default!(OrderStats);
-crate::empty_default!(Attributes);
+crate::sparse::empty_default!(OrderStats);
+crate::sparse::empty_default!(Attributes);
 
 impl OrderStats {
     /// Lifetime value: revenue less cancellations and refunds.
@@ -569,35 +569,9 @@ impl Profile {
         for id in crate::identity::all_ids(&other) {
             let _ = crate::identity::link(self, &id, limit);
         }
-        let a = &other.attributes;
-        let t = &mut *self.attributes;
-        for (mine, theirs) in [
-            (&mut t.first_name, &a.first_name),
-            (&mut t.last_name, &a.last_name),
-            (&mut t.email, &a.email),
-            (&mut t.phone, &a.phone),
-            (&mut t.gender, &a.gender),
-            (&mut t.birth_date, &a.birth_date),
-            (&mut t.country, &a.country),
-            (&mut t.city, &a.city),
-            (&mut t.loyalty_tier, &a.loyalty_tier),
-            (&mut t.loyalty_status, &a.loyalty_status),
-            (&mut t.customer_group, &a.customer_group),
-        ] {
-            if mine.is_none() {
-                mine.clone_from(theirs);
-            }
-        }
-        for (mine, theirs) in [
-            (&mut t.consent_email, &a.consent_email),
-            (&mut t.consent_sms, &a.consent_sms),
-        ] {
-            if mine.is_none() {
-                *mine = *theirs;
-            }
-        }
-        if t.loyalty_points.is_none() {
-            t.loyalty_points = a.loyalty_points;
+        // Empty attributes change nothing: left unallocated.
+        if other.attributes.is_held() {
+            self.fill_attributes_from(&other.attributes);
         }
         for (kind, series) in &other.counters {
             self.series_mut(*kind).merge(series, now);
@@ -701,6 +675,39 @@ impl Profile {
         }
     }
 
+    /// The attributes of a profile merged into this one: each kept where this one has none.
+    fn fill_attributes_from(&mut self, a: &Attributes) {
+        let t = &mut *self.attributes;
+        for (mine, theirs) in [
+            (&mut t.first_name, &a.first_name),
+            (&mut t.last_name, &a.last_name),
+            (&mut t.email, &a.email),
+            (&mut t.phone, &a.phone),
+            (&mut t.gender, &a.gender),
+            (&mut t.birth_date, &a.birth_date),
+            (&mut t.country, &a.country),
+            (&mut t.city, &a.city),
+            (&mut t.loyalty_tier, &a.loyalty_tier),
+            (&mut t.loyalty_status, &a.loyalty_status),
+            (&mut t.customer_group, &a.customer_group),
+        ] {
+            if mine.is_none() {
+                mine.clone_from(theirs);
+            }
+        }
+        for (mine, theirs) in [
+            (&mut t.consent_email, &a.consent_email),
+            (&mut t.consent_sms, &a.consent_sms),
+        ] {
+            if mine.is_none() {
+                *mine = *theirs;
+            }
+        }
+        if t.loyalty_points.is_none() {
+            t.loyalty_points = a.loyalty_points;
+        }
+    }
+
     /// Whether a message (its event id and bytes hashed, see [`message_hash`]) is new to this
     /// profile; records it if so.
     pub fn first_message(&mut self, hash: u64) -> bool {
@@ -727,6 +734,9 @@ impl Profile {
     }
 
     fn merge_orders(&mut self, mut other: OrderStats, now: i64) {
+        if !self.orders.is_held() && other == OrderStats::default() {
+            return; // both empty: left unallocated
+        }
         // An order both profiles counted (a guest checkout on the browser's profile, and the
         // back office's orderPlaced on the e-mail's) is taken out of the other's totals first.
         let shared: Vec<RecentOrder> = other
@@ -1195,6 +1205,12 @@ mod tests {
         let back = decode(&encode(&p)).unwrap();
         assert!(!back.orders.is_held() && !back.attributes.is_held());
         assert_eq!(back, p);
+        // Nor does merging another browsing profile into it.
+        let mut other = Profile::default();
+        other.apply(&ev(EventType::ProductPageView, 1_500, 0.0));
+        p.merge(other, 10);
+        assert_eq!(p.events_total, 3);
+        assert!(!p.orders.is_held() && !p.attributes.is_held(), "{p:?}");
         let mut placed = ev(EventType::OrderPlaced, 3_000, 30.0);
         placed.order_id = Some("o-1".into());
         p.apply(&placed);

@@ -18,7 +18,6 @@ pub trait Empty: Default + PartialEq + 'static {
 }
 
 /// Implements [`Empty`] with a value made once.
-#[macro_export]
 macro_rules! empty_default {
     ($t:ty) => {
         impl $crate::sparse::Empty for $t {
@@ -30,13 +29,15 @@ macro_rules! empty_default {
     };
 }
 
+pub(crate) use empty_default;
+
 /// `T`, out of line, or nothing while it is `T::default()`.
 #[derive(Clone, Default)]
 pub struct Sparse<T>(Option<Box<T>>);
 
 impl<T: Empty> Sparse<T> {
     pub fn new(value: T) -> Self {
-        if value == T::default() {
+        if value == *T::empty() {
             Sparse(None)
         } else {
             Sparse(Some(Box::new(value)))
@@ -104,7 +105,7 @@ mod tests {
         n: u64,
         name: Option<String>,
     }
-    crate::empty_default!(Part);
+    empty_default!(Part);
 
     #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
     struct Inline {
