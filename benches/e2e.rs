@@ -19,8 +19,8 @@
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
 //! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
 //! While the worker consumes, a line at every tenth of the run (at least 100 K events) gives
-//! that slice's events/s and timer fires/s and the resident memory (the scale check: does the
-//! rate hold as the store grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
+//! that slice's events/s and timer fires/s and the resident memory with the worker's heaps
+//! (`tailor_heap_bytes`) (the scale check: does the rate hold as the store grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
 //! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file.
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
@@ -242,9 +242,6 @@ fn round_trips(
     times
 }
 
-/// The live producer's rate in the latency phase, as a share of the measured rate:
-/// `TAILOR_BENCH_LATENCY_SHARE`, 0.5 by default (the broker shares the two cores, and the live
-/// producer's and the reader's load on it is not in the measured rate).
 /// TAILOR_BENCH_CHANGELOG=false: no changelog (the development broker keeps every record in
 /// memory, which bounds how many profiles a run can mirror).
 fn changelog() -> bool {
@@ -258,6 +255,9 @@ fn log_file() -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The live producer's rate in the latency phase, as a share of the measured rate:
+/// `TAILOR_BENCH_LATENCY_SHARE`, 0.5 by default (the broker shares the two cores, and the live
+/// producer's and the reader's load on it is not in the measured rate).
 fn latency_share() -> f64 {
     std::env::var("TAILOR_BENCH_LATENCY_SHARE")
         .ok()

@@ -58,10 +58,10 @@ pub fn read() -> Heaps {
     }
 }
 
-/// How much more freed C memory than the least since the last trim makes [`trim`] run again.
+/// How much more freed C memory than the least since the last trim makes [`should_trim`] say yes again.
 pub const TRIM_STEP: u64 = 32 << 20;
 
-/// How long after the last trim [`trim`] runs again anyway, if at least [`TRIM_STEP`] is free:
+/// How long after the last trim [`should_trim`] says yes anyway, if at least [`TRIM_STEP`] is free:
 /// pages given back are free chunks still (the free figure does not fall), and reusing then
 /// freeing them again makes them resident again without moving that figure.
 pub const TRIM_EVERY: Duration = Duration::from_secs(60);
