@@ -753,6 +753,13 @@ fn workload(
         p.batches,
         p.messages / p.batches.max(1.0)
     );
+    let state_records = metric(port, "tailor_changelog_records_total{kind=\"state\"}");
+    println!(
+        "changelog: {state_records:.0} state records + {:.0} markers = {:.2} state records per event committed ({:.0} timers fired meanwhile)",
+        metric(port, "tailor_changelog_records_total{kind=\"marker\"}"),
+        state_records / done.max(1.0),
+        metric(port, "tailor_timers_fired_total ")
+    );
 
     // Keys are (i * 7919) % profiles: 7919 is prime, so min(total, profiles) distinct shoppers.
     let shoppers = total.min(profiles);

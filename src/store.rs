@@ -148,12 +148,22 @@ pub struct Commit {
 }
 
 /// One write of a commit: a column family (its index in the store's list), a key and the new
-/// value (`None`: deleted). The changelog carries exactly these.
+/// value (`None`: deleted). The changelog carries these, except the timer index's
+/// ([`Op::is_derived`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Op {
     pub cf: u8,
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
+}
+
+impl Op {
+    /// A write of the timer index: it follows from the profiles (each profile's `next_timer` is
+    /// its one entry), so the changelog leaves it out and a restore writes it again from the
+    /// profiles it applies ([`Store::derived_timers`]).
+    pub fn is_derived(&self) -> bool {
+        self.cf == cf_id(CF_TIMERS)
+    }
 }
 
 fn cf_id(name: &str) -> u8 {
@@ -550,14 +560,18 @@ impl Store {
         )
     }
 
-    /// Calls `each` with every record of `partition` (its state as a changelog would hold it),
-    /// column family by column family, stopping at the first error.
+    /// Calls `each` with every record of `partition` as a changelog holds it (the timer index
+    /// left out: [`Op::is_derived`]), column family by column family, stopping at the first
+    /// error.
     pub fn each_record<E: From<StoreError>>(
         &self,
         partition: i32,
         mut each: impl FnMut(Op) -> Result<(), E>,
     ) -> Result<(), E> {
         for (id, name) in ALL_CFS.iter().enumerate() {
+            if *name == CF_TIMERS {
+                continue;
+            }
             for item in self.partition_iter(name, partition) {
                 let (k, v) = item.map_err(StoreError::from)?;
                 if key_partition(name, &k) == Some(partition) {
@@ -621,6 +635,59 @@ impl Store {
         wo.set_sync(self.sync_writes);
         self.db.write_opt(batch, &wo)?;
         Ok(())
+    }
+
+    /// The timer index writes that go with `ops` (as a changelog carries them: profiles, and no
+    /// timer index): for each profile they write, its entry moves from the stored profile's
+    /// `next_timer` to that of the last value written (none for a deletion). `ops` are not
+    /// written yet. A stored value that does not decode counts as no timer; one written that
+    /// does not decode gets none (reading that profile reports it).
+    pub fn derived_timers(&self, ops: &[Op]) -> Result<Vec<Op>, StoreError> {
+        let profiles = cf_id(CF_PROFILES);
+        // The last value of each profile written, in first-written order.
+        let mut last: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
+        let mut at: std::collections::HashMap<&[u8], usize> = Default::default();
+        for op in ops.iter().filter(|o| o.cf == profiles) {
+            let value = op.value.as_deref();
+            match at.get(&op.key[..]) {
+                Some(&i) => last[i].1 = value,
+                None => {
+                    at.insert(&op.key, last.len());
+                    last.push((&op.key, value));
+                }
+            }
+        }
+        let timer = |v: Option<&[u8]>| v.and_then(|b| profile::decode(b).ok()?.next_timer);
+        let mut out = Vec::new();
+        let cf = self.cf(CF_PROFILES);
+        for (key, value) in last {
+            let (Some(p), Some(name)) = (
+                key_partition(CF_PROFILES, key),
+                key.get(4..).and_then(|k| std::str::from_utf8(k).ok()),
+            ) else {
+                continue;
+            };
+            let before = timer(self.db.get_pinned_cf(cf, key)?.as_deref());
+            let after = timer(value);
+            if before == after {
+                continue;
+            }
+            if let Some(due) = before {
+                out.push(Op {
+                    cf: cf_id(CF_TIMERS),
+                    key: timer_key(p, due, name),
+                    value: None,
+                });
+            }
+            if let Some(due) = after {
+                out.push(Op {
+                    cf: cf_id(CF_TIMERS),
+                    key: timer_key(p, due, name),
+                    value: Some(Vec::new()),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Timers of `partition` due from `from` to `until` (both included), earliest first, at

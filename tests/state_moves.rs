@@ -145,6 +145,55 @@ fn a_worker_whose_state_is_lost_restores_it_from_the_changelog() {
         .iter()
         .filter(|((_, d), _)| *d == Direction::Entered)
         .all(|(_, ids)| ids.len() == 1));
+
+    // Lost again, and nothing more arrives for the shoppers: their timers (when the views
+    // leave the 24 h window) come back with the restored profiles (the changelog carries no
+    // timer index). Views of other shoppers, two days later, move every partition's clock
+    // past them: each shopper exits, by its timer alone.
+    std::fs::remove_dir_all(setup.dir.path().join("state")).unwrap();
+    const TICKS: usize = 40;
+    let ticks: Vec<(String, Vec<u8>)> = (0..TICKS)
+        .map(|i| {
+            let key = format!("tick-{i}");
+            let ev = tailor::samples::storefront(
+                "productPageView",
+                &format!("tick-{i}"),
+                T0 + 2 * 86_400_000,
+                &format!("ecid-tick-{i}"),
+            );
+            (key, tailor::codec::encode::storefront(&ev).unwrap())
+        })
+        .collect();
+    let refs: Vec<(&str, &str, Vec<u8>)> = ticks
+        .iter()
+        .map(|(k, v)| (topics.storefront.as_str(), k.as_str(), v.clone()))
+        .collect();
+    produce_all(&producer(), &refs);
+    let mut third = setup.start(3);
+    third.wait_caught_up((SHOPPERS * 55 + TICKS) as u64);
+    third.wait_for(
+        Duration::from_secs(60),
+        "the restored shoppers' timers to fire",
+        |w| w.metric("tailor_timers_fired_total", "") >= SHOPPERS as f64,
+    );
+    third.wait_for(
+        Duration::from_secs(30),
+        "active-browsers to be empty (the restored size less every exit)",
+        |w| w.metric("tailor_segment_members", "segment=\"active-browsers\"") == 0.0,
+    );
+    assert_eq!(
+        third.metric("tailor_events_total", ""),
+        TICKS as f64,
+        "only the ticks are applied"
+    );
+    third.stop();
+    let pairs = changes_by_id(&topics.audience);
+    for s in 0..SHOPPERS {
+        let ids = pairs
+            .get(&(format!("shopper-{s}"), Direction::Exited))
+            .unwrap_or_else(|| panic!("shopper-{s} never exited"));
+        assert_eq!(ids.len(), 1, "shopper-{s} exited once: {ids:?}");
+    }
 }
 
 /// A worker that ran without the changelog (state from before it existed) writes its state to it

@@ -5,7 +5,10 @@
 //!
 //! One record per RocksDB write of a partition ([`Op`]): key = the column family's id (one byte)
 //! and the store key; value = the new value, or none (a tombstone) for a deletion. Compaction
-//! keeps the latest of each key, which is the state. After a batch's records of a partition
+//! keeps the latest of each key, which is the state. The timer index is left out: each
+//! profile's `next_timer` is its entry, so a replay writes the index from the profiles it
+//! applies ([`Store::derived_timers`]; timer records an earlier version wrote are skipped). That
+//! is a record or two fewer per event and per fired timer (an entry removed, one added). After a batch's records of a partition
 //! are acknowledged — and every output of the batch before them — a **marker** (key
 //! [`MARKER_KEY`]) closes the batch; its offset + 1 is committed to RocksDB with the batch
 //! (the store's *changelog position*).
@@ -125,6 +128,8 @@ impl<'a> Replay<'a> {
     pub fn take(&mut self, offset: i64, entry: Entry) -> Result<(), StoreError> {
         self.records += 1;
         match entry {
+            // Written by an earlier version: the index follows from the profiles instead.
+            Entry::Op(op) if op.is_derived() => {}
             Entry::Op(op) => {
                 let key = (op.cf, op.key.clone());
                 if !self.touched.contains_key(&key) {
@@ -143,8 +148,9 @@ impl<'a> Replay<'a> {
                 self.queue.push(op);
                 if self.queue.len() >= RESTORE_WRITE_OPS {
                     // Past the last whole batch: the position goes until the next marker.
-                    self.store
-                        .write_unpositioned(self.partition, &std::mem::take(&mut self.queue))?;
+                    let mut ops = std::mem::take(&mut self.queue);
+                    ops.extend(self.store.derived_timers(&ops)?);
+                    self.store.write_unpositioned(self.partition, &ops)?;
                 }
             }
             Entry::Marker => {
@@ -186,8 +192,10 @@ impl<'a> Replay<'a> {
         Ok(())
     }
 
+    /// Writes what is queued, with the timer index entries of the profiles in it.
     fn flush(&mut self) -> Result<(), StoreError> {
-        let ops = std::mem::take(&mut self.queue);
+        let mut ops = std::mem::take(&mut self.queue);
+        ops.extend(self.store.derived_timers(&ops)?);
         self.store
             .write(&ops, &[], &[(self.partition, self.position)])
     }
@@ -330,7 +338,7 @@ async fn mirror_once(
 ) -> Result<Vec<(i32, i64)>, Error> {
     let mut deliveries = Vec::new();
     for (p, ops) in ops {
-        for op in ops {
+        for op in ops.iter().filter(|o| !o.is_derived()) {
             deliveries
                 .push(send_async(producer, topic, *p, &record_key(op), op.value.as_deref()).await?);
         }
@@ -956,6 +964,65 @@ mod tests {
             value(&store, &format!("k{}", RESTORE_WRITE_OPS + 9)).as_deref(),
             Some("y")
         );
+    }
+
+    /// A profile record of partition 1 whose `next_timer` is `due` (`None` for none; a tombstone
+    /// with `deleted`).
+    fn profile_op(key: &str, due: Option<i64>, deleted: bool) -> Entry {
+        let mut k = 1u32.to_be_bytes().to_vec();
+        k.extend_from_slice(key.as_bytes());
+        let p = crate::profile::Profile {
+            next_timer: due,
+            ..Default::default()
+        };
+        Entry::Op(Op {
+            cf: 0,
+            key: k,
+            value: (!deleted).then(|| crate::profile::encode(&p)),
+        })
+    }
+
+    #[test]
+    fn a_replay_writes_the_timer_index_from_the_profiles_it_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
+        let timers = || store.due_timers(1, (i64::MIN, i64::MAX), 100).unwrap();
+        let t = |due: i64, key: &str| (due, key.to_string());
+        let mut r = Replay::new(&store, 1, 0);
+        r.take(0, profile_op("ann", Some(500), false)).unwrap();
+        r.take(1, profile_op("bob", Some(700), false)).unwrap();
+        r.take(2, profile_op("cy", None, false)).unwrap();
+        // A timer record as an earlier version wrote it: skipped, the profiles say it all.
+        let mut old = 1u32.to_be_bytes().to_vec();
+        old.extend_from_slice(&((100u64) ^ (1 << 63)).to_be_bytes());
+        old.extend_from_slice(b"zed");
+        let timers_cf = 3;
+        r.take(
+            3,
+            Entry::Op(Op {
+                cf: timers_cf,
+                key: old,
+                value: Some(Vec::new()),
+            }),
+        )
+        .unwrap();
+        r.take(4, Entry::Marker).unwrap();
+        r.finish().unwrap();
+        assert_eq!(timers(), [t(500, "ann"), t(700, "bob")]);
+
+        // Ann's timer moves (twice in a batch: the last one counts), Bob is deleted, Cy gets
+        // one; then a batch never closed moves Ann's again and is undone.
+        let mut r = Replay::new(&store, 1, 5);
+        r.take(5, profile_op("ann", Some(800), false)).unwrap();
+        r.take(6, profile_op("ann", Some(900), false)).unwrap();
+        r.take(7, profile_op("bob", None, true)).unwrap();
+        r.take(8, profile_op("cy", Some(50), false)).unwrap();
+        r.take(9, Entry::Marker).unwrap();
+        r.take(10, profile_op("ann", Some(1_000), false)).unwrap();
+        r.take(11, profile_op("cy", None, false)).unwrap();
+        let (position, unclosed) = r.finish().unwrap();
+        assert_eq!((position, unclosed.len()), (10, 2));
+        assert_eq!(timers(), [t(50, "cy"), t(900, "ann")]);
     }
 
     #[test]
