@@ -639,9 +639,10 @@ impl Store {
 
     /// The timer index writes that go with `ops` (as a changelog carries them: profiles, and no
     /// timer index): for each profile they write, its entry moves from the stored profile's
-    /// `next_timer` to that of the last value written (none for a deletion). `ops` are not
-    /// written yet. A stored value that does not decode counts as no timer; one written that
-    /// does not decode gets none (reading that profile reports it).
+    /// `next_timer` to that of the last value written (none for a deletion), read from the
+    /// encoding's trailer ([`profile::next_timer`]). `ops` are not written yet. A stored value
+    /// that does not decode counts as no timer; one written that does not decode gets none
+    /// (reading that profile reports it).
     pub fn derived_timers(&self, ops: &[Op]) -> Result<Vec<Op>, StoreError> {
         let profiles = cf_id(CF_PROFILES);
         // The last value of each profile written, in first-written order.
@@ -657,7 +658,7 @@ impl Store {
                 }
             }
         }
-        let timer = |v: Option<&[u8]>| v.and_then(|b| profile::decode(b).ok()?.next_timer);
+        let timer = |v: Option<&[u8]>| v.and_then(|b| profile::next_timer(b).ok().flatten());
         let mut out = Vec::new();
         let cf = self.cf(CF_PROFILES);
         for (key, value) in last {

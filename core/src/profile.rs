@@ -1082,14 +1082,21 @@ fn top_affinities(list: &[Affinity], now: i64) -> Vec<(String, f64)> {
     v
 }
 
-/// State encoding: one version byte, then postcard. Bump the version when [`Profile`] changes
+/// State encoding: one version byte, then postcard, then (since version 5) the next timer
+/// again as a fixed trailer ([`TIMER_TRAILER`]). Bump the version when [`Profile`] changes
 /// incompatibly and migrate on read.
 ///
 /// Version 2 added sequences, journeys and timers; version 3 identity kinds, order values,
 /// recent changes and repartition positions; version 4 the hashes of the latest messages
-/// (read from version 3 as none). State written by earlier versions (pre-release builds) is
-/// refused with a message saying to rebuild it by replay.
-pub const STATE_VERSION: u8 = 4;
+/// (read from version 3 as none); version 5 the trailer (the body is version 4's), so that a
+/// restore rebuilds the timer index from the changelog's profiles without decoding them
+/// ([`next_timer`]). State written by earlier versions (pre-release builds) is refused with a
+/// message saying to rebuild it by replay.
+pub const STATE_VERSION: u8 = 5;
+
+/// Bytes after version 5's body: 1 if the profile has a next timer (else 0), then its due time
+/// (big-endian i64; 0 without one).
+pub const TIMER_TRAILER: usize = 9;
 
 /// Bytes version 4 appended to version 3's encoding when empty: `seen`, `store_code`,
 /// `store_view_code`, `currency`.
@@ -1109,12 +1116,23 @@ pub fn encode(p: &Profile) -> Vec<u8> {
     // serialised bytes after the version showed in the worker's profile).
     let mut out = Vec::with_capacity(512);
     out.push(STATE_VERSION);
-    postcard::to_extend(p, out).expect("profile serialises")
+    let mut out = postcard::to_extend(p, out).expect("profile serialises");
+    out.push(u8::from(p.next_timer.is_some()));
+    out.extend_from_slice(&p.next_timer.unwrap_or(0).to_be_bytes());
+    out
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
     match bytes.split_first() {
-        Some((&STATE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((&STATE_VERSION, rest)) => {
+            let body = rest
+                .len()
+                .checked_sub(TIMER_TRAILER)
+                .map(|n| &rest[..n])
+                .ok_or("profile state shorter than its timer trailer")?;
+            postcard::from_bytes(body).map_err(|e| e.to_string())
+        }
+        Some((4, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
         Some((3, rest)) => {
             // Version 4 only appended `seen` and three optional strings: an empty list and a
             // `None` are one zero byte each in postcard.
@@ -1126,6 +1144,24 @@ pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
         Some((v @ (1 | 2), _)) => Err(format!("profile state version {v} comes from a pre-release build; delete the state directory and replay the topics to rebuild it")),
         Some((v, _)) => Err(format!("unknown profile state version {v}")),
         None => Err("empty profile state".into()),
+    }
+}
+
+/// The next timer of an encoded profile: read from version 5's trailer without decoding the
+/// profile; an earlier version's state is decoded.
+pub fn next_timer(bytes: &[u8]) -> Result<Option<i64>, String> {
+    match bytes.split_first() {
+        Some((&STATE_VERSION, rest)) if rest.len() >= TIMER_TRAILER => {
+            let t = &rest[rest.len() - TIMER_TRAILER..];
+            match t[0] {
+                0 => Ok(None),
+                1 => Ok(Some(i64::from_be_bytes(
+                    t[1..].try_into().expect("8 bytes"),
+                ))),
+                f => Err(format!("profile state: timer flag {f} (expected 0 or 1)")),
+            }
+        }
+        _ => Ok(decode(bytes)?.next_timer),
     }
 }
 
@@ -1438,13 +1474,45 @@ mod tests {
         let mut p = Profile::default();
         p.apply(&ev(EventType::PageView, 1_000, 0.0));
         assert!(p.first_forward(9));
-        let v4 = encode(&p);
-        assert_eq!(v4[0], 4);
+        let mut v4 = vec![4];
+        v4.extend(postcard::to_stdvec(&p).unwrap());
+        assert_eq!(decode(&v4).unwrap(), p);
         // What version 3 wrote: the same fields without the trailing (empty) new ones.
         assert!(v4.ends_with(&[0; V4_APPENDED]));
         let mut v3 = v4[..v4.len() - V4_APPENDED].to_vec();
         v3[0] = 3;
         assert_eq!(decode(&v3).unwrap(), p);
+    }
+
+    /// Version 5 is version 4's body and the next timer, which reads without decoding; version 4
+    /// state reads as before, its timer decoded.
+    #[test]
+    fn the_next_timer_reads_from_the_trailer_and_version_4_still_decodes() {
+        for timer in [None, Some(-5), Some(1_709_287_200_000)] {
+            let mut p = Profile::default();
+            p.apply(&ev(EventType::PageView, 1_000, 0.0));
+            p.next_timer = timer;
+            let v5 = encode(&p);
+            assert_eq!(v5[0], 5);
+            let mut v4 = vec![4];
+            v4.extend(postcard::to_stdvec(&p).unwrap());
+            assert_eq!(&v5[1..v5.len() - TIMER_TRAILER], &v4[1..], "the same body");
+            assert_eq!(decode(&v5).unwrap(), p);
+            assert_eq!(decode(&v4).unwrap(), p);
+            assert_eq!(next_timer(&v5).unwrap(), timer);
+            assert_eq!(next_timer(&v4).unwrap(), timer);
+            // The trailer is what is read: change it alone and the answer follows.
+            let mut moved = v5.clone();
+            let n = moved.len();
+            moved[n - 8..].copy_from_slice(&42i64.to_be_bytes());
+            moved[n - 9] = 1;
+            assert_eq!(next_timer(&moved).unwrap(), Some(42));
+        }
+        assert!(
+            next_timer(&[5, 0, 0]).is_err(),
+            "shorter than a trailer: decoded, refused"
+        );
+        assert!(decode(&[5, 1, 2]).is_err());
     }
 
     #[test]
