@@ -128,7 +128,8 @@ pub struct Topics {
     pub repartition: String,
     /// Replication factor when the worker creates the repartition topic (-1: broker default).
     pub repartition_replication: i32,
-    /// Internal compacted topic mirroring every state write, partitioned like the inputs: a
+    /// Internal compacted topic mirroring the state writes (the timer index aside: it follows
+    /// from the profiles), partitioned like the inputs: a
     /// partition's next owner restores its state from it. Created by the worker when missing
     /// (replication as `repartition_replication`).
     pub changelog: String,
@@ -189,7 +190,8 @@ pub struct State {
     pub write_buffer: String,
     /// fsync the write-ahead log on every commit.
     pub sync_writes: bool,
-    /// Mirror every state write to `topics.changelog` and restore a partition from it when it
+    /// Mirror the state writes (the timer index aside) to `topics.changelog` and restore a
+    /// partition from it when it
     /// moves here. Off: a partition's state lives only on the disk of the worker that had it.
     pub changelog: bool,
     /// Keep a copy of every partition held by another worker, following the changelog, so that

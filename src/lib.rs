@@ -49,7 +49,8 @@
 //!   per stage:
 //!   - `worker::kafka` — clients, librdkafka callbacks (rebalances: assigned partitions paused
 //!     until restored; logs, lag), topic checks, the class of each Kafka error;
-//!   - `worker::changelog` — every state write mirrored to a compacted topic, each batch closed
+//!   - `worker::changelog` — the state writes mirrored to a compacted topic (the timer index
+//!     rebuilt from the profiles instead), each batch closed
 //!     by a marker; a newly assigned partition brought level with it (caught up, restored whole,
 //!     or seeded) on a thread of its own;
 //!   - `worker::task` — one partition number's state: profiles (`worker::overlay`: LRU cache

@@ -157,12 +157,15 @@ pub struct Op {
     pub value: Option<Vec<u8>>,
 }
 
+/// The timer index's column family id in [`Op`].
+pub const TIMERS_CF: u8 = 3;
+
 impl Op {
     /// A write of the timer index: it follows from the profiles (each profile's `next_timer` is
     /// its one entry), so the changelog leaves it out and a restore writes it again from the
     /// profiles it applies ([`Store::derived_timers`]).
     pub fn is_derived(&self) -> bool {
-        self.cf == cf_id(CF_TIMERS)
+        self.cf == TIMERS_CF
     }
 }
 
@@ -389,7 +392,7 @@ impl Store {
     }
 
     /// The writes of a commit, each with the partition it belongs to (what the changelog
-    /// mirrors), in the order they are applied: by column family and key, a key's deletion
+    /// mirrors, but the timer index's), in the order they are applied: by column family and key, a key's deletion
     /// before its put. Segment sizes become absolute values.
     pub fn ops(&self, c: &Commit) -> Result<Vec<(i32, Vec<Op>)>, StoreError> {
         let mut by: BTreeMap<i32, Vec<Op>> = BTreeMap::new();
@@ -640,9 +643,9 @@ impl Store {
     /// The timer index writes that go with `ops` (as a changelog carries them: profiles, and no
     /// timer index): for each profile they write, its entry moves from the stored profile's
     /// `next_timer` to that of the last value written (none for a deletion), read from the
-    /// encoding's trailer ([`profile::next_timer`]). `ops` are not written yet. A stored value
-    /// that does not decode counts as no timer; one written that does not decode gets none
-    /// (reading that profile reports it).
+    /// encoding's trailer ([`profile::next_timer`]; earlier versions' state is decoded). `ops`
+    /// are not written yet. A value whose timer cannot be read counts as none (reading that
+    /// profile reports what is wrong with it).
     pub fn derived_timers(&self, ops: &[Op]) -> Result<Vec<Op>, StoreError> {
         let profiles = cf_id(CF_PROFILES);
         // The last value of each profile written, in first-written order.
@@ -889,6 +892,11 @@ impl Store {
 mod tests {
     use super::*;
     use crate::event::EventType;
+
+    #[test]
+    fn the_timer_index_id_is_its_place_in_the_list() {
+        assert_eq!(TIMERS_CF, cf_id(CF_TIMERS));
+    }
 
     #[test]
     fn commit_is_read_back_after_reopen() {

@@ -1,14 +1,15 @@
-//! The changelog: every state write mirrored to a compacted topic partitioned like the inputs,
+//! The changelog: the state writes mirrored to a compacted topic partitioned like the inputs,
 //! and a partition's state restored from it when the partition is assigned here.
 //!
 //! ## Records
 //!
-//! One record per RocksDB write of a partition ([`Op`]): key = the column family's id (one byte)
-//! and the store key; value = the new value, or none (a tombstone) for a deletion. Compaction
-//! keeps the latest of each key, which is the state. The timer index is left out: each
-//! profile's `next_timer` is its entry, so a replay writes the index from the profiles it
-//! applies ([`Store::derived_timers`]; timer records an earlier version wrote are skipped). That
-//! is a record or two fewer per event and per fired timer (an entry removed, one added). After a batch's records of a partition
+//! One record per RocksDB write of a partition ([`Op`]) but the timer index's: key = the column
+//! family's id (one byte) and the store key; value = the new value, or none (a tombstone) for a
+//! deletion. Compaction keeps the latest of each key, which is the state. The timer index is
+//! left out: each profile's `next_timer` is its entry, so a replay writes the index from the
+//! profiles it applies ([`Store::derived_timers`]). That is a record or two fewer per event and
+//! per fired timer (an entry removed, one added). Timer records an earlier version wrote are
+//! skipped, and a restore writes a tombstone for each it read, so compaction drops them. After a batch's records of a partition
 //! are acknowledged — and every output of the batch before them — a **marker** (key
 //! [`MARKER_KEY`]) closes the batch; its offset + 1 is committed to RocksDB with the batch
 //! (the store's *changelog position*).
@@ -109,6 +110,9 @@ pub struct Replay<'a> {
     /// Where the replay started.
     start: i64,
     pub records: u64,
+    /// Store keys of the timer records an earlier version wrote that are still in the
+    /// changelog as read (a later tombstone of one removes it): the restore retires them.
+    pub stale_timers: std::collections::HashSet<Vec<u8>>,
 }
 
 impl<'a> Replay<'a> {
@@ -121,6 +125,7 @@ impl<'a> Replay<'a> {
             position,
             start: position,
             records: 0,
+            stale_timers: Default::default(),
         }
     }
 
@@ -129,7 +134,13 @@ impl<'a> Replay<'a> {
         self.records += 1;
         match entry {
             // Written by an earlier version: the index follows from the profiles instead.
-            Entry::Op(op) if op.is_derived() => {}
+            Entry::Op(op) if op.is_derived() => {
+                if op.value.is_some() {
+                    self.stale_timers.insert(op.key);
+                } else {
+                    self.stale_timers.remove(&op.key);
+                }
+            }
             Entry::Op(op) => {
                 let key = (op.cf, op.key.clone());
                 if !self.touched.contains_key(&key) {
@@ -650,22 +661,35 @@ impl Restorer {
             }
         }
         let records = replay.records;
+        let stale: Vec<Vec<u8>> = std::mem::take(&mut replay.stale_timers)
+            .into_iter()
+            .collect();
         let (_, unclosed) = replay.finish().map_err(e)?;
         if follow {
             debug!(partition = p, records, "standby: partition followed");
             return Ok(());
         }
-        if !unclosed.is_empty() {
+        if !unclosed.is_empty() || !stale.is_empty() {
             // A batch written after the last marker and never closed: its keys get the values
-            // restored, so no reader applies it.
+            // restored, so no reader applies it. Timer records of an earlier version: a
+            // tombstone each, so compaction drops them.
             let producer = self.producer(producer)?;
-            let next = self.compensate(store, producer, p, &unclosed, cancel)?;
+            let next = self.compensate(store, producer, p, &unclosed, &stale, cancel)?;
             store.write(&[], &[], &[(p, next)]).map_err(e)?;
-            info!(
-                partition = p,
-                keys = unclosed.len(),
-                "records of a batch never committed overwritten with the restored values"
-            );
+            if !unclosed.is_empty() {
+                info!(
+                    partition = p,
+                    keys = unclosed.len(),
+                    "records of a batch never committed overwritten with the restored values"
+                );
+            }
+            if !stale.is_empty() {
+                info!(
+                    partition = p,
+                    records = stale.len(),
+                    "timer records an earlier version wrote to the changelog retired (the timer index follows from the profiles)"
+                );
+            }
         }
         let secs = started.elapsed().as_secs_f64();
         if records > 0 {
@@ -729,26 +753,39 @@ impl Restorer {
         Ok((n, next))
     }
 
-    /// Writes each key's value in the store (none: a tombstone), then a marker.
+    /// Writes each key's value in the store (none: a tombstone) and a tombstone for each stale
+    /// timer record (store keys of the timer index), then a marker.
     fn compensate(
         &self,
         store: &Store,
         producer: &FutureProducer<ProducerLogs>,
         p: i32,
         keys: &[RecordKey],
+        stale_timers: &[Vec<u8>],
         cancel: &AtomicBool,
     ) -> Result<i64, String> {
         let mut deliveries = Vec::new();
-        for (cf, key) in keys {
+        let tombstones = stale_timers.iter().map(|key| Op {
+            cf: crate::store::TIMERS_CF,
+            key: key.clone(),
+            value: None,
+        });
+        for op in keys
+            .iter()
+            .map(|(cf, key)| -> Result<Op, String> {
+                let value = store.get_raw(*cf, key).map_err(|e| e.to_string())?;
+                Ok(Op {
+                    cf: *cf,
+                    key: key.clone(),
+                    value,
+                })
+            })
+            .chain(tombstones.map(Ok))
+        {
             if cancel.load(Ordering::Relaxed) {
                 return Err(CANCELLED.into());
             }
-            let value = store.get_raw(*cf, key).map_err(|e| e.to_string())?;
-            let op = Op {
-                cf: *cf,
-                key: key.clone(),
-                value,
-            };
+            let op = op?;
             deliveries.push(
                 send_record(
                     producer,
@@ -763,7 +800,7 @@ impl Restorer {
         self.metrics
             .changelog_records
             .with_label_values(&["compensation"])
-            .inc_by(keys.len() as u64);
+            .inc_by((keys.len() + stale_timers.len()) as u64);
         self.close(producer, p, deliveries, cancel)
     }
 
@@ -997,31 +1034,37 @@ mod tests {
         old.extend_from_slice(&((100u64) ^ (1 << 63)).to_be_bytes());
         old.extend_from_slice(b"zed");
         let timers_cf = 3;
-        r.take(
-            3,
+        let timer_record = |key: &[u8], value: Option<Vec<u8>>| {
             Entry::Op(Op {
                 cf: timers_cf,
-                key: old,
-                value: Some(Vec::new()),
-            }),
-        )
-        .unwrap();
+                key: key.to_vec(),
+                value,
+            })
+        };
+        r.take(3, timer_record(&old, Some(Vec::new()))).unwrap();
         r.take(4, Entry::Marker).unwrap();
+        // To be retired by a tombstone; one already removed (a tombstone read) is not.
+        let mut gone = old.clone();
+        gone.push(b'2');
+        r.take(5, timer_record(&gone, Some(Vec::new()))).unwrap();
+        r.take(6, timer_record(&gone, None)).unwrap();
+        r.take(7, Entry::Marker).unwrap();
+        assert_eq!(r.stale_timers.iter().collect::<Vec<_>>(), [&old]);
         r.finish().unwrap();
         assert_eq!(timers(), [t(500, "ann"), t(700, "bob")]);
 
         // Ann's timer moves (twice in a batch: the last one counts), Bob is deleted, Cy gets
         // one; then a batch never closed moves Ann's again and is undone.
-        let mut r = Replay::new(&store, 1, 5);
-        r.take(5, profile_op("ann", Some(800), false)).unwrap();
-        r.take(6, profile_op("ann", Some(900), false)).unwrap();
-        r.take(7, profile_op("bob", None, true)).unwrap();
-        r.take(8, profile_op("cy", Some(50), false)).unwrap();
-        r.take(9, Entry::Marker).unwrap();
-        r.take(10, profile_op("ann", Some(1_000), false)).unwrap();
-        r.take(11, profile_op("cy", None, false)).unwrap();
+        let mut r = Replay::new(&store, 1, 8);
+        r.take(8, profile_op("ann", Some(800), false)).unwrap();
+        r.take(9, profile_op("ann", Some(900), false)).unwrap();
+        r.take(10, profile_op("bob", None, true)).unwrap();
+        r.take(11, profile_op("cy", Some(50), false)).unwrap();
+        r.take(12, Entry::Marker).unwrap();
+        r.take(13, profile_op("ann", Some(1_000), false)).unwrap();
+        r.take(14, profile_op("cy", None, false)).unwrap();
         let (position, unclosed) = r.finish().unwrap();
-        assert_eq!((position, unclosed.len()), (10, 2));
+        assert_eq!((position, unclosed.len()), (13, 2));
         assert_eq!(timers(), [t(50, "cy"), t(900, "ann")]);
     }
 
