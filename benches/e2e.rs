@@ -290,6 +290,7 @@ struct Phases {
     batches: f64,
     messages: f64,
     seconds: f64,
+    timers: f64,
     deliver: f64,
     changelog: f64,
     commit: f64,
@@ -308,6 +309,7 @@ impl Phases {
             batches: metric(port, "tailor_batch_duration_seconds_count"),
             messages: metric(port, "tailor_batch_messages_sum"),
             seconds: metric(port, "tailor_batch_duration_seconds_sum"),
+            timers: phase("timers"),
             deliver: phase("deliver"),
             changelog: phase("changelog"),
             commit: phase("commit"),
@@ -327,11 +329,12 @@ impl Phases {
             ms(self.changelog, before.changelog),
             ms(self.commit, before.commit),
         );
+        let timers = ms(self.timers, before.timers);
         println!(
-            "  meanwhile: {:.0} batches of {:.0} messages on average, each {batch:.1} ms = consume+apply {:.1}, deliveries {deliver:.1}, changelog {changelog:.1}, RocksDB commit {commit:.1}; {:.0} events forwarded to their shopper's partition",
+            "  meanwhile: {:.0} batches of {:.0} messages on average, each {batch:.1} ms = timers {timers:.1}, consume+apply {:.1}, deliveries {deliver:.1}, changelog {changelog:.1}, RocksDB commit {commit:.1}; {:.0} events forwarded to their shopper's partition",
             self.batches - before.batches,
             (self.messages - before.messages) / n,
-            batch - deliver - changelog - commit,
+            batch - timers - deliver - changelog - commit,
             self.misrouted - before.misrouted,
         );
     }
@@ -744,9 +747,10 @@ fn workload(
         metric(port, "tailor_profiles_cached ")
     );
     println!(
-        "batches: {:.1}s in all = consume+apply {:.1}s, wait for deliveries {:.1}s, changelog {:.1}s, RocksDB commit {:.1}s; {:.0} batches, {:.0} messages each on average",
+        "batches: {:.1}s in all = timers {:.1}s, consume+apply {:.1}s, wait for deliveries {:.1}s, changelog {:.1}s, RocksDB commit {:.1}s; {:.0} batches, {:.0} messages each on average",
         p.seconds,
-        p.seconds - p.deliver - p.changelog - p.commit,
+        p.timers,
+        p.seconds - p.timers - p.deliver - p.changelog - p.commit,
         p.deliver,
         p.changelog,
         p.commit,

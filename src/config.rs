@@ -129,9 +129,9 @@ pub struct Topics {
     /// Replication factor when the worker creates the repartition topic (-1: broker default).
     pub repartition_replication: i32,
     /// Internal compacted topic mirroring the state writes (the timer index aside: it follows
-    /// from the profiles), partitioned like the inputs: a
-    /// partition's next owner restores its state from it. Created by the worker when missing
-    /// (replication as `repartition_replication`).
+    /// from the profiles), partitioned like the inputs: a partition's next owner restores its
+    /// state from it. Created by the worker when missing (replication as
+    /// `repartition_replication`).
     pub changelog: String,
 }
 
@@ -191,8 +191,8 @@ pub struct State {
     /// fsync the write-ahead log on every commit.
     pub sync_writes: bool,
     /// Mirror the state writes (the timer index aside) to `topics.changelog` and restore a
-    /// partition from it when it
-    /// moves here. Off: a partition's state lives only on the disk of the worker that had it.
+    /// partition from it when it moves here. Off: a partition's state lives only on the disk of
+    /// the worker that had it.
     pub changelog: bool,
     /// Keep a copy of every partition held by another worker, following the changelog, so that
     /// taking one over is a short catch-up rather than a whole restore (needs `changelog`).

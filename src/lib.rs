@@ -50,9 +50,9 @@
 //!   - `worker::kafka` — clients, librdkafka callbacks (rebalances: assigned partitions paused
 //!     until restored; logs, lag), topic checks, the class of each Kafka error;
 //!   - `worker::changelog` — the state writes mirrored to a compacted topic (the timer index
-//!     rebuilt from the profiles instead), each batch closed
-//!     by a marker; a newly assigned partition brought level with it (caught up, restored whole,
-//!     or seeded) on a thread of its own;
+//!     rebuilt from the profiles instead), each batch closed by a marker; a newly assigned
+//!     partition brought level with it (caught up, restored whole, or seeded) on a thread of
+//!     its own;
 //!   - `worker::task` — one partition number's state: profiles (`worker::overlay`: LRU cache
 //!     and the open batch's write-back overlay), aliases, clock, positions, offsets, cursor;
 //!     commits its part, rolls back, or is dropped on its own;

@@ -392,8 +392,8 @@ impl Store {
     }
 
     /// The writes of a commit, each with the partition it belongs to (what the changelog
-    /// mirrors, but the timer index's), in the order they are applied: by column family and key, a key's deletion
-    /// before its put. Segment sizes become absolute values.
+    /// mirrors, but the timer index's), in the order they are applied: by column family and
+    /// key, a key's deletion before its put. Segment sizes become absolute values.
     pub fn ops(&self, c: &Commit) -> Result<Vec<(i32, Vec<Op>)>, StoreError> {
         let mut by: BTreeMap<i32, Vec<Op>> = BTreeMap::new();
         let mut push = |p: i32, cf: &str, key: Vec<u8>, value: Option<Vec<u8>>| {
@@ -678,14 +678,14 @@ impl Store {
             }
             if let Some(due) = before {
                 out.push(Op {
-                    cf: cf_id(CF_TIMERS),
+                    cf: TIMERS_CF,
                     key: timer_key(p, due, name),
                     value: None,
                 });
             }
             if let Some(due) = after {
                 out.push(Op {
-                    cf: cf_id(CF_TIMERS),
+                    cf: TIMERS_CF,
                     key: timer_key(p, due, name),
                     value: Some(Vec::new()),
                 });

@@ -294,6 +294,13 @@ fn a_timer_survives_a_hard_restart_and_fires_once() {
     worker.wait_for(Duration::from_secs(60), "the timer to fire", |w| {
         w.metric("tailor_journey_triggers_total", "abandoned-cart") >= 1.0
     });
+    // Timed as its batch's phase of its own.
+    worker.wait_for(Duration::from_secs(10), "the timers phase timed", |w| {
+        w.metric(
+            "tailor_batch_phase_duration_seconds_count",
+            "phase=\"timers\"",
+        ) >= 1.0
+    });
     // Let the firing commit, then kill again: nothing fires a second time.
     std::thread::sleep(Duration::from_secs(2));
     worker.kill_hard();
@@ -303,6 +310,14 @@ fn a_timer_survives_a_hard_restart_and_fires_once() {
         worker.metric("tailor_timers_fired_total", ""),
         0.0,
         "nothing left to fire"
+    );
+    assert_eq!(
+        worker.metric(
+            "tailor_batch_phase_duration_seconds_count",
+            "phase=\"timers\""
+        ),
+        0.0,
+        "no timers phase without timers"
     );
     let quiet = Duration::from_secs(3);
     let fired: Vec<_> = triggers(&t.journeys, quiet)

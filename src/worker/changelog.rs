@@ -9,10 +9,11 @@
 //! left out: each profile's `next_timer` is its entry, so a replay writes the index from the
 //! profiles it applies ([`Store::derived_timers`]). That is a record or two fewer per event and
 //! per fired timer (an entry removed, one added). Timer records an earlier version wrote are
-//! skipped, and a restore writes a tombstone for each it read, so compaction drops them. After a batch's records of a partition
-//! are acknowledged — and every output of the batch before them — a **marker** (key
-//! [`MARKER_KEY`]) closes the batch; its offset + 1 is committed to RocksDB with the batch
-//! (the store's *changelog position*).
+//! skipped, and a restore writes a tombstone for each it read, so compaction drops them.
+//!
+//! After a batch's records of a partition are acknowledged — and every output of the batch
+//! before them — a **marker** (key [`MARKER_KEY`]) closes the batch; its offset + 1 is
+//! committed to RocksDB with the batch (the store's *changelog position*).
 //!
 //! ## Restore (in the rebalance callback, before the partition's offsets are read)
 //!

@@ -532,8 +532,12 @@ impl Worker {
     /// Step 0: every task's clock moves and its due timers fire; then a slice of profiles not yet
     /// evaluated under the definitions in force. Returns whether work remains: timers beyond this
     /// batch's budget, or profiles still to re-evaluate (the batch then closes at once rather
-    /// than waiting `batch_max_wait` for messages).
-    fn time_step(&mut self, consumer: &StreamConsumer<KafkaContext>) -> Result<bool, Error> {
+    /// than waiting `batch_max_wait` for messages); and whether it did any (timers fired or
+    /// profiles re-evaluated).
+    fn time_step(
+        &mut self,
+        consumer: &StreamConsumer<KafkaContext>,
+    ) -> Result<(bool, bool), Error> {
         let wall = now_ms();
         let mut budget = self.max_messages;
         for task in self.tasks.values_mut() {
@@ -574,6 +578,7 @@ impl Worker {
         }
         // The budget used up: more timers may be due.
         let timers_left = budget == 0;
+        let mut worked = budget < self.max_messages;
         let mut budget = self.max_messages;
         let mut pending = 0;
         for task in self.tasks.values_mut() {
@@ -581,12 +586,13 @@ impl Worker {
                 pending += 1;
             }
         }
+        worked |= budget < self.max_messages;
         share(
             &self.metrics.reevaluation_pending,
             &mut self.shares.reevaluation_pending,
             pending,
         );
-        Ok(timers_left || pending > 0)
+        Ok((timers_left || pending > 0, worked))
     }
 
     /// One message from the consumer: buffered in its task, which then applies what it can in
@@ -1461,7 +1467,17 @@ impl Worker {
             .expire_unknown_ids(Duration::from_secs(60));
         // Time first: the partitions' clocks move and the timers due by then fire; then
         // profiles not yet evaluated under the definitions in force, a slice per batch.
-        if self.time_step(consumer)? {
+        let t_time = Instant::now();
+        let (more, worked) = self.time_step(consumer)?;
+        if worked {
+            // The batch's time includes its timers, also timed as a phase of their own.
+            self.batch_started.get_or_insert(t_time);
+            self.metrics
+                .phase_seconds
+                .with_label_values(&["timers"])
+                .observe(t_time.elapsed().as_secs_f64());
+        }
+        if more {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + Duration::from_millis(5));
