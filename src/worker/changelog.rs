@@ -766,37 +766,22 @@ impl Restorer {
         cancel: &AtomicBool,
     ) -> Result<i64, String> {
         let mut deliveries = Vec::new();
-        let tombstones = stale_timers.iter().map(|key| Op {
-            cf: crate::store::TIMERS_CF,
-            key: key.clone(),
-            value: None,
-        });
-        for op in keys
-            .iter()
-            .map(|(cf, key)| -> Result<Op, String> {
-                let value = store.get_raw(*cf, key).map_err(|e| e.to_string())?;
-                Ok(Op {
-                    cf: *cf,
-                    key: key.clone(),
-                    value,
-                })
-            })
-            .chain(tombstones.map(Ok))
-        {
+        let mut send = |cf: u8, key: &[u8], value: Option<&[u8]>| -> Result<(), String> {
             if cancel.load(Ordering::Relaxed) {
                 return Err(CANCELLED.into());
             }
-            let op = op?;
+            let record = [&[cf][..], key].concat();
             deliveries.push(
-                send_record(
-                    producer,
-                    &self.topic,
-                    p,
-                    &record_key(&op),
-                    op.value.as_deref(),
-                )
-                .map_err(|e| e.to_string())?,
+                send_record(producer, &self.topic, p, &record, value).map_err(|e| e.to_string())?,
             );
+            Ok(())
+        };
+        for (cf, key) in keys {
+            let value = store.get_raw(*cf, key).map_err(|e| e.to_string())?;
+            send(*cf, key, value.as_deref())?;
+        }
+        for key in stale_timers {
+            send(crate::store::TIMERS_CF, key, None)?;
         }
         self.metrics
             .changelog_records
