@@ -726,7 +726,8 @@ fn workload(
         t0.duration_since(spawned).as_secs_f64()
     );
     println!(
-        "worker: {:.0} events committed in {secs:.1}s = {rate:.0} events/s ({:.2} of the raw consume rate; explanations {}); {changes:.0} audience changes; peak RSS {rss:.0} MiB",
+        "worker ({:.0} processing threads): {:.0} events committed in {secs:.1}s = {rate:.0} events/s ({:.2} of the raw consume rate; explanations {}); {changes:.0} audience changes; peak RSS {rss:.0} MiB",
+        metric(port, "tailor_processing_threads "),
         done - n0,
         rate / raw_rate,
         if explain { "on" } else { "off" }

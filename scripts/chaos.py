@@ -76,6 +76,8 @@ group_id = "{prefix}.group"
 # A restarted worker takes its partitions back at once (static membership).
 instance_id = "{prefix}-worker"
 [processing]
+# One thread per worker (the default is one per core): the run does not depend on the machine.
+threads = 1
 # Event time only: when timers fire must not depend on when the worker was caught up.
 wall_clock = false
 [state]

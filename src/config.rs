@@ -174,7 +174,8 @@ pub struct Processing {
     /// Processing threads (Kafka Streams' `num.stream.threads`): each is a member of the
     /// consumer group with its own partitions, consumer, producer and share of the profile
     /// cache; they share the RocksDB store. More than the cores, or than partitions divided by
-    /// workers, only adds idle members.
+    /// workers, only adds idle members. `0` (the default): one per core the process may use
+    /// ([`auto_threads`]).
     pub threads: usize,
 }
 
@@ -284,7 +285,7 @@ impl Default for Processing {
             allowed_lateness: "5s".into(),
             wall_clock: true,
             max_idle: "2s".into(),
-            threads: 1,
+            threads: 0,
         }
     }
 }
@@ -351,6 +352,8 @@ const RESERVED_KAFKA: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub config: Config,
+    /// Processing threads: `processing.threads`, or when it is 0 one per core ([`auto_threads`]).
+    pub threads: usize,
     pub batch_max_wait: Duration,
     pub batch_linger: Duration,
     pub allowed_lateness: Duration,
@@ -376,6 +379,21 @@ impl std::fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// Most processing threads `processing.threads = 0` starts: beyond this, more members than a
+/// worker's share of the partitions is the likelier case, and each holds connections and buffers.
+pub const AUTO_THREADS_MAX: usize = 8;
+
+/// The processing threads for `processing.threads = 0`: one per core the process may use
+/// (`cores`: Rust's `available_parallelism`, which follows the CPU affinity and a cgroup CPU
+/// quota, such as a Kubernetes CPU limit, but not a CPU request), at most [`AUTO_THREADS_MAX`],
+/// and no more than leave each thread's cache share a whole batch.
+pub fn auto_threads(cores: usize, cache_profiles: usize, batch_max_messages: usize) -> usize {
+    cores
+        .min(AUTO_THREADS_MAX)
+        .min(cache_profiles / batch_max_messages.max(1))
+        .max(1)
+}
 
 /// Parses a size such as `256MiB`, `1GiB`, `512KiB` or a plain byte count.
 pub fn parse_size(s: &str) -> Option<usize> {
@@ -521,12 +539,20 @@ impl Config {
                     .into(),
             );
         }
-        if !(1..=64).contains(&c.processing.threads) {
+        if c.processing.threads > 64 {
             problems.push(format!(
-                "processing.threads = {}: expected 1 to 64",
+                "processing.threads = {}: expected 1 to 64, or 0 for one per core",
                 c.processing.threads
             ));
         }
+        let threads = match c.processing.threads {
+            0 => auto_threads(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                c.state.cache_profiles,
+                c.processing.batch_max_messages,
+            ),
+            n => n,
+        };
         let max_idle = humantime::parse_duration(&c.processing.max_idle);
         match &max_idle {
             Err(e) => problems.push(format!(
@@ -560,10 +586,10 @@ impl Config {
             )),
             Ok(_) => {}
         }
-        if c.state.cache_profiles < c.processing.batch_max_messages * c.processing.threads.max(1) {
+        if c.state.cache_profiles < c.processing.batch_max_messages * threads {
             problems.push(format!(
-                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) times processing.threads ({}) so each thread's batch fits in its share",
-                c.state.cache_profiles, c.processing.batch_max_messages, c.processing.threads
+                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) times processing.threads ({threads}) so each thread's batch fits in its share",
+                c.state.cache_profiles, c.processing.batch_max_messages
             ));
         }
         let block_cache = parse_size(&c.state.block_cache);
@@ -670,6 +696,7 @@ impl Config {
             registry_timeout: registry_timeout.expect("checked"),
             batch_max_wait: wait_checked,
             batch_linger: linger.expect("checked").min(wait_checked),
+            threads,
             max_idle: max_idle.expect("checked"),
             allowed_lateness: lateness.expect("checked"),
             store: StoreOptions {
@@ -728,6 +755,35 @@ mod tests {
                 .state
                 .standby
         );
+    }
+
+    #[test]
+    fn processing_threads_default_to_the_cores_within_the_cache_and_a_cap() {
+        // One per core, capped; a cache too small for a batch per thread gets fewer threads.
+        assert_eq!(auto_threads(2, 100_000, 10_000), 2);
+        assert_eq!(auto_threads(64, 100_000, 10_000), AUTO_THREADS_MAX);
+        assert_eq!(auto_threads(4, 25_000, 10_000), 2);
+        assert_eq!(auto_threads(4, 5_000, 10_000), 1);
+        // The default resolves to this machine's cores (at least one); a number given is kept.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            validate_with("", "").unwrap().threads,
+            auto_threads(cores, 100_000, 10_000)
+        );
+        assert_eq!(
+            validate_with("", "[processing]\nthreads = 3")
+                .unwrap()
+                .threads,
+            3
+        );
+        let errs = validate_with("", "[processing]\nthreads = 65").unwrap_err();
+        assert!(errs[0].starts_with("processing.threads = 65"), "{errs:?}");
+        let errs = validate_with(
+            "",
+            "[processing]\nthreads = 4\n[state]\ncache_profiles = 20000",
+        )
+        .unwrap_err();
+        assert!(errs[0].contains("times processing.threads (4)"), "{errs:?}");
     }
 
     /// Regression: `identity.max_identities` was documented but never applied (always 32).

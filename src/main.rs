@@ -343,7 +343,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         // one, or a SASL mechanism this build cannot use, fails here, not at run.
                         let problems = tailor::worker::check_kafka_properties(&s);
                         if problems.is_empty() {
-                            println!("{}: OK ({} segments)", path.display(), s.segments.len());
+                            println!(
+                                "{}: OK ({} segments, {} processing thread{})",
+                                path.display(),
+                                s.segments.len(),
+                                s.threads,
+                                if s.threads == 1 { "" } else { "s" }
+                            );
                         } else {
                             ok = false;
                             for p in problems {

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Next offset committed to the state store, per input partition.
     pub stored_offset: IntGaugeVec,
     pub assigned_partitions: IntGauge,
+    /// Processing threads running (`processing.threads`, or one per core when it is 0).
+    pub processing_threads: IntGauge,
     /// Partition numbers taken from this worker by rebalances.
     pub partitions_revoked: IntCounter,
     pub profiles_cached: IntGauge,
@@ -398,6 +400,10 @@ impl Metrics {
             assigned_partitions: plain_gauge(
                 "tailor_assigned_partitions",
                 "Input partitions assigned to this worker.",
+            ),
+            processing_threads: plain_gauge(
+                "tailor_processing_threads",
+                "Processing threads running, each a member of the consumer group (processing.threads, or one per core when it is 0).",
             ),
             partitions_revoked: plain_counter(
                 "tailor_partitions_revoked_total",

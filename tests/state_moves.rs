@@ -462,6 +462,7 @@ fn processing_threads_split_the_partitions_over_one_store() {
         (PARTITIONS * 4) as f64,
         "three inputs and the repartition topic, every partition once"
     );
+    assert_eq!(w.metric("tailor_processing_threads", ""), 2.0);
     assert_eq!(w.get("/readyz").map(|(code, _)| code), Some(200));
 
     // SIGHUP reaches both threads: every profile, whichever thread holds it, is re-evaluated.

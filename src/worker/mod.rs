@@ -1121,7 +1121,8 @@ pub async fn run(
     let (catalog, registry, output_ids) = schemas_and_registry(&settings).await?;
     let pcfg = kafka::producer_config(&settings);
 
-    let threads = c.processing.threads.max(1);
+    let threads = settings.threads;
+    metrics.processing_threads.set(threads as i64);
     // Each processing thread is a member of the group with a consumer of its own (it is
     // given whole partition numbers); they share the store.
     let consumer_for = |slot: usize| -> anyhow::Result<StreamConsumer<KafkaContext>> {
@@ -1190,7 +1191,7 @@ pub async fn run(
         group: c.consumer.group_id.clone(),
         kafka: kafka::client_config(&settings),
     });
-    info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), threads, "worker started");
+    info!(topics = ?inputs, group = %c.consumer.group_id, segments = settings.segments.len(), threads, auto_threads = c.processing.threads == 0, "worker started");
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);

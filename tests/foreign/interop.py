@@ -501,6 +501,7 @@ changelog = {toml_str(topics.changelog)}
 [consumer]
 group_id = {toml_str(topics.audience + "-group")}
 [processing]
+threads = 1
 batch_max_messages = {batch}
 batch_max_wait = "50ms"
 [state]

@@ -120,6 +120,11 @@ def test_the_configmaps_configuration_passes_tailor_check(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 segments, 1 journeys OK" in out.stdout, out.stdout
+    # The processing threads follow the pod's CPU request (it has no CPU limit, so the default,
+    # one per core, would count the node's cores).
+    container = by_kind()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    cpus = int(container["resources"]["requests"]["cpu"])
+    assert ("OK (2 segments, %d processing thread" % cpus) in out.stdout, out.stdout
 
 
 def test_kafka_properties_from_the_secret_reach_librdkafka(tmp_path):
