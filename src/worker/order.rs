@@ -116,6 +116,8 @@ pub fn choose(heads: &[Head]) -> Next {
 pub struct Heads {
     queues: Vec<Queue>,
     buffered: usize,
+    /// What [`Heads::heads`] last returned (kept: it runs twice per message applied).
+    scratch: Vec<Head>,
 }
 
 impl Heads {
@@ -212,36 +214,36 @@ impl Heads {
         &mut self,
         max_idle: Duration,
         mut pending: impl FnMut(&str) -> bool,
-    ) -> (Vec<Head>, u64) {
+    ) -> (&[Head], u64) {
         let now = Instant::now();
         let mut ran_out = 0;
-        let heads = self
-            .queues
-            .iter_mut()
-            .map(|q| match q.messages.front() {
-                Some(m) => Head::Ready(m.timestamp, q.rank),
-                None => {
-                    let since = *q.empty_since.get_or_insert(now);
-                    let flowing = q.last_push.is_some_and(|t| now.duration_since(t) < FLOWING);
-                    let promised = !flowing && !q.unreliable && pending(&q.topic);
-                    if !q.awaited || !(flowing || promised) {
-                        Head::Done
-                    } else if now.duration_since(since) >= max_idle {
-                        if promised {
-                            q.unreliable = true;
-                        }
-                        if !q.overdue_noted {
-                            q.overdue_noted = true;
-                            ran_out += 1;
-                        }
-                        Head::Overdue
-                    } else {
-                        Head::Awaited
+        self.scratch.clear();
+        let heads = self.queues.iter_mut().map(|q| match q.messages.front() {
+            Some(m) => Head::Ready(m.timestamp, q.rank),
+            // Holds nothing back: no need to ask whether more is to come.
+            None if !q.awaited => Head::Done,
+            None => {
+                let since = *q.empty_since.get_or_insert(now);
+                let flowing = q.last_push.is_some_and(|t| now.duration_since(t) < FLOWING);
+                let promised = !flowing && !q.unreliable && pending(&q.topic);
+                if !(flowing || promised) {
+                    Head::Done
+                } else if now.duration_since(since) >= max_idle {
+                    if promised {
+                        q.unreliable = true;
                     }
+                    if !q.overdue_noted {
+                        q.overdue_noted = true;
+                        ran_out += 1;
+                    }
+                    Head::Overdue
+                } else {
+                    Head::Awaited
                 }
-            })
-            .collect();
-        (heads, ran_out)
+            }
+        });
+        self.scratch.extend(heads);
+        (&self.scratch, ran_out)
     }
 
     /// Takes the head of the `i`th tracked topic.
@@ -349,18 +351,18 @@ mod tests {
         let ready = Head::Ready(Some(100), 0);
         assert_eq!(
             h.heads(idle, |_| true),
-            (vec![ready, Head::Awaited, Head::Done], 0),
+            (&[ready, Head::Awaited, Head::Done][..], 0),
             "the repartition topic, fed by the workers themselves, holds nothing back"
         );
         assert_eq!(
             h.heads(idle, |_| false).0,
-            vec![ready, Head::Done, Head::Done],
+            [ready, Head::Done, Head::Done],
             "read to its end"
         );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(
             h.heads(idle, |_| true),
-            (vec![ready, Head::Overdue, Head::Done], 1),
+            (&[ready, Head::Overdue, Head::Done][..], 1),
             "waited long enough: counted once"
         );
         assert_eq!(
@@ -371,7 +373,7 @@ mod tests {
         assert!(!h.push(msg("p", 0, 50), 100));
         assert_eq!(
             h.heads(idle, |_| true).0,
-            vec![ready, Head::Ready(Some(50), 2), Head::Done]
+            [ready, Head::Ready(Some(50), 2), Head::Done]
         );
         assert_eq!(h.pop(1).map(|m| m.offset), Some(0));
         assert_eq!(

@@ -161,7 +161,7 @@ impl Task {
                 .and_then(|i| i.position);
             !caught_up(t, position)
         });
-        match order::choose(&heads) {
+        match order::choose(heads) {
             order::Next::Take(i) => (self.heads.pop(i).map(|m| (i, m)), ran_out),
             _ => (None, ran_out),
         }
