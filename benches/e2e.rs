@@ -842,6 +842,17 @@ fn workload(
     // The state directory lost: a worker starting on an empty one restores every partition from
     // the changelog before it is ready (the partitions restore side by side).
     std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    // The worker joins a group of its own: a worker of several threads leaves the group member
+    // by member, and the development broker can then lose the group for whoever joins it next
+    // (README). Its positions come from the state it restores, not from the group.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let regroup = text.replacen(
+        &format!("group_id = \"{prefix}\""),
+        &format!("group_id = \"{prefix}-restored\""),
+        1,
+    );
+    assert_ne!(text, regroup, "the bench's config names its group");
+    std::fs::write(&config, regroup).unwrap();
     let t_restore = Instant::now();
     let mut child = start();
     let ready = loop {

@@ -586,10 +586,12 @@ impl Config {
             )),
             Ok(_) => {}
         }
-        if c.state.cache_profiles < c.processing.batch_max_messages * threads {
+        if c.state.cache_profiles < c.processing.batch_max_messages.saturating_mul(threads) {
             problems.push(format!(
-                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) times processing.threads ({threads}) so each thread's batch fits in its share",
-                c.state.cache_profiles, c.processing.batch_max_messages
+                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) times processing.threads ({threads}{}) so each thread's batch fits in its share",
+                c.state.cache_profiles,
+                c.processing.batch_max_messages,
+                if c.processing.threads == 0 { ", one per core" } else { "" }
             ));
         }
         let block_cache = parse_size(&c.state.block_cache);

@@ -350,7 +350,10 @@ mod tests {
         let idle = Duration::from_millis(50);
         let ready = Head::Ready(Some(100), 0);
         assert_eq!(
-            h.heads(idle, |_| true),
+            h.heads(idle, |t| {
+                assert_ne!(t, "r", "a topic that holds nothing back is not asked about");
+                true
+            }),
             (&[ready, Head::Awaited, Head::Done][..], 0),
             "the repartition topic, fed by the workers themselves, holds nothing back"
         );
