@@ -62,10 +62,11 @@ const RESTORE_WRITE_OPS: usize = 20_000;
 /// restart, and the next restore compensates what was written).
 const MIRROR_GIVE_UP: Duration = Duration::from_secs(120);
 
-pub fn record_key(op: &Op) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + op.key.len());
-    k.push(op.cf);
-    k.extend_from_slice(&op.key);
+/// A state record's key: the column family's id, then the store key.
+pub fn record_key(cf: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(cf);
+    k.extend_from_slice(key);
     k
 }
 
@@ -351,8 +352,16 @@ async fn mirror_once(
     let mut deliveries = Vec::new();
     for (p, ops) in ops {
         for op in ops.iter().filter(|o| !o.is_derived()) {
-            deliveries
-                .push(send_async(producer, topic, *p, &record_key(op), op.value.as_deref()).await?);
+            deliveries.push(
+                send_async(
+                    producer,
+                    topic,
+                    *p,
+                    &record_key(op.cf, &op.key),
+                    op.value.as_deref(),
+                )
+                .await?,
+            );
         }
     }
     let records = deliveries.len() as u64;
@@ -737,7 +746,7 @@ impl Restorer {
                     producer,
                     &self.topic,
                     p,
-                    &record_key(&op),
+                    &record_key(op.cf, &op.key),
                     op.value.as_deref(),
                 )
                 .map_err(|e| SeedError(e.to_string()))?;
@@ -770,9 +779,9 @@ impl Restorer {
             if cancel.load(Ordering::Relaxed) {
                 return Err(CANCELLED.into());
             }
-            let record = [&[cf][..], key].concat();
             deliveries.push(
-                send_record(producer, &self.topic, p, &record, value).map_err(|e| e.to_string())?,
+                send_record(producer, &self.topic, p, &record_key(cf, key), value)
+                    .map_err(|e| e.to_string())?,
             );
             Ok(())
         };
@@ -873,7 +882,7 @@ mod tests {
             key: b"\0\0\0\x01k".to_vec(),
             value: None,
         };
-        assert_eq!(parse(&record_key(&o), None), Some(Entry::Op(o)));
+        assert_eq!(parse(&record_key(o.cf, &o.key), None), Some(Entry::Op(o)));
         assert_eq!(parse(MARKER_KEY, Some(b"")), Some(Entry::Marker));
         assert_eq!(parse(b"", None), None);
         assert_eq!(parse(&[200, 1], None), None, "no such column family");
@@ -1019,10 +1028,9 @@ mod tests {
         let mut old = 1u32.to_be_bytes().to_vec();
         old.extend_from_slice(&((100u64) ^ (1 << 63)).to_be_bytes());
         old.extend_from_slice(b"zed");
-        let timers_cf = 3;
         let timer_record = |key: &[u8], value: Option<Vec<u8>>| {
             Entry::Op(Op {
-                cf: timers_cf,
+                cf: crate::store::TIMERS_CF,
                 key: key.to_vec(),
                 value,
             })
