@@ -386,15 +386,16 @@ impl Store {
     }
 
     /// Writes a batch's state, segment sizes and next offsets atomically.
-    pub fn commit(&self, c: &Commit) -> Result<(), StoreError> {
-        let ops = self.ops(c)?;
+    pub fn commit(&self, mut c: Commit) -> Result<(), StoreError> {
+        let ops = self.ops(&mut c)?;
         self.write(ops.iter().flat_map(|(_, ops)| ops), &c.meta, &c.changelog)
     }
 
     /// The writes of a commit, each with the partition it belongs to (what the changelog
     /// mirrors, but the timer index's), in the order they are applied: by column family and
     /// key, a key's deletion before its put. Segment sizes become absolute values.
-    pub fn ops(&self, c: &Commit) -> Result<Vec<(i32, Vec<Op>)>, StoreError> {
+    /// The profiles' encoded bytes move out of `c` into the ops (they are the larger part).
+    pub fn ops(&self, c: &mut Commit) -> Result<Vec<(i32, Vec<Op>)>, StoreError> {
         let mut by: BTreeMap<i32, Vec<Op>> = BTreeMap::new();
         let mut push = |p: i32, cf: &str, key: Vec<u8>, value: Option<Vec<u8>>| {
             by.entry(p).or_default().push(Op {
@@ -406,8 +407,8 @@ impl Store {
         for (p, key) in &c.profiles_deleted {
             push(*p, CF_PROFILES, profile_key(*p, key), None);
         }
-        for (p, key, bytes) in &c.profiles {
-            push(*p, CF_PROFILES, profile_key(*p, key), Some(bytes.clone()));
+        for (p, key, bytes) in c.profiles.drain(..) {
+            push(p, CF_PROFILES, profile_key(p, &key), Some(bytes));
         }
         for (p, id, owner) in &c.aliases {
             let v = owner.as_ref().map(|o| o.as_bytes().to_vec());
@@ -908,7 +909,7 @@ mod tests {
         };
         {
             let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-            s.commit(&Commit {
+            s.commit(Commit {
                 profiles: vec![(2, "cust-1".into(), profile::encode(&p))],
                 offsets: vec![("commerce.storefront".into(), 2, 41)],
                 segment_deltas: vec![(2, "vip".into(), 1), (3, "vip".into(), 2)],
@@ -922,7 +923,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-            s.commit(&Commit {
+            s.commit(Commit {
                 segment_deltas: vec![(2, "vip".into(), -1)],
                 timers_removed: vec![(2, 9_000, "c".into())],
                 timers_added: vec![(2, 5_000, "c".into())],
@@ -964,7 +965,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let before = s.memory();
-        s.commit(&Commit {
+        s.commit(Commit {
             profiles: (0..1000)
                 .map(|i| (0, format!("shopper-{i}"), vec![7u8; 512]))
                 .collect(),

@@ -97,7 +97,7 @@ impl Worker {
         }
         commit.meta.append(&mut self.meta);
         let store = self.store.clone();
-        let ops = tokio::task::block_in_place(|| store.ops(&commit))?;
+        let ops = tokio::task::block_in_place(|| store.ops(&mut commit))?;
         // The commit phase is the state's own work: the changelog phase is timed apart.
         let commit_secs = t_commit.elapsed().as_secs_f64();
         if let Some(topic) = &self.changelog {

@@ -92,6 +92,12 @@ use task::Task;
 
 /// A transient fault with nothing left to redo is over after this long without another.
 const FAULT_QUIET: Duration = Duration::from_secs(30);
+/// A task's messages are applied a run at a time, once this many are buffered (or when the
+/// consumer has no message ready): the run's profiles are read from the store in one batched
+/// read before it is applied.
+const DRAIN_RUN: usize = 64;
+/// At most this many buffered messages' profiles are read ahead at a drain.
+const PREFETCH_BUFFERED: usize = 256;
 
 /// Meta record: the segment definitions (source) profiles were last evaluated under (read by
 /// `tailor preview` too).
@@ -650,6 +656,8 @@ impl Worker {
             },
             self.buffer_limit,
         );
+        task.undrained += 1;
+        let run_complete = task.undrained >= DRAIN_RUN;
         if full {
             // Its queue grew past the limit while another topic is awaited: stop fetching it
             // until the queue has drained to half (`drain`).
@@ -659,7 +667,27 @@ impl Worker {
                 Error::transient("broker", format!("pausing {topic}/{partition}: {e}"))
             })?;
         }
-        self.drain(consumer, partition)
+        // Applied a run at a time: when one is complete (then every task's, so that a quiet
+        // partition's messages wait at most a run for a busy one's), or when the consumer has
+        // nothing ready (`batch`).
+        if !run_complete {
+            return Ok(());
+        }
+        self.drain_runs(consumer)
+    }
+
+    /// [`Self::drain`] for every task with messages buffered since its last drain.
+    fn drain_runs(&mut self, consumer: &StreamConsumer<KafkaContext>) -> Result<(), Error> {
+        let undrained: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.undrained > 0)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in undrained {
+            self.drain(consumer, p)?;
+        }
+        Ok(())
     }
 
     /// Applies the messages task `partition` has buffered, in event-time order, until it must
@@ -672,6 +700,9 @@ impl Worker {
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(());
         };
+        if std::mem::take(&mut task.undrained) > 1 && task.held.is_none() {
+            task.prefetch_buffered(PREFETCH_BUFFERED, &self.store)?;
+        }
         while task.held.is_none() {
             let (next, ran_out) = task.next_buffered(self.max_idle, |t, at| {
                 kafka::caught_up(consumer, t, partition, at)
@@ -1522,6 +1553,11 @@ impl Worker {
                     if messages >= self.max_messages {
                         break;
                     }
+                }
+                // No message ready: the runs buffered so far are applied.
+                _ = std::future::ready(()), if self.tasks.values().any(|t| t.undrained > 0) => {
+                    self.drain_runs(consumer)?;
+                    self.out.send().await?;
                 }
                 // Every other branch pending: most often no message is waiting, the thread
                 // has caught up (sometimes the consumer's poll took a statistics or commit

@@ -202,6 +202,13 @@ impl Heads {
             .collect()
     }
 
+    /// The keys of the messages buffered, all topics.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.queues
+            .iter()
+            .flat_map(|q| q.messages.iter().filter_map(|m| m.key.as_deref()))
+    }
+
     /// Messages buffered, all topics.
     pub fn len(&self) -> usize {
         self.buffered

@@ -76,12 +76,43 @@ pub struct Task {
     pub held: Option<u32>,
     /// Messages read and not yet applied, per topic, taken in event-time order.
     pub heads: Heads,
+    /// Messages buffered since the last [`Worker::drain`](super::Worker) of this task: their
+    /// profiles are read together ([`Self::prefetch`]) before they are applied.
+    pub undrained: usize,
     /// Messages applied in the open batch.
     pub messages: usize,
     /// Whether this partition has been read to its end since this thread got it (logged once;
     /// never reset).
     pub reached_end: bool,
     state_reads: prometheus::IntCounter,
+}
+
+/// Reads the profiles of `keys` the cache and the open batch lack, in one batched read (at most
+/// half the cache; fewer than two: left to the reads one at a time).
+fn read_missing<'k>(
+    profiles: &mut Profiles,
+    partition: i32,
+    state_reads: &prometheus::IntCounter,
+    keys: impl IntoIterator<Item = &'k str>,
+    store: &Store,
+) -> Result<(), Error> {
+    let room = (profiles.capacity() / 2).max(1);
+    let mut missing: Vec<&str> = keys
+        .into_iter()
+        .filter(|k| !k.is_empty() && profiles.needs_read(k))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    missing.truncate(room);
+    if missing.len() < 2 {
+        return Ok(());
+    }
+    let found = tokio::task::block_in_place(|| store.profiles(partition, &missing))?;
+    for (key, profile) in missing.into_iter().zip(found) {
+        state_reads.inc();
+        profiles.fetch(key, || Ok::<_, Error>(profile))?;
+    }
+    Ok(())
 }
 
 impl Task {
@@ -110,6 +141,7 @@ impl Task {
             sweep_moved: false,
             held: None,
             heads: Heads::default(),
+            undrained: 0,
             messages: 0,
             reached_end: false,
             state_reads,
@@ -244,23 +276,31 @@ impl Task {
         keys: impl IntoIterator<Item = &'k str>,
         store: &Store,
     ) -> Result<(), Error> {
-        let room = (self.profiles.capacity() / 2).max(1);
-        let mut missing: Vec<&str> = keys
-            .into_iter()
-            .filter(|k| self.profiles.needs_read(k))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        missing.truncate(room);
-        if missing.len() < 2 {
-            return Ok(());
-        }
-        let found = tokio::task::block_in_place(|| store.profiles(self.partition, &missing))?;
-        for (key, profile) in missing.into_iter().zip(found) {
-            self.state_reads.inc();
-            self.profiles.fetch(key, || Ok::<_, Error>(profile))?;
-        }
-        Ok(())
+        let Task {
+            profiles,
+            partition,
+            state_reads,
+            ..
+        } = self;
+        read_missing(profiles, *partition, state_reads, keys, store)
+    }
+
+    /// [`Self::prefetch`] for the keys of the messages buffered (up to `max`): the profiles a
+    /// run of messages is about to read (a key that is an alias, or not UTF-8, reads nothing
+    /// that matters).
+    pub fn prefetch_buffered(&mut self, max: usize, store: &Store) -> Result<(), Error> {
+        let Task {
+            profiles,
+            partition,
+            state_reads,
+            heads,
+            ..
+        } = self;
+        let keys = heads
+            .keys()
+            .take(max)
+            .filter_map(|k| std::str::from_utf8(k).ok());
+        read_missing(profiles, *partition, state_reads, keys, store)
     }
 
     /// As [`Self::fetch`], and marks the profile changed: the caller is about to change it.
@@ -454,7 +494,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         store
-            .commit(&Commit {
+            .commit(Commit {
                 profiles: ["a", "b", "c"]
                     .iter()
                     .zip(1..)
@@ -493,5 +533,46 @@ mod tests {
             Some(0),
             "a new shopper: an empty profile"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_profiles_of_buffered_messages_are_read_in_one_go_before_they_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        store
+            .commit(Commit {
+                profiles: vec![(3, "a".into(), profile::encode(&stored(7)))],
+                ..Default::default()
+            })
+            .unwrap();
+        let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
+        let mut task = Task::open(3, &store, 0, 100, Xxh3Builder::new(), reads.clone()).unwrap();
+        task.heads.track("storefront", 0, true);
+        let keys: [Option<&[u8]>; 5] = [Some(b"a"), Some(b"new"), None, Some(b"\xff"), Some(b"a")];
+        for (offset, key) in keys.into_iter().enumerate() {
+            task.heads.push(
+                Buffered {
+                    topic: "storefront".into(),
+                    offset: offset as i64,
+                    key: key.map(Box::from),
+                    payload: Box::new([]),
+                    timestamp: Some(0),
+                },
+                1_000,
+            );
+        }
+        task.prefetch_buffered(256, &store).unwrap();
+        assert_eq!(
+            reads.get(),
+            2,
+            "\"a\" once and \"new\"; no key and a key that is not UTF-8 read nothing"
+        );
+        // Applying the messages then reads nothing more.
+        task.fetch("a", &store).unwrap();
+        task.fetch("new", &store).unwrap();
+        assert_eq!(reads.get(), 2);
+        assert_eq!(task.profiles.get("a").map(|p| p.events_total), Some(7));
+        assert_eq!(task.profiles.get("new").map(|p| p.events_total), Some(0));
+        assert_eq!(task.heads.len(), 5, "the messages stay buffered");
     }
 }
