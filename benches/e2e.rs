@@ -12,8 +12,8 @@
 //! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
 //! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
 //! `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set `processing.*`,
-//! `TAILOR_BENCH_CACHE_PROFILES` `state.cache_profiles`) and their
-//! ratio, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
+//! `TAILOR_BENCH_CACHE_PROFILES` `state.cache_profiles`) and their ratio, the worker's CPU time
+//! per event, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
 //! at that rate. The wide workload goes on with timers firing at catch-up, profile lookups, a
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
