@@ -390,6 +390,28 @@ fn dir_bytes(dir: &Path) -> u64 {
     })
 }
 
+/// CPU time of a process, all its threads, user and system, in seconds (`/proc/{pid}/stat`, in
+/// clock ticks: finer than `process_cpu_seconds_total`, which counts whole seconds).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name (in parentheses, which may hold spaces): state, then 13 fields
+    // later utime and stime.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / per_sec
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     rss_mib(pid, "VmHWM:")
 }
@@ -685,7 +707,7 @@ fn workload(
         done = metric(port, "tailor_stored_offset{");
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
-            cpu_at_first = metric(port, "process_cpu_seconds_total ");
+            cpu_at_first = cpu_secs(pid);
             slice_start = first;
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
         }
@@ -718,7 +740,7 @@ fn workload(
         );
     }
     let end = Instant::now();
-    let cpu = metric(port, "process_cpu_seconds_total ") - cpu_at_first;
+    let cpu = cpu_secs(pid) - cpu_at_first;
     let changes = metric(port, "tailor_audience_changes_total{");
     let p = Phases::read(port);
     let rss = peak_rss_mib(pid);

@@ -13,7 +13,9 @@
 //!   0. time     every task: clock moves (wall clock when caught up), due timers fire; then a slice
 //!               of profiles re-evaluated if the definitions changed ............ process::Processor
 //!   1. consume  a message ─► its task's queue for its topic (skipped if held or already
-//!               applied); the task applies the earliest head of its topics ............. order
+//!               applied); a run of 64 buffered (or none ready): each task reads the missing
+//!               profiles of its buffered messages in one batched read, then applies the
+//!               earliest head of its topics while it can ................................ order
 //!               ─► process::Processor (decode, validate, identity route, core)
 //!               ─► collector::Collector (bounded records)
 //!               a Confluent id the registry has not answered: the task is held ........... hold
@@ -601,8 +603,9 @@ impl Worker {
         Ok((timers_left || pending > 0, worked))
     }
 
-    /// One message from the consumer: buffered in its task, which then applies what it can in
-    /// event-time order.
+    /// One message from the consumer: buffered in its task; when the task has a run of
+    /// [`DRAIN_RUN`] buffered since it last applied, every task applies what it can in
+    /// event-time order ([`Self::drain_runs`]).
     fn on_message(
         &mut self,
         consumer: &StreamConsumer<KafkaContext>,
@@ -667,9 +670,9 @@ impl Worker {
                 Error::transient("broker", format!("pausing {topic}/{partition}: {e}"))
             })?;
         }
-        // Applied a run at a time: when one is complete (then every task's, so that a quiet
-        // partition's messages wait at most a run for a busy one's), or when the consumer has
-        // nothing ready (`batch`).
+        // Applied a run at a time: when one task's is complete (then every task's, so that a
+        // quiet partition's messages do not wait for the busy one's to fill), or when the
+        // consumer has nothing ready (`batch`).
         if !run_complete {
             return Ok(());
         }
@@ -701,7 +704,7 @@ impl Worker {
             return Ok(());
         };
         if std::mem::take(&mut task.undrained) > 1 && task.held.is_none() {
-            task.prefetch_buffered(PREFETCH_BUFFERED, &self.store)?;
+            task.prefetch_buffered(PREFETCH_BUFFERED, &self.store);
         }
         while task.held.is_none() {
             let (next, ran_out) = task.next_buffered(self.max_idle, |t, at| {
@@ -1556,6 +1559,9 @@ impl Worker {
                 }
                 // No message ready: the runs buffered so far are applied.
                 _ = std::future::ready(()), if self.tasks.values().any(|t| t.undrained > 0) => {
+                    // A revocation may have come in the consumer's poll: its partitions' tasks
+                    // go first (nothing of theirs is applied here any more).
+                    self.apply_rebalances(consumer)?;
                     self.drain_runs(consumer)?;
                     self.out.send().await?;
                 }
@@ -1568,8 +1574,8 @@ impl Worker {
                 // batches grow with the load. (Outputs are sent as the batch goes.)
                 _ = std::future::ready(()), if (messages > 0 || timed) && !lingering => {
                     lingering = true;
-                    // Messages held for event-time order across topics are applied by a
-                    // message or at the batch's end: such a batch stays open as before.
+                    // Messages held for event-time order across topics are applied at a later
+                    // drain or at the batch's end: such a batch stays open as before.
                     if self.tasks.values().any(|t| t.heads.len() > 0) {
                         continue;
                     }

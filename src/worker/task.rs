@@ -287,8 +287,10 @@ impl Task {
 
     /// [`Self::prefetch`] for the keys of the messages buffered (up to `max`): the profiles a
     /// run of messages is about to read (a key that is an alias, or not UTF-8, reads nothing
-    /// that matters).
-    pub fn prefetch_buffered(&mut self, max: usize, store: &Store) -> Result<(), Error> {
+    /// that matters). Only a read ahead: if it fails (a profile that cannot be decoded, a read
+    /// error), each message's own read decides, as before (a message dead-lettered or forwarded
+    /// reads no profile).
+    pub fn prefetch_buffered(&mut self, max: usize, store: &Store) {
         let Task {
             profiles,
             partition,
@@ -300,7 +302,9 @@ impl Task {
             .keys()
             .take(max)
             .filter_map(|k| std::str::from_utf8(k).ok());
-        read_missing(profiles, *partition, state_reads, keys, store)
+        if let Err(e) = read_missing(profiles, *partition, state_reads, keys, store) {
+            tracing::debug!(partition = *partition, error = %e, "reading a run's profiles ahead failed; read one at a time");
+        }
     }
 
     /// As [`Self::fetch`], and marks the profile changed: the caller is about to change it.
@@ -437,6 +441,7 @@ impl Task {
     pub fn unassign(&mut self, topic: &str) {
         self.inputs.retain(|i| i.topic != topic);
         self.heads.remove(topic);
+        self.undrained = 0;
     }
 
     /// Drops the open batch and the messages buffered: profiles, aliases, clock, positions and
@@ -461,6 +466,7 @@ impl Task {
         self.timer_floor = i64::MIN;
         // Messages read and not applied are read again too.
         let buffered = self.heads.clear();
+        self.undrained = 0;
         let mut seeks = Vec::with_capacity(self.inputs.len());
         for i in &mut self.inputs {
             i.pending = None;
@@ -561,7 +567,7 @@ mod tests {
                 1_000,
             );
         }
-        task.prefetch_buffered(256, &store).unwrap();
+        task.prefetch_buffered(256, &store);
         assert_eq!(
             reads.get(),
             2,
