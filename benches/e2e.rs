@@ -758,8 +758,8 @@ fn workload(
         rate / raw_rate,
         if explain { "on" } else { "off" }
     );
-    // Steadier than the rate from run to run (the broker shares the cores): what a change
-    // saves per event.
+    // What a change saves per event, less bound to the broker's share of the cores than the
+    // rate (though it too varied by about ±10 % between runs of the same code).
     println!(
         "worker CPU in the pass: {cpu:.1}s (all its threads; {:.2} cores on average) = {:.1} µs per event committed",
         cpu / secs,

@@ -76,8 +76,8 @@ pub struct Task {
     pub held: Option<u32>,
     /// Messages read and not yet applied, per topic, taken in event-time order.
     pub heads: Heads,
-    /// Messages buffered since the last [`Worker::drain`](super::Worker) of this task: their
-    /// profiles are read together ([`Self::prefetch`]) before they are applied.
+    /// Messages buffered since the task last applied what it could: their profiles are read
+    /// together ([`Self::prefetch_buffered`]) before they are applied.
     pub undrained: usize,
     /// Messages applied in the open batch.
     pub messages: usize,
