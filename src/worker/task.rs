@@ -494,23 +494,32 @@ mod tests {
         }
     }
 
-    // `block_in_place` (as on the worker) needs the multi-threaded runtime.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn prefetch_reads_what_is_missing_and_keeps_changes_of_the_batch() {
+    /// A store holding `profiles` (key, events) of partition 3, and that partition's task with
+    /// a cache of `cache` profiles, counting its store reads.
+    fn task_over(
+        profiles: &[(&str, u64)],
+        cache: usize,
+    ) -> (tempfile::TempDir, Store, prometheus::IntCounter, Task) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         store
             .commit(Commit {
-                profiles: ["a", "b", "c"]
+                profiles: profiles
                     .iter()
-                    .zip(1..)
-                    .map(|(k, n)| (3, k.to_string(), profile::encode(&stored(n))))
+                    .map(|(k, n)| (3, k.to_string(), profile::encode(&stored(*n))))
                     .collect(),
                 ..Default::default()
             })
             .unwrap();
         let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
-        let mut task = Task::open(3, &store, 0, 4, Xxh3Builder::new(), reads.clone()).unwrap();
+        let task = Task::open(3, &store, 0, cache, Xxh3Builder::new(), reads.clone()).unwrap();
+        (dir, store, reads, task)
+    }
+
+    // `block_in_place` (as on the worker) needs the multi-threaded runtime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn prefetch_reads_what_is_missing_and_keeps_changes_of_the_batch() {
+        let (_dir, store, reads, mut task) = task_over(&[("a", 1), ("b", 2), ("c", 3)], 4);
         // "c" changed in the open batch, then pushed out of the cache (4 places) by four others.
         task.load("c", &store).unwrap().events_total = 30;
         for k in ["x", "y", "z", "w"] {
@@ -543,16 +552,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_profiles_of_buffered_messages_are_read_in_one_go_before_they_are_applied() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        store
-            .commit(Commit {
-                profiles: vec![(3, "a".into(), profile::encode(&stored(7)))],
-                ..Default::default()
-            })
-            .unwrap();
-        let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
-        let mut task = Task::open(3, &store, 0, 100, Xxh3Builder::new(), reads.clone()).unwrap();
+        let (_dir, store, reads, mut task) = task_over(&[("a", 7)], 100);
         task.heads.track("storefront", 0, true);
         let keys: [Option<&[u8]>; 5] = [Some(b"a"), Some(b"new"), None, Some(b"\xff"), Some(b"a")];
         for (offset, key) in keys.into_iter().enumerate() {
