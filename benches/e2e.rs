@@ -11,7 +11,8 @@
 //!
 //! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
 //! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
-//! `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set `processing.*`,
+//! `TAILOR_BENCH_BATCH_PROFILES`, `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set
+//! `processing.*`,
 //! `TAILOR_BENCH_CACHE_PROFILES` `state.cache_profiles`) and their ratio, the worker's CPU time
 //! per event, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
@@ -630,16 +631,17 @@ fn workload(
     let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
-    // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_WAIT,
-    // TAILOR_BENCH_BATCH_LINGER: the worker's `processing.threads`, `batch_max_messages`,
-    // `batch_max_wait` and `batch_linger` (its defaults when unset); TAILOR_BENCH_CACHE_PROFILES
-    // its `state.cache_profiles`.
+    // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_PROFILES,
+    // TAILOR_BENCH_BATCH_WAIT, TAILOR_BENCH_BATCH_LINGER: the worker's `processing.threads`,
+    // `batch_max_messages`, `batch_max_profiles`, `batch_max_wait` and `batch_linger` (its
+    // defaults when unset); TAILOR_BENCH_CACHE_PROFILES its `state.cache_profiles`.
     let cache_profiles = std::env::var("TAILOR_BENCH_CACHE_PROFILES")
         .map(|v| format!("cache_profiles = {v}\n"))
         .unwrap_or_default();
     let processing: String = [
         ("threads", "TAILOR_BENCH_THREADS", false),
         ("batch_max_messages", "TAILOR_BENCH_BATCH_MESSAGES", false),
+        ("batch_max_profiles", "TAILOR_BENCH_BATCH_PROFILES", false),
         ("batch_max_wait", "TAILOR_BENCH_BATCH_WAIT", true),
         ("batch_linger", "TAILOR_BENCH_BATCH_LINGER", true),
     ]

@@ -151,8 +151,15 @@ pub struct Consumer {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Processing {
-    /// Most messages applied before state and offsets are committed.
+    /// Most messages applied before state and offsets are committed (what a crash has to
+    /// process again, at most).
     pub batch_max_messages: usize,
+    /// Most profiles a thread's batch changes before it is committed: the changed profiles of
+    /// the open batch are held in memory (the profile cache) until the commit writes them, so
+    /// this, times the threads, must fit in `state.cache_profiles`. A shopper's events in one
+    /// batch are one profile write (one RocksDB put, one changelog record), so batches of
+    /// shoppers with many events each are bounded by this less often than by the messages.
+    pub batch_max_profiles: usize,
     /// Longest a batch stays open waiting for messages, e.g. "100ms".
     pub batch_max_wait: String,
     /// How long a batch stays open after it first catches up (no message waiting) before it
@@ -279,8 +286,9 @@ impl Default for Consumer {
 impl Default for Processing {
     fn default() -> Self {
         Processing {
-            batch_max_messages: 10_000,
-            batch_max_wait: "500ms".into(),
+            batch_max_messages: 100_000,
+            batch_max_profiles: 10_000,
+            batch_max_wait: "1s".into(),
             batch_linger: "0ms".into(),
             allowed_lateness: "5s".into(),
             wall_clock: true,
@@ -387,11 +395,11 @@ pub const AUTO_THREADS_MAX: usize = 8;
 /// The processing threads for `processing.threads = 0`: one per core the process may use
 /// (`cores`: Rust's `available_parallelism`, which follows the CPU affinity and a cgroup CPU
 /// quota, such as a Kubernetes CPU limit, but not a CPU request), at most [`AUTO_THREADS_MAX`],
-/// and no more than leave each thread's cache share a whole batch.
-pub fn auto_threads(cores: usize, cache_profiles: usize, batch_max_messages: usize) -> usize {
+/// and no more than leave each thread's cache share a whole batch's changed profiles.
+pub fn auto_threads(cores: usize, cache_profiles: usize, batch_max_profiles: usize) -> usize {
     cores
         .min(AUTO_THREADS_MAX)
-        .min(cache_profiles / batch_max_messages.max(1))
+        .min(cache_profiles / batch_max_profiles.max(1))
         .max(1)
 }
 
@@ -518,6 +526,9 @@ impl Config {
         if c.processing.batch_max_messages == 0 {
             problems.push("processing.batch_max_messages = 0: must be at least 1".into());
         }
+        if c.processing.batch_max_profiles == 0 {
+            problems.push("processing.batch_max_profiles = 0: must be at least 1".into());
+        }
         let wait = humantime::parse_duration(&c.processing.batch_max_wait);
         if let Err(e) = &wait {
             problems.push(format!(
@@ -549,7 +560,7 @@ impl Config {
             0 => auto_threads(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
                 c.state.cache_profiles,
-                c.processing.batch_max_messages,
+                c.processing.batch_max_profiles,
             ),
             n => n,
         };
@@ -586,11 +597,11 @@ impl Config {
             )),
             Ok(_) => {}
         }
-        if c.state.cache_profiles < c.processing.batch_max_messages.saturating_mul(threads) {
+        if c.state.cache_profiles < c.processing.batch_max_profiles.saturating_mul(threads) {
             problems.push(format!(
-                "state.cache_profiles = {}: must be at least processing.batch_max_messages ({}) times processing.threads ({threads}{}) so each thread's batch fits in its share",
+                "state.cache_profiles = {}: must be at least processing.batch_max_profiles ({}) times processing.threads ({threads}{}) so each thread's batch fits in its share",
                 c.state.cache_profiles,
-                c.processing.batch_max_messages,
+                c.processing.batch_max_profiles,
                 if c.processing.threads == 0 { ", one per core" } else { "" }
             ));
         }
@@ -777,6 +788,11 @@ mod tests {
                 .unwrap()
                 .threads,
             3
+        );
+        let errs = validate_with("", "[processing]\nbatch_max_profiles = 0").unwrap_err();
+        assert!(
+            errs[0].starts_with("processing.batch_max_profiles = 0"),
+            "{errs:?}"
         );
         let errs = validate_with("", "[processing]\nthreads = 65").unwrap_err();
         assert!(errs[0].starts_with("processing.threads = 65"), "{errs:?}");

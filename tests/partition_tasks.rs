@@ -230,3 +230,73 @@ fn a_caught_up_batch_commits_without_waiting_for_its_maximum_wait() {
     assert_eq!(entered.len(), SHOPPERS, "{entered:?}");
     worker.stop();
 }
+
+/// `processing.batch_max_profiles` bounds what a batch holds in memory: the profiles it changed,
+/// written at its commit. A backlog of 40 new shoppers with a bound of 4 (and room for 10,000
+/// messages and 5 s per batch) is committed in batches of at most 4 messages, every shopper's
+/// membership and output intact.
+#[test]
+fn a_batch_commits_once_it_has_changed_batch_max_profiles_profiles() {
+    const SHOPPERS: usize = 40;
+    let setup = Setup::new("profile-bound", 1, 10_000);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text.replace(
+        "batch_max_wait = \"50ms\"",
+        "batch_max_wait = \"5s\"\nbatch_max_profiles = 4",
+    );
+    assert!(
+        text.contains("batch_max_profiles = 4"),
+        "the test config's batch_max_wait changed"
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    // The backlog is there before the worker starts: without the bound the first fetch's
+    // messages would all go into one batch.
+    let p = producer();
+    let records: Vec<(String, Vec<u8>)> = (0..SHOPPERS)
+        .map(|i| {
+            let key = format!("k{i}");
+            let ev = samples::storefront("addToCart", &format!("e{i}"), T0 + i as i64, &key);
+            (key, encode::storefront(&ev).unwrap())
+        })
+        .collect();
+    let batch: Vec<(&str, &str, Vec<u8>)> = records
+        .iter()
+        .map(|(k, v)| (setup.topics.storefront.as_str(), k.as_str(), v.clone()))
+        .collect();
+    produce_all(&p, &batch);
+    let mut worker = setup.start(1);
+    worker.wait_caught_up(SHOPPERS as u64);
+    let batches = worker.metric("tailor_batch_messages_count", "");
+    let within = worker.metric("tailor_batch_messages_bucket", "le=\"4\"");
+    assert!(
+        batches >= (SHOPPERS / 4) as f64,
+        "{batches} batches committed {SHOPPERS} new shoppers with at most 4 profiles each"
+    );
+    assert_eq!(
+        within,
+        batches,
+        "every batch holds at most 4 messages (each a new shopper): {}",
+        worker
+            .get("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("tailor_batch_messages"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert_eq!(
+        worker.metric("tailor_segment_members", "segment=\"cart-holders\""),
+        SHOPPERS as f64,
+        "every shopper's membership committed"
+    );
+    let mut entered = std::collections::BTreeSet::new();
+    for m in read_topic_until_quiet(&setup.topics.audience, 1, Duration::from_secs(3)) {
+        let c = decode::audience_change(m.payload().unwrap()).unwrap();
+        if c.direction == Direction::Entered && c.segment_id == "cart-holders" {
+            entered.insert(c.profile_key);
+        }
+    }
+    assert_eq!(entered.len(), SHOPPERS, "{entered:?}");
+    worker.stop();
+}

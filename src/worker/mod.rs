@@ -164,6 +164,12 @@ struct Worker {
     /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
     follow_wall: bool,
     max_messages: usize,
+    /// Most profiles a batch changes (`processing.batch_max_profiles`): also the budget of the
+    /// timers fired and the profiles re-evaluated per batch.
+    max_profiles: usize,
+    /// Profiles the open batch had changed when its messages began (timers fired, profiles
+    /// re-evaluated): [`Self::message_budget`] counts from there.
+    changed_before_messages: usize,
     /// Longest a partition waits for a topic with messages still to come ([`order`]).
     max_idle: Duration,
     /// How long a batch that has caught up waits for more messages (`processing.batch_linger`).
@@ -547,7 +553,7 @@ impl Worker {
         consumer: &StreamConsumer<KafkaContext>,
     ) -> Result<(bool, bool), Error> {
         let wall = now_ms();
-        let mut budget = self.max_messages;
+        let mut budget = self.max_profiles;
         for task in self.tasks.values_mut() {
             // A held partition's events wait, and so do its clock and timers.
             if task.held.is_some() {
@@ -586,15 +592,15 @@ impl Worker {
         }
         // The budget used up: more timers may be due.
         let timers_left = budget == 0;
-        let mut worked = budget < self.max_messages;
-        let mut budget = self.max_messages;
+        let mut worked = budget < self.max_profiles;
+        let mut budget = self.max_profiles;
         let mut pending = 0;
         for task in self.tasks.values_mut() {
             if task.held.is_none() && self.proc.sweep(task, &mut self.out, &mut budget)? {
                 pending += 1;
             }
         }
-        worked |= budget < self.max_messages;
+        worked |= budget < self.max_profiles;
         share(
             &self.metrics.reevaluation_pending,
             &mut self.shares.reevaluation_pending,
@@ -700,13 +706,22 @@ impl Worker {
         consumer: &StreamConsumer<KafkaContext>,
         partition: i32,
     ) -> Result<(), Error> {
+        // The task may change this many profiles in all (those it changed count).
+        let mut limit = self.message_budget();
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(());
         };
+        limit += task.profiles.changed_count();
         if std::mem::take(&mut task.undrained) > 1 && task.held.is_none() {
             task.prefetch_buffered(PREFETCH_BUFFERED, &self.store);
         }
         while task.held.is_none() {
+            if task.profiles.changed_count() >= limit {
+                // The batch has changed as many profiles as it may: the rest waits for the
+                // next batch, which drains it first.
+                task.undrained = task.heads.len();
+                break;
+            }
             let (next, ran_out) = task.next_buffered(self.max_idle, |t, at| {
                 kafka::caught_up(consumer, t, partition, at)
             });
@@ -1337,9 +1352,11 @@ pub async fn run(
             lateness: settings.allowed_lateness.as_millis() as i64,
             follow_wall: c.processing.wall_clock,
             max_messages: c.processing.batch_max_messages,
+            max_profiles: c.processing.batch_max_profiles,
+            changed_before_messages: 0,
             max_idle: settings.max_idle,
             linger: settings.batch_linger,
-            buffer_limit: c.processing.batch_max_messages.max(1_000),
+            buffer_limit: c.processing.batch_max_profiles.max(1_000),
             fault: None,
             fault_since: None,
             broker_down: None,
@@ -1527,6 +1544,8 @@ impl Worker {
         let mut lingering = false;
         // Timers fired or profiles re-evaluated: committed once caught up, like messages.
         let timed = self.has_changes();
+        // What the timers and the re-evaluation changed has budgets of its own.
+        self.changed_before_messages = self.changed_profiles();
         loop {
             tokio::select! {
                 biased;
@@ -1551,9 +1570,9 @@ impl Worker {
                     self.apply_rebalances(consumer)?;
                     self.on_message(consumer, &msg)?;
                     drop(msg);
-                    self.out.send().await?;
                     messages += 1;
-                    if messages >= self.max_messages {
+                    self.out.send().await?;
+                    if messages >= self.max_messages || self.message_budget() == 0 {
                         break;
                     }
                 }
@@ -1564,6 +1583,9 @@ impl Worker {
                     self.apply_rebalances(consumer)?;
                     self.drain_runs(consumer)?;
                     self.out.send().await?;
+                    if self.message_budget() == 0 {
+                        break;
+                    }
                 }
                 // Every other branch pending: most often no message is waiting, the thread
                 // has caught up (sometimes the consumer's poll took a statistics or commit
@@ -1616,6 +1638,22 @@ impl Worker {
             self.publish_readiness();
         }
         Ok(())
+    }
+
+    /// Profiles the open batch has changed so far, over this thread's tasks (a bound: see
+    /// [`overlay::Profiles::changed_count`]).
+    fn changed_profiles(&self) -> usize {
+        self.tasks
+            .values()
+            .map(|t| t.profiles.changed_count())
+            .sum()
+    }
+
+    /// How many more profiles the open batch's messages may change
+    /// (`processing.batch_max_profiles`); at 0 the batch closes, and messages still buffered
+    /// wait for the next one.
+    fn message_budget(&self) -> usize {
+        (self.changed_before_messages + self.max_profiles).saturating_sub(self.changed_profiles())
     }
 
     fn reload_requested(&mut self) -> bool {

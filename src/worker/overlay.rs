@@ -201,6 +201,12 @@ impl Profiles {
         Some(slot.profile)
     }
 
+    /// How many profiles the open batch changed or removed: at least that many, at most a few
+    /// more (a changed profile pushed out of the cache and read back counts twice).
+    pub fn changed_count(&self) -> usize {
+        self.dirty.len() + self.pending.len()
+    }
+
     /// Whether the open batch changed anything.
     pub fn changed(&self) -> bool {
         !self.dirty.is_empty() || !self.pending.is_empty()
