@@ -154,11 +154,14 @@ pub struct Processing {
     /// Most messages applied before state and offsets are committed (what a crash has to
     /// process again, at most).
     pub batch_max_messages: usize,
-    /// Most profiles a thread's batch changes before it is committed: the changed profiles of
-    /// the open batch are held in memory (the profile cache) until the commit writes them, so
-    /// this, times the threads, must fit in `state.cache_profiles`. A shopper's events in one
-    /// batch are one profile write (one RocksDB put, one changelog record), so batches of
-    /// shoppers with many events each are bounded by this less often than by the messages.
+    /// Most profiles a thread's batch of messages changes before it is committed: the changed
+    /// profiles of the open batch are held in memory (the profile cache) until the commit
+    /// writes them, so this, times the threads, must fit in `state.cache_profiles`. A shopper's
+    /// events in one batch are one profile write (one RocksDB put, one changelog record), so
+    /// batches of shoppers with many events each are bounded by this less often than by the
+    /// messages. The timers a batch fires and the profiles it re-evaluates have budgets of
+    /// their own of this size. Also the length of a topic's order queue that pauses its
+    /// fetching (at least 1,000, at most 100,000 messages).
     pub batch_max_profiles: usize,
     /// Longest a batch stays open waiting for messages, e.g. "100ms".
     pub batch_max_wait: String,

@@ -299,4 +299,40 @@ fn a_batch_commits_once_it_has_changed_batch_max_profiles_profiles() {
     }
     assert_eq!(entered.len(), SHOPPERS, "{entered:?}");
     worker.stop();
+
+    // Deep shoppers: 40 more events of two of them, again a backlog at the start. They change
+    // two profiles, so the bound does not close their batch: at least one batch holds more
+    // than 4 messages, and each profile has every event once.
+    const REPEATS: usize = 20;
+    let deep: Vec<(String, Vec<u8>)> = (0..2 * REPEATS)
+        .map(|i| {
+            let key = format!("k{}", i % 2);
+            let at = T0 + (SHOPPERS + i) as i64;
+            let ev = samples::storefront("productPageView", &format!("d{i}"), at, &key);
+            (key, encode::storefront(&ev).unwrap())
+        })
+        .collect();
+    let batch: Vec<(&str, &str, Vec<u8>)> = deep
+        .iter()
+        .map(|(k, v)| (setup.topics.storefront.as_str(), k.as_str(), v.clone()))
+        .collect();
+    produce_all(&p, &batch);
+    let mut worker = setup.start(2);
+    worker.wait_caught_up((SHOPPERS + 2 * REPEATS) as u64);
+    let batches = worker.metric("tailor_batch_messages_count", "");
+    let within = worker.metric("tailor_batch_messages_bucket", "le=\"4\"");
+    assert!(
+        within < batches,
+        "a batch of the two shoppers' {} events held more than 4 messages ({within} of {batches} batches held 4 or fewer)",
+        2 * REPEATS
+    );
+    for key in ["k0", "k1"] {
+        let (status, body) = worker
+            .get(&format!("/profiles/{key}"))
+            .expect("the API answers");
+        assert_eq!(status, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["events_total"], 1 + REPEATS, "{key}: {doc}");
+    }
+    worker.stop();
 }

@@ -386,6 +386,9 @@ impl Worker {
 
     /// What follows a change of the partitions held: cache shares, metrics, sizes, the API.
     fn after_assignment(&mut self) -> Result<(), Error> {
+        // A task dropped or rolled back takes its changes with it: the open batch's messages
+        // get no more than their budget for that.
+        self.changed_before_messages = self.changed_before_messages.min(self.changed_profiles());
         // The API first: a partition counted as assigned serves its profiles.
         self.api.set_assigned(self.slot, &self.assigned);
         // Each task gets an equal share of the profile cache.
@@ -1356,7 +1359,7 @@ pub async fn run(
             changed_before_messages: 0,
             max_idle: settings.max_idle,
             linger: settings.batch_linger,
-            buffer_limit: c.processing.batch_max_profiles.max(1_000),
+            buffer_limit: c.processing.batch_max_profiles.clamp(1_000, 100_000),
             fault: None,
             fault_since: None,
             broker_down: None,
@@ -1542,8 +1545,9 @@ impl Worker {
         // The batch's latest close; a batch that has caught up closes sooner (`linger`).
         let closes_at = deadline.deadline();
         let mut lingering = false;
-        // Timers fired or profiles re-evaluated: committed once caught up, like messages.
-        let timed = self.has_changes();
+        // Timers fired or profiles re-evaluated (or, below, messages the last batch left
+        // buffered applied): committed once caught up, like messages.
+        let mut changed = self.has_changes();
         // What the timers and the re-evaluation changed has budgets of its own.
         self.changed_before_messages = self.changed_profiles();
         loop {
@@ -1586,6 +1590,7 @@ impl Worker {
                     if self.message_budget() == 0 {
                         break;
                     }
+                    changed |= self.has_changes();
                 }
                 // Every other branch pending: most often no message is waiting, the thread
                 // has caught up (sometimes the consumer's poll took a statistics or commit
@@ -1594,7 +1599,7 @@ impl Worker {
                 // committed state (profiles served, offsets) close to the stream below the
                 // maximum rate: a batch holds what arrived during the previous commit, so
                 // batches grow with the load. (Outputs are sent as the batch goes.)
-                _ = std::future::ready(()), if (messages > 0 || timed) && !lingering => {
+                _ = std::future::ready(()), if (messages > 0 || changed) && !lingering => {
                     lingering = true;
                     // Messages held for event-time order across topics are applied at a later
                     // drain or at the batch's end: such a batch stays open as before.

@@ -66,6 +66,8 @@ pub struct Profiles {
     pending: HashMap<String, (Pending, Option<i64>), Xxh3Builder>,
     /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction).
     dirty: Vec<String>,
+    /// Keys the open batch changed or removed, each counted once ([`Self::changed_count`]).
+    changed: usize,
 }
 
 impl Profiles {
@@ -79,6 +81,7 @@ impl Profiles {
             ),
             pending: HashMap::with_hasher(hasher),
             dirty: Vec::new(),
+            changed: 0,
         }
     }
 
@@ -173,6 +176,10 @@ impl Profiles {
             if !slot.dirty {
                 slot.dirty = true;
                 self.dirty.push(key.to_owned());
+                // Created again after its removal in this batch: counted with the removal.
+                if !self.pending.contains_key(key) {
+                    self.changed += 1;
+                }
             }
         }
     }
@@ -196,15 +203,19 @@ impl Profiles {
     /// deletes it and its timer. Returns it (as changed so far in this batch).
     pub fn remove(&mut self, key: &str) -> Option<Profile> {
         let slot = self.cache.pop(key)?;
+        // A changed profile (or one created again after a removal) is counted already.
+        if !slot.dirty && !self.pending.contains_key(key) {
+            self.changed += 1;
+        }
         self.pending
             .insert(key.to_owned(), (Pending::Removed, slot.committed_timer));
         Some(slot.profile)
     }
 
-    /// How many profiles the open batch changed or removed: at least that many, at most a few
-    /// more (a changed profile pushed out of the cache and read back counts twice).
+    /// How many profiles the open batch changed or removed (each key once, in the cache or
+    /// pushed out of it): what its commit writes.
     pub fn changed_count(&self) -> usize {
-        self.dirty.len() + self.pending.len()
+        self.changed
     }
 
     /// Whether the open batch changed anything.
@@ -214,6 +225,7 @@ impl Profiles {
 
     /// Takes what the commit writes; the cached profiles become clean at their new timers.
     pub fn take_writes(&mut self) -> Writes {
+        self.changed = 0;
         let mut w = Writes::default();
         for key in std::mem::take(&mut self.dirty) {
             // A key repeats in `dirty` after it was spilled and read back; written once.
@@ -254,6 +266,7 @@ impl Profiles {
     /// Drops what the open batch changed: changed and removed profiles leave the cache (they are
     /// read again from the store); unchanged ones stay cached.
     pub fn rollback(&mut self) {
+        self.changed = 0;
         for key in self.dirty.drain(..) {
             self.cache.pop(&key);
         }
@@ -295,6 +308,37 @@ mod tests {
                 (k.clone(), p.events_total, p.next_timer)
             })
             .collect()
+    }
+
+    /// The count the batch's profile bound reads: each key changed or removed once, however
+    /// often it was pushed out of the cache, read back, removed and created again.
+    #[test]
+    fn each_changed_key_counts_once() {
+        let mut ps = Profiles::new(1, Xxh3Builder::new());
+        let none = || Ok::<_, ()>(None);
+        ps.fetch("a", none).unwrap();
+        ps.mark_dirty("a");
+        ps.fetch("b", none).unwrap(); // pushes a out, changed
+        ps.mark_dirty("b");
+        ps.fetch("a", none).unwrap(); // a back, b out
+        ps.mark_dirty("a");
+        assert_eq!(ps.changed_count(), 2);
+        ps.remove("a");
+        ps.fetch("a", none).unwrap(); // read again (left empty: the removal stands)
+        ps.mark_dirty("a");
+        assert_eq!(ps.changed_count(), 2);
+        ps.fetch("c", store_with(profile(1, None))).unwrap();
+        ps.remove("c"); // a stored profile removed unchanged
+        ps.fetch("d", none).unwrap(); // read, not changed
+        assert_eq!(ps.changed_count(), 3);
+        let w = ps.take_writes();
+        // b written; a and c deleted.
+        assert_eq!((w.put.len(), w.deleted.len()), (1, 2), "{w:?}");
+        assert_eq!(ps.changed_count(), 0);
+        ps.fetch("e", none).unwrap();
+        ps.mark_dirty("e");
+        ps.rollback();
+        assert_eq!(ps.changed_count(), 0);
     }
 
     /// Regression: a profile deleted twice in one batch (two accountDeleted, or accountDeleted
