@@ -164,8 +164,8 @@ struct Worker {
     /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
     follow_wall: bool,
     max_messages: usize,
-    /// Most profiles a batch changes (`processing.batch_max_profiles`): also the budget of the
-    /// timers fired and the profiles re-evaluated per batch.
+    /// Most profiles a batch's messages change (`processing.batch_max_profiles`); also the
+    /// budget of the timers fired, and that of the profiles re-evaluated, per batch.
     max_profiles: usize,
     /// Profiles the open batch had changed when its messages began (timers fired, profiles
     /// re-evaluated): [`Self::message_budget`] counts from there.
@@ -1645,8 +1645,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Profiles the open batch has changed so far, over this thread's tasks (a bound: see
-    /// [`overlay::Profiles::changed_count`]).
+    /// Profiles the open batch has changed or removed so far, over this thread's tasks (each
+    /// key once: [`overlay::Profiles::changed_count`]).
     fn changed_profiles(&self) -> usize {
         self.tasks
             .values()
