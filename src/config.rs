@@ -151,8 +151,9 @@ pub struct Consumer {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Processing {
-    /// Most messages applied before state and offsets are committed (what a crash has to
-    /// process again, at most).
+    /// Most messages a batch takes from the consumer before state and offsets are committed
+    /// (about what a crash has to process again, at most: messages left buffered by
+    /// `batch_max_profiles` are applied in the next batch).
     pub batch_max_messages: usize,
     /// Most profiles a thread's batch of messages changes before it is committed: the changed
     /// profiles of the open batch are held in memory (the profile cache) until the commit
