@@ -15,9 +15,10 @@
 //! due timers first. Either way each timer is evaluated *at its due time*, so a replay gives the
 //! same outputs as the live run, whenever the clock got there.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3Builder};
 
 use crate::event::Event;
 use crate::identity::{self, Id, KeyKind, Refused};
@@ -158,21 +159,19 @@ pub struct Core {
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
     max_identities: usize,
-    /// Segment ids, sorted, each with its place in the set.
-    ids: Vec<(String, usize)>,
+    /// Segment ids, each with its place in the set: a stored membership is looked up once per
+    /// evaluation (a binary search compared bytes at every step: 4–5 % of the deep e2e profile).
+    ids: HashMap<String, usize, Xxh3Builder>,
     /// The stored memberships of the profile being evaluated, by place in the set.
     stored: Vec<bool>,
 }
 
-fn sorted_ids(set: &SegmentSet) -> Vec<(String, usize)> {
-    let mut ids: Vec<(String, usize)> = set
-        .segments()
+fn segment_ids(set: &SegmentSet) -> HashMap<String, usize, Xxh3Builder> {
+    set.segments()
         .iter()
         .enumerate()
         .map(|(i, s)| (s.id.clone(), i))
-        .collect();
-    ids.sort();
-    ids
+        .collect()
 }
 
 /// Default most identities per profile.
@@ -187,7 +186,7 @@ impl Core {
         let results = Vec::with_capacity(segments.len());
         let nexts = Vec::with_capacity(segments.len());
         Core {
-            ids: sorted_ids(&segments),
+            ids: segment_ids(&segments),
             segments,
             results,
             before_results: Vec::new(),
@@ -226,7 +225,7 @@ impl Core {
     /// Swaps in new segment definitions (between batches; profiles catch up through
     /// [`Core::reevaluate`] or their next event).
     pub fn set_segments(&mut self, segments: Arc<SegmentSet>) {
-        self.ids = sorted_ids(&segments);
+        self.ids = segment_ids(&segments);
         self.segments = segments;
     }
 
@@ -401,11 +400,8 @@ impl Core {
         self.stored.clear();
         self.stored.resize(self.results.len(), false);
         for m in &profile.segments {
-            if let Ok(i) = self
-                .ids
-                .binary_search_by(|(id, _)| id.as_str().cmp(&m.segment))
-            {
-                self.stored[self.ids[i].1] = true;
+            if let Some(&i) = self.ids.get(m.segment.as_str()) {
+                self.stored[i] = true;
             }
         }
         let mut before_ready = false;
@@ -489,11 +485,7 @@ impl Core {
         // memberships than true results (no lookup in the usual case).
         let members = self.results.iter().filter(|r| **r).count();
         if profile.segments.len() > members {
-            let defined = |id: &str| {
-                self.ids
-                    .binary_search_by(|(s, _)| s.as_str().cmp(id))
-                    .is_ok()
-            };
+            let defined = |id: &str| self.ids.contains_key(id);
             let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut profile.segments)
                 .into_iter()
                 .partition(|m| defined(&m.segment));

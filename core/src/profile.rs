@@ -327,8 +327,13 @@ pub struct RuleReads {
     /// those few of a profile's up to [`MAX_KEYED_SERIES`] series.
     pub by_category: Vec<(EventType, String)>,
     pub by_product: Vec<(EventType, String)>,
+    /// Every category (brand) affinity: `top_category()` (`top_brand()`) compares them all.
     pub category_affinity: bool,
     pub brand_affinity: bool,
+    /// The category (brand) affinities rules name, sorted: `affinity("x")`
+    /// (`brand_affinity("x")`) reads one of a profile's up to [`MAX_AFFINITIES`].
+    pub category_affinity_keys: Vec<String>,
+    pub brand_affinity_keys: Vec<String>,
 }
 
 impl RuleReads {
@@ -337,6 +342,13 @@ impl RuleReads {
         self.counters.sort();
         self.counters.dedup();
         for keys in [&mut self.by_category, &mut self.by_product] {
+            keys.sort();
+            keys.dedup();
+        }
+        for keys in [
+            &mut self.category_affinity_keys,
+            &mut self.brand_affinity_keys,
+        ] {
             keys.sort();
             keys.dedup();
         }
@@ -376,13 +388,27 @@ fn copy_keyed(to: &mut Vec<KeyedSeries>, from: &[KeyedSeries], keys: &[(EventTyp
     to.truncate(kept);
 }
 
-/// `list` if some rule reads it, else nothing.
-fn read_or_empty<T>(read: bool, list: &[T]) -> &[T] {
-    if read {
-        list
-    } else {
-        &[]
+/// Makes `to` the affinities of `from` that rules read: all of them, or those `keys` names
+/// (in `from`'s order), reusing `to`'s allocations.
+fn copy_affinities(to: &mut Vec<Affinity>, from: &[Affinity], all: bool, keys: &[String]) {
+    let copy = |t: &mut Affinity, f: &Affinity| {
+        t.key.clone_from(&f.key);
+        t.score = f.score;
+        t.at = f.at;
+        t.rank = f.rank;
+    };
+    if all {
+        return copy_vec(to, from, copy, Clone::clone);
     }
+    let mut kept = 0;
+    for f in from.iter().filter(|a| keys.contains(&a.key)) {
+        match to.get_mut(kept) {
+            Some(t) => copy(t, f),
+            None => to.push(f.clone()),
+        }
+        kept += 1;
+    }
+    to.truncate(kept);
 }
 
 /// Makes `to` equal to `from`, reusing `to`'s elements' allocations through `copy`.
@@ -508,23 +534,17 @@ impl Profile {
         // Only the series rules name; what no rule reads is left empty.
         copy_keyed(&mut self.by_category, by_category, &reads.by_category);
         copy_keyed(&mut self.by_product, by_product, &reads.by_product);
-        let affinity = |t: &mut Affinity, f: &Affinity| {
-            t.key.clone_from(&f.key);
-            t.score = f.score;
-            t.at = f.at;
-            t.rank = f.rank;
-        };
-        copy_vec(
+        copy_affinities(
             &mut self.category_affinity,
-            read_or_empty(reads.category_affinity, category_affinity),
-            affinity,
-            Clone::clone,
+            category_affinity,
+            reads.category_affinity,
+            &reads.category_affinity_keys,
         );
-        copy_vec(
+        copy_affinities(
             &mut self.brand_affinity,
-            read_or_empty(reads.brand_affinity, brand_affinity),
-            affinity,
-            Clone::clone,
+            brand_affinity,
+            reads.brand_affinity,
+            &reads.brand_affinity_keys,
         );
     }
 

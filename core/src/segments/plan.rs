@@ -810,8 +810,10 @@ pub fn reads(n: &Node, r: &mut crate::profile::RuleReads) {
         }
         Node::CountCategory(kind, key, _) => r.by_category.push((*kind, key.clone())),
         Node::CountProduct(kind, key, _) => r.by_product.push((*kind, key.clone())),
-        Node::CategoryAffinity(_) | Node::TopCategory => r.category_affinity = true,
-        Node::BrandAffinity(_) | Node::TopBrand => r.brand_affinity = true,
+        Node::CategoryAffinity(key) => r.category_affinity_keys.push(key.clone()),
+        Node::BrandAffinity(key) => r.brand_affinity_keys.push(key.clone()),
+        Node::TopCategory => r.category_affinity = true,
+        Node::TopBrand => r.brand_affinity = true,
         Node::Not(x) | Node::Neg(x) => reads(x, r),
         Node::And(a, b) | Node::Or(a, b) | Node::Cmp(_, a, b) | Node::Arith(_, a, b) => {
             reads(a, r);

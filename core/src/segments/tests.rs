@@ -455,6 +455,57 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
         set.explain(set.index_of("mobile-shoppers").unwrap(), &big, T0 + 71 * H),
         set.explain(set.index_of("mobile-shoppers").unwrap(), &copy, T0 + 71 * H)
     );
+    // `affinity("x")` without `top_category()`: the copy holds the named category's affinity
+    // only, and the rule reads the same on it.
+    assert!(!examples.reads().category_affinity);
+    assert_eq!(
+        examples.reads().category_affinity_keys,
+        ["electronics.smartphone"]
+    );
+    let mut fan = shopper();
+    for (i, category) in ["cat-a", "electronics.smartphone", "cat-b"]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let mut e = event(EventType::ProductPageView, T0 + 80 * H + i as i64, 0.0);
+        e.lines = vec![crate::event::Line {
+            sku: format!("SKU-{i}"),
+            category: Some(category.into()),
+            quantity: 1.0,
+            ..Default::default()
+        }];
+        fan.apply(&e);
+    }
+    assert!(
+        fan.category_affinity.len() >= 3,
+        "{:?}",
+        fan.category_affinity
+    );
+    let mut fan_copy = Profile::default();
+    fan_copy.copy_rule_inputs(&big, examples.reads());
+    fan_copy.copy_rule_inputs(&fan, examples.reads());
+    assert_eq!(fan_copy.category_affinity.len(), 1);
+    assert_eq!(fan_copy.category_affinity[0].key, "electronics.smartphone");
+    let phones = examples
+        .index_of("smartphone-enthusiasts")
+        .expect("the example segment that reads the smartphone affinity");
+    for now in [T0 + 81 * H, T0 + 30 * 24 * H] {
+        for (i, seg) in examples.segments().iter().enumerate() {
+            assert_eq!(
+                examples.explain(i, &fan_copy, now),
+                examples.explain(i, &fan, now),
+                "{}",
+                seg.id
+            );
+        }
+    }
+    assert_ne!(
+        examples.explain(phones, &fan, T0 + 81 * H),
+        examples.explain(phones, &Profile::default(), T0 + 81 * H),
+        "the affinity read is not the default's"
+    );
 }
 
 /// A folded rule (`rule: >-` over several lines) is one line of text for the parser; positions
