@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::{xxh3_128, Xxh3Builder};
+use xxhash_rust::xxh3::{xxh3_128, Xxh3DefaultBuilder};
 
 use crate::event::Event;
 use crate::identity::{self, Id, KeyKind, Refused};
@@ -161,12 +161,12 @@ pub struct Core {
     max_identities: usize,
     /// Segment ids, each with its place in the set: a stored membership is looked up once per
     /// evaluation (a binary search compared bytes at every step: 4–5 % of the deep e2e profile).
-    ids: HashMap<String, usize, Xxh3Builder>,
+    ids: HashMap<String, usize, Xxh3DefaultBuilder>,
     /// The stored memberships of the profile being evaluated, by place in the set.
     stored: Vec<bool>,
 }
 
-fn segment_ids(set: &SegmentSet) -> HashMap<String, usize, Xxh3Builder> {
+fn segment_ids(set: &SegmentSet) -> HashMap<String, usize, Xxh3DefaultBuilder> {
     set.segments()
         .iter()
         .enumerate()
