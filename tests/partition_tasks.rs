@@ -252,18 +252,11 @@ fn a_batch_commits_once_it_has_changed_batch_max_profiles_profiles() {
     // The backlog is there before the worker starts: without the bound the first fetch's
     // messages would all go into one batch.
     let p = producer();
-    let records: Vec<(String, Vec<u8>)> = (0..SHOPPERS)
-        .map(|i| {
-            let key = format!("k{i}");
-            let ev = samples::storefront("addToCart", &format!("e{i}"), T0 + i as i64, &key);
-            (key, encode::storefront(&ev).unwrap())
-        })
-        .collect();
-    let batch: Vec<(&str, &str, Vec<u8>)> = records
-        .iter()
-        .map(|(k, v)| (setup.topics.storefront.as_str(), k.as_str(), v.clone()))
-        .collect();
-    produce_all(&p, &batch);
+    produce_storefront(
+        &p,
+        &setup.topics.storefront,
+        (0..SHOPPERS).map(|i| (format!("k{i}"), "addToCart", format!("e{i}"), T0 + i as i64)),
+    );
     let mut worker = setup.start(1);
     worker.wait_caught_up(SHOPPERS as u64);
     let batches = worker.metric("tailor_batch_messages_count", "");
@@ -304,19 +297,19 @@ fn a_batch_commits_once_it_has_changed_batch_max_profiles_profiles() {
     // two profiles, so the bound does not close their batch: at least one batch holds more
     // than 4 messages, and each profile has every event once.
     const REPEATS: usize = 20;
-    let deep: Vec<(String, Vec<u8>)> = (0..2 * REPEATS)
-        .map(|i| {
-            let key = format!("k{}", i % 2);
+    produce_storefront(
+        &p,
+        &setup.topics.storefront,
+        (0..2 * REPEATS).map(|i| {
             let at = T0 + (SHOPPERS + i) as i64;
-            let ev = samples::storefront("productPageView", &format!("d{i}"), at, &key);
-            (key, encode::storefront(&ev).unwrap())
-        })
-        .collect();
-    let batch: Vec<(&str, &str, Vec<u8>)> = deep
-        .iter()
-        .map(|(k, v)| (setup.topics.storefront.as_str(), k.as_str(), v.clone()))
-        .collect();
-    produce_all(&p, &batch);
+            (
+                format!("k{}", i % 2),
+                "productPageView",
+                format!("d{i}"),
+                at,
+            )
+        }),
+    );
     let mut worker = setup.start(2);
     worker.wait_caught_up((SHOPPERS + 2 * REPEATS) as u64);
     let batches = worker.metric("tailor_batch_messages_count", "");
@@ -335,4 +328,24 @@ fn a_batch_commits_once_it_has_changed_batch_max_profiles_profiles() {
         assert_eq!(doc["events_total"], 1 + REPEATS, "{key}: {doc}");
     }
     worker.stop();
+}
+
+/// Produces storefront events (profile key, event type, event id, time) to `topic`, encoded as
+/// the platform does.
+fn produce_storefront(
+    p: &BaseProducer,
+    topic: &str,
+    events: impl Iterator<Item = (String, &'static str, String, i64)>,
+) {
+    let encoded: Vec<(String, Vec<u8>)> = events
+        .map(|(key, kind, id, at)| {
+            let ev = samples::storefront(kind, &id, at, &key);
+            (key, encode::storefront(&ev).unwrap())
+        })
+        .collect();
+    let msgs: Vec<(&str, &str, Vec<u8>)> = encoded
+        .iter()
+        .map(|(k, v)| (topic, k.as_str(), v.clone()))
+        .collect();
+    produce_all(p, &msgs);
 }

@@ -430,16 +430,20 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
     partial.copy_rule_inputs(&big, examples.reads());
     partial.copy_rule_inputs(&p, examples.reads());
     assert!(partial.by_product.is_empty() && partial.counters.len() < p.counters.len());
-    for now in [T0 + 61 * H, T0 + 30 * 24 * H] {
-        for (i, seg) in examples.segments().iter().enumerate() {
-            assert_eq!(
-                examples.explain(i, &partial, now),
-                examples.explain(i, &p, now),
-                "{}",
-                seg.id
-            );
+    // Every example segment explains the same on a copy as on its profile.
+    let reads_alike = |copy: &Profile, profile: &Profile, nows: [i64; 2]| {
+        for now in nows {
+            for (i, seg) in examples.segments().iter().enumerate() {
+                assert_eq!(
+                    examples.explain(i, copy, now),
+                    examples.explain(i, profile, now),
+                    "{}",
+                    seg.id
+                );
+            }
         }
-    }
+    };
+    reads_alike(&partial, &p, [T0 + 61 * H, T0 + 30 * 24 * H]);
     let mut checked = 0;
     for now in [T0 + 61 * H, T0 + 30 * 24 * H, T0 + 100 * 24 * H] {
         for (i, seg) in set.segments().iter().enumerate() {
@@ -491,16 +495,7 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
     let phones = examples
         .index_of("smartphone-enthusiasts")
         .expect("the example segment that reads the smartphone affinity");
-    for now in [T0 + 81 * H, T0 + 30 * 24 * H] {
-        for (i, seg) in examples.segments().iter().enumerate() {
-            assert_eq!(
-                examples.explain(i, &fan_copy, now),
-                examples.explain(i, &fan, now),
-                "{}",
-                seg.id
-            );
-        }
-    }
+    reads_alike(&fan_copy, &fan, [T0 + 81 * H, T0 + 30 * 24 * H]);
     assert_ne!(
         examples.explain(phones, &fan, T0 + 81 * H),
         examples.explain(phones, &Profile::default(), T0 + 81 * H),
