@@ -71,7 +71,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
-use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::codec::{self, SchemaCatalog};
 use crate::config::Settings;
@@ -159,7 +158,7 @@ struct Worker {
     /// Members per segment in this worker's store: loaded at start, kept with each commit.
     segment_sizes: BTreeMap<String, i64>,
     cache_profiles: usize,
-    hasher: Xxh3Builder,
+    hasher: overlay::KeyHasher,
     lateness: i64,
     /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
     follow_wall: bool,
@@ -1348,10 +1347,7 @@ pub async fn run(
             segment_sizes: BTreeMap::new(),
             // Each thread gets an equal share of the profile cache.
             cache_profiles: c.state.cache_profiles / threads,
-            hasher: Xxh3Builder::new().with_seed({
-                use std::hash::BuildHasher;
-                std::collections::hash_map::RandomState::new().hash_one(0u64)
-            }),
+            hasher: overlay::KeyHasher::random(),
             lateness: settings.allowed_lateness.as_millis() as i64,
             follow_wall: c.processing.wall_clock,
             max_messages: c.processing.batch_max_messages,

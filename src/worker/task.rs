@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 
 use rdkafka::Offset;
-use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::clock::StreamClock;
 use crate::identity::Local;
@@ -20,7 +19,7 @@ use crate::store::{Commit, Store};
 
 use super::error::Error;
 use super::order::{self, Buffered, Heads};
-use super::overlay::{is_new, Profiles};
+use super::overlay::{is_new, KeyHasher, Profiles};
 
 /// Where a profile re-evaluation after a definitions change has got to, per partition.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -122,7 +121,7 @@ impl Task {
         store: &Store,
         lateness: i64,
         cache_capacity: usize,
-        hasher: Xxh3Builder,
+        hasher: KeyHasher,
         state_reads: prometheus::IntCounter,
     ) -> Result<Task, Error> {
         let stored = store.clock(partition)?;
@@ -512,7 +511,7 @@ mod tests {
             })
             .unwrap();
         let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
-        let task = Task::open(3, &store, 0, cache, Xxh3Builder::new(), reads.clone()).unwrap();
+        let task = Task::open(3, &store, 0, cache, KeyHasher::with_seed(0), reads.clone()).unwrap();
         (dir, store, reads, task)
     }
 
