@@ -25,6 +25,7 @@ use crate::identity::{self, Id, KeyKind, Refused};
 use crate::journey::{self, Suppressed, Trigger};
 use crate::profile::{Membership, Profile, RecentChange, RECENT_CHANGES};
 use crate::segments::{Ctx, SegmentSet};
+use crate::undo::Undo;
 use crate::wire::{AudienceChange, Cause, Direction, JourneyTrigger};
 
 /// Where the causing message came from (carried into the output's cause).
@@ -139,9 +140,11 @@ impl Why<'_> {
 enum Before {
     /// Nothing (definition changes: the rule itself changed).
     Nothing,
-    /// The profile before the cause (what rules read of it), at the same moment (events,
-    /// merges).
+    /// The profile before the cause (what rules read of it), at the same moment (merges).
     Profile(Box<Profile>),
+    /// The profile before the event, at the same moment: the profile after it with what
+    /// [`Core`]'s `undo` recorded put back, made at the first change that needs it.
+    Undone,
     /// The same profile a moment earlier (timers: only time moved).
     Earlier(i64),
 }
@@ -155,6 +158,8 @@ pub struct Core {
     /// Kept between events for its allocations: the profile before the event. Boxed: moving
     /// the profile in and out by value showed as memmove in the core bench.
     before: Option<Box<Profile>>,
+    /// What the event being applied changes of what rules read (for explanations).
+    undo: Undo,
     explain: bool,
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
@@ -191,6 +196,7 @@ impl Core {
             results,
             before_results: Vec::new(),
             before: None,
+            undo: Undo::default(),
             explain: true,
             nexts,
             max_identities: MAX_IDENTITIES,
@@ -324,12 +330,11 @@ impl Core {
             .max(ev.time)
             .max(profile.last_seen.unwrap_or(i64::MIN));
         self.advance(key, profile, now, out);
-        // What the explanation of a change compares with: a copy of what rules read, into
-        // the same allocations every time (its cost is in the README's core benchmark).
+        // What the explanation of a change compares with: the values the event changes of
+        // what rules read, recorded before it (the links below included).
         let before = if self.explain {
-            let mut copy = self.before.take().unwrap_or_default();
-            copy.copy_rule_inputs(profile, self.segments.reads());
-            Before::Profile(copy)
+            self.undo.record(profile, ev, self.segments.reads());
+            Before::Undone
         } else {
             Before::Nothing
         };
@@ -405,6 +410,7 @@ impl Core {
             }
         }
         let mut before_ready = false;
+        let mut undone = false;
         for (index, (seg, &member)) in self
             .segments
             .segments()
@@ -419,9 +425,17 @@ impl Core {
                 .segments
                 .binary_search_by(|m| m.segment.as_str().cmp(&seg.id));
             let explanation = {
+                if matches!(before, Before::Undone) && !undone {
+                    let reads = self.segments.reads();
+                    let copy = self.before.get_or_insert_with(Box::default);
+                    copy.copy_rule_inputs(profile, reads);
+                    self.undo.revert(copy, reads);
+                    undone = true;
+                }
                 let (bp, bnow) = match &before {
                     Before::Nothing => (None, now),
                     Before::Profile(p) => (Some(&**p), now),
+                    Before::Undone => (self.before.as_deref(), now),
                     Before::Earlier(t) => (Some(&*profile), *t),
                 };
                 bp.and_then(|bp| {

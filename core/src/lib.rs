@@ -17,7 +17,8 @@
 //! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d", and when
 //!   each count leaves its window.
 //! - [`profile`]: the profile and how an event changes it ([`sparse`]: its parts most shoppers
-//!   leave empty, held out of line and allocated only when filled).
+//!   leave empty, held out of line and allocated only when filled; [`undo`]: what an event is
+//!   about to change of what rules read, so that an explanation can see the profile before it).
 //! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
 //!   and the earliest time the passing of time can change a result (the profile's timer).
 //! - [`journey`]: journey definitions, re-entry wait, one trigger per cause, consent, context.
@@ -37,5 +38,6 @@ pub mod profile;
 pub mod samples;
 pub mod segments;
 pub mod sparse;
+pub mod undo;
 pub mod window;
 pub mod wire;

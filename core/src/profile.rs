@@ -92,7 +92,7 @@ fn decay(score: f64, elapsed_ms: i64) -> f64 {
 }
 
 /// How much an event says about interest in what it is about.
-fn affinity_weight(kind: EventType) -> f64 {
+pub(crate) fn affinity_weight(kind: EventType) -> f64 {
     match kind {
         EventType::ProductPageView => 1.0,
         EventType::AddToCart | EventType::AddToRequisitionList => 3.0,
@@ -369,7 +369,11 @@ impl RuleReads {
 }
 
 /// Makes `to` the series of `from` that `keys` names, in order, reusing `to`'s allocations.
-fn copy_keyed(to: &mut Vec<KeyedSeries>, from: &[KeyedSeries], keys: &[(EventType, String)]) {
+pub(crate) fn copy_keyed(
+    to: &mut Vec<KeyedSeries>,
+    from: &[KeyedSeries],
+    keys: &[(EventType, String)],
+) {
     let mut kept = 0;
     if !keys.is_empty() {
         for f in from.iter().filter(|s| RuleReads::reads_keyed(keys, s)) {
@@ -390,7 +394,12 @@ fn copy_keyed(to: &mut Vec<KeyedSeries>, from: &[KeyedSeries], keys: &[(EventTyp
 
 /// Makes `to` the affinities of `from` that rules read: all of them, or those `keys` names
 /// (in `from`'s order), reusing `to`'s allocations.
-fn copy_affinities(to: &mut Vec<Affinity>, from: &[Affinity], all: bool, keys: &[String]) {
+pub(crate) fn copy_affinities(
+    to: &mut Vec<Affinity>,
+    from: &[Affinity],
+    all: bool,
+    keys: &[String],
+) {
     let copy = |t: &mut Affinity, f: &Affinity| {
         t.key.clone_from(&f.key);
         t.score = f.score;

@@ -328,8 +328,8 @@ fn random_rules_never_panic_and_errors_point_inside_the_file() {
 /// Explanations evaluate the profile as it was before an event on a copy of what rules read
 /// (`Profile::copy_rule_inputs`): every attribute and function must read the same on the copy,
 /// even when the copy's allocations held a larger profile before.
-#[test]
-fn the_copy_explanations_compare_with_reads_like_the_profile() {
+/// The example segments, one that calls every profile-reading function and one per attribute.
+fn reading_everything() -> SegmentSet {
     let mut defs = String::from(include_str!("../../../examples/segments.yaml"));
     defs = defs.replace("journeys:", "  - id: zz-functions\n    rule: count_product(productPageView, \"SKU-9\", 7d) >= 0 and count_category(productPageView, \"bags\", 7d) >= 0 and brand_affinity(\"acme\") >= 0 and affinity(\"bags\") >= 1 and top_brand() == top_category() and then(productPageView, addToCart, 1h) and since(order) > 1h and sum(order, 90d) > 0\njourneys:");
     for (name, ..) in ATTRIBUTES {
@@ -341,7 +341,12 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
             ),
         );
     }
-    let set = SegmentSet::parse(&defs).unwrap_or_else(|e| panic!("{e}"));
+    SegmentSet::parse(&defs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_copy_explanations_compare_with_reads_like_the_profile() {
+    let set = reading_everything();
     // Every attribute a rule reads set, to values neither default nor the larger profile's.
     let mut p = shopper();
     let mut record = event(EventType::ProfileRecord, T0 + 61 * H, 0.0);
@@ -575,4 +580,181 @@ fn positions_survive_trailing_spaces_blank_lines_and_parentheses() {
         vip.children[1].expression,
         "(in_segment(\"high-ltv\") and in_segment(\"repeat-buyers\"))"
     );
+}
+
+/// What rules read of a profile, lists in key order: a copy made before an event and one made
+/// after it with the event undone must agree on all of it.
+fn rule_inputs(p: &Profile, r: &crate::profile::RuleReads) -> String {
+    let a = &*p.attributes;
+    let mut keyed: Vec<_> = [&p.by_category, &p.by_product]
+        .map(|l| {
+            let mut l: Vec<_> = l
+                .iter()
+                .map(|s| format!("{:?}", (s.kind, &s.key, &s.series)))
+                .collect();
+            l.sort();
+            l
+        })
+        .into();
+    let mut affinities: Vec<_> = [&p.category_affinity, &p.brand_affinity]
+        .map(|l| {
+            let mut l: Vec<_> = l.iter().map(|a| format!("{a:?}")).collect();
+            l.sort();
+            l
+        })
+        .into();
+    keyed.append(&mut affinities);
+    let o = &*p.orders;
+    format!(
+        "{:?}",
+        (
+            (&p.identities.customer_id, &p.identities.emails),
+            (
+                &a.gender,
+                &a.country,
+                &a.city,
+                &a.loyalty_tier,
+                &a.loyalty_status
+            ),
+            (
+                a.loyalty_points,
+                &a.customer_group,
+                a.consent_email,
+                a.consent_sms
+            ),
+            &p.counters,
+            &p.cart.lines,
+            (
+                o.count,
+                o.revenue,
+                o.cancelled,
+                o.cancelled_value,
+                o.returns,
+                o.refunded
+            ),
+            r.order_series.then_some(&o.series),
+            (&p.last_device, &p.last_channel, p.events_total, p.last_seen),
+            keyed,
+        )
+    )
+}
+
+/// Explanations see the profile before an event as the profile after it with what
+/// [`crate::undo::Undo`] recorded put back. Event after event (a sample of every type, with
+/// lines that fill the per-key lists and push entries out, and identities linked), that agrees
+/// with the copy made before the event, for a set reading everything, the shipped examples and
+/// a set naming per-key series and affinities without `top_*()`.
+#[test]
+fn an_event_undone_gives_back_the_profile_before_it() {
+    use crate::codec::SchemaCatalog;
+    use crate::identity::{Id, KeyKind};
+    use crate::undo::Undo;
+    let catalog = SchemaCatalog::builtin();
+    let samples: Vec<Event> = crate::samples::every_type(T0)
+        .into_iter()
+        .map(|(_, family, payload)| {
+            Event::from_input(catalog.decode(family, &payload).unwrap(), T0).unwrap()
+        })
+        .collect();
+    let named = SegmentSet::parse(&one(
+        "count_product(productPageView, \"SKU-1\", 7d) >= 1 and count_category(addToCart, \"cat-2\", 30d) >= 1 and affinity(\"cat-1\") > 1 and brand_affinity(\"brand-3\") > 0",
+    ))
+    .unwrap();
+    let examples = SegmentSet::parse(include_str!("../../../examples/segments.yaml")).unwrap();
+    let (mut undone, mut whole) = (0, 0);
+    for set in [&reading_everything(), &examples, &named] {
+        let reads = set.reads();
+        let mut p = Profile::default();
+        let mut undo = Undo::default();
+        for round in 0..90i64 {
+            for (i, sample) in samples.iter().enumerate() {
+                let mut ev = sample.clone();
+                ev.time = T0 + round * H + i as i64;
+                // Keys that cycle through more than a list holds (64 series, 32 affinities),
+                // two new ones at a time in some events.
+                for (j, line) in ev.lines.iter_mut().enumerate() {
+                    let k = (round * 7 + i as i64 + j as i64 * 31) % 97;
+                    line.sku = format!("SKU-{}", k % 70);
+                    line.category = Some(format!("cat-{}", k % 45));
+                    line.brand = Some(format!("brand-{}", k % 40));
+                }
+                if round % 3 == 0 {
+                    ev.identity.email = Some(format!("r{round}@example.com"));
+                }
+                let mut before = Profile::default();
+                before.copy_rule_inputs(&p, reads);
+                undo.record(&p, &ev, reads);
+                // The links `Core::process` makes between the two.
+                for (kind, value) in [
+                    (KeyKind::Customer, &ev.identity.customer_id),
+                    (KeyKind::Email, &ev.identity.email),
+                ] {
+                    if let Some(value) = value {
+                        let id = Id {
+                            kind,
+                            value: value.clone(),
+                        };
+                        let _ = crate::identity::link(&mut p, &id, 8);
+                    }
+                }
+                p.apply(&ev);
+                let mut after = Profile::default();
+                after.copy_rule_inputs(&p, reads);
+                if rule_inputs(&after, reads) != rule_inputs(&before, reads) {
+                    undone += 1;
+                }
+                undo.revert(&mut after, reads);
+                assert_eq!(
+                    rule_inputs(&after, reads),
+                    rule_inputs(&before, reads),
+                    "round {round}, {:?}",
+                    ev.kind
+                );
+                if round % 3 == 0 {
+                    let now = ev.time + 20 * 24 * H;
+                    for s in 0..set.len() {
+                        assert_eq!(set.explain(s, &after, now), set.explain(s, &before, now));
+                    }
+                }
+                whole += usize::from(p.by_product.len() == crate::profile::MAX_KEYED_SERIES);
+            }
+        }
+    }
+    // The events changed what rules read, and the lists were full.
+    assert!(undone > 1000 && whole > 100, "{undone} {whole}");
+    // One short of full, an event with two new keys pushes out the weakest: the named one.
+    let view = |time: i64, categories: &[String]| {
+        let mut ev = event(EventType::ProductPageView, time, 1.0);
+        ev.lines = categories
+            .iter()
+            .map(|c| crate::event::Line {
+                sku: "SKU-0".into(),
+                category: Some(c.clone()),
+                quantity: 1.0,
+                ..Default::default()
+            })
+            .collect();
+        ev
+    };
+    let mut p = Profile::default();
+    p.apply(&view(T0, &["cat-1".into()]));
+    for i in 0..crate::profile::MAX_AFFINITIES as i64 - 2 {
+        p.apply(&view(T0 + 24 * H + i, &[format!("other-{i}")]));
+    }
+    assert_eq!(
+        p.category_affinity.len(),
+        crate::profile::MAX_AFFINITIES - 1
+    );
+    let reads = named.reads();
+    let mut before = Profile::default();
+    before.copy_rule_inputs(&p, reads);
+    let ev = view(T0 + 48 * H, &["new-1".into(), "new-2".into()]);
+    let mut undo = Undo::default();
+    undo.record(&p, &ev, reads);
+    p.apply(&ev);
+    assert!(!p.category_affinity.iter().any(|a| a.key == "cat-1"));
+    let mut after = Profile::default();
+    after.copy_rule_inputs(&p, reads);
+    undo.revert(&mut after, reads);
+    assert_eq!(rule_inputs(&after, reads), rule_inputs(&before, reads));
 }

@@ -1,0 +1,331 @@
+//! What an event is about to change of what rules read, recorded before it is applied.
+//!
+//! An audience change's explanation compares the profile just before its cause with the
+//! profile after it. Most events flip no membership, so copying everything rules read before
+//! each event ([`Profile::copy_rule_inputs`]; 9.5 % of a processing thread in the deep e2e
+//! profile) was mostly wasted. [`Undo::record`] keeps only the values the event will change:
+//! the scalars, the one counter of its type, the per-key series and affinities of its lines,
+//! and the cart, orders or attributes when the event is of a kind that changes them. Only when a
+//! membership flips is the copy made, from the profile after the event, with those values put
+//! back ([`Undo::revert`]). The result evaluates like the copy made before the event: the unit
+//! tests compare the two on the shipped samples and on full lists, where an event pushes an
+//! entry out.
+//!
+//! The recording mirrors [`Profile::apply`] (and the identity links made before it), entry by
+//! entry, and falls back to the whole of a list rules read where the event may push out an
+//! entry it cannot name ahead (a full list and a new key).
+
+use crate::event::{Attributes, Event, EventType, Line};
+use crate::profile::{
+    affinity_weight, copy_affinities, copy_keyed, Affinity, KeyedSeries, OrderStats, Profile,
+    RuleReads, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES,
+};
+use crate::window::Series;
+
+/// The event kinds [`Profile::apply`] changes the cart for.
+const CART_EVENTS: [EventType; 7] = [
+    EventType::AddToCart,
+    EventType::RemoveFromCart,
+    EventType::OpenCart,
+    EventType::ShoppingCartView,
+    EventType::StartCheckout,
+    EventType::CompleteCheckout,
+    EventType::OrderPlaced,
+];
+
+/// The event kinds [`Profile::apply`] changes the order statistics for.
+const ORDER_EVENTS: [EventType; 5] = [
+    EventType::OrderPlaced,
+    EventType::CompleteCheckout,
+    EventType::OrderCancelled,
+    EventType::OrderItemsReturnInitiated,
+    EventType::OrderLineItemRefunded,
+];
+
+/// The values before an event of what rules read and the event changes. Kept between events
+/// for its allocations.
+#[derive(Debug, Default)]
+pub struct Undo {
+    events_total: u64,
+    last_seen: Option<i64>,
+    last_device: Option<String>,
+    last_channel: Option<String>,
+    customer_id: Option<String>,
+    emails: Vec<String>,
+    attributes: Option<Attributes>,
+    /// The event's type, when rules read its counter, and the counter (`None`: absent).
+    counter_kind: Option<EventType>,
+    counter: Option<Series>,
+    cart_lines: Option<Vec<Line>>,
+    orders: Option<OrderStats>,
+    by_category: Keyed<KeyedSeries>,
+    by_product: Keyed<KeyedSeries>,
+    category_affinity: Keyed<Affinity>,
+    brand_affinity: Keyed<Affinity>,
+}
+
+/// What an event may change of one list rules read entries of.
+#[derive(Debug)]
+struct Keyed<T> {
+    /// Every entry rules read, before, when `whole_used` (the event may push out one it cannot
+    /// name ahead).
+    whole: Vec<T>,
+    whole_used: bool,
+    /// Else the entries rules read that the event touches: `used` of them are this event's,
+    /// each the entry before (`None`: absent) under its (kind, key).
+    entries: Vec<(EventType, String, Option<T>)>,
+    used: usize,
+}
+
+impl<T> Default for Keyed<T> {
+    fn default() -> Self {
+        Keyed {
+            whole: Vec::new(),
+            whole_used: false,
+            entries: Vec::new(),
+            used: 0,
+        }
+    }
+}
+
+impl<T: Clone> Keyed<T> {
+    fn clear(&mut self) {
+        self.whole_used = false;
+        self.used = 0;
+    }
+
+    /// Records `before` under (kind, key), reusing the slots of earlier events.
+    fn push(&mut self, kind: EventType, key: &str, before: Option<&T>) {
+        match self.entries.get_mut(self.used) {
+            Some(slot) => {
+                slot.0 = kind;
+                slot.1.clear();
+                slot.1.push_str(key);
+                match (&mut slot.2, before) {
+                    (Some(s), Some(b)) => s.clone_from(b),
+                    (s, b) => *s = b.cloned(),
+                }
+            }
+            None => self.entries.push((kind, key.to_owned(), before.cloned())),
+        }
+        self.used += 1;
+    }
+
+    /// Puts the recorded entries back into `list` (a copy of what rules read), found by `is`.
+    fn revert(&self, list: &mut Vec<T>, is: impl Fn(&T, EventType, &str) -> bool) {
+        if self.whole_used {
+            list.clone_from(&self.whole);
+            return;
+        }
+        for (kind, key, before) in &self.entries[..self.used] {
+            let at = list.iter().position(|e| is(e, *kind, key));
+            match (at, before) {
+                (Some(i), Some(b)) => list[i].clone_from(b),
+                (Some(i), None) => {
+                    list.remove(i);
+                }
+                (None, Some(b)) => list.push(b.clone()),
+                (None, None) => {}
+            }
+        }
+    }
+}
+
+fn is_series(s: &KeyedSeries, kind: EventType, key: &str) -> bool {
+    s.kind == kind && s.key == key
+}
+
+fn is_affinity(a: &Affinity, _: EventType, key: &str) -> bool {
+    a.key == key
+}
+
+/// The distinct categories (or brands) of an event's lines, in order.
+fn distinct<'a>(lines: &'a [Line], of: impl Fn(&'a Line) -> Option<&'a str>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = Vec::new();
+    for k in lines.iter().filter_map(of) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
+impl Undo {
+    /// Records what `ev` is about to change of what `reads` names in `p`: call it before the
+    /// identity links and [`Profile::apply`].
+    pub fn record(&mut self, p: &Profile, ev: &Event, reads: &RuleReads) {
+        self.events_total = p.events_total;
+        self.last_seen = p.last_seen;
+        self.last_device.clone_from(&p.last_device);
+        self.last_channel.clone_from(&p.last_channel);
+        self.customer_id.clone_from(&p.identities.customer_id);
+        self.emails.clone_from(&p.identities.emails);
+        self.attributes = ev.attributes.as_ref().map(|_| (*p.attributes).clone());
+        self.counter_kind = reads
+            .counters
+            .binary_search(&ev.kind)
+            .is_ok()
+            .then_some(ev.kind);
+        if self.counter_kind.is_some() {
+            match (&mut self.counter, p.series(ev.kind)) {
+                (Some(s), Some(b)) => s.clone_from(b),
+                (s, b) => *s = b.cloned(),
+            }
+        }
+        self.cart_lines = CART_EVENTS.contains(&ev.kind).then(|| p.cart.lines.clone());
+        self.orders = ORDER_EVENTS.contains(&ev.kind).then(|| (*p.orders).clone());
+        for k in [&mut self.by_category, &mut self.by_product] {
+            k.clear();
+        }
+        self.category_affinity.clear();
+        self.brand_affinity.clear();
+        if ev.lines.is_empty() {
+            return;
+        }
+        if KEYED_EVENTS.contains(&ev.kind) {
+            let skus: Vec<&str> = ev.lines.iter().map(|l| l.sku.as_str()).collect();
+            record_keyed(
+                &mut self.by_product,
+                &p.by_product,
+                ev.kind,
+                &skus,
+                &reads.by_product,
+            );
+            let categories = distinct(&ev.lines, |l| l.category.as_deref());
+            record_keyed(
+                &mut self.by_category,
+                &p.by_category,
+                ev.kind,
+                &categories,
+                &reads.by_category,
+            );
+        }
+        if affinity_weight(ev.kind) > 0.0 {
+            let categories = distinct(&ev.lines, |l| l.category.as_deref());
+            record_affinities(
+                &mut self.category_affinity,
+                &p.category_affinity,
+                &categories,
+                reads.category_affinity,
+                &reads.category_affinity_keys,
+            );
+            let brands = distinct(&ev.lines, |l| l.brand.as_deref());
+            record_affinities(
+                &mut self.brand_affinity,
+                &p.brand_affinity,
+                &brands,
+                reads.brand_affinity,
+                &reads.brand_affinity_keys,
+            );
+        }
+    }
+
+    /// Turns `copy` — what `reads` names of the profile after the event
+    /// ([`Profile::copy_rule_inputs`]) — into the same of the profile before it.
+    pub fn revert(&self, copy: &mut Profile, reads: &RuleReads) {
+        copy.events_total = self.events_total;
+        copy.last_seen = self.last_seen;
+        copy.last_device.clone_from(&self.last_device);
+        copy.last_channel.clone_from(&self.last_channel);
+        copy.identities.customer_id.clone_from(&self.customer_id);
+        copy.identities.emails.clone_from(&self.emails);
+        if let Some(a) = &self.attributes {
+            *copy.attributes = a.clone();
+        }
+        if let Some(kind) = self.counter_kind {
+            let at = copy.counters.binary_search_by_key(&kind, |(k, _)| *k);
+            match (at, &self.counter) {
+                (Ok(i), Some(b)) => copy.counters[i].1.clone_from(b),
+                (Ok(i), None) => {
+                    copy.counters.remove(i);
+                }
+                (Err(i), Some(b)) => copy.counters.insert(i, (kind, b.clone())),
+                (Err(_), None) => {}
+            }
+        }
+        if let Some(lines) = &self.cart_lines {
+            copy.cart.lines.clone_from(lines);
+        }
+        if let Some(o) = &self.orders {
+            let c = &mut *copy.orders;
+            c.count = o.count;
+            c.revenue = o.revenue;
+            c.cancelled = o.cancelled;
+            c.cancelled_value = o.cancelled_value;
+            c.returns = o.returns;
+            c.refunded = o.refunded;
+            if reads.order_series {
+                c.series.clone_from(&o.series);
+            }
+        }
+        self.by_category.revert(&mut copy.by_category, is_series);
+        self.by_product.revert(&mut copy.by_product, is_series);
+        self.category_affinity
+            .revert(&mut copy.category_affinity, is_affinity);
+        self.brand_affinity
+            .revert(&mut copy.brand_affinity, is_affinity);
+    }
+}
+
+/// How many distinct keys of `touched` are `absent`: each adds an entry, past the limit
+/// pushing out another.
+fn new_keys(touched: &[&str], absent: impl Fn(&str) -> bool) -> usize {
+    touched
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| !touched[..*i].contains(k) && absent(k))
+        .count()
+}
+
+/// Records the per-key series rules read (`keys`) that an event of `kind` about `touched` keys
+/// changes in `list`.
+fn record_keyed(
+    undo: &mut Keyed<KeyedSeries>,
+    list: &[KeyedSeries],
+    kind: EventType,
+    touched: &[&str],
+    keys: &[(EventType, String)],
+) {
+    if keys.is_empty() {
+        return;
+    }
+    let find = |key: &str| Profile::keyed(list, kind, key);
+    if list.len() + new_keys(touched, |k| find(k).is_none()) > MAX_KEYED_SERIES {
+        // A new key pushes out the least recently active series, which may be one rules read.
+        copy_keyed(&mut undo.whole, list, keys);
+        undo.whole_used = true;
+        return;
+    }
+    for key in touched {
+        if keys.iter().any(|(k, name)| *k == kind && name == key) {
+            undo.push(kind, key, find(key));
+        }
+    }
+}
+
+/// Records the affinities rules read (all, or those `keys` names) that an event about
+/// `touched` keys changes in `list`.
+fn record_affinities(
+    undo: &mut Keyed<Affinity>,
+    list: &[Affinity],
+    touched: &[&str],
+    all: bool,
+    keys: &[String],
+) {
+    if touched.is_empty() || (!all && keys.is_empty()) {
+        return;
+    }
+    let find = |key: &str| list.iter().find(|a| a.key == key);
+    if all || list.len() + new_keys(touched, |k| find(k).is_none()) > MAX_AFFINITIES {
+        // `top_category()` compares them all; or a new key pushes out the weakest, which may
+        // be one rules read.
+        copy_affinities(&mut undo.whole, list, all, keys);
+        undo.whole_used = true;
+        return;
+    }
+    for key in touched {
+        if keys.iter().any(|name| name == key) {
+            undo.push(EventType::ProductPageView, key, find(key));
+        }
+    }
+}
