@@ -160,6 +160,10 @@ pub struct Core {
     before: Option<Box<Profile>>,
     /// What the event being applied changes of what rules read (for explanations).
     undo: Undo,
+    /// Debug builds (the tests) also copy what rules read before each event, and check that
+    /// the copy made from `undo` evaluates like it.
+    #[cfg(debug_assertions)]
+    check: Option<Box<Profile>>,
     explain: bool,
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
@@ -197,6 +201,8 @@ impl Core {
             before_results: Vec::new(),
             before: None,
             undo: Undo::default(),
+            #[cfg(debug_assertions)]
+            check: None,
             explain: true,
             nexts,
             max_identities: MAX_IDENTITIES,
@@ -334,6 +340,12 @@ impl Core {
         // what rules read, recorded before it (the links below included).
         let before = if self.explain {
             self.undo.record(profile, ev, self.segments.reads());
+            #[cfg(debug_assertions)]
+            {
+                let mut copy = self.check.take().unwrap_or_default();
+                copy.copy_rule_inputs(profile, self.segments.reads());
+                self.check = Some(copy);
+            }
             Before::Undone
         } else {
             Before::Nothing
@@ -431,6 +443,8 @@ impl Core {
                     copy.copy_rule_inputs(profile, reads);
                     self.undo.revert(copy, reads);
                     undone = true;
+                    #[cfg(debug_assertions)]
+                    self.check_undone(now);
                 }
                 let (bp, bnow) = match &before {
                     Before::Nothing => (None, now),
@@ -540,6 +554,22 @@ impl Core {
         profile.next_timer =
             self.segments
                 .next_change(profile, now, &self.results, &mut self.nexts);
+    }
+
+    /// Debug builds: the profile before the event made from the undo evaluates like the copy
+    /// made before it.
+    #[cfg(debug_assertions)]
+    fn check_undone(&self, now: i64) {
+        let (Some(made), Some(undone)) = (&self.check, &self.before) else {
+            return;
+        };
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        self.segments.evaluate(made, now, &mut want);
+        self.segments.evaluate(undone, now, &mut got);
+        assert_eq!(
+            got, want,
+            "the profile before the event, undone, reads like its copy"
+        );
     }
 
     /// Triggers the journeys this evaluation matched (its changes start at `first_change`).

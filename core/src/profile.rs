@@ -31,6 +31,25 @@ pub const KEYED_EVENTS: [EventType; 4] = [
     EventType::RemoveFromCart,
     EventType::AddToRequisitionList,
 ];
+/// The event kinds that change the cart ([`Profile::apply`]; [`crate::undo`] records the cart
+/// before them).
+pub const CART_EVENTS: [EventType; 7] = [
+    EventType::AddToCart,
+    EventType::RemoveFromCart,
+    EventType::OpenCart,
+    EventType::ShoppingCartView,
+    EventType::StartCheckout,
+    EventType::CompleteCheckout,
+    EventType::OrderPlaced,
+];
+/// The event kinds that change the order statistics (likewise).
+pub const ORDER_EVENTS: [EventType; 5] = [
+    EventType::OrderPlaced,
+    EventType::CompleteCheckout,
+    EventType::OrderCancelled,
+    EventType::OrderItemsReturnInitiated,
+    EventType::OrderLineItemRefunded,
+];
 /// Most affinity scores kept per kind (categories, brands); the weakest goes first.
 pub const MAX_AFFINITIES: usize = 32;
 /// Products viewed kept for journeys (browse abandonment), latest last.
@@ -433,9 +452,9 @@ fn copy_vec<T>(to: &mut Vec<T>, from: &[T], copy: impl Fn(&mut T, &T), new: impl
 impl Profile {
     /// Copies into `self` everything a segment rule reads from `from`, reusing `self`'s
     /// allocations where the shapes match (a list longer than before still allocates, a shorter
-    /// one frees): explanations compare the
-    /// profile just before an event with the profile after it, so this runs before each one.
-    /// The other fields of `self` are left as they were. `segments::tests` checks that every
+    /// one frees): explanations compare the profile just before a cause with the profile after
+    /// it; for an event, this copies the profile after it and [`crate::undo::Undo::revert`]
+    /// puts back what the event changed. The other fields of `self` are left as they were. `segments::tests` checks that every
     /// attribute and function evaluates the same on the copy.
     pub fn copy_rule_inputs(&mut self, from: &Profile, reads: &RuleReads) {
         // Every field named: a new one must be sorted into "read by rules" or not.
@@ -917,22 +936,20 @@ impl Profile {
     }
 
     fn apply_cart(&mut self, ev: &Event) {
+        if !CART_EVENTS.contains(&ev.kind) {
+            return;
+        }
         let cart = &mut self.cart;
-        match ev.kind {
-            EventType::CompleteCheckout | EventType::OrderPlaced => {
-                *cart = CartState {
-                    id: None,
-                    lines: Vec::new(),
-                    updated_at: Some(ev.time),
-                };
-                return;
-            }
-            EventType::AddToCart
-            | EventType::RemoveFromCart
-            | EventType::OpenCart
-            | EventType::ShoppingCartView
-            | EventType::StartCheckout => {}
-            _ => return,
+        if matches!(
+            ev.kind,
+            EventType::CompleteCheckout | EventType::OrderPlaced
+        ) {
+            *cart = CartState {
+                id: None,
+                lines: Vec::new(),
+                updated_at: Some(ev.time),
+            };
+            return;
         }
         // Events older than the cart's last change do not roll it back.
         if cart.updated_at.is_some_and(|t| t > ev.time) {
@@ -964,14 +981,7 @@ impl Profile {
     }
 
     fn apply_orders(&mut self, ev: &Event, now: i64) {
-        if !matches!(
-            ev.kind,
-            EventType::OrderPlaced
-                | EventType::CompleteCheckout
-                | EventType::OrderCancelled
-                | EventType::OrderItemsReturnInitiated
-                | EventType::OrderLineItemRefunded
-        ) {
+        if !ORDER_EVENTS.contains(&ev.kind) {
             return; // the order statistics stay unallocated for a shopper who only browses
         }
         let o = &mut *self.orders;

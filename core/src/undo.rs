@@ -18,29 +18,9 @@
 use crate::event::{Attributes, Event, EventType, Line};
 use crate::profile::{
     affinity_weight, copy_affinities, copy_keyed, Affinity, KeyedSeries, OrderStats, Profile,
-    RuleReads, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES,
+    RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
 };
 use crate::window::Series;
-
-/// The event kinds [`Profile::apply`] changes the cart for.
-const CART_EVENTS: [EventType; 7] = [
-    EventType::AddToCart,
-    EventType::RemoveFromCart,
-    EventType::OpenCart,
-    EventType::ShoppingCartView,
-    EventType::StartCheckout,
-    EventType::CompleteCheckout,
-    EventType::OrderPlaced,
-];
-
-/// The event kinds [`Profile::apply`] changes the order statistics for.
-const ORDER_EVENTS: [EventType; 5] = [
-    EventType::OrderPlaced,
-    EventType::CompleteCheckout,
-    EventType::OrderCancelled,
-    EventType::OrderItemsReturnInitiated,
-    EventType::OrderLineItemRefunded,
-];
 
 /// The values before an event of what rules read and the event changes. Kept between events
 /// for its allocations.
@@ -57,7 +37,9 @@ pub struct Undo {
     counter_kind: Option<EventType>,
     counter: Option<Series>,
     cart_lines: Option<Vec<Line>>,
-    orders: Option<OrderStats>,
+    /// The order statistics rules read (not the recent orders), when `orders_recorded`.
+    orders: OrderStats,
+    orders_recorded: bool,
     by_category: Keyed<KeyedSeries>,
     by_product: Keyed<KeyedSeries>,
     category_affinity: Keyed<Affinity>,
@@ -173,7 +155,19 @@ impl Undo {
             }
         }
         self.cart_lines = CART_EVENTS.contains(&ev.kind).then(|| p.cart.lines.clone());
-        self.orders = ORDER_EVENTS.contains(&ev.kind).then(|| (*p.orders).clone());
+        self.orders_recorded = ORDER_EVENTS.contains(&ev.kind);
+        if self.orders_recorded {
+            let (o, b) = (&mut self.orders, &*p.orders);
+            o.count = b.count;
+            o.revenue = b.revenue;
+            o.cancelled = b.cancelled;
+            o.cancelled_value = b.cancelled_value;
+            o.returns = b.returns;
+            o.refunded = b.refunded;
+            if reads.order_series {
+                o.series.clone_from(&b.series);
+            }
+        }
         for k in [&mut self.by_category, &mut self.by_product] {
             k.clear();
         }
@@ -182,7 +176,7 @@ impl Undo {
         if ev.lines.is_empty() {
             return;
         }
-        if KEYED_EVENTS.contains(&ev.kind) {
+        if KEYED_EVENTS.contains(&ev.kind) && !reads.by_product.is_empty() {
             let skus: Vec<&str> = ev.lines.iter().map(|l| l.sku.as_str()).collect();
             record_keyed(
                 &mut self.by_product,
@@ -191,6 +185,8 @@ impl Undo {
                 &skus,
                 &reads.by_product,
             );
+        }
+        if KEYED_EVENTS.contains(&ev.kind) && !reads.by_category.is_empty() {
             let categories = distinct(&ev.lines, |l| l.category.as_deref());
             record_keyed(
                 &mut self.by_category,
@@ -246,8 +242,8 @@ impl Undo {
         if let Some(lines) = &self.cart_lines {
             copy.cart.lines.clone_from(lines);
         }
-        if let Some(o) = &self.orders {
-            let c = &mut *copy.orders;
+        if self.orders_recorded {
+            let (c, o) = (&mut *copy.orders, &self.orders);
             c.count = o.count;
             c.revenue = o.revenue;
             c.cancelled = o.cancelled;

@@ -661,7 +661,7 @@ fn an_event_undone_gives_back_the_profile_before_it() {
     ))
     .unwrap();
     let examples = SegmentSet::parse(include_str!("../../../examples/segments.yaml")).unwrap();
-    let (mut undone, mut whole) = (0, 0);
+    let (mut undone, mut whole, mut pushed_out) = (0, 0, [0; 4]);
     for set in [&reading_everything(), &examples, &named] {
         let reads = set.reads();
         let mut p = Profile::default();
@@ -670,13 +670,22 @@ fn an_event_undone_gives_back_the_profile_before_it() {
             for (i, sample) in samples.iter().enumerate() {
                 let mut ev = sample.clone();
                 ev.time = T0 + round * H + i as i64;
-                // Keys that cycle through more than a list holds (64 series, 32 affinities),
-                // two new ones at a time in some events.
-                for (j, line) in ev.lines.iter_mut().enumerate() {
-                    let k = (round * 7 + i as i64 + j as i64 * 31) % 97;
+                // Keys that cycle through more than a list holds (64 series, 32 affinities).
+                for line in ev.lines.iter_mut() {
+                    let k = (round * 7 + i as i64) % 97;
                     line.sku = format!("SKU-{}", k % 70);
                     line.category = Some(format!("cat-{}", k % 45));
                     line.brand = Some(format!("brand-{}", k % 40));
+                }
+                // Some events have three lines: the same SKU and category twice, and other
+                // keys (two new ones at a time).
+                if round % 4 == 1 && !ev.lines.is_empty() {
+                    let mut other = ev.lines[0].clone();
+                    other.sku = format!("SKU-{}", (round + 3) % 70);
+                    other.category = Some(format!("cat-{}", (round + 11) % 45));
+                    other.brand = Some(format!("brand-{}", (round + 5) % 40));
+                    ev.lines.push(ev.lines[0].clone());
+                    ev.lines.push(other);
                 }
                 if round % 3 == 0 {
                     ev.identity.email = Some(format!("r{round}@example.com"));
@@ -703,6 +712,30 @@ fn an_event_undone_gives_back_the_profile_before_it() {
                 if rule_inputs(&after, reads) != rule_inputs(&before, reads) {
                     undone += 1;
                 }
+                // An entry rules read pushed out of a full list by the event.
+                let gone = |b: &[String], a: &[String]| b.iter().any(|x| !a.contains(x));
+                let keyed = |l: &[crate::profile::KeyedSeries]| -> Vec<String> {
+                    l.iter()
+                        .map(|s| format!("{:?} {}", s.kind, s.key))
+                        .collect()
+                };
+                let keys = |l: &[crate::profile::Affinity]| -> Vec<String> {
+                    l.iter().map(|a| a.key.clone()).collect()
+                };
+                for (n, (b, a)) in [
+                    (keyed(&before.by_product), keyed(&after.by_product)),
+                    (keyed(&before.by_category), keyed(&after.by_category)),
+                    (
+                        keys(&before.category_affinity),
+                        keys(&after.category_affinity),
+                    ),
+                    (keys(&before.brand_affinity), keys(&after.brand_affinity)),
+                ]
+                .iter()
+                .enumerate()
+                {
+                    pushed_out[n] += usize::from(gone(b, a));
+                }
                 undo.revert(&mut after, reads);
                 assert_eq!(
                     rule_inputs(&after, reads),
@@ -720,8 +753,10 @@ fn an_event_undone_gives_back_the_profile_before_it() {
             }
         }
     }
-    // The events changed what rules read, and the lists were full.
+    // The events changed what rules read, the lists were full, and each kind of list had an
+    // entry rules read pushed out.
     assert!(undone > 1000 && whole > 100, "{undone} {whole}");
+    assert!(pushed_out.iter().all(|&n| n > 0), "{pushed_out:?}");
     // One short of full, an event with two new keys pushes out the weakest: the named one.
     let view = |time: i64, categories: &[String]| {
         let mut ev = event(EventType::ProductPageView, time, 1.0);
