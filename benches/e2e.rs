@@ -705,8 +705,15 @@ fn workload(
     let mut done = 0.0;
     // The worker's CPU time (all its threads) at the first commit.
     let mut cpu_at_first = 0.0;
+    // How long the progress polls of /metrics took during the pass: what a Prometheus scrape
+    // or a probe waits for while the worker is busy.
+    let mut scrapes: Vec<f64> = Vec::new();
     while Instant::now() < deadline {
+        let asked = Instant::now();
         done = metric(port, "tailor_stored_offset{");
+        if first.is_some() {
+            scrapes.push(asked.elapsed().as_secs_f64() * 1e3);
+        }
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
             cpu_at_first = cpu_secs(pid);
@@ -793,6 +800,16 @@ fn workload(
         p.batches,
         p.messages / p.batches.max(1.0)
     );
+    scrapes.sort_by(f64::total_cmp);
+    if let Some(max) = scrapes.last() {
+        let pct = |p: f64| scrapes[((scrapes.len() as f64 * p) as usize).min(scrapes.len() - 1)];
+        println!(
+            "GET /metrics during the pass (the bench's progress polls, every 100 ms): {} answered in p50 {:.1} ms, p99 {:.1} ms, max {max:.1} ms",
+            scrapes.len(),
+            pct(0.5),
+            pct(0.99)
+        );
+    }
     let state_records = metric(port, "tailor_changelog_records_total{kind=\"state\"}");
     println!(
         "changelog: {state_records:.0} state records + {:.0} markers = {:.2} state records per event committed ({:.0} timers fired meanwhile)",
