@@ -84,8 +84,8 @@ pub struct Output {
     /// registry id; the output schemas are registered under `<topic>-value` at start).
     pub framing: String,
     /// Name on each audience change the condition of the rule that flipped it (`explanation`).
-    /// Costs a copy of the profile's rule inputs before each event (see the README's core
-    /// benchmark); `false` leaves the field null.
+    /// Costs recording, before each event, what it changes of what rules read (`core::undo`),
+    /// and a copy of the rule inputs when a membership flips; `false` leaves the field null.
     pub explain: bool,
 }
 

@@ -33,7 +33,8 @@
 //! - [`clock`]: each partition's stream clock (event time; wall clock when caught up).
 //! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d", and when
 //!   each count leaves its window.
-//! - [`profile`]: the profile and how an event changes it.
+//! - [`profile`]: the profile and how an event changes it ([`undo`]: what an event is about to
+//!   change of what rules read, so that an explanation sees the profile before it).
 //! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
 //!   and the earliest time the passing of time can change a result (the profile's timer).
 //! - [`journey`]: journey definitions, re-entry wait, one trigger per cause, consent, context.
@@ -72,13 +73,14 @@
 //! - [`kafka_logs`]: librdkafka's log lines into `tracing`, rate-limited.
 //! - [`heap`]: what the process's two heaps hold (mimalloc for Rust, glibc for the C
 //!   libraries), for `tailor_heap_bytes`.
-//! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`),
-//!   [`replay`] (real data sets as platform events), [`preview`] (new definitions against the
+//! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`;
+//!   served from a runtime and thread of its own, `tailor-http`, so that probes and scrapes do
+//!   not wait behind the processing threads), [`replay`] (real data sets as platform events), [`preview`] (new definitions against the
 //!   stored profiles).
 
 pub use tailor_core::{
-    audience, cases, clock, codec, event, identity, journey, profile, samples, segments, window,
-    wire,
+    audience, cases, clock, codec, event, identity, journey, profile, samples, segments, undo,
+    window, wire,
 };
 
 pub mod config;
