@@ -3,11 +3,11 @@
 //! An audience change's explanation compares the profile just before its cause with the
 //! profile after it. Most events flip no membership, so copying everything rules read before
 //! each event ([`Profile::copy_rule_inputs`]; 9.5 % of a processing thread's samples, callees
-//! included, in the deep e2e profile) was mostly wasted. [`Undo::record`] keeps only the values the event will change:
-//! the scalars, the one counter of its type, the per-key series and affinities of its lines,
-//! and the cart, orders or attributes when the event is of a kind that changes them. Only when a
-//! membership flips is the copy made, from the profile after the event, with those values put
-//! back ([`Undo::revert`]). The result evaluates like the copy made before the event: the unit
+//! included, in the deep e2e profile) was mostly wasted. [`Undo::record`] keeps only the values
+//! the event will change: the scalars, the one counter of its type, the per-key series and
+//! affinities of its lines, and the cart, orders or attributes when the event is of a kind that
+//! changes them. Only when a membership flips is the copy made, from the profile after the
+//! event, with those values put back ([`Undo::revert`]). The result evaluates like the copy made before the event: the unit
 //! tests compare the two on the shipped samples and on full lists, where an event pushes an
 //! entry out.
 //!
