@@ -181,6 +181,33 @@ crate::sparse::empty_default!(OrderStats);
 crate::sparse::empty_default!(Attributes);
 
 impl OrderStats {
+    /// Copies what rules read (the series only with `series`), reusing `self`'s allocations;
+    /// the dates and the recent orders are left as they were.
+    pub fn copy_rule_inputs(&mut self, from: &OrderStats, series: bool) {
+        // Every field named: a new one must be sorted into "read by rules" or not.
+        let OrderStats {
+            count,
+            revenue,
+            first_at: _,
+            last_at: _,
+            cancelled,
+            cancelled_value,
+            returns,
+            refunded,
+            recent: _,
+            series: from_series,
+        } = from;
+        self.count = *count;
+        self.revenue = *revenue;
+        self.cancelled = *cancelled;
+        self.cancelled_value = *cancelled_value;
+        self.returns = *returns;
+        self.refunded = *refunded;
+        if series {
+            self.series.clone_from(from_series);
+        }
+    }
+
     /// Lifetime value: revenue less cancellations and refunds.
     pub fn lifetime_value(&self) -> f64 {
         self.revenue - self.cancelled_value - self.refunded
@@ -533,28 +560,7 @@ impl Profile {
         }
         self.counters.truncate(kept);
         self.cart.lines.clone_from(&cart.lines);
-        let OrderStats {
-            count,
-            revenue,
-            first_at: _,
-            last_at: _,
-            cancelled,
-            cancelled_value,
-            returns,
-            refunded,
-            recent: _,
-            series,
-        } = &**orders;
-        let o = &mut *self.orders;
-        o.count = *count;
-        o.revenue = *revenue;
-        o.cancelled = *cancelled;
-        o.cancelled_value = *cancelled_value;
-        o.returns = *returns;
-        o.refunded = *refunded;
-        if reads.order_series {
-            o.series.clone_from(series);
-        }
+        self.orders.copy_rule_inputs(orders, reads.order_series);
         self.last_device.clone_from(last_device);
         self.last_channel.clone_from(last_channel);
         self.events_total = *events_total;

@@ -157,16 +157,7 @@ impl Undo {
         self.cart_lines = CART_EVENTS.contains(&ev.kind).then(|| p.cart.lines.clone());
         self.orders_recorded = ORDER_EVENTS.contains(&ev.kind);
         if self.orders_recorded {
-            let (o, b) = (&mut self.orders, &*p.orders);
-            o.count = b.count;
-            o.revenue = b.revenue;
-            o.cancelled = b.cancelled;
-            o.cancelled_value = b.cancelled_value;
-            o.returns = b.returns;
-            o.refunded = b.refunded;
-            if reads.order_series {
-                o.series.clone_from(&b.series);
-            }
+            self.orders.copy_rule_inputs(&p.orders, reads.order_series);
         }
         for k in [&mut self.by_category, &mut self.by_product] {
             k.clear();
@@ -186,8 +177,13 @@ impl Undo {
                 &reads.by_product,
             );
         }
-        if KEYED_EVENTS.contains(&ev.kind) && !reads.by_category.is_empty() {
-            let categories = distinct(&ev.lines, |l| l.category.as_deref());
+        let keyed_categories = KEYED_EVENTS.contains(&ev.kind) && !reads.by_category.is_empty();
+        let affinities = affinity_weight(ev.kind) > 0.0;
+        if !keyed_categories && !affinities {
+            return;
+        }
+        let categories = distinct(&ev.lines, |l| l.category.as_deref());
+        if keyed_categories {
             record_keyed(
                 &mut self.by_category,
                 &p.by_category,
@@ -196,8 +192,7 @@ impl Undo {
                 &reads.by_category,
             );
         }
-        if affinity_weight(ev.kind) > 0.0 {
-            let categories = distinct(&ev.lines, |l| l.category.as_deref());
+        if affinities {
             record_affinities(
                 &mut self.category_affinity,
                 &p.category_affinity,
@@ -243,16 +238,8 @@ impl Undo {
             copy.cart.lines.clone_from(lines);
         }
         if self.orders_recorded {
-            let (c, o) = (&mut *copy.orders, &self.orders);
-            c.count = o.count;
-            c.revenue = o.revenue;
-            c.cancelled = o.cancelled;
-            c.cancelled_value = o.cancelled_value;
-            c.returns = o.returns;
-            c.refunded = o.refunded;
-            if reads.order_series {
-                c.series.clone_from(&o.series);
-            }
+            copy.orders
+                .copy_rule_inputs(&self.orders, reads.order_series);
         }
         self.by_category.revert(&mut copy.by_category, is_series);
         self.by_product.revert(&mut copy.by_product, is_series);
@@ -321,6 +308,7 @@ fn record_affinities(
     }
     for key in touched {
         if keys.iter().any(|name| name == key) {
+            // Affinities are by key alone: the kind is not compared (`is_affinity`).
             undo.push(EventType::ProductPageView, key, find(key));
         }
     }
