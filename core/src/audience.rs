@@ -173,6 +173,12 @@ pub struct Core {
     ids: HashMap<String, usize, Xxh3DefaultBuilder>,
     /// The stored memberships of the profile being evaluated, by place in the set.
     stored: Vec<bool>,
+    /// Whether an event evaluates only the segments whose rules read something it changed
+    /// ([`Core::set_incremental`]).
+    incremental: bool,
+    /// Debug builds: the full evaluation each incremental one is checked against.
+    #[cfg(debug_assertions)]
+    check_results: Vec<bool>,
 }
 
 fn segment_ids(set: &SegmentSet) -> HashMap<String, usize, Xxh3DefaultBuilder> {
@@ -182,6 +188,20 @@ fn segment_ids(set: &SegmentSet) -> HashMap<String, usize, Xxh3DefaultBuilder> {
         .map(|(i, s)| (s.id.clone(), i))
         .collect()
 }
+
+/// What an event changed, for [`Core::evaluate`]: only the segments whose rules read some of it
+/// are evaluated.
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    /// [`crate::segments::inputs::of_event`].
+    inputs: u64,
+    /// The profile saw nothing before: the results of an empty profile stand for its stored ones.
+    fresh: bool,
+}
+
+/// A profile's events between two that evaluate every segment (the others evaluate only the
+/// segments whose rules read what they changed).
+pub const FULL_EVALUATION_EVERY: u64 = 64;
 
 /// Default most identities per profile.
 pub const MAX_IDENTITIES: usize = 32;
@@ -207,7 +227,20 @@ impl Core {
             nexts,
             max_identities: MAX_IDENTITIES,
             stored: Vec::new(),
+            incremental: true,
+            #[cfg(debug_assertions)]
+            check_results: Vec::new(),
         }
+    }
+
+    /// Whether an event evaluates only the segments whose rules read something it changed (on
+    /// by default; off after [`Core::set_segments`]). The others keep their stored membership.
+    /// That holds when every profile was evaluated under the definitions in force (the worker
+    /// turns it on for a partition once its re-evaluation sweep is done) and a profile is never
+    /// evaluated at a time before an earlier evaluation of it (the worker's stream clock only
+    /// moves forward, and timers fire up to it).
+    pub fn set_incremental(&mut self, on: bool) {
+        self.incremental = on;
     }
 
     pub fn with_max_identities(mut self, n: usize) -> Core {
@@ -235,10 +268,12 @@ impl Core {
     }
 
     /// Swaps in new segment definitions (between batches; profiles catch up through
-    /// [`Core::reevaluate`] or their next event).
+    /// [`Core::reevaluate`] or their next event, which evaluates every segment until
+    /// [`Core::set_incremental`] says they all caught up).
     pub fn set_segments(&mut self, segments: Arc<SegmentSet>) {
         self.ids = segment_ids(&segments);
         self.segments = segments;
+        self.incremental = false;
     }
 
     /// Takes another profile of the same shopper (`from`, already removed from its own key) into
@@ -259,7 +294,7 @@ impl Core {
             Before::Nothing
         };
         profile.merge(other, self.max_identities);
-        self.evaluate(key, profile, now, Why::Merge(from), before, out);
+        self.evaluate(key, profile, now, Why::Merge(from), before, None, out);
     }
 
     /// Evaluates a profile under changed definitions at `now` (its due timers fire first).
@@ -280,6 +315,7 @@ impl Core {
             now,
             Why::Definitions(version),
             Before::Nothing,
+            None,
             out,
         );
     }
@@ -336,6 +372,28 @@ impl Core {
             .max(ev.time)
             .max(profile.last_seen.unwrap_or(i64::MIN));
         self.advance(key, profile, now, out);
+        // What the event may change of what rules read: only the segments that read some of it
+        // are evaluated. Before a shopper's first event, the results of a profile that saw
+        // nothing stand for the stored ones (when they do not depend on the time).
+        let fresh = profile.events_total == 0
+            && profile.segments.is_empty()
+            && profile.next_timer.is_none()
+            && profile.identities.customer_id.is_none()
+            && profile.identities.emails.is_empty();
+        // A profile that saw no event but is not empty (identities merged in before any
+        // evaluation) has neither: everything is evaluated.
+        // And every [`FULL_EVALUATION_EVERY`]th event of a profile evaluates everything: a
+        // backstop, should a rule's next change ever be computed late, as a full evaluation at
+        // every event was.
+        let known = if fresh {
+            self.segments.empty_results().is_some()
+        } else {
+            profile.events_total > 0 && profile.events_total % FULL_EVALUATION_EVERY != 0
+        };
+        let changed = (self.incremental && known).then(|| Changed {
+            inputs: crate::segments::inputs::of_event(ev),
+            fresh,
+        });
         // What the explanation of a change compares with: the values the event changes of
         // what rules read, recorded before it (the links below included).
         let before = if self.explain {
@@ -375,7 +433,15 @@ impl Core {
             }
         }
         profile.apply(ev);
-        self.evaluate(key, profile, now, Why::Event(ev, source), before, out);
+        self.evaluate(
+            key,
+            profile,
+            now,
+            Why::Event(ev, source),
+            before,
+            changed,
+            out,
+        );
     }
 
     /// Fires the profile's timers due at or before `until`, each at its own due time, in order.
@@ -390,10 +456,13 @@ impl Core {
             } else {
                 Before::Nothing
             };
-            self.evaluate(key, profile, due, Why::Timer(due), before, out);
+            self.evaluate(key, profile, due, Why::Timer(due), before, None, out);
         }
     }
 
+    /// Evaluates the profile at `now` after `why`: every segment, or with `changed` only those
+    /// whose rules read something in it ([`SegmentSet::evaluate_changed`]).
+    #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &mut self,
         key: &str,
@@ -401,6 +470,7 @@ impl Core {
         now: i64,
         why: Why,
         before: Before,
+        changed: Option<Changed>,
         out: &mut Outputs,
     ) {
         let first_change = out.changes.len();
@@ -411,15 +481,36 @@ impl Core {
         };
         // Made at the first change (most evaluations change nothing).
         let mut cause_id: Option<String> = None;
-        self.segments.evaluate(profile, now, &mut self.results);
         // The stored memberships by place in the set: one lookup per membership (a shopper is
         // in a few segments) rather than one per segment.
         self.stored.clear();
-        self.stored.resize(self.results.len(), false);
+        self.stored.resize(self.segments.len(), false);
         for m in &profile.segments {
             if let Some(&i) = self.ids.get(m.segment.as_str()) {
                 self.stored[i] = true;
             }
+        }
+        // Its timers fired before the event: the next was after `now`.
+        let earlier = profile.next_timer;
+        match changed {
+            Some(c) => {
+                let kept = match self.segments.empty_results() {
+                    Some(empty) if c.fresh => empty,
+                    _ => &self.stored,
+                };
+                self.segments
+                    .evaluate_changed(profile, now, c.inputs, kept, &mut self.results);
+                #[cfg(debug_assertions)]
+                {
+                    self.segments
+                        .evaluate(profile, now, &mut self.check_results);
+                    assert_eq!(
+                        self.results, self.check_results,
+                        "evaluating only the segments an event changed gives every result"
+                    );
+                }
+            }
+            None => self.segments.evaluate(profile, now, &mut self.results),
         }
         let mut before_ready = false;
         let mut undone = false;
@@ -551,9 +642,34 @@ impl Core {
             self.before = Some(p); // its allocations serve the next event
         }
         self.journeys(key, profile, now, at, &why, first_change, out);
-        profile.next_timer =
-            self.segments
-                .next_change(profile, now, &self.results, &mut self.nexts);
+        profile.next_timer = match changed {
+            Some(c) => {
+                let next = self.segments.next_change_changed(
+                    profile,
+                    now,
+                    &self.results,
+                    c.inputs,
+                    earlier,
+                    &mut self.nexts,
+                );
+                // Debug builds: never later than the next change of any segment.
+                #[cfg(debug_assertions)]
+                {
+                    let mut scratch = Vec::new();
+                    let full = self
+                        .segments
+                        .next_change(profile, now, &self.results, &mut scratch);
+                    assert!(
+                        full.is_none_or(|f| next.is_some_and(|n| n <= f)),
+                        "an incremental next timer {next:?} after the next change {full:?}"
+                    );
+                }
+                next
+            }
+            None => self
+                .segments
+                .next_change(profile, now, &self.results, &mut self.nexts),
+        };
     }
 
     /// Debug builds: the profile before the event made from the undo evaluates like the copy

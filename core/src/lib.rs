@@ -20,7 +20,9 @@
 //!   leave empty, held out of line and allocated only when filled; [`undo`]: what an event is
 //!   about to change of what rules read, so that an explanation can see the profile before it).
 //! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
-//!   and the earliest time the passing of time can change a result (the profile's timer).
+//!   the earliest time the passing of time can change a result (the profile's timer), and what
+//!   each rule reads and each event changes ([`segments::inputs`]: an event re-evaluates only
+//!   the segments that read what it changed).
 //! - [`journey`]: journey definitions, re-entry wait, one trigger per cause, consent, context.
 //! - [`audience`]: applies an event or fires a timer; membership changes and journey triggers
 //!   with deterministic ids.

@@ -363,6 +363,9 @@ impl Processor {
         via: Option<&Position>,
     ) -> Outcome {
         let store = self.store.clone();
+        // Before any evaluation: the re-evaluation cursor of the definitions in force, written
+        // with the commit if it starts now (see `Task::sweep`).
+        task.load_sweep(self.defs_version, &store)?;
         let route = identity::route_event(&key, task.partition, self.partitions, &ev, || {
             task.local(&key, &store)
         })?;
@@ -445,6 +448,9 @@ impl Processor {
             self.metrics.late_events.inc();
         }
         self.outputs.clear();
+        // Only the segments whose rules read what the event changed are evaluated, once every
+        // profile of the partition was evaluated under the definitions in force.
+        self.core.set_incremental(task.swept(self.defs_version));
         let profile = task.profiles.get_mut(key).expect("loaded");
         let source = Source {
             topic: raw.origin.0,
@@ -592,6 +598,7 @@ impl Processor {
             message,
         } = identity::decode(payload).map_err(|e| Rejection::new("bad_internal_message", e))?;
         let store = self.store.clone();
+        task.load_sweep(self.defs_version, &store)?;
         match message {
             ProtocolMessage::Event(raw) => {
                 let (ev, raw) = self.decode_raw(&raw)?;

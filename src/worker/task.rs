@@ -361,13 +361,40 @@ impl Task {
             .meta(&sweep_key(self.partition))?
             .and_then(|b| postcard::from_bytes::<Sweep>(&b).ok())
             .filter(|s| s.version == version);
-        let s = stored.unwrap_or(Sweep {
-            version,
-            after: None,
-            done: false,
-        });
+        let s = match stored {
+            Some(s) => s,
+            None => {
+                // Written with the next commit: that commit may hold evaluations under these
+                // definitions, and a record of other ones done must not outlive it (an event
+                // evaluates only what it changed when its partition's sweep is done).
+                self.sweep_moved = true;
+                Sweep {
+                    version,
+                    after: None,
+                    done: false,
+                }
+            }
+        };
         self.sweep = Some(s.clone());
         Ok(s)
+    }
+
+    /// Whether the partition's re-evaluation under the definitions of `version` is done, its
+    /// cursor loaded (or started) first.
+    pub fn load_sweep(&mut self, version: u64, store: &Store) -> Result<bool, Error> {
+        if !self.sweep.as_ref().is_some_and(|s| s.version == version) {
+            self.sweep(version, store)?;
+        }
+        Ok(self.swept(version))
+    }
+
+    /// Whether every profile of the partition is known to be evaluated under the definitions
+    /// of `version` (its re-evaluation sweep, as loaded, is done). Not loaded yet: not known
+    /// ([`Task::load_sweep`]).
+    pub fn swept(&self, version: u64) -> bool {
+        self.sweep
+            .as_ref()
+            .is_some_and(|s| s.version == version && s.done)
     }
 
     pub fn move_sweep(&mut self, to: Sweep) {

@@ -22,7 +22,7 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 pub use explain::{Evaluated, Part};
 pub use expr::{parse as parse_expr, parse_duration, ExprError};
-pub use plan::{render_duration, Ctx, Node, Value, ATTRIBUTES, FUNCTIONS};
+pub use plan::{inputs, render_duration, Ctx, Node, Value, ATTRIBUTES, FUNCTIONS};
 
 use crate::event::EventType;
 use crate::journey::{Consent, Journey, Trigger};
@@ -71,6 +71,8 @@ pub struct Segment {
     rule: Node,
     /// The passing of time alone can change the result (timers are needed).
     timed: bool,
+    /// What the rule reads of a profile ([`plan::inputs`]), the segments it uses included.
+    inputs: u64,
     /// The rule's sub-expressions with their places in the file, for explanations.
     explain: Option<Part>,
     /// The segments its rule uses (`in_segment`).
@@ -84,11 +86,23 @@ impl Segment {
         self.source.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
+    /// What the rule reads of a profile ([`plan::inputs`]), the segments it uses included.
+    pub fn inputs(&self) -> u64 {
+        self.inputs
+    }
+
     /// The ids of the segments this one's rule uses (`in_segment`).
     pub fn uses(&self) -> &[String] {
         &self.uses
     }
 }
+
+/// The version of how rules evaluate, part of [`SegmentSet::fingerprint`]: a release that
+/// changes what a rule means or when it flips bumps it, and every profile is re-evaluated once
+/// (an event re-evaluates only the segments whose rules read what it changed, so a membership
+/// left over from other semantics would otherwise stay). 2: sums in windows flip at the time
+/// evaluation takes them to (the timer was computed with other rounding).
+pub const RULES_ENGINE: u32 = 2;
 
 /// The compiled segments, in evaluation (dependency) order, and the journeys.
 #[derive(Debug, Clone, Default)]
@@ -97,6 +111,10 @@ pub struct SegmentSet {
     journeys: Vec<Journey>,
     /// What the segments' rules read of a profile.
     reads: crate::profile::RuleReads,
+    /// The results of a profile that saw nothing yet, when they are the same at any time and
+    /// no timer would follow (they stand for the stored results before a shopper's first
+    /// event, [`Self::evaluate_changed`]).
+    empty: Option<Vec<bool>>,
 }
 
 impl SegmentSet {
@@ -106,6 +124,25 @@ impl SegmentSet {
 
     pub fn len(&self) -> usize {
         self.segments.len()
+    }
+
+    /// The results of a profile that saw nothing yet, if they do not depend on the time.
+    pub fn empty_results(&self) -> Option<&[bool]> {
+        self.empty.as_deref()
+    }
+
+    fn find_empty_results(&self) -> Option<Vec<bool>> {
+        let empty = Profile::default();
+        let (mut early, mut late, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        let times = [0, 1_700_000_000_000, i64::MAX / 4];
+        self.evaluate(&empty, times[0], &mut early);
+        for now in times {
+            self.evaluate(&empty, now, &mut late);
+            if late != early || self.next_change(&empty, now, &late, &mut scratch).is_some() {
+                return None;
+            }
+        }
+        Some(early)
     }
 
     pub fn journeys(&self) -> &[Journey] {
@@ -141,10 +178,41 @@ impl SegmentSet {
         results: &[bool],
         scratch: &mut Vec<Option<i64>>,
     ) -> Option<i64> {
+        self.next_change_after(profile, now, results, None, scratch)
+    }
+
+    /// [`Self::next_change`] after [`Self::evaluate_changed`]: a segment not evaluated takes
+    /// `earlier` (the profile's next timer before the event) for its own next change. Its rule
+    /// read nothing the event changed, so its next change is where it was, at or after that
+    /// timer: the result may come early (a timer that finds nothing to change), never late.
+    pub fn next_change_changed(
+        &self,
+        profile: &Profile,
+        now: i64,
+        results: &[bool],
+        changed: u64,
+        earlier: Option<i64>,
+        scratch: &mut Vec<Option<i64>>,
+    ) -> Option<i64> {
+        self.next_change_after(profile, now, results, Some((changed, earlier)), scratch)
+    }
+
+    fn next_change_after(
+        &self,
+        profile: &Profile,
+        now: i64,
+        results: &[bool],
+        changed: Option<(u64, Option<i64>)>,
+        scratch: &mut Vec<Option<i64>>,
+    ) -> Option<i64> {
         scratch.clear();
         let mut earliest: Option<i64> = None;
         for seg in &self.segments {
-            let next = if seg.timed {
+            let next = if !seg.timed {
+                None
+            } else if let Some((_, earlier)) = changed.filter(|(c, _)| seg.inputs & c == 0) {
+                earlier.filter(|&t| t > now)
+            } else {
                 plan::next_change(
                     &seg.rule,
                     &Ctx {
@@ -155,8 +223,6 @@ impl SegmentSet {
                     scratch,
                 )
                 .filter(|&t| t > now)
-            } else {
-                None
             };
             if let Some(t) = next {
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
@@ -213,8 +279,8 @@ impl SegmentSet {
     }
 
     /// A fingerprint of what decides memberships: every segment's id and rule (whitespace
-    /// aside). Profiles are re-evaluated when it changes; names, descriptions and journeys do not
-    /// count.
+    /// aside), and [`RULES_ENGINE`]. Profiles are re-evaluated when it changes; names,
+    /// descriptions and journeys do not count.
     pub fn fingerprint(&self) -> u64 {
         let mut parts: Vec<String> = self
             .segments
@@ -222,6 +288,7 @@ impl SegmentSet {
             .map(|s| format!("{}\u{1f}{}", s.id, s.rule_text()))
             .collect();
         parts.sort();
+        parts.push(format!("engine {RULES_ENGINE}"));
         xxhash_rust::xxh3::xxh3_64(parts.join("\u{1e}").as_bytes())
     }
 
@@ -262,6 +329,40 @@ impl SegmentSet {
         }
     }
 
+    /// Evaluates only the segments whose rules read something in `changed` (what an event
+    /// changed, [`plan::inputs::of_event`]); the others keep their result in `stored`.
+    ///
+    /// For a profile evaluated under these definitions, with no timer due (they fired before the
+    /// event): `stored` holds the results of its last evaluation, and a rule that reads nothing
+    /// the event changed has the same result now (the passing of time alone changes it only at
+    /// its next change, which is at or after the profile's next timer). Debug builds check this
+    /// against [`Self::evaluate`] at every event.
+    pub fn evaluate_changed(
+        &self,
+        profile: &Profile,
+        now: i64,
+        changed: u64,
+        stored: &[bool],
+        out: &mut Vec<bool>,
+    ) {
+        out.clear();
+        for (seg, &kept) in self.segments.iter().zip(stored) {
+            if seg.inputs & changed == 0 {
+                out.push(kept);
+                continue;
+            }
+            let hit = plan::matches(
+                &seg.rule,
+                &Ctx {
+                    profile,
+                    now,
+                    segments: out,
+                },
+            );
+            out.push(hit);
+        }
+    }
+
     /// Parses and compiles a definitions file.
     pub fn parse(src: &str) -> Result<SegmentSet, DefinitionErrors> {
         let doc = load_yaml(src).map_err(|e| DefinitionErrors(vec![e]))?;
@@ -274,6 +375,7 @@ impl SegmentSet {
         }
         set.reads.normalise();
         if errors.is_empty() {
+            set.empty = set.find_empty_results();
             Ok(set)
         } else {
             errors.sort_by_key(|e| (e.line, e.col));
@@ -912,6 +1014,7 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
         match plan::compile(e, &mut OrderScope { index: &index }) {
             Ok((rule, plan::Type::Bool)) => {
                 let timed_so_far: Vec<bool> = segments.iter().map(|s: &Segment| s.timed).collect();
+                let inputs_so_far: Vec<u64> = segments.iter().map(|s: &Segment| s.inputs).collect();
                 let explain =
                     explain::build(e, &d.rule, &mut OrderScope { index: &index }, &|offset| {
                         rule_position(src, &d, offset)
@@ -927,6 +1030,7 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
                     description: d.description,
                     source: d.rule,
                     timed: plan::timed(&rule, &timed_so_far),
+                    inputs: plan::inputs_of(&rule, &inputs_so_far),
                     rule,
                 })
             }
@@ -952,6 +1056,7 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
         segments,
         journeys: Vec::new(),
         reads: Default::default(),
+        empty: None,
     }
 }
 

@@ -926,13 +926,13 @@ fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
     let current = eval(x, cx);
     let now_holds = compare(op, current, Val::Num(c));
     let differs = |v: f64| compare(op, Val::Num(v), Val::Num(c)) != now_holds;
-    // A value falling step by step as buckets leave the window.
-    let walk = |steps: &mut dyn Iterator<Item = (i64, u64, f64)>, sum: bool| {
+    // A count falling step by step as buckets leave the window (integers: exact).
+    let walk = |steps: &mut dyn Iterator<Item = (i64, u64, f64)>| {
         let Val::Num(mut v) = current else {
             return None;
         };
-        for (at, n, s) in steps {
-            v -= if sum { s } else { n as f64 };
+        for (at, n, _) in steps {
+            v -= n as f64;
             if differs(v) {
                 return Some(at);
             }
@@ -940,18 +940,22 @@ fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
         None
     };
     Some(match x {
-        Node::Count(k, w) | Node::Sum(k, w) => {
-            let sum = matches!(x, Node::Sum(..));
-            series_of(p, *k).and_then(|s| walk(&mut s.expiries(*w, cx.now), sum))
-        }
+        Node::Count(k, w) => series_of(p, *k).and_then(|s| walk(&mut s.expiries(*w, cx.now))),
+        // A sum is taken again at each step, as evaluation takes it: subtracting the buckets
+        // from the current sum rounds differently (19.99 + 5.01 − 19.99 − 5.01 is not 0), and
+        // could put the flip after the time it happens.
+        Node::Sum(k, w) => series_of(p, *k).and_then(|s| {
+            s.expiries(*w, cx.now)
+                .map(|(at, ..)| at)
+                .find(|&at| differs(s.query(*w, at).1))
+        }),
         Node::CountCategory(k, key, w) | Node::CountProduct(k, key, w) => {
             let list = if matches!(x, Node::CountCategory(..)) {
                 &p.by_category
             } else {
                 &p.by_product
             };
-            Profile::keyed(list, *k, key)
-                .and_then(|s| walk(&mut s.series.expiries(*w, cx.now), false))
+            Profile::keyed(list, *k, key).and_then(|s| walk(&mut s.series.expiries(*w, cx.now)))
         }
         Node::Since(k) => {
             let last = series_of(p, *k)?.last()?;
@@ -986,4 +990,123 @@ fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
         }
         _ => return None,
     })
+}
+
+// ------------------------------------------------------------------ what an event can change
+
+/// Which parts of a profile a rule reads and an event changes, as bits: one per event type (the
+/// counter of that type), then the classes below. A segment whose rule reads nothing an event
+/// changes keeps its result through the event (see [`crate::audience::Core::process`]).
+pub mod inputs {
+    use crate::event::{Event, EventType};
+    use crate::profile::{affinity_weight, CART_EVENTS, KEYED_EVENTS, ORDER_EVENTS};
+
+    /// Every event changes it (`events.total`).
+    pub const EVERY: u64 = 1 << 48;
+    /// The order statistics and the order series (`orders.*`, `count(order, …)`).
+    pub const ORDERS: u64 = 1 << 49;
+    /// The cart (`cart.*`).
+    pub const CART: u64 = 1 << 50;
+    /// The profile attributes (loyalty, gender, country, consent …).
+    pub const ATTRIBUTES: u64 = 1 << 51;
+    /// The identities (`identity.known`).
+    pub const IDENTITY: u64 = 1 << 52;
+    /// The latest device and channel.
+    pub const DEVICE: u64 = 1 << 53;
+    /// The per-category and per-product series (a new key may push out any other).
+    pub const KEYED: u64 = 1 << 54;
+    /// The category and brand affinities (likewise).
+    pub const AFFINITY: u64 = 1 << 55;
+
+    const _: () = assert!(
+        EventType::ALL.len() <= 48,
+        "one bit per event type below EVERY"
+    );
+
+    /// The counter of one event type.
+    pub fn kind(k: EventType) -> u64 {
+        1 << k.index()
+    }
+
+    /// What `ev` may change of a profile, [`crate::profile::Profile::apply`] and the identity
+    /// links before it: a superset (an event that carries a device changes the device class even
+    /// when the device is the same).
+    pub fn of_event(ev: &Event) -> u64 {
+        let mut m = EVERY | kind(ev.kind);
+        if ORDER_EVENTS.contains(&ev.kind) {
+            m |= ORDERS;
+        }
+        if CART_EVENTS.contains(&ev.kind) {
+            m |= CART;
+        }
+        if ev.attributes.is_some() {
+            m |= ATTRIBUTES;
+        }
+        if ev.identity.customer_id.is_some() || ev.identity.email.is_some() {
+            m |= IDENTITY;
+        }
+        if ev.device.is_some() || ev.channel.is_some() {
+            m |= DEVICE;
+        }
+        if !ev.lines.is_empty() {
+            if KEYED_EVENTS.contains(&ev.kind) {
+                m |= KEYED;
+            }
+            if affinity_weight(ev.kind) > 0.0 {
+                m |= AFFINITY;
+            }
+        }
+        m
+    }
+}
+
+fn attr_inputs(a: Attr) -> u64 {
+    use Attr::*;
+    match a {
+        OrdersCount | OrdersRevenue | OrdersLtv | OrdersAov | OrdersCancelled
+        | OrdersCancelledValue | OrdersReturns | OrdersRefunded => inputs::ORDERS,
+        CartItems | CartQuantity | CartValue => inputs::CART,
+        EventsTotal => inputs::EVERY,
+        LoyaltyPoints | LoyaltyTier | LoyaltyStatus | Gender | Country | City | CustomerGroup
+        | ConsentEmail | ConsentSms => inputs::ATTRIBUTES,
+        Device | Channel => inputs::DEVICE,
+        IdentityKnown => inputs::IDENTITY,
+    }
+}
+
+fn events_inputs(e: &Events) -> u64 {
+    match e {
+        Events::Order => inputs::ORDERS,
+        Events::Type(t) => inputs::kind(*t),
+    }
+}
+
+/// What the node reads of a profile ([`inputs`]); `segments` holds the inputs of the segments
+/// before it (`in_segment` reads what they read).
+pub fn inputs_of(n: &Node, segments: &[u64]) -> u64 {
+    match n {
+        Node::Num(_) | Node::Str(_) | Node::Bool(_) => 0,
+        Node::Attr(a) | Node::Exists(a) => attr_inputs(*a),
+        Node::Count(e, _) | Node::Sum(e, _) | Node::Since(e) => events_inputs(e),
+        Node::Seq { first, second, .. } => {
+            let first = match first {
+                Step::Events(e) => events_inputs(e),
+                Step::Category(kind, _) => inputs::KEYED | inputs::kind(*kind),
+            };
+            first | events_inputs(second)
+        }
+        Node::CountCategory(..) | Node::CountProduct(..) => inputs::KEYED,
+        Node::CategoryAffinity(_) | Node::BrandAffinity(_) | Node::TopCategory | Node::TopBrand => {
+            inputs::AFFINITY
+        }
+        // Out of range only while reporting errors: then it reads everything.
+        Node::Segment(i) => segments.get(*i).copied().unwrap_or(u64::MAX),
+        Node::Not(x) | Node::Neg(x) => inputs_of(x, segments),
+        Node::And(a, b) | Node::Or(a, b) | Node::Cmp(_, a, b) | Node::Arith(_, a, b) => {
+            inputs_of(a, segments) | inputs_of(b, segments)
+        }
+        Node::InList(x, items) => items
+            .iter()
+            .fold(inputs_of(x, segments), |m, i| m | inputs_of(i, segments)),
+    }
 }
