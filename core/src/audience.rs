@@ -176,6 +176,8 @@ pub struct Core {
     /// Whether an event evaluates only the segments whose rules read something it changed
     /// ([`Core::set_incremental`]).
     incremental: bool,
+    /// Segment evaluations left out because the event changed nothing their rules read.
+    skipped: u64,
     /// Debug builds: the full evaluation each incremental one is checked against.
     #[cfg(debug_assertions)]
     check_results: Vec<bool>,
@@ -228,9 +230,15 @@ impl Core {
             max_identities: MAX_IDENTITIES,
             stored: Vec::new(),
             incremental: true,
+            skipped: 0,
             #[cfg(debug_assertions)]
             check_results: Vec::new(),
         }
+    }
+
+    /// Segment evaluations left out so far because the event changed nothing their rules read.
+    pub fn segments_skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Whether an event evaluates only the segments whose rules read something it changed (on
@@ -498,8 +506,9 @@ impl Core {
                     Some(empty) if c.fresh => empty,
                     _ => &self.stored,
                 };
-                self.segments
-                    .evaluate_changed(profile, now, c.inputs, kept, &mut self.results);
+                self.skipped +=
+                    self.segments
+                        .evaluate_changed(profile, now, c.inputs, kept, &mut self.results);
                 #[cfg(debug_assertions)]
                 {
                     self.segments

@@ -766,6 +766,9 @@ impl Processor {
             return Ok(());
         }
         let store = self.store.clone();
+        // Timers evaluate under the definitions in force: their re-evaluation cursor goes with
+        // the commit if it starts now (see `Task::sweep`).
+        task.load_sweep(self.defs_version, &store)?;
         let limit = *budget;
         let floor = task.timer_floor;
         let due =

@@ -382,7 +382,7 @@ impl Task {
     /// Whether the partition's re-evaluation under the definitions of `version` is done, its
     /// cursor loaded (or started) first.
     pub fn load_sweep(&mut self, version: u64, store: &Store) -> Result<bool, Error> {
-        if !self.sweep.as_ref().is_some_and(|s| s.version == version) {
+        if self.sweep.as_ref().is_none_or(|s| s.version != version) {
             self.sweep(version, store)?;
         }
         Ok(self.swept(version))
@@ -540,6 +540,37 @@ mod tests {
         let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
         let task = Task::open(3, &store, 0, cache, KeyHasher::with_seed(0), reads.clone()).unwrap();
         (dir, store, reads, task)
+    }
+
+    /// A partition whose re-evaluation under other definitions is done: under new ones it is
+    /// not (events evaluate every segment), and the new cursor goes with the next commit, so
+    /// that the old "done" cannot outlive what was evaluated under the new definitions.
+    #[test]
+    fn a_new_definitions_cursor_is_committed_when_it_starts() {
+        let (_dir, store, _reads, mut task) = task_over(&[], 4);
+        let cursor = |version, done| Sweep {
+            version,
+            after: None,
+            done,
+        };
+        let record = |s: &Sweep| (3, sweep_key(3), Some(postcard::to_stdvec(s).unwrap()));
+        store
+            .commit(Commit {
+                partition_meta: vec![record(&cursor(1, true))],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(task.load_sweep(1, &store).unwrap());
+        assert!(!task.has_changes(), "a stored cursor is not written again");
+        assert!(!task.load_sweep(2, &store).unwrap());
+        assert!(task.has_changes());
+        let mut c = Commit::default();
+        task.write_into(&mut c);
+        assert_eq!(c.partition_meta, vec![record(&cursor(2, false))]);
+        store.commit(c).unwrap();
+        let stored: Sweep =
+            postcard::from_bytes(&store.meta(&sweep_key(3)).unwrap().unwrap()).unwrap();
+        assert_eq!(stored, cursor(2, false));
     }
 
     // `block_in_place` (as on the worker) needs the multi-threaded runtime.

@@ -336,7 +336,7 @@ impl SegmentSet {
     /// event): `stored` holds the results of its last evaluation, and a rule that reads nothing
     /// the event changed has the same result now (the passing of time alone changes it only at
     /// its next change, which is at or after the profile's next timer). Debug builds check this
-    /// against [`Self::evaluate`] at every event.
+    /// against [`Self::evaluate`] at every event. Returns how many were left out.
     pub fn evaluate_changed(
         &self,
         profile: &Profile,
@@ -344,11 +344,13 @@ impl SegmentSet {
         changed: u64,
         stored: &[bool],
         out: &mut Vec<bool>,
-    ) {
+    ) -> u64 {
         out.clear();
+        let mut skipped = 0;
         for (seg, &kept) in self.segments.iter().zip(stored) {
             if seg.inputs & changed == 0 {
                 out.push(kept);
+                skipped += 1;
                 continue;
             }
             let hit = plan::matches(
@@ -361,6 +363,7 @@ impl SegmentSet {
             );
             out.push(hit);
         }
+        skipped
     }
 
     /// Parses and compiles a definitions file.
