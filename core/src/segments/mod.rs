@@ -86,11 +86,6 @@ impl Segment {
         self.source.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
-    /// What the rule reads of a profile ([`plan::inputs`]), the segments it uses included.
-    pub fn inputs(&self) -> u64 {
-        self.inputs
-    }
-
     /// The ids of the segments this one's rule uses (`in_segment`).
     pub fn uses(&self) -> &[String] {
         &self.uses
@@ -315,18 +310,7 @@ impl SegmentSet {
     /// Evaluates every segment for `profile` at stream time `now` into `out` (one flag per
     /// segment, in [`Self::segments`] order). Does not allocate once `out` has its capacity.
     pub fn evaluate(&self, profile: &Profile, now: i64, out: &mut Vec<bool>) {
-        out.clear();
-        for seg in &self.segments {
-            let hit = plan::matches(
-                &seg.rule,
-                &Ctx {
-                    profile,
-                    now,
-                    segments: out,
-                },
-            );
-            out.push(hit);
-        }
+        self.evaluate_keeping(profile, now, None, out);
     }
 
     /// Evaluates only the segments whose rules read something in `changed` (what an event
@@ -345,11 +329,23 @@ impl SegmentSet {
         stored: &[bool],
         out: &mut Vec<bool>,
     ) -> u64 {
+        self.evaluate_keeping(profile, now, Some((changed, stored)), out)
+    }
+
+    /// Both of the above: with `keep`, a segment whose rule reads nothing in its `changed`
+    /// keeps its result in `stored`. Returns how many kept theirs.
+    fn evaluate_keeping(
+        &self,
+        profile: &Profile,
+        now: i64,
+        keep: Option<(u64, &[bool])>,
+        out: &mut Vec<bool>,
+    ) -> u64 {
         out.clear();
         let mut skipped = 0;
-        for (seg, &kept) in self.segments.iter().zip(stored) {
-            if seg.inputs & changed == 0 {
-                out.push(kept);
+        for (i, seg) in self.segments.iter().enumerate() {
+            if let Some((_, stored)) = keep.filter(|(changed, _)| seg.inputs & changed == 0) {
+                out.push(stored[i]);
                 skipped += 1;
                 continue;
             }

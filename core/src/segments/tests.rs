@@ -639,6 +639,17 @@ fn rule_inputs(p: &Profile, r: &crate::profile::RuleReads) -> String {
     )
 }
 
+/// A sample event of every type, as the worker decodes it.
+fn every_sample_event() -> Vec<Event> {
+    let catalog = crate::codec::SchemaCatalog::builtin();
+    crate::samples::every_type(T0)
+        .into_iter()
+        .map(|(_, family, payload)| {
+            Event::from_input(catalog.decode(family, &payload).unwrap(), T0).unwrap()
+        })
+        .collect()
+}
+
 /// Explanations see the profile before an event as the profile after it with what
 /// [`crate::undo::Undo`] recorded put back. Event after event (a sample of every type, with
 /// lines that fill the per-key lists and push entries out, and identities linked), that agrees
@@ -646,16 +657,9 @@ fn rule_inputs(p: &Profile, r: &crate::profile::RuleReads) -> String {
 /// a set naming per-key series and affinities without `top_*()`.
 #[test]
 fn an_event_undone_gives_back_the_profile_before_it() {
-    use crate::codec::SchemaCatalog;
     use crate::identity::{Id, KeyKind};
     use crate::undo::Undo;
-    let catalog = SchemaCatalog::builtin();
-    let samples: Vec<Event> = crate::samples::every_type(T0)
-        .into_iter()
-        .map(|(_, family, payload)| {
-            Event::from_input(catalog.decode(family, &payload).unwrap(), T0).unwrap()
-        })
-        .collect();
+    let samples = every_sample_event();
     let named = SegmentSet::parse(&one(
         "count_product(productPageView, \"SKU-1\", 7d) >= 1 and count_category(addToCart, \"cat-2\", 30d) >= 1 and affinity(\"cat-1\") > 1 and brand_affinity(\"brand-3\") > 0",
     ))
@@ -801,15 +805,8 @@ fn an_event_undone_gives_back_the_profile_before_it() {
 #[test]
 fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
     use crate::audience::{Core, Outputs, Source};
-    use crate::codec::SchemaCatalog;
     use std::sync::Arc;
-    let catalog = SchemaCatalog::builtin();
-    let samples: Vec<Event> = crate::samples::every_type(T0)
-        .into_iter()
-        .map(|(_, family, payload)| {
-            Event::from_input(catalog.decode(family, &payload).unwrap(), T0).unwrap()
-        })
-        .collect();
+    let samples = every_sample_event();
     let named = SegmentSet::parse(&format!(
         "{}  - id: t\n    rule: in_segment(\"s\") or count(pageView, 1h) >= 2\n  - id: u\n    rule: count_category(addToCart, \"cat-2\", 3d) >= 1\n  - id: v\n    rule: sum(order, 3d) > 0 and loyalty.tier == \"gold\"\n",
         one("count_product(productPageView, \"SKU-1\", 7d) >= 1 and count_category(addToCart, \"cat-2\", 30d) >= 1 or affinity(\"cat-1\") > 1 or top_brand() == \"brand-3\""),
