@@ -365,6 +365,9 @@ async fn mirror_once(
         }
     }
     let records = deliveries.len() as u64;
+    if records > 0 {
+        kafka::send_now(producer);
+    }
     for d in deliveries {
         delivered(topic, d).await?;
     }
@@ -379,6 +382,9 @@ async fn mirror_once(
             *p,
             send_async(producer, topic, *p, MARKER_KEY, Some(&[])).await?,
         ));
+    }
+    if !markers.is_empty() {
+        kafka::send_now(producer);
     }
     let mut positions = Vec::with_capacity(markers.len());
     for (p, d) in markers {

@@ -181,6 +181,9 @@ impl Worker {
     ) -> Result<bool, Error> {
         let deliveries = self.out.take_deliveries();
         let total = deliveries.len();
+        if total > 0 {
+            kafka::send_now(self.out.producer());
+        }
         // Awaited in order inside one future; `done` tells the slow-delivery report how far it
         // got.
         let done = std::sync::atomic::AtomicUsize::new(0);

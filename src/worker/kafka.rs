@@ -10,6 +10,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 pub use crate::kafka_logs::{forward_error, forward_log, ProducerLogs};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -502,6 +503,35 @@ pub fn watermarks(
         return (-1, -1);
     }
     (lo, hi)
+}
+
+/// How long [`send_now`]'s thread keeps `linger.ms` off at most, should the acknowledgements not
+/// come (a broker gone: the await that follows reports it and gives up on its own terms).
+const SEND_NOW_FOR: Duration = Duration::from_secs(2);
+
+/// Sends what `producer` has queued without waiting out `linger.ms`, for a commit about to
+/// await its acknowledgements: librdkafka treats the linger as over while a flush call lasts
+/// (`rd_kafka_flush`). rust-rdkafka's own `flush` calls it with a zero timeout in a loop, which
+/// keeps that flag up for microseconds only, so the call is made here with a real timeout, on a
+/// blocking thread (this returns at once). The thread returns when every message the producer
+/// holds is acknowledged (or failed), or after [`SEND_NOW_FOR`]. Delivery reports are still
+/// served by the producer's own polling thread (rust-rdkafka asks librdkafka for them as events,
+/// so the flush only waits for the count of messages in flight to reach zero).
+///
+/// Without it every await of a commit (the outputs, the changelog's records, its markers)
+/// costs the linger (5 ms by default) on top of the round trip when batches are small.
+pub fn send_now(producer: &rdkafka::producer::FutureProducer<ProducerLogs>) {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        // SAFETY: the client pointer is valid while `producer` (a clone, moved here) lives,
+        // which is for the whole call.
+        unsafe {
+            rdkafka::bindings::rd_kafka_flush(
+                producer.client().native_ptr(),
+                SEND_NOW_FOR.as_millis() as i32,
+            );
+        }
+    });
 }
 
 #[cfg(test)]
