@@ -157,6 +157,11 @@ pub struct Op {
     pub value: Option<Vec<u8>>,
 }
 
+/// A RocksDB write batch's header (sequence number and count), and the most a record adds to its
+/// key and value (type, column family, the two lengths; each varint at most 5 bytes).
+const BATCH_HEADER: usize = 12;
+const BATCH_RECORD_OVERHEAD: usize = 16;
+
 /// The timer index's column family id in [`Op`].
 pub const TIMERS_CF: u8 = 3;
 
@@ -511,7 +516,21 @@ impl Store {
         ops: impl IntoIterator<Item = &'a Op>,
         meta: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
+        // Sized ahead: a batch of thousands of profiles grew its buffer by doubling, copying it
+        // each time into freshly mapped pages (2 % of the wide workload's samples).
+        let ops: Vec<&Op> = ops.into_iter().collect();
+        let record =
+            |k: &[u8], v: Option<&[u8]>| BATCH_RECORD_OVERHEAD + k.len() + v.map_or(0, <[u8]>::len);
+        let bytes = BATCH_HEADER
+            + ops
+                .iter()
+                .map(|o| record(&o.key, o.value.as_deref()))
+                .sum::<usize>()
+            + meta
+                .iter()
+                .map(|(k, v)| record(k, v.as_deref()))
+                .sum::<usize>();
+        let mut batch = WriteBatch::with_capacity_bytes(bytes);
         for op in ops {
             let cf = self.cf(ALL_CFS[op.cf as usize]);
             match &op.value {

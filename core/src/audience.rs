@@ -15,15 +15,14 @@
 //! due timers first. Either way each timer is evaluated *at its due time*, so a replay gives the
 //! same outputs as the live run, whenever the clock got there.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::{xxh3_128, Xxh3DefaultBuilder};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::event::Event;
 use crate::identity::{self, Id, KeyKind, Refused};
 use crate::journey::{self, Suppressed, Trigger};
-use crate::profile::{Membership, Profile, RecentChange, RECENT_CHANGES};
+use crate::profile::{Membership, PlaceHint, Profile, RecentChange, RECENT_CHANGES};
 use crate::segments::{Ctx, SegmentSet};
 use crate::undo::Undo;
 use crate::wire::{AudienceChange, Cause, Direction, JourneyTrigger};
@@ -168,9 +167,10 @@ pub struct Core {
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
     max_identities: usize,
-    /// Segment ids, each with its place in the set: a stored membership is looked up once per
-    /// evaluation (a binary search compared bytes at every step: 4–5 % of the deep e2e profile).
-    ids: HashMap<String, usize, Xxh3DefaultBuilder>,
+    /// Each segment's place in the set, found from its id.
+    places: Places,
+    /// Names this core and its definitions in the place hints it leaves on memberships.
+    generation: u64,
     /// The stored memberships of the profile being evaluated, by place in the set.
     stored: Vec<bool>,
     /// Whether an event evaluates only the segments whose rules read something it changed
@@ -183,12 +183,49 @@ pub struct Core {
     check_results: Vec<bool>,
 }
 
-fn segment_ids(set: &SegmentSet) -> HashMap<String, usize, Xxh3DefaultBuilder> {
-    set.segments()
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.clone(), i))
-        .collect()
+/// Each segment's place in its set, by the hash of its id: a stored membership is looked up
+/// once per evaluation, with one xxh3 of its id and a binary search over integers, confirmed by
+/// comparing the id. (A binary search over the ids compared bytes at every step: 4–5 % of the
+/// deep e2e profile; a `HashMap<String, _>` with xxh3's streaming hasher, which buffers each
+/// key and hashes it twice, 6 %.)
+/// A generation no other core or definitions of this process have had ([`PlaceHint`]).
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[derive(Debug, Default)]
+struct Places {
+    /// (xxh3 of the id, place), sorted.
+    by_hash: Vec<(u64, usize)>,
+}
+
+impl Places {
+    fn new(set: &SegmentSet) -> Places {
+        let mut by_hash: Vec<(u64, usize)> = set
+            .segments()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (xxh3_64(s.id.as_bytes()), i))
+            .collect();
+        by_hash.sort_unstable();
+        Places { by_hash }
+    }
+
+    /// The place of segment `id` in `set`, the set these places were made from.
+    fn get(&self, set: &SegmentSet, id: &str) -> Option<usize> {
+        self.find(set, xxh3_64(id.as_bytes()), id)
+    }
+
+    /// As [`Places::get`], `h` the hash of `id` (every place with that hash is compared).
+    fn find(&self, set: &SegmentSet, h: u64, id: &str) -> Option<usize> {
+        let from = self.by_hash.partition_point(|(k, _)| *k < h);
+        self.by_hash[from..]
+            .iter()
+            .take_while(|(k, _)| *k == h)
+            .map(|(_, i)| *i)
+            .find(|&i| set.segments()[i].id == id)
+    }
 }
 
 /// What an event changed, for [`Core::evaluate`]: only the segments whose rules read some of it
@@ -217,7 +254,8 @@ impl Core {
         let results = Vec::with_capacity(segments.len());
         let nexts = Vec::with_capacity(segments.len());
         Core {
-            ids: segment_ids(&segments),
+            places: Places::new(&segments),
+            generation: next_generation(),
             segments,
             results,
             before_results: Vec::new(),
@@ -279,7 +317,8 @@ impl Core {
     /// [`Core::reevaluate`] or their next event, which evaluates every segment until
     /// [`Core::set_incremental`] says they all caught up).
     pub fn set_segments(&mut self, segments: Arc<SegmentSet>) {
-        self.ids = segment_ids(&segments);
+        self.places = Places::new(&segments);
+        self.generation = next_generation();
         self.segments = segments;
         self.incremental = false;
     }
@@ -493,8 +532,24 @@ impl Core {
         // in a few segments) rather than one per segment.
         self.stored.clear();
         self.stored.resize(self.segments.len(), false);
-        for m in &profile.segments {
-            if let Some(&i) = self.ids.get(m.segment.as_str()) {
+        for m in &mut profile.segments {
+            let place = if m.place.generation == self.generation {
+                debug_assert_eq!(
+                    Some(m.place.place),
+                    self.places.get(&self.segments, &m.segment)
+                );
+                Some(m.place.place)
+            } else {
+                let found = self.places.get(&self.segments, &m.segment);
+                if let Some(place) = found {
+                    m.place = PlaceHint {
+                        generation: self.generation,
+                        place,
+                    };
+                }
+                found
+            };
+            if let Some(i) = place {
                 self.stored[i] = true;
             }
         }
@@ -585,6 +640,10 @@ impl Core {
                         Membership {
                             segment: seg.id.clone(),
                             since: at,
+                            place: PlaceHint {
+                                generation: self.generation,
+                                place: index,
+                            },
                         },
                     );
                     Direction::Entered
@@ -613,7 +672,7 @@ impl Core {
         // memberships than true results (no lookup in the usual case).
         let members = self.results.iter().filter(|r| **r).count();
         if profile.segments.len() > members {
-            let defined = |id: &str| self.ids.contains_key(id);
+            let defined = |id: &str| self.places.get(&self.segments, id).is_some();
             let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut profile.segments)
                 .into_iter()
                 .partition(|m| defined(&m.segment));
@@ -795,6 +854,27 @@ journeys:
     on_event: [orderPlaced, completeCheckout]
 "#;
 
+    #[test]
+    fn a_membership_finds_its_segments_place_by_id() {
+        let set = SegmentSet::parse(TIMED).unwrap();
+        let places = Places::new(&set);
+        for (i, s) in set.segments().iter().enumerate() {
+            assert_eq!(places.get(&set, &s.id), Some(i), "{}", s.id);
+        }
+        for missing in ["", "fres", "fresh ", "Fresh", "no-such-segment"] {
+            assert_eq!(places.get(&set, missing), None, "{missing:?}");
+        }
+        // Two ids under one hash (no real collision is known): the id decides.
+        let shared = Places {
+            by_hash: vec![(1, 0), (7, 2), (7, 1), (9, 0)],
+        };
+        let id = |i: usize| set.segments()[i].id.as_str();
+        assert_eq!(shared.find(&set, 7, id(1)), Some(1));
+        assert_eq!(shared.find(&set, 7, id(2)), Some(2));
+        assert_eq!(shared.find(&set, 7, id(0)), None);
+        assert_eq!(shared.find(&set, 8, id(1)), None);
+    }
+
     const T: i64 = 1_760_000_000_000;
     const MIN: i64 = 60_000;
     const HOUR: i64 = 60 * MIN;
@@ -879,6 +959,44 @@ journeys:
             .iter()
             .map(|c| (c.segment_id.as_str(), c.direction, c.event_time))
             .collect()
+    }
+
+    #[test]
+    fn a_membership_finds_its_segment_under_other_definitions_too() {
+        // `fresh` is third here and first there: a profile evaluated by one core, then by the
+        // other, then by the first again, keeps its membership (a stale place would read
+        // another segment's result as stored, and emit an ENTERED for a member).
+        let mut a = core(TIMED);
+        let mut b = core(
+            "segments:\n  - id: fresh\n    rule: since(last productPageView) < 30m\n  - id: browsing\n    rule: count(productPageView, 1h) >= 2\n",
+        );
+        let view = |id: &str, t: i64| ev(EventType::ProductPageView, id, t);
+        let mut p = Profile::default();
+        let out = run(&mut a, &mut p, &[view("v1", T)]);
+        assert_eq!(changes(&out), vec![("fresh", Direction::Entered, T)]);
+        let out = run(&mut b, &mut p, &[view("v2", T + MIN)]);
+        assert_eq!(
+            changes(&out),
+            vec![("browsing", Direction::Entered, T + MIN)]
+        );
+        let out = run(&mut a, &mut p, &[view("v3", T + 2 * MIN)]);
+        assert_eq!(changes(&out), vec![], "a member of both already");
+        let mut out = Outputs::default();
+        a.advance("k1", &mut p, T + 2 * MIN + 30 * MIN, &mut out);
+        assert_eq!(
+            changes(&out),
+            vec![("fresh", Direction::Exited, T + 2 * MIN + 30 * MIN)]
+        );
+        // New definitions on the same core: `browsing` moves from second to first place.
+        a.set_segments(Arc::new(
+            SegmentSet::parse("segments:\n  - id: browsing\n    rule: count(productPageView, 1h) >= 2\n  - id: fresh\n    rule: since(last productPageView) < 30m\n").unwrap(),
+        ));
+        let out = run(&mut a, &mut p, &[view("v4", T + 40 * MIN)]);
+        assert_eq!(
+            changes(&out),
+            vec![("fresh", Direction::Entered, T + 40 * MIN)],
+            "still in browsing"
+        );
     }
 
     #[test]

@@ -223,6 +223,27 @@ impl OrderStats {
 pub struct Membership {
     pub segment: String,
     pub since: i64,
+    /// Where the segment sits in the definitions that last evaluated the profile in memory
+    /// (not stored).
+    #[serde(skip)]
+    pub place: PlaceHint,
+}
+
+/// A segment's place in a set of definitions, as the evaluating core found it: `generation`
+/// names that core and its definitions (0: none), so that the next evaluation by them finds a
+/// membership's segment without reading its id (a deep profile's ids are cold in the CPU's
+/// caches: hashing them was 5 % of the deep e2e profile). Equal to any other: it says nothing
+/// about the profile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlaceHint {
+    pub generation: u64,
+    pub place: usize,
+}
+
+impl PartialEq for PlaceHint {
+    fn eq(&self, _: &PlaceHint) -> bool {
+        true
+    }
 }
 
 /// One audience change, kept for lookups.
