@@ -183,17 +183,17 @@ pub struct Core {
     check_results: Vec<bool>,
 }
 
-/// Each segment's place in its set, by the hash of its id: a stored membership is looked up
-/// once per evaluation, with one xxh3 of its id and a binary search over integers, confirmed by
-/// comparing the id. (A binary search over the ids compared bytes at every step: 4–5 % of the
-/// deep e2e profile; a `HashMap<String, _>` with xxh3's streaming hasher, which buffers each
-/// key and hashes it twice, 6 %.)
 /// A generation no other core or definitions of this process have had ([`PlaceHint`]).
 fn next_generation() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Each segment's place in its set, by the hash of its id: a stored membership is looked up
+/// once per evaluation, with one xxh3 of its id and a binary search over integers, confirmed by
+/// comparing the id. (A binary search over the ids compared bytes at every step: 4–5 % of the
+/// deep e2e profile; a `HashMap<String, _>` with xxh3's streaming hasher, which buffers each
+/// key and hashes it twice, 6 %.)
 #[derive(Debug, Default)]
 struct Places {
     /// (xxh3 of the id, place), sorted.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use tracing::{error, warn};
 
 use crate::codec::{self, encode};
@@ -187,7 +187,11 @@ impl Collector {
             .create_with_context(ProducerLogs)
             .map_err(|e| Error::fatal(format!("creating a new Kafka producer: {e}")))?;
         let old = std::mem::replace(&mut self.producer, fresh);
-        // Dropping waits for librdkafka to purge and close it; not on the async thread.
+        // What it still holds fails now, rather than being sent alongside the new producer's
+        // (a `kafka::send_now` thread may hold a clone for a while, so the drop below may not
+        // be the last one).
+        old.purge(PurgeConfig::default().queue().inflight().non_blocking());
+        // Dropping waits for librdkafka to close it; not on the async thread.
         tokio::task::spawn_blocking(move || drop(old));
         warn!("the Kafka producer could not go on: replaced by a new one");
         Ok(())
