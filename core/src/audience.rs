@@ -167,10 +167,8 @@ pub struct Core {
     nexts: Vec<Option<i64>>,
     /// Most identities linked to one profile.
     max_identities: usize,
-    /// Each segment's place in the set, found from its id.
+    /// Each segment's place in the set, found from a membership's id or hint.
     places: Places,
-    /// Names this core and its definitions in the place hints it leaves on memberships.
-    generation: u64,
     /// The stored memberships of the profile being evaluated, by place in the set.
     stored: Vec<bool>,
     /// Whether an event evaluates only the segments whose rules read something it changed
@@ -194,10 +192,14 @@ fn next_generation() -> u64 {
 /// comparing the id. (A binary search over the ids compared bytes at every step: 4–5 % of the
 /// deep e2e profile; a `HashMap<String, _>` with xxh3's streaming hasher, which buffers each
 /// key and hashes it twice, 6 %.)
+///
+/// A membership found once carries a [`PlaceHint`] under these places' `generation`, new for
+/// every core and definitions: the next evaluation of the profile by them reads no id.
 #[derive(Debug, Default)]
 struct Places {
     /// (xxh3 of the id, place), sorted.
     by_hash: Vec<(u64, usize)>,
+    generation: u64,
 }
 
 impl Places {
@@ -209,7 +211,32 @@ impl Places {
             .map(|(i, s)| (xxh3_64(s.id.as_bytes()), i))
             .collect();
         by_hash.sort_unstable();
-        Places { by_hash }
+        Places {
+            by_hash,
+            generation: next_generation(),
+        }
+    }
+
+    /// The hint a membership of the segment at `place` carries.
+    fn hint(&self, place: usize) -> PlaceHint {
+        PlaceHint {
+            generation: self.generation,
+            place,
+        }
+    }
+
+    /// The place of `m`'s segment in `set`, the set these places were made from: from its hint
+    /// if these places left it, else from its id (and the hint is left).
+    fn of(&self, set: &SegmentSet, m: &mut Membership) -> Option<usize> {
+        if m.place.generation == self.generation {
+            debug_assert_eq!(Some(m.place.place), self.get(set, &m.segment));
+            return Some(m.place.place);
+        }
+        let found = self.get(set, &m.segment);
+        if let Some(place) = found {
+            m.place = self.hint(place);
+        }
+        found
     }
 
     /// The place of segment `id` in `set`, the set these places were made from.
@@ -255,7 +282,6 @@ impl Core {
         let nexts = Vec::with_capacity(segments.len());
         Core {
             places: Places::new(&segments),
-            generation: next_generation(),
             segments,
             results,
             before_results: Vec::new(),
@@ -318,7 +344,6 @@ impl Core {
     /// [`Core::set_incremental`] says they all caught up).
     pub fn set_segments(&mut self, segments: Arc<SegmentSet>) {
         self.places = Places::new(&segments);
-        self.generation = next_generation();
         self.segments = segments;
         self.incremental = false;
     }
@@ -533,23 +558,7 @@ impl Core {
         self.stored.clear();
         self.stored.resize(self.segments.len(), false);
         for m in &mut profile.segments {
-            let place = if m.place.generation == self.generation {
-                debug_assert_eq!(
-                    Some(m.place.place),
-                    self.places.get(&self.segments, &m.segment)
-                );
-                Some(m.place.place)
-            } else {
-                let found = self.places.get(&self.segments, &m.segment);
-                if let Some(place) = found {
-                    m.place = PlaceHint {
-                        generation: self.generation,
-                        place,
-                    };
-                }
-                found
-            };
-            if let Some(i) = place {
+            if let Some(i) = self.places.of(&self.segments, m) {
                 self.stored[i] = true;
             }
         }
@@ -640,10 +649,7 @@ impl Core {
                         Membership {
                             segment: seg.id.clone(),
                             since: at,
-                            place: PlaceHint {
-                                generation: self.generation,
-                                place: index,
-                            },
+                            place: self.places.hint(index),
                         },
                     );
                     Direction::Entered
@@ -867,6 +873,7 @@ journeys:
         // Two ids under one hash (no real collision is known): the id decides.
         let shared = Places {
             by_hash: vec![(1, 0), (7, 2), (7, 1), (9, 0)],
+            generation: 0,
         };
         let id = |i: usize| set.segments()[i].id.as_str();
         assert_eq!(shared.find(&set, 7, id(1)), Some(1));

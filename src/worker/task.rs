@@ -379,13 +379,13 @@ impl Task {
         Ok(s)
     }
 
-    /// Whether the partition's re-evaluation under the definitions of `version` is done, its
-    /// cursor loaded (or started) first.
-    pub fn load_sweep(&mut self, version: u64, store: &Store) -> Result<bool, Error> {
+    /// Loads (or starts) the partition's re-evaluation cursor under the definitions of
+    /// `version`, unless it is loaded ([`Task::swept`] then knows).
+    pub fn load_sweep(&mut self, version: u64, store: &Store) -> Result<(), Error> {
         if self.sweep.as_ref().is_none_or(|s| s.version != version) {
             self.sweep(version, store)?;
         }
-        Ok(self.swept(version))
+        Ok(())
     }
 
     /// Whether every profile of the partition is known to be evaluated under the definitions
@@ -560,9 +560,11 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        assert!(task.load_sweep(1, &store).unwrap());
+        task.load_sweep(1, &store).unwrap();
+        assert!(task.swept(1));
         assert!(!task.has_changes(), "a stored cursor is not written again");
-        assert!(!task.load_sweep(2, &store).unwrap());
+        task.load_sweep(2, &store).unwrap();
+        assert!(!task.swept(2));
         assert!(task.has_changes());
         let mut c = Commit::default();
         task.write_into(&mut c);
