@@ -69,6 +69,15 @@ pub struct KeyedSeries {
     pub series: DailyCounts,
 }
 
+/// `a == b` for the short keys of these lists (categories, brands, SKUs): the length and the
+/// last byte first, where most keys of a list differ, so a call to `memcmp` is made only for
+/// the likely match (string compares of affinity keys were 7 % of the deep bench's samples).
+#[inline]
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.last() == b.last() && a == b
+}
+
 fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
@@ -352,7 +361,7 @@ fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64,
 }
 
 fn affinity_add(list: &mut Vec<Affinity>, key: &str, weight: f64, time: i64) {
-    match list.iter_mut().find(|a| a.key == key) {
+    match list.iter_mut().find(|a| same_key(&a.key, key)) {
         Some(a) => {
             if time >= a.at {
                 a.score = decay(a.score, time - a.at) + weight;
@@ -1243,6 +1252,20 @@ pub fn next_timer(bytes: &[u8]) -> Result<Option<i64>, String> {
 mod tests {
     use super::*;
     use crate::wire::Identity;
+
+    /// The key comparison with its shortcuts agrees with `==` on keys alike at either end, of
+    /// other lengths, and empty.
+    #[test]
+    fn keys_compare_as_strings_do() {
+        let keys = [
+            "", "a", "b", "ab", "ba", "cat-1", "cat-2", "dog-1", "cat-12", "électro",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(same_key(a, b), a == b, "{a:?} vs {b:?}");
+            }
+        }
+    }
 
     /// Both ways of finding a series among the keys rules read (a scan for a few keys, a binary
     /// search for many) give the same answer.

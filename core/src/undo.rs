@@ -17,8 +17,8 @@
 
 use crate::event::{Attributes, Event, EventType, Line};
 use crate::profile::{
-    affinity_weight, copy_affinities, copy_keyed, Affinity, KeyedSeries, OrderStats, Profile,
-    RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
+    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, KeyedSeries, OrderStats,
+    Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
 };
 use crate::window::Series;
 
@@ -118,7 +118,7 @@ fn is_series(s: &KeyedSeries, kind: EventType, key: &str) -> bool {
 }
 
 fn is_affinity(a: &Affinity, _: EventType, key: &str) -> bool {
-    a.key == key
+    same_key(&a.key, key)
 }
 
 /// The distinct categories (or brands) of an event's lines, in order.
@@ -250,14 +250,19 @@ impl Undo {
     }
 }
 
-/// How many distinct keys of `touched` are `absent`: each adds an entry, past the limit
-/// pushing out another.
-fn new_keys(touched: &[&str], absent: impl Fn(&str) -> bool) -> usize {
-    touched
+/// Whether an event about `touched` keys pushes an entry out of a list of `len` entries of at
+/// most `max`: each distinct key of `touched` that is `absent` adds one. Only looked for when
+/// the list is that close to full (most events cannot push one out).
+fn pushes_out(len: usize, touched: &[&str], max: usize, absent: impl Fn(&str) -> bool) -> bool {
+    if len + touched.len() <= max {
+        return false;
+    }
+    let new = touched
         .iter()
         .enumerate()
         .filter(|(i, k)| !touched[..*i].contains(k) && absent(k))
-        .count()
+        .count();
+    len + new > max
 }
 
 /// Records the per-key series rules read (`keys`) that an event of `kind` about `touched` keys
@@ -273,7 +278,7 @@ fn record_keyed(
         return;
     }
     let find = |key: &str| Profile::keyed(list, kind, key);
-    if list.len() + new_keys(touched, |k| find(k).is_none()) > MAX_KEYED_SERIES {
+    if pushes_out(list.len(), touched, MAX_KEYED_SERIES, |k| find(k).is_none()) {
         // A new key pushes out the least recently active series, which may be one rules read.
         copy_keyed(&mut undo.whole, list, keys);
         undo.whole_used = true;
@@ -298,8 +303,8 @@ fn record_affinities(
     if touched.is_empty() || (!all && keys.is_empty()) {
         return;
     }
-    let find = |key: &str| list.iter().find(|a| a.key == key);
-    if all || list.len() + new_keys(touched, |k| find(k).is_none()) > MAX_AFFINITIES {
+    let find = |key: &str| list.iter().find(|a| same_key(&a.key, key));
+    if all || pushes_out(list.len(), touched, MAX_AFFINITIES, |k| find(k).is_none()) {
         // `top_category()` compares them all; or a new key pushes out the weakest, which may
         // be one rules read.
         copy_affinities(&mut undo.whole, list, all, keys);
@@ -307,7 +312,7 @@ fn record_affinities(
         return;
     }
     for key in touched {
-        if keys.iter().any(|name| name == key) {
+        if keys.iter().any(|name| same_key(name, key)) {
             // Affinities are by key alone: the kind is not compared (`is_affinity`).
             undo.push(EventType::ProductPageView, key, find(key));
         }

@@ -699,7 +699,7 @@ fn windowed(cx: &Ctx, k: Events, w: i64) -> (u64, f64) {
 
 fn affinity(list: &[crate::profile::Affinity], key: &str, now: i64) -> f64 {
     list.iter()
-        .find(|a| a.key == key)
+        .find(|a| crate::profile::same_key(&a.key, key))
         .map_or(0.0, |a| a.at(now))
 }
 
