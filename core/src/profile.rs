@@ -437,7 +437,7 @@ impl RuleReads {
         if keys.len() <= 16 {
             return keys
                 .iter()
-                .any(|(kind, key)| *kind == s.kind && key.as_str() == s.key.as_str());
+                .any(|(kind, key)| *kind == s.kind && same_key(key, &s.key));
         }
         keys.binary_search_by(|(kind, key)| (*kind, key.as_str()).cmp(&(s.kind, s.key.as_str())))
             .is_ok()
@@ -486,7 +486,10 @@ pub(crate) fn copy_affinities(
         return copy_vec(to, from, copy, Clone::clone);
     }
     let mut kept = 0;
-    for f in from.iter().filter(|a| keys.contains(&a.key)) {
+    for f in from
+        .iter()
+        .filter(|a| keys.iter().any(|k| same_key(k, &a.key)))
+    {
         match to.get_mut(kept) {
             Some(t) => copy(t, f),
             None => to.push(f.clone()),
@@ -642,7 +645,8 @@ impl Profile {
         self.apply_keyed(ev, now);
         if ev.kind == EventType::ProductPageView {
             for line in &ev.lines {
-                self.recent_products.retain(|l| l.sku != line.sku);
+                self.recent_products
+                    .retain(|l| !same_key(&l.sku, &line.sku));
                 if self.recent_products.len() >= RECENT_PRODUCTS {
                     self.recent_products.remove(0);
                 }

@@ -285,7 +285,10 @@ fn record_keyed(
         return;
     }
     for key in touched {
-        if keys.iter().any(|(k, name)| *k == kind && name == key) {
+        if keys
+            .iter()
+            .any(|(k, name)| *k == kind && same_key(name, key))
+        {
             undo.push(kind, key, find(key));
         }
     }
