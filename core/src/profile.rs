@@ -950,6 +950,11 @@ impl Profile {
             .find(|k| k.hash == hash && k.kind == kind && k.key == key)
     }
 
+    /// The affinity for `key` in `list` (categories or brands), if kept.
+    pub fn affinity<'a>(list: &'a [Affinity], key: &str) -> Option<&'a Affinity> {
+        list.iter().find(|a| same_key(&a.key, key))
+    }
+
     /// The key with the highest affinity (the same at any time: all scores decay alike).
     pub fn top_affinity(list: &[Affinity]) -> Option<&str> {
         list.iter()

@@ -306,7 +306,7 @@ fn record_affinities(
     if touched.is_empty() || (!all && keys.is_empty()) {
         return;
     }
-    let find = |key: &str| list.iter().find(|a| same_key(&a.key, key));
+    let find = |key: &str| Profile::affinity(list, key);
     if all || pushes_out(list.len(), touched, MAX_AFFINITIES, |k| find(k).is_none()) {
         // `top_category()` compares them all; or a new key pushes out the weakest, which may
         // be one rules read.

@@ -698,9 +698,7 @@ fn windowed(cx: &Ctx, k: Events, w: i64) -> (u64, f64) {
 }
 
 fn affinity(list: &[crate::profile::Affinity], key: &str, now: i64) -> f64 {
-    list.iter()
-        .find(|a| crate::profile::same_key(&a.key, key))
-        .map_or(0.0, |a| a.at(now))
+    Profile::affinity(list, key).map_or(0.0, |a| a.at(now))
 }
 
 fn truth(v: Val) -> bool {
@@ -971,7 +969,7 @@ fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
             } else {
                 &p.brand_affinity
             };
-            let a = list.iter().find(|a| a.key == *key)?;
+            let a = Profile::affinity(list, key)?;
             if c <= 0.0 {
                 return Some(None); // a positive score never decays to 0 or below
             }
