@@ -23,7 +23,8 @@
 //! that slice's events/s and timer fires/s and the resident memory with the worker's heaps
 //! (`tailor_heap_bytes`) (the scale check: does the rate hold as the store grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
 //! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
-//! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file.
+//! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
+//! turns RocksDB's write-ahead log on (`state.write_ahead_log`).
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
@@ -413,6 +414,21 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_sec
 }
 
+/// Bytes a process caused to be written to storage so far (`write_bytes:` of `/proc/{pid}/io`:
+/// RocksDB's write-ahead log, flushes and compactions).
+fn disk_written(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     rss_mib(pid, "VmHWM:")
 }
@@ -624,6 +640,10 @@ fn workload(
     // TAILOR_BENCH_SYNC=false measures without the per-commit fsync (the default keeps it);
     // TAILOR_BENCH_EXPLAIN=false without explanations on audience changes.
     let sync = std::env::var("TAILOR_BENCH_SYNC").map_or(true, |v| v != "false");
+    // TAILOR_BENCH_WAL=true: RocksDB's write-ahead log on (off by default with the changelog).
+    let wal = std::env::var("TAILOR_BENCH_WAL")
+        .map(|v| format!("write_ahead_log = {}\n", v == "true"))
+        .unwrap_or_default();
     let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
     let changelog = changelog();
     // TAILOR_BENCH_FETCH_WAIT_MS: the worker's `fetch.wait.max.ms` (librdkafka's default, 500,
@@ -665,7 +685,7 @@ fn workload(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\nsync_writes = {sync}\nchangelog = {changelog}\n{cache_profiles}[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"{level}\"\n",
+            "[kafka]\n\"bootstrap.servers\" = \"{brokers}\"\n{fetch_wait}[topics]\nstorefront = \"{}\"\nbackoffice = \"{}\"\nprofile = \"{}\"\naudience_changes = \"{}\"\njourney_triggers = \"{}\"\ndead_letter = \"{}\"\nrepartition = \"{}\"\nchangelog = \"{}\"\n[consumer]\ngroup_id = \"{prefix}\"\n[processing]\n{processing}[state]\npath = \"state\"\n{wal}sync_writes = {sync}\nchangelog = {changelog}\n{cache_profiles}[segments]\nfile = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[output]\nexplain = {explain}\n[log]\nlevel = \"{level}\"\n",
             names[0], names[1], names[2], names[3], names[4], names[5], names[6], names[7],
             segments.display(),
             level = if log_file().is_some() { "info" } else { "warn" },
@@ -705,6 +725,7 @@ fn workload(
     let mut done = 0.0;
     // The worker's CPU time (all its threads) at the first commit.
     let mut cpu_at_first = 0.0;
+    let mut written_at_first = 0.0;
     // How long the progress polls of /metrics took during the pass: what a Prometheus scrape
     // or a probe waits for while the worker is busy. A poll starts 100 ms after the last one
     // ended, so a long stall is one sample: the maximum says more than the p99.
@@ -719,6 +740,7 @@ fn workload(
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
             cpu_at_first = cpu_secs(pid);
+            written_at_first = disk_written(pid);
             slice_start = first;
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
         }
@@ -752,6 +774,7 @@ fn workload(
     }
     let end = Instant::now();
     let cpu = cpu_secs(pid) - cpu_at_first;
+    let written = disk_written(pid) - written_at_first;
     let changes = metric(port, "tailor_audience_changes_total{");
     let p = Phases::read(port);
     let rss = peak_rss_mib(pid);
@@ -775,6 +798,11 @@ fn workload(
         "worker CPU in the pass: {cpu:.1}s (all its threads; {:.2} cores on average) = {:.1} µs per event committed",
         cpu / secs,
         cpu / (done - n0) * 1e6
+    );
+    println!(
+        "written to disk by the worker in the pass: {:.0} MiB = {:.0} bytes per event committed (write-ahead log, flushes, compactions)",
+        written / 1048576.0,
+        written / (done - n0)
     );
     let mib = |part: &str| {
         metric(

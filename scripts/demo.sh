@@ -92,9 +92,9 @@ curl -fs "http://127.0.0.1:$HTTP_PORT/profiles/$CUSTOMER" | python3 -m json.tool
 head -60 "$WORK/profile.json"; echo "  … the whole profile: $WORK/profile.json"
 
 SEGMENT=$(sed -n 's/^[A-Z]* *\([^ ]*\) *profile='"$CUSTOMER"' .*/\1/p' "$WORK/changes.txt" | head -1)
-step "Why shopper $CUSTOMER is in $SEGMENT: the rule evaluated now (GET /profiles/{id}/explain, tailor explain)"
-curl -fs "http://127.0.0.1:$HTTP_PORT/profiles/$CUSTOMER/explain?segment=$SEGMENT" > "$WORK/explain.json" || true
-"$TAILOR" explain --config "$WORK/tailor.toml" "$CUSTOMER" "$SEGMENT" || true
+step "Why shopper $CUSTOMER is in $SEGMENT: the rule evaluated now (GET /profiles/{id}/explain)"
+curl -fs "http://127.0.0.1:$HTTP_PORT/profiles/$CUSTOMER/explain?segment=$SEGMENT" | python3 -m json.tool > "$WORK/explain.json" || true
+head -40 "$WORK/explain.json"; echo "  … the whole explanation: $WORK/explain.json"
 
 step "Testing the example rules: shoppers' stories and what must hold when (tailor test)"
 "$TAILOR" test examples/segments.yaml examples/segments.test.yaml | tail -4
@@ -104,3 +104,6 @@ kill -TERM "$WORKER_PID"
 wait "$WORKER_PID"
 WORKER_PID=""
 echo "worker stopped; state kept in $WORK/state"
+
+step "The same explanation from the state on disk, for people (tailor explain; the stop flushed every commit to RocksDB's files)"
+"$TAILOR" explain --config "$WORK/tailor.toml" "$CUSTOMER" "$SEGMENT" || true

@@ -200,8 +200,19 @@ pub struct State {
     pub block_cache: String,
     /// RocksDB memtable size, e.g. "64MiB".
     pub write_buffer: String,
-    /// fsync the write-ahead log on every commit.
+    /// RocksDB's write-ahead log. Unset (the default): off with the changelog, on without. Off,
+    /// a commit's state is durable in the changelog (acknowledged by the brokers before the
+    /// commit) and reaches the disk with RocksDB's next flush of its memtables (at most
+    /// `flush_interval` later); a worker killed meanwhile restores the rest from the changelog
+    /// when it restarts. Needs `changelog` when off.
+    pub write_ahead_log: Option<bool>,
+    /// fsync the write-ahead log on every commit (with the write-ahead log on).
     pub sync_writes: bool,
+    /// With the write-ahead log off: the longest the state written stays in memory only before
+    /// RocksDB flushes it to disk (what a restart after a crash restores from the changelog,
+    /// and how far behind a running worker `tailor profile`, `explain` and `preview` read),
+    /// e.g. "1min"; at most "1h".
+    pub flush_interval: String,
     /// Mirror the state writes (the timer index aside) to `topics.changelog` and restore a
     /// partition from it when it moves here. Off: a partition's state lives only on the disk of
     /// the worker that had it.
@@ -309,7 +320,9 @@ impl Default for State {
             cache_profiles: 100_000,
             block_cache: "256MiB".into(),
             write_buffer: "64MiB".into(),
+            write_ahead_log: None,
             sync_writes: true,
+            flush_interval: "1min".into(),
             changelog: true,
             standby: false,
         }
@@ -548,6 +561,24 @@ impl Config {
                 c.processing.batch_linger
             ));
         }
+        if c.state.write_ahead_log == Some(false) && !c.state.changelog {
+            problems.push(
+                "state.write_ahead_log = false needs state.changelog = true (without either, a crash loses the state written since RocksDB's last flush)"
+                    .into(),
+            );
+        }
+        let flush_interval = humantime::parse_duration(&c.state.flush_interval);
+        match &flush_interval {
+            Err(e) => problems.push(format!(
+                "state.flush_interval = {:?}: {e} (e.g. \"1min\")",
+                c.state.flush_interval
+            )),
+            Ok(d) if d.is_zero() || *d > Duration::from_secs(3600) => problems.push(format!(
+                "state.flush_interval = {:?}: expected more than zero and at most \"1h\" (what a restart after a crash reads from the changelog; e.g. \"1min\")",
+                c.state.flush_interval
+            )),
+            Ok(_) => {}
+        }
         if c.state.standby && !c.state.changelog {
             problems.push(
                 "state.standby = true needs state.changelog = true (standby copies follow the changelog)"
@@ -720,6 +751,8 @@ impl Config {
                 block_cache_bytes: block_cache.expect("checked"),
                 write_buffer_bytes: write_buffer.expect("checked"),
                 sync_writes: self.state.sync_writes,
+                write_ahead_log: self.state.write_ahead_log.unwrap_or(!self.state.changelog),
+                flush_interval: flush_interval.expect("checked"),
             },
             listen: listen.expect("checked"),
             segments: segments.expect("checked"),
@@ -755,6 +788,37 @@ mod tests {
             .unwrap()
             .validate()
             .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn the_write_ahead_log_is_off_with_the_changelog_unless_asked_for() {
+        let wal = |rest: &str| validate_with("", rest).map(|s| s.store.write_ahead_log);
+        assert_eq!(
+            wal(""),
+            Ok(false),
+            "the changelog holds what is not flushed"
+        );
+        assert_eq!(wal("[state]\nchangelog = false"), Ok(true));
+        assert_eq!(wal("[state]\nwrite_ahead_log = true"), Ok(true));
+        let errs = wal("[state]\nwrite_ahead_log = false\nchangelog = false").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("state.write_ahead_log = false needs state.changelog = true"),
+            "{errs:?}"
+        );
+        let every = |rest: &str| validate_with("", rest).map(|s| s.store.flush_interval);
+        assert_eq!(every(""), Ok(std::time::Duration::from_secs(60)));
+        assert_eq!(
+            every("[state]\nflush_interval = \"10s\""),
+            Ok(std::time::Duration::from_secs(10))
+        );
+        for bad in ["0s", "soon", "2h"] {
+            let errs = every(&format!("[state]\nflush_interval = \"{bad}\"")).unwrap_err();
+            assert!(
+                errs[0].starts_with(&format!("state.flush_interval = \"{bad}\"")),
+                "{errs:?}"
+            );
+        }
     }
 
     #[test]

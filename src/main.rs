@@ -494,6 +494,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::SUCCESS);
             }
             let store = tailor::store::Store::open_read_only(&settings.config.state.path)?;
+            note_state_on_disk(&store, &settings.config);
             let in_force = definitions_in_force(&store, &settings)?;
             let in_force = &in_force;
             let total = store.estimated_profiles().max(1);
@@ -532,6 +533,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let settings = load_config(&config)?;
             let store = tailor::store::Store::open_read_only(&settings.config.state.path)?;
+            note_state_on_disk(&store, &settings.config);
             let in_force = definitions_in_force(&store, &settings)?;
             // E-mails are kept trimmed and lower-cased, as the HTTP lookup finds them.
             let key = if key.contains('@') {
@@ -557,6 +559,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Profile { config, key, all } => {
             let c = Config::from_file(&config)?;
             let store = tailor::store::Store::open_read_only(&c.state.path)?;
+            note_state_on_disk(&store, &c);
             let Some(key) = key.filter(|_| !all) else {
                 use std::io::Write;
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -583,6 +586,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
+    }
+}
+
+/// Says on stderr how recent the state on disk is, when a running worker may hold newer
+/// commits in memory only (no write-ahead log: they reach the disk at its next flush).
+fn note_state_on_disk(store: &tailor::store::Store, c: &Config) {
+    if c.state.write_ahead_log.unwrap_or(!c.state.changelog) {
+        return;
+    }
+    if let Ok(Some(at)) = store.state_as_of() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(at.max(0) as u64);
+        eprintln!(
+            "tailor: reading the state on disk, current as of {} (a running worker flushes it at least every state.flush_interval = {}; its HTTP API serves the latest)",
+            humantime::format_rfc3339_seconds(t),
+            c.state.flush_interval
+        );
     }
 }
 

@@ -66,6 +66,13 @@ pub struct StoreOptions {
     pub write_buffer_bytes: usize,
     /// fsync the WAL on every commit (survives machine crashes, not only process crashes).
     pub sync_writes: bool,
+    /// RocksDB's write-ahead log. Off (with the changelog): writes live in the memtables until
+    /// a flush, which writes every column family at once (atomic flush), so the disk always
+    /// holds whole commits: a crash falls back to the last flush, and the changelog restores
+    /// the rest.
+    pub write_ahead_log: bool,
+    /// Without the write-ahead log, the longest writes stay unflushed ([`Store::flush_due`]).
+    pub flush_interval: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -74,6 +81,8 @@ impl Default for StoreOptions {
             block_cache_bytes: 128 << 20,
             write_buffer_bytes: 64 << 20,
             sync_writes: true,
+            write_ahead_log: true,
+            flush_interval: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -81,6 +90,12 @@ impl Default for StoreOptions {
 pub struct Store {
     db: DB,
     sync_writes: bool,
+    write_ahead_log: bool,
+    /// Without the write-ahead log: how often the memtables are flushed at least, and when
+    /// that was last asked (ms since the store opened).
+    flush_every: std::time::Duration,
+    last_flush: std::sync::atomic::AtomicU64,
+    opened: std::time::Instant,
     /// The memtables' budget and the block cache (not in a read-only store): their usage is
     /// what [`Store::memory`] reports.
     budget: Option<(rocksdb::WriteBufferManager, rocksdb::Cache)>,
@@ -241,6 +256,10 @@ impl Store {
         // have (RocksDB's own trigger is four times all write buffers: gigabytes of log on disk,
         // and to replay at a restart).
         opts.set_max_total_wal_size(4 * o.write_buffer_bytes as u64);
+        // Without the log, the column families are flushed together: the files on disk hold
+        // the same whole commits in every family (the offsets and the changelog position with
+        // the profiles they belong to).
+        opts.set_atomic_flush(!o.write_ahead_log);
         // Most reads of a new shopper find nothing: a bloom filter over the memtable's keys
         // answers them without walking the skip list (2 % of the write buffer).
         opts.set_memtable_prefix_bloom_ratio(0.02);
@@ -259,6 +278,10 @@ impl Store {
         Ok(Store {
             db,
             sync_writes: o.sync_writes,
+            write_ahead_log: o.write_ahead_log,
+            flush_every: o.flush_interval,
+            last_flush: Default::default(),
+            opened: std::time::Instant::now(),
             budget: Some((memtables, cache)),
         })
     }
@@ -275,6 +298,10 @@ impl Store {
         Ok(Store {
             db,
             sync_writes: false,
+            write_ahead_log: true,
+            flush_every: std::time::Duration::MAX,
+            last_flush: Default::default(),
+            opened: std::time::Instant::now(),
             budget: None,
         })
     }
@@ -469,7 +496,8 @@ impl Store {
     }
 
     /// Writes `ops`, the worker-wide meta records and each partition's changelog position
-    /// (stamped with the wall clock) in one atomic batch (fsynced with `sync_writes`).
+    /// (stamped with the wall clock) in one atomic batch (with the write-ahead log, fsynced with
+    /// `sync_writes`).
     pub fn write<'a>(
         &self,
         ops: impl IntoIterator<Item = &'a Op>,
@@ -545,9 +573,63 @@ impl Store {
                 None => batch.delete_cf(cf, k),
             }
         }
+        self.db.write_opt(batch, &self.write_options())?;
+        Ok(())
+    }
+
+    fn write_options(&self) -> WriteOptions {
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
-        self.db.write_opt(batch, &wo)?;
+        if self.write_ahead_log {
+            wo.set_sync(self.sync_writes);
+        } else {
+            // (RocksDB refuses a synced write without the log.)
+            wo.disable_wal(true);
+        }
+        wo
+    }
+
+    /// Without the write-ahead log: whether the memtables are due for a flush (the last one
+    /// asked is `flush_interval` old), so a crash never falls back further, nor to a position
+    /// older than the changelog keeps deletions for. Called at every batch by every processing
+    /// thread: `true` for one of them, which then asks for it ([`Store::flush`], not waited
+    /// for; [`Store::flush_failed`] if that fails).
+    pub fn flush_due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.write_ahead_log {
+            return false;
+        }
+        let now = self.opened.elapsed().as_millis() as u64;
+        let last = self.last_flush.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.flush_every.as_millis() as u64
+            && self
+                .last_flush
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// A flush [`Store::flush_due`] called for did not start: the next call asks again.
+    pub fn flush_failed(&self) {
+        self.last_flush
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether commits go through RocksDB's write-ahead log.
+    pub fn write_ahead_log(&self) -> bool {
+        self.write_ahead_log
+    }
+
+    /// Without the write-ahead log, the longest commits stay unflushed.
+    pub fn flush_interval(&self) -> std::time::Duration {
+        self.flush_every
+    }
+
+    /// Flushes the memtables of every column family to disk (`wait`: until written), as a
+    /// stop does so that the next start has nothing to restore.
+    pub fn flush(&self, wait: bool) -> Result<(), StoreError> {
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(wait);
+        let cfs: Vec<_> = ALL_CFS.iter().map(|n| self.cf(n)).collect();
+        self.db.flush_cfs_opt(&cfs, &fo)?;
         Ok(())
     }
 
@@ -562,6 +644,27 @@ impl Store {
                 let at = |i: usize| i64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
                 (at(0), at(8))
             }))
+    }
+
+    /// When this store was last known level with the changelog: the newest stamp of its
+    /// changelog positions (a commit's, or an owner's renewal; wall clock ms; `None`: no
+    /// position). Read-only, that is how current the state on disk is: without the
+    /// write-ahead log, as of the writer's last flush.
+    pub fn state_as_of(&self) -> Result<Option<i64>, StoreError> {
+        let prefix = changelog_key(0)[..10].to_vec();
+        let mut newest = None;
+        let from = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_META), from) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if k.len() == prefix.len() + 4 && v.len() == 16 {
+                let at = i64::from_be_bytes(v[8..].try_into().expect("8 bytes"));
+                newest = newest.max(Some(at));
+            }
+        }
+        Ok(newest)
     }
 
     /// The value of one record (`cf`: a column family id, as in [`Op`]).
@@ -654,9 +757,7 @@ impl Store {
                 }
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
-        self.db.write_opt(batch, &wo)?;
+        self.db.write_opt(batch, &self.write_options())?;
         Ok(())
     }
 
@@ -866,9 +967,11 @@ impl Store {
     /// Flushes the memtables and compacts every column family whole (old versions and
     /// deletions dropped): what the state takes once RocksDB's own compactions have caught up.
     pub fn compact(&self) -> Result<(), StoreError> {
+        // Every family at once (flushed one by one, without the write-ahead log, the files
+        // would hold part of a commit).
+        self.flush(true)?;
         for name in ALL_CFS {
             let cf = self.cf(name);
-            self.db.flush_cf(cf)?;
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
@@ -977,6 +1080,71 @@ mod tests {
         assert_eq!(s.due_timers(2, (5_001, i64::MAX), 10).unwrap(), vec![]);
         assert_eq!(s.clock(2).unwrap(), Some(4_000));
         assert_eq!(s.clock(3).unwrap(), None);
+    }
+
+    /// Without the write-ahead log a commit is in memory until a flush writes every column
+    /// family at once: a reader of the files (as `tailor profile` is) sees nothing of it
+    /// before, the whole commit after; `flush_due` says when, once per interval.
+    #[test]
+    fn without_the_log_commits_reach_the_disk_whole_at_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = std::time::Duration::from_secs(2);
+        let o = StoreOptions {
+            write_ahead_log: false,
+            flush_interval: every,
+            ..Default::default()
+        };
+        let s = Store::open(dir.path(), &o).unwrap();
+        let p = Profile {
+            events_total: 2,
+            ..Default::default()
+        };
+        let commit = |n: i64| Commit {
+            profiles: vec![(1, format!("cust-{n}"), profile::encode(&p))],
+            offsets: vec![("commerce.storefront".into(), 1, n)],
+            changelog: vec![(1, n - 3)],
+            ..Default::default()
+        };
+        s.commit(commit(10)).unwrap();
+        let on_disk = || Store::open_read_only(dir.path()).unwrap();
+        let read = |r: &Store| {
+            (
+                r.profile(1, "cust-10").unwrap().is_some(),
+                r.next_offset("commerce.storefront", 1).unwrap(),
+                r.changelog_position(1).unwrap().map(|(n, _)| n),
+            )
+        };
+        assert_eq!(
+            read(&on_disk()),
+            (false, None, None),
+            "no log: nothing on disk yet"
+        );
+        assert_eq!(on_disk().state_as_of().unwrap(), None);
+        // Not due yet: the interval counts from the opening.
+        assert!(!s.flush_due());
+        std::thread::sleep(every);
+        assert!(s.flush_due());
+        assert!(!s.flush_due(), "asked once per interval");
+        s.flush(false).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while read(&on_disk()).1.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(
+            read(&on_disk()),
+            (true, Some(10), Some(7)),
+            "the profile, its offset and the position, in every column family at once"
+        );
+        assert!(on_disk().state_as_of().unwrap().is_some());
+
+        // A later commit, then the flush a stop makes (waited for).
+        s.commit(commit(11)).unwrap();
+        assert_eq!(read(&on_disk()).1, Some(10));
+        s.flush(true).unwrap();
+        assert_eq!(read(&on_disk()), (true, Some(11), Some(8)));
+        // A flush that did not start is asked for again at once.
+        s.flush_failed();
+        assert!(s.flush_due());
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! (b) The worker is killed with SIGKILL mid-stream and restarted on the same state: every event
-//! is applied to state exactly once, and processing resumes from the offsets stored in RocksDB.
+//! is applied to state exactly once, and processing resumes from the offsets committed with it.
+//! With the changelog, RocksDB's write-ahead log is off by default: what the killed worker had
+//! committed since RocksDB's last flush is lost with its memory and comes back from the
+//! changelog at the restart (the test keeps the flush far off, so that is all of it).
 
 mod common;
 
@@ -24,6 +27,13 @@ const T0: i64 = 1_709_287_200_000;
 fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
     let setup = Setup::new("crash", 4, 200);
     let (topics, config) = (&setup.topics, &setup.config);
+    // The defaults (changelog on, so no write-ahead log), with no periodic flush before the kill.
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replace("[state]\n", "[state]\nflush_interval = \"1h\"\n"),
+    )
+    .unwrap();
     let total = (SHOPPERS * PER_SHOPPER) as u64;
     produce_views(&topics.storefront, SHOPPERS, 0, BEFORE_KILL, T0);
 
@@ -40,15 +50,19 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
 
     let mut second = setup.start(2);
     second.wait_caught_up(total);
+    // Nothing the first worker committed had reached RocksDB's files: it came back from the
+    // changelog.
+    assert!(
+        second.metric("tailor_changelog_restored_records_total", "") > 0.0,
+        "the restart restored the commits since the last flush from the changelog:\n{}",
+        second.log_text()
+    );
+    // ...with the input offsets of those commits: the restart resumed after everything the first
+    // worker had committed (at least what it reported before the kill), not before it.
     let applied_by_second = second.metric("tailor_events_total", "");
     assert!(
-        applied_by_second < total as f64,
-        "the restart resumed from the stored offsets, not from the beginning ({applied_by_second} applied)"
-    );
-    assert!(
-        second.log_text().contains("offset=Offset("),
-        "assignment used stored offsets:\n{}",
-        second.log_text()
+        applied_by_second <= total as f64 - committed_before_kill,
+        "{applied_by_second} applied after the restart; the first worker had committed {committed_before_kill} of {total}"
     );
     second.stop();
 
@@ -80,4 +94,72 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
         ids.values().all(|set| set.len() == 1),
         "a re-sent change keeps its id"
     );
+}
+
+/// Without the write-ahead log (the default, with the changelog), a running worker's commits
+/// reach RocksDB's files at least every `state.flush_interval`, and its changelog positions are
+/// stamped afresh meanwhile even with nothing to commit: `tailor profile` next to it finds what
+/// it committed, and says how current the state on disk is, later and later while it idles.
+#[test]
+fn a_running_workers_state_reaches_the_disk_every_flush_interval() {
+    let setup = Setup::new("flush", 2, 200);
+    let (topics, config) = (&setup.topics, &setup.config);
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replace("[state]\n", "[state]\nflush_interval = \"2s\"\n")
+            // Event time only: no timer fires once caught up, so nothing is committed then.
+            .replace("[processing]\n", "[processing]\nwall_clock = false\n"),
+    )
+    .unwrap();
+    produce_views(&topics.storefront, 10, 0, 3, T0);
+    let mut worker = setup.start(1);
+    worker.wait_caught_up(30);
+
+    // `tailor profile` on the running worker's state: the profile and the stamp on stderr.
+    let read = || {
+        let out = std::process::Command::new(bin())
+            .args(["profile", "--config"])
+            .arg(config)
+            .arg("shopper-4")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stamp = err
+            .split("current as of ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|t| humantime::parse_rfc3339(t).ok());
+        let events = (out.status.code() == Some(0))
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+            .map(|p| p["events_total"].clone());
+        (events, stamp, err)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let (events, stamp, err) = read();
+        if let (Some(events), Some(stamp)) = (events, stamp) {
+            assert_eq!(events, 3, "{err}");
+            break stamp;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the profile did not reach the disk of the running worker within 30 s: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Nothing more to commit: the positions are stamped afresh and flushed all the same.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, stamp, err) = read();
+        if stamp.is_some_and(|s| s > first) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the state on disk stayed as of {first:?} for 30 s while the worker idled: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    worker.stop();
 }

@@ -135,7 +135,7 @@ fn signing_in_merges_the_anonymous_profile_once_and_every_identity_finds_it() {
         "level = \"info,tailor::http=debug,librdkafka=warn\"",
     );
     std::fs::write(&setup.config, config).unwrap();
-    let worker = setup.start(1);
+    let mut worker = setup.start(1);
     let p = producer();
     let (ecid, email) = ("ecid-anna", "anna@example.com");
 
@@ -202,9 +202,6 @@ fn signing_in_merges_the_anonymous_profile_once_and_every_identity_finds_it() {
     );
     let (status, _) = json_of(&worker, "nobody@example.com");
     assert_eq!(status, 404);
-    // The same through the command line, read-only against the running worker's state.
-    let cli = profile(&setup.config, ecid).expect("found by ECID");
-    assert_eq!(cli["profile_key"], email);
     // No identity in the logs.
     let log = worker.log_text();
     assert!(log.contains("http request"), "access lines are logged");
@@ -212,6 +209,11 @@ fn signing_in_merges_the_anonymous_profile_once_and_every_identity_finds_it() {
         !log.contains(email) && !log.contains(ecid),
         "identities in the log:\n{log}"
     );
+    // The same through the command line, read-only from the state on disk (a stop flushes it;
+    // a running worker's is as of its last flush).
+    worker.stop();
+    let cli = profile(&setup.config, ecid).expect("found by ECID");
+    assert_eq!(cli["profile_key"], email);
 }
 
 /// The browser's profile and the e-mail's live on different partitions: the merge moves the

@@ -1,6 +1,6 @@
 //! The tools for the people who write segments, as they use them: `tailor test` on the shipped
 //! examples and on a wrong expectation; `tailor preview` and `tailor explain` against the state of
-//! a running worker fed through the real broker.
+//! a worker fed through the real broker (stopped first: they read the state on disk).
 
 mod common;
 
@@ -135,7 +135,7 @@ const PROPOSED: &str = "segments:
 ";
 
 #[test]
-fn preview_and_explain_read_a_running_workers_state() {
+fn preview_and_explain_read_a_workers_state() {
     let dir = tempfile::tempdir().unwrap();
     let in_force = dir.path().join("in-force.yaml");
     let proposed = dir.path().join("proposed.yaml");
@@ -153,6 +153,9 @@ fn preview_and_explain_read_a_running_workers_state() {
     produce_shoppers(&s.topics.storefront, 20, t0);
     produce_views(&s.topics.storefront, 10, 0, 4, t0);
     worker.wait_caught_up(60);
+    // Preview and explain read the state on disk: a stop flushes it (a running worker's is as
+    // of its last flush).
+    worker.stop();
 
     let config = s.config.to_str().unwrap();
     let (r, _) = preview_json(config, proposed.to_str().unwrap(), &["--sample", "3"]);
@@ -278,7 +281,6 @@ fn preview_and_explain_read_a_running_workers_state() {
     let (code, _, err) = tailor(&["explain", "--config", config, "shopper-3", "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("no segment 'nope'"), "{err}");
-    worker.stop();
 }
 
 /// The shipped real samples (UCI Online Retail orders, REES46 storefront behaviour) through a

@@ -562,6 +562,10 @@ impl Restorer {
                 // Marked first: a seed cut short is done again, never taken for the changelog's
                 // state (a restore would drop the state held here).
                 store.set_seeding(p, true).map_err(e)?;
+                // On disk before the first record goes out (without the write-ahead log it would
+                // be in memory only, and a crash mid-seed would take the partial seed for the
+                // changelog's state and drop the state held here).
+                store.flush(true).map_err(e)?;
                 let producer = self.producer(producer)?;
                 let (records, next) = self.seed(store, producer, p, cancel)?;
                 store.write(&[], &[], &[(p, next)]).map_err(e)?;

@@ -1,9 +1,11 @@
 //! The commit protocol, in one place: **deliver** (every output of the batch acknowledged by the
 //! brokers), then **mirror** (the batch's state writes to the changelog, then a marker per
 //! partition closing the batch: [`changelog`]), then **commit** (each task's part in one atomic
-//! RocksDB write batch, fsynced by default, with the changelog position), then **store
-//! offsets** in the group (for lag monitoring only). An offset is stored only after the state
-//! and the outputs of its message are durable.
+//! RocksDB write batch with the changelog position: without RocksDB's write-ahead log when the
+//! changelog is on, which makes the batch durable, and on disk at RocksDB's next flush; with
+//! the log, fsynced by default, without the changelog), then **store offsets** in the group (for
+//! lag monitoring only). An offset is stored only after the state and the outputs of its
+//! message are durable.
 
 use std::time::{Duration, Instant};
 

@@ -153,6 +153,9 @@ struct Worker {
     restoring: BTreeMap<i32, Restoring>,
     /// Restores cancelled by a revocation, until they have stopped.
     cancelled: BTreeMap<i32, tokio::task::JoinHandle<Result<(), String>>>,
+    /// When this thread last stamped its partitions' changelog positions afresh
+    /// ([`Worker::flush_state_if_due`]).
+    restamped: Instant,
     /// Worker-wide meta writes of the open batch (the definitions in force).
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Members per segment in this worker's store: loaded at start, kept with each commit.
@@ -1343,6 +1346,7 @@ pub async fn run(
             claims: claims.clone(),
             restoring: BTreeMap::new(),
             cancelled: BTreeMap::new(),
+            restamped: Instant::now(),
             meta: Vec::new(),
             segment_sizes: BTreeMap::new(),
             // Each thread gets an equal share of the profile cache.
@@ -1394,6 +1398,11 @@ pub async fn run(
     }
     if let Some(follower) = follower {
         tokio::task::block_in_place(|| follower.stop());
+    }
+    // Every commit on disk (without the write-ahead log they may be in the memtables only): the
+    // next start has nothing to restore, and `tailor profile` reads the state as it stopped.
+    if let Err(e) = tokio::task::block_in_place(|| store.flush(true)) {
+        warn!(error = %e, "flushing the state at the stop (the next start restores what is missing from the changelog)");
     }
     // The threads leave the group one after another (closing a consumer waits for its leave):
     // the development broker lost track of the group when several members left at once. With
@@ -1493,6 +1502,41 @@ impl Worker {
 }
 
 impl Worker {
+    /// Without the write-ahead log, what the commits wrote reaches RocksDB's files at least
+    /// every flush interval (the changelog holds it meanwhile): one thread asks for the flush.
+    /// A crash falls back to the last flush, and the restart catches up from the changelog
+    /// positions on disk, if they are recent: a position older than the changelog keeps
+    /// deletions for means a whole restore. A partition idle for a day has an old position
+    /// though its store is level with the changelog, so each thread stamps its partitions'
+    /// positions afresh every interval (the owner is the changelog's only writer; a partition
+    /// being restored is left alone: its restore writes its position).
+    fn flush_state_if_due(&mut self) -> Result<(), Error> {
+        let store = self.store.clone();
+        if store.flush_due() {
+            if let Err(e) = tokio::task::block_in_place(|| store.flush(false)) {
+                store.flush_failed();
+                warn!(error = %e, "RocksDB did not start a flush of the state; asked again at the next batch (the changelog holds what is not flushed)");
+            }
+        }
+        if store.write_ahead_log() || self.restamped.elapsed() < store.flush_interval() {
+            return Ok(());
+        }
+        self.restamped = Instant::now();
+        let mut positions = Vec::new();
+        for &p in self.tasks.keys() {
+            if self.restoring.contains_key(&p) || self.cancelled.contains_key(&p) {
+                continue;
+            }
+            if let Some((n, _)) = store.changelog_position(p)? {
+                positions.push((p, n));
+            }
+        }
+        if !positions.is_empty() {
+            tokio::task::block_in_place(|| store.write(&[], &[], &positions))?;
+        }
+        Ok(())
+    }
+
     /// One batch: time, consume until full or `max_wait`, deliver, commit.
     async fn batch(
         &mut self,
@@ -1505,6 +1549,7 @@ impl Worker {
         let deadline = tokio::time::sleep(max_wait);
         tokio::pin!(deadline);
         self.proc.wall = now_ms();
+        self.flush_state_if_due()?;
         self.check_brokers(consumer);
         self.finish_restores(consumer).await?;
         if self.reload_requested() {
