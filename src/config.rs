@@ -329,6 +329,15 @@ impl Default for State {
     }
 }
 
+impl State {
+    /// Whether RocksDB keeps its write-ahead log: the setting, else off with the changelog and
+    /// on without it (what the worker opens the store with and what the read-only commands
+    /// assume of a worker running beside them).
+    pub fn write_ahead_log(&self) -> bool {
+        self.write_ahead_log.unwrap_or(!self.changelog)
+    }
+}
+
 impl Default for Segments {
     fn default() -> Self {
         Segments {
@@ -751,7 +760,7 @@ impl Config {
                 block_cache_bytes: block_cache.expect("checked"),
                 write_buffer_bytes: write_buffer.expect("checked"),
                 sync_writes: self.state.sync_writes,
-                write_ahead_log: self.state.write_ahead_log.unwrap_or(!self.state.changelog),
+                write_ahead_log: self.state.write_ahead_log(),
                 flush_interval: flush_interval.expect("checked"),
             },
             listen: listen.expect("checked"),

@@ -592,7 +592,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 /// Says on stderr how recent the state on disk is, when a running worker may hold newer
 /// commits in memory only (no write-ahead log: they reach the disk at its next flush).
 fn note_state_on_disk(store: &tailor::store::Store, c: &Config) {
-    if c.state.write_ahead_log.unwrap_or(!c.state.changelog) {
+    if c.state.write_ahead_log() {
         return;
     }
     if let Ok(Some(at)) = store.state_as_of() {

@@ -22,10 +22,7 @@ fn a_broker_that_stops_answering_rolls_the_batch_back_and_nothing_is_lost() {
     let broker = OwnBroker::start();
     broker.use_for_helpers();
     let setup = Setup::new("pause", 2, 1_000);
-    let config = std::fs::read_to_string(&setup.config)
-        .unwrap()
-        .replace("[kafka]\n", "[kafka]\n\"message.timeout.ms\" = \"5000\"\n");
-    std::fs::write(&setup.config, config).unwrap();
+    setup.add_setting("kafka", "\"message.timeout.ms\" = \"5000\"");
     produce_shoppers(&setup.topics.storefront, SHOPPERS, T0);
 
     let mut worker = setup.start(1);

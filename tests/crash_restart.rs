@@ -28,12 +28,7 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
     let setup = Setup::new("crash", 4, 200);
     let (topics, config) = (&setup.topics, &setup.config);
     // The defaults (changelog on, so no write-ahead log), with no periodic flush before the kill.
-    let text = std::fs::read_to_string(config).unwrap();
-    std::fs::write(
-        config,
-        text.replace("[state]\n", "[state]\nflush_interval = \"1h\"\n"),
-    )
-    .unwrap();
+    setup.add_setting("state", "flush_interval = \"1h\"");
     let total = (SHOPPERS * PER_SHOPPER) as u64;
     produce_views(&topics.storefront, SHOPPERS, 0, BEFORE_KILL, T0);
 
@@ -104,14 +99,9 @@ fn a_hard_kill_loses_nothing_and_applies_nothing_twice() {
 fn a_running_workers_state_reaches_the_disk_every_flush_interval() {
     let setup = Setup::new("flush", 2, 200);
     let (topics, config) = (&setup.topics, &setup.config);
-    let text = std::fs::read_to_string(config).unwrap();
-    std::fs::write(
-        config,
-        text.replace("[state]\n", "[state]\nflush_interval = \"2s\"\n")
-            // Event time only: no timer fires once caught up, so nothing is committed then.
-            .replace("[processing]\n", "[processing]\nwall_clock = false\n"),
-    )
-    .unwrap();
+    setup.add_setting("state", "flush_interval = \"2s\"");
+    // Event time only: no timer fires once caught up, so nothing is committed then.
+    setup.add_setting("processing", "wall_clock = false");
     produce_views(&topics.storefront, 10, 0, 3, T0);
     let mut worker = setup.start(1);
     worker.wait_caught_up(30);

@@ -130,11 +130,12 @@ fn signing_in_merges_the_anonymous_profile_once_and_every_identity_finds_it() {
     let setup = Setup::with_segments("merge", 1, 100, "tests/fixtures/identity.yaml");
     let t = &setup.topics;
     // Access lines are DEBUG: on here, so the check below that no identity is logged covers them.
-    let config = std::fs::read_to_string(&setup.config).unwrap().replace(
-        "level = \"info,librdkafka=warn\"",
-        "level = \"info,tailor::http=debug,librdkafka=warn\"",
-    );
-    std::fs::write(&setup.config, config).unwrap();
+    setup.edit_config(|text| {
+        text.replace(
+            "level = \"info,librdkafka=warn\"",
+            "level = \"info,tailor::http=debug,librdkafka=warn\"",
+        )
+    });
     let mut worker = setup.start(1);
     let p = producer();
     let (ecid, email) = ("ecid-anna", "anna@example.com");

@@ -190,13 +190,7 @@ fn inputs_too_large_for_their_outputs_are_dead_lettered_and_the_partition_goes_o
 fn a_caught_up_batch_commits_without_waiting_for_its_maximum_wait() {
     const SHOPPERS: usize = 30;
     let setup = Setup::new("caught-up-commit", 2, 10_000);
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let text = text.replace("batch_max_wait = \"50ms\"", "batch_max_wait = \"5s\"");
-    assert!(
-        text.contains("\"5s\""),
-        "the test config's batch_max_wait changed"
-    );
-    std::fs::write(&setup.config, text).unwrap();
+    setup.edit_config(|text| text.replace("batch_max_wait = \"50ms\"", "batch_max_wait = \"5s\""));
     let mut worker = setup.start(1);
     let before = worker.metric("tailor_batch_messages_count", "");
     let p = producer();
@@ -239,16 +233,12 @@ fn a_caught_up_batch_commits_without_waiting_for_its_maximum_wait() {
 fn a_batch_commits_once_it_has_changed_batch_max_profiles_profiles() {
     const SHOPPERS: usize = 40;
     let setup = Setup::new("profile-bound", 1, 10_000);
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let text = text.replace(
-        "batch_max_wait = \"50ms\"",
-        "batch_max_wait = \"5s\"\nbatch_max_profiles = 4",
-    );
-    assert!(
-        text.contains("batch_max_profiles = 4"),
-        "the test config's batch_max_wait changed"
-    );
-    std::fs::write(&setup.config, text).unwrap();
+    setup.edit_config(|text| {
+        text.replace(
+            "batch_max_wait = \"50ms\"",
+            "batch_max_wait = \"5s\"\nbatch_max_profiles = 4",
+        )
+    });
     // The backlog is there before the worker starts: without the bound the first fetch's
     // messages would all go into one batch.
     let p = producer();

@@ -20,13 +20,7 @@ const PARTITIONS: i32 = 4;
 
 /// `line` added to section `[section]` of the setup's configuration.
 fn with_setting(s: Setup, section: &str, line: &str) -> Setup {
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    let header = format!("[{section}]\n");
-    std::fs::write(
-        &s.config,
-        text.replace(&header, &format!("{header}{line}\n")),
-    )
-    .unwrap();
+    s.add_setting(section, line);
     s
 }
 
@@ -215,19 +209,13 @@ fn state_from_before_the_changelog_is_seeded_into_it() {
     const SHOPPERS: usize = 100;
     let setup = event_time_only(Setup::new("seed", PARTITIONS, 300));
     let topics = &setup.topics;
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        text.replace("[state]\n", "[state]\nchangelog = false\n"),
-    )
-    .unwrap();
+    setup.add_setting("state", "changelog = false");
     views(&topics.storefront, SHOPPERS, 0, 40);
     let mut first = setup.start(1);
     first.wait_caught_up((SHOPPERS * 40) as u64);
     first.stop();
 
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(&setup.config, text.replace("changelog = false\n", "")).unwrap();
+    setup.edit_config(|text| text.replace("changelog = false\n", ""));
     let mut second = setup.start(2);
     assert_eq!(
         second.metric("tailor_events_total", ""),

@@ -117,12 +117,7 @@ fn abandoned_carts_enter_at_one_hour_and_trigger_once_unless_checkout_wait_or_co
     let setup = Setup::with_segments("journeys", 1, 500, "tests/fixtures/journeys.yaml");
     // Event time only: the story's clock is the events' (the wall-clock path is covered by the
     // restart and replay tests below).
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        text.replace("[processing]\n", "[processing]\nwall_clock = false\n"),
-    )
-    .unwrap();
+    setup.add_setting("processing", "wall_clock = false");
     let t = &setup.topics;
     let t0: i64 = 1_767_261_600_000; // 2026-01-01T10:00:00Z
     let abandons = Shopper {

@@ -573,6 +573,21 @@ impl Setup {
         Self::for_topics(topics, batch, segments)
     }
 
+    /// Rewrites the configuration file with `edit`; panics if `edit` changed nothing (a
+    /// replacement that no longer matches the generated config would leave the test untested).
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let edited = edit(&text);
+        assert_ne!(edited, text, "the config edit matched nothing in {text}");
+        std::fs::write(&self.config, edited).unwrap();
+    }
+
+    /// Adds `line` (`key = value`) to section `[section]` of the configuration.
+    pub fn add_setting(&self, section: &str, line: &str) {
+        let header = format!("[{section}]\n");
+        self.edit_config(|text| text.replacen(&header, &format!("{header}{line}\n"), 1));
+    }
+
     /// Starts the worker (run number `run`, for its log file name) and waits until it is ready.
     pub fn start(&self, run: usize) -> Worker {
         Worker::start(self.dir.path(), &self.config, self.port, run)
