@@ -611,3 +611,64 @@ fn a_standby_copy_makes_the_takeover_a_catch_up() {
         assert_eq!(ids.len(), 1, "shopper-{s} entered once: {ids:?}");
     }
 }
+
+/// A changelog topic made beforehand (by an operator, or a tool such as a Kubernetes topic
+/// operator) with settings that lose state: one that is not compacted is refused at the start,
+/// naming the topic and the setting, before anything is read or written; one compacted too
+/// soon for a never-closed batch to be compensated is used, with a warning.
+#[test]
+fn a_changelog_topic_made_with_settings_that_lose_state_is_refused_or_warned_about() {
+    let setup = Setup::new("changelog-settings", 2, 200);
+    let changelog = &setup.topics.changelog;
+    create_topics_with(&[changelog], 2, &[("cleanup.policy", "delete")]);
+    views(&setup.topics.storefront, 10, 0, 2);
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&setup.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker started on a changelog topic with cleanup.policy=delete");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "changelog topic {changelog} has cleanup.policy=delete: it must be compact"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(end_offsets(changelog, 2), 0, "nothing written to it");
+
+    // Compacted, with a lag of a minute: the worker runs, and says what it risks.
+    let setup = setup.sibling("changelog-lag", 2, 200, "tests/fixtures/segments.yaml");
+    create_topics_with(
+        &[&setup.topics.changelog],
+        2,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.compaction.lag.ms", "60000"),
+        ],
+    );
+    let mut worker = setup.start(1);
+    worker.wait_caught_up(20);
+    worker.stop();
+    let log = worker.log_text();
+    assert!(
+        log.contains("min.compaction.lag.ms is below a day") && log.contains("60000"),
+        "{log}"
+    );
+    assert!(end_offsets(&setup.topics.changelog, 2) > 0);
+}

@@ -425,6 +425,9 @@ pub async fn ensure_internal_topic(
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32);
     match existing {
+        Some(n) if n == partitions && what == "changelog" => {
+            check_changelog_settings(settings, topic).await
+        }
         Some(n) if n == partitions => Ok(()),
         Some(n) => bail!("{what} topic {topic} has {n} partitions but the inputs have {partitions}: it must have as many (delete it, or name another in topics.{what})"),
         None => {
@@ -455,6 +458,50 @@ pub async fn ensure_internal_topic(
             Ok(())
         }
     }
+}
+
+/// Refuses a changelog topic that existed already (made by an operator, or by an older
+/// version) and whose broker settings would lose state: `cleanup.policy` other than `compact`
+/// (with `delete`, the broker removes a shopper's only record by age, and a restore would lack
+/// the profile). Warns when `min.compaction.lag.ms` is below the day Tailor creates it with (a
+/// batch its worker never closed must be compensated before compaction). A broker that does not
+/// answer DescribeConfigs (no such API, or no permission) is logged and the topic used as is.
+async fn check_changelog_settings(settings: &Settings, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client_config(settings)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let described = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
+        )
+        .await;
+    let resource = match described.map(|mut r| r.pop()) {
+        Ok(Some(Ok(resource))) => resource,
+        Ok(Some(Err(code))) => {
+            warn!(topic, error = %code, "could not read the changelog topic's settings; check by hand that it has cleanup.policy=compact");
+            return Ok(());
+        }
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            warn!(topic, error = %e, "could not read the changelog topic's settings; check by hand that it has cleanup.policy=compact");
+            return Ok(());
+        }
+    };
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    if let Some(policy) = value("cleanup.policy") {
+        if policy != "compact" {
+            bail!("changelog topic {topic} has cleanup.policy={policy}: it must be compact (the broker would delete state records by age, and a restore would lose the profiles they hold); set it with `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact`, or name a new topic in topics.changelog (the worker creates it)");
+        }
+    }
+    let (name, wanted) = CHANGELOG_CONFIG[1];
+    if let Some(lag) = value(name).and_then(|v| v.parse::<i64>().ok()) {
+        if lag < wanted.parse::<i64>().expect("a number") {
+            warn!(topic, min_compaction_lag_ms = lag, "the changelog topic's min.compaction.lag.ms is below a day: a batch a worker never closed must be compensated by a restore within it, or the restore may miss a record compacted away (Tailor creates the topic with 86400000)");
+        }
+    }
+    Ok(())
 }
 
 /// Whether this worker has read everything in a partition (librdkafka's cached high

@@ -81,6 +81,11 @@ impl Topics {
 }
 
 pub fn create_topics(names: &[&String], partitions: i32) {
+    create_topics_with(names, partitions, &[]);
+}
+
+/// [`create_topics`] with topic settings (`configs`: name, value).
+pub fn create_topics_with(names: &[&String], partitions: i32, configs: &[(&str, &str)]) {
     {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
@@ -88,7 +93,12 @@ pub fn create_topics(names: &[&String], partitions: i32) {
             .expect("admin client");
         let topics: Vec<_> = names
             .iter()
-            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .map(|t| {
+                configs.iter().fold(
+                    NewTopic::new(t, partitions, TopicReplication::Fixed(1)),
+                    |topic, (k, v)| topic.set(k, v),
+                )
+            })
             .collect();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
