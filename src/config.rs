@@ -650,9 +650,9 @@ impl Config {
             ));
         }
         let block_cache = parse_size(&c.state.block_cache);
-        if block_cache.is_none() {
+        if block_cache.is_none_or(|b| b < 1 << 20) {
             problems.push(format!(
-                "state.block_cache = {:?}: expected a size such as \"256MiB\"",
+                "state.block_cache = {:?}: expected a size of at least \"1MiB\", such as \"256MiB\"",
                 c.state.block_cache
             ));
         }
@@ -797,6 +797,25 @@ mod tests {
             .unwrap()
             .validate()
             .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn the_block_cache_is_at_least_a_mebibyte() {
+        // RocksDB's clock cache aborts the process when made with no room at all.
+        let cache = |size: &str| {
+            validate_with("", &format!("[state]\nblock_cache = \"{size}\""))
+                .map(|s| s.store.block_cache_bytes)
+        };
+        assert_eq!(cache("1MiB"), Ok(1 << 20));
+        for bad in ["0", "512KiB", "lots"] {
+            let errs = cache(bad).unwrap_err();
+            assert!(
+                errs[0].starts_with(&format!(
+                    "state.block_cache = \"{bad}\": expected a size of at least \"1MiB\""
+                )),
+                "{errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -411,15 +411,13 @@ fn processing_threads_split_the_partitions_over_one_store() {
         segments.to_str().unwrap(),
     ));
     let with_threads = |n: usize| {
-        let text = std::fs::read_to_string(&a.config).unwrap();
-        let text = match text.find("threads = ") {
+        a.edit_config(|text| match text.find("threads = ") {
             Some(i) => {
                 let end = i + text[i..].find('\n').unwrap();
                 format!("{}threads = {n}{}", &text[..i], &text[end..])
             }
             None => text.replace("[processing]\n", &format!("[processing]\nthreads = {n}\n")),
-        };
-        std::fs::write(&a.config, text).unwrap();
+        })
     };
     with_threads(2);
     views(&a.topics.storefront, SHOPPERS, 0, VIEWS);
@@ -622,11 +620,12 @@ fn a_changelog_topic_made_with_settings_that_lose_state_is_refused_or_warned_abo
     let changelog = &setup.topics.changelog;
     create_topics_with(&[changelog], 2, &[("cleanup.policy", "delete")]);
     views(&setup.topics.storefront, 10, 0, 2);
+    let log = setup.dir.path().join("refused.log");
     let mut child = std::process::Command::new(bin())
         .args(["run", "--config"])
         .arg(&setup.config)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -640,8 +639,7 @@ fn a_changelog_topic_made_with_settings_that_lose_state_is_refused_or_warned_abo
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(

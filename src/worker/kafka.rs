@@ -483,7 +483,10 @@ async fn check_changelog_settings(settings: &Settings, topic: &str) -> anyhow::R
             warn!(topic, error = %code, "could not read the changelog topic's settings; check by hand that it has cleanup.policy=compact");
             return Ok(());
         }
-        Ok(None) => return Ok(()),
+        Ok(None) => {
+            warn!(topic, "the broker described no settings of the changelog topic; check by hand that it has cleanup.policy=compact");
+            return Ok(());
+        }
         Err(e) => {
             warn!(topic, error = %e, "could not read the changelog topic's settings; check by hand that it has cleanup.policy=compact");
             return Ok(());
@@ -491,13 +494,18 @@ async fn check_changelog_settings(settings: &Settings, topic: &str) -> anyhow::R
     };
     let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
     if let Some(policy) = value("cleanup.policy") {
-        if policy != "compact" {
+        // A list: `compact,delete` deletes by age too.
+        if policy.split(',').map(str::trim).collect::<Vec<_>>() != ["compact"] {
             bail!("changelog topic {topic} has cleanup.policy={policy}: it must be compact (the broker would delete state records by age, and a restore would lose the profiles they hold); set it with `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact`, or name a new topic in topics.changelog (the worker creates it)");
         }
     }
-    let (name, wanted) = CHANGELOG_CONFIG[1];
-    if let Some(lag) = value(name).and_then(|v| v.parse::<i64>().ok()) {
-        if lag < wanted.parse::<i64>().expect("a number") {
+    let wanted = CHANGELOG_CONFIG
+        .iter()
+        .find(|(k, _)| *k == "min.compaction.lag.ms")
+        .and_then(|(_, v)| v.parse::<i64>().ok())
+        .expect("CHANGELOG_CONFIG sets min.compaction.lag.ms");
+    if let Some(lag) = value("min.compaction.lag.ms").and_then(|v| v.parse::<i64>().ok()) {
+        if lag < wanted {
             warn!(topic, min_compaction_lag_ms = lag, "the changelog topic's min.compaction.lag.ms is below a day: a batch a worker never closed must be compensated by a restore within it, or the restore may miss a record compacted away (Tailor creates the topic with 86400000)");
         }
     }
