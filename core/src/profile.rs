@@ -10,6 +10,7 @@ use crate::event::{Attributes, Cart, Event, EventType, Line};
 use crate::identity::KeyKind;
 use crate::sparse::Sparse;
 use crate::window::{DailyCounts, Series};
+use compact_str::CompactString;
 
 /// Audience changes kept per profile for lookups, latest last.
 pub const RECENT_CHANGES: usize = 20;
@@ -65,7 +66,8 @@ pub struct KeyedSeries {
     pub kind: EventType,
     /// Hash of `key`, compared first: order lines make long scans of these lists.
     pub hash: u64,
-    pub key: String,
+    /// Inline up to 24 bytes (most SKUs and brands, some categories): no allocation.
+    pub key: CompactString,
     pub series: DailyCounts,
 }
 
@@ -85,7 +87,8 @@ fn key_hash(key: &str) -> u64 {
 /// A decayed interest score in a category or brand: `score` as of time `at`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Affinity {
-    pub key: String,
+    /// Inline up to 24 bytes.
+    pub key: CompactString,
     pub score: f64,
     pub at: i64,
     /// `log2(score) + at / half-life`: every score decays at the same rate, so this orders the
@@ -96,7 +99,7 @@ pub struct Affinity {
 impl Affinity {
     fn new(key: &str, score: f64, at: i64) -> Affinity {
         let mut a = Affinity {
-            key: key.to_owned(),
+            key: key.into(),
             score,
             at,
             rank: 0.0,
@@ -351,7 +354,7 @@ fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64,
             list.push(KeyedSeries {
                 kind,
                 hash,
-                key: key.to_owned(),
+                key: key.into(),
                 series: DailyCounts::default(),
             });
             list.len() - 1
@@ -1164,12 +1167,12 @@ pub fn summary(p: &Profile) -> serde_json::Value {
 }
 
 /// The five strongest affinities at `now`, strongest first, rounded for reading.
-fn top_affinities(list: &[Affinity], now: i64) -> Vec<(String, f64)> {
-    let mut v: Vec<(String, f64)> = list
+fn top_affinities(list: &[Affinity], now: i64) -> Vec<(&str, f64)> {
+    let mut v: Vec<(&str, f64)> = list
         .iter()
-        .map(|a| (a.key.clone(), (a.at(now) * 100.0).round() / 100.0))
+        .map(|a| (a.key.as_str(), (a.at(now) * 100.0).round() / 100.0))
         .collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     v.truncate(5);
     v
 }

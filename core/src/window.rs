@@ -12,6 +12,7 @@
 //! 25 + 49 + 91 of them, whatever the event volume.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
@@ -32,13 +33,23 @@ struct Bucket {
 }
 
 /// Counts and sums of one kind of event over time.
-#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// The three levels' buckets live in one vector, level after level, and the latest event times
+/// inline: one allocation per series instead of four (a shopper's first event makes three to
+/// five series, and a decoded profile allocates, and later frees, each of them). The state
+/// encoding is the one of `{ levels: [Vec<Bucket>; 3], last, recent: Vec<i64> }`.
+#[derive(Debug, Default, PartialEq)]
 pub struct Series {
-    levels: [Vec<Bucket>; 3],
+    /// Level 0's buckets, then level 1's, then level 2's; each level sorted by start.
+    buckets: Vec<Bucket>,
+    /// Where levels 0 and 1 end in `buckets` (level 2 ends at its end).
+    ends: [u32; 2],
     /// Time of the latest event recorded (for "time since").
     last: Option<i64>,
-    /// The latest [`RECENT`] event times, oldest first (for sequences).
-    recent: Vec<i64>,
+    /// The latest [`RECENT`] event times, oldest first (for sequences): the first
+    /// `recent_len` of `recent`.
+    recent: [i64; RECENT],
+    recent_len: u8,
 }
 
 /// Event times kept exactly per series, for sequences ("A, then no B within 1h").
@@ -54,64 +65,103 @@ fn level_for(window: i64) -> usize {
 impl Clone for Series {
     fn clone(&self) -> Self {
         Series {
-            levels: self.levels.clone(),
+            buckets: self.buckets.clone(),
+            ends: self.ends,
             last: self.last,
-            recent: self.recent.clone(),
+            recent: self.recent,
+            recent_len: self.recent_len,
         }
     }
 
-    /// Reuses the buckets' allocations (explanations copy the profile before each event).
+    /// Reuses the buckets' allocation (explanations copy the profile before each event).
     fn clone_from(&mut self, from: &Self) {
-        for (to, from) in self.levels.iter_mut().zip(&from.levels) {
-            to.clone_from(from);
-        }
+        self.buckets.clone_from(&from.buckets);
+        self.ends = from.ends;
         self.last = from.last;
-        self.recent.clone_from(&from.recent);
+        self.recent = from.recent;
+        self.recent_len = from.recent_len;
     }
 }
 
 impl Series {
+    /// Where `level`'s buckets are in `buckets`.
+    fn range(&self, level: usize) -> std::ops::Range<usize> {
+        let start = if level == 0 {
+            0
+        } else {
+            self.ends[level - 1] as usize
+        };
+        let end = if level < 2 {
+            self.ends[level] as usize
+        } else {
+            self.buckets.len()
+        };
+        start..end
+    }
+
+    fn level(&self, level: usize) -> &[Bucket] {
+        &self.buckets[self.range(level)]
+    }
+
+    /// Moves the ends of `level` and of the levels after it by `by` buckets.
+    fn shift_ends(&mut self, level: usize, by: isize) {
+        for end in self.ends.iter_mut().skip(level) {
+            *end = (*end as isize + by) as u32;
+        }
+    }
+
+    /// The latest event times, oldest first.
+    fn recent(&self) -> &[i64] {
+        &self.recent[..self.recent_len as usize]
+    }
+
     /// Records one event of `value` at `time` (ms), and forgets buckets that fell out of every
     /// window as seen from `now` (the latest time this profile has seen).
     pub fn add(&mut self, time: i64, value: f64, now: i64) {
         self.last = Some(self.last.map_or(time, |t| t.max(time)));
-        let at = self.recent.partition_point(|&t| t <= time);
-        if at > 0 || self.recent.len() < RECENT {
-            self.recent.insert(at, time);
-            if self.recent.len() > RECENT {
-                self.recent.remove(0);
+        let mut at = self.recent().partition_point(|&t| t <= time);
+        let mut n = self.recent_len as usize;
+        if at > 0 || n < RECENT {
+            if n == RECENT {
+                // Full: the oldest goes (the new time is not older than it).
+                self.recent.copy_within(1..RECENT, 0);
+                n -= 1;
+                at -= 1;
             }
+            self.recent.copy_within(at..n, at + 1);
+            self.recent[at] = time;
+            self.recent_len = (n + 1) as u8;
         }
         for (level, (width, max)) in LEVELS.iter().enumerate() {
-            let buckets = &mut self.levels[level];
+            let range = self.range(level);
             let start = (time.max(0) / width) as u32;
+            let buckets = &mut self.buckets[range.clone()];
             // Sorted by start; events mostly arrive in order, so search from the back.
             match buckets.iter().rposition(|b| b.start <= start) {
                 Some(i) if buckets[i].start == start => {
                     buckets[i].count = buckets[i].count.saturating_add(1);
                     buckets[i].sum += value;
                 }
-                Some(i) => buckets.insert(
-                    i + 1,
-                    Bucket {
-                        start,
-                        count: 1,
-                        sum: value,
-                    },
-                ),
-                None => buckets.insert(
-                    0,
-                    Bucket {
-                        start,
-                        count: 1,
-                        sum: value,
-                    },
-                ),
+                found => {
+                    let at = range.start + found.map_or(0, |i| i + 1);
+                    self.buckets.insert(
+                        at,
+                        Bucket {
+                            start,
+                            count: 1,
+                            sum: value,
+                        },
+                    );
+                    self.shift_ends(level, 1);
+                }
             }
+            let range = self.range(level);
             let horizon = now.max(time) - max;
-            let keep_from = buckets.partition_point(|b| (b.start as i64 + 1) * width <= horizon);
+            let keep_from = self.buckets[range.clone()]
+                .partition_point(|b| (b.start as i64 + 1) * width <= horizon);
             if keep_from > 0 {
-                buckets.drain(..keep_from);
+                self.buckets.drain(range.start..range.start + keep_from);
+                self.shift_ends(level, -(keep_from as isize));
             }
         }
     }
@@ -123,7 +173,7 @@ impl Series {
         let from = now - window;
         let mut count = 0u64;
         let mut sum = 0.0;
-        for b in self.levels[level].iter().rev() {
+        for b in self.level(level).iter().rev() {
             let start = b.start as i64 * width;
             if start > now {
                 continue;
@@ -145,7 +195,7 @@ impl Series {
     /// The first event after `t`, exactly when it is among the latest [`RECENT`]; otherwise the
     /// oldest of those (an upper bound: an earlier one was forgotten).
     pub fn first_after(&self, t: i64) -> Option<i64> {
-        self.recent.iter().copied().find(|&r| r > t)
+        self.recent().iter().copied().find(|&r| r > t)
     }
 
     /// How `query(window, t)` falls as `t` passes `now` with no new events: for each bucket
@@ -154,7 +204,7 @@ impl Series {
     pub fn expiries(&self, window: i64, now: i64) -> impl Iterator<Item = (i64, u64, f64)> + '_ {
         let level = level_for(window);
         let width = LEVELS[level].0;
-        self.levels[level].iter().filter_map(move |b| {
+        self.level(level).iter().filter_map(move |b| {
             let start = b.start as i64 * width;
             let gone = start + width + window;
             (start <= now && gone > now).then_some((gone, b.count as u64, b.sum))
@@ -165,15 +215,21 @@ impl Series {
     /// then forgets what fell out of every window as seen from `now`.
     pub fn merge(&mut self, other: &Series, now: i64) {
         self.last = self.last.max(other.last);
-        let mut recent: Vec<i64> = self.recent.iter().chain(&other.recent).copied().collect();
+        let mut recent: Vec<i64> = self
+            .recent()
+            .iter()
+            .chain(other.recent())
+            .copied()
+            .collect();
         recent.sort_unstable();
-        let drop = recent.len().saturating_sub(RECENT);
-        recent.drain(..drop);
-        self.recent = recent;
+        let keep = &recent[recent.len().saturating_sub(RECENT)..];
+        self.recent[..keep.len()].copy_from_slice(keep);
+        self.recent_len = keep.len() as u8;
+        let mut merged: Vec<Bucket> = Vec::with_capacity(self.buckets.len() + other.buckets.len());
+        let mut ends = [0u32; 2];
         for (level, (width, max)) in LEVELS.iter().enumerate() {
-            let mine = std::mem::take(&mut self.levels[level]);
-            let theirs = &other.levels[level];
-            let mut merged: Vec<Bucket> = Vec::with_capacity(mine.len() + theirs.len());
+            let (mine, theirs) = (self.level(level), other.level(level));
+            let from = merged.len();
             let (mut i, mut j) = (0, 0);
             while i < mine.len() || j < theirs.len() {
                 let take_mine =
@@ -185,7 +241,7 @@ impl Series {
                     j += 1;
                     theirs[j - 1]
                 };
-                match merged.last_mut() {
+                match merged[from..].last_mut() {
                     Some(last) if last.start == b.start => {
                         last.count = last.count.saturating_add(b.count);
                         last.sum += b.sum;
@@ -194,10 +250,15 @@ impl Series {
                 }
             }
             let horizon = now - max;
-            let keep_from = merged.partition_point(|b| (b.start as i64 + 1) * width <= horizon);
-            merged.drain(..keep_from);
-            self.levels[level] = merged;
+            let keep_from =
+                merged[from..].partition_point(|b| (b.start as i64 + 1) * width <= horizon);
+            merged.drain(from..from + keep_from);
+            if level < 2 {
+                ends[level] = merged.len() as u32;
+            }
         }
+        self.buckets = merged;
+        self.ends = ends;
     }
 
     /// Takes back one event of `value` at `time` (an order both merged profiles had counted).
@@ -205,24 +266,166 @@ impl Series {
     pub fn remove(&mut self, time: i64, value: f64) {
         for (level, (width, _)) in LEVELS.iter().enumerate() {
             let start = (time.max(0) / width) as u32;
-            let buckets = &mut self.levels[level];
-            if let Some(i) = buckets.iter().position(|b| b.start == start) {
-                buckets[i].count = buckets[i].count.saturating_sub(1);
-                buckets[i].sum -= value;
-                if buckets[i].count == 0 {
-                    buckets.remove(i);
+            let range = self.range(level);
+            if let Some(i) = self.buckets[range.clone()]
+                .iter()
+                .position(|b| b.start == start)
+            {
+                let b = &mut self.buckets[range.start + i];
+                b.count = b.count.saturating_sub(1);
+                b.sum -= value;
+                if b.count == 0 {
+                    self.buckets.remove(range.start + i);
+                    self.shift_ends(level, -1);
                 }
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.levels.iter().all(Vec::is_empty)
+        self.buckets.is_empty()
     }
 
     /// Buckets held, for bounds checks and state-size metrics.
     pub fn bucket_count(&self) -> usize {
-        self.levels.iter().map(Vec::len).sum()
+        self.buckets.len()
+    }
+}
+
+/// The state encoding of a [`Series`], written: the layout of the struct it once was.
+#[derive(Serialize)]
+#[serde(rename = "Series")]
+struct SeriesOut<'a> {
+    levels: (&'a [Bucket], &'a [Bucket], &'a [Bucket]),
+    last: Option<i64>,
+    recent: &'a [i64],
+}
+
+impl Serialize for Series {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SeriesOut {
+            levels: (self.level(0), self.level(1), self.level(2)),
+            last: self.last,
+            recent: self.recent(),
+        }
+        .serialize(s)
+    }
+}
+
+/// Reads the three levels' sequences into one vector (no vector per level).
+struct LevelsSeed<'a> {
+    buckets: &'a mut Vec<Bucket>,
+    ends: &'a mut [u32; 2],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for LevelsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_tuple(3, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LevelsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("three sequences of buckets")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for level in 0..3 {
+            seq.next_element_seed(AppendBuckets(&mut *self.buckets))?
+                .ok_or_else(|| serde::de::Error::invalid_length(level, &"three levels"))?;
+            if level < 2 {
+                self.ends[level] = self.buckets.len() as u32;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct AppendBuckets<'a>(&'a mut Vec<Bucket>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AppendBuckets<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AppendBuckets<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence of buckets")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(n) = seq.size_hint() {
+            // Bounded by what a series keeps, whatever a corrupt length says.
+            self.0.reserve(n.min(25 + 49 + 91));
+        }
+        while let Some(b) = seq.next_element::<Bucket>()? {
+            self.0.push(b);
+        }
+        Ok(())
+    }
+}
+
+/// Reads the latest event times into the inline array; of more than [`RECENT`] (not written by
+/// any version), the latest are kept.
+struct RecentSeed<'a>(&'a mut Series);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecentSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecentSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence of event times")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let s = self.0;
+        s.recent_len = 0;
+        while let Some(t) = seq.next_element::<i64>()? {
+            if s.recent_len as usize == RECENT {
+                s.recent.copy_within(1..RECENT, 0);
+                s.recent_len -= 1;
+            }
+            s.recent[s.recent_len as usize] = t;
+            s.recent_len += 1;
+        }
+        Ok(())
+    }
+}
+
+struct SeriesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SeriesVisitor {
+    type Value = Series;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a series (levels, last, recent)")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Series, A::Error> {
+        use serde::de::Error;
+        let mut s = Series::default();
+        seq.next_element_seed(LevelsSeed {
+            buckets: &mut s.buckets,
+            ends: &mut s.ends,
+        })?
+        .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        s.last = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+        seq.next_element_seed(RecentSeed(&mut s))?
+            .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+        Ok(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Series {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Series, D::Error> {
+        d.deserialize_struct("Series", &["levels", "last", "recent"], SeriesVisitor)
     }
 }
 
@@ -231,9 +434,37 @@ impl Series {
 /// to one day further.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DailyCounts {
-    /// (day since the epoch, count), oldest first.
-    days: Vec<(u32, u32)>,
+    /// (day since the epoch, count), oldest first. One day inline: most series of a category
+    /// or product saw it on one day, and then allocate nothing.
+    #[serde(deserialize_with = "days_bounded")]
+    days: SmallVec<[(u32, u32); 1]>,
     last: Option<i64>,
+}
+
+/// Reads the days without reserving more room than a series keeps, whatever length a corrupt
+/// state says (smallvec's own reader reserves the length it is given).
+fn days_bounded<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SmallVec<[(u32, u32); 1]>, D::Error> {
+    struct Days;
+    impl<'de> serde::de::Visitor<'de> for Days {
+        type Value = SmallVec<[(u32, u32); 1]>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a sequence of (day, count)")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut days = SmallVec::new();
+            days.reserve(seq.size_hint().unwrap_or(0).min(92));
+            while let Some(day) = seq.next_element()? {
+                days.push(day);
+            }
+            Ok(days)
+        }
+    }
+    d.deserialize_seq(Days)
 }
 
 impl Clone for DailyCounts {
@@ -420,6 +651,107 @@ mod tests {
         d.merge(&e, t0 + 3 * DAY);
         assert_eq!(d.query(7 * DAY, t0 + 3 * DAY), 3);
         assert_eq!(d.last(), Some(t0 + 3 * DAY));
+    }
+
+    /// The layout `Series` had before its levels shared one vector, as each state version
+    /// from 3 to 5 wrote it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct WrittenSeries {
+        levels: [Vec<Bucket>; 3],
+        last: Option<i64>,
+        recent: Vec<i64>,
+    }
+
+    fn written(s: &Series) -> WrittenSeries {
+        WrittenSeries {
+            levels: [0, 1, 2].map(|l| s.level(l).to_vec()),
+            last: s.last(),
+            recent: s.recent().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_state_encoding_is_the_one_earlier_versions_wrote_and_read() {
+        let mut s = Series::default();
+        for i in 0..300i64 {
+            // Every level holds buckets, some dropped; times out of order now and then.
+            let t = T0 + i * 37 * MINUTE - (i % 7) * 3 * HOUR;
+            s.add(t, i as f64, T0 + i * 37 * MINUTE);
+        }
+        s.add(T0 + 300 * 37 * MINUTE, 1.0, T0 + 300 * 37 * MINUTE);
+        let old = written(&s);
+        assert!(old.levels.iter().all(|l| !l.is_empty()), "{old:?}");
+        assert_eq!(old.recent.len(), RECENT);
+        let bytes = postcard::to_stdvec(&s).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&old).unwrap());
+        let back: Series = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, s);
+        for w in [HOUR, DAY, 30 * DAY] {
+            assert_eq!(
+                back.query(w, T0 + 300 * 37 * MINUTE),
+                s.query(w, T0 + 300 * 37 * MINUTE)
+            );
+        }
+        // An empty series and one with fewer times than RECENT.
+        for s in [Series::default(), {
+            let mut s = Series::default();
+            s.add(T0, 2.5, T0);
+            s
+        }] {
+            let bytes = postcard::to_stdvec(&written(&s)).unwrap();
+            assert_eq!(postcard::from_bytes::<Series>(&bytes).unwrap(), s);
+        }
+        // Cut short: an error, not a panic.
+        assert!(postcard::from_bytes::<Series>(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn daily_counts_encode_as_the_list_they_were() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Written {
+            days: Vec<(u32, u32)>,
+            last: Option<i64>,
+        }
+        for n in [0i64, 1, 5] {
+            let mut d = DailyCounts::default();
+            for i in 0..n {
+                d.add(T0 + i * DAY, T0 + i * DAY);
+            }
+            let old = Written {
+                days: d.days.to_vec(),
+                last: d.last,
+            };
+            let bytes = postcard::to_stdvec(&d).unwrap();
+            assert_eq!(bytes, postcard::to_stdvec(&old).unwrap());
+            assert_eq!(postcard::from_bytes::<DailyCounts>(&bytes).unwrap(), d);
+        }
+        // A corrupt length: an error, without reserving room for it.
+        let mut bytes = postcard::to_stdvec(&Written {
+            days: vec![(1, 1)],
+            last: None,
+        })
+        .unwrap();
+        bytes.splice(0..1, [0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(postcard::from_bytes::<DailyCounts>(&bytes).is_err());
+    }
+
+    #[test]
+    fn the_latest_times_stay_the_latest_four_in_order() {
+        let mut s = Series::default();
+        let mut all = Vec::new();
+        for i in [5i64, 1, 9, 3, 7, 2, 11, 10, 0, 12] {
+            let t = T0 + i * MINUTE;
+            s.add(t, 1.0, T0 + 12 * MINUTE);
+            all.push(t);
+            all.sort_unstable();
+            // An event older than all the four kept is not kept (it was never among them).
+            let kept = s.recent().to_vec();
+            assert!(kept.windows(2).all(|w| w[0] <= w[1]), "{kept:?}");
+            assert!(kept.len() <= RECENT);
+            assert_eq!(kept.last(), all.last());
+        }
+        assert_eq!(s.recent(), &[9, 10, 11, 12].map(|i| T0 + i * MINUTE)[..]);
+        assert_eq!(s.first_after(T0 + 9 * MINUTE), Some(T0 + 10 * MINUTE));
     }
 
     #[test]

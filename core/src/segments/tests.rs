@@ -724,7 +724,7 @@ fn an_event_undone_gives_back_the_profile_before_it() {
                         .collect()
                 };
                 let keys = |l: &[crate::profile::Affinity]| -> Vec<String> {
-                    l.iter().map(|a| a.key.clone()).collect()
+                    l.iter().map(|a| a.key.to_string()).collect()
                 };
                 for (n, (b, a)) in [
                     (keyed(&before.by_product), keyed(&after.by_product)),
