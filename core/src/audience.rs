@@ -52,7 +52,18 @@ pub fn output_id(parts: &[&str]) -> String {
         buf.extend_from_slice(p.as_bytes());
         buf.push(0x1f); // unit separator: ("ab","c") and ("a","bc") differ
     }
-    format!("{:032x}", xxh3_128(&buf))
+    hex32(xxh3_128(&buf))
+}
+
+/// `format!("{:032x}", v)` without the formatting machinery (1 % of the core bench).
+fn hex32(v: u128) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((v >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    // Every byte is an ASCII hex digit.
+    String::from_utf8(out.to_vec()).expect("ASCII")
 }
 
 /// Everything one call of the core produced.
@@ -831,6 +842,25 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn output_ids_are_32_lowercase_hex_digits_as_format_writes_them() {
+        for v in [
+            0u128,
+            1,
+            0xabc,
+            u128::MAX,
+            1 << 127,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            assert_eq!(super::hex32(v), format!("{v:032x}"));
+        }
+        let id = super::output_id(&["a", "b"]);
+        assert_eq!(
+            id,
+            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"a\x1fb\x1f"))
+        );
+    }
+
     use super::*;
     use crate::event::{Attributes, EventType, Line};
     use crate::wire::Identity;
