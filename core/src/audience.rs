@@ -842,6 +842,10 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::event::{Attributes, EventType, Line};
+    use crate::wire::Identity;
+
     #[test]
     fn output_ids_are_32_lowercase_hex_digits_as_format_writes_them() {
         for v in [
@@ -860,10 +864,6 @@ mod tests {
             format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"a\x1fb\x1f"))
         );
     }
-
-    use super::*;
-    use crate::event::{Attributes, EventType, Line};
-    use crate::wire::Identity;
 
     const RULES: &str = r#"
 segments:
