@@ -11,6 +11,8 @@
 //! 7/30/90 days). Buckets are sparse: a series holds only buckets that saw an event, at most
 //! 25 + 49 + 91 of them, whatever the event volume.
 
+use std::marker::PhantomData;
+
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -332,7 +334,8 @@ impl<'de> serde::de::Visitor<'de> for LevelsSeed<'_> {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         for level in 0..3 {
-            seq.next_element_seed(AppendBuckets(&mut *self.buckets))?
+            let buckets = &mut *self.buckets;
+            seq.next_element_seed(Each(|b| buckets.push(b), PhantomData))?
                 .ok_or_else(|| serde::de::Error::invalid_length(level, &"three levels"))?;
             if level < 2 {
                 self.ends[level] = self.buckets.len() as u32;
@@ -342,60 +345,40 @@ impl<'de> serde::de::Visitor<'de> for LevelsSeed<'_> {
     }
 }
 
-struct AppendBuckets<'a>(&'a mut Vec<Bucket>);
+/// Reads a sequence, handing each element to the closure (into storage of the caller's: no
+/// vector of its own).
+struct Each<T, F>(F, PhantomData<T>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for AppendBuckets<'_> {
+impl<'de, T: Deserialize<'de>, F: FnMut(T)> serde::de::DeserializeSeed<'de> for Each<T, F> {
     type Value = ();
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for AppendBuckets<'_> {
+impl<'de, T: Deserialize<'de>, F: FnMut(T)> serde::de::Visitor<'de> for Each<T, F> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a sequence of buckets")
+        f.write_str("a sequence")
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if let Some(n) = seq.size_hint() {
-            // Bounded by what a series keeps, whatever a corrupt length says.
-            self.0.reserve(n.min(25 + 49 + 91));
-        }
-        while let Some(b) = seq.next_element::<Bucket>()? {
-            self.0.push(b);
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(x) = seq.next_element()? {
+            (self.0)(x);
         }
         Ok(())
     }
 }
 
-/// Reads the latest event times into the inline array; of more than [`RECENT`] (not written by
-/// any version), the latest are kept.
-struct RecentSeed<'a>(&'a mut Series);
-
-impl<'de> serde::de::DeserializeSeed<'de> for RecentSeed<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for RecentSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a sequence of event times")
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let s = self.0;
-        s.recent_len = 0;
-        while let Some(t) = seq.next_element::<i64>()? {
-            if s.recent_len as usize == RECENT {
-                s.recent.copy_within(1..RECENT, 0);
-                s.recent_len -= 1;
-            }
-            s.recent[s.recent_len as usize] = t;
-            s.recent_len += 1;
+impl Series {
+    /// Appends `t` to the latest times, oldest first; when full, the oldest goes (reading
+    /// state: of more than [`RECENT`] times, not written by any version, the latest are kept).
+    fn push_recent(&mut self, t: i64) {
+        if self.recent_len as usize == RECENT {
+            self.recent.copy_within(1..RECENT, 0);
+            self.recent_len -= 1;
         }
-        Ok(())
+        self.recent[self.recent_len as usize] = t;
+        self.recent_len += 1;
     }
 }
 
@@ -417,7 +400,7 @@ impl<'de> serde::de::Visitor<'de> for SeriesVisitor {
         s.last = seq
             .next_element()?
             .ok_or_else(|| A::Error::invalid_length(1, &self))?;
-        seq.next_element_seed(RecentSeed(&mut s))?
+        seq.next_element_seed(Each(|t| s.push_recent(t), PhantomData))?
             .ok_or_else(|| A::Error::invalid_length(2, &self))?;
         Ok(s)
     }
