@@ -11,12 +11,13 @@
 //!
 //! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
 //! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
-//! `TAILOR_BENCH_BATCH_PROFILES`, `TAILOR_BENCH_BATCH_WAIT` and `TAILOR_BENCH_BATCH_LINGER` set
-//! `processing.*`,
+//! `TAILOR_BENCH_BATCH_PROFILES`, `TAILOR_BENCH_BATCH_WAIT`, `TAILOR_BENCH_BATCH_LINGER` and
+//! `TAILOR_BENCH_ALLOWED_LATENESS` set `processing.*`,
 //! `TAILOR_BENCH_CACHE_PROFILES` `state.cache_profiles`) and their ratio, the worker's CPU time
 //! per event, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
-//! at that rate. The wide workload goes on with timers firing at catch-up, profile lookups, a
+//! at that rate, and timer lateness (live carts whose hour ends a few seconds after they are
+//! sent, timed from the due time to the audience change read back). The wide workload goes on with timers firing at catch-up, profile lookups, a
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
 //! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
 //! While the worker consumes, a line at every tenth of the run (at least 100 K events) gives
@@ -242,6 +243,131 @@ fn round_trips(
     }
     times.sort_by(f64::total_cmp);
     times
+}
+
+/// Timer lateness as a subscriber sees it: `n` new shoppers add to cart in one burst, each event
+/// stamped so that the shipped rule `cart-abandoners` (an add to cart, then no checkout for 1 h)
+/// comes due between 5 and 15 s after the burst, spread evenly; then the partitions are idle, as
+/// between a live stream's events. Each is timed from its due time to its ENTERED
+/// cart-abandoners read back from the output topic; beside it, the worker's own
+/// `tailor_timer_lateness_seconds` over the phase. (A steady flow of events stamped an hour
+/// back would hold the stream clock, which then follows event time, and the timers with it.)
+fn timer_lateness(
+    port: u16,
+    brokers: &str,
+    (write, read): (&str, &str),
+    base: &[Produced],
+    n: usize,
+    keys: &str,
+) {
+    const HOUR: i64 = 3_600_000;
+    let (lead, spread) = (5_000, 10_000);
+    let cart = base
+        .iter()
+        .find(|e| e.event_type == "addToCart")
+        .expect("an add to cart in the samples");
+    let InputMessage::Storefront(mut event) = SchemaCatalog::builtin()
+        .decode(Family::Storefront, &cart.payload)
+        .unwrap()
+    else {
+        panic!("an add to cart is a storefront event");
+    };
+    let (count_before, sum_before) = (
+        metric(port, "tailor_timer_lateness_seconds_count "),
+        metric(port, "tailor_timer_lateness_seconds_sum "),
+    );
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{read}-{keys}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    let partitions = reader
+        .fetch_metadata(Some(read), Duration::from_secs(10))
+        .unwrap()
+        .topics()[0]
+        .partitions()
+        .len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(read, p, Offset::End).unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(2) {
+        let _ = reader.poll(Duration::from_millis(50));
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    // Key -> due time (ms since the epoch).
+    let mut due: std::collections::HashMap<String, i64> = Default::default();
+    let burst = wall();
+    for i in 0..n {
+        let key = format!("{keys}-{i}");
+        let at = burst + lead + spread * i as i64 / n.max(1) as i64;
+        event.timestamp = at - HOUR;
+        let payload = encode::storefront(&event).unwrap();
+        let mut record = BaseRecord::to(write).key(&key).payload(&payload);
+        while let Err((_, r)) = producer.send(record) {
+            record = r;
+            producer.poll(Duration::from_millis(1));
+        }
+        due.insert(key, at);
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let last_due = burst + lead + spread;
+    let mut late = Vec::with_capacity(n);
+    while !due.is_empty() && wall() < last_due + 60_000 {
+        producer.poll(Duration::ZERO);
+        while let Some(Ok(m)) = reader.poll(Duration::from_millis(1)) {
+            use rdkafka::Message;
+            let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                continue;
+            };
+            if !due.contains_key(key) {
+                continue;
+            }
+            let Ok(change) = tailor::codec::decode::audience_change(m.payload().unwrap_or(&[]))
+            else {
+                continue;
+            };
+            if change.segment_id == "cart-abandoners"
+                && change.direction == tailor::wire::Direction::Entered
+            {
+                let at = due.remove(key).expect("checked");
+                late.push((wall() - at) as f64 / 1000.0);
+            }
+        }
+    }
+    late.sort_by(f64::total_cmp);
+    let count = metric(port, "tailor_timer_lateness_seconds_count ") - count_before;
+    let sum = metric(port, "tailor_timer_lateness_seconds_sum ") - sum_before;
+    if late.is_empty() {
+        println!("timer lateness: nothing read back ({n} carts left in one burst)");
+        return;
+    }
+    let pct = |p: f64| late[((late.len() as f64 * p) as usize).min(late.len() - 1)];
+    println!(
+        "timer lateness ({n} carts left in one burst, due {}-{} s after it; due time -> ENTERED cart-abandoners read back): p50 {:.2} s, p99 {:.2} s, max {:.2} s; {} not read back; the worker's tailor_timer_lateness_seconds: {count:.0} timers, mean {:.2} s",
+        lead / 1000,
+        (lead + spread) / 1000,
+        pct(0.5),
+        pct(0.99),
+        late[late.len() - 1],
+        n - late.len(),
+        sum / count.max(1.0)
+    );
 }
 
 /// TAILOR_BENCH_CHANGELOG=false: no changelog (the development broker keeps every record in
@@ -652,9 +778,10 @@ fn workload(
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
     // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_PROFILES,
-    // TAILOR_BENCH_BATCH_WAIT, TAILOR_BENCH_BATCH_LINGER: the worker's `processing.threads`,
-    // `batch_max_messages`, `batch_max_profiles`, `batch_max_wait` and `batch_linger` (its
-    // defaults when unset); TAILOR_BENCH_CACHE_PROFILES its `state.cache_profiles`.
+    // TAILOR_BENCH_BATCH_WAIT, TAILOR_BENCH_BATCH_LINGER, TAILOR_BENCH_ALLOWED_LATENESS: the
+    // worker's `processing.threads`, `batch_max_messages`, `batch_max_profiles`,
+    // `batch_max_wait`, `batch_linger` and `allowed_lateness` (its defaults when unset);
+    // TAILOR_BENCH_CACHE_PROFILES its `state.cache_profiles`.
     let cache_profiles = std::env::var("TAILOR_BENCH_CACHE_PROFILES")
         .map(|v| format!("cache_profiles = {v}\n"))
         .unwrap_or_default();
@@ -664,6 +791,7 @@ fn workload(
         ("batch_max_profiles", "TAILOR_BENCH_BATCH_PROFILES", false),
         ("batch_max_wait", "TAILOR_BENCH_BATCH_WAIT", true),
         ("batch_linger", "TAILOR_BENCH_BATCH_LINGER", true),
+        ("allowed_lateness", "TAILOR_BENCH_ALLOWED_LATENESS", true),
     ]
     .iter()
     .filter_map(|&(key, var, quoted)| {
@@ -866,6 +994,14 @@ fn workload(
             rate * latency_share(),
             &format!("{name}-latency"),
         );
+        timer_lateness(
+            port,
+            &brokers,
+            (&names[0], &names[3]),
+            base,
+            500,
+            &format!("{name}-lateness"),
+        );
         stop(&mut child);
         report_compacted(&dir.path().join("state"), shoppers, "");
         delete_topics(&rt, &admin, &names);
@@ -980,6 +1116,14 @@ fn workload(
         base,
         100.0,
         &format!("{name}-latency-b"),
+    );
+    timer_lateness(
+        port,
+        &brokers,
+        (&names[0], &names[3]),
+        base,
+        500,
+        &format!("{name}-lateness"),
     );
     // The restored state, with the latency phases' new shoppers (measured after the failover
     // below, which leaves this worker's directory alone).

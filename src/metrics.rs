@@ -43,6 +43,8 @@ pub struct Metrics {
     pub journey_suppressed: IntCounterVec,
     /// Timers fired (profile re-evaluated at a due time).
     pub timers_fired: IntCounter,
+    /// Partitions read to their end: how long after its due time a timer fired (wall clock).
+    pub timer_lateness: Histogram,
     /// Timers waiting in the index (estimate).
     pub timers_pending: IntGauge,
     /// Events older than their partition's stream clock when they arrived.
@@ -378,6 +380,17 @@ impl Metrics {
             timers_fired: plain_counter(
                 "tailor_timers_fired_total",
                 "Timers fired: a profile re-evaluated at the moment time alone could change it.",
+            ),
+            timer_lateness: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tailor_timer_lateness_seconds",
+                        "Wall-clock time from a timer's due time to the batch that fired it, on partitions read to their end since they were assigned (processing.allowed_lateness, the wait for that batch, and any backlog).",
+                    )
+                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 5.5, 6.0, 7.0, 10.0, 30.0, 60.0, 300.0]),
+                )
+                .expect("valid metric"),
             ),
             timers_pending: plain_gauge(
                 "tailor_timers_pending",

@@ -87,6 +87,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// Timer index entries: (due time, profile key), earliest first.
+pub type DueTimers = Vec<(i64, String)>;
+
 pub struct Store {
     db: DB,
     sync_writes: bool,
@@ -824,34 +827,54 @@ impl Store {
     pub fn due_timers(
         &self,
         partition: i32,
+        due: (i64, i64),
+        limit: usize,
+    ) -> Result<DueTimers, StoreError> {
+        Ok(self.due_timers_and_next(partition, due, limit, due.1)?.0)
+    }
+
+    /// As [`Self::due_timers`], and the due time of the first timer after `until` if it is due by
+    /// `peek` (the scan goes on that far, not to the partition's end: a short way past the
+    /// timers moved later and their deletions). None when `limit` timers were taken.
+    pub fn due_timers_and_next(
+        &self,
+        partition: i32,
         (from_time, until): (i64, i64),
         limit: usize,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+        peek: i64,
+    ) -> Result<(DueTimers, Option<i64>), StoreError> {
         let mut from = (partition as u32).to_be_bytes().to_vec();
         from.extend_from_slice(&time_bytes(from_time));
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_lower_bound(from.clone());
-        // Exclusive bound: the first key after every timer due at `until`.
+        // Exclusive bound: the first key after every timer due at `peek` (or `until`).
         let mut upper = Vec::with_capacity(12);
         upper.extend_from_slice(&from[..4]);
-        match until.checked_add(1) {
+        match peek.max(until).checked_add(1) {
             Some(next) => upper.extend_from_slice(&time_bytes(next)),
             None => upper = ((partition as u32) + 1).to_be_bytes().to_vec(),
         }
         opts.set_iterate_upper_bound(upper);
         let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf_opt(self.cf(CF_TIMERS), opts, mode)
-            .take(limit)
-        {
+        let mut next = None;
+        if limit == 0 {
+            return Ok((out, next));
+        }
+        for item in self.db.iterator_cf_opt(self.cf(CF_TIMERS), opts, mode) {
             let (k, _) = item?;
             let due =
                 (u64::from_be_bytes(k[4..12].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+            if due > until {
+                next = Some(due);
+                break;
+            }
             out.push((due, String::from_utf8_lossy(&k[12..]).into_owned()));
+            if out.len() == limit {
+                break;
+            }
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// The profile key an identity of `partition` belongs to, if it is an alias.
@@ -1081,6 +1104,23 @@ mod tests {
             "from a floor: nothing before it"
         );
         assert_eq!(s.due_timers(2, (5_001, i64::MAX), 10).unwrap(), vec![]);
+        // The next timer after `until`, if due by `peek`.
+        let next = |until, limit, peek| s.due_timers_and_next(2, (i64::MIN, until), limit, peek);
+        assert_eq!(
+            next(0, 10, 5_000).unwrap(),
+            (vec![(-7, "a".to_string())], Some(5_000))
+        );
+        assert_eq!(next(0, 10, 4_999).unwrap(), (vec![(-7, "a".into())], None));
+        assert_eq!(
+            next(0, 1, 5_000).unwrap(),
+            (vec![(-7, "a".into())], None),
+            "at the limit the next is not looked for (more may be due)"
+        );
+        assert_eq!(
+            next(5_000, 10, i64::MAX).unwrap().1,
+            None,
+            "none after 5 000"
+        );
         assert_eq!(s.clock(2).unwrap(), Some(4_000));
         assert_eq!(s.clock(3).unwrap(), None);
     }

@@ -289,6 +289,11 @@ fn a_timer_survives_a_hard_restart_and_fires_once() {
     worker.wait_for(Duration::from_secs(60), "the timer to fire", |w| {
         w.metric("tailor_journey_triggers_total", "abandoned-cart") >= 1.0
     });
+    // Its lateness counted: the partition was read to its end before the clock reached it.
+    assert_eq!(
+        worker.metric("tailor_timer_lateness_seconds_count", ""),
+        1.0
+    );
     // Timed as its batch's phase of its own.
     worker.wait_for(Duration::from_secs(10), "the timers phase timed", |w| {
         w.metric(
@@ -324,6 +329,43 @@ fn a_timer_survives_a_hard_restart_and_fires_once() {
     assert_eq!(
         of(&changes(&t.audience, quiet), "c-restart"),
         vec![("cart-abandoners", Direction::Entered, t0 + HOUR, "timer")]
+    );
+}
+
+#[test]
+fn an_idle_batch_closes_when_a_live_timer_comes_due_not_at_its_maximum_wait() {
+    let setup = Setup::with_segments("timer-wake", 1, 500, "tests/fixtures/journeys.yaml");
+    // A batch with nothing to consume waits 20 s: the timer must not wait with it.
+    setup.edit_config(|text| {
+        text.replacen("batch_max_wait = \"50ms\"", "batch_max_wait = \"20s\"", 1)
+    });
+    setup.add_setting("processing", "allowed_lateness = \"0s\"");
+    let t = &setup.topics;
+    let s = Shopper {
+        key: "c-wake",
+        topics: t,
+    };
+    let worker = setup.start(1);
+    // The hour ends 30 s after the cart is sent: the cart is applied by then (a batch may hold
+    // it until its end while one of the partition's topics is not known to be at its end yet),
+    // and the batch after it would wait until 20 s after its start.
+    let t0 = wall() - HOUR + 30_000;
+    send(&[s.consent("w0", t0 - MIN, true), s.add_to_cart("w1", t0)]);
+    let due = t0 + HOUR;
+    let within = Duration::from_millis((due + 5_000 - wall()).max(0) as u64);
+    worker.wait_for(
+        within,
+        "the timer to fire within 5 s of its due time",
+        |w| w.metric("tailor_journey_triggers_total", "abandoned-cart") >= 1.0,
+    );
+    assert_eq!(
+        worker.metric("tailor_timer_lateness_seconds_count", ""),
+        1.0
+    );
+    let quiet = Duration::from_secs(3);
+    assert_eq!(
+        of(&changes(&t.audience, quiet), "c-wake"),
+        vec![("cart-abandoners", Direction::Entered, due, "timer")]
     );
 }
 

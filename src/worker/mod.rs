@@ -551,13 +551,18 @@ impl Worker {
     /// Step 0: every task's clock moves and its due timers fire; then a slice of profiles not yet
     /// evaluated under the definitions in force. Returns whether work remains: timers beyond this
     /// batch's budget, or profiles still to re-evaluate (the batch then closes at once rather
-    /// than waiting `batch_max_wait` for messages); and whether it did any (timers fired or
-    /// profiles re-evaluated).
+    /// than waiting `batch_max_wait` for messages); whether it did any (timers fired or
+    /// profiles re-evaluated); and when (wall clock, ms) the next timer of a partition whose
+    /// clock follows the wall clock comes due, if within `horizon` (the batch then closes by
+    /// then, so that the timer fires on time rather than up to `batch_max_wait` late).
     fn time_step(
         &mut self,
         consumer: &StreamConsumer<KafkaContext>,
-    ) -> Result<(bool, bool), Error> {
+        horizon: Duration,
+    ) -> Result<(bool, bool, Option<i64>), Error> {
         let wall = now_ms();
+        let horizon = horizon.as_millis().min(i64::MAX as u128) as i64;
+        let mut wake: Option<i64> = None;
         let mut budget = self.max_profiles;
         for task in self.tasks.values_mut() {
             // A held partition's events wait, and so do its clock and timers.
@@ -565,11 +570,22 @@ impl Worker {
                 continue;
             }
             // Nothing buffered or just arrived, and every topic at its high watermark.
-            let caught_up = self.follow_wall
-                && !task.heads.flowing()
+            let at_end = self.follow_wall
                 && task
                     .topics()
                     .all(|t| kafka::caught_up(consumer, t, task.partition, task.position(t)));
+            let caught_up = at_end && !task.heads.flowing();
+            // From when its clock follows the wall clock (wall ms), if nothing more arrives:
+            // now, or once what just arrived has settled.
+            let follows_from = if caught_up {
+                Some(wall)
+            } else if at_end {
+                task.heads
+                    .settles_in()
+                    .map(|d| wall.saturating_add(d.as_millis() as i64))
+            } else {
+                None
+            };
             if caught_up && !task.reached_end {
                 task.reached_end = true;
                 // The first time since this thread got the partition: from now on its clock
@@ -592,8 +608,17 @@ impl Worker {
                     "partition read to its end: its clock follows the wall clock when idle"
                 );
             }
-            self.proc
-                .fire_timers(task, &mut self.out, wall, caught_up, &mut budget)?;
+            let next = self.proc.fire_timers(
+                task,
+                &mut self.out,
+                wall,
+                (caught_up, follows_from),
+                &mut budget,
+                horizon,
+            )?;
+            if let Some(next) = next {
+                wake = Some(wake.map_or(next, |w| w.min(next)));
+            }
         }
         // The budget used up: more timers may be due.
         let timers_left = budget == 0;
@@ -611,7 +636,7 @@ impl Worker {
             &mut self.shares.reevaluation_pending,
             pending,
         );
-        Ok((timers_left || pending > 0, worked))
+        Ok((timers_left || pending > 0, worked, wake))
     }
 
     /// One message from the consumer: buffered in its task; when the task has a run of
@@ -1564,7 +1589,7 @@ impl Worker {
         // Time first: the partitions' clocks move and the timers due by then fire; then
         // profiles not yet evaluated under the definitions in force, a slice per batch.
         let t_time = Instant::now();
-        let (more, worked) = self.time_step(consumer)?;
+        let (more, worked, wake) = self.time_step(consumer, max_wait)?;
         if worked {
             // The batch's time includes its timers, also timed as a phase of their own.
             self.batch_started.get_or_insert(t_time);
@@ -1577,6 +1602,14 @@ impl Worker {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + Duration::from_millis(5));
+        } else if let Some(at) = wake {
+            // A timer comes due before the batch would close: it closes then (a millisecond
+            // after, the clock read at the next batch's start being whole milliseconds).
+            let wait = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64 + 1);
+            let at = tokio::time::Instant::now() + wait;
+            if at < deadline.deadline() {
+                deadline.as_mut().reset(at);
+            }
         }
         if self.out.has_queued() {
             self.batch_started.get_or_insert_with(Instant::now);

@@ -148,6 +148,18 @@ impl Heads {
                 .any(|q| q.last_push.is_some_and(|t| t.elapsed() < FLOWING))
     }
 
+    /// How long until [`Self::flowing`] turns false if nothing more arrives: `None` when it is
+    /// false already, or when messages are buffered (they are applied first).
+    pub fn settles_in(&self) -> Option<Duration> {
+        if self.buffered > 0 {
+            return None;
+        }
+        self.queues
+            .iter()
+            .filter_map(|q| FLOWING.checked_sub(q.last_push?.elapsed()))
+            .max()
+    }
+
     /// The shared name of a tracked topic.
     pub fn topic(&self, topic: &str) -> Option<Arc<str>> {
         self.queues

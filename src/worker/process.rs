@@ -746,24 +746,29 @@ impl Processor {
 
     /// Moves the task's clock (to the wall clock when `caught_up`) and fires the timers due by
     /// then, at most `budget` of them (the rest wait for the next batch, which starts at once).
+    /// `follows_from`: from when (wall ms) the clock follows the wall clock if nothing more
+    /// arrives (now when caught up; None while the partition catches up). Returns when, on the
+    /// wall clock, the task's next timer fires if that is within `horizon` ms: the batch need
+    /// not wait longer.
     pub fn fire_timers(
         &mut self,
         task: &mut Task,
         out: &mut Collector,
         wall: i64,
-        caught_up: bool,
+        (caught_up, follows_from): (bool, Option<i64>),
         budget: &mut usize,
-    ) -> Result<(), Error> {
+        horizon: i64,
+    ) -> Result<Option<i64>, Error> {
         task.clock().tick(wall, caught_up);
         let Some(now) = task.now() else {
-            return Ok(());
+            return Ok(None);
         };
         self.metrics
             .stream_clock
             .with_label_values(&[&task.partition.to_string()])
             .set(now.div_euclid(1000));
         if *budget == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let store = self.store.clone();
         // Timers evaluate under the definitions in force: their re-evaluation cursor goes with
@@ -771,8 +776,15 @@ impl Processor {
         task.load_sweep(self.defs_version, &store)?;
         let limit = *budget;
         let floor = task.timer_floor;
-        let due =
-            tokio::task::block_in_place(|| store.due_timers(task.partition, (floor, now), limit))?;
+        // Once the clock follows the wall clock, `lateness` behind, the next timer fires that
+        // much after its due time; it is looked for only `horizon` ahead.
+        let peek = match follows_from {
+            Some(_) => wall.saturating_sub(task.lateness()).saturating_add(horizon),
+            None => now,
+        };
+        let (due, next) = tokio::task::block_in_place(|| {
+            store.due_timers_and_next(task.partition, (floor, now), limit, peek)
+        })?;
         *budget -= due.len();
         // Every timer due by `now` is taken (or, at the limit, every one before the last taken):
         // the next scan starts after them.
@@ -786,6 +798,13 @@ impl Processor {
                 task.prefetch(next.map(|(_, k)| k.as_str()), &store)?;
             }
             let (at, key) = (*at, key.as_str());
+            if task.reached_end {
+                // A live partition (read to its end since it was assigned): the outputs carry
+                // the due time, and this is how much later the wall clock is.
+                self.metrics
+                    .timer_lateness
+                    .observe(wall.saturating_sub(at).max(0) as f64 / 1000.0);
+            }
             self.outputs.clear();
             task.load(key, &store)?;
             if task.profiles.committed_timer(key) != Some(Some(at)) {
@@ -796,7 +815,9 @@ impl Processor {
             self.core.advance(key, profile, now, &mut self.outputs);
             self.emit(task, out);
         }
-        Ok(())
+        Ok(next
+            .zip(follows_from)
+            .map(|(due, from)| due.saturating_add(task.lateness()).max(from)))
     }
 
     /// Re-evaluates, under the definitions in force, the task's profiles last evaluated under

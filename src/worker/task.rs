@@ -247,6 +247,12 @@ impl Task {
         }
     }
 
+    /// `processing.allowed_lateness` in ms: how far the clock trails the wall clock when it
+    /// follows it.
+    pub fn lateness(&self) -> i64 {
+        self.lateness
+    }
+
     pub fn clock(&mut self) -> &mut StreamClock {
         &mut self.clock
     }
