@@ -386,7 +386,7 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "tailor_timer_lateness_seconds",
-                        "Wall-clock time from a timer's due time to the batch that fired it, on partitions read to their end since they were assigned (processing.allowed_lateness, the wait for that batch, and any backlog).",
+                        "Wall-clock time from a timer's due time to the batch that fired it, on partitions read to their end since they were assigned, from the batch that reaches the end (processing.allowed_lateness, up to 50 ms to gather timers due together, and any backlog or downtime).",
                     )
                     .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 5.5, 6.0, 7.0, 10.0, 30.0, 60.0, 300.0]),
                 )

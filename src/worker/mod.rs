@@ -93,6 +93,11 @@ use task::Task;
 
 /// A transient fault with nothing left to redo is over after this long without another.
 const FAULT_QUIET: Duration = Duration::from_secs(30);
+
+/// The shortest an idle batch stays open before it closes for a live timer that comes due: timers
+/// due within this of each other fire in one batch and one commit (at most 20 such commits a
+/// second), each at most this much later than `processing.allowed_lateness` after its due time.
+const TIMER_WAKE_GAP: Duration = Duration::from_millis(50);
 /// A task's messages are applied a run at a time, once this many are buffered (or when the
 /// consumer has no message ready): the run's profiles are read from the store in one batched
 /// read before it is applied.
@@ -1602,15 +1607,18 @@ impl Worker {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + Duration::from_millis(5));
-        } else if let Some(at) = wake {
-            // A timer comes due before the batch would close: it closes then (a millisecond
-            // after, the clock read at the next batch's start being whole milliseconds).
-            let wait = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64 + 1);
-            let at = tokio::time::Instant::now() + wait;
-            if at < deadline.deadline() {
-                deadline.as_mut().reset(at);
-            }
         }
+        // A live partition's timer comes due before the batch would close: if the batch is
+        // still idle then (no message, nothing changed), it closes, and the next batch fires
+        // the timer. A millisecond after the due time (the next batch reads the clock in whole
+        // milliseconds), and at least `TIMER_WAKE_GAP` after this batch's start, so that timers
+        // due close together fire together (one commit, not one each).
+        let wake_at = wake.filter(|_| !more).map(|at| {
+            let wait = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64 + 1);
+            tokio::time::Instant::now() + wait.max(TIMER_WAKE_GAP)
+        });
+        let woken = tokio::time::sleep_until(wake_at.unwrap_or_else(|| deadline.deadline()));
+        tokio::pin!(woken);
         if self.out.has_queued() {
             self.batch_started.get_or_insert_with(Instant::now);
             self.out.send().await?;
@@ -1629,6 +1637,9 @@ impl Worker {
                 biased;
                 _ = stopped(stop) => { self.stopping = true; break; }
                 _ = &mut deadline => break,
+                // Only an idle batch: one taking messages (a backlog on another partition)
+                // closes as before.
+                _ = &mut woken, if wake_at.is_some() && messages == 0 && !changed => break,
                 Some(answer) = lookups.recv() => self.take_lookup(consumer, answer)?,
                 r = consumer.recv() => {
                     let msg = match r {
