@@ -1211,10 +1211,34 @@ pub fn encode(p: &Profile) -> Vec<u8> {
     // serialised bytes after the version showed in the worker's profile).
     let mut out = Vec::with_capacity(512);
     out.push(STATE_VERSION);
-    let mut out = postcard::to_extend(p, out).expect("profile serialises");
+    let mut out = postcard::serialize_with_flavor(p, AppendVec(out)).expect("profile serialises");
     out.push(u8::from(p.next_timer.is_some()));
     out.extend_from_slice(&p.next_timer.unwrap_or(0).to_be_bytes());
     out
+}
+
+/// postcard's output into a `Vec`, a byte or a slice at a time (its `to_extend` goes through
+/// `Extend`, an iterator per string; the profile's encoding showed in the worker's samples).
+struct AppendVec(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendVec {
+    type Output = Vec<u8>;
+
+    #[inline(always)]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
