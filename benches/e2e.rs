@@ -357,16 +357,16 @@ fn timer_lateness(
         println!("timer lateness: nothing read back ({n} carts left in one burst)");
         return;
     }
-    let pct = |p: f64| late[((late.len() as f64 * p) as usize).min(late.len() - 1)];
+    let pct = |p: f64| late[((late.len() as f64 * p) as usize).min(late.len() - 1)] * 1e3;
     println!(
-        "timer lateness ({n} carts left in one burst, due {}-{} s after it; due time -> ENTERED cart-abandoners read back): p50 {:.2} s, p99 {:.2} s, max {:.2} s; {} not read back; the worker's tailor_timer_lateness_seconds: {count:.0} timers, mean {:.2} s",
+        "timer lateness ({n} carts left in one burst, due {}-{} s after it; due time -> ENTERED cart-abandoners read back): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} not read back; the worker's tailor_timer_lateness_seconds: {count:.0} timers, mean {:.0} ms",
         lead / 1000,
         (lead + spread) / 1000,
         pct(0.5),
         pct(0.99),
-        late[late.len() - 1],
+        pct(1.0),
         n - late.len(),
-        sum / count.max(1.0)
+        sum / count.max(1.0) * 1e3
     );
 }
 
