@@ -558,8 +558,9 @@ impl Worker {
     /// batch's budget, or profiles still to re-evaluate (the batch then closes at once rather
     /// than waiting `batch_max_wait` for messages); whether it did any (timers fired or
     /// profiles re-evaluated); and when (wall clock, ms) the next timer of a partition whose
-    /// clock follows the wall clock comes due, if within `horizon` (the batch then closes by
-    /// then, so that the timer fires on time rather than up to `batch_max_wait` late).
+    /// clock follows the wall clock comes due, if within `horizon` (a batch that has taken
+    /// nothing by then closes, so that the timer fires on time rather than up to
+    /// `batch_max_wait` late).
     fn time_step(
         &mut self,
         consumer: &StreamConsumer<KafkaContext>,
@@ -574,7 +575,8 @@ impl Worker {
             if task.held.is_some() {
                 continue;
             }
-            // Nothing buffered or just arrived, and every topic at its high watermark.
+            // Every topic at its high watermark; caught up: and nothing buffered or just
+            // arrived.
             let at_end = self.follow_wall
                 && task
                     .topics()
