@@ -175,24 +175,17 @@ fn print_latency(what: &str, times: &[f64], rate: f64) {
     );
 }
 
-/// Sends `rate` adds to cart a second for 10 s to `write`, each keyed `{keys}-{i}`, and times each
-/// from its send to the first record of its key read back from `read`; sorted.
-fn round_trips(
+/// The live phases' clients: a reader of every partition of `read` from its end (polled for 2 s,
+/// so that it is in place before anything is sent) and a producer that sends at once.
+fn live_clients(
     brokers: &str,
-    (write, read): (&str, &str),
+    read: &str,
     partitions: i32,
-    base: &[Produced],
-    rate: f64,
-    keys: &str,
-) -> Vec<f64> {
-    let cart = base
-        .iter()
-        .find(|e| e.event_type == "addToCart")
-        .expect("an add to cart in the samples");
-    let n = (rate * 10.0) as usize;
+    group: &str,
+) -> (BaseConsumer, BaseProducer) {
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{write}-{keys}"))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .create()
@@ -215,6 +208,25 @@ fn round_trips(
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
+    (reader, producer)
+}
+
+/// Sends `rate` adds to cart a second for 10 s to `write`, each keyed `{keys}-{i}`, and times each
+/// from its send to the first record of its key read back from `read`; sorted.
+fn round_trips(
+    brokers: &str,
+    (write, read): (&str, &str),
+    partitions: i32,
+    base: &[Produced],
+    rate: f64,
+    keys: &str,
+) -> Vec<f64> {
+    let cart = base
+        .iter()
+        .find(|e| e.event_type == "addToCart")
+        .expect("an add to cart in the samples");
+    let n = (rate * 10.0) as usize;
+    let (reader, producer) = live_clients(brokers, read, partitions, &format!("{write}-{keys}"));
     let mut sent: std::collections::HashMap<String, Instant> = Default::default();
     let mut times = Vec::with_capacity(n);
     let t0 = Instant::now();
@@ -256,6 +268,7 @@ fn timer_lateness(
     port: u16,
     brokers: &str,
     (write, read): (&str, &str),
+    partitions: i32,
     base: &[Produced],
     n: usize,
     keys: &str,
@@ -276,34 +289,7 @@ fn timer_lateness(
         metric(port, "tailor_timer_lateness_seconds_count "),
         metric(port, "tailor_timer_lateness_seconds_sum "),
     );
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{read}-{keys}"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .unwrap();
-    let partitions = reader
-        .fetch_metadata(Some(read), Duration::from_secs(10))
-        .unwrap()
-        .topics()[0]
-        .partitions()
-        .len() as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(read, p, Offset::End).unwrap();
-    }
-    reader.assign(&tpl).unwrap();
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(2) {
-        let _ = reader.poll(Duration::from_millis(50));
-    }
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
+    let (reader, producer) = live_clients(brokers, read, partitions, &format!("{read}-{keys}"));
     let wall = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -998,6 +984,7 @@ fn workload(
             port,
             &brokers,
             (&names[0], &names[3]),
+            partitions,
             base,
             500,
             &format!("{name}-lateness"),
@@ -1121,6 +1108,7 @@ fn workload(
         port,
         &brokers,
         (&names[0], &names[3]),
+        partitions,
         base,
         500,
         &format!("{name}-lateness"),
