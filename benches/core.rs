@@ -1,7 +1,8 @@
 //! Criterion benchmark of the synchronous core on real data: decode (Avro single-object) + apply
 //! to the profile + evaluate every segment of `examples/segments.yaml` and its journeys, per
 //! event; the same with 50 segments; and timers firing. Decode alone is measured for each framing:
-//! single-object (spec and legacy fingerprints), Confluent (registry id) and JSON; and the
+//! single-object (spec and legacy fingerprints), Confluent (registry id) and JSON, and for events
+//! with every context set; and the
 //! profile's state encoding both ways (what each commit writes and a cache miss reads).
 //!
 //! Input: the shipped REES46 and UCI samples, replayed into encoded messages once; profiles live
@@ -171,6 +172,25 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+
+    // Events as the storefront SDK sends them carry every context set on the page (store,
+    // page, shopper, channel, device…), most of which the core does not read: one fully
+    // populated event of each type.
+    let full = tailor::samples::every_type(1_700_000_000_000);
+    println!(
+        "payload: {:.0} bytes on average for the samples, {:.0} with every context set",
+        events.iter().map(|e| e.payload.len()).sum::<usize>() as f64 / events.len() as f64,
+        full.iter().map(|(_, _, p)| p.len()).sum::<usize>() as f64 / full.len() as f64
+    );
+    g.throughput(Throughput::Elements(full.len() as u64));
+    g.bench_function("decode_single_object_every_context", |b| {
+        b.iter(|| {
+            for (_, family, payload) in &full {
+                std::hint::black_box(decoder.decode(*family, payload).unwrap());
+            }
+        })
+    });
+    g.throughput(Throughput::Elements(events.len() as u64));
 
     let decoded: Vec<(String, Event)> = events
         .iter()

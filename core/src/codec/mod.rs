@@ -22,6 +22,7 @@
 //! Everything here is synchronous and free of I/O: the registry client is [`crate::registry`].
 
 pub mod canonical;
+mod direct;
 mod json;
 
 use std::{
@@ -40,6 +41,7 @@ use serde_avro_fast::Schema as FastSchema;
 use thiserror::Error;
 
 pub use canonical::Variant;
+pub use direct::Direct;
 
 use crate::wire::{
     AudienceChange, BackofficeEvent, DeadLetter, JourneyTrigger, ProfileEvent, StorefrontEvent,
@@ -597,7 +599,7 @@ impl SchemaCatalog {
     }
 
     /// Decodes a framed datum (any of the three framings) as the record `expected`.
-    pub fn decode_boxed<T: DeserializeOwned>(
+    pub fn decode_boxed<T: DeserializeOwned + Direct>(
         &self,
         expected: &'static str,
         payload: &[u8],
@@ -623,6 +625,13 @@ impl SchemaCatalog {
             detail,
         };
         let body = &payload[start..];
+        // Written with the reader schema: the generated reader first ([`direct`]); serde reads
+        // what it does not, and names the fault of a bad datum.
+        if writer.direct.is_some() {
+            if let Some(value) = T::read_direct(body) {
+                return Ok((Box::new(value), origin));
+            }
+        }
         let (value, rest): (T, usize) = match (&writer.direct, &writer.resolving) {
             (Some(direct), _) => {
                 let mut config = serde_avro_fast::de::DeserializerConfig::new(direct);
@@ -657,7 +666,7 @@ impl SchemaCatalog {
     }
 
     /// As [`Self::decode_boxed`], by value.
-    pub fn decode_as<T: DeserializeOwned>(
+    pub fn decode_as<T: DeserializeOwned + Direct>(
         &self,
         expected: &'static str,
         payload: &[u8],
@@ -824,7 +833,7 @@ pub const OUTPUTS: [&str; 3] = [AUDIENCE_CHANGE, JOURNEY_TRIGGER, DEAD_LETTER];
 pub mod decode {
     use super::*;
 
-    fn own_output<T: DeserializeOwned>(
+    fn own_output<T: DeserializeOwned + Direct>(
         name: &'static str,
         payload: &[u8],
     ) -> Result<T, DecodeError> {
