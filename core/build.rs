@@ -72,7 +72,7 @@ fn direct_readers(root: &Path, files: &[&str]) -> String {
         code.push_str("        })\n    }\n}\n");
     }
     for top in tops {
-        code.push_str(&format!("impl Direct for crate::wire::{top} {{\n    fn read_direct(body: &[u8]) -> Option<Self> {{\n        whole(body)\n    }}\n}}\n"));
+        code.push_str(&format!("impl Direct for crate::wire::{top} {{\n    fn read_direct(body: &[u8]) -> Option<Box<Self>> {{\n        whole(body)\n    }}\n}}\n"));
     }
     code
 }

@@ -142,14 +142,15 @@ pub(super) trait Read: Sized {
 /// records (generated); the outputs keep the serde path (the default).
 pub trait Direct: Sized {
     /// The record in `body`, which it must fill exactly; None: let serde decode it.
-    fn read_direct(_body: &[u8]) -> Option<Self> {
+    fn read_direct(_body: &[u8]) -> Option<Box<Self>> {
         None
     }
 }
 
-fn whole<T: Read>(body: &[u8]) -> Option<T> {
+/// Boxed as soon as read: a storefront event is 2 KB, moved once.
+fn whole<T: Read>(body: &[u8]) -> Option<Box<T>> {
     let mut r = Reader::new(body);
-    let value = T::read(&mut r).ok()?;
+    let value = T::read(&mut r).map(Box::new).ok()?;
     (r.remaining() == 0).then_some(value)
 }
 
@@ -204,7 +205,7 @@ mod tests {
             body: &[u8],
         ) -> (Option<String>, Option<String>) {
             (
-                T::read_direct(body).map(|v| format!("{v:?}")),
+                T::read_direct(body).map(|v| format!("{:?}", *v)),
                 by_serde::<T>(family, body).map(|v| format!("{v:?}")),
             )
         }

@@ -629,7 +629,7 @@ impl SchemaCatalog {
         // what it does not, and names the fault of a bad datum.
         if writer.direct.is_some() {
             if let Some(value) = T::read_direct(body) {
-                return Ok((Box::new(value), origin));
+                return Ok((value, origin));
             }
         }
         let (value, rest): (T, usize) = match (&writer.direct, &writer.resolving) {
