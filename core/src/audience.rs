@@ -629,7 +629,33 @@ impl Core {
                 };
                 bp.and_then(|bp| {
                     if !before_ready {
-                        self.segments.evaluate(bp, bnow, &mut self.before_results);
+                        // Before the event, a rule that reads nothing it changed had the result
+                        // it has after it (the one kept above): only the others are evaluated.
+                        match (changed, &before) {
+                            (Some(c), Before::Undone) => {
+                                let kept = match self.segments.empty_results() {
+                                    Some(empty) if c.fresh => empty,
+                                    _ => &self.stored,
+                                };
+                                self.segments.evaluate_changed(
+                                    bp,
+                                    bnow,
+                                    c.inputs,
+                                    kept,
+                                    &mut self.before_results,
+                                );
+                                #[cfg(debug_assertions)]
+                                {
+                                    let mut all = Vec::new();
+                                    self.segments.evaluate(bp, bnow, &mut all);
+                                    assert_eq!(
+                                        self.before_results, all,
+                                        "evaluating only the segments an event changed gives every result before it"
+                                    );
+                                }
+                            }
+                            _ => self.segments.evaluate(bp, bnow, &mut self.before_results),
+                        }
                         before_ready = true;
                     }
                     // The cause flipped the rule only if it held the stored membership just
