@@ -2,7 +2,7 @@
 //! to the profile + evaluate every segment of `examples/segments.yaml` and its journeys, per
 //! event; the same with 50 segments; and timers firing. Decode alone is measured for each framing:
 //! single-object (spec and legacy fingerprints), Confluent (registry id) and JSON, and for events
-//! with every context set; and the
+//! with every context set; the audience changes' encoding; and the
 //! profile's state encoding both ways (what each commit writes and a cache miss reads).
 //!
 //! Input: the shipped REES46 and UCI samples, replayed into encoded messages once; profiles live
@@ -244,6 +244,34 @@ fn bench(c: &mut Criterion) {
         run.apply(key, ev);
     }
     let profiles = run.profiles;
+
+    // The audience changes the samples produce, encoded as the worker writes them (generated
+    // writer) and through serde (the generic path, same bytes).
+    let changes: Vec<tailor::wire::AudienceChange> = {
+        let mut run = Run::new(&set);
+        let mut all = Vec::new();
+        for (key, ev) in &decoded {
+            run.apply(key, ev);
+            all.append(&mut run.out.changes);
+        }
+        all
+    };
+    g.throughput(Throughput::Elements(changes.len() as u64));
+    g.bench_function("encode_audience_change", |b| {
+        b.iter(|| {
+            for c in &changes {
+                std::hint::black_box(codec::encode::audience_change(c).unwrap());
+            }
+        })
+    });
+    g.bench_function("encode_audience_change_serde", |b| {
+        b.iter(|| {
+            for c in &changes {
+                std::hint::black_box(decoder.encode(codec::AUDIENCE_CHANGE, c).unwrap());
+            }
+        })
+    });
+    g.throughput(Throughput::Elements(events.len() as u64));
     let built: Vec<&Profile> = decoded.iter().map(|(k, _)| &profiles[k]).collect();
     g.bench_function("evaluate_segments", |b| {
         let mut results = Vec::with_capacity(set.len());

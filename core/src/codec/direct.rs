@@ -154,6 +154,52 @@ fn whole<T: Read>(body: &[u8]) -> Option<Box<T>> {
     (r.remaining() == 0).then_some(value)
 }
 
+/// Appends the binary encoding of the Avro specification (what [`Reader`] reads).
+pub(super) struct Writer(pub(super) Vec<u8>);
+
+impl Writer {
+    pub(super) fn long(&mut self, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            self.0.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        self.0.push(z as u8);
+    }
+
+    pub(super) fn double(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub(super) fn boolean(&mut self, v: bool) {
+        self.0.push(u8::from(v));
+    }
+
+    pub(super) fn bytes(&mut self, v: &[u8]) {
+        self.long(v.len() as i64);
+        self.0.extend_from_slice(v);
+    }
+
+    pub(super) fn string(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
+    }
+}
+
+/// An output record's writer (generated for every record of the output schemas).
+pub(super) trait Write {
+    fn write(&self, w: &mut Writer);
+}
+
+/// `value`'s datum, written with its reader schema, after `header`.
+pub(super) fn write<T: Write>(header: &[u8], value: &T) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(256));
+    w.0.extend_from_slice(header);
+    value.write(&mut w);
+    w.0
+}
+
+include!(concat!(env!("OUT_DIR"), "/direct_write.rs"));
+
 impl Direct for crate::wire::AudienceChange {}
 impl Direct for crate::wire::JourneyTrigger {}
 impl Direct for crate::wire::DeadLetter {}
@@ -163,9 +209,15 @@ include!(concat!(env!("OUT_DIR"), "/direct_read.rs"));
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Family, SchemaCatalog, HEADER_LEN};
+    use crate::codec::{
+        encode, Family, SchemaCatalog, AUDIENCE_CHANGE, DEAD_LETTER, HEADER_LEN, JOURNEY_TRIGGER,
+    };
     use crate::samples;
-    use crate::wire::{BackofficeEvent, ProfileEvent, StorefrontEvent};
+    use crate::wire::{
+        AudienceChange, BackofficeEvent, CartLine, Cause, ContactPoints, DeadLetter, Direction,
+        Explanation, Identity, JourneyContext, JourneyTrigger, Operand, ProfileEvent, StoreRef,
+        StorefrontEvent,
+    };
     use serde::de::DeserializeOwned;
     use serde_avro_fast::de::{read::SliceRead, DeserializerConfig, DeserializerState};
     use std::fmt::Debug;
@@ -297,6 +349,180 @@ mod tests {
             read > 100 && refused > 100,
             "read {read}, refused {refused}"
         );
+    }
+
+    /// Output records with every field set, and with every optional one empty.
+    fn outputs() -> (Vec<AudienceChange>, Vec<JourneyTrigger>, Vec<DeadLetter>) {
+        let identity = Identity {
+            ecid: Some("ecid-ü".into()),
+            customer_id: Some("c-1".into()),
+            email: Some("ann@example.com".into()),
+        };
+        let cause = Cause {
+            kind: "event".into(),
+            event_id: Some("e-1".into()),
+            event_type: Some("addToCart".into()),
+            segment_id: Some("s".into()),
+            source_topic: Some("storefront".into()),
+            source_partition: Some(-3),
+            source_offset: Some(i64::MAX),
+        };
+        let store = StoreRef {
+            store_code: Some("main".into()),
+            store_view_code: Some("default".into()),
+        };
+        let change = AudienceChange {
+            id: "a".repeat(200),
+            profile_key: "k".into(),
+            identity: identity.clone(),
+            segment_id: "cart-abandoners".into(),
+            direction: Direction::Exited,
+            event_time: i64::MIN,
+            cause: cause.clone(),
+            store: store.clone(),
+            explanation: Some(Explanation {
+                expression: "cart.items > 0".into(),
+                line: 7,
+                column: -1,
+                before: "false".into(),
+                after: "true".into(),
+                operands: vec![
+                    Operand {
+                        expression: "cart.items".into(),
+                        before: "0".into(),
+                        after: "2".into(),
+                    };
+                    70
+                ],
+            }),
+        };
+        let line = CartLine {
+            sku: "SKU-1".into(),
+            name: Some("Red bag".into()),
+            quantity: -0.5,
+            price: Some(f64::MAX),
+            image_url: Some("/i.png".into()),
+            url: None,
+        };
+        let trigger = JourneyTrigger {
+            id: "t".into(),
+            journey_id: "j".into(),
+            profile_key: "k".into(),
+            identity,
+            triggered_at: 1_700_000_000_000,
+            cause: cause.clone(),
+            contact: ContactPoints {
+                email: Some("ann@example.com".into()),
+                phone: Some("+1".into()),
+            },
+            context: JourneyContext {
+                cart_items: vec![line.clone(); 3],
+                cart_value: Some(1.5),
+                order_id: Some("o".into()),
+                order_total: Some(f64::NAN),
+                order_items: vec![line.clone()],
+                products_viewed: vec![line; 65],
+                currency_code: Some("EUR".into()),
+            },
+            store,
+        };
+        let dead = DeadLetter {
+            source_topic: "storefront".into(),
+            source_partition: i32::MAX,
+            source_offset: 64,
+            source_timestamp: Some(-1),
+            reason_code: "bad_body".into(),
+            reason: "why".into(),
+            key: Some(vec![0, 255, 128]),
+            payload: (0..=255).collect(),
+            payload_size: Some(1 << 40),
+            payload_truncated: true,
+        };
+        let empty_change = AudienceChange {
+            id: String::new(),
+            profile_key: String::new(),
+            identity: Identity::default(),
+            segment_id: String::new(),
+            direction: Direction::Entered,
+            event_time: 0,
+            cause: Cause::default(),
+            store: StoreRef::default(),
+            explanation: None,
+        };
+        let empty_trigger = JourneyTrigger {
+            id: String::new(),
+            journey_id: String::new(),
+            profile_key: String::new(),
+            identity: Identity::default(),
+            triggered_at: 0,
+            cause: Cause::default(),
+            contact: ContactPoints::default(),
+            context: JourneyContext::default(),
+            store: StoreRef::default(),
+        };
+        let empty_dead = DeadLetter {
+            key: None,
+            payload: Vec::new(),
+            source_timestamp: None,
+            payload_size: None,
+            payload_truncated: false,
+            ..dead.clone()
+        };
+        (
+            vec![change, empty_change],
+            vec![trigger, empty_trigger],
+            vec![dead, empty_dead],
+        )
+    }
+
+    #[test]
+    fn writes_every_output_as_serde_does() {
+        let catalog = SchemaCatalog::builtin();
+        let (changes, triggers, dead) = outputs();
+        for c in &changes {
+            assert_eq!(
+                encode::audience_change(c).unwrap(),
+                catalog.encode(AUDIENCE_CHANGE, c).unwrap()
+            );
+        }
+        for t in &triggers {
+            assert_eq!(
+                encode::journey_trigger(t).unwrap(),
+                catalog.encode(JOURNEY_TRIGGER, t).unwrap()
+            );
+        }
+        for d in &dead {
+            assert_eq!(
+                encode::dead_letter(d).unwrap(),
+                catalog.encode(DEAD_LETTER, d).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn longs_are_written_as_zigzag_varints_and_read_back() {
+        for v in [
+            0,
+            -1,
+            1,
+            63,
+            -64,
+            64,
+            150,
+            i64::MAX,
+            i64::MIN,
+            1 << 40,
+            -(1 << 40),
+        ] {
+            let mut w = Writer(Vec::new());
+            w.long(v);
+            let mut r = Reader::new(&w.0);
+            assert_eq!(r.long().unwrap(), v);
+            assert_eq!(r.remaining(), 0);
+        }
+        let mut w = Writer(Vec::new());
+        w.long(150);
+        assert_eq!(w.0, [0xac, 0x02]);
     }
 
     #[test]

@@ -758,6 +758,23 @@ impl SchemaCatalog {
         .map_err(|e| EncodeError(format!("{name}: {e}")))
     }
 
+    /// As [`Self::encode`], for an output record: written by its generated writer
+    /// ([`direct`]), the same bytes without serde.
+    fn encode_output<T: direct::Write>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let entry = self
+            .readers
+            .get(name)
+            .ok_or_else(|| EncodeError(format!("no schema {name}")))?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..2].copy_from_slice(&MARKER);
+        header[2..].copy_from_slice(&entry.fingerprint);
+        Ok(direct::write(&header, value))
+    }
+
     /// Encodes `value` with another writer schema given as JSON, single-object framed with the
     /// spec's fingerprint; for tests of evolution.
     pub fn encode_with_schema<T: Serialize>(
@@ -810,13 +827,13 @@ pub mod encode {
         SchemaCatalog::builtin().encode(Family::Profile.record_name(), e)
     }
     pub fn audience_change(e: &AudienceChange) -> Result<Vec<u8>, EncodeError> {
-        SchemaCatalog::builtin().encode(AUDIENCE_CHANGE, e)
+        SchemaCatalog::builtin().encode_output(AUDIENCE_CHANGE, e)
     }
     pub fn dead_letter(e: &DeadLetter) -> Result<Vec<u8>, EncodeError> {
-        SchemaCatalog::builtin().encode(DEAD_LETTER, e)
+        SchemaCatalog::builtin().encode_output(DEAD_LETTER, e)
     }
     pub fn journey_trigger(e: &JourneyTrigger) -> Result<Vec<u8>, EncodeError> {
-        SchemaCatalog::builtin().encode(JOURNEY_TRIGGER, e)
+        SchemaCatalog::builtin().encode_output(JOURNEY_TRIGGER, e)
     }
 }
 
