@@ -1,4 +1,6 @@
-//! Direct readers for the input records: a datum written with the reader schema itself (the
+//! Direct readers for the input records, and writers for the output records.
+//!
+//! Reading: a datum written with the reader schema itself (the
 //! single-object fingerprint of a built-in schema, or a Confluent id the registry resolved to
 //! it) is read field by field in the schema's order, straight into the wire types, without
 //! serde: no field names matched, no schema walked per value.
@@ -14,6 +16,10 @@
 //! caller decodes the same bytes with serde_avro_fast, which either reads them or names the
 //! fault for the dead-letter record. Tests check that both agree on every sample, and on
 //! mangled copies of them.
+//!
+//! Writing: the output records are written by generated writers the same way, field by field
+//! (an array as one block of all its items, then the end block), the bytes serde_avro_fast
+//! writes for them; tests compare the two.
 
 /// Any fault: the serde path decodes the datum again and says what it is.
 #[derive(Debug)]

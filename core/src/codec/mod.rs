@@ -12,10 +12,12 @@
 //! Writer schemas come from `avro/` (compiled in), from a directory named in the config (loaded at
 //! start and on SIGHUP) and from the registry. Each is checked against the reader schema when it
 //! is added ([`SchemaCatalog::add_writer`]); an incompatible one is refused with the reason. When
-//! the writer schema *is* the reader schema (the common case) the datum is deserialised straight
-//! into the wire type by serde_avro_fast; otherwise apache-avro decodes it with the writer schema
-//! and resolves it to the reader's. Outputs are written with serde_avro_fast. Readers are built
-//! once, when the schema is added: the per-message path never parses or resolves a schema.
+//! the writer schema *is* the reader schema (the common case) the datum is read straight into the
+//! wire type by a reader generated from the schema ([`direct`]), and what that reader refuses by
+//! serde_avro_fast, which names the fault; otherwise apache-avro decodes it with the writer schema
+//! and resolves it to the reader's. Outputs are written by generated writers ([`direct`]), the
+//! bytes serde_avro_fast writes. Readers are built once, when the schema is added: the
+//! per-message path never parses or resolves a schema.
 //!
 //! Fingerprints follow the specification ([`canonical`]); a message fingerprinted the way
 //! apache-avro and the Apache Python package do ([`Variant::Legacy`]) is accepted too.
@@ -239,9 +241,10 @@ impl DecodeError {
 pub struct Writer {
     /// Full name of the record.
     pub name: String,
-    /// Used when this writer schema *is* the reader schema: the reader schema compiled for
-    /// serde_avro_fast, which deserialises the datum straight into the wire type (no `Value`, no
-    /// per-field lookups; about 6 times apache-avro's serde path in the core bench).
+    /// Used when this writer schema *is* the reader schema: the generated reader first
+    /// ([`direct`]), then the reader schema compiled for serde_avro_fast, which deserialises the
+    /// datum straight into the wire type (no `Value`; about 6 times apache-avro's serde path in
+    /// the core bench) or names its fault.
     direct: Option<Arc<FastSchema>>,
     /// Reader that resolves this writer schema to its record's reader schema.
     resolving: Option<GenericDatumReader<'static>>,
@@ -282,7 +285,8 @@ impl SchemaInfo {
 
 struct ReaderEntry {
     schema: &'static Schema,
-    /// The same schema for serde_avro_fast: reads direct datums, writes every output.
+    /// The same schema for serde_avro_fast: reads what the generated readers refuse, and
+    /// encodes inputs again (portable payloads).
     fast: Arc<FastSchema>,
     json: &'static str,
     fingerprint: [u8; 8],
