@@ -77,7 +77,8 @@ fn direct_writers(root: &Path, files: &[&str]) -> String {
 }
 
 /// The statements writing `place` (a variable of type `&T`) as `schema`; records it
-/// defines are added to `records` (each name once).
+/// defines are added to `records` (each name once: a record defined again must have the same
+/// fields).
 fn writer_of(
     schema: &serde_json::Value,
     place: &str,
@@ -112,19 +113,18 @@ fn writer_of(
         Value::Object(o) => match o.get("type").and_then(Value::as_str) {
             Some("record") => {
                 let name = short(o["name"].as_str().expect("a record name"));
-                if !records.iter().any(|(n, _)| *n == name) {
-                    records.push((name.clone(), String::new()));
-                    let mut body = String::new();
-                    for f in o["fields"].as_array().expect("record fields") {
-                        let field = rust_field(f["name"].as_str().expect("a field name"));
-                        let write = writer_of(&f["type"], "f", 0, records);
-                        body.push_str(&format!("{{\nlet f = &self.{field};\n{write}}}\n"));
-                    }
-                    records
-                        .iter_mut()
-                        .find(|(n, _)| *n == name)
-                        .expect("pushed")
-                        .1 = body;
+                let mut body = String::new();
+                for f in o["fields"].as_array().expect("record fields") {
+                    let field = rust_field(f["name"].as_str().expect("a field name"));
+                    let write = writer_of(&f["type"], "f", 0, records);
+                    body.push_str(&format!("{{\nlet f = &self.{field};\n{write}}}\n"));
+                }
+                match records.iter().find(|(n, _)| *n == name) {
+                    Some((_, known)) => assert!(
+                        *known == body,
+                        "record {name} is defined twice with different fields"
+                    ),
+                    None => records.push((name, body)),
                 }
                 format!("Write::write({place}, w);\n")
             }

@@ -14,6 +14,11 @@ pub(super) fn decode<T: DeserializeOwned>(
     expected: &'static str,
     payload: &[u8],
 ) -> Result<Box<T>, DecodeError> {
+    // The plain reader first: tracking the path costs on every field, and only a bad event
+    // needs it, read again below to name where it is wrong.
+    if let Ok(value) = serde_json::from_slice::<T>(payload) {
+        return Ok(Box::new(value));
+    }
     let mut de = serde_json::Deserializer::from_slice(payload);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
