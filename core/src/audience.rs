@@ -276,6 +276,17 @@ struct Changed {
     fresh: bool,
 }
 
+impl Changed {
+    /// The results the segments this event leaves alone keep: the stored ones, or for a fresh
+    /// profile an empty profile's.
+    fn kept<'a>(&self, set: &'a SegmentSet, stored: &'a [bool]) -> &'a [bool] {
+        match set.empty_results() {
+            Some(empty) if self.fresh => empty,
+            _ => stored,
+        }
+    }
+}
+
 /// A profile's events between two that evaluate every segment (the others evaluate only the
 /// segments whose rules read what they changed).
 pub const FULL_EVALUATION_EVERY: u64 = 64;
@@ -577,10 +588,7 @@ impl Core {
         let earlier = profile.next_timer;
         match changed {
             Some(c) => {
-                let kept = match self.segments.empty_results() {
-                    Some(empty) if c.fresh => empty,
-                    _ => &self.stored,
-                };
+                let kept = c.kept(&self.segments, &self.stored);
                 self.skipped +=
                     self.segments
                         .evaluate_changed(profile, now, c.inputs, kept, &mut self.results);
@@ -633,15 +641,11 @@ impl Core {
                         // it has after it (the one kept above): only the others are evaluated.
                         match (changed, &before) {
                             (Some(c), Before::Undone) => {
-                                let kept = match self.segments.empty_results() {
-                                    Some(empty) if c.fresh => empty,
-                                    _ => &self.stored,
-                                };
                                 self.segments.evaluate_changed(
                                     bp,
                                     bnow,
                                     c.inputs,
-                                    kept,
+                                    c.kept(&self.segments, &self.stored),
                                     &mut self.before_results,
                                 );
                                 #[cfg(debug_assertions)]

@@ -747,13 +747,9 @@ impl SchemaCatalog {
 
     /// Encodes `value` with the reader schema of `name`, single-object framed.
     pub fn encode<T: Serialize>(&self, name: &str, value: &T) -> Result<Vec<u8>, EncodeError> {
-        let entry = self
-            .readers
-            .get(name)
-            .ok_or_else(|| EncodeError(format!("no schema {name}")))?;
+        let (entry, header) = self.framed(name)?;
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(&MARKER);
-        out.extend_from_slice(&entry.fingerprint);
+        out.extend_from_slice(&header);
         serde_avro_fast::to_datum(
             value,
             out,
@@ -769,6 +765,12 @@ impl SchemaCatalog {
         name: &str,
         value: &T,
     ) -> Result<Vec<u8>, EncodeError> {
+        let (_, header) = self.framed(name)?;
+        Ok(direct::write(&header, value))
+    }
+
+    /// Record `name`'s reader schema and the single-object header of datums written with it.
+    fn framed(&self, name: &str) -> Result<(&ReaderEntry, [u8; HEADER_LEN]), EncodeError> {
         let entry = self
             .readers
             .get(name)
@@ -776,7 +778,7 @@ impl SchemaCatalog {
         let mut header = [0u8; HEADER_LEN];
         header[..2].copy_from_slice(&MARKER);
         header[2..].copy_from_slice(&entry.fingerprint);
-        Ok(direct::write(&header, value))
+        Ok((entry, header))
     }
 
     /// Encodes `value` with another writer schema given as JSON, single-object framed with the
