@@ -376,16 +376,23 @@ impl Store {
         keys: &[&str],
     ) -> Result<Vec<Option<Profile>>, StoreError> {
         let raw: Vec<Vec<u8>> = keys.iter().map(|k| profile_key(partition, k)).collect();
-        self.db
+        // Sized ahead: collected through `Result`, the list grew by doubling (a profile is
+        // hundreds of bytes, a batch thousands of them), each time copied into freshly mapped
+        // pages (6 % of the wide workload's samples, most of it the kernel zeroing pages).
+        let mut out = Vec::with_capacity(keys.len());
+        for found in self
+            .db
             .batched_multi_get_cf(self.cf(CF_PROFILES), &raw, false)
-            .into_iter()
-            .map(|found| match found? {
-                None => Ok(None),
-                Some(bytes) => profile::decode(&bytes)
-                    .map(Some)
-                    .map_err(|detail| StoreError::Corrupt { partition, detail }),
-            })
-            .collect()
+        {
+            out.push(match found? {
+                None => None,
+                Some(bytes) => Some(
+                    profile::decode(&bytes)
+                        .map_err(|detail| StoreError::Corrupt { partition, detail })?,
+                ),
+            });
+        }
+        Ok(out)
     }
 
     /// The next offset to consume for a partition, if this store has ever committed one.

@@ -1618,7 +1618,7 @@ journeys:
                 e.value = rnd(400) as f64;
                 e.order_id = Some(format!("o{shopper}-{i}"));
                 e.lines = vec![Line {
-                    sku: format!("sku{}", rnd(5)),
+                    sku: compact_str::format_compact!("sku{}", rnd(5)),
                     category: Some("electronics.smartphone".into()),
                     quantity: 1.0,
                     price: Some(e.value),

@@ -244,12 +244,14 @@ fn line(y: &Yaml, case: &str, what: &str) -> Result<Line, String> {
     keys(y, LINE_KEYS, case, what)?;
     let opt = |k: &str| text(&y[k]);
     Ok(Line {
-        sku: opt("sku").ok_or_else(|| problem(case, what, "a line needs a sku"))?,
+        sku: opt("sku")
+            .ok_or_else(|| problem(case, what, "a line needs a sku"))?
+            .into(),
         name: opt("name"),
         quantity: number(&y["quantity"]).unwrap_or(1.0),
         price: number(&y["price"]),
-        category: opt("category"),
-        brand: opt("brand"),
+        category: opt("category").map(Into::into),
+        brand: opt("brand").map(Into::into),
         ..Default::default()
     })
 }
@@ -308,12 +310,12 @@ fn event(y: &Yaml, n: usize, start: i64, case: &str) -> Result<Step, String> {
         lines_of = lines(&y["lines"], case, &what)?;
     } else if let Some(sku) = s("sku") {
         lines_of.push(Line {
-            sku,
+            sku: sku.into(),
             name: s("name"),
             quantity: number(&y["quantity"]).unwrap_or(1.0),
             price: number(&y["price"]),
-            category: s("category"),
-            brand: s("brand"),
+            category: s("category").map(Into::into),
+            brand: s("brand").map(Into::into),
             ..Default::default()
         });
     }

@@ -4,6 +4,7 @@
 //! platform's discrepancies (see the event reference, section 9): SDK and docs names of the same
 //! event, `orderCanceled` / `orderCancelled`, line totals versus unit prices.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -82,15 +83,18 @@ impl EventType {
 /// A product line: a cart item, an order line, a product viewed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Line {
-    pub sku: String,
+    /// SKU, category and brand inline up to 24 bytes (most of them): a profile keeps the latest
+    /// products viewed, and decoding, copying and dropping their strings were a third of a
+    /// new shopper's allocations. Encoded as strings are.
+    pub sku: CompactString,
     pub name: Option<String>,
     pub quantity: f64,
     /// Unit price.
     pub price: Option<f64>,
     pub image_url: Option<String>,
     pub url: Option<String>,
-    pub category: Option<String>,
-    pub brand: Option<String>,
+    pub category: Option<CompactString>,
+    pub brand: Option<CompactString>,
 }
 
 impl Line {
@@ -262,9 +266,9 @@ fn cart_line(item: wire::ShoppingCartItem) -> Result<Line, InvalidEvent> {
         return Err(InvalidEvent::NotFinite("cart item quantity"));
     }
     Ok(Line {
-        category: item.product.categories.into_iter().next(),
-        brand: non_empty(item.product.manufacturer),
-        sku: item.product.sku,
+        category: item.product.categories.into_iter().next().map(Into::into),
+        brand: non_empty(item.product.manufacturer).map(Into::into),
+        sku: item.product.sku.into(),
         name: item.product.name,
         quantity: item.quantity,
         price,
@@ -281,9 +285,9 @@ fn product_line(p: wire::ProductContext) -> Result<Line, InvalidEvent> {
         "product price",
     )?;
     Ok(Line {
-        category: p.categories.into_iter().next(),
-        brand: non_empty(p.manufacturer),
-        sku: p.sku,
+        category: p.categories.into_iter().next().map(Into::into),
+        brand: non_empty(p.manufacturer).map(Into::into),
+        sku: p.sku.into(),
         name: p.name,
         quantity: 1.0,
         price,
@@ -301,8 +305,9 @@ fn list_item_line(item: wire::ProductListItem) -> Result<Line, InvalidEvent> {
         category: item
             .categories
             .into_iter()
-            .find_map(|c| c.path.or(c.name).or(c.id)),
-        sku: item.sku,
+            .find_map(|c| c.path.or(c.name).or(c.id))
+            .map(Into::into),
+        sku: item.sku.into(),
         name: item.name,
         quantity,
         price,
@@ -698,6 +703,53 @@ fn pick_unit<U>(units: Vec<U>, id: Option<&str>, unit_id: impl Fn(&U) -> &String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Profiles stored before SKU, category and brand were inline strings read the same: the
+    /// encoding is the one of `String`, short and long (heap) values alike.
+    #[test]
+    fn a_line_is_encoded_as_with_owned_strings() {
+        #[derive(Serialize)]
+        struct Owned {
+            sku: String,
+            name: Option<String>,
+            quantity: f64,
+            price: Option<f64>,
+            image_url: Option<String>,
+            url: Option<String>,
+            category: Option<String>,
+            brand: Option<String>,
+        }
+        let long = "électroménager.".repeat(4);
+        for (sku, category, brand) in [
+            ("A-1", Some("electronics.smartphone"), Some("acme")),
+            (long.as_str(), Some(long.as_str()), None),
+            ("", None, Some("")),
+        ] {
+            let line = Line {
+                sku: sku.into(),
+                name: Some("Phone".into()),
+                quantity: 2.0,
+                price: Some(9.5),
+                image_url: None,
+                url: Some("https://shop.example/p".into()),
+                category: category.map(Into::into),
+                brand: brand.map(Into::into),
+            };
+            let owned = Owned {
+                sku: sku.into(),
+                name: Some("Phone".into()),
+                quantity: 2.0,
+                price: Some(9.5),
+                image_url: None,
+                url: Some("https://shop.example/p".into()),
+                category: category.map(Into::into),
+                brand: brand.map(Into::into),
+            };
+            let bytes = postcard::to_stdvec(&line).unwrap();
+            assert_eq!(bytes, postcard::to_stdvec(&owned).unwrap());
+            assert_eq!(postcard::from_bytes::<Line>(&bytes).unwrap(), line);
+        }
+    }
 
     #[test]
     fn every_type_parses_by_its_name_and_belongs_to_its_family() {

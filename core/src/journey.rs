@@ -152,7 +152,7 @@ pub fn contact(p: &Profile) -> ContactPoints {
 
 fn cart_line(l: &Line) -> CartLine {
     CartLine {
-        sku: l.sku.clone(),
+        sku: l.sku.to_string(),
         name: l.name.clone(),
         quantity: l.quantity,
         price: l.price,

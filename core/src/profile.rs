@@ -1466,8 +1466,8 @@ mod tests {
         for i in 0..200 {
             let mut e = ev(EventType::ProductPageView, i * 1000, 0.0);
             e.lines = vec![Line {
-                sku: format!("sku-{i}"),
-                category: Some(format!("cat-{}", i % 100)),
+                sku: compact_str::format_compact!("sku-{i}"),
+                category: Some(compact_str::format_compact!("cat-{}", i % 100)),
                 brand: Some("acme".into()),
                 quantity: 1.0,
                 ..Default::default()

@@ -34,14 +34,14 @@ fn s(tag: &str, i: usize, len: usize) -> String {
 
 fn line(i: usize) -> Line {
     Line {
-        sku: s("sku", i, MAX_ID_BYTES),
+        sku: s("sku", i, MAX_ID_BYTES).into(),
         name: Some(s("name", i, MAX_TEXT_BYTES)),
         quantity: 1.0,
         price: Some(10.0 + i as f64),
         image_url: Some(s("img", i, MAX_URL_BYTES)),
         url: Some(s("url", i, MAX_URL_BYTES)),
-        category: Some(s("cat", i, MAX_TEXT_BYTES)),
-        brand: Some(s("brand", i, MAX_TEXT_BYTES)),
+        category: Some(s("cat", i, MAX_TEXT_BYTES).into()),
+        brand: Some(s("brand", i, MAX_TEXT_BYTES).into()),
     }
 }
 

@@ -398,9 +398,9 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
             ..Default::default()
         });
         e.lines = vec![crate::event::Line {
-            sku: format!("SKU-{i}"),
-            category: Some(format!("cat-{i}")),
-            brand: Some(format!("brand-{i}")),
+            sku: compact_str::format_compact!("SKU-{i}"),
+            category: Some(compact_str::format_compact!("cat-{i}")),
+            brand: Some(compact_str::format_compact!("brand-{i}")),
             quantity: 2.0,
             price: Some(15.0),
             ..Default::default()
@@ -480,7 +480,7 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
     {
         let mut e = event(EventType::ProductPageView, T0 + 80 * H + i as i64, 0.0);
         e.lines = vec![crate::event::Line {
-            sku: format!("SKU-{i}"),
+            sku: compact_str::format_compact!("SKU-{i}"),
             category: Some(category.into()),
             quantity: 1.0,
             ..Default::default()
@@ -677,17 +677,18 @@ fn an_event_undone_gives_back_the_profile_before_it() {
                 // Keys that cycle through more than a list holds (64 series, 32 affinities).
                 for line in ev.lines.iter_mut() {
                     let k = (round * 7 + i as i64) % 97;
-                    line.sku = format!("SKU-{}", k % 70);
-                    line.category = Some(format!("cat-{}", k % 45));
-                    line.brand = Some(format!("brand-{}", k % 40));
+                    line.sku = compact_str::format_compact!("SKU-{}", k % 70);
+                    line.category = Some(compact_str::format_compact!("cat-{}", k % 45));
+                    line.brand = Some(compact_str::format_compact!("brand-{}", k % 40));
                 }
                 // Some events have three lines: the same SKU and category twice, and other
                 // keys (two new ones at a time).
                 if round % 4 == 1 && !ev.lines.is_empty() {
                     let mut other = ev.lines[0].clone();
-                    other.sku = format!("SKU-{}", (round + 3) % 70);
-                    other.category = Some(format!("cat-{}", (round + 11) % 45));
-                    other.brand = Some(format!("brand-{}", (round + 5) % 40));
+                    other.sku = compact_str::format_compact!("SKU-{}", (round + 3) % 70);
+                    other.category =
+                        Some(compact_str::format_compact!("cat-{}", (round + 11) % 45));
+                    other.brand = Some(compact_str::format_compact!("brand-{}", (round + 5) % 40));
                     ev.lines.push(ev.lines[0].clone());
                     ev.lines.push(other);
                 }
@@ -768,7 +769,7 @@ fn an_event_undone_gives_back_the_profile_before_it() {
             .iter()
             .map(|c| crate::event::Line {
                 sku: "SKU-0".into(),
-                category: Some(c.clone()),
+                category: Some(c.as_str().into()),
                 quantity: 1.0,
                 ..Default::default()
             })
@@ -846,9 +847,9 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
                 }
                 for line in ev.lines.iter_mut() {
                     let k = (round * 7 + i as i64) % 97;
-                    line.sku = format!("SKU-{}", k % 70);
-                    line.category = Some(format!("cat-{}", k % 45));
-                    line.brand = Some(format!("brand-{}", k % 40));
+                    line.sku = compact_str::format_compact!("SKU-{}", k % 70);
+                    line.category = Some(compact_str::format_compact!("cat-{}", k % 45));
+                    line.brand = Some(compact_str::format_compact!("brand-{}", k % 40));
                 }
                 if round % 3 == 0 {
                     ev.identity.email = Some(format!("r{round}@example.com"));
