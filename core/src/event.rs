@@ -84,7 +84,7 @@ impl EventType {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Line {
     /// SKU, category and brand inline up to 24 bytes (most of them): a profile keeps the latest
-    /// products viewed, and decoding, copying and dropping their strings were a third of a
+    /// products viewed, and decoding, copying and dropping their strings were about a third of a
     /// new shopper's allocations. Encoded as strings are.
     pub sku: CompactString,
     pub name: Option<String>,
