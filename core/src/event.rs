@@ -705,20 +705,10 @@ mod tests {
     use super::*;
 
     /// Profiles stored before SKU, category and brand were inline strings read the same: the
-    /// encoding is the one of `String`, short and long (heap) values alike.
+    /// encoding is the one of `String`, short and long (heap) values alike. (postcard writes a
+    /// struct as the tuple of its fields.)
     #[test]
     fn a_line_is_encoded_as_with_owned_strings() {
-        #[derive(Serialize)]
-        struct Owned {
-            sku: String,
-            name: Option<String>,
-            quantity: f64,
-            price: Option<f64>,
-            image_url: Option<String>,
-            url: Option<String>,
-            category: Option<String>,
-            brand: Option<String>,
-        }
         let long = "électroménager.".repeat(4);
         for (sku, category, brand) in [
             ("A-1", Some("electronics.smartphone"), Some("acme")),
@@ -735,16 +725,16 @@ mod tests {
                 category: category.map(Into::into),
                 brand: brand.map(Into::into),
             };
-            let owned = Owned {
-                sku: sku.into(),
-                name: Some("Phone".into()),
-                quantity: 2.0,
-                price: Some(9.5),
-                image_url: None,
-                url: Some("https://shop.example/p".into()),
-                category: category.map(Into::into),
-                brand: brand.map(Into::into),
-            };
+            let owned: (String, _, _, _, _, _, Option<String>, Option<String>) = (
+                sku.to_owned(),
+                line.name.clone(),
+                line.quantity,
+                line.price,
+                line.image_url.clone(),
+                line.url.clone(),
+                category.map(String::from),
+                brand.map(String::from),
+            );
             let bytes = postcard::to_stdvec(&line).unwrap();
             assert_eq!(bytes, postcard::to_stdvec(&owned).unwrap());
             assert_eq!(postcard::from_bytes::<Line>(&bytes).unwrap(), line);
