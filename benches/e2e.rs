@@ -506,24 +506,43 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// CPU time of a process, all its threads, user and system, in seconds (`/proc/{pid}/stat`, in
 /// clock ticks: finer than `process_cpu_seconds_total`, which counts whole seconds).
+/// A field of `/proc/{pid}/stat`, counted from the state (0) after the command name (in
+/// parentheses, which may hold spaces); 0 when the process is gone.
+fn stat_field(pid: u32, i: usize) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().nth(i)?.parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The CPU time of a process (all its threads) so far: utime and stime.
 fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // After the command name (in parentheses, which may hold spaces): state, then 13 fields
-    // later utime and stime.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    user_secs(pid) + system_secs(pid)
+}
+
+/// The CPU time of a process in its own code so far (utime).
+fn user_secs(pid: u32) -> f64 {
+    stat_field(pid, 11) / ticks_per_sec()
+}
+
+/// The CPU time of a process in the kernel on its behalf so far (stime: system calls, page
+/// faults).
+fn system_secs(pid: u32) -> f64 {
+    stat_field(pid, 12) / ticks_per_sec()
+}
+
+fn ticks_per_sec() -> f64 {
     // SAFETY: sysconf reads a constant of the system.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / per_sec
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+}
+
+/// Minor page faults of a process so far: each is a page the process touched for the first
+/// time since it was mapped (or given back), which the kernel zeroed.
+fn minor_faults(pid: u32) -> f64 {
+    stat_field(pid, 7)
 }
 
 /// Bytes a process caused to be written to storage so far (`write_bytes:` of `/proc/{pid}/io`:
@@ -545,15 +564,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
     rss_mib(pid, "VmHWM:")
 }
 
-/// The worker's heaps as `tailor_heap_bytes` last reported them (every 5 s).
+/// The worker's heap as `tailor_heap_bytes` last reported it (every 5 s).
 fn heaps(port: u16) -> String {
-    let mib =
-        |part: &str| metric(port, &format!("tailor_heap_bytes{{part=\"{part}\"}}")) / 1048576.0;
     format!(
-        "heaps: Rust {:.0} MiB, C {:.0} MiB in use + {:.0} MiB free",
-        mib("rust_committed"),
-        mib("c_in_use"),
-        mib("c_free")
+        "heap: {:.0} MiB committed",
+        metric(port, "tailor_heap_bytes{part=\"committed\"}") / 1048576.0
     )
 }
 
@@ -834,11 +849,13 @@ fn workload(
     // fired so far and the resident memory, so that a slowdown as the store grows shows.
     let slice = (total / 10).max(100_000) as f64;
     let (mut next_report, mut slice_start) = (slice.min(total as f64), None);
-    let (mut slice_rates, mut fired_before) = (Vec::new(), 0.0);
+    let (mut slice_rates, mut fired_before, mut faults_before) = (Vec::new(), 0.0, 0.0);
     let deadline = Instant::now() + Duration::from_secs(env("TAILOR_BENCH_DEADLINE_SECS", 1800));
     let mut done = 0.0;
     // The worker's CPU time (all its threads) at the first commit.
     let mut cpu_at_first = 0.0;
+    let mut faults_at_first = 0.0;
+    let mut system_at_first = 0.0;
     let mut written_at_first = 0.0;
     // How long the progress polls of /metrics took during the pass: what a Prometheus scrape
     // or a probe waits for while the worker is busy. A poll starts 100 ms after the last one
@@ -854,23 +871,29 @@ fn workload(
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
             cpu_at_first = cpu_secs(pid);
+            system_at_first = system_secs(pid);
+            faults_at_first = minor_faults(pid);
             written_at_first = disk_written(pid);
             slice_start = first;
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
+            faults_before = faults_at_first;
         }
         if let Some((t, n)) = slice_start.filter(|&(_, n)| done >= next_report && done > n) {
             let secs = t.elapsed().as_secs_f64().max(1e-3);
             let rate = (done - n) / secs;
             let fired = metric(port, "tailor_timers_fired_total ");
+            let faults = minor_faults(pid);
             slice_rates.push(rate);
             println!(
-                "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s and {:.0} timer fires/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB ({})",
+                "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s, {:.0} timer fires/s and {:.1} K minor page faults/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB ({})",
                 done.min(profiles as f64),
                 (fired - fired_before) / secs,
+                (faults - faults_before) / secs / 1e3,
                 rss_mib(pid, "VmRSS:"),
                 heaps(port)
             );
             fired_before = fired;
+            faults_before = faults;
             slice_start = Some((Instant::now(), done));
             next_report = (next_report + slice).min(total as f64);
         }
@@ -888,6 +911,8 @@ fn workload(
     }
     let end = Instant::now();
     let cpu = cpu_secs(pid) - cpu_at_first;
+    let system = system_secs(pid) - system_at_first;
+    let faults = minor_faults(pid) - faults_at_first;
     let written = disk_written(pid) - written_at_first;
     let changes = metric(port, "tailor_audience_changes_total{");
     let p = Phases::read(port);
@@ -909,9 +934,12 @@ fn workload(
     // What a change saves per event, less bound to the broker's share of the cores than the
     // rate (though it too varied by about ±10 % between runs of the same code).
     println!(
-        "worker CPU in the pass: {cpu:.1}s (all its threads; {:.2} cores on average) = {:.1} µs per event committed",
+        "worker CPU in the pass: {cpu:.1}s (all its threads; {:.2} cores on average; {:.0} % of it in the kernel) = {:.1} µs per event committed; {:.0} K minor page faults = {:.2} per event",
         cpu / secs,
-        cpu / (done - n0) * 1e6
+        system / cpu.max(1e-9) * 100.0,
+        cpu / (done - n0) * 1e6,
+        faults / 1e3,
+        faults / (done - n0)
     );
     println!(
         "written to disk by the worker in the pass: {:.0} MiB = {:.0} bytes per event committed (write-ahead log, flushes, compactions)",
