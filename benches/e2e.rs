@@ -564,11 +564,15 @@ fn peak_rss_mib(pid: u32) -> f64 {
     rss_mib(pid, "VmHWM:")
 }
 
-/// The worker's heap as `tailor_heap_bytes` last reported it (every 5 s).
+/// The worker's heaps as `tailor_heap_bytes` last reported them (every 5 s).
 fn heaps(port: u16) -> String {
+    let mib =
+        |part: &str| metric(port, &format!("tailor_heap_bytes{{part=\"{part}\"}}")) / 1048576.0;
     format!(
-        "heap: {:.0} MiB committed",
-        metric(port, "tailor_heap_bytes{part=\"committed\"}") / 1048576.0
+        "heaps: Rust {:.0} MiB, C {:.0} MiB in use + {:.0} MiB free",
+        mib("rust_committed"),
+        mib("c_in_use"),
+        mib("c_free")
     )
 }
 

@@ -73,7 +73,7 @@
 //! - [`registry`] (Confluent-compatible schema registry client), [`schemas`] (the schemas
 //!   directory, loaded at start and on SIGHUP).
 //! - [`kafka_logs`]: librdkafka's log lines into `tracing`, rate-limited.
-//! - [`heap`]: what the process's one heap holds (mimalloc, for the Rust code and the C
+//! - [`heap`]: what the process's two heaps hold (mimalloc for Rust, glibc for the C
 //!   libraries), for `tailor_heap_bytes`.
 //! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`;
 //!   served from a runtime and thread of its own, `tailor-http`, so that probes and scrapes do

@@ -441,7 +441,7 @@ impl Metrics {
             ),
             heap: gauge(
                 "tailor_heap_bytes",
-                "The process's heap: committed (mimalloc, the Rust code's and the C libraries' alike: decoded profiles, the open batch, queued outputs, RocksDB's block cache and memtables, librdkafka's prefetched messages and producer queue; in use, or freed and kept for reuse until mimalloc's purge delay has passed).",
+                "The process's heaps: rust_committed (mimalloc, the Rust code's: decoded profiles, the open batch, queued outputs; in use or kept for reuse), c_in_use (glibc malloc, the C libraries': RocksDB's block cache and memtables, librdkafka's prefetched messages and producer queue), c_free (freed by the C libraries, held by glibc's arenas).",
                 &["part"],
             ),
             state_reads,

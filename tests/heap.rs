@@ -1,63 +1,72 @@
-//! The C libraries allocate from mimalloc, as the Rust code does, and `tailor_heap_bytes`
-//! counts their memory. A file of its own: it measures the process's committed memory, which
-//! other tests running in the same process would move.
+//! glibc's free memory as `tailor_heap_bytes` reports it, and the trim that gives its pages
+//! back. A file of its own: it measures the process's resident memory, which other tests
+//! running in the same process would move.
 
 use tailor::heap;
 
-const MIB: u64 = 1 << 20;
+/// Resident memory of this process, from /proc/self/statm.
+fn resident() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf with a valid name.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    pages * page
+}
 
 #[test]
-fn malloc_as_c_code_calls_it_is_mimalloc() {
-    assert!(
-        heap::c_malloc_is_mimalloc(),
-        "malloc is glibc's: the C libraries' freed pages go back to the OS and fault in again"
-    );
-    // Blocks of the sizes glibc would have mapped on their own (256 KiB) or kept in its arenas
-    // (4 KiB), written whole: mimalloc's committed memory grows by what they hold.
+fn freed_c_memory_shows_as_free_and_a_trim_gives_its_pages_back() {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    const BLOCK: usize = 256 << 10;
     let before = heap::read();
-    let blocks: Vec<*mut u8> = [256usize << 10, 4 << 10]
-        .iter()
-        .flat_map(|&size| std::iter::repeat_n(size, (64 << 20) / size))
-        .map(|size| {
+    assert!(before.c_in_use > 0, "mallinfo2 is read: {before:?}");
+    // 128 MiB in 256 KiB blocks, allocated from the arenas (glibc's mmap threshold moves up to
+    // 32 MiB after the first large free, so it is raised here to keep them out of mmap) and
+    // written, so resident.
+    // SAFETY: mallopt with a valid parameter.
+    assert_eq!(unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20) }, 1);
+    let blocks: Vec<*mut u8> = (0..512)
+        .map(|_| {
             // SAFETY: plain malloc, written whole, freed below.
             unsafe {
-                let b = libc::malloc(size).cast::<u8>();
+                let b = libc::malloc(BLOCK).cast::<u8>();
                 assert!(!b.is_null());
-                std::ptr::write_bytes(b, 1, size);
-                assert!(libmimalloc_sys::mi_is_in_heap_region(b.cast()));
+                std::ptr::write_bytes(b, 1, BLOCK);
                 b
             }
         })
         .collect();
     let held = heap::read();
     assert!(
-        held.committed >= before.committed + 120 * MIB,
-        "128 MiB allocated with malloc: {before:?} then {held:?}"
+        held.c_in_use >= before.c_in_use + 120 * MIB,
+        "{before:?} then {held:?}"
     );
-    for b in blocks {
+    // Every other block freed: holes in the middle of the heap, which glibc keeps.
+    for b in blocks.iter().step_by(2) {
         // SAFETY: allocated above, freed once.
         unsafe { libc::free(b.cast()) };
     }
-}
-
-#[test]
-fn rocksdb_memtables_are_in_the_committed_heap() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = rocksdb::Options::default();
-    opts.create_if_missing(true);
-    opts.set_write_buffer_size(256 << 20);
-    let db = rocksdb::DB::open(&opts, dir.path()).unwrap();
-    let before = heap::read();
-    // 64 MiB of values into the memtable (no flush at this write buffer size); the Rust side
-    // reuses one value buffer, so what grows is RocksDB's.
-    let value = vec![7u8; 8 << 10];
-    for i in 0u32..8192 {
-        db.put(i.to_be_bytes(), &value).unwrap();
-    }
-    let after = heap::read();
+    let holes = heap::read();
     assert!(
-        after.committed >= before.committed + 56 * MIB,
-        "64 MiB written to a memtable: {before:?} then {after:?}"
+        holes.c_free >= held.c_free + 60 * MIB,
+        "{held:?} then {holes:?}"
     );
-    drop(db);
+    assert!(heap::should_trim(&holes), "64 MiB freed is past the step");
+    let resident_before = resident();
+    heap::trim_now();
+    let resident_after = resident();
+    assert!(
+        resident_after + 48 * MIB <= resident_before,
+        "resident {} MiB before the trim, {} MiB after",
+        resident_before / MIB,
+        resident_after / MIB
+    );
+    // Nothing more freed since, and the last trim is recent: no second one.
+    assert!(!heap::should_trim(&heap::read()));
+    for b in blocks.iter().skip(1).step_by(2) {
+        // SAFETY: the other half, freed once.
+        unsafe { libc::free(b.cast()) };
+    }
 }

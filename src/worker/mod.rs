@@ -1053,6 +1053,19 @@ impl Worker {
                 .set(bytes as i64);
         }
         let heaps = crate::heap::read();
+        if crate::heap::should_trim(&heaps) {
+            // Off the processing thread: a trim took up to 26 ms in the bench.
+            let free_mib = heaps.c_free >> 20;
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                crate::heap::trim_now();
+                debug!(
+                    free_mib,
+                    millis = started.elapsed().as_millis() as u64,
+                    "the C libraries' freed memory given back to the OS"
+                );
+            });
+        }
         for (part, bytes) in crate::heap::PARTS.iter().zip(heaps.parts()) {
             self.metrics
                 .heap
