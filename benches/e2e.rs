@@ -21,7 +21,7 @@
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
 //! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
 //! While the worker consumes, a line at every tenth of the run (at least 100 K events) gives
-//! that slice's events/s and timer fires/s and the resident memory with the worker's heaps
+//! that slice's events/s, timer fires/s and minor page faults/s and the resident memory with the worker's heaps
 //! (`tailor_heap_bytes`) (the scale check: does the rate hold as the store grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
 //! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
@@ -504,8 +504,6 @@ fn dir_bytes(dir: &Path) -> u64 {
     })
 }
 
-/// CPU time of a process, all its threads, user and system, in seconds (`/proc/{pid}/stat`, in
-/// clock ticks: finer than `process_cpu_seconds_total`, which counts whole seconds).
 /// A field of `/proc/{pid}/stat`, counted from the state (0) after the command name (in
 /// parentheses, which may hold spaces); 0 when the process is gone.
 fn stat_field(pid: u32, i: usize) -> f64 {
@@ -518,7 +516,8 @@ fn stat_field(pid: u32, i: usize) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The CPU time of a process (all its threads) so far: utime and stime.
+/// CPU time of a process, all its threads, user and system, in seconds (`/proc/{pid}/stat`, in
+/// clock ticks: finer than `process_cpu_seconds_total`, which counts whole seconds).
 fn cpu_secs(pid: u32) -> f64 {
     user_secs(pid) + system_secs(pid)
 }
