@@ -21,8 +21,9 @@
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
 //! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
 //! While the worker consumes, a line at every tenth of the run (at least 100 K events) gives
-//! that slice's events/s, timer fires/s and minor page faults/s and the resident memory with the worker's heaps
-//! (`tailor_heap_bytes`) (the scale check: does the rate hold as the store grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
+//! that slice's events/s, timer fires/s and minor page faults/s and the resident memory with
+//! the worker's heaps (`tailor_heap_bytes`) (the scale check: does the rate hold as the store
+//! grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
 //! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
 //! turns RocksDB's write-ahead log on (`state.write_ahead_log`).
@@ -504,44 +505,41 @@ fn dir_bytes(dir: &Path) -> u64 {
     })
 }
 
-/// A field of `/proc/{pid}/stat`, counted from the state (0) after the command name (in
-/// parentheses, which may hold spaces); 0 when the process is gone.
-fn stat_field(pid: u32, i: usize) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().nth(i)?.parse::<f64>().ok()
-        })
-        .unwrap_or(0.0)
+/// What a process has used so far, from one read of `/proc/{pid}/stat` (zeros when it is gone).
+#[derive(Clone, Copy, Default)]
+struct ProcStat {
+    /// CPU time, all its threads, user and system, in seconds (in clock ticks: finer than
+    /// `process_cpu_seconds_total`, which counts whole seconds).
+    cpu: f64,
+    /// Of it, in the kernel on its behalf (system calls, page faults).
+    system: f64,
+    /// Minor page faults: each a page touched for the first time since it was mapped (or
+    /// given back), which the kernel zeroed.
+    minor_faults: f64,
 }
 
-/// CPU time of a process, all its threads, user and system, in seconds (`/proc/{pid}/stat`, in
-/// clock ticks: finer than `process_cpu_seconds_total`, which counts whole seconds).
-fn cpu_secs(pid: u32) -> f64 {
-    user_secs(pid) + system_secs(pid)
-}
-
-/// The CPU time of a process in its own code so far (utime).
-fn user_secs(pid: u32) -> f64 {
-    stat_field(pid, 11) / ticks_per_sec()
-}
-
-/// The CPU time of a process in the kernel on its behalf so far (stime: system calls, page
-/// faults).
-fn system_secs(pid: u32) -> f64 {
-    stat_field(pid, 12) / ticks_per_sec()
-}
-
-fn ticks_per_sec() -> f64 {
+fn proc_stat(pid: u32) -> ProcStat {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return ProcStat::default();
+    };
+    // After the command name (in parentheses, which may hold spaces): state (0), minflt (7),
+    // utime (11), stime (12).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // SAFETY: sysconf reads a constant of the system.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
-}
-
-/// Minor page faults of a process so far: each is a page the process touched for the first
-/// time since it was mapped (or given back), which the kernel zeroed.
-fn minor_faults(pid: u32) -> f64 {
-    stat_field(pid, 7)
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ProcStat {
+        cpu: (field(11) + field(12)) / per_sec,
+        system: field(12) / per_sec,
+        minor_faults: field(7),
+    }
 }
 
 /// Bytes a process caused to be written to storage so far (`write_bytes:` of `/proc/{pid}/io`:
@@ -855,10 +853,8 @@ fn workload(
     let (mut slice_rates, mut fired_before, mut faults_before) = (Vec::new(), 0.0, 0.0);
     let deadline = Instant::now() + Duration::from_secs(env("TAILOR_BENCH_DEADLINE_SECS", 1800));
     let mut done = 0.0;
-    // The worker's CPU time (all its threads) at the first commit.
-    let mut cpu_at_first = 0.0;
-    let mut faults_at_first = 0.0;
-    let mut system_at_first = 0.0;
+    // The worker's CPU time (all its threads) and page faults at the first commit.
+    let mut stat_at_first = ProcStat::default();
     let mut written_at_first = 0.0;
     // How long the progress polls of /metrics took during the pass: what a Prometheus scrape
     // or a probe waits for while the worker is busy. A poll starts 100 ms after the last one
@@ -873,19 +869,17 @@ fn workload(
         }
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
-            cpu_at_first = cpu_secs(pid);
-            system_at_first = system_secs(pid);
-            faults_at_first = minor_faults(pid);
+            stat_at_first = proc_stat(pid);
             written_at_first = disk_written(pid);
             slice_start = first;
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
-            faults_before = faults_at_first;
+            faults_before = stat_at_first.minor_faults;
         }
         if let Some((t, n)) = slice_start.filter(|&(_, n)| done >= next_report && done > n) {
             let secs = t.elapsed().as_secs_f64().max(1e-3);
             let rate = (done - n) / secs;
             let fired = metric(port, "tailor_timers_fired_total ");
-            let faults = minor_faults(pid);
+            let faults = proc_stat(pid).minor_faults;
             slice_rates.push(rate);
             println!(
                 "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s, {:.0} timer fires/s and {:.1} K minor page faults/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB ({})",
@@ -913,9 +907,10 @@ fn workload(
         );
     }
     let end = Instant::now();
-    let cpu = cpu_secs(pid) - cpu_at_first;
-    let system = system_secs(pid) - system_at_first;
-    let faults = minor_faults(pid) - faults_at_first;
+    let stat = proc_stat(pid);
+    let cpu = stat.cpu - stat_at_first.cpu;
+    let system = stat.system - stat_at_first.system;
+    let faults = stat.minor_faults - stat_at_first.minor_faults;
     let written = disk_written(pid) - written_at_first;
     let changes = metric(port, "tailor_audience_changes_total{");
     let p = Phases::read(port);
