@@ -88,8 +88,12 @@ pub struct Line {
     /// new shopper's allocations. Encoded as strings are.
     pub sku: CompactString,
     pub name: Option<String>,
+    /// Quantity and price: compact in the profile's state since version 6 (most are whole
+    /// numbers or whole cents).
+    #[serde(with = "crate::layout::compact_f64")]
     pub quantity: f64,
     /// Unit price.
+    #[serde(with = "crate::layout::compact_f64::option")]
     pub price: Option<f64>,
     pub image_url: Option<String>,
     pub url: Option<String>,
@@ -735,8 +739,31 @@ mod tests {
                 category.map(String::from),
                 brand.map(String::from),
             );
+            {
+                // As state versions 3 to 5 wrote it.
+                let _v5 = crate::layout::Reading::version(5);
+                let bytes = postcard::to_stdvec(&line).unwrap();
+                assert_eq!(bytes, postcard::to_stdvec(&owned).unwrap());
+                assert_eq!(postcard::from_bytes::<Line>(&bytes).unwrap(), line);
+            }
+            // Version 6: the same strings, the numbers compact.
+            #[derive(Serialize)]
+            struct Owned6(
+                String,
+                Option<String>,
+                #[serde(with = "crate::layout::compact_f64")] f64,
+                #[serde(with = "crate::layout::compact_f64::option")] Option<f64>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            );
+            let (a, b, c, d, e, f, g, h) = owned;
             let bytes = postcard::to_stdvec(&line).unwrap();
-            assert_eq!(bytes, postcard::to_stdvec(&owned).unwrap());
+            assert_eq!(
+                bytes,
+                postcard::to_stdvec(&Owned6(a, b, c, d, e, f, g, h)).unwrap()
+            );
             assert_eq!(postcard::from_bytes::<Line>(&bytes).unwrap(), line);
         }
     }

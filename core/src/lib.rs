@@ -18,7 +18,8 @@
 //!   each count leaves its window.
 //! - [`profile`]: the profile and how an event changes it ([`sparse`]: its parts most shoppers
 //!   leave empty, held out of line and allocated only when filled; [`undo`]: what an event is
-//!   about to change of what rules read, so that an explanation can see the profile before it).
+//!   about to change of what rules read, so that an explanation can see the profile before it;
+//!   [`layout`]: the parts' state encoding, and the earlier versions' that are still read).
 //! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
 //!   the earliest time the passing of time can change a result (the profile's timer), and what
 //!   each rule reads and each event changes ([`segments::inputs`]: an event re-evaluates only
@@ -36,6 +37,7 @@ pub mod codec;
 pub mod event;
 pub mod identity;
 pub mod journey;
+pub mod layout;
 pub mod profile;
 pub mod samples;
 pub mod segments;

@@ -61,7 +61,7 @@ pub const JOURNEY_CAUSES: usize = 16;
 pub const AFFINITY_HALF_LIFE_MS: i64 = 14 * 86_400_000;
 
 /// Daily counts of one event type for one category or product.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyedSeries {
     pub kind: EventType,
     /// Hash of `key`, compared first: order lines make long scans of these lists.
@@ -80,12 +80,12 @@ pub(crate) fn same_key(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.last() == b.last() && a == b
 }
 
-fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
 /// A decayed interest score in a category or brand: `score` as of time `at`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Affinity {
     /// Inline up to 24 bytes.
     pub key: CompactString,
@@ -108,7 +108,7 @@ impl Affinity {
         a
     }
 
-    fn rerank(&mut self) {
+    pub(crate) fn rerank(&mut self) {
         self.rank = self.score.log2() + self.at as f64 / AFFINITY_HALF_LIFE_MS as f64;
     }
 
@@ -1185,12 +1185,14 @@ fn top_affinities(list: &[Affinity], now: i64) -> Vec<(&str, f64)> {
 /// recent changes and repartition positions; version 4 the hashes of the latest messages
 /// (read from version 3 as none); version 5 the trailer (the body is version 4's), so that a
 /// restore rebuilds the timer index from the changelog's profiles without decoding them
-/// ([`next_timer`]). State written by earlier versions (pre-release builds) is refused with a
+/// ([`next_timer`]); version 6 stores less: empty parts in one byte, no hashes or ranks that
+/// are computed from what is stored, compact sums ([`crate::layout`]; versions 3 to 5 read in
+/// their layouts). State written by earlier versions (pre-release builds) is refused with a
 /// message saying to rebuild it by replay.
-pub const STATE_VERSION: u8 = 5;
+pub const STATE_VERSION: u8 = 6;
 
-/// Bytes after version 5's body: 1 if the profile has a next timer (else 0), then its due time
-/// (big-endian i64; 0 without one).
+/// Bytes after the body since version 5: 1 if the profile has a next timer (else 0), then its
+/// due time (big-endian i64; 0 without one).
 pub const TIMER_TRAILER: usize = 9;
 
 /// Bytes version 4 appended to version 3's encoding when empty: `seen`, `store_code`,
@@ -1207,10 +1209,16 @@ pub fn message_hash(event_id: &str, payload: &[u8]) -> u64 {
 }
 
 pub fn encode(p: &Profile) -> Vec<u8> {
+    encode_as(p, STATE_VERSION)
+}
+
+/// `p` in state version `version` (5 or 6: the tests write version 5 to check it still reads).
+fn encode_as(p: &Profile, version: u8) -> Vec<u8> {
+    let _layout = crate::layout::Reading::version(version);
     // Into one buffer sized for a typical profile (growing from 8 bytes and copying the
     // serialised bytes after the version showed in the worker's profile).
     let mut out = Vec::with_capacity(512);
-    out.push(STATE_VERSION);
+    out.push(version);
     let mut out = postcard::serialize_with_flavor(p, AppendVec(out)).expect("profile serialises");
     out.push(u8::from(p.next_timer.is_some()));
     out.extend_from_slice(&p.next_timer.unwrap_or(0).to_be_bytes());
@@ -1242,8 +1250,13 @@ impl postcard::ser_flavors::Flavor for AppendVec {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
-    match bytes.split_first() {
-        Some((&STATE_VERSION, rest)) => {
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Err("empty profile state".into());
+    };
+    // The parts' layouts follow the version read ([`crate::layout`]).
+    let _layout = crate::layout::Reading::version(version);
+    match version {
+        5 | STATE_VERSION => {
             let body = rest
                 .len()
                 .checked_sub(TIMER_TRAILER)
@@ -1251,8 +1264,8 @@ pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
                 .ok_or("profile state shorter than its timer trailer")?;
             postcard::from_bytes(body).map_err(|e| e.to_string())
         }
-        Some((4, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
-        Some((3, rest)) => {
+        4 => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        3 => {
             // Version 4 only appended `seen` and three optional strings: an empty list and a
             // `None` are one zero byte each in postcard.
             let mut v4 = Vec::with_capacity(rest.len() + V4_APPENDED);
@@ -1260,17 +1273,16 @@ pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
             v4.extend_from_slice(&[0; V4_APPENDED]);
             postcard::from_bytes(&v4).map_err(|e| e.to_string())
         }
-        Some((v @ (1 | 2), _)) => Err(format!("profile state version {v} comes from a pre-release build; delete the state directory and replay the topics to rebuild it")),
-        Some((v, _)) => Err(format!("unknown profile state version {v}")),
-        None => Err("empty profile state".into()),
+        v @ (1 | 2) => Err(format!("profile state version {v} comes from a pre-release build; delete the state directory and replay the topics to rebuild it")),
+        v => Err(format!("unknown profile state version {v}")),
     }
 }
 
-/// The next timer of an encoded profile: read from version 5's trailer without decoding the
-/// profile; an earlier version's state is decoded.
+/// The next timer of an encoded profile: read from the trailer (since version 5) without
+/// decoding the profile; an earlier version's state is decoded.
 pub fn next_timer(bytes: &[u8]) -> Result<Option<i64>, String> {
     match bytes.split_first() {
-        Some((&STATE_VERSION, rest)) if rest.len() >= TIMER_TRAILER => {
+        Some((&(5 | STATE_VERSION), rest)) if rest.len() >= TIMER_TRAILER => {
             let t = &rest[rest.len() - TIMER_TRAILER..];
             match t[0] {
                 0 => Ok(None),
@@ -1642,7 +1654,7 @@ mod tests {
         p.apply(&ev(EventType::PageView, 1_000, 0.0));
         assert!(p.first_forward(9));
         let mut v4 = vec![4];
-        v4.extend(postcard::to_stdvec(&p).unwrap());
+        v4.extend(in_layout(4, &p));
         assert_eq!(decode(&v4).unwrap(), p);
         // What version 3 wrote: the same fields without the trailing (empty) new ones.
         assert!(v4.ends_with(&[0; V4_APPENDED]));
@@ -1659,27 +1671,92 @@ mod tests {
             let mut p = Profile::default();
             p.apply(&ev(EventType::PageView, 1_000, 0.0));
             p.next_timer = timer;
-            let v5 = encode(&p);
+            let v6 = encode(&p);
+            assert_eq!(v6[0], 6);
+            let v5 = encode_as(&p, 5);
             assert_eq!(v5[0], 5);
             let mut v4 = vec![4];
-            v4.extend(postcard::to_stdvec(&p).unwrap());
+            v4.extend(in_layout(4, &p));
             assert_eq!(&v5[1..v5.len() - TIMER_TRAILER], &v4[1..], "the same body");
-            assert_eq!(decode(&v5).unwrap(), p);
-            assert_eq!(decode(&v4).unwrap(), p);
-            assert_eq!(next_timer(&v5).unwrap(), timer);
-            assert_eq!(next_timer(&v4).unwrap(), timer);
+            assert_eq!(
+                &v6[v6.len() - TIMER_TRAILER..],
+                &v5[v5.len() - TIMER_TRAILER..]
+            );
+            for state in [&v6, &v5, &v4] {
+                assert_eq!(decode(state).unwrap(), p);
+                assert_eq!(next_timer(state).unwrap(), timer);
+            }
             // The trailer is what is read: change it alone and the answer follows.
-            let mut moved = v5.clone();
-            let n = moved.len();
-            moved[n - 8..].copy_from_slice(&42i64.to_be_bytes());
-            moved[n - 9] = 1;
-            assert_eq!(next_timer(&moved).unwrap(), Some(42));
+            for state in [&v6, &v5] {
+                let mut moved = state.clone();
+                let n = moved.len();
+                moved[n - 8..].copy_from_slice(&42i64.to_be_bytes());
+                moved[n - 9] = 1;
+                assert_eq!(next_timer(&moved).unwrap(), Some(42));
+            }
         }
         assert!(
             next_timer(&[5, 0, 0]).is_err(),
             "shorter than a trailer: decoded, refused"
         );
         assert!(decode(&[5, 1, 2]).is_err());
+    }
+
+    /// `p`'s postcard body in state version `version`'s layouts.
+    fn in_layout(version: u8, p: &Profile) -> Vec<u8> {
+        let _layout = crate::layout::Reading::version(version);
+        postcard::to_stdvec(p).unwrap()
+    }
+
+    /// A profile with every part filled: attributes, orders with sums that are not whole
+    /// cents, categories, products, affinities, cart and recent products.
+    fn filled() -> Profile {
+        let mut p = Profile::default();
+        let mut view = ev(EventType::ProductPageView, 1_000, 0.0);
+        view.lines = vec![line("SKU-1", 1.0, 19.99)];
+        view.lines[0].category = Some("electronics.audio.headphone".into());
+        view.lines[0].brand = Some("acme".into());
+        p.apply(&view);
+        p.apply(&add_at(2_000));
+        let mut order = ev(EventType::OrderPlaced, 3_000, 1.0 / 3.0);
+        order.order_id = Some("o-1".into());
+        order.lines = vec![line("B", 3.0, 1.0 / 3.0)];
+        p.apply(&order);
+        let mut refund = ev(EventType::OrderLineItemRefunded, 4_000, -0.0);
+        refund.order_id = Some("o-1".into());
+        p.apply(&refund);
+        p.attributes.country = Some("fr".into());
+        p.attributes.loyalty_points = Some(12.5);
+        p.next_timer = Some(9_000);
+        p
+    }
+
+    /// Version 6 reads back exactly what it wrote, and is shorter than version 5, which reads
+    /// as before: the hashes and ranks it leaves out are computed again, bit for bit.
+    #[test]
+    fn version_6_stores_less_and_version_5_still_reads() {
+        let browsing = {
+            let mut p = Profile::default();
+            let mut view = ev(EventType::ProductPageView, 1_000, 0.0);
+            view.lines = vec![line("SKU-1", 1.0, 19.99)];
+            view.lines[0].category = Some("apparel.shoes".into());
+            p.apply(&view);
+            p
+        };
+        for p in [filled(), browsing] {
+            assert!(!p.by_category.is_empty() && !p.category_affinity.is_empty());
+            let (v6, v5) = (encode(&p), encode_as(&p, 5));
+            assert_eq!(decode(&v6).unwrap(), p);
+            assert_eq!(decode(&v5).unwrap(), p);
+            let back = decode(&v6).unwrap();
+            for (a, b) in back.category_affinity.iter().zip(&p.category_affinity) {
+                assert_eq!(a.rank.to_bits(), b.rank.to_bits());
+            }
+            for (a, b) in back.by_category.iter().zip(&p.by_category) {
+                assert_eq!(a.hash, b.hash);
+            }
+            assert!(v6.len() < v5.len(), "{} >= {} bytes", v6.len(), v5.len());
+        }
     }
 
     #[test]

@@ -3,9 +3,8 @@
 //!
 //! A decoded profile is kept in the worker's cache, so its size is memory: `Attributes` and
 //! `OrderStats` were more than 500 of the `Profile`'s 1,136 bytes, and a browsing shopper fills
-//! neither. Reading one that is not there gives its default; writing allocates it. It
-//! serialises exactly as the part itself, so stored profiles and the profile's JSON are the
-//! same as before.
+//! neither. Reading one that is not there gives its default; writing allocates it. In the
+//! state (since version 6) it is an option: one byte while not held.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -84,15 +83,26 @@ impl<T: Empty + fmt::Debug> fmt::Debug for Sparse<T> {
     }
 }
 
+/// Since state version 6, an option in the state: none while not held (one byte). Before, and
+/// in JSON, every field of the part, its default's when not held ([`crate::layout`]).
 impl<T: Empty + Serialize> Serialize for Sparse<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (**self).serialize(s)
+        if !crate::layout::compact() || s.is_human_readable() {
+            return (**self).serialize(s);
+        }
+        match &self.0 {
+            Some(held) => s.serialize_some(&**held),
+            None => s.serialize_none(),
+        }
     }
 }
 
 impl<'de, T: Empty + Deserialize<'de>> Deserialize<'de> for Sparse<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        T::deserialize(d).map(Sparse::new)
+        if !crate::layout::compact() || d.is_human_readable() {
+            return T::deserialize(d).map(Sparse::new);
+        }
+        Ok(Option::<T>::deserialize(d)?.map_or_else(Sparse::default, Sparse::new))
     }
 }
 
@@ -121,8 +131,10 @@ mod tests {
         after: u8,
     }
 
+    /// Version 6's layout: an option, one byte while not held. Before it, the part itself
+    /// (its default's fields when not held), which still reads.
     #[test]
-    fn encodes_as_the_part_itself_and_allocates_only_what_is_not_the_default() {
+    fn encodes_as_an_option_reads_the_part_itself_before_version_6() {
         for part in [
             Part::default(),
             Part {
@@ -135,16 +147,27 @@ mod tests {
                 part: part.clone(),
                 after: 2,
             };
-            let bytes = postcard::to_stdvec(&inline).unwrap();
-            let out: OutOfLine = postcard::from_bytes(&bytes).unwrap();
+            let old_bytes = postcard::to_stdvec(&inline).unwrap();
+            let optional =
+                postcard::to_stdvec(&(1u8, (part != Part::default()).then_some(&part), 2u8))
+                    .unwrap();
+            let held = part != Part::default();
+            {
+                let _v5 = crate::layout::Reading::version(5);
+                let out: OutOfLine = postcard::from_bytes(&old_bytes).unwrap();
+                assert_eq!(*out.part, part);
+                assert_eq!(out.part.is_held(), held);
+                assert_eq!((out.before, out.after), (1, 2));
+                assert_eq!(postcard::to_stdvec(&out).unwrap(), old_bytes);
+            }
+            let out: OutOfLine = postcard::from_bytes(&optional).unwrap();
             assert_eq!(*out.part, part);
-            assert_eq!(out.part.is_held(), part != Part::default());
+            assert_eq!(out.part.is_held(), held);
             assert_eq!((out.before, out.after), (1, 2));
-            assert_eq!(postcard::to_stdvec(&out).unwrap(), bytes);
-            assert_eq!(
-                serde_json::to_value(&out).unwrap(),
-                serde_json::to_value(&inline).unwrap()
-            );
+            assert_eq!(postcard::to_stdvec(&out).unwrap(), optional);
+            if !held {
+                assert_eq!(optional, [1, 0, 2], "one byte while not held");
+            }
         }
     }
 

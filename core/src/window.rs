@@ -31,6 +31,9 @@ struct Bucket {
     /// Bucket start divided by the level's width.
     start: u32,
     count: u32,
+    /// Zero for most event types, a whole number of cents for most others: compact in the
+    /// state since version 6.
+    #[serde(with = "crate::layout::compact_f64")]
     sum: f64,
 }
 

@@ -1,0 +1,394 @@
+//! Which state version's layout the profile's parts are read and written in.
+//!
+//! The profile's state encoding is postcard over the serde implementations of its parts
+//! ([`crate::profile::encode`]). Version 6 changed a few of them, to store less:
+//! - an empty [`crate::sparse::Sparse`] part (attributes, orders: most shoppers have neither)
+//!   is one byte instead of every field of its default;
+//! - a [`KeyedSeries`] no longer stores its key's hash, nor an [`Affinity`] its rank: both
+//!   are computed again from what is stored;
+//! - the sums of a series' buckets, and the quantity and price of a cart line or a product
+//!   viewed, are written in fewer bytes when they are whole numbers or whole cents
+//!   ([`compact_f64`]).
+//!
+//! Only binary formats (the state's postcard) take these layouts: JSON (the profile served over
+//! HTTP) shows every number as a number.
+//!
+//! Earlier versions are still read: [`crate::profile::decode`] sets the version it reads for
+//! the thread while it decodes ([`Reading`]), and these implementations follow it. Outside a
+//! decode, the current layout.
+
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+
+use compact_str::CompactString;
+use serde::de::{Error as _, SeqAccess, Visitor};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::EventType;
+use crate::profile::{key_hash, Affinity, KeyedSeries, STATE_VERSION};
+use crate::window::DailyCounts;
+
+/// The first state version with the layouts above.
+pub const COMPACT_SINCE: u8 = 6;
+
+thread_local! {
+    static VERSION: Cell<u8> = const { Cell::new(STATE_VERSION) };
+}
+
+/// Whether this thread reads or writes version 6's layouts (the current ones).
+#[inline]
+pub(crate) fn compact() -> bool {
+    VERSION.with(Cell::get) >= COMPACT_SINCE
+}
+
+/// While it lives, this thread reads and writes `version`'s layouts; then those it had before
+/// (also when a decode panics).
+pub(crate) struct Reading(u8);
+
+impl Reading {
+    pub(crate) fn version(version: u8) -> Reading {
+        Reading(VERSION.with(|v| v.replace(version)))
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        VERSION.with(|v| v.set(self.0));
+    }
+}
+
+impl Serialize for KeyedSeries {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let compact = compact() && !s.is_human_readable();
+        let mut st = s.serialize_struct("KeyedSeries", if compact { 3 } else { 4 })?;
+        st.serialize_field("kind", &self.kind)?;
+        if !compact {
+            st.serialize_field("hash", &self.hash)?;
+        }
+        st.serialize_field("key", &self.key)?;
+        st.serialize_field("series", &self.series)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyedSeries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let compact = compact() && !d.is_human_readable();
+        d.deserialize_struct(
+            "KeyedSeries",
+            &["kind", "hash", "key", "series"],
+            Fields(PhantomData::<Self>, compact),
+        )
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<KeyedSeries> {
+    type Value = KeyedSeries;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a keyed series")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyedSeries, A::Error> {
+        let mut i = 0;
+        let kind: EventType = next(&mut seq, &mut i)?;
+        if !self.1 {
+            // The stored hash is the key's: computed again below, as version 6 does.
+            let _: u64 = next(&mut seq, &mut i)?;
+        }
+        let key: CompactString = next(&mut seq, &mut i)?;
+        let series: DailyCounts = next(&mut seq, &mut i)?;
+        Ok(KeyedSeries {
+            kind,
+            hash: key_hash(&key),
+            key,
+            series,
+        })
+    }
+}
+
+impl Serialize for Affinity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let compact = compact() && !s.is_human_readable();
+        let mut st = s.serialize_struct("Affinity", if compact { 3 } else { 4 })?;
+        st.serialize_field("key", &self.key)?;
+        st.serialize_field("score", &self.score)?;
+        st.serialize_field("at", &self.at)?;
+        if !compact {
+            st.serialize_field("rank", &self.rank)?;
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Affinity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let compact = compact() && !d.is_human_readable();
+        d.deserialize_struct(
+            "Affinity",
+            &["key", "score", "at", "rank"],
+            Fields(PhantomData::<Self>, compact),
+        )
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<Affinity> {
+    type Value = Affinity;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an affinity")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Affinity, A::Error> {
+        let mut i = 0;
+        let key: CompactString = next(&mut seq, &mut i)?;
+        let score: f64 = next(&mut seq, &mut i)?;
+        let at: i64 = next(&mut seq, &mut i)?;
+        if !self.1 {
+            // Always `rerank`'s function of the score and time: computed again below.
+            let _: f64 = next(&mut seq, &mut i)?;
+        }
+        let mut a = Affinity {
+            key,
+            score,
+            at,
+            rank: 0.0,
+        };
+        a.rerank();
+        Ok(a)
+    }
+}
+
+/// The visitor of a struct read field by field, in order; in version 6's layout (`true`) or an
+/// earlier one.
+struct Fields<T>(PhantomData<T>, bool);
+
+fn next<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+    seq: &mut A,
+    i: &mut usize,
+) -> Result<T, A::Error> {
+    let v = seq
+        .next_element()?
+        .ok_or_else(|| A::Error::invalid_length(*i, &"more fields"))?;
+    *i += 1;
+    Ok(v)
+}
+
+/// An `f64` in version 6's layout (`#[serde(with = "crate::layout::compact_f64")]`): a whole
+/// number of cents within ±2^50 is a zigzag varint of twice that number (so zero, counts and
+/// prices in cents take one to four bytes); any other value a 1 and its eight bytes, exactly.
+/// In earlier versions' layout, the eight bytes alone.
+pub mod compact_f64 {
+    use super::*;
+
+    const CENTS_LIMIT: f64 = (1u64 << 50) as f64;
+
+    /// `v` as a whole number of cents, if it is one exactly (bit for bit, sign of zero included).
+    fn cents(v: f64) -> Option<i64> {
+        // (Also refuses NaN and the infinities.)
+        if !v.is_finite() || v.abs() >= CENTS_LIMIT / 100.0 {
+            return None;
+        }
+        let c = (v * 100.0).round() as i64;
+        // From the integer, as the reader computes it (so -0.0 is not taken for 0).
+        ((c as f64 / 100.0).to_bits() == v.to_bits()).then_some(c)
+    }
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if !compact() || s.is_human_readable() {
+            return s.serialize_f64(*v);
+        }
+        match cents(*v) {
+            // Zigzag, then shifted: the low bit 0 says "cents".
+            Some(c) => s.serialize_u64((((c << 1) ^ (c >> 63)) as u64) << 1),
+            None => {
+                // The low bit 1 says "exact bits follow"; postcard writes a u64 as a varint, so
+                // the tag is one byte.
+                let mut st = s.serialize_tuple(2)?;
+                serde::ser::SerializeTuple::serialize_element(&mut st, &1u64)?;
+                serde::ser::SerializeTuple::serialize_element(&mut st, v)?;
+                serde::ser::SerializeTuple::end(st)
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        if !compact() || d.is_human_readable() {
+            return f64::deserialize(d);
+        }
+        d.deserialize_tuple(2, CompactF64)
+    }
+
+    /// An `Option<f64>` whose number is written as above.
+    pub mod option {
+        use super::*;
+
+        struct Inner(f64);
+
+        impl Serialize for Inner {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                super::serialize(&self.0, s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Inner {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                super::deserialize(d).map(Inner)
+            }
+        }
+
+        pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => s.serialize_some(&Inner(*v)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            Ok(Option::<Inner>::deserialize(d)?.map(|i| i.0))
+        }
+    }
+
+    struct CompactF64;
+
+    impl<'de> Visitor<'de> for CompactF64 {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number (whole cents, or tagged bits)")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<f64, A::Error> {
+            let tag: u64 = seq
+                .next_element()?
+                .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+            if tag & 1 == 1 {
+                if tag != 1 {
+                    return Err(A::Error::custom(format!("number tag {tag} (expected 1)")));
+                }
+                return seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self));
+            }
+            let z = tag >> 1;
+            let c = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            Ok(c as f64 / 100.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Sum(#[serde(with = "compact_f64")] f64);
+
+    fn bytes(v: f64) -> Vec<u8> {
+        postcard::to_stdvec(&Sum(v)).unwrap()
+    }
+
+    fn read(b: &[u8]) -> f64 {
+        postcard::from_bytes::<Sum>(b).unwrap().0
+    }
+
+    /// Every value reads back bit for bit; whole cents are short, anything else costs one byte
+    /// more than its eight; version 5's layout is the eight bytes alone.
+    #[test]
+    fn numbers_read_back_exactly_and_whole_cents_are_short() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            19.99,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            1234567.89,
+            -5.25,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            (1u64 << 48) as f64,
+            (1u64 << 53) as f64,
+            1e-300,
+        ];
+        // Sums of prices as a series adds them, and pseudo-random bits.
+        let mut sum = 0.0;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..2_000 {
+            sum += [19.99, 5.0, 0.01, 1_299.5][i % 4];
+            values.push(sum);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(f64::from_bits(x));
+        }
+        for v in values {
+            let b = bytes(v);
+            assert_eq!(read(&b).to_bits(), v.to_bits(), "{v:e}");
+            match cents_of(v) {
+                Some(c) if c.abs() < 1 << 20 => assert!(b.len() <= 4, "{v}: {b:?}"),
+                Some(_) => assert!(b.len() <= 8, "{v}: {b:?}"),
+                None => assert_eq!(b.len(), 9, "{v:e}: {b:?}"),
+            }
+            let _v5 = Reading::version(5);
+            let old = bytes(v);
+            assert_eq!(old, v.to_le_bytes(), "version 5: the eight bytes");
+            assert_eq!(read(&old).to_bits(), v.to_bits());
+        }
+        assert_eq!(bytes(0.0), [0], "zero in one byte");
+        assert_eq!(bytes(-0.0).len(), 9, "negative zero keeps its sign");
+        // A tag other than 1 with the low bit set is refused.
+        assert!(postcard::from_bytes::<Sum>(&[3, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(
+            postcard::from_bytes::<Sum>(&[1, 0, 0]).is_err(),
+            "cut short"
+        );
+    }
+
+    /// What the encoding counts as whole cents, by another route: the decimal text.
+    fn cents_of(v: f64) -> Option<i64> {
+        if !v.is_finite()
+            || v.abs() >= (1u64 << 50) as f64 / 100.0
+            || (v == 0.0 && v.is_sign_negative())
+        {
+            return None;
+        }
+        let c = (v * 100.0).round() as i64;
+        (format!("{}", c as f64 / 100.0) == format!("{v}")).then_some(c)
+    }
+
+    /// JSON (the profile served over HTTP) keeps plain numbers and every field.
+    #[test]
+    fn json_is_not_compacted() {
+        let line = crate::event::Line {
+            sku: "S".into(),
+            quantity: 2.0,
+            price: Some(19.99),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&line).unwrap();
+        assert_eq!(v["quantity"], 2.0);
+        assert_eq!(v["price"], 19.99);
+        let back: crate::event::Line = serde_json::from_value(v).unwrap();
+        assert_eq!(back, line);
+        assert_eq!(serde_json::to_value(Sum(0.5)).unwrap(), 0.5);
+        let p = crate::profile::Profile::default();
+        let v = serde_json::to_value(&p.attributes).unwrap();
+        assert!(v.is_object(), "an empty part is its default's fields: {v}");
+    }
+
+    #[test]
+    fn the_layout_follows_the_version_read_and_comes_back_after() {
+        assert!(compact());
+        {
+            let _v5 = Reading::version(5);
+            assert!(!compact());
+            {
+                let _v6 = Reading::version(6);
+                assert!(compact());
+            }
+            assert!(!compact());
+        }
+        assert!(compact());
+    }
+}
