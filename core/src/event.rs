@@ -93,7 +93,7 @@ pub struct Line {
     #[serde(with = "crate::layout::compact_f64")]
     pub quantity: f64,
     /// Unit price.
-    #[serde(with = "crate::layout::compact_f64::option")]
+    #[serde(default, with = "crate::layout::compact_f64::option")]
     pub price: Option<f64>,
     pub image_url: Option<String>,
     pub url: Option<String>,
@@ -747,6 +747,7 @@ mod tests {
                 assert_eq!(postcard::from_bytes::<Line>(&bytes).unwrap(), line);
             }
             // Version 6: the same strings, the numbers compact.
+            let _v6 = crate::layout::Reading::version(crate::layout::COMPACT_SINCE);
             #[derive(Serialize)]
             struct Owned6(
                 String,

@@ -13,9 +13,11 @@
 //! Only binary formats (the state's postcard) take these layouts: JSON (the profile served over
 //! HTTP) shows every number as a number.
 //!
-//! Earlier versions are still read: [`crate::profile::decode`] sets the version it reads for
-//! the thread while it decodes ([`Reading`]), and these implementations follow it. Outside a
-//! decode, the current layout.
+//! Earlier versions are still read: [`crate::profile::encode`] and [`crate::profile::decode`]
+//! set the version they write or read for the thread while they run ([`Reading`]), and these
+//! implementations follow it. Outside them (another binary format, a test), the plain layout
+//! of the earlier versions: the compact one is postcard's alone (its numbers' tag is read as a
+//! tuple of one or two elements, which a self-describing format would refuse).
 
 use std::cell::Cell;
 use std::fmt;
@@ -27,29 +29,31 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::EventType;
-use crate::profile::{key_hash, Affinity, KeyedSeries, STATE_VERSION};
+use crate::profile::{key_hash, Affinity, KeyedSeries};
 use crate::window::DailyCounts;
 
 /// The first state version with the layouts above.
 pub const COMPACT_SINCE: u8 = 6;
 
 thread_local! {
-    static VERSION: Cell<u8> = const { Cell::new(STATE_VERSION) };
+    /// 0: not encoding or decoding a profile.
+    static VERSION: Cell<u8> = const { Cell::new(0) };
 }
 
-/// Whether this thread reads or writes version 6's layouts (the current ones).
+/// Whether this thread reads or writes version 6's layouts (the current ones), in a profile's
+/// encode or decode.
 #[inline]
 pub(crate) fn compact() -> bool {
     VERSION.with(Cell::get) >= COMPACT_SINCE
 }
 
 /// While it lives, this thread reads and writes `version`'s layouts; then those it had before
-/// (also when a decode panics).
-pub(crate) struct Reading(u8);
+/// (also when a decode panics). Not `Send`: it belongs to the thread whose layout it set.
+pub(crate) struct Reading(u8, PhantomData<*const ()>);
 
 impl Reading {
     pub(crate) fn version(version: u8) -> Reading {
-        Reading(VERSION.with(|v| v.replace(version)))
+        Reading(VERSION.with(|v| v.replace(version)), PhantomData)
     }
 }
 
@@ -288,6 +292,10 @@ mod tests {
         postcard::from_bytes::<Sum>(b).unwrap().0
     }
 
+    fn v6() -> Reading {
+        Reading::version(COMPACT_SINCE)
+    }
+
     /// Every value reads back bit for bit; whole cents are short, anything else costs one byte
     /// more than its eight; version 5's layout is the eight bytes alone.
     #[test]
@@ -322,6 +330,7 @@ mod tests {
             x ^= x << 17;
             values.push(f64::from_bits(x));
         }
+        let _v6 = v6();
         for v in values {
             let b = bytes(v);
             assert_eq!(read(&b).to_bits(), v.to_bits(), "{v:e}");
@@ -379,16 +388,83 @@ mod tests {
 
     #[test]
     fn the_layout_follows_the_version_read_and_comes_back_after() {
-        assert!(compact());
+        assert!(!compact(), "plain outside a profile's encode or decode");
         {
-            let _v5 = Reading::version(5);
-            assert!(!compact());
+            let _v6 = v6();
+            assert!(compact());
             {
-                let _v6 = Reading::version(6);
-                assert!(compact());
+                let _v5 = Reading::version(5);
+                assert!(!compact());
             }
-            assert!(!compact());
+            assert!(compact());
         }
-        assert!(compact());
+        assert!(!compact());
+        // A decode that panics leaves the thread's layout as it was.
+        let _ = std::panic::catch_unwind(|| {
+            let _v6 = v6();
+            panic!("mid-decode");
+        });
+        assert!(!compact());
+    }
+
+    /// Version 5's `KeyedSeries` and `Affinity` as their derives wrote them (an independent
+    /// writer of the old layout): read by version 6's code, and written again the same.
+    #[test]
+    fn keyed_series_and_affinities_read_as_version_5_wrote_them() {
+        #[derive(Serialize)]
+        struct KeyedSeries5 {
+            kind: EventType,
+            hash: u64,
+            key: String,
+            series: DailyCounts,
+        }
+        #[derive(Serialize)]
+        struct Affinity5 {
+            key: String,
+            score: f64,
+            at: i64,
+            rank: f64,
+        }
+        let key = "electronics.audio.headphone";
+        let mut series = DailyCounts::default();
+        series.add(1_700_000_000_000, 1_700_000_000_000);
+        let old = KeyedSeries5 {
+            kind: EventType::AddToCart,
+            hash: key_hash(key),
+            key: key.into(),
+            series,
+        };
+        let (score, at) = (2.75f64, 1_700_000_000_000i64);
+        let rank = score.log2() + at as f64 / crate::profile::AFFINITY_HALF_LIFE_MS as f64;
+        let old_affinity = Affinity5 {
+            key: key.into(),
+            score,
+            at,
+            rank,
+        };
+        let (k5, a5) = (
+            postcard::to_stdvec(&old).unwrap(),
+            postcard::to_stdvec(&old_affinity).unwrap(),
+        );
+        let _v5 = Reading::version(5);
+        let k: KeyedSeries = postcard::from_bytes(&k5).unwrap();
+        assert_eq!((k.kind, k.hash, k.key.as_str()), (old.kind, old.hash, key));
+        assert_eq!(k.series, old.series);
+        assert_eq!(postcard::to_stdvec(&k).unwrap(), k5);
+        let a: Affinity = postcard::from_bytes(&a5).unwrap();
+        assert_eq!((a.key.as_str(), a.score, a.at), (key, score, at));
+        assert_eq!(a.rank.to_bits(), rank.to_bits());
+        assert_eq!(postcard::to_stdvec(&a).unwrap(), a5);
+        // Version 6: the same without the hash and the rank, read back whole.
+        let _v6 = v6();
+        let k6 = postcard::to_stdvec(&k).unwrap();
+        assert_eq!(
+            k6.len(),
+            k5.len() - postcard::to_stdvec(&old.hash).unwrap().len()
+        );
+        assert_eq!(postcard::from_bytes::<KeyedSeries>(&k6).unwrap(), k);
+        let a6 = postcard::to_stdvec(&a).unwrap();
+        assert_eq!(a6.len(), a5.len() - 8);
+        assert_eq!(postcard::from_bytes::<Affinity>(&a6).unwrap(), a);
     }
 }

@@ -91,8 +91,9 @@ impl<T: Empty + Serialize> Serialize for Sparse<T> {
             return (**self).serialize(s);
         }
         match &self.0 {
-            Some(held) => s.serialize_some(&**held),
-            None => s.serialize_none(),
+            // A part written to and left at its default reads back not held.
+            Some(held) if **held != *T::empty() => s.serialize_some(&**held),
+            _ => s.serialize_none(),
         }
     }
 }
@@ -160,6 +161,7 @@ mod tests {
                 assert_eq!((out.before, out.after), (1, 2));
                 assert_eq!(postcard::to_stdvec(&out).unwrap(), old_bytes);
             }
+            let _v6 = crate::layout::Reading::version(crate::layout::COMPACT_SINCE);
             let out: OutOfLine = postcard::from_bytes(&optional).unwrap();
             assert_eq!(*out.part, part);
             assert_eq!(out.part.is_held(), held);
@@ -167,6 +169,12 @@ mod tests {
             assert_eq!(postcard::to_stdvec(&out).unwrap(), optional);
             if !held {
                 assert_eq!(optional, [1, 0, 2], "one byte while not held");
+                // Held, but written back to its default: one byte too, read back not held.
+                let mut written = OutOfLine::default();
+                written.part.n = 0;
+                assert!(written.part.is_held());
+                let bytes = postcard::to_stdvec(&(0u8, &written.part, 0u8)).unwrap();
+                assert_eq!(bytes, [0, 0, 0]);
             }
         }
     }

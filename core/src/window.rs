@@ -613,7 +613,7 @@ mod tests {
     }
 
     /// The layout `Series` had before its levels shared one vector, as each state version
-    /// from 3 to 5 wrote it.
+    /// from 3 to 5 wrote it (version 6 kept it, its buckets' sums compact).
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct WrittenSeries {
         levels: [Vec<Bucket>; 3],
@@ -638,11 +638,41 @@ mod tests {
             s.add(t, i as f64, T0 + i * 37 * MINUTE);
         }
         s.add(T0 + 300 * 37 * MINUTE, 1.0, T0 + 300 * 37 * MINUTE);
+        for version in [5, crate::layout::COMPACT_SINCE] {
+            let _layout = crate::layout::Reading::version(version);
+            let bytes = postcard::to_stdvec(&s).unwrap();
+            assert_eq!(bytes, postcard::to_stdvec(&written(&s)).unwrap());
+            assert_eq!(postcard::from_bytes::<Series>(&bytes).unwrap(), s);
+        }
+        // Version 5's buckets: the sum as its eight bytes, as the derive wrote them.
+        #[derive(Serialize)]
+        struct Bucket5 {
+            start: u32,
+            count: u32,
+            sum: f64,
+        }
+        let plain = |l: &[Bucket]| -> Vec<Bucket5> {
+            l.iter()
+                .map(|b| Bucket5 {
+                    start: b.start,
+                    count: b.count,
+                    sum: b.sum,
+                })
+                .collect()
+        };
+        let v5 = postcard::to_stdvec(&(
+            [0, 1, 2].map(|l| plain(s.level(l))),
+            s.last(),
+            s.recent().to_vec(),
+        ))
+        .unwrap();
+        let _v5 = crate::layout::Reading::version(5);
         let old = written(&s);
         assert!(old.levels.iter().all(|l| !l.is_empty()), "{old:?}");
         assert_eq!(old.recent.len(), RECENT);
         let bytes = postcard::to_stdvec(&s).unwrap();
         assert_eq!(bytes, postcard::to_stdvec(&old).unwrap());
+        assert_eq!(bytes, v5);
         let back: Series = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, s);
         for w in [HOUR, DAY, 30 * DAY] {
