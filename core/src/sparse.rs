@@ -148,11 +148,9 @@ mod tests {
                 part: part.clone(),
                 after: 2,
             };
-            let old_bytes = postcard::to_stdvec(&inline).unwrap();
-            let optional =
-                postcard::to_stdvec(&(1u8, (part != Part::default()).then_some(&part), 2u8))
-                    .unwrap();
             let held = part != Part::default();
+            let old_bytes = postcard::to_stdvec(&inline).unwrap();
+            let optional = postcard::to_stdvec(&(1u8, held.then_some(&part), 2u8)).unwrap();
             {
                 let _v5 = crate::layout::Reading::version(5);
                 let out: OutOfLine = postcard::from_bytes(&old_bytes).unwrap();
@@ -167,6 +165,11 @@ mod tests {
             assert_eq!(out.part.is_held(), held);
             assert_eq!((out.before, out.after), (1, 2));
             assert_eq!(postcard::to_stdvec(&out).unwrap(), optional);
+            // JSON is the part itself, in any layout.
+            assert_eq!(
+                serde_json::to_value(&out).unwrap(),
+                serde_json::to_value(&inline).unwrap()
+            );
             if !held {
                 assert_eq!(optional, [1, 0, 2], "one byte while not held");
                 // Held, but written back to its default: one byte too, read back not held.
