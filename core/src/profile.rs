@@ -1212,8 +1212,14 @@ pub fn encode(p: &Profile) -> Vec<u8> {
     encode_as(p, STATE_VERSION)
 }
 
-/// `p` in state version `version` (5 or 6: the tests write version 5 to check it still reads).
-fn encode_as(p: &Profile, version: u8) -> Vec<u8> {
+/// `p` in state version `version`, 5 or 6: the tests and the fuzz seeds write version 5 to
+/// check that it still reads. The worker writes [`STATE_VERSION`] only ([`encode`]).
+#[doc(hidden)]
+pub fn encode_as(p: &Profile, version: u8) -> Vec<u8> {
+    assert!(
+        matches!(version, 5 | 6),
+        "state version {version} is not written"
+    );
     let _layout = crate::layout::Reading::version(version);
     // Into one buffer sized for a typical profile (growing from 8 bytes and copying the
     // serialised bytes after the version showed in the worker's profile).
