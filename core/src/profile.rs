@@ -1212,12 +1212,13 @@ pub fn encode(p: &Profile) -> Vec<u8> {
     encode_as(p, STATE_VERSION)
 }
 
-/// `p` in state version `version`, 5 or 6: the tests and the fuzz seeds write version 5 to
-/// check that it still reads. The worker writes [`STATE_VERSION`] only ([`encode`]).
+/// `p` in state version `version`, from 5 (the first with the next timer's trailer) to
+/// [`STATE_VERSION`]: the tests and the fuzz seeds write version 5 to check that it still reads.
+/// The worker writes [`STATE_VERSION`] only ([`encode`]).
 #[doc(hidden)]
 pub fn encode_as(p: &Profile, version: u8) -> Vec<u8> {
     assert!(
-        matches!(version, 5 | 6),
+        (5..=STATE_VERSION).contains(&version),
         "state version {version} is not written"
     );
     let _layout = crate::layout::Reading::version(version);
