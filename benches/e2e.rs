@@ -56,6 +56,10 @@ fn metric(port: u16, name: &str) -> f64 {
     let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
+    // No answer (a worker killed or stopped after it accepted the connection) is not zero.
+    if !body.lines().next().is_some_and(|l| l.contains(" 200 ")) {
+        return -1.0;
+    }
     body.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -862,9 +866,15 @@ fn workload(
     let mut scrapes: Vec<f64> = Vec::new();
     while Instant::now() < deadline {
         let asked = Instant::now();
-        done = metric(port, "tailor_stored_offset{");
-        // A poll that could not connect (-1) answered nothing: not a fast answer.
-        if first.is_some() && done >= 0.0 {
+        let polled = metric(port, "tailor_stored_offset{");
+        // A poll that could not connect (-1) answered nothing: not a fast answer, and not a
+        // count (the last one stands).
+        if polled < 0.0 {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        done = polled;
+        if first.is_some() {
             scrapes.push(asked.elapsed().as_secs_f64() * 1e3);
         }
         if first.is_none() && done > 0.0 {
@@ -904,6 +914,17 @@ fn workload(
         println!(
             "rate in the last slice / the first: {:.2} ({last_slice:.0} / {first_slice:.0} events/s; a slice where a partition read to its end fired its timers is slower)",
             last_slice / first_slice
+        );
+    }
+    // Figures from a worker that no longer answers would be made of the -1s of failed polls.
+    assert!(
+        metric(port, "tailor_processing_threads ") >= 0.0,
+        "the worker's /metrics did not answer at the end of the pass (the process died or \
+         stalls; {done:.0} of {total} events were committed when it last answered): no figures"
+    );
+    if done < total as f64 {
+        println!(
+            "the pass did not finish before its deadline: {done:.0} of {total} events committed; the figures below are for those"
         );
     }
     let end = Instant::now();
