@@ -60,7 +60,7 @@ fn main() {
     }
     state.next_timer = Some(now + 3_600_000);
     assert!(state.events_total > 0, "the samples applied");
-    for version in [5, profile::STATE_VERSION] {
+    for version in 5..=profile::STATE_VERSION {
         let bytes = profile::encode_as(&state, version);
         assert_eq!(
             profile::decode(&bytes).as_ref(),
