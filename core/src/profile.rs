@@ -1263,7 +1263,7 @@ pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
     // The parts' layouts follow the version read ([`crate::layout`]).
     let _layout = crate::layout::Reading::version(version);
     match version {
-        5 | STATE_VERSION => {
+        5..=STATE_VERSION => {
             let body = rest
                 .len()
                 .checked_sub(TIMER_TRAILER)
@@ -1289,7 +1289,7 @@ pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
 /// decoding the profile; an earlier version's state is decoded.
 pub fn next_timer(bytes: &[u8]) -> Result<Option<i64>, String> {
     match bytes.split_first() {
-        Some((&(5 | STATE_VERSION), rest)) if rest.len() >= TIMER_TRAILER => {
+        Some((&(5..=STATE_VERSION), rest)) if rest.len() >= TIMER_TRAILER => {
             let t = &rest[rest.len() - TIMER_TRAILER..];
             match t[0] {
                 0 => Ok(None),
@@ -1753,9 +1753,9 @@ mod tests {
         for p in [filled(), browsing] {
             assert!(!p.by_category.is_empty() && !p.category_affinity.is_empty());
             let (v6, v5) = (encode(&p), encode_as(&p, 5));
-            assert_eq!(decode(&v6).unwrap(), p);
-            assert_eq!(decode(&v5).unwrap(), p);
             let back = decode(&v6).unwrap();
+            assert_eq!(back, p);
+            assert_eq!(decode(&v5).unwrap(), p);
             for (a, b) in back.category_affinity.iter().zip(&p.category_affinity) {
                 assert_eq!(a.rank.to_bits(), b.rank.to_bits());
             }

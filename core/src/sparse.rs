@@ -172,7 +172,7 @@ mod tests {
             );
             if !held {
                 assert_eq!(optional, [1, 0, 2], "one byte while not held");
-                // Held, but written back to its default: one byte too, read back not held.
+                // Held, but written back to its default: one byte too, stored as not there.
                 let mut written = OutOfLine::default();
                 written.part.n = 0;
                 assert!(written.part.is_held());
