@@ -23,8 +23,9 @@
 //! While the worker consumes, a line at every tenth of the run (at least 100 K events) gives
 //! that slice's events/s, timer fires/s and minor page faults/s and the resident memory with
 //! the worker's heaps (`tailor_heap_bytes`) (the scale check: does the rate hold as the store
-//! grows?). `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
-//! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
+//! grows?), then the median rate of the slices after the first in which no timer fired (between
+//! the warm-up and the catch-up of timers). `TAILOR_BENCH_CHANGELOG=false` runs without the
+//! changelog (with `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
 //! turns RocksDB's write-ahead log on (`state.write_ahead_log`).
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
@@ -890,7 +891,8 @@ fn workload(
             let rate = (done - n) / secs;
             let fired = metric(port, "tailor_timers_fired_total ");
             let faults = proc_stat(pid).minor_faults;
-            slice_rates.push(rate);
+            // A slice without timer fires (both polls answered, the count unmoved).
+            slice_rates.push((rate, fired >= 0.0 && fired == fired_before));
             println!(
                 "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s, {:.0} timer fires/s and {:.1} K minor page faults/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB ({})",
                 done.min(profiles as f64),
@@ -910,10 +912,27 @@ fn workload(
         // Rendering the metrics costs the worker CPU (a few % at 50 polls a second).
         std::thread::sleep(Duration::from_millis(100));
     }
-    if let [first_slice, .., last_slice] = slice_rates[..] {
+    if let [(first_slice, _), .., (last_slice, _)] = slice_rates[..] {
         println!(
             "rate in the last slice / the first: {:.2} ({last_slice:.0} / {first_slice:.0} events/s; a slice where a partition read to its end fired its timers is slower)",
             last_slice / first_slice
+        );
+    }
+    // The rate between the warm-up (the first slice: caches, memtables and heaps filling) and
+    // the catch-up of timers (pre-filled topics are history: a partition read to its end
+    // brings its clock to the wall clock, and its pending timers fire at once).
+    let mut steady: Vec<f64> = slice_rates
+        .iter()
+        .skip(1)
+        .filter(|(_, quiet)| *quiet)
+        .map(|(r, _)| *r)
+        .collect();
+    steady.sort_by(f64::total_cmp);
+    if let [low, .., high] = steady[..] {
+        println!(
+            "steady rate (the slices after the first in which no timer fired): median {:.0} events/s over {} slices ({low:.0} to {high:.0})",
+            steady[steady.len() / 2],
+            steady.len()
         );
     }
     // Figures from a worker that no longer answers would be made of the -1s of failed polls.

@@ -369,30 +369,33 @@ impl Store {
     }
 
     /// The profiles of `keys`, in their order, in one batched read: RocksDB looks the keys up
-    /// together (sorted, one pass over each memtable and file), cheaper than a `get` each.
-    pub fn profiles(
+    /// together (sorted, one pass over each memtable and file), cheaper than a `get` each. Each
+    /// is handed to `found` as soon as it is decoded (no list of them is built: a batch's
+    /// profiles are megabytes, and a fresh list each batch was fresh pages for the kernel to
+    /// clear). A profile that cannot be decoded ends the read with an error; those before it
+    /// were handed over.
+    pub fn read_profiles<'k>(
         &self,
         partition: i32,
-        keys: &[&str],
-    ) -> Result<Vec<Option<Profile>>, StoreError> {
+        keys: &[&'k str],
+        mut found: impl FnMut(&'k str, Option<Profile>),
+    ) -> Result<(), StoreError> {
         let raw: Vec<Vec<u8>> = keys.iter().map(|k| profile_key(partition, k)).collect();
-        // Sized ahead: collected through `Result`, the list grew by doubling (a profile is
-        // hundreds of bytes, a batch thousands of them), each time copied into freshly mapped
-        // pages (6 % of the wide workload's samples, most of it the kernel zeroing pages).
-        let mut out = Vec::with_capacity(keys.len());
-        for found in self
-            .db
-            .batched_multi_get_cf(self.cf(CF_PROFILES), &raw, false)
-        {
-            out.push(match found? {
+        for (key, read) in keys.iter().zip(self.db.batched_multi_get_cf(
+            self.cf(CF_PROFILES),
+            &raw,
+            false,
+        )) {
+            let profile = match read? {
                 None => None,
                 Some(bytes) => Some(
                     profile::decode(&bytes)
                         .map_err(|detail| StoreError::Corrupt { partition, detail })?,
                 ),
-            });
+            };
+            found(key, profile);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The next offset to consume for a partition, if this store has ever committed one.
@@ -441,7 +444,23 @@ impl Store {
     /// key, a key's deletion before its put. Segment sizes become absolute values.
     /// The profiles' encoded bytes move out of `c` into the ops (they are the larger part).
     pub fn ops(&self, c: &mut Commit) -> Result<Vec<(i32, Vec<Op>)>, StoreError> {
+        // Each partition's list sized ahead (a batch's are thousands of writes: grown by
+        // doubling, they were copied into fresh pages several times per commit).
         let mut by: BTreeMap<i32, Vec<Op>> = BTreeMap::new();
+        {
+            let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
+            let mut add = |p: i32| *counts.entry(p).or_default() += 1;
+            c.profiles_deleted.iter().for_each(|(p, _)| add(*p));
+            c.profiles.iter().for_each(|(p, _, _)| add(*p));
+            c.aliases.iter().for_each(|(p, _, _)| add(*p));
+            c.partition_meta.iter().for_each(|(p, _, _)| add(*p));
+            c.segment_deltas.iter().for_each(|(p, _, _)| add(*p));
+            c.offsets.iter().for_each(|(_, p, _)| add(*p));
+            c.timers_removed.iter().for_each(|(p, _, _)| add(*p));
+            c.timers_added.iter().for_each(|(p, _, _)| add(*p));
+            c.clocks.iter().for_each(|(p, _)| add(*p));
+            by.extend(counts.into_iter().map(|(p, n)| (p, Vec::with_capacity(n))));
+        }
         let mut push = |p: i32, cf: &str, key: Vec<u8>, value: Option<Vec<u8>>| {
             by.entry(p).or_default().push(Op {
                 cf: cf_id(cf),

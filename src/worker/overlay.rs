@@ -274,7 +274,15 @@ impl Profiles {
     /// Takes what the commit writes; the cached profiles become clean at their new timers.
     pub fn take_writes(&mut self) -> Writes {
         self.changed = 0;
-        let mut w = Writes::default();
+        // Sized ahead (a batch writes thousands of profiles: grown by doubling, each list was
+        // copied into fresh pages several times per batch).
+        let n = self.dirty.len() + self.pending.len();
+        let mut w = Writes {
+            put: Vec::with_capacity(n),
+            deleted: Vec::new(),
+            timers_added: Vec::with_capacity(n),
+            timers_removed: Vec::with_capacity(n),
+        };
         for key in std::mem::take(&mut self.dirty) {
             // A key repeats in `dirty` after it was spilled and read back; written once.
             let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) else {

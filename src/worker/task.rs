@@ -106,11 +106,14 @@ fn read_missing<'k>(
     if missing.len() < 2 {
         return Ok(());
     }
-    let found = tokio::task::block_in_place(|| store.profiles(partition, &missing))?;
-    for (key, profile) in missing.into_iter().zip(found) {
-        state_reads.inc();
-        profiles.fetch(key, || Ok::<_, Error>(profile))?;
-    }
+    tokio::task::block_in_place(|| {
+        store.read_profiles(partition, &missing, |key, profile| {
+            state_reads.inc();
+            profiles
+                .fetch(key, || Ok::<_, std::convert::Infallible>(profile))
+                .unwrap_or_else(|never| match never {});
+        })
+    })?;
     Ok(())
 }
 
@@ -613,6 +616,38 @@ mod tests {
             Some(0),
             "a new shopper: an empty profile"
         );
+    }
+
+    /// A stored profile that cannot be decoded ends the read ahead with an error (the worker
+    /// logs it and reads one at a time): the profiles read before it are cached, the bad one
+    /// is not replaced by an empty profile, and the one after it is read on its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_corrupt_profile_stops_the_read_ahead_but_not_the_reads_before_it() {
+        let (_dir, store, reads, mut task) = task_over(&[("a", 1), ("c", 3)], 100);
+        store
+            .commit(Commit {
+                profiles: vec![(3, "b".into(), vec![250, 1, 2])],
+                ..Default::default()
+            })
+            .unwrap();
+        let err = task.prefetch(["c", "b", "a"], &store).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("corrupt state for a profile"),
+            "{err:?}"
+        );
+        assert_eq!(
+            reads.get(),
+            1,
+            "\"a\" (keys are read sorted) and no further"
+        );
+        assert_eq!(task.profiles.get("a").map(|p| p.events_total), Some(1));
+        assert!(task.profiles.get("b").is_none() && task.profiles.get("c").is_none());
+        assert!(
+            task.fetch("b", &store).is_err(),
+            "the bad profile fails its own read"
+        );
+        task.fetch("c", &store).unwrap();
+        assert_eq!(task.profiles.get("c").map(|p| p.events_total), Some(3));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
