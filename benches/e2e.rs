@@ -23,8 +23,8 @@
 //! While the worker consumes, a line at every tenth of the run (at least 100 K events) gives
 //! that slice's events/s, timer fires/s and minor page faults/s and the resident memory with
 //! the worker's heaps (`tailor_heap_bytes`) (the scale check: does the rate hold as the store
-//! grows?), then the median rate of the slices after the first in which few timers fired (under
-//! a twentieth of the events' rate: between the warm-up and the catch-up of timers).
+//! grows?), then the median rate of the slices after the first (the warm-up) in which few timers
+//! fired (under a twentieth of the events' rate: the catch-up of timers left out).
 //! `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
 //! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
@@ -924,9 +924,10 @@ fn workload(
             last_slice / first_slice
         );
     }
-    // The rate between the warm-up (the first slice: caches, memtables and heaps filling) and
-    // the catch-up of timers (pre-filled topics are history: a partition read to its end
-    // brings its clock to the wall clock, and its pending timers fire at once).
+    // The rate without the warm-up (the first slice: caches, memtables and heaps filling) and
+    // without the catch-up of timers (pre-filled topics are history: a partition read to its
+    // end brings its clock to the wall clock, and its pending timers fire at once), before or
+    // after it. With an even count, the upper of the middle two.
     let mut steady: Vec<f64> = slice_rates
         .iter()
         .skip(1)

@@ -371,8 +371,7 @@ impl Store {
     /// The profiles of `keys`, in their order, in one batched read: RocksDB looks the keys up
     /// together (sorted, one pass over each memtable and file), cheaper than a `get` each. Each
     /// is handed to `found` as soon as it is decoded (no list of them is built: a batch's
-    /// profiles are megabytes, and a fresh list each batch was fresh pages for the kernel to
-    /// clear). A profile that cannot be decoded ends the read with an error; those before it
+    /// profiles are megabytes, one more copy of each). A profile that cannot be decoded ends the read with an error; those before it
     /// were handed over.
     pub fn read_profiles<'k>(
         &self,
@@ -445,7 +444,7 @@ impl Store {
     /// The profiles' encoded bytes move out of `c` into the ops (they are the larger part).
     pub fn ops(&self, c: &mut Commit) -> Result<Vec<(i32, Vec<Op>)>, StoreError> {
         // Each partition's list sized ahead (a batch's are thousands of writes: grown by
-        // doubling, they were copied into fresh pages several times per commit).
+        // doubling, they were copied several times per commit).
         let mut by: BTreeMap<i32, Vec<Op>> = BTreeMap::new();
         {
             let mut counts: BTreeMap<i32, usize> = BTreeMap::new();

@@ -92,6 +92,16 @@ impl Worker {
 
         let t_commit = Instant::now();
         let mut commit = Commit::default();
+        // Sized ahead for the profiles the batch changed (each writes or removes one, and may
+        // move its timer), rather than grown by doubling across the thread's partitions.
+        let changed = self
+            .tasks
+            .values()
+            .map(|t| t.profiles.changed_count())
+            .sum();
+        commit.profiles.reserve(changed);
+        commit.timers_added.reserve(changed);
+        commit.timers_removed.reserve(changed);
         let mut messages = 0;
         for task in self.tasks.values_mut() {
             messages += task.messages;

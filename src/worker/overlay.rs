@@ -275,7 +275,7 @@ impl Profiles {
     pub fn take_writes(&mut self) -> Writes {
         self.changed = 0;
         // Sized ahead (a batch writes thousands of profiles: grown by doubling, each list was
-        // copied into fresh pages several times per batch).
+        // copied several times per batch).
         let n = self.dirty.len() + self.pending.len();
         let mut w = Writes {
             put: Vec::with_capacity(n),

@@ -277,7 +277,7 @@ impl Task {
     }
 
     /// Brings the profiles of `keys` into the cache ahead of their use, those not there yet in
-    /// one batched read (see [`Store::profiles`]). At most half the cache's capacity is read, so
+    /// one batched read (see [`Store::read_profiles`]). At most half the cache's capacity is read, so
     /// that the first ones are not pushed out by the last before they are used.
     pub fn prefetch<'k>(
         &mut self,
@@ -618,9 +618,10 @@ mod tests {
         );
     }
 
-    /// A stored profile that cannot be decoded ends the read ahead with an error (the worker
-    /// logs it and reads one at a time): the profiles read before it are cached, the bad one
-    /// is not replaced by an empty profile, and the one after it is read on its own.
+    /// A stored profile that cannot be decoded ends the read ahead with an error (for buffered
+    /// messages it is logged and each message reads its own; timers and the sweep return it):
+    /// the profiles read before it are cached, the bad one is not replaced by an empty
+    /// profile, and the one after it is read on its own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_corrupt_profile_stops_the_read_ahead_but_not_the_reads_before_it() {
         let (_dir, store, reads, mut task) = task_over(&[("a", 1), ("c", 3)], 100);
