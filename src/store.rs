@@ -371,8 +371,8 @@ impl Store {
     /// The profiles of `keys`, in their order, in one batched read: RocksDB looks the keys up
     /// together (sorted, one pass over each memtable and file), cheaper than a `get` each. Each
     /// is handed to `found` as soon as it is decoded (no list of them is built: a batch's
-    /// profiles are megabytes, one more copy of each). A profile that cannot be decoded ends the read with an error; those before it
-    /// were handed over.
+    /// profiles are megabytes, one more copy of each). A profile that cannot be decoded ends
+    /// the read with an error; those before it were handed over.
     pub fn read_profiles<'k>(
         &self,
         partition: i32,

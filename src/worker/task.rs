@@ -277,8 +277,8 @@ impl Task {
     }
 
     /// Brings the profiles of `keys` into the cache ahead of their use, those not there yet in
-    /// one batched read (see [`Store::read_profiles`]). At most half the cache's capacity is read, so
-    /// that the first ones are not pushed out by the last before they are used.
+    /// one batched read (see [`Store::read_profiles`]). At most half the cache's capacity is
+    /// read, so that the first ones are not pushed out by the last before they are used.
     pub fn prefetch<'k>(
         &mut self,
         keys: impl IntoIterator<Item = &'k str>,
