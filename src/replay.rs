@@ -301,7 +301,7 @@ impl<R: Read> UciReader<R> {
             };
             let at = start + n as i64 * 60_000;
             let mut view = event(n, "productPageView", at);
-            view.product_context = Some(product.clone());
+            view.product_context = Some(Box::new(product.clone()));
             out.push(Rees46Reader::<&[u8]>::storefront(
                 &ecid,
                 view,
@@ -422,18 +422,18 @@ impl<R: Read> UciReader<R> {
                 customer_id: Some(customer.clone()),
                 ..Default::default()
             },
-            order: Some(wire::Order {
+            order: Some(Box::new(wire::Order {
                 purchase_id: first.invoice.trim_start_matches('C').to_owned(),
                 price_total: Some((total * 100.0).round() / 100.0),
                 currency_code: Some("GBP".into()),
                 ..Default::default()
-            }),
-            billing: Some(wire::Billing {
+            })),
+            billing: Some(Box::new(wire::Billing {
                 address: Some(wire::Address {
                     country: Some(first.country.clone()),
                     ..Default::default()
                 }),
-            }),
+            })),
             product_list_items: items,
             ..Default::default()
         };
@@ -609,15 +609,15 @@ impl<R: Read> Rees46Reader<R> {
                     ecid: Some(user.clone()),
                     ..Default::default()
                 },
-                order_context: Some(wire::OrderContext {
+                order_context: Some(Box::new(wire::OrderContext {
                     order_id: format!("rees46-{session}-{}", t / 1000),
                     grand_total: Some((total * 100.0).round() / 100.0),
                     ..Default::default()
-                }),
-                shopping_cart_context: Some(wire::ShoppingCartContext {
+                })),
+                shopping_cart_context: Some(Box::new(wire::ShoppingCartContext {
                     items,
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             };
             self.ready
@@ -662,7 +662,7 @@ impl<R: Read> Rees46Reader<R> {
         match f(1) {
             "view" => {
                 let mut ev = base("productPageView");
-                ev.product_context = Some(product);
+                ev.product_context = Some(Box::new(product));
                 self.ready
                     .push_back(Self::storefront(user, ev, "productPageView"));
             }

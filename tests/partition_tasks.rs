@@ -126,7 +126,7 @@ fn inputs_too_large_for_their_outputs_are_dead_lettered_and_the_partition_goes_o
         let mut view = samples::storefront("productPageView", &format!("view-{i}"), T0 + i, "e-2");
         let mut product = samples::product(&format!("sku-{i}"), 10.0);
         product.name = Some("n".repeat(120_000));
-        view.product_context = Some(product);
+        view.product_context = Some(Box::new(product));
         inputs.push((encode::storefront(&view).unwrap(), "field_too_long"));
     }
     let good = encode::storefront(&samples::storefront("addToCart", "good", T0, "e-3")).unwrap();

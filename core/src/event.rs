@@ -486,10 +486,10 @@ impl Event {
             .filter(|k| k.family() == Family::Storefront)
             .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "storefront"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
-        if let Some(s) = &e.storefront_instance_context {
-            ev.store_code = non_empty(s.store_code.clone());
-            ev.store_view_code = non_empty(s.store_view_code.clone());
-            ev.currency = non_empty(s.store_view_currency_code.clone());
+        if let Some(s) = e.storefront_instance_context {
+            ev.store_code = non_empty(s.store_code);
+            ev.store_view_code = non_empty(s.store_view_code);
+            ev.currency = non_empty(s.store_view_currency_code);
         }
         ev.device = e
             .device_context
@@ -520,14 +520,14 @@ impl Event {
                     "productPageView",
                     "productContext",
                 ))?;
-                let line = product_line(p)?;
+                let line = product_line(*p)?;
                 ev.value = line.price.unwrap_or(0.0);
                 ev.lines = vec![line];
             }
             EventType::AddToCart | EventType::RemoveFromCart => {
                 if ev.lines.is_empty() {
                     if let Some(p) = e.product_context {
-                        ev.lines = vec![product_line(p)?];
+                        ev.lines = vec![product_line(*p)?];
                     }
                 }
                 ev.value = total(ev.lines.iter().map(Line::total));
@@ -811,11 +811,11 @@ mod tests {
                 email: Some(" Ann@Example.COM ".into()),
                 ..Default::default()
             },
-            order: Some(wire::Order {
+            order: Some(Box::new(wire::Order {
                 purchase_id: "100".into(),
                 price_total: total,
                 ..Default::default()
-            }),
+            })),
             product_list_items: vec![wire::ProductListItem {
                 sku: "A".into(),
                 quantity: Some(2.0),
@@ -919,11 +919,11 @@ mod tests {
     #[test]
     fn e_mails_and_phones_are_normalised_wherever_they_are_read() {
         let mut e = crate::samples::storefront("signIn", "s1", 1_700_000_000_000, "e");
-        e.account_context = Some(wire::AccountContext {
+        e.account_context = Some(Box::new(wire::AccountContext {
             email_address: Some("Eco.Shopper@Example.com ".into()),
             phone_number: Some(" +44 (0)20-7946.0000 ".into()),
             ..Default::default()
-        });
+        }));
         let ev =
             Event::from_input(InputMessage::Storefront(Box::new(e)), 1_700_000_000_000).unwrap();
         assert_eq!(

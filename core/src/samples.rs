@@ -73,7 +73,7 @@ pub fn storefront(event_type: &str, id: &str, time: i64, ecid: &str) -> Storefro
         shopper_context: Some(ShopperContext {
             shopper_id: "guest".into(),
         }),
-        storefront_instance_context: Some(StorefrontInstanceContext {
+        storefront_instance_context: Some(Box::new(StorefrontInstanceContext {
             environment_id: s("00000000-0000-0000-0000-000000000000"),
             environment: s("Production"),
             store_url: s("https://shop.example"),
@@ -90,7 +90,7 @@ pub fn storefront(event_type: &str, id: &str, time: i64, ecid: &str) -> Storefro
             store_view_currency_code: s("USD"),
             storefront_template: s("Luma"),
             instance_id: None,
-        }),
+        })),
         page_context: Some(PageContext {
             page_type: s("PDP"),
             page_name: s("Mock Product"),
@@ -108,13 +108,13 @@ pub fn storefront(event_type: &str, id: &str, time: i64, ecid: &str) -> Storefro
             screen_height: Some(844),
             screen_orientation: s("portrait"),
         }),
-        product_context: Some(product("SKU-1", 10.0)),
+        product_context: Some(Box::new(product("SKU-1", 10.0))),
         category_context: Some(CategoryContext {
             name: s("Bags"),
             url_key: s("bags"),
             url_path: s("gear/bags"),
         }),
-        shopping_cart_context: Some(ShoppingCartContext {
+        shopping_cart_context: Some(Box::new(ShoppingCartContext {
             id: s("cart-1"),
             items: items.clone(),
             prices: Some(CartPrices {
@@ -135,9 +135,9 @@ pub fn storefront(event_type: &str, id: &str, time: i64, ecid: &str) -> Storefro
             gift_wrapping_selected: Some(false),
             source: s("product-page"),
             discount_amount: Some(0.0),
-        }),
+        })),
         changed_products_context: Some(ChangedProductsContext { items }),
-        order_context: Some(OrderContext {
+        order_context: Some(Box::new(OrderContext {
             order_id: format!("order-{id}"),
             email: None,
             grand_total: Some(22.0),
@@ -161,7 +161,7 @@ pub fn storefront(event_type: &str, id: &str, time: i64, ecid: &str) -> Storefro
                 shipping_method: s("flatrate"),
                 shipping_amount: Some(5.0),
             }),
-        }),
+        })),
         search_input_context: Some(SearchInputContext {
             units: vec![SearchInputUnit {
                 search_unit_id: "search-bar".into(),
@@ -269,7 +269,7 @@ pub fn backoffice(
             id: None,
             kind: s("https://ns.adobe.com/xdm/channel-types/web"),
         }),
-        order: Some(Order {
+        order: Some(Box::new(Order {
             purchase_id: order_id.to_owned(),
             purchase_order_number: None,
             price_total: Some(total),
@@ -299,8 +299,8 @@ pub fn backoffice(
                 return_status: s("pending"),
                 purchase_id: Some(order_id.to_owned()),
             }),
-        }),
-        shipping: Some(Shipping {
+        })),
+        shipping: Some(Box::new(Shipping {
             shipping_method: s("flatrate"),
             shipping_amount: Some(5.0),
             currency_code: s("GBP"),
@@ -308,10 +308,10 @@ pub fn backoffice(
             tracking_number: s("1Z999AA10123456784"),
             tracking_url: None,
             address: Some(address.clone()),
-        }),
-        billing: Some(Billing {
+        })),
+        billing: Some(Box::new(Billing {
             address: Some(address),
-        }),
+        })),
         personal_email: Some(PersonalEmail {
             address: email.to_owned(),
         }),

@@ -49,7 +49,20 @@ impl<'a> Reader<'a> {
     }
 
     /// A zig-zag varint of at most 64 bits.
+    /// A zigzag varint. Most are one byte (a union's branch, a length under 64): that case is
+    /// inlined where it is read; longer ones take [`Self::long_bytes`].
+    #[inline]
     pub(super) fn long(&mut self) -> Result<i64, Bad> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b & 0x80 == 0 => {
+                self.pos += 1;
+                Ok(zigzag(u64::from(b)))
+            }
+            _ => self.long_bytes(),
+        }
+    }
+
+    fn long_bytes(&mut self) -> Result<i64, Bad> {
         let mut v: u64 = 0;
         let mut shift = 0u32;
         loop {
@@ -67,7 +80,7 @@ impl<'a> Reader<'a> {
                 return Err(Bad);
             }
         }
-        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+        Ok(zigzag(v))
     }
 
     pub(super) fn int(&mut self) -> Result<i32, Bad> {
@@ -137,6 +150,10 @@ impl<'a> Reader<'a> {
             }
         }
     }
+}
+
+fn zigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
 /// A record's reader (generated for every record of the input schemas).
