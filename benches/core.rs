@@ -411,6 +411,17 @@ fn icount(step: &str, passes: usize) {
             }
             events.len()
         }
+        "decode_every_context" => {
+            // One event of each type with every context set, as the storefront SDK sends them;
+            // 200 times per pass (a count over 30 events moves by thousands per event).
+            let full = tailor::samples::every_type(1_700_000_000_000);
+            for _ in 0..passes * 200 {
+                for (_, family, payload) in &full {
+                    std::hint::black_box(decoder.decode(*family, payload).unwrap());
+                }
+            }
+            full.len() * 200
+        }
         "apply_evaluate" => {
             let (set, decoded) = (segments(), decoded());
             for _ in 0..passes {
@@ -458,8 +469,8 @@ fn icount(step: &str, passes: usize) {
             encoded.len()
         }
         other => panic!(
-            "TAILOR_ICOUNT_STEP={other}: one of decode, apply_evaluate, decode_apply_evaluate, \
-             decode_apply_evaluate_50_segments, state_encode, state_decode"
+            "TAILOR_ICOUNT_STEP={other}: one of decode, decode_every_context, apply_evaluate, \
+             decode_apply_evaluate, decode_apply_evaluate_50_segments, state_encode, state_decode"
         ),
     };
     println!("items per pass: {items}");

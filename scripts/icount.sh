@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Instructions per item of each step of the core bench, counted by valgrind's cachegrind: the
-# same on every run of one build, where times on a shared 2-core machine move by ±10 %. For
+# Instructions per item of each step of the core bench, counted by valgrind's cachegrind: within
+# about 10 on every run of one build, where times on a shared 2-core machine move by ±10 %. For
 # comparing two builds of the core (a change of a few percent shows); it says nothing about
 # cache misses, allocation behaviour under load, or the worker's I/O.
 #
 #   scripts/icount.sh [STEP...]   (default: every step)
 #
 # Each step runs twice under cachegrind, one pass and two passes over the samples; the
-# difference is one pass, set-up excluded. Needs valgrind (not installed by the tests).
+# difference is one pass, set-up excluded (a pass of the apply steps starts from no profiles and
+# drops them at its end, which criterion's timing leaves out). Needs valgrind (not installed by
+# the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -15,20 +17,26 @@ ensure_build_deps
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TAILOR_CACHE/target}"
 command -v valgrind >/dev/null || { echo "icount.sh: valgrind is needed (e.g. apt-get install valgrind)" >&2; exit 1; }
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(decode apply_evaluate decode_apply_evaluate decode_apply_evaluate_50_segments state_encode state_decode)
-bin=$(cargo bench --bench core --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="core" and m.get("executable"): print(m["executable"])' | tail -1)
-[ -n "$bin" ] || { echo "icount.sh: the core bench did not build" >&2; exit 1; }
+[ ${#steps[@]} -gt 0 ] || steps=(decode decode_every_context apply_evaluate decode_apply_evaluate decode_apply_evaluate_50_segments state_encode state_decode)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+echo "icount.sh: building the core bench" >&2
+cargo bench --bench core --no-run --message-format=json > "$tmp/build.json" 2> "$tmp/build.log" \
+  || { cat "$tmp/build.log" >&2; echo "icount.sh: the core bench did not build" >&2; exit 1; }
+bin=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="core" and m.get("executable"): print(m["executable"])' \
+  "$tmp/build.json" | tail -1)
+[ -n "$bin" ] || { echo "icount.sh: no executable of the core bench in cargo's output" >&2; exit 1; }
 count() { # step passes -> instructions
   TAILOR_ICOUNT_STEP=$1 TAILOR_ICOUNT_PASSES=$2 valgrind --tool=cachegrind --cache-sim=no \
     --cachegrind-out-file="$tmp/out" "$bin" > "$tmp/stdout" 2> "$tmp/log" \
     || { cat "$tmp/log" >&2; exit 1; }
-  grep -oE 'I *refs: *[0-9,]+' "$tmp/log" | grep -oE '[0-9,]+$' | tr -d ,
+  local n
+  n=$(grep -oE 'I *refs: *[0-9,]+' "$tmp/log" | grep -oE '[0-9,]+$' | tr -d ,) \
+    || { cat "$tmp/log" >&2; echo "icount.sh: no instruction count in cachegrind's output" >&2; exit 1; }
+  echo "$n"
 }
 for step in "${steps[@]}"; do
   one=$(count "$step" 1)
