@@ -48,8 +48,8 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    /// A zig-zag varint of at most 64 bits. Most are one byte (a union's branch, a length under 64): that case is
-    /// inlined where it is read; longer ones take [`Self::long_bytes`].
+    /// A zig-zag varint of at most 64 bits. Most are one byte (a union's branch, a length under
+    /// 64): that case is inlined where it is read; longer ones take [`Self::long_bytes`].
     #[inline]
     pub(super) fn long(&mut self) -> Result<i64, Bad> {
         match self.buf.get(self.pos) {
