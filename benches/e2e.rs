@@ -28,7 +28,9 @@
 //! `TAILOR_BENCH_CHANGELOG=false` runs without the changelog (with
 //! `TAILOR_BENCH_WIDE_PHASES=first`), `TAILOR_BENCH_DEADLINE_SECS` bounds the first pass (1800),
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
-//! turns RocksDB's write-ahead log on (`state.write_ahead_log`).
+//! turns RocksDB's write-ahead log on (`state.write_ahead_log`), `TAILOR_BENCH_PERF=PREFIX`
+//! records a `perf` profile of each workload's first pass (`PREFIX-wide.data`,
+//! `PREFIX-deep.data`).
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
@@ -866,6 +868,14 @@ fn workload(
     // or a probe waits for while the worker is busy. A poll starts 100 ms after the last one
     // ended, so a long stall is one sample: the maximum says more than the p99.
     let mut scrapes: Vec<f64> = Vec::new();
+    // TAILOR_BENCH_PERF=PREFIX: `perf record` of the worker for the first pass alone (from its
+    // first commit to its last) into PREFIX-wide.data and PREFIX-deep.data, with DWARF call
+    // stacks (Rust's release code keeps no frame pointers, so a frame-pointer profile names the
+    // leaf functions but not their callers).
+    let perf_file = std::env::var("TAILOR_BENCH_PERF")
+        .ok()
+        .map(|prefix| format!("{prefix}-{name}.data"));
+    let mut perf: Option<std::process::Child> = None;
     while Instant::now() < deadline {
         let asked = Instant::now();
         let polled = metric(port, "tailor_stored_offset{");
@@ -886,6 +896,9 @@ fn workload(
             slice_start = first;
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
             faults_before = stat_at_first.minor_faults;
+            if let Some(file) = &perf_file {
+                perf = start_perf(pid, file);
+            }
         }
         if let Some((t, n)) = slice_start.filter(|&(_, n)| done >= next_report && done > n) {
             let secs = t.elapsed().as_secs_f64().max(1e-3);
@@ -917,6 +930,9 @@ fn workload(
         }
         // Rendering the metrics costs the worker CPU (a few % at 50 polls a second).
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if let (Some(child), Some(file)) = (perf.take(), &perf_file) {
+        stop_perf(child, file);
     }
     if let [(first_slice, _), .., (last_slice, _)] = slice_rates[..] {
         println!(
@@ -1305,5 +1321,51 @@ fn delete_topics(
         .unwrap()
     {
         let _ = r;
+    }
+}
+
+/// `perf record` of process `pid` into `file` (99 samples a second per thread would miss short
+/// phases; 499 with 16 KiB of stack each is about 15 MB a second). `None` (and a line saying why)
+/// if perf cannot start: the bench goes on without the profile.
+fn start_perf(pid: u32, file: &str) -> Option<std::process::Child> {
+    let started = Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+            "-o",
+            file,
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match started {
+        Ok(child) => Some(child),
+        Err(e) => {
+            println!("TAILOR_BENCH_PERF: perf could not start ({e}); no profile of the pass");
+            None
+        }
+    }
+}
+
+/// Stops the profile (perf writes its file on SIGINT) and says where it is.
+fn stop_perf(mut child: std::process::Child, file: &str) {
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    // perf writes its file and then ends by the signal it was sent.
+    use std::os::unix::process::ExitStatusExt;
+    match child.wait() {
+        Ok(status) if status.success() || status.signal() == Some(2) => println!(
+            "perf profile of the pass: {file} (perf report -i {file} --no-children --sort sym)"
+        ),
+        Ok(status) => println!(
+            "TAILOR_BENCH_PERF: perf ended with {status} (is perf_event_paranoid above 1 for a non-root user?); {file} may be incomplete"
+        ),
+        Err(e) => println!("TAILOR_BENCH_PERF: waiting for perf failed: {e}"),
     }
 }
