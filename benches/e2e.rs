@@ -30,7 +30,7 @@
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
 //! turns RocksDB's write-ahead log on (`state.write_ahead_log`), `TAILOR_BENCH_PERF=PREFIX`
 //! records a `perf` profile of each workload's first pass (`PREFIX-wide.data`,
-//! `PREFIX-deep.data`).
+//! `PREFIX-deep.data`; the pass's figures are then taken under perf).
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
@@ -931,9 +931,6 @@ fn workload(
         // Rendering the metrics costs the worker CPU (a few % at 50 polls a second).
         std::thread::sleep(Duration::from_millis(100));
     }
-    if let (Some(child), Some(file)) = (perf.take(), &perf_file) {
-        stop_perf(child, file);
-    }
     if let [(first_slice, _), .., (last_slice, _)] = slice_rates[..] {
         println!(
             "rate in the last slice / the first: {:.2} ({last_slice:.0} / {first_slice:.0} events/s; a slice where a partition read to its end fired its timers is slower)",
@@ -978,6 +975,11 @@ fn workload(
     let changes = metric(port, "tailor_audience_changes_total{");
     let p = Phases::read(port);
     let rss = peak_rss_mib(pid);
+    // Stopped after the pass's figures are taken: perf takes a while to finish its file, and the
+    // worker goes on (firing timers) meanwhile.
+    if let (Some(child), Some(file)) = (perf.take(), &perf_file) {
+        stop_perf(child, file);
+    }
     let (t0, n0) = first.expect("the worker committed nothing");
     let secs = end.duration_since(t0).as_secs_f64();
     let rate = (done - n0) / secs;
@@ -1324,10 +1326,19 @@ fn delete_topics(
     }
 }
 
-/// `perf record` of process `pid` into `file` (99 samples a second per thread would miss short
-/// phases; 499 with 16 KiB of stack each is about 15 MB a second). `None` (and a line saying why)
-/// if perf cannot start: the bench goes on without the profile.
+/// `perf record` of process `pid` into `file` (499 samples a second with 16 KiB of stack each:
+/// about 15 MB a second), its messages into `file.log`. `None` (and a line saying why) if perf
+/// cannot start: the bench goes on without the profile. The pass's figures are then taken under
+/// perf (the kernel copies each sample's stack in the worker's time): not comparable with a run
+/// without it.
 fn start_perf(pid: u32, file: &str) -> Option<std::process::Child> {
+    let log = match std::fs::File::create(format!("{file}.log")) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("TAILOR_BENCH_PERF: cannot create {file}.log ({e}); no profile of the pass");
+            return None;
+        }
+    };
     let started = Command::new("perf")
         .args([
             "record",
@@ -1335,16 +1346,22 @@ fn start_perf(pid: u32, file: &str) -> Option<std::process::Child> {
             "499",
             "--call-graph",
             "dwarf,16384",
+            // No build ids collected at the end (a read of the whole file): the profile is read
+            // on this machine, with these binaries.
+            "--no-buildid",
             "-o",
             file,
             "-p",
         ])
         .arg(pid.to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn();
     match started {
-        Ok(child) => Some(child),
+        Ok(child) => {
+            println!("TAILOR_BENCH_PERF: perf records this pass; its figures are taken under perf");
+            Some(child)
+        }
         Err(e) => {
             println!("TAILOR_BENCH_PERF: perf could not start ({e}); no profile of the pass");
             None
@@ -1352,19 +1369,28 @@ fn start_perf(pid: u32, file: &str) -> Option<std::process::Child> {
     }
 }
 
-/// Stops the profile (perf writes its file on SIGINT) and says where it is.
+/// Stops the profile (perf finishes its file on SIGINT, then ends by that signal) and says
+/// where it is, or why there is none (perf's own messages are in `file.log`).
 fn stop_perf(mut child: std::process::Child, file: &str) {
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    // perf writes its file and then ends by the signal it was sent.
     use std::os::unix::process::ExitStatusExt;
-    match child.wait() {
-        Ok(status) if status.success() || status.signal() == Some(2) => println!(
-            "perf profile of the pass: {file} (perf report -i {file} --no-children --sort sym)"
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sent {
+        // Not waited for: it would record until the worker ends.
+        let _ = child.kill();
+    }
+    let status = child.wait();
+    // A pass shorter than perf's start leaves a header at most.
+    let samples = std::fs::metadata(file).map_or(0, |m| m.len()) > 64 * 1024;
+    match status {
+        Ok(st) if (st.success() || st.signal() == Some(2)) && samples => println!(
+            "perf profile of the pass: {file} (perf report -i {file}; perf's messages in {file}.log)"
         ),
-        Ok(status) => println!(
-            "TAILOR_BENCH_PERF: perf ended with {status} (is perf_event_paranoid above 1 for a non-root user?); {file} may be incomplete"
+        Ok(st) => println!(
+            "TAILOR_BENCH_PERF: perf ended with {st}{}; see {file}.log",
+            if samples { "" } else { " and recorded nothing" }
         ),
         Err(e) => println!("TAILOR_BENCH_PERF: waiting for perf failed: {e}"),
     }
