@@ -1378,7 +1378,8 @@ fn stop_perf(mut child: std::process::Child, file: &str) {
         .status()
         .is_ok_and(|s| s.success());
     if !sent {
-        // Not waited for: it would record until the worker ends.
+        // Killed instead: waiting for a perf that got no signal would wait for the worker's end.
+        // (A killed perf leaves an unfinished file, which the line below reports.)
         let _ = child.kill();
     }
     let status = child.wait();
