@@ -1111,10 +1111,7 @@ fn workload(
     // Profiles re-evaluated before (at start, the definitions were new to the empty store).
     let swept_before = metric(port, "tailor_reevaluated_profiles_total ");
     let t_sweep = Instant::now();
-    let _ = Command::new("kill")
-        .arg("-HUP")
-        .arg(pid.to_string())
-        .status();
+    signal(pid, "HUP");
     let mut swept = 0.0;
     while t_sweep.elapsed() < Duration::from_secs(1800) {
         std::thread::sleep(Duration::from_millis(100));
@@ -1291,12 +1288,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Sends signal `name` (`TERM`, `HUP`, `INT`) to process `pid`; whether it was sent.
+fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// SIGTERM to the worker, and its exit awaited.
 fn stop(child: &mut std::process::Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    signal(child.id(), "TERM");
     let _ = child.wait();
 }
 
@@ -1373,11 +1376,7 @@ fn start_perf(pid: u32, file: &str) -> Option<std::process::Child> {
 /// where it is, or why there is none (perf's own messages are in `file.log`).
 fn stop_perf(mut child: std::process::Child, file: &str) {
     use std::os::unix::process::ExitStatusExt;
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !sent {
+    if !signal(child.id(), "INT") {
         // Killed instead: waiting for a perf that got no signal would wait for the worker's end.
         // (A killed perf leaves an unfinished file, which the line below reports.)
         let _ = child.kill();
