@@ -739,13 +739,19 @@ fn workload(
     println!("pre-filled {total} events over {profiles} shopper keys, {partitions} partitions, in {fill:.1}s");
 
     // The raw consume rate of the same topics in the same run: a plain librdkafka consumer (the
-    // worker's client library, every partition assigned, default fetch settings), no processing.
+    // worker's client library, every partition assigned, the fetch settings the worker's
+    // consumer defaults to), no processing.
     let raw_rate = {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("{prefix}-raw"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
+            .set(
+                "fetch.wait.max.ms",
+                std::env::var("TAILOR_BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "100".into()),
+            )
+            .set("fetch.queue.backoff.ms", "10")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -782,8 +788,9 @@ fn workload(
         .unwrap_or_default();
     let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
     let changelog = changelog();
-    // TAILOR_BENCH_FETCH_WAIT_MS: the worker's `fetch.wait.max.ms` (librdkafka's default, 500,
-    // when unset): how long the broker may hold a fetch that finds nothing new.
+    // TAILOR_BENCH_FETCH_WAIT_MS: the worker's (and the raw consumer's) `fetch.wait.max.ms`
+    // (the worker's default, 100, when unset): how long the broker may hold a fetch that finds
+    // nothing new.
     let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();

@@ -98,6 +98,14 @@ const FAULT_QUIET: Duration = Duration::from_secs(30);
 /// due within this of each other fire in one batch and one commit (at most 20 such commits a
 /// second), each at most this much later than `processing.allowed_lateness` after its due time.
 const TIMER_WAKE_GAP: Duration = Duration::from_millis(50);
+
+/// How often a batch polls its consumer afresh (a message polls it too). rdkafka's
+/// `StreamConsumer` wakes a waiting `recv` for messages, not for a rebalance: the rebalance
+/// callback runs at the next poll (rust-rdkafka#738), which for a thread with nothing to read
+/// was its batch's close (`processing.batch_max_wait`, 1 s). At start the second thread got
+/// its assignment 1 s after the first, and an idle thread answered a revocation up to 1 s late.
+const REPOLL: Duration = Duration::from_millis(100);
+
 /// A task's messages are applied a run at a time, once this many are buffered (or when the
 /// consumer has no message ready): the run's profiles are read from the store in one batched
 /// read before it is applied.
@@ -121,6 +129,15 @@ struct Restoring {
     topics: Vec<String>,
     job: tokio::task::JoinHandle<Result<(), String>>,
     cancel: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the job as it ends, before it wakes the loop: the join handle says finished only
+    /// a little later (after the job's locals are dropped).
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Restoring {
+    fn finished(&self) -> bool {
+        self.done.load(Ordering::Acquire) || self.job.is_finished()
+    }
 }
 
 /// The worker: its partition tasks and what they share.
@@ -291,6 +308,9 @@ impl Worker {
                             // A standby follow of it stops.
                             self.claims.claim(partition, self.slot);
                             let claims = self.claims.clone();
+                            let wake = consumer.context().wake.clone();
+                            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                            let ended = done.clone();
                             // A restore of it cancelled by an earlier revocation may still be
                             // writing: this one starts when it has stopped.
                             let before = self.cancelled.remove(&partition);
@@ -298,11 +318,17 @@ impl Worker {
                                 if let Some(before) = before {
                                     let _ = tokio::runtime::Handle::current().block_on(before);
                                 }
-                                let _writing = claims.hold(partition);
+                                let writing = claims.hold(partition);
                                 if flag.load(Ordering::Relaxed) {
                                     return Err(changelog::CANCELLED.to_string());
                                 }
-                                restorer.restore(&store, partition, &flag)
+                                let restored = restorer.restore(&store, partition, &flag);
+                                drop(writing);
+                                // The loop opens the partition at its next batch: an idle
+                                // batch closes now for it.
+                                ended.store(true, Ordering::Release);
+                                wake.notify_one();
+                                restored
                             });
                             self.restoring.insert(
                                 partition,
@@ -310,6 +336,7 @@ impl Worker {
                                     topics: vec![topic],
                                     job,
                                     cancel,
+                                    done,
                                 },
                             );
                         }
@@ -528,7 +555,7 @@ impl Worker {
         let done: Vec<i32> = self
             .restoring
             .iter()
-            .filter(|(_, r)| r.job.is_finished())
+            .filter(|(_, r)| r.finished())
             .map(|(p, _)| *p)
             .collect();
         if done.is_empty() {
@@ -1221,6 +1248,7 @@ pub async fn run(
                 Offset::Beginning
             },
             rebalances: std::sync::Mutex::new(Vec::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
             brokers_up: std::sync::atomic::AtomicBool::new(true),
             pause_on_assign: c.state.changelog,
             topics: [
@@ -1625,6 +1653,8 @@ impl Worker {
             self.batch_started.get_or_insert_with(Instant::now);
             self.out.send().await?;
         }
+        let repoll = tokio::time::sleep(REPOLL);
+        tokio::pin!(repoll);
         let mut messages = 0usize;
         // The batch's latest close; a batch that has caught up closes sooner (`linger`).
         let closes_at = deadline.deadline();
@@ -1643,6 +1673,20 @@ impl Worker {
                 // closes as before.
                 _ = &mut woken, if wake_at.is_some() && messages == 0 && !changed => break,
                 Some(answer) = lookups.recv() => self.take_lookup(consumer, answer)?,
+                // The next turn polls the consumer afresh (its rebalance callback runs then).
+                _ = &mut repoll => {
+                    repoll.as_mut().reset(tokio::time::Instant::now() + REPOLL);
+                }
+                // A rebalance recorded, or a restore finished: applied now; an idle batch
+                // closes, so that the next opens what is restored (a batch under way opens
+                // it at its end, as before).
+                _ = consumer.context().wake.notified() => {
+                    self.apply_rebalances(consumer)?;
+                    let restored = self.restoring.values().any(Restoring::finished);
+                    if restored && messages == 0 && !changed {
+                        break;
+                    }
+                }
                 r = consumer.recv() => {
                     let msg = match r {
                         Err(e) => {
