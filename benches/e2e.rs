@@ -742,16 +742,18 @@ fn workload(
     // worker's client library, every partition assigned, the fetch settings the worker's
     // consumer defaults to), no processing.
     let raw_rate = {
-        let c: BaseConsumer = ClientConfig::new()
+        let mut cfg = ClientConfig::new();
+        for (k, v) in tailor::worker::CONSUMER_FETCH_DEFAULTS {
+            cfg.set(k, v);
+        }
+        if let Ok(ms) = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS") {
+            cfg.set("fetch.wait.max.ms", ms);
+        }
+        let c: BaseConsumer = cfg
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("{prefix}-raw"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set(
-                "fetch.wait.max.ms",
-                std::env::var("TAILOR_BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "100".into()),
-            )
-            .set("fetch.queue.backoff.ms", "10")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();

@@ -240,19 +240,10 @@ pub fn consumer_config(settings: &Settings, slot: usize) -> ClientConfig {
     if !c.kafka.contains_key("statistics.interval.ms") {
         cfg.set("statistics.interval.ms", "5000");
     }
-    // librdkafka's default is 500 ms. Apache Kafka answers a waiting fetch as soon as data
-    // arrives, but some brokers (the development broker here) hold it for the whole wait, which
-    // then adds to the latency of every event at a trickle. An idle consumer sends at most ten
-    // fetches a second per broker at 100 ms.
-    if !c.kafka.contains_key("fetch.wait.max.ms") {
-        cfg.set("fetch.wait.max.ms", "100");
-    }
-    // librdkafka's default is 1000 ms: a partition whose prefetched messages reach
-    // `queued.min.messages` (100,000) or `queued.max.messages.kbytes` is not fetched again for
-    // that long, however soon the thread has consumed them. On the deep bench both threads sat
-    // idle for most of such seconds (1.1 of 2 cores busy; 1.2-1.8 with 10 ms).
-    if !c.kafka.contains_key("fetch.queue.backoff.ms") {
-        cfg.set("fetch.queue.backoff.ms", "10");
+    for (k, v) in CONSUMER_FETCH_DEFAULTS {
+        if !c.kafka.contains_key(k) {
+            cfg.set(k, v);
+        }
     }
     if let Some(id) = instance_id(settings) {
         if slot == 0 {
@@ -263,6 +254,21 @@ pub fn consumer_config(settings: &Settings, slot: usize) -> ClientConfig {
     }
     cfg
 }
+
+/// The consumer's fetch settings where the `[kafka]` table says nothing (the e2e bench's raw
+/// consumer uses them too, so that its rate compares with the worker's):
+/// - `fetch.wait.max.ms` 100 (librdkafka: 500). Apache Kafka answers a waiting fetch as soon as
+///   data arrives, but some brokers (the development broker here) hold it for the whole wait,
+///   which then adds to the latency of every event at a trickle. An idle consumer sends at most
+///   ten fetches a second per broker at 100 ms.
+/// - `fetch.queue.backoff.ms` 10 (librdkafka: 1000): a partition whose prefetched messages reach
+///   `queued.min.messages` (100,000) or `queued.max.messages.kbytes` is not fetched again for
+///   that long, however soon the thread has consumed them. On the deep bench both threads sat
+///   idle for most of such seconds (1.1 of 2 cores busy; 1.2-1.8 with 10 ms).
+pub const CONSUMER_FETCH_DEFAULTS: [(&str, &str); 2] = [
+    ("fetch.wait.max.ms", "100"),
+    ("fetch.queue.backoff.ms", "10"),
+];
 
 /// This worker's static group membership id: `TAILOR_INSTANCE_ID` (e.g. the pod name), else
 /// `consumer.instance_id`.

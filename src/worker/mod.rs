@@ -80,7 +80,7 @@ use crate::registry::{Lookup, Registry};
 use crate::store::Store;
 
 pub use collector::{DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
-pub use kafka::{check_kafka_properties, CHANGELOG_CONFIG};
+pub use kafka::{check_kafka_properties, CHANGELOG_CONFIG, CONSUMER_FETCH_DEFAULTS};
 pub use process::{MAX_EVENT_BYTES, MAX_KEY_BYTES};
 
 use collector::Collector;
@@ -1673,20 +1673,6 @@ impl Worker {
                 // closes as before.
                 _ = &mut woken, if wake_at.is_some() && messages == 0 && !changed => break,
                 Some(answer) = lookups.recv() => self.take_lookup(consumer, answer)?,
-                // The next turn polls the consumer afresh (its rebalance callback runs then).
-                _ = &mut repoll => {
-                    repoll.as_mut().reset(tokio::time::Instant::now() + REPOLL);
-                }
-                // A rebalance recorded, or a restore finished: applied now; an idle batch
-                // closes, so that the next opens what is restored (a batch under way opens
-                // it at its end, as before).
-                _ = consumer.context().wake.notified() => {
-                    self.apply_rebalances(consumer)?;
-                    let restored = self.restoring.values().any(Restoring::finished);
-                    if restored && messages == 0 && !changed {
-                        break;
-                    }
-                }
                 r = consumer.recv() => {
                     let msg = match r {
                         Err(e) => {
@@ -1710,6 +1696,22 @@ impl Worker {
                     if messages >= self.max_messages || self.message_budget() == 0 {
                         break;
                     }
+                }
+                // The two below are polled only when no message is ready (`biased`): nothing
+                // per message. A message applies the rebalances recorded so far itself.
+                // A rebalance recorded, or a restore finished: applied now; an idle batch
+                // closes, so that the next opens what is restored (a batch under way opens
+                // it at its end, as before).
+                _ = consumer.context().wake.notified() => {
+                    self.apply_rebalances(consumer)?;
+                    let restored = self.restoring.values().any(Restoring::finished);
+                    if restored && messages == 0 && !changed {
+                        break;
+                    }
+                }
+                // The next turn polls the consumer afresh (its rebalance callback runs then).
+                _ = &mut repoll => {
+                    repoll.as_mut().reset(tokio::time::Instant::now() + REPOLL);
                 }
                 // No message ready: the runs buffered so far are applied.
                 _ = std::future::ready(()), if self.tasks.values().any(|t| t.undrained > 0) => {
