@@ -736,6 +736,12 @@ impl Worker {
             // until the queue has drained to half (`drain`).
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition);
+            debug!(
+                %topic,
+                partition,
+                buffered = task.heads.len(),
+                "fetching paused: the topic's queue is full while another topic is awaited"
+            );
             consumer.pause(&tpl).map_err(|e| {
                 Error::transient("broker", format!("pausing {topic}/{partition}: {e}"))
             })?;
@@ -826,6 +832,12 @@ impl Worker {
             for t in &resume {
                 tpl.add_partition(t, partition);
             }
+            debug!(
+                topics = ?resume,
+                partition,
+                buffered = task.heads.len(),
+                "fetching resumed: the queue drained to half"
+            );
             consumer.resume(&tpl).map_err(|e| {
                 Error::transient("broker", format!("resuming partition {partition}: {e}"))
             })?;
