@@ -53,21 +53,28 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn metric(port: u16, name: &str) -> f64 {
+    metrics(port, &[name]).map_or(-1.0, |v| v[0])
+}
+
+/// One `GET /metrics`: the sum of the samples of each metric whose lines start with `names[i]`;
+/// None if the worker did not answer (a worker killed or stopped after it accepted the
+/// connection: not zero).
+fn metrics(port: u16, names: &[&str]) -> Option<Vec<f64>> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return -1.0;
-    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
-    // No answer (a worker killed or stopped after it accepted the connection) is not zero.
     if !body.lines().next().is_some_and(|l| l.contains(" 200 ")) {
-        return -1.0;
+        return None;
     }
-    body.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let mut sums = vec![0.0; names.len()];
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(i) = names.iter().position(|n| l.starts_with(n)) {
+            sums[i] += l.rsplit(' ').next()?.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Some(sums)
 }
 
 /// `GET /profiles/{key}` for existing shoppers over one keep-alive connection: latency
@@ -885,15 +892,28 @@ fn workload(
         .ok()
         .map(|prefix| format!("{prefix}-{name}.data"));
     let mut perf: Option<std::process::Child> = None;
+    // At each poll: the input partitions the worker's threads hold and those still restoring.
+    // A thread given its partitions later than the others (the development broker sometimes
+    // answers the second member's SyncGroup a second late) leaves them running alone meanwhile.
+    let mut held: Vec<(Instant, f64, f64)> = Vec::new();
     while Instant::now() < deadline {
         let asked = Instant::now();
-        let polled = metric(port, "tailor_stored_offset{");
-        // A poll that could not connect (-1) answered nothing: not a fast answer, and not a
-        // count (the last one stands).
-        if polled < 0.0 {
+        let polled = metrics(
+            port,
+            &[
+                "tailor_stored_offset{",
+                "tailor_assigned_partitions ",
+                "tailor_changelog_restoring_partitions ",
+            ],
+        );
+        // A poll that could not connect answered nothing: not a fast answer, and not a count
+        // (the last one stands).
+        let Some([polled, assigned, restoring]) = polled.as_deref().map(|v| [v[0], v[1], v[2]])
+        else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
-        }
+        };
+        held.push((Instant::now(), assigned, restoring));
         done = polled;
         if first.is_some() {
             scrapes.push(asked.elapsed().as_secs_f64() * 1e3);
@@ -996,6 +1016,15 @@ fn workload(
         "start to first commit: {:.1}s (process start, topic checks, group join, changelog check)",
         t0.duration_since(spawned).as_secs_f64()
     );
+    // The first poll at which the threads held as many partitions as they ever did in the
+    // pass, none of them restoring.
+    let most = held.iter().map(|h| h.1).fold(0.0, f64::max);
+    if let Some((at, ..)) = held.iter().find(|h| h.1 >= most && h.2 == 0.0) {
+        println!(
+            "every partition held and restored: {:.1}s after the first commit ({most:.0} input partitions; polled every 0.1 s)",
+            at.saturating_duration_since(t0).as_secs_f64()
+        );
+    }
     println!(
         "worker ({:.0} processing threads): {:.0} events committed in {secs:.1}s = {rate:.0} events/s ({:.2} of the raw consume rate; explanations {}); {changes:.0} audience changes; peak RSS {rss:.0} MiB",
         metric(port, "tailor_processing_threads "),
