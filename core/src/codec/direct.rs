@@ -105,6 +105,13 @@ impl<'a> Reader<'a> {
     pub(super) fn string(&mut self) -> Result<String, Bad> {
         let len = usize::try_from(self.long()?).map_err(|_| Bad)?;
         let bytes = self.take(len)?;
+        // Most strings are ASCII: checking that word by word and copying took decoding from
+        // 6,146 to 5,409 instructions per sample event (`scripts/icount.sh decode`; events with
+        // every context set 30,996 to 25,884) against validating each as UTF-8.
+        if bytes.is_ascii() {
+            // SAFETY: ASCII bytes are valid UTF-8.
+            return Ok(unsafe { String::from_utf8_unchecked(bytes.to_vec()) });
+        }
         std::str::from_utf8(bytes)
             .map(str::to_owned)
             .map_err(|_| Bad)
@@ -248,6 +255,24 @@ mod tests {
     use serde::de::DeserializeOwned;
     use serde_avro_fast::de::{read::SliceRead, DeserializerConfig, DeserializerState};
     use std::fmt::Debug;
+
+    /// A string's bytes after its length, as the specification writes them.
+    fn string_datum(bytes: &[u8]) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        w.bytes(bytes);
+        w.0
+    }
+
+    #[test]
+    fn strings_ascii_or_not_and_invalid_utf8() {
+        let read = |bytes: &[u8]| Reader::new(&string_datum(bytes)).string().ok();
+        // ASCII (the quick path), UTF-8 beyond it (validated), and bytes that are not UTF-8.
+        assert_eq!(read(b"SKU-123").as_deref(), Some("SKU-123"));
+        assert_eq!(read("café ☕".as_bytes()).as_deref(), Some("café ☕"));
+        assert_eq!(read(b"").as_deref(), Some(""));
+        assert_eq!(read(b"ab\xffcd"), None);
+        assert_eq!(read(b"\xc3"), None, "a sequence cut short");
+    }
 
     /// The serde path alone (what decoded every datum before the direct readers): the value,
     /// if the whole body is one.
