@@ -53,13 +53,13 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn metric(port: u16, name: &str) -> f64 {
-    metrics(port, &[name]).map_or(-1.0, |v| v[0])
+    metrics(port, [name]).map_or(-1.0, |[v]| v)
 }
 
 /// One `GET /metrics`: the sum of the samples of each metric whose lines start with `names[i]`;
 /// None if the worker did not answer (a worker killed or stopped after it accepted the
 /// connection: not zero).
-fn metrics(port: u16, names: &[&str]) -> Option<Vec<f64>> {
+fn metrics<const N: usize>(port: u16, names: [&str; N]) -> Option<[f64; N]> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
@@ -68,10 +68,14 @@ fn metrics(port: u16, names: &[&str]) -> Option<Vec<f64>> {
     if !body.lines().next().is_some_and(|l| l.contains(" 200 ")) {
         return None;
     }
-    let mut sums = vec![0.0; names.len()];
+    let mut sums = [0.0; N];
     for l in body.lines().filter(|l| !l.starts_with('#')) {
         if let Some(i) = names.iter().position(|n| l.starts_with(n)) {
-            sums[i] += l.rsplit(' ').next()?.parse::<f64>().unwrap_or(0.0);
+            sums[i] += l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
         }
     }
     Some(sums)
@@ -745,6 +749,10 @@ fn workload(
     let fill = started.elapsed().as_secs_f64();
     println!("pre-filled {total} events over {profiles} shopper keys, {partitions} partitions, in {fill:.1}s");
 
+    // TAILOR_BENCH_FETCH_WAIT_MS: the worker's and the raw consumer's `fetch.wait.max.ms` (the
+    // worker's default, 100, when unset): how long the broker may hold a fetch that finds
+    // nothing new.
+    let fetch_wait_ms = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS").ok();
     // The raw consume rate of the same topics in the same run: a plain librdkafka consumer (the
     // worker's client library, every partition assigned, the fetch settings the worker's
     // consumer defaults to), no processing.
@@ -753,7 +761,7 @@ fn workload(
         for (k, v) in tailor::worker::CONSUMER_FETCH_DEFAULTS {
             cfg.set(k, v);
         }
-        if let Ok(ms) = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS") {
+        if let Some(ms) = &fetch_wait_ms {
             cfg.set("fetch.wait.max.ms", ms);
         }
         let c: BaseConsumer = cfg
@@ -797,10 +805,7 @@ fn workload(
         .unwrap_or_default();
     let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
     let changelog = changelog();
-    // TAILOR_BENCH_FETCH_WAIT_MS: the worker's (and the raw consumer's) `fetch.wait.max.ms`
-    // (the worker's default, 100, when unset): how long the broker may hold a fetch that finds
-    // nothing new.
-    let fetch_wait = std::env::var("TAILOR_BENCH_FETCH_WAIT_MS")
+    let fetch_wait = fetch_wait_ms
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
     // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_PROFILES,
@@ -898,18 +903,16 @@ fn workload(
     let mut held: Vec<(Instant, f64, f64)> = Vec::new();
     while Instant::now() < deadline {
         let asked = Instant::now();
-        let polled = metrics(
+        // A poll that could not connect answered nothing: not a fast answer, and not a count
+        // (the last one stands).
+        let Some([polled, assigned, restoring]) = metrics(
             port,
-            &[
+            [
                 "tailor_stored_offset{",
                 "tailor_assigned_partitions ",
                 "tailor_changelog_restoring_partitions ",
             ],
-        );
-        // A poll that could not connect answered nothing: not a fast answer, and not a count
-        // (the last one stands).
-        let Some([polled, assigned, restoring]) = polled.as_deref().map(|v| [v[0], v[1], v[2]])
-        else {
+        ) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
