@@ -163,8 +163,10 @@ enum Before {
 pub struct Core {
     segments: Arc<SegmentSet>,
     results: Vec<bool>,
-    /// The results before the cause, for explanations (computed at the first change).
+    /// The results before the cause, for explanations: of the segments that changed and those
+    /// their rules use (the ones `before_done`).
     before_results: Vec<bool>,
+    before_done: Vec<bool>,
     /// Kept between events for its allocations: the profile before the event. Boxed: moving
     /// the profile in and out by value showed as memmove in the core bench.
     before: Option<Box<Profile>>,
@@ -307,6 +309,7 @@ impl Core {
             segments,
             results,
             before_results: Vec::new(),
+            before_done: Vec::new(),
             before: None,
             undo: Undo::default(),
             #[cfg(debug_assertions)]
@@ -555,7 +558,7 @@ impl Core {
     }
 
     /// Evaluates the profile at `now` after `why`: every segment, or with `changed` only those
-    /// whose rules read something in it ([`SegmentSet::evaluate_changed`]).
+    /// whose rules read something in it ([`SegmentSet::evaluate_with_next`]).
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &mut self,
@@ -586,23 +589,33 @@ impl Core {
         }
         // Its timers fired before the event: the next was after `now`.
         let earlier = profile.next_timer;
-        match changed {
-            Some(c) => {
-                let kept = c.kept(&self.segments, &self.stored);
-                self.skipped +=
-                    self.segments
-                        .evaluate_changed(profile, now, c.inputs, kept, &mut self.results);
-                #[cfg(debug_assertions)]
-                {
-                    self.segments
-                        .evaluate(profile, now, &mut self.check_results);
-                    assert_eq!(
-                        self.results, self.check_results,
-                        "evaluating only the segments an event changed gives every result"
-                    );
-                }
-            }
-            None => self.segments.evaluate(profile, now, &mut self.results),
+        // The results, and the next timer in the same pass. Nothing after this changes what
+        // the rules read (memberships, recent changes and journey bookkeeping are not inputs).
+        let keep = changed.map(|c| (c.inputs, c.kept(&self.segments, &self.stored), earlier));
+        let (skipped, next_timer) = self.segments.evaluate_with_next(
+            profile,
+            now,
+            keep,
+            &mut self.results,
+            &mut self.nexts,
+        );
+        self.skipped += skipped;
+        #[cfg(debug_assertions)]
+        {
+            self.segments
+                .evaluate(profile, now, &mut self.check_results);
+            assert_eq!(
+                self.results, self.check_results,
+                "evaluating only the segments an event changed gives every result"
+            );
+            // Never later than the next change of any segment.
+            let full = self
+                .segments
+                .next_change(profile, now, &self.results, &mut Vec::new());
+            assert!(
+                full.is_none_or(|f| next_timer.is_some_and(|n| n <= f)),
+                "an incremental next timer {next_timer:?} after the next change {full:?}"
+            );
         }
         let mut before_ready = false;
         let mut undone = false;
@@ -637,30 +650,40 @@ impl Core {
                 };
                 bp.and_then(|bp| {
                     if !before_ready {
-                        // Before the event, a rule that reads nothing it changed had the result
-                        // it has after it (the one kept above): only the others are evaluated.
-                        match (changed, &before) {
-                            (Some(c), Before::Undone) => {
-                                self.segments.evaluate_changed(
-                                    bp,
-                                    bnow,
-                                    c.inputs,
-                                    c.kept(&self.segments, &self.stored),
-                                    &mut self.before_results,
-                                );
-                                #[cfg(debug_assertions)]
-                                {
-                                    let mut all = Vec::new();
-                                    self.segments.evaluate(bp, bnow, &mut all);
-                                    assert_eq!(
-                                        self.before_results, all,
-                                        "evaluating only the segments an event changed gives every result before it"
-                                    );
-                                }
-                            }
-                            _ => self.segments.evaluate(bp, bnow, &mut self.before_results),
-                        }
+                        let n = self.segments.len();
+                        self.before_results.clear();
+                        self.before_results.resize(n, false);
+                        self.before_done.clear();
+                        self.before_done.resize(n, false);
                         before_ready = true;
+                    }
+                    // Only the flipped segment's rule and those it uses are evaluated before
+                    // the cause. Before the event, a rule that reads nothing it changed had the
+                    // result it has after it (the one kept above).
+                    let keep = match (changed, &before) {
+                        (Some(c), Before::Undone) => {
+                            Some((c.inputs, c.kept(&self.segments, &self.stored)))
+                        }
+                        _ => None,
+                    };
+                    self.segments.evaluate_one(
+                        index,
+                        bp,
+                        bnow,
+                        keep,
+                        &mut self.before_results,
+                        &mut self.before_done,
+                    );
+                    #[cfg(debug_assertions)]
+                    {
+                        let mut all = Vec::new();
+                        self.segments.evaluate(bp, bnow, &mut all);
+                        for (i, done) in self.before_done.iter().enumerate() {
+                            assert!(
+                                !done || self.before_results[i] == all[i],
+                                "evaluating a few segments gives their results before the cause"
+                            );
+                        }
                     }
                     // The cause flipped the rule only if it held the stored membership just
                     // before. Otherwise the membership was stale (definitions changed and this
@@ -757,34 +780,7 @@ impl Core {
             self.before = Some(p); // its allocations serve the next event
         }
         self.journeys(key, profile, now, at, &why, first_change, out);
-        profile.next_timer = match changed {
-            Some(c) => {
-                let next = self.segments.next_change_changed(
-                    profile,
-                    now,
-                    &self.results,
-                    c.inputs,
-                    earlier,
-                    &mut self.nexts,
-                );
-                // Debug builds: never later than the next change of any segment.
-                #[cfg(debug_assertions)]
-                {
-                    let mut scratch = Vec::new();
-                    let full = self
-                        .segments
-                        .next_change(profile, now, &self.results, &mut scratch);
-                    assert!(
-                        full.is_none_or(|f| next.is_some_and(|n| n <= f)),
-                        "an incremental next timer {next:?} after the next change {full:?}"
-                    );
-                }
-                next
-            }
-            None => self
-                .segments
-                .next_change(profile, now, &self.results, &mut self.nexts),
-        };
+        profile.next_timer = next_timer;
     }
 
     /// Debug builds: the profile before the event made from the undo evaluates like the copy

@@ -77,6 +77,9 @@ pub struct Segment {
     explain: Option<Part>,
     /// The segments its rule uses (`in_segment`).
     uses: Vec<String>,
+    /// The places of the segments its rule uses, and of those theirs use, ascending (each
+    /// before this one in evaluation order).
+    deps: Vec<usize>,
 }
 
 impl Segment {
@@ -108,7 +111,7 @@ pub struct SegmentSet {
     reads: crate::profile::RuleReads,
     /// The results of a profile that saw nothing yet, when they are the same at any time and
     /// no timer would follow (they stand for the stored results before a shopper's first
-    /// event, [`Self::evaluate_changed`]).
+    /// event, [`Self::evaluate_with_next`]).
     empty: Option<Vec<bool>>,
 }
 
@@ -173,40 +176,11 @@ impl SegmentSet {
         results: &[bool],
         scratch: &mut Vec<Option<i64>>,
     ) -> Option<i64> {
-        self.next_change_after(profile, now, results, None, scratch)
-    }
-
-    /// [`Self::next_change`] after [`Self::evaluate_changed`]: a segment not evaluated takes
-    /// `earlier` (the profile's next timer before the event) for its own next change. Its rule
-    /// read nothing the event changed, so its next change is where it was, at or after that
-    /// timer: the result may come early (a timer that finds nothing to change), never late.
-    pub fn next_change_changed(
-        &self,
-        profile: &Profile,
-        now: i64,
-        results: &[bool],
-        changed: u64,
-        earlier: Option<i64>,
-        scratch: &mut Vec<Option<i64>>,
-    ) -> Option<i64> {
-        self.next_change_after(profile, now, results, Some((changed, earlier)), scratch)
-    }
-
-    fn next_change_after(
-        &self,
-        profile: &Profile,
-        now: i64,
-        results: &[bool],
-        changed: Option<(u64, Option<i64>)>,
-        scratch: &mut Vec<Option<i64>>,
-    ) -> Option<i64> {
         scratch.clear();
         let mut earliest: Option<i64> = None;
         for seg in &self.segments {
             let next = if !seg.timed {
                 None
-            } else if let Some((_, earlier)) = changed.filter(|(c, _)| seg.inputs & c == 0) {
-                earlier.filter(|&t| t > now)
             } else {
                 plan::next_change(
                     &seg.rule,
@@ -225,6 +199,58 @@ impl SegmentSet {
             scratch.push(next);
         }
         earliest
+    }
+
+    /// [`Self::evaluate`] and [`Self::next_change`] in one pass, each rule walked once (the
+    /// value of a compared node serves its crossing). Fills `results` and `nexts`; returns how
+    /// many segments kept their result and the earliest next change.
+    ///
+    /// With `keep` (what the event changed, [`plan::inputs::of_event`]; the stored results; and
+    /// `earlier`, the profile's next timer before the event), only the segments whose rules read
+    /// something the event changed are evaluated. For a profile evaluated under these
+    /// definitions, with no timer due (they fired before the event), a rule that reads nothing
+    /// the event changed has its stored result now (the passing of time alone changes it only at
+    /// its next change, at or after that timer), and takes `earlier` for its next change: the
+    /// result may come early (a timer that finds nothing to change), never late. Debug builds
+    /// check both against [`Self::evaluate`] and [`Self::next_change`] at every event.
+    pub fn evaluate_with_next(
+        &self,
+        profile: &Profile,
+        now: i64,
+        keep: Option<(u64, &[bool], Option<i64>)>,
+        results: &mut Vec<bool>,
+        nexts: &mut Vec<Option<i64>>,
+    ) -> (u64, Option<i64>) {
+        results.clear();
+        nexts.clear();
+        let (mut skipped, mut earliest) = (0, None::<i64>);
+        for (i, seg) in self.segments.iter().enumerate() {
+            let (hit, next) = match keep.filter(|(changed, ..)| seg.inputs & changed == 0) {
+                Some((_, stored, earlier)) => {
+                    skipped += 1;
+                    (stored[i], earlier.filter(|_| seg.timed))
+                }
+                None => {
+                    let cx = Ctx {
+                        profile,
+                        now,
+                        segments: results,
+                    };
+                    if seg.timed {
+                        plan::matches_next(&seg.rule, &cx, nexts)
+                    } else {
+                        (plan::matches(&seg.rule, &cx), None)
+                    }
+                }
+            };
+            let next = next.filter(|&t| t > now);
+            if let Some(t) = next {
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+            }
+            results.push(hit);
+            nexts.push(next);
+        }
+        (skipped, earliest)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -310,45 +336,8 @@ impl SegmentSet {
     /// Evaluates every segment for `profile` at stream time `now` into `out` (one flag per
     /// segment, in [`Self::segments`] order). Does not allocate once `out` has its capacity.
     pub fn evaluate(&self, profile: &Profile, now: i64, out: &mut Vec<bool>) {
-        self.evaluate_keeping(profile, now, None, out);
-    }
-
-    /// Evaluates only the segments whose rules read something in `changed` (what an event
-    /// changed, [`plan::inputs::of_event`]); the others keep their result in `stored`.
-    ///
-    /// For a profile evaluated under these definitions, with no timer due (they fired before the
-    /// event): `stored` holds the results of its last evaluation, and a rule that reads nothing
-    /// the event changed has the same result now (the passing of time alone changes it only at
-    /// its next change, which is at or after the profile's next timer). Debug builds check this
-    /// against [`Self::evaluate`] at every event. Returns how many were left out.
-    pub fn evaluate_changed(
-        &self,
-        profile: &Profile,
-        now: i64,
-        changed: u64,
-        stored: &[bool],
-        out: &mut Vec<bool>,
-    ) -> u64 {
-        self.evaluate_keeping(profile, now, Some((changed, stored)), out)
-    }
-
-    /// Both of the above: with `keep`, a segment whose rule reads nothing in its `changed`
-    /// keeps its result in `stored`. Returns how many kept theirs.
-    fn evaluate_keeping(
-        &self,
-        profile: &Profile,
-        now: i64,
-        keep: Option<(u64, &[bool])>,
-        out: &mut Vec<bool>,
-    ) -> u64 {
         out.clear();
-        let mut skipped = 0;
-        for (i, seg) in self.segments.iter().enumerate() {
-            if let Some((_, stored)) = keep.filter(|(changed, _)| seg.inputs & changed == 0) {
-                out.push(stored[i]);
-                skipped += 1;
-                continue;
-            }
+        for seg in &self.segments {
             let hit = plan::matches(
                 &seg.rule,
                 &Ctx {
@@ -359,7 +348,40 @@ impl SegmentSet {
             );
             out.push(hit);
         }
-        skipped
+    }
+
+    /// Segment `index`'s result, and those of the segments its rule uses, into `results`, as
+    /// [`Self::evaluate`] (or, with `keep`, [`Self::evaluate_with_next`]) gives them: for the few
+    /// results a pass needs, not every one. A segment already `done` is not evaluated again;
+    /// `results` and `done` hold one place per segment.
+    pub fn evaluate_one(
+        &self,
+        index: usize,
+        profile: &Profile,
+        now: i64,
+        keep: Option<(u64, &[bool])>,
+        results: &mut [bool],
+        done: &mut [bool],
+    ) {
+        let seg = &self.segments[index];
+        for &i in seg.deps.iter().chain(std::iter::once(&index)) {
+            if done[i] {
+                continue;
+            }
+            let s = &self.segments[i];
+            results[i] = match keep.filter(|(changed, _)| s.inputs & changed == 0) {
+                Some((_, stored)) => stored[i],
+                None => plan::matches(
+                    &s.rule,
+                    &Ctx {
+                        profile,
+                        now,
+                        segments: results,
+                    },
+                ),
+            };
+            done[i] = true;
+        }
     }
 
     /// Parses and compiles a definitions file.
@@ -1021,9 +1043,17 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
                 let mut uses: Vec<String> = refs[i].iter().map(|(id, _)| id.clone()).collect();
                 uses.sort();
                 uses.dedup();
+                let mut deps: Vec<usize> = Vec::new();
+                for j in uses.iter().filter_map(|id| index.get(id)) {
+                    deps.push(*j);
+                    deps.extend(segments.get(*j).map_or(&[][..], |s: &Segment| &s.deps));
+                }
+                deps.sort_unstable();
+                deps.dedup();
                 segments.push(Segment {
                     explain,
                     uses,
+                    deps,
                     id: d.id,
                     name: d.name,
                     description: d.description,

@@ -649,22 +649,7 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
         Node::And(l, r) => Val::Bool(truth(eval(l, cx)) && truth(eval(r, cx))),
         Node::Or(l, r) => Val::Bool(truth(eval(l, cx)) || truth(eval(r, cx))),
         Node::Cmp(op, l, r) => Val::Bool(compare(*op, eval(l, cx), eval(r, cx))),
-        Node::Arith(op, l, r) => match (eval(l, cx), eval(r, cx)) {
-            (Val::Num(a), Val::Num(b)) => {
-                let v = match op {
-                    BinOp::Add => a + b,
-                    BinOp::Sub => a - b,
-                    BinOp::Mul => a * b,
-                    _ => a / b,
-                };
-                if v.is_finite() {
-                    Val::Num(v)
-                } else {
-                    Val::Missing
-                }
-            }
-            _ => Val::Missing,
-        },
+        Node::Arith(op, l, r) => arith(*op, eval(l, cx), eval(r, cx)),
         Node::InList(x, list) => {
             let v = eval(x, cx);
             Val::Bool(
@@ -674,6 +659,23 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
                         .any(|item| compare(BinOp::Eq, v, eval(item, cx))),
             )
         }
+    }
+}
+
+fn arith<'a>(op: BinOp, l: Val, r: Val) -> Val<'a> {
+    let (Val::Num(a), Val::Num(b)) = (l, r) else {
+        return Val::Missing;
+    };
+    let v = match op {
+        BinOp::Add => a + b,
+        BinOp::Sub => a - b,
+        BinOp::Mul => a * b,
+        _ => a / b,
+    };
+    if v.is_finite() {
+        Val::Num(v)
+    } else {
+        Val::Missing
     }
 }
 
@@ -887,42 +889,134 @@ fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 /// Never later than the true moment; it may be earlier (a timer that finds nothing changed only
 /// schedules the next one). `segments` holds the same for the segments evaluated before.
 pub fn next_change(n: &Node, cx: &Ctx, segments: &[Option<i64>]) -> Option<i64> {
+    eval_next(n, cx, segments).1
+}
+
+/// Evaluates a compiled boolean rule and, in the same walk, its [`next_change`].
+pub fn matches_next(rule: &Node, cx: &Ctx, segments: &[Option<i64>]) -> (bool, Option<i64>) {
+    let (v, next) = eval_next(rule, cx, segments);
+    (truth(v), next)
+}
+
+/// A node's value at `cx.now` and its next change, in one walk.
+///
+/// A conjunction one side holds false stays false until that side may change; both sides
+/// false, until both may have changed (a disjunction held true by a side, likewise). So a rule
+/// that stays false because of something time does not change (`since(last productPageView) >
+/// 1h and orders.count >= 1` for a shopper with no order) sets no timer, and a side that holds
+/// it false for good is enough: the other is not evaluated. Never later than the true moment:
+/// the conjunction cannot turn true before each side that holds it false has changed.
+fn eval_next<'a>(n: &'a Node, cx: &Ctx<'a>, segments: &[Option<i64>]) -> (Val<'a>, Option<i64>) {
     let p = cx.profile;
     match n {
-        Node::Count(k, w) | Node::Sum(k, w) => first_expiry(cx, *k, *w),
-        Node::CountCategory(k, key, w) => Profile::keyed(&p.by_category, *k, key)
-            .and_then(|s| s.series.expiries(*w, cx.now).next())
-            .map(|e| e.0),
-        Node::CountProduct(k, key, w) => Profile::keyed(&p.by_product, *k, key)
-            .and_then(|s| s.series.expiries(*w, cx.now).next())
-            .map(|e| e.0),
+        Node::Count(k, w) | Node::Sum(k, w) => match series_of(p, *k) {
+            None => (Val::Num(0.0), None),
+            Some(s) => {
+                let (count, sum) = s.query(*w, cx.now);
+                let v = if matches!(n, Node::Count(..)) {
+                    count as f64
+                } else {
+                    sum
+                };
+                (Val::Num(v), s.expiries(*w, cx.now).next().map(|e| e.0))
+            }
+        },
+        Node::CountCategory(k, key, w) | Node::CountProduct(k, key, w) => {
+            let list = if matches!(n, Node::CountCategory(..)) {
+                &p.by_category
+            } else {
+                &p.by_product
+            };
+            match Profile::keyed(list, *k, key) {
+                None => (Val::Num(0.0), None),
+                Some(s) => (
+                    Val::Num(s.series.query(*w, cx.now) as f64),
+                    s.series.expiries(*w, cx.now).next().map(|e| e.0),
+                ),
+            }
+        }
         Node::Seq {
             first,
+            second,
             window,
-            negated: true,
-            ..
-        } => first_time(p, first)
-            .map(|a| a + window)
-            .filter(|&t| t > cx.now),
-        Node::Segment(i) => segments[*i],
-        Node::Not(x) | Node::Neg(x) => next_change(x, cx, segments),
-        Node::Cmp(op, l, r) => match (&**l, &**r) {
-            (x, Node::Num(c)) if !matches!(x, Node::Num(_)) => {
-                crossing(*op, x, *c, cx).unwrap_or_else(|| next_change(x, cx, segments))
+            negated,
+        } => {
+            let Some(a) = first_time(p, first) else {
+                return (Val::Bool(false), None);
+            };
+            let followed = first_after(p, *second, a).is_some_and(|b| b <= a + window);
+            if *negated {
+                let end = a + window;
+                (
+                    Val::Bool(cx.now >= end && !followed),
+                    Some(end).filter(|&t| t > cx.now),
+                )
+            } else {
+                (Val::Bool(followed), None)
             }
-            (Node::Num(c), x) => {
-                crossing(op.flipped(), x, *c, cx).unwrap_or_else(|| next_change(x, cx, segments))
-            }
-            _ => earliest(next_change(l, cx, segments), next_change(r, cx, segments)),
-        },
-        Node::And(l, r) | Node::Or(l, r) | Node::Arith(_, l, r) => {
-            earliest(next_change(l, cx, segments), next_change(r, cx, segments))
         }
-        Node::InList(x, items) => items.iter().fold(next_change(x, cx, segments), |acc, i| {
-            earliest(acc, next_change(i, cx, segments))
-        }),
-        _ => None,
+        Node::Segment(i) => (Val::Bool(cx.segments[*i]), segments[*i]),
+        Node::Not(x) => {
+            let (v, next) = eval_next(x, cx, segments);
+            (Val::Bool(!truth(v)), next)
+        }
+        Node::Neg(x) => match eval_next(x, cx, segments) {
+            (Val::Num(v), next) => (Val::Num(-v), next),
+            (_, next) => (Val::Missing, next),
+        },
+        Node::And(l, r) | Node::Or(l, r) => {
+            // The value that decides alone: false for `and`, true for `or`.
+            let decides = matches!(n, Node::Or(..));
+            let (vl, nl) = eval_next(l, cx, segments);
+            let l_decides = truth(vl) == decides;
+            if l_decides && nl.is_none() {
+                return (Val::Bool(decides), None); // for good
+            }
+            let (vr, nr) = eval_next(r, cx, segments);
+            let next = match (l_decides, truth(vr) == decides) {
+                // Until both may have changed ("never" if one never does).
+                (true, true) => nl.zip(nr).map(|(a, b)| a.max(b)),
+                (true, false) => nl,
+                (false, true) => nr,
+                (false, false) => return (Val::Bool(!decides), earliest(nl, nr)),
+            };
+            (Val::Bool(decides), next)
+        }
+        Node::Cmp(op, l, r) => match (&**l, &**r) {
+            (x, Node::Num(c)) if !matches!(x, Node::Num(_)) => compared(*op, x, *c, cx, segments),
+            (Node::Num(c), x) => compared(op.flipped(), x, *c, cx, segments),
+            _ => {
+                let (vl, nl) = eval_next(l, cx, segments);
+                let (vr, nr) = eval_next(r, cx, segments);
+                (Val::Bool(compare(*op, vl, vr)), earliest(nl, nr))
+            }
+        },
+        Node::Arith(op, l, r) => {
+            let (vl, nl) = eval_next(l, cx, segments);
+            let (vr, nr) = eval_next(r, cx, segments);
+            (arith(*op, vl, vr), earliest(nl, nr))
+        }
+        Node::InList(x, items) => (
+            eval(n, cx),
+            items.iter().fold(next_change(x, cx, segments), |acc, i| {
+                earliest(acc, next_change(i, cx, segments))
+            }),
+        ),
+        _ => (eval(n, cx), None),
     }
+}
+
+/// `x op c`: its value, and when it next flips (from the value of `x`, evaluated once).
+fn compared<'a>(
+    op: BinOp,
+    x: &'a Node,
+    c: f64,
+    cx: &Ctx<'a>,
+    segments: &[Option<i64>],
+) -> (Val<'a>, Option<i64>) {
+    let current = eval(x, cx);
+    let next = crossing(op, x, current, c, cx).unwrap_or_else(|| next_change(x, cx, segments));
+    (Val::Bool(compare(op, current, Val::Num(c))), next)
 }
 
 /// The series `count`, `sum`, `since` and sequences read for `k`.
@@ -933,17 +1027,11 @@ fn series_of(p: &Profile, k: Events) -> Option<&crate::window::Series> {
     }
 }
 
-fn first_expiry(cx: &Ctx, k: Events, w: i64) -> Option<i64> {
-    series_of(cx.profile, k)
-        .and_then(|s| s.expiries(w, cx.now).next())
-        .map(|e| e.0)
-}
-
 /// When `x op c` flips, for the nodes whose course in time is known exactly. `None` means "not
-/// such a node" (the caller falls back); `Some(None)` means it never flips.
-fn crossing(op: BinOp, x: &Node, c: f64, cx: &Ctx) -> Option<Option<i64>> {
+/// such a node" (the caller falls back); `Some(None)` means it never flips. `current` is the
+/// value of `x` now.
+fn crossing(op: BinOp, x: &Node, current: Val, c: f64, cx: &Ctx) -> Option<Option<i64>> {
     let p = cx.profile;
-    let current = eval(x, cx);
     let now_holds = compare(op, current, Val::Num(c));
     let differs = |v: f64| compare(op, Val::Num(v), Val::Num(c)) != now_holds;
     // A count falling step by step as buckets leave the window (integers: exact).

@@ -900,3 +900,82 @@ fn a_sum_in_a_window_gets_a_timer_whatever_the_rounding() {
     set.evaluate(&p, next - 1, &mut results);
     assert_eq!(results, [true], "not before");
 }
+
+/// A conjunction held false by a side that time does not change sets no timer, and no rule of
+/// `and`, `or` and `not` over timed sides flips before its next change (checked minute by minute
+/// from each event to the next change, and past it to see that the flips are found).
+#[test]
+fn conjunctions_are_timed_by_the_sides_that_hold_them() {
+    let no_order = "since(last productPageView) > 1h and orders.count >= 1";
+    let set = SegmentSet::parse(&one(no_order)).unwrap();
+    let mut p = Profile::default();
+    p.apply(&event(EventType::ProductPageView, T0, 0.0));
+    let mut results = Vec::new();
+    set.evaluate(&p, T0, &mut results);
+    assert_eq!(results, [false]);
+    assert_eq!(
+        set.next_change(&p, T0, &results, &mut Vec::new()),
+        None,
+        "no order: the rule stays false whatever the time"
+    );
+    p.apply(&event(EventType::OrderPlaced, T0 + 1, 10.0));
+    set.evaluate(&p, T0 + 1, &mut results);
+    assert_eq!(
+        set.next_change(&p, T0 + 1, &results, &mut Vec::new()),
+        Some(T0 + H + 1),
+        "an order: the rule turns true an hour after the page view"
+    );
+
+    let rules = [
+        no_order,
+        "orders.count >= 1 or since(last productPageView) <= 1h",
+        "count(productPageView, 2h) >= 2 and since(last productPageView) > 30m",
+        "count(productPageView, 2h) >= 2 or count(addToCart, 3h) >= 1",
+        "not (count(productPageView, 90m) >= 1 and count(addToCart, 1h) == 0)",
+        "(count(addToCart, 1h) == 0 and count(productPageView, 3h) >= 1) or since(last orderPlaced) <= 2h",
+    ];
+    let events = [
+        (EventType::ProductPageView, 0),
+        (EventType::ProductPageView, 20),
+        (EventType::AddToCart, 50),
+        (EventType::OrderPlaced, 130),
+        (EventType::ProductPageView, 400),
+    ];
+    const M: i64 = 60_000;
+    let mut flips = 0;
+    for rule in rules {
+        let set = SegmentSet::parse(&one(rule)).unwrap();
+        let mut p = Profile::default();
+        for (i, &(kind, minute)) in events.iter().enumerate() {
+            p.apply(&event(kind, T0 + minute * M, 10.0));
+            let until = events.get(i + 1).map_or(minute + 600, |e| e.1);
+            let mut now = T0 + minute * M;
+            let (mut at, mut scratch) = (Vec::new(), Vec::new());
+            while now < T0 + until * M {
+                set.evaluate(&p, now, &mut at);
+                let next = set.next_change(&p, now, &at, &mut scratch);
+                let mut later = Vec::new();
+                let mut t = now + M;
+                while next.is_none_or(|n| t < n) && t < T0 + until * M {
+                    set.evaluate(&p, t, &mut later);
+                    assert_eq!(
+                        later,
+                        at,
+                        "{rule}: flipped at minute {} before its next change {next:?}",
+                        (t - T0) / M
+                    );
+                    t += M;
+                }
+                match next {
+                    Some(n) if n < T0 + until * M => {
+                        set.evaluate(&p, n, &mut later);
+                        flips += usize::from(later != at);
+                        now = n;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    assert!(flips >= 6, "the timers found flips ({flips})");
+}
