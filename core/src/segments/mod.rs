@@ -113,6 +113,10 @@ pub struct SegmentSet {
     /// no timer would follow (they stand for the stored results before a shopper's first
     /// event, [`Self::evaluate_with_next`]).
     empty: Option<Vec<bool>>,
+    /// For each bit of [`plan::inputs`], the segments whose rules read it: a bit set per
+    /// segment, [`Self::words`] words per input bit.
+    by_input: Vec<u64>,
+    words: usize,
 }
 
 impl SegmentSet {
@@ -223,34 +227,63 @@ impl SegmentSet {
     ) -> (u64, Option<i64>) {
         results.clear();
         nexts.clear();
-        let (mut skipped, mut earliest) = (0, None::<i64>);
-        for (i, seg) in self.segments.iter().enumerate() {
-            let (hit, next) = match keep.filter(|(changed, ..)| seg.inputs & changed == 0) {
-                Some((_, stored, earlier)) => {
-                    skipped += 1;
-                    (stored[i], earlier.filter(|_| seg.timed))
-                }
-                None => {
-                    let cx = Ctx {
-                        profile,
-                        now,
-                        segments: results,
-                    };
-                    if seg.timed {
-                        plan::matches_next(&seg.rule, &cx, nexts)
-                    } else {
-                        (plan::matches(&seg.rule, &cx), None)
-                    }
-                }
-            };
-            let next = next.filter(|&t| t > now);
-            if let Some(t) = next {
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        let Some((changed, stored, earlier)) = keep else {
+            for seg in &self.segments {
+                let (hit, next) = self.evaluate_next(seg, profile, now, results, nexts);
+                results.push(hit);
+                nexts.push(next);
             }
-            results.push(hit);
-            nexts.push(next);
+            return (0, nexts.iter().flatten().min().copied());
+        };
+        // Every segment keeps its result and takes `earlier`, then the ones whose rules read
+        // something the event changed are evaluated, in order (a rule uses only segments
+        // before it, whose results are final by then).
+        let earlier = earlier.filter(|&t| t > now);
+        results.extend_from_slice(stored);
+        nexts.extend(self.segments.iter().map(|s| earlier.filter(|_| s.timed)));
+        let mut evaluated = 0;
+        for w in 0..self.words {
+            let (mut bits, mut word) = (changed, 0u64);
+            while bits != 0 {
+                word |= self.by_input[bits.trailing_zeros() as usize * self.words + w];
+                bits &= bits - 1;
+            }
+            while word != 0 {
+                let i = w * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                let (hit, next) =
+                    self.evaluate_next(&self.segments[i], profile, now, results, nexts);
+                results[i] = hit;
+                nexts[i] = next;
+                evaluated += 1;
+            }
         }
-        (skipped, earliest)
+        let skipped = (self.segments.len() - evaluated) as u64;
+        (skipped, nexts.iter().flatten().min().copied())
+    }
+
+    /// One segment's result and next change (after `now`), given the results and next changes
+    /// of the segments before it.
+    #[inline]
+    fn evaluate_next(
+        &self,
+        seg: &Segment,
+        profile: &Profile,
+        now: i64,
+        results: &[bool],
+        nexts: &[Option<i64>],
+    ) -> (bool, Option<i64>) {
+        let cx = Ctx {
+            profile,
+            now,
+            segments: results,
+        };
+        if seg.timed {
+            let (hit, next) = plan::matches_next(&seg.rule, &cx, nexts);
+            (hit, next.filter(|&t| t > now))
+        } else {
+            (plan::matches(&seg.rule, &cx), None)
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -395,6 +428,13 @@ impl SegmentSet {
             plan::reads(&seg.rule, &mut set.reads);
         }
         set.reads.normalise();
+        set.words = set.segments.len().div_ceil(64);
+        set.by_input = vec![0; 64 * set.words];
+        for (i, seg) in set.segments.iter().enumerate() {
+            for bit in (0..64).filter(|b| seg.inputs & (1 << b) != 0) {
+                set.by_input[bit * set.words + i / 64] |= 1 << (i % 64);
+            }
+        }
         if errors.is_empty() {
             set.empty = set.find_empty_results();
             Ok(set)
@@ -1086,6 +1126,8 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
         journeys: Vec::new(),
         reads: Default::default(),
         empty: None,
+        by_input: Vec::new(),
+        words: 0,
     }
 }
 

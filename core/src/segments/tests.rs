@@ -800,8 +800,8 @@ fn an_event_undone_gives_back_the_profile_before_it() {
 }
 
 /// An event evaluates only the segments whose rules read something it changed: the outputs are
-/// those of evaluating every segment at every event, through events of every type (three rule
-/// sets; keys that push entries out of full lists; identities linked; gaps of minutes to weeks,
+/// those of evaluating every segment at every event, through events of every type (four rule
+/// sets, one of 150 segments; keys that push entries out of full lists; identities linked; gaps of minutes to weeks,
 /// so that windows expire and timers fire in between), and the next timer is never later.
 #[test]
 fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
@@ -814,6 +814,27 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
     ))
     .unwrap();
     let examples = SegmentSet::parse(include_str!("../../../examples/segments.yaml")).unwrap();
+    // More segments than one 64-bit word of the set's index by input holds, and rules that use
+    // segments in other words.
+    let mut src = String::from("segments:\n");
+    for i in 0..150 {
+        let kind = EventType::ALL[i % EventType::ALL.len()].name();
+        let hours = 1 + i % 5 * 20;
+        let rule = match i % 3 {
+            _ if i >= 64 && i % 7 == 0 => {
+                format!(
+                    "in_segment(\"m{}\") or count({kind}, {hours}h) >= 2",
+                    i - 63
+                )
+            }
+            0 => format!("count({kind}, {hours}h) >= 1"),
+            1 => format!("since(last {kind}) <= {hours}h and cart.items > 0"),
+            _ => format!("count({kind}, 30d) >= 2 or orders.count >= 2"),
+        };
+        src.push_str(&format!("  - id: m{i}\n    rule: '{rule}'\n"));
+    }
+    let many = SegmentSet::parse(&src).unwrap();
+    assert_eq!(many.len(), 150);
     // A shopper's first event too evaluates only what it changed (against an empty profile's
     // results, which do not depend on the time for these sets).
     assert!(examples.empty_results().is_some() && named.empty_results().is_some());
@@ -823,7 +844,7 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
         offset: 0,
     };
     let (mut skipped, mut changes, mut fired) = (0u64, 0usize, 0u64);
-    for set in [reading_everything(), examples, named] {
+    for set in [reading_everything(), examples, named, many] {
         let set = Arc::new(set);
         let mut some = Core::new(set.clone());
         let mut every = Core::new(set.clone());
