@@ -21,6 +21,7 @@ use crate::profile::{
     Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
 };
 use crate::window::Series;
+use smallvec::SmallVec;
 
 /// The values before an event of what rules read and the event changes. Kept between events
 /// for its allocations.
@@ -122,8 +123,12 @@ fn is_affinity(a: &Affinity, _: EventType, key: &str) -> bool {
 }
 
 /// The distinct categories (or brands) of an event's lines, in order.
-fn distinct<'a>(lines: &'a [Line], of: impl Fn(&'a Line) -> Option<&'a str>) -> Vec<&'a str> {
-    let mut keys: Vec<&str> = Vec::new();
+/// The distinct keys of an event's lines (a few: kept on the stack).
+fn distinct<'a>(
+    lines: &'a [Line],
+    of: impl Fn(&'a Line) -> Option<&'a str>,
+) -> SmallVec<[&'a str; 4]> {
+    let mut keys: SmallVec<[&str; 4]> = SmallVec::new();
     for k in lines.iter().filter_map(of) {
         if !keys.contains(&k) {
             keys.push(k);
@@ -168,7 +173,7 @@ impl Undo {
             return;
         }
         if KEYED_EVENTS.contains(&ev.kind) && !reads.by_product.is_empty() {
-            let skus: Vec<&str> = ev.lines.iter().map(|l| l.sku.as_str()).collect();
+            let skus: SmallVec<[&str; 4]> = ev.lines.iter().map(|l| l.sku.as_str()).collect();
             record_keyed(
                 &mut self.by_product,
                 &p.by_product,
