@@ -134,16 +134,17 @@ impl Part {
     }
 
     fn flipped(&self, before: &Ctx, after: &Ctx, b: Value, a: Value) -> Explanation {
-        let changed = |c: &&Part| {
-            let (cb, ca) = (plan::value(&c.node, before), plan::value(&c.node, after));
-            truthy(&cb) != truthy(&ca) && (self.shape == Shape::Not || truthy(&ca) == truthy(&a))
-        };
+        // The first child that flipped the way this node did (each child evaluated once).
         let decisive = match self.shape {
-            Shape::And | Shape::Or | Shape::Not => self.children.iter().find(changed),
+            Shape::And | Shape::Or | Shape::Not => self.children.iter().find_map(|c| {
+                let (cb, ca) = (plan::value(&c.node, before), plan::value(&c.node, after));
+                (truthy(&cb) != truthy(&ca)
+                    && (self.shape == Shape::Not || truthy(&ca) == truthy(&a)))
+                .then_some((c, cb, ca))
+            }),
             Shape::Other => None,
         };
-        if let Some(c) = decisive {
-            let (cb, ca) = (plan::value(&c.node, before), plan::value(&c.node, after));
+        if let Some((c, cb, ca)) = decisive {
             return c.flipped(before, after, cb, ca);
         }
         Explanation {
