@@ -1034,11 +1034,21 @@ fn crossing(op: BinOp, x: &Node, current: Val, c: f64, cx: &Ctx) -> Option<Optio
     let p = cx.profile;
     let now_holds = compare(op, current, Val::Num(c));
     let differs = |v: f64| compare(op, Val::Num(v), Val::Num(c)) != now_holds;
-    // A count falling step by step as buckets leave the window (integers: exact).
+    // A count falling step by step as buckets leave the window (integers: exact). Without
+    // events a count only falls: `count >= c` that does not hold now, or `count <= c` that
+    // does, never flips (most of a shopper's counts are below a rule's threshold).
+    let never = match op {
+        BinOp::Ge | BinOp::Gt => !now_holds,
+        BinOp::Le | BinOp::Lt => now_holds,
+        _ => false,
+    };
     let walk = |steps: &mut dyn Iterator<Item = (i64, u64, f64)>| {
         let Val::Num(mut v) = current else {
             return None;
         };
+        if never {
+            return None;
+        }
         for (at, n, _) in steps {
             v -= n as f64;
             if differs(v) {
