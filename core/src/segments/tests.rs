@@ -952,6 +952,8 @@ fn conjunctions_are_timed_by_the_sides_that_hold_them() {
         "orders.count >= 1 or since(last productPageView) <= 1h",
         "count(productPageView, 2h) >= 2 and since(last productPageView) > 30m",
         "count(productPageView, 2h) >= 2 or count(addToCart, 3h) >= 1",
+        "count(productPageView, 2h) <= 1 and count(addToCart, 90m) < 1",
+        "count(productPageView, 3h) > 1 and 2 > count(productPageView, 1h)",
         "not (count(productPageView, 90m) >= 1 and count(addToCart, 1h) == 0)",
         "(count(addToCart, 1h) == 0 and count(productPageView, 3h) >= 1) or since(last orderPlaced) <= 2h",
     ];
