@@ -703,6 +703,8 @@ impl Core {
                             now,
                             segments: &self.results,
                         },
+                        !member,
+                        member,
                     )
                 })
             };

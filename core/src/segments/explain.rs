@@ -133,6 +133,29 @@ impl Part {
         Some(self.flipped(before, after, b, a))
     }
 
+    /// [`Self::flip`] of a rule whose results before and after are known (`was`, `is`): the
+    /// whole is not evaluated again. A rule's value is its truth, except for a bare attribute,
+    /// which may be missing (and is shown so).
+    pub fn flip_known(
+        &self,
+        before: &Ctx,
+        after: &Ctx,
+        was: bool,
+        is: bool,
+    ) -> Option<Explanation> {
+        if matches!(self.node, Node::Attr(_)) {
+            return self.flip(before, after);
+        }
+        let known =
+            (was != is).then(|| self.flipped(before, after, Value::Bool(was), Value::Bool(is)));
+        debug_assert_eq!(
+            known,
+            self.flip(before, after),
+            "the known results are the rule's"
+        );
+        known
+    }
+
     fn flipped(&self, before: &Ctx, after: &Ctx, b: Value, a: Value) -> Explanation {
         // The first child that flipped the way this node did (each child evaluated once).
         let decisive = match self.shape {

@@ -301,17 +301,19 @@ impl SegmentSet {
     }
 
     /// What flipped segment `index` between two evaluations (`before` and `after` carry their
-    /// pass's results of the segments evaluated before it).
+    /// pass's results of the segments evaluated before it), which gave it `was` and `is`.
     pub fn flip(
         &self,
         index: usize,
         before: &Ctx,
         after: &Ctx,
+        was: bool,
+        is: bool,
     ) -> Option<crate::wire::Explanation> {
         self.segments[index]
             .explain
             .as_ref()
-            .and_then(|p| p.flip(before, after))
+            .and_then(|p| p.flip_known(before, after, was, is))
     }
 
     /// Segment `index`'s rule evaluated for `profile` at `now`, node by node, with when the
