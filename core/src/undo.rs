@@ -122,8 +122,7 @@ fn is_affinity(a: &Affinity, _: EventType, key: &str) -> bool {
     same_key(&a.key, key)
 }
 
-/// The distinct categories (or brands) of an event's lines, in order.
-/// The distinct keys of an event's lines (a few: kept on the stack).
+/// The distinct categories (or brands) of an event's lines, in order (a few: kept on the stack).
 fn distinct<'a>(
     lines: &'a [Line],
     of: impl Fn(&'a Line) -> Option<&'a str>,

@@ -1085,6 +1085,8 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
                 let mut uses: Vec<String> = refs[i].iter().map(|(id, _)| id.clone()).collect();
                 uses.sort();
                 uses.dedup();
+                // Places are those in `order`: they match `segments` only when every rule
+                // compiled (otherwise the set is refused).
                 let mut deps: Vec<usize> = Vec::new();
                 for j in uses.iter().filter_map(|id| index.get(id)) {
                     deps.push(*j);

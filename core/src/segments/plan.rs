@@ -903,8 +903,8 @@ pub fn matches_next(rule: &Node, cx: &Ctx, segments: &[Option<i64>]) -> (bool, O
 /// A conjunction one side holds false stays false until that side may change; both sides
 /// false, until both may have changed (a disjunction held true by a side, likewise). So a rule
 /// that stays false because of something time does not change (`since(last productPageView) >
-/// 1h and orders.count >= 1` for a shopper with no order) sets no timer, and a side that holds
-/// it false for good is enough: the other is not evaluated. Never later than the true moment:
+/// 1h and orders.count >= 1` for a shopper with no order) sets no timer, and a left side that
+/// holds it false for good is enough: the right is not evaluated. Never later than the true moment:
 /// the conjunction cannot turn true before each side that holds it false has changed.
 fn eval_next<'a>(n: &'a Node, cx: &Ctx<'a>, segments: &[Option<i64>]) -> (Val<'a>, Option<i64>) {
     let p = cx.profile;
@@ -996,12 +996,16 @@ fn eval_next<'a>(n: &'a Node, cx: &Ctx<'a>, segments: &[Option<i64>]) -> (Val<'a
             let (vr, nr) = eval_next(r, cx, segments);
             (arith(*op, vl, vr), earliest(nl, nr))
         }
-        Node::InList(x, items) => (
-            eval(n, cx),
-            items.iter().fold(next_change(x, cx, segments), |acc, i| {
-                earliest(acc, next_change(i, cx, segments))
-            }),
-        ),
+        Node::InList(x, items) => {
+            let (v, mut next) = eval_next(x, cx, segments);
+            let mut hit = false;
+            for item in items {
+                let (vi, ni) = eval_next(item, cx, segments);
+                hit |= v != Val::Missing && compare(BinOp::Eq, v, vi);
+                next = earliest(next, ni);
+            }
+            (Val::Bool(hit), next)
+        }
         _ => (eval(n, cx), None),
     }
 }
@@ -1014,9 +1018,28 @@ fn compared<'a>(
     cx: &Ctx<'a>,
     segments: &[Option<i64>],
 ) -> (Val<'a>, Option<i64>) {
-    let current = eval(x, cx);
-    let next = crossing(op, x, current, c, cx).unwrap_or_else(|| next_change(x, cx, segments));
+    let (current, next) = if crosses(x) {
+        let current = eval(x, cx);
+        let next = crossing(op, x, current, c, cx).unwrap_or_else(|| next_change(x, cx, segments));
+        (current, next)
+    } else {
+        eval_next(x, cx, segments)
+    };
     (Val::Bool(compare(op, current, Val::Num(c))), next)
+}
+
+/// Whether [`crossing`] knows when a comparison of `x` with a constant flips.
+fn crosses(x: &Node) -> bool {
+    matches!(
+        x,
+        Node::Count(..)
+            | Node::Sum(..)
+            | Node::CountCategory(..)
+            | Node::CountProduct(..)
+            | Node::Since(_)
+            | Node::CategoryAffinity(_)
+            | Node::BrandAffinity(_)
+    )
 }
 
 /// The series `count`, `sum`, `since` and sequences read for `k`.

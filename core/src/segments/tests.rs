@@ -922,32 +922,52 @@ fn a_sum_in_a_window_gets_a_timer_whatever_the_rounding() {
     assert_eq!(results, [true], "not before");
 }
 
-/// A conjunction held false by a side that time does not change sets no timer, and no rule of
-/// `and`, `or` and `not` over timed sides flips before its next change (checked minute by minute
-/// from each event to the next change, and past it to see that the flips are found).
+/// A conjunction held false by a side that time does not change sets no timer; held false by
+/// two timed sides, its timer is the later of theirs; a count that must rise to flip sets none.
+/// And no rule of `and`, `or`, `not`, `in` and segment references over timed parts flips before
+/// its next change: checked every 10 s and at the millisecond before each timer, from each event
+/// to the next (the 5-minute buckets' edges fall at 1 min 40 s past T0's 5-minute mark), and
+/// past each timer to see that the flips are found.
 #[test]
 fn conjunctions_are_timed_by_the_sides_that_hold_them() {
+    let next_of = |set: &SegmentSet, p: &Profile, now: i64| {
+        let mut results = Vec::new();
+        set.evaluate(p, now, &mut results);
+        let next = set.next_change(p, now, &results, &mut Vec::new());
+        (results, next)
+    };
     let no_order = "since(last productPageView) > 1h and orders.count >= 1";
     let set = SegmentSet::parse(&one(no_order)).unwrap();
     let mut p = Profile::default();
     p.apply(&event(EventType::ProductPageView, T0, 0.0));
-    let mut results = Vec::new();
-    set.evaluate(&p, T0, &mut results);
-    assert_eq!(results, [false]);
     assert_eq!(
-        set.next_change(&p, T0, &results, &mut Vec::new()),
-        None,
+        next_of(&set, &p, T0),
+        (vec![false], None),
         "no order: the rule stays false whatever the time"
     );
     p.apply(&event(EventType::OrderPlaced, T0 + 1, 10.0));
-    set.evaluate(&p, T0 + 1, &mut results);
     assert_eq!(
-        set.next_change(&p, T0 + 1, &results, &mut Vec::new()),
-        Some(T0 + H + 1),
+        next_of(&set, &p, T0 + 1),
+        (vec![false], Some(T0 + H + 1)),
         "an order: the rule turns true an hour after the page view"
     );
+    let rising = SegmentSet::parse(&one("count(productPageView, 1h) >= 2")).unwrap();
+    assert_eq!(
+        next_of(&rising, &p, T0 + 1),
+        (vec![false], None),
+        "a count of 1 never rises to 2 without an event"
+    );
+    let both = SegmentSet::parse(&one(
+        "since(last productPageView) > 1h and since(last orderPlaced) > 2h",
+    ))
+    .unwrap();
+    assert_eq!(
+        next_of(&both, &p, T0 + 1),
+        (vec![false], Some(T0 + 2 * H + 2)),
+        "false on both sides: true no sooner than both have changed (the order's 2 h, after 1 ms)"
+    );
 
-    let rules = [
+    let sets: Vec<String> = [
         no_order,
         "orders.count >= 1 or since(last productPageView) <= 1h",
         "count(productPageView, 2h) >= 2 and since(last productPageView) > 30m",
@@ -956,41 +976,80 @@ fn conjunctions_are_timed_by_the_sides_that_hold_them() {
         "count(productPageView, 3h) > 1 and 2 > count(productPageView, 1h)",
         "not (count(productPageView, 90m) >= 1 and count(addToCart, 1h) == 0)",
         "(count(addToCart, 1h) == 0 and count(productPageView, 3h) >= 1) or since(last orderPlaced) <= 2h",
-    ];
+        "count(productPageView, 2h) in [1, 3] or -count(addToCart, 1h) == -1",
+    ]
+    .into_iter()
+    .map(one)
+    .chain([r#"segments:
+  - id: a
+    rule: count(productPageView, 2h) >= 2
+  - id: b
+    rule: in_segment("a") and since(last addToCart) > 20m
+  - id: c
+    rule: not in_segment("b") and then_no(productPageView, addToCart, 45m)
+  - id: d
+    rule: count_category(productPageView, "cat-1", 3h) >= 1 or sum(orderPlaced, 4h) >= 15
+  - id: e
+    rule: device in ["mobile", "tablet"] and count(productPageView, 90m) >= 1
+  - id: f
+    rule: in_segment("d") or (in_segment("c") and count_product(productPageView, "SKU-1", 2h) >= 2)
+"#
+    .to_string()])
+    .collect();
     let events = [
         (EventType::ProductPageView, 0),
         (EventType::ProductPageView, 20),
         (EventType::AddToCart, 50),
+        (EventType::ProductPageView, 61),
         (EventType::OrderPlaced, 130),
         (EventType::ProductPageView, 400),
     ];
     const M: i64 = 60_000;
+    const STEP: i64 = 10_000;
     let mut flips = 0;
-    for rule in rules {
-        let set = SegmentSet::parse(&one(rule)).unwrap();
+    for src in &sets {
+        let set = SegmentSet::parse(src).unwrap();
         let mut p = Profile::default();
         for (i, &(kind, minute)) in events.iter().enumerate() {
-            p.apply(&event(kind, T0 + minute * M, 10.0));
-            let until = events.get(i + 1).map_or(minute + 600, |e| e.1);
+            let mut ev = event(kind, T0 + minute * M, 10.0);
+            if kind == EventType::ProductPageView {
+                ev.device = Some("mobile".into());
+                ev.lines = vec![crate::event::Line {
+                    sku: "SKU-1".into(),
+                    name: None,
+                    quantity: 1.0,
+                    price: Some(10.0),
+                    image_url: None,
+                    url: None,
+                    category: Some("cat-1".into()),
+                    brand: None,
+                }];
+            }
+            p.apply(&ev);
+            let until = T0 + events.get(i + 1).map_or(minute + 600, |e| e.1) * M;
             let mut now = T0 + minute * M;
-            let (mut at, mut scratch) = (Vec::new(), Vec::new());
-            while now < T0 + until * M {
+            let (mut at, mut later, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+            while now < until {
                 set.evaluate(&p, now, &mut at);
                 let next = set.next_change(&p, now, &at, &mut scratch);
-                let mut later = Vec::new();
-                let mut t = now + M;
-                while next.is_none_or(|n| t < n) && t < T0 + until * M {
+                let last = next.map_or(until, |n| n.min(until)) - 1;
+                let mut t = now + 1;
+                while t <= last {
                     set.evaluate(&p, t, &mut later);
                     assert_eq!(
                         later,
                         at,
-                        "{rule}: flipped at minute {} before its next change {next:?}",
-                        (t - T0) / M
+                        "{src}: flipped {} ms after T0, before its next change {next:?}",
+                        t - T0
                     );
-                    t += M;
+                    t = if t == last {
+                        t + 1
+                    } else {
+                        (t + STEP).min(last)
+                    };
                 }
                 match next {
-                    Some(n) if n < T0 + until * M => {
+                    Some(n) if n < until => {
                         set.evaluate(&p, n, &mut later);
                         flips += usize::from(later != at);
                         now = n;
@@ -1000,5 +1059,5 @@ fn conjunctions_are_timed_by_the_sides_that_hold_them() {
             }
         }
     }
-    assert!(flips >= 6, "the timers found flips ({flips})");
+    assert!(flips >= 12, "the timers found flips ({flips})");
 }
