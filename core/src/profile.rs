@@ -11,6 +11,7 @@ use crate::identity::KeyKind;
 use crate::sparse::Sparse;
 use crate::window::{DailyCounts, Series};
 use compact_str::CompactString;
+use smallvec::SmallVec;
 
 /// Audience changes kept per profile for lookups, latest last.
 pub const RECENT_CHANGES: usize = 20;
@@ -903,8 +904,8 @@ impl Profile {
         // Per-key counts are for product interest; order lines feed affinities and the order
         // aggregates (and would churn the bounded lists: orders have dozens of lines).
         let counted = KEYED_EVENTS.contains(&ev.kind);
-        let mut seen_categories: Vec<&str> = Vec::new();
-        let mut seen_brands: Vec<&str> = Vec::new();
+        let mut seen_categories: SmallVec<[&str; 4]> = SmallVec::new();
+        let mut seen_brands: SmallVec<[&str; 4]> = SmallVec::new();
         for line in &ev.lines {
             if counted {
                 keyed_add(&mut self.by_product, ev.kind, &line.sku, ev.time, now);

@@ -37,7 +37,9 @@ pub struct Undo {
     /// The event's type, when rules read its counter, and the counter (`None`: absent).
     counter_kind: Option<EventType>,
     counter: Option<Series>,
-    cart_lines: Option<Vec<Line>>,
+    /// The cart's lines, when `cart_recorded` (kept between events for its allocation).
+    cart_lines: Vec<Line>,
+    cart_recorded: bool,
     /// The order statistics rules read (not the recent orders), when `orders_recorded`.
     orders: OrderStats,
     orders_recorded: bool,
@@ -158,7 +160,10 @@ impl Undo {
                 (s, b) => *s = b.cloned(),
             }
         }
-        self.cart_lines = CART_EVENTS.contains(&ev.kind).then(|| p.cart.lines.clone());
+        self.cart_recorded = CART_EVENTS.contains(&ev.kind);
+        if self.cart_recorded {
+            self.cart_lines.clone_from(&p.cart.lines);
+        }
         self.orders_recorded = ORDER_EVENTS.contains(&ev.kind);
         if self.orders_recorded {
             self.orders.copy_rule_inputs(&p.orders, reads.order_series);
@@ -238,8 +243,8 @@ impl Undo {
                 (Err(_), None) => {}
             }
         }
-        if let Some(lines) = &self.cart_lines {
-            copy.cart.lines.clone_from(lines);
+        if self.cart_recorded {
+            copy.cart.lines.clone_from(&self.cart_lines);
         }
         if self.orders_recorded {
             copy.orders
