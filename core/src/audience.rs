@@ -602,16 +602,18 @@ impl Core {
         self.skipped += skipped;
         #[cfg(debug_assertions)]
         {
-            self.segments
-                .evaluate(profile, now, &mut self.check_results);
+            let (_, full) = self.segments.evaluate_with_next(
+                profile,
+                now,
+                None,
+                &mut self.check_results,
+                &mut Vec::new(),
+            );
             assert_eq!(
                 self.results, self.check_results,
                 "evaluating only the segments an event changed gives every result"
             );
             // Never later than the next change of any segment.
-            let full = self
-                .segments
-                .next_change(profile, now, &self.results, &mut Vec::new());
             assert!(
                 full.is_none_or(|f| next_timer.is_some_and(|n| n <= f)),
                 "an incremental next timer {next_timer:?} after the next change {full:?}"

@@ -93,6 +93,29 @@ impl Segment {
     pub fn uses(&self) -> &[String] {
         &self.uses
     }
+
+    /// One segment's result and next change (after `now`), given the results and next changes
+    /// of the segments before it.
+    #[inline]
+    fn evaluate_next(
+        &self,
+        profile: &Profile,
+        now: i64,
+        results: &[bool],
+        nexts: &[Option<i64>],
+    ) -> (bool, Option<i64>) {
+        let cx = Ctx {
+            profile,
+            now,
+            segments: results,
+        };
+        if self.timed {
+            let (hit, next) = plan::matches_next(&self.rule, &cx, nexts);
+            (hit, next.filter(|&t| t > now))
+        } else {
+            (plan::matches(&self.rule, &cx), None)
+        }
+    }
 }
 
 /// The version of how rules evaluate, part of [`SegmentSet::fingerprint`]: a release that
@@ -135,12 +158,12 @@ impl SegmentSet {
 
     fn find_empty_results(&self) -> Option<Vec<bool>> {
         let empty = Profile::default();
-        let (mut early, mut late, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut early, mut late, mut nexts) = (Vec::new(), Vec::new(), Vec::new());
         let times = [0, 1_700_000_000_000, i64::MAX / 4];
         self.evaluate(&empty, times[0], &mut early);
         for now in times {
-            self.evaluate(&empty, now, &mut late);
-            if late != early || self.next_change(&empty, now, &late, &mut scratch).is_some() {
+            let (_, next) = self.evaluate_with_next(&empty, now, None, &mut late, &mut nexts);
+            if late != early || next.is_some() {
                 return None;
             }
         }
@@ -171,43 +194,10 @@ impl SegmentSet {
         })
     }
 
-    /// The earliest time after `now` at which the passing of time alone may change a membership,
-    /// given this pass's results. `scratch` is reused between calls.
-    pub fn next_change(
-        &self,
-        profile: &Profile,
-        now: i64,
-        results: &[bool],
-        scratch: &mut Vec<Option<i64>>,
-    ) -> Option<i64> {
-        scratch.clear();
-        let mut earliest: Option<i64> = None;
-        for seg in &self.segments {
-            let next = if !seg.timed {
-                None
-            } else {
-                plan::next_change(
-                    &seg.rule,
-                    &Ctx {
-                        profile,
-                        now,
-                        segments: results,
-                    },
-                    scratch,
-                )
-                .filter(|&t| t > now)
-            };
-            if let Some(t) = next {
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
-            }
-            scratch.push(next);
-        }
-        earliest
-    }
-
-    /// [`Self::evaluate`] and [`Self::next_change`] in one pass, each rule walked once (the
-    /// value of a compared node serves its crossing). Fills `results` and `nexts`; returns how
-    /// many segments kept their result and the earliest next change.
+    /// [`Self::evaluate`], and the earliest time after `now` at which the passing of time alone
+    /// may change a membership (each segment's in `nexts`), in one pass: each rule walked once
+    /// (the value of a compared node serves its crossing). Fills `results` and `nexts`; returns
+    /// how many segments kept their result and the earliest next change.
     ///
     /// With `keep` (what the event changed, [`plan::inputs::of_event`]; the stored results; and
     /// `earlier`, the profile's next timer before the event), only the segments whose rules read
@@ -216,7 +206,7 @@ impl SegmentSet {
     /// the event changed has its stored result now (the passing of time alone changes it only at
     /// its next change, at or after that timer), and takes `earlier` for its next change: the
     /// result may come early (a timer that finds nothing to change), never late. Debug builds
-    /// check both against [`Self::evaluate`] and [`Self::next_change`] at every event.
+    /// check both against the pass without `keep` at every event.
     pub fn evaluate_with_next(
         &self,
         profile: &Profile,
@@ -229,7 +219,7 @@ impl SegmentSet {
         nexts.clear();
         let Some((changed, stored, earlier)) = keep else {
             for seg in &self.segments {
-                let (hit, next) = self.evaluate_next(seg, profile, now, results, nexts);
+                let (hit, next) = seg.evaluate_next(profile, now, results, nexts);
                 results.push(hit);
                 nexts.push(next);
             }
@@ -251,8 +241,7 @@ impl SegmentSet {
             while word != 0 {
                 let i = w * 64 + word.trailing_zeros() as usize;
                 word &= word - 1;
-                let (hit, next) =
-                    self.evaluate_next(&self.segments[i], profile, now, results, nexts);
+                let (hit, next) = self.segments[i].evaluate_next(profile, now, results, nexts);
                 results[i] = hit;
                 nexts[i] = next;
                 evaluated += 1;
@@ -260,30 +249,6 @@ impl SegmentSet {
         }
         let skipped = (self.segments.len() - evaluated) as u64;
         (skipped, nexts.iter().flatten().min().copied())
-    }
-
-    /// One segment's result and next change (after `now`), given the results and next changes
-    /// of the segments before it.
-    #[inline]
-    fn evaluate_next(
-        &self,
-        seg: &Segment,
-        profile: &Profile,
-        now: i64,
-        results: &[bool],
-        nexts: &[Option<i64>],
-    ) -> (bool, Option<i64>) {
-        let cx = Ctx {
-            profile,
-            now,
-            segments: results,
-        };
-        if seg.timed {
-            let (hit, next) = plan::matches_next(&seg.rule, &cx, nexts);
-            (hit, next.filter(|&t| t > now))
-        } else {
-            (plan::matches(&seg.rule, &cx), None)
-        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -319,10 +284,8 @@ impl SegmentSet {
     /// Segment `index`'s rule evaluated for `profile` at `now`, node by node, with when the
     /// passing of time will next change each node.
     pub fn explain(&self, index: usize, profile: &Profile, now: i64) -> Option<Evaluated> {
-        let mut results = Vec::with_capacity(self.segments.len());
-        self.evaluate(profile, now, &mut results);
-        let mut nexts = Vec::with_capacity(self.segments.len());
-        self.next_change(profile, now, &results, &mut nexts);
+        let (mut results, mut nexts) = (Vec::new(), Vec::new());
+        self.evaluate_with_next(profile, now, None, &mut results, &mut nexts);
         let cx = Ctx {
             profile,
             now,

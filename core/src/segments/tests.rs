@@ -911,11 +911,9 @@ fn a_sum_in_a_window_gets_a_timer_whatever_the_rounding() {
     p.apply(&event(EventType::OrderPlaced, T0 + 24 * H, 5.01));
     let now = T0 + 25 * H;
     let mut results = Vec::new();
-    set.evaluate(&p, now, &mut results);
+    let (_, next) = set.evaluate_with_next(&p, now, None, &mut results, &mut Vec::new());
     assert_eq!(results, [true]);
-    let next = set
-        .next_change(&p, now, &results, &mut Vec::new())
-        .expect("the sum leaves the window");
+    let next = next.expect("the sum leaves the window");
     set.evaluate(&p, next, &mut results);
     assert_eq!(results, [false], "flipped at the timer");
     set.evaluate(&p, next - 1, &mut results);
@@ -932,8 +930,7 @@ fn a_sum_in_a_window_gets_a_timer_whatever_the_rounding() {
 fn conjunctions_are_timed_by_the_sides_that_hold_them() {
     let next_of = |set: &SegmentSet, p: &Profile, now: i64| {
         let mut results = Vec::new();
-        set.evaluate(p, now, &mut results);
-        let next = set.next_change(p, now, &results, &mut Vec::new());
+        let (_, next) = set.evaluate_with_next(p, now, None, &mut results, &mut Vec::new());
         (results, next)
     };
     let no_order = "since(last productPageView) > 1h and orders.count >= 1";
@@ -1030,8 +1027,7 @@ fn conjunctions_are_timed_by_the_sides_that_hold_them() {
             let mut now = T0 + minute * M;
             let (mut at, mut later, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
             while now < until {
-                set.evaluate(&p, now, &mut at);
-                let next = set.next_change(&p, now, &at, &mut scratch);
+                let (_, next) = set.evaluate_with_next(&p, now, None, &mut at, &mut scratch);
                 let last = next.map_or(until, |n| n.min(until)) - 1;
                 let mut t = now + 1;
                 while t <= last {
