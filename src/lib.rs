@@ -48,8 +48,9 @@
 //! ### The shell (this crate)
 //!
 //! - [`worker`]: the async loop over **partition tasks**, one per assigned partition number
-//!   (one loop per processing thread, each a member of the group, over one store), one module
-//!   per stage:
+//!   (one loop per processing thread, each a member of the group, over one store; each thread
+//!   an OS thread with a single-threaded runtime of its own, `tailor-proc-N`, which RocksDB
+//!   calls simply block), one module per stage:
 //!   - `worker::kafka` — clients, librdkafka callbacks (rebalances: assigned partitions paused
 //!     until restored; logs, lag), topic checks, the class of each Kafka error;
 //!   - `worker::changelog` — the state writes mirrored to a compacted topic (the timer index

@@ -109,7 +109,7 @@ impl Worker {
         }
         commit.meta.append(&mut self.meta);
         let store = self.store.clone();
-        let ops = tokio::task::block_in_place(|| store.ops(&mut commit))?;
+        let ops = super::blocking(|| store.ops(&mut commit))?;
         // The commit phase is the state's own work: the changelog phase is timed apart.
         let commit_secs = t_commit.elapsed().as_secs_f64();
         if let Some(topic) = &self.changelog {
@@ -136,7 +136,7 @@ impl Worker {
                 .observe(t_changelog.elapsed().as_secs_f64());
         }
         let t_write = Instant::now();
-        tokio::task::block_in_place(|| {
+        super::blocking(|| {
             store.write(
                 ops.iter().flat_map(|(_, ops)| ops),
                 &commit.meta,

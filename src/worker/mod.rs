@@ -117,6 +117,17 @@ const PREFETCH_BUFFERED: usize = 256;
 /// `tailor preview` too).
 pub const DEFINITIONS_KEY: &[u8] = b"definitions";
 
+/// Runs blocking work (RocksDB, a librdkafka call that waits) from async code. A processing
+/// thread's runtime is its own (current-thread): the call just runs. On a multi-threaded
+/// runtime (the worker's start and stop, tests) it goes through `block_in_place`.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -518,9 +529,7 @@ impl Worker {
         // from one still to be read: event-time order waits only for the latter), and the lag,
         // a series from the start (librdkafka's statistics report none for a partition never
         // read).
-        match tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))
-        }) {
+        match blocking(|| consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))) {
             Ok((lo, hi)) => {
                 // From the beginning it starts at the low watermark. From the end, where
                 // librdkafka resolved it when assigning, which may be before `hi` by now: left
@@ -1282,7 +1291,7 @@ pub async fn run(
         c.topics.backoffice.as_str(),
         c.topics.profile.as_str(),
     ];
-    let partitions = tokio::task::block_in_place(|| kafka::input_partitions(&first, &inputs))?;
+    let partitions = blocking(|| kafka::input_partitions(&first, &inputs))?;
     kafka::ensure_internal_topic(
         &settings,
         &first,
@@ -1447,10 +1456,28 @@ pub async fn run(
         let max_wait = settings.batch_max_wait;
         let ending = StopOnDrop(stop_tx.clone());
         let stop = stop.clone();
-        loops.push(tokio::spawn(async move {
-            let _ending = ending;
-            w.run_loop(consumer, lookups, stop, max_wait).await
-        }));
+        // A thread of its own, with a runtime of its own: the loop blocks it for RocksDB and
+        // reads it alone. As a task of the shared runtime, each `block_in_place` handed the
+        // runtime's worker to another thread, and the loop moved between six of them (its
+        // allocations freed on other threads than made them, its caches cold).
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("tailor-proc-{}", w.slot))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the processing thread");
+                let r = rt.block_on(async move {
+                    let _ending = ending;
+                    w.run_loop(consumer, lookups, stop, max_wait).await
+                });
+                let _ = done.send(r);
+                // Restores still running (cancelled) end on their own.
+                rt.shutdown_background();
+            })
+            .context("starting a processing thread")?;
+        loops.push(finished);
     }
     // The worker runs until every thread has stopped; one that stops (a fatal error, a panic)
     // stops the others.
@@ -1462,18 +1489,18 @@ pub async fn run(
                 members.push(consumer);
                 r
             }
-            Err(e) => Err(anyhow::anyhow!("processing thread {slot} panicked: {e}")),
+            Err(_) => Err(anyhow::anyhow!("processing thread {slot} panicked")),
         };
         if result.is_ok() {
             result = r;
         }
     }
     if let Some(follower) = follower {
-        tokio::task::block_in_place(|| follower.stop());
+        blocking(|| follower.stop());
     }
     // Every commit on disk (without the write-ahead log they may be in the memtables only): the
     // next start has nothing to restore, and `tailor profile` reads the state as it stopped.
-    if let Err(e) = tokio::task::block_in_place(|| store.flush(true)) {
+    if let Err(e) = blocking(|| store.flush(true)) {
         warn!(error = %e, "flushing the state at the stop (the next start restores what is missing from the changelog)");
     }
     // The threads leave the group one after another (closing a consumer waits for its leave):
@@ -1585,7 +1612,7 @@ impl Worker {
     fn flush_state_if_due(&mut self) -> Result<(), Error> {
         let store = self.store.clone();
         if store.flush_due() {
-            if let Err(e) = tokio::task::block_in_place(|| store.flush(false)) {
+            if let Err(e) = blocking(|| store.flush(false)) {
                 store.flush_failed();
                 warn!(error = %e, "RocksDB did not start a flush of the state; asked again at the next batch (the changelog holds what is not flushed)");
             }
@@ -1604,7 +1631,7 @@ impl Worker {
             }
         }
         if !positions.is_empty() {
-            tokio::task::block_in_place(|| store.write(&[], &[], &positions))?;
+            blocking(|| store.write(&[], &[], &positions))?;
         }
         Ok(())
     }
@@ -1645,10 +1672,15 @@ impl Worker {
                 .with_label_values(&["timers"])
                 .observe(t_time.elapsed().as_secs_f64());
         }
+        // Timers (or re-evaluation) left over: the batch takes messages for as long as its timers
+        // took (at least 5 ms), or until no message is ready or its budget is used up, then
+        // closes so that the next fires more. A backlog of timers (every timer of a partition
+        // read to its end after a replay) shares the thread with the other partitions' messages
+        // rather than holding them to 5 ms a batch.
         if more {
-            deadline
-                .as_mut()
-                .reset(tokio::time::Instant::now() + Duration::from_millis(5));
+            let share = t_time.elapsed().max(Duration::from_millis(5));
+            let at = (tokio::time::Instant::now() + share).min(deadline.deadline());
+            deadline.as_mut().reset(at);
         }
         // A live partition's timer comes due before the batch would close: if the batch is
         // still idle then (no message, nothing changed), it closes, and the next batch fires

@@ -782,7 +782,7 @@ impl Processor {
             Some(_) => wall.saturating_sub(task.lateness()).saturating_add(horizon),
             None => now,
         };
-        let (due, next) = tokio::task::block_in_place(|| {
+        let (due, next) = super::blocking(|| {
             store.due_timers_and_next(task.partition, (floor, now), limit, peek)
         })?;
         *budget -= due.len();
@@ -839,7 +839,7 @@ impl Processor {
         if *budget == 0 {
             return Ok(true);
         }
-        let keys = tokio::task::block_in_place(|| {
+        let keys = super::blocking(|| {
             store.profile_keys_after(task.partition, sweep.after.as_deref(), *budget)
         })?;
         let done = keys.len() < *budget;

@@ -106,7 +106,7 @@ fn read_missing<'k>(
     if missing.len() < 2 {
         return Ok(());
     }
-    tokio::task::block_in_place(|| {
+    super::blocking(|| {
         store.read_profiles(partition, &missing, |key, profile| {
             state_reads.inc();
             profiles
