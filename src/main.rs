@@ -303,10 +303,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut http_stop = stop_rx.clone();
-            // The HTTP server has a runtime (and a thread) of its own: the processing threads
-            // are tasks of this one and apply messages for long stretches without yielding, so
-            // /healthz, /readyz and /metrics waited behind them (up to 1.7 s in the deep bench;
-            // longer in debug builds).
+            // The HTTP server has a runtime (and a thread) of its own: when the processing
+            // threads were tasks of this one, applying messages for long stretches without
+            // yielding, /healthz, /readyz and /metrics waited behind them (up to 1.7 s in the
+            // deep bench; longer in debug builds). They now have threads of their own too.
             let http_rt = OwnRuntime(Some(
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)

@@ -99,6 +99,20 @@ const FAULT_QUIET: Duration = Duration::from_secs(30);
 /// second), each at most this much later than `processing.allowed_lateness` after its due time.
 const TIMER_WAKE_GAP: Duration = Duration::from_millis(50);
 
+/// How long a processing thread that stops waits for its (cancelled) restores to end.
+const RESTORE_GRACE: Duration = Duration::from_secs(5);
+
+/// A panic's message, for the error the worker stops with.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// The least time a batch that leaves due timers for the next gives to messages.
+const MIN_SHARE: Duration = Duration::from_millis(5);
+
 /// How often a batch polls its consumer afresh (a message polls it too). rdkafka's
 /// `StreamConsumer` wakes a waiting `recv` for messages, not for a rebalance: the rebalance
 /// callback runs at the next poll (rust-rdkafka#738), which for a thread with nothing to read
@@ -591,8 +605,9 @@ impl Worker {
 
     /// Step 0: every task's clock moves and its due timers fire; then a slice of profiles not yet
     /// evaluated under the definitions in force. Returns whether work remains: timers beyond this
-    /// batch's budget, or profiles still to re-evaluate (the batch then closes at once rather
-    /// than waiting `batch_max_wait` for messages); whether it did any (timers fired or
+    /// batch's budget, or profiles still to re-evaluate (the batch then gives messages as long
+    /// as this step took, at least [`MIN_SHARE`], and closes at once when none is ready, rather
+    /// than waiting `batch_max_wait` for them); whether it did any (timers fired or
     /// profiles re-evaluated); and when (wall clock, ms) the next timer of a partition whose
     /// clock follows the wall clock comes due, if within `horizon` (a batch that has taken
     /// nothing by then closes, so that the timer fires on time rather than up to
@@ -1468,13 +1483,16 @@ pub async fn run(
                     .enable_all()
                     .build()
                     .expect("a runtime for the processing thread");
-                let r = rt.block_on(async move {
-                    let _ending = ending;
-                    w.run_loop(consumer, lookups, stop, max_wait).await
-                });
-                let _ = done.send(r);
-                // Restores still running (cancelled) end on their own.
-                rt.shutdown_background();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    rt.block_on(async move {
+                        let _ending = ending;
+                        w.run_loop(consumer, lookups, stop, max_wait).await
+                    })
+                }));
+                // Restores still running were cancelled at the loop's end (a panic abandons
+                // them): a few seconds to end, then they are left to the process's exit.
+                rt.shutdown_timeout(RESTORE_GRACE);
+                let _ = done.send(r.map_err(|p| panic_message(p.as_ref())));
             })
             .context("starting a processing thread")?;
         loops.push(finished);
@@ -1485,11 +1503,16 @@ pub async fn run(
     let mut members = Vec::with_capacity(threads);
     for (slot, handle) in loops.into_iter().enumerate() {
         let r = match handle.await {
-            Ok((r, consumer)) => {
+            Ok(Ok((r, consumer))) => {
                 members.push(consumer);
                 r
             }
-            Err(_) => Err(anyhow::anyhow!("processing thread {slot} panicked")),
+            Ok(Err(panic)) => Err(anyhow::anyhow!(
+                "processing thread {slot} panicked: {panic}"
+            )),
+            Err(_) => Err(anyhow::anyhow!(
+                "processing thread {slot} ended without a result"
+            )),
         };
         if result.is_ok() {
             result = r;
@@ -1672,14 +1695,16 @@ impl Worker {
                 .with_label_values(&["timers"])
                 .observe(t_time.elapsed().as_secs_f64());
         }
-        // Timers (or re-evaluation) left over: the batch takes messages for as long as its timers
-        // took (at least 5 ms), or until no message is ready or its budget is used up, then
-        // closes so that the next fires more. A backlog of timers (every timer of a partition
-        // read to its end after a replay) shares the thread with the other partitions' messages
-        // rather than holding them to 5 ms a batch.
+        // Timers (or re-evaluation) left over: a batch taking messages takes them for as long as
+        // its timers took (at least 5 ms, even past `batch_max_wait`) or until its budget is
+        // used up; an idle one closes as soon as no message is ready. Then the next fires more.
+        // A backlog of timers (every timer of a partition read to its end after a replay) shares
+        // the thread with the other partitions' messages rather than holding them to 5 ms a
+        // batch, and does not wait for messages that do not come.
         if more {
-            let share = t_time.elapsed().max(Duration::from_millis(5));
-            let at = (tokio::time::Instant::now() + share).min(deadline.deadline());
+            let now = tokio::time::Instant::now();
+            let at = (now + t_time.elapsed().max(MIN_SHARE))
+                .min(deadline.deadline().max(now + MIN_SHARE));
             deadline.as_mut().reset(at);
         }
         // A live partition's timer comes due before the batch would close: if the batch is
@@ -1776,8 +1801,16 @@ impl Worker {
                 // committed state (profiles served, offsets) close to the stream below the
                 // maximum rate: a batch holds what arrived during the previous commit, so
                 // batches grow with the load. (Outputs are sent as the batch goes.)
-                _ = std::future::ready(()), if (messages > 0 || changed) && !lingering => {
+                _ = std::future::ready(()), if (messages > 0 || changed || more) && !lingering => {
                     lingering = true;
+                    // Timers wait: an idle batch closes now, one taking messages goes on to
+                    // its share (the deadline) or its budget.
+                    if more {
+                        if messages == 0 {
+                            break;
+                        }
+                        continue;
+                    }
                     // Messages held for event-time order across topics are applied at a later
                     // drain or at the batch's end: such a batch stays open as before.
                     if self.tasks.values().any(|t| t.heads.len() > 0) {

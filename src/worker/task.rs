@@ -584,7 +584,8 @@ mod tests {
         assert_eq!(stored, cursor(2, false));
     }
 
-    // `block_in_place` (as on the worker) needs the multi-threaded runtime.
+    // On a multi-threaded runtime the reads go through `block_in_place`, as on the worker's
+    // start; the processing threads' own runtimes run them directly.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn prefetch_reads_what_is_missing_and_keeps_changes_of_the_batch() {
         let (_dir, store, reads, mut task) = task_over(&[("a", 1), ("b", 2), ("c", 3)], 4);
