@@ -20,9 +20,49 @@ use tailor::profile::Profile;
 use tailor::replay::{Produced, Rees46Reader, UciReader};
 use tailor::segments::SegmentSet;
 
-// The worker's allocator (src/main.rs): glibc malloc took a fifth of this bench's time.
+// The worker's allocator (src/main.rs): glibc malloc took a fifth of this bench's time. Each
+// allocation is counted (a thread-local counter, no atomic): `scripts/icount.sh` reports
+// allocations per item next to instructions.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|n| n.get())
+}
+
+fn count_one() {
+    // `try_with`: not during a thread's teardown, when the counter is gone.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every call goes to mimalloc's, with the same arguments.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_one();
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_one();
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    /// A growth or shrink counts as an allocation (it may move the block).
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        count_one();
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+}
 
 fn load() -> Vec<Produced> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -474,5 +514,8 @@ fn icount(step: &str, passes: usize) {
              decode_apply_evaluate, decode_apply_evaluate_50_segments, state_encode, state_decode"
         ),
     };
+    // Counted over the whole run, set-up included: `scripts/icount.sh` takes the difference
+    // of two runs as it does for instructions.
+    println!("allocations: {}", allocations());
     println!("items per pass: {items}");
 }

@@ -2,7 +2,9 @@
 # Instructions per item of each step of the core bench, counted by valgrind's cachegrind: within
 # about 10 on every run of one build, where times on a shared 2-core machine move by ±10 %. For
 # comparing two builds of the core (a change of a few percent shows); it says nothing about
-# cache misses, allocation behaviour under load, or the worker's I/O.
+# cache misses, allocation behaviour under load, or the worker's I/O. Also the heap allocations
+# per item (reallocations included), counted by the bench's allocator: each one touches memory
+# that may be cold, and in the worker's profiles the allocator was a tenth of the samples.
 #
 #   scripts/icount.sh [STEP...]   (default: every step)
 #
@@ -29,18 +31,19 @@ for l in open(sys.argv[1]):
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="core" and m.get("executable"): print(m["executable"])' \
   "$tmp/build.json" | tail -1)
 [ -n "$bin" ] || { echo "icount.sh: no executable of the core bench in cargo's output" >&2; exit 1; }
-count() { # step passes -> instructions
+count() { # step passes -> instructions and allocations
   TAILOR_ICOUNT_STEP=$1 TAILOR_ICOUNT_PASSES=$2 valgrind --tool=cachegrind --cache-sim=no \
     --cachegrind-out-file="$tmp/out" "$bin" > "$tmp/stdout" 2> "$tmp/log" \
     || { cat "$tmp/log" >&2; exit 1; }
   local n
   n=$(grep -oE 'I *refs: *[0-9,]+' "$tmp/log" | grep -oE '[0-9,]+$' | tr -d ,) \
     || { cat "$tmp/log" >&2; echo "icount.sh: no instruction count in cachegrind's output" >&2; exit 1; }
-  echo "$n"
+  echo "$n $(grep -oE '^allocations: [0-9]+' "$tmp/stdout" | grep -oE '[0-9]+$')"
 }
 for step in "${steps[@]}"; do
-  one=$(count "$step" 1)
-  two=$(count "$step" 2)
-  items=$(grep -oE '[0-9]+$' "$tmp/stdout")
-  echo "$step: $(( (two - one) / items )) instructions per item ($items items per pass)"
+  res=$(count "$step" 1); read -r one one_allocs <<< "$res"
+  res=$(count "$step" 2); read -r two two_allocs <<< "$res"
+  items=$(grep -oE '^items per pass: [0-9]+' "$tmp/stdout" | grep -oE '[0-9]+$')
+  allocs=$(python3 -c "print(f'{($two_allocs - $one_allocs) / $items:.2f}')")
+  echo "$step: $(( (two - one) / items )) instructions, $allocs allocations per item ($items items per pass)"
 done
