@@ -46,7 +46,12 @@ fn changes(msgs: &[OwnedMessage]) -> (Vec<Change>, Vec<String>) {
             Some(p) => {
                 let c: AudienceChange = decode::audience_change(p).unwrap();
                 assert_eq!(c.profile_key, key, "keyed by profile key");
-                out.push((c.profile_key, c.segment_id, c.direction, c.cause.kind));
+                out.push((
+                    c.profile_key,
+                    c.segment_id.into(),
+                    c.direction,
+                    c.cause.kind.into(),
+                ));
             }
         }
     }

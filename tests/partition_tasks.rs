@@ -84,7 +84,7 @@ fn a_profile_deleted_twice_in_one_batch_is_gone_from_the_store() {
         .iter()
         .filter_map(|m| m.payload().map(|b| decode::audience_change(b).unwrap()))
         .filter(|c| c.profile_key == "c-1" && c.segment_id == "gold")
-        .map(|c| (c.direction, c.cause.kind.clone()))
+        .map(|c| (c.direction, c.cause.kind.to_string()))
         .collect();
     assert_eq!(
         changes,

@@ -64,7 +64,7 @@ fn changes_by_id(topic: &str) -> HashMap<(String, Direction), Vec<String>> {
         let c = decode::audience_change(m.payload().unwrap()).unwrap();
         let what = (
             c.profile_key.clone(),
-            c.segment_id.clone(),
+            c.segment_id.to_string(),
             c.direction,
             c.event_time,
         );

@@ -112,7 +112,7 @@ impl Why<'_> {
                 event_id: Some(ev.id.clone()),
                 event_type: Some(ev.kind.name().into()),
                 segment_id: None,
-                source_topic: Some(source.topic.to_owned()),
+                source_topic: Some(source.topic.into()),
                 source_partition: Some(source.partition),
                 source_offset: Some(source.offset),
             },
@@ -715,7 +715,7 @@ impl Core {
                     profile.segments.insert(
                         i,
                         Membership {
-                            segment: seg.id.clone(),
+                            segment: seg.id.as_str().into(),
                             since: at,
                             place: self.places.hint(index),
                         },
@@ -734,7 +734,7 @@ impl Core {
                 profile_key: key.to_owned(),
                 identity: profile.identity(),
                 store: profile.store(),
-                segment_id: seg.id.clone(),
+                segment_id: seg.id.as_str().into(),
                 direction,
                 event_time: at,
                 cause: why.cause(),

@@ -115,7 +115,7 @@ impl Journey {
                 profile.journeys.insert(
                     i,
                     JourneyState {
-                        journey: self.id.clone(),
+                        journey: self.id.as_str().into(),
                         last_at: at,
                         causes: Vec::new(),
                     },
@@ -194,7 +194,7 @@ pub fn context(p: &Profile, ev: Option<&Event>) -> JourneyContext {
             .collect(),
         currency_code: ev
             .and_then(|e| e.currency.clone())
-            .or_else(|| p.currency.clone()),
+            .or_else(|| p.currency.as_deref().map(str::to_owned)),
     }
 }
 

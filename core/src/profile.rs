@@ -234,7 +234,8 @@ impl OrderStats {
 /// A segment the profile is in, and since when (stream time, ms).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Membership {
-    pub segment: String,
+    /// Inline up to 24 bytes (most segment ids): no allocation to decode, copy or drop.
+    pub segment: CompactString,
     pub since: i64,
     /// Where the segment sits in the definitions that last evaluated the profile in memory
     /// (not stored).
@@ -262,11 +263,12 @@ impl PartialEq for PlaceHint {
 /// One audience change, kept for lookups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecentChange {
-    pub segment: String,
+    /// Inline up to 24 bytes, as the cause always is.
+    pub segment: CompactString,
     pub entered: bool,
     pub at: i64,
     /// `event`, `timer`, `merge`, `definition-change`.
-    pub cause: String,
+    pub cause: CompactString,
 }
 
 /// The highest position applied from one sending partition of the repartition protocol.
@@ -280,7 +282,8 @@ pub struct Hop {
 /// What a journey remembers about one shopper: re-entry wait and causes already triggered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JourneyState {
-    pub journey: String,
+    /// Inline up to 24 bytes.
+    pub journey: CompactString,
     /// Last trigger, stream time ms.
     pub last_at: i64,
     /// Hashes of the latest causes that triggered it (bounded).
@@ -298,8 +301,10 @@ pub struct Profile {
     pub cart: CartState,
     /// Out of line, and not allocated while the shopper has no order.
     pub orders: Sparse<OrderStats>,
-    pub last_device: Option<String>,
-    pub last_channel: Option<String>,
+    /// These and the store codes and currency below: inline up to 24 bytes (all but the
+    /// longest), encoded as strings are.
+    pub last_device: Option<CompactString>,
+    pub last_channel: Option<CompactString>,
     pub first_seen: Option<i64>,
     /// Latest event time seen: the profile's own clock for windows.
     pub last_seen: Option<i64>,
@@ -333,9 +338,9 @@ pub struct Profile {
     pub seen: Vec<u64>,
     /// The store, store view and currency of the latest events that named them. Version 4
     /// added them, last, with `seen`.
-    pub store_code: Option<String>,
-    pub store_view_code: Option<String>,
-    pub currency: Option<String>,
+    pub store_code: Option<CompactString>,
+    pub store_view_code: Option<CompactString>,
+    pub currency: Option<CompactString>,
 }
 
 fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
@@ -625,19 +630,17 @@ impl Profile {
         self.first_seen = Some(self.first_seen.map_or(ev.time, |t| t.min(ev.time)));
         let now = self.last_seen.map_or(ev.time, |t| t.max(ev.time));
         self.last_seen = Some(now);
-        if ev.device.is_some() {
-            self.last_device.clone_from(&ev.device);
-        }
-        if ev.channel.is_some() {
-            self.last_channel.clone_from(&ev.channel);
-        }
         for (mine, theirs) in [
+            (&mut self.last_device, &ev.device),
+            (&mut self.last_channel, &ev.channel),
             (&mut self.store_code, &ev.store_code),
             (&mut self.store_view_code, &ev.store_view_code),
             (&mut self.currency, &ev.currency),
         ] {
-            if theirs.is_some() {
-                mine.clone_from(theirs);
+            if let Some(theirs) = theirs {
+                if mine.as_deref() != Some(theirs.as_str()) {
+                    *mine = Some(theirs.as_str().into());
+                }
             }
         }
         self.series_mut(ev.kind).add(ev.time, ev.value, now);

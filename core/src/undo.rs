@@ -29,8 +29,8 @@ use smallvec::SmallVec;
 pub struct Undo {
     events_total: u64,
     last_seen: Option<i64>,
-    last_device: Option<String>,
-    last_channel: Option<String>,
+    last_device: Option<compact_str::CompactString>,
+    last_channel: Option<compact_str::CompactString>,
     customer_id: Option<String>,
     emails: Vec<String>,
     attributes: Option<Attributes>,

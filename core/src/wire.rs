@@ -4,6 +4,7 @@
 //! profile events). Every context is optional, as the storefront SDK validates nothing. These types
 //! are only the contract with Kafka; [`crate::event`] turns them into the core's [`crate::event::Event`].
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// Shopper identities carried by an event.
@@ -588,11 +589,11 @@ pub struct Consents {
 #[serde(rename_all = "camelCase")]
 pub struct Cause {
     /// `event`, `timer`, `deletion` or `definition-change`.
-    pub kind: String,
+    pub kind: CompactString,
     pub event_id: Option<String>,
-    pub event_type: Option<String>,
-    pub segment_id: Option<String>,
-    pub source_topic: Option<String>,
+    pub event_type: Option<CompactString>,
+    pub segment_id: Option<CompactString>,
+    pub source_topic: Option<CompactString>,
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
 }
@@ -620,7 +621,7 @@ pub struct AudienceChange {
     pub id: String,
     pub profile_key: String,
     pub identity: Identity,
-    pub segment_id: String,
+    pub segment_id: CompactString,
     pub direction: Direction,
     pub event_time: i64,
     pub cause: Cause,
@@ -662,8 +663,8 @@ pub struct Operand {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreRef {
-    pub store_code: Option<String>,
-    pub store_view_code: Option<String>,
+    pub store_code: Option<CompactString>,
+    pub store_view_code: Option<CompactString>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

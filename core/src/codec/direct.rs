@@ -494,7 +494,7 @@ mod tests {
             id: String::new(),
             profile_key: String::new(),
             identity: Identity::default(),
-            segment_id: String::new(),
+            segment_id: compact_str::CompactString::default(),
             direction: Direction::Entered,
             event_time: 0,
             cause: Cause::default(),

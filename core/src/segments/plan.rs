@@ -585,8 +585,8 @@ fn attr_value<'a>(a: Attr, p: &'a Profile) -> Val<'a> {
         Attr::Country => s(&p.attributes.country),
         Attr::City => s(&p.attributes.city),
         Attr::CustomerGroup => s(&p.attributes.customer_group),
-        Attr::Device => s(&p.last_device),
-        Attr::Channel => s(&p.last_channel),
+        Attr::Device => p.last_device.as_deref().map_or(Val::Missing, Val::Str),
+        Attr::Channel => p.last_channel.as_deref().map_or(Val::Missing, Val::Str),
         Attr::IdentityKnown => {
             Val::Bool(p.identities.customer_id.is_some() || !p.identities.emails.is_empty())
         }
