@@ -274,6 +274,12 @@ impl Store {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
+        // A hash table at the end of each data block finds a point lookup's key there at once,
+        // instead of a binary search over the block's restart points and a walk from one (a
+        // third of reading profiles from the files, itself 6 % of the wide pass's samples).
+        // About a byte per key more; files written before read as they were.
+        table.set_data_block_index_type(rocksdb::DataBlockIndexType::BinaryAndHash);
+        table.set_data_block_hash_ratio(0.75);
         table.set_cache_index_and_filter_blocks(true);
         opts.set_block_based_table_factory(&table);
         let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
