@@ -213,6 +213,11 @@ pub struct State {
     /// and how far behind a running worker `tailor profile`, `explain` and `preview` read),
     /// e.g. "1min"; at most "1h".
     pub flush_interval: String,
+    /// LZ4 for the files RocksDB's flushes write (level 0) too. Off (the default): they are
+    /// written uncompressed, and the next compaction compresses them into the levels below
+    /// (the state on disk past level 0 is LZ4 either way); less CPU per event, more bytes
+    /// written to disk and more disk until that compaction.
+    pub compress_flushes: bool,
     /// Mirror the state writes (the timer index aside) to `topics.changelog` and restore a
     /// partition from it when it moves here. Off: a partition's state lives only on the disk of
     /// the worker that had it.
@@ -323,6 +328,7 @@ impl Default for State {
             write_ahead_log: None,
             sync_writes: true,
             flush_interval: "1min".into(),
+            compress_flushes: false,
             changelog: true,
             standby: false,
         }
@@ -762,6 +768,7 @@ impl Config {
                 sync_writes: self.state.sync_writes,
                 write_ahead_log: self.state.write_ahead_log(),
                 flush_interval: flush_interval.expect("checked"),
+                compress_flushes: self.state.compress_flushes,
             },
             listen: listen.expect("checked"),
             segments: segments.expect("checked"),
@@ -816,6 +823,13 @@ mod tests {
                 "{errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn flushes_are_written_uncompressed_unless_asked_for() {
+        let lz4 = |rest: &str| validate_with("", rest).map(|s| s.store.compress_flushes);
+        assert_eq!(lz4(""), Ok(false));
+        assert_eq!(lz4("[state]\ncompress_flushes = true"), Ok(true));
     }
 
     #[test]
