@@ -44,6 +44,8 @@ for step in "${steps[@]}"; do
   res=$(count "$step" 1); read -r one one_allocs <<< "$res"
   res=$(count "$step" 2); read -r two two_allocs <<< "$res"
   items=$(grep -oE '^items per pass: [0-9]+' "$tmp/stdout" | grep -oE '[0-9]+$')
+  [ -n "$one_allocs" ] && [ -n "$two_allocs" ] && [ -n "$items" ] \
+    || { cat "$tmp/stdout" >&2; echo "icount.sh: no allocation or item count in the bench's output" >&2; exit 1; }
   allocs=$(python3 -c "print(f'{($two_allocs - $one_allocs) / $items:.2f}')")
   echo "$step: $(( (two - one) / items )) instructions, $allocs allocations per item ($items items per pass)"
 done
