@@ -926,9 +926,9 @@ fn workload(
             first = Some((Instant::now(), done));
             stat_at_first = proc_stat(pid);
             written_at_first = disk_written(pid);
-            fired_at_first = metric(port, "tailor_timers_fired_total ").max(0.0);
             slice_start = first;
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
+            fired_at_first = fired_before;
             faults_before = stat_at_first.minor_faults;
             if let Some(file) = &perf_file {
                 perf = start_perf(pid, file);

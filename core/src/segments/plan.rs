@@ -563,7 +563,7 @@ pub struct Ctx<'a> {
 fn attr_value<'a>(a: Attr, p: &'a Profile) -> Val<'a> {
     let o = &p.orders;
     let num = Val::Num;
-    let s = |v: &'a Option<String>| v.as_deref().map_or(Val::Missing, Val::Str);
+    let s = |v: Option<&'a str>| v.map_or(Val::Missing, Val::Str);
     let b = |v: Option<bool>| v.map_or(Val::Missing, Val::Bool);
     match a {
         Attr::OrdersCount => num(o.count as f64),
@@ -579,14 +579,14 @@ fn attr_value<'a>(a: Attr, p: &'a Profile) -> Val<'a> {
         Attr::CartValue => num(p.cart.value()),
         Attr::EventsTotal => num(p.events_total as f64),
         Attr::LoyaltyPoints => p.attributes.loyalty_points.map_or(Val::Missing, num),
-        Attr::LoyaltyTier => s(&p.attributes.loyalty_tier),
-        Attr::LoyaltyStatus => s(&p.attributes.loyalty_status),
-        Attr::Gender => s(&p.attributes.gender),
-        Attr::Country => s(&p.attributes.country),
-        Attr::City => s(&p.attributes.city),
-        Attr::CustomerGroup => s(&p.attributes.customer_group),
-        Attr::Device => p.last_device.as_deref().map_or(Val::Missing, Val::Str),
-        Attr::Channel => p.last_channel.as_deref().map_or(Val::Missing, Val::Str),
+        Attr::LoyaltyTier => s(p.attributes.loyalty_tier.as_deref()),
+        Attr::LoyaltyStatus => s(p.attributes.loyalty_status.as_deref()),
+        Attr::Gender => s(p.attributes.gender.as_deref()),
+        Attr::Country => s(p.attributes.country.as_deref()),
+        Attr::City => s(p.attributes.city.as_deref()),
+        Attr::CustomerGroup => s(p.attributes.customer_group.as_deref()),
+        Attr::Device => s(p.last_device.as_deref()),
+        Attr::Channel => s(p.last_channel.as_deref()),
         Attr::IdentityKnown => {
             Val::Bool(p.identities.customer_id.is_some() || !p.identities.emails.is_empty())
         }
