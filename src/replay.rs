@@ -290,7 +290,7 @@ impl<R: Read> UciReader<R> {
         };
         for (n, l) in lines.iter().take(BROWSED_LINES).enumerate() {
             let product = wire::ProductContext {
-                sku: l.stock.clone(),
+                sku: l.stock.as_str().into(),
                 name: (!l.description.is_empty()).then(|| l.description.clone()),
                 pricing: Some(wire::Pricing {
                     regular_price: Some(l.price),
@@ -400,7 +400,7 @@ impl<R: Read> UciReader<R> {
         let items: Vec<wire::ProductListItem> = lines
             .iter()
             .map(|l| wire::ProductListItem {
-                sku: l.stock.clone(),
+                sku: l.stock.as_str().into(),
                 name: (!l.description.is_empty()).then(|| l.description.clone()),
                 quantity: Some(l.quantity.abs()),
                 price_total: Some((l.quantity * l.price).abs()),
@@ -530,12 +530,12 @@ fn rees_product(rec: &csv::StringRecord, columns: &[usize], price: f64) -> wire:
     let category = if f(4).is_empty() { f(3) } else { f(4) };
     wire::ProductContext {
         product_id: f(2).parse().ok(),
-        sku: f(2).to_owned(),
-        manufacturer: (!f(5).is_empty()).then(|| f(5).to_owned()),
+        sku: f(2).into(),
+        manufacturer: (!f(5).is_empty()).then(|| f(5).into()),
         categories: if category.is_empty() {
             Vec::new()
         } else {
-            vec![category.to_owned()]
+            vec![category.into()]
         },
         pricing: Some(wire::Pricing {
             regular_price: Some(price),

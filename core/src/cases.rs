@@ -357,8 +357,8 @@ fn event(y: &Yaml, n: usize, start: i64, case: &str) -> Result<Step, String> {
             email,
         },
         value,
-        device: s("device"),
-        channel: s("channel"),
+        device: s("device").map(Into::into),
+        channel: s("channel").map(Into::into),
         lines: lines_of,
         cart,
         order_id: s("order").or_else(|| {
@@ -368,9 +368,9 @@ fn event(y: &Yaml, n: usize, start: i64, case: &str) -> Result<Step, String> {
         search_phrase: s("search"),
         search_results: number(&y["results"]).map(|r| r as u32),
         attributes,
-        store_code: s("store"),
+        store_code: s("store").map(Into::into),
         store_view_code: None,
-        currency: s("currency"),
+        currency: s("currency").map(Into::into),
     };
     // What the worker checks of every event (negative amounts, sizes).
     event

@@ -141,8 +141,8 @@ pub struct Event {
     pub identity: Identity,
     /// Money the event is worth: order total, value added to or removed from the cart, refund.
     pub value: f64,
-    pub device: Option<String>,
-    pub channel: Option<String>,
+    pub device: Option<CompactString>,
+    pub channel: Option<CompactString>,
     /// Lines this event is about (changed cart items, order lines, the product viewed).
     pub lines: Vec<Line>,
     /// The whole cart after the event, where the event carries it.
@@ -152,10 +152,10 @@ pub struct Event {
     pub search_results: Option<u32>,
     pub attributes: Option<Attributes>,
     /// The store and store view the event names (storefront instance, commerce scope).
-    pub store_code: Option<String>,
-    pub store_view_code: Option<String>,
+    pub store_code: Option<CompactString>,
+    pub store_view_code: Option<CompactString>,
     /// The currency of its amounts (the store view's, the order's, or its lines').
-    pub currency: Option<String>,
+    pub currency: Option<CompactString>,
 }
 
 /// The cart as the storefront last reported it.
@@ -243,8 +243,46 @@ fn finite(v: Option<f64>, what: &'static str) -> Result<Option<f64>, InvalidEven
     }
 }
 
-fn non_empty(s: Option<String>) -> Option<String> {
-    s.filter(|s| !s.trim().is_empty())
+fn non_empty<S: AsRef<str>>(s: Option<S>) -> Option<S> {
+    s.filter(|s| !s.as_ref().trim().is_empty())
+}
+
+/// Whether `s` is already what `str::to_lowercase` would make of it: ASCII without capitals
+/// (most device types, channels, e-mails), so no copy is made.
+fn is_lower_ascii(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+}
+
+/// `s` lower-cased, inline up to 24 bytes.
+fn lower(s: &str) -> CompactString {
+    if is_lower_ascii(s) {
+        CompactString::new(s)
+    } else {
+        s.to_lowercase().into()
+    }
+}
+
+/// A device type or channel as the profile keeps it: lower-cased; an XDM channel type
+/// (`https://ns.adobe.com/xdm/channel-types/web`) by its last segment.
+fn device(s: CompactString) -> CompactString {
+    if is_lower_ascii(&s) {
+        s
+    } else {
+        lower(&s)
+    }
+}
+
+fn channel(t: &str) -> CompactString {
+    lower(t.rsplit('/').next().unwrap_or(t))
+}
+
+/// An e-mail trimmed and lower-cased, the same string when it already is.
+fn email(s: String) -> String {
+    if s.len() == s.trim().len() && is_lower_ascii(&s) {
+        s
+    } else {
+        s.trim().to_lowercase()
+    }
 }
 
 /// An e-mail as Tailor keeps and compares it everywhere: trimmed and lower-cased.
@@ -270,9 +308,9 @@ fn cart_line(item: wire::ShoppingCartItem) -> Result<Line, InvalidEvent> {
         return Err(InvalidEvent::NotFinite("cart item quantity"));
     }
     Ok(Line {
-        category: item.product.categories.into_iter().next().map(Into::into),
-        brand: non_empty(item.product.manufacturer).map(Into::into),
-        sku: item.product.sku.into(),
+        category: item.product.categories.into_iter().next(),
+        brand: non_empty(item.product.manufacturer),
+        sku: item.product.sku,
         name: item.product.name,
         quantity: item.quantity,
         price,
@@ -289,9 +327,9 @@ fn product_line(p: wire::ProductContext) -> Result<Line, InvalidEvent> {
         "product price",
     )?;
     Ok(Line {
-        category: p.categories.into_iter().next().map(Into::into),
-        brand: non_empty(p.manufacturer).map(Into::into),
-        sku: p.sku.into(),
+        category: p.categories.into_iter().next(),
+        brand: non_empty(p.manufacturer),
+        sku: p.sku,
         name: p.name,
         quantity: 1.0,
         price,
@@ -309,9 +347,8 @@ fn list_item_line(item: wire::ProductListItem) -> Result<Line, InvalidEvent> {
         category: item
             .categories
             .into_iter()
-            .find_map(|c| c.path.or(c.name).or(c.id))
-            .map(Into::into),
-        sku: item.sku.into(),
+            .find_map(|c| c.path.or(c.name).or(c.id)),
+        sku: item.sku,
         name: item.name,
         quantity,
         price,
@@ -464,7 +501,7 @@ impl Event {
             identity: Identity {
                 ecid: non_empty(identity.ecid),
                 customer_id: non_empty(identity.customer_id),
-                email: non_empty(identity.email).map(|e| e.trim().to_lowercase()),
+                email: non_empty(identity.email).map(email),
             },
             value: 0.0,
             device: None,
@@ -484,21 +521,18 @@ impl Event {
     fn from_storefront(e: Box<wire::StorefrontEvent>) -> Result<Event, InvalidEvent> {
         let kind = EventType::parse(&e.event_type)
             .filter(|k| k.family() == Family::Storefront)
-            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "storefront"))?;
+            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.to_string(), "storefront"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
         if let Some(s) = e.storefront_instance_context {
             ev.store_code = non_empty(s.store_code);
             ev.store_view_code = non_empty(s.store_view_code);
             ev.currency = non_empty(s.store_view_currency_code);
         }
-        ev.device = e
-            .device_context
-            .and_then(|d| non_empty(d.kind))
-            .map(|d| d.to_lowercase());
+        ev.device = e.device_context.and_then(|d| non_empty(d.kind)).map(device);
         ev.channel = e
             .channel_context
             .and_then(|c| non_empty(c.kind))
-            .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+            .map(|t| channel(&t));
         if let Some(cart) = e.shopping_cart_context {
             let lines = cart
                 .items
@@ -566,8 +600,7 @@ impl Event {
         }
         if let Some(acct) = e.account_context {
             if ev.identity.email.is_none() {
-                ev.identity.email =
-                    non_empty(acct.email_address.clone()).map(|s| s.trim().to_lowercase());
+                ev.identity.email = non_empty(acct.email_address.clone()).map(email);
             }
             if ev.identity.customer_id.is_none() {
                 ev.identity.customer_id = non_empty(acct.account_id.clone());
@@ -587,18 +620,18 @@ impl Event {
     fn from_backoffice(e: Box<wire::BackofficeEvent>) -> Result<Event, InvalidEvent> {
         let kind = EventType::parse(&e.event_type)
             .filter(|k| k.family() == Family::Backoffice)
-            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "backoffice"))?;
+            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.to_string(), "backoffice"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
         if ev.identity.email.is_none() {
             ev.identity.email = e
                 .personal_email
-                .map(|p| p.address.trim().to_lowercase())
+                .map(|p| email(p.address))
                 .filter(|s| !s.is_empty());
         }
         ev.channel = e
             .channel
             .and_then(|c| non_empty(c.kind))
-            .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+            .map(|t| channel(&t));
         let line_currency = e
             .product_list_items
             .iter()
@@ -641,7 +674,7 @@ impl Event {
     fn from_profile(e: Box<wire::ProfileEvent>) -> Result<Event, InvalidEvent> {
         let kind = EventType::parse(&e.event_type)
             .filter(|k| k.family() == Family::Profile)
-            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.clone(), "profile"))?;
+            .ok_or_else(|| InvalidEvent::UnknownType(e.event_type.to_string(), "profile"))?;
         let mut ev = Event::base(e.event_id, kind, e.timestamp, e.identity);
         if let Some(scope) = &e.commerce_scope {
             ev.store_code = non_empty(scope.store_code.clone());
@@ -649,12 +682,12 @@ impl Event {
         }
         let email = e.personal_email.map(|p| p.address);
         if ev.identity.email.is_none() {
-            ev.identity.email = non_empty(email.clone()).map(|s| s.trim().to_lowercase());
+            ev.identity.email = non_empty(email.clone()).map(self::email);
         }
         ev.channel = e
             .channel
             .and_then(|c| non_empty(c.kind))
-            .map(|t| t.rsplit('/').next().unwrap_or(&t).to_lowercase());
+            .map(|t| channel(&t));
         let (country, city) =
             address_parts(e.billing_address.as_ref().or(e.shipping_address.as_ref()));
         let person = e.person.unwrap_or_default();
@@ -935,5 +968,59 @@ mod tests {
         assert_eq!(a.phone.as_deref(), Some("+4402079460000"));
         assert_eq!(normalise_email("  "), None);
         assert_eq!(normalise_phone(" - "), None);
+    }
+
+    /// Device types, channels and e-mails kept as they came when already lower-case (no copy),
+    /// lower-cased otherwise, beyond ASCII too; a channel type by its URI's last segment.
+    #[test]
+    fn devices_channels_and_identity_e_mails_are_lower_cased() {
+        let mut e = crate::samples::storefront("pageView", "s1", 1_700_000_000_000, "e");
+        let read = |e: &wire::StorefrontEvent| {
+            Event::from_input(
+                InputMessage::Storefront(Box::new(e.clone())),
+                1_700_000_000_000,
+            )
+            .unwrap()
+        };
+        for (device, channel, email, want) in [
+            (
+                "mobile",
+                "https://ns.adobe.com/xdm/channel-types/web",
+                "a@b.c",
+                ("mobile", "web", "a@b.c"),
+            ),
+            (
+                "Tablet",
+                "https://ns.adobe.com/xdm/channel-types/Mobile",
+                " A@B.c",
+                ("tablet", "mobile", "a@b.c"),
+            ),
+            (
+                "ÉCRAN",
+                "App",
+                "Ünï@Example.org",
+                ("écran", "app", "ünï@example.org"),
+            ),
+            (
+                "a-device-type-longer-than-24-bytes",
+                "web",
+                "x@y.z",
+                ("a-device-type-longer-than-24-bytes", "web", "x@y.z"),
+            ),
+        ] {
+            e.device_context.as_mut().unwrap().kind = Some(device.into());
+            e.channel_context.as_mut().unwrap().kind = Some(channel.into());
+            e.identity.email = Some(email.into());
+            let ev = read(&e);
+            assert_eq!(
+                (
+                    ev.device.as_deref(),
+                    ev.channel.as_deref(),
+                    ev.identity.email.as_deref()
+                ),
+                (Some(want.0), Some(want.1), Some(want.2)),
+                "{device} {channel} {email}"
+            );
+        }
     }
 }

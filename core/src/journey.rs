@@ -193,8 +193,9 @@ pub fn context(p: &Profile, ev: Option<&Event>) -> JourneyContext {
             .map(cart_line)
             .collect(),
         currency_code: ev
-            .and_then(|e| e.currency.clone())
-            .or_else(|| p.currency.as_deref().map(str::to_owned)),
+            .and_then(|e| e.currency.as_deref())
+            .or(p.currency.as_deref())
+            .map(str::to_owned),
     }
 }
 

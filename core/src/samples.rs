@@ -5,16 +5,17 @@ use crate::codec::Family;
 use crate::event::EventType;
 use crate::wire::*;
 
-fn s(v: &str) -> Option<String> {
-    Some(v.to_owned())
+/// A `String` or a `CompactString`, as the field is.
+fn s<T: for<'a> From<&'a str>>(v: &str) -> Option<T> {
+    Some(v.into())
 }
 
 pub fn product(sku: &str, price: f64) -> ProductContext {
     ProductContext {
         product_id: Some(1234),
         name: s("Mock Product"),
-        sku: sku.to_owned(),
-        top_level_sku: Some(sku.to_owned()),
+        sku: sku.into(),
+        top_level_sku: s(sku),
         manufacturer: s("Acme"),
         country_of_manufacture: s("IT"),
         product_type: s("simple"),
@@ -62,7 +63,7 @@ pub fn storefront(event_type: &str, id: &str, time: i64, ecid: &str) -> Storefro
     let items = vec![cart_item("SKU-1", 2.0, 10.0)];
     StorefrontEvent {
         event_id: id.to_owned(),
-        event_type: event_type.to_owned(),
+        event_type: event_type.into(),
         timestamp: time,
         identity: Identity {
             ecid: s(ecid),
@@ -252,7 +253,7 @@ pub fn backoffice(
     };
     BackofficeEvent {
         event_id: id.to_owned(),
-        event_type: event_type.to_owned(),
+        event_type: event_type.into(),
         timestamp: time,
         identity: Identity {
             ecid: None,
@@ -350,7 +351,7 @@ pub fn profile(
 ) -> ProfileEvent {
     ProfileEvent {
         event_id: id.to_owned(),
-        event_type: event_type.to_owned(),
+        event_type: event_type.into(),
         timestamp: time,
         identity: Identity {
             ecid: None,

@@ -25,7 +25,7 @@ pub struct Identity {
 #[serde(rename_all = "camelCase")]
 pub struct StorefrontEvent {
     pub event_id: String,
-    pub event_type: String,
+    pub event_type: CompactString,
     pub timestamp: i64,
     pub identity: Identity,
     pub search_unit_id: Option<String>,
@@ -58,26 +58,26 @@ pub struct ShopperContext {
 pub struct StorefrontInstanceContext {
     pub environment_id: Option<String>,
     pub instance_id: Option<String>,
-    pub environment: Option<String>,
+    pub environment: Option<CompactString>,
     pub store_url: Option<String>,
     pub website_id: Option<i64>,
-    pub website_code: Option<String>,
+    pub website_code: Option<CompactString>,
     pub store_id: Option<i64>,
-    pub store_code: Option<String>,
+    pub store_code: Option<CompactString>,
     pub store_view_id: Option<i64>,
-    pub store_view_code: Option<String>,
+    pub store_view_code: Option<CompactString>,
     pub website_name: Option<String>,
     pub store_name: Option<String>,
     pub store_view_name: Option<String>,
-    pub base_currency_code: Option<String>,
-    pub store_view_currency_code: Option<String>,
+    pub base_currency_code: Option<CompactString>,
+    pub store_view_currency_code: Option<CompactString>,
     pub storefront_template: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PageContext {
-    pub page_type: Option<String>,
+    pub page_type: Option<CompactString>,
     pub page_name: Option<String>,
 }
 
@@ -100,7 +100,7 @@ pub struct Channel {
 #[serde(rename_all = "camelCase")]
 pub struct DeviceContext {
     #[serde(rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<CompactString>,
     pub screen_width: Option<i32>,
     pub screen_height: Option<i32>,
     pub screen_orientation: Option<String>,
@@ -113,7 +113,7 @@ pub struct Pricing {
     pub minimal_price: Option<f64>,
     pub maximal_price: Option<f64>,
     pub special_price: Option<f64>,
-    pub currency_code: Option<String>,
+    pub currency_code: Option<CompactString>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -121,12 +121,12 @@ pub struct Pricing {
 pub struct ProductContext {
     pub product_id: Option<i64>,
     pub name: Option<String>,
-    pub sku: String,
-    pub top_level_sku: Option<String>,
-    pub manufacturer: Option<String>,
+    pub sku: CompactString,
+    pub top_level_sku: Option<CompactString>,
+    pub manufacturer: Option<CompactString>,
     pub country_of_manufacture: Option<String>,
-    pub product_type: Option<String>,
-    pub categories: Vec<String>,
+    pub product_type: Option<CompactString>,
+    pub categories: Vec<CompactString>,
     pub pricing: Option<Pricing>,
     pub canonical_url: Option<String>,
     pub main_image_url: Option<String>,
@@ -146,7 +146,7 @@ pub struct CategoryContext {
 #[serde(rename_all = "camelCase")]
 pub struct Money {
     pub value: f64,
-    pub currency: Option<String>,
+    pub currency: Option<CompactString>,
     pub regular_price: Option<f64>,
 }
 
@@ -351,7 +351,7 @@ pub struct SelectedOption {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequisitionListItem {
-    pub sku: String,
+    pub sku: CompactString,
     pub name: Option<String>,
     pub quantity: f64,
     pub product_id: Option<i64>,
@@ -371,7 +371,7 @@ pub struct RequisitionListItemsContext {
 #[serde(rename_all = "camelCase")]
 pub struct BackofficeEvent {
     pub event_id: String,
-    pub event_type: String,
+    pub event_type: CompactString,
     pub timestamp: i64,
     pub identity: Identity,
     pub commerce_scope: Option<CommerceScope>,
@@ -388,9 +388,9 @@ pub struct BackofficeEvent {
 pub struct CommerceScope {
     #[serde(rename = "environmentID")]
     pub environment_id: Option<String>,
-    pub website_code: Option<String>,
-    pub store_code: Option<String>,
-    pub store_view_code: Option<String>,
+    pub website_code: Option<CompactString>,
+    pub store_code: Option<CompactString>,
+    pub store_view_code: Option<CompactString>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -400,7 +400,7 @@ pub struct PaymentItem {
     pub transaction_id: Option<String>,
     pub payment_amount: Option<f64>,
     pub payment_type: Option<String>,
-    pub currency_code: Option<String>,
+    pub currency_code: Option<CompactString>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -411,7 +411,7 @@ pub struct RefundItem {
     pub refund_amount: Option<f64>,
     pub refund_reason: Option<String>,
     pub refund_payment_type: Option<String>,
-    pub currency_code: Option<String>,
+    pub currency_code: Option<CompactString>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -431,7 +431,7 @@ pub struct Order {
     pub purchase_id: String,
     pub purchase_order_number: Option<String>,
     pub price_total: Option<f64>,
-    pub currency_code: Option<String>,
+    pub currency_code: Option<CompactString>,
     pub tax_amount: Option<f64>,
     pub discount_amount: Option<f64>,
     pub order_type: Option<String>,
@@ -460,7 +460,7 @@ pub struct Address {
 pub struct Shipping {
     pub shipping_method: Option<String>,
     pub shipping_amount: Option<f64>,
-    pub currency_code: Option<String>,
+    pub currency_code: Option<CompactString>,
     pub ship_date: Option<String>,
     pub tracking_number: Option<String>,
     #[serde(rename = "trackingURL")]
@@ -480,9 +480,9 @@ pub struct PersonalEmail {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProductCategory {
-    pub id: Option<String>,
-    pub name: Option<String>,
-    pub path: Option<String>,
+    pub id: Option<CompactString>,
+    pub name: Option<CompactString>,
+    pub path: Option<CompactString>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -503,13 +503,13 @@ pub struct ReturnItem {
 pub struct ProductListItem {
     pub id: Option<String>,
     #[serde(rename = "SKU")]
-    pub sku: String,
+    pub sku: CompactString,
     pub name: Option<String>,
     pub quantity: Option<f64>,
     /// Line total.
     pub price_total: Option<f64>,
     pub discount_amount: Option<f64>,
-    pub currency_code: Option<String>,
+    pub currency_code: Option<CompactString>,
     pub product_image_url: Option<String>,
     pub selected_options: Vec<SelectedOption>,
     pub categories: Vec<ProductCategory>,
@@ -522,7 +522,7 @@ pub struct ProductListItem {
 #[serde(rename_all = "camelCase")]
 pub struct ProfileEvent {
     pub event_id: String,
-    pub event_type: String,
+    pub event_type: CompactString,
     pub timestamp: i64,
     pub identity: Identity,
     pub person: Option<Person>,

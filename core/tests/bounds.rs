@@ -52,8 +52,8 @@ fn event(kind: EventType, i: usize, time: i64) -> Event {
         customer_id: Some(s("cust", i, MAX_ID_BYTES)),
     };
     let mut ev = Event::base(s("ev", i, MAX_ID_BYTES), kind, time, identity);
-    ev.device = Some(s("dev", i, MAX_TEXT_BYTES));
-    ev.channel = Some(s("ch", i, MAX_TEXT_BYTES));
+    ev.device = Some(s("dev", i, MAX_TEXT_BYTES).into());
+    ev.channel = Some(s("ch", i, MAX_TEXT_BYTES).into());
     ev
 }
 

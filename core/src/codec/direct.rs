@@ -102,7 +102,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(super) fn string(&mut self) -> Result<String, Bad> {
+    /// A string, as a `String` or, for the short ones the wire types hold inline, a
+    /// `CompactString` (the field's type decides).
+    pub(super) fn string<S: Text>(&mut self) -> Result<S, Bad> {
         let len = usize::try_from(self.long()?).map_err(|_| Bad)?;
         let bytes = self.take(len)?;
         // Most strings are ASCII: checking that word by word and copying took decoding from
@@ -110,11 +112,9 @@ impl<'a> Reader<'a> {
         // every context set 30,996 to 25,884) against validating each as UTF-8.
         if bytes.is_ascii() {
             // SAFETY: ASCII bytes are valid UTF-8.
-            return Ok(unsafe { String::from_utf8_unchecked(bytes.to_vec()) });
+            return Ok(S::from_str(unsafe { std::str::from_utf8_unchecked(bytes) }));
         }
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| Bad)
+        std::str::from_utf8(bytes).map(S::from_str).map_err(|_| Bad)
     }
 
     /// A two-branch union with `null` at branch `null`. Inlined with [`Self::long`]: a union's
@@ -160,6 +160,26 @@ impl<'a> Reader<'a> {
                 items.push(read(self)?);
             }
         }
+    }
+}
+
+/// What a string field is read into.
+pub(super) trait Text {
+    fn from_str(s: &str) -> Self;
+}
+
+impl Text for String {
+    #[inline]
+    fn from_str(s: &str) -> String {
+        s.to_owned()
+    }
+}
+
+/// Up to 24 bytes in place: no allocation.
+impl Text for compact_str::CompactString {
+    #[inline]
+    fn from_str(s: &str) -> compact_str::CompactString {
+        compact_str::CompactString::new(s)
     }
 }
 
@@ -265,7 +285,7 @@ mod tests {
 
     #[test]
     fn strings_ascii_or_not_and_invalid_utf8() {
-        let read = |bytes: &[u8]| Reader::new(&string_datum(bytes)).string().ok();
+        let read = |bytes: &[u8]| Reader::new(&string_datum(bytes)).string::<String>().ok();
         // ASCII (the quick path), UTF-8 beyond it (validated), and bytes that are not UTF-8.
         assert_eq!(read(b"SKU-123").as_deref(), Some("SKU-123"));
         assert_eq!(read("café ☕".as_bytes()).as_deref(), Some("café ☕"));
@@ -582,11 +602,11 @@ mod tests {
         // [-2 items, 4 bytes: "a" "b"], [1 item: "c"], end.
         let bytes = [0x03, 0x08, 0x02, b'a', 0x02, b'b', 0x02, 0x02, b'c', 0x00];
         let mut r = Reader::new(&bytes);
-        assert_eq!(r.array(|r| r.string()).unwrap(), ["a", "b", "c"]);
+        assert_eq!(r.array(|r| r.string::<String>()).unwrap(), ["a", "b", "c"]);
         assert_eq!(r.remaining(), 0);
         // A count longer than the bytes left is refused before anything is read.
         let mut r = Reader::new(&[0x7e, 0x02, b'a', 0x00]);
-        assert!(r.array(|r| r.string()).is_err());
+        assert!(r.array(|r| r.string::<String>()).is_err());
     }
 
     #[test]
