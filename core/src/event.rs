@@ -244,7 +244,18 @@ fn finite(v: Option<f64>, what: &'static str) -> Result<Option<f64>, InvalidEven
 }
 
 fn non_empty<S: AsRef<str>>(s: Option<S>) -> Option<S> {
-    s.filter(|s| !s.as_ref().trim().is_empty())
+    s.filter(|s| !blank(s.as_ref()))
+}
+
+/// Empty or only whitespace. Most strings start with a character that is neither, which
+/// answers without trimming (`trim` walks from both ends, decoding characters).
+fn blank(s: &str) -> bool {
+    match s.as_bytes().first() {
+        // `char::is_whitespace`, which `trim` uses, not `u8::is_ascii_whitespace` (which leaves
+        // out the vertical tab).
+        Some(&b) if b.is_ascii() && !char::from(b).is_whitespace() => false,
+        _ => s.trim().is_empty(),
+    }
 }
 
 /// Whether `s` is already what `str::to_lowercase` would make of it: ASCII without capitals
@@ -380,7 +391,7 @@ impl Event {
             InputMessage::Backoffice(e) => Self::from_backoffice(e)?,
             InputMessage::Profile(e) => Self::from_profile(e)?,
         };
-        if ev.id.trim().is_empty() {
+        if blank(&ev.id) {
             return Err(InvalidEvent::NoEventId);
         }
         if ev.time < MIN_EVENT_TIME || ev.time > now.saturating_add(MAX_FUTURE_MS) {
@@ -1021,6 +1032,29 @@ mod tests {
                 (Some(want.0), Some(want.1), Some(want.2)),
                 "{device} {channel} {email}"
             );
+        }
+    }
+
+    /// `blank` answers as trimming would, the quick path included.
+    #[test]
+    fn blank_is_what_trims_to_nothing() {
+        for s in [
+            "",
+            " ",
+            "\t\n",
+            "\u{b}",
+            "\u{a0}",
+            " \u{3000} ",
+            "\r\n\u{c}",
+        ] {
+            assert!(blank(s), "{s:?}");
+        }
+        for s in ["a", " a ", "\u{b}a", "é", "\u{a0}x", "-"] {
+            assert!(!blank(s), "{s:?}");
+        }
+        for b in 0u8..128 {
+            let s = char::from(b).to_string();
+            assert_eq!(blank(&s), s.trim().is_empty(), "byte {b}");
         }
     }
 }

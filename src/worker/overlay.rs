@@ -294,9 +294,10 @@ impl Profiles {
             w.timer_moved(&key, slot.committed_timer, slot.profile.next_timer);
             slot.committed_timer = slot.profile.next_timer;
             slot.dirty = false;
-            w.put.push((key.clone(), profile::encode(&slot.profile)));
+            let bytes = profile::encode(&slot.profile);
             // Created again after a removal in this batch: the write replaces the removal.
             self.pending.remove(&key);
+            w.put.push((key, bytes));
         }
         for (key, (pending, committed_timer)) in self.pending.drain() {
             match pending {
