@@ -258,8 +258,8 @@ fn blank(s: &str) -> bool {
     }
 }
 
-/// Whether `s` is already what `str::to_lowercase` would make of it: ASCII without capitals
-/// (most device types, channels, e-mails), so no copy is made.
+/// ASCII without capitals: enough to know `str::to_lowercase` would leave `s` as it is (most
+/// device types, channels and e-mails), so no lower-cased `String` is allocated.
 fn is_lower_ascii(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase())
 }
@@ -273,16 +273,17 @@ fn lower(s: &str) -> CompactString {
     }
 }
 
-/// A device type or channel as the profile keeps it: lower-cased; an XDM channel type
-/// (`https://ns.adobe.com/xdm/channel-types/web`) by its last segment.
+/// A device type as the profile keeps it: lower-cased.
 fn device(s: CompactString) -> CompactString {
     if is_lower_ascii(&s) {
         s
     } else {
-        lower(&s)
+        s.to_lowercase()
     }
 }
 
+/// A channel as the profile keeps it: lower-cased, an XDM channel type
+/// (`https://ns.adobe.com/xdm/channel-types/web`) by its last segment.
 fn channel(t: &str) -> CompactString {
     lower(t.rsplit('/').next().unwrap_or(t))
 }
@@ -981,8 +982,8 @@ mod tests {
         assert_eq!(normalise_phone(" - "), None);
     }
 
-    /// Device types, channels and e-mails kept as they came when already lower-case (no copy),
-    /// lower-cased otherwise, beyond ASCII too; a channel type by its URI's last segment.
+    /// Device types, channels and e-mails lower-cased (as they came when they already are),
+    /// beyond ASCII too; e-mails trimmed; a channel type by its URI's last segment.
     #[test]
     fn devices_channels_and_identity_e_mails_are_lower_cased() {
         let mut e = crate::samples::storefront("pageView", "s1", 1_700_000_000_000, "e");
@@ -1018,6 +1019,9 @@ mod tests {
                 "x@y.z",
                 ("a-device-type-longer-than-24-bytes", "web", "x@y.z"),
             ),
+            // Lower-case but padded: trimmed. A type URI ending in `/`: an empty last segment,
+            // as before.
+            ("Mobile", "a/", " a@b.c ", ("mobile", "", "a@b.c")),
         ] {
             e.device_context.as_mut().unwrap().kind = Some(device.into());
             e.channel_context.as_mut().unwrap().kind = Some(channel.into());
