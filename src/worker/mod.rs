@@ -243,6 +243,17 @@ struct Worker {
     last_log: (Instant, u64),
 }
 
+/// However a processing thread ends — a panic too, which unwinds past the loop's own
+/// cancellation — its restores still running stop at their next record and write nothing more
+/// to the changelog (the partition may already be another worker's).
+impl Drop for Worker {
+    fn drop(&mut self) {
+        for r in self.restoring.values() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What one processing thread contributes to worker-wide gauges: each thread adds the change
 /// of its own share, so the gauge is the sum over the threads.
 #[derive(Default)]
@@ -1489,8 +1500,9 @@ pub async fn run(
                         w.run_loop(consumer, lookups, stop, max_wait).await
                     })
                 }));
-                // Restores still running were cancelled at the loop's end (a panic abandons
-                // them): a few seconds to end, then they are left to the process's exit.
+                // Restores still running were cancelled at the loop's end (after a panic, when
+                // the worker was dropped): a few seconds to end, then they are left to the
+                // process's exit.
                 rt.shutdown_timeout(RESTORE_GRACE);
                 let _ = done.send(r.map_err(|p| panic_message(p.as_ref())));
             })
