@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::codec::{Family, InputMessage};
+use crate::layout::write::{self, Encode};
 use crate::wire::{self, Identity};
 
 macro_rules! event_types {
@@ -107,6 +108,30 @@ impl Line {
     }
 }
 
+/// Every field, in order ([`crate::layout::write`]).
+impl Encode for Line {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let Line {
+            sku,
+            name,
+            quantity,
+            price,
+            image_url,
+            url,
+            category,
+            brand,
+        } = self;
+        sku.encode(out);
+        name.encode(out);
+        write::compact_f64(out, *quantity);
+        write::compact_f64_option(out, *price);
+        image_url.encode(out);
+        url.encode(out);
+        category.encode(out);
+        brand.encode(out);
+    }
+}
+
 /// Sum of money amounts. (`Iterator::sum` of no floats is -0.0, which would show in outputs.)
 pub fn total(amounts: impl IntoIterator<Item = f64>) -> f64 {
     amounts.into_iter().fold(0.0, |a, b| a + b)
@@ -129,6 +154,41 @@ pub struct Attributes {
     pub customer_group: Option<String>,
     pub consent_email: Option<bool>,
     pub consent_sms: Option<bool>,
+}
+
+impl Encode for Attributes {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let Attributes {
+            first_name,
+            last_name,
+            email,
+            phone,
+            gender,
+            birth_date,
+            country,
+            city,
+            loyalty_tier,
+            loyalty_status,
+            loyalty_points,
+            customer_group,
+            consent_email,
+            consent_sms,
+        } = self;
+        first_name.encode(out);
+        last_name.encode(out);
+        email.encode(out);
+        phone.encode(out);
+        gender.encode(out);
+        birth_date.encode(out);
+        country.encode(out);
+        city.encode(out);
+        loyalty_tier.encode(out);
+        loyalty_status.encode(out);
+        loyalty_points.encode(out);
+        customer_group.encode(out);
+        consent_email.encode(out);
+        consent_sms.encode(out);
+    }
 }
 
 /// One validated input event.

@@ -1,7 +1,8 @@
 //! Which state version's layout the profile's parts are read and written in.
 //!
 //! The profile's state encoding is postcard over the serde implementations of its parts
-//! ([`crate::profile::encode`]). Version 6 changed a few of them, to store less:
+//! ([`crate::profile::encode_as`]; the worker writes the same bytes by hand, [`write`]).
+//! Version 6 changed a few of them, to store less:
 //! - an empty [`crate::sparse::Sparse`] part (attributes, orders: most shoppers have neither)
 //!   is one byte instead of every field of its default;
 //! - a [`KeyedSeries`] no longer stores its key's hash, nor an [`Affinity`] its rank: both
@@ -13,11 +14,13 @@
 //! Only binary formats (the state's postcard) take these layouts: JSON (the profile served over
 //! HTTP) shows every number as a number.
 //!
-//! Earlier versions are still read: [`crate::profile::encode`] and [`crate::profile::decode`]
+//! Earlier versions are still read: [`crate::profile::encode_as`] and [`crate::profile::decode`]
 //! set the version they write or read for the thread while they run ([`Reading`]), and these
 //! implementations follow it. Outside them (another binary format, a test), the plain layout
 //! of the earlier versions: the compact one is postcard's alone (its numbers' tag is read as a
 //! tuple of one or two elements, which a self-describing format would refuse).
+//!
+//! [`write`]: the same version 6 bytes written by hand, without serde (what the worker writes).
 
 use std::cell::Cell;
 use std::fmt;
@@ -31,6 +34,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::event::EventType;
 use crate::profile::{key_hash, Affinity, KeyedSeries};
 use crate::window::DailyCounts;
+
+pub(crate) mod write;
 
 /// The first state version with the layouts above.
 pub const COMPACT_SINCE: u8 = 6;
@@ -186,7 +191,7 @@ pub mod compact_f64 {
     const CENTS_LIMIT: f64 = (1u64 << 50) as f64;
 
     /// `v` as a whole number of cents, if it is one exactly (bit for bit, sign of zero included).
-    fn cents(v: f64) -> Option<i64> {
+    pub(crate) fn cents(v: f64) -> Option<i64> {
         // (Also refuses NaN and the infinities.)
         if !v.is_finite() || v.abs() >= CENTS_LIMIT / 100.0 {
             return None;

@@ -11,6 +11,8 @@ use std::ops::{Deref, DerefMut};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::layout::write::Encode;
+
 /// A default value to lend out while a [`Sparse`] holds none.
 pub trait Empty: Default + PartialEq + 'static {
     fn empty() -> &'static Self;
@@ -94,6 +96,20 @@ impl<T: Empty + Serialize> Serialize for Sparse<T> {
             // A part written to and left at its default reads back not held.
             Some(held) if **held != *T::empty() => s.serialize_some(&**held),
             _ => s.serialize_none(),
+        }
+    }
+}
+
+/// As serialized in version 6 ([`crate::layout::write`]).
+impl<T: Empty + Encode> Encode for Sparse<T> {
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            Some(held) if **held != *T::empty() => {
+                out.push(1);
+                held.encode(out);
+            }
+            _ => out.push(0),
         }
     }
 }

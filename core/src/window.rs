@@ -16,6 +16,8 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::layout::write::{self, Encode};
+
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
@@ -317,6 +319,27 @@ impl Serialize for Series {
     }
 }
 
+/// [`SeriesOut`]'s bytes, written by hand ([`crate::layout::write`]).
+impl Encode for Series {
+    fn encode(&self, out: &mut Vec<u8>) {
+        for level in 0..3 {
+            self.level(level).encode(out);
+        }
+        self.last.encode(out);
+        self.recent().encode(out);
+    }
+}
+
+impl Encode for Bucket {
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        let Bucket { start, count, sum } = self;
+        start.encode(out);
+        count.encode(out);
+        write::compact_f64(out, *sum);
+    }
+}
+
 /// Reads the three levels' sequences into one vector (no vector per level).
 struct LevelsSeed<'a> {
     buckets: &'a mut Vec<Bucket>,
@@ -437,6 +460,14 @@ impl Clone for DailyCounts {
     fn clone_from(&mut self, from: &Self) {
         self.days.clone_from(&from.days);
         self.last = from.last;
+    }
+}
+
+impl Encode for DailyCounts {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let DailyCounts { days, last } = self;
+        days.as_slice().encode(out);
+        last.encode(out);
     }
 }
 
