@@ -44,12 +44,22 @@ fn the_samples_profiles_encode_as_postcard_does() {
         };
         core.process(&m.key, p, &ev, source, ev.time, &mut out);
         let written = profile::encode(p);
-        assert!(
-            written == profile::encode_as(p, STATE_VERSION),
-            "shopper {}'s profile after event {} is not encoded as postcard encodes it",
-            m.key,
-            ev.id
-        );
+        let reference = profile::encode_as(p, STATE_VERSION);
+        if written != reference {
+            let at = written
+                .iter()
+                .zip(&reference)
+                .position(|(a, b)| a != b)
+                .unwrap_or(written.len().min(reference.len()));
+            panic!(
+                "shopper {}'s profile after event {} is not encoded as postcard encodes it: \
+                 byte {at} differs ({} and {} bytes in all)",
+                m.key,
+                ev.id,
+                written.len(),
+                reference.len()
+            );
+        }
         compared += 1;
         bytes += written.len();
         in_segments += usize::from(!p.segments.is_empty());

@@ -1,7 +1,7 @@
 //! Which state version's layout the profile's parts are read and written in.
 //!
 //! The profile's state encoding is postcard over the serde implementations of its parts
-//! ([`crate::profile::encode_as`]; the worker writes the same bytes by hand, [`write`]).
+//! ([`crate::profile::encode_as`]; the worker writes the same bytes by hand, `layout/write.rs`).
 //! Version 6 changed a few of them, to store less:
 //! - an empty [`crate::sparse::Sparse`] part (attributes, orders: most shoppers have neither)
 //!   is one byte instead of every field of its default;
@@ -19,8 +19,6 @@
 //! implementations follow it. Outside them (another binary format, a test), the plain layout
 //! of the earlier versions: the compact one is postcard's alone (its numbers' tag is read as a
 //! tuple of one or two elements, which a self-describing format would refuse).
-//!
-//! [`write`]: the same version 6 bytes written by hand, without serde (what the worker writes).
 
 use std::cell::Cell;
 use std::fmt;

@@ -25,7 +25,7 @@ pub(crate) trait Encode {
 }
 
 #[inline]
-pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
+fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -34,8 +34,13 @@ pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 #[inline]
-pub(crate) fn zigzag(out: &mut Vec<u8>, v: i64) {
-    varint(out, ((v << 1) ^ (v >> 63)) as u64);
+fn zigzag(out: &mut Vec<u8>, v: i64) {
+    varint(out, zigzagged(v));
+}
+
+#[inline]
+fn zigzagged(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
 }
 
 /// An `f64` in version 6's compact layout ([`super::compact_f64`]): whole cents as a varint
@@ -43,7 +48,7 @@ pub(crate) fn zigzag(out: &mut Vec<u8>, v: i64) {
 #[inline]
 pub(crate) fn compact_f64(out: &mut Vec<u8>, v: f64) {
     match super::compact_f64::cents(v) {
-        Some(c) => varint(out, (((c << 1) ^ (c >> 63)) as u64) << 1),
+        Some(c) => varint(out, zigzagged(c) << 1),
         None => {
             out.push(1);
             v.encode(out);
@@ -99,7 +104,8 @@ impl Encode for bool {
     }
 }
 
-/// The eight bytes (the layout of the `f64`s not marked compact).
+/// The eight bytes: the layout of the `f64`s not marked compact (those marked are written with
+/// [`compact_f64`]; only the comparison with postcard's bytes tells one written as the other).
 impl Encode for f64 {
     #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
