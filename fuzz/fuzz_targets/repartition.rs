@@ -1,6 +1,7 @@
 //! A message of the repartition topic (the identity protocol between workers) and the profile
 //! state it may carry: decoded as a worker reads them. Must never panic or allocate without
-//! bound.
+//! bound. A profile that decodes is encoded again both ways: the hand-written encoding
+//! (`profile::encode`) must be postcard's through serde (`profile::encode_as`), byte for byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,8 +15,17 @@ fuzz_target!(|data: &[u8]| {
             ..
         } = internal.message
         {
-            let _ = profile::decode(&state);
+            same_both_ways(&state);
         }
     }
-    let _ = profile::decode(data);
+    same_both_ways(data);
 });
+
+fn same_both_ways(state: &[u8]) {
+    if let Ok(p) = profile::decode(state) {
+        assert!(
+            profile::encode(&p) == profile::encode_as(&p, profile::STATE_VERSION),
+            "the hand-written encoding differs from postcard's"
+        );
+    }
+}
