@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::codec::{Family, InputMessage};
-use crate::layout::write::{self, Encode};
+use crate::layout::write::{self, encode_fields, Encode};
 use crate::wire::{self, Identity};
 
 macro_rules! event_types {
@@ -108,7 +108,7 @@ impl Line {
     }
 }
 
-/// Every field, in order ([`crate::layout::write`]).
+/// Every field, in order (`layout/write.rs`).
 impl Encode for Line {
     fn encode(&self, out: &mut Vec<u8>) {
         let Line {
@@ -156,40 +156,22 @@ pub struct Attributes {
     pub consent_sms: Option<bool>,
 }
 
-impl Encode for Attributes {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let Attributes {
-            first_name,
-            last_name,
-            email,
-            phone,
-            gender,
-            birth_date,
-            country,
-            city,
-            loyalty_tier,
-            loyalty_status,
-            loyalty_points,
-            customer_group,
-            consent_email,
-            consent_sms,
-        } = self;
-        first_name.encode(out);
-        last_name.encode(out);
-        email.encode(out);
-        phone.encode(out);
-        gender.encode(out);
-        birth_date.encode(out);
-        country.encode(out);
-        city.encode(out);
-        loyalty_tier.encode(out);
-        loyalty_status.encode(out);
-        loyalty_points.encode(out);
-        customer_group.encode(out);
-        consent_email.encode(out);
-        consent_sms.encode(out);
-    }
-}
+encode_fields!(Attributes {
+    first_name,
+    last_name,
+    email,
+    phone,
+    gender,
+    birth_date,
+    country,
+    city,
+    loyalty_tier,
+    loyalty_status,
+    loyalty_points,
+    customer_group,
+    consent_email,
+    consent_sms
+});
 
 /// One validated input event.
 #[derive(Debug, Clone, PartialEq)]

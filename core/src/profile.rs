@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Attributes, Cart, Event, EventType, Line};
 use crate::identity::KeyKind;
-use crate::layout::write::Encode;
+use crate::layout::write::{encode_fields, Encode};
 use crate::sparse::Sparse;
 use crate::window::{DailyCounts, Series};
 use compact_str::CompactString;
@@ -344,219 +344,96 @@ pub struct Profile {
     pub currency: Option<CompactString>,
 }
 
-/// The profile's parts in version 6's layout, written by hand ([`crate::layout::write`]):
-/// every field named, in the order the derives write them (a field added is a compile error
-/// here until it is written; the tests compare the bytes with postcard's).
-impl Encode for Profile {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let Profile {
-            identities,
-            attributes,
-            counters,
-            cart,
-            orders,
-            last_device,
-            last_channel,
-            first_seen,
-            last_seen,
-            events_total,
-            segments,
-            by_category,
-            by_product,
-            category_affinity,
-            brand_affinity,
-            recent_products,
-            journeys,
-            next_timer,
-            recent_changes,
-            hops,
-            forwarded,
-            seen,
-            store_code,
-            store_view_code,
-            currency,
-        } = self;
-        identities.encode(out);
-        attributes.encode(out);
-        counters.encode(out);
-        cart.encode(out);
-        orders.encode(out);
-        last_device.encode(out);
-        last_channel.encode(out);
-        first_seen.encode(out);
-        last_seen.encode(out);
-        events_total.encode(out);
-        segments.encode(out);
-        by_category.encode(out);
-        by_product.encode(out);
-        category_affinity.encode(out);
-        brand_affinity.encode(out);
-        recent_products.encode(out);
-        journeys.encode(out);
-        next_timer.encode(out);
-        recent_changes.encode(out);
-        hops.encode(out);
-        forwarded.encode(out);
-        seen.encode(out);
-        store_code.encode(out);
-        store_view_code.encode(out);
-        currency.encode(out);
-    }
-}
+// The profile's parts in version 6's layout, written by hand (layout/write.rs):
+// every field named, in the order the derives write them (a field added is a compile error
+// here until it is listed; the tests compare the bytes with postcard's).
+encode_fields!(Profile {
+    identities,
+    attributes,
+    counters,
+    cart,
+    orders,
+    last_device,
+    last_channel,
+    first_seen,
+    last_seen,
+    events_total,
+    segments,
+    by_category,
+    by_product,
+    category_affinity,
+    brand_affinity,
+    recent_products,
+    journeys,
+    next_timer,
+    recent_changes,
+    hops,
+    forwarded,
+    seen,
+    store_code,
+    store_view_code,
+    currency
+});
 
-impl Encode for Identities {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let Identities {
-            kind,
-            ecids,
-            customer_id,
-            emails,
-            key,
-        } = self;
-        kind.encode(out);
-        ecids.encode(out);
-        customer_id.encode(out);
-        emails.encode(out);
-        key.encode(out);
-    }
-}
+encode_fields!(Identities {
+    kind,
+    ecids,
+    customer_id,
+    emails,
+    key
+});
 
-impl Encode for CartState {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let CartState {
-            id,
-            lines,
-            updated_at,
-        } = self;
-        id.encode(out);
-        lines.encode(out);
-        updated_at.encode(out);
-    }
-}
+encode_fields!(CartState {
+    id,
+    lines,
+    updated_at
+});
 
-impl Encode for OrderStats {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let OrderStats {
-            count,
-            revenue,
-            first_at,
-            last_at,
-            cancelled,
-            cancelled_value,
-            returns,
-            refunded,
-            recent,
-            series,
-        } = self;
-        count.encode(out);
-        revenue.encode(out);
-        first_at.encode(out);
-        last_at.encode(out);
-        cancelled.encode(out);
-        cancelled_value.encode(out);
-        returns.encode(out);
-        refunded.encode(out);
-        recent.encode(out);
-        series.encode(out);
-    }
-}
+encode_fields!(OrderStats {
+    count,
+    revenue,
+    first_at,
+    last_at,
+    cancelled,
+    cancelled_value,
+    returns,
+    refunded,
+    recent,
+    series
+});
 
-impl Encode for RecentOrder {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let RecentOrder { id, at, value } = self;
-        id.encode(out);
-        at.encode(out);
-        value.encode(out);
-    }
-}
+encode_fields!(RecentOrder { id, at, value });
 
-/// Its place is not stored.
-impl Encode for Membership {
+// Its place is not stored.
+encode_fields!(#[inline] Membership { segment, since; place });
+
+encode_fields!(
     #[inline]
-    fn encode(&self, out: &mut Vec<u8>) {
-        let Membership {
-            segment,
-            since,
-            place: _,
-        } = self;
-        segment.encode(out);
-        since.encode(out);
+    RecentChange {
+        segment,
+        entered,
+        at,
+        cause
     }
-}
+);
 
-impl Encode for RecentChange {
-    #[inline]
-    fn encode(&self, out: &mut Vec<u8>) {
-        let RecentChange {
-            segment,
-            entered,
-            at,
-            cause,
-        } = self;
-        segment.encode(out);
-        entered.encode(out);
-        at.encode(out);
-        cause.encode(out);
-    }
-}
+encode_fields!(Hop {
+    topic,
+    partition,
+    offset
+});
 
-impl Encode for Hop {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let Hop {
-            topic,
-            partition,
-            offset,
-        } = self;
-        topic.encode(out);
-        partition.encode(out);
-        offset.encode(out);
-    }
-}
+encode_fields!(JourneyState {
+    journey,
+    last_at,
+    causes
+});
 
-impl Encode for JourneyState {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let JourneyState {
-            journey,
-            last_at,
-            causes,
-        } = self;
-        journey.encode(out);
-        last_at.encode(out);
-        causes.encode(out);
-    }
-}
+// Version 6 leaves out the key's hash (layout.rs).
+encode_fields!(#[inline] KeyedSeries { kind, key, series; hash });
 
-/// Version 6 leaves out the key's hash ([`crate::layout`]).
-impl Encode for KeyedSeries {
-    #[inline]
-    fn encode(&self, out: &mut Vec<u8>) {
-        let KeyedSeries {
-            kind,
-            hash: _,
-            key,
-            series,
-        } = self;
-        kind.encode(out);
-        key.encode(out);
-        series.encode(out);
-    }
-}
-
-/// Version 6 leaves out the rank ([`crate::layout`]); the score is the eight bytes.
-impl Encode for Affinity {
-    #[inline]
-    fn encode(&self, out: &mut Vec<u8>) {
-        let Affinity {
-            key,
-            score,
-            at,
-            rank: _,
-        } = self;
-        key.encode(out);
-        score.encode(out);
-        at.encode(out);
-    }
-}
+// Version 6 leaves out the rank (layout.rs); the score is the eight bytes.
+encode_fields!(#[inline] Affinity { key, score, at; rank });
 
 fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
     let hash = key_hash(key);

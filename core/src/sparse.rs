@@ -100,7 +100,7 @@ impl<T: Empty + Serialize> Serialize for Sparse<T> {
     }
 }
 
-/// As serialized in version 6 ([`crate::layout::write`]).
+/// As serialized in version 6 (`layout/write.rs`).
 impl<T: Empty + Encode> Encode for Sparse<T> {
     #[inline]
     fn encode(&self, out: &mut Vec<u8>) {

@@ -319,7 +319,7 @@ impl Serialize for Series {
     }
 }
 
-/// [`SeriesOut`]'s bytes, written by hand ([`crate::layout::write`]).
+/// [`SeriesOut`]'s bytes, written by hand (`layout/write.rs`).
 impl Encode for Series {
     fn encode(&self, out: &mut Vec<u8>) {
         for level in 0..3 {
