@@ -41,26 +41,26 @@ fn count_one() {
     let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
 }
 
-// SAFETY: every call goes to mimalloc's, with the same arguments.
+// SAFETY: every call goes to the worker's allocator, with the same arguments.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_one();
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        unsafe { tailor::allocator::Mimalloc.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_one();
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        unsafe { tailor::allocator::Mimalloc.alloc_zeroed(layout) }
     }
 
     /// A growth or shrink counts as an allocation (it may move the block).
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         count_one();
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+        unsafe { tailor::allocator::Mimalloc.realloc(ptr, layout, new) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { tailor::allocator::Mimalloc.dealloc(ptr, layout) }
     }
 }
 

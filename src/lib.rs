@@ -74,6 +74,7 @@
 //! - [`registry`] (Confluent-compatible schema registry client), [`schemas`] (the schemas
 //!   directory, loaded at start and on SIGHUP).
 //! - [`kafka_logs`]: librdkafka's log lines into `tracing`, rate-limited.
+//! - [`allocator`]: the Rust heap (mimalloc, called as the standard library calls `malloc`).
 //! - [`heap`]: what the process's two heaps hold (mimalloc for Rust, glibc for the C
 //!   libraries), for `tailor_heap_bytes`.
 //! - [`config`], [`metrics`], [`http`] (`/metrics`, `/healthz`, `/readyz`, `/profiles/{id}`;
@@ -86,6 +87,7 @@ pub use tailor_core::{
     window, wire,
 };
 
+pub mod allocator;
 pub mod config;
 pub mod heap;
 pub mod http;

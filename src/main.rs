@@ -17,7 +17,7 @@ use tailor::config::Config;
 use tailor::segments::SegmentSet;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tailor::allocator::Mimalloc = tailor::allocator::Mimalloc;
 
 /// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (libmimalloc-sys names no constant).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
