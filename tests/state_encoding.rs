@@ -1,6 +1,7 @@
 //! The profile's state bytes as the worker writes them (`profile::encode`, written by hand) are
-//! postcard's through serde (`profile::encode_as`, the reference), byte for byte, on the
-//! profiles the shipped samples of real data build: every shopper after each of its events,
+//! postcard's through serde (`profile::encode_as`, the reference), byte for byte, and read back
+//! by hand (`profile::decode_by_hand`, what `profile::decode` tries first) as serde reads them
+//! (`profile::decode_serde`), on the profiles the shipped samples of real data build: every shopper after each of its events,
 //! through the core with the example segments (memberships, recent changes and timers filled as
 //! the worker fills them). Pure: no broker, no RocksDB.
 
@@ -16,7 +17,7 @@ use tailor::replay::{Produced, Rees46Reader, UciReader};
 use tailor::segments::SegmentSet;
 
 #[test]
-fn the_samples_profiles_encode_as_postcard_does() {
+fn the_samples_profiles_encode_and_decode_as_postcard_does() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut produced: Vec<Produced> =
         Rees46Reader::open(&root.join("samples/rees46-2019oct-sample.csv"))
@@ -60,6 +61,22 @@ fn the_samples_profiles_encode_as_postcard_does() {
                 reference.len()
             );
         }
+        // Read back both ways: the same profile (every field, the computed ones too, shown by
+        // its debug output).
+        let by_hand = profile::decode_by_hand(&written).unwrap_or_else(|| {
+            panic!(
+                "shopper {}'s profile after event {} is not read by hand",
+                m.key, ev.id
+            )
+        });
+        let by_serde = profile::decode_serde(STATE_VERSION, &written[1..]).unwrap();
+        assert_eq!(
+            format!("{by_hand:?}"),
+            format!("{by_serde:?}"),
+            "shopper {}'s profile after event {}, read by hand and through serde",
+            m.key,
+            ev.id
+        );
         compared += 1;
         bytes += written.len();
         in_segments += usize::from(!p.segments.is_empty());

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::codec::{Family, InputMessage};
-use crate::layout::write::{self, encode_fields, Encode};
+use crate::layout::read::{self, Decode};
+use crate::layout::state_fields;
+use crate::layout::write::{self, Encode};
 use crate::wire::{self, Identity};
 
 macro_rules! event_types {
@@ -132,6 +134,21 @@ impl Encode for Line {
     }
 }
 
+impl Decode for Line {
+    fn decode(r: &mut read::Reader<'_>) -> Result<Line, read::Bad> {
+        Ok(Line {
+            sku: Decode::decode(r)?,
+            name: Decode::decode(r)?,
+            quantity: read::compact_f64(r)?,
+            price: read::compact_f64_option(r)?,
+            image_url: Decode::decode(r)?,
+            url: Decode::decode(r)?,
+            category: Decode::decode(r)?,
+            brand: Decode::decode(r)?,
+        })
+    }
+}
+
 /// Sum of money amounts. (`Iterator::sum` of no floats is -0.0, which would show in outputs.)
 pub fn total(amounts: impl IntoIterator<Item = f64>) -> f64 {
     amounts.into_iter().fold(0.0, |a, b| a + b)
@@ -156,7 +173,7 @@ pub struct Attributes {
     pub consent_sms: Option<bool>,
 }
 
-encode_fields!(Attributes {
+state_fields!(Attributes {
     first_name,
     last_name,
     email,

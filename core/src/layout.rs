@@ -1,7 +1,8 @@
 //! Which state version's layout the profile's parts are read and written in.
 //!
 //! The profile's state encoding is postcard over the serde implementations of its parts
-//! ([`crate::profile::encode_as`]; the worker writes the same bytes by hand, `layout/write.rs`).
+//! ([`crate::profile::encode_as`]; the worker writes the same bytes by hand, `layout/write.rs`,
+//! and reads them by hand, `layout/read.rs`).
 //! Version 6 changed a few of them, to store less:
 //! - an empty [`crate::sparse::Sparse`] part (attributes, orders: most shoppers have neither)
 //!   is one byte instead of every field of its default;
@@ -33,7 +34,52 @@ use crate::event::EventType;
 use crate::profile::{key_hash, Affinity, KeyedSeries};
 use crate::window::DailyCounts;
 
+pub(crate) mod read;
 pub(crate) mod write;
+
+/// The state's layout of a struct whose fields are all written and read as their types are, in
+/// the order listed (the derive's: the declaration order): [`write::Encode`] and
+/// [`read::Decode`]. The fields after `;` are not stored: reading gives each its default, or
+/// what the function after its `=` computes from the struct read (as the key's hash in
+/// `hash = |s| key_hash(&s.key)`). Attributes before the type go on both functions
+/// (`#[inline]`). Every field is named: one added to the struct is a compile error until it is
+/// listed.
+macro_rules! state_fields {
+    ($(#[$attr:meta])* $ty:ident {
+        $($field:ident),+ $(; $($skipped:ident $(= $init:expr)?),+)?
+    }) => {
+        impl $crate::layout::write::Encode for $ty {
+            $(#[$attr])*
+            fn encode(&self, out: &mut Vec<u8>) {
+                let $ty { $($field,)+ $($($skipped: _,)+)? } = self;
+                $($crate::layout::write::Encode::encode($field, out);)+
+            }
+        }
+
+        impl $crate::layout::read::Decode for $ty {
+            $(#[$attr])*
+            fn decode(
+                r: &mut $crate::layout::read::Reader<'_>,
+            ) -> Result<Self, $crate::layout::read::Bad> {
+                #[allow(unused_mut)]
+                let mut v = $ty {
+                    $($field: $crate::layout::read::Decode::decode(r)?,)+
+                    $($($skipped: Default::default(),)+)?
+                };
+                $($($(v.$skipped = $crate::layout::computed(&v, $init);)?)+)?
+                Ok(v)
+            }
+        }
+    };
+}
+
+/// `f(v)`: gives the closures of [`state_fields`] their argument's type.
+#[inline(always)]
+pub(crate) fn computed<T, U>(v: &T, f: impl FnOnce(&T) -> U) -> U {
+    f(v)
+}
+
+pub(crate) use state_fields;
 
 /// The first state version with the layouts above.
 pub const COMPACT_SINCE: u8 = 6;

@@ -11,6 +11,7 @@ use std::ops::{Deref, DerefMut};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::layout::read::{self, Decode};
 use crate::layout::write::Encode;
 
 /// A default value to lend out while a [`Sparse`] holds none.
@@ -111,6 +112,14 @@ impl<T: Empty + Encode> Encode for Sparse<T> {
             }
             _ => out.push(0),
         }
+    }
+}
+
+/// As deserialized in version 6: a part held at its default reads back not held.
+impl<T: Empty + Decode> Decode for Sparse<T> {
+    #[inline]
+    fn decode(r: &mut read::Reader<'_>) -> Result<Self, read::Bad> {
+        Ok(Option::<T>::decode(r)?.map_or_else(Sparse::default, Sparse::new))
     }
 }
 

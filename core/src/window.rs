@@ -16,6 +16,7 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::layout::read::{self, Decode};
 use crate::layout::write::{self, Encode};
 
 const MINUTE: i64 = 60_000;
@@ -330,6 +331,41 @@ impl Encode for Series {
     }
 }
 
+/// As [`SeriesVisitor`] reads it: the three levels into one vector, the latest times kept.
+impl Decode for Series {
+    fn decode(r: &mut read::Reader<'_>) -> Result<Series, read::Bad> {
+        let mut s = Series::default();
+        for level in 0..3 {
+            // Room for a few buckets of the levels after too (most series have one to four in
+            // all): one allocation.
+            let n = r.len()?;
+            s.buckets.reserve(if level == 0 { n + 3 } else { n });
+            for _ in 0..n {
+                s.buckets.push(Bucket::decode(r)?);
+            }
+            if level < 2 {
+                s.ends[level] = s.buckets.len() as u32;
+            }
+        }
+        s.last = Decode::decode(r)?;
+        for _ in 0..r.len()? {
+            s.push_recent(i64::decode(r)?);
+        }
+        Ok(s)
+    }
+}
+
+impl Decode for Bucket {
+    #[inline]
+    fn decode(r: &mut read::Reader<'_>) -> Result<Bucket, read::Bad> {
+        Ok(Bucket {
+            start: u32::decode(r)?,
+            count: u32::decode(r)?,
+            sum: read::compact_f64(r)?,
+        })
+    }
+}
+
 impl Encode for Bucket {
     #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
@@ -468,6 +504,20 @@ impl Encode for DailyCounts {
         let DailyCounts { days, last } = self;
         days.as_slice().encode(out);
         last.encode(out);
+    }
+}
+
+impl Decode for DailyCounts {
+    fn decode(r: &mut read::Reader<'_>) -> Result<DailyCounts, read::Bad> {
+        let n = r.len()?;
+        let mut days = SmallVec::with_capacity(n);
+        for _ in 0..n {
+            days.push(<(u32, u32)>::decode(r)?);
+        }
+        Ok(DailyCounts {
+            days,
+            last: Decode::decode(r)?,
+        })
     }
 }
 

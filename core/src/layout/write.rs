@@ -24,24 +24,6 @@ pub(crate) trait Encode {
     fn encode(&self, out: &mut Vec<u8>);
 }
 
-/// `Encode` for a struct whose fields are all written as their types are, in the order listed
-/// (the derive's: the declaration order), and those after `;` not stored; attributes before the
-/// type go on its `encode` (`#[inline]`). Every field is named: one added to the struct is a
-/// compile error until it is listed.
-macro_rules! encode_fields {
-    ($(#[$attr:meta])* $ty:ident { $($field:ident),+ $(; $($skipped:ident),+)? }) => {
-        impl $crate::layout::write::Encode for $ty {
-            $(#[$attr])*
-            fn encode(&self, out: &mut Vec<u8>) {
-                let $ty { $($field,)+ $($($skipped: _,)+)? } = self;
-                $($crate::layout::write::Encode::encode($field, out);)+
-            }
-        }
-    };
-}
-
-pub(crate) use encode_fields;
-
 #[inline]
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
