@@ -1,9 +1,9 @@
 //! The profile's state bytes as the worker writes them (`profile::encode`, written by hand) are
 //! postcard's through serde (`profile::encode_as`, the reference), byte for byte, and read back
 //! by hand (`profile::decode_by_hand`, what `profile::decode` tries first) as serde reads them
-//! (`profile::decode_serde`), on the profiles the shipped samples of real data build: every shopper after each of its events,
-//! through the core with the example segments (memberships, recent changes and timers filled as
-//! the worker fills them). Pure: no broker, no RocksDB.
+//! (`profile::decode_serde`), on the profiles the shipped samples of real data build: every
+//! shopper after each of its events, through the core with the example segments (memberships,
+//! recent changes and timers filled as the worker fills them). Pure: no broker, no RocksDB.
 
 use std::collections::HashMap;
 use std::path::Path;

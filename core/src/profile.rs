@@ -1389,7 +1389,7 @@ impl postcard::ser_flavors::Flavor for AppendVec {
 }
 
 /// The profile in `bytes`, of any state version still read. [`STATE_VERSION`]'s are read by
-/// hand (`layout/read.rs`), in 12,182 instructions per profile of the core bench's samples
+/// hand (`layout/read.rs`), in 12,145 instructions per profile of the core bench's samples
 /// instead of 14,529 through postcard's serde (`scripts/icount.sh state_decode`); what that
 /// reader does not take (nothing the worker writes), and the earlier versions, through serde,
 /// which also says what is wrong with bytes that are not a profile.
@@ -2044,6 +2044,7 @@ mod tests {
             let serde = decode_serde(STATE_VERSION, &bytes[1..]).unwrap();
             assert_eq!(format!("{hand:?}"), format!("{serde:?}"), "{name}");
             same_bytes(&encode(&hand), &bytes, name);
+            same_bytes(&encode(&serde), &bytes, name);
             assert_eq!(
                 format!("{:?}", decode(&bytes).unwrap()),
                 format!("{serde:?}")
@@ -2072,6 +2073,8 @@ mod tests {
                 Ok(p) => {
                     if let Some(h) = hand {
                         assert_eq!(format!("{h:?}"), format!("{p:?}"), "{what}");
+                        // Bit for bit (the debug output shows any NaN as NaN).
+                        assert_eq!(encode(&h), encode(&p), "{what}");
                     }
                 }
                 Err(e) => assert!(

@@ -339,7 +339,8 @@ impl Decode for Series {
             // Room for a few buckets of the levels after too (most series have one to four in
             // all): one allocation.
             let n = r.len()?;
-            s.buckets.reserve(if level == 0 { n + 3 } else { n });
+            s.buckets
+                .reserve(if level == 0 { n + 3 } else { n }.min(read::PREALLOCATED));
             for _ in 0..n {
                 s.buckets.push(Bucket::decode(r)?);
             }
@@ -510,7 +511,7 @@ impl Encode for DailyCounts {
 impl Decode for DailyCounts {
     fn decode(r: &mut read::Reader<'_>) -> Result<DailyCounts, read::Bad> {
         let n = r.len()?;
-        let mut days = SmallVec::with_capacity(n);
+        let mut days = SmallVec::with_capacity(n.min(read::PREALLOCATED));
         for _ in 0..n {
             days.push(<(u32, u32)>::decode(r)?);
         }

@@ -28,10 +28,17 @@ fn same_both_ways(state: &[u8]) {
         match profile::decode_serde(state[0], &state[1..]) {
             // Compared as their debug output: every field, the computed ones too (a NaN is
             // not equal to itself).
-            Ok(p) => assert!(
-                format!("{by_hand:?}") == format!("{p:?}"),
-                "read by hand as another profile than serde reads"
-            ),
+            Ok(p) => {
+                assert!(
+                    format!("{by_hand:?}") == format!("{p:?}"),
+                    "read by hand as another profile than serde reads"
+                );
+                // Bit for bit (the debug output shows any NaN as NaN).
+                assert!(
+                    profile::encode(&by_hand) == profile::encode(&p),
+                    "read by hand with other bits than serde reads"
+                );
+            }
             Err(e) => panic!("read by hand, refused by serde: {e}"),
         }
     }
