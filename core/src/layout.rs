@@ -81,6 +81,24 @@ pub(crate) fn computed<T, U>(v: &T, f: impl FnOnce(&T) -> U) -> U {
 
 pub(crate) use state_fields;
 
+/// Numbers of each kind for the compact layout's tests (the writer's and the reader's): whole
+/// cents, negative, signed zero, not whole cents, not finite, beyond the cents' range.
+#[cfg(test)]
+pub(crate) const COMPACT_NUMBERS: [f64; 12] = [
+    0.0,
+    -0.0,
+    1.0,
+    19.99,
+    -5.25,
+    1.0 / 3.0,
+    0.001,
+    f64::NAN,
+    f64::NEG_INFINITY,
+    1e15,
+    -1e15,
+    11_258_999_068_426.23,
+];
+
 /// The first state version with the layouts above.
 pub const COMPACT_SINCE: u8 = 6;
 

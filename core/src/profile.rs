@@ -351,7 +351,8 @@ pub struct Profile {
     pub currency: Option<CompactString>,
 }
 
-// The profile's parts in version 6's layout, written by hand (layout/write.rs):
+// The profile's parts in version 6's layout, written and read by hand (layout/write.rs,
+// layout/read.rs):
 // every field named, in the order the derives write them (a field added is a compile error
 // here until it is listed; the tests compare the bytes with postcard's).
 state_fields!(Profile {

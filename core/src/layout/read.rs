@@ -448,20 +448,7 @@ mod tests {
             #[serde(with = "crate::layout::compact_f64::option")] Option<f64>,
         );
         let _layout = crate::layout::Reading::version(crate::profile::STATE_VERSION);
-        for v in [
-            0.0,
-            -0.0,
-            1.0,
-            19.99,
-            -5.25,
-            1.0 / 3.0,
-            0.001,
-            f64::NAN,
-            f64::NEG_INFINITY,
-            1e15,
-            -1e15,
-            11_258_999_068_426.23,
-        ] {
+        for v in crate::layout::COMPACT_NUMBERS {
             let bytes = postcard::to_stdvec(&Both(v, Some(v), None)).unwrap();
             let mut r = Reader::new(&bytes);
             let a = compact_f64(&mut r).unwrap();
