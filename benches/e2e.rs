@@ -11,8 +11,8 @@
 //!
 //! For each: the raw consume rate of its topics (a plain librdkafka consumer), the worker's rate
 //! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
-//! `TAILOR_BENCH_BATCH_PROFILES`, `TAILOR_BENCH_BATCH_WAIT`, `TAILOR_BENCH_BATCH_LINGER` and
-//! `TAILOR_BENCH_ALLOWED_LATENESS` set `processing.*`,
+//! `TAILOR_BENCH_BATCH_PROFILES`, `TAILOR_BENCH_BATCH_WAIT`, `TAILOR_BENCH_BATCH_LINGER`,
+//! `TAILOR_BENCH_ALLOWED_LATENESS` and `TAILOR_BENCH_HUGE_PAGES` set `processing.*`,
 //! `TAILOR_BENCH_CACHE_PROFILES` `state.cache_profiles`) and their ratio, the worker's CPU time
 //! per event, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
@@ -809,9 +809,10 @@ fn workload(
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
     // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_PROFILES,
-    // TAILOR_BENCH_BATCH_WAIT, TAILOR_BENCH_BATCH_LINGER, TAILOR_BENCH_ALLOWED_LATENESS: the
-    // worker's `processing.threads`, `batch_max_messages`, `batch_max_profiles`,
-    // `batch_max_wait`, `batch_linger` and `allowed_lateness` (its defaults when unset);
+    // TAILOR_BENCH_BATCH_WAIT, TAILOR_BENCH_BATCH_LINGER, TAILOR_BENCH_ALLOWED_LATENESS,
+    // TAILOR_BENCH_HUGE_PAGES: the worker's `processing.threads`, `batch_max_messages`,
+    // `batch_max_profiles`, `batch_max_wait`, `batch_linger`, `allowed_lateness` and
+    // `transparent_huge_pages` (its defaults when unset);
     // TAILOR_BENCH_CACHE_PROFILES its `state.cache_profiles`.
     let cache_profiles = std::env::var("TAILOR_BENCH_CACHE_PROFILES")
         .map(|v| format!("cache_profiles = {v}\n"))
@@ -823,6 +824,7 @@ fn workload(
         ("batch_max_wait", "TAILOR_BENCH_BATCH_WAIT", true),
         ("batch_linger", "TAILOR_BENCH_BATCH_LINGER", true),
         ("allowed_lateness", "TAILOR_BENCH_ALLOWED_LATENESS", true),
+        ("transparent_huge_pages", "TAILOR_BENCH_HUGE_PAGES", false),
     ]
     .iter()
     .filter_map(|&(key, var, quoted)| {

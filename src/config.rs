@@ -188,6 +188,10 @@ pub struct Processing {
     /// workers, only adds idle members. `0` (the default): one per core the process may use
     /// ([`auto_threads`]).
     pub threads: usize,
+    /// Let the kernel back the process's memory with transparent huge pages (Linux). `false`
+    /// (the default): turned off for the process at start ([`crate::heap`]'s
+    /// `disable_transparent_huge_pages`); the system's setting otherwise.
+    pub transparent_huge_pages: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,6 +318,7 @@ impl Default for Processing {
             wall_clock: true,
             max_idle: "2s".into(),
             threads: 0,
+            transparent_huge_pages: false,
         }
     }
 }

@@ -279,6 +279,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run { config } => {
             let settings = load_config(&config)?;
             init_logging(&settings.config.log.format, &settings.config.log.level);
+            if !settings.config.processing.transparent_huge_pages {
+                // Before the processing threads start and the heaps grow.
+                if let Err(e) = tailor::heap::disable_transparent_huge_pages() {
+                    tracing::warn!(error = %e, "could not turn transparent huge pages off for the process (processing.transparent_huge_pages = false); going on with the system's setting");
+                }
+            }
+            tracing::info!(
+                transparent_huge_pages = ?tailor::heap::transparent_huge_pages_enabled(),
+                "memory: the kernel's transparent huge pages for this process"
+            );
             let metrics = Arc::new(tailor::metrics::Metrics::new());
             let health = Arc::new(tailor::http::Health::new());
             let token = tailor::http::resolve_token(

@@ -70,3 +70,28 @@ fn freed_c_memory_shows_as_free_and_a_trim_gives_its_pages_back() {
         unsafe { libc::free(b.cast()) };
     }
 }
+
+#[test]
+fn transparent_huge_pages_turned_off_show_in_the_process_status() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    heap::disable_transparent_huge_pages().unwrap();
+    assert_eq!(heap::transparent_huge_pages_enabled(), Some(false));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
+}
+
+#[test]
+fn the_status_line_is_read_as_the_kernel_writes_it() {
+    assert_eq!(
+        heap::thp_enabled("Name:\ttailor\nTHP_enabled:\t1\n"),
+        Some(true)
+    );
+    assert_eq!(
+        heap::thp_enabled("THP_enabled:\t0\nThreads:\t9\n"),
+        Some(false)
+    );
+    assert_eq!(heap::thp_enabled("Name:\ttailor\n"), None);
+    assert_eq!(heap::thp_enabled("THP_enabled:\tmaybe\n"), None);
+}

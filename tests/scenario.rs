@@ -20,6 +20,10 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
     let setup = Setup::new("scenario", 1, 100);
     let (topics, config) = (&setup.topics, &setup.config);
     let mut worker = setup.start(1);
+    // The default configuration turns transparent huge pages off for the worker's process.
+    if cfg!(target_os = "linux") {
+        assert_eq!(worker.transparent_huge_pages(), Some(false));
+    }
     let p = producer();
     let key = "c-100";
 

@@ -515,6 +515,14 @@ impl Worker {
             .unwrap();
     }
 
+    /// Whether the kernel may give the worker transparent huge pages (`THP_enabled` of its
+    /// `/proc/<pid>/status`); `None` off Linux or on a kernel that does not say.
+    pub fn transparent_huge_pages(&self) -> Option<bool> {
+        let child = self.child.as_ref().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+        tailor::heap::thp_enabled(&status)
+    }
+
     /// Kills the worker with SIGKILL: no shutdown code runs.
     pub fn kill_hard(&mut self) {
         let mut child = self.child.take().expect("running");
