@@ -613,10 +613,10 @@ impl Core {
                 self.results, self.check_results,
                 "evaluating only the segments an event changed gives every result"
             );
-            // Never later than the next change of any segment.
-            assert!(
-                full.is_none_or(|f| next_timer.is_some_and(|n| n <= f)),
-                "an incremental next timer {next_timer:?} after the next change {full:?}"
+            // The next change of any segment, as the full pass finds it.
+            assert_eq!(
+                next_timer, full,
+                "an incremental next timer other than the full pass's"
             );
         }
         let mut before_ready = false;

@@ -204,9 +204,12 @@ impl SegmentSet {
     /// something the event changed are evaluated. For a profile evaluated under these
     /// definitions, with no timer due (they fired before the event), a rule that reads nothing
     /// the event changed has its stored result now (the passing of time alone changes it only at
-    /// its next change, at or after that timer), and takes `earlier` for its next change: the
-    /// result may come early (a timer that finds nothing to change), never late. Debug builds
-    /// check both against the pass without `keep` at every event.
+    /// its next change, at or after that timer), and its next change is at or after `earlier`:
+    /// when a segment evaluated now changes at or before `earlier`, the earliest is that one's;
+    /// otherwise the left-alone segments that read the time have theirs worked out (the one
+    /// `earlier` was may be one evaluated now, whose next change the event moved). So the next
+    /// change is the pass without `keep`'s, which debug builds check at every event, with the
+    /// results.
     pub fn evaluate_with_next(
         &self,
         profile: &Profile,
@@ -232,23 +235,64 @@ impl SegmentSet {
         results.extend_from_slice(stored);
         nexts.extend(self.segments.iter().map(|s| earlier.filter(|_| s.timed)));
         let mut evaluated = 0;
+        // The earliest next change of the segments evaluated now, and whether any of them
+        // reads the time (only those have next changes).
+        let mut soonest: Option<i64> = None;
+        let mut timed = false;
         for w in 0..self.words {
-            let (mut bits, mut word) = (changed, 0u64);
-            while bits != 0 {
-                word |= self.by_input[bits.trailing_zeros() as usize * self.words + w];
-                bits &= bits - 1;
-            }
+            let mut word = self.evaluated_word(changed, w);
             while word != 0 {
                 let i = w * 64 + word.trailing_zeros() as usize;
                 word &= word - 1;
                 let (hit, next) = self.segments[i].evaluate_next(profile, now, results, nexts);
                 results[i] = hit;
                 nexts[i] = next;
+                soonest = match (soonest, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                timed |= self.segments[i].timed;
                 evaluated += 1;
             }
         }
         let skipped = (self.segments.len() - evaluated) as u64;
+        // `earlier` may be the next change of a segment evaluated just now (one that reads
+        // the time), which the event moved later: the timer would then fire and find nothing
+        // to change (in the worker a profile read, evaluated and written back for nothing).
+        // When every segment evaluated now changes after `earlier`, or never, the segments
+        // left alone that read the time have their own next changes worked out, so the timer
+        // is theirs or the evaluated ones', exactly. Otherwise the earliest is one evaluated
+        // now, and exact; and with no segment evaluated that reads the time, `earlier` is
+        // exact already (it was a kept segment's).
+        if let Some(e) = earlier.filter(|_| timed) {
+            if soonest.is_none_or(|s| s > e) {
+                for w in 0..self.words {
+                    let evaluated = self.evaluated_word(changed, w);
+                    let end = self.segments.len().min(w * 64 + 64);
+                    for i in w * 64..end {
+                        if evaluated >> (i - w * 64) & 1 == 1 || !self.segments[i].timed {
+                            continue;
+                        }
+                        let (_, next) =
+                            self.segments[i].evaluate_next(profile, now, results, nexts);
+                        nexts[i] = next;
+                    }
+                }
+            }
+        }
         (skipped, nexts.iter().flatten().min().copied())
+    }
+
+    /// Which segments of word `w` (64 per word, in evaluation order) read something in
+    /// `changed` ([`plan::inputs`] bits), as bits.
+    #[inline]
+    fn evaluated_word(&self, changed: u64, w: usize) -> u64 {
+        let (mut bits, mut word) = (changed, 0u64);
+        while bits != 0 {
+            word |= self.by_input[bits.trailing_zeros() as usize * self.words + w];
+            bits &= bits - 1;
+        }
+        word
     }
 
     pub fn is_empty(&self) -> bool {

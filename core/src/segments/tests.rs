@@ -802,7 +802,7 @@ fn an_event_undone_gives_back_the_profile_before_it() {
 /// An event evaluates only the segments whose rules read something it changed: the outputs are
 /// those of evaluating every segment at every event, through events of every type (four rule
 /// sets, one of 150 segments; keys that push entries out of full lists; identities linked; gaps of minutes to weeks,
-/// so that windows expire and timers fire in between), and the next timer is never later.
+/// so that windows expire and timers fire in between), and the next timer is the same.
 #[test]
 fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
     use crate::audience::{Core, Outputs, Source};
@@ -882,10 +882,10 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
                 assert_eq!(format!("{:?}", a.changes), format!("{:?}", b.changes));
                 assert_eq!(format!("{:?}", a.triggers), format!("{:?}", b.triggers));
                 assert_eq!(p.segments, q.segments);
-                // Never later; when earlier, the timer finds nothing to change.
-                assert!(q
-                    .next_timer
-                    .is_none_or(|t| p.next_timer.is_some_and(|n| n <= t)));
+                // The same timer: the segments left alone have theirs worked out whenever
+                // the earliest before the event may have moved (a timer set early fired and
+                // found nothing to change: a profile read and written back for nothing).
+                assert_eq!(p.next_timer, q.next_timer, "round {round}, sample {i}");
                 changes += a.changes.len();
                 fired += a.timers_fired;
             }
