@@ -125,9 +125,10 @@ pub fn trim_now() {
 pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        let off: libc::c_ulong = 1;
+        // The kernel reads every argument as an unsigned long and wants the last three 0.
+        let (off, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory.
-        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, off, 0, 0, 0) };
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, off, zero, zero, zero) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }

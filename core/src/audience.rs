@@ -613,10 +613,12 @@ impl Core {
                 self.results, self.check_results,
                 "evaluating only the segments an event changed gives every result"
             );
-            // The next change of any segment, as the full pass finds it.
-            assert_eq!(
-                next_timer, full,
-                "an incremental next timer other than the full pass's"
+            // Never later than the next change of any segment (it can be earlier: a rule
+            // evaluated now that uses a segment left alone reads that one's bound, and a rule's
+            // next change can itself be an estimate; such a timer finds nothing to change).
+            assert!(
+                full.is_none_or(|f| next_timer.is_some_and(|n| n <= f)),
+                "an incremental next timer {next_timer:?} after the next change {full:?}"
             );
         }
         let mut before_ready = false;

@@ -207,9 +207,12 @@ impl SegmentSet {
     /// its next change, at or after that timer), and its next change is at or after `earlier`:
     /// when a segment evaluated now changes at or before `earlier`, the earliest is that one's;
     /// otherwise the left-alone segments that read the time have theirs worked out (the one
-    /// `earlier` was may be one evaluated now, whose next change the event moved). So the next
-    /// change is the pass without `keep`'s, which debug builds check at every event, with the
-    /// results.
+    /// `earlier` was may be one evaluated now, whose next change the event moved). The next
+    /// change is then never later than the pass without `keep`'s, and usually the same; it is
+    /// earlier (a timer that finds nothing to change) where a rule evaluated now uses a
+    /// left-alone segment (it reads that one's `earlier`), or where `earlier` itself came early
+    /// (a rule's next change can be an estimate: [`plan::next_change`]). Debug builds check
+    /// the results and "never later" against the pass without `keep` at every event.
     pub fn evaluate_with_next(
         &self,
         profile: &Profile,
@@ -261,9 +264,8 @@ impl SegmentSet {
         // to change (in the worker a profile read, evaluated and written back for nothing).
         // When every segment evaluated now changes after `earlier`, or never, the segments
         // left alone that read the time have their own next changes worked out, so the timer
-        // is theirs or the evaluated ones', exactly. Otherwise the earliest is one evaluated
-        // now, and exact; and with no segment evaluated that reads the time, `earlier` is
-        // exact already (it was a kept segment's).
+        // is theirs or the evaluated ones'. Otherwise the earliest is one evaluated now; and
+        // with no segment evaluated that reads the time, `earlier` was a left-alone one's.
         if let Some(e) = earlier.filter(|_| timed) {
             if soonest.is_none_or(|s| s > e) {
                 for w in 0..self.words {
