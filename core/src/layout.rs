@@ -81,6 +81,27 @@ pub(crate) fn computed<T, U>(v: &T, f: impl FnOnce(&T) -> U) -> U {
 
 pub(crate) use state_fields;
 
+/// Each primitive at its edges (one-byte varints and the first two-byte ones, the types'
+/// limits, a timestamp), for the writer's and the reader's tests against postcard.
+#[cfg(test)]
+pub(crate) mod edges {
+    pub(crate) const U64: [u64; 8] = [0, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX];
+    pub(crate) const U32: [u32; 4] = [0, 127, 128, u32::MAX];
+    pub(crate) const I64: [i64; 9] = [
+        0,
+        -1,
+        1,
+        -64,
+        64,
+        -65,
+        i64::MIN,
+        i64::MAX,
+        -1_709_287_200_000,
+    ];
+    pub(crate) const I32: [i32; 5] = [0, -1, 1, i32::MIN, i32::MAX];
+    pub(crate) const F64: [f64; 6] = [0.0, -0.0, 1.5, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE];
+}
+
 /// Numbers of each kind for the compact layout's tests (the writer's and the reader's): whole
 /// cents, negative, signed zero, not whole cents, not finite, beyond the cents' range.
 #[cfg(test)]

@@ -31,6 +31,7 @@
 //! - [`cases`]: tests for rules (`tailor test`): shoppers' stories and what must hold when.
 
 pub mod audience;
+mod bytes;
 pub mod cases;
 pub mod clock;
 pub mod codec;

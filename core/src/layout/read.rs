@@ -24,51 +24,28 @@ use compact_str::CompactString;
 use crate::event::EventType;
 use crate::identity::KeyKind;
 
-/// Not read here: serde reads the bytes again and says what is wrong (or reads them).
-#[derive(Debug)]
-pub(crate) struct Bad;
+pub(crate) use crate::bytes::Bad;
+use crate::bytes::{unzigzag, Bytes};
 
-pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
+pub(crate) struct Reader<'a>(Bytes<'a>);
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf, pos: 0 }
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        Reader(Bytes::new(buf))
     }
 
     #[inline]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
-        if n > self.remaining() {
-            return Err(Bad);
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    #[inline(always)]
-    pub(crate) fn byte(&mut self) -> Result<u8, Bad> {
-        let b = *self.buf.get(self.pos).ok_or(Bad)?;
-        self.pos += 1;
-        Ok(b)
+    pub(crate) fn remaining(&self) -> usize {
+        self.0.remaining()
     }
 
     /// A `u64` varint. Most are one byte (lengths, option tags, small counts): inlined; the
     /// others take [`Self::varint_bytes`].
     #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, Bad> {
-        match self.buf.get(self.pos) {
-            Some(&b) if b & 0x80 == 0 => {
-                self.pos += 1;
-                Ok(u64::from(b))
-            }
-            _ => self.varint_bytes(10, 0x01),
+        match self.0.small() {
+            Some(b) => Ok(u64::from(b)),
+            None => self.varint_bytes(10, 0x01),
         }
     }
 
@@ -77,7 +54,7 @@ impl<'a> Reader<'a> {
     fn varint_bytes(&mut self, max: u32, last: u8) -> Result<u64, Bad> {
         let mut v: u64 = 0;
         for i in 0..max {
-            let b = self.byte()?;
+            let b = self.0.byte()?;
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 if i == max - 1 && b > last {
@@ -91,12 +68,9 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint_u32(&mut self) -> Result<u32, Bad> {
-        match self.buf.get(self.pos) {
-            Some(&b) if b & 0x80 == 0 => {
-                self.pos += 1;
-                Ok(u32::from(b))
-            }
-            _ => self.varint_bytes(5, 0x0f).map(|v| v as u32),
+        match self.0.small() {
+            Some(b) => Ok(u32::from(b)),
+            None => self.varint_bytes(5, 0x0f).map(|v| v as u32),
         }
     }
 
@@ -115,22 +89,13 @@ impl<'a> Reader<'a> {
     #[inline]
     fn str(&mut self) -> Result<&'a str, Bad> {
         let n = self.len()?;
-        let bytes = self.take(n)?;
-        if bytes.is_ascii() {
-            // SAFETY: ASCII bytes are valid UTF-8.
-            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
-        }
-        std::str::from_utf8(bytes).map_err(|_| Bad)
+        self.0.text(n)
     }
 
-    /// An option's tag.
+    /// An option's tag (or a bool): 0 or 1.
     #[inline(always)]
     pub(crate) fn some(&mut self) -> Result<bool, Bad> {
-        match self.byte()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(Bad),
-        }
+        self.0.flag()
     }
 }
 
@@ -149,9 +114,7 @@ pub(crate) fn compact_f64(r: &mut Reader<'_>) -> Result<f64, Bad> {
         }
         return f64::decode(r);
     }
-    let z = tag >> 1;
-    let c = ((z >> 1) as i64) ^ -((z & 1) as i64);
-    Ok(c as f64 / 100.0)
+    Ok(unzigzag(tag >> 1) as f64 / 100.0)
 }
 
 /// An `Option<f64>` in the compact layout.
@@ -162,11 +125,6 @@ pub(crate) fn compact_f64_option(r: &mut Reader<'_>) -> Result<Option<f64>, Bad>
     } else {
         Ok(None)
     }
-}
-
-#[inline]
-fn unzigzag(z: u64) -> i64 {
-    ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
 impl Decode for u64 {
@@ -211,8 +169,7 @@ impl Decode for bool {
 impl Decode for f64 {
     #[inline]
     fn decode(r: &mut Reader<'_>) -> Result<f64, Bad> {
-        let b = r.take(8)?;
-        Ok(f64::from_le_bytes(b.try_into().map_err(|_| Bad)?))
+        r.0.f64_le()
     }
 }
 
@@ -314,43 +271,24 @@ mod tests {
     /// Each primitive at its edges, against postcard itself.
     #[test]
     fn primitives_read_as_postcard_reads_them() {
-        for v in [
-            0u64,
-            1,
-            127,
-            128,
-            16_383,
-            16_384,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
+        for v in crate::layout::edges::U64 {
             let (a, b) = both(&v);
             assert_eq!(a, b, "u64 {v}");
             assert_eq!(a, v);
         }
-        for v in [0u32, 127, 128, u32::MAX] {
+        for v in crate::layout::edges::U32 {
             let (a, b) = both(&v);
             assert_eq!((a, a), (b, v), "u32 {v}");
         }
-        for v in [
-            0i64,
-            -1,
-            1,
-            -64,
-            64,
-            -65,
-            i64::MIN,
-            i64::MAX,
-            -1_709_287_200_000,
-        ] {
+        for v in crate::layout::edges::I64 {
             let (a, b) = both(&v);
             assert_eq!((a, a), (b, v), "i64 {v}");
         }
-        for v in [0i32, -1, 1, i32::MIN, i32::MAX] {
+        for v in crate::layout::edges::I32 {
             let (a, b) = both(&v);
             assert_eq!((a, a), (b, v), "i32 {v}");
         }
-        for v in [0.0, -0.0, 1.5, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE] {
+        for v in crate::layout::edges::F64 {
             let (a, b) = both(&v);
             assert_eq!(
                 (a.to_bits(), a.to_bits()),

@@ -201,42 +201,23 @@ mod tests {
     /// Each primitive at its edges, against postcard itself.
     #[test]
     fn primitives_are_written_as_postcard_writes_them() {
-        for v in [
-            0u64,
-            1,
-            127,
-            128,
-            16_383,
-            16_384,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
+        for v in crate::layout::edges::U64 {
             let (a, b) = bytes(&v);
             assert_eq!(a, b, "u64 {v}");
         }
-        for v in [0u32, 127, 128, u32::MAX] {
+        for v in crate::layout::edges::U32 {
             let (a, b) = bytes(&v);
             assert_eq!(a, b, "u32 {v}");
         }
-        for v in [
-            0i64,
-            -1,
-            1,
-            -64,
-            64,
-            -65,
-            i64::MIN,
-            i64::MAX,
-            -1_709_287_200_000,
-        ] {
+        for v in crate::layout::edges::I64 {
             let (a, b) = bytes(&v);
             assert_eq!(a, b, "i64 {v}");
         }
-        for v in [0i32, -1, 1, i32::MIN, i32::MAX] {
+        for v in crate::layout::edges::I32 {
             let (a, b) = bytes(&v);
             assert_eq!(a, b, "i32 {v}");
         }
-        for v in [0.0, -0.0, 1.5, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE] {
+        for v in crate::layout::edges::F64 {
             let (a, b) = bytes(&v);
             assert_eq!(a, b, "f64 {v}");
         }
