@@ -30,7 +30,8 @@
 //! `TAILOR_BENCH_LOG=file` appends the worker's log (at info) to a file, `TAILOR_BENCH_WAL=true`
 //! turns RocksDB's write-ahead log on (`state.write_ahead_log`), `TAILOR_BENCH_PERF=PREFIX`
 //! records a `perf` profile of each workload's first pass (`PREFIX-wide.data`,
-//! `PREFIX-deep.data`; the pass's figures are then taken under perf).
+//! `PREFIX-deep.data`; the pass's figures are then taken under perf), of the CPU clock or of
+//! `TAILOR_BENCH_PERF_EVENT` (e.g. `page-faults`: a sample per 20).
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
@@ -1392,11 +1393,18 @@ fn start_perf(pid: u32, file: &str) -> Option<std::process::Child> {
             return None;
         }
     };
+    // TAILOR_BENCH_PERF_EVENT=EVENT (e.g. `page-faults`): one sample per 20 of that event
+    // instead of the CPU clock's 499 a second, to see where the worker takes them.
+    let sampling: Vec<String> = match std::env::var("TAILOR_BENCH_PERF_EVENT") {
+        Ok(event) if !event.trim().is_empty() => {
+            vec!["-e".into(), event.trim().into(), "-c".into(), "20".into()]
+        }
+        _ => vec!["-F".into(), "499".into()],
+    };
     let started = Command::new("perf")
+        .arg("record")
+        .args(&sampling)
         .args([
-            "record",
-            "-F",
-            "499",
             "--call-graph",
             "dwarf,16384",
             // No build ids collected at the end (a read of the whole file): the profile is read
