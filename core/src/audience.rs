@@ -447,6 +447,7 @@ impl Core {
             });
         }
         profile.next_timer = None;
+        profile.known_nexts = Default::default();
     }
 
     /// Applies `ev` to `profile` (stored under `key`) at stream time `clock` (the partition's
@@ -592,13 +593,25 @@ impl Core {
         // The results, and the next timer in the same pass. Nothing after this changes what
         // the rules read (memberships, recent changes and journey bookkeeping are not inputs).
         let keep = changed.map(|c| (c.inputs, c.kept(&self.segments, &self.stored), earlier));
+        // Each segment's next change as the last evaluation left it (for a profile that saw
+        // nothing, an empty profile's), and as this one leaves it.
+        let mut known = std::mem::take(&mut profile.known_nexts);
+        if let Some(empty) = changed
+            .as_ref()
+            .filter(|c| c.fresh)
+            .and_then(|_| self.segments.empty_nexts())
+        {
+            known = empty;
+        }
         let (skipped, next_timer) = self.segments.evaluate_with_next(
             profile,
             now,
             keep,
             &mut self.results,
             &mut self.nexts,
+            Some(&mut known),
         );
+        profile.known_nexts = known;
         self.skipped += skipped;
         #[cfg(debug_assertions)]
         {
@@ -608,6 +621,7 @@ impl Core {
                 None,
                 &mut self.check_results,
                 &mut Vec::new(),
+                None,
             );
             assert_eq!(
                 self.results, self.check_results,

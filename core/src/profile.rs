@@ -349,6 +349,11 @@ pub struct Profile {
     pub store_code: Option<CompactString>,
     pub store_view_code: Option<CompactString>,
     pub currency: Option<CompactString>,
+    /// Each segment's next change at the last evaluation: in memory only (not in the state,
+    /// not in the HTTP API's JSON), so that an event finds the next timer without walking the
+    /// rules it left alone. A decoded profile has none until it is evaluated.
+    #[serde(skip)]
+    pub known_nexts: crate::segments::KnownNexts,
 }
 
 // The profile's parts in version 6's layout, written and read by hand (layout/write.rs,
@@ -380,7 +385,8 @@ state_fields!(Profile {
     seen,
     store_code,
     store_view_code,
-    currency
+    currency;
+    known_nexts
 });
 
 state_fields!(Identities {
@@ -653,6 +659,7 @@ impl Profile {
             store_code: _,
             store_view_code: _,
             currency: _,
+            known_nexts: _,
         } = from;
         // `identity.known`: a customer id or an e-mail.
         self.identities
@@ -768,6 +775,8 @@ impl Profile {
     /// and gaps filled. Memberships are the survivor's until the caller re-evaluates, and
     /// identities beyond `limit` are dropped.
     pub fn merge(&mut self, other: Profile, limit: usize) {
+        // What the rules read changes: the next changes are worked out again.
+        self.known_nexts = Default::default();
         let now = self.last_seen.max(other.last_seen).unwrap_or(0);
         for id in crate::identity::all_ids(&other) {
             let _ = crate::identity::link(self, &id, limit);

@@ -125,9 +125,63 @@ impl Segment {
 /// evaluation takes them to (the timer was computed with other rounding).
 pub const RULES_ENGINE: u32 = 2;
 
+/// Each segment's next change as a profile's last evaluation under one [`SegmentSet`] worked it
+/// out, kept with the profile in memory only (not in its state: a decoded profile has none).
+///
+/// An event evaluates only the segments whose rules read something it changed; the others
+/// keep their results, and their next changes are where the last evaluation put them (their
+/// inputs did not change, and the time has not reached them: a due timer fires, and evaluates
+/// everything, before the event). Where that is known, the profile's next timer is found
+/// without walking the rules left alone ([`SegmentSet::evaluate_with_next`]); a segment whose
+/// next change was never worked out (a decoded profile, definitions changed) is
+/// [`KnownNexts::UNKNOWN`] until an evaluation works it out. Compares equal to any other: it
+/// is a cache of the profile's values, not one of them.
+#[derive(Debug, Clone, Default)]
+pub struct KnownNexts {
+    /// [`SegmentSet::id`] of the set that worked them out (0: none).
+    set: u64,
+    /// Per segment: its next change, [`Self::NEVER`], or [`Self::UNKNOWN`].
+    at: Vec<i64>,
+}
+
+impl KnownNexts {
+    /// The segment's result does not change with time alone.
+    const NEVER: i64 = i64::MAX;
+    /// Not worked out: at or after the profile's next timer.
+    const UNKNOWN: i64 = i64::MIN;
+
+    fn raw(next: Option<i64>) -> i64 {
+        next.unwrap_or(Self::NEVER)
+    }
+
+    fn next(raw: i64) -> Option<i64> {
+        (raw != Self::NEVER).then_some(raw)
+    }
+
+    /// How many segments' next changes are known (tests).
+    pub fn known(&self) -> usize {
+        self.at.iter().filter(|&&t| t != Self::UNKNOWN).count()
+    }
+}
+
+impl PartialEq for KnownNexts {
+    fn eq(&self, _: &KnownNexts) -> bool {
+        true
+    }
+}
+
+/// A new [`SegmentSet::id`]: never 0, never given twice in a process.
+fn next_set_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The compiled segments, in evaluation (dependency) order, and the journeys.
 #[derive(Debug, Clone, Default)]
 pub struct SegmentSet {
+    /// Which compilation this is (a clone keeps it: same definitions, same results), for
+    /// [`KnownNexts`]; 0 for the empty default.
+    id: u64,
     segments: Vec<Segment>,
     journeys: Vec<Journey>,
     /// What the segments' rules read of a profile.
@@ -156,13 +210,23 @@ impl SegmentSet {
         self.empty.as_deref()
     }
 
+    /// The next changes of a profile that saw nothing yet, with [`Self::empty_results`]: none
+    /// changes with time alone (that is what makes those results stand at any time). `None`
+    /// without empty results.
+    pub fn empty_nexts(&self) -> Option<KnownNexts> {
+        self.empty.as_ref().map(|_| KnownNexts {
+            set: self.id,
+            at: vec![KnownNexts::NEVER; self.segments.len()],
+        })
+    }
+
     fn find_empty_results(&self) -> Option<Vec<bool>> {
         let empty = Profile::default();
         let (mut early, mut late, mut nexts) = (Vec::new(), Vec::new(), Vec::new());
         let times = [0, 1_700_000_000_000, i64::MAX / 4];
         self.evaluate(&empty, times[0], &mut early);
         for now in times {
-            let (_, next) = self.evaluate_with_next(&empty, now, None, &mut late, &mut nexts);
+            let (_, next) = self.evaluate_with_next(&empty, now, None, &mut late, &mut nexts, None);
             if late != early || next.is_some() {
                 return None;
             }
@@ -213,6 +277,10 @@ impl SegmentSet {
     /// left-alone segment (it reads that one's `earlier`), or where `earlier` itself came early
     /// (a rule's next change can be an estimate: [`plan::next_change`]). Debug builds check
     /// the results and "never later" against the pass without `keep` at every event.
+    ///
+    /// With `known` (the profile's [`KnownNexts`]), the segments left alone whose next change it
+    /// holds (from this set) take that one instead of `earlier`, and are not walked when the
+    /// others are worked out; `known` is then left with every next change this pass knows.
     pub fn evaluate_with_next(
         &self,
         profile: &Profile,
@@ -220,6 +288,7 @@ impl SegmentSet {
         keep: Option<(u64, &[bool], Option<i64>)>,
         results: &mut Vec<bool>,
         nexts: &mut Vec<Option<i64>>,
+        known: Option<&mut KnownNexts>,
     ) -> (u64, Option<i64>) {
         results.clear();
         nexts.clear();
@@ -229,14 +298,35 @@ impl SegmentSet {
                 results.push(hit);
                 nexts.push(next);
             }
+            if let Some(k) = known {
+                k.set = self.id;
+                k.at.clear();
+                k.at.extend(nexts.iter().map(|&n| KnownNexts::raw(n)));
+            }
             return (0, nexts.iter().flatten().min().copied());
         };
-        // Every segment keeps its result and takes `earlier`, then the ones whose rules read
-        // something the event changed are evaluated, in order (a rule uses only segments
-        // before it, whose results are final by then).
+        // The next changes the profile's last evaluation under this set worked out (those of
+        // the segments that do not read the time are known: never).
+        let valid = known
+            .as_ref()
+            .is_some_and(|k| k.set == self.id && self.id != 0 && k.at.len() == self.segments.len());
+        let cached: Option<&[i64]> = known.as_deref().filter(|_| valid).map(|k| &k.at[..]);
+        // Every segment keeps its result and its next change (`earlier` where it is not
+        // known), then the ones whose rules read something the event changed are evaluated,
+        // in order (a rule uses only segments before it, whose results are final by then).
         let earlier = earlier.filter(|&t| t > now);
         results.extend_from_slice(stored);
-        nexts.extend(self.segments.iter().map(|s| earlier.filter(|_| s.timed)));
+        match cached {
+            Some(at) => nexts.extend(at.iter().map(|&t| {
+                if t == KnownNexts::UNKNOWN {
+                    earlier
+                } else {
+                    debug_assert!(t > now, "a known next change {t} not after {now}");
+                    KnownNexts::next(t)
+                }
+            })),
+            None => nexts.extend(self.segments.iter().map(|s| earlier.filter(|_| s.timed))),
+        }
         let mut evaluated = 0;
         // The earliest next change of the segments evaluated now, and whether any of them
         // reads the time (only those have next changes).
@@ -266,13 +356,19 @@ impl SegmentSet {
         // left alone that read the time have their own next changes worked out, so the timer
         // is theirs or the evaluated ones'. Otherwise the earliest is one evaluated now; and
         // with no segment evaluated that reads the time, `earlier` was a left-alone one's.
+        // Those whose next change is known already have it.
+        let mut worked_out = false;
         if let Some(e) = earlier.filter(|_| timed) {
             if soonest.is_none_or(|s| s > e) {
+                worked_out = true;
                 for w in 0..self.words {
                     let evaluated = self.evaluated_word(changed, w);
                     let end = self.segments.len().min(w * 64 + 64);
                     for i in w * 64..end {
-                        if evaluated >> (i - w * 64) & 1 == 1 || !self.segments[i].timed {
+                        if evaluated >> (i - w * 64) & 1 == 1
+                            || !self.segments[i].timed
+                            || cached.is_some_and(|at| at[i] != KnownNexts::UNKNOWN)
+                        {
                             continue;
                         }
                         let (_, next) =
@@ -281,6 +377,34 @@ impl SegmentSet {
                     }
                 }
             }
+        }
+        if let Some(k) = known {
+            // Known now: every one after working them out; otherwise those evaluated, those
+            // known before, and those that do not read the time.
+            if worked_out {
+                k.at.clear();
+                k.at.extend(nexts.iter().map(|&n| KnownNexts::raw(n)));
+            } else {
+                if !valid {
+                    k.at.clear();
+                    k.at.extend(self.segments.iter().map(|s| {
+                        if s.timed {
+                            KnownNexts::UNKNOWN
+                        } else {
+                            KnownNexts::NEVER
+                        }
+                    }));
+                }
+                for w in 0..self.words {
+                    let mut word = self.evaluated_word(changed, w);
+                    while word != 0 {
+                        let i = w * 64 + word.trailing_zeros() as usize;
+                        word &= word - 1;
+                        k.at[i] = KnownNexts::raw(nexts[i]);
+                    }
+                }
+            }
+            k.set = self.id;
         }
         (skipped, nexts.iter().flatten().min().copied())
     }
@@ -331,7 +455,7 @@ impl SegmentSet {
     /// passing of time will next change each node.
     pub fn explain(&self, index: usize, profile: &Profile, now: i64) -> Option<Evaluated> {
         let (mut results, mut nexts) = (Vec::new(), Vec::new());
-        self.evaluate_with_next(profile, now, None, &mut results, &mut nexts);
+        self.evaluate_with_next(profile, now, None, &mut results, &mut nexts, None);
         let cx = Ctx {
             profile,
             now,
@@ -1135,6 +1259,7 @@ fn compile_all(src: &str, defs: Vec<Def>, errors: &mut Vec<DefinitionError>) -> 
         }
     }
     SegmentSet {
+        id: next_set_id(),
         segments,
         journeys: Vec::new(),
         reads: Default::default(),

@@ -940,10 +940,79 @@ fn a_timer_the_event_moved_is_not_kept_for_the_segments_left_alone() {
     let later = event(EventType::ProductPageView, T0 + 31 * 60_000, 0.0);
     core.process("k", &mut p, &later, source, later.time, &mut out);
     let mut results = Vec::new();
-    let (_, full) = set.evaluate_with_next(&p, later.time, None, &mut results, &mut Vec::new());
+    let (_, full) =
+        set.evaluate_with_next(&p, later.time, None, &mut results, &mut Vec::new(), None);
     assert!(full.unwrap() > first, "the view's change moved");
     assert_eq!(p.next_timer, full, "the timer is the full pass's");
     assert!(core.segments_skipped() > 0, "a segment was left alone");
+}
+
+/// A profile kept in memory carries each segment's next change from its last evaluation, and an
+/// event reads the ones it leaves alone from there instead of walking their rules: the same
+/// timers as a profile read from the state (which carries none, and compares equal), and the
+/// kept values are what the timer is made of (a value put there shows in the timer).
+#[test]
+fn a_profile_kept_in_memory_times_the_segments_left_alone_from_its_last_evaluation() {
+    let set = std::sync::Arc::new(
+        SegmentSet::parse(
+            "segments:\n  - id: viewed\n    rule: count(productPageView, 1h) >= 1\n  - id: carted\n    rule: count(addToCart, 7d) >= 1\n",
+        )
+        .unwrap(),
+    );
+    let source = crate::audience::Source {
+        topic: "t",
+        partition: 0,
+        offset: 0,
+    };
+    let mut core = crate::audience::Core::new(set.clone());
+    let mut out = crate::audience::Outputs::default();
+    let mut kept = Profile::default();
+    let first = [
+        event(EventType::AddToCart, T0, 0.0),
+        event(EventType::ProductPageView, T0 + 60_000, 0.0),
+    ];
+    for ev in &first {
+        core.process("k", &mut kept, ev, source, ev.time, &mut out);
+    }
+    // From the first event on (a fresh profile's untouched segments never change with time).
+    assert_eq!(kept.known_nexts.known(), 2);
+    let read = crate::profile::decode(&crate::profile::encode(&kept)).unwrap();
+    assert_eq!(read, kept, "not part of the profile's value");
+    assert_eq!(read.known_nexts.known(), 0, "not in the state");
+    // The next views leave "carted" alone: the kept profile and the one read from the state
+    // (which works "carted"'s next change out again) get the same timer and changes.
+    let mut read = read;
+    for minutes in [31, 50, 200] {
+        let ev = event(EventType::ProductPageView, T0 + minutes * 60_000, 0.0);
+        let (mut a, mut b) = (
+            crate::audience::Outputs::default(),
+            crate::audience::Outputs::default(),
+        );
+        core.process("k", &mut kept, &ev, source, ev.time, &mut a);
+        core.process("k", &mut read, &ev, source, ev.time, &mut b);
+        assert_eq!(format!("{:?}", a.changes), format!("{:?}", b.changes));
+        assert_eq!(kept.next_timer, read.next_timer, "at {minutes} min");
+        assert_eq!(read.known_nexts.known(), 2);
+    }
+    let mut results = Vec::new();
+    let (_, full) = set.evaluate_with_next(
+        &kept,
+        T0 + 200 * 60_000,
+        None,
+        &mut results,
+        &mut Vec::new(),
+        None,
+    );
+    assert_eq!(kept.next_timer, full);
+    // What the timer is made of: "carted"'s kept next change, said to be sooner than the
+    // view's, becomes the timer at the next view (its rule is not walked again).
+    let carted = set.index_of("carted").unwrap();
+    let soon = T0 + 230 * 60_000;
+    assert!(kept.next_timer.unwrap() > soon);
+    kept.known_nexts.at[carted] = soon;
+    let ev = event(EventType::ProductPageView, T0 + 210 * 60_000, 0.0);
+    core.process("k", &mut kept, &ev, source, ev.time, &mut out);
+    assert_eq!(kept.next_timer, Some(soon));
 }
 
 /// A sum in a window flips when evaluation says so: taking the leaving buckets off the current
@@ -956,7 +1025,7 @@ fn a_sum_in_a_window_gets_a_timer_whatever_the_rounding() {
     p.apply(&event(EventType::OrderPlaced, T0 + 24 * H, 5.01));
     let now = T0 + 25 * H;
     let mut results = Vec::new();
-    let (_, next) = set.evaluate_with_next(&p, now, None, &mut results, &mut Vec::new());
+    let (_, next) = set.evaluate_with_next(&p, now, None, &mut results, &mut Vec::new(), None);
     assert_eq!(results, [true]);
     let next = next.expect("the sum leaves the window");
     set.evaluate(&p, next, &mut results);
@@ -975,7 +1044,7 @@ fn a_sum_in_a_window_gets_a_timer_whatever_the_rounding() {
 fn conjunctions_are_timed_by_the_sides_that_hold_them() {
     let next_of = |set: &SegmentSet, p: &Profile, now: i64| {
         let mut results = Vec::new();
-        let (_, next) = set.evaluate_with_next(p, now, None, &mut results, &mut Vec::new());
+        let (_, next) = set.evaluate_with_next(p, now, None, &mut results, &mut Vec::new(), None);
         (results, next)
     };
     let no_order = "since(last productPageView) > 1h and orders.count >= 1";
@@ -1072,7 +1141,7 @@ fn conjunctions_are_timed_by_the_sides_that_hold_them() {
             let mut now = T0 + minute * M;
             let (mut at, mut later, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
             while now < until {
-                let (_, next) = set.evaluate_with_next(&p, now, None, &mut at, &mut scratch);
+                let (_, next) = set.evaluate_with_next(&p, now, None, &mut at, &mut scratch, None);
                 let last = next.map_or(until, |n| n.min(until)) - 1;
                 let mut t = now + 1;
                 while t <= last {
