@@ -472,7 +472,8 @@ impl Core {
         self.advance(key, profile, now, out);
         // What the event may change of what rules read: only the segments that read some of it
         // are evaluated. Before a shopper's first event, the results of a profile that saw
-        // nothing stand for the stored ones (when they do not depend on the time).
+        // nothing stand for the stored ones (when they do not depend on the time), and its next
+        // changes are none.
         let fresh = profile.events_total == 0
             && profile.segments.is_empty()
             && profile.next_timer.is_none()
@@ -559,7 +560,8 @@ impl Core {
     }
 
     /// Evaluates the profile at `now` after `why`: every segment, or with `changed` only those
-    /// whose rules read something in it ([`SegmentSet::evaluate_with_next`]).
+    /// whose rules read something in it ([`SegmentSet::evaluate_with_next`]), the others taking
+    /// their next changes from the profile's `known_nexts`, which it leaves up to date.
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &mut self,
@@ -597,7 +599,6 @@ impl Core {
         // nothing, an empty profile's), and as this one leaves it.
         let mut known = std::mem::take(&mut profile.known_nexts);
         if let Some(empty) = changed
-            .as_ref()
             .filter(|c| c.fresh)
             .and_then(|_| self.segments.empty_nexts())
         {

@@ -108,6 +108,29 @@ impl Line {
     pub fn total(&self) -> f64 {
         self.price.unwrap_or(0.0) * self.quantity
     }
+
+    /// Makes `self` a copy of `from`, reusing its strings' allocations (the derived
+    /// `clone_from` replaces the whole line).
+    pub fn copy_from(&mut self, from: &Line) {
+        let Line {
+            sku,
+            name,
+            quantity,
+            price,
+            image_url,
+            url,
+            category,
+            brand,
+        } = from;
+        self.sku.clone_from(sku);
+        self.name.clone_from(name);
+        self.quantity = *quantity;
+        self.price = *price;
+        self.image_url.clone_from(image_url);
+        self.url.clone_from(url);
+        self.category.clone_from(category);
+        self.brand.clone_from(brand);
+    }
 }
 
 /// Every field, in order (`layout/write.rs`).

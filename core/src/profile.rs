@@ -758,13 +758,20 @@ impl Profile {
         self.apply_orders(ev, now);
         self.apply_keyed(ev, now);
         if ev.kind == EventType::ProductPageView {
+            // Latest last, each product once: one viewed again moves to the end, a new one
+            // pushes the oldest out when the list is full; the entry that moves to the end
+            // takes the line's values in the allocations it has.
+            let list = &mut self.recent_products;
             for line in &ev.lines {
-                self.recent_products
-                    .retain(|l| !same_key(&l.sku, &line.sku));
-                if self.recent_products.len() >= RECENT_PRODUCTS {
-                    self.recent_products.remove(0);
+                match list.iter().position(|l| same_key(&l.sku, &line.sku)) {
+                    Some(i) => list[i..].rotate_left(1),
+                    None if list.len() >= RECENT_PRODUCTS => list.rotate_left(1),
+                    None => {
+                        list.push(line.clone());
+                        continue;
+                    }
                 }
-                self.recent_products.push(line.clone());
+                list.last_mut().expect("not empty").copy_from(line);
             }
         }
     }
@@ -1556,6 +1563,52 @@ mod tests {
             price: Some(price),
             ..Default::default()
         }
+    }
+
+    /// The latest products viewed: latest last, each once, with what the latest view said of
+    /// it; a new one pushes the oldest out of a full list.
+    #[test]
+    fn recent_products_keep_the_latest_view_of_each_product_latest_last() {
+        let mut p = Profile::default();
+        let view = |p: &mut Profile, t: i64, l: Line| {
+            let mut e = ev(EventType::ProductPageView, t, 0.0);
+            e.lines = vec![l];
+            p.apply(&e);
+        };
+        let skus = |p: &Profile| {
+            p.recent_products
+                .iter()
+                .map(|l| l.sku.to_string())
+                .collect::<Vec<_>>()
+        };
+        let mut a = line("A", 1.0, 10.0);
+        a.name = Some("first name".into());
+        a.url = Some("https://shop.example/a".into());
+        view(&mut p, 1_000, a);
+        view(&mut p, 2_000, line("B", 1.0, 20.0));
+        view(&mut p, 3_000, line("C", 1.0, 30.0));
+        let mut again = line("A", 1.0, 12.5);
+        again.name = Some("new name".into());
+        view(&mut p, 4_000, again.clone());
+        assert_eq!(skus(&p), ["B", "C", "A"]);
+        assert_eq!(
+            p.recent_products[2], again,
+            "the latest view's values, url gone too"
+        );
+        for i in 0..RECENT_PRODUCTS {
+            view(&mut p, 5_000 + i as i64, line(&format!("N{i}"), 1.0, 1.0));
+        }
+        assert_eq!(p.recent_products.len(), RECENT_PRODUCTS);
+        let expected: Vec<String> = (0..RECENT_PRODUCTS).map(|i| format!("N{i}")).collect();
+        assert_eq!(
+            skus(&p),
+            expected,
+            "the oldest pushed out, one per new product"
+        );
+        view(&mut p, 9_000, line("N0", 2.0, 1.0));
+        assert_eq!(skus(&p)[RECENT_PRODUCTS - 1], "N0");
+        assert_eq!(p.recent_products[RECENT_PRODUCTS - 1].quantity, 2.0);
+        assert_eq!(p.recent_products.len(), RECENT_PRODUCTS);
     }
 
     #[test]

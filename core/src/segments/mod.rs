@@ -158,8 +158,9 @@ impl KnownNexts {
         (raw != Self::NEVER).then_some(raw)
     }
 
-    /// How many segments' next changes are known (tests).
-    pub fn known(&self) -> usize {
+    /// How many segments' next changes are known.
+    #[cfg(test)]
+    pub(crate) fn known(&self) -> usize {
         self.at.iter().filter(|&&t| t != Self::UNKNOWN).count()
     }
 }
@@ -268,19 +269,18 @@ impl SegmentSet {
     /// something the event changed are evaluated. For a profile evaluated under these
     /// definitions, with no timer due (they fired before the event), a rule that reads nothing
     /// the event changed has its stored result now (the passing of time alone changes it only at
-    /// its next change, at or after that timer), and its next change is at or after `earlier`:
-    /// when a segment evaluated now changes at or before `earlier`, the earliest is that one's;
-    /// otherwise the left-alone segments that read the time have theirs worked out (the one
-    /// `earlier` was may be one evaluated now, whose next change the event moved). The next
-    /// change is then never later than the pass without `keep`'s, and usually the same; it is
-    /// earlier (a timer that finds nothing to change) where a rule evaluated now uses a
-    /// left-alone segment (it reads that one's `earlier`), or where `earlier` itself came early
-    /// (a rule's next change can be an estimate: [`plan::next_change`]). Debug builds check
-    /// the results and "never later" against the pass without `keep` at every event.
-    ///
-    /// With `known` (the profile's [`KnownNexts`]), the segments left alone whose next change it
-    /// holds (from this set) take that one instead of `earlier`, and are not walked when the
-    /// others are worked out; `known` is then left with every next change this pass knows.
+    /// its next change, at or after that timer), and its next change is the one the last
+    /// evaluation worked out: from `known` (the profile's [`KnownNexts`]) where it holds it;
+    /// otherwise all that is known is that it is at or after `earlier`. When a segment
+    /// evaluated now changes at or before `earlier`, the earliest is that one's; otherwise the
+    /// left-alone segments that read the time and are not known have theirs worked out (the
+    /// one `earlier` was may be one evaluated now, whose next change the event moved). `known`
+    /// is then left with every next change this pass knows. The next change is never later
+    /// than the pass without `keep`'s, and usually the same; it is earlier (a timer that finds
+    /// nothing to change) where a rule evaluated now uses a left-alone segment that is not
+    /// known (it reads `earlier` for it), or where a next change itself came early (a rule's
+    /// can be an estimate: [`plan::next_change`]). Debug builds check the results and "never
+    /// later" against the pass without `keep` at every event.
     pub fn evaluate_with_next(
         &self,
         profile: &Profile,
@@ -317,9 +317,9 @@ impl SegmentSet {
         let earlier = earlier.filter(|&t| t > now);
         results.extend_from_slice(stored);
         match cached {
-            Some(at) => nexts.extend(at.iter().map(|&t| {
+            Some(at) => nexts.extend(self.segments.iter().zip(at).map(|(s, &t)| {
                 if t == KnownNexts::UNKNOWN {
-                    earlier
+                    earlier.filter(|_| s.timed)
                 } else {
                     debug_assert!(t > now, "a known next change {t} not after {now}");
                     KnownNexts::next(t)
