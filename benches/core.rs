@@ -213,7 +213,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(*name, |b| {
             b.iter(|| {
                 for (family, payload) in payloads {
-                    std::hint::black_box(catalog.decode(*family, payload).unwrap());
+                    std::hint::black_box(catalog.decode_for_event(*family, payload).unwrap().0);
                 }
             })
         });
@@ -232,7 +232,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_single_object_every_context", |b| {
         b.iter(|| {
             for (_, family, payload) in &full {
-                std::hint::black_box(decoder.decode(*family, payload).unwrap());
+                std::hint::black_box(decoder.decode_for_event(*family, payload).unwrap().0);
             }
         })
     });
@@ -243,7 +243,11 @@ fn bench(c: &mut Criterion) {
         .map(|e| {
             (
                 e.key.clone(),
-                Event::from_input(decoder.decode(e.family, &e.payload).unwrap(), now).unwrap(),
+                Event::from_input(
+                    decoder.decode_for_event(e.family, &e.payload).unwrap().0,
+                    now,
+                )
+                .unwrap(),
             )
         })
         .collect();
@@ -272,9 +276,11 @@ fn bench(c: &mut Criterion) {
                 || Run::new(set),
                 |mut run| {
                     for e in &events {
-                        let ev =
-                            Event::from_input(decoder.decode(e.family, &e.payload).unwrap(), now)
-                                .unwrap();
+                        let ev = Event::from_input(
+                            decoder.decode_for_event(e.family, &e.payload).unwrap().0,
+                            now,
+                        )
+                        .unwrap();
                         run.apply(&e.key, &ev);
                     }
                     run
@@ -427,7 +433,7 @@ fn icount(step: &str, passes: usize) {
         events
             .iter()
             .map(|e| {
-                let input = decoder.decode(e.family, &e.payload).unwrap();
+                let input = decoder.decode_for_event(e.family, &e.payload).unwrap().0;
                 (e.key.clone(), Event::from_input(input, now).unwrap())
             })
             .collect()
@@ -447,7 +453,7 @@ fn icount(step: &str, passes: usize) {
         "decode" => {
             for _ in 0..passes {
                 for e in &events {
-                    std::hint::black_box(decoder.decode(e.family, &e.payload).unwrap());
+                    std::hint::black_box(decoder.decode_for_event(e.family, &e.payload).unwrap().0);
                 }
             }
             events.len()
@@ -458,7 +464,7 @@ fn icount(step: &str, passes: usize) {
             let full = tailor::samples::every_type(1_700_000_000_000);
             for _ in 0..passes * 200 {
                 for (_, family, payload) in &full {
-                    std::hint::black_box(decoder.decode(*family, payload).unwrap());
+                    std::hint::black_box(decoder.decode_for_event(*family, payload).unwrap().0);
                 }
             }
             full.len() * 200
@@ -482,7 +488,7 @@ fn icount(step: &str, passes: usize) {
             for _ in 0..passes {
                 let mut run = Run::new(&set);
                 for e in &events {
-                    let input = decoder.decode(e.family, &e.payload).unwrap();
+                    let input = decoder.decode_for_event(e.family, &e.payload).unwrap().0;
                     run.apply(&e.key, &Event::from_input(input, now).unwrap());
                 }
             }

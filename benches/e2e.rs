@@ -31,7 +31,8 @@
 //! turns RocksDB's write-ahead log on (`state.write_ahead_log`), `TAILOR_BENCH_PERF=PREFIX`
 //! records a `perf` profile of each workload's first pass (`PREFIX-wide.data`,
 //! `PREFIX-deep.data`; the pass's figures are then taken under perf), of the CPU clock or of
-//! `TAILOR_BENCH_PERF_EVENT` (e.g. `page-faults`: a sample per 20).
+//! `TAILOR_BENCH_PERF_EVENT` (e.g. `page-faults`: a sample per 20); `TAILOR_BENCH_WORKER=path`
+//! runs another build's worker binary on the same harness (to compare two builds).
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
@@ -866,7 +867,7 @@ fn workload(
             ),
             None => Stdio::null(),
         };
-        Command::new(env!("CARGO_BIN_EXE_tailor"))
+        Command::new(worker_binary())
             .args(["run", "--config"])
             .arg(&config)
             .stderr(stderr)
@@ -1276,7 +1277,7 @@ fn failover(config: &Path, first: &mut std::process::Child, port: u16) {
         .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{port_b}"));
     let config_b = dir.path().join("tailor.toml");
     std::fs::write(&config_b, text).unwrap();
-    let mut b = Command::new(env!("CARGO_BIN_EXE_tailor"))
+    let mut b = Command::new(worker_binary())
         .args(["run", "--config"])
         .arg(&config_b)
         .current_dir(dir.path())
@@ -1378,6 +1379,14 @@ fn delete_topics(
     {
         let _ = r;
     }
+}
+
+/// The worker the bench runs: this build's, or `TAILOR_BENCH_WORKER` (another build's binary,
+/// to compare two builds on the same harness and broker).
+fn worker_binary() -> std::path::PathBuf {
+    std::env::var_os("TAILOR_BENCH_WORKER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tailor").into())
 }
 
 /// `perf record` of process `pid` into `file` (499 samples a second with 16 KiB of stack each:

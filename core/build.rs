@@ -172,35 +172,180 @@ fn variant(symbol: &str) -> String {
         .collect()
 }
 
+/// The string fields of the input records that `Event::from_input` does not read (record, Avro
+/// field): the readers for events ([`direct_readers`]' `ReadInput`) check them (length, UTF-8)
+/// and leave them empty instead of copying them. A full storefront event carries some 60
+/// strings, most of which the event never looks at (store names, URLs, search filters, cart
+/// option labels …). `codec` tests that the events made from both readers are the same for a
+/// sample of every type with every context. A name here that matches no string field fails the
+/// build.
+const NOT_READ_BY_EVENTS: &[(&str, &str)] = &[
+    ("ShopperContext", "shopperId"),
+    ("StorefrontInstanceContext", "environmentId"),
+    ("StorefrontInstanceContext", "instanceId"),
+    ("StorefrontInstanceContext", "environment"),
+    ("StorefrontInstanceContext", "storeUrl"),
+    ("StorefrontInstanceContext", "websiteCode"),
+    ("StorefrontInstanceContext", "websiteName"),
+    ("StorefrontInstanceContext", "storeName"),
+    ("StorefrontInstanceContext", "storeViewName"),
+    ("StorefrontInstanceContext", "baseCurrencyCode"),
+    ("StorefrontInstanceContext", "storefrontTemplate"),
+    ("PageContext", "pageType"),
+    ("PageContext", "pageName"),
+    ("ReferrerUrlContext", "referrerUrl"),
+    ("Channel", "_id"),
+    ("DeviceContext", "screenOrientation"),
+    ("ProductContext", "topLevelSku"),
+    ("ProductContext", "countryOfManufacture"),
+    ("ProductContext", "productType"),
+    ("ProductContext", "createdAt"),
+    ("ProductContext", "updatedAt"),
+    ("Pricing", "currencyCode"),
+    ("CategoryContext", "name"),
+    ("CategoryContext", "urlKey"),
+    ("CategoryContext", "urlPath"),
+    ("ShoppingCartContext", "source"),
+    ("ShoppingCartItem", "id"),
+    ("ShoppingCartItem", "formattedPrice"),
+    ("Money", "currency"),
+    ("ConfigurableOption", "optionLabel"),
+    ("ConfigurableOption", "valueLabel"),
+    ("OrderContext", "email"),
+    ("OrderContext", "orderType"),
+    ("OrderContext", "appliedCouponCode"),
+    ("OrderContext", "paymentMethodCode"),
+    ("OrderContext", "paymentMethodName"),
+    ("OrderPayment", "paymentMethodCode"),
+    ("OrderPayment", "paymentMethodName"),
+    ("OrderPayment", "orderId"),
+    ("OrderShipping", "shippingMethod"),
+    ("SearchInputUnit", "searchRequestId"),
+    ("SearchFilter", "attribute"),
+    ("SearchFilter", "eq"),
+    ("SearchSort", "attribute"),
+    ("SearchSort", "direction"),
+    ("SearchResultUnit", "searchRequestId"),
+    ("SearchResultProduct", "name"),
+    ("SearchResultProduct", "sku"),
+    ("SearchResultProduct", "url"),
+    ("SearchResultProduct", "imageUrl"),
+    ("SearchResultCategory", "name"),
+    ("SearchResultCategory", "url"),
+    ("SearchResultSuggestion", "suggestion"),
+    ("AccountContext", "countryCode"),
+    ("AccountContext", "accountType"),
+    ("AccountContext", "company"),
+    ("RequisitionListContext", "id"),
+    ("RequisitionListContext", "name"),
+    ("RequisitionListContext", "description"),
+    ("RequisitionListItem", "sku"),
+    ("RequisitionListItem", "name"),
+    ("SelectedOption", "attribute"),
+    ("SelectedOption", "value"),
+    ("CommerceScope", "environmentID"),
+    ("CommerceScope", "websiteCode"),
+    ("Order", "purchaseOrderNumber"),
+    ("Order", "orderType"),
+    ("Order", "createdDate"),
+    ("Order", "lastUpdatedDate"),
+    ("Order", "cancelDate"),
+    ("PaymentItem", "transactionID"),
+    ("PaymentItem", "paymentType"),
+    ("PaymentItem", "currencyCode"),
+    ("RefundItem", "transactionID"),
+    ("RefundItem", "refundReason"),
+    ("RefundItem", "refundPaymentType"),
+    ("RefundItem", "currencyCode"),
+    ("Return", "returnID"),
+    ("Return", "returnStatus"),
+    ("Return", "purchaseID"),
+    ("Shipping", "shippingMethod"),
+    ("Shipping", "currencyCode"),
+    ("Shipping", "shipDate"),
+    ("Shipping", "trackingNumber"),
+    ("Shipping", "trackingURL"),
+    ("Address", "street1"),
+    ("Address", "street2"),
+    ("Address", "state"),
+    ("Address", "postalCode"),
+    ("ProductListItem", "id"),
+    ("ReturnItem", "returnStatus"),
+    ("ReturnItem", "returnReason"),
+    ("ReturnItem", "returnItemCondition"),
+    ("ReturnItem", "returnResolution"),
+    ("UserAccount", "startDate"),
+    ("UserAccount", "status"),
+    ("Consents", "marketingPush"),
+];
+
+/// A record's fields: (Rust name, full reader, reader for events when it differs).
+type Fields = Vec<(String, String, Option<String>)>;
+
 /// The input records' readers for datums written with the reader schema itself
-/// (`codec::direct`): one `impl Read` per record, its fields read in the schema's order. The
-/// Rust names are the wire types' (`crate::wire`): a field the schema and the struct do not
-/// both have is a compile error, not a silent difference.
+/// (`codec::direct`): one `impl Read` per record, its fields read in the schema's order, and
+/// one `impl ReadInput`, the same but for the strings events do not read
+/// ([`NOT_READ_BY_EVENTS`]), left empty. The Rust names are the wire types' (`crate::wire`): a
+/// field the schema and the struct do not both have is a compile error, not a silent difference.
 fn direct_readers(root: &Path, files: &[&str]) -> String {
-    let mut records: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut records: Vec<(String, Fields)> = Vec::new();
     let mut tops = Vec::new();
+    let mut skipped = Vec::new();
     for f in files {
         let text = fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("avro/{f}: {e}"));
         let schema: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("avro/{f}: {e}"));
         tops.push(short(schema["name"].as_str().expect("a record name")));
-        reader_of(&schema, &mut records);
+        reader_of(&schema, &mut records, &mut skipped);
+    }
+    for entry in NOT_READ_BY_EVENTS {
+        assert!(
+            skipped.contains(entry),
+            "NOT_READ_BY_EVENTS names {}.{}, which is no string field of the input records",
+            entry.0,
+            entry.1
+        );
     }
     let mut code = String::from("// Generated by core/build.rs from avro/: do not edit.\n");
     for (name, fields) in &records {
-        code.push_str(&format!(
-            // `.map(Into::into)` after each record read: a field may box it (wire.rs decides).
-            "#[allow(clippy::useless_conversion)]\nimpl Read for crate::wire::{name} {{\n    fn read(r: &mut Reader<'_>) -> Result<Self, Bad> {{\n        Ok(crate::wire::{name} {{\n"
-        ));
-        for (field, expr) in fields {
-            code.push_str(&format!("            {field}: {expr}?,\n"));
+        for (tr, method, events) in [("Read", "read", false), ("ReadInput", "read_input", true)] {
+            code.push_str(&format!(
+                // `.map(Into::into)` after each record read: a field may box it (wire.rs decides).
+                "#[allow(clippy::useless_conversion)]\nimpl {tr} for crate::wire::{name} {{\n    fn {method}(r: &mut Reader<'_>) -> Result<Self, Bad> {{\n        Ok(crate::wire::{name} {{\n"
+            ));
+            for (field, full, skip) in fields {
+                let expr = match (events, skip) {
+                    (true, Some(skip)) => skip.clone(),
+                    (true, None) => full.replace(" as Read>::read(", " as ReadInput>::read_input("),
+                    (false, _) => full.clone(),
+                };
+                code.push_str(&format!("            {field}: {expr}?,\n"));
+            }
+            code.push_str("        })\n    }\n}\n");
         }
-        code.push_str("        })\n    }\n}\n");
     }
     for top in tops {
-        code.push_str(&format!("impl Direct for crate::wire::{top} {{\n    fn read_direct(body: &[u8]) -> Option<Box<Self>> {{\n        whole(body)\n    }}\n}}\n"));
+        code.push_str(&format!("impl Direct for crate::wire::{top} {{\n    fn read_direct(body: &[u8]) -> Option<Box<Self>> {{\n        whole(body)\n    }}\n    fn read_direct_input(body: &[u8]) -> Option<Box<Self>> {{\n        whole_input(body)\n    }}\n}}\n"));
     }
     code
+}
+
+/// The reader for events of a string field they do not read: the string checked and not kept.
+fn skip_of(schema: &serde_json::Value, at: &str) -> String {
+    use serde_json::Value;
+    let is_string = |v: &Value| v == "string";
+    match schema {
+        v if is_string(v) => "r.string::<Unread>().map(|_| Default::default())".into(),
+        Value::Array(b) if b.len() == 2 && b.iter().any(|v| v == "null") => {
+            let n = b.iter().position(|v| v == "null").expect("a null branch");
+            assert!(
+                is_string(&b[1 - n]),
+                "{at}: only string fields are left unread"
+            );
+            format!("r.optional({n}, |r| r.string::<Unread>()).map(|_| None)")
+        }
+        _ => panic!("{at}: only string fields are left unread"),
+    }
 }
 
 fn short(name: &str) -> String {
@@ -231,7 +376,8 @@ fn rust_field(avro: &str) -> String {
 /// `records` (each name once: a record defined again must have the same fields).
 fn reader_of(
     schema: &serde_json::Value,
-    records: &mut Vec<(String, Vec<(String, String)>)>,
+    records: &mut Vec<(String, Fields)>,
+    skipped: &mut Vec<(&'static str, &'static str)>,
 ) -> String {
     use serde_json::Value;
     match schema {
@@ -250,7 +396,7 @@ fn reader_of(
             let null = branches.iter().position(|b| b == "null");
             match (branches.len(), null) {
                 (2, Some(n)) => {
-                    let inner = reader_of(&branches[1 - n], records);
+                    let inner = reader_of(&branches[1 - n], records, skipped);
                     format!("r.optional({n}, |r| {inner})")
                 }
                 _ => panic!("unsupported union {schema}: only [\"null\", T] and [T, \"null\"]"),
@@ -259,13 +405,21 @@ fn reader_of(
         Value::Object(o) => match o.get("type").and_then(Value::as_str) {
             Some("record") => {
                 let name = short(o["name"].as_str().expect("a record name"));
-                let fields: Vec<(String, String)> = o["fields"]
+                let fields: Fields = o["fields"]
                     .as_array()
                     .expect("record fields")
                     .iter()
                     .map(|f| {
-                        let field = rust_field(f["name"].as_str().expect("a field name"));
-                        (field, reader_of(&f["type"], records))
+                        let avro = f["name"].as_str().expect("a field name");
+                        let field = rust_field(avro);
+                        let unread = NOT_READ_BY_EVENTS
+                            .iter()
+                            .find(|(r, a)| *r == name && *a == avro);
+                        let skip = unread.map(|entry| {
+                            skipped.push(*entry);
+                            skip_of(&f["type"], &format!("{name}.{avro}"))
+                        });
+                        (field, reader_of(&f["type"], records, skipped), skip)
                     })
                     .collect();
                 match records.iter().find(|(n, _)| *n == name) {
@@ -278,12 +432,12 @@ fn reader_of(
                 format!("<crate::wire::{name} as Read>::read(r).map(Into::into)")
             }
             Some("array") => {
-                let item = reader_of(&o["items"], records);
+                let item = reader_of(&o["items"], records, skipped);
                 format!("r.array(|r| {item})")
             }
             // A primitive with a logical type (timestamp-millis): the same bytes.
             Some(p @ ("string" | "long" | "int" | "double" | "boolean")) => {
-                reader_of(&Value::String(p.into()), records)
+                reader_of(&Value::String(p.into()), records, skipped)
             }
             _ => panic!("unsupported schema {schema}"),
         },

@@ -563,7 +563,7 @@ pub mod history {
                     progress(&format!("read {messages} messages"));
                 }
                 let payload = msg.payload().unwrap_or_default();
-                let mut decoded = catalog.decode_input(*family, payload);
+                let mut decoded = catalog.decode_for_event(*family, payload);
                 if let (Err(DecodeError::SchemaIdPending(id)), Some(reg)) = (&decoded, registry) {
                     // A Confluent-framed message whose schema id is new: ask the registry once.
                     let id = *id;
@@ -574,7 +574,7 @@ pub mod history {
                         Lookup::Found(json) => catalog.resolve_id(id, Some(&json)),
                         Lookup::NotFound => catalog.resolve_id(id, None),
                     }
-                    decoded = catalog.decode_input(*family, payload);
+                    decoded = catalog.decode_for_event(*family, payload);
                 }
                 let decoded = decoded
                     .map_err(|e: DecodeError| e.code().to_owned())

@@ -289,7 +289,7 @@ impl Processor {
         }
         let (decoded, origin) = self
             .catalog
-            .decode_input(family, msg.payload)
+            .decode_for_event(family, msg.payload)
             .map_err(decode_failure)?;
         self.framing_counters[origin.framing as usize].inc();
         if let Some(v) = origin.variant {

@@ -146,6 +146,16 @@ impl Text for String {
     }
 }
 
+/// A string checked (its length, UTF-8) and not kept: the fields events do not read.
+pub(super) struct Unread;
+
+impl Text for Unread {
+    #[inline]
+    fn from_str(_: &str) -> Unread {
+        Unread
+    }
+}
+
 /// Up to 24 bytes in place: no allocation.
 impl Text for compact_str::CompactString {
     #[inline]
@@ -159,6 +169,14 @@ pub(super) trait Read: Sized {
     fn read(r: &mut Reader<'_>) -> Result<Self, Bad>;
 }
 
+/// A record's reader for events (generated likewise): as [`Read`], but the string fields
+/// `Event::from_input` does not read (`NOT_READ_BY_EVENTS` in `core/build.rs`) are checked as
+/// the full reader checks them and left empty, not copied. It accepts and refuses exactly what
+/// [`Read`] does.
+pub(super) trait ReadInput: Sized {
+    fn read_input(r: &mut Reader<'_>) -> Result<Self, Bad>;
+}
+
 /// A top-level record decodable without serde when written with its reader schema: the input
 /// records (generated); the outputs keep the serde path (the default).
 pub trait Direct: Sized {
@@ -166,12 +184,25 @@ pub trait Direct: Sized {
     fn read_direct(_body: &[u8]) -> Option<Box<Self>> {
         None
     }
+
+    /// As [`Self::read_direct`], with the strings events do not read left empty
+    /// ([`ReadInput`]).
+    fn read_direct_input(_body: &[u8]) -> Option<Box<Self>> {
+        None
+    }
 }
 
-/// Boxed as soon as read: a storefront event is 2 KB, moved once.
+/// Boxed as soon as read: a storefront event is 640 bytes, moved once.
 fn whole<T: Read>(body: &[u8]) -> Option<Box<T>> {
     let mut r = Reader::new(body);
     let value = T::read(&mut r).map(Box::new).ok()?;
+    (r.remaining() == 0).then_some(value)
+}
+
+/// As [`whole`], for events ([`ReadInput`]).
+fn whole_input<T: ReadInput>(body: &[u8]) -> Option<Box<T>> {
+    let mut r = Reader::new(body);
+    let value = T::read_input(&mut r).map(Box::new).ok()?;
     (r.remaining() == 0).then_some(value)
 }
 
@@ -307,6 +338,74 @@ mod tests {
         }
     }
 
+    /// Both direct readers on `body`, as what an event sees: (the full reader's record, the
+    /// event made from it, the reader for events' record, the event made from that one).
+    fn for_events(
+        family: Family,
+        body: &[u8],
+    ) -> (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) {
+        fn four<T: Direct + Debug>(
+            body: &[u8],
+            wrap: fn(Box<T>) -> crate::codec::InputMessage,
+        ) -> (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) {
+            let event = |m: crate::codec::InputMessage| {
+                format!("{:?}", crate::event::Event::from_input(m, i64::MAX / 4))
+            };
+            let (full, mine) = (T::read_direct(body), T::read_direct_input(body));
+            (
+                full.as_ref().map(|v| format!("{v:?}")),
+                full.map(|v| event(wrap(v))),
+                mine.as_ref().map(|v| format!("{v:?}")),
+                mine.map(|v| event(wrap(v))),
+            )
+        }
+        use crate::codec::InputMessage as M;
+        match family {
+            Family::Storefront => four::<StorefrontEvent>(body, M::Storefront),
+            Family::Backoffice => four::<BackofficeEvent>(body, M::Backoffice),
+            Family::Profile => four::<ProfileEvent>(body, M::Profile),
+        }
+    }
+
+    /// The reader for events leaves strings out of a fully populated event of every type, and
+    /// the events made from its records are those made from the full reader's.
+    #[test]
+    fn events_read_the_same_without_the_strings_they_do_not_read() {
+        let mut lighter = std::collections::HashMap::new();
+        for (family, body) in bodies() {
+            let (full, event, mine, my_event) = for_events(family, &body);
+            assert!(full.is_some() && mine.is_some(), "{family:?}");
+            assert_eq!(my_event, event, "{family:?}");
+            *lighter.entry(family).or_insert(0) += usize::from(mine != full);
+        }
+        // Strings were left out in samples of each family.
+        for family in Family::ALL {
+            assert!(lighter[&family] > 0, "{family:?}: {lighter:?}");
+        }
+        // For example the store's names, which no rule or output reads.
+        let page = samples::storefront("productPageView", "e", 1, "ecid");
+        let bytes = crate::codec::encode::storefront(&page).unwrap();
+        let read = StorefrontEvent::read_direct_input(&bytes[HEADER_LEN..]).expect("reads");
+        let store = read.storefront_instance_context.expect("kept");
+        assert_eq!(store.store_name, None);
+        assert_eq!(store.store_code.as_deref(), Some("main_website_store"));
+        assert!(page
+            .storefront_instance_context
+            .unwrap()
+            .store_name
+            .is_some());
+    }
+
     /// Every event type fully populated, and each family's record with every optional field
     /// empty: (family, datum without its header).
     fn bodies() -> Vec<(Family, Vec<u8>)> {
@@ -376,6 +475,10 @@ mod tests {
                 }
                 let (direct, serde) = both(family, &m);
                 assert_eq!(direct, serde, "{family:?}, mangled at byte {at}: {m:?}");
+                // The reader for events refuses the same, and gives the same events.
+                let (full, event, mine, my_event) = for_events(family, &m);
+                assert_eq!(full.is_some(), mine.is_some(), "{family:?} at {at}: {m:?}");
+                assert_eq!(event, my_event, "{family:?} at {at}: {m:?}");
                 if direct.is_some() {
                     read += 1;
                 } else {

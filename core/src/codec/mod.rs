@@ -608,6 +608,17 @@ impl SchemaCatalog {
         expected: &'static str,
         payload: &[u8],
     ) -> Result<(Box<T>, Origin), DecodeError> {
+        self.decode_boxed_as(expected, payload, false)
+    }
+
+    /// [`Self::decode_boxed`]; `for_event`: a datum written with the reader schema is read
+    /// without the strings `Event::from_input` does not read (the generated `ReadInput` readers).
+    fn decode_boxed_as<T: DeserializeOwned + Direct>(
+        &self,
+        expected: &'static str,
+        payload: &[u8],
+        for_event: bool,
+    ) -> Result<(Box<T>, Origin), DecodeError> {
         if Framing::detect(payload) == Some(Framing::Json) {
             let value = json::decode(expected, payload)?;
             let origin = Origin {
@@ -632,7 +643,12 @@ impl SchemaCatalog {
         // Written with the reader schema: the generated reader first ([`direct`]); serde reads
         // what it does not, and names the fault of a bad datum.
         if writer.direct.is_some() {
-            if let Some(value) = T::read_direct(body) {
+            let read = if for_event {
+                T::read_direct_input(body)
+            } else {
+                T::read_direct(body)
+            };
+            if let Some(value) = read {
                 return Ok((value, origin));
             }
         }
@@ -684,18 +700,40 @@ impl SchemaCatalog {
         family: Family,
         payload: &[u8],
     ) -> Result<(InputMessage, Origin), DecodeError> {
+        self.decode_input_as(family, payload, false)
+    }
+
+    /// As [`Self::decode_input`], for [`crate::event::Event::from_input`] only: a datum written
+    /// with the reader schema comes without the strings the event does not read (store names,
+    /// URLs, search filters … left empty, not copied). It accepts and refuses the same
+    /// payloads. What it decodes is not for encoding again (the worker forwards such a datum
+    /// as it came: [`Origin::portable`], [`Self::portable_payload`]).
+    pub fn decode_for_event(
+        &self,
+        family: Family,
+        payload: &[u8],
+    ) -> Result<(InputMessage, Origin), DecodeError> {
+        self.decode_input_as(family, payload, true)
+    }
+
+    fn decode_input_as(
+        &self,
+        family: Family,
+        payload: &[u8],
+        for_event: bool,
+    ) -> Result<(InputMessage, Origin), DecodeError> {
         let name = family.record_name();
         Ok(match family {
             Family::Storefront => {
-                let (v, o) = self.decode_boxed(name, payload)?;
+                let (v, o) = self.decode_boxed_as(name, payload, for_event)?;
                 (InputMessage::Storefront(v), o)
             }
             Family::Backoffice => {
-                let (v, o) = self.decode_boxed(name, payload)?;
+                let (v, o) = self.decode_boxed_as(name, payload, for_event)?;
                 (InputMessage::Backoffice(v), o)
             }
             Family::Profile => {
-                let (v, o) = self.decode_boxed(name, payload)?;
+                let (v, o) = self.decode_boxed_as(name, payload, for_event)?;
                 (InputMessage::Profile(v), o)
             }
         })
