@@ -172,14 +172,37 @@ fn variant(symbol: &str) -> String {
         .collect()
 }
 
-/// The string fields of the input records that `Event::from_input` does not read (record, Avro
-/// field): the readers for events ([`direct_readers`]' `ReadInput`) check them (length, UTF-8)
-/// and leave them empty instead of copying them. A full storefront event carries some 60
-/// strings, most of which the event never looks at (store names, URLs, search filters, cart
-/// option labels …). `codec` tests that the events made from both readers are the same for a
-/// sample of every type with every context. A name here that matches no string field fails the
-/// build.
+/// The fields of the input records that `Event::from_input` does not read (record, Avro field):
+/// the readers for events ([`direct_readers`]' `ReadInput`) read past them, checking them as
+/// the full reader does (lengths, UTF-8, union branches, int ranges), and leave them empty
+/// instead of building them. A full storefront event carries some 60 strings and a dozen
+/// arrays, most of which the event never looks at (store names, URLs, page and search
+/// contexts, search filters, cart options, payments …). `codec` tests that the events made
+/// from both readers are the same for a sample of every type (most contexts set) and variants
+/// that set what those leave empty. A name here that matches no field fails the build.
 const NOT_READ_BY_EVENTS: &[(&str, &str)] = &[
+    ("StorefrontEvent", "shopperContext"),
+    ("StorefrontEvent", "pageContext"),
+    ("StorefrontEvent", "referrerUrlContext"),
+    ("StorefrontEvent", "categoryContext"),
+    ("StorefrontEvent", "requisitionListContext"),
+    ("StorefrontEvent", "requisitionListItemsContext"),
+    ("ShoppingCartContext", "prices"),
+    ("ShoppingCartItem", "configurableOptions"),
+    ("OrderContext", "payments"),
+    ("OrderContext", "shipping"),
+    ("SearchInputUnit", "queryTypes"),
+    ("SearchInputUnit", "filter"),
+    ("SearchInputUnit", "sort"),
+    ("SearchResultUnit", "categories"),
+    ("SearchResultUnit", "suggestions"),
+    ("BackofficeEvent", "shipping"),
+    ("BackofficeEvent", "billing"),
+    ("Order", "payments"),
+    ("Order", "returns"),
+    ("ProductListItem", "selectedOptions"),
+    ("ProductListItem", "returnItem"),
+    ("ProfileEvent", "userAccount"),
     ("ShopperContext", "shopperId"),
     ("StorefrontInstanceContext", "environmentId"),
     ("StorefrontInstanceContext", "instanceId"),
@@ -291,17 +314,20 @@ fn direct_readers(root: &Path, files: &[&str]) -> String {
     let mut records: Vec<(String, Fields)> = Vec::new();
     let mut tops = Vec::new();
     let mut skipped = Vec::new();
+    // Every record's schema (each name once), for its `Skip` impl.
+    let mut skips: Vec<(String, serde_json::Value)> = Vec::new();
     for f in files {
         let text = fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("avro/{f}: {e}"));
         let schema: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("avro/{f}: {e}"));
         tops.push(short(schema["name"].as_str().expect("a record name")));
         reader_of(&schema, &mut records, &mut skipped);
+        record_schemas(&schema, &mut skips);
     }
     for entry in NOT_READ_BY_EVENTS {
         assert!(
             skipped.contains(entry),
-            "NOT_READ_BY_EVENTS names {}.{}, which is no string field of the input records",
+            "NOT_READ_BY_EVENTS names {}.{}, which is no field of the input records",
             entry.0,
             entry.1
         );
@@ -324,27 +350,72 @@ fn direct_readers(root: &Path, files: &[&str]) -> String {
             code.push_str("        })\n    }\n}\n");
         }
     }
+    for (name, schema) in &skips {
+        code.push_str(&format!(
+            "impl Skip for crate::wire::{name} {{\n    fn skip(r: &mut Reader<'_>) -> Result<(), Bad> {{\n"
+        ));
+        for f in schema["fields"].as_array().expect("record fields") {
+            code.push_str(&format!("        {}?;\n", skip_of(&f["type"])));
+        }
+        code.push_str("        Ok(())\n    }\n}\n");
+    }
     for top in tops {
         code.push_str(&format!("impl Direct for crate::wire::{top} {{\n    fn read_direct(body: &[u8]) -> Option<Box<Self>> {{\n        whole(body)\n    }}\n    fn read_direct_input(body: &[u8]) -> Option<Box<Self>> {{\n        whole_input(body)\n    }}\n}}\n"));
     }
     code
 }
 
-/// The reader for events of a string field they do not read: the string checked and not kept.
-fn skip_of(schema: &serde_json::Value, at: &str) -> String {
+/// The records `schema` defines, each name once, with their schemas.
+fn record_schemas(schema: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
     use serde_json::Value;
-    let is_string = |v: &Value| v == "string";
     match schema {
-        v if is_string(v) => "r.string::<Unread>().map(|_| Default::default())".into(),
-        Value::Array(b) if b.len() == 2 && b.iter().any(|v| v == "null") => {
-            let n = b.iter().position(|v| v == "null").expect("a null branch");
-            assert!(
-                is_string(&b[1 - n]),
-                "{at}: only string fields are left unread"
-            );
-            format!("r.optional({n}, |r| r.string::<Unread>()).map(|_| None)")
+        Value::Array(items) => items.iter().for_each(|v| record_schemas(v, out)),
+        Value::Object(o) => {
+            if o.get("type").and_then(Value::as_str) == Some("record") {
+                let name = short(o["name"].as_str().expect("a record name"));
+                if !out.iter().any(|(n, _)| *n == name) {
+                    out.push((name, schema.clone()));
+                }
+                for f in o["fields"].as_array().expect("record fields") {
+                    record_schemas(&f["type"], out);
+                }
+            } else if let Some(items) = o.get("items") {
+                record_schemas(items, out);
+            } else if let Some(t) = o.get("type").filter(|t| !t.is_string()) {
+                record_schemas(t, out);
+            }
         }
-        _ => panic!("{at}: only string fields are left unread"),
+        _ => {}
+    }
+}
+
+/// An expression (a `Result<(), Bad>`) reading past one value of `schema`, checking it as its
+/// reader does and keeping nothing; a record's is its `Skip` impl (generated for every record).
+fn skip_of(schema: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match schema {
+        Value::String(t) => match t.as_str() {
+            "string" => "r.string::<Unread>().map(|_| ())".into(),
+            "long" => "r.long().map(|_| ())".into(),
+            "int" => "r.int().map(|_| ())".into(),
+            "double" => "r.double().map(|_| ())".into(),
+            "boolean" => "r.boolean().map(|_| ())".into(),
+            named => format!("<crate::wire::{} as Skip>::skip(r)", short(named)),
+        },
+        Value::Array(b) => {
+            let n = b.iter().position(|v| v == "null").expect("a null branch");
+            format!("r.optional({n}, |r| {}).map(|_| ())", skip_of(&b[1 - n]))
+        }
+        Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+            Some("record") => format!(
+                "<crate::wire::{} as Skip>::skip(r)",
+                short(o["name"].as_str().expect("a record name"))
+            ),
+            Some("array") => format!("r.skip_array(|r| {})", skip_of(&o["items"])),
+            Some(p) => skip_of(&Value::String(p.into())),
+            None => panic!("unsupported schema {schema}"),
+        },
+        _ => panic!("unsupported schema {schema}"),
     }
 }
 
@@ -417,7 +488,7 @@ fn reader_of(
                             .find(|(r, a)| *r == name && *a == avro);
                         let skip = unread.map(|entry| {
                             skipped.push(*entry);
-                            skip_of(&f["type"], &format!("{name}.{avro}"))
+                            format!("{}.map(|()| Default::default())", skip_of(&f["type"]))
                         });
                         (field, reader_of(&f["type"], records, skipped), skip)
                     })

@@ -744,9 +744,10 @@ impl SchemaCatalog {
         self.decode_input(family, payload).map(|(m, _)| m)
     }
 
-    /// A payload any Tailor can read (see [`Origin::portable`]) for a message that is not:
-    /// a Confluent datum written with the reader schema gets the single-object header; anything
-    /// else (JSON, another writer version) is encoded again from the decoded message.
+    /// A payload any Tailor can read (see [`Origin::portable`]): a portable one as it is; a
+    /// Confluent datum written with the reader schema with the single-object header instead;
+    /// anything else (JSON, another writer version: decoded whole, by serde) encoded again from
+    /// the decoded message.
     pub fn portable_payload(
         &self,
         payload: &[u8],
@@ -758,11 +759,20 @@ impl SchemaCatalog {
             InputMessage::Backoffice(_) => Family::Backoffice.record_name(),
             InputMessage::Profile(_) => Family::Profile.record_name(),
         };
+        // A datum written with the reader schema goes as it came (it may have been decoded for
+        // an event, without what events do not read: never encoded again).
+        if origin.portable() {
+            return Ok(payload.to_vec());
+        }
         if origin.framing == Framing::Confluent && origin.direct {
             return self
                 .confluent_to_single_object(name, payload)
                 .ok_or_else(|| EncodeError(format!("no schema {name}")));
         }
+        debug_assert!(
+            !origin.direct,
+            "only a message decoded whole is encoded again"
+        );
         match msg {
             InputMessage::Storefront(v) => self.encode(name, v),
             InputMessage::Backoffice(v) => self.encode(name, v),
