@@ -465,6 +465,10 @@ mod tests {
         }
         for item in &mut b.product_list_items {
             item.product_image_url = Some("https://shop.example/i.png".into());
+            item.selected_options = vec![crate::wire::SelectedOption {
+                attribute: "size".into(),
+                value: "M".into(),
+            }];
             item.currency_code = Some("EUR".into());
             item.categories = vec![
                 ProductCategory {
@@ -585,7 +589,7 @@ mod tests {
             seed
         };
         let (mut read, mut refused) = (0, 0);
-        for (family, body) in bodies() {
+        for (family, body) in bodies().into_iter().chain(variants()) {
             for _ in 0..1000 {
                 let mut m = body.clone();
                 let at = next() as usize % m.len();
