@@ -561,7 +561,9 @@ impl Core {
 
     /// Evaluates the profile at `now` after `why`: every segment, or with `changed` only those
     /// whose rules read something in it ([`SegmentSet::evaluate_with_next`]), the others taking
-    /// their next changes from the profile's `known_nexts`, which it leaves up to date.
+    /// their next changes from the profile's `known_nexts`, which it leaves up to date; a timer
+    /// with every next change known, only the segments due and those that use them
+    /// ([`SegmentSet::evaluate_due`]).
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &mut self,
@@ -604,14 +606,30 @@ impl Core {
         {
             known = empty;
         }
-        let (skipped, next_timer) = self.segments.evaluate_with_next(
-            profile,
-            now,
-            keep,
-            &mut self.results,
-            &mut self.nexts,
-            Some(&mut known),
-        );
+        // A timer evaluates only the segments due and those that use them, when the profile's
+        // next changes are all known (a profile kept in memory); everything otherwise.
+        let due = match (&why, keep) {
+            (Why::Timer(_), None) if self.incremental => self.segments.evaluate_due(
+                profile,
+                now,
+                &self.stored,
+                &mut self.results,
+                &mut self.nexts,
+                &mut known,
+            ),
+            _ => None,
+        };
+        let (skipped, next_timer) = match due {
+            Some(r) => r,
+            None => self.segments.evaluate_with_next(
+                profile,
+                now,
+                keep,
+                &mut self.results,
+                &mut self.nexts,
+                Some(&mut known),
+            ),
+        };
         profile.known_nexts = known;
         self.skipped += skipped;
         #[cfg(debug_assertions)]

@@ -409,6 +409,54 @@ impl SegmentSet {
         (skipped, nexts.iter().flatten().min().copied())
     }
 
+    /// A timer's evaluation at `now`, its due time, from the profile's next changes (`known`)
+    /// and stored results: only the segments whose next change is due by `now`, and those that
+    /// use them (`in_segment`), are evaluated; the others keep their results and next changes
+    /// (nothing they read changed, and the time has not reached their next change). Fills
+    /// `results` and `nexts` and brings `known` up to date, as [`Self::evaluate_with_next`]
+    /// does; returns how many segments kept their result and the earliest next change. `None`
+    /// (nothing done) when a next change is not known: the timer then evaluates everything.
+    pub fn evaluate_due(
+        &self,
+        profile: &Profile,
+        now: i64,
+        stored: &[bool],
+        results: &mut Vec<bool>,
+        nexts: &mut Vec<Option<i64>>,
+        known: &mut KnownNexts,
+    ) -> Option<(u64, Option<i64>)> {
+        let n = self.segments.len();
+        if known.set != self.id
+            || self.id == 0
+            || known.at.len() != n
+            || stored.len() != n
+            || known.at.contains(&KnownNexts::UNKNOWN)
+        {
+            return None;
+        }
+        results.clear();
+        results.extend_from_slice(stored);
+        nexts.clear();
+        nexts.extend(known.at.iter().map(|&t| KnownNexts::next(t)));
+        // Evaluated, by place: due now, or using one that is (`deps` lists every segment a
+        // rule uses, directly or not, all before it).
+        let mut evaluated = vec![false; n];
+        let mut skipped = 0;
+        for (i, seg) in self.segments.iter().enumerate() {
+            let due = known.at[i] <= now;
+            if !due && !seg.deps.iter().any(|&d| evaluated[d]) {
+                skipped += 1;
+                continue;
+            }
+            evaluated[i] = true;
+            let (hit, next) = seg.evaluate_next(profile, now, results, nexts);
+            results[i] = hit;
+            nexts[i] = next;
+            known.at[i] = KnownNexts::raw(next);
+        }
+        Some((skipped, nexts.iter().flatten().min().copied()))
+    }
+
     /// Which segments of word `w` (64 per word, in evaluation order) read something in
     /// `changed` ([`plan::inputs`] bits), as bits.
     #[inline]

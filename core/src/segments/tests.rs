@@ -844,6 +844,7 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
         offset: 0,
     };
     let (mut skipped, mut changes, mut fired, mut early) = (0u64, 0usize, 0u64, 0usize);
+    let mut differ = 0usize;
     for set in [reading_everything(), examples, named, many] {
         let set = Arc::new(set);
         let mut some = Core::new(set.clone());
@@ -890,10 +891,10 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
                 assert_eq!(format!("{:?}", a.triggers), format!("{:?}", b.triggers));
                 assert_eq!(format!("{:?}", c.changes), format!("{:?}", b.changes));
                 assert_eq!(p.segments, q.segments);
-                assert_eq!(
-                    r.next_timer, p.next_timer,
-                    "read back or kept, the same timer"
-                );
+                differ += usize::from(r.next_timer != p.next_timer);
+                assert!(q
+                    .next_timer
+                    .is_none_or(|t| r.next_timer.is_some_and(|n| n <= t)));
                 // Never later; when earlier, the timer finds nothing to change.
                 assert!(q
                     .next_timer
@@ -913,10 +914,16 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
         "{skipped} {changes} {fired}"
     );
     // And the segments left alone had their own timers worked out where the event moved the
-    // earliest: no event of these sets set a timer earlier than the full pass (the code that
-    // gave them the old timer did at 49 of these 7,200 events). A rule evaluated at an event
-    // that uses a segment left alone can still set one early, never late.
-    assert_eq!(early, 0, "events that set an early timer");
+    // earliest (the code that gave them the old timer set 49 of these 7,200 events' timers
+    // early). A timer evaluates only the segments due, so a left-alone rule's next change that
+    // is a bound (a conjunction's, say) stays as its last walk left it rather than moving with
+    // each timer: 2 of these 7,200 events' timers come earlier than the full pass's that way
+    // (such a timer finds nothing to change, and walks that rule again); never later.
+    assert!(early <= 10, "{early} events set an early timer");
+    assert!(
+        differ <= 10,
+        "{differ} events timed otherwise read back than kept"
+    );
 }
 
 /// An event that moves the next change of the segment that set the profile's timer leaves the
@@ -1025,6 +1032,63 @@ fn a_profile_kept_in_memory_times_the_segments_left_alone_from_its_last_evaluati
     let ev = event(EventType::ProductPageView, T0 + 210 * 60_000, 0.0);
     core.process("k", &mut kept, &ev, source, ev.time, &mut out);
     assert_eq!(kept.next_timer, Some(soon));
+}
+
+/// A timer evaluates the segments whose next change is due and those that use them; the others
+/// keep their results and next changes: a next change put in a profile kept in memory for a
+/// segment not due stays the timer after the due one fires (its rule is not walked).
+#[test]
+fn a_timer_evaluates_only_the_segments_due() {
+    let set = std::sync::Arc::new(
+        SegmentSet::parse(
+            "segments:\n  - id: viewed\n    rule: count(productPageView, 1h) >= 1\n  - id: carted\n    rule: count(addToCart, 7d) >= 1\n  - id: both\n    rule: in_segment(\"viewed\") and in_segment(\"carted\")\n",
+        )
+        .unwrap(),
+    );
+    let source = crate::audience::Source {
+        topic: "t",
+        partition: 0,
+        offset: 0,
+    };
+    let mut core = crate::audience::Core::new(set.clone());
+    let mut out = crate::audience::Outputs::default();
+    let mut p = Profile::default();
+    for ev in [
+        event(EventType::AddToCart, T0, 0.0),
+        event(EventType::ProductPageView, T0 + 60_000, 0.0),
+    ] {
+        core.process("k", &mut p, &ev, source, ev.time, &mut out);
+    }
+    let ids = |p: &Profile| {
+        p.segments
+            .iter()
+            .map(|m| m.segment.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&p), ["both", "carted", "viewed"]);
+    // "carted" changes in a week; say two hours instead.
+    let carted = set.index_of("carted").unwrap();
+    let said = T0 + 2 * H;
+    assert!(p.known_nexts.at[carted] > T0 + 7 * 24 * H);
+    p.known_nexts.at[carted] = said;
+    out.clear();
+    core.advance("k", &mut p, T0 + 90 * 60_000, &mut out);
+    // The view left its hour: "viewed" exited and "both", which uses it, with it.
+    assert_eq!(ids(&p), ["carted"]);
+    assert_eq!(out.changes.len(), 2);
+    assert_eq!(out.timers_fired, 1);
+    assert_eq!(
+        p.next_timer,
+        Some(said),
+        "carted's rule was not walked again"
+    );
+    // A profile read from the state has no next changes: its timer evaluates everything.
+    let mut read = crate::profile::decode(&crate::profile::encode(&p)).unwrap();
+    let mut results = Vec::new();
+    let (_, full) = set.evaluate_with_next(&read, said, None, &mut results, &mut Vec::new(), None);
+    read.next_timer = Some(said);
+    core.advance("k", &mut read, said, &mut out);
+    assert_eq!(read.next_timer, full, "walked: carted's own next change");
 }
 
 /// A sum in a window flips when evaluation says so: taking the leaving buckets off the current
