@@ -483,7 +483,8 @@ impl Core {
         // evaluation) has neither: everything is evaluated.
         // And every [`FULL_EVALUATION_EVERY`]th event of a profile evaluates everything: a
         // backstop, should a rule's next change ever be computed late, as a full evaluation at
-        // every event was.
+        // every event was (timers of a profile kept in memory evaluate only the segments due;
+        // one read from the store evaluates everything at its first timer).
         let known = if fresh {
             self.segments.empty_results().is_some()
         } else {

@@ -130,9 +130,10 @@ pub const RULES_ENGINE: u32 = 2;
 ///
 /// An event evaluates only the segments whose rules read something it changed; the others
 /// keep their results, and their next changes are where the last evaluation put them (their
-/// inputs did not change, and the time has not reached them: a due timer fires, and evaluates
-/// everything, before the event). Where that is known, the profile's next timer is found
-/// without walking the rules left alone ([`SegmentSet::evaluate_with_next`]); a segment whose
+/// inputs did not change, and the time has not reached them: a due timer fires before the
+/// event). Where that is known, the profile's next timer is found without walking the rules
+/// left alone ([`SegmentSet::evaluate_with_next`]), and a timer evaluates only the segments
+/// due and those that use them ([`SegmentSet::evaluate_due`]); a segment whose
 /// next change was never worked out (a decoded profile, definitions changed) is
 /// [`KnownNexts::UNKNOWN`] until an evaluation works it out. Compares equal to any other: it
 /// is a cache of the profile's values, not one of them.
