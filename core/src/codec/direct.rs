@@ -103,43 +103,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(super) fn array<T>(
+    /// An array's blocks: `block` is given each block's item count, checked (a negative count
+    /// is followed by the block's size in bytes; every item of our records takes at least one
+    /// byte, so a longer count is garbage, refused before anything is allocated for it), and
+    /// reads that many items.
+    #[inline(always)]
+    fn blocks(
         &mut self,
-        mut read: impl FnMut(&mut Self) -> Result<T, Bad>,
-    ) -> Result<Vec<T>, Bad> {
-        let mut items = Vec::new();
-        loop {
-            let mut count = self.long()?;
-            if count == 0 {
-                return Ok(items);
-            }
-            if count < 0 {
-                count = count.checked_neg().ok_or(Bad)?;
-                // The block's size in bytes, for readers that skip it.
-                if self.long()? < 0 {
-                    return Err(Bad);
-                }
-            }
-            // Every item of our records takes at least one byte: a longer count is garbage,
-            // refused before anything is allocated for it.
-            let count = usize::try_from(count).map_err(|_| Bad)?;
-            if count > self.remaining() {
-                return Err(Bad);
-            }
-            items.reserve(count);
-            for _ in 0..count {
-                items.push(read(self)?);
-            }
-        }
-    }
-}
-
-impl Reader<'_> {
-    /// Reads past an array as [`Reader::array`] reads it (the same blocks, counts and checks),
-    /// keeping nothing.
-    pub(super) fn skip_array(
-        &mut self,
-        mut skip: impl FnMut(&mut Self) -> Result<(), Bad>,
+        mut block: impl FnMut(&mut Self, usize) -> Result<(), Bad>,
     ) -> Result<(), Bad> {
         loop {
             let mut count = self.long()?;
@@ -156,10 +127,32 @@ impl Reader<'_> {
             if count > self.remaining() {
                 return Err(Bad);
             }
-            for _ in 0..count {
-                skip(self)?;
-            }
+            block(self, count)?;
         }
+    }
+
+    pub(super) fn array<T>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Result<T, Bad>,
+    ) -> Result<Vec<T>, Bad> {
+        let mut items = Vec::new();
+        self.blocks(|r, count| {
+            items.reserve(count);
+            for _ in 0..count {
+                items.push(read(r)?);
+            }
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    /// Reads past an array as [`Reader::array`] reads it (the same blocks and checks), keeping
+    /// nothing.
+    pub(super) fn skip_array(
+        &mut self,
+        mut skip: impl FnMut(&mut Self) -> Result<(), Bad>,
+    ) -> Result<(), Bad> {
+        self.blocks(|r, count| (0..count).try_for_each(|_| skip(r)))
     }
 }
 

@@ -926,17 +926,15 @@ fn evaluating_only_what_an_event_changed_gives_the_same_outputs() {
     );
 }
 
-/// An event that moves the next change of the segment that set the profile's timer leaves the
-/// segments it does not re-evaluate with their own next changes, not that old timer: a timer set
-/// there would fire and find nothing to change.
-#[test]
-fn a_timer_the_event_moved_is_not_kept_for_the_segments_left_alone() {
-    let set = std::sync::Arc::new(
-        SegmentSet::parse(
-            "segments:\n  - id: viewed\n    rule: count(productPageView, 1h) >= 1\n  - id: carted\n    rule: count(addToCart, 7d) >= 1\n",
-        )
-        .unwrap(),
-    );
+/// A core of `set` and a profile that added to its cart at T0 and viewed a product a minute
+/// later, and the source its events came from.
+fn carted_then_viewed(
+    set: &std::sync::Arc<SegmentSet>,
+) -> (
+    crate::audience::Core,
+    Profile,
+    crate::audience::Source<'static>,
+) {
     let source = crate::audience::Source {
         topic: "t",
         partition: 0,
@@ -951,6 +949,22 @@ fn a_timer_the_event_moved_is_not_kept_for_the_segments_left_alone() {
     ] {
         core.process("k", &mut p, &ev, source, ev.time, &mut out);
     }
+    (core, p, source)
+}
+
+/// An event that moves the next change of the segment that set the profile's timer leaves the
+/// segments it does not re-evaluate with their own next changes, not that old timer: a timer set
+/// there would fire and find nothing to change.
+#[test]
+fn a_timer_the_event_moved_is_not_kept_for_the_segments_left_alone() {
+    let set = std::sync::Arc::new(
+        SegmentSet::parse(
+            "segments:\n  - id: viewed\n    rule: count(productPageView, 1h) >= 1\n  - id: carted\n    rule: count(addToCart, 7d) >= 1\n",
+        )
+        .unwrap(),
+    );
+    let (mut core, mut p, source) = carted_then_viewed(&set);
+    let mut out = crate::audience::Outputs::default();
     // The view leaves its hour first (its 5-minute bucket's end, within the hour after it).
     let first = p.next_timer.expect("the view leaves its window");
     assert!(first > T0 + 60_000 && first <= T0 + 60_000 + H + 5 * 60_000);
@@ -1045,20 +1059,8 @@ fn a_timer_evaluates_only_the_segments_due() {
         )
         .unwrap(),
     );
-    let source = crate::audience::Source {
-        topic: "t",
-        partition: 0,
-        offset: 0,
-    };
-    let mut core = crate::audience::Core::new(set.clone());
+    let (mut core, mut p, _) = carted_then_viewed(&set);
     let mut out = crate::audience::Outputs::default();
-    let mut p = Profile::default();
-    for ev in [
-        event(EventType::AddToCart, T0, 0.0),
-        event(EventType::ProductPageView, T0 + 60_000, 0.0),
-    ] {
-        core.process("k", &mut p, &ev, source, ev.time, &mut out);
-    }
     let ids = |p: &Profile| {
         p.segments
             .iter()
