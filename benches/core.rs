@@ -30,6 +30,17 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Bytes asked for and not yet freed by this thread (requested sizes, not the allocator's
+    /// size classes): [`profile_memory`]'s measure.
+    static LIVE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+fn live() -> i64 {
+    LIVE.with(|n| n.get())
+}
+
+fn add_live(bytes: i64) {
+    let _ = LIVE.try_with(|n| n.set(n.get() + bytes));
 }
 
 fn allocations() -> u64 {
@@ -45,21 +56,25 @@ fn count_one() {
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_one();
+        add_live(layout.size() as i64);
         unsafe { tailor::allocator::Mimalloc.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_one();
+        add_live(layout.size() as i64);
         unsafe { tailor::allocator::Mimalloc.alloc_zeroed(layout) }
     }
 
     /// A growth or shrink counts as an allocation (it may move the block).
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         count_one();
+        add_live(new as i64 - layout.size() as i64);
         unsafe { tailor::allocator::Mimalloc.realloc(ptr, layout, new) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        add_live(-(layout.size() as i64));
         unsafe { tailor::allocator::Mimalloc.dealloc(ptr, layout) }
     }
 }
@@ -406,6 +421,63 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
+/// What a profile takes in memory (the worker's cache holds `state.cache_profiles` of them),
+/// printed before the timings: its struct and the heap blocks it owns (bytes asked for, counted
+/// by the bench's allocator; the allocator's rounding to its size classes comes on top), for a
+/// shopper after its first event (the wide workload: most shoppers have one or two) and after
+/// all of the samples' events, as the events built it (spare capacity included) and as read
+/// back from its encoded state (what a cache miss holds), next to the encoded size.
+fn profile_memory() {
+    let events = load();
+    let decoder = SchemaCatalog::builtin();
+    let set = segments();
+    let decoded: Vec<(String, Event)> = events
+        .iter()
+        .map(|e| {
+            let input = decoder.decode_for_event(e.family, &e.payload).unwrap().0;
+            (
+                e.key.clone(),
+                Event::from_input(input, i64::MAX / 2).unwrap(),
+            )
+        })
+        .collect();
+    let first_only: Vec<&(String, Event)> = {
+        let mut seen = std::collections::HashSet::new();
+        decoded.iter().filter(|(k, _)| seen.insert(k)).collect()
+    };
+    let line = |what: &str, pairs: Vec<&(String, Event)>| {
+        let mut run = Run::new(&set);
+        let before = live();
+        for (key, ev) in pairs {
+            run.apply(key, ev);
+        }
+        let n = run.profiles.len() as i64;
+        // The map's table and keys are not the profiles': taken off (hashbrown: a slot per
+        // bucket and a control byte per bucket and group).
+        let keys: i64 = run.profiles.keys().map(|k| k.capacity() as i64).sum();
+        let buckets = (run.profiles.capacity() * 8 / 7).next_power_of_two() as i64;
+        let table = buckets * (std::mem::size_of::<(String, Profile)>() as i64 + 1) + 16;
+        let built = (live() - before - keys - table) as f64 / n as f64;
+        let encoded: Vec<Vec<u8>> = run.profiles.values().map(tailor::profile::encode).collect();
+        let before = live();
+        let back: Vec<Profile> = encoded
+            .iter()
+            .map(|b| tailor::profile::decode(b).unwrap())
+            .collect();
+        let read = (live() - before) as f64 / n as f64 - std::mem::size_of::<Profile>() as f64;
+        let bytes = encoded.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
+        drop(back);
+        println!(
+            "profile memory, {what} ({n} shoppers): {} B struct; heap {:.0} B as the events built it, {:.0} B as read back from its state; {bytes:.0} B encoded",
+            std::mem::size_of::<Profile>(),
+            built,
+            read,
+        );
+    };
+    line("after a shopper's first event", first_only);
+    line("after all of the samples' events", decoded.iter().collect());
+}
+
 /// With `TAILOR_ICOUNT_STEP` set, runs that one step `TAILOR_ICOUNT_PASSES` times (default 1)
 /// over the samples and exits, without criterion: `scripts/icount.sh` runs it under cachegrind
 /// twice (one pass, two passes) and takes the difference, the instructions of one pass. On this
@@ -420,6 +492,7 @@ fn main() {
         icount(&step, passes);
         return;
     }
+    profile_memory();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

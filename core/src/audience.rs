@@ -748,6 +748,7 @@ impl Core {
             };
             let direction = match (member, pos) {
                 (true, Err(i)) => {
+                    crate::profile::room_for_one(&mut profile.segments);
                     profile.segments.insert(
                         i,
                         Membership {
@@ -809,6 +810,7 @@ impl Core {
             if profile.recent_changes.len() >= RECENT_CHANGES {
                 profile.recent_changes.remove(0);
             }
+            crate::profile::room_for_one(&mut profile.recent_changes);
             profile.recent_changes.push(RecentChange {
                 segment: c.segment_id.clone(),
                 entered: c.direction == Direction::Entered,

@@ -112,6 +112,7 @@ impl Journey {
         let i = match pos {
             Ok(i) => i,
             Err(i) => {
+                crate::profile::room_for_one(&mut profile.journeys);
                 profile.journeys.insert(
                     i,
                     JourneyState {
