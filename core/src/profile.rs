@@ -1355,22 +1355,33 @@ pub fn message_hash(event_id: &str, payload: &[u8]) -> u64 {
     h.digest()
 }
 
-/// The buffer a profile is encoded into (held until the commit's write). The core bench's
-/// `state_encode`, on the samples' profiles: at 512 bytes 1.64 allocations per profile (each
-/// growth a copy of what was written), at 1024 1.11 (measured through serde, before the
-/// encoding was written by hand).
+/// The buffer a profile is encoded into: [`encode_as`]'s, and the capacity [`encode`]'s
+/// scratch buffer starts with. The core bench's `state_encode`, on the samples' profiles: at
+/// 512 bytes 1.64 allocations per profile (each growth a copy of what was written), at 1024
+/// 1.11 (measured through serde, before the encoding was written by hand).
 const ENCODE_CAPACITY: usize = 1024;
+
+thread_local! {
+    /// [`encode`]'s scratch buffer, one per thread, kept at the largest profile it encoded.
+    static ENCODE_SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(ENCODE_CAPACITY));
+}
 
 /// `p` in [`STATE_VERSION`], written by hand (`layout/write.rs`): the bytes [`encode_as`]
 /// writes through postcard's serde, in 6,047 instructions per profile of the core bench's
-/// samples instead of 8,317 (`scripts/icount.sh state_encode`).
+/// samples instead of 8,317 (`scripts/icount.sh state_encode`). Written into a scratch buffer
+/// and copied out at its length: the bytes are held until the commit's write, thousands per
+/// batch, and a buffer of [`ENCODE_CAPACITY`] each (for ~270 bytes of a shopper with an event or
+/// two) spread them over four times the memory.
 pub fn encode(p: &Profile) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ENCODE_CAPACITY);
-    out.push(STATE_VERSION);
-    p.encode(&mut out);
-    out.push(u8::from(p.next_timer.is_some()));
-    out.extend_from_slice(&p.next_timer.unwrap_or(0).to_be_bytes());
-    out
+    ENCODE_SCRATCH.with_borrow_mut(|out| {
+        out.clear();
+        out.push(STATE_VERSION);
+        p.encode(out);
+        out.push(u8::from(p.next_timer.is_some()));
+        out.extend_from_slice(&p.next_timer.unwrap_or(0).to_be_bytes());
+        out.as_slice().to_vec()
+    })
 }
 
 /// `p` in state version `version`, from 5 (the first with the next timer's trailer) to
