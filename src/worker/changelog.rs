@@ -65,9 +65,15 @@ const MIRROR_GIVE_UP: Duration = Duration::from_secs(120);
 /// A state record's key: the column family's id, then the store key.
 pub fn record_key(cf: u8, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
-    k.push(cf);
-    k.extend_from_slice(key);
+    record_key_into(&mut k, cf, key);
     k
+}
+
+/// [`record_key`] into `out` (cleared first): one buffer for a batch's records.
+pub fn record_key_into(out: &mut Vec<u8>, cf: u8, key: &[u8]) {
+    out.clear();
+    out.push(cf);
+    out.extend_from_slice(key);
 }
 
 /// A changelog record: a state write, or a batch's marker.
@@ -350,18 +356,12 @@ async fn mirror_once(
     metrics: &Metrics,
 ) -> Result<Vec<(i32, i64)>, Error> {
     let mut deliveries = Vec::new();
+    // Each record's key built in one buffer (librdkafka copies it).
+    let mut key = Vec::new();
     for (p, ops) in ops {
         for op in ops.iter().filter(|o| !o.is_derived()) {
-            deliveries.push(
-                send_async(
-                    producer,
-                    topic,
-                    *p,
-                    &record_key(op.cf, &op.key),
-                    op.value.as_deref(),
-                )
-                .await?,
-            );
+            record_key_into(&mut key, op.cf, &op.key);
+            deliveries.push(send_async(producer, topic, *p, &key, op.value.as_deref()).await?);
         }
     }
     let records = deliveries.len() as u64;

@@ -301,8 +301,8 @@ impl Collector {
                 }
                 out = self.oversized(out, size);
             }
-            let topic = self.topics[out.topic.index()].clone();
-            let mut record = FutureRecord::<[u8], [u8]>::to(&topic).key(&out.key[..]);
+            let topic = &self.topics[out.topic.index()];
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(&out.key[..]);
             if let Some(p) = &out.payload {
                 record = record.payload(&p[..]);
             }
@@ -325,7 +325,7 @@ impl Collector {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    Err((e, _)) => return Err(kafka::delivery_error(&topic, &e)),
+                    Err((e, _)) => return Err(kafka::delivery_error(topic, &e)),
                 }
             }
         }
