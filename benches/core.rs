@@ -30,17 +30,24 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    /// Bytes asked for and not yet freed by this thread (requested sizes, not the allocator's
-    /// size classes): [`profile_memory`]'s measure.
+    /// Bytes asked for and not yet freed by this thread while [`MEASURING`] (requested sizes,
+    /// not the allocator's size classes): [`profile_memory`]'s measure.
     static LIVE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
 }
+
+/// On during [`profile_memory`] only: the counts of `scripts/icount.sh` stay those of the
+/// allocation counter alone.
+static MEASURING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn live() -> i64 {
     LIVE.with(|n| n.get())
 }
 
+#[inline]
 fn add_live(bytes: i64) {
-    let _ = LIVE.try_with(|n| n.set(n.get() + bytes));
+    if MEASURING.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = LIVE.try_with(|n| n.set(n.get() + bytes));
+    }
 }
 
 fn allocations() -> u64 {
@@ -423,10 +430,12 @@ criterion_group!(benches, bench);
 
 /// What a profile takes in memory (the worker's cache holds `state.cache_profiles` of them),
 /// printed before the timings: its struct and the heap blocks it owns (bytes asked for, counted
-/// by the bench's allocator; the allocator's rounding to its size classes comes on top), for a
-/// shopper after its first event (the wide workload: most shoppers have one or two) and after
-/// all of the samples' events, as the events built it (spare capacity included) and as read
-/// back from its encoded state (what a cache miss holds), next to the encoded size.
+/// by the bench's allocator while the profiles are dropped; the allocator's rounding to its
+/// size classes and the cache entry's own come on top), for a shopper after its first event (the
+/// wide workload: most shoppers have one or two) and after all of the samples' events, as the
+/// events built it (spare capacity and the segments' next changes included) and as read back
+/// from its encoded state (what a cache miss holds until its first evaluation adds the next
+/// changes), next to the encoded size.
 fn profile_memory() {
     let events = load();
     let decoder = SchemaCatalog::builtin();
@@ -445,33 +454,34 @@ fn profile_memory() {
         let mut seen = std::collections::HashSet::new();
         decoded.iter().filter(|(k, _)| seen.insert(k)).collect()
     };
+    // The heap a list of profiles owns: what dropping it frees, less the list's own buffer.
+    let heap = |profiles: Vec<Profile>| -> f64 {
+        let n = profiles.len();
+        MEASURING.store(true, std::sync::atomic::Ordering::Relaxed);
+        let before = live();
+        drop(profiles);
+        let freed = before - live();
+        MEASURING.store(false, std::sync::atomic::Ordering::Relaxed);
+        freed as f64 / n as f64 - std::mem::size_of::<Profile>() as f64
+    };
     let line = |what: &str, pairs: Vec<&(String, Event)>| {
         let mut run = Run::new(&set);
-        let before = live();
         for (key, ev) in pairs {
             run.apply(key, ev);
         }
-        let n = run.profiles.len() as i64;
-        // The map's table and keys are not the profiles': taken off (hashbrown: a slot per
-        // bucket and a control byte per bucket and group).
-        let keys: i64 = run.profiles.keys().map(|k| k.capacity() as i64).sum();
-        let buckets = (run.profiles.capacity() * 8 / 7).next_power_of_two() as i64;
-        let table = buckets * (std::mem::size_of::<(String, Profile)>() as i64 + 1) + 16;
-        let built = (live() - before - keys - table) as f64 / n as f64;
-        let encoded: Vec<Vec<u8>> = run.profiles.values().map(tailor::profile::encode).collect();
-        let before = live();
+        let built: Vec<Profile> = run.profiles.into_values().collect();
+        let n = built.len();
+        let encoded: Vec<Vec<u8>> = built.iter().map(tailor::profile::encode).collect();
+        let bytes = encoded.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
         let back: Vec<Profile> = encoded
             .iter()
             .map(|b| tailor::profile::decode(b).unwrap())
             .collect();
-        let read = (live() - before) as f64 / n as f64 - std::mem::size_of::<Profile>() as f64;
-        let bytes = encoded.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
-        drop(back);
         println!(
             "profile memory, {what} ({n} shoppers): {} B struct; heap {:.0} B as the events built it, {:.0} B as read back from its state; {bytes:.0} B encoded",
             std::mem::size_of::<Profile>(),
-            built,
-            read,
+            heap(built),
+            heap(back),
         );
     };
     line("after a shopper's first event", first_only);

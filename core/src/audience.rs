@@ -1066,6 +1066,39 @@ journeys:
             .collect()
     }
 
+    /// A shopper's memberships and recent changes hold no spare entries while short (the
+    /// lists grow one entry at a time up to four: `profile::room_for_one`).
+    #[test]
+    fn memberships_and_recent_changes_of_a_new_shopper_hold_no_spare_entries() {
+        let mut core = core(
+            "segments:\n  - id: fresh\n    rule: since(last productPageView) < 30m\n  - id: browsing\n    rule: count(productPageView, 1h) >= 2\n",
+        );
+        let mut p = Profile::default();
+        let spare = |p: &Profile| {
+            (
+                p.segments.capacity() - p.segments.len(),
+                p.recent_changes.capacity() - p.recent_changes.len(),
+            )
+        };
+        let out = run(
+            &mut core,
+            &mut p,
+            &[ev(EventType::ProductPageView, "v1", T)],
+        );
+        assert_eq!(changes(&out), vec![("fresh", Direction::Entered, T)]);
+        assert_eq!((p.segments.len(), spare(&p)), (1, (0, 0)));
+        let out = run(
+            &mut core,
+            &mut p,
+            &[ev(EventType::ProductPageView, "v2", T + MIN)],
+        );
+        assert_eq!(
+            changes(&out),
+            vec![("browsing", Direction::Entered, T + MIN)]
+        );
+        assert_eq!((p.segments.len(), spare(&p)), (2, (0, 0)));
+    }
+
     #[test]
     fn a_membership_finds_its_segment_under_other_definitions_too() {
         // `fresh` is third here and first there: a profile evaluated by one core, then by the

@@ -129,6 +129,7 @@ impl Journey {
         if state.causes.len() >= JOURNEY_CAUSES {
             state.causes.remove(0);
         }
+        crate::profile::room_for_one(&mut state.causes);
         state.causes.push(hash);
         Ok(())
     }

@@ -58,6 +58,11 @@ pub const ORDER_EVENTS: [EventType; 5] = [
 /// Most affinity scores kept per kind (categories, brands); the weakest goes first.
 pub const MAX_AFFINITIES: usize = 32;
 
+/// Products viewed kept for journeys (browse abandonment), latest last.
+pub const RECENT_PRODUCTS: usize = 10;
+/// Causes remembered per journey, so one cause never triggers it twice.
+pub const JOURNEY_CAUSES: usize = 16;
+
 /// Up to this many entries, a profile's lists grow one entry at a time ([`room_for_one`]).
 const GROWN_ONE_AT_A_TIME: usize = 4;
 
@@ -66,16 +71,14 @@ const GROWN_ONE_AT_A_TIME: usize = 4;
 /// `Vec`'s first growth reserves four. A profile after its first event held 2.4 KB of heap that
 /// way, a quarter of it used (the core bench's `profile memory` line), in a cache of
 /// `state.cache_profiles` of them. Past [`GROWN_ONE_AT_A_TIME`] entries, the usual doubling.
+/// Called where events, timers and messages add entries; a merge's lists grow as `Vec` does.
 #[inline]
 pub(crate) fn room_for_one<T>(list: &mut Vec<T>) {
     if list.len() == list.capacity() && list.len() < GROWN_ONE_AT_A_TIME {
         list.reserve_exact(1);
     }
 }
-/// Products viewed kept for journeys (browse abandonment), latest last.
-pub const RECENT_PRODUCTS: usize = 10;
-/// Causes remembered per journey, so one cause never triggers it twice.
-pub const JOURNEY_CAUSES: usize = 16;
+
 /// Half-life of affinity scores: interest halves every 14 days without new signals.
 pub const AFFINITY_HALF_LIFE_MS: i64 = 14 * 86_400_000;
 
@@ -954,6 +957,7 @@ impl Profile {
         if self.seen.len() >= RECENT_MESSAGES {
             self.seen.remove(0);
         }
+        room_for_one(&mut self.seen);
         self.seen.push(hash);
         true
     }
@@ -966,6 +970,7 @@ impl Profile {
         if self.forwarded.len() >= RECENT_FORWARDED {
             self.forwarded.remove(0);
         }
+        room_for_one(&mut self.forwarded);
         self.forwarded.push(origin);
         true
     }
@@ -1025,6 +1030,7 @@ impl Profile {
                 true
             }
             None => {
+                room_for_one(&mut self.hops);
                 self.hops.push(Hop {
                     topic: topic.to_owned(),
                     partition,
@@ -1355,10 +1361,10 @@ pub fn message_hash(event_id: &str, payload: &[u8]) -> u64 {
     h.digest()
 }
 
-/// The buffer a profile is encoded into: [`encode_as`]'s, and the capacity [`encode`]'s
-/// scratch buffer starts with. The core bench's `state_encode`, on the samples' profiles: at
-/// 512 bytes 1.64 allocations per profile (each growth a copy of what was written), at 1024
-/// 1.11 (measured through serde, before the encoding was written by hand).
+/// The capacity [`encode`]'s scratch buffer starts with (it keeps the largest profile's), and
+/// [`encode_as`]'s buffer (tests and fuzz seeds only): through serde, on the core bench's
+/// samples, 512 bytes took 1.64 allocations per profile (each growth a copy of what was
+/// written), 1024 took 1.11. [`encode`] itself allocates once, the bytes at their length.
 const ENCODE_CAPACITY: usize = 1024;
 
 thread_local! {
@@ -1368,7 +1374,7 @@ thread_local! {
 }
 
 /// `p` in [`STATE_VERSION`], written by hand (`layout/write.rs`): the bytes [`encode_as`]
-/// writes through postcard's serde, in 6,047 instructions per profile of the core bench's
+/// writes through postcard's serde, in about 6,090 instructions per profile of the core bench's
 /// samples instead of 8,317 (`scripts/icount.sh state_encode`). Written into a scratch buffer
 /// and copied out at its length: the bytes are held until the commit's write, thousands per
 /// batch, and a buffer of [`ENCODE_CAPACITY`] each (for ~270 bytes of a shopper with an event or
@@ -1396,7 +1402,8 @@ pub fn encode_as(p: &Profile, version: u8) -> Vec<u8> {
     );
     let _layout = crate::layout::Reading::version(version);
     // Into one buffer sized for most profiles (growing from 8 bytes and copying the
-    // serialised bytes after the version showed in the worker's profile).
+    // serialised bytes after the version showed in the worker's profile, when the worker
+    // encoded through serde).
     let mut out = Vec::with_capacity(ENCODE_CAPACITY);
     out.push(version);
     let mut out = postcard::serialize_with_flavor(p, AppendVec(out)).expect("profile serialises");
@@ -1601,7 +1608,7 @@ mod tests {
     #[test]
     fn a_new_shoppers_lists_hold_what_they_have_and_no_more() {
         let mut p = Profile::default();
-        let view = |p: &mut Profile, t: i64, sku: &str, kind: EventType| {
+        let event = |p: &mut Profile, t: i64, sku: &str, kind: EventType| {
             let mut e = ev(kind, t, 0.0);
             let mut l = line(sku, 1.0, 10.0);
             l.category = Some(format!("cat-{sku}").into());
@@ -1632,17 +1639,19 @@ mod tests {
                 ("cart.lines", p.cart.lines.capacity() - p.cart.lines.len()),
             ]
         };
-        view(&mut p, 1_000, "A", EventType::ProductPageView);
+        event(&mut p, 1_000, "A", EventType::ProductPageView);
+        assert!(p.first_message(1));
+        assert_eq!(p.seen.capacity(), 1);
         assert_eq!(p.by_product.len(), 1);
         assert_eq!(p.recent_products.len(), 1);
         assert!(spare(&p).iter().all(|(_, n)| *n == 0), "{:?}", spare(&p));
-        view(&mut p, 2_000, "B", EventType::ProductPageView);
-        view(&mut p, 3_000, "B", EventType::AddToCart);
+        event(&mut p, 2_000, "B", EventType::ProductPageView);
+        event(&mut p, 3_000, "B", EventType::AddToCart);
         assert_eq!((p.counters.len(), p.recent_products.len()), (2, 2));
         assert_eq!(p.cart.lines.len(), 1);
         assert!(spare(&p).iter().all(|(_, n)| *n == 0), "{:?}", spare(&p));
         for (i, sku) in ["C", "D", "E", "F", "G"].into_iter().enumerate() {
-            view(&mut p, 4_000 + i as i64, sku, EventType::ProductPageView);
+            event(&mut p, 4_000 + i as i64, sku, EventType::ProductPageView);
         }
         assert_eq!(p.recent_products.len(), 7);
         assert_eq!(p.recent_products.capacity(), 8, "doubled past four");
