@@ -30,13 +30,14 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    /// Bytes asked for and not yet freed by this thread while [`MEASURING`] (requested sizes,
-    /// not the allocator's size classes): [`profile_memory`]'s measure.
+    /// Bytes allocated less bytes freed by this thread while [`MEASURING`] (requested sizes,
+    /// not the allocator's size classes; negative while a drop frees): [`profile_memory`]'s
+    /// measure.
     static LIVE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
 }
 
-/// On during [`profile_memory`] only: the counts of `scripts/icount.sh` stay those of the
-/// allocation counter alone.
+/// On during [`profile_memory`] only: the allocation counts of `scripts/icount.sh` stay as they
+/// were; its instruction counts include a load and a branch per allocation and free.
 static MEASURING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn live() -> i64 {
@@ -456,13 +457,13 @@ fn profile_memory() {
     };
     // The heap a list of profiles owns: what dropping it frees, less the list's own buffer.
     let heap = |profiles: Vec<Profile>| -> f64 {
-        let n = profiles.len();
+        let (n, slots) = (profiles.len(), profiles.capacity());
         MEASURING.store(true, std::sync::atomic::Ordering::Relaxed);
         let before = live();
         drop(profiles);
         let freed = before - live();
         MEASURING.store(false, std::sync::atomic::Ordering::Relaxed);
-        freed as f64 / n as f64 - std::mem::size_of::<Profile>() as f64
+        (freed - (slots * std::mem::size_of::<Profile>()) as i64) as f64 / n as f64
     };
     let line = |what: &str, pairs: Vec<&(String, Event)>| {
         let mut run = Run::new(&set);

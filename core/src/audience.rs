@@ -1086,7 +1086,15 @@ journeys:
             &[ev(EventType::ProductPageView, "v1", T)],
         );
         assert_eq!(changes(&out), vec![("fresh", Direction::Entered, T)]);
-        assert_eq!((p.segments.len(), spare(&p)), (1, (0, 0)));
+        assert_eq!(
+            (p.segments.len(), p.recent_changes.len(), spare(&p)),
+            (1, 1, (0, 0))
+        );
+        assert_eq!(
+            (p.identities.ecids.len(), p.identities.ecids.capacity()),
+            (1, 1),
+            "the event's ecid linked"
+        );
         let out = run(
             &mut core,
             &mut p,
@@ -1096,7 +1104,10 @@ journeys:
             changes(&out),
             vec![("browsing", Direction::Entered, T + MIN)]
         );
-        assert_eq!((p.segments.len(), spare(&p)), (2, (0, 0)));
+        assert_eq!(
+            (p.segments.len(), p.recent_changes.len(), spare(&p)),
+            (2, 2, (0, 0))
+        );
     }
 
     #[test]

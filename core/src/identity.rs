@@ -181,8 +181,14 @@ pub fn link(p: &mut Profile, id: &Id, limit: usize) -> Result<bool, Refused> {
     }
     let i = &mut p.identities;
     match id.kind {
-        KeyKind::Ecid => i.ecids.push(id.value.clone()),
-        KeyKind::Email => i.emails.push(id.value.clone()),
+        KeyKind::Ecid => {
+            crate::profile::room_for_one(&mut i.ecids);
+            i.ecids.push(id.value.clone())
+        }
+        KeyKind::Email => {
+            crate::profile::room_for_one(&mut i.emails);
+            i.emails.push(id.value.clone())
+        }
         KeyKind::Customer => i.customer_id = Some(id.value.clone()),
         KeyKind::Key => i.key = Some(id.value.clone()),
     }

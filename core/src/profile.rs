@@ -1187,6 +1187,7 @@ impl Profile {
                     if o.recent.len() >= RECENT_ORDERS {
                         o.recent.remove(0);
                     }
+                    room_for_one(&mut o.recent);
                     o.recent.push(RecentOrder {
                         id: id.clone(),
                         at: ev.time,
@@ -1374,7 +1375,7 @@ thread_local! {
 }
 
 /// `p` in [`STATE_VERSION`], written by hand (`layout/write.rs`): the bytes [`encode_as`]
-/// writes through postcard's serde, in about 6,090 instructions per profile of the core bench's
+/// writes through postcard's serde, in about 6,080 instructions per profile of the core bench's
 /// samples instead of 8,317 (`scripts/icount.sh state_encode`). Written into a scratch buffer
 /// and copied out at its length: the bytes are held until the commit's write, thousands per
 /// batch, and a buffer of [`ENCODE_CAPACITY`] each (for ~270 bytes of a shopper with an event or
@@ -1641,7 +1642,12 @@ mod tests {
         };
         event(&mut p, 1_000, "A", EventType::ProductPageView);
         assert!(p.first_message(1));
-        assert_eq!(p.seen.capacity(), 1);
+        assert!(p.first_forward(1));
+        assert!(p.record_hop("commerce.repartition", 0, 1));
+        assert_eq!(
+            (p.seen.capacity(), p.forwarded.capacity(), p.hops.capacity()),
+            (1, 1, 1)
+        );
         assert_eq!(p.by_product.len(), 1);
         assert_eq!(p.recent_products.len(), 1);
         assert!(spare(&p).iter().all(|(_, n)| *n == 0), "{:?}", spare(&p));
