@@ -57,7 +57,6 @@ pub const ORDER_EVENTS: [EventType; 5] = [
 ];
 /// Most affinity scores kept per kind (categories, brands); the weakest goes first.
 pub const MAX_AFFINITIES: usize = 32;
-
 /// Products viewed kept for journeys (browse abandonment), latest last.
 pub const RECENT_PRODUCTS: usize = 10;
 /// Causes remembered per journey, so one cause never triggers it twice.

@@ -441,7 +441,8 @@ impl SegmentSet {
         nexts.extend(known.at.iter().map(|&t| KnownNexts::next(t)));
         // Evaluated, by place: due now, or using one that is (`deps` lists every segment a
         // rule uses, directly or not, all before it).
-        let mut evaluated = vec![false; n];
+        // On the stack up to 64 segments: this runs at every timer fired.
+        let mut evaluated: smallvec::SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
         let mut skipped = 0;
         for (i, seg) in self.segments.iter().enumerate() {
             let due = known.at[i] <= now;
