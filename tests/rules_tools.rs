@@ -364,7 +364,7 @@ fn explain_preview_and_history_agree_with_the_live_path_on_real_data() {
         let seg = &set.segments()[set.index_of(&c.segment_id).unwrap()];
         let rule = seg.rule_text();
         assert!(
-            rule.contains(&e.expression),
+            rule.contains(e.expression.as_str()),
             "{} not in {rule}",
             e.expression
         );

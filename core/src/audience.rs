@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use compact_str::ToCompactString;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::event::Event;
@@ -38,16 +39,31 @@ pub struct Source<'a> {
 impl Source<'_> {
     /// The cause part of an output id for an event read here: its id and where it was read.
     pub fn cause_id(&self, event_id: &str) -> String {
-        format!(
-            "{event_id}@{}/{}/{}",
-            self.topic, self.partition, self.offset
-        )
+        // `{event_id}@{topic}/{partition}/{offset}`, without the formatting machinery.
+        let (partition, offset) = (
+            self.partition.to_compact_string(),
+            self.offset.to_compact_string(),
+        );
+        let mut id = String::with_capacity(
+            event_id.len() + self.topic.len() + partition.len() + offset.len() + 3,
+        );
+        for (part, sep) in [
+            (event_id, "@"),
+            (self.topic, "/"),
+            (&partition, "/"),
+            (&offset, ""),
+        ] {
+            id.push_str(part);
+            id.push_str(sep);
+        }
+        id
     }
 }
 
 /// Deterministic output id: 32 hex digits of a 128-bit hash of the parts.
 pub fn output_id(parts: &[&str]) -> String {
-    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    // On the stack for the usual lengths (a key, a segment, a direction and a cause id).
+    let mut buf = smallvec::SmallVec::<[u8; 256]>::new();
     for p in parts {
         buf.extend_from_slice(p.as_bytes());
         buf.push(0x1f); // unit separator: ("ab","c") and ("a","bc") differ
@@ -59,8 +75,9 @@ pub fn output_id(parts: &[&str]) -> String {
 fn hex32(v: u128) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
-    for (i, d) in out.iter_mut().enumerate() {
-        *d = DIGITS[((v >> (4 * (31 - i))) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
     // Every byte is an ASCII hex digit.
     String::from_utf8(out.to_vec()).expect("ASCII")
@@ -1334,11 +1351,11 @@ journeys:
     fn explained(c: &AudienceChange) -> (String, i32, i32, String, String, Vec<String>) {
         let e = c.explanation.as_ref().expect("an explanation");
         (
-            e.expression.clone(),
+            e.expression.to_string(),
             e.line,
             e.column,
-            e.before.clone(),
-            e.after.clone(),
+            e.before.to_string(),
+            e.after.to_string(),
             e.operands
                 .iter()
                 .map(|o| format!("{}: {} -> {}", o.expression, o.before, o.after))

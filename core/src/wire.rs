@@ -639,12 +639,13 @@ pub struct AudienceChange {
 #[serde(rename_all = "camelCase")]
 pub struct Explanation {
     /// Its text in the rule.
-    pub expression: String,
+    pub expression: CompactString,
     /// Where it starts in the segments file (1-based).
     pub line: i32,
     pub column: i32,
-    pub before: String,
-    pub after: String,
+    /// Values are short (`3`, `true`, `2h 5m`): held in place, they cost no allocation.
+    pub before: CompactString,
+    pub after: CompactString,
     /// Its operands (attributes, counts, other conditions), before and after.
     #[serde(default)]
     pub operands: Vec<Operand>,
@@ -654,9 +655,9 @@ pub struct Explanation {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Operand {
-    pub expression: String,
-    pub before: String,
-    pub after: String,
+    pub expression: CompactString,
+    pub before: CompactString,
+    pub after: CompactString,
 }
 
 /// The store and store view of the latest event that named them (each `None` if none did).

@@ -81,6 +81,7 @@ use crate::store::Store;
 
 pub use collector::{DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
 pub use kafka::{check_kafka_properties, CHANGELOG_CONFIG, CONSUMER_FETCH_DEFAULTS};
+pub use overlay::KeyHasher;
 pub use process::{MAX_EVENT_BYTES, MAX_KEY_BYTES};
 
 use collector::Collector;

@@ -7,6 +7,7 @@
 //! disagrees with the membership it explains. Nothing here runs unless a membership changes or
 //! someone asks.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::expr::{BinOp, Expr, ExprKind};
@@ -27,7 +28,8 @@ enum Shape {
 /// A sub-expression of a rule, compiled on its own, with where it is written.
 #[derive(Debug, Clone)]
 pub struct Part {
-    text: String,
+    /// In place up to 24 bytes: an explanation takes a copy.
+    text: CompactString,
     line: usize,
     col: usize,
     shape: Shape,
@@ -102,7 +104,7 @@ pub(super) fn build(
     let (line, col) = position(e.at);
     let text = rule.get(e.at..e.end).unwrap_or(rule);
     Some(Part {
-        text: text.split_whitespace().collect::<Vec<_>>().join(" "),
+        text: text.split_whitespace().collect::<Vec<_>>().join(" ").into(),
         line,
         col,
         shape,
@@ -192,10 +194,10 @@ impl Part {
     /// [`plan::next_change`]).
     pub fn evaluate(&self, cx: &Ctx, nexts: &[Option<i64>]) -> Evaluated {
         Evaluated {
-            expression: self.text.clone(),
+            expression: self.text.to_string(),
             line: self.line,
             column: self.col,
-            value: plan::value(&self.node, cx).render(self.ty),
+            value: plan::value(&self.node, cx).render(self.ty).into(),
             changes_at: plan::next_change(&self.node, cx, nexts).filter(|&t| t > cx.now),
             children: self
                 .children

@@ -10,6 +10,7 @@
 use crate::event::EventType;
 use crate::profile::Profile;
 use crate::window::MAX_WINDOW_MS;
+use compact_str::{format_compact, CompactString, ToCompactString};
 
 use super::expr::{BinOp, Expr, ExprError, ExprKind};
 
@@ -743,51 +744,68 @@ pub enum Value {
 
 impl Value {
     /// The value as a person reads it: durations (`ty` Dur) in days, hours, minutes, seconds.
-    pub fn render(&self, ty: Type) -> String {
+    /// Most values fit in place (24 bytes): an explanation's values cost no allocation.
+    pub fn render(&self, ty: Type) -> CompactString {
         match self {
             Value::Num(v) if ty == Type::Dur => render_duration(*v),
-            Value::Num(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", *v as i64),
+            Value::Num(v) if v.fract() == 0.0 && v.abs() < 1e15 => (*v as i64).to_compact_string(),
             Value::Num(v) => render_decimal(*v),
-            Value::Str(s) => format!("{s:?}"),
-            Value::Bool(b) => b.to_string(),
-            Value::Missing => "missing".into(),
+            Value::Str(s) => format_compact!("{s:?}"),
+            Value::Bool(true) => CompactString::const_new("true"),
+            Value::Bool(false) => CompactString::const_new("false"),
+            Value::Missing => CompactString::const_new("missing"),
         }
     }
 }
 
 /// A number with at most four decimals, trailing zeros dropped: what `format!("{:.4}")`
 /// trimmed writes. Below 10^7, and away from a rounding tie, the value rounded to four decimals
-/// is written in its shortest form instead: the same digits, without `{:.4}`'s exact
-/// (big-number) formatting, which was 2.5 % of the core bench with 50 segments (explanations
-/// of affinity scores and sums). Near a tie the product `v * 10^4` may have rounded across it,
-/// so the exact formatting decides.
-fn render_decimal(v: f64) -> String {
+/// is written from the integer `round(v * 10^4)` instead: the same digits, without `{:.4}`'s
+/// exact (big-number) formatting, which was 2.5 % of the core bench with 50 segments
+/// (explanations of affinity scores and sums), nor the float formatting of the rounded value
+/// (what `{}` writes of `n / 10^4` is the decimal `n / 10^4` itself: with at most 11
+/// significant digits, no shorter decimal reads back as the same double). Near a tie the
+/// product `v * 10^4` may have rounded across it, so the exact formatting decides.
+fn render_decimal(v: f64) -> CompactString {
     if v.abs() < 1e7 {
         let scaled = v * 1e4;
         let frac = (scaled - scaled.trunc()).abs();
         if (frac - 0.5).abs() > 1e-4 {
-            let r = scaled.round() / 1e4;
-            if r == 0.0 {
+            let n = scaled.round() as i64;
+            if n == 0 {
                 // `{:.4}` writes "-0.0000" for a small negative number: "-0" trimmed.
-                return if v.is_sign_negative() { "-0" } else { "0" }.into();
+                return CompactString::const_new(if v.is_sign_negative() { "-0" } else { "0" });
             }
-            return format!("{r}");
+            let mut out = CompactString::const_new(if n < 0 { "-" } else { "" });
+            let (whole, mut part) = (n.unsigned_abs() / 10_000, n.unsigned_abs() % 10_000);
+            out.push_str(&whole.to_compact_string());
+            if part != 0 {
+                out.push('.');
+                let mut digits = 4;
+                while part % 10 == 0 {
+                    part /= 10;
+                    digits -= 1;
+                }
+                let text = part.to_compact_string();
+                for _ in text.len()..digits {
+                    out.push('0');
+                }
+                out.push_str(&text);
+            }
+            return out;
         }
     }
-    format!("{:.4}", v)
-        .trim_end_matches('0')
-        .trim_end_matches('.')
-        .to_owned()
+    let exact = format_compact!("{:.4}", v);
+    CompactString::new(exact.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// `90061001` ms as `1d 1h 1m 1s 1ms` (each unit only when not zero; `0ms` for zero).
-pub fn render_duration(ms: f64) -> String {
-    let sign = if ms < 0.0 { "-" } else { "" };
+pub fn render_duration(ms: f64) -> CompactString {
     let mut rest = ms.abs().round() as i64;
     if rest == 0 {
-        return "0ms".into();
+        return CompactString::const_new("0ms");
     }
-    let mut parts = Vec::new();
+    let mut out = CompactString::const_new(if ms < 0.0 { "-" } else { "" });
     for (unit, size) in [
         ("d", 86_400_000),
         ("h", 3_600_000),
@@ -796,11 +814,15 @@ pub fn render_duration(ms: f64) -> String {
         ("ms", 1),
     ] {
         if rest >= size {
-            parts.push(format!("{}{unit}", rest / size));
+            if !out.is_empty() && out != "-" {
+                out.push(' ');
+            }
+            out.push_str(&(rest / size).to_compact_string());
+            out.push_str(unit);
             rest %= size;
         }
     }
-    format!("{sign}{}", parts.join(" "))
+    out
 }
 
 /// Evaluates any compiled node.
@@ -1254,7 +1276,77 @@ pub fn inputs_of(n: &Node, segments: &[u64]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::render_decimal;
+    use super::{render_decimal, render_duration, Type, Value};
+
+    /// What `render_duration` wrote before it built its text in place (parts joined).
+    fn duration_joined(ms: f64) -> String {
+        let sign = if ms < 0.0 { "-" } else { "" };
+        let mut rest = ms.abs().round() as i64;
+        if rest == 0 {
+            return "0ms".into();
+        }
+        let mut parts = Vec::new();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
+            if rest >= size {
+                parts.push(format!("{}{unit}", rest / size));
+                rest %= size;
+            }
+        }
+        format!("{sign}{}", parts.join(" "))
+    }
+
+    #[test]
+    fn durations_read_as_days_hours_minutes_seconds_and_milliseconds() {
+        assert_eq!(render_duration(90_061_001.0), "1d 1h 1m 1s 1ms");
+        assert_eq!(render_duration(-3_600_000.0), "-1h");
+        assert_eq!(render_duration(-7_500_000.0), "-2h 5m");
+        assert_eq!(render_duration(0.4), "0ms");
+        assert_eq!(render_duration(1e15), "11574074d 1h 46m 40s");
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every magnitude from milliseconds to centuries, both signs, some fractions.
+            let ms =
+                (x % 10u64.pow(1 + (i % 12) as u32)) as f64 / if i % 3 == 0 { 7.0 } else { 1.0 };
+            let ms = if i % 2 == 0 { ms } else { -ms };
+            assert_eq!(render_duration(ms), duration_joined(ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn values_render_as_people_read_them() {
+        let cases: [(Value, Type, &str); 8] = [
+            (Value::Num(3.0), Type::Num, "3"),
+            (Value::Num(-12.0), Type::Num, "-12"),
+            (Value::Num(2.5), Type::Num, "2.5"),
+            (Value::Num(7_200_000.0), Type::Dur, "2h"),
+            (Value::Bool(true), Type::Bool, "true"),
+            (Value::Bool(false), Type::Bool, "false"),
+            (Value::Missing, Type::Num, "missing"),
+            (Value::Str("a \"b\"".into()), Type::Str, "\"a \\\"b\\\"\""),
+        ];
+        for (v, ty, text) in cases {
+            assert_eq!(v.render(ty), text, "{v:?}");
+        }
+        for i in [
+            0i64,
+            1,
+            -1,
+            999_999_999_999_999,
+            -999_999_999_999_999,
+            123_456_789,
+        ] {
+            assert_eq!(Value::Num(i as f64).render(Type::Num), i.to_string());
+        }
+    }
 
     fn four_decimals(v: f64) -> String {
         format!("{:.4}", v)
