@@ -950,6 +950,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn cause_ids_and_long_output_ids_are_what_format_and_one_buffer_give() {
+        let source = Source {
+            topic: "commerce.storefront",
+            partition: -1,
+            offset: i64::MAX,
+        };
+        assert_eq!(
+            source.cause_id("e-1"),
+            format!("e-1@commerce.storefront/-1/{}", i64::MAX)
+        );
+        // Longer than the stack buffer: the same hash as the parts joined in one buffer.
+        let long = "k".repeat(300);
+        let mut joined = Vec::new();
+        for p in [long.as_str(), "seg", "ENTERED"] {
+            joined.extend_from_slice(p.as_bytes());
+            joined.push(0x1f);
+        }
+        assert_eq!(
+            super::output_id(&[&long, "seg", "ENTERED"]),
+            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&joined))
+        );
+    }
+
     const RULES: &str = r#"
 segments:
   - id: cart-holders

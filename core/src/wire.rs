@@ -643,7 +643,8 @@ pub struct Explanation {
     /// Where it starts in the segments file (1-based).
     pub line: i32,
     pub column: i32,
-    /// Values are short (`3`, `true`, `2h 5m`): held in place, they cost no allocation.
+    /// Values are short (`3`, `true`, `2h 5m`): held in place up to 24 bytes (most are), they
+    /// cost no allocation.
     pub before: CompactString,
     pub after: CompactString,
     /// Its operands (attributes, counts, other conditions), before and after.

@@ -1308,22 +1308,36 @@ mod tests {
         assert_eq!(render_duration(-7_500_000.0), "-2h 5m");
         assert_eq!(render_duration(0.4), "0ms");
         assert_eq!(render_duration(1e15), "11574074d 1h 46m 40s");
+        for ms in [
+            -0.4,
+            -0.5,
+            0.5,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert_eq!(render_duration(ms), duration_joined(ms), "{ms}");
+        }
+        assert_eq!(render_duration(-0.5), "-1ms");
+        assert_eq!(render_duration(f64::NAN), "0ms");
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for i in 0..20_000 {
+        for _ in 0..50_000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // Every magnitude from milliseconds to centuries, both signs, some fractions.
-            let ms =
-                (x % 10u64.pow(1 + (i % 12) as u32)) as f64 / if i % 3 == 0 { 7.0 } else { 1.0 };
-            let ms = if i % 2 == 0 { ms } else { -ms };
+            // Magnitudes from milliseconds to about 300 years (bits 0-3), either sign (bit 4),
+            // whole or not (bit 5), each independent of the others.
+            let whole = (x >> 8) % 10u64.pow(1 + ((x & 0xF) % 13) as u32);
+            let ms = whole as f64 / if x & 1 << 5 == 0 { 1.0 } else { 7.0 };
+            let ms = if x & 1 << 4 == 0 { ms } else { -ms };
             assert_eq!(render_duration(ms), duration_joined(ms), "{ms}");
         }
     }
 
     #[test]
     fn values_render_as_people_read_them() {
-        let cases: [(Value, Type, &str); 8] = [
+        let cases: [(Value, Type, &str); 13] = [
             (Value::Num(3.0), Type::Num, "3"),
             (Value::Num(-12.0), Type::Num, "-12"),
             (Value::Num(2.5), Type::Num, "2.5"),
@@ -1332,6 +1346,11 @@ mod tests {
             (Value::Bool(false), Type::Bool, "false"),
             (Value::Missing, Type::Num, "missing"),
             (Value::Str("a \"b\"".into()), Type::Str, "\"a \\\"b\\\"\""),
+            (Value::Num(f64::NAN), Type::Num, "NaN"),
+            (Value::Num(f64::INFINITY), Type::Num, "inf"),
+            (Value::Num(f64::NEG_INFINITY), Type::Num, "-inf"),
+            (Value::Num(-0.00016), Type::Num, "-0.0002"),
+            (Value::Num(1e15), Type::Num, "1000000000000000"),
         ];
         for (v, ty, text) in cases {
             assert_eq!(v.render(ty), text, "{v:?}");
