@@ -400,10 +400,25 @@ impl Store {
         keys: &[&'k str],
         mut found: impl FnMut(&'k str, Option<Profile>),
     ) -> Result<(), StoreError> {
-        let raw: Vec<Vec<u8>> = keys.iter().map(|k| profile_key(partition, k)).collect();
+        // Every store key in one buffer (an allocation per key before), then sliced.
+        let prefix = (partition as u32).to_be_bytes();
+        let mut buf = Vec::with_capacity(keys.iter().map(|k| 4 + k.len()).sum());
+        for k in keys {
+            buf.extend_from_slice(&prefix);
+            buf.extend_from_slice(k.as_bytes());
+        }
+        let mut at = 0;
+        let raw: Vec<&[u8]> = keys
+            .iter()
+            .map(|k| {
+                let slice = &buf[at..at + 4 + k.len()];
+                at += slice.len();
+                slice
+            })
+            .collect();
         for (key, read) in keys.iter().zip(self.db.batched_multi_get_cf(
             self.cf(CF_PROFILES),
-            &raw,
+            raw,
             false,
         )) {
             let profile = match read? {
@@ -901,14 +916,16 @@ impl Store {
             None => upper = ((partition as u32) + 1).to_be_bytes().to_vec(),
         }
         opts.set_iterate_upper_bound(upper);
-        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
         let mut out = Vec::new();
         let mut next = None;
         if limit == 0 {
             return Ok((out, next));
         }
-        for item in self.db.iterator_cf_opt(self.cf(CF_TIMERS), opts, mode) {
-            let (k, _) = item?;
+        // A raw iterator: the keys are read in place (the iterator boxed a copy of each key and
+        // value it returned).
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_TIMERS), opts);
+        it.seek(&from);
+        while let Some(k) = it.key() {
             let due =
                 (u64::from_be_bytes(k[4..12].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
             if due > until {
@@ -919,7 +936,9 @@ impl Store {
             if out.len() == limit {
                 break;
             }
+            it.next();
         }
+        it.status()?;
         Ok((out, next))
     }
 

@@ -154,8 +154,10 @@ impl Why<'_> {
             // The input position too: a producer that reuses an event id for another event
             // must not give two changes the same id.
             Why::Event(ev, source) => source.cause_id(&ev.id),
-            Why::Timer(due) => format!("timer@{due}"),
-            Why::Merge(from) => format!("merge:{from}"),
+            // Without the formatting machinery: made at each timer that changes a membership
+            // (its `format!` was 4 % of the timers' samples in a profile of the wide pass).
+            Why::Timer(due) => ["timer@", &due.to_compact_string()].concat(),
+            Why::Merge(from) => ["merge:", from].concat(),
             Why::Definitions(v) => format!("definitions:{v:016x}"),
         }
     }
@@ -961,6 +963,10 @@ mod tests {
             source.cause_id("e-1"),
             format!("e-1@commerce.storefront/-1/{}", i64::MAX)
         );
+        for due in [0, -1, 1_700_000_000_123, i64::MIN, i64::MAX] {
+            assert_eq!(Why::Timer(due).cause_id(), format!("timer@{due}"));
+        }
+        assert_eq!(Why::Merge("k:1").cause_id(), "merge:k:1");
         // Longer than the stack buffer: the same hash as the parts joined in one buffer.
         let long = "k".repeat(300);
         let mut joined = Vec::new();
