@@ -989,6 +989,19 @@ mod tests {
             super::output_id(&[&long, "seg", "ENTERED"]),
             format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&joined))
         );
+        // Exactly the stack buffer's length (255 bytes and a separator), and no parts at all.
+        let fits = "f".repeat(255);
+        assert_eq!(
+            super::output_id(&[&fits]),
+            format!(
+                "{:032x}",
+                xxhash_rust::xxh3::xxh3_128(format!("{fits}\x1f").as_bytes())
+            )
+        );
+        assert_eq!(
+            super::output_id(&[]),
+            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b""))
+        );
     }
 
     const RULES: &str = r#"
