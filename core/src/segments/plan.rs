@@ -799,6 +799,15 @@ fn render_decimal(v: f64) -> CompactString {
     CompactString::new(exact.trim_end_matches('0').trim_end_matches('.'))
 }
 
+/// The units a duration is written in, each with its length in ms, largest first.
+const DURATION_UNITS: [(&str, i64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
 /// `90061001` ms as `1d 1h 1m 1s 1ms` (each unit only when not zero; `0ms` for zero).
 pub fn render_duration(ms: f64) -> CompactString {
     let mut rest = ms.abs().round() as i64;
@@ -806,13 +815,7 @@ pub fn render_duration(ms: f64) -> CompactString {
         return CompactString::const_new("0ms");
     }
     let mut out = CompactString::const_new(if ms < 0.0 { "-" } else { "" });
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ] {
+    for (unit, size) in DURATION_UNITS {
         if rest >= size {
             if !out.is_empty() && out != "-" {
                 out.push(' ');
@@ -1276,7 +1279,7 @@ pub fn inputs_of(n: &Node, segments: &[u64]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{render_decimal, render_duration, Type, Value};
+    use super::{render_decimal, render_duration, Type, Value, DURATION_UNITS};
 
     /// What `render_duration` wrote before it built its text in place (parts joined).
     fn duration_joined(ms: f64) -> String {
@@ -1286,13 +1289,7 @@ mod tests {
             return "0ms".into();
         }
         let mut parts = Vec::new();
-        for (unit, size) in [
-            ("d", 86_400_000),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1_000),
-            ("ms", 1),
-        ] {
+        for (unit, size) in DURATION_UNITS {
             if rest >= size {
                 parts.push(format!("{}{unit}", rest / size));
                 rest %= size;
