@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
@@ -48,6 +48,7 @@ use crate::http::HealthPart;
 use crate::metrics::Metrics;
 use crate::store::{Op, Store, StoreError};
 
+use super::acks::{self, Round};
 use super::collector::Collector;
 use super::error::Error;
 use super::kafka::{self, ProducerLogs};
@@ -257,18 +258,25 @@ fn send_record(
     }
 }
 
-/// [`send_record`] on the async thread: a full queue is waited for without blocking it.
+/// Sends one record of `round` to the changelog from the async thread (a full queue is waited
+/// for without blocking it). `slot`: see [`Round::opaque`].
 async fn send_async(
-    producer: &FutureProducer<ProducerLogs>,
+    producer: &acks::Producer,
     topic: &str,
     partition: i32,
-    key: &[u8],
-    value: Option<&[u8]>,
-) -> Result<DeliveryFuture, Error> {
-    let mut record = record(topic, partition, key, value);
+    (key, value): (&[u8], Option<&[u8]>),
+    (round, slot): (Round, usize),
+) -> Result<(), Error> {
+    let record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, round.opaque(slot))
+        .partition(partition)
+        .key(key);
+    let mut record = match value {
+        Some(v) => record.payload(v),
+        None => record,
+    };
     loop {
-        match producer.send_result(record) {
-            Ok(d) => return Ok(d),
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -276,6 +284,19 @@ async fn send_async(
             Err((e, _)) => return Err(kafka::delivery_error(topic, &e)),
         }
     }
+}
+
+/// Awaits the `sent` records of `round`: the offsets of its slotted ones, by slot.
+async fn acknowledged(
+    producer: &acks::Producer,
+    round: Round,
+    sent: usize,
+) -> Result<Vec<i64>, Error> {
+    producer
+        .context()
+        .acknowledged(round, sent)
+        .await
+        .map_err(|f| kafka::delivery_error(&f.topic, &f.error))
 }
 
 /// The offset a delivery was written at.
@@ -351,45 +372,66 @@ pub async fn mirror(
 
 async fn mirror_once(
     topic: &str,
-    producer: &FutureProducer<ProducerLogs>,
+    producer: &acks::Producer,
     ops: &[(i32, Vec<Op>)],
     metrics: &Metrics,
 ) -> Result<Vec<(i32, i64)>, Error> {
-    let mut deliveries = Vec::new();
+    let round = Round::new();
+    let mut records = 0;
     // Each record's key built in one buffer (librdkafka copies it).
     let mut key = Vec::new();
     for (p, ops) in ops {
         for op in ops.iter().filter(|o| !o.is_derived()) {
             record_key_into(&mut key, op.cf, &op.key);
-            deliveries.push(send_async(producer, topic, *p, &key, op.value.as_deref()).await?);
+            let sent = send_async(producer, topic, *p, (&key, op.value.as_deref()), (round, 0));
+            if let Err(e) = sent.await {
+                // The attempt is given up: the reports of what it sent are dropped as they come.
+                producer.context().abandon(round, records);
+                return Err(e);
+            }
+            records += 1;
         }
     }
-    let records = deliveries.len() as u64;
     if records > 0 {
         kafka::send_now(producer);
     }
-    for d in deliveries {
-        delivered(topic, d).await?;
-    }
+    acknowledged(producer, round, records).await?;
     metrics
         .changelog_records
         .with_label_values(&["state"])
-        .inc_by(records);
-    // Every record and every output of the batch is acknowledged: close the batch.
-    let mut markers = Vec::with_capacity(ops.len());
-    for (p, _) in ops {
-        markers.push((
+        .inc_by(records as u64);
+    // Every record and every output of the batch is acknowledged: close the batch. Each
+    // partition's marker has a slot: its offset is the partition's position.
+    let markers = Round::new();
+    for (i, (p, _)) in ops.iter().enumerate() {
+        let sent = send_async(
+            producer,
+            topic,
             *p,
-            send_async(producer, topic, *p, MARKER_KEY, Some(&[])).await?,
-        ));
+            (MARKER_KEY, Some(&[])),
+            (markers, i + 1),
+        );
+        if let Err(e) = sent.await {
+            producer.context().abandon(markers, i);
+            return Err(e);
+        }
     }
-    if !markers.is_empty() {
+    if !ops.is_empty() {
         kafka::send_now(producer);
     }
-    let mut positions = Vec::with_capacity(markers.len());
-    for (p, d) in markers {
-        positions.push((p, delivered(topic, d).await? + 1));
+    let offsets = acknowledged(producer, markers, ops.len()).await?;
+    if offsets.len() != ops.len() || offsets.iter().any(|o| *o < 0) {
+        // Never seen: librdkafka reports each acknowledged record's offset.
+        return Err(Error::transient(
+            "broker",
+            format!("the changelog {topic} acknowledged the batch's markers without their offsets"),
+        ));
     }
+    let positions: Vec<(i32, i64)> = ops
+        .iter()
+        .zip(offsets)
+        .map(|((p, _), offset)| (*p, offset + 1))
+        .collect();
     metrics
         .changelog_records
         .with_label_values(&["marker"])

@@ -6,19 +6,20 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
+use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
 use tracing::{error, warn};
 
 use crate::codec::{self, encode};
 use crate::metrics::Metrics;
 use crate::wire::{AudienceChange, DeadLetter, JourneyTrigger};
 
+use super::acks::{Acks, Producer, Round};
 use super::error::{Error, Rejection};
 
 /// Header of a repartition message: the record timestamp (ms) of the input message that caused
 /// it, for its receiver's event-time order.
 pub const EVENT_TIME_HEADER: &str = "tailor.time";
-use super::kafka::{self, ProducerLogs};
+use super::kafka;
 
 /// Most bytes of an input value a dead letter carries (its size and a flag say the rest).
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -66,7 +67,7 @@ pub struct Source<'a> {
 }
 
 pub struct Collector {
-    producer: FutureProducer<ProducerLogs>,
+    producer: Producer,
     /// The producer's configuration, to create a new one when it cannot go on.
     config: rdkafka::ClientConfig,
     /// Topic names, indexed by [`OutTopic`].
@@ -77,7 +78,9 @@ pub struct Collector {
     /// The producer's largest record.
     max_bytes: usize,
     queue: Vec<Outgoing>,
-    deliveries: Vec<(OutTopic, DeliveryFuture)>,
+    /// The round of the records handed to the producer since the last commit, and how many.
+    round: Round,
+    sent: usize,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -164,7 +167,7 @@ impl Collector {
         metrics: std::sync::Arc<Metrics>,
     ) -> Result<Collector, Error> {
         let producer = config
-            .create_with_context(ProducerLogs)
+            .create_with_context(Acks::default())
             .map_err(|e| Error::fatal(format!("creating the Kafka producer: {e}")))?;
         Ok(Collector {
             producer,
@@ -173,7 +176,8 @@ impl Collector {
             output_ids,
             max_bytes,
             queue: Vec::new(),
-            deliveries: Vec::new(),
+            round: Round::new(),
+            sent: 0,
             metrics,
         })
     }
@@ -182,9 +186,9 @@ impl Collector {
     /// state); what it had in flight is dropped, and the rolled-back batch sends it again.
     pub fn renew_producer(&mut self) -> Result<(), Error> {
         self.discard();
-        let fresh: FutureProducer<ProducerLogs> = self
+        let fresh: Producer = self
             .config
-            .create_with_context(ProducerLogs)
+            .create_with_context(Acks::default())
             .map_err(|e| Error::fatal(format!("creating a new Kafka producer: {e}")))?;
         let old = std::mem::replace(&mut self.producer, fresh);
         // What it still holds fails now, rather than being sent alongside the new producer's
@@ -195,10 +199,6 @@ impl Collector {
         tokio::task::spawn_blocking(move || drop(old));
         warn!("the Kafka producer could not go on: replaced by a new one");
         Ok(())
-    }
-
-    pub fn topic(&self, t: OutTopic) -> &str {
-        &self.topics[t.index()]
     }
 
     pub fn audience_change(&mut self, change: AudienceChange) {
@@ -302,7 +302,9 @@ impl Collector {
                 out = self.oversized(out, size);
             }
             let topic = &self.topics[out.topic.index()];
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(&out.key[..]);
+            let mut record =
+                BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, self.round.opaque(0))
+                    .key(&out.key[..]);
             if let Some(p) = &out.payload {
                 record = record.payload(&p[..]);
             }
@@ -316,9 +318,9 @@ impl Collector {
                 record = record.timestamp(ts);
             }
             loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        self.deliveries.push((out.topic, delivery));
+                match self.producer.send(record) {
+                    Ok(()) => {
+                        self.sent += 1;
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -364,19 +366,24 @@ impl Collector {
         dead_letter_outgoing(&source, &rejection)
     }
 
-    /// Deliveries not yet awaited.
-    pub fn take_deliveries(&mut self) -> Vec<(OutTopic, DeliveryFuture)> {
-        std::mem::take(&mut self.deliveries)
+    /// The round of the records handed to the producer since the last call, and how many (to
+    /// await with [`Acks::acknowledged`]); the next records go in a new round.
+    pub fn take_round(&mut self) -> (Round, usize) {
+        let taken = (self.round, self.sent);
+        self.round = Round::new();
+        self.sent = 0;
+        taken
     }
 
     /// Forgets queued records and unawaited deliveries (the batch is rolled back: its messages
     /// are processed again and their outputs sent again, with the same ids).
     pub fn discard(&mut self) {
         self.queue.clear();
-        self.deliveries.clear();
+        let (round, sent) = self.take_round();
+        self.producer.context().abandon(round, sent);
     }
 
-    pub fn producer(&self) -> &FutureProducer<ProducerLogs> {
+    pub fn producer(&self) -> &Producer {
         &self.producer
     }
 }

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::Producer as _;
 use tracing::{debug, info, warn};
 
 use crate::store::Commit;
@@ -191,32 +192,18 @@ impl Worker {
         &mut self,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<bool, Error> {
-        let deliveries = self.out.take_deliveries();
-        let total = deliveries.len();
+        let (round, total) = self.out.take_round();
         if total > 0 {
             kafka::send_now(self.out.producer());
         }
-        // Awaited in order inside one future; `done` tells the slow-delivery report how far it
-        // got.
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        let out = &self.out;
+        let tracker = self.out.producer().context();
         let all = async {
-            for (topic, delivery) in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Ok(Err((e, _))) => return Err(kafka::delivery_error(out.topic(topic), &e)),
-                    Err(_) => {
-                        return Err(Error::fatal(
-                            "the producer closed while outputs were in flight",
-                        ))
-                    }
-                }
-            }
-            Ok(())
+            tracker
+                .acknowledged(round, total)
+                .await
+                .map_err(|f| kafka::delivery_error(&f.topic, &f.error))
         };
-        let waiting = || total - done.load(std::sync::atomic::Ordering::Relaxed);
+        let waiting = || total.saturating_sub(tracker.reported(round));
         let mut slow = None;
         let health = &self.health;
         let acks = await_acks(all, stop, self.stopping, || {

@@ -594,7 +594,7 @@ const SEND_NOW_FOR: Duration = Duration::from_secs(2);
 ///
 /// Without it every await of a commit (the outputs, the changelog's records, its markers)
 /// costs the linger (5 ms by default) on top of the round trip when batches are small.
-pub fn send_now(producer: &rdkafka::producer::FutureProducer<ProducerLogs>) {
+pub fn send_now(producer: &super::acks::Producer) {
     let producer = producer.clone();
     tokio::task::spawn_blocking(move || {
         // SAFETY: the client pointer is valid while `producer` (a clone, moved here) lives,

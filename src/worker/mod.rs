@@ -32,6 +32,8 @@
 //! - [`order`]: event-time order across a task's topics (timestamp synchronisation).
 //! - [`process`]: one message (or timer, or re-evaluation) through the core for one task.
 //! - [`collector`]: every produced record, kept below the producer's size limit.
+//! - [`acks`]: the producer, and the brokers' acknowledgements counted per round (a batch's
+//!   outputs, its changelog records, its markers).
 //! - [`commit`]: the commit protocol, in one place.
 //! - [`changelog`]: the state's mirror in a compacted topic, and restoring a partition from it.
 //! - [`kafka`]: clients, callbacks, topic checks, and the class of each Kafka error.
@@ -49,6 +51,7 @@
 //! why meanwhile. The rebalance callback runs inside `recv()` on this same task, so the loop never
 //! races it.
 
+mod acks;
 mod changelog;
 mod collector;
 mod commit;
