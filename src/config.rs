@@ -385,6 +385,9 @@ const RESERVED_KAFKA: &[&str] = &[
     "enable.idempotence",
     "acks",
     "transactional.id",
+    // A commit waits for every record's delivery report: with reports of failures only, it
+    // would wait for ever.
+    "delivery.report.only.error",
     // State is keyed by partition *number* across the co-partitioned topics: the group assigns
     // the repartition topic alone, with the cooperative-sticky assignor, and each member reads
     // the same numbers of the input topics. Tailor sets it.
@@ -938,6 +941,7 @@ mod tests {
 [kafka]
 "bootstrap.servers" = "b:9092"
 "enable.auto.commit" = "true"
+"delivery.report.only.error" = "true"
 [topics]
 dead_letter = "audience.changes"
 [consumer]
@@ -958,6 +962,7 @@ file = "missing.yaml"
         let all = errs.join("\n");
         for needle in [
             "kafka.\"enable.auto.commit\"",
+            "kafka.\"delivery.report.only.error\" = \"true\": set by Tailor itself",
             "topics.dead_letter = \"audience.changes\": same topic as topics.audience_changes",
             "consumer.start_from = \"middle\"",
             "processing.batch_max_wait = \"soon\"",
@@ -968,7 +973,7 @@ file = "missing.yaml"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert_eq!(errs.len(), 8, "{all}");
+        assert_eq!(errs.len(), 9, "{all}");
     }
 
     /// Regression: `partition.assignment.strategy` could be set, although state is keyed by

@@ -110,9 +110,30 @@ impl Acks {
     }
 
     /// Resolves when the `sent` records of `round` are all acknowledged (with the offsets of
-    /// its slotted records, by slot), or as soon as one of them failed.
+    /// its slotted records, by slot), or as soon as one of them failed. Dropped before then (a
+    /// stop's grace ran out), the round is abandoned.
     pub async fn acknowledged(&self, round: Round, sent: usize) -> Result<Vec<i64>, Failed> {
-        std::future::poll_fn(|cx| {
+        /// Abandons the round unless the wait ended.
+        struct Waiting<'a> {
+            acks: &'a Acks,
+            round: Round,
+            sent: usize,
+            ended: bool,
+        }
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if !self.ended {
+                    self.acks.abandon(self.round, self.sent);
+                }
+            }
+        }
+        let mut waiting = Waiting {
+            acks: self,
+            round,
+            sent,
+            ended: false,
+        };
+        let result = std::future::poll_fn(|cx| {
             let mut rounds = self.rounds();
             if sent == 0 && !rounds.contains_key(&round.0) {
                 return Poll::Ready(Ok(Vec::new()));
@@ -138,7 +159,10 @@ impl Acks {
             }
             Poll::Pending
         })
-        .await
+        .await;
+        // Ended either way: the entry is gone, or abandoned by the failure.
+        waiting.ended = true;
+        result
     }
 
     /// How many records of `round` were reported so far.
@@ -239,6 +263,7 @@ impl ProducerContext for Acks {
 mod tests {
     use super::*;
     use rdkafka::error::RDKafkaErrorCode;
+    use std::future::Future as _;
     use std::sync::Arc;
 
     fn timed_out() -> KafkaError {
@@ -272,11 +297,17 @@ mod tests {
         let (r, other) = (Round::new(), Round::new());
         acks.report(r.opaque(2), Ok(41));
         acks.report(other.opaque(0), Ok(7));
-        assert!(now(acks.acknowledged(r, 3)).is_none(), "1 of 3 reported");
+        let mut wait = std::pin::pin!(acks.acknowledged(r, 3));
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending(), "1 of 3 reported");
         acks.report(r.opaque(0), Ok(40));
         assert_eq!(acks.reported(r), 2);
+        assert!(wait.as_mut().poll(&mut cx).is_pending(), "2 of 3 reported");
         acks.report(r.opaque(1), Ok(39));
-        assert_eq!(now(acks.acknowledged(r, 3)).unwrap().unwrap(), vec![39, 41]);
+        match wait.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(offsets)) => assert_eq!(offsets, vec![39, 41]),
+            other => panic!("{:?}", other.map(|r| r.map_err(|f| f.topic))),
+        }
         assert_eq!(acks.open_rounds(), 1, "only the other round is left");
         assert_eq!(
             now(acks.acknowledged(other, 1)).unwrap().unwrap(),
@@ -332,6 +363,35 @@ mod tests {
         acks.abandon(Round::new(), 0);
         assert_eq!(acks.open_rounds(), 1);
         acks.report(next.opaque(0), Ok(5));
+        assert_eq!(acks.open_rounds(), 0);
+    }
+
+    /// A wait given up before its round is acknowledged (a stop's grace ran out) abandons the
+    /// round: its later reports leave nothing behind. A failure reported while a wait is
+    /// pending ends it.
+    #[test]
+    fn a_wait_given_up_abandons_its_round() {
+        let acks = Acks::default();
+        let r = Round::new();
+        acks.report(r.opaque(0), Ok(1));
+        assert!(now(acks.acknowledged(r, 2)).is_none());
+        acks.report(r.opaque(0), Ok(2));
+        assert_eq!(acks.open_rounds(), 0);
+
+        let failing = Round::new();
+        {
+            let mut wait = std::pin::pin!(acks.acknowledged(failing, 3));
+            let mut cx = std::task::Context::from_waker(Waker::noop());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            acks.report(failing.opaque(0), Err((&timed_out(), "journeys")));
+            match wait.as_mut().poll(&mut cx) {
+                Poll::Ready(Err(f)) => assert_eq!(f.topic, "journeys"),
+                other => panic!("{:?}", other.map(|r| r.map_err(|f| f.topic))),
+            }
+        }
+        assert_eq!(acks.open_rounds(), 1, "two reports to come");
+        acks.report(failing.opaque(0), Ok(1));
+        acks.report(failing.opaque(0), Ok(2));
         assert_eq!(acks.open_rounds(), 0);
     }
 
