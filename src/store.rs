@@ -1188,9 +1188,6 @@ mod tests {
         assert_eq!(s.clock(3).unwrap(), None);
     }
 
-    /// A flush writes its profiles uncompressed unless `compress_flushes`; a compaction
-    /// compresses them either way. Measured on the files RocksDB lists, with profiles that LZ4
-    /// shrinks (the same attributes on every one).
     /// A run of profiles is read with one `MultiGet` whose keys share one buffer: each key gets
     /// its own profile, whatever the lengths, and a key held only by another partition none.
     #[test]
@@ -1230,6 +1227,9 @@ mod tests {
         );
     }
 
+    /// A flush writes its profiles uncompressed unless `compress_flushes`; a compaction
+    /// compresses them either way. Measured on the files RocksDB lists, with profiles that LZ4
+    /// shrinks (the same attributes on every one).
     #[test]
     fn flushes_are_compressed_only_when_asked_and_compactions_always() {
         let p = Profile {

@@ -263,18 +263,20 @@ impl ProducerContext for Acks {
 mod tests {
     use super::*;
     use rdkafka::error::RDKafkaErrorCode;
-    use std::future::Future as _;
     use std::sync::Arc;
 
     fn timed_out() -> KafkaError {
         KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
     }
 
+    /// Polls a pinned wait once, with a waker that does nothing.
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(Waker::noop()))
+    }
+
+    /// A wait's outcome if it is ready at its first poll (the wait is dropped after).
     fn now<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
-        let waker = Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut f = std::pin::pin!(f);
-        match f.as_mut().poll(&mut cx) {
+        match poll_once(std::pin::pin!(f)) {
             Poll::Ready(v) => Some(v),
             Poll::Pending => None,
         }
@@ -298,16 +300,15 @@ mod tests {
         acks.report(r.opaque(2), Ok(41));
         acks.report(other.opaque(0), Ok(7));
         let mut wait = std::pin::pin!(acks.acknowledged(r, 3));
-        let mut cx = std::task::Context::from_waker(Waker::noop());
-        assert!(wait.as_mut().poll(&mut cx).is_pending(), "1 of 3 reported");
+        assert!(poll_once(wait.as_mut()).is_pending(), "1 of 3 reported");
         acks.report(r.opaque(0), Ok(40));
         assert_eq!(acks.reported(r), 2);
-        assert!(wait.as_mut().poll(&mut cx).is_pending(), "2 of 3 reported");
+        assert!(poll_once(wait.as_mut()).is_pending(), "2 of 3 reported");
         acks.report(r.opaque(1), Ok(39));
-        match wait.as_mut().poll(&mut cx) {
-            Poll::Ready(Ok(offsets)) => assert_eq!(offsets, vec![39, 41]),
-            other => panic!("{:?}", other.map(|r| r.map_err(|f| f.topic))),
-        }
+        let Poll::Ready(Ok(offsets)) = poll_once(wait.as_mut()) else {
+            panic!("not acknowledged with every record reported");
+        };
+        assert_eq!(offsets, vec![39, 41]);
         assert_eq!(acks.open_rounds(), 1, "only the other round is left");
         assert_eq!(
             now(acks.acknowledged(other, 1)).unwrap().unwrap(),
@@ -381,13 +382,12 @@ mod tests {
         let failing = Round::new();
         {
             let mut wait = std::pin::pin!(acks.acknowledged(failing, 3));
-            let mut cx = std::task::Context::from_waker(Waker::noop());
-            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert!(poll_once(wait.as_mut()).is_pending());
             acks.report(failing.opaque(0), Err((&timed_out(), "journeys")));
-            match wait.as_mut().poll(&mut cx) {
-                Poll::Ready(Err(f)) => assert_eq!(f.topic, "journeys"),
-                other => panic!("{:?}", other.map(|r| r.map_err(|f| f.topic))),
-            }
+            let Poll::Ready(Err(failed)) = poll_once(wait.as_mut()) else {
+                panic!("a failure reported did not end the wait");
+            };
+            assert_eq!(failed.topic, "journeys");
         }
         assert_eq!(acks.open_rounds(), 1, "two reports to come");
         acks.report(failing.opaque(0), Ok(1));
