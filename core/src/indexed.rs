@@ -8,10 +8,11 @@
 //! caches, had every step of those walks wait for memory: in a `perf` profile of the deep
 //! workload (4 K shoppers, every profile in memory) adding to the series and the affinities, and
 //! recording what an event changes of them for explanations, were about 12 % of the processing
-//! threads' samples, most of them on the load of an entry's hash, key or last time. The index
-//! holds, per entry, a 32-bit tag (from the key's hash, and the event type for the series) and
-//! its age (what decides which entry is pushed out), four to a cache line: a lookup reads the
-//! tags and compares the entries whose tag matches; the entry to push out is found from the ages.
+//! threads' samples, most of them on the load of an entry's hash, key or last time. Once a list
+//! is longer than [`INDEXED_FROM`] entries, the index holds, per entry, a 32-bit tag (from the
+//! key's hash, and the event type for the series) and its age (what decides which entry is
+//! pushed out), four to a cache line: a lookup reads the tags and compares the entries whose tag
+//! matches; the entry to push out is found from the ages. Shorter lists are walked as before.
 //!
 //! The index is in memory only: the state and the JSON hold the list as before, and it is rebuilt
 //! when a list is read. Every change of the list goes through this type, which keeps the two in
@@ -22,7 +23,6 @@ use std::fmt;
 use std::ops::Deref;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use smallvec::SmallVec;
 
 use crate::layout::read::{self, Decode};
 use crate::layout::write::Encode;
@@ -53,12 +53,20 @@ impl Slot {
     }
 }
 
-/// A list of entries and their slots in the index, in the same order.
+/// Up to this many entries a list is walked (a few cache lines); past it, it is indexed.
+pub const INDEXED_FROM: usize = 8;
+
+/// A list of entries and, once it is longer than [`INDEXED_FROM`], their slots in the index, in
+/// the same order. Most shoppers have one entry or two per list: their lists carry no index
+/// (a profile of a shopper with an event or two is read, changed and dropped for nearly every
+/// event of a workload of many shoppers, where each allocation shows).
 pub struct Indexed<T> {
     items: Vec<T>,
-    /// `slots[i]` is `Slot::of(&items[i])`. One inline (most shoppers have one entry or two per
-    /// list): no allocation for the index of a list of one.
-    slots: SmallVec<[Slot; 1]>,
+    /// `slots[i]` is `Slot::of(&items[i])`, for every entry; `None` while the list has not
+    /// been longer than [`INDEXED_FROM`] (a list cut shorter keeps its index). Boxed: 8 bytes
+    /// in the profile while there is none (a `Vec` would take 24 in each of its four lists).
+    #[allow(clippy::box_collection)]
+    slots: Option<Box<Vec<Slot>>>,
 }
 
 impl<T: Tagged> Indexed<T> {
@@ -70,12 +78,15 @@ impl<T: Tagged> Indexed<T> {
     #[inline]
     pub fn position(&self, tag: u32, is: impl Fn(&T) -> bool) -> Option<usize> {
         debug_assert!(self.in_step(), "the index is out of step with its list");
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.tag == tag)
-            .map(|(i, _)| i)
-            .find(|&i| is(&self.items[i]))
+        match &self.slots {
+            Some(slots) => slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.tag == tag)
+                .map(|(i, _)| i)
+                .find(|&i| is(&self.items[i])),
+            None => self.items.iter().position(is),
+        }
     }
 
     /// The first entry with `tag` that `is` accepts.
@@ -87,24 +98,39 @@ impl<T: Tagged> Indexed<T> {
     /// The place of the first entry with the lowest age (None: the list is empty).
     pub fn oldest(&self) -> Option<usize> {
         debug_assert!(self.in_step(), "the index is out of step with its list");
-        (0..self.slots.len()).min_by_key(|&i| self.slots[i].age)
+        match &self.slots {
+            Some(slots) => (0..slots.len()).min_by_key(|&i| slots[i].age),
+            None => (0..self.items.len()).min_by_key(|&i| self.items[i].age()),
+        }
     }
 
     /// Appends an entry.
     pub fn push(&mut self, item: T) {
-        self.slots.push(Slot::of(&item));
         self.items.push(item);
+        match &mut self.slots {
+            Some(slots) => slots.push(Slot::of(self.items.last().expect("pushed"))),
+            None if self.items.len() > INDEXED_FROM => {
+                let mut slots = Vec::with_capacity(self.items.capacity());
+                slots.extend(self.items.iter().map(Slot::of));
+                self.slots = Some(Box::new(slots));
+            }
+            None => {}
+        }
     }
 
     /// Removes entry `i`, the last taking its place.
     pub fn swap_remove(&mut self, i: usize) -> T {
-        self.slots.swap_remove(i);
+        if let Some(slots) = &mut self.slots {
+            slots.swap_remove(i);
+        }
         self.items.swap_remove(i)
     }
 
     /// Removes entry `i`, keeping the order of the others.
     pub fn remove(&mut self, i: usize) -> T {
-        self.slots.remove(i);
+        if let Some(slots) = &mut self.slots {
+            slots.remove(i);
+        }
         self.items.remove(i)
     }
 
@@ -112,35 +138,35 @@ impl<T: Tagged> Indexed<T> {
     #[inline]
     pub fn update<R>(&mut self, i: usize, change: impl FnOnce(&mut T) -> R) -> R {
         let r = change(&mut self.items[i]);
-        self.slots[i].age = self.items[i].age();
-        debug_assert_eq!(
-            self.slots[i].tag,
-            self.items[i].tag(),
-            "a key changed in place"
-        );
+        if let Some(slots) = &mut self.slots {
+            slots[i].age = self.items[i].age();
+            debug_assert_eq!(slots[i].tag, self.items[i].tag(), "a key changed in place");
+        }
         r
     }
 
     /// Makes entry `i` a copy of `from`'s entry `j` through `copy` (which reuses what entry `i`
-    /// holds), or appends a clone of it when `i` is the length; its slot is copied too.
+    /// holds), or appends a clone of it when `i` is the length.
     pub fn copy_in(&mut self, i: usize, from: &Indexed<T>, j: usize, copy: impl FnOnce(&mut T, &T))
     where
         T: Clone,
     {
-        match self.items.get_mut(i) {
-            Some(t) => {
-                copy(t, &from.items[j]);
-                self.slots[i] = from.slots[j];
+        if i < self.items.len() {
+            copy(&mut self.items[i], &from.items[j]);
+            if let Some(slots) = &mut self.slots {
+                slots[i] = match &from.slots {
+                    Some(theirs) => theirs[j],
+                    None => Slot::of(&self.items[i]),
+                };
             }
-            None => {
-                assert_eq!(i, self.items.len(), "copied past the end");
-                self.items.push(from.items[j].clone());
-                self.slots.push(from.slots[j]);
-            }
+        } else {
+            assert_eq!(i, self.items.len(), "copied past the end");
+            self.push(from.items[j].clone());
         }
-        debug_assert_eq!(
-            self.slots[i],
-            Slot::of(&self.items[i]),
+        debug_assert!(
+            self.slots
+                .as_ref()
+                .is_none_or(|s| s[i] == Slot::of(&self.items[i])),
             "copied other than whole"
         );
     }
@@ -148,7 +174,9 @@ impl<T: Tagged> Indexed<T> {
     /// Keeps the first `len` entries.
     pub fn truncate(&mut self, len: usize) {
         self.items.truncate(len);
-        self.slots.truncate(len);
+        if let Some(slots) = &mut self.slots {
+            slots.truncate(len);
+        }
     }
 
     pub fn clear(&mut self) {
@@ -170,14 +198,33 @@ impl<T: Tagged> Indexed<T> {
         self.items
     }
 
-    /// Whether every slot is its entry's.
+    /// `items` with an index however short (for the tests of both ways).
+    #[cfg(test)]
+    fn with_index(items: Vec<T>) -> Self {
+        Indexed {
+            slots: Some(Box::new(items.iter().map(Slot::of).collect())),
+            items,
+        }
+    }
+
+    /// Whether the list carries an index (it has been longer than [`INDEXED_FROM`]).
+    pub fn is_indexed(&self) -> bool {
+        self.slots.is_some()
+    }
+
+    /// Whether the index, if any, is the entries'.
     pub fn in_step(&self) -> bool {
-        self.slots.len() == self.items.len()
-            && self
-                .items
-                .iter()
-                .zip(&self.slots)
-                .all(|(e, s)| Slot::of(e) == *s)
+        match &self.slots {
+            None => self.items.len() <= INDEXED_FROM,
+            Some(slots) => {
+                slots.len() == self.items.len()
+                    && self
+                        .items
+                        .iter()
+                        .zip(slots.iter())
+                        .all(|(e, s)| Slot::of(e) == *s)
+            }
+        }
     }
 }
 
@@ -185,7 +232,7 @@ impl<T> Default for Indexed<T> {
     fn default() -> Self {
         Indexed {
             items: Vec::new(),
-            slots: SmallVec::new(),
+            slots: None,
         }
     }
 }
@@ -201,14 +248,18 @@ impl<T: Clone> Clone for Indexed<T> {
 
     fn clone_from(&mut self, from: &Self) {
         self.items.clone_from(&from.items);
-        self.slots.clone_from(&from.slots);
+        match (&mut self.slots, &from.slots) {
+            (Some(mine), Some(theirs)) => mine.clone_from(theirs),
+            (mine, theirs) => mine.clone_from(theirs),
+        }
     }
 }
 
 impl<T: Tagged> From<Vec<T>> for Indexed<T> {
     fn from(items: Vec<T>) -> Self {
         Indexed {
-            slots: items.iter().map(Slot::of).collect(),
+            slots: (items.len() > INDEXED_FROM)
+                .then(|| Box::new(items.iter().map(Slot::of).collect())),
             items,
         }
     }
@@ -325,9 +376,17 @@ mod tests {
         l.find(key.len() as u32, |e| e.key == key)
     }
 
+    /// The same answers walked (a short list) and through the index.
     #[test]
     fn finds_entries_and_the_oldest_through_every_change_of_the_list() {
-        let mut l: Indexed<Entry> = vec![entry("ab", 1), entry("cd", 2), entry("xyz", 3)].into();
+        let items = vec![entry("ab", 1), entry("cd", 2), entry("xyz", 3)];
+        let walked = Indexed::from(items.clone());
+        assert!(!walked.is_indexed());
+        every_change(walked);
+        every_change(Indexed::with_index(items));
+    }
+
+    fn every_change(mut l: Indexed<Entry>) {
         assert_eq!(find(&l, "cd").map(|e| e.n), Some(2));
         assert_eq!(find(&l, "xyz").map(|e| e.n), Some(3));
         assert_eq!(find(&l, "ef"), None, "a tag shared with other keys");
@@ -362,12 +421,47 @@ mod tests {
         assert!(l.is_empty() && find(&l, "cd").is_none() && l.oldest().is_none() && l.in_step());
     }
 
+    /// A list is indexed once it grows past [`INDEXED_FROM`] (or is read so long), and keeps
+    /// its index when cut shorter; either way every entry is found.
+    #[test]
+    fn a_list_is_indexed_past_its_first_entries() {
+        let key = |i: usize| format!("key-{i}");
+        let mut l = Indexed::new();
+        for i in 0..INDEXED_FROM + 3 {
+            l.push(entry(&key(i), 100 - i as i64));
+            assert_eq!(l.is_indexed(), i >= INDEXED_FROM, "{i}");
+            for j in 0..=i {
+                assert_eq!(find(&l, &key(j)).map(|e| e.n), Some(100 - j as i64));
+            }
+            assert_eq!(l.oldest(), Some(i));
+            assert!(l.in_step());
+        }
+        l.truncate(2);
+        assert!(l.is_indexed() && l.in_step());
+        assert_eq!(find(&l, &key(1)).map(|e| e.n), Some(99));
+        assert_eq!(find(&l, &key(2)), None);
+        let long: Vec<Entry> = (0..INDEXED_FROM + 1).map(|i| entry(&key(i), 0)).collect();
+        assert!(Indexed::from(long.clone()).is_indexed());
+        assert!(!Indexed::from(long[..INDEXED_FROM].to_vec()).is_indexed());
+        // A copy into a short list of entries of an indexed one, and the other way round.
+        let mut short = Indexed::from(vec![entry("a", 1)]);
+        let indexed = Indexed::from(long);
+        short.copy_in(0, &indexed, 3, |t, f| t.clone_from(f));
+        assert_eq!(find(&short, &key(3)).map(|e| e.n), Some(0));
+        let mut other = Indexed::from(indexed.to_vec());
+        other.copy_in(5, &short, 0, |t, f| t.clone_from(f));
+        assert_eq!(find(&other, &key(5)), None);
+        assert!(other.in_step());
+        other.clone_from(&short);
+        assert!(!other.is_indexed() && other.in_step());
+    }
+
     /// Debug builds (every test) catch a key changed in place.
     #[test]
     #[should_panic(expected = "a key changed in place")]
     #[cfg(debug_assertions)]
     fn a_key_changed_by_update_is_caught() {
-        let mut l: Indexed<Entry> = vec![entry("ab", 1)].into();
+        let mut l: Indexed<Entry> = Indexed::with_index(vec![entry("ab", 1)]);
         l.update(0, |e| e.key = "abc".into());
     }
 
@@ -389,15 +483,24 @@ mod tests {
     #[test]
     fn total_order_orders_as_total_cmp() {
         let values = [
+            -f64::NAN,
             f64::NEG_INFINITY,
+            f64::MIN,
             -1e300,
             -2.5,
+            -f64::MIN_POSITIVE,
+            -1e-320,
             -0.0,
             0.0,
+            1e-320,
+            f64::MIN_POSITIVE,
             1e-300,
             2.5,
             1e300,
+            f64::MAX,
             f64::INFINITY,
+            f64::NAN,
+            f64::from_bits(f64::NAN.to_bits() | 1),
         ];
         for a in values {
             for b in values {

@@ -2090,7 +2090,19 @@ mod tests {
             p.apply(&view);
             p
         };
-        for p in [filled(), browsing] {
+        // Past the length from which the lists carry an index.
+        let many = {
+            let mut p = Profile::default();
+            for i in 0..crate::indexed::INDEXED_FROM as i64 + 4 {
+                let mut view = ev(EventType::ProductPageView, 1_000 + i, 0.0);
+                view.lines = vec![line(&format!("SKU-{i}"), 1.0, 19.99)];
+                view.lines[0].category = Some(format!("cat-{i}").into());
+                p.apply(&view);
+            }
+            assert!(p.by_category.is_indexed() && p.category_affinity.is_indexed());
+            p
+        };
+        for p in [filled(), browsing, many] {
             assert!(!p.by_category.is_empty() && !p.category_affinity.is_empty());
             let (v6, v5) = (encode(&p), encode_as(&p, 5));
             let back = decode(&v6).unwrap();
@@ -2101,6 +2113,18 @@ mod tests {
             }
             for (a, b) in back.by_category.iter().zip(&p.by_category) {
                 assert_eq!(a.hash, b.hash);
+            }
+            // The lists' indexes are built again as they are read: by hand (version 6) and
+            // through serde (version 5, as the repartition protocol's messages are).
+            let serde_v5 = decode(&v5).unwrap();
+            for q in [&back, &serde_v5] {
+                assert_eq!(q.by_category.is_indexed(), p.by_category.is_indexed());
+                assert!(q.by_category.in_step() && q.by_product.in_step());
+                assert!(q.category_affinity.in_step() && q.brand_affinity.in_step());
+                let c = &p.by_category[0];
+                assert_eq!(Profile::keyed(&q.by_category, c.kind, &c.key), Some(c));
+                let a = &p.category_affinity[0];
+                assert_eq!(Profile::affinity(&q.category_affinity, &a.key), Some(a));
             }
             assert!(v6.len() < v5.len(), "{} >= {} bytes", v6.len(), v5.len());
         }
