@@ -17,9 +17,7 @@
 //! - [`window`]: bounded time buckets answering "how many in the last 1 h … 90 d", and when
 //!   each count leaves its window.
 //! - [`profile`]: the profile and how an event changes it ([`sparse`]: its parts most shoppers
-//!   leave empty, held out of line and allocated only when filled; [`indexed`]: its lists of
-//!   per-category, per-product and affinity entries, with a compact index of their keys and
-//!   ages beside them; [`undo`]: what an event is
+//!   leave empty, held out of line and allocated only when filled; [`undo`]: what an event is
 //!   about to change of what rules read, so that an explanation can see the profile before it;
 //!   [`layout`]: the parts' state encoding, and the earlier versions' that are still read).
 //! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
@@ -39,7 +37,6 @@ pub mod clock;
 pub mod codec;
 pub mod event;
 pub mod identity;
-pub mod indexed;
 pub mod journey;
 pub mod layout;
 pub mod profile;

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Attributes, Cart, Event, EventType, Line};
 use crate::identity::KeyKind;
-use crate::indexed::{Indexed, Tagged};
 use crate::layout::read;
 use crate::layout::state_fields;
 use crate::layout::write::Encode;
@@ -104,46 +103,6 @@ pub(crate) fn same_key(a: &str, b: &str) -> bool {
 
 pub(crate) fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
-}
-
-/// The index tag of the series of `kind` events about the key whose [`key_hash`] is `hash`.
-#[inline]
-pub(crate) fn series_tag(kind: EventType, hash: u64) -> u32 {
-    (hash as u32) ^ (kind as u32).wrapping_mul(0x9E37_79B9)
-}
-
-/// A full list pushes out the least recently active series (one with no event first).
-impl Tagged for KeyedSeries {
-    #[inline]
-    fn tag(&self) -> u32 {
-        series_tag(self.kind, self.hash)
-    }
-
-    #[inline]
-    fn age(&self) -> i64 {
-        // `None` before every time, as `Option`'s order has it (event times are far from
-        // `i64::MIN`).
-        self.series.last().map_or(i64::MIN, |t| t.max(i64::MIN + 1))
-    }
-}
-
-/// The index tag of the affinity for `key`.
-#[inline]
-pub(crate) fn affinity_tag(key: &str) -> u32 {
-    key_hash(key) as u32
-}
-
-/// A full list pushes out the weakest affinity (the lowest rank, as `f64::total_cmp` orders).
-impl Tagged for Affinity {
-    #[inline]
-    fn tag(&self) -> u32 {
-        affinity_tag(&self.key)
-    }
-
-    #[inline]
-    fn age(&self) -> i64 {
-        crate::indexed::total_order(self.rank)
-    }
 }
 
 /// A decayed interest score in a category or brand: `score` as of time `at`.
@@ -378,12 +337,12 @@ pub struct Profile {
     /// Current segment memberships, sorted by segment id.
     pub segments: Vec<Membership>,
     /// Per event type and category (bounded).
-    pub by_category: Indexed<KeyedSeries>,
+    pub by_category: Vec<KeyedSeries>,
     /// Per event type and product SKU (bounded).
-    pub by_product: Indexed<KeyedSeries>,
+    pub by_product: Vec<KeyedSeries>,
     /// Decayed interest per category and per brand (bounded).
-    pub category_affinity: Indexed<Affinity>,
-    pub brand_affinity: Indexed<Affinity>,
+    pub category_affinity: Vec<Affinity>,
+    pub brand_affinity: Vec<Affinity>,
     /// The latest products viewed, latest last (bounded), for browse-abandonment journeys.
     pub recent_products: Vec<Line>,
     /// Journeys triggered for the shopper, sorted by journey id.
@@ -507,18 +466,21 @@ state_fields!(#[inline] KeyedSeries { kind, key, series; hash = |s| key_hash(&s.
 // Version 6 leaves out the rank (layout.rs); the score is the eight bytes.
 state_fields!(#[inline] Affinity { key, score, at; rank = |a| affinity_rank(a.score, a.at) });
 
-fn keyed_add(list: &mut Indexed<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
+fn keyed_add(list: &mut Vec<KeyedSeries>, kind: EventType, key: &str, time: i64, now: i64) {
     let hash = key_hash(key);
-    let i = match list.position(series_tag(kind, hash), |k| {
-        k.hash == hash && k.kind == kind && k.key == key
-    }) {
+    let i = match list
+        .iter()
+        .position(|k| k.hash == hash && k.kind == kind && k.key == key)
+    {
         Some(i) => i,
         None => {
             if list.len() >= MAX_KEYED_SERIES {
-                let stalest = list.oldest().expect("full list");
+                let stalest = (0..list.len())
+                    .min_by_key(|&i| list[i].series.last())
+                    .expect("full list");
                 list.swap_remove(stalest);
             }
-            list.room_for_one();
+            room_for_one(list);
             list.push(KeyedSeries {
                 kind,
                 hash,
@@ -528,12 +490,12 @@ fn keyed_add(list: &mut Indexed<KeyedSeries>, kind: EventType, key: &str, time: 
             list.len() - 1
         }
     };
-    list.update(i, |k| k.series.add(time, now));
+    list[i].series.add(time, now);
 }
 
-fn affinity_add(list: &mut Indexed<Affinity>, key: &str, weight: f64, time: i64) {
-    match list.position(affinity_tag(key), |a| same_key(&a.key, key)) {
-        Some(i) => list.update(i, |a| {
+fn affinity_add(list: &mut Vec<Affinity>, key: &str, weight: f64, time: i64) {
+    match list.iter_mut().find(|a| same_key(&a.key, key)) {
+        Some(a) => {
             if time >= a.at {
                 a.score = decay(a.score, time - a.at) + weight;
                 a.at = time;
@@ -542,14 +504,15 @@ fn affinity_add(list: &mut Indexed<Affinity>, key: &str, weight: f64, time: i64)
                 a.score += decay(weight, a.at - time);
             }
             a.rerank();
-        }),
+        }
         None => {
             if list.len() >= MAX_AFFINITIES {
-                // The lowest rank, the first of equal ones.
-                let weakest = list.oldest().expect("full list");
+                let weakest = (0..list.len())
+                    .min_by(|&i, &j| list[i].rank.total_cmp(&list[j].rank))
+                    .expect("full list");
                 list.swap_remove(weakest);
             }
-            list.room_for_one();
+            room_for_one(list);
             list.push(Affinity::new(key, weight, time));
         }
     }
@@ -617,23 +580,22 @@ impl RuleReads {
 
 /// Makes `to` the series of `from` that `keys` names, in order, reusing `to`'s allocations.
 pub(crate) fn copy_keyed(
-    to: &mut Indexed<KeyedSeries>,
-    from: &Indexed<KeyedSeries>,
+    to: &mut Vec<KeyedSeries>,
+    from: &[KeyedSeries],
     keys: &[(EventType, String)],
 ) {
     let mut kept = 0;
     if !keys.is_empty() {
-        for (j, _) in from
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| RuleReads::reads_keyed(keys, s))
-        {
-            to.copy_in(kept, from, j, |t, f| {
-                t.kind = f.kind;
-                t.hash = f.hash;
-                t.key.clone_from(&f.key);
-                t.series.clone_from(&f.series);
-            });
+        for f in from.iter().filter(|s| RuleReads::reads_keyed(keys, s)) {
+            match to.get_mut(kept) {
+                Some(t) => {
+                    t.kind = f.kind;
+                    t.hash = f.hash;
+                    t.key.clone_from(&f.key);
+                    t.series.clone_from(&f.series);
+                }
+                None => to.push(f.clone()),
+            }
             kept += 1;
         }
     }
@@ -643,8 +605,8 @@ pub(crate) fn copy_keyed(
 /// Makes `to` the affinities of `from` that rules read: all of them, or those `keys` names
 /// (in `from`'s order), reusing `to`'s allocations.
 pub(crate) fn copy_affinities(
-    to: &mut Indexed<Affinity>,
-    from: &Indexed<Affinity>,
+    to: &mut Vec<Affinity>,
+    from: &[Affinity],
     all: bool,
     keys: &[String],
 ) {
@@ -654,16 +616,31 @@ pub(crate) fn copy_affinities(
         t.at = f.at;
         t.rank = f.rank;
     };
+    if all {
+        return copy_vec(to, from, copy, Clone::clone);
+    }
     let mut kept = 0;
-    for (j, _) in from
+    for f in from
         .iter()
-        .enumerate()
-        .filter(|(_, a)| all || keys.iter().any(|k| same_key(k, &a.key)))
+        .filter(|a| keys.iter().any(|k| same_key(k, &a.key)))
     {
-        to.copy_in(kept, from, j, copy);
+        match to.get_mut(kept) {
+            Some(t) => copy(t, f),
+            None => to.push(f.clone()),
+        }
         kept += 1;
     }
     to.truncate(kept);
+}
+
+/// Makes `to` equal to `from`, reusing `to`'s elements' allocations through `copy`.
+fn copy_vec<T>(to: &mut Vec<T>, from: &[T], copy: impl Fn(&mut T, &T), new: impl Fn(&T) -> T) {
+    to.truncate(from.len());
+    let kept = to.len();
+    for (t, f) in to.iter_mut().zip(from) {
+        copy(t, f);
+    }
+    to.extend(from[kept..].iter().map(new));
 }
 
 impl Profile {
@@ -861,13 +838,16 @@ impl Profile {
             (&mut self.by_product, other.by_product),
         ] {
             for k in theirs {
-                match mine.position(k.tag(), |m| {
-                    m.hash == k.hash && m.kind == k.kind && m.key == k.key
-                }) {
-                    Some(i) => mine.update(i, |m| m.series.merge(&k.series, now)),
+                match mine
+                    .iter_mut()
+                    .find(|m| m.hash == k.hash && m.kind == k.kind && m.key == k.key)
+                {
+                    Some(m) => m.series.merge(&k.series, now),
                     None => {
                         if mine.len() >= MAX_KEYED_SERIES {
-                            let stalest = mine.oldest().expect("full list");
+                            let stalest = (0..mine.len())
+                                .min_by_key(|&i| mine[i].series.last())
+                                .expect("full list");
                             if mine[stalest].series.last() >= k.series.last() {
                                 continue;
                             }
@@ -1096,7 +1076,7 @@ impl Profile {
 
     /// Counts of `kind` events about `key` (a category or a SKU) in the last `window` ms.
     pub fn keyed_window(
-        list: &Indexed<KeyedSeries>,
+        list: &[KeyedSeries],
         kind: EventType,
         key: &str,
         window: i64,
@@ -1107,19 +1087,18 @@ impl Profile {
 
     /// The daily counts of `kind` events about `key`, if kept.
     pub fn keyed<'a>(
-        list: &'a Indexed<KeyedSeries>,
+        list: &'a [KeyedSeries],
         kind: EventType,
         key: &str,
     ) -> Option<&'a KeyedSeries> {
         let hash = key_hash(key);
-        list.find(series_tag(kind, hash), |k| {
-            k.hash == hash && k.kind == kind && k.key == key
-        })
+        list.iter()
+            .find(|k| k.hash == hash && k.kind == kind && k.key == key)
     }
 
     /// The affinity for `key` in `list` (categories or brands), if kept.
-    pub fn affinity<'a>(list: &'a Indexed<Affinity>, key: &str) -> Option<&'a Affinity> {
-        list.find(affinity_tag(key), |a| same_key(&a.key, key))
+    pub fn affinity<'a>(list: &'a [Affinity], key: &str) -> Option<&'a Affinity> {
+        list.iter().find(|a| same_key(&a.key, key))
     }
 
     /// The key with the highest affinity (the same at any time: all scores decay alike).
@@ -1891,9 +1870,9 @@ mod tests {
             300_000 + AFFINITY_HALF_LIFE_MS,
             300_000 + 20 * AFFINITY_HALF_LIFE_MS,
         ] {
-            let mut by_value = p.category_affinity.to_vec();
+            let mut by_value = p.category_affinity.clone();
             by_value.sort_by(|a, b| b.at(later).total_cmp(&a.at(later)));
-            let mut by_rank = p.category_affinity.to_vec();
+            let mut by_rank = p.category_affinity.clone();
             by_rank.sort_by(|a, b| b.rank.total_cmp(&a.rank));
             let keys = |v: &[Affinity]| v.iter().map(|a| a.key.clone()).collect::<Vec<_>>();
             assert_eq!(keys(&by_value)[..5], keys(&by_rank)[..5]);
@@ -2090,19 +2069,7 @@ mod tests {
             p.apply(&view);
             p
         };
-        // Past the length from which the lists carry an index.
-        let many = {
-            let mut p = Profile::default();
-            for i in 0..crate::indexed::INDEXED_FROM as i64 + 4 {
-                let mut view = ev(EventType::ProductPageView, 1_000 + i, 0.0);
-                view.lines = vec![line(&format!("SKU-{i}"), 1.0, 19.99)];
-                view.lines[0].category = Some(format!("cat-{i}").into());
-                p.apply(&view);
-            }
-            assert!(p.by_category.is_indexed() && p.category_affinity.is_indexed());
-            p
-        };
-        for p in [filled(), browsing, many] {
+        for p in [filled(), browsing] {
             assert!(!p.by_category.is_empty() && !p.category_affinity.is_empty());
             let (v6, v5) = (encode(&p), encode_as(&p, 5));
             let back = decode(&v6).unwrap();
@@ -2113,18 +2080,6 @@ mod tests {
             }
             for (a, b) in back.by_category.iter().zip(&p.by_category) {
                 assert_eq!(a.hash, b.hash);
-            }
-            // The lists' indexes are built again as they are read: by hand (version 6) and
-            // through serde (version 5, as the repartition protocol's messages are).
-            let serde_v5 = decode(&v5).unwrap();
-            for q in [&back, &serde_v5] {
-                assert_eq!(q.by_category.is_indexed(), p.by_category.is_indexed());
-                assert!(q.by_category.in_step() && q.by_product.in_step());
-                assert!(q.category_affinity.in_step() && q.brand_affinity.in_step());
-                let c = &p.by_category[0];
-                assert_eq!(Profile::keyed(&q.by_category, c.kind, &c.key), Some(c));
-                let a = &p.category_affinity[0];
-                assert_eq!(Profile::affinity(&q.category_affinity, &a.key), Some(a));
             }
             assert!(v6.len() < v5.len(), "{} >= {} bytes", v6.len(), v5.len());
         }

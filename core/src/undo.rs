@@ -16,11 +16,9 @@
 //! entry it cannot name ahead (a full list and a new key).
 
 use crate::event::{Attributes, Event, EventType, Line};
-use crate::indexed::{Indexed, Tagged};
 use crate::profile::{
-    affinity_tag, affinity_weight, copy_affinities, copy_keyed, key_hash, same_key, series_tag,
-    Affinity, KeyedSeries, OrderStats, Profile, RuleReads, CART_EVENTS, KEYED_EVENTS,
-    MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
+    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, KeyedSeries, OrderStats,
+    Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
 };
 use crate::window::Series;
 use smallvec::SmallVec;
@@ -56,7 +54,7 @@ pub struct Undo {
 struct Keyed<T> {
     /// Every entry rules read, before, when `whole_used` (the event may push out one it cannot
     /// name ahead).
-    whole: Indexed<T>,
+    whole: Vec<T>,
     whole_used: bool,
     /// Else the entries rules read that the event touches: `used` of them are this event's,
     /// each the entry before (`None`: absent) under its (kind, key).
@@ -64,10 +62,10 @@ struct Keyed<T> {
     used: usize,
 }
 
-impl<T: Tagged> Default for Keyed<T> {
+impl<T> Default for Keyed<T> {
     fn default() -> Self {
         Keyed {
-            whole: Indexed::new(),
+            whole: Vec::new(),
             whole_used: false,
             entries: Vec::new(),
             used: 0,
@@ -75,7 +73,7 @@ impl<T: Tagged> Default for Keyed<T> {
     }
 }
 
-impl<T: Clone + Tagged> Keyed<T> {
+impl<T: Clone> Keyed<T> {
     fn clear(&mut self) {
         self.whole_used = false;
         self.used = 0;
@@ -98,23 +96,16 @@ impl<T: Clone + Tagged> Keyed<T> {
         self.used += 1;
     }
 
-    /// Puts the recorded entries back into `list` (a copy of what rules read), found by their
-    /// `tag` and `is`.
-    fn revert(
-        &self,
-        list: &mut Indexed<T>,
-        tag: impl Fn(EventType, &str) -> u32,
-        is: impl Fn(&T, EventType, &str) -> bool,
-    ) {
+    /// Puts the recorded entries back into `list` (a copy of what rules read), found by `is`.
+    fn revert(&self, list: &mut Vec<T>, is: impl Fn(&T, EventType, &str) -> bool) {
         if self.whole_used {
             list.clone_from(&self.whole);
             return;
         }
         for (kind, key, before) in &self.entries[..self.used] {
-            let at = list.position(tag(*kind, key), |e| is(e, *kind, key));
+            let at = list.iter().position(|e| is(e, *kind, key));
             match (at, before) {
-                // The same key (and kind): the same tag.
-                (Some(i), Some(b)) => list.update(i, |e| e.clone_from(b)),
+                (Some(i), Some(b)) => list[i].clone_from(b),
                 (Some(i), None) => {
                     list.remove(i);
                 }
@@ -259,16 +250,12 @@ impl Undo {
             copy.orders
                 .copy_rule_inputs(&self.orders, reads.order_series);
         }
-        let series = |kind, key: &str| series_tag(kind, key_hash(key));
-        let affinity = |_, key: &str| affinity_tag(key);
-        self.by_category
-            .revert(&mut copy.by_category, series, is_series);
-        self.by_product
-            .revert(&mut copy.by_product, series, is_series);
+        self.by_category.revert(&mut copy.by_category, is_series);
+        self.by_product.revert(&mut copy.by_product, is_series);
         self.category_affinity
-            .revert(&mut copy.category_affinity, affinity, is_affinity);
+            .revert(&mut copy.category_affinity, is_affinity);
         self.brand_affinity
-            .revert(&mut copy.brand_affinity, affinity, is_affinity);
+            .revert(&mut copy.brand_affinity, is_affinity);
     }
 }
 
@@ -291,7 +278,7 @@ fn pushes_out(len: usize, touched: &[&str], max: usize, absent: impl Fn(&str) ->
 /// changes in `list`.
 fn record_keyed(
     undo: &mut Keyed<KeyedSeries>,
-    list: &Indexed<KeyedSeries>,
+    list: &[KeyedSeries],
     kind: EventType,
     touched: &[&str],
     keys: &[(EventType, String)],
@@ -320,7 +307,7 @@ fn record_keyed(
 /// `touched` keys changes in `list`.
 fn record_affinities(
     undo: &mut Keyed<Affinity>,
-    list: &Indexed<Affinity>,
+    list: &[Affinity],
     touched: &[&str],
     all: bool,
     keys: &[String],

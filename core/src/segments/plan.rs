@@ -700,7 +700,7 @@ fn windowed(cx: &Ctx, k: Events, w: i64) -> (u64, f64) {
     series_of(cx.profile, k).map_or((0, 0.0), |s| s.query(w, cx.now))
 }
 
-fn affinity(list: &crate::indexed::Indexed<crate::profile::Affinity>, key: &str, now: i64) -> f64 {
+fn affinity(list: &[crate::profile::Affinity], key: &str, now: i64) -> f64 {
     Profile::affinity(list, key).map_or(0.0, |a| a.at(now))
 }
 
