@@ -4,12 +4,12 @@
 //! acknowledged (or the first failure), the same of its changelog records, and the offset of
 //! each changelog marker. rust-rdkafka's `FutureProducer` gave every record a future of its
 //! own — a one-shot channel and a boxed sender allocated on the processing thread, sent on by
-//! the producer's polling thread, then awaited one by one: 3 % of the processing threads' samples
-//! in the wide bench's `perf` profile, and the largest item of the polling thread's. Here a record carries a
-//! number in librdkafka's per-message opaque pointer instead: its [`Round`] (a batch's outputs,
-//! its changelog records, its markers) and a slot for an offset to keep. The delivery callback
-//! counts the record into its round, and the commit awaits the count it sent
-//! ([`Acks::acknowledged`]): one map entry per round, no allocation per record.
+//! the producer's polling thread, then awaited one by one: 3 % of the processing threads'
+//! samples in the wide bench's `perf` profile, and the largest item of the polling thread's.
+//! Here a record carries a number in librdkafka's per-message opaque pointer instead: its
+//! [`Round`] (a batch's outputs, its changelog records, its markers) and a slot for an offset
+//! to keep. The delivery callback counts the record into its round, and the commit awaits the
+//! count it sent ([`Acks::acknowledged`]): one map entry per round, no allocation per record.
 //!
 //! Rounds are numbered across the process, so that a producer replaced by a new one
 //! ([`super::collector::Collector::renew_producer`]) cannot confuse a late report of the old
