@@ -406,8 +406,9 @@ fn latency_share() -> f64 {
 }
 
 /// Waits until the timers due at catch-up have fired (the count has not moved for 5 s); returns
-/// how many fired, in how long, and the worker's CPU time (all its threads) when the last did.
-fn timers_settle(port: u16, pid: u32) -> (f64, f64, f64) {
+/// how many fired, in how long, the worker's CPU time (all its threads) when the last did, and
+/// the worker's count of timers fired then (since its start).
+fn timers_settle(port: u16, pid: u32) -> (f64, f64, f64, f64) {
     let fired_before = metric(port, "tailor_timers_fired_total ");
     let t_timers = Instant::now();
     let (mut last, mut last_change) = (fired_before, Instant::now());
@@ -417,18 +418,20 @@ fn timers_settle(port: u16, pid: u32) -> (f64, f64, f64) {
     {
         std::thread::sleep(Duration::from_millis(100));
         let now = metric(port, "tailor_timers_fired_total ");
-        if now != last {
+        // (A poll that failed answers -1: not a change.)
+        if now >= 0.0 && now != last {
             (last, last_change) = (now, Instant::now());
             cpu = proc_stat(pid).cpu;
         }
     }
     let secs = last_change.duration_since(t_timers).as_secs_f64().max(1e-3);
-    (last - fired_before, secs, cpu)
+    (last - fired_before, secs, cpu, last)
 }
 
 /// The first pass and the catch-up after it together: how many timers fire within the pass and
-/// how many after it moves from run to run (0.2 to 0.4 M of about 0.62 M in the wide 500 K-event
-/// pass), their sum does not; nor does the work, which this divides by.
+/// how many after it moves from run to run (41 K to 423 K of about 0.62 M within the wide
+/// 500 K-event pass in one session's runs), their sum does not; nor does the work, which this
+/// divides by.
 fn report_pass_and_catch_up(cpu: f64, events: f64, timers: f64) {
     println!(
         "the pass and its catch-up together: {cpu:.1}s of worker CPU for {events:.0} events and {timers:.0} timers fired = {:.2} µs per event or timer fired",
@@ -1125,14 +1128,14 @@ fn workload(
     if !all {
         report_disk(&dir.path().join("state"), shoppers);
         // The latency of the live stream, not of the catch-up's timers.
-        let (fired, secs, cpu_then) = timers_settle(port, pid);
+        let (fired, secs, cpu_then, fired_then) = timers_settle(port, pid);
         println!(
             "timers due at catch-up: {fired:.0} fired in {secs:.1}s, before the latency phase"
         );
         report_pass_and_catch_up(
             cpu_then - stat_at_first.cpu,
             done - n0,
-            (metric(port, "tailor_timers_fired_total ") - fired_at_first).max(0.0),
+            (fired_then - fired_at_first).max(0.0),
         );
         latency(
             port,
@@ -1160,11 +1163,11 @@ fn workload(
     // Caught up: the clock jumps from the data's 2019 to the wall clock, and every pending timer
     // fires (each at its own due time, until none is left). Timed until the count stops moving.
     let pending = metric(port, "tailor_timers_pending ");
-    let (fired, secs, cpu_then) = timers_settle(port, pid);
+    let (fired, secs, cpu_then, fired_then) = timers_settle(port, pid);
     report_pass_and_catch_up(
         cpu_then - stat_at_first.cpu,
         done - n0,
-        (metric(port, "tailor_timers_fired_total ") - fired_at_first).max(0.0),
+        (fired_then - fired_at_first).max(0.0),
     );
     println!(
         "timers: {pending:.0} pending when caught up (estimate); {fired:.0} fired in {secs:.1}s = {:.0} timer fires/s; {:.0} triggers, {:.0} audience changes in all; peak RSS {:.0} MiB",
