@@ -13,7 +13,8 @@
 //! with the default configuration (`TAILOR_BENCH_THREADS`, `TAILOR_BENCH_BATCH_MESSAGES`,
 //! `TAILOR_BENCH_BATCH_PROFILES`, `TAILOR_BENCH_BATCH_WAIT`, `TAILOR_BENCH_BATCH_LINGER`,
 //! `TAILOR_BENCH_ALLOWED_LATENESS` and `TAILOR_BENCH_HUGE_PAGES` set `processing.*`,
-//! `TAILOR_BENCH_CACHE_PROFILES` `state.cache_profiles`) and their ratio, the worker's CPU time
+//! `TAILOR_BENCH_CACHE_PROFILES` and `TAILOR_BENCH_CACHE_MEMORY` `state.cache_profiles` and
+//! `state.cache_memory`) and their ratio, the worker's CPU time
 //! per event, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
 //! at that rate, and timer lateness (live carts whose hour ends a few seconds after they are
@@ -55,6 +56,21 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// TOML lines `key = value` for each (key, environment variable, quoted) whose variable is set.
+fn settings_from_env(settings: &[(&str, &str, bool)]) -> String {
+    settings
+        .iter()
+        .filter_map(|&(key, var, quoted)| {
+            let v = std::env::var(var).ok()?;
+            Some(if quoted {
+                format!("{key} = \"{v}\"\n")
+            } else {
+                format!("{key} = {v}\n")
+            })
+        })
+        .collect()
 }
 
 fn metric(port: u16, name: &str) -> f64 {
@@ -833,11 +849,13 @@ fn workload(
     // TAILOR_BENCH_HUGE_PAGES: the worker's `processing.threads`, `batch_max_messages`,
     // `batch_max_profiles`, `batch_max_wait`, `batch_linger`, `allowed_lateness` and
     // `transparent_huge_pages` (its defaults when unset);
-    // TAILOR_BENCH_CACHE_PROFILES its `state.cache_profiles`.
-    let cache_profiles = std::env::var("TAILOR_BENCH_CACHE_PROFILES")
-        .map(|v| format!("cache_profiles = {v}\n"))
-        .unwrap_or_default();
-    let processing: String = [
+    // TAILOR_BENCH_CACHE_PROFILES and TAILOR_BENCH_CACHE_MEMORY its `state.cache_profiles` and
+    // `state.cache_memory`.
+    let cache_profiles = settings_from_env(&[
+        ("cache_profiles", "TAILOR_BENCH_CACHE_PROFILES", false),
+        ("cache_memory", "TAILOR_BENCH_CACHE_MEMORY", true),
+    ]);
+    let processing = settings_from_env(&[
         ("threads", "TAILOR_BENCH_THREADS", false),
         ("batch_max_messages", "TAILOR_BENCH_BATCH_MESSAGES", false),
         ("batch_max_profiles", "TAILOR_BENCH_BATCH_PROFILES", false),
@@ -845,17 +863,7 @@ fn workload(
         ("batch_linger", "TAILOR_BENCH_BATCH_LINGER", true),
         ("allowed_lateness", "TAILOR_BENCH_ALLOWED_LATENESS", true),
         ("transparent_huge_pages", "TAILOR_BENCH_HUGE_PAGES", false),
-    ]
-    .iter()
-    .filter_map(|&(key, var, quoted)| {
-        let v = std::env::var(var).ok()?;
-        Some(if quoted {
-            format!("{key} = \"{v}\"\n")
-        } else {
-            format!("{key} = {v}\n")
-        })
-    })
-    .collect();
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // A copy of the example definitions, changed later to time a re-evaluation.
@@ -1086,13 +1094,14 @@ fn workload(
         ) / 1048576.0
     };
     println!(
-        "memory at the end of the pass: RSS {:.0} MiB ({}); RocksDB memtables {:.0} MiB, block cache {:.0} MiB, table readers {:.0} MiB; {:.0} profiles cached",
+        "memory at the end of the pass: RSS {:.0} MiB ({}); RocksDB memtables {:.0} MiB, block cache {:.0} MiB, table readers {:.0} MiB; {:.0} profiles cached, estimated at {:.0} MiB",
         rss_mib(pid, "VmRSS:"),
         heaps(port),
         mib("memtables"),
         mib("block_cache"),
         mib("table_readers"),
-        metric(port, "tailor_profiles_cached ")
+        metric(port, "tailor_profiles_cached "),
+        metric(port, "tailor_profile_cache_bytes ") / 1048576.0
     );
     println!(
         "batches: {:.1}s in all = timers {:.1}s, consume+apply {:.1}s, wait for deliveries {:.1}s, changelog {:.1}s, RocksDB commit {:.1}s; {:.0} batches, {:.0} messages each on average",

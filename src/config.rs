@@ -198,8 +198,12 @@ pub struct Processing {
 #[serde(deny_unknown_fields, default)]
 pub struct State {
     pub path: PathBuf,
-    /// Profiles kept decoded in memory (write-merging cache). Bounds the worker's memory.
+    /// Most profiles kept decoded in memory (write-merging cache).
     pub cache_profiles: usize,
+    /// Most memory the decoded profiles are estimated to take, e.g. "512MiB": the bound that
+    /// holds more small profiles than large ones (each counted by the size of its stored
+    /// bytes; see the README).
+    pub cache_memory: String,
     /// RocksDB block cache, e.g. "256MiB".
     pub block_cache: String,
     /// RocksDB memtable size, e.g. "64MiB".
@@ -327,7 +331,8 @@ impl Default for State {
     fn default() -> Self {
         State {
             path: PathBuf::from(".tailor/state"),
-            cache_profiles: 100_000,
+            cache_profiles: 1_000_000,
+            cache_memory: "512MiB".into(),
             block_cache: "256MiB".into(),
             write_buffer: "64MiB".into(),
             write_ahead_log: None,
@@ -402,6 +407,8 @@ pub struct Settings {
     pub config: Config,
     /// Processing threads: `processing.threads`, or when it is 0 one per core ([`auto_threads`]).
     pub threads: usize,
+    /// `state.cache_memory` in bytes.
+    pub cache_memory_bytes: usize,
     pub batch_max_wait: Duration,
     pub batch_linger: Duration,
     pub allowed_lateness: Duration,
@@ -663,6 +670,13 @@ impl Config {
                 if c.processing.threads == 0 { ", one per core" } else { "" }
             ));
         }
+        let cache_memory = parse_size(&c.state.cache_memory);
+        if cache_memory.is_none_or(|b| b < 1 << 20) {
+            problems.push(format!(
+                "state.cache_memory = {:?}: expected a size of at least \"1MiB\", such as \"512MiB\"",
+                c.state.cache_memory
+            ));
+        }
         let block_cache = parse_size(&c.state.block_cache);
         if block_cache.is_none_or(|b| b < 1 << 20) {
             problems.push(format!(
@@ -768,6 +782,7 @@ impl Config {
             batch_max_wait: wait_checked,
             batch_linger: linger.expect("checked").min(wait_checked),
             threads,
+            cache_memory_bytes: cache_memory.expect("checked"),
             max_idle: max_idle.expect("checked"),
             allowed_lateness: lateness.expect("checked"),
             store: StoreOptions {
@@ -812,6 +827,22 @@ mod tests {
             .unwrap()
             .validate()
             .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn the_profile_cache_is_bounded_by_memory() {
+        let memory = |text: &str| validate_with("", text).map(|s| s.cache_memory_bytes);
+        assert_eq!(memory(""), Ok(512 << 20));
+        assert_eq!(memory("[state]\ncache_memory = \"2GiB\""), Ok(2 << 30));
+        for bad in ["0", "100KiB", "half"] {
+            let errs = memory(&format!("[state]\ncache_memory = \"{bad}\"")).unwrap_err();
+            assert_eq!(
+                errs,
+                [format!(
+                    "state.cache_memory = \"{bad}\": expected a size of at least \"1MiB\", such as \"512MiB\""
+                )]
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Partition numbers taken from this worker by rebalances.
     pub partitions_revoked: IntCounter,
     pub profiles_cached: IntGauge,
+    /// The cached profiles' estimated memory (what `state.cache_memory` bounds).
+    pub profile_cache_bytes: IntGauge,
     pub state_profiles: IntGauge,
     pub state_bytes: IntGauge,
     pub state_memory: IntGaugeVec,
@@ -425,6 +427,10 @@ impl Metrics {
             profiles_cached: plain_gauge(
                 "tailor_profiles_cached",
                 "Profiles held in the in-memory cache.",
+            ),
+            profile_cache_bytes: plain_gauge(
+                "tailor_profile_cache_bytes",
+                "Estimated memory of the profiles held in the in-memory cache, which state.cache_memory bounds (each counted from the size of its stored bytes).",
             ),
             state_profiles: plain_gauge(
                 "tailor_state_profiles",

@@ -169,3 +169,91 @@ fn an_exact_repeat_is_applied_once_and_a_reused_id_is_another_event() {
     assert_eq!(doc["events_total"], 3, "the retry once: {doc}");
     worker.stop();
 }
+
+/// A profile cache whose memory budget holds about half of the shoppers: profiles are pushed
+/// out and read back from RocksDB (for their next event, and for their timers), the cache stays
+/// within its budget, and the outputs are those of a worker whose cache holds everyone.
+#[test]
+fn a_cache_too_small_for_the_shoppers_changes_no_output() {
+    const N: i64 = 1500;
+    let setup = Setup::with_segments("cache-budget", 2, 200, "tests/fixtures/journeys.yaml");
+    setup.add_setting("state", "cache_memory = \"1MiB\"");
+    let t = &setup.topics;
+    let t0 = (now_ms() - 180 * MIN) / MIN * MIN;
+    // Every shopper adds to cart; the even ones check out half an hour later, the odd ones
+    // abandon their carts (their timers fire an hour after the add, once the clock follows
+    // the wall clock).
+    let mut msgs = Vec::new();
+    for i in 0..N {
+        let ecid = format!("ecid-cache-{i}");
+        let at = t0 + i * 100;
+        let ev = samples::storefront("addToCart", &format!("add-{i}"), at, &ecid);
+        msgs.push((ecid, encode::storefront(&ev).unwrap(), at));
+    }
+    for i in (0..N).step_by(2) {
+        let ecid = format!("ecid-cache-{i}");
+        let at = t0 + 30 * MIN + i * 100;
+        let ev = samples::storefront("completeCheckout", &format!("checkout-{i}"), at, &ecid);
+        msgs.push((ecid, encode::storefront(&ev).unwrap(), at));
+    }
+    let refs: Vec<(&str, &str, Vec<u8>, i64)> = msgs
+        .iter()
+        .map(|(k, v, at)| (t.storefront.as_str(), k.as_str(), v.clone(), *at))
+        .collect();
+    produce_stamped(&producer(), &refs);
+    let total = refs.len() as u64;
+    let abandoners = |w: &Worker| w.metric("tailor_audience_changes_total", "cart-abandoners");
+
+    let mut worker = setup.start(1);
+    worker.wait_caught_up(total);
+    worker.wait_for(
+        Duration::from_secs(60),
+        "the abandoned carts' timers",
+        |w| abandoners(w) >= (N / 2) as f64,
+    );
+    let cached = worker.metric("tailor_profiles_cached", "");
+    let bytes = worker.metric("tailor_profile_cache_bytes", "");
+    assert!(
+        cached > 0.0 && cached < N as f64,
+        "{cached} profiles cached of {N}"
+    );
+    assert!(
+        bytes > 0.0 && bytes <= (1 << 20) as f64,
+        "{bytes} bytes counted for a budget of 1 MiB"
+    );
+    assert!(
+        worker.metric("tailor_state_reads_total", "") > 0.0,
+        "profiles pushed out were read back"
+    );
+    let (changes, triggers) = outputs(t);
+    let entered: Vec<&String> = changes
+        .iter()
+        .filter(|c| c.contains(" cart-abandoners Entered "))
+        .collect();
+    assert_eq!(entered.len(), (N / 2) as usize, "{entered:?}");
+    assert!(
+        entered.iter().all(|c| c
+            .split(' ')
+            .nth(1)
+            .and_then(|k| k.rsplit('-').next())
+            .and_then(|i| i.parse::<i64>().ok())
+            .is_some_and(|i| i % 2 == 1)),
+        "only the shoppers who did not check out: {entered:?}"
+    );
+    worker.stop();
+
+    // The same inputs through a worker whose cache holds every shopper: the same outputs.
+    let roomy = setup.sibling("cache-roomy", 2, 200, "tests/fixtures/journeys.yaml");
+    let mut other = roomy.start(1);
+    other.wait_caught_up(total);
+    other.wait_for(
+        Duration::from_secs(60),
+        "the abandoned carts' timers",
+        |w| abandoners(w) >= (N / 2) as f64,
+    );
+    assert!(other.metric("tailor_profiles_cached", "") >= N as f64);
+    let again = outputs(&roomy.topics);
+    assert_eq!(again.0, changes, "audience changes");
+    assert_eq!(again.1, triggers, "journey triggers");
+    other.stop();
+}

@@ -176,6 +176,11 @@ impl Worker {
             &mut self.shares.cached,
             self.tasks.values().map(|t| t.profiles.len() as i64).sum(),
         );
+        super::share(
+            &self.metrics.profile_cache_bytes,
+            &mut self.shares.cache_bytes,
+            self.tasks.values().map(|t| t.profiles.bytes() as i64).sum(),
+        );
         // Progress: a fault that rolled batches back is over.
         if self.fault.take().is_some() {
             info!("batch committed again after a transient fault");

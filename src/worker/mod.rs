@@ -211,7 +211,9 @@ struct Worker {
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Members per segment in this worker's store: loaded at start, kept with each commit.
     segment_sizes: BTreeMap<String, i64>,
+    /// This thread's share of the profile cache: most profiles, most bytes.
     cache_profiles: usize,
+    cache_memory: usize,
     hasher: overlay::KeyHasher,
     lateness: i64,
     /// Caught-up partitions follow the wall clock (`processing.wall_clock`).
@@ -265,6 +267,7 @@ struct Shares {
     assigned: i64,
     paused: i64,
     cached: i64,
+    cache_bytes: i64,
     reevaluation_pending: i64,
 }
 
@@ -466,9 +469,10 @@ impl Worker {
         // The API first: a partition counted as assigned serves its profiles.
         self.api.set_assigned(self.slot, &self.assigned);
         // Each task gets an equal share of the profile cache.
-        let each = self.cache_profiles / self.tasks.len().max(1);
+        let tasks = self.tasks.len().max(1);
+        let (each, budget) = (self.cache_profiles / tasks, self.cache_memory / tasks);
         for task in self.tasks.values_mut() {
-            task.profiles.resize(each);
+            task.profiles.resize(each, budget);
         }
         share(
             &self.metrics.assigned_partitions,
@@ -517,7 +521,7 @@ impl Worker {
                 partition,
                 &self.store,
                 self.lateness,
-                self.cache_profiles,
+                (self.cache_profiles, self.cache_memory),
                 self.hasher,
                 self.metrics.state_reads.clone(),
             )?),
@@ -1462,6 +1466,7 @@ pub async fn run(
             segment_sizes: BTreeMap::new(),
             // Each thread gets an equal share of the profile cache.
             cache_profiles: c.state.cache_profiles / threads,
+            cache_memory: settings.cache_memory_bytes / threads,
             hasher: overlay::KeyHasher::random(),
             lateness: settings.allowed_lateness.as_millis() as i64,
             follow_wall: c.processing.wall_clock,

@@ -1,6 +1,7 @@
-//! A partition task's profiles: an LRU cache of decoded profiles in front of RocksDB, and the
-//! write-back overlay of the open batch (what its commit writes: changed profiles, removed ones,
-//! and how each profile's entry in the timer index moves).
+//! A partition task's profiles: an LRU cache of decoded profiles in front of RocksDB, bounded by
+//! their estimated memory and by their number, and the write-back overlay of the open batch
+//! (what its commit writes: changed profiles, removed ones, and how each profile's entry in the
+//! timer index moves).
 //!
 //! The overlay is the only record of a change until the commit: a changed profile pushed out of
 //! the cache moves into it (and comes back *changed* when read again), a removed profile stays
@@ -82,12 +83,29 @@ struct Slot {
     dirty: bool,
     /// The profile's entry in the store's timer index (its `next_timer` as last committed).
     committed_timer: Option<i64>,
+    /// The memory it is counted for ([`weight`]), from its stored size as last read or written.
+    weight: usize,
+}
+
+/// Bytes a cached profile is counted for besides those that grow with its content: the
+/// `Profile` itself, its box, the cache's entry, its key and the hash table's share.
+const SLOT_BYTES: usize = std::mem::size_of::<Profile>() + 160;
+
+/// The memory a cached profile is counted for, from the size of its stored form (`encoded`
+/// bytes; 0 for a profile not stored yet): [`SLOT_BYTES`] and twice its stored bytes for its
+/// lists and strings on the heap (the core bench's `profile memory` line: 623 B asked for
+/// 267 B stored after a shopper's first event, 1,010 B for 406 B after all of the samples'
+/// events; in the wide bench the worker's resident memory grew by about 1.5 KiB per profile
+/// held, where this counts about 1.7). An estimate, kept from the last read or commit of the
+/// profile: the events of the open batch are counted at its commit.
+pub fn weight(encoded: usize) -> usize {
+    SLOT_BYTES + 2 * encoded
 }
 
 /// What the open batch holds for a key outside the cache.
 enum Pending {
-    /// Changed, then pushed out of the cache: written with the commit.
-    Spilled(Box<Profile>),
+    /// Changed, then pushed out of the cache (with its weight): written with the commit.
+    Spilled(Box<Profile>, usize),
     /// Removed (absorbed or deleted): deleted with the commit, unless created again.
     Removed,
 }
@@ -122,6 +140,9 @@ pub fn is_new(p: &Profile) -> bool {
 
 pub struct Profiles {
     cache: LruCache<String, Slot, KeyHasher>,
+    /// The cached profiles' [`weight`]s summed, and the most they may sum to.
+    bytes: usize,
+    budget: usize,
     /// Keys the open batch changed outside the cache, with their committed timer.
     pending: HashMap<String, (Pending, Option<i64>), KeyHasher>,
     /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction).
@@ -131,13 +152,17 @@ pub struct Profiles {
 }
 
 impl Profiles {
-    /// `hasher`: seeded at random per process ([`KeyHasher::random`]).
-    pub fn new(capacity: usize, hasher: KeyHasher) -> Profiles {
+    /// At most `capacity` profiles whose [`weight`]s sum to at most `budget` bytes (the most
+    /// recently used one is kept whatever its weight). `hasher`: seeded at random per process
+    /// ([`KeyHasher::random`]).
+    pub fn new(capacity: usize, budget: usize, hasher: KeyHasher) -> Profiles {
         Profiles {
             cache: LruCache::with_hasher(
                 NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
                 hasher,
             ),
+            bytes: 0,
+            budget,
             pending: HashMap::with_hasher(hasher),
             dirty: Vec::new(),
             changed: 0,
@@ -148,12 +173,23 @@ impl Profiles {
         self.cache.len()
     }
 
-    pub fn capacity(&self) -> usize {
-        self.cache.cap().get()
+    /// The cached profiles' estimated memory ([`weight`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
-    /// Changes the cache's capacity; changed profiles pushed out move to the overlay.
-    pub fn resize(&mut self, capacity: usize) {
+    /// About how many profiles the cache holds when full: its capacity, or as many as its
+    /// budget holds at the profiles' average weight so far if fewer.
+    pub fn capacity(&self) -> usize {
+        let average = match self.cache.len() {
+            0 => weight(0),
+            n => (self.bytes / n).max(1),
+        };
+        self.cache.cap().get().min(self.budget / average).max(1)
+    }
+
+    /// Changes the cache's capacity and budget; changed profiles pushed out move to the overlay.
+    pub fn resize(&mut self, capacity: usize, budget: usize) {
         let capacity = capacity.max(1);
         while self.cache.len() > capacity {
             match self.cache.pop_lru() {
@@ -163,33 +199,62 @@ impl Profiles {
         }
         self.cache
             .resize(NonZeroUsize::new(capacity).expect("at least 1"));
+        self.budget = budget;
+        self.fit();
     }
 
-    fn spill(&mut self, key: String, slot: Slot) {
-        // An empty placeholder of a removed key: the removal stands.
-        let removed = matches!(self.pending.get(&key), Some((Pending::Removed, _)));
-        if slot.dirty && !(removed && is_new(&slot.profile)) {
-            self.pending
-                .insert(key, (Pending::Spilled(slot.profile), slot.committed_timer));
+    /// Pushes out the least recently used profiles while their weights sum to more than the
+    /// budget, keeping the most recent one.
+    fn fit(&mut self) {
+        while self.bytes > self.budget && self.cache.len() > 1 {
+            match self.cache.pop_lru() {
+                Some((key, slot)) => self.spill(key, slot),
+                None => break,
+            }
         }
     }
 
+    /// Drops `slot` out of the cache: pushed out (to the overlay if changed) or popped.
+    fn spill(&mut self, key: String, slot: Slot) {
+        self.bytes -= slot.weight;
+        // An empty placeholder of a removed key: the removal stands.
+        let removed = matches!(self.pending.get(&key), Some((Pending::Removed, _)));
+        if slot.dirty && !(removed && is_new(&slot.profile)) {
+            self.pending.insert(
+                key,
+                (
+                    Pending::Spilled(slot.profile, slot.weight),
+                    slot.committed_timer,
+                ),
+            );
+        }
+    }
+
+    /// Takes `key`'s slot out of the cache (not into the overlay).
+    fn pop(&mut self, key: &str) -> Option<Slot> {
+        let slot = self.cache.pop(key)?;
+        self.bytes -= slot.weight;
+        Some(slot)
+    }
+
     /// Brings the profile of `key` into the cache: from the overlay, else from the store
-    /// (`read`, on a miss), else an empty placeholder.
+    /// (`read`, on a miss: the profile and the size of its stored bytes), else an empty
+    /// placeholder. Pushes out the least recently used ones past the capacity or the budget.
     pub fn fetch<E>(
         &mut self,
         key: &str,
-        read: impl FnOnce() -> Result<Option<Profile>, E>,
+        read: impl FnOnce() -> Result<Option<(Profile, usize)>, E>,
     ) -> Result<(), E> {
         if self.cache.contains(key) {
             return Ok(());
         }
         let slot = match self.pending.remove(key) {
             // Still changed: its changes are written with the commit.
-            Some((Pending::Spilled(profile), committed_timer)) => Slot {
+            Some((Pending::Spilled(profile, weight), committed_timer)) => Slot {
                 profile,
                 dirty: true,
                 committed_timer,
+                weight,
             },
             // Removed in this batch: an empty placeholder, and the removal stands until a
             // profile is created again under this key.
@@ -200,22 +265,29 @@ impl Profiles {
                     profile: Box::default(),
                     dirty: false,
                     committed_timer,
+                    weight: weight(0),
                 }
             }
             None => {
-                let profile = Box::new(read()?.unwrap_or_default());
+                let (profile, stored) = read()?.unwrap_or_default();
+                let profile = Box::new(profile);
                 Slot {
                     committed_timer: profile.next_timer,
                     profile,
                     dirty: false,
+                    weight: weight(stored),
                 }
             }
         };
+        self.bytes += slot.weight;
         if let Some((old_key, old)) = self.cache.push(key.to_owned(), slot) {
             if old_key != key {
                 self.spill(old_key, old);
+            } else {
+                self.bytes -= old.weight;
             }
         }
+        self.fit();
         Ok(())
     }
 
@@ -256,7 +328,7 @@ impl Profiles {
     /// Removes the profile of `key` (absorbed or deleted): it leaves the cache, and the commit
     /// deletes it and its timer. Returns it (as changed so far in this batch).
     pub fn remove(&mut self, key: &str) -> Option<Profile> {
-        let slot = self.cache.pop(key)?;
+        let slot = self.pop(key)?;
         // A changed profile (or one created again after a removal) is counted already.
         if !slot.dirty && !self.pending.contains_key(key) {
             self.changed += 1;
@@ -303,13 +375,17 @@ impl Profiles {
             slot.committed_timer = slot.profile.next_timer;
             slot.dirty = false;
             let bytes = profile::encode(&slot.profile);
+            // Counted from now on at its new size.
+            let weight = weight(bytes.len());
+            self.bytes = self.bytes - slot.weight + weight;
+            slot.weight = weight;
             // Created again after a removal in this batch: the write replaces the removal.
             self.pending.remove(&key);
             w.put.push((key, bytes));
         }
         for (key, (pending, committed_timer)) in self.pending.drain() {
             match pending {
-                Pending::Spilled(p) => {
+                Pending::Spilled(p, _) => {
                     w.timer_moved(&key, committed_timer, p.next_timer);
                     w.put.push((key, profile::encode(&p)));
                 }
@@ -323,6 +399,8 @@ impl Profiles {
                 }
             }
         }
+        // Written profiles are counted at their new sizes: back within the budget.
+        self.fit();
         w
     }
 
@@ -330,19 +408,19 @@ impl Profiles {
     /// read again from the store); unchanged ones stay cached.
     pub fn rollback(&mut self) {
         self.changed = 0;
-        for key in self.dirty.drain(..) {
-            self.cache.pop(&key);
+        for key in std::mem::take(&mut self.dirty) {
+            self.pop(&key);
         }
-        for key in self.pending.keys() {
-            self.cache.pop(key);
+        let pending: Vec<String> = self.pending.drain().map(|(key, _)| key).collect();
+        for key in pending {
+            self.pop(&key);
         }
-        self.pending.clear();
     }
 
     /// Forgets a cached key (an identity alias changed under it, or a rollback).
     pub fn forget(&mut self, key: &str) {
         if !self.pending.contains_key(key) && !self.cache.peek(key).is_some_and(|s| s.dirty) {
-            self.cache.pop(key);
+            self.pop(key);
         }
     }
 }
@@ -359,8 +437,8 @@ mod tests {
         }
     }
 
-    fn store_with(p: Profile) -> impl Fn() -> Result<Option<Profile>, ()> {
-        move || Ok(Some(p.clone()))
+    fn store_with(p: Profile) -> impl Fn() -> Result<Option<(Profile, usize)>, ()> {
+        move || Ok(Some((p.clone(), profile::encode(&p).len())))
     }
 
     fn decoded(w: &Writes) -> Vec<(String, u64, Option<i64>)> {
@@ -394,7 +472,7 @@ mod tests {
 
     #[test]
     fn each_changed_key_counts_once() {
-        let mut ps = Profiles::new(1, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(1, usize::MAX, KeyHasher::with_seed(0));
         let none = || Ok::<_, ()>(None);
         ps.fetch("a", none).unwrap();
         ps.mark_dirty("a");
@@ -426,7 +504,7 @@ mod tests {
     /// dirty; the delete was not committed and the shopper's data and timer stayed in RocksDB.
     #[test]
     fn a_profile_deleted_twice_in_a_batch_is_deleted_at_commit() {
-        let mut ps = Profiles::new(8, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(8, usize::MAX, KeyHasher::with_seed(0));
         let stored = profile(3, Some(500));
         ps.fetch("ann", store_with(stored.clone())).unwrap();
         ps.mark_dirty("ann");
@@ -446,7 +524,7 @@ mod tests {
 
     #[test]
     fn a_removed_key_read_again_but_left_alone_is_still_deleted() {
-        let mut ps = Profiles::new(8, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(8, usize::MAX, KeyHasher::with_seed(0));
         ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
         ps.remove("ann");
         ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
@@ -465,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_removed_key_loaded_again_but_left_empty_is_still_deleted() {
-        let mut ps = Profiles::new(8, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(8, usize::MAX, KeyHasher::with_seed(0));
         ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
         ps.remove("ann");
         // Loaded (marked changed) by a step that then changed nothing.
@@ -479,7 +557,7 @@ mod tests {
 
     #[test]
     fn a_removed_key_loaded_again_and_evicted_empty_is_still_deleted() {
-        let mut ps = Profiles::new(1, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(1, usize::MAX, KeyHasher::with_seed(0));
         ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
         ps.remove("ann");
         ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
@@ -493,7 +571,7 @@ mod tests {
 
     #[test]
     fn a_profile_created_again_after_its_removal_is_written_not_deleted() {
-        let mut ps = Profiles::new(8, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(8, usize::MAX, KeyHasher::with_seed(0));
         ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
         ps.remove("ann");
         ps.fetch("ann", store_with(profile(3, Some(500)))).unwrap();
@@ -510,7 +588,7 @@ mod tests {
     /// overlay *not* dirty, so its earlier changes could be dropped at the commit.
     #[test]
     fn a_changed_profile_evicted_and_read_back_keeps_its_changes() {
-        let mut ps = Profiles::new(1, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(1, usize::MAX, KeyHasher::with_seed(0));
         ps.fetch("ann", store_with(profile(1, None))).unwrap();
         ps.mark_dirty("ann");
         ps.get_mut("ann").unwrap().events_total = 2;
@@ -530,13 +608,13 @@ mod tests {
 
     #[test]
     fn shrinking_the_cache_keeps_changed_profiles() {
-        let mut ps = Profiles::new(4, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(4, usize::MAX, KeyHasher::with_seed(0));
         for k in ["a", "b", "c", "d"] {
             ps.fetch(k, store_with(profile(1, None))).unwrap();
             ps.mark_dirty(k);
             ps.get_mut(k).unwrap().events_total = 9;
         }
-        ps.resize(1);
+        ps.resize(1, usize::MAX);
         assert_eq!(ps.len(), 1);
         let mut keys: Vec<_> = decoded(&ps.take_writes())
             .into_iter()
@@ -551,7 +629,7 @@ mod tests {
 
     #[test]
     fn a_rollback_drops_changes_and_removals_and_the_store_is_read_again() {
-        let mut ps = Profiles::new(8, KeyHasher::with_seed(0));
+        let mut ps = Profiles::new(8, usize::MAX, KeyHasher::with_seed(0));
         ps.fetch("ann", store_with(profile(1, None))).unwrap();
         ps.mark_dirty("ann");
         ps.get_mut("ann").unwrap().events_total = 5;
@@ -564,5 +642,85 @@ mod tests {
         assert_eq!(ps.get("ann").unwrap().events_total, 1);
         assert_eq!(ps.get("bob").unwrap().events_total, 2);
         assert_eq!(ps.take_writes(), Writes::default());
+    }
+
+    /// A profile with `n` products viewed: its stored bytes grow with `n`.
+    fn browsed(n: usize) -> Profile {
+        let mut p = profile(1, None);
+        for i in 0..n {
+            p.recent_products.push(crate::event::Line {
+                sku: format!("sku-{i:04}").into(),
+                name: Some(format!("product number {i}")),
+                ..Default::default()
+            });
+        }
+        p
+    }
+
+    /// The budget bounds the profiles' weights, counted from their stored sizes: more small
+    /// profiles fit than large ones, the least recently used go first, changed ones still
+    /// reach the commit, and the weights follow a profile that grew once it is written.
+    #[test]
+    fn the_budget_holds_more_small_profiles_than_large_ones() {
+        let (small, large) = (browsed(0), browsed(20));
+        let (ws, wl) = (
+            weight(profile::encode(&small).len()),
+            weight(profile::encode(&large).len()),
+        );
+        assert!(wl > 2 * ws, "{ws} {wl}");
+        let budget = 4 * wl;
+        let mut ps = Profiles::new(1000, budget, KeyHasher::with_seed(0));
+        for i in 0..100 {
+            ps.fetch(&format!("s{i}"), store_with(small.clone()))
+                .unwrap();
+        }
+        assert_eq!(ps.len(), budget / ws);
+        assert_eq!(ps.bytes(), ps.len() * ws);
+        assert!(ps.get("s99").is_some() && ps.get("s0").is_none());
+        ps.mark_dirty("s99");
+        ps.get_mut("s99").unwrap().events_total = 7;
+        for i in 0..100 {
+            ps.fetch(&format!("l{i}"), store_with(large.clone()))
+                .unwrap();
+        }
+        assert_eq!(ps.len(), 4);
+        assert_eq!(ps.bytes(), 4 * wl);
+        assert!(ps.get("s99").is_none());
+        // Pushed out changed: written with the commit all the same.
+        let w = ps.take_writes();
+        assert_eq!(decoded(&w), [("s99".to_string(), 7, None)]);
+        // A cached profile that grew is counted at its new size once written, and the least
+        // recently used make room for it.
+        ps.mark_dirty("l99");
+        *ps.get_mut("l99").unwrap() = browsed(60);
+        let grown = weight(profile::encode(&browsed(60)).len());
+        assert!(3 * wl + grown > budget && wl + grown <= budget);
+        let w = ps.take_writes();
+        assert_eq!(w.put.len(), 1);
+        assert_eq!((ps.len(), ps.bytes()), (2, wl + grown));
+        assert!(ps.get("l98").is_some() && ps.get("l97").is_none());
+        // Taken out every way, nothing is counted.
+        ps.remove("l99");
+        ps.forget("l98");
+        ps.fetch("new", || Ok::<_, ()>(None)).unwrap();
+        ps.mark_dirty("new");
+        ps.rollback();
+        assert_eq!((ps.len(), ps.bytes()), (0, 0));
+        ps.fetch("a", store_with(large.clone())).unwrap();
+        ps.fetch("b", store_with(large.clone())).unwrap();
+        ps.resize(1000, 0);
+        assert_eq!((ps.len(), ps.bytes()), (1, wl), "the most recent one stays");
+        assert!(ps.get("b").is_some());
+    }
+
+    /// One profile larger than the whole budget is still held while it is used.
+    #[test]
+    fn the_most_recent_profile_stays_whatever_its_weight() {
+        let mut ps = Profiles::new(1000, 1, KeyHasher::with_seed(0));
+        ps.fetch("a", store_with(browsed(5))).unwrap();
+        ps.fetch("b", store_with(browsed(5))).unwrap();
+        assert_eq!(ps.len(), 1);
+        assert!(ps.get("b").is_some());
+        assert_eq!(ps.capacity(), 1);
     }
 }

@@ -123,14 +123,14 @@ impl Task {
         partition: i32,
         store: &Store,
         lateness: i64,
-        cache_capacity: usize,
+        (cache_capacity, cache_budget): (usize, usize),
         hasher: KeyHasher,
         state_reads: prometheus::IntCounter,
     ) -> Result<Task, Error> {
         let stored = store.clock(partition)?;
         Ok(Task {
             partition,
-            profiles: Profiles::new(cache_capacity, hasher),
+            profiles: Profiles::new(cache_capacity, cache_budget, hasher),
             inputs: Vec::new(),
             aliases: HashMap::new(),
             clock: StreamClock::new(stored, lateness),
@@ -271,7 +271,7 @@ impl Task {
         let (partition, reads) = (self.partition, &self.state_reads);
         self.profiles.fetch(key, || {
             reads.inc();
-            store.profile(partition, key)
+            store.profile_sized(partition, key)
         })?;
         Ok(())
     }
@@ -547,7 +547,15 @@ mod tests {
             })
             .unwrap();
         let reads = prometheus::IntCounter::new("reads", "reads").unwrap();
-        let task = Task::open(3, &store, 0, cache, KeyHasher::with_seed(0), reads.clone()).unwrap();
+        let task = Task::open(
+            3,
+            &store,
+            0,
+            (cache, usize::MAX),
+            KeyHasher::with_seed(0),
+            reads.clone(),
+        )
+        .unwrap();
         (dir, store, reads, task)
     }
 
