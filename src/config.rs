@@ -157,7 +157,8 @@ pub struct Processing {
     pub batch_max_messages: usize,
     /// Most profiles a thread's batch of messages changes before it is committed: the changed
     /// profiles of the open batch are held in memory (the profile cache) until the commit
-    /// writes them, so this, times the threads, must fit in `state.cache_profiles`. A shopper's
+    /// writes them, so this, times the threads, must fit in `state.cache_profiles` and, at
+    /// [`CACHED_PROFILE_BYTES`] each at the least, in `state.cache_memory`. A shopper's
     /// events in one batch are one profile write (one RocksDB put, one changelog record), so
     /// batches of shoppers with many events each are bounded by this less often than by the
     /// messages. The timers a batch fires and the profiles it re-evaluates have budgets of
@@ -435,6 +436,11 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The least memory a cached profile is counted for (the `Profile` itself, its box, the cache's
+/// entry, its key and the hash table's share): 840 bytes; the profile cache adds twice the size
+/// of its stored bytes (see the README's memory paragraph).
+pub const CACHED_PROFILE_BYTES: usize = std::mem::size_of::<crate::profile::Profile>() + 160;
+
 /// Most processing threads `processing.threads = 0` starts: beyond this, more members than a
 /// worker's share of the partitions is the likelier case, and each holds connections and buffers.
 pub const AUTO_THREADS_MAX: usize = 8;
@@ -442,11 +448,18 @@ pub const AUTO_THREADS_MAX: usize = 8;
 /// The processing threads for `processing.threads = 0`: one per core the process may use
 /// (`cores`: Rust's `available_parallelism`, which follows the CPU affinity and a cgroup CPU
 /// quota, such as a Kubernetes CPU limit, but not a CPU request), at most [`AUTO_THREADS_MAX`],
-/// and no more than leave each thread's cache share a whole batch's changed profiles.
-pub fn auto_threads(cores: usize, cache_profiles: usize, batch_max_profiles: usize) -> usize {
+/// and no more than leave each thread's cache share (`cache_profiles` profiles, `cache_memory`
+/// bytes) a whole batch's changed profiles.
+pub fn auto_threads(
+    cores: usize,
+    (cache_profiles, cache_memory): (usize, usize),
+    batch_max_profiles: usize,
+) -> usize {
+    let batch = batch_max_profiles.max(1);
     cores
         .min(AUTO_THREADS_MAX)
-        .min(cache_profiles / batch_max_profiles.max(1))
+        .min(cache_profiles / batch)
+        .min(cache_memory / batch.saturating_mul(CACHED_PROFILE_BYTES))
         .max(1)
 }
 
@@ -621,10 +634,17 @@ impl Config {
                 c.processing.threads
             ));
         }
+        let cache_memory = parse_size(&c.state.cache_memory);
+        if cache_memory.is_none_or(|b| b < 1 << 20) {
+            problems.push(format!(
+                "state.cache_memory = {:?}: expected a size of at least \"1MiB\", such as \"512MiB\"",
+                c.state.cache_memory
+            ));
+        }
         let threads = match c.processing.threads {
             0 => auto_threads(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
-                c.state.cache_profiles,
+                (c.state.cache_profiles, cache_memory.unwrap_or(usize::MAX)),
                 c.processing.batch_max_profiles,
             ),
             n => n,
@@ -670,11 +690,18 @@ impl Config {
                 if c.processing.threads == 0 { ", one per core" } else { "" }
             ));
         }
-        let cache_memory = parse_size(&c.state.cache_memory);
-        if cache_memory.is_none_or(|b| b < 1 << 20) {
+        let batch_bytes = c
+            .processing
+            .batch_max_profiles
+            .saturating_mul(CACHED_PROFILE_BYTES)
+            .saturating_mul(threads);
+        if cache_memory.is_some_and(|b| b >= 1 << 20 && b < batch_bytes) {
             problems.push(format!(
-                "state.cache_memory = {:?}: expected a size of at least \"1MiB\", such as \"512MiB\"",
-                c.state.cache_memory
+                "state.cache_memory = {:?}: must hold processing.batch_max_profiles ({}) profiles of at least {CACHED_PROFILE_BYTES} bytes per processing thread ({threads}{}), at least {:.1} MiB, so each thread's batch fits in its share",
+                c.state.cache_memory,
+                c.processing.batch_max_profiles,
+                if c.processing.threads == 0 { ", one per core" } else { "" },
+                batch_bytes as f64 / 1048576.0
             ));
         }
         let block_cache = parse_size(&c.state.block_cache);
@@ -922,15 +949,25 @@ mod tests {
     #[test]
     fn processing_threads_default_to_the_cores_within_the_cache_and_a_cap() {
         // One per core, capped; a cache too small for a batch per thread gets fewer threads.
-        assert_eq!(auto_threads(2, 100_000, 10_000), 2);
-        assert_eq!(auto_threads(64, 100_000, 10_000), AUTO_THREADS_MAX);
-        assert_eq!(auto_threads(4, 25_000, 10_000), 2);
-        assert_eq!(auto_threads(4, 5_000, 10_000), 1);
+        // The README states the bytes a cached profile is counted for at the least.
+        assert_eq!(CACHED_PROFILE_BYTES, 840, "update the README's 840 bytes");
+        let mib = 1 << 20;
+        assert_eq!(auto_threads(2, (100_000, 512 * mib), 10_000), 2);
+        assert_eq!(
+            auto_threads(64, (1_000_000, 1 << 40), 10_000),
+            AUTO_THREADS_MAX
+        );
+        assert_eq!(auto_threads(4, (25_000, 512 * mib), 10_000), 2);
+        assert_eq!(auto_threads(4, (5_000, 512 * mib), 10_000), 1);
+        // The memory likewise: 10,000 profiles of at least CACHED_PROFILE_BYTES per thread.
+        let batch = 10_000 * CACHED_PROFILE_BYTES;
+        assert_eq!(auto_threads(4, (1_000_000, 3 * batch), 10_000), 3);
+        assert_eq!(auto_threads(4, (1_000_000, batch - 1), 10_000), 1);
         // The default resolves to this machine's cores (at least one); a number given is kept.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(
             validate_with("", "").unwrap().threads,
-            auto_threads(cores, 100_000, 10_000)
+            auto_threads(cores, (1_000_000, 512 * mib), 10_000)
         );
         assert_eq!(
             validate_with("", "[processing]\nthreads = 3")
@@ -951,6 +988,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(errs[0].contains("times processing.threads (4)"), "{errs:?}");
+        let errs = validate_with(
+            "",
+            "[processing]\nthreads = 2\n[state]\ncache_memory = \"8MiB\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [format!(
+                "state.cache_memory = \"8MiB\": must hold processing.batch_max_profiles (10000) profiles of at least {CACHED_PROFILE_BYTES} bytes per processing thread (2), at least {:.1} MiB, so each thread's batch fits in its share",
+                (2 * 10_000 * CACHED_PROFILE_BYTES) as f64 / 1048576.0
+            )]
+        );
     }
 
     /// Regression: `identity.max_identities` was documented but never applied (always 32).

@@ -89,7 +89,7 @@ struct Slot {
 
 /// Bytes a cached profile is counted for besides those that grow with its content: the
 /// `Profile` itself, its box, the cache's entry, its key and the hash table's share.
-const SLOT_BYTES: usize = std::mem::size_of::<Profile>() + 160;
+const SLOT_BYTES: usize = crate::config::CACHED_PROFILE_BYTES;
 
 /// The memory a cached profile is counted for, from the size of its stored form (`encoded`
 /// bytes; 0 for a profile not stored yet): [`SLOT_BYTES`] and twice its stored bytes for its
