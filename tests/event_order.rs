@@ -204,15 +204,18 @@ fn a_cache_too_small_for_the_shoppers_changes_no_output() {
         .collect();
     produce_stamped(&producer(), &refs);
     let total = refs.len() as u64;
-    let abandoners = |w: &Worker| w.metric("tailor_audience_changes_total", "cart-abandoners");
+    // Every message committed and every abandoned cart's timer fired.
+    let settled = |w: &Worker| {
+        w.wait_caught_up(total);
+        w.wait_for(
+            Duration::from_secs(60),
+            "the abandoned carts' timers",
+            |w| w.metric("tailor_audience_changes_total", "cart-abandoners") >= (N / 2) as f64,
+        );
+    };
 
     let mut worker = setup.start(1);
-    worker.wait_caught_up(total);
-    worker.wait_for(
-        Duration::from_secs(60),
-        "the abandoned carts' timers",
-        |w| abandoners(w) >= (N / 2) as f64,
-    );
+    settled(&worker);
     let cached = worker.metric("tailor_profiles_cached", "");
     let bytes = worker.metric("tailor_profile_cache_bytes", "");
     assert!(
@@ -244,12 +247,7 @@ fn a_cache_too_small_for_the_shoppers_changes_no_output() {
     // The same inputs through a worker whose cache holds every shopper: the same outputs.
     let roomy = setup.sibling("cache-roomy", 2, 200, "tests/fixtures/journeys.yaml");
     let mut other = roomy.start(1);
-    other.wait_caught_up(total);
-    other.wait_for(
-        Duration::from_secs(60),
-        "the abandoned carts' timers",
-        |w| abandoners(w) >= (N / 2) as f64,
-    );
+    settled(&other);
     assert!(other.metric("tailor_profiles_cached", "") >= N as f64);
     // Each shopper's first event looks for a profile in the store either way; the small cache
     // read back, besides, profiles it had pushed out (for checkouts and for timers).

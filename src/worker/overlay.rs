@@ -13,6 +13,7 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
+use crate::config::CACHED_PROFILE_BYTES;
 use crate::profile::{self, Profile};
 
 /// Hashes the profile maps' keys with xxh3's one-shot function, seeded at random per process
@@ -87,19 +88,15 @@ struct Slot {
     weight: usize,
 }
 
-/// Bytes a cached profile is counted for besides those that grow with its content: the
-/// `Profile` itself, its box, the cache's entry, its key and the hash table's share.
-const SLOT_BYTES: usize = crate::config::CACHED_PROFILE_BYTES;
-
 /// The memory a cached profile is counted for, from the size of its stored form (`encoded`
-/// bytes; 0 for a profile not stored yet): [`SLOT_BYTES`] and twice its stored bytes for its
-/// lists and strings on the heap (the core bench's `profile memory` line: 623 B asked for
-/// 267 B stored after a shopper's first event, 1,010 B for 406 B after all of the samples'
+/// bytes; 0 for a profile not stored yet): [`CACHED_PROFILE_BYTES`] and twice its stored bytes
+/// for its lists and strings on the heap (the core bench's `profile memory` line: 623 B asked
+/// for 267 B stored after a shopper's first event, 1,010 B for 406 B after all of the samples'
 /// events; in the wide bench the worker's resident memory grew by about 1.5 KiB per profile
 /// held, where this counts about 1.7). An estimate, kept from the last read or commit of the
 /// profile: the events of the open batch are counted at its commit.
 pub fn weight(encoded: usize) -> usize {
-    SLOT_BYTES + 2 * encoded
+    CACHED_PROFILE_BYTES + 2 * encoded
 }
 
 /// What the open batch holds for a key outside the cache.
