@@ -83,8 +83,8 @@
 //!   stored profiles).
 
 pub use tailor_core::{
-    audience, cases, clock, codec, event, identity, journey, profile, samples, segments, undo,
-    window, wire,
+    audience, cases, clock, codec, event, footprint, identity, journey, profile, samples, segments,
+    undo, window, wire,
 };
 
 pub mod allocator;

@@ -430,7 +430,7 @@ impl Metrics {
             ),
             profile_cache_bytes: plain_gauge(
                 "tailor_profile_cache_bytes",
-                "Estimated memory of the profiles held in the in-memory cache, which state.cache_memory bounds (each counted from the size of its stored bytes).",
+                "Estimated memory of the profiles held in the in-memory cache, which state.cache_memory bounds (each counted by the heap blocks it owns, at the allocator's sizes, with its entry).",
             ),
             state_profiles: plain_gauge(
                 "tailor_state_profiles",

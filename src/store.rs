@@ -400,38 +400,27 @@ impl Store {
     }
 
     pub fn profile(&self, partition: i32, key: &str) -> Result<Option<Profile>, StoreError> {
-        Ok(self.profile_sized(partition, key)?.map(|(p, _)| p))
-    }
-
-    /// [`Self::profile`] with the size of its stored bytes (what the profile cache counts it
-    /// for).
-    pub fn profile_sized(
-        &self,
-        partition: i32,
-        key: &str,
-    ) -> Result<Option<(Profile, usize)>, StoreError> {
         match self
             .db
             .get_pinned_cf(self.cf(CF_PROFILES), profile_key(partition, key))?
         {
             None => Ok(None),
             Some(bytes) => profile::decode(&bytes)
-                .map(|p| Some((p, bytes.len())))
+                .map(Some)
                 .map_err(|detail| StoreError::Corrupt { partition, detail }),
         }
     }
 
     /// The profiles of `keys`, in their order, in one batched read: RocksDB looks the keys up
     /// together (sorted, one pass over each memtable and file), cheaper than a `get` each. Each
-    /// is handed to `found` as soon as it is decoded, with the size of its stored bytes (no
-    /// list of them is built: a batch's profiles are megabytes, one more copy of each). A
-    /// profile that cannot be decoded ends the read with an error; those before it were handed
-    /// over.
+    /// is handed to `found` as soon as it is decoded (no list of them is built: a batch's
+    /// profiles are megabytes, one more copy of each). A profile that cannot be decoded ends
+    /// the read with an error; those before it were handed over.
     pub fn read_profiles<'k>(
         &self,
         partition: i32,
         keys: &[&'k str],
-        mut found: impl FnMut(&'k str, Option<(Profile, usize)>),
+        mut found: impl FnMut(&'k str, Option<Profile>),
     ) -> Result<(), StoreError> {
         // Every store key in one buffer (an allocation per key before), then sliced.
         let mut buf = Vec::with_capacity(keys.iter().map(|k| 4 + k.len()).sum());
@@ -449,11 +438,10 @@ impl Store {
         )) {
             let profile = match read? {
                 None => None,
-                Some(bytes) => Some((
+                Some(bytes) => Some(
                     profile::decode(&bytes)
                         .map_err(|detail| StoreError::Corrupt { partition, detail })?,
-                    bytes.len(),
-                )),
+                ),
             };
             found(key, profile);
         }
@@ -1241,7 +1229,7 @@ mod tests {
         s.read_profiles(
             1,
             &["bb-longer-key", "missing", "a", "other", ""],
-            |k, p| read.push((k, p.map(|(p, _)| p.events_total))),
+            |k, p| read.push((k, p.map(|p| p.events_total))),
         )
         .unwrap();
         assert_eq!(

@@ -178,7 +178,7 @@ fn a_cache_too_small_for_the_shoppers_changes_no_output() {
     const N: i64 = 1500;
     let setup = Setup::with_segments("cache-budget", 2, 200, "tests/fixtures/journeys.yaml");
     setup.add_setting("state", "cache_memory = \"1MiB\"");
-    // A batch's changed profiles must fit in the budget (1,000 at 840 bytes at the least).
+    // A batch's changed profiles must fit in the budget (1,000 at 880 bytes at the least).
     setup.add_setting("processing", "batch_max_profiles = 1000");
     let t = &setup.topics;
     let t0 = (now_ms() - 180 * MIN) / MIN * MIN;

@@ -20,6 +20,7 @@
 //!   leave empty, held out of line and allocated only when filled; [`undo`]: what an event is
 //!   about to change of what rules read, so that an explanation can see the profile before it;
 //!   [`layout`]: the parts' state encoding, and the earlier versions' that are still read).
+//! - [`footprint`]: the heap blocks a profile owns, for the worker's cache budget.
 //! - [`segments`]: the rule language: YAML definitions, parse, type-check, compile, evaluate,
 //!   the earliest time the passing of time can change a result (the profile's timer), and what
 //!   each rule reads and each event changes ([`segments::inputs`]: an event re-evaluates only
@@ -36,6 +37,7 @@ pub mod cases;
 pub mod clock;
 pub mod codec;
 pub mod event;
+pub mod footprint;
 pub mod identity;
 pub mod journey;
 pub mod layout;

@@ -56,6 +56,14 @@ impl<T: Empty> Sparse<T> {
     }
 }
 
+impl<T: crate::footprint::Footprint> crate::footprint::Footprint for Sparse<T> {
+    /// Its box, when it holds a value (named here: through `Deref` the lent default would be
+    /// walked and the box missed).
+    fn heap(&self, m: &mut crate::footprint::Meter) {
+        self.0.heap(m);
+    }
+}
+
 impl<T: Empty> Deref for Sparse<T> {
     type Target = T;
 

@@ -91,6 +91,19 @@ impl Clone for Series {
     }
 }
 
+impl crate::footprint::Footprint for Series {
+    fn heap(&self, m: &mut crate::footprint::Meter) {
+        let Series {
+            buckets,
+            ends: _,
+            last: _,
+            recent: _,
+            recent_len: _,
+        } = self;
+        m.list(buckets);
+    }
+}
+
 impl Series {
     /// Where `level`'s buckets are in `buckets`.
     fn range(&self, level: usize) -> std::ops::Range<usize> {
@@ -519,6 +532,13 @@ impl Decode for DailyCounts {
             days,
             last: Decode::decode(r)?,
         })
+    }
+}
+
+impl crate::footprint::Footprint for DailyCounts {
+    fn heap(&self, m: &mut crate::footprint::Meter) {
+        let DailyCounts { days, last: _ } = self;
+        m.small(days);
     }
 }
 

@@ -14,6 +14,7 @@ use std::num::NonZeroUsize;
 use lru::LruCache;
 
 use crate::config::CACHED_PROFILE_BYTES;
+use crate::footprint;
 use crate::profile::{self, Profile};
 
 /// Hashes the profile maps' keys with xxh3's one-shot function, seeded at random per process
@@ -84,19 +85,46 @@ struct Slot {
     dirty: bool,
     /// The profile's entry in the store's timer index (its `next_timer` as last committed).
     committed_timer: Option<i64>,
-    /// The memory it is counted for ([`weight`]), from its stored size as last read or written.
+    /// The memory it is counted for ([`weight`]) as last read or written.
     weight: usize,
 }
 
-/// The memory a cached profile is counted for, from the size of its stored form (`encoded`
-/// bytes; 0 for a profile not stored yet): [`CACHED_PROFILE_BYTES`] and twice its stored bytes
-/// for its lists and strings on the heap (the core bench's `profile memory` line: 623 B asked
-/// for 267 B stored after a shopper's first event, 1,010 B for 406 B after all of the samples'
-/// events; in the wide bench the worker's resident memory grew by about 1.5 KiB per profile
-/// held, where this counts about 1.7). An estimate, kept from the last read or commit of the
-/// profile: the events of the open batch are counted at its commit.
-pub fn weight(encoded: usize) -> usize {
-    CACHED_PROFILE_BYTES + 2 * encoded
+/// The memory a cached profile is counted for: the `Profile` in its box, the cache's entry,
+/// its key and the hash table's share ([`fixed`], about [`CACHED_PROFILE_BYTES`]), and every
+/// heap block the profile owns ([`footprint::heap_bytes`]: its lists and strings, walked from
+/// their capacities), each at the size the allocator gives for it. Counted when the profile is
+/// read into the cache and at each commit that writes it: the events of the open batch are
+/// counted at its commit. A profile read from its state has no next changes yet (its first
+/// evaluation works them out): `nexts`, the size they took in the last profile committed,
+/// stands in for them until then.
+pub fn weight(key: &str, profile: &Profile, nexts: usize) -> usize {
+    let own = footprint::nexts_bytes(profile, &good_size);
+    fixed(key) + footprint::heap_bytes(profile, &good_size) + if own == 0 { nexts } else { 0 }
+}
+
+/// The part of [`weight`] that does not depend on the profile's contents.
+pub fn fixed(key: &str) -> usize {
+    // The LRU's entry: its key and value, and the links between entries.
+    let entry = std::mem::size_of::<String>() + std::mem::size_of::<Slot>() + 16;
+    good_size(std::mem::size_of::<Profile>())
+        + good_size(entry)
+        + if key.is_empty() {
+            0
+        } else {
+            good_size(key.len())
+        }
+        + TABLE_SLOT_BYTES
+}
+
+/// The hash table's share per entry: a pointer to the key and one to the entry, and a control
+/// byte, at a load between 7/16 and 7/8 (the table doubles past 7/8).
+const TABLE_SLOT_BYTES: usize = 24;
+
+/// The size the allocator (mimalloc, the binary's) gives for a request of `n` bytes: its size
+/// classes are up to a quarter larger than what is asked.
+fn good_size(n: usize) -> usize {
+    // SAFETY: a pure function of `n`: it reads mimalloc's size classes and allocates nothing.
+    unsafe { libmimalloc_sys::mi_good_size(n) }
 }
 
 /// What the open batch holds for a key outside the cache.
@@ -144,6 +172,9 @@ pub struct Profiles {
     pending: HashMap<String, (Pending, Option<i64>), KeyHasher>,
     /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction).
     dirty: Vec<String>,
+    /// The heap a committed profile's next changes took (the segments' count decides it):
+    /// counted for a profile read from its state, which has them after its first evaluation.
+    nexts: usize,
     /// Keys the open batch changed or removed, each counted once ([`Self::changed_count`]).
     changed: usize,
 }
@@ -162,6 +193,7 @@ impl Profiles {
             budget,
             pending: HashMap::with_hasher(hasher),
             dirty: Vec::new(),
+            nexts: 0,
             changed: 0,
         }
     }
@@ -179,7 +211,7 @@ impl Profiles {
     /// budget holds at the profiles' average weight so far if fewer.
     pub fn capacity(&self) -> usize {
         let average = match self.cache.len() {
-            0 => weight(0),
+            0 => CACHED_PROFILE_BYTES,
             n => (self.bytes / n).max(1),
         };
         self.cache.cap().get().min(self.budget / average).max(1)
@@ -235,12 +267,12 @@ impl Profiles {
     }
 
     /// Brings the profile of `key` into the cache: from the overlay, else from the store
-    /// (`read`, on a miss: the profile and the size of its stored bytes), else an empty
+    /// (`read`, on a miss), else an empty
     /// placeholder. Pushes out the least recently used ones past the capacity or the budget.
     pub fn fetch<E>(
         &mut self,
         key: &str,
-        read: impl FnOnce() -> Result<Option<(Profile, usize)>, E>,
+        read: impl FnOnce() -> Result<Option<Profile>, E>,
     ) -> Result<(), E> {
         if self.cache.contains(key) {
             return Ok(());
@@ -262,17 +294,16 @@ impl Profiles {
                     profile: Box::default(),
                     dirty: false,
                     committed_timer,
-                    weight: weight(0),
+                    weight: fixed(key),
                 }
             }
             None => {
-                let (profile, stored) = read()?.unwrap_or_default();
-                let profile = Box::new(profile);
+                let profile = Box::new(read()?.unwrap_or_default());
                 Slot {
                     committed_timer: profile.next_timer,
+                    weight: weight(key, &profile, self.nexts),
                     profile,
                     dirty: false,
-                    weight: weight(stored),
                 }
             }
         };
@@ -373,7 +404,11 @@ impl Profiles {
             slot.dirty = false;
             let bytes = profile::encode(&slot.profile);
             // Counted from now on at its new size.
-            let weight = weight(bytes.len());
+            let nexts = footprint::nexts_bytes(&slot.profile, &good_size);
+            if nexts > 0 {
+                self.nexts = nexts;
+            }
+            let weight = weight(&key, &slot.profile, self.nexts);
             self.bytes = self.bytes - slot.weight + weight;
             slot.weight = weight;
             // Created again after a removal in this batch: the write replaces the removal.
@@ -434,8 +469,8 @@ mod tests {
         }
     }
 
-    fn store_with(p: Profile) -> impl Fn() -> Result<Option<(Profile, usize)>, ()> {
-        move || Ok(Some((p.clone(), profile::encode(&p).len())))
+    fn store_with(p: Profile) -> impl Fn() -> Result<Option<Profile>, ()> {
+        move || Ok(Some(p.clone()))
     }
 
     fn decoded(w: &Writes) -> Vec<(String, u64, Option<i64>)> {
@@ -641,7 +676,7 @@ mod tests {
         assert_eq!(ps.take_writes(), Writes::default());
     }
 
-    /// A profile with `n` products viewed: its stored bytes grow with `n`.
+    /// A profile with `n` products viewed: what it holds grows with `n`.
     fn browsed(n: usize) -> Profile {
         let mut p = profile(1, None);
         for i in 0..n {
@@ -651,19 +686,18 @@ mod tests {
                 ..Default::default()
             });
         }
-        p
+        // A copy, as the tests' store hands out: every list and string at its length, so the
+        // same weight as those.
+        p.clone()
     }
 
-    /// The budget bounds the profiles' weights, counted from their stored sizes: more small
+    /// The budget bounds the profiles' weights, counted from what they hold: more small
     /// profiles fit than large ones, the least recently used go first, changed ones still
     /// reach the commit, and the weights follow a profile that grew once it is written.
     #[test]
     fn the_budget_holds_more_small_profiles_than_large_ones() {
         let (small, large) = (browsed(0), browsed(20));
-        let (ws, wl) = (
-            weight(profile::encode(&small).len()),
-            weight(profile::encode(&large).len()),
-        );
+        let (ws, wl) = (weight("s0", &small, 0), weight("l0", &large, 0));
         assert!(wl > 2 * ws, "{ws} {wl}");
         let budget = 4 * wl;
         let mut ps = Profiles::new(1000, budget, KeyHasher::with_seed(0));
@@ -690,7 +724,7 @@ mod tests {
         // recently used make room for it.
         ps.mark_dirty("l99");
         *ps.get_mut("l99").unwrap() = browsed(60);
-        let grown = weight(profile::encode(&browsed(60)).len());
+        let grown = weight("l99", &browsed(60), 0);
         assert!(3 * wl + grown > budget && wl + grown <= budget);
         let w = ps.take_writes();
         assert_eq!(w.put.len(), 1);
@@ -708,6 +742,22 @@ mod tests {
         ps.resize(1000, 0);
         assert_eq!((ps.len(), ps.bytes()), (1, wl), "the most recent one stays");
         assert!(ps.get("b").is_some());
+    }
+
+    /// The configuration's least weight per profile (its checks, the README) is the count the
+    /// cache makes for an empty profile with a short key.
+    #[test]
+    fn an_empty_profile_with_a_short_key_weighs_the_configured_least() {
+        assert_eq!(
+            weight("ecid-1", &Profile::default(), 0),
+            CACHED_PROFILE_BYTES
+        );
+        assert!(fixed("") <= CACHED_PROFILE_BYTES);
+        // Next changes not worked out yet are counted at the size the last commit saw.
+        assert_eq!(
+            weight("ecid-1", &Profile::default(), 176),
+            CACHED_PROFILE_BYTES + 176
+        );
     }
 
     /// One profile larger than the whole budget is still held while it is used.

@@ -271,7 +271,7 @@ impl Task {
         let (partition, reads) = (self.partition, &self.state_reads);
         self.profiles.fetch(key, || {
             reads.inc();
-            store.profile_sized(partition, key)
+            store.profile(partition, key)
         })?;
         Ok(())
     }

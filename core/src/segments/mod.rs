@@ -145,6 +145,13 @@ pub struct KnownNexts {
     at: Vec<i64>,
 }
 
+impl crate::footprint::Footprint for KnownNexts {
+    fn heap(&self, m: &mut crate::footprint::Meter) {
+        let KnownNexts { set: _, at } = self;
+        m.list(at);
+    }
+}
+
 impl KnownNexts {
     /// The segment's result does not change with time alone.
     const NEVER: i64 = i64::MAX;
