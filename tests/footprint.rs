@@ -146,11 +146,12 @@ fn the_walk_counts_exactly_what_a_profile_holds_on_the_heap() {
     let late = events.iter().map(|(_, e)| e.time).max().unwrap() + 400 * 86_400_000;
     for (key, p) in profiles {
         let state = profile::encode(&p);
+        // A copy (each list and string at its length) for the timers below.
+        let mut later = p.clone();
         // As the events built it (spare capacity, next changes).
-        built += check(&key, p.clone());
+        built += check(&key, p);
         // After every timer due within the next 400 days fired (memberships left, recent
         // changes added).
-        let mut later = p;
         out.clear();
         core.advance(&key, &mut later, late, &mut out);
         fired += check(&key, later);

@@ -1,7 +1,7 @@
 //! What a profile holds on the heap: every block its lists, strings and boxes own, walked from
 //! their capacities (not from the encoded size, which says little about them: a shopper with an
-//! event or two stores about 300 bytes and holds about 1.5 KiB more on the heap than its
-//! struct).
+//! event or two stores a few hundred bytes and holds over a kilobyte on the heap besides its
+//! 680-byte struct).
 //!
 //! The worker bounds its profile cache by memory (`state.cache_memory`) with this count. Each
 //! block is passed through `round`, the allocator's size for a request (mimalloc's

@@ -517,14 +517,20 @@ impl Worker {
     ) -> Result<(), Error> {
         let task = match self.tasks.entry(partition) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(Task::open(
-                partition,
-                &self.store,
-                self.lateness,
-                (self.cache_profiles, self.cache_memory),
-                self.hasher,
-                self.metrics.state_reads.clone(),
-            )?),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let task = v.insert(Task::open(
+                    partition,
+                    &self.store,
+                    self.lateness,
+                    (self.cache_profiles, self.cache_memory),
+                    self.hasher,
+                    self.metrics.state_reads.clone(),
+                )?);
+                // Profiles read before its first commit are counted with the next changes
+                // their first evaluation adds.
+                task.profiles.expect_nexts(self.proc.core.segments().len());
+                task
+            }
         };
         task.held = None;
         // The repartition topic is fed by the group's own processing: waiting for it would put

@@ -116,8 +116,9 @@ pub fn fixed(key: &str) -> usize {
         + TABLE_SLOT_BYTES
 }
 
-/// The hash table's share per entry: a pointer to the key and one to the entry, and a control
-/// byte, at a load between 7/16 and 7/8 (the table doubles past 7/8).
+/// The hash table's share per entry, about: a pointer to the key and one to the entry, and a
+/// control byte, at a load between 7/16 and 7/8 (the table grows with the entries, doubling
+/// past 7/8: see [`Profiles::new`]).
 const TABLE_SLOT_BYTES: usize = 24;
 
 /// The size the allocator (mimalloc, the binary's) gives for a request of `n` bytes: its size
@@ -172,8 +173,9 @@ pub struct Profiles {
     pending: HashMap<String, (Pending, Option<i64>), KeyHasher>,
     /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction).
     dirty: Vec<String>,
-    /// The heap a committed profile's next changes took (the segments' count decides it):
-    /// counted for a profile read from its state, which has them after its first evaluation.
+    /// The heap a profile's next changes take (the segments' count decides it), as the last
+    /// commit saw it or [`Self::expect_nexts`] expects: counted for a profile read from its
+    /// state, which has them after its first evaluation.
     nexts: usize,
     /// Keys the open batch changed or removed, each counted once ([`Self::changed_count`]).
     changed: usize,
@@ -184,11 +186,12 @@ impl Profiles {
     /// recently used one is kept whatever its weight). `hasher`: seeded at random per process
     /// ([`KeyHasher::random`]).
     pub fn new(capacity: usize, budget: usize, hasher: KeyHasher) -> Profiles {
+        // Not `with_hasher(capacity)`, which sizes the hash table for `capacity` entries at
+        // once (17 MiB for 500,000, however few the budget holds): it grows with the entries.
+        let mut cache = LruCache::unbounded_with_hasher(hasher);
+        cache.resize(NonZeroUsize::new(capacity.max(1)).expect("at least 1"));
         Profiles {
-            cache: LruCache::with_hasher(
-                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
-                hasher,
-            ),
+            cache,
             bytes: 0,
             budget,
             pending: HashMap::with_hasher(hasher),
@@ -200,6 +203,14 @@ impl Profiles {
 
     pub fn len(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Counts a profile read from its state with the next changes `segments` segments give it,
+    /// until a commit shows what they take.
+    pub fn expect_nexts(&mut self, segments: usize) {
+        if self.nexts == 0 && segments > 0 {
+            self.nexts = good_size(segments * std::mem::size_of::<i64>());
+        }
     }
 
     /// The cached profiles' estimated memory ([`weight`]).
@@ -294,7 +305,7 @@ impl Profiles {
                     profile: Box::default(),
                     dirty: false,
                     committed_timer,
-                    weight: fixed(key),
+                    weight: weight(key, &Profile::default(), self.nexts),
                 }
             }
             None => {
@@ -753,11 +764,17 @@ mod tests {
             CACHED_PROFILE_BYTES
         );
         assert!(fixed("") <= CACHED_PROFILE_BYTES);
-        // Next changes not worked out yet are counted at the size the last commit saw.
+        // Next changes not worked out yet are counted at the size the last commit saw, or
+        // before any, at the size the segments' count gives them.
         assert_eq!(
             weight("ecid-1", &Profile::default(), 176),
             CACHED_PROFILE_BYTES + 176
         );
+        let mut ps = Profiles::new(10, usize::MAX, KeyHasher::with_seed(0));
+        ps.expect_nexts(21);
+        ps.fetch("ecid-1", || Ok::<_, ()>(None)).unwrap();
+        assert_eq!(ps.bytes(), CACHED_PROFILE_BYTES + good_size(21 * 8));
+        assert!(good_size(21 * 8) >= 21 * 8);
     }
 
     /// One profile larger than the whole budget is still held while it is used.
