@@ -17,7 +17,7 @@ use tailor::audience::{Core, Outputs, Source};
 use tailor::codec::{self, canonical, Family, InputMessage, SchemaCatalog, Variant};
 use tailor::event::Event;
 use tailor::profile::Profile;
-use tailor::replay::{Produced, Rees46Reader, UciReader};
+use tailor::replay::{shipped_samples, Produced};
 use tailor::segments::SegmentSet;
 use tailor::worker::KeyHasher;
 
@@ -90,11 +90,7 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 
 fn load() -> Vec<Produced> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut v: Vec<Produced> = Rees46Reader::open(&root.join("samples/rees46-2019oct-sample.csv"))
-        .unwrap()
-        .collect();
-    v.extend(UciReader::open(&root.join("samples/uci-online-retail-sample.csv")).unwrap());
-    v
+    shipped_samples(root).unwrap()
 }
 
 fn example_file() -> String {

@@ -49,7 +49,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tailor::codec::{encode, Family, InputMessage, SchemaCatalog};
-use tailor::replay::{Produced, Rees46Reader, UciReader};
+use tailor::replay::{shipped_samples, Produced};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -651,11 +651,7 @@ fn main() {
     let brokers = std::env::var("TAILOR_BENCH_BROKERS")
         .expect("TAILOR_BENCH_BROKERS: run scripts/bench-e2e.sh");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut base: Vec<Produced> =
-        Rees46Reader::open(&root.join("samples/rees46-2019oct-sample.csv"))
-            .unwrap()
-            .collect();
-    base.extend(UciReader::open(&root.join("samples/uci-online-retail-sample.csv")).unwrap());
+    let mut base = shipped_samples(root).unwrap();
     // The message key is the shopper here: the events' own identities are dropped, so a key's
     // events never link identities of other keys (the platform keys by the event's identity).
     let decoder = SchemaCatalog::builtin();

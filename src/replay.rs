@@ -45,6 +45,17 @@ pub struct Skipped {
 }
 
 /// Parses `YYYY-MM-DD HH:MM[:SS][ UTC]` as UTC milliseconds.
+/// The repository's shipped samples (`samples/` under `root`) as platform events: the REES46
+/// clicks, then the UCI orders. What the tests and benches replay.
+pub fn shipped_samples(root: &Path) -> std::io::Result<Vec<Produced>> {
+    let mut v: Vec<Produced> =
+        Rees46Reader::open(&root.join("samples/rees46-2019oct-sample.csv"))?.collect();
+    v.extend(UciReader::open(
+        &root.join("samples/uci-online-retail-sample.csv"),
+    )?);
+    Ok(v)
+}
+
 pub fn parse_time(s: &str) -> Option<i64> {
     let s = s.trim().trim_end_matches(" UTC").trim_end_matches('Z');
     let (date, time) = s.split_once([' ', 'T'])?;

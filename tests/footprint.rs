@@ -15,7 +15,7 @@ use tailor::codec::SchemaCatalog;
 use tailor::event::Event;
 use tailor::footprint;
 use tailor::profile::{self, Profile};
-use tailor::replay::{Rees46Reader, UciReader};
+use tailor::replay::shipped_samples;
 use tailor::segments::SegmentSet;
 
 struct Counting;
@@ -66,11 +66,7 @@ fn freed_by_drop(p: Profile) -> i64 {
 
 /// The shipped samples' events, keyed by shopper, decoded (stream time: the event's own).
 fn sample_events() -> Vec<(String, Event)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
-    let mut produced: Vec<_> = Rees46Reader::open(&root.join("rees46-2019oct-sample.csv"))
-        .unwrap()
-        .collect();
-    produced.extend(UciReader::open(&root.join("uci-online-retail-sample.csv")).unwrap());
+    let produced = shipped_samples(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
     let catalog = SchemaCatalog::builtin();
     let mut events: Vec<(String, Event)> = produced
         .iter()

@@ -13,17 +13,13 @@ use tailor::audience::{Core, Outputs, Source};
 use tailor::codec::SchemaCatalog;
 use tailor::event::Event;
 use tailor::profile::{self, Profile, STATE_VERSION};
-use tailor::replay::{Produced, Rees46Reader, UciReader};
+use tailor::replay::shipped_samples;
 use tailor::segments::SegmentSet;
 
 #[test]
 fn the_samples_profiles_encode_and_decode_as_postcard_does() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut produced: Vec<Produced> =
-        Rees46Reader::open(&root.join("samples/rees46-2019oct-sample.csv"))
-            .unwrap()
-            .collect();
-    produced.extend(UciReader::open(&root.join("samples/uci-online-retail-sample.csv")).unwrap());
+    let produced = shipped_samples(root).unwrap();
     let set =
         SegmentSet::parse(&std::fs::read_to_string(root.join("examples/segments.yaml")).unwrap())
             .unwrap();
