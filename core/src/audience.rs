@@ -1101,11 +1101,11 @@ journeys:
 
     fn consent(time: i64, yes: bool) -> Event {
         let mut e = ev(EventType::AccountUpdated, "consent", time);
-        e.attributes = Some(Attributes {
+        e.attributes = Some(Box::new(Attributes {
             email: Some("a@example.com".into()),
             consent_email: Some(yes),
             ..Default::default()
-        });
+        }));
         e
     }
 

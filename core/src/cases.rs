@@ -332,7 +332,7 @@ fn event(y: &Yaml, n: usize, start: i64, case: &str) -> Result<Step, String> {
     let attributes = if y["attributes"].is_badvalue() {
         None
     } else {
-        Some(attributes(&y["attributes"], case, &what)?)
+        Some(Box::new(attributes(&y["attributes"], case, &what)?))
     };
     if at < crate::event::MIN_EVENT_TIME {
         return Err(problem(

@@ -232,7 +232,11 @@ pub struct Event {
     pub order_id: Option<String>,
     pub search_phrase: Option<String>,
     pub search_results: Option<u32>,
-    pub attributes: Option<Attributes>,
+    /// A profile record's or an account context's attributes. Out of line: most events carry
+    /// none, and an event moves by value from its decoding to its profile (656 bytes with them
+    /// inline, 376 boxed; decode + apply + evaluate 14,880 -> 14,760 instructions per sample
+    /// event, `scripts/icount.sh`).
+    pub attributes: Option<Box<Attributes>>,
     /// The store and store view the event names (storefront instance, commerce scope).
     pub store_code: Option<CompactString>,
     pub store_view_code: Option<CompactString>,
@@ -699,14 +703,14 @@ impl Event {
             if ev.identity.customer_id.is_none() {
                 ev.identity.customer_id = non_empty(acct.account_id.clone());
             }
-            ev.attributes = Some(Attributes {
+            ev.attributes = Some(Box::new(Attributes {
                 first_name: non_empty(acct.first_name),
                 last_name: non_empty(acct.last_name),
                 email: non_empty(acct.email_address),
                 phone: non_empty(acct.phone_number),
                 customer_group: non_empty(acct.customer_group),
                 ..Attributes::default()
-            });
+            }));
         }
         Ok(ev)
     }
@@ -788,7 +792,7 @@ impl Event {
         let name = person.name.unwrap_or_default();
         let loyalty = e.loyalty.unwrap_or_default();
         let consents = e.consents.unwrap_or_default();
-        ev.attributes = Some(Attributes {
+        ev.attributes = Some(Box::new(Attributes {
             first_name: non_empty(name.first_name),
             last_name: non_empty(name.last_name),
             email: non_empty(email),
@@ -808,7 +812,7 @@ impl Event {
             customer_group: non_empty(e.customer_group),
             consent_email: consent(consents.marketing_email.as_ref()),
             consent_sms: consent(consents.marketing_sms.as_ref()),
-        });
+        }));
         Ok(ev)
     }
 

@@ -96,7 +96,7 @@ fn outputs_stay_below_the_broker_limit_whatever_valid_events_arrive() {
         });
         ev.order_id = Some(s("order", i, MAX_ID_BYTES));
         ev.search_phrase = Some(s("q", i, MAX_TEXT_BYTES));
-        ev.attributes = Some(Attributes {
+        ev.attributes = Some(Box::new(Attributes {
             first_name: Some(s("fn", i, MAX_TEXT_BYTES)),
             last_name: Some(s("ln", i, MAX_TEXT_BYTES)),
             email: Some(s("em", i, MAX_TEXT_BYTES)),
@@ -106,7 +106,7 @@ fn outputs_stay_below_the_broker_limit_whatever_valid_events_arrive() {
             customer_group: Some(s("grp", i, MAX_TEXT_BYTES)),
             consent_email: Some(true),
             ..Attributes::default()
-        });
+        }));
         ev.check_sizes()
             .expect("every field at its cap is accepted");
         out.clear();

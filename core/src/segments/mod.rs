@@ -145,6 +145,16 @@ pub struct KnownNexts {
     at: Vec<i64>,
 }
 
+impl KnownNexts {
+    /// See [`crate::profile::Profile::prefetch`].
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        if !self.at.is_empty() {
+            crate::profile::prefetch_line(self.at.as_ptr().cast());
+        }
+    }
+}
+
 impl crate::footprint::Footprint for KnownNexts {
     fn heap(&self, m: &mut crate::footprint::Meter) {
         let KnownNexts { set: _, at } = self;

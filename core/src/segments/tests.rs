@@ -64,11 +64,11 @@ fn shopper() -> Profile {
         quantity: 1.0,
         ..Default::default()
     }];
-    pv.attributes = Some(Attributes {
+    pv.attributes = Some(Box::new(Attributes {
         loyalty_tier: Some("gold".into()),
         consent_email: Some(true),
         ..Default::default()
-    });
+    }));
     p.apply(&pv);
     p
 }
@@ -352,7 +352,7 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
     let mut record = event(EventType::ProfileRecord, T0 + 61 * H, 0.0);
     record.channel = Some("web".into());
     record.identity.email = Some("p@example.com".into());
-    record.attributes = Some(Attributes {
+    record.attributes = Some(Box::new(Attributes {
         gender: Some("f".into()),
         country: Some("GB".into()),
         city: Some("Leeds".into()),
@@ -363,7 +363,7 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
         consent_email: Some(true),
         consent_sms: Some(false),
         ..Default::default()
-    });
+    }));
     p.apply(&record);
     p.apply(&event(
         EventType::OrderItemsReturnInitiated,
@@ -385,7 +385,7 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
         e.device = Some("desktop".into());
         e.channel = Some("app".into());
         e.identity.customer_id = Some("c-1".into());
-        e.attributes = Some(Attributes {
+        e.attributes = Some(Box::new(Attributes {
             gender: Some("m".into()),
             country: Some("FR".into()),
             city: Some("Lyon".into()),
@@ -396,7 +396,7 @@ fn the_copy_explanations_compare_with_reads_like_the_profile() {
             consent_email: Some(false),
             consent_sms: Some(true),
             ..Default::default()
-        });
+        }));
         e.lines = vec![crate::event::Line {
             sku: compact_str::format_compact!("SKU-{i}"),
             category: Some(compact_str::format_compact!("cat-{i}")),
