@@ -327,10 +327,12 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// A registry id's writer schema (or why it cannot be used), and when a "no such id" answer came.
 type IdEntry = (Result<Arc<Writer>, DecodeError>, Option<Instant>);
 
-/// The hasher of the maps every message looks its writer up in: foldhash, seeded per process.
-/// Their keys (fingerprints, registry ids) are the catalog's own schemas', so a message cannot
-/// fill them; the standard library's SipHash took about 200 instructions per event there (1.3 %
-/// of decode + apply + evaluate, `scripts/icount.sh`).
+/// The hasher of the maps every message looks its writer up in: foldhash, seeded at random per
+/// map. The fingerprints are the catalog's own schemas'; a registry id a message names is
+/// entered only after a round trip to the registry, and an unknown one expires after a minute
+/// ([`SchemaCatalog::expire_unknown_ids`]), so messages cannot pile up keys to collide. The
+/// standard library's SipHash took about 200 instructions per event there (1.3 % of decode +
+/// apply + evaluate, `scripts/icount.sh`).
 type Lookup = foldhash::fast::RandomState;
 
 /// The reader schemas (compiled in) and every writer schema known, by fingerprint and by id.
