@@ -165,6 +165,44 @@ impl Run {
     }
 }
 
+/// The deep workload of the e2e bench in memory: the samples' events over [`DEEP_SHOPPERS`]
+/// shoppers, event `j` to shopper `(j × 7919) mod DEEP_SHOPPERS` (the e2e bench's keys), so each
+/// shopper's lists fill up and its profile (about 20 KiB) is cold by its next event: the
+/// profiles take far more than the CPU's caches, as in the worker. `Deep::pass` applies the next
+/// `DEEP_PASS` events.
+const DEEP_SHOPPERS: usize = 2_000;
+const DEEP_PASS: usize = 100_000;
+
+struct Deep<'a> {
+    run: Run,
+    keys: Vec<String>,
+    events: &'a [(String, Event)],
+    next: usize,
+}
+
+impl<'a> Deep<'a> {
+    /// Shoppers that already saw two passes' events.
+    fn warm(set: &Arc<SegmentSet>, events: &'a [(String, Event)]) -> Deep<'a> {
+        let mut deep = Deep {
+            run: Run::new(set),
+            keys: (0..DEEP_SHOPPERS).map(|i| format!("shopper-{i}")).collect(),
+            events,
+            next: 0,
+        };
+        deep.pass();
+        deep.pass();
+        deep
+    }
+
+    fn pass(&mut self) {
+        for j in self.next..self.next + DEEP_PASS {
+            let (_, ev) = &self.events[j % self.events.len()];
+            self.run.apply(&self.keys[(j * 7919) % DEEP_SHOPPERS], ev);
+        }
+        self.next += DEEP_PASS;
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let events = load();
     let decoder = SchemaCatalog::builtin();
@@ -292,6 +330,13 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+
+    // Deep shoppers whose profiles are cold at each event (apply and evaluate, decoded).
+    g.throughput(Throughput::Elements(DEEP_PASS as u64));
+    let mut deep = Deep::warm(&set, &decoded);
+    g.bench_function("apply_evaluate_deep", |b| b.iter(|| deep.pass()));
+    drop(deep);
+    g.throughput(Throughput::Elements(events.len() as u64));
 
     let fifty = fifty_segments();
     for (name, set) in [
@@ -567,6 +612,14 @@ fn icount(step: &str, passes: usize) {
             }
             decoded.len()
         }
+        "apply_evaluate_deep" => {
+            let decoded = decoded();
+            let mut deep = Deep::warm(&segments(), &decoded);
+            for _ in 0..passes {
+                deep.pass();
+            }
+            DEEP_PASS
+        }
         "decode_apply_evaluate" | "decode_apply_evaluate_50_segments" => {
             let set = if step.ends_with("50_segments") {
                 fifty_segments()
@@ -605,7 +658,7 @@ fn icount(step: &str, passes: usize) {
         }
         other => panic!(
             "TAILOR_ICOUNT_STEP={other}: one of decode, decode_every_context, apply_evaluate, \
-             decode_apply_evaluate, decode_apply_evaluate_50_segments, state_encode, state_decode"
+             apply_evaluate_deep, decode_apply_evaluate, decode_apply_evaluate_50_segments, state_encode, state_decode"
         ),
     };
     // Counted over the whole run, set-up included: `scripts/icount.sh` takes the difference

@@ -87,6 +87,20 @@ fn sample_events() -> Vec<(String, Event)> {
         ev.time = t + i as i64 * 1000;
         events.push(("every-type".to_string(), ev));
     }
+    // One deep shopper: the product views and cart adds of the samples, past the bound of the
+    // per-product and per-category series (full lists, with their index, and series pushed out).
+    let views: Vec<Event> = events
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e.kind,
+                tailor::event::EventType::ProductPageView | tailor::event::EventType::AddToCart
+            )
+        })
+        .map(|(_, e)| e.clone())
+        .take(400)
+        .collect();
+    events.extend(views.into_iter().map(|e| ("deep".to_string(), e)));
     events
 }
 
@@ -116,6 +130,14 @@ fn the_walk_counts_exactly_what_a_profile_holds_on_the_heap() {
         core.process(key, p, ev, source, ev.time, &mut out);
     }
     assert!(profiles.len() > 1000, "{} shoppers", profiles.len());
+    let deep = &profiles["deep"];
+    assert!(
+        deep.by_product.len() == profile::MAX_KEYED_SERIES
+            && deep.by_category.len() > profile::INDEXED_FROM,
+        "deep: {} products, {} categories",
+        deep.by_product.len(),
+        deep.by_category.len()
+    );
     // What the worker's shell keeps beside the core's parts: the repartition protocol's
     // positions and the hashes of the messages applied (duplicates skipped).
     let every = profiles.get_mut("every-type").unwrap();

@@ -160,8 +160,8 @@ impl Footprint for Profile {
         last_device.heap(m);
         last_channel.heap(m);
         m.list_of(segments);
-        m.list_of(by_category);
-        m.list_of(by_product);
+        by_category.footprint(m);
+        by_product.footprint(m);
         m.list_of(category_affinity);
         m.list_of(brand_affinity);
         m.list_of(recent_products);

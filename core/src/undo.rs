@@ -17,8 +17,9 @@
 
 use crate::event::{Attributes, Event, EventType, Line};
 use crate::profile::{
-    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, KeyedSeries, OrderStats,
-    Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
+    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, KeyedList, KeyedSeries,
+    OrderStats, Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES,
+    ORDER_EVENTS,
 };
 use crate::window::Series;
 use smallvec::SmallVec;
@@ -250,8 +251,10 @@ impl Undo {
             copy.orders
                 .copy_rule_inputs(&self.orders, reads.order_series);
         }
-        self.by_category.revert(&mut copy.by_category, is_series);
-        self.by_product.revert(&mut copy.by_product, is_series);
+        copy.by_category
+            .edit(|list| self.by_category.revert(list, is_series));
+        copy.by_product
+            .edit(|list| self.by_product.revert(list, is_series));
         self.category_affinity
             .revert(&mut copy.category_affinity, is_affinity);
         self.brand_affinity
@@ -278,7 +281,7 @@ fn pushes_out(len: usize, touched: &[&str], max: usize, absent: impl Fn(&str) ->
 /// changes in `list`.
 fn record_keyed(
     undo: &mut Keyed<KeyedSeries>,
-    list: &[KeyedSeries],
+    list: &KeyedList,
     kind: EventType,
     touched: &[&str],
     keys: &[(EventType, String)],
@@ -286,7 +289,7 @@ fn record_keyed(
     if keys.is_empty() {
         return;
     }
-    let find = |key: &str| Profile::keyed(list, kind, key);
+    let find = |key: &str| list.get(kind, key);
     if pushes_out(list.len(), touched, MAX_KEYED_SERIES, |k| find(k).is_none()) {
         // A new key pushes out the least recently active series, which may be one rules read.
         copy_keyed(&mut undo.whole, list, keys);

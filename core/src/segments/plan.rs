@@ -684,9 +684,7 @@ fn arith<'a>(op: BinOp, l: Val, r: Val) -> Val<'a> {
 fn first_time(p: &Profile, step: &Step) -> Option<i64> {
     match step {
         Step::Events(k) => series_of(p, *k).and_then(|s| s.last()),
-        Step::Category(t, key) => {
-            Profile::keyed(&p.by_category, *t, key).and_then(|k| k.series.last())
-        }
+        Step::Category(t, key) => p.by_category.get(*t, key).and_then(|k| k.series.last()),
     }
 }
 
@@ -952,7 +950,7 @@ fn eval_next<'a>(n: &'a Node, cx: &Ctx<'a>, segments: &[Option<i64>]) -> (Val<'a
             } else {
                 &p.by_product
             };
-            match Profile::keyed(list, *k, key) {
+            match list.get(*k, key) {
                 None => (Val::Num(0.0), None),
                 Some(s) => (
                     Val::Num(s.series.query(*w, cx.now) as f64),
@@ -1121,7 +1119,8 @@ fn crossing(op: BinOp, x: &Node, current: Val, c: f64, cx: &Ctx) -> Option<Optio
             } else {
                 &p.by_product
             };
-            Profile::keyed(list, *k, key).and_then(|s| walk(&mut s.series.expiries(*w, cx.now)))
+            list.get(*k, key)
+                .and_then(|s| walk(&mut s.series.expiries(*w, cx.now)))
         }
         Node::Since(k) => {
             let last = series_of(p, *k)?.last()?;
