@@ -88,7 +88,8 @@ fn sample_events() -> Vec<(String, Event)> {
         events.push(("every-type".to_string(), ev));
     }
     // One deep shopper: the product views and cart adds of the samples, past the bound of the
-    // per-product and per-category series (full lists, with their index, and series pushed out).
+    // per-product and per-category series (full lists, with their index, and series pushed out)
+    // and with more category affinities than an unindexed list holds.
     let views: Vec<Event> = events
         .iter()
         .filter(|(_, e)| {
@@ -133,10 +134,12 @@ fn the_walk_counts_exactly_what_a_profile_holds_on_the_heap() {
     let deep = &profiles["deep"];
     assert!(
         deep.by_product.len() == profile::MAX_KEYED_SERIES
-            && deep.by_category.len() > profile::INDEXED_FROM,
-        "deep: {} products, {} categories",
+            && deep.by_category.len() > profile::INDEXED_FROM
+            && deep.category_affinity.len() > profile::INDEXED_FROM,
+        "deep: {} products, {} categories, {} category affinities",
         deep.by_product.len(),
-        deep.by_category.len()
+        deep.by_category.len(),
+        deep.category_affinity.len()
     );
     // What the worker's shell keeps beside the core's parts: the repartition protocol's
     // positions and the hashes of the messages applied (duplicates skipped).

@@ -162,8 +162,8 @@ impl Footprint for Profile {
         m.list_of(segments);
         by_category.footprint(m);
         by_product.footprint(m);
-        m.list_of(category_affinity);
-        m.list_of(brand_affinity);
+        category_affinity.footprint(m);
+        brand_affinity.footprint(m);
         m.list_of(recent_products);
         m.list_of(journeys);
         m.list_of(recent_changes);

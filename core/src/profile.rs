@@ -105,129 +105,200 @@ pub struct KeyedSeries {
     pub series: DailyCounts,
 }
 
-/// A list longer than this keeps its entries' key hashes and latest times apart ([`KeyedList`]).
+/// A list longer than this keeps its entries' key hashes and orders apart ([`Indexed`]).
 pub const INDEXED_FROM: usize = 8;
 
-/// A bounded list of per-key series (`by_category`, `by_product`): the entries, and once there
-/// are more than [`INDEXED_FROM`] of them, each one's key hash and latest event time in a
-/// separate, dense list. Finding a key, and the least recently active series when a new key
-/// pushes one out, scan that list: 16 bytes an entry instead of the entry's 80, a quarter of
-/// the cache lines of a full list. A profile held in memory is usually cold by its shopper's
-/// next event, and in the deep e2e `perf` profile the scan of the entries for the event's key
-/// was the hottest instruction of the worker (6 % of its samples, a wait on memory at each
-/// entry). Short lists (most shoppers: one or two entries) have no index and allocate nothing
-/// more. Reads go through `Deref` to the entries; every change goes through [`KeyedList::add`]
-/// or [`KeyedList::edit`], which keep the index.
-#[derive(Debug, Clone, Default)]
-pub struct KeyedList {
-    entries: Vec<KeyedSeries>,
-    /// Empty up to [`INDEXED_FROM`] entries, else one per entry, in the same order.
-    index: Vec<Hot>,
+/// An entry of an [`Indexed`] list.
+pub trait Entry {
+    /// The hash of its key ([`key_hash`]).
+    fn key_hash(&self) -> u64;
+    /// Where it stands for the list's bound: a new key pushes out the first entry with the
+    /// least.
+    fn order(&self) -> i64;
 }
 
-/// What scans of a [`KeyedList`] read of an entry.
-#[derive(Debug, Clone, Copy, PartialEq)]
+impl Entry for KeyedSeries {
+    #[inline]
+    fn key_hash(&self) -> u64 {
+        self.hash
+    }
+    /// The latest event time, `i64::MIN` for none (no series has an event at that time: event
+    /// times are checked to be after 2000): the least recently active goes first.
+    #[inline]
+    fn order(&self) -> i64 {
+        self.series.last().unwrap_or(i64::MIN)
+    }
+}
+
+impl Entry for Affinity {
+    #[inline]
+    fn key_hash(&self) -> u64 {
+        key_hash(&self.key)
+    }
+    /// The rank as an integer in `f64::total_cmp`'s order: the weakest goes first.
+    #[inline]
+    fn order(&self) -> i64 {
+        let bits = self.rank.to_bits() as i64;
+        bits ^ ((((bits >> 63) as u64) >> 1) as i64)
+    }
+}
+
+/// A profile's bounded list of entries by key (per-category and per-product series, category and
+/// brand affinities): the entries, and once there are more than [`INDEXED_FROM`] of them, each
+/// one's key hash and order for the bound in a separate, dense list. Finding the event's key,
+/// and the entry a new key pushes out of a full list, scan that list: 16 bytes an entry instead
+/// of the entry's 80 (a series) or 48 (an affinity). A profile held in memory is usually cold by
+/// its shopper's next event, and in the deep e2e `perf` profile the scan of the series for the
+/// event's key was the hottest instruction of the worker (6 % of its samples, a wait on memory
+/// at each entry). Short lists (most shoppers: one or two entries) have no index and allocate
+/// nothing more. Reads go through `Deref` to the entries; every change goes through a method
+/// that keeps the index ([`Indexed::edit`] for any change, making it again).
+#[derive(Debug, Clone)]
+pub struct Indexed<T> {
+    entries: Vec<T>,
+    /// Empty up to [`INDEXED_FROM`] entries; else as long as the entries' capacity, its first
+    /// `entries.len()` one per entry, in the same order. A boxed slice, not a `Vec`: 16 bytes in
+    /// the profile rather than 24, which keeps `Profile` within its allocation size class.
+    index: Box<[Hot]>,
+}
+
+/// Per-category and per-product series.
+pub type KeyedList = Indexed<KeyedSeries>;
+/// Category and brand affinities.
+pub type AffinityList = Indexed<Affinity>;
+
+/// What scans of an [`Indexed`] list read of an entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Hot {
     hash: u64,
-    /// `series.last()`, `i64::MIN` for none (no series has an event at that time: event times
-    /// are checked to be after 2000).
-    last: i64,
+    order: i64,
 }
 
 impl Hot {
-    fn of(s: &KeyedSeries) -> Hot {
+    #[inline]
+    fn of<T: Entry>(e: &T) -> Hot {
         Hot {
-            hash: s.hash,
-            last: s.series.last().unwrap_or(i64::MIN),
+            hash: e.key_hash(),
+            order: e.order(),
         }
     }
 }
 
-impl PartialEq for KeyedList {
-    fn eq(&self, other: &KeyedList) -> bool {
+impl<T> Default for Indexed<T> {
+    fn default() -> Self {
+        Indexed {
+            entries: Vec::new(),
+            index: Box::default(),
+        }
+    }
+}
+
+impl<T: PartialEq> PartialEq for Indexed<T> {
+    fn eq(&self, other: &Indexed<T>) -> bool {
         self.entries == other.entries
     }
 }
 
-impl std::ops::Deref for KeyedList {
-    type Target = [KeyedSeries];
+impl<T> std::ops::Deref for Indexed<T> {
+    type Target = [T];
     #[inline]
-    fn deref(&self) -> &[KeyedSeries] {
+    fn deref(&self) -> &[T] {
         &self.entries
     }
 }
 
-impl From<Vec<KeyedSeries>> for KeyedList {
-    fn from(entries: Vec<KeyedSeries>) -> KeyedList {
-        let mut list = KeyedList {
+impl<T: Entry> From<Vec<T>> for Indexed<T> {
+    fn from(entries: Vec<T>) -> Indexed<T> {
+        let mut list = Indexed {
             entries,
-            index: Vec::new(),
+            index: Box::default(),
         };
         list.reindex();
         list
     }
 }
 
-impl KeyedList {
-    /// The place of the series of `kind` events about `key` (whose hash is `hash`), if kept.
+impl<T: Entry> Indexed<T> {
+    /// The index's entries (none when the list has no index).
     #[inline(always)]
-    fn position(&self, kind: EventType, key: &str, hash: u64) -> Option<usize> {
-        let is = |s: &KeyedSeries| s.kind == kind && s.key == key;
+    fn hot(&self) -> &[Hot] {
         if self.index.is_empty() {
-            self.entries.iter().position(|s| s.hash == hash && is(s))
+            &[]
         } else {
-            self.index
+            &self.index[..self.entries.len()]
+        }
+    }
+
+    /// The place of the first entry that `is` accepts, among those whose key hash is `hash()`
+    /// when the list has an index (the hash is worked out only then).
+    #[inline(always)]
+    fn find(&self, hash: impl FnOnce() -> u64, is: impl Fn(&T) -> bool) -> Option<usize> {
+        if self.index.is_empty() {
+            self.entries.iter().position(is)
+        } else {
+            let hash = hash();
+            self.hot()
                 .iter()
                 .enumerate()
                 .position(|(i, h)| h.hash == hash && is(&self.entries[i]))
         }
     }
 
-    /// The series of `kind` events about `key`, if kept.
-    #[inline]
-    pub fn get(&self, kind: EventType, key: &str) -> Option<&KeyedSeries> {
-        self.position(kind, key, key_hash(key))
-            .map(|i| &self.entries[i])
+    /// The first entry that `is` accepts, as [`Indexed::find`] finds it.
+    #[inline(always)]
+    fn find_entry(&self, hash: impl FnOnce() -> u64, is: impl Fn(&T) -> bool) -> Option<&T> {
+        if self.index.is_empty() {
+            self.entries.iter().find(|e| is(e))
+        } else {
+            self.find(hash, is).map(|i| &self.entries[i])
+        }
     }
 
-    /// Counts an event of `kind` about `key` at `time`; a new key pushes out the least
-    /// recently active series of a full list (the first of them).
-    pub fn add(&mut self, kind: EventType, key: &str, time: i64, now: i64) {
-        let hash = key_hash(key);
-        let i = match self.position(kind, key, hash) {
-            Some(i) => i,
-            None => {
-                if self.entries.len() >= MAX_KEYED_SERIES {
-                    let stalest = if self.index.is_empty() {
-                        (0..self.entries.len()).min_by_key(|&i| self.entries[i].series.last())
-                    } else {
-                        (0..self.index.len()).min_by_key(|&i| self.index[i].last)
-                    }
-                    .expect("full list");
-                    self.entries.swap_remove(stalest);
-                    if !self.index.is_empty() {
-                        self.index.swap_remove(stalest);
-                    }
-                }
-                room_for_one(&mut self.entries);
-                self.entries.push(KeyedSeries {
-                    kind,
-                    hash,
-                    key: key.into(),
-                    series: DailyCounts::default(),
-                });
-                if !self.index.is_empty() {
-                    self.index
-                        .push(Hot::of(self.entries.last().expect("pushed")));
-                } else if self.entries.len() > INDEXED_FROM {
-                    self.reindex();
-                }
-                self.entries.len() - 1
+    /// The place of the first entry with the least order (a full list's next to go).
+    fn first_least(&self) -> Option<usize> {
+        if self.index.is_empty() {
+            (0..self.entries.len()).min_by_key(|&i| self.entries[i].order())
+        } else {
+            let hot = self.hot();
+            (0..hot.len()).min_by_key(|&i| hot[i].order)
+        }
+    }
+
+    /// Adds `e` at the end, first pushing out the first entry with the least order when there
+    /// are `max` already.
+    fn push_bounded(&mut self, e: T, max: usize) {
+        if self.entries.len() >= max {
+            let out = self.first_least().expect("full list");
+            if !self.index.is_empty() {
+                self.index[out] = self.index[self.entries.len() - 1];
             }
-        };
-        self.entries[i].series.add(time, now);
-        if let Some(h) = self.index.get_mut(i) {
-            *h = Hot::of(&self.entries[i]);
+            self.entries.swap_remove(out);
+        }
+        room_for_one(&mut self.entries);
+        let hot = Hot::of(&e);
+        self.entries.push(e);
+        let n = self.entries.len();
+        if self.index.is_empty() {
+            if n > INDEXED_FROM {
+                self.reindex();
+            }
+        } else {
+            if self.index.len() < n {
+                // The entries grew: the index to their capacity.
+                let mut grown = vec![Hot::default(); self.entries.capacity()].into_boxed_slice();
+                grown[..n - 1].copy_from_slice(&self.index[..n - 1]);
+                self.index = grown;
+            }
+            self.index[n - 1] = hot;
+        }
+    }
+
+    /// Changes entry `i` as `f` does (not its key).
+    #[inline]
+    fn update(&mut self, i: usize, f: impl FnOnce(&mut T)) {
+        f(&mut self.entries[i]);
+        if !self.index.is_empty() {
+            self.index[i].order = self.entries[i].order();
         }
         debug_assert!(self.indexed_right(), "the index follows the entries");
     }
@@ -238,72 +309,191 @@ impl KeyedList {
     fn prefetch(&self) {
         if let Some(h) = self.index.first() {
             prefetch_line((h as *const Hot).cast());
-        } else if let Some(s) = self.entries.first() {
-            prefetch_line((s as *const KeyedSeries).cast());
+        } else if let Some(e) = self.entries.first() {
+            prefetch_line((e as *const T).cast());
         }
     }
 
     /// Changes the entries as `f` does, then makes the index again.
-    pub fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<KeyedSeries>) -> R) -> R {
+    pub fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
         let r = f(&mut self.entries);
         self.reindex();
         r
     }
 
     fn reindex(&mut self) {
-        self.index.clear();
-        if self.entries.len() > INDEXED_FROM {
-            self.index.extend(self.entries.iter().map(Hot::of));
-        } else {
-            // A list that shrank gives its index's allocation back.
-            self.index = Vec::new();
+        let n = self.entries.len();
+        if n <= INDEXED_FROM {
+            if !self.index.is_empty() {
+                // A list that shrank gives its index's allocation back.
+                self.index = Box::default();
+            }
+            return;
         }
-    }
-
-    /// The entries' and the index's heap blocks.
-    pub(crate) fn footprint(&self, m: &mut crate::footprint::Meter) {
-        m.list_of(&self.entries);
-        m.list(&self.index);
+        if self.index.len() != self.entries.capacity() {
+            self.index = vec![Hot::default(); self.entries.capacity()].into_boxed_slice();
+        }
+        for (h, e) in self.index.iter_mut().zip(&self.entries) {
+            *h = Hot::of(e);
+        }
     }
 
     /// Whether the index matches the entries (tests and debug builds).
     pub(crate) fn indexed_right(&self) -> bool {
         if self.entries.len() > INDEXED_FROM {
-            self.index.len() == self.entries.len()
+            self.index.len() == self.entries.capacity()
                 && self
                     .entries
                     .iter()
-                    .zip(&self.index)
-                    .all(|(s, h)| Hot::of(s) == *h)
+                    .zip(self.hot())
+                    .all(|(e, h)| Hot::of(e) == *h)
         } else {
             self.index.is_empty()
         }
     }
 }
 
-impl Encode for KeyedList {
+impl<T: crate::footprint::Footprint> Indexed<T> {
+    /// The entries' and the index's heap blocks.
+    pub(crate) fn footprint(&self, m: &mut crate::footprint::Meter) {
+        m.list_of(&self.entries);
+        m.block(std::mem::size_of_val(&*self.index));
+    }
+}
+
+impl KeyedList {
+    /// The series of `kind` events about `key`, if kept.
+    #[inline]
+    pub fn get(&self, kind: EventType, key: &str) -> Option<&KeyedSeries> {
+        self.get_hashed(kind, key, key_hash(key))
+    }
+
+    /// The same, `hash` being `key`'s ([`key_hash`]).
+    #[inline]
+    pub fn get_hashed(&self, kind: EventType, key: &str, hash: u64) -> Option<&KeyedSeries> {
+        self.find_entry(
+            || hash,
+            |s| s.hash == hash && s.kind == kind && s.key == key,
+        )
+    }
+
+    /// Counts an event of `kind` about `key` at `time`; a new key pushes out the least
+    /// recently active series of a full list (the first of them).
+    pub fn add(&mut self, kind: EventType, key: &str, time: i64, now: i64) {
+        let hash = key_hash(key);
+        let i = match self.find(
+            || hash,
+            |s| s.hash == hash && s.kind == kind && s.key == key,
+        ) {
+            Some(i) => i,
+            None => {
+                self.push_bounded(
+                    KeyedSeries {
+                        kind,
+                        hash,
+                        key: key.into(),
+                        series: DailyCounts::default(),
+                    },
+                    MAX_KEYED_SERIES,
+                );
+                self.entries.len() - 1
+            }
+        };
+        self.update(i, |s| s.series.add(time, now));
+    }
+}
+
+impl AffinityList {
+    /// The affinity for `key`, if kept.
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&Affinity> {
+        self.get_hashed(key, || key_hash(key))
+    }
+
+    /// The same, `hash` giving `key`'s ([`key_hash`]; asked only of a list with an index).
+    #[inline]
+    pub fn get_hashed(&self, key: &str, hash: impl FnOnce() -> u64) -> Option<&Affinity> {
+        self.find_entry(hash, |a| same_key(&a.key, key))
+    }
+
+    /// Adds `weight` of interest in `key` at `time`; a new key pushes out the weakest affinity
+    /// of a full list.
+    pub fn add(&mut self, key: &str, weight: f64, time: i64) {
+        match self.find(|| key_hash(key), |a| same_key(&a.key, key)) {
+            Some(i) => self.update(i, |a| {
+                if time >= a.at {
+                    a.score = decay(a.score, time - a.at) + weight;
+                    a.at = time;
+                } else {
+                    // A late signal counts as much as it has decayed since.
+                    a.score += decay(weight, a.at - time);
+                }
+                a.rerank();
+            }),
+            None => self.push_bounded(Affinity::new(key, weight, time), MAX_AFFINITIES),
+        }
+    }
+
+    /// The key with the highest affinity (the same at any time: all scores decay alike); of
+    /// two alike, the first in byte order.
+    pub fn top(&self) -> Option<&str> {
+        let better = |i: usize, j: usize| {
+            let (a, b) = (&self.entries[i], &self.entries[j]);
+            a.rank
+                .total_cmp(&b.rank)
+                .then_with(|| b.key.cmp(&a.key))
+                .is_gt()
+        };
+        let mut best: Option<usize> = None;
+        if self.index.is_empty() {
+            for i in 0..self.entries.len() {
+                if best.is_none_or(|b| !better(b, i)) {
+                    best = Some(i);
+                }
+            }
+        } else {
+            for (i, h) in self.hot().iter().enumerate() {
+                // The rank is read only where the orders tie (an order is the rank's).
+                let take = match best {
+                    None => true,
+                    Some(b) => match h.order.cmp(&self.index[b].order) {
+                        std::cmp::Ordering::Greater => true,
+                        std::cmp::Ordering::Less => false,
+                        std::cmp::Ordering::Equal => !better(b, i),
+                    },
+                };
+                if take {
+                    best = Some(i);
+                }
+            }
+        }
+        best.map(|i| self.entries[i].key.as_str())
+    }
+}
+
+impl<T: Encode> Encode for Indexed<T> {
     #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         self.entries.encode(out);
     }
 }
 
-impl read::Decode for KeyedList {
+impl<T: Entry + read::Decode> read::Decode for Indexed<T> {
     #[inline]
-    fn decode(r: &mut read::Reader<'_>) -> Result<KeyedList, read::Bad> {
-        Vec::<KeyedSeries>::decode(r).map(KeyedList::from)
+    fn decode(r: &mut read::Reader<'_>) -> Result<Indexed<T>, read::Bad> {
+        Vec::<T>::decode(r).map(Indexed::from)
     }
 }
 
-impl Serialize for KeyedList {
+impl<T: Serialize> Serialize for Indexed<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.entries.serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for KeyedList {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyedList, D::Error> {
-        Vec::<KeyedSeries>::deserialize(d).map(KeyedList::from)
+impl<'de, T: Entry + Deserialize<'de>> Deserialize<'de> for Indexed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Indexed<T>, D::Error> {
+        Vec::<T>::deserialize(d).map(Indexed::from)
     }
 }
 
@@ -556,8 +746,8 @@ pub struct Profile {
     /// Per event type and product SKU (bounded).
     pub by_product: KeyedList,
     /// Decayed interest per category and per brand (bounded).
-    pub category_affinity: Vec<Affinity>,
-    pub brand_affinity: Vec<Affinity>,
+    pub category_affinity: AffinityList,
+    pub brand_affinity: AffinityList,
     /// The latest products viewed, latest last (bounded), for browse-abandonment journeys.
     pub recent_products: Vec<Line>,
     /// Journeys triggered for the shopper, sorted by journey id.
@@ -681,31 +871,6 @@ state_fields!(#[inline] KeyedSeries { kind, key, series; hash = |s| key_hash(&s.
 // Version 6 leaves out the rank (layout.rs); the score is the eight bytes.
 state_fields!(#[inline] Affinity { key, score, at; rank = |a| affinity_rank(a.score, a.at) });
 
-fn affinity_add(list: &mut Vec<Affinity>, key: &str, weight: f64, time: i64) {
-    match list.iter_mut().find(|a| same_key(&a.key, key)) {
-        Some(a) => {
-            if time >= a.at {
-                a.score = decay(a.score, time - a.at) + weight;
-                a.at = time;
-            } else {
-                // A late signal counts as much as it has decayed since.
-                a.score += decay(weight, a.at - time);
-            }
-            a.rerank();
-        }
-        None => {
-            if list.len() >= MAX_AFFINITIES {
-                let weakest = (0..list.len())
-                    .min_by(|&i, &j| list[i].rank.total_cmp(&list[j].rank))
-                    .expect("full list");
-                list.swap_remove(weakest);
-            }
-            room_for_one(list);
-            list.push(Affinity::new(key, weight, time));
-        }
-    }
-}
-
 fn merge_opt<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
     if from.is_some() {
         into.clone_from(from);
@@ -794,7 +959,7 @@ pub(crate) fn copy_keyed(
         }
     } else {
         let hashes: SmallVec<[u64; 16]> = keys.iter().map(|(_, k)| key_hash(k)).collect();
-        for (i, h) in from.index.iter().enumerate() {
+        for (i, h) in from.hot().iter().enumerate() {
             let f = &from.entries[i];
             if hashes.contains(&h.hash) && RuleReads::reads_keyed(keys, f) {
                 copy(f);
@@ -808,7 +973,7 @@ pub(crate) fn copy_keyed(
 /// (in `from`'s order), reusing `to`'s allocations.
 pub(crate) fn copy_affinities(
     to: &mut Vec<Affinity>,
-    from: &[Affinity],
+    from: &AffinityList,
     all: bool,
     keys: &[String],
 ) {
@@ -822,15 +987,27 @@ pub(crate) fn copy_affinities(
         return copy_vec(to, from, copy, Clone::clone);
     }
     let mut kept = 0;
-    for f in from
-        .iter()
-        .filter(|a| keys.iter().any(|k| same_key(k, &a.key)))
-    {
+    let mut keep = |f: &Affinity| {
         match to.get_mut(kept) {
             Some(t) => copy(t, f),
             None => to.push(f.clone()),
         }
         kept += 1;
+    };
+    let named = |a: &Affinity| keys.iter().any(|k| same_key(k, &a.key));
+    if from.index.is_empty() || keys.len() > 16 {
+        for f in from.iter().filter(|a| named(a)) {
+            keep(f);
+        }
+    } else {
+        // With an index and few keys, an entry is read only when its hash is one of theirs.
+        let hashes: SmallVec<[u64; 16]> = keys.iter().map(|k| key_hash(k)).collect();
+        for (i, h) in from.hot().iter().enumerate() {
+            let f = &from.entries[i];
+            if hashes.contains(&h.hash) && named(f) {
+                keep(f);
+            }
+        }
     }
     to.truncate(kept);
 }
@@ -869,8 +1046,8 @@ impl Profile {
         first(&self.counters);
         self.by_category.prefetch();
         self.by_product.prefetch();
-        first(&self.category_affinity);
-        first(&self.brand_affinity);
+        self.category_affinity.prefetch();
+        self.brand_affinity.prefetch();
         first(&self.recent_products);
         first(&self.segments);
         first(&self.recent_changes);
@@ -973,18 +1150,22 @@ impl Profile {
             .edit(|to| copy_keyed(to, by_category, &reads.by_category));
         self.by_product
             .edit(|to| copy_keyed(to, by_product, &reads.by_product));
-        copy_affinities(
-            &mut self.category_affinity,
-            category_affinity,
-            reads.category_affinity,
-            &reads.category_affinity_keys,
-        );
-        copy_affinities(
-            &mut self.brand_affinity,
-            brand_affinity,
-            reads.brand_affinity,
-            &reads.brand_affinity_keys,
-        );
+        self.category_affinity.edit(|to| {
+            copy_affinities(
+                to,
+                category_affinity,
+                reads.category_affinity,
+                &reads.category_affinity_keys,
+            )
+        });
+        self.brand_affinity.edit(|to| {
+            copy_affinities(
+                to,
+                brand_affinity,
+                reads.brand_affinity,
+                &reads.brand_affinity_keys,
+            )
+        });
     }
 
     /// Applies one event. Pure: the same profile and event always give the same result.
@@ -1101,8 +1282,8 @@ impl Profile {
             (&mut self.category_affinity, other.category_affinity),
             (&mut self.brand_affinity, other.brand_affinity),
         ] {
-            for a in theirs {
-                affinity_add(mine, &a.key, a.score, a.at);
+            for a in theirs.entries {
+                mine.add(&a.key, a.score, a.at);
             }
         }
         for line in other.recent_products.into_iter().rev() {
@@ -1301,13 +1482,13 @@ impl Profile {
                     self.by_category.add(ev.kind, c, ev.time, now);
                 }
                 if weight > 0.0 {
-                    affinity_add(&mut self.category_affinity, c, weight, ev.time);
+                    self.category_affinity.add(c, weight, ev.time);
                 }
             }
             if let Some(b) = line.brand.as_deref().filter(|b| !seen_brands.contains(b)) {
                 seen_brands.push(b);
                 if weight > 0.0 {
-                    affinity_add(&mut self.brand_affinity, b, weight, ev.time);
+                    self.brand_affinity.add(b, weight, ev.time);
                 }
             }
         }
@@ -1323,18 +1504,6 @@ impl Profile {
     ) -> u64 {
         list.get(kind, key)
             .map_or(0, |k| k.series.query(window, now))
-    }
-
-    /// The affinity for `key` in `list` (categories or brands), if kept.
-    pub fn affinity<'a>(list: &'a [Affinity], key: &str) -> Option<&'a Affinity> {
-        list.iter().find(|a| same_key(&a.key, key))
-    }
-
-    /// The key with the highest affinity (the same at any time: all scores decay alike).
-    pub fn top_affinity(list: &[Affinity]) -> Option<&str> {
-        list.iter()
-            .max_by(|a, b| a.rank.total_cmp(&b.rank).then_with(|| b.key.cmp(&a.key)))
-            .map(|a| a.key.as_str())
     }
 
     fn merge_attributes(&mut self, a: &Attributes) {
@@ -1879,6 +2048,101 @@ mod tests {
         assert!(!list.index.is_empty() && list.indexed_right());
     }
 
+    /// An indexed affinity list finds, adds, pushes out and names the top key exactly as a
+    /// plain list scanned entry by entry (the way before the index), growing past
+    /// [`INDEXED_FROM`] and past its bound, with late signals and ties of rank.
+    #[test]
+    fn an_indexed_affinity_list_ranks_as_a_plain_one() {
+        fn plain_add(list: &mut Vec<Affinity>, key: &str, weight: f64, time: i64) {
+            match list.iter_mut().find(|a| same_key(&a.key, key)) {
+                Some(a) => {
+                    if time >= a.at {
+                        a.score = decay(a.score, time - a.at) + weight;
+                        a.at = time;
+                    } else {
+                        a.score += decay(weight, a.at - time);
+                    }
+                    a.rerank();
+                }
+                None => {
+                    if list.len() >= MAX_AFFINITIES {
+                        let weakest = (0..list.len())
+                            .min_by(|&i, &j| list[i].rank.total_cmp(&list[j].rank))
+                            .unwrap();
+                        list.swap_remove(weakest);
+                    }
+                    list.push(Affinity::new(key, weight, time));
+                }
+            }
+        }
+        fn plain_top(list: &[Affinity]) -> Option<&str> {
+            list.iter()
+                .max_by(|a, b| a.rank.total_cmp(&b.rank).then_with(|| b.key.cmp(&a.key)))
+                .map(|a| a.key.as_str())
+        }
+        let mut list = AffinityList::default();
+        let mut plain: Vec<Affinity> = Vec::new();
+        let mut x: u64 = 987_654_321;
+        for step in 0..4_000i64 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let key = format!("cat-{}", (x >> 33) % 60);
+            // Weights of a few values at the same times give ties of rank.
+            let weight = [1.0, 2.0, 3.0][((x >> 20) % 3) as usize];
+            let time =
+                1_700_000_000_000 + (step / 4) * 3_600_000 - ((x >> 40) % 2) as i64 * 86_400_000;
+            list.add(&key, weight, time);
+            plain_add(&mut plain, &key, weight, time);
+            assert_eq!(&list[..], &plain[..], "step {step}");
+            assert!(list.indexed_right(), "step {step}");
+            assert_eq!(list.top(), plain_top(&plain), "step {step}");
+            for probe in ["cat-0", "cat-59", "none"] {
+                let want = plain.iter().find(|a| a.key == probe);
+                assert_eq!(list.get(probe), want, "step {step}, {probe}");
+            }
+        }
+        assert_eq!(list.len(), MAX_AFFINITIES);
+        // The order is the rank's `total_cmp` order, negative ranks and edges included.
+        let ranks = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -2.5,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE,
+            1.0,
+            1400.25,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for a in ranks {
+            for b in ranks {
+                let (x, y) = (
+                    Affinity {
+                        rank: a,
+                        ..Affinity::new("a", 1.0, 0)
+                    },
+                    Affinity {
+                        rank: b,
+                        ..Affinity::new("b", 1.0, 0)
+                    },
+                );
+                assert_eq!(x.order().cmp(&y.order()), a.total_cmp(&b), "{a} vs {b}");
+            }
+        }
+        // Equal ranks: the top is the first key in byte order, indexed or not.
+        let tied: Vec<Affinity> = (0..12)
+            .map(|i| Affinity::new(&format!("k-{:02}", 11 - i), 2.0, 1_700_000_000_000))
+            .collect();
+        for n in [3, 12] {
+            let l = AffinityList::from(tied[..n].to_vec());
+            assert_eq!(l.index.is_empty(), n <= INDEXED_FROM);
+            assert_eq!(l.top(), plain_top(&tied[..n]));
+            assert_eq!(l.top(), Some(tied[n - 1].key.as_str()));
+        }
+    }
+
     fn ev(kind: EventType, time: i64, value: f64) -> Event {
         Event {
             id: format!("e{time}"),
@@ -1938,11 +2202,11 @@ mod tests {
                 ),
                 (
                     "category_affinity",
-                    p.category_affinity.capacity() - p.category_affinity.len(),
+                    p.category_affinity.entries.capacity() - p.category_affinity.len(),
                 ),
                 (
                     "brand_affinity",
-                    p.brand_affinity.capacity() - p.brand_affinity.len(),
+                    p.brand_affinity.entries.capacity() - p.brand_affinity.len(),
                 ),
                 (
                     "recent_products",
@@ -2175,16 +2439,16 @@ mod tests {
             ..Default::default()
         }];
         p.apply(&buy);
-        assert_eq!(Profile::top_affinity(&p.category_affinity), Some("cat-5"));
+        assert_eq!(p.category_affinity.top(), Some("cat-5"));
         // The order of decayed values is the order of ranks, at any time.
         for later in [
             300_000,
             300_000 + AFFINITY_HALF_LIFE_MS,
             300_000 + 20 * AFFINITY_HALF_LIFE_MS,
         ] {
-            let mut by_value = p.category_affinity.clone();
+            let mut by_value = p.category_affinity.to_vec();
             by_value.sort_by(|a, b| b.at(later).total_cmp(&a.at(later)));
-            let mut by_rank = p.category_affinity.clone();
+            let mut by_rank = p.category_affinity.to_vec();
             by_rank.sort_by(|a, b| b.rank.total_cmp(&a.rank));
             let keys = |v: &[Affinity]| v.iter().map(|a| a.key.clone()).collect::<Vec<_>>();
             assert_eq!(keys(&by_value)[..5], keys(&by_rank)[..5]);
@@ -2387,7 +2651,11 @@ mod tests {
             let back = decode(&v6).unwrap();
             assert_eq!(back, p);
             assert_eq!(decode(&v5).unwrap(), p);
-            for (a, b) in back.category_affinity.iter().zip(&p.category_affinity) {
+            for (a, b) in back
+                .category_affinity
+                .iter()
+                .zip(p.category_affinity.iter())
+            {
                 assert_eq!(a.rank.to_bits(), b.rank.to_bits());
             }
             for (a, b) in back.by_category.iter().zip(p.by_category.iter()) {

@@ -17,9 +17,9 @@
 
 use crate::event::{Attributes, Event, EventType, Line};
 use crate::profile::{
-    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, KeyedList, KeyedSeries,
-    OrderStats, Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES, MAX_KEYED_SERIES,
-    ORDER_EVENTS,
+    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, AffinityList, KeyedList,
+    KeyedSeries, OrderStats, Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES,
+    MAX_KEYED_SERIES, ORDER_EVENTS,
 };
 use crate::window::Series;
 use smallvec::SmallVec;
@@ -255,10 +255,10 @@ impl Undo {
             .edit(|list| self.by_category.revert(list, is_series));
         copy.by_product
             .edit(|list| self.by_product.revert(list, is_series));
-        self.category_affinity
-            .revert(&mut copy.category_affinity, is_affinity);
-        self.brand_affinity
-            .revert(&mut copy.brand_affinity, is_affinity);
+        copy.category_affinity
+            .edit(|list| self.category_affinity.revert(list, is_affinity));
+        copy.brand_affinity
+            .edit(|list| self.brand_affinity.revert(list, is_affinity));
     }
 }
 
@@ -310,7 +310,7 @@ fn record_keyed(
 /// `touched` keys changes in `list`.
 fn record_affinities(
     undo: &mut Keyed<Affinity>,
-    list: &[Affinity],
+    list: &AffinityList,
     touched: &[&str],
     all: bool,
     keys: &[String],
@@ -318,7 +318,7 @@ fn record_affinities(
     if touched.is_empty() || (!all && keys.is_empty()) {
         return;
     }
-    let find = |key: &str| Profile::affinity(list, key);
+    let find = |key: &str| list.get(key);
     if all || pushes_out(list.len(), touched, MAX_AFFINITIES, |k| find(k).is_none()) {
         // `top_category()` compares them all; or a new key pushes out the weakest, which may
         // be one rules read.

@@ -240,7 +240,32 @@ pub enum Events {
 pub enum Step {
     Events(Events),
     /// An event about products of one category.
-    Category(EventType, String),
+    Category(EventType, Key),
+}
+
+/// A category, SKU or brand a rule names, with its hash ([`crate::profile::key_hash`]) worked
+/// out once when the rule compiles: a profile's long keyed lists are searched by hash, and the
+/// rule's key is looked up at every evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    pub text: String,
+    pub hash: u64,
+}
+
+impl Key {
+    pub fn new(text: String) -> Key {
+        Key {
+            hash: crate::profile::key_hash(&text),
+            text,
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
 }
 
 /// A compiled rule node.
@@ -261,10 +286,10 @@ pub enum Node {
         window: i64,
         negated: bool,
     },
-    CountCategory(EventType, String, i64),
-    CountProduct(EventType, String, i64),
-    CategoryAffinity(String),
-    BrandAffinity(String),
+    CountCategory(EventType, Key, i64),
+    CountProduct(EventType, Key, i64),
+    CategoryAffinity(Key),
+    BrandAffinity(Key),
     TopCategory,
     TopBrand,
     /// Index into the segment results of this evaluation pass.
@@ -388,7 +413,10 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                             if !crate::profile::KEYED_EVENTS.contains(&k) || cat.len() != 1 {
                                 return fail(args[0].at, format!("{kind}(\"CATEGORY\") needs one category, and works for productPageView, addToCart, removeFromCart or addToRequisitionList"));
                             }
-                            Step::Category(k, string_arg(&cat[0], "a category")?.to_owned())
+                            Step::Category(
+                                k,
+                                Key::new(string_arg(&cat[0], "a category")?.to_owned()),
+                            )
                         }
                         _ => Step::Events(events(&args[0])?),
                     };
@@ -409,7 +437,7 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                             format!("{name}() counts productPageView, addToCart, removeFromCart or addToRequisitionList, not {}", k.name()),
                         );
                     }
-                    let key = string_arg(&args[1], "a category or SKU")?.to_owned();
+                    let key = Key::new(string_arg(&args[1], "a category or SKU")?.to_owned());
                     let w = window(&args[2])?;
                     let node = if name == "count_category" {
                         Node::CountCategory(k, key, w)
@@ -420,7 +448,7 @@ pub fn compile(e: &Expr, scope: &mut dyn Scope) -> Result<(Node, Type), ExprErro
                 }
                 "affinity" | "brand_affinity" => {
                     arity(1)?;
-                    let key = string_arg(&args[0], "a category or brand")?.to_owned();
+                    let key = Key::new(string_arg(&args[0], "a category or brand")?.to_owned());
                     let node = if name == "affinity" {
                         Node::CategoryAffinity(key)
                     } else {
@@ -624,22 +652,32 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
                 followed
             })
         }
-        Node::CountCategory(k, key, w) => {
-            Val::Num(Profile::keyed_window(&cx.profile.by_category, *k, key, *w, cx.now) as f64)
-        }
-        Node::CountProduct(k, key, w) => {
-            Val::Num(Profile::keyed_window(&cx.profile.by_product, *k, key, *w, cx.now) as f64)
-        }
+        Node::CountCategory(k, key, w) => Val::Num(
+            cx.profile
+                .by_category
+                .get_hashed(*k, key, key.hash)
+                .map_or(0, |s| s.series.query(*w, cx.now)) as f64,
+        ),
+        Node::CountProduct(k, key, w) => Val::Num(
+            cx.profile
+                .by_product
+                .get_hashed(*k, key, key.hash)
+                .map_or(0, |s| s.series.query(*w, cx.now)) as f64,
+        ),
         Node::CategoryAffinity(key) => {
             Val::Num(affinity(&cx.profile.category_affinity, key, cx.now))
         }
         Node::BrandAffinity(key) => Val::Num(affinity(&cx.profile.brand_affinity, key, cx.now)),
-        Node::TopCategory => {
-            Profile::top_affinity(&cx.profile.category_affinity).map_or(Val::Missing, Val::Str)
-        }
-        Node::TopBrand => {
-            Profile::top_affinity(&cx.profile.brand_affinity).map_or(Val::Missing, Val::Str)
-        }
+        Node::TopCategory => cx
+            .profile
+            .category_affinity
+            .top()
+            .map_or(Val::Missing, Val::Str),
+        Node::TopBrand => cx
+            .profile
+            .brand_affinity
+            .top()
+            .map_or(Val::Missing, Val::Str),
         Node::Segment(i) => Val::Bool(cx.segments[*i]),
         Node::Exists(a) => Val::Bool(attr_value(*a, cx.profile) != Val::Missing),
         Node::Not(x) => Val::Bool(!truth(eval(x, cx))),
@@ -684,7 +722,10 @@ fn arith<'a>(op: BinOp, l: Val, r: Val) -> Val<'a> {
 fn first_time(p: &Profile, step: &Step) -> Option<i64> {
     match step {
         Step::Events(k) => series_of(p, *k).and_then(|s| s.last()),
-        Step::Category(t, key) => p.by_category.get(*t, key).and_then(|k| k.series.last()),
+        Step::Category(t, key) => p
+            .by_category
+            .get_hashed(*t, key, key.hash)
+            .and_then(|k| k.series.last()),
     }
 }
 
@@ -698,8 +739,8 @@ fn windowed(cx: &Ctx, k: Events, w: i64) -> (u64, f64) {
     series_of(cx.profile, k).map_or((0, 0.0), |s| s.query(w, cx.now))
 }
 
-fn affinity(list: &[crate::profile::Affinity], key: &str, now: i64) -> f64 {
-    Profile::affinity(list, key).map_or(0.0, |a| a.at(now))
+fn affinity(list: &crate::profile::AffinityList, key: &Key, now: i64) -> f64 {
+    list.get_hashed(key, || key.hash).map_or(0.0, |a| a.at(now))
 }
 
 fn truth(v: Val) -> bool {
@@ -849,14 +890,14 @@ pub fn reads(n: &Node, r: &mut crate::profile::RuleReads) {
         Node::Seq { first, second, .. } => {
             match first {
                 Step::Events(e) => events(e, r),
-                Step::Category(kind, key) => r.by_category.push((*kind, key.clone())),
+                Step::Category(kind, key) => r.by_category.push((*kind, key.text.clone())),
             }
             events(second, r);
         }
-        Node::CountCategory(kind, key, _) => r.by_category.push((*kind, key.clone())),
-        Node::CountProduct(kind, key, _) => r.by_product.push((*kind, key.clone())),
-        Node::CategoryAffinity(key) => r.category_affinity_keys.push(key.clone()),
-        Node::BrandAffinity(key) => r.brand_affinity_keys.push(key.clone()),
+        Node::CountCategory(kind, key, _) => r.by_category.push((*kind, key.text.clone())),
+        Node::CountProduct(kind, key, _) => r.by_product.push((*kind, key.text.clone())),
+        Node::CategoryAffinity(key) => r.category_affinity_keys.push(key.text.clone()),
+        Node::BrandAffinity(key) => r.brand_affinity_keys.push(key.text.clone()),
         Node::TopCategory => r.category_affinity = true,
         Node::TopBrand => r.brand_affinity = true,
         Node::Not(x) | Node::Neg(x) => reads(x, r),
@@ -950,7 +991,7 @@ fn eval_next<'a>(n: &'a Node, cx: &Ctx<'a>, segments: &[Option<i64>]) -> (Val<'a
             } else {
                 &p.by_product
             };
-            match list.get(*k, key) {
+            match list.get_hashed(*k, key, key.hash) {
                 None => (Val::Num(0.0), None),
                 Some(s) => (
                     Val::Num(s.series.query(*w, cx.now) as f64),
@@ -1119,7 +1160,7 @@ fn crossing(op: BinOp, x: &Node, current: Val, c: f64, cx: &Ctx) -> Option<Optio
             } else {
                 &p.by_product
             };
-            list.get(*k, key)
+            list.get_hashed(*k, key, key.hash)
                 .and_then(|s| walk(&mut s.series.expiries(*w, cx.now)))
         }
         Node::Since(k) => {
@@ -1136,7 +1177,7 @@ fn crossing(op: BinOp, x: &Node, current: Val, c: f64, cx: &Ctx) -> Option<Optio
             } else {
                 &p.brand_affinity
             };
-            let a = Profile::affinity(list, key)?;
+            let a = list.get_hashed(key, || key.hash)?;
             if c <= 0.0 {
                 return Some(None); // a positive score never decays to 0 or below
             }
