@@ -2,7 +2,8 @@
 # Instructions per item of each step of the core bench, counted by valgrind's cachegrind: within
 # about 10 on every run of one build, where times on a shared 2-core machine move by ±10 %. For
 # comparing two builds of the core (a change of a few percent shows); it says nothing about
-# cache misses, allocation behaviour under load, or the worker's I/O. Also the heap allocations
+# allocation behaviour under load or the worker's I/O, and about cache misses only when asked
+# (TAILOR_ICOUNT_CACHE, below). Also the heap allocations
 # per item (reallocations included), counted by the bench's allocator: each one touches memory
 # that may be cold, and in the worker's profiles the allocator was a tenth of the samples.
 #

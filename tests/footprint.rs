@@ -88,8 +88,8 @@ fn sample_events() -> Vec<(String, Event)> {
         events.push(("every-type".to_string(), ev));
     }
     // One deep shopper: the product views and cart adds of the samples, past the bound of the
-    // per-product and per-category series (full lists, with their index, and series pushed out)
-    // and with more category affinities than an unindexed list holds.
+    // per-product and per-category series and of the affinities (full lists, with their index,
+    // and entries pushed out), with many ECIDs.
     let views: Vec<Event> = events
         .iter()
         .filter(|(_, e)| {
@@ -132,14 +132,19 @@ fn the_walk_counts_exactly_what_a_profile_holds_on_the_heap() {
     }
     assert!(profiles.len() > 1000, "{} shoppers", profiles.len());
     let deep = &profiles["deep"];
+    let full = |n: usize, max: usize| n == max;
     assert!(
-        deep.by_product.len() == profile::MAX_KEYED_SERIES
-            && deep.by_category.len() > profile::INDEXED_FROM
-            && deep.category_affinity.len() > profile::INDEXED_FROM,
-        "deep: {} products, {} categories, {} category affinities",
+        full(deep.by_product.len(), profile::MAX_KEYED_SERIES)
+            && full(deep.by_category.len(), profile::MAX_KEYED_SERIES)
+            && full(deep.category_affinity.len(), profile::MAX_AFFINITIES)
+            && full(deep.brand_affinity.len(), profile::MAX_AFFINITIES)
+            && deep.identities.ecids.len() > profile::INDEXED_FROM,
+        "deep: {} products, {} categories, {} category and {} brand affinities, {} ECIDs",
         deep.by_product.len(),
         deep.by_category.len(),
-        deep.category_affinity.len()
+        deep.category_affinity.len(),
+        deep.brand_affinity.len(),
+        deep.identities.ecids.len()
     );
     // What the worker's shell keeps beside the core's parts: the repartition protocol's
     // positions and the hashes of the messages applied (duplicates skipped).

@@ -186,7 +186,7 @@ impl Footprint for Identities {
             emails,
             key,
         } = self;
-        m.list_of(ecids);
+        ecids.footprint(m);
         customer_id.heap(m);
         m.list_of(emails);
         key.heap(m);

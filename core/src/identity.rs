@@ -157,7 +157,7 @@ pub fn holds(p: &Profile, id: &Id) -> bool {
 pub fn holds_value(p: &Profile, kind: KeyKind, value: &str) -> bool {
     let i = &p.identities;
     match kind {
-        KeyKind::Ecid => i.ecids.iter().any(|e| e == value),
+        KeyKind::Ecid => i.ecids.holds(value),
         KeyKind::Email => i.emails.iter().any(|e| e == value),
         KeyKind::Customer => i.customer_id.as_deref() == Some(value),
         KeyKind::Key => i.key.as_deref() == Some(value),
@@ -181,10 +181,7 @@ pub fn link(p: &mut Profile, id: &Id, limit: usize) -> Result<bool, Refused> {
     }
     let i = &mut p.identities;
     match id.kind {
-        KeyKind::Ecid => {
-            crate::profile::room_for_one(&mut i.ecids);
-            i.ecids.push(id.value.clone())
-        }
+        KeyKind::Ecid => i.ecids.push(id.value.clone()),
         KeyKind::Email => {
             crate::profile::room_for_one(&mut i.emails);
             i.emails.push(id.value.clone())

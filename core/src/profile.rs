@@ -130,6 +130,19 @@ impl Entry for KeyedSeries {
     }
 }
 
+/// An identity value (an ECID): found by hash once a profile has many, never pushed out (the
+/// identity limit is checked before one is linked).
+impl Entry for String {
+    #[inline]
+    fn key_hash(&self) -> u64 {
+        key_hash(self)
+    }
+    #[inline]
+    fn order(&self) -> i64 {
+        0
+    }
+}
+
 impl Entry for Affinity {
     #[inline]
     fn key_hash(&self) -> u64 {
@@ -153,7 +166,7 @@ impl Entry for Affinity {
 /// at each entry). Short lists (most shoppers: one or two entries) have no index and allocate
 /// nothing more. Reads go through `Deref` to the entries; every change goes through a method
 /// that keeps the index ([`Indexed::edit`] for any change, making it again).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Indexed<T> {
     entries: Vec<T>,
     /// Empty up to [`INDEXED_FROM`] entries; else as long as the entries' capacity, its first
@@ -166,6 +179,10 @@ pub struct Indexed<T> {
 pub type KeyedList = Indexed<KeyedSeries>;
 /// Category and brand affinities.
 pub type AffinityList = Indexed<Affinity>;
+/// A profile's ECIDs, oldest first. A shopper has a few; one who has had many (up to the
+/// identity limit, 32 by default) has each event's ECID compared with every one, each a string
+/// of its own on the heap: found by hash, only the one that matches is read.
+pub type IdList = Indexed<String>;
 
 /// What scans of an [`Indexed`] list read of an entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -181,6 +198,22 @@ impl Hot {
             hash: e.key_hash(),
             order: e.order(),
         }
+    }
+}
+
+/// The entries cloned (their capacity then their length, as `Vec`'s clone gives) and the index
+/// copied to that capacity: a derived clone would keep the original's longer index.
+impl<T: Clone> Clone for Indexed<T> {
+    fn clone(&self) -> Self {
+        let entries = self.entries.clone();
+        let mut index = Box::default();
+        if !self.index.is_empty() {
+            let n = entries.len();
+            let mut copy = vec![Hot::default(); entries.capacity()].into_boxed_slice();
+            copy[..n].copy_from_slice(&self.index[..n]);
+            index = copy;
+        }
+        Indexed { entries, index }
     }
 }
 
@@ -204,6 +237,14 @@ impl<T> std::ops::Deref for Indexed<T> {
     #[inline]
     fn deref(&self) -> &[T] {
         &self.entries
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Indexed<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter()
     }
 }
 
@@ -291,6 +332,12 @@ impl<T: Entry> Indexed<T> {
             }
             self.index[n - 1] = hot;
         }
+        debug_assert!(self.indexed_right(), "the index follows the entries");
+    }
+
+    /// The entries' capacity.
+    pub fn capacity(&self) -> usize {
+        self.entries.capacity()
     }
 
     /// Changes entry `i` as `f` does (not its key).
@@ -336,6 +383,7 @@ impl<T: Entry> Indexed<T> {
         for (h, e) in self.index.iter_mut().zip(&self.entries) {
             *h = Hot::of(e);
         }
+        debug_assert!(self.indexed_right(), "the index follows the entries");
     }
 
     /// Whether the index matches the entries (tests and debug builds).
@@ -358,6 +406,20 @@ impl<T: crate::footprint::Footprint> Indexed<T> {
     pub(crate) fn footprint(&self, m: &mut crate::footprint::Meter) {
         m.list_of(&self.entries);
         m.block(std::mem::size_of_val(&*self.index));
+    }
+}
+
+impl IdList {
+    /// Whether `value` is one of them.
+    #[inline]
+    pub fn holds(&self, value: &str) -> bool {
+        self.find_entry(|| key_hash(value), |e| e == value)
+            .is_some()
+    }
+
+    /// Adds `value` at the end.
+    pub fn push(&mut self, value: String) {
+        self.push_bounded(value, usize::MAX);
     }
 }
 
@@ -568,7 +630,7 @@ pub(crate) fn affinity_weight(kind: EventType) -> f64 {
 pub struct Identities {
     /// The kind of identity the profile key is.
     pub kind: KeyKind,
-    pub ecids: Vec<String>,
+    pub ecids: IdList,
     pub customer_id: Option<String>,
     pub emails: Vec<String>,
     /// A producer's own shopper key, when that is the profile key.
@@ -877,6 +939,10 @@ fn merge_opt<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
     }
 }
 
+/// Up to this many keys named by rules, a list's entries are compared with each of them (more:
+/// a binary search of the sorted keys).
+const FEW_KEYS: usize = 16;
+
 /// Which parts of a profile the rules in force read, beyond the attributes and aggregates
 /// (always copied): [`Profile::copy_rule_inputs`] copies only those.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -921,7 +987,7 @@ impl RuleReads {
     /// rules name few keys, and a key of another length is told apart without comparing bytes
     /// (the binary search compared bytes at every step: 3 % of the deep e2e profile).
     fn reads_keyed(keys: &[(EventType, String)], s: &KeyedSeries) -> bool {
-        if keys.len() <= 16 {
+        if keys.len() <= FEW_KEYS {
             return keys
                 .iter()
                 .any(|(kind, key)| *kind == s.kind && same_key(key, &s.key));
@@ -951,14 +1017,14 @@ pub(crate) fn copy_keyed(
         }
         kept += 1;
     };
-    if from.index.is_empty() || keys.len() > 16 {
+    if from.index.is_empty() || keys.len() > FEW_KEYS {
         if !keys.is_empty() {
             for f in from.iter().filter(|s| RuleReads::reads_keyed(keys, s)) {
                 copy(f);
             }
         }
     } else {
-        let hashes: SmallVec<[u64; 16]> = keys.iter().map(|(_, k)| key_hash(k)).collect();
+        let hashes: SmallVec<[u64; FEW_KEYS]> = keys.iter().map(|(_, k)| key_hash(k)).collect();
         for (i, h) in from.hot().iter().enumerate() {
             let f = &from.entries[i];
             if hashes.contains(&h.hash) && RuleReads::reads_keyed(keys, f) {
@@ -995,13 +1061,13 @@ pub(crate) fn copy_affinities(
         kept += 1;
     };
     let named = |a: &Affinity| keys.iter().any(|k| same_key(k, &a.key));
-    if from.index.is_empty() || keys.len() > 16 {
+    if from.index.is_empty() || keys.len() > FEW_KEYS {
         for f in from.iter().filter(|a| named(a)) {
             keep(f);
         }
     } else {
         // With an index and few keys, an entry is read only when its hash is one of theirs.
-        let hashes: SmallVec<[u64; 16]> = keys.iter().map(|k| key_hash(k)).collect();
+        let hashes: SmallVec<[u64; FEW_KEYS]> = keys.iter().map(|k| key_hash(k)).collect();
         for (i, h) in from.hot().iter().enumerate() {
             let f = &from.entries[i];
             if hashes.contains(&h.hash) && named(f) {
@@ -1033,8 +1099,8 @@ impl Profile {
     /// each, alternated: 7.44-7.95 µs of worker CPU per event or timer fired against 7.79-8.74
     /// without it; a small gain, within the runs' spread). A hint only: nothing is read, and an
     /// address is never dereferenced. The first line of each list only: the first 512 bytes of
-    /// each did no better. For the per-key series, the first line a scan reads: their index's
-    /// once they have one.
+    /// each did no better. For the lists searched by key (series, affinities, ECIDs), the first
+    /// line a search reads: their index's once they have one.
     #[inline]
     pub fn prefetch(&self) {
         fn first<T>(list: &[T]) {
@@ -1052,7 +1118,7 @@ impl Profile {
         first(&self.segments);
         first(&self.recent_changes);
         first(&self.cart.lines);
-        first(&self.identities.ecids);
+        self.identities.ecids.prefetch();
         self.known_nexts.prefetch();
     }
 
@@ -1495,6 +1561,7 @@ impl Profile {
     }
 
     /// Counts of `kind` events about `key` (a category or a SKU) in the last `window` ms.
+    #[cfg(test)]
     pub fn keyed_window(
         list: &KeyedList,
         kind: EventType,
@@ -2048,6 +2115,105 @@ mod tests {
         assert!(!list.index.is_empty() && list.indexed_right());
     }
 
+    /// A clone of an indexed list with room to spare takes additions as the original does; the
+    /// copies of what rules read, filtered through the index, are what the plain filter gives;
+    /// a merge of two deep profiles keeps every index right.
+    #[test]
+    fn indexed_lists_clone_copy_and_merge_as_plain_ones() {
+        let t = 1_700_000_000_000;
+        let view = EventType::ProductPageView;
+        let mut list = KeyedList::default();
+        for i in 0..20 {
+            list.add(view, &format!("c-{i}"), t + i, t + i);
+        }
+        assert!(list.capacity() > list.len() && !list.index.is_empty());
+        let mut clone = list.clone();
+        assert!(clone.indexed_right() && clone == list);
+        for i in 20..40 {
+            clone.add(view, &format!("c-{i}"), t + i, t + i);
+            list.add(view, &format!("c-{i}"), t + i, t + i);
+        }
+        assert!(clone.indexed_right() && clone == list);
+
+        let mut keys: Vec<(EventType, String)> = [
+            (view, "c-3"),
+            (view, "c-25"),
+            (EventType::AddToCart, "c-4"),
+            (view, "none"),
+        ]
+        .iter()
+        .map(|(k, s)| (*k, s.to_string()))
+        .collect();
+        keys.sort();
+        let mut copied = Vec::new();
+        copy_keyed(&mut copied, &list, &keys);
+        let plain: Vec<KeyedSeries> = list
+            .iter()
+            .filter(|s| RuleReads::reads_keyed(&keys, s))
+            .cloned()
+            .collect();
+        assert_eq!(copied, plain);
+        assert_eq!(copied.len(), 2);
+
+        let mut affinities = AffinityList::default();
+        for i in 0..20 {
+            affinities.add(&format!("a-{i}"), 1.0, t + i);
+        }
+        let names = ["a-3".to_string(), "a-17".into(), "none".into()];
+        let mut copied = Vec::new();
+        copy_affinities(&mut copied, &affinities, false, &names);
+        let plain: Vec<Affinity> = affinities
+            .iter()
+            .filter(|a| names.iter().any(|k| *k == a.key))
+            .cloned()
+            .collect();
+        assert_eq!(copied, plain);
+        assert_eq!(copied.len(), 2);
+
+        let deep = |prefix: &str| {
+            let mut p = Profile::default();
+            for i in 0..80 {
+                let mut v = ev(view, t + i * 1000, 0.0);
+                v.lines = vec![line(&format!("{prefix}-{i}"), 1.0, 1.0)];
+                v.lines[0].category = Some(format!("{prefix}-cat-{}", i % 40).into());
+                v.lines[0].brand = Some(format!("{prefix}-brand-{}", i % 36).into());
+                p.apply(&v);
+            }
+            p
+        };
+        let mut merged = deep("a");
+        merged.merge(deep("b"), 100);
+        for l in [&merged.by_product, &merged.by_category] {
+            assert!(l.indexed_right() && l.len() == MAX_KEYED_SERIES);
+        }
+        for l in [&merged.category_affinity, &merged.brand_affinity] {
+            assert!(l.indexed_right() && l.len() == MAX_AFFINITIES);
+        }
+    }
+
+    /// ECIDs are found with and without an index, kept in order, none pushed out, and read back
+    /// from the state with their index.
+    #[test]
+    fn ecids_are_found_by_hash_once_there_are_many() {
+        let mut ids = IdList::default();
+        let ecid = |i: usize| format!("{:038}", 12_345_678_901_234_567_890u128 + i as u128 * 7);
+        for n in 0..40 {
+            for i in 0..40 {
+                assert_eq!(ids.holds(&ecid(i)), i < n, "{n} held, ecid {i}");
+            }
+            assert!(!ids.holds("") && !ids.holds(&ecid(n)[1..]));
+            assert_eq!(ids.index.is_empty(), n <= INDEXED_FROM, "{n} held");
+            assert!(ids.indexed_right());
+            ids.push(ecid(n));
+        }
+        assert_eq!(ids.len(), 40);
+        assert!(ids.iter().enumerate().all(|(i, e)| *e == ecid(i)));
+        let mut bytes = Vec::new();
+        ids.encode(&mut bytes);
+        let back = <IdList as read::Decode>::decode(&mut read::Reader::new(&bytes)).unwrap();
+        assert!(back == ids && back.indexed_right() && back.holds(&ecid(39)));
+    }
+
     /// An indexed affinity list finds, adds, pushes out and names the top key exactly as a
     /// plain list scanned entry by entry (the way before the index), growing past
     /// [`INDEXED_FROM`] and past its bound, with late signals and ties of rank.
@@ -2507,7 +2673,7 @@ mod tests {
         assert_eq!(known.events_total, 3 + 5);
         assert_eq!(known.first_seen, Some(t - 86_400_000));
         assert_eq!(known.last_seen, Some(t + 4_000));
-        assert_eq!(known.identities.ecids, vec!["e1".to_string()]);
+        assert_eq!(known.identities.ecids[..], ["e1".to_string()]);
         assert_eq!(known.identities.emails, vec!["ann@x.com".to_string()]);
         assert_eq!(known.identities.kind, KeyKind::Email);
         assert_eq!(known.attributes.first_name.as_deref(), Some("Ann"));
@@ -2684,7 +2850,7 @@ mod tests {
         let long = "x".repeat(200);
         every.identities = Identities {
             kind: KeyKind::Customer,
-            ecids: vec!["ecid-1".into(), long.clone()],
+            ecids: vec!["ecid-1".into(), long.clone()].into(),
             customer_id: Some("c-42".into()),
             emails: vec!["a@example.com".into()],
             key: Some(long.clone()),

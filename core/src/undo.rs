@@ -80,6 +80,11 @@ impl<T: Clone> Keyed<T> {
         self.used = 0;
     }
 
+    /// Whether anything was recorded (else a revert leaves the list as it is).
+    fn recorded(&self) -> bool {
+        self.whole_used || self.used > 0
+    }
+
     /// Records `before` under (kind, key), reusing the slots of earlier events.
     fn push(&mut self, kind: EventType, key: &str, before: Option<&T>) {
         match self.entries.get_mut(self.used) {
@@ -251,14 +256,23 @@ impl Undo {
             copy.orders
                 .copy_rule_inputs(&self.orders, reads.order_series);
         }
-        copy.by_category
-            .edit(|list| self.by_category.revert(list, is_series));
-        copy.by_product
-            .edit(|list| self.by_product.revert(list, is_series));
-        copy.category_affinity
-            .edit(|list| self.category_affinity.revert(list, is_affinity));
-        copy.brand_affinity
-            .edit(|list| self.brand_affinity.revert(list, is_affinity));
+        // Only the lists the event changed are edited (and their index made again).
+        if self.by_category.recorded() {
+            copy.by_category
+                .edit(|list| self.by_category.revert(list, is_series));
+        }
+        if self.by_product.recorded() {
+            copy.by_product
+                .edit(|list| self.by_product.revert(list, is_series));
+        }
+        if self.category_affinity.recorded() {
+            copy.category_affinity
+                .edit(|list| self.category_affinity.revert(list, is_affinity));
+        }
+        if self.brand_affinity.recorded() {
+            copy.brand_affinity
+                .edit(|list| self.brand_affinity.revert(list, is_affinity));
+        }
     }
 }
 
