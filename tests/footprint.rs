@@ -89,7 +89,7 @@ fn sample_events() -> Vec<(String, Event)> {
     }
     // One deep shopper: the product views and cart adds of the samples, past the bound of the
     // per-product and per-category series and of the affinities (full lists, with their index,
-    // and entries pushed out), with many ECIDs.
+    // and entries pushed out), with more ECIDs than an unindexed list holds.
     let views: Vec<Event> = events
         .iter()
         .filter(|(_, e)| {

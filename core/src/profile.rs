@@ -156,11 +156,13 @@ impl Entry for Affinity {
     }
 }
 
-/// A profile's bounded list of entries by key (per-category and per-product series, category and
-/// brand affinities): the entries, and once there are more than [`INDEXED_FROM`] of them, each
-/// one's key hash and order for the bound in a separate, dense list. Finding the event's key,
-/// and the entry a new key pushes out of a full list, scan that list: 16 bytes an entry instead
-/// of the entry's 80 (a series) or 48 (an affinity). A profile held in memory is usually cold by
+/// A profile's list of entries by key (per-category and per-product series, category and brand
+/// affinities, bounded each by its own maximum; ECIDs, bounded by the identity limit and never
+/// pushed out): the entries, and once there are more than [`INDEXED_FROM`] of them, each one's
+/// key hash and order for the bound in a separate, dense list. Finding the event's key, and the
+/// entry a new key pushes out of a full list, scan that list: 16 bytes an entry instead of the
+/// entry's 80 (a series) or 48 (an affinity), or of an ECID's string in a heap block of its
+/// own. A profile held in memory is usually cold by
 /// its shopper's next event, and in the deep e2e `perf` profile the scan of the series for the
 /// event's key was the hottest instruction of the worker (6 % of its samples, a wait on memory
 /// at each entry). Short lists (most shoppers: one or two entries) have no index and allocate
@@ -180,8 +182,8 @@ pub type KeyedList = Indexed<KeyedSeries>;
 /// Category and brand affinities.
 pub type AffinityList = Indexed<Affinity>;
 /// A profile's ECIDs, oldest first. A shopper has a few; one who has had many (up to the
-/// identity limit, 32 by default) has each event's ECID compared with every one, each a string
-/// of its own on the heap: found by hash, only the one that matches is read.
+/// identity limit, 32 by default) would have each event's ECID compared with every one, each a
+/// string of its own on the heap: found by hash, only the one that matches is read.
 pub type IdList = Indexed<String>;
 
 /// What scans of an [`Indexed`] list read of an entry.
@@ -201,8 +203,8 @@ impl Hot {
     }
 }
 
-/// The entries cloned (their capacity then their length, as `Vec`'s clone gives) and the index
-/// copied to that capacity: a derived clone would keep the original's longer index.
+/// The entries cloned (a `Vec`'s clone has its length as its capacity) and the index copied
+/// into one of that capacity: a derived clone would keep the original's longer index.
 impl<T: Clone> Clone for Indexed<T> {
     fn clone(&self) -> Self {
         let entries = self.entries.clone();
@@ -940,7 +942,8 @@ fn merge_opt<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
 }
 
 /// Up to this many keys named by rules, a list's entries are compared with each of them (more:
-/// a binary search of the sorted keys).
+/// a binary search of the sorted keys, in `RuleReads::reads_keyed`), and the copies of what rules
+/// read filter an indexed list through its hashes (more: through its entries).
 const FEW_KEYS: usize = 16;
 
 /// Which parts of a profile the rules in force read, beyond the attributes and aggregates
@@ -2182,7 +2185,17 @@ mod tests {
             p
         };
         let mut merged = deep("a");
-        merged.merge(deep("b"), 100);
+        let mut other = deep("b");
+        let ecid = |i: usize| format!("ecid-{i:03}");
+        for i in 0..20 {
+            merged.identities.ecids.push(ecid(i));
+            other.identities.ecids.push(ecid(i + 10));
+        }
+        merged.merge(other, 100);
+        let ids = &merged.identities.ecids;
+        assert!(ids.indexed_right() && ids.iter().enumerate().all(|(i, e)| *e == ecid(i)));
+        assert_eq!(ids.len(), 30);
+        assert!((0..30).all(|i| ids.holds(&ecid(i))) && !ids.holds(&ecid(30)));
         for l in [&merged.by_product, &merged.by_category] {
             assert!(l.indexed_right() && l.len() == MAX_KEYED_SERIES);
         }
