@@ -17,9 +17,9 @@
 
 use crate::event::{Attributes, Event, EventType, Line};
 use crate::profile::{
-    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, AffinityList, KeyedList,
-    KeyedSeries, OrderStats, Profile, RuleReads, CART_EVENTS, KEYED_EVENTS, MAX_AFFINITIES,
-    MAX_KEYED_SERIES, ORDER_EVENTS,
+    affinity_weight, copy_affinities, copy_keyed, same_key, Affinity, AffinityList, Entry, Indexed,
+    KeyedList, KeyedSeries, OrderStats, Profile, RuleReads, CART_EVENTS, KEYED_EVENTS,
+    MAX_AFFINITIES, MAX_KEYED_SERIES, ORDER_EVENTS,
 };
 use crate::window::Series;
 use smallvec::SmallVec;
@@ -80,11 +80,6 @@ impl<T: Clone> Keyed<T> {
         self.used = 0;
     }
 
-    /// Whether anything was recorded (else a revert leaves the list as it is).
-    fn recorded(&self) -> bool {
-        self.whole_used || self.used > 0
-    }
-
     /// Records `before` under (kind, key), reusing the slots of earlier events.
     fn push(&mut self, kind: EventType, key: &str, before: Option<&T>) {
         match self.entries.get_mut(self.used) {
@@ -103,22 +98,31 @@ impl<T: Clone> Keyed<T> {
     }
 
     /// Puts the recorded entries back into `list` (a copy of what rules read), found by `is`.
-    fn revert(&self, list: &mut Vec<T>, is: impl Fn(&T, EventType, &str) -> bool) {
-        if self.whole_used {
-            list.clone_from(&self.whole);
+    /// A list the event did not change is left as it is (its index not made again).
+    fn revert(&self, list: &mut Indexed<T>, is: impl Fn(&T, EventType, &str) -> bool)
+    where
+        T: Entry,
+    {
+        if !self.whole_used && self.used == 0 {
             return;
         }
-        for (kind, key, before) in &self.entries[..self.used] {
-            let at = list.iter().position(|e| is(e, *kind, key));
-            match (at, before) {
-                (Some(i), Some(b)) => list[i].clone_from(b),
-                (Some(i), None) => {
-                    list.remove(i);
-                }
-                (None, Some(b)) => list.push(b.clone()),
-                (None, None) => {}
+        list.edit(|list| {
+            if self.whole_used {
+                list.clone_from(&self.whole);
+                return;
             }
-        }
+            for (kind, key, before) in &self.entries[..self.used] {
+                let at = list.iter().position(|e| is(e, *kind, key));
+                match (at, before) {
+                    (Some(i), Some(b)) => list[i].clone_from(b),
+                    (Some(i), None) => {
+                        list.remove(i);
+                    }
+                    (None, Some(b)) => list.push(b.clone()),
+                    (None, None) => {}
+                }
+            }
+        });
     }
 }
 
@@ -256,23 +260,12 @@ impl Undo {
             copy.orders
                 .copy_rule_inputs(&self.orders, reads.order_series);
         }
-        // Only the lists the event changed are edited (and their index made again).
-        if self.by_category.recorded() {
-            copy.by_category
-                .edit(|list| self.by_category.revert(list, is_series));
-        }
-        if self.by_product.recorded() {
-            copy.by_product
-                .edit(|list| self.by_product.revert(list, is_series));
-        }
-        if self.category_affinity.recorded() {
-            copy.category_affinity
-                .edit(|list| self.category_affinity.revert(list, is_affinity));
-        }
-        if self.brand_affinity.recorded() {
-            copy.brand_affinity
-                .edit(|list| self.brand_affinity.revert(list, is_affinity));
-        }
+        self.by_category.revert(&mut copy.by_category, is_series);
+        self.by_product.revert(&mut copy.by_product, is_series);
+        self.category_affinity
+            .revert(&mut copy.category_affinity, is_affinity);
+        self.brand_affinity
+            .revert(&mut copy.brand_affinity, is_affinity);
     }
 }
 

@@ -652,18 +652,17 @@ fn eval<'a>(n: &'a Node, cx: &Ctx<'a>) -> Val<'a> {
                 followed
             })
         }
-        Node::CountCategory(k, key, w) => Val::Num(
-            cx.profile
-                .by_category
+        Node::CountCategory(k, key, w) | Node::CountProduct(k, key, w) => {
+            let list = if matches!(n, Node::CountCategory(..)) {
+                &cx.profile.by_category
+            } else {
+                &cx.profile.by_product
+            };
+            let count = list
                 .get_hashed(*k, key, key.hash)
-                .map_or(0, |s| s.series.query(*w, cx.now)) as f64,
-        ),
-        Node::CountProduct(k, key, w) => Val::Num(
-            cx.profile
-                .by_product
-                .get_hashed(*k, key, key.hash)
-                .map_or(0, |s| s.series.query(*w, cx.now)) as f64,
-        ),
+                .map_or(0, |s| s.series.query(*w, cx.now));
+            Val::Num(count as f64)
+        }
         Node::CategoryAffinity(key) => {
             Val::Num(affinity(&cx.profile.category_affinity, key, cx.now))
         }
