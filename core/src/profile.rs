@@ -298,7 +298,7 @@ impl<T: Entry> Indexed<T> {
     }
 
     /// The place of the first entry with the least order (a full list's next to go).
-    fn first_least(&self) -> Option<usize> {
+    pub(crate) fn first_least(&self) -> Option<usize> {
         if self.index.is_empty() {
             (0..self.entries.len()).min_by_key(|&i| self.entries[i].order())
         } else {
@@ -989,13 +989,21 @@ impl RuleReads {
     /// Runs before every event for each of a profile's up to 2 × [`MAX_KEYED_SERIES`] series:
     /// rules name few keys, and a key of another length is told apart without comparing bytes
     /// (the binary search compared bytes at every step: 3 % of the deep e2e profile).
-    fn reads_keyed(keys: &[(EventType, String)], s: &KeyedSeries) -> bool {
+    #[inline]
+    pub(crate) fn reads_keyed(keys: &[(EventType, String)], s: &KeyedSeries) -> bool {
+        Self::reads_key(keys, s.kind, &s.key)
+    }
+
+    /// Whether `keys` (sorted, as [`RuleReads`] keeps them) names the series of `kind` events
+    /// about `key`.
+    #[inline]
+    pub(crate) fn reads_key(keys: &[(EventType, String)], kind: EventType, key: &str) -> bool {
         if keys.len() <= FEW_KEYS {
             return keys
                 .iter()
-                .any(|(kind, key)| *kind == s.kind && same_key(key, &s.key));
+                .any(|(k, name)| *k == kind && same_key(name, key));
         }
-        keys.binary_search_by(|(kind, key)| (*kind, key.as_str()).cmp(&(s.kind, s.key.as_str())))
+        keys.binary_search_by(|(k, name)| (*k, name.as_str()).cmp(&(kind, key)))
             .is_ok()
     }
 }

@@ -12,8 +12,10 @@
 //! entry out.
 //!
 //! The recording mirrors [`Profile::apply`] (and the identity links made before it), entry by
-//! entry, and falls back to the whole of a list rules read where the event may push out an
-//! entry it cannot name ahead (a full list and a new key).
+//! entry. A new key in a full list pushes out the list's first least entry, which is named
+//! ahead when the event touches that one key alone (most events: one line); it falls back to
+//! the whole of a list rules read where the event may push out an entry it cannot name ahead
+//! (a full list, and several keys of which one is new: the others' changes move which goes).
 
 use crate::event::{Attributes, Event, EventType, Line};
 use crate::profile::{
@@ -230,6 +232,21 @@ impl Undo {
         }
     }
 
+    /// How many lists the last recording copied whole (the event may push out an entry it
+    /// cannot name ahead).
+    #[cfg(test)]
+    pub(crate) fn whole_lists(&self) -> usize {
+        [
+            self.by_category.whole_used,
+            self.by_product.whole_used,
+            self.category_affinity.whole_used,
+            self.brand_affinity.whole_used,
+        ]
+        .iter()
+        .filter(|&&w| w)
+        .count()
+    }
+
     /// Turns `copy` — what `reads` names of the profile after the event
     /// ([`Profile::copy_rule_inputs`]) — into the same of the profile before it.
     pub fn revert(&self, copy: &mut Profile, reads: &RuleReads) {
@@ -299,18 +316,33 @@ fn record_keyed(
     let find = |key: &str| list.get(kind, key);
     if pushes_out(list.len(), touched, MAX_KEYED_SERIES, |k| find(k).is_none()) {
         // A new key pushes out the least recently active series, which may be one rules read.
+        if let Some(key) = only_key(touched) {
+            // Named ahead: the list's first least recently active series (the one
+            // `KeyedList::add` pushes out) goes back, the new key's goes.
+            let out = &list[list.first_least().expect("a full list")];
+            if RuleReads::reads_key(keys, kind, key) {
+                undo.push(kind, key, None);
+            }
+            if RuleReads::reads_keyed(keys, out) {
+                undo.push(out.kind, &out.key, Some(out));
+            }
+            return;
+        }
         copy_keyed(&mut undo.whole, list, keys);
         undo.whole_used = true;
         return;
     }
     for key in touched {
-        if keys
-            .iter()
-            .any(|(k, name)| *k == kind && same_key(name, key))
-        {
+        if RuleReads::reads_key(keys, kind, key) {
             undo.push(kind, key, find(key));
         }
     }
+}
+
+/// The one key `touched` names (an event's lines may name it more than once), if one.
+fn only_key<'a>(touched: &[&'a str]) -> Option<&'a str> {
+    let (first, rest) = touched.split_first()?;
+    rest.iter().all(|k| k == first).then_some(*first)
 }
 
 /// Records the affinities rules read (all, or those `keys` names) that an event about
@@ -326,17 +358,32 @@ fn record_affinities(
         return;
     }
     let find = |key: &str| list.get(key);
-    if all || pushes_out(list.len(), touched, MAX_AFFINITIES, |k| find(k).is_none()) {
-        // `top_category()` compares them all; or a new key pushes out the weakest, which may
-        // be one rules read.
+    // `top_category()` reads them all, but an event changes only the affinities of its keys
+    // (the others keep their places, and `top()` breaks ties by key, not by place).
+    let read = |key: &str| all || keys.iter().any(|name| same_key(name, key));
+    // Affinities are by key alone: the kind recorded is not compared (`is_affinity`).
+    let kind = EventType::ProductPageView;
+    if pushes_out(list.len(), touched, MAX_AFFINITIES, |k| find(k).is_none()) {
+        // A new key pushes out the weakest, which may be one rules read.
+        if let Some(key) = only_key(touched) {
+            // Named ahead: the list's first weakest (the one `AffinityList::add` pushes out)
+            // goes back, the new key's goes.
+            let out = &list[list.first_least().expect("a full list")];
+            if read(key) {
+                undo.push(kind, key, None);
+            }
+            if read(&out.key) {
+                undo.push(kind, &out.key, Some(out));
+            }
+            return;
+        }
         copy_affinities(&mut undo.whole, list, all, keys);
         undo.whole_used = true;
         return;
     }
     for key in touched {
-        if keys.iter().any(|name| same_key(name, key)) {
-            // Affinities are by key alone: the kind is not compared (`is_affinity`).
-            undo.push(EventType::ProductPageView, key, find(key));
+        if read(key) {
+            undo.push(kind, key, find(key));
         }
     }
 }

@@ -799,6 +799,72 @@ fn an_event_undone_gives_back_the_profile_before_it() {
     assert_eq!(rule_inputs(&after, reads), rule_inputs(&before, reads));
 }
 
+/// One new key in a full list: the undo records the entry the event pushes out (and the new
+/// key's absence) rather than every entry rules read, and that gives back the profile before
+/// the event: a per-product series named by a rule, and the weakest category affinity where
+/// `top_category()` reads them all.
+#[test]
+fn one_new_key_in_a_full_list_records_the_entry_it_pushes_out() {
+    use crate::profile::{MAX_AFFINITIES, MAX_KEYED_SERIES};
+    use crate::undo::Undo;
+    let named = SegmentSet::parse(&one(
+        "count_product(productPageView, \"SKU-1\", 7d) >= 1 and affinity(\"cat-1\") > 0",
+    ))
+    .unwrap();
+    let everything = reading_everything();
+    let view = |time: i64, skus: &[&str], category: Option<&str>| {
+        let mut ev = event(EventType::ProductPageView, time, 1.0);
+        ev.lines = skus
+            .iter()
+            .map(|s| crate::event::Line {
+                sku: (*s).into(),
+                category: category.map(Into::into),
+                quantity: 1.0,
+                ..Default::default()
+            })
+            .collect();
+        ev
+    };
+    // SKU-1 and cat-1 first: the least recently active series, the weakest affinity.
+    let mut p = Profile::default();
+    p.apply(&view(T0, &["SKU-1"], Some("cat-1")));
+    for i in 1..MAX_KEYED_SERIES as i64 {
+        let category = (i < MAX_AFFINITIES as i64).then(|| format!("cat-other-{i}"));
+        p.apply(&view(
+            T0 + H + i,
+            &[&format!("SKU-other-{i}")],
+            category.as_deref(),
+        ));
+    }
+    assert_eq!(p.by_product.len(), MAX_KEYED_SERIES);
+    assert_eq!(p.category_affinity.len(), MAX_AFFINITIES);
+    // The new SKU on two lines, one new category.
+    let ev = view(T0 + 2 * H, &["SKU-new", "SKU-new"], Some("cat-new"));
+    for set in [&named, &everything] {
+        let reads = set.reads();
+        let mut before = Profile::default();
+        before.copy_rule_inputs(&p, reads);
+        let mut undo = Undo::default();
+        undo.record(&p, &ev, reads);
+        assert_eq!(undo.whole_lists(), 0, "no list copied whole");
+        let mut q = p.clone();
+        q.apply(&ev);
+        assert!(q
+            .by_product
+            .get(EventType::ProductPageView, "SKU-1")
+            .is_none());
+        assert!(q.category_affinity.get("cat-1").is_none());
+        let mut after = Profile::default();
+        after.copy_rule_inputs(&q, reads);
+        undo.revert(&mut after, reads);
+        assert_eq!(rule_inputs(&after, reads), rule_inputs(&before, reads));
+        let now = ev.time + H;
+        for s in 0..set.len() {
+            assert_eq!(set.explain(s, &after, now), set.explain(s, &before, now));
+        }
+    }
+}
+
 /// An event evaluates only the segments whose rules read something it changed: the outputs are
 /// those of evaluating every segment at every event, through events of every type (four rule
 /// sets, one of 150 segments; keys that push entries out of full lists; identities linked; gaps of minutes to weeks,
