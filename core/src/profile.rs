@@ -2046,6 +2046,36 @@ mod tests {
         }
     }
 
+    /// The index's scans agree with a plain scan where hashes collide: `find` gives the first
+    /// entry its test accepts (past entries of the same hash), and the entry pushed out is the
+    /// first of the least order, at every length.
+    #[test]
+    fn an_index_with_colliding_hashes_finds_the_first_entry_as_a_plain_scan() {
+        #[derive(Debug, Clone, PartialEq)]
+        struct E(u32, i64);
+        impl Entry for E {
+            fn key_hash(&self) -> u64 {
+                u64::from(self.0 % 3)
+            }
+            fn order(&self) -> i64 {
+                self.1
+            }
+        }
+        for n in 0..40u32 {
+            let entries: Vec<E> = (0..n).map(|k| E(k, i64::from((k * 7) % 5) - 2)).collect();
+            let list = Indexed::from(entries.clone());
+            assert_eq!(list.index.is_empty(), n as usize <= INDEXED_FROM);
+            assert!(list.indexed_right());
+            for k in 0..n + 3 {
+                let want = entries.iter().position(|e| e.0 == k);
+                let got = list.find(|| u64::from(k % 3), |e| e.0 == k);
+                assert_eq!(got, want, "{n} entries, key {k}");
+            }
+            let least = (0..entries.len()).min_by_key(|&i| entries[i].1);
+            assert_eq!(list.first_least(), least, "{n} entries");
+        }
+    }
+
     /// A keyed list with its index finds, counts and pushes out exactly as a plain list
     /// scanned entry by entry (the way before the index): keys past the bound, one key under
     /// two event types, events out of order, the list growing past [`INDEXED_FROM`] and
