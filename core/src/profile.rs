@@ -2047,8 +2047,8 @@ mod tests {
     }
 
     /// The index's scans agree with a plain scan where hashes collide: `find` gives the first
-    /// entry its test accepts (past entries of the same hash), and the entry pushed out is the
-    /// first of the least order, at every length.
+    /// entry its test accepts (past entries of the same hash; two entries accept key 5 past 20
+    /// entries), and the entry pushed out is the first of the least order, at every length.
     #[test]
     fn an_index_with_colliding_hashes_finds_the_first_entry_as_a_plain_scan() {
         #[derive(Debug, Clone, PartialEq)]
@@ -2062,7 +2062,10 @@ mod tests {
             }
         }
         for n in 0..40u32 {
-            let entries: Vec<E> = (0..n).map(|k| E(k, i64::from((k * 7) % 5) - 2)).collect();
+            // The least order first at the fourth entry, again every fifth after it.
+            let entries: Vec<E> = (0..n)
+                .map(|k| E(k, i64::from(((k + 2) * 7) % 5) - 2))
+                .collect();
             let list = Indexed::from(entries.clone());
             assert_eq!(list.index.is_empty(), n as usize <= INDEXED_FROM);
             assert!(list.indexed_right());
@@ -2071,6 +2074,10 @@ mod tests {
                 let got = list.find(|| u64::from(k % 3), |e| e.0 == k);
                 assert_eq!(got, want, "{n} entries, key {k}");
             }
+            // Two entries accepted (keys 5 and 20, the same hash): the first.
+            let is = |e: &E| e.0 == 5 || e.0 == 20;
+            let want = entries.iter().position(is);
+            assert_eq!(list.find(|| 2, is), want, "{n} entries");
             let least = (0..entries.len()).min_by_key(|&i| entries[i].1);
             assert_eq!(list.first_least(), least, "{n} entries");
         }

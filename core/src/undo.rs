@@ -15,7 +15,8 @@
 //! entry. A new key in a full list pushes out the list's first least entry, which is named
 //! ahead when the event touches that one key alone (most events: one line); it falls back to
 //! the whole of a list rules read where the event may push out an entry it cannot name ahead
-//! (a full list, and several keys of which one is new: the others' changes move which goes).
+//! (a full list, and several distinct keys, at least one of them new: the others' changes may
+//! move which goes).
 
 use crate::event::{Attributes, Event, EventType, Line};
 use crate::profile::{
@@ -359,7 +360,7 @@ fn record_affinities(
     }
     let find = |key: &str| list.get(key);
     // `top_category()` reads them all, but an event changes only the affinities of its keys
-    // (the others keep their places, and `top()` breaks ties by key, not by place).
+    // (the others' values are unchanged, and `top()` breaks ties by key, not by place).
     let read = |key: &str| all || keys.iter().any(|name| same_key(name, key));
     // Affinities are by key alone: the kind recorded is not compared (`is_affinity`).
     let kind = EventType::ProductPageView;

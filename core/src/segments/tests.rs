@@ -808,7 +808,7 @@ fn one_new_key_in_a_full_list_records_the_entry_it_pushes_out() {
     use crate::profile::{MAX_AFFINITIES, MAX_KEYED_SERIES};
     use crate::undo::Undo;
     let named = SegmentSet::parse(&one(
-        "count_product(productPageView, \"SKU-1\", 7d) >= 1 and affinity(\"cat-1\") > 0",
+        "count_product(productPageView, \"SKU-1\", 7d) >= 1 and affinity(\"cat-1\") > 0 and count_product(productPageView, \"SKU-new\", 7d) >= 0 and affinity(\"cat-new\") >= 0",
     ))
     .unwrap();
     let everything = reading_everything();
