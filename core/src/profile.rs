@@ -484,16 +484,7 @@ impl AffinityList {
     /// of a full list.
     pub fn add(&mut self, key: &str, weight: f64, time: i64) {
         match self.find(|| key_hash(key), |a| same_key(&a.key, key)) {
-            Some(i) => self.update(i, |a| {
-                if time >= a.at {
-                    a.score = decay(a.score, time - a.at) + weight;
-                    a.at = time;
-                } else {
-                    // A late signal counts as much as it has decayed since.
-                    a.score += decay(weight, a.at - time);
-                }
-                a.rerank();
-            }),
+            Some(i) => self.update(i, |a| a.signal(weight, time)),
             None => self.push_bounded(Affinity::new(key, weight, time), MAX_AFFINITIES),
         }
     }
@@ -600,6 +591,18 @@ impl Affinity {
 
     pub(crate) fn rerank(&mut self) {
         self.rank = affinity_rank(self.score, self.at);
+    }
+
+    /// Adds `weight` of interest at `time`.
+    fn signal(&mut self, weight: f64, time: i64) {
+        if time >= self.at {
+            self.score = decay(self.score, time - self.at) + weight;
+            self.at = time;
+        } else {
+            // A late signal counts as much as it has decayed since.
+            self.score += decay(weight, self.at - time);
+        }
+        self.rerank();
     }
 
     /// The score decayed to `now`.
@@ -2279,15 +2282,8 @@ mod tests {
     fn an_indexed_affinity_list_ranks_as_a_plain_one() {
         fn plain_add(list: &mut Vec<Affinity>, key: &str, weight: f64, time: i64) {
             match list.iter_mut().find(|a| same_key(&a.key, key)) {
-                Some(a) => {
-                    if time >= a.at {
-                        a.score = decay(a.score, time - a.at) + weight;
-                        a.at = time;
-                    } else {
-                        a.score += decay(weight, a.at - time);
-                    }
-                    a.rerank();
-                }
+                // The list's mechanics are the oracle here, not the score's arithmetic.
+                Some(a) => a.signal(weight, time),
                 None => {
                     if list.len() >= MAX_AFFINITIES {
                         let weakest = (0..list.len())
