@@ -548,17 +548,15 @@ impl Core {
             if identity::holds_value(profile, kind, value) {
                 continue; // the usual case: nothing to link
             }
-            let id = Id {
-                kind,
-                value: value.clone(),
-            };
-            if id.value == key {
-                let _ = identity::link(profile, &id, usize::MAX);
+            if value == key {
+                let _ = identity::link_new(profile, kind, value, usize::MAX);
                 continue;
             }
-            match identity::link(profile, &id, self.max_identities) {
-                Ok(true) => out.claims.push(id),
-                Ok(false) => {}
+            match identity::link_new(profile, kind, value, self.max_identities) {
+                Ok(()) => out.claims.push(Id {
+                    kind,
+                    value: value.clone(),
+                }),
                 Err(why) => out.refused.push(why),
             }
         }
@@ -1217,6 +1215,53 @@ journeys:
             vec![("fresh", Direction::Entered, T + 40 * MIN)],
             "still in browsing"
         );
+    }
+
+    /// An event's identities the profile does not hold are linked and claimed while the
+    /// profile has room; past `max_identities`, or a second customer id, they are refused (and
+    /// counted by the worker), the profile unchanged; the profile's own key links at any count.
+    #[test]
+    fn links_past_the_limit_or_in_conflict_are_refused_and_the_own_key_still_links() {
+        let mut core = core(RULES).with_max_identities(3);
+        let mut p = Profile::default();
+        let with = |id: &str, time: i64, ecid: &str, customer: Option<&str>| {
+            let mut e = add(id, time, 1.0);
+            e.identity.ecid = Some(ecid.into());
+            e.identity.customer_id = customer.map(Into::into);
+            e
+        };
+        let claimed = |out: &Outputs| -> Vec<(KeyKind, String)> {
+            out.claims
+                .iter()
+                .map(|c| (c.kind, c.value.clone()))
+                .collect()
+        };
+        let out = run(&mut core, &mut p, &[with("a", 1_000, "e1", Some("c1"))]);
+        assert_eq!(
+            claimed(&out),
+            [
+                (KeyKind::Customer, "c1".into()),
+                (KeyKind::Ecid, "e1".into())
+            ]
+        );
+        assert!(out.refused.is_empty());
+        let out = run(&mut core, &mut p, &[with("b", 2_000, "e2", Some("c2"))]);
+        assert_eq!(claimed(&out), [(KeyKind::Ecid, "e2".into())]);
+        assert_eq!(out.refused, [Refused::Conflict], "a second customer id");
+        assert_eq!(p.identities.customer_id.as_deref(), Some("c1"));
+        let out = run(&mut core, &mut p, &[with("c", 3_000, "e3", None)]);
+        assert!(out.claims.is_empty());
+        assert_eq!(out.refused, [Refused::Limit], "three held: c1, e1, e2");
+        assert!(!identity::holds_value(&p, KeyKind::Ecid, "e3"));
+        assert_eq!(identity::count(&p), 3);
+        // Held ones are neither claimed nor refused again.
+        let out = run(&mut core, &mut p, &[with("d", 4_000, "e2", Some("c1"))]);
+        assert!(out.claims.is_empty() && out.refused.is_empty());
+        // The event's ECID is the profile's own key ("k1"): linked past the limit, not claimed.
+        let out = run(&mut core, &mut p, &[with("e", 5_000, "k1", None)]);
+        assert!(out.claims.is_empty() && out.refused.is_empty());
+        assert!(identity::holds_value(&p, KeyKind::Ecid, "k1"));
+        assert_eq!(identity::count(&p), 4);
     }
 
     #[test]

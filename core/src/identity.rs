@@ -170,26 +170,35 @@ pub fn link(p: &mut Profile, id: &Id, limit: usize) -> Result<bool, Refused> {
     if holds(p, id) {
         return Ok(false);
     }
-    if id.kind == KeyKind::Customer && p.identities.customer_id.is_some() {
+    link_new(p, id.kind, &id.value, limit).map(|()| true)
+}
+
+/// [`link`] for `value`, an identity of `kind` the profile does not hold (the caller asked
+/// [`holds_value`]): not asked again, and the value copied only when it is linked. A shopper
+/// at the limit (a shared device's profile, a bot) refuses a link on most of its events.
+pub fn link_new(p: &mut Profile, kind: KeyKind, value: &str, limit: usize) -> Result<(), Refused> {
+    debug_assert!(!holds_value(p, kind, value), "link_new: already held");
+    if kind == KeyKind::Customer && p.identities.customer_id.is_some() {
         return Err(Refused::Conflict);
     }
-    if id.kind == KeyKind::Key && p.identities.key.is_some() {
+    if kind == KeyKind::Key && p.identities.key.is_some() {
         return Err(Refused::Conflict);
     }
     if count(p) >= limit {
         return Err(Refused::Limit);
     }
     let i = &mut p.identities;
-    match id.kind {
-        KeyKind::Ecid => i.ecids.push(id.value.clone()),
+    let value = value.to_owned();
+    match kind {
+        KeyKind::Ecid => i.ecids.push(value),
         KeyKind::Email => {
             crate::profile::room_for_one(&mut i.emails);
-            i.emails.push(id.value.clone())
+            i.emails.push(value)
         }
-        KeyKind::Customer => i.customer_id = Some(id.value.clone()),
-        KeyKind::Key => i.key = Some(id.value.clone()),
+        KeyKind::Customer => i.customer_id = Some(value),
+        KeyKind::Key => i.key = Some(value),
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Every identity the profile holds (its own key included).

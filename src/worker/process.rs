@@ -14,7 +14,7 @@ use crate::codec::{self, Family, SchemaCatalog};
 use crate::event::Event;
 use crate::identity::{
     self, ClaimOutcome, DeleteRoute, EventRoute, Id, Internal, KeyKind, Local, MergeRoute,
-    Message as ProtocolMessage, Plan, Position, RawEvent,
+    Message as ProtocolMessage, Plan, Position, RawEvent, Refused,
 };
 use crate::metrics::Metrics;
 use crate::profile;
@@ -474,7 +474,10 @@ impl Processor {
         for why in self.outputs.refused.drain(..) {
             self.metrics
                 .identity_links
-                .with_label_values(&[&format!("refused_{}", why.as_str())])
+                .with_label_values(&[match why {
+                    Refused::Limit => "refused_limit",
+                    Refused::Conflict => "refused_conflict",
+                }])
                 .inc();
         }
         let owner_kind = profile.identities.kind;
