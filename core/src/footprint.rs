@@ -52,6 +52,15 @@ impl<'a> Meter<'a> {
         }
     }
 
+    /// A ring's buffer (its capacity) and what each element owns.
+    #[inline]
+    pub fn deque_of<T: Footprint>(&mut self, v: &std::collections::VecDeque<T>) {
+        self.block(v.capacity() * std::mem::size_of::<T>());
+        for e in v {
+            e.heap(self);
+        }
+    }
+
     /// A small vector's buffer, once it no longer fits inline.
     #[inline]
     pub fn small<A: smallvec::Array>(&mut self, v: &SmallVec<A>) {
@@ -164,7 +173,7 @@ impl Footprint for Profile {
         by_product.footprint(m);
         category_affinity.footprint(m);
         brand_affinity.footprint(m);
-        m.list_of(recent_products);
+        m.deque_of(recent_products);
         m.list_of(journeys);
         m.list_of(recent_changes);
         m.list_of(hops);

@@ -4,6 +4,8 @@
 //! are [`Series`] with a fixed number of buckets. A profile that receives a million events is no
 //! bigger than one that received a thousand.
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Attributes, Cart, Event, EventType, Line};
@@ -815,8 +817,10 @@ pub struct Profile {
     /// Decayed interest per category and per brand (bounded).
     pub category_affinity: AffinityList,
     pub brand_affinity: AffinityList,
-    /// The latest products viewed, latest last (bounded), for browse-abandonment journeys.
-    pub recent_products: Vec<Line>,
+    /// The latest products viewed, latest last (bounded), for browse-abandonment journeys. A
+    /// ring: when the list is full, the oldest leaves from the front without moving the others
+    /// (a `Vec` moved its ten 168-byte lines at each new product viewed). Stored as a list.
+    pub recent_products: VecDeque<Line>,
     /// Journeys triggered for the shopper, sorted by journey id.
     pub journeys: Vec<JourneyState>,
     /// When the passing of time alone may next change a membership (stream time, ms). The timer
@@ -1128,7 +1132,7 @@ impl Profile {
         self.by_product.prefetch();
         self.category_affinity.prefetch();
         self.brand_affinity.prefetch();
-        first(&self.recent_products);
+        first(self.recent_products.as_slices().0);
         first(&self.segments);
         first(&self.recent_changes);
         first(&self.cart.lines);
@@ -1280,16 +1284,32 @@ impl Profile {
             // takes the line's values in the allocations it has.
             let list = &mut self.recent_products;
             for line in &ev.lines {
-                match list.iter().position(|l| same_key(&l.sku, &line.sku)) {
-                    Some(i) => list[i..].rotate_left(1),
-                    None if list.len() >= RECENT_PRODUCTS => list.rotate_left(1),
-                    None => {
-                        room_for_one(list);
-                        list.push(line.clone());
+                // Searched in the ring's two pieces, each a slice (its iterator's chained
+                // walk cost more than the moves saved).
+                let (older, newer) = list.as_slices();
+                let viewed = |l: &Line| same_key(&l.sku, &line.sku);
+                let at = match older.iter().position(viewed) {
+                    Some(i) => Some(i),
+                    None => newer.iter().position(viewed).map(|i| older.len() + i),
+                };
+                let moved = match at {
+                    Some(i) if i + 1 == list.len() => {
+                        list.back_mut().expect("found").copy_from(line);
                         continue;
                     }
-                }
-                list.last_mut().expect("not empty").copy_from(line);
+                    Some(i) => list.remove(i),
+                    None if list.len() >= RECENT_PRODUCTS => list.pop_front(),
+                    None => {
+                        if list.len() == list.capacity() && list.len() < GROWN_ONE_AT_A_TIME {
+                            list.reserve_exact(1); // as `room_for_one`
+                        }
+                        list.push_back(line.clone());
+                        continue;
+                    }
+                };
+                let mut entry = moved.expect("in the list");
+                entry.copy_from(line);
+                list.push_back(entry);
             }
         }
     }
@@ -1370,7 +1390,7 @@ impl Profile {
             if self.recent_products.len() < RECENT_PRODUCTS
                 && !self.recent_products.iter().any(|l| l.sku == line.sku)
             {
-                self.recent_products.insert(0, line);
+                self.recent_products.push_front(line);
             }
         }
         for j in other.journeys {
@@ -2502,6 +2522,24 @@ mod tests {
         assert_eq!(skus(&p)[RECENT_PRODUCTS - 1], "N0");
         assert_eq!(p.recent_products[RECENT_PRODUCTS - 1].quantity, 2.0);
         assert_eq!(p.recent_products.len(), RECENT_PRODUCTS);
+        // The ring has wrapped round its buffer: stored in the order read, as a list is (the
+        // bytes of the same lines held in one piece, and postcard's).
+        let mut viewed = skus(&p);
+        let mut t = 10_000;
+        while p.recent_products.as_slices().1.is_empty() {
+            assert!(t < 10_100, "the ring never wraps");
+            viewed.push(format!("W{t}"));
+            view(&mut p, t, line(&format!("W{t}"), 1.0, 1.0));
+            t += 1;
+        }
+        assert_eq!(skus(&p), viewed[viewed.len() - RECENT_PRODUCTS..]);
+        let mut in_one_piece = p.clone();
+        in_one_piece.recent_products = p.recent_products.iter().cloned().collect::<Vec<_>>().into();
+        assert!(in_one_piece.recent_products.as_slices().1.is_empty());
+        let bytes = encode(&p);
+        assert_eq!(bytes, encode(&in_one_piece));
+        assert_eq!(bytes, encode_as(&p, STATE_VERSION));
+        assert_eq!(skus(&decode(&bytes).unwrap()), skus(&p));
     }
 
     #[test]

@@ -691,7 +691,7 @@ mod tests {
     fn browsed(n: usize) -> Profile {
         let mut p = profile(1, None);
         for i in 0..n {
-            p.recent_products.push(crate::event::Line {
+            p.recent_products.push_back(crate::event::Line {
                 sku: format!("sku-{i:04}").into(),
                 name: Some(format!("product number {i}")),
                 ..Default::default()

@@ -216,6 +216,13 @@ impl<T: Decode> Decode for Vec<T> {
     }
 }
 
+impl<T: Decode> Decode for std::collections::VecDeque<T> {
+    #[inline]
+    fn decode(r: &mut Reader<'_>) -> Result<std::collections::VecDeque<T>, Bad> {
+        Vec::decode(r).map(Into::into)
+    }
+}
+
 impl<A: Decode, B: Decode> Decode for (A, B) {
     #[inline]
     fn decode(r: &mut Reader<'_>) -> Result<(A, B), Bad> {

@@ -165,6 +165,17 @@ impl<T: Encode> Encode for Vec<T> {
     }
 }
 
+/// As a `Vec` of the same elements in the same order (postcard writes both as a sequence).
+impl<T: Encode> Encode for std::collections::VecDeque<T> {
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        varint(out, self.len() as u64);
+        for v in self {
+            v.encode(out);
+        }
+    }
+}
+
 impl<A: Encode, B: Encode> Encode for (A, B) {
     #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
