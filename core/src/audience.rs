@@ -1254,6 +1254,9 @@ journeys:
         assert_eq!(out.refused, [Refused::Limit], "three held: c1, e1, e2");
         assert!(!identity::holds_value(&p, KeyKind::Ecid, "e3"));
         assert_eq!(identity::count(&p), 3);
+        // A second customer id at the limit: a conflict (it could never be linked).
+        let out = run(&mut core, &mut p, &[with("c2", 3_500, "e1", Some("c3"))]);
+        assert_eq!(out.refused, [Refused::Conflict]);
         // Held ones are neither claimed nor refused again.
         let out = run(&mut core, &mut p, &[with("d", 4_000, "e2", Some("c1"))]);
         assert!(out.claims.is_empty() && out.refused.is_empty());

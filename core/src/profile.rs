@@ -2539,7 +2539,34 @@ mod tests {
         let bytes = encode(&p);
         assert_eq!(bytes, encode(&in_one_piece));
         assert_eq!(bytes, encode_as(&p, STATE_VERSION));
-        assert_eq!(skus(&decode(&bytes).unwrap()), skus(&p));
+        assert_eq!(decode(&bytes).unwrap().recent_products, p.recent_products);
+
+        // Viewed again in each piece of the wrapped ring: moved to the end, the others keeping
+        // their order, with the latest view's values; the latest itself updated where it is.
+        let view_again = |p: &mut Profile, sku: String, t: i64, quantity: f64| {
+            let mut order = skus(p);
+            order.retain(|s| *s != sku);
+            order.push(sku.clone());
+            view(p, t, line(&sku, quantity, 1.0));
+            assert_eq!(skus(p), order, "{sku} viewed again");
+            let latest = p.recent_products.back().expect("not empty");
+            assert_eq!(
+                (latest.sku.as_str(), latest.quantity),
+                (sku.as_str(), quantity)
+            );
+        };
+        view(&mut p, t, line(&format!("W{t}"), 1.0, 1.0));
+        let (older, newer) = p.recent_products.as_slices();
+        assert!(
+            newer.len() >= 2 && older.len() >= 2,
+            "both pieces hold two or more"
+        );
+        let (in_newer, in_older) = (newer[0].sku.to_string(), older[1].sku.to_string());
+        view_again(&mut p, in_newer, t + 1, 5.0);
+        view_again(&mut p, in_older, t + 2, 6.0);
+        let latest = skus(&p)[RECENT_PRODUCTS - 1].clone();
+        view_again(&mut p, latest, t + 3, 7.0);
+        assert_eq!(p.recent_products.len(), RECENT_PRODUCTS);
     }
 
     #[test]
