@@ -502,8 +502,8 @@ impl Metrics {
             "linked_here",
             "repointed",
             "merged",
-            "refused_limit",
-            "refused_conflict",
+            crate::identity::Refused::Limit.label(),
+            crate::identity::Refused::Conflict.label(),
         ] {
             self.identity_links.with_label_values(&[result]);
         }

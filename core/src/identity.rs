@@ -135,10 +135,11 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub fn as_str(self) -> &'static str {
+    /// The `result` the worker counts it under in `tailor_identity_links_total`.
+    pub fn label(self) -> &'static str {
         match self {
-            Refused::Limit => "limit",
-            Refused::Conflict => "conflict",
+            Refused::Limit => "refused_limit",
+            Refused::Conflict => "refused_conflict",
         }
     }
 }

@@ -93,6 +93,14 @@ pub(crate) fn room_for_one<T>(list: &mut Vec<T>) {
     }
 }
 
+/// [`room_for_one`] for a ring.
+#[inline]
+fn room_for_one_in_ring<T>(list: &mut VecDeque<T>) {
+    if list.len() == list.capacity() && list.len() < GROWN_ONE_AT_A_TIME {
+        list.reserve_exact(1);
+    }
+}
+
 /// Half-life of affinity scores: interest halves every 14 days without new signals.
 pub const AFFINITY_HALF_LIFE_MS: i64 = 14 * 86_400_000;
 
@@ -1300,9 +1308,7 @@ impl Profile {
                     Some(i) => list.remove(i),
                     None if list.len() >= RECENT_PRODUCTS => list.pop_front(),
                     None => {
-                        if list.len() == list.capacity() && list.len() < GROWN_ONE_AT_A_TIME {
-                            list.reserve_exact(1); // as `room_for_one`
-                        }
+                        room_for_one_in_ring(list);
                         list.push_back(line.clone());
                         continue;
                     }

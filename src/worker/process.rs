@@ -474,10 +474,7 @@ impl Processor {
         for why in self.outputs.refused.drain(..) {
             self.metrics
                 .identity_links
-                .with_label_values(&[match why {
-                    Refused::Limit => "refused_limit",
-                    Refused::Conflict => "refused_conflict",
-                }])
+                .with_label_values(&[why.label()])
                 .inc();
         }
         let owner_kind = profile.identities.kind;
@@ -717,7 +714,7 @@ impl Processor {
                     ClaimOutcome::Refuse => {
                         self.metrics
                             .identity_links
-                            .with_label_values(&["refused_conflict"])
+                            .with_label_values(&[Refused::Conflict.label()])
                             .inc();
                     }
                 }
