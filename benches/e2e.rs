@@ -1233,6 +1233,14 @@ fn workload(
     std::fs::write(&config, regroup).unwrap();
     let t_restore = Instant::now();
     let mut child = start();
+    // TAILOR_BENCH_PERF: the restoring worker too, from its start to ready, into
+    // PREFIX-NAME-restore.data.
+    let restore_perf = perf_file
+        .as_ref()
+        .map(|f| f.replace(".data", "-restore.data"));
+    let mut perf = restore_perf
+        .as_ref()
+        .and_then(|file| start_perf(child.id(), file));
     let ready = loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
@@ -1249,6 +1257,9 @@ fn workload(
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    if let (Some(p), Some(file)) = (perf.take(), &restore_perf) {
+        stop_perf(p, file);
+    }
     let records = metric(port, "tailor_changelog_restored_records_total ");
     let restore_sum = metric(port, "tailor_changelog_restore_seconds_sum ");
     let restore_count = metric(port, "tailor_changelog_restore_seconds_count ");

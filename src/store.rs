@@ -749,6 +749,38 @@ impl Store {
         Ok(newest)
     }
 
+    /// The values of records named by their changelog keys (the column family's id, then the
+    /// store key), in order; read together, a column family at a time.
+    pub fn get_records(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if let Some(k) = keys
+            .iter()
+            .find(|k| k.first().is_none_or(|&c| c as usize >= ALL_CFS.len()))
+        {
+            return Err(StoreError::Corrupt {
+                partition: -1,
+                detail: format!("a record key {k:?} names no column family"),
+            });
+        }
+        let mut out = vec![None; keys.len()];
+        for (id, name) in ALL_CFS.iter().enumerate() {
+            let at: Vec<usize> = (0..keys.len())
+                .filter(|&i| keys[i][0] == id as u8)
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            let read = self.db.batched_multi_get_cf(
+                self.cf(name),
+                at.iter().map(|&i| &keys[i][1..]),
+                false,
+            );
+            for (i, value) in at.into_iter().zip(read) {
+                out[i] = value?.map(|v| v.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
     /// The value of one record (`cf`: a column family id, as in [`Op`]).
     pub fn get_raw(&self, cf: u8, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let name = ALL_CFS
@@ -853,7 +885,8 @@ impl Store {
         let profiles = cf_id(CF_PROFILES);
         // The last value of each profile written, in first-written order.
         let mut last: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
-        let mut at: std::collections::HashMap<&[u8], usize> = Default::default();
+        let mut at: std::collections::HashMap<&[u8], usize, foldhash::fast::RandomState> =
+            Default::default();
         for op in ops.iter().filter(|o| o.cf == profiles) {
             let value = op.value.as_deref();
             match at.get(&op.key[..]) {
@@ -866,15 +899,19 @@ impl Store {
         }
         let timer = |v: Option<&[u8]>| v.and_then(|b| profile::next_timer(b).ok().flatten());
         let mut out = Vec::new();
-        let cf = self.cf(CF_PROFILES);
-        for (key, value) in last {
+        // The stored profiles, read together (a read each was a fifth of a restore's time).
+        let stored =
+            self.db
+                .batched_multi_get_cf(self.cf(CF_PROFILES), last.iter().map(|(k, _)| *k), false);
+        for ((key, value), stored) in last.into_iter().zip(stored) {
+            let stored = stored?;
             let (Some(p), Some(name)) = (
                 key_partition(CF_PROFILES, key),
                 key.get(4..).and_then(|k| std::str::from_utf8(k).ok()),
             ) else {
                 continue;
             };
-            let before = timer(self.db.get_pinned_cf(cf, key)?.as_deref());
+            let before = timer(stored.as_deref());
             let after = timer(value);
             if before == after {
                 continue;

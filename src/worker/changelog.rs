@@ -103,21 +103,24 @@ pub fn parse(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
 /// A record's column family and store key.
 pub type RecordKey = (u8, Vec<u8>);
 
-/// Applies a changelog partition's records to the store in log order. Records are written as
-/// they come (compaction leaves few markers, so a batch can be the whole partition); the value
-/// each key had before the first record since the last marker is kept, to put back if no marker
-/// closes them.
+/// Values by record key (SipHash, the standard maps', was a tenth of a replay's time).
+type KeyMap<V> = std::collections::HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
+
+/// Applies a changelog partition's records to the store in log order, a batch at a time: the
+/// records up to a marker are written together (with the position after it) once enough have
+/// come. Compaction leaves few markers, so a batch can be the whole partition: past
+/// [`RESTORE_WRITE_OPS`] queued records the open batch is written too, and the value each of its
+/// keys had before it is kept, to put back if no marker closes it. The values before are read
+/// only then (most batches are closed before they are written, and need none), together.
 pub struct Replay<'a> {
     store: &'a Store,
     partition: i32,
-    /// Keys written since the last marker, with their values before (the undo).
-    touched: std::collections::HashMap<RecordKey, Option<Vec<u8>>>,
-    /// Records read and not yet written.
+    /// Keys the open batch (since the last marker) has written to the store, by record key
+    /// ([`record_key`]), with their values before (the undo).
+    touched: KeyMap<Option<Vec<u8>>>,
+    /// Records read and not yet written; the first `closed` of them closed by a marker.
     queue: Vec<Op>,
-    /// Where each key's latest record is in `queue`. The queue holds up to
-    /// [`RESTORE_WRITE_OPS`] records: looking through it for each new key took three quarters
-    /// of a replay's time (51 K records/s on its own, without the broker; 459 K with this).
-    queued: std::collections::HashMap<RecordKey, usize>,
+    closed: usize,
     /// The offset after the last marker read.
     pub position: i64,
     /// Where the replay started.
@@ -135,7 +138,7 @@ impl<'a> Replay<'a> {
             partition,
             touched: Default::default(),
             queue: Vec::new(),
-            queued: Default::default(),
+            closed: 0,
             position,
             start: position,
             records: 0,
@@ -156,32 +159,15 @@ impl<'a> Replay<'a> {
                 }
             }
             Entry::Op(op) => {
-                let key = (op.cf, op.key.clone());
-                let at = self.queue.len();
-                let queued = self.queued.get_mut(&key).map(|i| std::mem::replace(i, at));
-                if !self.touched.contains_key(&key) {
-                    // Its value before: in a record still queued, or in the store.
-                    let before = match queued {
-                        Some(i) => self.queue[i].value.clone(),
-                        None => self.store.get_raw(op.cf, &op.key)?,
-                    };
-                    self.touched.insert(key.clone(), before);
-                }
-                if queued.is_none() {
-                    self.queued.insert(key, at);
-                }
                 self.queue.push(op);
                 if self.queue.len() >= RESTORE_WRITE_OPS {
-                    // Past the last whole batch: the position goes until the next marker.
-                    let mut ops = std::mem::take(&mut self.queue);
-                    self.queued.clear();
-                    ops.extend(self.store.derived_timers(&ops)?);
-                    self.store.write_unpositioned(self.partition, &ops)?;
+                    self.write_open()?;
                 }
             }
             Entry::Marker => {
                 self.position = offset + 1;
                 self.touched.clear();
+                self.closed = self.queue.len();
                 if self.queue.len() >= RESTORE_WRITE_OPS / 4 {
                     self.flush()?;
                 }
@@ -191,20 +177,23 @@ impl<'a> Replay<'a> {
     }
 
     /// Writes what is queued up to the last marker, with the position; returns the keys of
-    /// records after it (a batch never closed), which get their values before back.
+    /// records after it (a batch never closed), which keep or get back their values before.
     pub fn finish(mut self) -> Result<(i64, Vec<RecordKey>), StoreError> {
-        let undo: Vec<Op> = self
-            .touched
-            .drain()
-            .map(|((cf, key), value)| Op { cf, key, value })
+        // The open batch's records still queued are dropped; those it wrote are undone.
+        let mut unclosed: Vec<RecordKey> = self.queue[self.closed..]
+            .iter()
+            .map(|o| (o.cf, o.key.clone()))
             .collect();
-        // Queued records after the marker are overwritten by their undo in the same batch.
-        self.queue.extend(undo.iter().cloned());
+        self.queue.truncate(self.closed);
+        for (key, value) in self.touched.drain() {
+            let (cf, key) = (key[0], key[1..].to_vec());
+            unclosed.push((cf, key.clone()));
+            self.queue.push(Op { cf, key, value });
+        }
+        unclosed.sort_unstable();
+        unclosed.dedup();
         self.flush()?;
-        Ok((
-            self.position,
-            undo.into_iter().map(|o| (o.cf, o.key)).collect(),
-        ))
+        Ok((self.position, unclosed))
     }
 
     /// Stops early: the batches read whole are kept, as [`Self::finish`] keeps them; with none,
@@ -221,10 +210,42 @@ impl<'a> Replay<'a> {
     /// Writes what is queued, with the timer index entries of the profiles in it.
     fn flush(&mut self) -> Result<(), StoreError> {
         let mut ops = std::mem::take(&mut self.queue);
-        self.queued.clear();
+        self.closed = 0;
         ops.extend(self.store.derived_timers(&ops)?);
         self.store
             .write(&ops, &[], &[(self.partition, self.position)])
+    }
+
+    /// Writes what is queued while a batch is open: the partition's position goes until the
+    /// next marker. First the values before of the open batch's keys it has not written yet:
+    /// a key's latest closed record still queued, else the store's value.
+    fn write_open(&mut self) -> Result<(), StoreError> {
+        let (closed, open) = self.queue.split_at(self.closed);
+        let mut k = Vec::new();
+        let mut before: KeyMap<Option<Option<Vec<u8>>>> = Default::default();
+        for op in open {
+            record_key_into(&mut k, op.cf, &op.key);
+            if !self.touched.contains_key(&k) && !before.contains_key(&k) {
+                before.insert(k.clone(), None);
+            }
+        }
+        for op in closed {
+            record_key_into(&mut k, op.cf, &op.key);
+            if let Some(v) = before.get_mut(&k) {
+                *v = Some(op.value.clone());
+            }
+        }
+        let (unread, queued): (Vec<_>, Vec<_>) = before.into_iter().partition(|(_, v)| v.is_none());
+        let keys: Vec<&[u8]> = unread.iter().map(|(k, _)| &k[..]).collect();
+        let read = self.store.get_records(&keys)?;
+        self.touched
+            .extend(unread.into_iter().map(|(k, _)| k).zip(read));
+        self.touched
+            .extend(queued.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        let mut ops = std::mem::take(&mut self.queue);
+        self.closed = 0;
+        ops.extend(self.store.derived_timers(&ops)?);
+        self.store.write_unpositioned(self.partition, &ops)
     }
 }
 
@@ -1038,26 +1059,51 @@ mod tests {
         assert_eq!(store.changelog_position(1).unwrap().map(|p| p.0), Some(5));
 
         // More than a write's worth of records in one batch (compaction leaves one marker):
-        // written as they come, the position removed meanwhile, and all of them undone when
-        // no marker closes them.
+        // written once a write's worth is queued, the position removed meanwhile, and all of
+        // them undone when no marker closes them. Before it, a closed batch still queued
+        // (shorter than a write) writes `a` and `b`, which the open one writes again: their
+        // values before are those the closed batch gives them, not the store's.
         let mut r = Replay::new(&store, 1, 5);
+        r.take(5, op("a", Some("3"))).unwrap();
+        r.take(6, op("b", Some("3"))).unwrap();
+        r.take(7, op("b", Some("4"))).unwrap();
+        r.take(8, Entry::Marker).unwrap();
+        r.take(9, op("a", Some("5"))).unwrap();
+        r.take(10, op("b", Some("5"))).unwrap();
+        r.take(11, op("c", Some("5"))).unwrap();
         for i in 0..RESTORE_WRITE_OPS + 10 {
-            r.take(10 + i as i64, op(&format!("k{i}"), Some("x")))
+            r.take(12 + i as i64, op(&format!("k{i}"), Some("x")))
                 .unwrap();
         }
         assert_eq!(store.changelog_position(1).unwrap(), None, "mid-batch");
         assert_eq!(
             value(&store, "k0").as_deref(),
             Some("x"),
-            "written as they come"
+            "written a write's worth at a time"
         );
+        assert_eq!(value(&store, "a").as_deref(), Some("5"));
         let (position, unclosed) = r.finish().unwrap();
-        assert_eq!((position, unclosed.len()), (5, RESTORE_WRITE_OPS + 10));
+        assert_eq!((position, unclosed.len()), (9, RESTORE_WRITE_OPS + 13));
         assert_eq!(value(&store, "k0"), None);
-        assert_eq!(store.changelog_position(1).unwrap().map(|p| p.0), Some(5));
+        assert_eq!(
+            value(&store, "a").as_deref(),
+            Some("3"),
+            "as the closed batch left it"
+        );
+        assert_eq!(
+            value(&store, "b").as_deref(),
+            Some("4"),
+            "its latest record"
+        );
+        assert_eq!(
+            value(&store, "c").as_deref(),
+            Some("0"),
+            "as the store held it"
+        );
+        assert_eq!(store.changelog_position(1).unwrap().map(|p| p.0), Some(9));
 
         // The same, closed: everything stays.
-        let mut r = Replay::new(&store, 1, 5);
+        let mut r = Replay::new(&store, 1, 9);
         for i in 0..RESTORE_WRITE_OPS + 10 {
             r.take(10 + i as i64, op(&format!("k{i}"), Some("y")))
                 .unwrap();
@@ -1176,3 +1222,4 @@ mod tests {
         assert_eq!(plan(None, false, false, 0, 0), Plan::Full { wipe: false });
     }
 }
+
