@@ -14,6 +14,9 @@ use thiserror::Error;
 
 use crate::profile::{self, Profile};
 
+/// A view of the store as it was at one moment ([`Store::snapshot`]).
+pub type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
+
 const CF_PROFILES: &str = "profiles";
 const CF_OFFSETS: &str = "offsets";
 const CF_SEGMENT_SIZES: &str = "segment_sizes";
@@ -749,38 +752,6 @@ impl Store {
         Ok(newest)
     }
 
-    /// The values of records named by their changelog keys (the column family's id, then the
-    /// store key), in order; read together, a column family at a time.
-    pub fn get_records(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if let Some(k) = keys
-            .iter()
-            .find(|k| k.first().is_none_or(|&c| c as usize >= ALL_CFS.len()))
-        {
-            return Err(StoreError::Corrupt {
-                partition: -1,
-                detail: format!("a record key {k:?} names no column family"),
-            });
-        }
-        let mut out = vec![None; keys.len()];
-        for (id, name) in ALL_CFS.iter().enumerate() {
-            let at: Vec<usize> = (0..keys.len())
-                .filter(|&i| keys[i][0] == id as u8)
-                .collect();
-            if at.is_empty() {
-                continue;
-            }
-            let read = self.db.batched_multi_get_cf(
-                self.cf(name),
-                at.iter().map(|&i| &keys[i][1..]),
-                false,
-            );
-            for (i, value) in at.into_iter().zip(read) {
-                out[i] = value?.map(|v| v.to_vec());
-            }
-        }
-        Ok(out)
-    }
-
     /// The value of one record (`cf`: a column family id, as in [`Op`]).
     pub fn get_raw(&self, cf: u8, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let name = ALL_CFS
@@ -833,18 +804,101 @@ impl Store {
         name: &str,
         partition: i32,
     ) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
+        self.partition_iter_at(name, partition, None)
+    }
+
+    /// [`Self::partition_iter`], as of `snapshot` when given.
+    fn partition_iter_at(
+        &self,
+        name: &str,
+        partition: i32,
+        snapshot: Option<&Snapshot<'_>>,
+    ) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
         let from = (partition as u32).to_be_bytes();
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(s) = snapshot {
+            opts.set_snapshot(s);
+        }
         if matches!(name, CF_OFFSETS | CF_CLOCKS | CF_META) {
             return self
                 .db
-                .iterator_cf(self.cf(name), rocksdb::IteratorMode::Start);
+                .iterator_cf_opt(self.cf(name), opts, rocksdb::IteratorMode::Start);
         }
-        let mut opts = rocksdb::ReadOptions::default();
         if let Some(next) = (partition as u32).checked_add(1) {
             opts.set_iterate_upper_bound(next.to_be_bytes().to_vec());
         }
         let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
         self.db.iterator_cf_opt(self.cf(name), opts, mode)
+    }
+
+    /// The store as it is now, to compare with later ([`Self::changed_since`]). RocksDB keeps
+    /// what it needs to read it until it is dropped.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        self.db.snapshot()
+    }
+
+    /// The records of `partition` whose value differs now from their value in `then` (the
+    /// timer index aside: it follows from the profiles; and the store's own bookkeeping, such
+    /// as the changelog position), each with its value then (`None`: absent then): the writes
+    /// that put the partition back as it was. A walk of the partition's records, now and then
+    /// side by side, in key order.
+    pub fn changed_since(
+        &self,
+        then: &Snapshot<'_>,
+        partition: i32,
+    ) -> Result<Vec<Op>, StoreError> {
+        use std::cmp::Ordering;
+        let mut out = Vec::new();
+        for (id, name) in ALL_CFS.iter().enumerate() {
+            if *name == CF_TIMERS {
+                continue;
+            }
+            let mine = |k: &[u8]| key_partition(name, k) == Some(partition);
+            let mut now = self.partition_iter_at(name, partition, None);
+            let mut before = self.partition_iter_at(name, partition, Some(then));
+            let mut a = now.next().transpose()?;
+            let mut b = before.next().transpose()?;
+            loop {
+                let order = match (&a, &b) {
+                    (None, None) => break,
+                    (Some((x, _)), Some((y, _))) => x.cmp(y),
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                };
+                let (key, value) = match order {
+                    // Written since.
+                    Ordering::Equal => {
+                        let ((key, v), (_, w)) = (a.take().expect("a"), b.take().expect("b"));
+                        a = now.next().transpose()?;
+                        b = before.next().transpose()?;
+                        if v == w {
+                            continue;
+                        }
+                        (key, Some(w))
+                    }
+                    // Added since.
+                    Ordering::Less => {
+                        let (key, _) = a.take().expect("a");
+                        a = now.next().transpose()?;
+                        (key, None)
+                    }
+                    // Deleted since.
+                    Ordering::Greater => {
+                        let (key, w) = b.take().expect("b");
+                        b = before.next().transpose()?;
+                        (key, Some(w))
+                    }
+                };
+                if mine(&key) {
+                    out.push(Op {
+                        cf: id as u8,
+                        key: key.into_vec(),
+                        value: value.map(<[u8]>::into_vec),
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Removes every record of `partition` (before restoring it from the changelog), in one
@@ -1162,6 +1216,69 @@ mod tests {
     #[test]
     fn the_timer_index_id_is_its_place_in_the_list() {
         assert_eq!(TIMERS_CF, cf_id(CF_TIMERS));
+    }
+
+    #[test]
+    fn what_changed_since_a_snapshot_is_the_partitions_records_with_their_values_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let key = |p: u32, k: &str| {
+            let mut v = p.to_be_bytes().to_vec();
+            v.extend_from_slice(k.as_bytes());
+            v
+        };
+        let op = |cf: &str, key: Vec<u8>, v: Option<&str>| Op {
+            cf: cf_id(cf),
+            key,
+            value: v.map(|v| v.as_bytes().to_vec()),
+        };
+        let clock = 1u32.to_be_bytes().to_vec();
+        s.write(
+            &[
+                op(CF_PROFILES, key(1, "kept"), Some("a")),
+                op(CF_PROFILES, key(1, "changed"), Some("a")),
+                op(CF_PROFILES, key(1, "deleted"), Some("a")),
+                op(CF_ALIASES, key(1, "alias"), Some("a")),
+                op(CF_PROFILES, key(2, "other"), Some("a")),
+                op(CF_CLOCKS, clock.clone(), Some("t0")),
+            ],
+            &[],
+            &[(1, 5)],
+        )
+        .unwrap();
+        let then = s.snapshot();
+        s.write_unpositioned(
+            1,
+            &[
+                op(CF_PROFILES, key(1, "kept"), Some("a")),
+                op(CF_PROFILES, key(1, "changed"), Some("b")),
+                op(CF_PROFILES, key(1, "deleted"), None),
+                op(CF_PROFILES, key(1, "added"), Some("b")),
+                op(CF_ALIASES, key(1, "alias"), Some("b")),
+                op(CF_PROFILES, key(2, "other"), Some("b")),
+                op(CF_CLOCKS, clock.clone(), Some("t1")),
+                op(CF_TIMERS, timer_key(1, 10, "added"), Some("")),
+            ],
+        )
+        .unwrap();
+        let mut undo = s.changed_since(&then, 1).unwrap();
+        undo.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
+        let mut want = vec![
+            op(CF_PROFILES, key(1, "added"), None),
+            op(CF_PROFILES, key(1, "changed"), Some("a")),
+            op(CF_PROFILES, key(1, "deleted"), Some("a")),
+            op(CF_ALIASES, key(1, "alias"), Some("a")),
+            op(CF_CLOCKS, clock, Some("t0")),
+        ];
+        want.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
+        // Neither the other partition's record, nor the timer index, nor the position removed.
+        assert_eq!(undo, want);
+        drop(then);
+        s.write(&undo, &[], &[(1, 5)]).unwrap();
+        assert_eq!(
+            s.get_raw(cf_id(CF_PROFILES), &key(1, "changed")).unwrap(),
+            Some(b"a".to_vec())
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 
 use crate::http::HealthPart;
 use crate::metrics::Metrics;
-use crate::store::{Op, Store, StoreError};
+use crate::store::{Op, Snapshot, Store, StoreError};
 
 use super::acks::{self, Round};
 use super::collector::Collector;
@@ -103,24 +103,21 @@ pub fn parse(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
 /// A record's column family and store key.
 pub type RecordKey = (u8, Vec<u8>);
 
-/// Values by record key (SipHash, the standard maps', was a tenth of a replay's time).
-type KeyMap<V> = std::collections::HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
-
 /// Applies a changelog partition's records to the store in log order, a batch at a time: the
-/// records up to a marker are written together (with the position after it) once enough have
+/// records up to a marker are written together, with the position after it, once enough have
 /// come. Compaction leaves few markers, so a batch can be the whole partition: past
-/// [`RESTORE_WRITE_OPS`] queued records the open batch is written too, and the value each of its
-/// keys had before it is kept, to put back if no marker closes it. The values before are read
-/// only then (most batches are closed before they are written, and need none), together.
+/// [`RESTORE_WRITE_OPS`] queued records the open batch (since the last marker) is written too,
+/// without a position, after a snapshot of the store at its last marker: should no marker close
+/// it, the partition goes back to that snapshot. Memory holds a write's worth of records,
+/// however long the batch.
 pub struct Replay<'a> {
     store: &'a Store,
     partition: i32,
-    /// Keys the open batch (since the last marker) has written to the store, by record key
-    /// ([`record_key`]), with their values before (the undo).
-    touched: KeyMap<Option<Vec<u8>>>,
     /// Records read and not yet written; the first `closed` of them closed by a marker.
     queue: Vec<Op>,
     closed: usize,
+    /// The store at the last marker, once the open batch has written to it.
+    open: Option<Snapshot<'a>>,
     /// The offset after the last marker read.
     pub position: i64,
     /// Where the replay started.
@@ -136,9 +133,9 @@ impl<'a> Replay<'a> {
         Replay {
             store,
             partition,
-            touched: Default::default(),
             queue: Vec::new(),
             closed: 0,
+            open: None,
             position,
             start: position,
             records: 0,
@@ -166,7 +163,7 @@ impl<'a> Replay<'a> {
             }
             Entry::Marker => {
                 self.position = offset + 1;
-                self.touched.clear();
+                self.open = None;
                 self.closed = self.queue.len();
                 if self.queue.len() >= RESTORE_WRITE_OPS / 4 {
                     self.flush()?;
@@ -179,16 +176,16 @@ impl<'a> Replay<'a> {
     /// Writes what is queued up to the last marker, with the position; returns the keys of
     /// records after it (a batch never closed), which keep or get back their values before.
     pub fn finish(mut self) -> Result<(i64, Vec<RecordKey>), StoreError> {
-        // The open batch's records still queued are dropped; those it wrote are undone.
-        let mut unclosed: Vec<RecordKey> = self.queue[self.closed..]
-            .iter()
-            .map(|o| (o.cf, o.key.clone()))
+        // The open batch's records still queued are dropped; what it wrote is undone.
+        let mut unclosed: Vec<RecordKey> = self
+            .queue
+            .drain(self.closed..)
+            .map(|o| (o.cf, o.key))
             .collect();
-        self.queue.truncate(self.closed);
-        for (key, value) in self.touched.drain() {
-            let (cf, key) = (key[0], key[1..].to_vec());
-            unclosed.push((cf, key.clone()));
-            self.queue.push(Op { cf, key, value });
+        if let Some(then) = self.open.take() {
+            let undo = self.store.changed_since(&then, self.partition)?;
+            unclosed.extend(undo.iter().map(|o| (o.cf, o.key.clone())));
+            self.queue.extend(undo);
         }
         unclosed.sort_unstable();
         unclosed.dedup();
@@ -198,10 +195,12 @@ impl<'a> Replay<'a> {
 
     /// Stops early: the batches read whole are kept, as [`Self::finish`] keeps them; with none,
     /// nothing is written (the store's position, and the time it was written, which bounds how
-    /// late it may be caught up, stay as they were; records written past a batch's worth have
-    /// already removed the position, so the next restore starts over).
+    /// late it may be caught up, stay as they were). Once an open batch has been written (past
+    /// a write's worth of records since the last marker), the position is already removed and
+    /// stays so, as a crash here would leave it: the next restore starts over (undoing the
+    /// batch could mean walking the whole partition).
     pub fn abandon(self) -> Result<(), StoreError> {
-        if self.position > self.start {
+        if self.open.is_none() && self.position > self.start {
             self.finish()?;
         }
         Ok(())
@@ -217,31 +216,17 @@ impl<'a> Replay<'a> {
     }
 
     /// Writes what is queued while a batch is open: the partition's position goes until the
-    /// next marker. First the values before of the open batch's keys it has not written yet:
-    /// a key's latest closed record still queued, else the store's value.
+    /// next marker. The first time, the closed records still queued are written with the
+    /// position, and the store is kept as it is then.
     fn write_open(&mut self) -> Result<(), StoreError> {
-        let (closed, open) = self.queue.split_at(self.closed);
-        let mut k = Vec::new();
-        let mut before: KeyMap<Option<Option<Vec<u8>>>> = Default::default();
-        for op in open {
-            record_key_into(&mut k, op.cf, &op.key);
-            if !self.touched.contains_key(&k) && !before.contains_key(&k) {
-                before.insert(k.clone(), None);
+        if self.open.is_none() {
+            if self.closed > 0 {
+                let open = self.queue.split_off(self.closed);
+                self.flush()?;
+                self.queue = open;
             }
+            self.open = Some(self.store.snapshot());
         }
-        for op in closed {
-            record_key_into(&mut k, op.cf, &op.key);
-            if let Some(v) = before.get_mut(&k) {
-                *v = Some(op.value.clone());
-            }
-        }
-        let (unread, queued): (Vec<_>, Vec<_>) = before.into_iter().partition(|(_, v)| v.is_none());
-        let keys: Vec<&[u8]> = unread.iter().map(|(k, _)| &k[..]).collect();
-        let read = self.store.get_records(&keys)?;
-        self.touched
-            .extend(unread.into_iter().map(|(k, _)| k).zip(read));
-        self.touched
-            .extend(queued.into_iter().filter_map(|(k, v)| Some((k, v?))));
         let mut ops = std::mem::take(&mut self.queue);
         self.closed = 0;
         ops.extend(self.store.derived_timers(&ops)?);
@@ -947,10 +932,17 @@ fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, KafkaError>) -> Result<
 mod tests {
     use super::*;
 
+    /// A profile's store key in partition 1, as the changelog carries them.
+    fn pkey(key: &str) -> Vec<u8> {
+        let mut k = 1u32.to_be_bytes().to_vec();
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
     fn op(key: &str, value: Option<&str>) -> Entry {
         Entry::Op(Op {
             cf: 0,
-            key: key.as_bytes().to_vec(),
+            key: pkey(key),
             value: value.map(|v| v.as_bytes().to_vec()),
         })
     }
@@ -970,7 +962,7 @@ mod tests {
 
     fn value(store: &Store, key: &str) -> Option<String> {
         store
-            .get_raw(0, key.as_bytes())
+            .get_raw(0, &pkey(key))
             .unwrap()
             .map(|v| String::from_utf8(v).unwrap())
     }
@@ -1007,7 +999,7 @@ mod tests {
             .write(
                 &[Op {
                     cf: 0,
-                    key: b"c".to_vec(),
+                    key: pkey("c"),
                     value: Some(b"0".to_vec()),
                 }],
                 &[],
@@ -1030,10 +1022,10 @@ mod tests {
         assert_eq!(
             unclosed,
             [
-                (0u8, b"a".to_vec()),
-                (0, b"b".to_vec()),
-                (0, b"c".to_vec()),
-                (0, b"d".to_vec())
+                (0u8, pkey("a")),
+                (0, pkey("b")),
+                (0, pkey("c")),
+                (0, pkey("d"))
             ],
             "the second batch was never closed"
         );
@@ -1116,6 +1108,20 @@ mod tests {
             value(&store, &format!("k{}", RESTORE_WRITE_OPS + 9)).as_deref(),
             Some("y")
         );
+
+        // Stopped (the partition revoked) once an open batch was written: the batch closed
+        // before it is kept, the position stays removed, and the next restore starts over.
+        let mut r = Replay::new(&store, 1, 100_001);
+        r.take(100_001, op("z", Some("1"))).unwrap();
+        r.take(100_002, Entry::Marker).unwrap();
+        for i in 0..RESTORE_WRITE_OPS {
+            r.take(100_003 + i as i64, op(&format!("k{i}"), Some("z")))
+                .unwrap();
+        }
+        assert_eq!(value(&store, "k0").as_deref(), Some("z"));
+        r.abandon().unwrap();
+        assert_eq!(store.changelog_position(1).unwrap(), None);
+        assert_eq!(value(&store, "z").as_deref(), Some("1"));
     }
 
     /// A profile record of partition 1 whose `next_timer` is `due` (`None` for none; a tombstone
@@ -1180,6 +1186,28 @@ mod tests {
         let (position, unclosed) = r.finish().unwrap();
         assert_eq!((position, unclosed.len()), (13, 2));
         assert_eq!(timers(), [t(50, "cy"), t(900, "ann")]);
+
+        // An open batch longer than a write, never closed: written, then undone from the
+        // store as it was at the last marker, its timers with it.
+        let mut r = Replay::new(&store, 1, 13);
+        r.take(13, profile_op("ann", Some(2_000), false)).unwrap();
+        r.take(14, profile_op("cy", None, true)).unwrap();
+        for i in 0..RESTORE_WRITE_OPS {
+            r.take(
+                15 + i as i64,
+                profile_op(&format!("p{i}"), Some(3_000), false),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            store.changelog_position(1).unwrap(),
+            None,
+            "written unclosed"
+        );
+        assert_eq!(timers()[0], t(2_000, "ann"), "ann's moved, cy's gone");
+        let (position, unclosed) = r.finish().unwrap();
+        assert_eq!((position, unclosed.len()), (13, RESTORE_WRITE_OPS + 2));
+        assert_eq!(timers(), [t(50, "cy"), t(900, "ann")]);
     }
 
     #[test]
@@ -1222,4 +1250,3 @@ mod tests {
         assert_eq!(plan(None, false, false, 0, 0), Plan::Full { wipe: false });
     }
 }
-
