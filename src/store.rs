@@ -837,18 +837,18 @@ impl Store {
         self.db.snapshot()
     }
 
-    /// The records of `partition` whose value differs now from their value in `then` (the
-    /// timer index aside: it follows from the profiles; and the store's own bookkeeping, such
-    /// as the changelog position), each with its value then (`None`: absent then): the writes
-    /// that put the partition back as it was. A walk of the partition's records, now and then
-    /// side by side, in key order.
+    /// Calls `each` with every record of `partition` whose value differs now from its value in
+    /// `then` (the timer index aside: it follows from the profiles; and the store's own
+    /// bookkeeping, such as the changelog position), with its value then (`None`: absent then):
+    /// the writes that put the partition back as it was. A walk of the partition's records, now
+    /// and then side by side, in key order; writes made meanwhile are not seen by it.
     pub fn changed_since(
         &self,
         then: &Snapshot<'_>,
         partition: i32,
-    ) -> Result<Vec<Op>, StoreError> {
+        mut each: impl FnMut(Op) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         use std::cmp::Ordering;
-        let mut out = Vec::new();
         for (id, name) in ALL_CFS.iter().enumerate() {
             if *name == CF_TIMERS {
                 continue;
@@ -890,15 +890,15 @@ impl Store {
                     }
                 };
                 if mine(&key) {
-                    out.push(Op {
+                    each(Op {
                         cf: id as u8,
                         key: key.into_vec(),
                         value: value.map(<[u8]>::into_vec),
-                    });
+                    })?;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Removes every record of `partition` (before restoring it from the changelog), in one
@@ -1233,8 +1233,14 @@ mod tests {
             value: v.map(|v| v.as_bytes().to_vec()),
         };
         let clock = 1u32.to_be_bytes().to_vec();
+        let mut offset = b"storefront".to_vec();
+        offset.extend_from_slice(&1u32.to_be_bytes());
+        let mut sweep = b"sweep/".to_vec();
+        sweep.extend_from_slice(&1u32.to_be_bytes());
         s.write(
             &[
+                op(CF_PROFILES, key(1, "zz"), Some("a")),
+                op(CF_OFFSETS, offset.clone(), Some("10")),
                 op(CF_PROFILES, key(1, "kept"), Some("a")),
                 op(CF_PROFILES, key(1, "changed"), Some("a")),
                 op(CF_PROFILES, key(1, "deleted"), Some("a")),
@@ -1258,10 +1264,19 @@ mod tests {
                 op(CF_PROFILES, key(2, "other"), Some("b")),
                 op(CF_CLOCKS, clock.clone(), Some("t1")),
                 op(CF_TIMERS, timer_key(1, 10, "added"), Some("")),
+                // The partition's last key deleted; an offset moved; a sweep begun.
+                op(CF_PROFILES, key(1, "zz"), None),
+                op(CF_OFFSETS, offset.clone(), Some("20")),
+                op(CF_META, sweep.clone(), Some("x")),
             ],
         )
         .unwrap();
-        let mut undo = s.changed_since(&then, 1).unwrap();
+        let mut undo = Vec::new();
+        s.changed_since(&then, 1, |op| {
+            undo.push(op);
+            Ok(())
+        })
+        .unwrap();
         undo.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
         let mut want = vec![
             op(CF_PROFILES, key(1, "added"), None),
@@ -1269,6 +1284,9 @@ mod tests {
             op(CF_PROFILES, key(1, "deleted"), Some("a")),
             op(CF_ALIASES, key(1, "alias"), Some("a")),
             op(CF_CLOCKS, clock, Some("t0")),
+            op(CF_PROFILES, key(1, "zz"), Some("a")),
+            op(CF_OFFSETS, offset, Some("10")),
+            op(CF_META, sweep, None),
         ];
         want.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
         // Neither the other partition's record, nor the timer index, nor the position removed.

@@ -109,7 +109,8 @@ pub type RecordKey = (u8, Vec<u8>);
 /// [`RESTORE_WRITE_OPS`] queued records the open batch (since the last marker) is written too,
 /// without a position, after a snapshot of the store at its last marker: should no marker close
 /// it, the partition goes back to that snapshot. Memory holds a write's worth of records,
-/// however long the batch.
+/// however long the batch (but for the keys of one never closed, which the restore sends to the
+/// changelog again).
 pub struct Replay<'a> {
     store: &'a Store,
     partition: i32,
@@ -175,35 +176,50 @@ impl<'a> Replay<'a> {
 
     /// Writes what is queued up to the last marker, with the position; returns the keys of
     /// records after it (a batch never closed), which keep or get back their values before.
-    pub fn finish(mut self) -> Result<(i64, Vec<RecordKey>), StoreError> {
-        // The open batch's records still queued are dropped; what it wrote is undone.
-        let mut unclosed: Vec<RecordKey> = self
-            .queue
-            .drain(self.closed..)
-            .map(|o| (o.cf, o.key))
-            .collect();
-        if let Some(then) = self.open.take() {
-            let undo = self.store.changed_since(&then, self.partition)?;
-            unclosed.extend(undo.iter().map(|o| (o.cf, o.key.clone())));
-            self.queue.extend(undo);
-        }
+    pub fn finish(self) -> Result<(i64, Vec<RecordKey>), StoreError> {
+        let mut unclosed = Vec::new();
+        let position = self.close(|k| unclosed.push(k))?;
         unclosed.sort_unstable();
         unclosed.dedup();
-        self.flush()?;
-        Ok((self.position, unclosed))
+        Ok((position, unclosed))
     }
 
-    /// Stops early: the batches read whole are kept, as [`Self::finish`] keeps them; with none,
-    /// nothing is written (the store's position, and the time it was written, which bounds how
-    /// late it may be caught up, stay as they were). Once an open batch has been written (past
-    /// a write's worth of records since the last marker), the position is already removed and
-    /// stays so, as a crash here would leave it: the next restore starts over (undoing the
-    /// batch could mean walking the whole partition).
+    /// Stops early: the batches read whole are kept, as [`Self::finish`] keeps them (an open
+    /// batch already written is undone); with none, nothing is written (the store's position,
+    /// and the time it was written, which bounds how late it may be caught up, stay as they
+    /// were; but an open batch written meanwhile has removed the position, as a crash there
+    /// would: the next restore starts over).
     pub fn abandon(self) -> Result<(), StoreError> {
-        if self.open.is_none() && self.position > self.start {
-            self.finish()?;
+        if self.position > self.start {
+            self.close(|_| ())?;
         }
         Ok(())
+    }
+
+    /// [`Self::finish`], telling `unclosed` each key of the batch never closed (some twice).
+    fn close(mut self, mut unclosed: impl FnMut(RecordKey)) -> Result<i64, StoreError> {
+        // The open batch's records still queued are dropped; what it wrote is undone, a write's
+        // worth at a time (without the position: the store has none meanwhile).
+        for o in self.queue.drain(self.closed..) {
+            unclosed((o.cf, o.key));
+        }
+        if let Some(then) = self.open.take() {
+            let (store, partition) = (self.store, self.partition);
+            let mut undo = Vec::new();
+            store.changed_since(&then, partition, |op| {
+                unclosed((op.cf, op.key.clone()));
+                undo.push(op);
+                if undo.len() >= RESTORE_WRITE_OPS {
+                    let mut ops = std::mem::take(&mut undo);
+                    ops.extend(store.derived_timers(&ops)?);
+                    store.write_unpositioned(partition, &ops)?;
+                }
+                Ok(())
+            })?;
+            self.queue.extend(undo);
+        }
+        self.flush()?;
+        Ok(self.position)
     }
 
     /// Writes what is queued, with the timer index entries of the profiles in it.
@@ -215,9 +231,10 @@ impl<'a> Replay<'a> {
             .write(&ops, &[], &[(self.partition, self.position)])
     }
 
-    /// Writes what is queued while a batch is open: the partition's position goes until the
-    /// next marker. The first time, the closed records still queued are written with the
-    /// position, and the store is kept as it is then.
+    /// Writes what is queued once it is a write's worth and the open batch's marker has not
+    /// come: the partition's position goes until the next marker. The first time, the closed
+    /// records still queued are written with the position, and a snapshot of the store as they
+    /// leave it is kept: should no marker close the batch, the partition goes back to it.
     fn write_open(&mut self) -> Result<(), StoreError> {
         if self.open.is_none() {
             if self.closed > 0 {
@@ -491,6 +508,18 @@ pub fn plan(
     }
 }
 
+/// Before a restore from the changelog's start: the partition's records here go, whether the
+/// plan found it held (`held`: said in the log) or not. Without a position nothing here is the
+/// changelog's, and a restore stopped or cut short after writing an open batch may have left
+/// records of the partition without its offsets, which the plan does not see (a range deletion
+/// each: nothing to walk).
+fn clear_for_full(store: &Store, p: i32, held: bool) -> Result<(), StoreError> {
+    if held {
+        info!(partition = p, "the state held here is not the changelog's (or too old to catch up): dropped before the restore");
+    }
+    store.wipe_partition(p)
+}
+
 /// Restores assigned partitions from the changelog (blocking: on a blocking thread, while the
 /// partition's topics are paused; they open at the restored offsets).
 pub struct Restorer {
@@ -635,10 +664,7 @@ impl Restorer {
             }
             Plan::CatchUp(n) => n,
             Plan::Full { wipe } => {
-                if wipe {
-                    info!(partition = p, "the state held here is not the changelog's (or too old to catch up): dropped before the restore");
-                    store.wipe_partition(p).map_err(e)?;
-                }
+                clear_for_full(store, p, wipe).map_err(e)?;
                 lo
             }
         };
@@ -681,8 +707,10 @@ impl Restorer {
                 break;
             }
             if cancel.load(Ordering::Relaxed) {
-                // The records since the last marker go back to their values before: the store
-                // holds whole batches, at its position, for whoever writes the partition next.
+                // The records since the last marker are undone: the store holds whole batches,
+                // at its position, for whoever writes the partition next (or no position, when
+                // an open batch was written before any marker was read: a restore from the
+                // start).
                 replay.abandon().map_err(e)?;
                 return Err(CANCELLED.into());
             }
@@ -1053,8 +1081,8 @@ mod tests {
         // More than a write's worth of records in one batch (compaction leaves one marker):
         // written once a write's worth is queued, the position removed meanwhile, and all of
         // them undone when no marker closes them. Before it, a closed batch still queued
-        // (shorter than a write) writes `a` and `b`, which the open one writes again: their
-        // values before are those the closed batch gives them, not the store's.
+        // (shorter than a write) writes `a` and `b`, which the open one writes again: they go
+        // back to the closed batch's values, not to the store's older ones.
         let mut r = Replay::new(&store, 1, 5);
         r.take(5, op("a", Some("3"))).unwrap();
         r.take(6, op("b", Some("3"))).unwrap();
@@ -1067,6 +1095,9 @@ mod tests {
             r.take(12 + i as i64, op(&format!("k{i}"), Some("x")))
                 .unwrap();
         }
+        // Written with the open batch, and queued again after.
+        r.take(RESTORE_WRITE_OPS as i64 + 30, op("a", Some("6")))
+            .unwrap();
         assert_eq!(store.changelog_position(1).unwrap(), None, "mid-batch");
         assert_eq!(
             value(&store, "k0").as_deref(),
@@ -1110,7 +1141,7 @@ mod tests {
         );
 
         // Stopped (the partition revoked) once an open batch was written: the batch closed
-        // before it is kept, the position stays removed, and the next restore starts over.
+        // before it is kept, at its position, and the open one undone.
         let mut r = Replay::new(&store, 1, 100_001);
         r.take(100_001, op("z", Some("1"))).unwrap();
         r.take(100_002, Entry::Marker).unwrap();
@@ -1119,9 +1150,24 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(value(&store, "k0").as_deref(), Some("z"));
+        assert_eq!(store.changelog_position(1).unwrap(), None);
+        r.abandon().unwrap();
+        assert_eq!(
+            store.changelog_position(1).unwrap().map(|p| p.0),
+            Some(100_003)
+        );
+        assert_eq!(value(&store, "z").as_deref(), Some("1"));
+        assert_eq!(value(&store, "k0").as_deref(), Some("y"), "undone");
+
+        // The same with no marker read: nothing to keep, so the position, removed when the
+        // open batch was written, stays so, and the next restore starts over.
+        let mut r = Replay::new(&store, 1, 100_003);
+        for i in 0..RESTORE_WRITE_OPS {
+            r.take(100_003 + i as i64, op(&format!("k{i}"), Some("w")))
+                .unwrap();
+        }
         r.abandon().unwrap();
         assert_eq!(store.changelog_position(1).unwrap(), None);
-        assert_eq!(value(&store, "z").as_deref(), Some("1"));
     }
 
     /// A profile record of partition 1 whose `next_timer` is `due` (`None` for none; a tombstone
@@ -1208,6 +1254,25 @@ mod tests {
         let (position, unclosed) = r.finish().unwrap();
         assert_eq!((position, unclosed.len()), (13, RESTORE_WRITE_OPS + 2));
         assert_eq!(timers(), [t(50, "cy"), t(900, "ann")]);
+    }
+
+    #[test]
+    fn a_full_restore_starts_from_nothing_even_where_the_plan_saw_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
+        // What a restore cut short once its open batch was written leaves: a profile of the
+        // partition, no offsets, no position.
+        let mut r = Replay::new(&store, 1, 0);
+        for i in 0..RESTORE_WRITE_OPS {
+            r.take(i as i64, op(&format!("k{i}"), Some("x"))).unwrap();
+        }
+        drop(r);
+        assert_eq!(value(&store, "k0").as_deref(), Some("x"));
+        let held = store.has_partition(1).unwrap();
+        let plan = plan(None, held, false, (0, 100), 0);
+        assert_eq!(plan, Plan::Full { wipe: false });
+        clear_for_full(&store, 1, held).unwrap();
+        assert_eq!(value(&store, "k0"), None);
     }
 
     #[test]
