@@ -83,6 +83,8 @@ use crate::registry::{Lookup, Registry};
 use crate::store::Store;
 
 pub use collector::{DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
+// For `benches/restore.rs`: a changelog partition's records applied to a store.
+pub use changelog::{Entry as ChangelogEntry, Replay};
 pub use kafka::{check_kafka_properties, CHANGELOG_CONFIG, CONSUMER_FETCH_DEFAULTS};
 pub use overlay::KeyHasher;
 pub use process::{MAX_EVENT_BYTES, MAX_KEY_BYTES};
