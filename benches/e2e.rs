@@ -1238,7 +1238,7 @@ fn workload(
     let restore_perf = perf_file
         .as_ref()
         .map(|f| f.replace(".data", "-restore.data"));
-    let mut perf = restore_perf
+    let mut restore_perf_child = restore_perf
         .as_ref()
         .and_then(|file| start_perf(child.id(), file));
     let ready = loop {
@@ -1257,7 +1257,7 @@ fn workload(
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    if let (Some(p), Some(file)) = (perf.take(), &restore_perf) {
+    if let (Some(p), Some(file)) = (restore_perf_child.take(), &restore_perf) {
         stop_perf(p, file);
     }
     let records = metric(port, "tailor_changelog_restored_records_total ");

@@ -203,6 +203,12 @@ impl Op {
     }
 }
 
+/// The column families a changelog carries, with their ids: all but the timer index
+/// ([`Op::is_derived`]).
+fn mirrored_families() -> impl Iterator<Item = (u8, &'static str)> {
+    (0u8..).zip(ALL_CFS).filter(|&(id, _)| id != TIMERS_CF)
+}
+
 fn cf_id(name: &str) -> u8 {
     ALL_CFS
         .iter()
@@ -779,15 +785,12 @@ impl Store {
         partition: i32,
         mut each: impl FnMut(Op) -> Result<(), E>,
     ) -> Result<(), E> {
-        for (id, name) in ALL_CFS.iter().enumerate() {
-            if *name == CF_TIMERS {
-                continue;
-            }
+        for (id, name) in mirrored_families() {
             for item in self.partition_iter(name, partition) {
                 let (k, v) = item.map_err(StoreError::from)?;
                 if key_partition(name, &k) == Some(partition) {
                     each(Op {
-                        cf: id as u8,
+                        cf: id,
                         key: k.to_vec(),
                         value: Some(v.to_vec()),
                     })?;
@@ -849,10 +852,7 @@ impl Store {
         mut each: impl FnMut(Op) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         use std::cmp::Ordering;
-        for (id, name) in ALL_CFS.iter().enumerate() {
-            if *name == CF_TIMERS {
-                continue;
-            }
+        for (id, name) in mirrored_families() {
             let mine = |k: &[u8]| key_partition(name, k) == Some(partition);
             let mut now = self.partition_iter_at(name, partition, None);
             let mut before = self.partition_iter_at(name, partition, Some(then));
@@ -891,7 +891,7 @@ impl Store {
                 };
                 if mine(&key) {
                     each(Op {
-                        cf: id as u8,
+                        cf: id,
                         key: key.into_vec(),
                         value: value.map(<[u8]>::into_vec),
                     })?;

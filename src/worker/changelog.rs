@@ -244,8 +244,8 @@ impl<'a> Replay<'a> {
             }
             self.open = Some(self.store.snapshot());
         }
+        // (Nothing queued is closed now: the flush above, or a write since the last marker.)
         let mut ops = std::mem::take(&mut self.queue);
-        self.closed = 0;
         ops.extend(self.store.derived_timers(&ops)?);
         self.store.write_unpositioned(self.partition, &ops)
     }
@@ -1057,8 +1057,8 @@ mod tests {
             ],
             "the second batch was never closed"
         );
-        // The first batch's records are still queued when the second begins: a key's value
-        // before is its latest record there.
+        // The first batch's records are still queued when the second begins: each key keeps
+        // the first batch's latest record.
         assert_eq!(
             value(&store, "a").as_deref(),
             Some("1"),
