@@ -910,8 +910,8 @@ impl Store {
                 // One range deletion for the partition's key range, if it holds a key: a range
                 // deletion in a memtable turns its bloom filter off for every read until it is
                 // flushed (RocksDB's MemTable::Get and MultiGet), so each read of a new
-                // shopper's profile walked the skip list (about 5 % of the processing threads
-                // in the wide bench, whose every start restored its empty partitions this way).
+                // shopper's profile walked the skip list (4 % of the processing threads'
+                // samples in the wide bench, whose every start restored empty partitions so).
                 if self
                     .partition_iter(name, partition)
                     .next()
