@@ -1237,11 +1237,6 @@ mod tests {
     fn a_wipe_removes_the_partitions_records_and_writes_nothing_where_it_holds_none() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let key = |p: u32, k: &str| {
-            let mut v = p.to_be_bytes().to_vec();
-            v.extend_from_slice(k.as_bytes());
-            v
-        };
         let put = |cf: &str, key: Vec<u8>| Op {
             cf: cf_id(cf),
             key,
@@ -1249,9 +1244,9 @@ mod tests {
         };
         s.write(
             &[
-                put(CF_PROFILES, key(1, "mine")),
-                put(CF_ALIASES, key(1, "alias")),
-                put(CF_PROFILES, key(2, "other")),
+                put(CF_PROFILES, profile_key(1, "mine")),
+                put(CF_ALIASES, profile_key(1, "alias")),
+                put(CF_PROFILES, profile_key(2, "other")),
             ],
             &[],
             &[(1, 5)],
@@ -1265,15 +1260,18 @@ mod tests {
         s.wipe_partition(1).unwrap();
         assert!(s.db.latest_sequence_number() > before);
         let profiles = s.cf(CF_PROFILES);
-        assert_eq!(s.db.get_cf(profiles, key(1, "mine")).unwrap(), None);
+        assert_eq!(s.db.get_cf(profiles, profile_key(1, "mine")).unwrap(), None);
         assert_eq!(
-            s.db.get_cf(s.cf(CF_ALIASES), key(1, "alias")).unwrap(),
+            s.db.get_cf(s.cf(CF_ALIASES), profile_key(1, "alias"))
+                .unwrap(),
             None
         );
         assert_eq!(s.changelog_position(1).unwrap(), None);
         assert!(!s.has_partition(1).unwrap());
         assert_eq!(
-            s.db.get_cf(profiles, key(2, "other")).unwrap().as_deref(),
+            s.db.get_cf(profiles, profile_key(2, "other"))
+                .unwrap()
+                .as_deref(),
             Some(&b"a"[..])
         );
     }
@@ -1282,11 +1280,6 @@ mod tests {
     fn what_changed_since_a_snapshot_is_the_partitions_records_with_their_values_then() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let key = |p: u32, k: &str| {
-            let mut v = p.to_be_bytes().to_vec();
-            v.extend_from_slice(k.as_bytes());
-            v
-        };
         let op = |cf: &str, key: Vec<u8>, v: Option<&str>| Op {
             cf: cf_id(cf),
             key,
@@ -1299,13 +1292,13 @@ mod tests {
         sweep.extend_from_slice(&1u32.to_be_bytes());
         s.write(
             &[
-                op(CF_PROFILES, key(1, "zz"), Some("a")),
+                op(CF_PROFILES, profile_key(1, "zz"), Some("a")),
                 op(CF_OFFSETS, offset.clone(), Some("10")),
-                op(CF_PROFILES, key(1, "kept"), Some("a")),
-                op(CF_PROFILES, key(1, "changed"), Some("a")),
-                op(CF_PROFILES, key(1, "deleted"), Some("a")),
-                op(CF_ALIASES, key(1, "alias"), Some("a")),
-                op(CF_PROFILES, key(2, "other"), Some("a")),
+                op(CF_PROFILES, profile_key(1, "kept"), Some("a")),
+                op(CF_PROFILES, profile_key(1, "changed"), Some("a")),
+                op(CF_PROFILES, profile_key(1, "deleted"), Some("a")),
+                op(CF_ALIASES, profile_key(1, "alias"), Some("a")),
+                op(CF_PROFILES, profile_key(2, "other"), Some("a")),
                 op(CF_CLOCKS, clock.clone(), Some("t0")),
             ],
             &[],
@@ -1316,16 +1309,16 @@ mod tests {
         s.write_unpositioned(
             1,
             &[
-                op(CF_PROFILES, key(1, "kept"), Some("a")),
-                op(CF_PROFILES, key(1, "changed"), Some("b")),
-                op(CF_PROFILES, key(1, "deleted"), None),
-                op(CF_PROFILES, key(1, "added"), Some("b")),
-                op(CF_ALIASES, key(1, "alias"), Some("b")),
-                op(CF_PROFILES, key(2, "other"), Some("b")),
+                op(CF_PROFILES, profile_key(1, "kept"), Some("a")),
+                op(CF_PROFILES, profile_key(1, "changed"), Some("b")),
+                op(CF_PROFILES, profile_key(1, "deleted"), None),
+                op(CF_PROFILES, profile_key(1, "added"), Some("b")),
+                op(CF_ALIASES, profile_key(1, "alias"), Some("b")),
+                op(CF_PROFILES, profile_key(2, "other"), Some("b")),
                 op(CF_CLOCKS, clock.clone(), Some("t1")),
                 op(CF_TIMERS, timer_key(1, 10, "added"), Some("")),
                 // The partition's last key deleted; an offset moved; a sweep begun.
-                op(CF_PROFILES, key(1, "zz"), None),
+                op(CF_PROFILES, profile_key(1, "zz"), None),
                 op(CF_OFFSETS, offset.clone(), Some("20")),
                 op(CF_META, sweep.clone(), Some("x")),
             ],
@@ -1339,12 +1332,12 @@ mod tests {
         .unwrap();
         undo.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
         let mut want = vec![
-            op(CF_PROFILES, key(1, "added"), None),
-            op(CF_PROFILES, key(1, "changed"), Some("a")),
-            op(CF_PROFILES, key(1, "deleted"), Some("a")),
-            op(CF_ALIASES, key(1, "alias"), Some("a")),
+            op(CF_PROFILES, profile_key(1, "added"), None),
+            op(CF_PROFILES, profile_key(1, "changed"), Some("a")),
+            op(CF_PROFILES, profile_key(1, "deleted"), Some("a")),
+            op(CF_ALIASES, profile_key(1, "alias"), Some("a")),
             op(CF_CLOCKS, clock, Some("t0")),
-            op(CF_PROFILES, key(1, "zz"), Some("a")),
+            op(CF_PROFILES, profile_key(1, "zz"), Some("a")),
             op(CF_OFFSETS, offset, Some("10")),
             op(CF_META, sweep, None),
         ];
@@ -1354,7 +1347,8 @@ mod tests {
         drop(then);
         s.write(&undo, &[], &[(1, 5)]).unwrap();
         assert_eq!(
-            s.get_raw(cf_id(CF_PROFILES), &key(1, "changed")).unwrap(),
+            s.get_raw(cf_id(CF_PROFILES), &profile_key(1, "changed"))
+                .unwrap(),
             Some(b"a".to_vec())
         );
     }
