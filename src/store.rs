@@ -902,9 +902,11 @@ impl Store {
     }
 
     /// Removes every record of `partition` (before restoring it from the changelog), in one
-    /// atomic batch. Writes nothing where the partition holds nothing.
+    /// atomic batch. Writes nothing where the partition holds nothing; flushes the memtables
+    /// after a range deletion.
     pub fn wipe_partition(&self, partition: i32) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
+        let mut ranged = false;
         for name in ALL_CFS {
             if !matches!(name, CF_OFFSETS | CF_CLOCKS | CF_META) {
                 // One range deletion for the partition's key range, if it holds a key: a range
@@ -926,6 +928,7 @@ impl Store {
                     None => vec![0xFF; 5],
                 };
                 batch.delete_range_cf(self.cf(name), from, to);
+                ranged = true;
                 continue;
             }
             for item in self.partition_iter(name, partition) {
@@ -941,6 +944,12 @@ impl Store {
             return Ok(());
         }
         self.db.write_opt(batch, &self.write_options())?;
+        if ranged {
+            // Out of the memtables at once (into a table file, whose reads keep their bloom
+            // filters): else they would read without theirs until the restore's own writes
+            // filled them, all of the restore and the processing after it for a small one.
+            self.flush(true)?;
+        }
         Ok(())
     }
 
@@ -1259,6 +1268,17 @@ mod tests {
         assert_eq!(s.db.latest_sequence_number(), before);
         s.wipe_partition(1).unwrap();
         assert!(s.db.latest_sequence_number() > before);
+        // The range deletions it wrote are flushed out of the memtables (RocksDB counts no
+        // range deletions there: the memtables hold nothing at all).
+        for name in ALL_CFS {
+            for property in [
+                "rocksdb.num-entries-active-mem-table",
+                "rocksdb.num-immutable-mem-table",
+            ] {
+                let n = s.db.property_int_value_cf(s.cf(name), property).unwrap();
+                assert_eq!(n, Some(0), "{name}: {property}");
+            }
+        }
         let profiles = s.cf(CF_PROFILES);
         assert_eq!(s.db.get_cf(profiles, profile_key(1, "mine")).unwrap(), None);
         assert_eq!(
