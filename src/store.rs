@@ -179,11 +179,46 @@ pub struct Commit {
 /// One write of a commit: a column family (its index in the store's list), a key and the new
 /// value (`None`: deleted). The changelog carries these, except the timer index's
 /// ([`Op::is_derived`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Op {
     pub cf: u8,
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
+}
+
+/// Sorts `ops` by column family and key; the writes of one key (a deletion, then a put) keep
+/// their order. Sorted as small entries (the column family, the key's first 16 bytes as a
+/// number, the position), the ops moved once at the end: sorting the ops themselves compared
+/// their keys through pointers into a commit's thousands of heap blocks, and moved 56 bytes at
+/// each step (a stable sort of a commit's ops was 2.5 % of the processing threads' samples in
+/// the wide bench; this takes half its time, 2.3-2.4 ms against 4.7 for 24 K ops of 8 K
+/// profiles and their timers).
+fn sort_ops(ops: &mut Vec<Op>) {
+    fn head(key: &[u8]) -> u128 {
+        let mut b = [0u8; 16];
+        let n = key.len().min(16);
+        b[..n].copy_from_slice(&key[..n]);
+        u128::from_be_bytes(b)
+    }
+    let mut order: Vec<(u8, u128, u32)> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.cf, head(&o.key), i as u32))
+        .collect();
+    // Equal heads (a key written twice, keys alike in their first 16 bytes, or a shorter key
+    // padded with zeros): the whole keys, then the position, decide.
+    order.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| ops[a.2 as usize].key.cmp(&ops[b.2 as usize].key))
+            .then(a.2.cmp(&b.2))
+    });
+    if order.iter().enumerate().all(|(i, e)| e.2 as usize == i) {
+        return;
+    }
+    let mut sorted = Vec::with_capacity(ops.len());
+    sorted.extend(order.iter().map(|e| std::mem::take(&mut ops[e.2 as usize])));
+    *ops = sorted;
 }
 
 /// A RocksDB write batch's header (sequence number and count), and the most a record adds to its
@@ -578,10 +613,9 @@ impl Store {
         }
         // In key order within each column family: RocksDB's memtable inserts a run of ascending
         // keys from where the last one went (its skip list's insert was the largest part of the
-        // write in the worker's profile). The sort is stable: writes of one key (a deletion,
-        // then a put) keep their order.
+        // write in the worker's profile).
         for ops in by.values_mut() {
-            ops.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
+            sort_ops(ops);
         }
         Ok(by.into_iter().collect())
     }
@@ -1235,6 +1269,42 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ops_sort_by_column_family_and_key_and_a_keys_writes_keep_their_order() {
+        // Keys from a two-letter alphabet with zeros, 0-24 bytes long: many share their first
+        // 16 bytes, some are another's prefix, some end in zeros; many are written twice.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..50 {
+            let mut ops: Vec<Op> = Vec::new();
+            for i in 0..(next(400) as usize) {
+                let key = if i > 0 && next(4) == 0 {
+                    ops[next(i as u64) as usize].key.clone()
+                } else {
+                    let len = next(25) as usize;
+                    (0..len)
+                        .map(|_| [0u8, b'a', b'b'][next(3) as usize])
+                        .collect()
+                };
+                ops.push(Op {
+                    cf: next(3) as u8,
+                    key,
+                    // The position, to see the order of one key's writes.
+                    value: Some((i as u32).to_be_bytes().to_vec()),
+                });
+            }
+            let mut expected = ops.clone();
+            expected.sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
+            sort_ops(&mut ops);
+            assert_eq!(ops, expected);
+        }
+    }
     use crate::event::EventType;
 
     #[test]
