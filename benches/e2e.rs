@@ -36,7 +36,10 @@
 //! records a `perf` profile of each workload's first pass (`PREFIX-wide.data`,
 //! `PREFIX-deep.data`; the pass's figures are then taken under perf), of the CPU clock or of
 //! `TAILOR_BENCH_PERF_EVENT` (e.g. `page-faults`: a sample per 20); `TAILOR_BENCH_WORKER=path`
-//! runs another build's worker binary on the same harness (to compare two builds).
+//! runs another build's worker binary on the same harness (to compare two builds),
+//! `TAILOR_BENCH_KAFKA` adds TOML lines to its `[kafka]` table (librdkafka properties). The worker's
+//! CPU in the pass is also split by thread (processing, librdkafka's, RocksDB's, the others),
+//! and given beside the broker's when `TAILOR_BENCH_BROKER_PID` names it (the script sets it).
 //! Figures only; nothing is asserted about time. Under `cargo test` it does nothing.
 
 use std::path::Path;
@@ -597,6 +600,76 @@ fn proc_stat(pid: u32) -> ProcStat {
     }
 }
 
+/// The CPU seconds of a process's threads so far, by who runs them: Tailor's processing
+/// threads, librdkafka's, RocksDB's, the rest (the HTTP server, the runtime, the main thread).
+/// Threads that ended are not counted (none ends within a pass).
+#[derive(Clone, Copy, Default)]
+struct ThreadCpu {
+    processing: f64,
+    librdkafka: f64,
+    rocksdb: f64,
+    other: f64,
+}
+
+impl ThreadCpu {
+    fn read(pid: u32) -> ThreadCpu {
+        let mut t = ThreadCpu::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return t;
+        };
+        // SAFETY: sysconf reads a constant of the system.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            // The thread's name in parentheses (it may hold spaces), then utime (11), stime (12)
+            // counted from the state (0).
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = &stat[open + 1..close];
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let field = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let cpu = (field(11) + field(12)) / per_sec;
+            if name.starts_with("tailor-proc") {
+                t.processing += cpu;
+            } else if name.starts_with("rdk:") {
+                t.librdkafka += cpu;
+            } else if name.starts_with("rocksdb:") {
+                t.rocksdb += cpu;
+            } else {
+                t.other += cpu;
+            }
+        }
+        t
+    }
+
+    fn since(self, before: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            processing: self.processing - before.processing,
+            librdkafka: self.librdkafka - before.librdkafka,
+            rocksdb: self.rocksdb - before.rocksdb,
+            other: self.other - before.other,
+        }
+    }
+}
+
+/// The broker's process, when the bench started it (`TAILOR_BENCH_BROKER_PID`, which
+/// `scripts/bench-e2e.sh` sets): it shares the machine's cores with the worker.
+fn broker_pid() -> Option<u32> {
+    std::env::var("TAILOR_BENCH_BROKER_PID")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Bytes a process caused to be written to storage so far (`write_bytes:` of `/proc/{pid}/io`:
 /// RocksDB's write-ahead log, flushes and compactions).
 fn disk_written(pid: u32) -> f64 {
@@ -837,9 +910,15 @@ fn workload(
         .unwrap_or_default();
     let explain = std::env::var("TAILOR_BENCH_EXPLAIN").map_or(true, |v| v != "false");
     let changelog = changelog();
-    let fetch_wait = fetch_wait_ms
+    let mut fetch_wait = fetch_wait_ms
         .map(|v| format!("\"fetch.wait.max.ms\" = \"{v}\"\n"))
         .unwrap_or_default();
+    // TAILOR_BENCH_KAFKA: more of the worker's `[kafka]` table, as TOML lines (e.g.
+    // `"linger.ms" = "20"` or `"compression.type" = "none"`), for its clients alone.
+    if let Ok(extra) = std::env::var("TAILOR_BENCH_KAFKA") {
+        fetch_wait.push_str(extra.trim_end());
+        fetch_wait.push('\n');
+    }
     // TAILOR_BENCH_THREADS, TAILOR_BENCH_BATCH_MESSAGES, TAILOR_BENCH_BATCH_PROFILES,
     // TAILOR_BENCH_BATCH_WAIT, TAILOR_BENCH_BATCH_LINGER, TAILOR_BENCH_ALLOWED_LATENESS,
     // TAILOR_BENCH_HUGE_PAGES: the worker's `processing.threads`, `batch_max_messages`,
@@ -910,6 +989,8 @@ fn workload(
     let mut done = 0.0;
     // The worker's CPU time (all its threads) and page faults at the first commit.
     let mut stat_at_first = ProcStat::default();
+    let mut threads_at_first = ThreadCpu::default();
+    let mut broker_at_first = ProcStat::default();
     let mut written_at_first = 0.0;
     let mut fired_at_first = 0.0;
     // How long the progress polls of /metrics took during the pass: what a Prometheus scrape
@@ -951,6 +1032,8 @@ fn workload(
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
             stat_at_first = proc_stat(pid);
+            threads_at_first = ThreadCpu::read(pid);
+            broker_at_first = broker_pid().map(proc_stat).unwrap_or_default();
             written_at_first = disk_written(pid);
             slice_start = first;
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
@@ -1028,6 +1111,8 @@ fn workload(
     }
     let end = Instant::now();
     let stat = proc_stat(pid);
+    let threads = ThreadCpu::read(pid).since(threads_at_first);
+    let broker_cpu = broker_pid().map(|b| proc_stat(b).cpu - broker_at_first.cpu);
     let cpu = stat.cpu - stat_at_first.cpu;
     let system = stat.system - stat_at_first.system;
     let faults = stat.minor_faults - stat_at_first.minor_faults;
@@ -1078,6 +1163,26 @@ fn workload(
         faults / 1e3,
         faults / (done - n0)
     );
+    let share = |part: f64| part / cpu.max(1e-9) * 100.0;
+    println!(
+        "  by thread: processing {:.1}s ({:.0} %), librdkafka's {:.1}s ({:.0} %), RocksDB's {:.1}s ({:.0} %), the others {:.1}s ({:.0} %)",
+        threads.processing,
+        share(threads.processing),
+        threads.librdkafka,
+        share(threads.librdkafka),
+        threads.rocksdb,
+        share(threads.rocksdb),
+        threads.other,
+        share(threads.other)
+    );
+    if let Some(broker) = broker_cpu {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!(
+            "  the broker's CPU in the pass: {broker:.1}s ({:.2} cores); the worker and the broker together {:.2} of the machine's {cores} cores",
+            broker / secs,
+            (cpu + broker) / secs
+        );
+    }
     println!(
         "written to disk by the worker in the pass: {:.0} MiB = {:.0} bytes per event committed (write-ahead log, flushes, compactions)",
         written / 1048576.0,

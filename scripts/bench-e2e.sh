@@ -17,4 +17,5 @@ if scripts/broker.sh status "$PORT" >/dev/null; then
 fi
 scripts/broker.sh start "$PORT"
 trap 'scripts/broker.sh stop "$PORT" >/dev/null' EXIT
-TAILOR_BENCH_BROKERS="127.0.0.1:$PORT" cargo bench --bench e2e
+TAILOR_BENCH_BROKERS="127.0.0.1:$PORT" TAILOR_BENCH_BROKER_PID="$(cat "$TAILOR_CACHE/broker-$PORT.pid")" \
+  cargo bench --bench e2e
