@@ -600,9 +600,9 @@ fn proc_stat(pid: u32) -> ProcStat {
     }
 }
 
-/// The CPU seconds of a process's threads so far, by who runs them: Tailor's processing
-/// threads, librdkafka's, RocksDB's, the rest (the HTTP server, the runtime, the main thread).
-/// Threads that ended are not counted (none ends within a pass).
+/// The CPU seconds of a process's threads, by who runs them: Tailor's processing threads,
+/// librdkafka's, RocksDB's, the rest (the HTTP server, the runtime, the main thread, and threads
+/// that ended meanwhile: a restore's consumer, an idle blocking thread).
 #[derive(Clone, Copy, Default)]
 struct ThreadCpu {
     processing: f64,
@@ -611,52 +611,61 @@ struct ThreadCpu {
     other: f64,
 }
 
-impl ThreadCpu {
-    fn read(pid: u32) -> ThreadCpu {
-        let mut t = ThreadCpu::default();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return t;
+/// Each live thread of a process: its id, its name and its CPU seconds so far.
+fn threads(pid: u32) -> Vec<(u64, String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut all = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
         };
-        // SAFETY: sysconf reads a constant of the system.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                continue;
-            };
-            // The thread's name in parentheses (it may hold spaces), then utime (11), stime (12)
-            // counted from the state (0).
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let name = &stat[open + 1..close];
-            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let field = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|f| f.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            let cpu = (field(11) + field(12)) / per_sec;
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // The thread's name in parentheses (it may hold spaces), then utime (11), stime (12)
+        // counted from the state (0).
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        all.push((
+            tid,
+            stat[open + 1..close].to_string(),
+            (field(11) + field(12)) / per_sec,
+        ));
+    }
+    all
+}
+
+impl ThreadCpu {
+    /// What the process's threads used between `before` (its [`threads`] then) and now, of
+    /// `total` (the whole process's CPU over the same time, threads ended meanwhile included:
+    /// what no live thread accounts for counts as the others').
+    fn since(pid: u32, before: &[(u64, String, f64)], total: f64) -> ThreadCpu {
+        let mut t = ThreadCpu::default();
+        for (tid, name, cpu) in threads(pid) {
+            let then = before.iter().find(|b| b.0 == tid).map_or(0.0, |b| b.2);
+            let used = cpu - then;
             if name.starts_with("tailor-proc") {
-                t.processing += cpu;
+                t.processing += used;
             } else if name.starts_with("rdk:") {
-                t.librdkafka += cpu;
+                t.librdkafka += used;
             } else if name.starts_with("rocksdb:") {
-                t.rocksdb += cpu;
-            } else {
-                t.other += cpu;
+                t.rocksdb += used;
             }
         }
+        t.other = (total - t.processing - t.librdkafka - t.rocksdb).max(0.0);
         t
-    }
-
-    fn since(self, before: ThreadCpu) -> ThreadCpu {
-        ThreadCpu {
-            processing: self.processing - before.processing,
-            librdkafka: self.librdkafka - before.librdkafka,
-            rocksdb: self.rocksdb - before.rocksdb,
-            other: self.other - before.other,
-        }
     }
 }
 
@@ -989,7 +998,7 @@ fn workload(
     let mut done = 0.0;
     // The worker's CPU time (all its threads) and page faults at the first commit.
     let mut stat_at_first = ProcStat::default();
-    let mut threads_at_first = ThreadCpu::default();
+    let mut threads_at_first = Vec::new();
     let mut broker_at_first = ProcStat::default();
     let mut written_at_first = 0.0;
     let mut fired_at_first = 0.0;
@@ -1032,7 +1041,7 @@ fn workload(
         if first.is_none() && done > 0.0 {
             first = Some((Instant::now(), done));
             stat_at_first = proc_stat(pid);
-            threads_at_first = ThreadCpu::read(pid);
+            threads_at_first = threads(pid);
             broker_at_first = broker_pid().map(proc_stat).unwrap_or_default();
             written_at_first = disk_written(pid);
             slice_start = first;
@@ -1111,9 +1120,9 @@ fn workload(
     }
     let end = Instant::now();
     let stat = proc_stat(pid);
-    let threads = ThreadCpu::read(pid).since(threads_at_first);
     let broker_cpu = broker_pid().map(|b| proc_stat(b).cpu - broker_at_first.cpu);
     let cpu = stat.cpu - stat_at_first.cpu;
+    let by_thread = ThreadCpu::since(pid, &threads_at_first, cpu);
     let system = stat.system - stat_at_first.system;
     let faults = stat.minor_faults - stat_at_first.minor_faults;
     let written = disk_written(pid) - written_at_first;
@@ -1166,14 +1175,14 @@ fn workload(
     let share = |part: f64| part / cpu.max(1e-9) * 100.0;
     println!(
         "  by thread: processing {:.1}s ({:.0} %), librdkafka's {:.1}s ({:.0} %), RocksDB's {:.1}s ({:.0} %), the others {:.1}s ({:.0} %)",
-        threads.processing,
-        share(threads.processing),
-        threads.librdkafka,
-        share(threads.librdkafka),
-        threads.rocksdb,
-        share(threads.rocksdb),
-        threads.other,
-        share(threads.other)
+        by_thread.processing,
+        share(by_thread.processing),
+        by_thread.librdkafka,
+        share(by_thread.librdkafka),
+        by_thread.rocksdb,
+        share(by_thread.rocksdb),
+        by_thread.other,
+        share(by_thread.other)
     );
     if let Some(broker) = broker_cpu {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
