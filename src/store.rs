@@ -1272,6 +1272,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventType;
 
     #[test]
     fn ops_sort_by_column_family_and_key_and_a_keys_writes_keep_their_order() {
@@ -1314,7 +1315,6 @@ mod tests {
             assert_eq!(ops, expected);
         }
     }
-    use crate::event::EventType;
 
     #[test]
     fn the_timer_index_id_is_its_place_in_the_list() {
