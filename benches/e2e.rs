@@ -576,27 +576,50 @@ struct ProcStat {
     minor_faults: f64,
 }
 
+/// A `/proc/.../stat` text (a process's or a thread's): the command name, in parentheses (it may
+/// hold spaces), and the numbers after it, counted from the state (0): minflt 7, utime 11,
+/// stime 12 (the state, not a number, reads as 0).
+struct Stat {
+    name: String,
+    fields: Vec<f64>,
+}
+
+impl Stat {
+    fn read(path: &str) -> Option<Stat> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let (open, close) = (text.find('(')?, text.rfind(')')?);
+        Some(Stat {
+            name: text[open + 1..close].to_string(),
+            fields: text[close + 1..]
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect(),
+        })
+    }
+
+    fn field(&self, i: usize) -> f64 {
+        self.fields.get(i).copied().unwrap_or(0.0)
+    }
+
+    /// User and system CPU seconds.
+    fn cpu(&self) -> f64 {
+        (self.field(11) + self.field(12)) / ticks_per_second()
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 fn proc_stat(pid: u32) -> ProcStat {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(stat) = Stat::read(&format!("/proc/{pid}/stat")) else {
         return ProcStat::default();
     };
-    // After the command name (in parentheses, which may hold spaces): state (0), minflt (7),
-    // utime (11), stime (12).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf reads a constant of the system.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ProcStat {
-        cpu: (field(11) + field(12)) / per_sec,
-        system: field(12) / per_sec,
-        minor_faults: field(7),
+        cpu: stat.cpu(),
+        system: stat.field(12) / ticks_per_second(),
+        minor_faults: stat.field(7),
     }
 }
 
@@ -616,35 +639,15 @@ fn threads(pid: u32) -> Vec<(u64, String, f64)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
-    // SAFETY: sysconf reads a constant of the system.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut all = Vec::new();
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // The thread's name in parentheses (it may hold spaces), then utime (11), stime (12)
-        // counted from the state (0).
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        all.push((
-            tid,
-            stat[open + 1..close].to_string(),
-            (field(11) + field(12)) / per_sec,
-        ));
-    }
-    all
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let stat = Stat::read(task.path().join("stat").to_str()?)?;
+            let cpu = stat.cpu();
+            Some((tid, stat.name, cpu))
+        })
+        .collect()
 }
 
 impl ThreadCpu {
