@@ -161,12 +161,12 @@ fn lookups(port: u16, total: u64, profiles: u64) {
 /// [`latency_share`]): each event is a new shopper's add to cart (it ENTERs cart-holders), timed
 /// from its send to its first audience change read back from the output topic, for 10 s.
 ///
-/// Then the same producer and reader on a topic no worker reads (each record read back is timed):
-/// what the broker alone adds at that rate.
+/// Then the same producer and reader on `floor`, a topic no worker reads (each record read back is
+/// timed): what the broker alone adds at that rate.
 fn latency(
     port: u16,
     brokers: &str,
-    names: &[String],
+    (names, floor): (&[String], &str),
     partitions: i32,
     base: &[Produced],
     rate: f64,
@@ -189,7 +189,7 @@ fn latency(
     Phases::read(port).since(&phases);
     let floor = round_trips(
         brokers,
-        (&names[8], &names[8]),
+        (floor, floor),
         partitions,
         base,
         rate,
@@ -809,8 +809,11 @@ fn workload(
         "deadletter",
         "repartition",
         "changelog",
-        // No worker reads it: the broker's own latency at the same rate.
+        // No worker reads them: the broker's own latency at the same rate, one topic per
+        // latency phase (the trickle's read nothing back from the topic the half-rate phase had
+        // just filled).
         "floor",
+        "floor-trickle",
     ]
     .map(topic);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -823,7 +826,7 @@ fn workload(
         .unwrap();
     let new: Vec<_> = names[..6]
         .iter()
-        .chain([&names[8]])
+        .chain(&names[8..])
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
         .collect();
     for r in rt
@@ -1262,7 +1265,7 @@ fn workload(
         latency(
             port,
             &brokers,
-            &names,
+            (&names, &names[8]),
             partitions,
             base,
             rate * latency_share(),
@@ -1390,7 +1393,7 @@ fn workload(
     latency(
         port,
         &brokers,
-        &names,
+        (&names, &names[8]),
         partitions,
         base,
         rate * latency_share(),
@@ -1399,7 +1402,7 @@ fn workload(
     latency(
         port,
         &brokers,
-        &names,
+        (&names, &names[9]),
         partitions,
         base,
         100.0,
