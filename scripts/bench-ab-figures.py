@@ -3,7 +3,8 @@
     python3 scripts/bench-ab-figures.py OUTPUT            one run's figures, on one line
     python3 scripts/bench-ab-figures.py --median OUT...   the median of each over the runs
 
-A figure a run did not print (a pass cut short) is left out of that run's line and of the median.
+A figure a run did not print (no steady slice in a short pass, no timer due at the catch-up) is
+left out of that run's line and of the median; bench-ab.sh leaves out a pass that did not finish.
 """
 
 import re
@@ -14,7 +15,7 @@ import sys
 FIGURES = [
     ("first pass", r"^worker \(.*= ([0-9.]+) events/s", "events/s"),
     ("steady", r"^steady rate .*: median ([0-9.]+) events/s", "events/s"),
-    ("worker CPU", r"^the pass and its catch-up together: .*= ([0-9.]+) µs per event or timer fired", "µs per event or timer fired"),
+    ("worker CPU, pass and catch-up", r"^the pass and its catch-up together: .*= ([0-9.]+) µs per event or timer fired", "µs per event or timer fired"),
     ("minor page faults", r"^worker CPU in the pass: .* = ([0-9.]+) per event$", "per event"),
     ("catch-up", r"^timers due at catch-up: ([0-9.]+) fired in ([0-9.]+)s", "timers fired/s"),
 ]
