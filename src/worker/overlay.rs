@@ -98,8 +98,12 @@ struct Slot {
 /// evaluation works them out): `nexts`, the size they took in the last profile committed,
 /// stands in for them until then.
 pub fn weight(key: &str, profile: &Profile, nexts: usize) -> usize {
-    let own = footprint::nexts_bytes(profile, &good_size);
-    fixed(key) + footprint::heap_bytes(profile, &good_size) + if own == 0 { nexts } else { 0 }
+    let pending = if profile.known_nexts.worked_out() {
+        0
+    } else {
+        nexts
+    };
+    fixed(key) + footprint::heap_bytes(profile, &good_size) + pending
 }
 
 /// The part of [`weight`] that does not depend on the profile's contents.
@@ -205,11 +209,12 @@ impl Profiles {
         self.cache.len()
     }
 
-    /// Counts a profile read from its state with the next changes `segments` segments give it,
-    /// until a commit shows what they take.
+    /// Counts a profile read from its state with the most next changes `segments` segments
+    /// may give it (a word of bits per 64 segments and a value per segment), until a commit
+    /// shows what they take.
     pub fn expect_nexts(&mut self, segments: usize) {
         if self.nexts == 0 && segments > 0 {
-            self.nexts = good_size(segments * std::mem::size_of::<i64>());
+            self.nexts = good_size((segments.div_ceil(64) + segments) * std::mem::size_of::<i64>());
         }
     }
 
@@ -773,8 +778,8 @@ mod tests {
         let mut ps = Profiles::new(10, usize::MAX, KeyHasher::with_seed(0));
         ps.expect_nexts(21);
         ps.fetch("ecid-1", || Ok::<_, ()>(None)).unwrap();
-        assert_eq!(ps.bytes(), CACHED_PROFILE_BYTES + good_size(21 * 8));
-        assert!(good_size(21 * 8) >= 21 * 8);
+        assert_eq!(ps.bytes(), CACHED_PROFILE_BYTES + good_size((1 + 21) * 8));
+        assert!(good_size((1 + 21) * 8) >= (1 + 21) * 8);
     }
 
     /// One profile larger than the whole budget is still held while it is used.

@@ -141,24 +141,92 @@ pub const RULES_ENGINE: u32 = 2;
 pub struct KnownNexts {
     /// [`SegmentSet::id`] of the set that worked them out (0: none).
     set: u64,
-    /// Per segment: its next change, [`Self::NEVER`], or [`Self::UNKNOWN`].
-    at: Vec<i64>,
+    /// The segments whose next change is not [`Self::NEVER`], as bits (a word per 64 segments,
+    /// in evaluation order), then those segments' next changes (or [`Self::UNKNOWN`]), in the
+    /// same order; empty when every one is never. For a given shopper most segments never change
+    /// with time alone: one value per segment was 168 bytes with the shipped 21 (a 192-byte
+    /// block in every cached profile), where a shopper with one to three timed segments pending
+    /// holds 32 (the list's least capacity, four words).
+    /// The price is unpacking and packing them at each evaluation: about 500 instructions per
+    /// event in the core bench's apply + evaluate (9,244 before; a boxed slice of the exact
+    /// length, allocated again whenever the count changed: about 770; changing an event's few
+    /// segments in place when the same ones are kept saved nothing measurable).
+    packed: Vec<u64>,
 }
+
+/// One raw next change per segment ([`KnownNexts::NEVER`], [`KnownNexts::UNKNOWN`] or a time),
+/// while a pass works with them: on the stack up to 64 segments.
+type Dense = smallvec::SmallVec<[i64; 64]>;
 
 impl KnownNexts {
     /// See [`crate::profile::Profile::prefetch`].
     #[inline]
     pub(crate) fn prefetch(&self) {
-        if !self.at.is_empty() {
-            crate::profile::prefetch_line(self.at.as_ptr().cast());
+        if !self.packed.is_empty() {
+            crate::profile::prefetch_line(self.packed.as_ptr().cast());
+        }
+    }
+
+    /// Worked out by an evaluation (a profile read from its state has none until its first).
+    pub fn worked_out(&self) -> bool {
+        self.set != 0
+    }
+
+    /// Worked out by `set` (and not since by another).
+    fn of(&self, set: &SegmentSet) -> bool {
+        self.set == set.id && set.id != 0
+    }
+
+    /// The raw next change of each of `n` segments, into `out` (cleared first).
+    fn unpack(&self, n: usize, out: &mut Dense) {
+        // Copied from a static (`resize` pushes one by one; an array literal here is written
+        // out on the stack at each call).
+        static NEVERS: [i64; 64] = [KnownNexts::NEVER; 64];
+        out.clear();
+        if n <= 64 {
+            out.extend_from_slice(&NEVERS[..n]);
+        } else {
+            out.resize(n, Self::NEVER);
+        }
+        let words = n.div_ceil(64);
+        if self.packed.len() <= words {
+            return;
+        }
+        let mut value = words;
+        for (w, &word) in self.packed[..words].iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                out[w * 64 + bits.trailing_zeros() as usize] = self.packed[value] as i64;
+                bits &= bits - 1;
+                value += 1;
+            }
+        }
+    }
+
+    /// Keeps `raw(i)`, the raw next change of each of `n` segments, as worked out by `set`
+    /// (in the list's allocation, which it keeps; none when every one is never).
+    fn pack(&mut self, set: u64, n: usize, raw: impl Fn(usize) -> i64) {
+        self.set = set;
+        let words = n.div_ceil(64);
+        self.packed.clear();
+        self.packed.resize(words, 0);
+        for i in 0..n {
+            let t = raw(i);
+            if t != Self::NEVER {
+                self.packed[i / 64] |= 1 << (i % 64);
+                self.packed.push(t as u64);
+            }
+        }
+        if self.packed.len() == words {
+            self.packed = Vec::new();
         }
     }
 }
 
 impl crate::footprint::Footprint for KnownNexts {
     fn heap(&self, m: &mut crate::footprint::Meter) {
-        let KnownNexts { set: _, at } = self;
-        m.list(at);
+        let KnownNexts { set: _, packed } = self;
+        m.list(packed);
     }
 }
 
@@ -176,10 +244,32 @@ impl KnownNexts {
         (raw != Self::NEVER).then_some(raw)
     }
 
-    /// How many segments' next changes are known.
+    /// How many of the `n` segments' next changes are known (none unless worked out).
     #[cfg(test)]
-    pub(crate) fn known(&self) -> usize {
-        self.at.iter().filter(|&&t| t != Self::UNKNOWN).count()
+    pub(crate) fn known(&self, n: usize) -> usize {
+        if self.set == 0 {
+            return 0;
+        }
+        let mut dense = Dense::new();
+        self.unpack(n, &mut dense);
+        dense.iter().filter(|&&t| t != Self::UNKNOWN).count()
+    }
+
+    /// The raw next change of segment `i` of `n`.
+    #[cfg(test)]
+    pub(crate) fn at(&self, n: usize, i: usize) -> i64 {
+        let mut dense = Dense::new();
+        self.unpack(n, &mut dense);
+        dense[i]
+    }
+
+    /// Sets the next change of segment `i` of `n` to `t`.
+    #[cfg(test)]
+    pub(crate) fn set_at(&mut self, n: usize, i: usize, t: i64) {
+        let mut dense = Dense::new();
+        self.unpack(n, &mut dense);
+        dense[i] = t;
+        self.pack(self.set, n, |j| dense[j]);
     }
 }
 
@@ -235,7 +325,7 @@ impl SegmentSet {
     pub fn empty_nexts(&self) -> Option<KnownNexts> {
         self.empty.as_ref().map(|_| KnownNexts {
             set: self.id,
-            at: vec![KnownNexts::NEVER; self.segments.len()],
+            packed: Vec::new(),
         })
     }
 
@@ -317,18 +407,22 @@ impl SegmentSet {
                 nexts.push(next);
             }
             if let Some(k) = known {
-                k.set = self.id;
-                k.at.clear();
-                k.at.extend(nexts.iter().map(|&n| KnownNexts::raw(n)));
+                k.pack(self.id, nexts.len(), |i| KnownNexts::raw(nexts[i]));
             }
             return (0, nexts.iter().flatten().min().copied());
         };
         // The next changes the profile's last evaluation under this set worked out (those of
         // the segments that do not read the time are known: never).
-        let valid = known
-            .as_ref()
-            .is_some_and(|k| k.set == self.id && self.id != 0 && k.at.len() == self.segments.len());
-        let cached: Option<&[i64]> = known.as_deref().filter(|_| valid).map(|k| &k.at[..]);
+        let n = self.segments.len();
+        let mut dense = Dense::new();
+        let valid = match &known {
+            Some(k) if k.of(self) => {
+                k.unpack(n, &mut dense);
+                true
+            }
+            _ => false,
+        };
+        let cached: Option<&[i64]> = valid.then_some(&dense[..]);
         // Every segment keeps its result and its next change (`earlier` where it is not
         // known), then the ones whose rules read something the event changed are evaluated,
         // in order (a rule uses only segments before it, whose results are final by then).
@@ -400,12 +494,11 @@ impl SegmentSet {
             // Known now: every one after working them out; otherwise those evaluated, those
             // known before, and those that do not read the time.
             if worked_out {
-                k.at.clear();
-                k.at.extend(nexts.iter().map(|&n| KnownNexts::raw(n)));
+                k.pack(self.id, n, |i| KnownNexts::raw(nexts[i]));
             } else {
                 if !valid {
-                    k.at.clear();
-                    k.at.extend(self.segments.iter().map(|s| {
+                    dense.clear();
+                    dense.extend(self.segments.iter().map(|s| {
                         if s.timed {
                             KnownNexts::UNKNOWN
                         } else {
@@ -418,11 +511,11 @@ impl SegmentSet {
                     while word != 0 {
                         let i = w * 64 + word.trailing_zeros() as usize;
                         word &= word - 1;
-                        k.at[i] = KnownNexts::raw(nexts[i]);
+                        dense[i] = KnownNexts::raw(nexts[i]);
                     }
                 }
+                k.pack(self.id, n, |i| dense[i]);
             }
-            k.set = self.id;
         }
         (skipped, nexts.iter().flatten().min().copied())
     }
@@ -444,25 +537,25 @@ impl SegmentSet {
         known: &mut KnownNexts,
     ) -> Option<(u64, Option<i64>)> {
         let n = self.segments.len();
-        if known.set != self.id
-            || self.id == 0
-            || known.at.len() != n
-            || stored.len() != n
-            || known.at.contains(&KnownNexts::UNKNOWN)
-        {
+        if !known.of(self) || stored.len() != n {
+            return None;
+        }
+        let mut at = Dense::new();
+        known.unpack(n, &mut at);
+        if at.contains(&KnownNexts::UNKNOWN) {
             return None;
         }
         results.clear();
         results.extend_from_slice(stored);
         nexts.clear();
-        nexts.extend(known.at.iter().map(|&t| KnownNexts::next(t)));
+        nexts.extend(at.iter().map(|&t| KnownNexts::next(t)));
         // Evaluated, by place: due now, or using one that is (`deps` lists every segment a
         // rule uses, directly or not, all before it).
         // On the stack up to 64 segments: this runs at every timer fired.
         let mut evaluated: smallvec::SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
         let mut skipped = 0;
         for (i, seg) in self.segments.iter().enumerate() {
-            let due = known.at[i] <= now;
+            let due = at[i] <= now;
             if !due && !seg.deps.iter().any(|&d| evaluated[d]) {
                 skipped += 1;
                 continue;
@@ -471,8 +564,9 @@ impl SegmentSet {
             let (hit, next) = seg.evaluate_next(profile, now, results, nexts);
             results[i] = hit;
             nexts[i] = next;
-            known.at[i] = KnownNexts::raw(next);
+            at[i] = KnownNexts::raw(next);
         }
+        known.pack(self.id, n, |i| at[i]);
         Some((skipped, nexts.iter().flatten().min().copied()))
     }
 

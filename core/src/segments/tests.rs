@@ -9,6 +9,17 @@ fn one(rule: &str) -> String {
     format!("segments:\n  - id: s\n    rule: {rule}\n")
 }
 
+/// A fixed pseudo-random sequence (xorshift64), the same at every run.
+fn xorshift() -> impl FnMut() -> u64 {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 fn profile_with(f: impl FnOnce(&mut Profile)) -> Profile {
     let mut p = Profile::default();
     f(&mut p);
@@ -289,13 +300,7 @@ fn random_rules_never_panic_and_errors_point_inside_the_file() {
         "\n",
         "  ",
     ];
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift();
     for _ in 0..3000 {
         let n = 1 + next() % 12;
         let rule: String = (0..n)
@@ -1074,10 +1079,10 @@ fn a_profile_kept_in_memory_times_the_segments_left_alone_from_its_last_evaluati
         core.process("k", &mut kept, ev, source, ev.time, &mut out);
     }
     // From the first event on (a fresh profile's untouched segments never change with time).
-    assert_eq!(kept.known_nexts.known(), 2);
+    assert_eq!(kept.known_nexts.known(set.len()), 2);
     let read = crate::profile::decode(&crate::profile::encode(&kept)).unwrap();
     assert_eq!(read, kept, "not part of the profile's value");
-    assert_eq!(read.known_nexts.known(), 0, "not in the state");
+    assert_eq!(read.known_nexts.known(set.len()), 0, "not in the state");
     // The next views leave "carted" alone: the kept profile and the one read from the state
     // (which works "carted"'s next change out again) get the same timer and changes.
     let mut read = read;
@@ -1091,7 +1096,7 @@ fn a_profile_kept_in_memory_times_the_segments_left_alone_from_its_last_evaluati
         core.process("k", &mut read, &ev, source, ev.time, &mut b);
         assert_eq!(format!("{:?}", a.changes), format!("{:?}", b.changes));
         assert_eq!(kept.next_timer, read.next_timer, "at {minutes} min");
-        assert_eq!(read.known_nexts.known(), 2);
+        assert_eq!(read.known_nexts.known(set.len()), 2);
     }
     let mut results = Vec::new();
     let (_, full) = set.evaluate_with_next(
@@ -1108,10 +1113,49 @@ fn a_profile_kept_in_memory_times_the_segments_left_alone_from_its_last_evaluati
     let carted = set.index_of("carted").unwrap();
     let soon = T0 + 230 * 60_000;
     assert!(kept.next_timer.unwrap() > soon);
-    kept.known_nexts.at[carted] = soon;
+    kept.known_nexts.set_at(set.len(), carted, soon);
     let ev = event(EventType::ProductPageView, T0 + 210 * 60_000, 0.0);
     core.process("k", &mut kept, &ev, source, ev.time, &mut out);
     assert_eq!(kept.next_timer, Some(soon));
+}
+
+/// A profile's next changes are kept packed (the segments that change with time alone, then
+/// their times): what is packed unpacks the same, for sets of any size, and a profile none of
+/// whose segments changes with time alone holds no heap for them.
+#[test]
+fn next_changes_pack_and_unpack_the_same() {
+    let mut rand = xorshift();
+    for n in [0, 1, 2, 21, 63, 64, 65, 130] {
+        for _ in 0..50 {
+            let dense: Vec<i64> = (0..n)
+                .map(|_| match rand() % 4 {
+                    0 => KnownNexts::UNKNOWN,
+                    1 => T0 + (rand() % 1_000_000) as i64,
+                    _ => KnownNexts::NEVER,
+                })
+                .collect();
+            let mut k = KnownNexts::default();
+            k.pack(7, n, |i| dense[i]);
+            let mut back = Dense::new();
+            k.unpack(n, &mut back);
+            assert_eq!(&back[..], &dense[..], "{n} segments");
+            let kept = dense.iter().filter(|&&t| t != KnownNexts::NEVER).count();
+            let words = if kept == 0 { 0 } else { n.div_ceil(64) };
+            assert_eq!(k.packed.len(), words + kept);
+            // Packed again over what it held.
+            let later: Vec<i64> = dense
+                .iter()
+                .map(|&t| if t == KnownNexts::UNKNOWN { T0 } else { t })
+                .collect();
+            k.pack(7, n, |i| later[i]);
+            k.unpack(n, &mut back);
+            assert_eq!(&back[..], &later[..]);
+            assert!(k.worked_out());
+        }
+    }
+    let mut never = KnownNexts::default();
+    never.pack(3, 21, |_| KnownNexts::NEVER);
+    assert!(never.worked_out() && never.packed.is_empty());
 }
 
 /// A timer evaluates the segments whose next change is due and those that use them; the others
@@ -1137,8 +1181,8 @@ fn a_timer_evaluates_only_the_segments_due() {
     // "carted" changes in a week; say two hours instead.
     let carted = set.index_of("carted").unwrap();
     let said = T0 + 2 * H;
-    assert!(p.known_nexts.at[carted] > T0 + 7 * 24 * H);
-    p.known_nexts.at[carted] = said;
+    assert!(p.known_nexts.at(set.len(), carted) > T0 + 7 * 24 * H);
+    p.known_nexts.set_at(set.len(), carted, said);
     out.clear();
     core.advance("k", &mut p, T0 + 90 * 60_000, &mut out);
     // The view left its hour: "viewed" exited and "both", which uses it, with it.
