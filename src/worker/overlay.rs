@@ -177,9 +177,10 @@ pub struct Profiles {
     pending: HashMap<String, (Pending, Option<i64>), KeyHasher>,
     /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction).
     dirty: Vec<String>,
-    /// The heap a profile's next changes take (the segments' count decides it), as the last
-    /// commit saw it or [`Self::expect_nexts`] expects: counted for a profile read from its
-    /// state, which has them after its first evaluation.
+    /// The heap a profile's next changes take, as the last commit saw it (it varies with the
+    /// profile: the segments that may change with time alone for that shopper) or
+    /// [`Self::expect_nexts`] expects: counted for a profile read from its state, which has
+    /// them after its first evaluation.
     nexts: usize,
     /// Keys the open batch changed or removed, each counted once ([`Self::changed_count`]).
     changed: usize,
@@ -210,11 +211,14 @@ impl Profiles {
     }
 
     /// Counts a profile read from its state with the most next changes `segments` segments
-    /// may give it (a word of bits per 64 segments and a value per segment), until a commit
-    /// shows what they take.
+    /// may give it (a word of bits per 64 segments and a value per segment, in a list grown
+    /// by doubling from four words), until a commit shows what they take.
     pub fn expect_nexts(&mut self, segments: usize) {
         if self.nexts == 0 && segments > 0 {
-            self.nexts = good_size((segments.div_ceil(64) + segments) * std::mem::size_of::<i64>());
+            let words = (segments.div_ceil(64) + segments)
+                .next_power_of_two()
+                .max(4);
+            self.nexts = good_size(words * std::mem::size_of::<i64>());
         }
     }
 
@@ -778,8 +782,18 @@ mod tests {
         let mut ps = Profiles::new(10, usize::MAX, KeyHasher::with_seed(0));
         ps.expect_nexts(21);
         ps.fetch("ecid-1", || Ok::<_, ()>(None)).unwrap();
-        assert_eq!(ps.bytes(), CACHED_PROFILE_BYTES + good_size((1 + 21) * 8));
-        assert!(good_size((1 + 21) * 8) >= (1 + 21) * 8);
+        assert_eq!(ps.bytes(), CACHED_PROFILE_BYTES + good_size(32 * 8));
+        // Once evaluated, a profile is counted at what its next changes hold: none at all
+        // when no segment may change with time alone.
+        let set = crate::segments::SegmentSet::parse(
+            "segments:\n  - id: viewed\n    rule: count(productPageView, 1h) >= 1\n",
+        )
+        .unwrap();
+        let evaluated = Profile {
+            known_nexts: set.empty_nexts().expect("time-independent when empty"),
+            ..Profile::default()
+        };
+        assert_eq!(weight("ecid-1", &evaluated, 176), CACHED_PROFILE_BYTES);
     }
 
     /// One profile larger than the whole budget is still held while it is used.

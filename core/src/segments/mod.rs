@@ -145,8 +145,10 @@ pub struct KnownNexts {
     /// in evaluation order), then those segments' next changes (or [`Self::UNKNOWN`]), in the
     /// same order; empty when every one is never. For a given shopper most segments never change
     /// with time alone: one value per segment was 168 bytes with the shipped 21 (a 192-byte
-    /// block in every cached profile), where a shopper with one to three timed segments pending
-    /// holds 32 (the list's least capacity, four words).
+    /// block in every cached profile), where a shopper with one to three segments that may
+    /// (or not worked out: a profile read from its state keeps those its first event did not
+    /// evaluate) holds 32, the list's least capacity; more by doubling, kept up to twice what
+    /// the last evaluation used.
     /// The price is unpacking and packing them at each evaluation: about 500 instructions per
     /// event in the core bench's apply + evaluate (9,244 before; a boxed slice of the exact
     /// length, allocated again whenever the count changed: about 770; changing an event's few
@@ -201,24 +203,34 @@ impl KnownNexts {
                 value += 1;
             }
         }
+        debug_assert_eq!(
+            value,
+            self.packed.len(),
+            "a value per bit, and a bit per value"
+        );
     }
 
     /// Keeps `raw(i)`, the raw next change of each of `n` segments, as worked out by `set`
     /// (in the list's allocation, which it keeps; none when every one is never).
     fn pack(&mut self, set: u64, n: usize, raw: impl Fn(usize) -> i64) {
         self.set = set;
+        let Some(first) = (0..n).find(|&i| raw(i) != Self::NEVER) else {
+            self.packed = Vec::new();
+            return;
+        };
         let words = n.div_ceil(64);
         self.packed.clear();
         self.packed.resize(words, 0);
-        for i in 0..n {
+        for i in first..n {
             let t = raw(i);
             if t != Self::NEVER {
                 self.packed[i / 64] |= 1 << (i % 64);
                 self.packed.push(t as u64);
             }
         }
-        if self.packed.len() == words {
-            self.packed = Vec::new();
+        // Room kept for a later evaluation's, not for ever (the cache counts the capacity).
+        if self.packed.capacity() > 2 * self.packed.len().max(4) {
+            self.packed.shrink_to_fit();
         }
     }
 }

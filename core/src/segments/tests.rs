@@ -1142,15 +1142,19 @@ fn next_changes_pack_and_unpack_the_same() {
             let kept = dense.iter().filter(|&&t| t != KnownNexts::NEVER).count();
             let words = if kept == 0 { 0 } else { n.div_ceil(64) };
             assert_eq!(k.packed.len(), words + kept);
-            // Packed again over what it held.
-            let later: Vec<i64> = dense
-                .iter()
-                .map(|&t| if t == KnownNexts::UNKNOWN { T0 } else { t })
+            // Packed again over what it held: other segments timed, none, then some again.
+            let later: Vec<i64> = (0..n)
+                .map(|i| match rand() % 3 {
+                    0 => T0 + i as i64,
+                    _ => KnownNexts::NEVER,
+                })
                 .collect();
-            k.pack(7, n, |i| later[i]);
-            k.unpack(n, &mut back);
-            assert_eq!(&back[..], &later[..]);
-            assert!(k.worked_out());
+            for again in [&later, &vec![KnownNexts::NEVER; n], &dense] {
+                k.pack(7, n, |i| again[i]);
+                k.unpack(n, &mut back);
+                assert_eq!(&back[..], &again[..], "{n} segments, packed again");
+                assert!(k.worked_out());
+            }
         }
     }
     let mut never = KnownNexts::default();
