@@ -256,30 +256,36 @@ impl KnownNexts {
         (raw != Self::NEVER).then_some(raw)
     }
 
+    /// Each of the `n` segments' raw next change.
+    #[cfg(test)]
+    fn dense(&self, n: usize) -> Dense {
+        let mut dense = Dense::new();
+        self.unpack(n, &mut dense);
+        dense
+    }
+
     /// How many of the `n` segments' next changes are known (none unless worked out).
     #[cfg(test)]
     pub(crate) fn known(&self, n: usize) -> usize {
         if self.set == 0 {
             return 0;
         }
-        let mut dense = Dense::new();
-        self.unpack(n, &mut dense);
-        dense.iter().filter(|&&t| t != Self::UNKNOWN).count()
+        self.dense(n)
+            .iter()
+            .filter(|&&t| t != Self::UNKNOWN)
+            .count()
     }
 
     /// The raw next change of segment `i` of `n`.
     #[cfg(test)]
     pub(crate) fn at(&self, n: usize, i: usize) -> i64 {
-        let mut dense = Dense::new();
-        self.unpack(n, &mut dense);
-        dense[i]
+        self.dense(n)[i]
     }
 
     /// Sets the next change of segment `i` of `n` to `t`.
     #[cfg(test)]
     pub(crate) fn set_at(&mut self, n: usize, i: usize, t: i64) {
-        let mut dense = Dense::new();
-        self.unpack(n, &mut dense);
+        let mut dense = self.dense(n);
         dense[i] = t;
         self.pack(self.set, n, |j| dense[j]);
     }
