@@ -490,24 +490,35 @@ impl Phases {
         }
     }
 
+    /// The batches' time since `before` by phase (their time summed over the processing
+    /// threads, waiting for a core included), each divided by `per`, in `unit`s of a second:
+    /// "timers …, consume+apply …, deliveries …, changelog …, RocksDB commit …" and the whole.
+    fn split(&self, before: &Phases, per: f64, unit: f64) -> (String, f64) {
+        let d = |a: f64, b: f64| (a - b) * unit / per;
+        let (timers, deliver) = (
+            d(self.timers, before.timers),
+            d(self.deliver, before.deliver),
+        );
+        let (changelog, commit) = (
+            d(self.changelog, before.changelog),
+            d(self.commit, before.commit),
+        );
+        let batch = d(self.seconds, before.seconds);
+        let apply = batch - timers - deliver - changelog - commit;
+        (
+            format!("timers {timers:.1}, consume+apply {apply:.1}, deliveries {deliver:.1}, changelog {changelog:.1}, RocksDB commit {commit:.1}"),
+            batch,
+        )
+    }
+
     /// Prints the batches committed since `before`: how many, their size and time per phase.
     fn since(&self, before: &Phases) {
         let n = (self.batches - before.batches).max(1.0);
-        let ms = |a: f64, b: f64| (a - b) * 1e3 / n;
-        let (batch, deliver) = (
-            ms(self.seconds, before.seconds),
-            ms(self.deliver, before.deliver),
-        );
-        let (changelog, commit) = (
-            ms(self.changelog, before.changelog),
-            ms(self.commit, before.commit),
-        );
-        let timers = ms(self.timers, before.timers);
+        let (phases, batch) = self.split(before, n, 1e3);
         println!(
-            "  meanwhile: {:.0} batches of {:.0} messages on average, each {batch:.1} ms = timers {timers:.1}, consume+apply {:.1}, deliveries {deliver:.1}, changelog {changelog:.1}, RocksDB commit {commit:.1}; {:.0} events forwarded to their shopper's partition",
+            "  meanwhile: {:.0} batches of {:.0} messages on average, each {batch:.1} ms = {phases}; {:.0} events forwarded to their shopper's partition",
             self.batches - before.batches,
             (self.messages - before.messages) / n,
-            batch - timers - deliver - changelog - commit,
             self.misrouted - before.misrouted,
         );
     }
@@ -535,6 +546,100 @@ fn report_disk(state: &Path, shoppers: u64) {
         disk as f64 / shoppers.max(1) as f64,
         wal as f64 / 1048576.0
     );
+}
+
+/// What RocksDB wrote into each column family's files so far, from the events its info log
+/// (`LOG`) records: the flushes' files (level 0, uncompressed by default), and the compactions'
+/// files by the level they went to, what the compactions read (every file they merged) and
+/// their CPU. What compactions read per byte flushed grows with the store (each merge into a
+/// level rewrites the part of it the new keys fall in: with shopper keys in no order, nearly
+/// all of it), and their CPU comes from the same two cores as the processing threads'.
+fn report_rocksdb_writes(state: &Path) {
+    let Ok(log) = std::fs::read_to_string(state.join("LOG")) else {
+        return;
+    };
+    // A job's kind (a flush or a compaction), the files it wrote (each with its column
+    // family), and a compaction's output level, input and CPU, by its job number (flushes and
+    // compactions share the numbering).
+    #[derive(Default)]
+    struct Job {
+        flush: bool,
+        level: Option<u64>,
+        read: u64,
+        records: u64,
+        cpu_micros: u64,
+        files: Vec<(String, u64)>,
+    }
+    let mut jobs: std::collections::BTreeMap<u64, Job> = Default::default();
+    for line in log.lines() {
+        let Some(json) = line.split_once("EVENT_LOG_v1 ").map(|(_, j)| j) else {
+            continue;
+        };
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(json) else {
+            continue;
+        };
+        let (Some(event), Some(job)) = (e["event"].as_str(), e["job"].as_u64()) else {
+            continue;
+        };
+        let j = jobs.entry(job).or_default();
+        match event {
+            "flush_started" => j.flush = true,
+            "compaction_started" => j.read = e["input_data_size"].as_u64().unwrap_or(0),
+            "compaction_finished" => {
+                j.level = e["output_level"].as_u64();
+                j.cpu_micros = e["compaction_time_cpu_micros"].as_u64().unwrap_or(0);
+                j.records = e["num_input_records"].as_u64().unwrap_or(0);
+            }
+            "table_file_creation" => {
+                if let (Some(cf), Some(size)) = (e["cf_name"].as_str(), e["file_size"].as_u64()) {
+                    j.files.push((cf.to_string(), size));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Per column family: bytes flushed; bytes compacted into each level; compactions' reads
+    // and CPU.
+    type Written = (u64, std::collections::BTreeMap<u64, u64>, u64, u64, u64);
+    let mut by_cf: std::collections::BTreeMap<String, Written> = Default::default();
+    for j in jobs.values() {
+        for (cf, size) in &j.files {
+            let w = by_cf.entry(cf.clone()).or_default();
+            match (j.flush, j.level) {
+                (true, _) => w.0 += size,
+                (false, Some(level)) => *w.1.entry(level).or_default() += size,
+                (false, None) => {}
+            }
+        }
+        if let (false, Some((cf, _))) = (j.flush, j.files.first()) {
+            let w = by_cf.entry(cf.clone()).or_default();
+            w.2 += j.read;
+            w.3 += j.records;
+            w.4 += j.cpu_micros;
+        }
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    for (cf, (flushed, levels, read, records, cpu)) in by_cf {
+        let compacted: u64 = levels.values().sum();
+        // The offsets, clocks and such: a few KiB.
+        if flushed + compacted < 1 << 20 {
+            continue;
+        }
+        let into: Vec<String> = levels
+            .iter()
+            .map(|(l, b)| format!("L{l} {:.0}", mib(*b)))
+            .collect();
+        println!(
+            "  RocksDB {cf}: {:.0} MiB flushed; compactions read {:.0} MiB ({:.1} M entries; {:.1} per byte flushed) and wrote {:.0} MiB ({}) in {:.1}s of CPU",
+            mib(flushed),
+            mib(read),
+            records as f64 / 1e6,
+            read as f64 / flushed.max(1) as f64,
+            mib(compacted),
+            if into.is_empty() { "none".to_string() } else { into.join(", ") },
+            cpu as f64 / 1e6
+        );
+    }
 }
 
 /// Bytes of the files directly in `dir` whose name passes `keep`.
@@ -1000,6 +1105,9 @@ fn workload(
     let slice = (total / 10).max(100_000) as f64;
     let (mut next_report, mut slice_start) = (slice.min(total as f64), None);
     let (mut slice_rates, mut fired_before, mut faults_before) = (Vec::new(), 0.0, 0.0);
+    // The worker's CPU (the process's and by thread) and disk writes at the slice's start.
+    let (mut cpu_before, mut threads_before, mut written_before) = (0.0, Vec::new(), 0.0);
+    let mut phases_before: Option<Phases> = None;
     let deadline = Instant::now() + Duration::from_secs(env("TAILOR_BENCH_DEADLINE_SECS", 1800));
     let mut done = 0.0;
     // The worker's CPU time (all its threads) and page faults at the first commit.
@@ -1054,6 +1162,10 @@ fn workload(
             fired_before = metric(port, "tailor_timers_fired_total ").max(0.0);
             fired_at_first = fired_before;
             faults_before = stat_at_first.minor_faults;
+            cpu_before = stat_at_first.cpu;
+            threads_before = threads_at_first.clone();
+            written_before = written_at_first;
+            phases_before = Some(Phases::read(port));
             if let Some(file) = &perf_file {
                 perf = start_perf(pid, file);
             }
@@ -1062,7 +1174,11 @@ fn workload(
             let secs = t.elapsed().as_secs_f64().max(1e-3);
             let rate = (done - n) / secs;
             let fired = metric(port, "tailor_timers_fired_total ");
-            let faults = proc_stat(pid).minor_faults;
+            let stat = proc_stat(pid);
+            let faults = stat.minor_faults;
+            let by_thread = ThreadCpu::since(pid, &threads_before, stat.cpu - cpu_before);
+            let written = disk_written(pid);
+            let phases = Phases::read(port);
             // A slice in which timers fired at under a twentieth of the events' rate (and both
             // polls answered).
             let fires = (fired - fired_before) / secs;
@@ -1078,8 +1194,28 @@ fn workload(
                 rss_mib(pid, "VmRSS:"),
                 heaps(port)
             );
+            // Whether a slice is slower because each event costs the processing threads more,
+            // or because RocksDB's background threads (flushes, compactions: more of them as
+            // the store grows) or librdkafka's take more of the two cores.
+            let work = (done - n + (fired - fired_before)).max(1.0);
+            println!(
+                "    that slice's CPU: processing {:.1} µs per event or timer fired (batches' phases, summed over the threads: {}); cores busy: processing {:.2}, RocksDB {:.2}, librdkafka {:.2}, other {:.2}; {:.0} MiB/s written",
+                by_thread.processing * 1e6 / work,
+                phases_before
+                    .as_ref()
+                    .map_or(String::new(), |b| phases.split(b, work, 1e6).0),
+                by_thread.processing / secs,
+                by_thread.rocksdb / secs,
+                by_thread.librdkafka / secs,
+                by_thread.other / secs,
+                (written - written_before) / secs / 1048576.0
+            );
             fired_before = fired;
             faults_before = faults;
+            cpu_before = stat.cpu;
+            threads_before = threads(pid);
+            written_before = written;
+            phases_before = Some(phases);
             slice_start = Some((Instant::now(), done));
             next_report = (next_report + slice).min(total as f64);
         }
@@ -1252,6 +1388,7 @@ fn workload(
     let shoppers = total.min(profiles);
     if !all {
         report_disk(&dir.path().join("state"), shoppers);
+        report_rocksdb_writes(&dir.path().join("state"));
         // The latency of the live stream, not of the catch-up's timers.
         let (fired, secs, cpu_then, fired_then) = timers_settle(port, pid);
         println!(
