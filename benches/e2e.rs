@@ -555,23 +555,28 @@ fn report_disk(state: &Path, shoppers: u64) {
 /// level rewrites the part of it the new keys fall in: with shopper keys in no order, nearly
 /// all of it), and their CPU comes from the same two cores as the processing threads'.
 fn report_rocksdb_writes(state: &Path) {
-    let Ok(log) = std::fs::read_to_string(state.join("LOG")) else {
+    let Ok(log) = std::fs::read(state.join("LOG")) else {
         return;
     };
+    let log = String::from_utf8_lossy(&log);
     // A job's kind (a flush or a compaction), the files it wrote (each with its column
-    // family), and a compaction's output level, input and CPU, by its job number (flushes and
-    // compactions share the numbering).
+    // family), and a compaction's column family, input, and (once finished) output level,
+    // entries read and CPU, by its job number (flushes and compactions share the numbering).
     #[derive(Default)]
     struct Job {
         flush: bool,
-        level: Option<u64>,
+        family: Option<String>,
         read: u64,
-        records: u64,
-        cpu_micros: u64,
+        finished: Option<(u64, u64, u64)>,
         files: Vec<(String, u64)>,
     }
     let mut jobs: std::collections::BTreeMap<u64, Job> = Default::default();
+    let (mut slowed, mut stopped) = (0, 0);
     for line in log.lines() {
+        // RocksDB logs each write it delays or stops for too many level-0 files, memtables or
+        // bytes pending compaction.
+        slowed += usize::from(line.contains("Stalling writes"));
+        stopped += usize::from(line.contains("Stopping writes"));
         let Some(json) = line.split_once("EVENT_LOG_v1 ").map(|(_, j)| j) else {
             continue;
         };
@@ -584,11 +589,17 @@ fn report_rocksdb_writes(state: &Path) {
         let j = jobs.entry(job).or_default();
         match event {
             "flush_started" => j.flush = true,
-            "compaction_started" => j.read = e["input_data_size"].as_u64().unwrap_or(0),
+            "compaction_started" => {
+                j.family = e["cf_name"].as_str().map(str::to_string);
+                j.read = e["input_data_size"].as_u64().unwrap_or(0);
+            }
             "compaction_finished" => {
-                j.level = e["output_level"].as_u64();
-                j.cpu_micros = e["compaction_time_cpu_micros"].as_u64().unwrap_or(0);
-                j.records = e["num_input_records"].as_u64().unwrap_or(0);
+                let n = |f: &str| e[f].as_u64().unwrap_or(0);
+                j.finished = Some((
+                    n("output_level"),
+                    n("num_input_records"),
+                    n("compaction_time_cpu_micros"),
+                ));
             }
             "table_file_creation" => {
                 if let (Some(cf), Some(size)) = (e["cf_name"].as_str(), e["file_size"].as_u64()) {
@@ -598,48 +609,62 @@ fn report_rocksdb_writes(state: &Path) {
             _ => {}
         }
     }
-    // Per column family: bytes flushed; bytes compacted into each level; compactions' reads
-    // and CPU.
-    type Written = (u64, std::collections::BTreeMap<u64, u64>, u64, u64, u64);
-    let mut by_cf: std::collections::BTreeMap<String, Written> = Default::default();
-    for j in jobs.values() {
-        for (cf, size) in &j.files {
-            let w = by_cf.entry(cf.clone()).or_default();
-            match (j.flush, j.level) {
-                (true, _) => w.0 += size,
-                (false, Some(level)) => *w.1.entry(level).or_default() += size,
-                (false, None) => {}
-            }
-        }
-        if let (false, Some((cf, _))) = (j.flush, j.files.first()) {
-            let w = by_cf.entry(cf.clone()).or_default();
-            w.2 += j.read;
-            w.3 += j.records;
-            w.4 += j.cpu_micros;
-        }
+    #[derive(Default)]
+    struct Family {
+        flushed: u64,
+        /// Bytes written by compactions, by output level.
+        into: std::collections::BTreeMap<u64, u64>,
+        read: u64,
+        entries: u64,
+        cpu_micros: u64,
     }
-    let mib = |b: u64| b as f64 / 1048576.0;
-    for (cf, (flushed, levels, read, records, cpu)) in by_cf {
-        let compacted: u64 = levels.values().sum();
-        // The offsets, clocks and such: a few KiB.
-        if flushed + compacted < 1 << 20 {
+    let mut families: std::collections::BTreeMap<String, Family> = Default::default();
+    for j in jobs.values() {
+        if j.flush {
+            // An atomic flush writes a file in each family it flushed.
+            for (cf, size) in &j.files {
+                families.entry(cf.clone()).or_default().flushed += size;
+            }
             continue;
         }
-        let into: Vec<String> = levels
+        // Compactions still running when the log was read are left out.
+        let Some((level, entries, cpu_micros)) = j.finished else {
+            continue;
+        };
+        // (A compaction is of one family; one that wrote no file still read and took CPU.)
+        let Some(cf) = j.family.as_ref().or(j.files.first().map(|(cf, _)| cf)) else {
+            continue;
+        };
+        let f = families.entry(cf.clone()).or_default();
+        *f.into.entry(level).or_default() += j.files.iter().map(|(_, size)| size).sum::<u64>();
+        f.read += j.read;
+        f.entries += entries;
+        f.cpu_micros += cpu_micros;
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    for (cf, f) in families {
+        let compacted: u64 = f.into.values().sum();
+        // The offsets, clocks and such: a few KiB.
+        if f.flushed + compacted < 1 << 20 {
+            continue;
+        }
+        let into: Vec<String> = f
+            .into
             .iter()
             .map(|(l, b)| format!("L{l} {:.0}", mib(*b)))
             .collect();
         println!(
             "  RocksDB {cf}: {:.0} MiB flushed; compactions read {:.0} MiB ({:.1} M entries; {:.1} per byte flushed) and wrote {:.0} MiB ({}) in {:.1}s of CPU",
-            mib(flushed),
-            mib(read),
-            records as f64 / 1e6,
-            read as f64 / flushed.max(1) as f64,
+            mib(f.flushed),
+            mib(f.read),
+            f.entries as f64 / 1e6,
+            f.read as f64 / f.flushed.max(1) as f64,
             mib(compacted),
             if into.is_empty() { "none".to_string() } else { into.join(", ") },
-            cpu as f64 / 1e6
+            f.cpu_micros as f64 / 1e6
         );
     }
+    println!("  RocksDB's writes delayed {slowed} times and stopped {stopped} times (its info log's stall lines)");
 }
 
 /// Bytes of the files directly in `dir` whose name passes `keep`.
@@ -756,13 +781,13 @@ fn threads(pid: u32) -> Vec<(u64, String, f64)> {
 }
 
 impl ThreadCpu {
-    /// What the process's threads used between `before` (its [`threads`] then) and now, of
-    /// `total` (the whole process's CPU over the same time, threads ended meanwhile included:
-    /// what no live thread accounts for counts as the others').
-    fn since(pid: u32, before: &[(u64, String, f64)], total: f64) -> ThreadCpu {
+    /// What the process's threads used between two of its [`threads`] lists, `before` and
+    /// `now`, of `total` (the whole process's CPU over the same time, threads ended meanwhile
+    /// included: what no live thread accounts for counts as the others').
+    fn between(before: &[(u64, String, f64)], now: &[(u64, String, f64)], total: f64) -> ThreadCpu {
         let mut t = ThreadCpu::default();
-        for (tid, name, cpu) in threads(pid) {
-            let then = before.iter().find(|b| b.0 == tid).map_or(0.0, |b| b.2);
+        for (tid, name, cpu) in now {
+            let then = before.iter().find(|b| b.0 == *tid).map_or(0.0, |b| b.2);
             let used = cpu - then;
             if name.starts_with("tailor-proc") {
                 t.processing += used;
@@ -1176,20 +1201,23 @@ fn workload(
             let fired = metric(port, "tailor_timers_fired_total ");
             let stat = proc_stat(pid);
             let faults = stat.minor_faults;
-            let by_thread = ThreadCpu::since(pid, &threads_before, stat.cpu - cpu_before);
+            let threads_now = threads(pid);
+            let by_thread =
+                ThreadCpu::between(&threads_before, &threads_now, stat.cpu - cpu_before);
             let written = disk_written(pid);
             let phases = Phases::read(port);
+            // (A poll that failed answers -1: the slice counts no timers, and the next one
+            // counts from the last count that was answered.)
+            let answered = fired >= 0.0 && fired_before >= 0.0;
+            let fired_since = if answered { fired - fired_before } else { 0.0 };
             // A slice in which timers fired at under a twentieth of the events' rate (and both
             // polls answered).
-            let fires = (fired - fired_before) / secs;
-            slice_rates.push((
-                rate,
-                fired >= 0.0 && fired_before >= 0.0 && fires < rate / 20.0,
-            ));
+            let fires = fired_since / secs;
+            slice_rates.push((rate, answered && fires < rate / 20.0));
             println!(
                 "  {done:.0} events committed ({:.0} shoppers): {rate:.0} events/s, {:.0} timer fires/s and {:.1} K minor page faults/s since the last line ({fired:.0} timers fired in all); RSS {:.0} MiB ({})",
                 done.min(profiles as f64),
-                (fired - fired_before) / secs,
+                fires,
                 (faults - faults_before) / secs / 1e3,
                 rss_mib(pid, "VmRSS:"),
                 heaps(port)
@@ -1197,7 +1225,7 @@ fn workload(
             // Whether a slice is slower because each event costs the processing threads more,
             // or because RocksDB's background threads (flushes, compactions: more of them as
             // the store grows) or librdkafka's take more of the two cores.
-            let work = (done - n + (fired - fired_before)).max(1.0);
+            let work = (done - n + fired_since).max(1.0);
             println!(
                 "    that slice's CPU: processing {:.1} µs per event or timer fired (batches' phases, summed over the threads: {}); cores busy: processing {:.2}, RocksDB {:.2}, librdkafka {:.2}, other {:.2}; {:.0} MiB/s written",
                 by_thread.processing * 1e6 / work,
@@ -1210,10 +1238,12 @@ fn workload(
                 by_thread.other / secs,
                 (written - written_before) / secs / 1048576.0
             );
-            fired_before = fired;
+            if fired >= 0.0 {
+                fired_before = fired;
+            }
             faults_before = faults;
             cpu_before = stat.cpu;
-            threads_before = threads(pid);
+            threads_before = threads_now;
             written_before = written;
             phases_before = Some(phases);
             slice_start = Some((Instant::now(), done));
@@ -1264,7 +1294,7 @@ fn workload(
     let stat = proc_stat(pid);
     let broker_cpu = broker_pid().map(|b| proc_stat(b).cpu - broker_at_first.cpu);
     let cpu = stat.cpu - stat_at_first.cpu;
-    let by_thread = ThreadCpu::since(pid, &threads_at_first, cpu);
+    let by_thread = ThreadCpu::between(&threads_at_first, &threads(pid), cpu);
     let system = stat.system - stat_at_first.system;
     let faults = stat.minor_faults - stat_at_first.minor_faults;
     let written = disk_written(pid) - written_at_first;
@@ -1440,6 +1470,7 @@ fn workload(
     );
     lookups(port, total, profiles);
     report_disk(&dir.path().join("state"), shoppers);
+    report_rocksdb_writes(&dir.path().join("state"));
 
     // A segment every profile matches, added on SIGHUP: every stored profile is re-evaluated
     // (between live batches) and enters it.

@@ -364,9 +364,11 @@ impl Store {
         // memtables' budget flushes it with the profiles though it takes about a twentieth of
         // their bytes, so its files are small, and each merge rewrites the level below nearly
         // whole (new timers fall all over it): at 4 files its compactions took a quarter of
-        // RocksDB's CPU at 10 M shoppers (42.5 s), at 16 about 15 s. It is only walked (a scan
-        // seeks each level-0 file), never read by key, so more files there cost little. Writes
-        // slow down at 40 files and stop at 64 (RocksDB's 20 and 36, below the trigger).
+        // RocksDB's CPU by the end of a 10 M-shopper pass (42.5 s), at 16 about 15 s (with
+        // more of its level 0 still to merge then). It is only walked (a scan seeks each
+        // level-0 file), never read by key, so more files there cost little. Writes slow down
+        // at 40 files and stop at 64 (RocksDB's 20 and 36 would slow them 4 files past the
+        // trigger).
         timers.set_level_zero_file_num_compaction_trigger(16);
         timers.set_level_zero_slowdown_writes_trigger(40);
         timers.set_level_zero_stop_writes_trigger(64);
