@@ -471,22 +471,31 @@ struct Phases {
 }
 
 impl Phases {
+    /// One snapshot, from one `GET /metrics` (each figure -1 if the worker did not answer).
     fn read(port: u16) -> Phases {
-        let phase = |p: &str| {
-            metric(
-                port,
-                &format!("tailor_batch_phase_duration_seconds_sum{{phase=\"{p}\"}}"),
-            )
-        };
+        let [batches, messages, seconds, timers, deliver, changelog, commit, misrouted] = metrics(
+            port,
+            [
+                "tailor_batch_duration_seconds_count",
+                "tailor_batch_messages_sum",
+                "tailor_batch_duration_seconds_sum",
+                "tailor_batch_phase_duration_seconds_sum{phase=\"timers\"}",
+                "tailor_batch_phase_duration_seconds_sum{phase=\"deliver\"}",
+                "tailor_batch_phase_duration_seconds_sum{phase=\"changelog\"}",
+                "tailor_batch_phase_duration_seconds_sum{phase=\"commit\"}",
+                "tailor_misrouted_events_total ",
+            ],
+        )
+        .unwrap_or([-1.0; 8]);
         Phases {
-            batches: metric(port, "tailor_batch_duration_seconds_count"),
-            messages: metric(port, "tailor_batch_messages_sum"),
-            seconds: metric(port, "tailor_batch_duration_seconds_sum"),
-            timers: phase("timers"),
-            deliver: phase("deliver"),
-            changelog: phase("changelog"),
-            commit: phase("commit"),
-            misrouted: metric(port, "tailor_misrouted_events_total "),
+            batches,
+            messages,
+            seconds,
+            timers,
+            deliver,
+            changelog,
+            commit,
+            misrouted,
         }
     }
 
