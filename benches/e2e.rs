@@ -1247,6 +1247,25 @@ fn workload(
                 by_thread.other / secs,
                 (written - written_before) / secs / 1048576.0
             );
+            // RocksDB's backlog as the worker last sampled it (every 5 s): whether its
+            // compactions keep up with the store's growth.
+            if let Some([pending_p, pending_t, l0_p, l0_t, running, stall]) = metrics(
+                port,
+                [
+                    "tailor_state_compaction_pending_bytes{family=\"profiles\"}",
+                    "tailor_state_compaction_pending_bytes{family=\"timers\"}",
+                    "tailor_state_level0_files{family=\"profiles\"}",
+                    "tailor_state_level0_files{family=\"timers\"}",
+                    "tailor_state_compactions_running ",
+                    "tailor_state_write_stall ",
+                ],
+            ) {
+                println!(
+                    "    RocksDB then: pending compaction {:.0} MiB (profiles) and {:.0} MiB (timers), level-0 files {l0_p:.0} and {l0_t:.0}, {running:.0} compactions running, write stall {stall:.0}",
+                    pending_p / 1048576.0,
+                    pending_t / 1048576.0,
+                );
+            }
             if fired >= 0.0 {
                 fired_before = fired;
             }

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub state_profiles: IntGauge,
     pub state_bytes: IntGauge,
     pub state_memory: IntGaugeVec,
+    /// RocksDB's compaction backlog per column family, its level-0 files, compactions running,
+    /// write stalls ([`crate::store::StoreCompaction`]).
+    pub state_compaction_pending: IntGaugeVec,
+    pub state_level0_files: IntGaugeVec,
+    pub state_compactions_running: IntGauge,
+    pub state_write_stall: IntGauge,
     pub heap: IntGaugeVec,
     /// Profile cache misses that read RocksDB.
     pub state_reads: IntCounter,
@@ -445,6 +451,24 @@ impl Metrics {
                 "RocksDB's memory by part: memtables (all column families; flushes start at about twice state.write_buffer), block_cache (data, index and filter blocks; state.block_cache), table_readers (outside the cache).",
                 &["part"],
             ),
+            state_compaction_pending: gauge(
+                "tailor_state_compaction_pending_bytes",
+                "Bytes RocksDB estimates its compactions have yet to rewrite to bring every level of a column family within its target size; growing without bound, compactions fall behind the writes (RocksDB slows writes at 64 GiB, stops them at 256 GiB).",
+                &["family"],
+            ),
+            state_level0_files: gauge(
+                "tailor_state_level0_files",
+                "Files in level 0 of a column family, not yet merged into the levels below (merged at 4 files, the timer index's at 16; writes slow at 20 and stop at 36, the timer index's at 40 and 64); each read of a key missing from the memtables probes every one.",
+                &["family"],
+            ),
+            state_compactions_running: plain_gauge(
+                "tailor_state_compactions_running",
+                "RocksDB compactions running now, every column family together.",
+            ),
+            state_write_stall: plain_gauge(
+                "tailor_state_write_stall",
+                "RocksDB's write stall: 0 writes run, 1 delayed (too many level-0 files or bytes pending compaction), 2 stopped until compactions catch up.",
+            ),
             heap: gauge(
                 "tailor_heap_bytes",
                 "The process's heaps: rust_committed (mimalloc, the Rust code's: decoded profiles, the open batch, queued outputs; in use or kept for reuse), c_in_use (glibc malloc, the C libraries': RocksDB's block cache and memtables, librdkafka's prefetched messages and producer queue), c_free (freed by the C libraries, held by glibc's arenas).",
@@ -493,6 +517,10 @@ impl Metrics {
         }
         for part in STATE_MEMORY_PARTS {
             self.state_memory.with_label_values(&[part]);
+        }
+        for family in crate::store::FAMILIES {
+            self.state_compaction_pending.with_label_values(&[family]);
+            self.state_level0_files.with_label_values(&[family]);
         }
         for part in crate::heap::PARTS {
             self.heap.with_label_values(&[part]);

@@ -31,6 +31,8 @@ const CF_ALIASES: &str = "aliases";
 const CF_META: &str = "meta";
 /// How many column families there are (ids 0 to this, exclusive, in [`Op`]).
 pub const COLUMN_FAMILIES: usize = ALL_CFS.len();
+/// The column families' names (the `family` label of the store's compaction metrics).
+pub const FAMILIES: [&str; COLUMN_FAMILIES] = ALL_CFS;
 const ALL_CFS: [&str; 7] = [
     CF_PROFILES,
     CF_OFFSETS,
@@ -60,6 +62,21 @@ pub struct StoreMemory {
     pub memtables: u64,
     pub block_cache: u64,
     pub table_readers: u64,
+}
+
+/// RocksDB's background work on the store ([`Store::compaction`]): what an operator watches as
+/// the state grows (compactions falling behind the writes slow them down, then stop them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreCompaction {
+    /// Per column family: its name, the bytes RocksDB estimates its compactions have yet to
+    /// rewrite to bring every level within its target size, and its files in level 0 (each
+    /// read of a key not in the memtables probes every one of them).
+    pub families: Vec<(&'static str, u64, u64)>,
+    /// Compactions running now, every column family together.
+    pub running: u64,
+    /// 0: writes run; 1: RocksDB delays them (too many level-0 files or too many bytes pending
+    /// compaction); 2: it has stopped them until its compactions catch up.
+    pub write_stall: u8,
 }
 
 /// Tuning that bounds the store's memory.
@@ -1234,6 +1251,42 @@ impl Store {
         }
     }
 
+    /// RocksDB's compaction backlog and write stalls, from its properties (no statistics need
+    /// be kept for them).
+    pub fn compaction(&self) -> StoreCompaction {
+        let int = |cf: Option<&str>, property: &str| {
+            match cf {
+                Some(name) => self.db.property_int_value_cf(self.cf(name), property),
+                None => self.db.property_int_value(property),
+            }
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+        };
+        let families = ALL_CFS
+            .iter()
+            .map(|&name| {
+                (
+                    name,
+                    int(Some(name), "rocksdb.estimate-pending-compaction-bytes"),
+                    int(Some(name), "rocksdb.num-files-at-level0"),
+                )
+            })
+            .collect();
+        let write_stall = if int(None, "rocksdb.is-write-stopped") != 0 {
+            2
+        } else if int(None, "rocksdb.actual-delayed-write-rate") != 0 {
+            1
+        } else {
+            0
+        };
+        StoreCompaction {
+            families,
+            running: int(None, "rocksdb.num-running-compactions"),
+            write_stall,
+        }
+    }
+
     /// Flushes the memtables and compacts every column family whole (old versions and
     /// deletions dropped): what the state takes once RocksDB's own compactions have caught up.
     pub fn compact(&self) -> Result<(), StoreError> {
@@ -1740,6 +1793,43 @@ mod tests {
             "{written:?} then {read:?}"
         );
         assert!(read.memtables < written.memtables, "flushed: {read:?}");
+    }
+
+    #[test]
+    fn compaction_reports_the_level_0_files_of_each_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let files = |s: &Store, family: &str| {
+            let c = s.compaction();
+            c.families
+                .iter()
+                .find(|f| f.0 == family)
+                .map(|f| f.2)
+                .expect("every column family reported")
+        };
+        assert_eq!(files(&s, "profiles"), 0);
+        // Three flushes, each a level-0 file: below RocksDB's trigger of 4, none merged yet.
+        for round in 0..3 {
+            s.commit(Commit {
+                profiles: (0..100)
+                    .map(|i| (0, format!("shopper-{round}-{i}"), vec![7u8; 64]))
+                    .collect(),
+                ..Default::default()
+            })
+            .unwrap();
+            s.flush(true).unwrap();
+        }
+        let c = s.compaction();
+        assert_eq!(files(&s, "profiles"), 3, "{c:?}");
+        assert_eq!(c.families.len(), COLUMN_FAMILIES, "{c:?}");
+        assert_eq!(c.write_stall, 0, "{c:?}");
+        s.compact().unwrap();
+        let c = s.compaction();
+        assert_eq!(files(&s, "profiles"), 0, "merged down: {c:?}");
+        assert!(
+            c.families.iter().all(|f| f.1 == 0),
+            "nothing left to compact: {c:?}"
+        );
     }
 
     #[test]

@@ -224,6 +224,22 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
         w.metric("tailor_heap_bytes", "part=\"rust_committed\"") > 0.0
             && (!glibc || w.metric("tailor_heap_bytes", "part=\"c_in_use\"") > 0.0)
     });
+    // RocksDB's compaction backlog and write stalls, for dashboards and alerts: a series for
+    // each column family from the start.
+    let (_, body) = worker.get("/metrics").expect("metrics served");
+    for family in ["profiles", "timers"] {
+        for name in [
+            "tailor_state_compaction_pending_bytes",
+            "tailor_state_level0_files",
+        ] {
+            let series = format!("{name}{{family=\"{family}\"}} ");
+            assert!(body.contains(&series), "no {series} in\n{body}");
+        }
+    }
+    assert!(
+        body.lines().any(|l| l == "tailor_state_write_stall 0"),
+        "writes not stalled:\n{body}"
+    );
     worker.stop();
 
     let prof = profile(config, key).expect("profile exists");
