@@ -1247,7 +1247,7 @@ fn workload(
                 by_thread.other / secs,
                 (written - written_before) / secs / 1048576.0
             );
-            // RocksDB's backlog as the worker last sampled it (every 5 s): whether its
+            // RocksDB's backlog now (the worker reads it at each scrape): whether its
             // compactions keep up with the store's growth.
             if let Some([pending_p, pending_t, l0_p, l0_t, running, stall]) = metrics(
                 port,

@@ -682,6 +682,11 @@ async fn request_deletion(api: &Api, id: String) -> Response {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+    // RocksDB's backlog and write stall, read now: a processing thread blocked in a stopped
+    // write could not report the stop itself (the reads do not wait for the writers).
+    if let Some(a) = s.api.attached.get() {
+        s.metrics.set_compaction(&a.store.compaction());
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -68,16 +68,33 @@ pub struct StoreMemory {
 /// the state grows (compactions falling behind the writes slow them down, then stop them).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreCompaction {
-    /// Per column family: its name, the bytes RocksDB estimates its compactions have yet to
-    /// rewrite to bring every level within its target size, and its files in level 0 (each
-    /// read of a key not in the memtables probes every one of them).
-    pub families: Vec<(&'static str, u64, u64)>,
+    /// Every column family's.
+    pub families: Vec<FamilyCompaction>,
     /// Compactions running now, every column family together.
     pub running: u64,
-    /// 0: writes run; 1: RocksDB delays them (too many level-0 files or too many bytes pending
-    /// compaction); 2: it has stopped them until its compactions catch up.
+    /// 0: writes run; 1: RocksDB delays them (too many level-0 files or bytes pending
+    /// compaction); 2: it has stopped them (a family with two full memtables waiting for a
+    /// flush, or level-0 files or pending bytes at their stop limit).
     pub write_stall: u8,
 }
+
+/// One column family's compaction backlog ([`StoreCompaction`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FamilyCompaction {
+    pub name: &'static str,
+    /// Bytes RocksDB estimates its compactions have yet to rewrite to bring every level within
+    /// its target size.
+    pub pending_bytes: u64,
+    /// Files in level 0: each read of a key not in the memtables probes every one of them.
+    pub level0_files: u64,
+}
+
+/// The RocksDB properties [`Store::compaction`] reads.
+const PENDING_COMPACTION_BYTES: &str = "rocksdb.estimate-pending-compaction-bytes";
+const LEVEL0_FILES: &str = "rocksdb.num-files-at-level0";
+const WRITE_STOPPED: &str = "rocksdb.is-write-stopped";
+const DELAYED_WRITE_RATE: &str = "rocksdb.actual-delayed-write-rate";
+const RUNNING_COMPACTIONS: &str = "rocksdb.num-running-compactions";
 
 /// Tuning that bounds the store's memory.
 #[derive(Debug, Clone)]
@@ -1252,39 +1269,41 @@ impl Store {
     }
 
     /// RocksDB's compaction backlog and write stalls, from its properties (no statistics need
-    /// be kept for them).
+    /// be kept for them). Read when `/metrics` is scraped: a processing thread blocked in a
+    /// stopped write could not report the stop itself.
     pub fn compaction(&self) -> StoreCompaction {
-        let int = |cf: Option<&str>, property: &str| {
-            match cf {
-                Some(name) => self.db.property_int_value_cf(self.cf(name), property),
-                None => self.db.property_int_value(property),
-            }
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-        };
+        let int = |cf, property| self.int_property(cf, property).unwrap_or(0);
         let families = ALL_CFS
             .iter()
-            .map(|&name| {
-                (
-                    name,
-                    int(Some(name), "rocksdb.estimate-pending-compaction-bytes"),
-                    int(Some(name), "rocksdb.num-files-at-level0"),
-                )
+            .map(|&name| FamilyCompaction {
+                name,
+                pending_bytes: int(Some(name), PENDING_COMPACTION_BYTES),
+                level0_files: int(Some(name), LEVEL0_FILES),
             })
             .collect();
-        let write_stall = if int(None, "rocksdb.is-write-stopped") != 0 {
+        let write_stall = if int(None, WRITE_STOPPED) != 0 {
             2
-        } else if int(None, "rocksdb.actual-delayed-write-rate") != 0 {
+        } else if int(None, DELAYED_WRITE_RATE) != 0 {
             1
         } else {
             0
         };
         StoreCompaction {
             families,
-            running: int(None, "rocksdb.num-running-compactions"),
+            running: int(None, RUNNING_COMPACTIONS),
             write_stall,
         }
+    }
+
+    /// An integer property of RocksDB, of column family `cf` or of the whole database (`None`
+    /// where RocksDB does not answer it).
+    fn int_property(&self, cf: Option<&str>, property: &str) -> Option<u64> {
+        match cf {
+            Some(name) => self.db.property_int_value_cf(self.cf(name), property),
+            None => self.db.property_int_value(property),
+        }
+        .ok()
+        .flatten()
     }
 
     /// Flushes the memtables and compacts every column family whole (old versions and
@@ -1799,12 +1818,21 @@ mod tests {
     fn compaction_reports_the_level_0_files_of_each_family() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        // Every property read is one RocksDB answers (a misspelt name would read as 0).
+        for name in ALL_CFS {
+            for property in [PENDING_COMPACTION_BYTES, LEVEL0_FILES] {
+                assert!(s.int_property(Some(name), property).is_some(), "{property}");
+            }
+        }
+        for property in [WRITE_STOPPED, DELAYED_WRITE_RATE, RUNNING_COMPACTIONS] {
+            assert!(s.int_property(None, property).is_some(), "{property}");
+        }
         let files = |s: &Store, family: &str| {
             let c = s.compaction();
             c.families
                 .iter()
-                .find(|f| f.0 == family)
-                .map(|f| f.2)
+                .find(|f| f.name == family)
+                .map(|f| f.level0_files)
                 .expect("every column family reported")
         };
         assert_eq!(files(&s, "profiles"), 0);
@@ -1819,15 +1847,15 @@ mod tests {
             .unwrap();
             s.flush(true).unwrap();
         }
+        assert_eq!(files(&s, "profiles"), 3, "{:?}", s.compaction());
         let c = s.compaction();
-        assert_eq!(files(&s, "profiles"), 3, "{c:?}");
         assert_eq!(c.families.len(), COLUMN_FAMILIES, "{c:?}");
         assert_eq!(c.write_stall, 0, "{c:?}");
         s.compact().unwrap();
         let c = s.compaction();
         assert_eq!(files(&s, "profiles"), 0, "merged down: {c:?}");
         assert!(
-            c.families.iter().all(|f| f.1 == 0),
+            c.families.iter().all(|f| f.pending_bytes == 0),
             "nothing left to compact: {c:?}"
         );
     }

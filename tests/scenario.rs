@@ -224,10 +224,18 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
         w.metric("tailor_heap_bytes", "part=\"rust_committed\"") > 0.0
             && (!glibc || w.metric("tailor_heap_bytes", "part=\"c_in_use\"") > 0.0)
     });
-    // RocksDB's compaction backlog and write stalls, for dashboards and alerts: a series for
-    // each column family from the start.
+    // RocksDB's compaction backlog and write stall are served, a series for each column
+    // family, for dashboards and alerts (their values: the store's and metrics' unit tests).
     let (_, body) = worker.get("/metrics").expect("metrics served");
-    for family in ["profiles", "timers"] {
+    for family in [
+        "profiles",
+        "offsets",
+        "segment_sizes",
+        "timers",
+        "clocks",
+        "aliases",
+        "meta",
+    ] {
         for name in [
             "tailor_state_compaction_pending_bytes",
             "tailor_state_level0_files",

@@ -1142,23 +1142,6 @@ impl Worker {
                 .with_label_values(&[part])
                 .set(bytes as i64);
         }
-        let compaction = self.store.compaction();
-        for (family, pending, level0) in &compaction.families {
-            self.metrics
-                .state_compaction_pending
-                .with_label_values(&[family])
-                .set(*pending as i64);
-            self.metrics
-                .state_level0_files
-                .with_label_values(&[family])
-                .set(*level0 as i64);
-        }
-        self.metrics
-            .state_compactions_running
-            .set(compaction.running as i64);
-        self.metrics
-            .state_write_stall
-            .set(compaction.write_stall as i64);
         let heaps = crate::heap::read();
         if crate::heap::should_trim(&heaps) {
             // Off the processing thread: a trim took up to 26 ms in the bench.
