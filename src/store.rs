@@ -1230,19 +1230,13 @@ impl Store {
 
     /// Pending timers (RocksDB's estimate).
     pub fn estimated_timers(&self) -> u64 {
-        self.db
-            .property_int_value_cf(self.cf(CF_TIMERS), "rocksdb.estimate-num-keys")
-            .ok()
-            .flatten()
+        self.int_property(Some(CF_TIMERS), "rocksdb.estimate-num-keys")
             .unwrap_or(0)
     }
 
     /// Number of profile keys held (RocksDB's estimate).
     pub fn estimated_profiles(&self) -> u64 {
-        self.db
-            .property_int_value_cf(self.cf(CF_PROFILES), "rocksdb.estimate-num-keys")
-            .ok()
-            .flatten()
+        self.int_property(Some(CF_PROFILES), "rocksdb.estimate-num-keys")
             .unwrap_or(0)
     }
 
@@ -1251,12 +1245,7 @@ impl Store {
     pub fn memory(&self) -> StoreMemory {
         let table_readers = ALL_CFS
             .iter()
-            .filter_map(|name| {
-                self.db
-                    .property_int_value_cf(self.cf(name), "rocksdb.estimate-table-readers-mem")
-                    .ok()
-                    .flatten()
-            })
+            .filter_map(|name| self.int_property(Some(name), "rocksdb.estimate-table-readers-mem"))
             .sum();
         let (memtables, block_cache) = self.budget.as_ref().map_or((0, 0), |(m, c)| {
             (m.get_usage() as u64, c.get_usage() as u64)
@@ -1321,13 +1310,7 @@ impl Store {
 
     /// Bytes on disk in SST files plus memtables.
     pub fn estimated_bytes(&self) -> u64 {
-        let p = |name: &str| {
-            self.db
-                .property_int_value_cf(self.cf(CF_PROFILES), name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
+        let p = |name| self.int_property(Some(CF_PROFILES), name).unwrap_or(0);
         p("rocksdb.total-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
     }
 
