@@ -17,7 +17,8 @@
 //! `state.cache_memory`) and their ratio, the worker's CPU time
 //! per event, time per batch phase, peak memory (VmHWM), disk per shopper and latency with a live
 //! producer at half the measured rate (`TAILOR_BENCH_LATENCY_SHARE`), beside the broker's own
-//! at that rate, and timer lateness (live carts whose hour ends a few seconds after they are
+//! at that rate and the worker's own measure (`tailor_event_latency_seconds`: record timestamp
+//! to its batch's outputs acknowledged), and timer lateness (live carts whose hour ends a few seconds after they are
 //! sent, timed from the due time to the audience change read back). The wide workload goes on with timers firing at catch-up, profile lookups, a
 //! re-evaluation of every profile, a restore from the changelog, the latency at a trickle and a
 //! failover to a second worker with standby copies (`TAILOR_BENCH_FAILOVER=0` skips it).
@@ -84,14 +85,7 @@ fn metric(port: u16, name: &str) -> f64 {
 /// None if the worker did not answer (a worker killed or stopped after it accepted the
 /// connection: not zero).
 fn metrics<const N: usize>(port: u16, names: [&str; N]) -> Option<[f64; N]> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    if !body.lines().next().is_some_and(|l| l.contains(" 200 ")) {
-        return None;
-    }
+    let body = metrics_page(port)?;
     let mut sums = [0.0; N];
     for l in body.lines().filter(|l| !l.starts_with('#')) {
         if let Some(i) = names.iter().position(|n| l.starts_with(n)) {
@@ -103,6 +97,76 @@ fn metrics<const N: usize>(port: u16, names: [&str; N]) -> Option<[f64; N]> {
         }
     }
     Some(sums)
+}
+
+/// One `GET /metrics`: the page (status line and headers included); None if the worker did
+/// not answer it with 200.
+fn metrics_page(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .next()
+        .is_some_and(|l| l.contains(" 200 "))
+        .then_some(body)
+}
+
+/// The worker's `tailor_event_latency_seconds` histogram, from one `GET /metrics`: each
+/// bucket's upper bound (seconds; +Inf last) and cumulative count. None if the worker did not
+/// answer.
+fn event_latency_buckets(port: u16) -> Option<Vec<(f64, f64)>> {
+    let body = metrics_page(port)?;
+    let buckets: Vec<(f64, f64)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("tailor_event_latency_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once('"')?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// What the worker's own histogram says of the events it applied between two snapshots of
+/// [`event_latency_buckets`]: "N events, p50 ≤ a ms, p99 ≤ b ms" (the upper bound of the bucket
+/// each falls in).
+fn worker_latency(before: Option<&[(f64, f64)]>, after: Option<&[(f64, f64)]>) -> String {
+    let (Some(before), Some(after)) = (before, after) else {
+        return "not read (the worker did not answer)".into();
+    };
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0.0, |(_, n)| *n);
+            (le, n - was)
+        })
+        .collect();
+    let total = counts.last().map_or(0.0, |(_, n)| *n);
+    if total <= 0.0 {
+        return "no event counted".into();
+    }
+    let bound = |q: f64| {
+        let le = counts
+            .iter()
+            .find(|(_, n)| *n >= q * total)
+            .map_or(f64::INFINITY, |(le, _)| *le);
+        if le.is_finite() {
+            format!("≤ {:.0} ms", le * 1e3)
+        } else {
+            "over the largest bucket".into()
+        }
+    };
+    format!("{total:.0} events, p50 {}, p99 {}", bound(0.5), bound(0.99))
 }
 
 /// `GET /profiles/{key}` for existing shoppers over one keep-alive connection: latency
@@ -173,6 +237,7 @@ fn latency(
     keys: &str,
 ) {
     let phases = Phases::read(port);
+    let own = event_latency_buckets(port);
     let worker = round_trips(
         brokers,
         (&names[0], &names[3]),
@@ -187,6 +252,12 @@ fn latency(
         rate,
     );
     Phases::read(port).since(&phases);
+    // The worker's own measure: from each record's timestamp (the bench's producer stamps the
+    // send) to its batch's outputs acknowledged; without the reader's fetch of the change.
+    println!(
+        "  the worker's tailor_event_latency_seconds meanwhile (record timestamp -> its batch's outputs acknowledged): {}",
+        worker_latency(own.as_deref(), event_latency_buckets(port).as_deref())
+    );
     let floor = round_trips(
         brokers,
         (floor, floor),

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub timer_lateness: Histogram,
     /// Timers waiting in the index (estimate).
     pub timers_pending: IntGauge,
+    /// From an input message's record timestamp to its batch's outputs acknowledged (counted
+    /// once the batch is committed).
+    pub event_latency: Histogram,
     /// Events older than their partition's stream clock when they arrived.
     pub late_events: IntCounter,
     /// Stream clock per partition, seconds since the epoch.
@@ -403,6 +406,20 @@ impl Metrics {
             timers_pending: plain_gauge(
                 "tailor_timers_pending",
                 "Timers waiting in the state store (estimate).",
+            ),
+            event_latency: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tailor_event_latency_seconds",
+                        "From an input message's record timestamp (the producer's clock, or the broker's with LogAppendTime) to the moment every output of the batch that applied it (audience changes, journey triggers, dead letters, forwards) was acknowledged by the brokers, counted once that batch is committed. Includes the time in the topic: a backlog or a replay of old records shows here.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+                    ]),
+                )
+                .expect("valid metric"),
             ),
             late_events: plain_counter(
                 "tailor_late_events_total",

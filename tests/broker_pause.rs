@@ -53,6 +53,15 @@ fn a_broker_that_stops_answering_rolls_the_batch_back_and_nothing_is_lost() {
         SHOPPERS as f64,
         "each shopper counted once in the committed state"
     );
+    // Each event's latency is counted once, with the batch that committed it: not for the
+    // batch rolled back, whose events were applied again.
+    worker.wait_for(Duration::from_secs(15), "each event's latency", |w| {
+        w.metric("tailor_event_latency_seconds_count", "") >= SHOPPERS as f64
+    });
+    assert_eq!(
+        worker.metric("tailor_event_latency_seconds_count", ""),
+        SHOPPERS as f64
+    );
     let mut by_id: HashMap<String, (String, Direction)> = HashMap::new();
     for m in read_topic_until_quiet(&setup.topics.audience, 2, Duration::from_secs(5)) {
         let c = decode::audience_change(m.payload().unwrap()).unwrap();

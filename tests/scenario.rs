@@ -77,6 +77,7 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
         (&topics.backoffice, encode::backoffice(&second).unwrap()),
         (&topics.backoffice, encode::backoffice(&cancel).unwrap()),
     ];
+    let first_sent = std::time::Instant::now();
     for (i, (topic, payload)) in steps.iter().enumerate() {
         produce_all(&p, &[(topic, key, payload.clone())]);
         worker.wait_caught_up(i as u64 + 1);
@@ -247,6 +248,23 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
     assert!(
         body.lines().any(|l| l == "tailor_state_write_stall 0"),
         "writes not stalled:\n{body}"
+    );
+    // Each event's latency, from its record timestamp (the producer's clock: these records
+    // carry the time they were sent) to its batch's outputs acknowledged: once per message, in
+    // seconds, each no longer than the time since the first was sent.
+    let events = steps.len() as f64;
+    worker.wait_for(Duration::from_secs(15), "each event's latency", |w| {
+        w.metric("tailor_event_latency_seconds_count", "") == events
+    });
+    let since_first = first_sent.elapsed().as_secs_f64();
+    let sum = worker.metric("tailor_event_latency_seconds_sum", "");
+    assert!(
+        sum > 0.0 && sum <= events * since_first,
+        "latencies sum to {sum} s over {events} events sent within {since_first} s"
+    );
+    assert_eq!(
+        worker.metric("tailor_event_latency_seconds_bucket", "le=\"+Inf\""),
+        events
     );
     worker.stop();
 

@@ -86,6 +86,8 @@ impl Worker {
         if !self.await_deliveries(stop).await? {
             return Ok(());
         }
+        // When the batch's outputs became readable: the end of its messages' latency.
+        let acknowledged = super::now_ms();
         self.metrics
             .phase_seconds
             .with_label_values(&["deliver"])
@@ -168,6 +170,14 @@ impl Worker {
             }
         }
         self.metrics.batch_messages.observe(messages as f64);
+        let latency = self.metrics.event_latency.local();
+        for task in self.tasks.values_mut() {
+            for t in task.record_times.drain(..) {
+                // A producer's clock ahead of this one's: no time at all.
+                latency.observe((acknowledged - t).max(0) as f64 / 1e3);
+            }
+        }
+        latency.flush();
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());

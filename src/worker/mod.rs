@@ -875,6 +875,13 @@ impl Worker {
                 timestamp: m.timestamp,
             };
             self.proc.apply(task, &mut self.out, &incoming)?;
+            // An input topic's message (a forwarded one counted where it was read first).
+            if let Some(t) = m
+                .timestamp
+                .filter(|_| *m.topic != *self.proc.topics.repartition)
+            {
+                task.record_times.push(t);
+            }
         }
         // Topics paused for a full queue that has drained to half fetch again.
         let resume = task.heads.drained_to_resume(self.buffer_limit);

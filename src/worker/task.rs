@@ -80,6 +80,10 @@ pub struct Task {
     pub undrained: usize,
     /// Messages applied in the open batch.
     pub messages: usize,
+    /// The record timestamps (ms) of the input topics' messages applied in the open batch:
+    /// observed into `tailor_event_latency_seconds` once the batch is committed (dropped with
+    /// the batch on a rollback or a revocation: a message read again counts once).
+    pub record_times: Vec<i64>,
     /// Whether this partition has been read to its end since this thread got it (logged once;
     /// never reset).
     pub reached_end: bool,
@@ -145,6 +149,7 @@ impl Task {
             heads: Heads::default(),
             undrained: 0,
             messages: 0,
+            record_times: Vec::new(),
             reached_end: false,
             state_reads,
         })
@@ -496,6 +501,7 @@ impl Task {
         self.sweep = None;
         self.sweep_moved = false;
         self.messages = 0;
+        self.record_times.clear();
         self.clock = StreamClock::new(store.clock(self.partition)?, self.lateness);
         // Timers the dropped batch fired are in the index again.
         self.timer_floor = i64::MIN;
