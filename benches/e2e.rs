@@ -139,7 +139,7 @@ fn event_latency_buckets(port: u16) -> Option<Vec<(f64, f64)>> {
 /// each falls in).
 fn worker_latency(before: Option<&[(f64, f64)]>, after: Option<&[(f64, f64)]>) -> String {
     let (Some(before), Some(after)) = (before, after) else {
-        return "not read (the worker did not answer)".into();
+        return "not read (no answer, or no tailor_event_latency_seconds in it)".into();
     };
     let counts: Vec<(f64, f64)> = after
         .iter()
@@ -253,10 +253,20 @@ fn latency(
     );
     Phases::read(port).since(&phases);
     // The worker's own measure: from each record's timestamp (the bench's producer stamps the
-    // send) to its batch's outputs acknowledged; without the reader's fetch of the change.
+    // send) to its batch's outputs acknowledged; without the reader's fetch of the change. The
+    // worker counts a batch's events once it has committed it, after its changelog and RocksDB
+    // write: the last ones are waited for (up to 5 s).
+    let counted =
+        |b: &Option<Vec<(f64, f64)>>| b.as_ref().and_then(|b| b.last()).map_or(0.0, |l| l.1);
+    let (sent, settle) = ((rate * 10.0).floor(), Instant::now());
+    let mut after = event_latency_buckets(port);
+    while counted(&after) - counted(&own) < sent && settle.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        after = event_latency_buckets(port);
+    }
     println!(
         "  the worker's tailor_event_latency_seconds meanwhile (record timestamp -> its batch's outputs acknowledged): {}",
-        worker_latency(own.as_deref(), event_latency_buckets(port).as_deref())
+        worker_latency(own.as_deref(), after.as_deref())
     );
     let floor = round_trips(
         brokers,

@@ -415,8 +415,8 @@ impl Metrics {
                         "From an input message's record timestamp (the producer's clock, or the broker's with LogAppendTime) to the moment every output of the batch that applied it (audience changes, journey triggers, dead letters, forwards) was acknowledged by the brokers, counted once that batch is committed. Includes the time in the topic: a backlog or a replay of old records shows here.",
                     )
                     .buckets(vec![
-                        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+                        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
+                        2.0, 3.0, 5.0, 7.5, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
                     ]),
                 )
                 .expect("valid metric"),

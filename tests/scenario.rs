@@ -254,17 +254,24 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
     // seconds, each no longer than the time since the first was sent.
     let events = steps.len() as f64;
     worker.wait_for(Duration::from_secs(15), "each event's latency", |w| {
-        w.metric("tailor_event_latency_seconds_count", "") == events
+        w.metric("tailor_event_latency_seconds_count", "") >= events
     });
     let since_first = first_sent.elapsed().as_secs_f64();
+    assert_eq!(
+        worker.metric("tailor_event_latency_seconds_count", ""),
+        events,
+        "each event counted once"
+    );
     let sum = worker.metric("tailor_event_latency_seconds_sum", "");
     assert!(
         sum > 0.0 && sum <= events * since_first,
         "latencies sum to {sum} s over {events} events sent within {since_first} s"
     );
+    // Each one step of the story: sent, applied, its changes acknowledged (debug build).
     assert_eq!(
-        worker.metric("tailor_event_latency_seconds_bucket", "le=\"+Inf\""),
-        events
+        worker.metric("tailor_event_latency_seconds_bucket", "le=\"5\""),
+        events,
+        "each within 5 s"
     );
     worker.stop();
 

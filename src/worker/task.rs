@@ -528,6 +528,8 @@ mod tests {
     use crate::profile;
     use crate::store::StoreOptions;
 
+    const T0: i64 = 1_709_287_200_000;
+
     fn stored(events: u64) -> Profile {
         Profile {
             events_total: events,
@@ -563,6 +565,18 @@ mod tests {
         )
         .unwrap();
         (dir, store, reads, task)
+    }
+
+    /// A batch rolled back takes its messages' record times with it: applied again, each
+    /// message's latency is counted once, with the batch that commits it.
+    #[test]
+    fn a_rollback_drops_the_batch_record_times() {
+        let (_dir, store, _reads, mut task) = task_over(&[], 4);
+        task.record_times.extend([T0, T0 + 1]);
+        task.messages = 2;
+        task.rollback(&store).unwrap();
+        assert!(task.record_times.is_empty());
+        assert!(!task.has_changes());
     }
 
     /// A partition whose re-evaluation under other definitions is done: under new ones it is
