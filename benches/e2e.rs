@@ -113,24 +113,34 @@ fn metrics_page(port: u16) -> Option<String> {
         .then_some(body)
 }
 
-/// The worker's `tailor_event_latency_seconds` histogram, from one `GET /metrics`: each
-/// bucket's upper bound (seconds; +Inf last) and cumulative count. None if the worker did not
-/// answer.
+/// The worker's `tailor_event_latency_seconds` histogram, from one `GET /metrics`, its input
+/// families together: each bucket's upper bound (seconds; +Inf last) and cumulative count. None
+/// if the worker did not answer.
 fn event_latency_buckets(port: u16) -> Option<Vec<(f64, f64)>> {
     let body = metrics_page(port)?;
-    let buckets: Vec<(f64, f64)> = body
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for l in body
         .lines()
-        .filter_map(|l| l.strip_prefix("tailor_event_latency_seconds_bucket{le=\""))
-        .filter_map(|l| {
-            let (le, rest) = l.split_once('"')?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, rest.rsplit(' ').next()?.parse().ok()?))
-        })
-        .collect();
+        .filter(|l| l.starts_with("tailor_event_latency_seconds_bucket{"))
+    {
+        let Some((le, rest)) = l.split_once("le=\"").and_then(|(_, r)| r.split_once('"')) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            let Ok(le) = le.parse() else { continue };
+            le
+        };
+        let Some(n) = rest.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) else {
+            continue;
+        };
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, sum)) => *sum += n,
+            None => buckets.push((le, n)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     (!buckets.is_empty()).then_some(buckets)
 }
 

@@ -56,8 +56,8 @@ pub struct Metrics {
     /// Timers waiting in the index (estimate).
     pub timers_pending: IntGauge,
     /// From an input message's record timestamp to its batch's outputs acknowledged (counted
-    /// once the batch is committed).
-    pub event_latency: Histogram,
+    /// once the batch is committed), by the message's family.
+    pub event_latency: HistogramVec,
     /// Events older than their partition's stream clock when they arrived.
     pub late_events: IntCounter,
     /// Stream clock per partition, seconds since the epoch.
@@ -307,6 +307,25 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let event_latency = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tailor_event_latency_seconds",
+                    "By input family: from a message's record timestamp (the producer's clock, or the broker's with LogAppendTime) to the moment every output of the batch that applied it (audience changes, journey triggers, dead letters, forwards) was acknowledged by the brokers, counted once that batch is committed. Includes the time in the topic: a backlog or a replay of old records shows here.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
+                    2.0, 3.0, 5.0, 7.5, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+                ]),
+                &["family"],
+            )
+            .expect("valid metric"),
+            );
+        // Each family's series from the start, for the alert and the panel.
+        for f in crate::codec::Family::ALL {
+            event_latency.with_label_values(&[f.as_str()]);
+        }
         Metrics {
             identity_links: counter(
                 "tailor_identity_links_total",
@@ -407,20 +426,7 @@ impl Metrics {
                 "tailor_timers_pending",
                 "Timers waiting in the state store (estimate).",
             ),
-            event_latency: registered(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "tailor_event_latency_seconds",
-                        "From an input message's record timestamp (the producer's clock, or the broker's with LogAppendTime) to the moment every output of the batch that applied it (audience changes, journey triggers, dead letters, forwards) was acknowledged by the brokers, counted once that batch is committed. Includes the time in the topic: a backlog or a replay of old records shows here.",
-                    )
-                    .buckets(vec![
-                        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
-                        2.0, 3.0, 5.0, 7.5, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
-                    ]),
-                )
-                .expect("valid metric"),
-            ),
+            event_latency,
             late_events: plain_counter(
                 "tailor_late_events_total",
                 "Events older than their partition's stream clock on arrival (applied, counted).",

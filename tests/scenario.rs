@@ -262,6 +262,16 @@ fn a_shoppers_story_becomes_the_right_audience_changes() {
         events,
         "each event counted once"
     );
+    for (family, n) in [("profile", 1.0), ("storefront", 2.0), ("backoffice", 3.0)] {
+        assert_eq!(
+            worker.metric(
+                "tailor_event_latency_seconds_count",
+                &format!("family=\"{family}\"")
+            ),
+            n,
+            "{family} events"
+        );
+    }
     let sum = worker.metric("tailor_event_latency_seconds_sum", "");
     assert!(
         sum > 0.0 && sum <= events * since_first,

@@ -170,14 +170,19 @@ impl Worker {
             }
         }
         self.metrics.batch_messages.observe(messages as f64);
-        let latency = self.metrics.event_latency.local();
+        let latency = crate::codec::Family::ALL.map(|f| {
+            self.metrics
+                .event_latency
+                .with_label_values(&[f.as_str()])
+                .local()
+        });
         for task in self.tasks.values_mut() {
-            for t in task.record_times.drain(..) {
+            for (f, t) in task.record_times.drain(..) {
                 // A producer's clock ahead of this one's: no time at all.
-                latency.observe((acknowledged - t).max(0) as f64 / 1e3);
+                latency[f as usize].observe((acknowledged - t).max(0) as f64 / 1e3);
             }
         }
-        latency.flush();
+        latency.iter().for_each(|l| l.flush());
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -876,11 +876,8 @@ impl Worker {
             };
             self.proc.apply(task, &mut self.out, &incoming)?;
             // An input topic's message (a forwarded one counted where it was read first).
-            if let Some(t) = m
-                .timestamp
-                .filter(|_| *m.topic != *self.proc.topics.repartition)
-            {
-                task.record_times.push(t);
+            if let (Some(f), Some(t)) = (self.proc.topics.family(&m.topic), m.timestamp) {
+                task.record_times.push((f, t));
             }
         }
         // Topics paused for a full queue that has drained to half fetch again.

@@ -101,7 +101,8 @@ impl InputTopics {
             .map_or(Family::ALL.len() as u8, |f| f as u8)
     }
 
-    fn family(&self, topic: &str) -> Option<Family> {
+    /// The family of an input topic (`None`: the repartition topic, or another).
+    pub fn family(&self, topic: &str) -> Option<Family> {
         if topic == self.storefront {
             Some(Family::Storefront)
         } else if topic == self.backoffice {

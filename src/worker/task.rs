@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use rdkafka::Offset;
 
 use crate::clock::StreamClock;
+use crate::codec::Family;
 use crate::identity::Local;
 use crate::profile::Profile;
 use crate::store::{Commit, Store};
@@ -80,10 +81,10 @@ pub struct Task {
     pub undrained: usize,
     /// Messages applied in the open batch.
     pub messages: usize,
-    /// The record timestamps (ms) of the input topics' messages applied in the open batch:
-    /// observed into `tailor_event_latency_seconds` once the batch is committed (dropped with
-    /// the batch on a rollback or a revocation: a message read again counts once).
-    pub record_times: Vec<i64>,
+    /// The family and record timestamp (ms) of each input topic's message applied in the open
+    /// batch: observed into `tailor_event_latency_seconds` once the batch is committed (dropped
+    /// with the batch on a rollback or a revocation: a message read again counts once).
+    pub record_times: Vec<(Family, i64)>,
     /// Whether this partition has been read to its end since this thread got it (logged once;
     /// never reset).
     pub reached_end: bool,
@@ -572,7 +573,8 @@ mod tests {
     #[test]
     fn a_rollback_drops_the_batch_record_times() {
         let (_dir, store, _reads, mut task) = task_over(&[], 4);
-        task.record_times.extend([T0, T0 + 1]);
+        task.record_times
+            .extend([(Family::Storefront, T0), (Family::Backoffice, T0 + 1)]);
         task.messages = 2;
         task.rollback(&store).unwrap();
         assert!(task.record_times.is_empty());
