@@ -321,7 +321,7 @@ impl Metrics {
                 &["family"],
             )
             .expect("valid metric"),
-            );
+        );
         // Each family's series from the start, for the alert and the panel.
         for f in crate::codec::Family::ALL {
             event_latency.with_label_values(&[f.as_str()]);

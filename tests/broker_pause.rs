@@ -54,7 +54,8 @@ fn a_broker_that_stops_answering_rolls_the_batch_back_and_nothing_is_lost() {
         "each shopper counted once in the committed state"
     );
     // Each event's latency is counted once, with the batch that committed it: not for the
-    // batch rolled back, whose events were applied again.
+    // batch the pause rolled back (or dropped with its partitions at the rebalance), whose
+    // events were applied again.
     worker.wait_for(Duration::from_secs(15), "each event's latency", |w| {
         w.metric("tailor_event_latency_seconds_count", "") >= SHOPPERS as f64
     });
