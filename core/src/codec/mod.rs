@@ -950,6 +950,15 @@ mod tests {
         include_str!("../../../avro/storefront.avsc")
     }
 
+    /// The worker indexes per-family arrays (the latency histograms, the order of topics) by
+    /// `family as usize`: each family's place in `Family::ALL`.
+    #[test]
+    fn each_family_is_its_place_in_all() {
+        for (i, f) in Family::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?}");
+        }
+    }
+
     #[test]
     fn the_codes_of_bad_input_are_listed() {
         let c = catalog();
