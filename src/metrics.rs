@@ -322,10 +322,6 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
-        // Each family's series from the start, for the alert and the panel.
-        for f in crate::codec::Family::ALL {
-            event_latency.with_label_values(&[f.as_str()]);
-        }
         Metrics {
             identity_links: counter(
                 "tailor_identity_links_total",
@@ -530,7 +526,8 @@ impl Metrics {
     /// alerts see a series before the first increment (a dead-letter alert must not wait for
     /// the first dead letter to exist): dead-letter reasons, segments, journeys and their
     /// suppression reasons, identity-link results, reload results, deletion sources, repartition
-    /// message kinds. Called at start and for each new set of definitions.
+    /// message kinds, the input families' event latency. Called at start and for each new set
+    /// of definitions.
     pub fn know(&self, segments: &crate::segments::SegmentSet) {
         for reason in crate::codec::DecodeError::CODES
             .iter()
@@ -561,6 +558,9 @@ impl Metrics {
         }
         for part in crate::heap::PARTS {
             self.heap.with_label_values(&[part]);
+        }
+        for f in crate::codec::Family::ALL {
+            self.event_latency.with_label_values(&[f.as_str()]);
         }
         for result in [
             "linked",
@@ -664,6 +664,7 @@ mod tests {
             "tailor_identity_links_total{result=\"merged\"} 0",
             "tailor_definition_reloads_total{result=\"invalid\"} 0",
             "tailor_profile_deletions_total{source=\"admin\"} 0",
+            "tailor_event_latency_seconds_count{family=\"backoffice\"} 0",
         ] {
             assert!(text.contains(family), "{family}");
         }
