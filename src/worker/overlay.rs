@@ -124,6 +124,9 @@ pub fn fixed(key: &str) -> usize {
 /// control byte, at a load between 7/16 and 7/8 (the table grows with the entries, doubling
 /// past 7/8: see [`Profiles::new`]).
 const TABLE_SLOT_BYTES: usize = 24;
+/// How many profiles ahead of the one it encodes a commit asks for a profile's memory
+/// ([`Profiles::take_writes`]).
+const WRITE_AHEAD: usize = 8;
 
 /// The size the allocator (mimalloc, the binary's) gives for a request of `n` bytes: its size
 /// classes are up to a quarter larger than what is asked.
@@ -175,8 +178,11 @@ pub struct Profiles {
     budget: usize,
     /// Keys the open batch changed outside the cache, with their committed timer.
     pending: HashMap<String, (Pending, Option<i64>), KeyHasher>,
-    /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction).
-    dirty: Vec<String>,
+    /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction),
+    /// each with its profile's address then: for [`Profiles::take_writes`] to ask for the
+    /// profile's memory ahead of its turn, never dereferenced (a profile spilled and read back
+    /// since is at another address: a hint for nothing).
+    dirty: Vec<(String, usize)>,
     /// The heap a profile's next changes take, as the last commit saw it (it varies with the
     /// profile: the segments that may change with time alone for that shopper) or
     /// [`Self::expect_nexts`] expects: counted for a profile read from its state, which has
@@ -349,7 +355,8 @@ impl Profiles {
         if let Some(slot) = self.cache.get_mut(key) {
             if !slot.dirty {
                 slot.dirty = true;
-                self.dirty.push(key.to_owned());
+                let at = &*slot.profile as *const Profile as usize;
+                self.dirty.push((key.to_owned(), at));
                 // Created again after its removal in this batch: counted with the removal.
                 if !self.pending.contains_key(key) {
                     self.changed += 1;
@@ -409,7 +416,15 @@ impl Profiles {
             timers_added: Vec::with_capacity(n),
             timers_removed: Vec::with_capacity(n),
         };
-        for key in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for i in 0..dirty.len() {
+            // Most of the batch's profiles are cold by its commit (in the wide e2e `perf`
+            // profile the encoding's hottest instructions were loads of the profile's fields):
+            // the struct's lines are asked for `WRITE_AHEAD` profiles ahead of their turn.
+            if let Some(&(_, at)) = dirty.get(i + WRITE_AHEAD) {
+                Profile::prefetch_struct(at as *const Profile);
+            }
+            let key = std::mem::take(&mut dirty[i].0);
             // A key repeats in `dirty` after it was spilled and read back; written once.
             let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) else {
                 continue;
@@ -460,7 +475,7 @@ impl Profiles {
     /// read again from the store); unchanged ones stay cached.
     pub fn rollback(&mut self) {
         self.changed = 0;
-        for key in std::mem::take(&mut self.dirty) {
+        for (key, _) in std::mem::take(&mut self.dirty) {
             self.pop(&key);
         }
         let pending: Vec<String> = self.pending.drain().map(|(key, _)| key).collect();
