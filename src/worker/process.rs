@@ -807,16 +807,6 @@ impl Processor {
                 let next = due[i..].iter().take(PREFETCH);
                 task.prefetch(next.map(|(_, k)| k.as_str()), &store)?;
             }
-            // The next timers' profiles on their way into the CPU's caches (most are cold: the
-            // first load of the profile was the hottest instruction of `advance` in the wide
-            // e2e `perf` profile): the struct two timers ahead, its lists' first lines one
-            // ahead (once its struct has come).
-            if let Some(p) = due.get(i + 2).and_then(|(_, k)| task.profiles.get(k)) {
-                profile::Profile::prefetch_struct(p);
-            }
-            if let Some(p) = due.get(i + 1).and_then(|(_, k)| task.profiles.get(k)) {
-                p.prefetch();
-            }
             let (at, key) = (*at, key.as_str());
             if task.reached_end {
                 // A live partition (read to its end since it was assigned): the outputs carry
