@@ -1118,11 +1118,11 @@ impl Profile {
     /// Asks the CPU to bring the `Profile` at `p` — its own bytes, not its lists' — into its
     /// caches. For the commit, which encodes thousands of profiles the batch changed, most of
     /// them cold by then: the hottest instructions of the encoding in the wide e2e `perf`
-    /// profile were loads of the struct's fields. Called a few profiles ahead of the one being
+    /// profile were loads of the struct's fields. Called eight profiles ahead of the one being
     /// encoded, from the address the profile had when it was changed (the lists' first lines
     /// too, [`Self::prefetch`], would need the profile looked up again: tried, the lookups cost
-    /// what the prefetches saved). A hint only: `p` is never dereferenced (any address will
-    /// do).
+    /// about what the prefetches saved). A hint only: `p` is never dereferenced (any address
+    /// will do).
     #[inline]
     pub fn prefetch_struct(p: *const Profile) {
         let base = p.cast::<u8>();

@@ -178,10 +178,11 @@ pub struct Profiles {
     budget: usize,
     /// Keys the open batch changed outside the cache, with their committed timer.
     pending: HashMap<String, (Pending, Option<i64>), KeyHasher>,
-    /// Keys marked dirty in the open batch, in first-touch order (may repeat after eviction),
-    /// each with its profile's address then: for [`Profiles::take_writes`] to ask for the
-    /// profile's memory ahead of its turn, never dereferenced (a profile spilled and read back
-    /// since is at another address: a hint for nothing).
+    /// Keys marked dirty in the open batch, in first-touch order (a key repeats when its
+    /// profile was removed and then created or read again), each with its profile's address
+    /// then: for [`Profiles::take_writes`] to ask for the profile's memory ahead of its turn,
+    /// never dereferenced (a profile spilled keeps its box, and its address; one removed and
+    /// made again since is elsewhere: a hint for nothing).
     dirty: Vec<(String, usize)>,
     /// The heap a profile's next changes take, as the last commit saw it (it varies with the
     /// profile: the segments that may change with time alone for that shopper) or
@@ -425,7 +426,7 @@ impl Profiles {
                 Profile::prefetch_struct(at as *const Profile);
             }
             let key = std::mem::take(&mut dirty[i].0);
-            // A key repeats in `dirty` after it was spilled and read back; written once.
+            // A key repeats in `dirty` after its profile was removed and made again; written once.
             let Some(slot) = self.cache.peek_mut(&key).filter(|s| s.dirty) else {
                 continue;
             };
