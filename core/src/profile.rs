@@ -169,10 +169,11 @@ impl Entry for Affinity {
 /// A profile's list of entries by key (per-category and per-product series, category and brand
 /// affinities, bounded each by its own maximum; ECIDs, bounded by the identity limit and never
 /// pushed out): the entries, and once there are more than [`INDEXED_FROM`] of them, each one's
-/// key hash and order for the bound in a separate, dense list. Finding the event's key, and the
-/// entry a new key pushes out of a full list, scan that list: 16 bytes an entry instead of the
-/// entry's 80 (a series) or 48 (an affinity), or of an ECID's string in a heap block of its
-/// own. A profile held in memory is usually cold by
+/// key hash and order for the bound in a separate, dense block: the hashes together, then the
+/// orders. Finding the event's key scans the hashes, 8 bytes an entry (half the cache lines of
+/// the hash and order side by side), instead of the entry's 80 (a series) or 48 (an affinity),
+/// or of an ECID's string in a heap block of its own; finding the entry a new key pushes out of
+/// a full list scans the orders. A profile held in memory is usually cold by
 /// its shopper's next event, and in the deep e2e `perf` profile the scan of the series for the
 /// event's key was the hottest instruction of the worker (6 % of its samples, a wait on memory
 /// at each entry). Short lists (most shoppers: one or two entries) have no index and allocate
@@ -181,10 +182,12 @@ impl Entry for Affinity {
 #[derive(Debug)]
 pub struct Indexed<T> {
     entries: Vec<T>,
-    /// Empty up to [`INDEXED_FROM`] entries; else as long as the entries' capacity, its first
-    /// `entries.len()` one per entry, in the same order. A boxed slice, not a `Vec`: 16 bytes in
-    /// the profile rather than 24, which keeps `Profile` within its allocation size class.
-    index: Box<[Hot]>,
+    /// Empty up to [`INDEXED_FROM`] entries; else twice as long as the entries' capacity: the
+    /// key hashes (one per entry, in the same order, the first `entries.len()` of the first
+    /// half), then the orders ([`Entry::order`]'s bits, the same way in the second half). A
+    /// boxed slice, not a `Vec`: 16 bytes in the profile rather than 24, which keeps `Profile`
+    /// within its allocation size class.
+    index: Box<[u64]>,
 }
 
 /// Per-category and per-product series.
@@ -196,21 +199,36 @@ pub type AffinityList = Indexed<Affinity>;
 /// string of its own on the heap: found by hash, only the one that matches is read.
 pub type IdList = Indexed<String>;
 
-/// What scans of an [`Indexed`] list read of an entry.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Hot {
-    hash: u64,
-    order: i64,
+/// An index of `capacity` entries holding the first `n` of `from` (of any capacity).
+fn index_copy(from: &[u64], n: usize, capacity: usize) -> Box<[u64]> {
+    let mut index = vec![0; 2 * capacity].into_boxed_slice();
+    let old = from.len() / 2;
+    index[..n].copy_from_slice(&from[..n]);
+    index[capacity..capacity + n].copy_from_slice(&from[old..old + n]);
+    index
 }
 
-impl Hot {
-    #[inline]
-    fn of<T: Entry>(e: &T) -> Hot {
-        Hot {
-            hash: e.key_hash(),
-            order: e.order(),
+/// The place of the first of `hashes` equal to `hash` from which `is` accepts the entry. Four
+/// hashes are compared at a time (one test for the four, in SIMD registers where the compiler
+/// can); a scan ends at the first match in most lists (a key's hash is seldom another's).
+#[inline(always)]
+fn scan(hashes: &[u64], hash: u64, is: impl Fn(usize) -> bool) -> Option<usize> {
+    let mut chunks = hashes.chunks_exact(4);
+    for (c, chunk) in (&mut chunks).enumerate() {
+        let mut hits = u32::from(chunk[0] == hash)
+            | u32::from(chunk[1] == hash) << 1
+            | u32::from(chunk[2] == hash) << 2
+            | u32::from(chunk[3] == hash) << 3;
+        while hits != 0 {
+            let i = c * 4 + hits.trailing_zeros() as usize;
+            if is(i) {
+                return Some(i);
+            }
+            hits &= hits - 1;
         }
     }
+    let base = hashes.len() - chunks.remainder().len();
+    (base..hashes.len()).find(|&i| hashes[i] == hash && is(i))
 }
 
 /// The entries cloned (a `Vec`'s clone has its length as its capacity) and the index copied
@@ -220,10 +238,7 @@ impl<T: Clone> Clone for Indexed<T> {
         let entries = self.entries.clone();
         let mut index = Box::default();
         if !self.index.is_empty() {
-            let n = entries.len();
-            let mut copy = vec![Hot::default(); entries.capacity()].into_boxed_slice();
-            copy[..n].copy_from_slice(&self.index[..n]);
-            index = copy;
+            index = index_copy(&self.index, entries.len(), entries.capacity());
         }
         Indexed { entries, index }
     }
@@ -272,14 +287,27 @@ impl<T: Entry> From<Vec<T>> for Indexed<T> {
 }
 
 impl<T: Entry> Indexed<T> {
-    /// The index's entries (none when the list has no index).
+    /// The entries' key hashes (none when the list has no index).
     #[inline(always)]
-    fn hot(&self) -> &[Hot] {
+    fn hashes(&self) -> &[u64] {
         if self.index.is_empty() {
             &[]
         } else {
             &self.index[..self.entries.len()]
         }
+    }
+
+    /// The entries' orders, as bits (none when the list has no index).
+    #[inline(always)]
+    fn orders(&self) -> &[u64] {
+        let capacity = self.index.len() / 2;
+        &self.index[capacity..capacity + self.entries.len().min(capacity)]
+    }
+
+    /// Entry `i`'s order, from the index (which it has).
+    #[inline(always)]
+    fn order_at(&self, i: usize) -> i64 {
+        self.index[self.index.len() / 2 + i] as i64
     }
 
     /// The place of the first entry that `is` accepts, among those whose key hash is `hash()`
@@ -289,11 +317,7 @@ impl<T: Entry> Indexed<T> {
         if self.index.is_empty() {
             self.entries.iter().position(is)
         } else {
-            let hash = hash();
-            self.hot()
-                .iter()
-                .enumerate()
-                .position(|(i, h)| h.hash == hash && is(&self.entries[i]))
+            scan(self.hashes(), hash(), |i| is(&self.entries[i]))
         }
     }
 
@@ -312,8 +336,8 @@ impl<T: Entry> Indexed<T> {
         if self.index.is_empty() {
             (0..self.entries.len()).min_by_key(|&i| self.entries[i].order())
         } else {
-            let hot = self.hot();
-            (0..hot.len()).min_by_key(|&i| hot[i].order)
+            let orders = self.orders();
+            (0..orders.len()).min_by_key(|&i| orders[i] as i64)
         }
     }
 
@@ -323,12 +347,13 @@ impl<T: Entry> Indexed<T> {
         if self.entries.len() >= max {
             let out = self.first_least().expect("full list");
             if !self.index.is_empty() {
-                self.index[out] = self.index[self.entries.len() - 1];
+                let (last, capacity) = (self.entries.len() - 1, self.index.len() / 2);
+                self.index[out] = self.index[last];
+                self.index[capacity + out] = self.index[capacity + last];
             }
             self.entries.swap_remove(out);
         }
         room_for_one(&mut self.entries);
-        let hot = Hot::of(&e);
         self.entries.push(e);
         let n = self.entries.len();
         if self.index.is_empty() {
@@ -336,13 +361,15 @@ impl<T: Entry> Indexed<T> {
                 self.reindex();
             }
         } else {
-            if self.index.len() < n {
+            if self.index.len() < 2 * n {
                 // The entries grew: the index to their capacity.
-                let mut grown = vec![Hot::default(); self.entries.capacity()].into_boxed_slice();
-                grown[..n - 1].copy_from_slice(&self.index[..n - 1]);
-                self.index = grown;
+                self.index = index_copy(&self.index, n - 1, self.entries.capacity());
             }
-            self.index[n - 1] = hot;
+            let e = &self.entries[n - 1];
+            let (hash, order) = (e.key_hash(), e.order());
+            let capacity = self.index.len() / 2;
+            self.index[n - 1] = hash;
+            self.index[capacity + n - 1] = order as u64;
         }
         debug_assert!(self.indexed_right(), "the index follows the entries");
     }
@@ -357,7 +384,8 @@ impl<T: Entry> Indexed<T> {
     fn update(&mut self, i: usize, f: impl FnOnce(&mut T)) {
         f(&mut self.entries[i]);
         if !self.index.is_empty() {
-            self.index[i].order = self.entries[i].order();
+            let capacity = self.index.len() / 2;
+            self.index[capacity + i] = self.entries[i].order() as u64;
         }
         debug_assert!(self.indexed_right(), "the index follows the entries");
     }
@@ -367,7 +395,7 @@ impl<T: Entry> Indexed<T> {
     #[inline]
     fn prefetch(&self) {
         if let Some(h) = self.index.first() {
-            prefetch_line((h as *const Hot).cast());
+            prefetch_line((h as *const u64).cast());
         } else if let Some(e) = self.entries.first() {
             prefetch_line((e as *const T).cast());
         }
@@ -389,11 +417,14 @@ impl<T: Entry> Indexed<T> {
             }
             return;
         }
-        if self.index.len() != self.entries.capacity() {
-            self.index = vec![Hot::default(); self.entries.capacity()].into_boxed_slice();
+        if self.index.len() != 2 * self.entries.capacity() {
+            self.index = vec![0; 2 * self.entries.capacity()].into_boxed_slice();
         }
-        for (h, e) in self.index.iter_mut().zip(&self.entries) {
-            *h = Hot::of(e);
+        let capacity = self.entries.capacity();
+        let (hashes, orders) = self.index.split_at_mut(capacity);
+        for ((h, o), e) in hashes.iter_mut().zip(orders.iter_mut()).zip(&self.entries) {
+            *h = e.key_hash();
+            *o = e.order() as u64;
         }
         debug_assert!(self.indexed_right(), "the index follows the entries");
     }
@@ -401,12 +432,12 @@ impl<T: Entry> Indexed<T> {
     /// Whether the index matches the entries (tests and debug builds).
     pub(crate) fn indexed_right(&self) -> bool {
         if self.entries.len() > INDEXED_FROM {
-            self.index.len() == self.entries.capacity()
+            self.index.len() == 2 * self.entries.capacity()
                 && self
                     .entries
                     .iter()
-                    .zip(self.hot())
-                    .all(|(e, h)| Hot::of(e) == *h)
+                    .enumerate()
+                    .all(|(i, e)| self.hashes()[i] == e.key_hash() && self.order_at(i) == e.order())
         } else {
             self.index.is_empty()
         }
@@ -517,11 +548,12 @@ impl AffinityList {
                 }
             }
         } else {
-            for (i, h) in self.hot().iter().enumerate() {
+            let orders = self.orders();
+            for (i, &order) in orders.iter().enumerate() {
                 // The rank is read only where the orders tie (an order is the rank's).
                 let take = match best {
                     None => true,
-                    Some(b) => match h.order.cmp(&self.index[b].order) {
+                    Some(b) => match (order as i64).cmp(&(orders[b] as i64)) {
                         std::cmp::Ordering::Greater => true,
                         std::cmp::Ordering::Less => false,
                         std::cmp::Ordering::Equal => !better(b, i),
@@ -1051,9 +1083,9 @@ pub(crate) fn copy_keyed(
         }
     } else {
         let hashes: SmallVec<[u64; FEW_KEYS]> = keys.iter().map(|(_, k)| key_hash(k)).collect();
-        for (i, h) in from.hot().iter().enumerate() {
+        for (i, h) in from.hashes().iter().enumerate() {
             let f = &from.entries[i];
-            if hashes.contains(&h.hash) && RuleReads::reads_keyed(keys, f) {
+            if hashes.contains(h) && RuleReads::reads_keyed(keys, f) {
                 copy(f);
             }
         }
@@ -1094,9 +1126,9 @@ pub(crate) fn copy_affinities(
     } else {
         // With an index and few keys, an entry is read only when its hash is one of theirs.
         let hashes: SmallVec<[u64; FEW_KEYS]> = keys.iter().map(|k| key_hash(k)).collect();
-        for (i, h) in from.hot().iter().enumerate() {
+        for (i, h) in from.hashes().iter().enumerate() {
             let f = &from.entries[i];
-            if hashes.contains(&h.hash) && named(f) {
+            if hashes.contains(h) && named(f) {
                 keep(f);
             }
         }
