@@ -1444,11 +1444,12 @@ fn workload(
             at.saturating_duration_since(t0).as_secs_f64()
         );
     }
-    // The pass's rate (below) leaves out the first batch (its events are counted at the first
-    // commit, when the clock starts): in a short pass of a few large batches that moves it. Here every
-    // event, from the first poll that found every partition held and restored (before the
-    // first commit, unless a thread was given its partitions late: then the events committed
-    // before are left out instead).
+    // The pass's rate (below) leaves out what the first poll to find a commit saw committed
+    // (one batch or more: the clock starts there): in a short pass of a few large batches that
+    // moves it. Here every event, from the first poll that found every partition held and
+    // restored (before the first commit, unless a thread was given its partitions late or the
+    // worker's first answer came after it: then the events committed by then are left out
+    // instead). The end is the pass's own.
     if let Some(&(from, _, _, before)) = ready {
         let counted = done - before;
         let secs = end.saturating_duration_since(from).as_secs_f64().max(1e-3);

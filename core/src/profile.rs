@@ -199,7 +199,8 @@ pub type AffinityList = Indexed<Affinity>;
 /// string of its own on the heap: found by hash, only the one that matches is read.
 pub type IdList = Indexed<String>;
 
-/// An index of `capacity` entries holding the first `n` of `from` (of any capacity).
+/// An index of `capacity` entries holding the first `n` of `from` (an index of any capacity,
+/// `from.len() / 2`, with at least `n` entries; `n` at most `capacity`).
 fn index_copy(from: &[u64], n: usize, capacity: usize) -> Box<[u64]> {
     let mut index = vec![0; 2 * capacity].into_boxed_slice();
     let old = from.len() / 2;
@@ -2158,6 +2159,11 @@ mod tests {
             let is = |e: &E| e.0 == 5 || e.0 == 20;
             let want = entries.iter().position(is);
             assert_eq!(list.find(|| 2, is), want, "{n} entries");
+            // Two accepted within one chunk of four hashes (keys 4 and 7, the same hash): the
+            // first, not the chunk's last.
+            let is = |e: &E| e.0 == 4 || e.0 == 7;
+            let want = entries.iter().position(is);
+            assert_eq!(list.find(|| 1, is), want, "{n} entries");
             let least = (0..entries.len()).min_by_key(|&i| entries[i].1);
             assert_eq!(list.first_least(), least, "{n} entries");
         }
