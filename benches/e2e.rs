@@ -1257,7 +1257,13 @@ fn workload(
     // A thread given its partitions later than the others (the development broker sometimes
     // answers the second member's SyncGroup a second late) leaves them running alone meanwhile.
     // And the events committed by then.
-    let mut held: Vec<(Instant, f64, f64, f64)> = Vec::new();
+    struct Held {
+        at: Instant,
+        assigned: f64,
+        restoring: f64,
+        committed: f64,
+    }
+    let mut held: Vec<Held> = Vec::new();
     while Instant::now() < deadline {
         let asked = Instant::now();
         // A poll that could not connect answered nothing: not a fast answer, and not a count
@@ -1273,7 +1279,12 @@ fn workload(
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        held.push((Instant::now(), assigned, restoring, polled));
+        held.push(Held {
+            at: Instant::now(),
+            assigned,
+            restoring,
+            committed: polled,
+        });
         done = polled;
         if first.is_some() {
             scrapes.push(asked.elapsed().as_secs_f64() * 1e3);
@@ -1436,12 +1447,14 @@ fn workload(
     );
     // The first poll at which the threads held as many partitions as they ever did in the
     // pass, none of them restoring.
-    let most = held.iter().map(|h| h.1).fold(0.0, f64::max);
-    let ready = held.iter().find(|h| h.1 >= most && h.2 == 0.0);
-    if let Some(&(at, ..)) = ready {
+    let most = held.iter().map(|h| h.assigned).fold(0.0, f64::max);
+    let ready = held
+        .iter()
+        .find(|h| h.assigned >= most && h.restoring == 0.0);
+    if let Some(h) = ready {
         println!(
             "every partition held and restored: {:.1}s after the first commit ({most:.0} input partitions; polled every 0.1 s)",
-            at.saturating_duration_since(t0).as_secs_f64()
+            h.at.saturating_duration_since(t0).as_secs_f64()
         );
     }
     // The pass's rate (below) leaves out what the first poll to find a commit saw committed
@@ -1450,9 +1463,9 @@ fn workload(
     // restored (before the first commit, unless a thread was given its partitions late or the
     // worker's first answer came after it: then the events committed by then are left out
     // instead). The end is the pass's own.
-    if let Some(&(from, _, _, before)) = ready {
-        let counted = done - before;
-        let secs = end.saturating_duration_since(from).as_secs_f64().max(1e-3);
+    if let Some(h) = ready {
+        let counted = done - h.committed;
+        let secs = end.saturating_duration_since(h.at).as_secs_f64().max(1e-3);
         println!(
             "every event from every partition held: {counted:.0} events in {secs:.1}s = {:.0} events/s ({:.2} of the raw consume rate; the 0.1 s polls make it ±{:.0} %)",
             counted / secs,
