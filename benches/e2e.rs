@@ -1448,22 +1448,20 @@ fn workload(
     // The first poll at which the threads held as many partitions as they ever did in the
     // pass, none of them restoring.
     let most = held.iter().map(|h| h.assigned).fold(0.0, f64::max);
-    let ready = held
+    if let Some(h) = held
         .iter()
-        .find(|h| h.assigned >= most && h.restoring == 0.0);
-    if let Some(h) = ready {
+        .find(|h| h.assigned >= most && h.restoring == 0.0)
+    {
         println!(
             "every partition held and restored: {:.1}s after the first commit ({most:.0} input partitions; polled every 0.1 s)",
             h.at.saturating_duration_since(t0).as_secs_f64()
         );
-    }
-    // The pass's rate (below) leaves out what the first poll to find a commit saw committed
-    // (one batch or more: the clock starts there): in a short pass of a few large batches that
-    // moves it. Here every event, from the first poll that found every partition held and
-    // restored (before the first commit, unless a thread was given its partitions late or the
-    // worker's first answer came after it: then the events committed by then are left out
-    // instead). The end is the pass's own.
-    if let Some(h) = ready {
+        // The pass's rate (below) leaves out what the first poll to find a commit saw committed
+        // (one batch or more: the clock starts there): in a short pass of a few large batches that
+        // moves it. Here every event, from the first poll that found every partition held and
+        // restored (before the first commit, unless a thread was given its partitions late or the
+        // worker's first answer came after it: then the events committed by then are left out
+        // instead). The end is the pass's own.
         let counted = done - h.committed;
         let secs = end.saturating_duration_since(h.at).as_secs_f64().max(1e-3);
         println!(

@@ -302,10 +302,16 @@ impl<T: Entry> Indexed<T> {
         }
     }
 
+    /// The index's capacity: where its orders start (0 when the list has no index).
+    #[inline(always)]
+    fn index_capacity(&self) -> usize {
+        self.index.len() / 2
+    }
+
     /// The entries' orders, as bits (none when the list has no index).
     #[inline(always)]
     fn orders(&self) -> &[u64] {
-        let capacity = self.index.len() / 2;
+        let capacity = self.index_capacity();
         &self.index[capacity..capacity + self.entries.len().min(capacity)]
     }
 
@@ -346,7 +352,7 @@ impl<T: Entry> Indexed<T> {
         if self.entries.len() >= max {
             let out = self.first_least().expect("full list");
             if !self.index.is_empty() {
-                let (last, capacity) = (self.entries.len() - 1, self.index.len() / 2);
+                let (last, capacity) = (self.entries.len() - 1, self.index_capacity());
                 self.index[out] = self.index[last];
                 self.index[capacity + out] = self.index[capacity + last];
             }
@@ -366,7 +372,7 @@ impl<T: Entry> Indexed<T> {
             }
             let e = &self.entries[n - 1];
             let (hash, order) = (e.key_hash(), e.order());
-            let capacity = self.index.len() / 2;
+            let capacity = self.index_capacity();
             self.index[n - 1] = hash;
             self.index[capacity + n - 1] = order as u64;
         }
@@ -383,7 +389,7 @@ impl<T: Entry> Indexed<T> {
     fn update(&mut self, i: usize, f: impl FnOnce(&mut T)) {
         f(&mut self.entries[i]);
         if !self.index.is_empty() {
-            let capacity = self.index.len() / 2;
+            let capacity = self.index_capacity();
             self.index[capacity + i] = self.entries[i].order() as u64;
         }
         debug_assert!(self.indexed_right(), "the index follows the entries");
@@ -2073,6 +2079,13 @@ pub fn next_timer(bytes: &[u8]) -> Result<Option<i64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The next of a linear congruential sequence (the tests' random steps, the same each run).
+    fn next(x: &mut u64) {
+        *x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+    }
     use crate::wire::Identity;
 
     /// The key comparison with its shortcuts agrees with `==` on keys alike at either end, of
@@ -2199,9 +2212,7 @@ mod tests {
                 let mut plain: Vec<E> = Vec::new();
                 let mut x: u64 = 99;
                 for step in 0..1_500i64 {
-                    x = x
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
+                    next(&mut x);
                     let key = (x >> 33) % (2 * max as u64);
                     let order = ((x >> 45) % 50) as i64 - 25;
                     if let Some(i) = plain.iter().position(|e| e.0 == key) {
@@ -2272,9 +2283,7 @@ mod tests {
         // mostly rising with some late.
         let mut x: u64 = 12_345;
         for step in 0..5_000i64 {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            next(&mut x);
             let key = format!("sku-{}", (x >> 33) % 150);
             let kind = if (x >> 20) % 5 == 0 {
                 EventType::AddToCart
@@ -2451,9 +2460,7 @@ mod tests {
         let mut plain: Vec<Affinity> = Vec::new();
         let mut x: u64 = 987_654_321;
         for step in 0..4_000i64 {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            next(&mut x);
             let key = format!("cat-{}", (x >> 33) % 60);
             // Weights of a few values at the same times give ties of rank.
             let weight = [1.0, 2.0, 3.0][((x >> 20) % 3) as usize];
